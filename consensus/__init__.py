@@ -1,0 +1,1 @@
+"""Bayledger consensus layer."""

@@ -1,0 +1,1 @@
+"""Bayledger node layer."""

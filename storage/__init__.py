@@ -1,0 +1,1 @@
+"""Bayledger storage layer."""

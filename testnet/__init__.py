@@ -1,0 +1,1 @@
+"""Bayledger testnet layer."""
