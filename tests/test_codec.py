@@ -1,0 +1,61 @@
+"""Canonical encoding and domain-separated signatures: the bytes every other layer signs and hashes."""
+
+import msgpack
+import nacl.signing
+import pytest
+from hypothesis import given, strategies as st
+
+from consensus import codec
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=40),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(values)
+def test_pack_round_trips_and_is_canonical(value):
+    data = codec.pack(value)
+    assert codec.unpack_canonical(data) == codec.unpack(data)
+    assert codec.pack(codec.unpack(data)) == data
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers(0, 1000), min_size=2, max_size=6))
+def test_map_key_order_does_not_change_bytes(mapping):
+    reversed_mapping = dict(reversed(list(mapping.items())))
+    assert codec.pack(mapping) == codec.pack(reversed_mapping)
+
+
+def test_non_canonical_bytes_are_rejected():
+    unsorted = msgpack.packb({"b": 1, "a": 2})
+    with pytest.raises(codec.EncodingError):
+        codec.unpack_canonical(unsorted)
+    wide_int = b"\xcd\x00\x05"  # 5 as uint16 instead of a fixint
+    with pytest.raises(codec.EncodingError):
+        codec.unpack_canonical(wide_int)
+    with pytest.raises(codec.EncodingError):
+        codec.unpack_canonical(codec.pack(1) + b"\x00")  # trailing bytes
+
+
+def test_unsupported_values_are_refused():
+    with pytest.raises(codec.EncodingError):
+        codec.pack(1.5)
+    with pytest.raises(codec.EncodingError):
+        codec.pack({1: "int key"})
+    with pytest.raises(codec.EncodingError):
+        codec.unpack(b"\xc1")  # never-used msgpack byte
+    with pytest.raises(codec.EncodingError):
+        codec.unpack(b"\x01" * 10, max_bytes=9)
+
+
+def test_signature_is_bound_to_domain_and_chain():
+    key = nacl.signing.SigningKey(bytes(range(32)))
+    public = key.verify_key.encode()
+    sig = codec.sign(key, codec.DOMAIN_COMMIT, "chain-a", b"payload")
+    assert codec.verify(public, sig, codec.DOMAIN_COMMIT, "chain-a", b"payload")
+    assert not codec.verify(public, sig, codec.DOMAIN_PREPARE, "chain-a", b"payload")
+    assert not codec.verify(public, sig, codec.DOMAIN_COMMIT, "chain-b", b"payload")
+    assert not codec.verify(public, sig, codec.DOMAIN_COMMIT, "chain-a", b"payloae")
+    assert not codec.verify(public[:31], sig, codec.DOMAIN_COMMIT, "chain-a", b"payload")
+    assert not codec.verify(public, sig[:63], codec.DOMAIN_COMMIT, "chain-a", b"payload")
