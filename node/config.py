@@ -1,0 +1,327 @@
+"""The daemon's configuration: one frozen, typed object loaded from TOML.
+
+Every field is validated when loaded and every error names the key, e.g.
+`consensus.view_timeout_ms: must be an integer between 100 and 600000`.
+Unknown keys are rejected by name so a typo never silently falls back to a
+default. Relative paths are resolved against the config file's directory so a
+node directory can be moved as a whole.
+
+The full reference (every field, default and unit) is in docs/OPERATIONS.md.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PORT_MAX = 65535
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(text: object, key: str) -> Address:
+    """Parse HOST:PORT (IPv4 / hostname; `[v6]:port` for IPv6); port 0 lets the OS choose."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{key}: must be a string HOST:PORT")
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
+    port = int(port_text)
+    if port > PORT_MAX:
+        raise ConfigError(f"{key}: port {port} is above {PORT_MAX}")
+    if any(c.isspace() for c in host):
+        raise ConfigError(f"{key}: host {host!r} contains whitespace")
+    return Address(host=host, port=port)
+
+
+@dataclass(frozen=True)
+class Peer:
+    id: str
+    address: Address
+
+
+@dataclass(frozen=True)
+class Listen:
+    p2p: Address
+    rpc: Address
+    metrics: Address
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "auto"   # auto: JSON lines unless stderr is a terminal
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    batch_requests_max: int = 500      # entries per proposed block
+    batch_wait_ms: int = 20            # how long the primary waits to fill a batch
+    view_timeout_ms: int = 2000        # no progress for this long -> view change
+    checkpoint_interval: int = 16      # blocks between checkpoints
+    watermark_window: int = 64         # blocks in flight beyond the last stable checkpoint
+    tick_interval_ms: int = 10         # how often the core is given the clock
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    frame_bytes_max: int = 8 * 1024 * 1024         # one encrypted peer frame (ciphertext)
+    handshake_timeout_ms: int = 5000               # a peer must finish the handshake in this time
+    peer_send_queue_frames_max: int = 4096         # frames waiting for one slow peer
+    inbound_queue_messages_max: int = 4096         # messages from all peers waiting for the core
+    mempool_requests_max: int = 20000              # accepted entries not yet committed
+    rpc_connections_max: int = 256                 # concurrent RPC clients
+    catch_up_blocks_max: int = 256                 # blocks in one catch-up response
+    reconnect_backoff_min_ms: int = 100            # first redial delay
+    reconnect_backoff_max_ms: int = 5000           # redial delay cap
+    seen_requests_max: int = 100000                # remembered request ids (gossip dedup)
+    metrics_request_bytes_max: int = 8192          # HTTP request head on the metrics port
+    metrics_client_timeout_ms: int = 5000          # slow metrics clients are cut off
+    submit_wait_timeout_ms_max: int = 60000        # longest a client may wait for a commit
+
+
+@dataclass(frozen=True)
+class TestingConfig:
+    # Lets the admin RPC cut peer links (partition tests). Never enable in production.
+    fault_injection: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    key_file: Path
+    genesis_file: Path
+    data_dir: Path
+    listen: Listen
+    peers: tuple[Peer, ...] | None = None    # None: take validator addresses from genesis
+    log: LogConfig = field(default_factory=LogConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
+    source: Path | None = None               # the file it was loaded from
+
+
+# (minimum, maximum) for every integer field, by section.
+_INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
+    "consensus": {
+        "batch_requests_max": (1, 100_000),
+        "batch_wait_ms": (0, 60_000),
+        "view_timeout_ms": (100, 600_000),
+        "checkpoint_interval": (1, 100_000),
+        "watermark_window": (2, 1_000_000),
+        "tick_interval_ms": (1, 1000),
+    },
+    "limits": {
+        "frame_bytes_max": (1024, 256 * 1024 * 1024),
+        "handshake_timeout_ms": (100, 600_000),
+        "peer_send_queue_frames_max": (1, 1_000_000),
+        "inbound_queue_messages_max": (1, 1_000_000),
+        "mempool_requests_max": (1, 10_000_000),
+        "rpc_connections_max": (1, 100_000),
+        "catch_up_blocks_max": (1, 100_000),
+        "reconnect_backoff_min_ms": (1, 600_000),
+        "reconnect_backoff_max_ms": (1, 3_600_000),
+        "seen_requests_max": (1, 100_000_000),
+        "metrics_request_bytes_max": (256, 1024 * 1024),
+        "metrics_client_timeout_ms": (100, 600_000),
+        "submit_wait_timeout_ms_max": (100, 3_600_000),
+    },
+}
+
+_TOP_KEYS = ("node_id", "key_file", "genesis_file", "data_dir", "listen", "peers",
+             "log", "consensus", "limits", "testing")
+_REQUIRED_TOP = ("node_id", "key_file", "genesis_file", "data_dir", "listen")
+
+
+def _reject_unknown(table: dict, allowed: tuple[str, ...] | list[str], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(allowed)})")
+
+
+def _table(value: object, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table")
+    return value
+
+
+def _int_field(value: object, key: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key}: must be an integer between {low} and {high}, got {value!r}")
+    return value
+
+
+def _validate_id(value: object, key: str) -> str:
+    if not isinstance(value, str) or not _ID_PATTERN.match(value):
+        raise ConfigError(f"{key}: must be 1-64 characters of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _path(value: object, key: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty path string")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _int_section(raw: dict, name: str, cls: type) -> Any:
+    table = _table(raw.get(name, {}), name)
+    ranges = _INT_RANGES[name]
+    _reject_unknown(table, list(ranges), name)
+    values = {key: _int_field(value, f"{name}.{key}", *ranges[key]) for key, value in table.items()}
+    return cls(**values)
+
+
+def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> NodeConfig:
+    """Validate a parsed TOML document; relative paths resolve against `base_dir`."""
+    _reject_unknown(raw, _TOP_KEYS, "")
+    for key in _REQUIRED_TOP:
+        if key not in raw:
+            raise ConfigError(f"{key}: required key is missing")
+    node_id = _validate_id(raw["node_id"], "node_id")
+
+    listen_table = _table(raw["listen"], "listen")
+    _reject_unknown(listen_table, ("p2p", "rpc", "metrics"), "listen")
+    for key in ("p2p", "rpc", "metrics"):
+        if key not in listen_table:
+            raise ConfigError(f"listen.{key}: required key is missing")
+    listen = Listen(**{key: parse_address(listen_table[key], f"listen.{key}") for key in ("p2p", "rpc", "metrics")})
+
+    peers: tuple[Peer, ...] | None = None
+    if "peers" in raw:
+        if not isinstance(raw["peers"], list):
+            raise ConfigError("peers: must be an array of tables [[peers]]")
+        seen: set[str] = set()
+        parsed = []
+        for index, item in enumerate(raw["peers"]):
+            key = f"peers[{index}]"
+            table = _table(item, key)
+            _reject_unknown(table, ("id", "address"), key)
+            for needed in ("id", "address"):
+                if needed not in table:
+                    raise ConfigError(f"{key}.{needed}: required key is missing")
+            peer_id = _validate_id(table["id"], f"{key}.id")
+            if peer_id == node_id:
+                raise ConfigError(f"{key}.id: {peer_id!r} is this node itself")
+            if peer_id in seen:
+                raise ConfigError(f"{key}.id: peer {peer_id!r} is listed twice")
+            seen.add(peer_id)
+            parsed.append(Peer(id=peer_id, address=parse_address(table["address"], f"{key}.address")))
+        peers = tuple(parsed)
+
+    log_table = _table(raw.get("log", {}), "log")
+    _reject_unknown(log_table, ("format", "level"), "log")
+    log_format = log_table.get("format", LogConfig.format)
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log.format: must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    log_level = log_table.get("level", LogConfig.level)
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    consensus = _int_section(raw, "consensus", ConsensusConfig)
+    if consensus.watermark_window < 2 * consensus.checkpoint_interval:
+        raise ConfigError(
+            f"consensus.watermark_window: must be at least 2 x consensus.checkpoint_interval "
+            f"({2 * consensus.checkpoint_interval}) so proposals do not stall between checkpoints, "
+            f"got {consensus.watermark_window}"
+        )
+    limits = _int_section(raw, "limits", LimitsConfig)
+    if limits.reconnect_backoff_max_ms < limits.reconnect_backoff_min_ms:
+        raise ConfigError("limits.reconnect_backoff_max_ms: must not be below limits.reconnect_backoff_min_ms")
+
+    testing_table = _table(raw.get("testing", {}), "testing")
+    _reject_unknown(testing_table, ("fault_injection",), "testing")
+    fault_injection = testing_table.get("fault_injection", False)
+    if not isinstance(fault_injection, bool):
+        raise ConfigError(f"testing.fault_injection: must be true or false, got {fault_injection!r}")
+
+    return NodeConfig(
+        node_id=node_id,
+        key_file=_path(raw["key_file"], "key_file", base_dir),
+        genesis_file=_path(raw["genesis_file"], "genesis_file", base_dir),
+        data_dir=_path(raw["data_dir"], "data_dir", base_dir),
+        listen=listen,
+        peers=peers,
+        log=LogConfig(format=log_format, level=log_level),
+        consensus=consensus,
+        limits=limits,
+        testing=TestingConfig(fault_injection=fault_injection),
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a TOML config file; raise ConfigError with a clear reason."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return config_from_dict(raw, base_dir=path.resolve().parent, source=path)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (str, Path)):
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def render_config(config: NodeConfig) -> str:
+    """The TOML text of `config` (every field written out); load_config reads it back equal."""
+    lines = [
+        f"node_id = {_toml_value(config.node_id)}",
+        f"key_file = {_toml_value(config.key_file)}",
+        f"genesis_file = {_toml_value(config.genesis_file)}",
+        f"data_dir = {_toml_value(config.data_dir)}",
+        "",
+        "[listen]",
+        f"p2p = {_toml_value(str(config.listen.p2p))}",
+        f"rpc = {_toml_value(str(config.listen.rpc))}",
+        f"metrics = {_toml_value(str(config.listen.metrics))}",
+        "",
+        "[log]",
+        f"format = {_toml_value(config.log.format)}",
+        f"level = {_toml_value(config.log.level)}",
+    ]
+    for section in ("consensus", "limits", "testing"):
+        value = getattr(config, section)
+        lines += ["", f"[{section}]"]
+        lines += [f"{f.name} = {_toml_value(getattr(value, f.name))}" for f in fields(value)]
+    for peer in config.peers or ():
+        lines += ["", "[[peers]]", f"id = {_toml_value(peer.id)}", f"address = {_toml_value(str(peer.address))}"]
+    return "\n".join(lines) + "\n"
