@@ -1,0 +1,104 @@
+"""The simulator's Application: trivial, deterministic, and strict about its inputs.
+
+A sim request is the canonical msgpack map
+`{"client": str, "seq": int, "payload": bytes, "check": bytes}` where `check`
+is SHA-256 over a domain tag and the other three fields. The checksum stands
+in for the author's signature: it lets the simulator make requests that are
+well formed but invalid, which no honest replica may ever prepare.
+
+`execute` derives the header fields from the parent header alone (a hash
+chain over the entries), so it needs no speculative state: any in-flight
+parent the replica accepted gives the same answer as the committed one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus import codec
+from consensus.block import ZERO_HASH, BlockHeader
+
+REQUEST_DOMAIN = b"bayledger/sim-request/v1"
+REQUEST_FIELDS = ("check", "client", "payload", "seq")
+request_bytes_max = 1024
+payload_bytes_max = 256
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """Same shape as the replica's ExecutionResult; the replica reads the three fields by name."""
+
+    tree_size: int
+    tree_root: bytes
+    results_hash: bytes
+
+
+def request_checksum(client: str, seq: int, payload: bytes) -> bytes:
+    return codec.sha256(REQUEST_DOMAIN, codec.pack({"client": client, "seq": seq, "payload": payload}))
+
+
+def make_request(client: str, seq: int, payload: bytes, *, valid: bool = True) -> bytes:
+    """A canonical sim request; `valid=False` gives a well-formed one whose checksum is wrong."""
+    check = request_checksum(client, seq, payload)
+    if not valid:
+        check = codec.sha256(b"wrong", check)
+    return codec.pack({"client": client, "seq": seq, "payload": payload, "check": check})
+
+
+def request_key(request: bytes) -> tuple[str, int] | None:
+    """(client, seq) of a valid request, None for anything else."""
+    if check_request(request) is not None:
+        return None
+    value = codec.unpack(request)
+    return value["client"], value["seq"]
+
+
+def check_request(request: bytes) -> str | None:
+    """Stateless validity: None when valid, else a short reason code."""
+    if not isinstance(request, bytes):
+        return "request_not_bytes"
+    if len(request) > request_bytes_max:
+        return "request_too_large"
+    try:
+        value = codec.unpack_canonical(request)
+    except codec.EncodingError:
+        return "request_not_canonical"
+    if not isinstance(value, dict) or tuple(sorted(value)) != REQUEST_FIELDS:
+        return "request_fields"
+    client, seq, payload, check = value["client"], value["seq"], value["payload"], value["check"]
+    if not isinstance(client, str) or not client:
+        return "request_client"
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return "request_seq"
+    if not isinstance(payload, bytes) or len(payload) > payload_bytes_max:
+        return "request_payload"
+    if check != request_checksum(client, seq, payload):
+        return "request_checksum"
+    return None
+
+
+class SimApplication:
+    """check_request + execute as the replica's Application interface asks."""
+
+    def check_request(self, request: bytes) -> str | None:
+        return check_request(request)
+
+    def execute(self, parent: BlockHeader | None, height: int, time_ms: int, entries) -> ExecutionResult | None:
+        if parent is None:
+            if height != 1:
+                return None
+            size, root = 0, ZERO_HASH
+        else:
+            if parent.height + 1 != height:
+                return None
+            size, root = parent.tree_size, parent.tree_root
+        for entry in entries:
+            root = codec.sha256(root, codec.sha256(entry))
+        size += len(entries)
+        results_hash = codec.sha256(b"sim-results", height.to_bytes(8, "big"), root)
+        return ExecutionResult(tree_size=size, tree_root=root, results_hash=results_hash)
+
+
+def expected_execution(parent: BlockHeader | None, header: BlockHeader, entries) -> ExecutionResult | None:
+    """What a committed header's application fields must be (used by the checker)."""
+    return SimApplication().execute(parent, header.height, header.time_ms, entries)

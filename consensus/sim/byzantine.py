@@ -1,0 +1,112 @@
+"""Byzantine replicas: an honest replica's code with a hostile host around it.
+
+A Byzantine node runs the real Replica (so it knows views, sequence numbers
+and blocks), and this behaviour rewrites what leaves it: for each outbound
+message, with probability `probability`, one of the enabled behaviours is
+applied. Behaviours that need to understand a message (equivocate, conflicting
+votes, re-signed views, forged signatures) go through `adapter`, which knows
+the wire format; the rest work on raw bytes. Every alteration is counted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import nacl.signing
+
+from consensus import codec
+
+from . import adapter
+
+# The replay pool of one Byzantine node: bounded, oldest entries overwritten at random.
+replay_pool_messages_max = 128
+garbage_bytes_max = 512
+# How far ahead a "far-future" view jumps.
+future_view_offset_max = 1_000_000
+
+
+class ByzantineBehaviour:
+    def __init__(
+        self,
+        rng: random.Random,
+        me: str,
+        signing_key: nacl.signing.SigningKey,
+        chain_id: str,
+        ids: list[str],
+        behaviours: tuple[str, ...],
+        probability: float,
+    ):
+        self.rng = rng
+        self.me = me
+        self.signing_key = signing_key
+        self.chain_id = chain_id
+        self.ids = list(ids)
+        self.behaviours = tuple(behaviours)
+        self.probability = probability
+        # A key that is not in the validator set: signatures by it must be rejected.
+        self.stranger_key = nacl.signing.SigningKey(codec.sha256(b"stranger", me.encode()))
+        self.pool: list[bytes] = []
+        self.altered: Counter[str] = Counter()
+
+    def observe(self, sender: str, data: bytes) -> None:
+        if len(self.pool) >= replay_pool_messages_max:
+            self.pool[self.rng.randrange(replay_pool_messages_max)] = data
+        else:
+            self.pool.append(data)
+
+    def _garbage(self, data: bytes) -> bytes:
+        rng = self.rng
+        choice = rng.randrange(4)
+        if choice == 0:
+            return rng.randbytes(rng.randint(0, garbage_bytes_max))
+        if choice == 1 and data:
+            return data[: rng.randrange(len(data))]
+        if choice == 2 and data:
+            flipped = bytearray(data)
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            return bytes(flipped)
+        # Valid msgpack, wrong shape.
+        return codec.pack({"type": rng.choice(["prepare", "commit", "nonsense"]), "view": -1, "x": rng.randbytes(8)})
+
+    def _alter(self, behaviour: str, destination: str, data: bytes) -> bytes | None:
+        """One altered version of `data` for `destination`, or None if the behaviour does not apply."""
+        rng = self.rng
+        if behaviour == "garbage":
+            return self._garbage(data)
+        if behaviour == "replay":
+            return rng.choice(self.pool) if self.pool else None
+        if behaviour == "equivocate":
+            return adapter.equivocate(data, self.signing_key, self.chain_id, rng)
+        if behaviour == "conflicting_votes":
+            return adapter.conflicting_vote(data, self.signing_key, self.chain_id, rng)
+        if behaviour == "forged_signatures":
+            return adapter.forge_signature(data, self.stranger_key, self.chain_id, rng)
+        if behaviour == "stale_view":
+            return adapter.shift_view(data, self.signing_key, self.chain_id, -rng.randint(1, 3))
+        if behaviour == "future_view":
+            return adapter.shift_view(data, self.signing_key, self.chain_id, rng.randint(2, future_view_offset_max))
+        raise ValueError(f"unknown Byzantine behaviour {behaviour!r}")
+
+    def outgoing(self, tick: int, destinations: list[str], data: bytes) -> list[tuple[str, bytes]]:
+        """What actually leaves the Byzantine node when its honest code sends `data` to `destinations`."""
+        out: list[tuple[str, bytes]] = []
+        rng = self.rng
+        for destination in destinations:
+            if not self.behaviours or rng.random() >= self.probability:
+                out.append((destination, data))
+                continue
+            behaviour = rng.choice(self.behaviours)
+            if behaviour == "silent":
+                self.altered["byz_silent"] += 1
+                continue
+            altered = self._alter(behaviour, destination, data)
+            if altered is None:
+                out.append((destination, data))
+                continue
+            self.altered[f"byz_{behaviour}"] += 1
+            out.append((destination, altered))
+            # Replays and garbage come on top of, not instead of, the real message half the time.
+            if behaviour in ("replay", "garbage") and rng.random() < 0.5:
+                out.append((destination, data))
+        return out

@@ -1,0 +1,405 @@
+"""One simulated run: a cluster of replicas, clients, a faulty network, a checker.
+
+The host side of every replica honours the Ready contract exactly as the
+daemon must: write `persist` (one atomic batch), call `on_persisted()`, then
+send, then apply committed blocks, then serve catch-up. A crash may be
+scheduled at any of those stages; everything not yet persisted is lost, and
+the restarted replica gets only the persisted key/value map and the blocks
+its host applied.
+
+Phase 1 (safety, `plan.ticks`): faults as drawn. Phase 2 (liveness): the
+network heals, crashed replicas restart, clients retry; every valid request
+must commit on every honest replica within `plan.liveness_ticks_max` ticks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import nacl.signing
+
+from consensus import codec
+from consensus.validators import Validator, ValidatorSet
+
+from . import adapter, app
+from .byzantine import ByzantineBehaviour
+from .checker import InvariantChecker, SafetyViolation
+from .faults import CRASH_STAGES, FaultPlan
+from .network import NetworkConditions, Packet, SimNetwork
+
+CHAIN_ID = "bayledger-sim"
+genesis_time_ms = 1_700_000_000_000
+# Clients that have not seen their request commit send it again this often (liveness phase).
+resubmit_interval_ticks = 100
+# A Ready may release further Readies through on_persisted; more than this in a row is a replica bug.
+ready_chain_length_max = 64
+
+
+@dataclass
+class ClientRequest:
+    tick: int
+    data: bytes
+    valid: bool
+    targets: tuple[str, ...]
+
+
+@dataclass
+class RunResult:
+    seed: int
+    ok: bool
+    failure: str | None
+    phase: str
+    ticks_run: int
+    blocks_committed: int
+    view_changes: int
+    requests_valid: int
+    requests_committed: int
+    faults: Counter
+    liveness_ticks: int
+
+    def summary(self) -> str:
+        faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        status = "ok" if self.ok else f"FAIL ({self.phase}): {self.failure}"
+        return (
+            f"seed={self.seed} {status} blocks={self.blocks_committed} view_changes={self.view_changes} "
+            f"requests={self.requests_committed}/{self.requests_valid} liveness_ticks={self.liveness_ticks} "
+            f"faults: {faults}"
+        )
+
+
+@dataclass
+class SimNode:
+    id: str
+    signing_key: nacl.signing.SigningKey
+    byzantine: ByzantineBehaviour | None
+    kv: dict[bytes, bytes] = field(default_factory=dict)
+    blocks: list = field(default_factory=list)      # CommittedBlock, index = height - 1
+    replica: object | None = None
+    down_until_tick: int | None = None
+    crash_stage: str | None = None                  # crash at this stage of the next Ready
+
+    @property
+    def up(self) -> bool:
+        return self.replica is not None
+
+
+class NodeCrashed(Exception):
+    """Raised inside Ready processing when a scheduled crash fires; unwinds to the event loop."""
+
+
+def make_validators(plan: FaultPlan) -> tuple[ValidatorSet, dict[str, nacl.signing.SigningKey]]:
+    keys = {}
+    validators = []
+    for index in range(plan.replica_count):
+        validator_id = f"r{index}"
+        key = nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{validator_id}".encode()))
+        jurisdiction = "HK" if index < plan.hk_count else "CN"
+        validators.append(Validator(validator_id, key.verify_key.encode(), jurisdiction))
+        keys[validator_id] = key
+    # Interleave nothing: order fixes the primary rotation, and HK-first is as good as any.
+    return ValidatorSet(tuple(validators), plan.min_signers_per_jurisdiction), keys
+
+
+class Simulation:
+    def __init__(self, plan: FaultPlan, *, schedule=None, log=None):
+        """`schedule`: optional callable(sim, tick) that scripted scenarios use to inject faults by hand."""
+        self.plan = plan
+        self.log = log
+        self.schedule = schedule
+        rng = random.Random(plan.seed)
+        # Separate streams so that, e.g., an extra network draw does not shift crash times.
+        self.rng_network = random.Random(rng.getrandbits(64))
+        self.rng_faults = random.Random(rng.getrandbits(64))
+        self.rng_clients = random.Random(rng.getrandbits(64))
+        self.rng_byzantine = random.Random(rng.getrandbits(64))
+        self.validators, keys = make_validators(plan)
+        self.ids = [v.id for v in self.validators.validators]
+        byzantine_ids = sorted(self.rng_faults.sample(self.ids, plan.byzantine_count))
+        self.byzantine_ids = byzantine_ids
+        self.honest_ids = [i for i in self.ids if i not in byzantine_ids]
+        self.network = SimNetwork(
+            self.rng_network,
+            NetworkConditions(
+                plan.delay_ticks_min, plan.delay_ticks_max, plan.loss_probability,
+                plan.duplicate_probability, plan.replay_probability,
+            ),
+        )
+        self.checker = InvariantChecker(self.validators, CHAIN_ID, self.honest_ids)
+        self.faults: Counter[str] = Counter()
+        self.nodes: dict[str, SimNode] = {}
+        for validator_id in self.ids:
+            behaviour = None
+            if validator_id in byzantine_ids:
+                behaviour = ByzantineBehaviour(
+                    random.Random(self.rng_byzantine.getrandbits(64)), validator_id, keys[validator_id],
+                    CHAIN_ID, self.ids, plan.byzantine_behaviours, plan.byzantine_probability,
+                )
+            self.nodes[validator_id] = SimNode(validator_id, keys[validator_id], behaviour)
+        self.requests = self._draw_requests()
+        self.crashes = 0
+        self.tick = 0
+        self.phase = "safety"
+        self.liveness_started_tick: int | None = None
+        self.max_view_seen = 0
+        for node in self.nodes.values():
+            self.start(node)
+
+    # -- setup -----------------------------------------------------------------
+
+    def _draw_requests(self) -> list[ClientRequest]:
+        rng, plan = self.rng_clients, self.plan
+        last_submit_tick = max(1, plan.ticks * 4 // 5)
+        requests = []
+        for index in range(plan.request_count):
+            valid = not (plan.invalid_request_probability and rng.random() < plan.invalid_request_probability)
+            client = f"client{rng.randrange(4)}"
+            payload = rng.getrandbits(64).to_bytes(8, "big")
+            data = app.make_request(client, index, payload, valid=valid)
+            fanout = rng.randint(1, plan.request_fanout_max)
+            targets = tuple(sorted(rng.sample(self.ids, min(fanout, len(self.ids)))))
+            requests.append(ClientRequest(rng.randint(0, last_submit_tick), data, valid, targets))
+        requests.sort(key=lambda r: (r.tick, r.data))
+        return requests
+
+    def now_ms(self) -> int:
+        return genesis_time_ms + self.tick * self.plan.tick_ms
+
+    def start(self, node: SimNode) -> None:
+        """(Re)start a replica from exactly what its host made durable."""
+        last = node.blocks[-1] if node.blocks else None
+        node.replica = adapter.build_replica(
+            self.plan, self.validators, node.id, node.signing_key, CHAIN_ID, app.SimApplication(),
+            persisted=dict(node.kv), last_applied=(last.header.height, last.header) if last else (0, None),
+        )
+        node.down_until_tick = None
+        node.crash_stage = None
+
+    def crash(self, node: SimNode, stage: str) -> None:
+        node.replica = None
+        node.crash_stage = None
+        self.crashes += 1
+        self.faults[f"crash_{stage}"] += 1
+        if self.log:
+            self.log(f"tick {self.tick}: crash {node.id} at {stage}")
+
+    # -- the Ready contract -----------------------------------------------------
+
+    def _stage(self, node: SimNode, stage: str) -> None:
+        if node.crash_stage == stage:
+            self.crash(node, stage)
+            raise NodeCrashed
+
+    def carry_out(self, node: SimNode, ready) -> None:
+        try:
+            for _ in range(ready_chain_length_max):
+                if ready is None:
+                    return
+                ready = self._carry_out_one(node, ready)
+            raise SafetyViolation(f"replica {node.id}: on_persisted kept returning more to persist")
+        except NodeCrashed:
+            return
+
+    def _carry_out_one(self, node: SimNode, ready):
+        self._stage(node, "before_persist")
+        follow_up = None
+        persist = adapter.ready_persist(ready)
+        if persist:
+            for key, value in persist:
+                if value is None:
+                    node.kv.pop(key, None)
+                else:
+                    node.kv[key] = value
+            self._stage(node, "after_persist")
+            follow_up = node.replica.on_persisted()
+            self._stage(node, "after_persisted_ack")
+        for outbound in adapter.ready_messages(ready):
+            self.send(node, outbound.to, outbound.data)
+        self._stage(node, "after_send")
+        for block in adapter.ready_committed(ready):
+            self.checker.committed(node.id, block.header, tuple(block.entries), block.certificate)
+            if block.header.height == len(node.blocks) + 1:
+                node.blocks.append(block)
+        self._stage(node, "after_apply")
+        for peer_id, from_height, to_height in adapter.ready_serve_catch_up(ready):
+            self.serve_catch_up(node, peer_id, from_height, to_height)
+        for _evidence in adapter.ready_evidence(ready):
+            self.faults["evidence_reported"] += 1
+        for _peer, reason in adapter.ready_rejected(ready):
+            self.faults[f"rejected_{reason}"] += 1
+        return follow_up
+
+    def send(self, node: SimNode, to: str | None, data: bytes) -> None:
+        destinations = [i for i in self.ids if i != node.id] if to is None else [to]
+        if node.byzantine is not None:
+            for destination, payload in node.byzantine.outgoing(self.tick, destinations, data):
+                self.network.send(self.tick, Packet(node.id, destination, payload))
+            return
+        vote = adapter.classify_signed(data)
+        if vote is not None:
+            kind, view, slot, digest = vote
+            self.checker.signed_vote(node.id, kind, view, slot, digest)
+            if view > self.max_view_seen:
+                self.max_view_seen = view
+        for destination in destinations:
+            if destination not in self.nodes or destination == node.id:
+                raise SafetyViolation(f"replica {node.id} sent to unknown or own id {destination!r}")
+            self.network.send(self.tick, Packet(node.id, destination, data))
+
+    def serve_catch_up(self, node: SimNode, peer_id: str, from_height: int, to_height: int) -> None:
+        if peer_id not in self.nodes or from_height < 1:
+            return
+        blocks = node.blocks[from_height - 1:max(from_height - 1, to_height)]
+        if not blocks:
+            return
+        self.faults["catch_up_served"] += 1
+        self.send(node, peer_id, adapter.encode_catch_up_response(node, blocks, CHAIN_ID))
+
+    # -- the event loop ---------------------------------------------------------
+
+    def submit(self, node: SimNode, data: bytes) -> None:
+        if node.up:
+            self.carry_out(node, node.replica.on_request(data))
+
+    def deliver(self) -> None:
+        for packet in self.network.due(self.tick):
+            node = self.nodes[packet.destination]
+            if node.byzantine is not None:
+                node.byzantine.observe(packet.source, packet.data)
+            if node.up:
+                self.carry_out(node, node.replica.on_message(packet.source, packet.data))
+
+    def inject_faults(self) -> None:
+        plan, rng, net = self.plan, self.rng_faults, self.network
+        if net.partition is not None and self.tick >= net.partition.until_tick:
+            net.heal()
+        if net.partition is None and plan.partition_probability and rng.random() < plan.partition_probability:
+            kind = rng.choice(plan.partition_kinds)
+            partition = net.start_partition(self.tick, kind, self.ids, rng.randint(1, plan.partition_ticks_max))
+            if self.log:
+                self.log(f"tick {self.tick}: partition {partition.description} until {partition.until_tick}")
+        for node_id in self.honest_ids:
+            node = self.nodes[node_id]
+            if not node.up:
+                if node.down_until_tick is not None and self.tick >= node.down_until_tick:
+                    self.restart(node)
+                continue
+            if (
+                plan.crash_probability and self.crashes < plan.crashes_max and node.crash_stage is None
+                and rng.random() < plan.crash_probability
+            ):
+                node.crash_stage = rng.choice(CRASH_STAGES)
+                node.down_until_tick = self.tick + rng.randint(1, plan.down_ticks_max)
+
+    def restart(self, node: SimNode) -> None:
+        self.faults["restart"] += 1
+        if self.log:
+            self.log(f"tick {self.tick}: restart {node.id}")
+        self.start(node)
+
+    def step(self) -> None:
+        if self.phase == "safety":
+            self.inject_faults()
+        if self.schedule is not None:
+            self.schedule(self, self.tick)
+        for request in self.requests:
+            if request.tick == self.tick:
+                for target in request.targets:
+                    self.submit(self.nodes[target], request.data)
+        self.deliver()
+        now = self.now_ms()
+        for node_id in self.ids:
+            node = self.nodes[node_id]
+            if node.up:
+                self.carry_out(node, node.replica.on_tick(now))
+        # A crash scheduled for a stage no Ready reached this tick happens at the end of it.
+        for node_id in self.ids:
+            node = self.nodes[node_id]
+            if node.up and node.crash_stage is not None:
+                self.crash(node, "idle")
+        self.tick += 1
+
+    def begin_liveness(self) -> None:
+        self.phase = "liveness"
+        self.liveness_started_tick = self.tick
+        self.network.calm()
+        for node_id in self.honest_ids:
+            node = self.nodes[node_id]
+            node.crash_stage = None
+            if not node.up:
+                self.restart(node)
+
+    def pending_requests(self) -> list[ClientRequest]:
+        """Valid requests not yet committed on every honest replica."""
+        return [
+            r for r in self.requests
+            if r.valid and not all(self.checker.has_committed(i, r.data) for i in self.honest_ids)
+        ]
+
+    def resubmit(self) -> None:
+        # A client retries only requests it has not seen committed anywhere; lagging
+        # replicas get committed ones through catch-up, not through a second commit.
+        committed_anywhere = self.checker.canonical_request_height
+        for request in self.pending_requests():
+            if request.data in committed_anywhere:
+                continue
+            for node_id in self.honest_ids:
+                self.submit(self.nodes[node_id], request.data)
+
+    def run(self) -> RunResult:
+        failure = None
+        try:
+            while self.tick < self.plan.ticks:
+                self.step()
+            self.begin_liveness()
+            deadline = self.tick + self.plan.liveness_ticks_max
+            while self.pending_requests():
+                if self.tick >= deadline:
+                    pending = self.pending_requests()
+                    heights = ", ".join(f"{i}:{self.checker.height(i)}" for i in self.honest_ids)
+                    raise LivenessFailure(
+                        f"{len(pending)} valid request(s) not committed on every honest replica after "
+                        f"{self.plan.liveness_ticks_max} liveness ticks (heights {heights})"
+                    )
+                if (self.tick - self.liveness_started_tick) % resubmit_interval_ticks == 0:
+                    self.resubmit()
+                self.step()
+        except (SafetyViolation, LivenessFailure) as exc:
+            failure = f"tick {self.tick}: {exc}"
+        return self.result(failure)
+
+    def result(self, failure: str | None) -> RunResult:
+        faults = Counter(self.network.faults)
+        faults.update(self.faults)
+        for node in self.nodes.values():
+            if node.byzantine is not None:
+                faults.update(node.byzantine.altered)
+        blocks = max((self.checker.height(i) for i in self.honest_ids), default=0)
+        for node_id in self.honest_ids:
+            node = self.nodes[node_id]
+            if node.up:
+                self.max_view_seen = max(self.max_view_seen, adapter.replica_view(node.replica))
+        return RunResult(
+            seed=self.plan.seed,
+            ok=failure is None,
+            failure=failure,
+            phase=self.phase,
+            ticks_run=self.tick,
+            blocks_committed=blocks,
+            view_changes=self.max_view_seen,
+            requests_valid=sum(1 for r in self.requests if r.valid),
+            requests_committed=sum(
+                1 for r in self.requests if r.valid and r.data in self.checker.canonical_request_height
+            ),
+            faults=faults,
+            liveness_ticks=self.tick - (self.liveness_started_tick or self.tick),
+        )
+
+
+class LivenessFailure(Exception):
+    """The healed cluster did not commit every request within the tick budget."""
+
+
+def run_seed(plan: FaultPlan, *, schedule=None, log=None) -> RunResult:
+    return Simulation(plan, schedule=schedule, log=log).run()

@@ -1,0 +1,163 @@
+"""The fault plan: every parameter of one simulated run, drawn from one seed.
+
+`draw_fault_plan(seed)` consumes a single `random.Random(seed)` in a fixed
+order, so a seed names exactly one run. Probabilities are rounded to three
+decimals so the printed plan is the plan (no hidden precision). Overrides
+(`--replicas`, `--byzantine`, `--ticks`) replace a drawn value after drawing
+everything, so they never shift the other parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+REPLICA_COUNTS = (4, 7, 10)
+# Weights of 4, 7, 10 replicas: small clusters are cheaper, so most runs use them.
+REPLICA_COUNT_WEIGHTS = (6, 3, 1)
+PARTITION_KINDS = ("symmetric", "asymmetric", "isolate_one")
+CRASH_STAGES = ("before_persist", "after_persist", "after_persisted_ack", "after_send", "after_apply")
+BYZANTINE_BEHAVIOURS = (
+    "equivocate",          # as primary, a different PRE-PREPARE to different peers
+    "conflicting_votes",   # PREPARE/COMMIT for a block nobody proposed, to some peers
+    "forged_signatures",   # valid messages with a corrupted signature or signed by another key
+    "stale_view",          # re-signed messages carrying an older view
+    "future_view",         # re-signed messages carrying a far-future view
+    "garbage",             # random, truncated and bit-flipped bytes
+    "replay",              # re-sends messages it received earlier, as its own
+    "silent",              # drops part of what the honest code would send
+)
+ticks_default = 600
+tick_ms = 10
+liveness_ticks_max = 3000
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    seed: int
+    replica_count: int
+    byzantine_count: int
+    min_signers_per_jurisdiction: int
+    hk_count: int                 # validators in HK; the rest are in CN
+    ticks: int                    # length of the fault (safety) phase
+    tick_ms: int
+    # Client load.
+    request_count: int
+    invalid_request_probability: float
+    request_fanout_max: int       # a client sends each request to 1..this many replicas
+    # Network.
+    delay_ticks_min: int
+    delay_ticks_max: int
+    loss_probability: float
+    duplicate_probability: float
+    replay_probability: float
+    # Partitions.
+    partition_probability: float  # per tick, when no partition is active
+    partition_ticks_max: int
+    partition_kinds: tuple[str, ...]
+    # Crashes (honest replicas; at most f down at a time counting Byzantine ones is NOT required
+    # for safety, so the plan may crash more; liveness restarts them all).
+    crash_probability: float      # per tick, per up replica
+    down_ticks_max: int
+    crashes_max: int
+    # Byzantine replicas (ids chosen from the seed) and what they do.
+    byzantine_behaviours: tuple[str, ...]
+    byzantine_probability: float  # chance each outbound message of a Byzantine replica is altered
+    # Replica configuration drawn so checkpoints and window edges are exercised.
+    checkpoint_interval: int
+    batch_requests_max: int
+    liveness_ticks_max: int
+
+    @property
+    def f(self) -> int:
+        return (self.replica_count - 1) // 3
+
+    def lines(self) -> list[str]:
+        """`name=value` lines in field order: what the simulator prints first."""
+        out = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, tuple):
+                value = ",".join(value) if value else "-"
+            out.append(f"{field.name}={value}")
+        return out
+
+
+def _p(rng: random.Random, high: float) -> float:
+    return round(rng.uniform(0.0, high), 3)
+
+
+def _jurisdiction_split(rng: random.Random, n: int, f: int) -> tuple[int, int]:
+    """(min_signers_per_jurisdiction, hk_count) such that each side has >= min + f validators."""
+    # Largest minimum that some split allows: both sides need min + f, so 2 * (min + f) <= n.
+    min_high = max(1, n // 2 - f)
+    minimum = rng.randint(1, min_high)
+    need = minimum + f
+    hk_count = rng.randint(need, n - need)
+    return minimum, hk_count
+
+
+def draw_fault_plan(
+    seed: int,
+    *,
+    replicas: int | None = None,
+    byzantine: int | None = None,
+    ticks: int | None = None,
+) -> FaultPlan:
+    rng = random.Random(seed)
+    n = rng.choices(REPLICA_COUNTS, weights=REPLICA_COUNT_WEIGHTS)[0]
+    byz_draw = rng.randint(0, (n - 1) // 3)
+    minimum, hk_count = _jurisdiction_split(rng, n, (n - 1) // 3)
+    delay_min = rng.randint(0, 2)
+    delay_max = delay_min + rng.choice((0, 1, 3, 8, 20))
+    kinds = tuple(k for k in PARTITION_KINDS if rng.random() < 0.6)
+    behaviours = tuple(b for b in BYZANTINE_BEHAVIOURS if rng.random() < 0.5) or (rng.choice(BYZANTINE_BEHAVIOURS),)
+    plan = FaultPlan(
+        seed=seed,
+        replica_count=n,
+        byzantine_count=byz_draw,
+        min_signers_per_jurisdiction=minimum,
+        hk_count=hk_count,
+        ticks=ticks_default,
+        tick_ms=tick_ms,
+        request_count=rng.randint(1, 40),
+        invalid_request_probability=_p(rng, 0.2) if rng.random() < 0.5 else 0.0,
+        request_fanout_max=rng.randint(1, 3),
+        delay_ticks_min=delay_min,
+        delay_ticks_max=delay_max,
+        loss_probability=_p(rng, 0.25) if rng.random() < 0.7 else 0.0,
+        duplicate_probability=_p(rng, 0.2) if rng.random() < 0.5 else 0.0,
+        replay_probability=_p(rng, 0.05) if rng.random() < 0.4 else 0.0,
+        partition_probability=_p(rng, 0.02) if kinds else 0.0,
+        partition_ticks_max=rng.randint(10, 200),
+        partition_kinds=kinds,
+        crash_probability=_p(rng, 0.005) if rng.random() < 0.6 else 0.0,
+        down_ticks_max=rng.randint(5, 200),
+        crashes_max=rng.randint(1, 6),
+        byzantine_behaviours=behaviours,
+        byzantine_probability=round(rng.uniform(0.1, 1.0), 3),
+        checkpoint_interval=rng.choice((2, 3, 5, 8, 16)),
+        batch_requests_max=rng.choice((1, 2, 4, 16)),
+        liveness_ticks_max=liveness_ticks_max,
+    )
+    changes: dict = {}
+    if replicas is not None:
+        if replicas not in REPLICA_COUNTS:
+            raise ValueError(f"--replicas must be one of {REPLICA_COUNTS}, got {replicas}")
+        f = (replicas - 1) // 3
+        # Redraw the split from a seed-derived stream so the override stays deterministic.
+        split_rng = random.Random(seed * 31 + replicas)
+        minimum, hk_count = _jurisdiction_split(split_rng, replicas, f)
+        changes.update(replica_count=replicas, min_signers_per_jurisdiction=minimum, hk_count=hk_count)
+        changes["byzantine_count"] = min(plan.byzantine_count, f)
+    if byzantine is not None:
+        f = (changes.get("replica_count", n) - 1) // 3
+        if not 0 <= byzantine <= f:
+            raise ValueError(f"--byzantine must be between 0 and f={f}, got {byzantine}")
+        changes["byzantine_count"] = byzantine
+    if ticks is not None:
+        if ticks < 1:
+            raise ValueError("--ticks must be positive")
+        changes["ticks"] = ticks
+    return dataclasses.replace(plan, **changes) if changes else plan
