@@ -6,6 +6,20 @@ module imports `consensus.replica` and `consensus.messages`.
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
+import nacl.signing
+
+from consensus import codec, messages
+from consensus.block import BlockHeader
+from consensus.validators import ValidatorSet
+
+from . import app
+
+# Kinds of signed message whose (view, slot) an honest replica must never sign twice differently.
+VOTE_KINDS = ("pre-prepare", "prepare", "commit", "checkpoint")
+
 
 def build_replica(plan, validators, me, signing_key, chain_id, application, *, persisted, last_applied):
     from consensus.replica import Replica  # noqa: PLC0415  (lands with the replica)
@@ -41,26 +55,137 @@ def replica_view(replica) -> int:
     return int(getattr(replica, "view", 0))
 
 
-def classify_signed(data: bytes):
-    """(kind, view, slot, digest) of a signed PRE-PREPARE/PREPARE/COMMIT/VIEW-CHANGE, else None."""
+def classify_signed(data: bytes, sender: str) -> tuple[str, int, int, bytes] | None:
+    """(kind, view, slot, digest) of a vote `sender` signed itself, else None.
+
+    Reads the wire map directly (no signature check): this is our own honest
+    replica's output, and a malformed one is reported by the checker as such.
+    """
+    try:
+        wire = codec.unpack(data)
+    except codec.EncodingError:
+        return None
+    if not isinstance(wire, dict) or wire.get("type") not in VOTE_KINDS or wire.get("sender") != sender:
+        return None
+    kind = wire["type"]
+    try:
+        if kind == "pre-prepare":
+            header = BlockHeader.from_wire(wire["header"])
+            return kind, wire["view"], header.height, header.hash()
+        if kind == "checkpoint":
+            return kind, 0, wire["height"], wire["header_hash"]
+        return kind, wire["view"], wire["height"], wire["header_hash"]
+    except Exception:  # our own replica's message we cannot read: the checker flags it
+        return "unreadable", 0, 0, codec.sha256(data)
+
+
+def encode_catch_up_response(blocks, chain_id) -> bytes:
+    return messages.encode_catch_up_response(list(blocks)[: messages.CATCH_UP_BLOCKS_MAX])
+
+
+# -- Byzantine rewriting -----------------------------------------------------------
+
+
+class Context:
+    """What a Byzantine node needs to rewrite messages: the set, its keys, headers it has seen."""
+
+    headers_max = 512
+
+    def __init__(self, validators: ValidatorSet, chain_id: str, signing_key: nacl.signing.SigningKey, me: str):
+        self.validators = validators
+        self.chain_id = chain_id
+        self.signing_key = signing_key
+        self.me = me
+        self.headers: dict[bytes, BlockHeader] = {}
+
+    def decode(self, data: bytes):
+        try:
+            return messages.decode_message(data, self.validators, self.chain_id, verify=False)
+        except messages.MessageError:
+            return None
+
+    def remember(self, data: bytes) -> None:
+        message = self.decode(data)
+        headers = []
+        if isinstance(message, messages.PrePrepare):
+            headers.append(message.header)
+        elif isinstance(message, messages.CatchUpResponse):
+            headers.extend(b.header for b in message.blocks)
+        for header in headers:
+            if len(self.headers) >= self.headers_max:
+                self.headers.pop(next(iter(self.headers)))
+            self.headers[header.hash()] = header
+
+    def resign(self, message) -> bytes:
+        return messages.encode(messages.sign(message, self.signing_key, self.chain_id))
+
+
+def _alternative_block(ctx: Context, pre: messages.PrePrepare, rng: random.Random):
+    """A different block for the same (view, height): valid if the parent is known, else just different."""
+    header, entries = pre.header, list(pre.entries)
+    parent = None if header.height == 1 else ctx.headers.get(header.prev_hash)
+    choice = rng.randrange(3)
+    if choice == 1 and (parent is not None or header.height == 1):
+        # Other entries: drop some, and sometimes slip in a request that fails check_request.
+        entries = entries[: rng.randrange(len(entries) + 1)]
+        if rng.random() < 0.5:
+            entries.append(app.make_request("byzantine", rng.randrange(1 << 30), rng.randbytes(4), valid=False))
+        else:
+            entries.append(app.make_request("byzantine", rng.randrange(1 << 30), rng.randbytes(4)))
+        result = app.SimApplication().execute(parent, header.height, header.time_ms, entries)
+        fields = {
+            "entries_hash": messages.entries_hash(entries), "entry_count": len(entries),
+            "tree_size": result.tree_size, "tree_root": result.tree_root, "results_hash": result.results_hash,
+        }
+    elif choice == 2:
+        # Same entries, a header whose application fields are simply wrong.
+        fields = {"tree_root": codec.sha256(b"wrong root", header.tree_root)}
+    else:
+        # Same entries, another timestamp: a perfectly valid conflicting block.
+        fields = {"time_ms": header.time_ms + rng.randint(1, 1000)}
+    new_header = BlockHeader(**{**header.to_wire(), **fields})
+    return dataclasses.replace(pre, header=new_header, entries=tuple(entries))
+
+
+def equivocate(ctx: Context, data: bytes, rng: random.Random) -> bytes | None:
+    message = ctx.decode(data)
+    if not isinstance(message, messages.PrePrepare):
+        return None
+    return ctx.resign(_alternative_block(ctx, message, rng))
+
+
+def conflicting_vote(ctx: Context, data: bytes, rng: random.Random) -> bytes | None:
+    message = ctx.decode(data)
+    if isinstance(message, (messages.Prepare, messages.Commit, messages.Checkpoint)):
+        return ctx.resign(dataclasses.replace(message, header_hash=rng.randbytes(32)))
+    if isinstance(message, messages.PrePrepare):
+        return ctx.resign(_alternative_block(ctx, message, rng))
     return None
 
 
-def encode_catch_up_response(node, blocks, chain_id) -> bytes:
-    raise NotImplementedError
+def forge_signature(ctx: Context, data: bytes, stranger_key: nacl.signing.SigningKey, rng: random.Random):
+    message = ctx.decode(data)
+    if message is None or not isinstance(message, messages.SIGNED_TYPES):
+        return None
+    choice = rng.randrange(3)
+    if choice == 0:
+        flipped = bytearray(message.signature)
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        return messages.encode(dataclasses.replace(message, signature=bytes(flipped)))
+    if choice == 1:
+        return messages.encode(messages.sign(message, stranger_key, ctx.chain_id))
+    # Impersonation: claims another validator as the sender, keeps our signature.
+    others = [v.id for v in ctx.validators.validators if v.id != ctx.me]
+    return messages.encode(dataclasses.replace(message, sender=rng.choice(others)))
 
 
-def equivocate(data, signing_key, chain_id, rng):
-    return None
-
-
-def conflicting_vote(data, signing_key, chain_id, rng):
-    return None
-
-
-def forge_signature(data, stranger_key, chain_id, rng):
-    return None
-
-
-def shift_view(data, signing_key, chain_id, delta):
-    return None
+def shift_view(ctx: Context, data: bytes, delta: int) -> bytes | None:
+    message = ctx.decode(data)
+    if not isinstance(message, (messages.PrePrepare, messages.Prepare, messages.Commit, messages.ViewChange)):
+        return None
+    view = max(0, min(messages.INTEGER_MAX, message.view + delta))
+    if isinstance(message, messages.ViewChange) and view < 1:
+        return None
+    if view == message.view:
+        return None
+    return ctx.resign(dataclasses.replace(message, view=view))

@@ -34,6 +34,7 @@ class ByzantineBehaviour:
         signing_key: nacl.signing.SigningKey,
         chain_id: str,
         ids: list[str],
+        validators,
         behaviours: tuple[str, ...],
         probability: float,
     ):
@@ -48,8 +49,10 @@ class ByzantineBehaviour:
         self.stranger_key = nacl.signing.SigningKey(codec.sha256(b"stranger", me.encode()))
         self.pool: list[bytes] = []
         self.altered: Counter[str] = Counter()
+        self.context = adapter.Context(validators, chain_id, signing_key, me)
 
     def observe(self, sender: str, data: bytes) -> None:
+        self.context.remember(data)
         if len(self.pool) >= replay_pool_messages_max:
             self.pool[self.rng.randrange(replay_pool_messages_max)] = data
         else:
@@ -77,21 +80,22 @@ class ByzantineBehaviour:
         if behaviour == "replay":
             return rng.choice(self.pool) if self.pool else None
         if behaviour == "equivocate":
-            return adapter.equivocate(data, self.signing_key, self.chain_id, rng)
+            return adapter.equivocate(self.context, data, rng)
         if behaviour == "conflicting_votes":
-            return adapter.conflicting_vote(data, self.signing_key, self.chain_id, rng)
+            return adapter.conflicting_vote(self.context, data, rng)
         if behaviour == "forged_signatures":
-            return adapter.forge_signature(data, self.stranger_key, self.chain_id, rng)
+            return adapter.forge_signature(self.context, data, self.stranger_key, rng)
         if behaviour == "stale_view":
-            return adapter.shift_view(data, self.signing_key, self.chain_id, -rng.randint(1, 3))
+            return adapter.shift_view(self.context, data, -rng.randint(1, 3))
         if behaviour == "future_view":
-            return adapter.shift_view(data, self.signing_key, self.chain_id, rng.randint(2, future_view_offset_max))
+            return adapter.shift_view(self.context, data, rng.randint(2, future_view_offset_max))
         raise ValueError(f"unknown Byzantine behaviour {behaviour!r}")
 
     def outgoing(self, tick: int, destinations: list[str], data: bytes) -> list[tuple[str, bytes]]:
         """What actually leaves the Byzantine node when its honest code sends `data` to `destinations`."""
         out: list[tuple[str, bytes]] = []
         rng = self.rng
+        self.context.remember(data)
         for destination in destinations:
             if not self.behaviours or rng.random() >= self.probability:
                 out.append((destination, data))

@@ -103,8 +103,9 @@ def make_validators(plan: FaultPlan) -> tuple[ValidatorSet, dict[str, nacl.signi
 
 
 class Simulation:
-    def __init__(self, plan: FaultPlan, *, schedule=None, log=None):
-        """`schedule`: optional callable(sim, tick) that scripted scenarios use to inject faults by hand."""
+    def __init__(self, plan: FaultPlan, *, schedule=None, log=None, byzantine_ids=None):
+        """`schedule`: optional callable(sim, tick) that scripted scenarios use to inject faults by hand;
+        `byzantine_ids`: which replicas are Byzantine (default: drawn from the seed)."""
         self.plan = plan
         self.log = log
         self.schedule = schedule
@@ -116,7 +117,10 @@ class Simulation:
         self.rng_byzantine = random.Random(rng.getrandbits(64))
         self.validators, keys = make_validators(plan)
         self.ids = [v.id for v in self.validators.validators]
-        byzantine_ids = sorted(self.rng_faults.sample(self.ids, plan.byzantine_count))
+        drawn = sorted(self.rng_faults.sample(self.ids, plan.byzantine_count))
+        byzantine_ids = sorted(byzantine_ids) if byzantine_ids is not None else drawn
+        if len(byzantine_ids) > plan.f or not set(byzantine_ids) <= set(self.ids):
+            raise ValueError(f"byzantine_ids {byzantine_ids} must be at most f={plan.f} known ids")
         self.byzantine_ids = byzantine_ids
         self.honest_ids = [i for i in self.ids if i not in byzantine_ids]
         self.network = SimNetwork(
@@ -134,7 +138,7 @@ class Simulation:
             if validator_id in byzantine_ids:
                 behaviour = ByzantineBehaviour(
                     random.Random(self.rng_byzantine.getrandbits(64)), validator_id, keys[validator_id],
-                    CHAIN_ID, self.ids, plan.byzantine_behaviours, plan.byzantine_probability,
+                    CHAIN_ID, self.ids, self.validators, plan.byzantine_behaviours, plan.byzantine_probability,
                 )
             self.nodes[validator_id] = SimNode(validator_id, keys[validator_id], behaviour)
         self.requests = self._draw_requests()
@@ -236,9 +240,11 @@ class Simulation:
             for destination, payload in node.byzantine.outgoing(self.tick, destinations, data):
                 self.network.send(self.tick, Packet(node.id, destination, payload))
             return
-        vote = adapter.classify_signed(data)
+        vote = adapter.classify_signed(data, node.id)
         if vote is not None:
             kind, view, slot, digest = vote
+            if kind == "unreadable":
+                raise SafetyViolation(f"honest replica {node.id} sent a signed message it could not have meant")
             self.checker.signed_vote(node.id, kind, view, slot, digest)
             if view > self.max_view_seen:
                 self.max_view_seen = view
@@ -254,9 +260,18 @@ class Simulation:
         if not blocks:
             return
         self.faults["catch_up_served"] += 1
-        self.send(node, peer_id, adapter.encode_catch_up_response(node, blocks, CHAIN_ID))
+        self.send(node, peer_id, adapter.encode_catch_up_response(blocks, CHAIN_ID))
 
     # -- the event loop ---------------------------------------------------------
+
+    def client_request(self, targets: list[str], *, valid: bool = True) -> bytes:
+        """A scripted client request, sent now to `targets`, that liveness then demands."""
+        index = len(self.requests)
+        data = app.make_request("scripted", index, index.to_bytes(4, "big"), valid=valid)
+        self.requests.append(ClientRequest(self.tick, data, valid, tuple(sorted(targets))))
+        for target in sorted(targets):
+            self.submit(self.nodes[target], data)
+        return data
 
     def submit(self, node: SimNode, data: bytes) -> None:
         if node.up:
@@ -292,6 +307,14 @@ class Simulation:
                 node.crash_stage = rng.choice(CRASH_STAGES)
                 node.down_until_tick = self.tick + rng.randint(1, plan.down_ticks_max)
 
+    def schedule_crash(self, node_id: str, stage: str, down_ticks: int) -> None:
+        """Scripted crash of `node_id` at `stage` of its next Ready (or at the end of this tick)."""
+        if stage not in CRASH_STAGES:
+            raise ValueError(f"unknown crash stage {stage!r}")
+        node = self.nodes[node_id]
+        node.crash_stage = stage
+        node.down_until_tick = self.tick + down_ticks
+
     def restart(self, node: SimNode) -> None:
         self.faults["restart"] += 1
         if self.log:
@@ -301,12 +324,13 @@ class Simulation:
     def step(self) -> None:
         if self.phase == "safety":
             self.inject_faults()
-        if self.schedule is not None:
-            self.schedule(self, self.tick)
         for request in self.requests:
             if request.tick == self.tick:
                 for target in request.targets:
                     self.submit(self.nodes[target], request.data)
+        # After the drawn requests, so a scripted request submitted now is not submitted twice.
+        if self.schedule is not None:
+            self.schedule(self, self.tick)
         self.deliver()
         now = self.now_ms()
         for node_id in self.ids:

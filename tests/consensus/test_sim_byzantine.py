@@ -1,0 +1,94 @@
+"""Each Byzantine rewrite produces what it claims: a conflicting but validly signed
+message, or one that an honest replica's boundary check (decode_message) rejects.
+A behaviour that silently produced valid, harmless copies would test nothing."""
+
+import random
+
+import pytest
+
+from consensus import messages
+from consensus.block import ZERO_HASH, BlockHeader, entries_hash
+from consensus.sim import adapter, app
+from consensus.sim.byzantine import ByzantineBehaviour
+from consensus.sim.cluster import CHAIN_ID, make_validators
+from consensus.sim.faults import BYZANTINE_BEHAVIOURS, draw_fault_plan
+
+
+@pytest.fixture
+def setup():
+    vset, keys = make_validators(draw_fault_plan(1, replicas=4))
+    return vset, keys
+
+
+def pre_prepare(vset, keys, view=0):
+    entries = [app.make_request("c", i, bytes([i])) for i in range(3)]
+    result = app.SimApplication().execute(None, 1, 1000, entries)
+    header = BlockHeader(
+        chain_id=CHAIN_ID, height=1, prev_hash=ZERO_HASH, time_ms=1000, entries_hash=entries_hash(entries),
+        entry_count=len(entries), tree_size=result.tree_size, tree_root=result.tree_root,
+        results_hash=result.results_hash, validator_set_hash=vset.hash(),
+    )
+    primary = vset.primary(view).id
+    message = messages.sign(messages.PrePrepare(view, header, tuple(entries), primary), keys[primary], CHAIN_ID)
+    return primary, message
+
+
+def decode(vset, data):
+    return messages.decode_message(data, vset, CHAIN_ID)
+
+
+def test_equivocation_gives_a_validly_signed_different_block_for_the_same_slot(setup):
+    vset, keys = setup
+    primary, original = pre_prepare(vset, keys)
+    ctx = adapter.Context(vset, CHAIN_ID, keys[primary], primary)
+    rng = random.Random(1)
+    seen = set()
+    for _ in range(30):
+        altered = decode(vset, adapter.equivocate(ctx, messages.encode(original), rng))
+        assert (altered.view, altered.height) == (original.view, original.height)
+        assert altered.header.hash() != original.header.hash()
+        seen.add(altered.header.hash())
+    assert len(seen) > 10
+    assert adapter.equivocate(ctx, b"garbage", rng) is None
+
+
+def test_conflicting_votes_and_shifted_views_are_validly_signed(setup):
+    vset, keys = setup
+    vote = messages.sign(messages.Prepare(0, 1, bytes(32), "r1"), keys["r1"], CHAIN_ID)
+    ctx = adapter.Context(vset, CHAIN_ID, keys["r1"], "r1")
+    rng = random.Random(2)
+    other = decode(vset, adapter.conflicting_vote(ctx, messages.encode(vote), rng))
+    assert (other.view, other.height) == (0, 1) and other.header_hash != vote.header_hash
+    future = decode(vset, adapter.shift_view(ctx, messages.encode(vote), 1000))
+    assert future.view == 1000
+    assert adapter.shift_view(ctx, messages.encode(vote), -1) is None   # no view below 0
+
+
+def test_forged_signatures_are_rejected_at_the_boundary(setup):
+    vset, keys = setup
+    vote = messages.sign(messages.Commit(0, 1, bytes(32), "r1"), keys["r1"], CHAIN_ID)
+    ctx = adapter.Context(vset, CHAIN_ID, keys["r1"], "r1")
+    behaviour = ByzantineBehaviour(random.Random(3), "r1", keys["r1"], CHAIN_ID, ["r0", "r1", "r2", "r3"], vset, (), 1.0)
+    rng = random.Random(3)
+    for _ in range(20):
+        forged = adapter.forge_signature(ctx, messages.encode(vote), behaviour.stranger_key, rng)
+        with pytest.raises(messages.MessageError) as caught:
+            decode(vset, forged)
+        assert caught.value.reason == "bad-signature"
+
+
+@pytest.mark.parametrize("behaviour_name", BYZANTINE_BEHAVIOURS)
+def test_every_behaviour_alters_what_it_applies_to(setup, behaviour_name):
+    vset, keys = setup
+    primary, original = pre_prepare(vset, keys, view=2)   # view 2 so a stale view exists
+    data = messages.encode(original)
+    behaviour = ByzantineBehaviour(
+        random.Random(4), primary, keys[primary], CHAIN_ID, ["r0", "r1", "r2", "r3"], vset, (behaviour_name,), 1.0
+    )
+    behaviour.observe("r2", messages.encode(messages.sign(messages.Prepare(0, 1, bytes(32), "r2"), keys["r2"], CHAIN_ID)))
+    out = behaviour.outgoing(0, ["r1", "r2", "r3"], data)
+    assert sum(behaviour.altered.values()) == 3
+    if behaviour_name == "silent":
+        assert out == []
+    else:
+        assert any(payload != data for _, payload in out)
