@@ -92,7 +92,7 @@ class LimitsConfig:
     inbound_queue_messages_max: int = 4096         # messages from all peers waiting for the core
     mempool_requests_max: int = 20000              # accepted entries not yet committed
     rpc_connections_max: int = 256                 # concurrent RPC clients
-    catch_up_blocks_max: int = 256                 # blocks in one catch-up response
+    catch_up_blocks_max: int = 64                  # blocks in one catch-up response (wire limit 64)
     reconnect_backoff_min_ms: int = 100            # first redial delay
     reconnect_backoff_max_ms: int = 5000           # redial delay cap
     seen_requests_max: int = 100000                # remembered request ids (gossip dedup)
@@ -139,7 +139,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "inbound_queue_messages_max": (1, 1_000_000),
         "mempool_requests_max": (1, 10_000_000),
         "rpc_connections_max": (1, 100_000),
-        "catch_up_blocks_max": (1, 100_000),
+        "catch_up_blocks_max": (1, 64),  # consensus.messages.CATCH_UP_BLOCKS_MAX
         "reconnect_backoff_min_ms": (1, 600_000),
         "reconnect_backoff_max_ms": (1, 3_600_000),
         "seen_requests_max": (1, 100_000_000),

@@ -1,0 +1,173 @@
+"""Operator subcommands: `keygen`, `genesis` and `node` (run the daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from node.cli import CliError
+from node.config import ConfigError, parse_address
+from node.keys import KeyFileError, KeyPair, load_public_key, write_key_file
+
+GENESIS_HELP = """\
+Write a genesis file from the validators, governance keys and initial participants.
+
+  --validator ID:JURISDICTION:KEY:P2P_HOST:P2P_PORT:RPC_HOST:RPC_PORT   (repeat; order fixes the primary rotation)
+  --governance JURISDICTION:KEY                                       (repeat; regulator keys per jurisdiction)
+  --threshold JURISDICTION:N                                          (governance signatures needed, per jurisdiction)
+  --participant ID:JURISDICTION:ROLE:KEY                              (repeat; admitted at genesis)
+
+KEY is 64 hex characters of an Ed25519 public key or the path of a key file
+written by `bayledger keygen` (only its public half is read). JURISDICTION is HK or CN.
+
+Example:
+  bayledger genesis --chain-id bayledger-test \\
+    --validator hk-1:HK:keys/hk-1.json:127.0.0.1:26601:127.0.0.1:26611 ... \\
+    --governance HK:keys/hkma.json --governance CN:keys/pboc.json \\
+    --threshold HK:1 --threshold CN:1 \\
+    --participant bank-hk:HK:provider:keys/bank-hk.json --out genesis.json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    keygen = subparsers.add_parser("keygen", help="create an Ed25519 key file (mode 0600)",
+                                   description="Create an Ed25519 key file readable by its owner only; "
+                                   "prints the public key in hex.")
+    keygen.add_argument("--out", required=True, help="key file to create (never overwritten)")
+    keygen.add_argument("--id", help="name stored in the key file (e.g. the validator id)")
+    keygen.set_defaults(handler=run_keygen)
+
+    genesis = subparsers.add_parser("genesis", help="write a genesis file", description=GENESIS_HELP,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    genesis.add_argument("--chain-id", required=True)
+    genesis.add_argument("--validator", action="append", default=[], metavar="SPEC")
+    genesis.add_argument("--governance", action="append", default=[], metavar="JURISDICTION:KEY")
+    genesis.add_argument("--threshold", action="append", default=[], metavar="JURISDICTION:N")
+    genesis.add_argument("--participant", action="append", default=[], metavar="ID:JURISDICTION:ROLE:KEY")
+    genesis.add_argument("--min-signers-per-jurisdiction", type=int, default=1,
+                         help="COMMIT signers needed from each jurisdiction in every certificate (default 1)")
+    genesis.add_argument("--time-ms", type=int, default=None, help="genesis time, ms since the epoch (default now)")
+    genesis.add_argument("--out", required=True, help="genesis file to write")
+    genesis.add_argument("--force", action="store_true", help="overwrite an existing file")
+    genesis.set_defaults(handler=run_genesis)
+
+    node = subparsers.add_parser("node", help="run a validator daemon",
+                                 description="Run the validator daemon until SIGTERM or SIGINT. "
+                                 "The config reference is in docs/OPERATIONS.md.")
+    node.add_argument("--config", required=True, help="node TOML config file")
+    node.set_defaults(handler=run_node)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    key = KeyPair.generate(args.id)
+    try:
+        write_key_file(args.out, key)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    print(key.public_key.hex())
+    return 0
+
+
+def _split(text: str, parts: int, what: str, option: str) -> list[str]:
+    # Host parts may be IPv6 in brackets; keep them simple: split from the left, exactly `parts` fields.
+    fields = text.split(":")
+    if len(fields) != parts or not all(fields):
+        raise CliError(f"--{option} {text!r}: expected {what}")
+    return fields
+
+
+def _public_key(text: str, option: str) -> bytes:
+    try:
+        return load_public_key(text)
+    except KeyFileError as exc:
+        raise CliError(f"--{option}: {exc}") from None
+
+
+def genesis_document(args: argparse.Namespace) -> dict:
+    """The genesis JSON document described by the command line arguments (validated by storage.genesis)."""
+    validators = []
+    for spec in args.validator:
+        vid, jurisdiction, key, p2p_host, p2p_port, rpc_host, rpc_port = _split(
+            spec, 7, "ID:JURISDICTION:KEY:P2P_HOST:P2P_PORT:RPC_HOST:RPC_PORT", "validator")
+        try:
+            p2p = parse_address(f"{p2p_host}:{p2p_port}", f"validator {vid} p2p")
+            rpc = parse_address(f"{rpc_host}:{rpc_port}", f"validator {vid} rpc")
+        except ConfigError as exc:
+            raise CliError(f"--validator: {exc}") from None
+        validators.append({"id": vid, "jurisdiction": jurisdiction, "public_key": _public_key(key, "validator").hex(),
+                           "p2p_address": str(p2p), "rpc_address": str(rpc)})
+    if not validators:
+        raise CliError("at least one --validator is needed")
+    governance: dict[str, dict] = {}
+    for spec in args.governance:
+        jurisdiction, key = _split(spec, 2, "JURISDICTION:KEY", "governance")
+        governance.setdefault(jurisdiction, {"keys": [], "threshold": 1})["keys"].append(
+            _public_key(key, "governance").hex())
+    for spec in args.threshold:
+        jurisdiction, count = _split(spec, 2, "JURISDICTION:N", "threshold")
+        if jurisdiction not in governance:
+            raise CliError(f"--threshold {spec!r}: no --governance key for {jurisdiction}")
+        if not count.isdigit():
+            raise CliError(f"--threshold {spec!r}: N must be a positive integer")
+        governance[jurisdiction]["threshold"] = int(count)
+    participants = []
+    for spec in args.participant:
+        pid, jurisdiction, role, key = _split(spec, 4, "ID:JURISDICTION:ROLE:KEY", "participant")
+        participants.append({"id": pid, "jurisdiction": jurisdiction, "role": role,
+                             "public_key": _public_key(key, "participant").hex()})
+    return {
+        "chain_id": args.chain_id,
+        "validators": validators,
+        "min_signers_per_jurisdiction": args.min_signers_per_jurisdiction,
+        "governance": governance,
+        "participants": participants,
+        "time_ms": args.time_ms,
+    }
+
+
+def run_genesis(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out} already exists (use --force to overwrite)")
+    document = genesis_document(args)
+    if document["time_ms"] is None:
+        document["time_ms"] = int(time.time() * 1000)
+    temporary = out.with_name(out.name + ".tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    try:
+        _validate_genesis(temporary)
+    except Exception:
+        temporary.unlink()
+        raise
+    os.replace(temporary, out)
+    print(f"wrote {out} ({len(document['validators'])} validators, chain {args.chain_id})")
+    return 0
+
+
+def _validate_genesis(path: Path) -> None:
+    """Load the file back with storage's own validation, so a bad genesis never reaches a node."""
+    from storage.genesis import Genesis, GenesisError
+
+    try:
+        Genesis.load(path)
+    except GenesisError as exc:
+        raise CliError(f"invalid genesis: {exc}") from None
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.daemon import run_daemon
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(f"config: {exc}") from None
+    return run_daemon(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(os.EX_USAGE)

@@ -1,0 +1,538 @@
+"""The validator daemon: one trio process running the consensus core over peer links and LevelDB.
+
+Tasks (all in one nursery, cancelled together on SIGTERM/SIGINT):
+- the peer network (node.transport): a listener, dialers, a reader and a writer per link;
+  readers put frames on the bounded `inbound` channel;
+- the driver: the only task that touches the replica. It takes frames, client
+  requests and clock ticks, and carries out each Ready in the contract order of
+  docs/INTERNALS.md: persist (one synced batch) -> on_persisted -> send ->
+  apply committed blocks -> serve catch-up -> log evidence and rejections;
+- the RPC server (node.rpc, when present) and the metrics server;
+- the fault-injection poller, only when `testing.fault_injection` is on.
+
+Every call into consensus.replica, consensus.messages and storage goes through
+the small functions in the "seams" section, so a change of those APIs touches
+one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from consensus import codec
+
+from .api import ApiError
+from .config import Address, NodeConfig
+from .keys import KeyFileError, KeyPair, load_key_file
+from .logs import configure_logging
+from .metrics import NodeMetrics, serve_metrics
+from .transport import FRAME_KIND_CONSENSUS, FRAME_KIND_REQUEST, InboundFrame, PeerNetwork
+
+VERSION = "0.1.0"
+PARTITION_POLL_MS = 100                # fault-injection file poll period
+SHUTDOWN_GRACE_S = 5                   # after SIGTERM, how long tasks get to finish
+DRAIN_EVENTS_MAX = 256                 # events handled per driver wake-up before the next tick check
+PARTITION_FILE_NAME = "fault-partition"
+EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
+
+log = structlog.get_logger()
+
+
+class StartupError(Exception):
+    """The environment prevents starting (missing key, bad genesis, port in use): exit with this reason."""
+
+
+# --- seams: every touch point of consensus.replica, consensus.messages and storage --------------
+
+def _load_genesis(path: Path):
+    from storage.genesis import Genesis, GenesisError
+
+    try:
+        return Genesis.load(path)
+    except GenesisError as exc:
+        raise StartupError(f"genesis {path}: {exc}") from None
+    except OSError as exc:
+        raise StartupError(f"genesis {path}: {exc.strerror}") from None
+
+
+def _genesis_validators(genesis):
+    return genesis.validator_set
+
+
+def _genesis_p2p_addresses(genesis) -> dict[str, Address | None]:
+    """Validator id -> P2P address from genesis (None when genesis has none for it)."""
+    from .config import ConfigError, parse_address
+
+    addresses: dict[str, Address | None] = {}
+    for validator in genesis.validator_set.validators:
+        text = genesis.validator_addresses.get(validator.id, {}).get("p2p") if hasattr(
+            genesis, "validator_addresses") else None
+        try:
+            addresses[validator.id] = parse_address(text, f"genesis {validator.id}") if text else None
+        except ConfigError:
+            addresses[validator.id] = None
+    return addresses
+
+
+def _open_ledger(path: Path, genesis):
+    from storage.ledger import Ledger
+
+    return Ledger.open(path, genesis)
+
+
+def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger):
+    from consensus.replica import Replica, ReplicaConfig
+    from storage.ledger import LedgerApplication
+
+    height, header = _last_applied(ledger)
+    return Replica(
+        validators=_genesis_validators(genesis),
+        me=config.node_id,
+        signing_key=key.signing_key,
+        chain_id=genesis.chain_id,
+        application=LedgerApplication(ledger),
+        config=ReplicaConfig(
+            batch_requests_max=config.consensus.batch_requests_max,
+            batch_wait_ms=config.consensus.batch_wait_ms,
+            view_timeout_ms=config.consensus.view_timeout_ms,
+            checkpoint_interval=config.consensus.checkpoint_interval,
+            watermark_window=config.consensus.watermark_window,
+            request_pool_max=config.limits.mempool_requests_max,
+        ),
+        persisted=ledger.load_consensus_state(),
+        last_applied=(height, header),
+    )
+
+
+def _last_applied(ledger) -> tuple[int, Any]:
+    height = ledger.height()
+    return height, (ledger.header(height) if height else None)
+
+
+def _apply_block(ledger, block) -> list:
+    """Apply a committed block; return its per-entry outcomes (see _receipt)."""
+    return ledger.apply_block(block)
+
+
+def _read_blocks(ledger, from_height: int, to_height: int) -> list:
+    blocks = []
+    for height in range(from_height, to_height + 1):
+        block = ledger.committed_block(height)
+        if block is None:
+            break
+        blocks.append(block)
+    return blocks
+
+
+def _encode_catch_up_response(blocks) -> bytes:
+    from consensus.messages import encode_catch_up_response
+
+    return encode_catch_up_response(blocks)
+
+
+def _check_entry(entry: bytes) -> str | None:
+    from storage.entries import check_entry
+
+    return check_entry(entry)
+
+
+def _entry_id(entry: bytes) -> bytes:
+    from storage.entries import entry_id
+
+    return entry_id(entry)
+
+
+def _receipt(block, index: int, outcome) -> dict:
+    """What a waiting submitter gets for entry `index` of `block`."""
+    if getattr(outcome, "ok", True):
+        return {"status": "committed", "height": block.header.height, "leaf_index": outcome.leaf_index}
+    return {"status": "rejected", "height": block.header.height, "reason": outcome.reason}
+
+
+# --- the daemon -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ClientRequest:
+    entry: bytes
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    receipt: dict | None = None
+
+
+class Daemon:
+    """A running validator; implements node.api.NodeApi for the RPC server."""
+
+    def __init__(self, config: NodeConfig, genesis, key: KeyPair, ledger, metrics: NodeMetrics | None = None):
+        self.config = config
+        self.genesis = genesis
+        self.key = key
+        self.ledger = ledger
+        self.metrics = metrics or NodeMetrics()
+        self.validator_set = _genesis_validators(genesis)
+        self.chain_id = genesis.chain_id
+        me = self.validator_set.get(config.node_id)
+        if me is None:
+            raise StartupError(f"node_id {config.node_id!r} is not a validator in the genesis file")
+        if me.public_key != key.public_key:
+            raise StartupError(f"key file {config.key_file} does not hold the genesis key of {config.node_id!r}")
+        self.jurisdiction = me.jurisdiction
+        self.replica = _build_replica(config, genesis, key, ledger)
+        self.height, _ = _last_applied(ledger)
+        self.view = int(getattr(self.replica, "view", 0))
+        self.metrics.height.set(self.height)
+        self.metrics.view.set(self.view)
+        # One bounded queue feeds the driver: peer readers wait when it is full (TCP pushes back on
+        # the peer), client submits do not wait and get "mempool-full" instead.
+        inbound_send, self._events = trio.open_memory_channel(config.limits.inbound_queue_messages_max)
+        self._client_send = inbound_send.clone()
+        self.network = PeerNetwork(
+            node_id=config.node_id, chain_id=self.chain_id, signing_key=key.signing_key,
+            validators=self.validator_set, peers=self._peer_addresses(), listen=config.listen.p2p,
+            inbound=inbound_send, metrics=self.metrics, frame_bytes_max=config.limits.frame_bytes_max,
+            handshake_timeout_ms=config.limits.handshake_timeout_ms,
+            send_queue_frames_max=config.limits.peer_send_queue_frames_max,
+            reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
+            reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
+        )
+        # Entry id -> entry for requests seen and not yet committed (the mempool and gossip dedup).
+        self._pending: OrderedDict[bytes, None] = OrderedDict()
+        # Entry ids recently committed or seen; stops re-gossip and re-submission loops.
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._waiters: dict[bytes, list[_Waiter]] = {}
+        self.bound: dict[str, int] = {}
+        self._ready_event = trio.Event()
+
+    def _peer_addresses(self) -> dict[str, Address | None]:
+        if self.config.peers is not None:
+            addresses: dict[str, Address | None] = {v.id: None for v in self.validator_set.validators}
+            for peer in self.config.peers:
+                if peer.id not in self.validator_set:
+                    raise StartupError(f"peers: {peer.id!r} is not a validator in the genesis file")
+                addresses[peer.id] = peer.address
+        else:
+            addresses = _genesis_p2p_addresses(self.genesis)
+        addresses.pop(self.config.node_id, None)
+        return addresses
+
+    # --- NodeApi ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        height, header = _last_applied(self.ledger)
+        return {
+            "chain_id": self.chain_id,
+            "node_id": self.config.node_id,
+            "jurisdiction": self.jurisdiction,
+            "height": height,
+            "view": self.view,
+            "primary": self.validator_set.primary(self.view).id,
+            "tree_size": header.tree_size if header else 0,
+            "tree_root": header.tree_root if header else codec.sha256(b""),
+            "peers": self.network.connected_peers(),
+            "mempool_size": len(self._pending),
+            "catch_up_target_height": int(self.metrics.catch_up_target_height.get()),
+            "version": VERSION,
+        }
+
+    def validators(self) -> list[dict[str, Any]]:
+        addresses = self._peer_addresses()
+        addresses[self.config.node_id] = self.config.listen.p2p
+        return [
+            {"id": v.id, "public_key": v.public_key, "jurisdiction": v.jurisdiction,
+             "address": str(addresses.get(v.id)) if addresses.get(v.id) else None}
+            for v in self.validator_set.validators
+        ]
+
+    async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
+        if not isinstance(entry, bytes):
+            raise ApiError("bad-entry", "entry must be bytes")
+        reason = _check_entry(entry)
+        if reason is not None:
+            self.metrics.rejected_requests.inc(label_value=reason)
+            raise ApiError("bad-entry", f"entry refused: {reason}")
+        entry_id = _entry_id(entry)
+        if entry_id not in self._pending and len(self._pending) >= self.config.limits.mempool_requests_max:
+            self.metrics.rejected_requests.inc(label_value="mempool-full")
+            raise ApiError("mempool-full", f"{len(self._pending)} entries are waiting; retry later")
+        waiter = None
+        if wait:
+            waiter = _Waiter()
+            self._waiters.setdefault(entry_id, []).append(waiter)
+        try:
+            try:
+                self._client_send.send_nowait(_ClientRequest(entry))
+            except trio.WouldBlock:
+                self.metrics.rejected_requests.inc(label_value="mempool-full")
+                raise ApiError("mempool-full", "the request queue is full; retry later") from None
+            if waiter is None:
+                return {"status": "pending", "id": entry_id}
+            limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
+            with trio.move_on_after(min(max(timeout_s, 0), limit_s)):
+                await waiter.event.wait()
+            if waiter.receipt is None:
+                raise ApiError("timeout", "not committed yet; the entry stays in the mempool")
+            return {**waiter.receipt, "id": entry_id}
+        finally:
+            if waiter is not None:
+                waiters = self._waiters.get(entry_id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(entry_id, None)
+
+    # --- the driver ----------------------------------------------------------------------------
+
+    def _remember(self, table: OrderedDict, key: bytes, limit: int) -> None:
+        table[key] = None
+        table.move_to_end(key)
+        while len(table) > limit:
+            table.popitem(last=False)
+
+    def _take_request(self, entry: bytes, origin: str | None):
+        """A request from a client (origin None) or gossiped by a peer; returns the replica's Ready or None."""
+        entry_id = _entry_id(entry) if origin is None else None
+        if origin is not None:
+            reason = _check_entry(entry)
+            if reason is not None:
+                self.metrics.rejected_requests.inc(label_value=reason)
+                log.warning("gossiped request refused", peer=origin, reason=reason)
+                return None
+            entry_id = _entry_id(entry)
+        if entry_id in self._seen:
+            return None
+        self._remember(self._seen, entry_id, self.config.limits.seen_requests_max)
+        if len(self._pending) >= self.config.limits.mempool_requests_max:
+            self.metrics.rejected_requests.inc(label_value="mempool-full")
+            return None
+        self._remember(self._pending, entry_id, self.config.limits.mempool_requests_max)
+        self.metrics.mempool_size.set(len(self._pending))
+        if origin is None:
+            # Only the validator that took the request floods it; receivers do not re-flood.
+            self.network.broadcast(FRAME_KIND_REQUEST, entry)
+        return self.replica.on_request(entry)
+
+    def carry_out(self, ready) -> None:
+        """Do what a Ready asks, in contract order, then whatever on_persisted releases."""
+        while ready is not None:
+            follow_up = None
+            if ready.persist:
+                self.ledger.write_consensus_state(list(ready.persist))
+                follow_up = self.replica.on_persisted()
+            for outbound in ready.messages:
+                if outbound.to is None:
+                    self.network.broadcast(FRAME_KIND_CONSENSUS, outbound.data)
+                else:
+                    self.network.send(outbound.to, FRAME_KIND_CONSENSUS, outbound.data)
+            for block in ready.committed:
+                self._apply(block)
+            for peer_id, from_height, to_height in ready.serve_catch_up:
+                self._serve_catch_up(peer_id, from_height, to_height)
+            for evidence in ready.evidence:
+                self.metrics.evidence.inc()
+                log.warning("equivocation evidence", validator=evidence.validator, kind=evidence.kind,
+                            view=evidence.view, height=evidence.height,
+                            first=evidence.first.hex(), second=evidence.second.hex())
+            for peer_id, reason in ready.rejected:
+                self.metrics.rejected_messages.inc(label_value=reason)
+                log.info("message rejected", peer=peer_id, reason=reason)
+            ready = follow_up
+        self._observe_replica()
+
+    def _observe_replica(self) -> None:
+        view = int(getattr(self.replica, "view", self.view))
+        if view != self.view:
+            if view > self.view:
+                self.metrics.view_changes.inc(view - self.view)
+            log.info("view changed", view=view, primary=self.validator_set.primary(view).id)
+            self.view = view
+            self.metrics.view.set(view)
+        target = getattr(self.replica, "catch_up_target", None)
+        if isinstance(target, int):
+            self.metrics.catch_up_target_height.set(max(target, self.height))
+
+    def _apply(self, block) -> None:
+        header = block.header
+        if header.height <= self.height:
+            return      # already applied (replayed after a restart): apply_block is idempotent anyway
+        outcomes = _apply_block(self.ledger, block)
+        self.height = header.height
+        latency_s = max(0.0, time.time() - header.time_ms / 1000)
+        size_bytes = sum(len(entry) for entry in block.entries)
+        self.metrics.height.set(self.height)
+        self.metrics.committed_blocks.inc()
+        self.metrics.committed_entries.inc(len(block.entries))
+        self.metrics.commit_latency.observe(latency_s)
+        log.info("block committed", height=header.height, view=block.certificate.view,
+                 entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),
+                 tree_size=header.tree_size)
+        for index, entry in enumerate(block.entries):
+            entry_id = _entry_id(entry)
+            self._pending.pop(entry_id, None)
+            self._remember(self._seen, entry_id, self.config.limits.seen_requests_max)
+            waiters = self._waiters.pop(entry_id, None)
+            if waiters:
+                outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
+                receipt = _receipt(block, index, outcome)
+                for waiter in waiters:
+                    waiter.receipt = receipt
+                    waiter.event.set()
+        self.metrics.mempool_size.set(len(self._pending))
+
+    def _serve_catch_up(self, peer_id: str, from_height: int, to_height: int) -> None:
+        last = min(to_height, from_height + self.config.limits.catch_up_blocks_max - 1, self.height)
+        if from_height < 1 or last < from_height:
+            return
+        blocks = _read_blocks(self.ledger, from_height, last)
+        if blocks:
+            self.network.send(peer_id, FRAME_KIND_CONSENSUS, _encode_catch_up_response(blocks))
+            log.debug("catch-up served", peer=peer_id, from_height=from_height, to_height=from_height + len(blocks) - 1)
+
+    def _handle_frame(self, frame: InboundFrame):
+        if frame.kind == FRAME_KIND_REQUEST:
+            return self._take_request(frame.payload, frame.peer_id)
+        return self.replica.on_message(frame.peer_id, frame.payload)
+
+    def _handle_event(self, event) -> None:
+        if isinstance(event, InboundFrame):
+            self.carry_out(self._handle_frame(event))
+        else:
+            self.carry_out(self._take_request(event.entry, None))
+
+    async def _drive(self) -> None:
+        tick_s = self.config.consensus.tick_interval_ms / 1000
+        self.carry_out(self.replica.on_tick(int(time.time() * 1000)))
+        next_tick = trio.current_time() + tick_s
+        while True:
+            with trio.move_on_at(next_tick):
+                self._handle_event(await self._events.receive())
+                # Drain what else is queued, up to a bound, so ticks are never starved.
+                for _ in range(DRAIN_EVENTS_MAX):
+                    try:
+                        event = self._events.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle_event(event)
+            if trio.current_time() >= next_tick:
+                self.carry_out(self.replica.on_tick(int(time.time() * 1000)))
+                next_tick = trio.current_time() + tick_s
+            await trio.sleep(0)   # let readers, writers and the RPC server run between batches
+
+    async def _poll_partition_file(self) -> None:
+        path = self.config.data_dir / PARTITION_FILE_NAME
+        while True:
+            try:
+                words = path.read_text().split()
+            except FileNotFoundError:
+                words = []
+            except OSError:
+                words = []
+            peers = set(self.network.slots) if "*" in words else {w for w in words if w in self.network.slots}
+            self.network.set_partitioned(frozenset(peers))
+            await trio.sleep(PARTITION_POLL_MS / 1000)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            self.bound["p2p"] = await nursery.start(self.network.run)
+            listeners = await nursery.start(functools.partial(
+                serve_metrics, self.metrics, config.listen.metrics.host, config.listen.metrics.port,
+                request_bytes_max=config.limits.metrics_request_bytes_max,
+                client_timeout_ms=config.limits.metrics_client_timeout_ms))
+            self.bound["metrics"] = listeners[0].socket.getsockname()[1]
+            rpc_port = await self._start_rpc(nursery)
+            if rpc_port is not None:
+                self.bound["rpc"] = rpc_port
+            if config.testing.fault_injection:
+                nursery.start_soon(self._poll_partition_file)
+            nursery.start_soon(self._drive)
+            log.info("node started", chain_id=self.chain_id, height=self.height, view=self.view,
+                     ports=dict(self.bound), peers=sorted(self.network.slots))
+            task_status.started(dict(self.bound))
+
+    async def _start_rpc(self, nursery: trio.Nursery) -> int | None:
+        try:
+            from . import rpc
+        except ModuleNotFoundError as exc:
+            if exc.name != "node.rpc":
+                raise
+            log.warning("rpc server not available in this build; RPC port not opened")
+            return None
+        result = await nursery.start(functools.partial(
+            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port,
+            connections_max=self.config.limits.rpc_connections_max))
+        return _port_of(result, self.config.listen.rpc.port)
+
+
+def _port_of(result: Any, default: int) -> int:
+    if isinstance(result, int):
+        return result
+    if isinstance(result, (list, tuple)) and result and hasattr(result[0], "socket"):
+        return result[0].socket.getsockname()[1]
+    return default
+
+
+async def _serve_until_signal(daemon: Daemon) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("shutting down", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+            nursery.start_soon(stop_on_signal)
+
+
+def open_daemon(config: NodeConfig) -> Daemon:
+    """Load key and genesis, open the data directory and build the daemon (raises StartupError)."""
+    try:
+        key = load_key_file(config.key_file)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    genesis = _load_genesis(config.genesis_file)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"data_dir {config.data_dir}: {exc.strerror}") from None
+    try:
+        ledger = _open_ledger(config.data_dir / "ledger", genesis)
+    except Exception as exc:  # plyvel raises its own IOError for a locked db; report, do not trace back
+        raise StartupError(f"cannot open the ledger in {config.data_dir}: {exc}") from None
+    try:
+        return Daemon(config, genesis, key, ledger)
+    except BaseException:
+        ledger.close()
+        raise
+
+
+def run_daemon(config: NodeConfig) -> int:
+    """Entry point of `bayledger node`: run until SIGTERM/SIGINT; the exit status."""
+    configure_logging(config.node_id, log_format=config.log.format, level=config.log.level)
+    try:
+        daemon = open_daemon(config)
+    except StartupError as exc:
+        log.error("cannot start", reason=str(exc))
+        return EXIT_ENVIRONMENT
+    try:
+        trio.run(_serve_until_signal, daemon)
+    except OSError as exc:
+        log.error("cannot start", reason=f"{exc.strerror or exc}")
+        return EXIT_ENVIRONMENT
+    finally:
+        daemon.ledger.close()
+        log.info("stopped", height=daemon.height)
+    return 0
