@@ -1,0 +1,74 @@
+"""`python -m testnet`: run a local Bayledger network of real daemon processes.
+
+    python -m testnet up [--validators 4|7|10] [--base-port P] [--dir D]
+    python -m testnet status [--json] [--dir D]
+    python -m testnet kill NODE | restart NODE | logs NODE [--dir D]
+    python -m testnet down [--dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import control
+from .network import VALIDATOR_COUNTS, ManifestError
+from .ports import PortError
+from .supervisor import SupervisorError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m testnet", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--dir", type=Path, default=control.DEFAULT_RUN_DIR,
+                         help=f"run directory (default {control.DEFAULT_RUN_DIR})")
+        return sub
+
+    up = add("up", "generate (first time) and start the network, then submit and verify a sample commitment")
+    up.add_argument("--validators", type=int, choices=VALIDATOR_COUNTS, default=None,
+                    help=f"number of validators for a new network (default {control.DEFAULT_VALIDATORS})")
+    up.add_argument("--base-port", type=int, default=None,
+                    help=f"first port: p2p = P+i, rpc = P+100+i, metrics = P+200+i (default {control.DEFAULT_BASE_PORT})")
+    up.add_argument("--no-demo", action="store_true", help="skip the sample submit and verify")
+    add("down", "stop every node (SIGTERM, then SIGKILL after a deadline); data is kept")
+    status = add("status", "height, view and peers of each node")
+    status.add_argument("--json", action="store_true", help="print the machine-readable view")
+    for name, help_text in (("kill", "SIGKILL one node (a crash)"),
+                            ("restart", "stop one node if it runs, start it, wait until it answers")):
+        add(name, help_text).add_argument("node", metavar="NODE")
+    logs = add("logs", "print the end of one node's log")
+    logs.add_argument("node", metavar="NODE")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            return control.up(args.dir, args.validators, args.base_port, demo=not args.no_demo)
+        if args.command == "down":
+            return control.down(args.dir)
+        if args.command == "status":
+            return control.status(args.dir, args.json)
+        if args.command == "kill":
+            return control.kill(args.dir, args.node)
+        if args.command == "restart":
+            return control.restart(args.dir, args.node)
+        if args.command == "logs":
+            return control.logs(args.dir, args.node, args.lines, args.follow)
+    except (control.TestnetError, ManifestError, PortError, SupervisorError) as exc:
+        print(f"testnet {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The subcommands of `python -m testnet`: up, down, status, kill, restart, logs.
+
+Each returns an exit status and prints for a person; `status --json` prints the
+machine-readable view the benchmark and tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import rpc
+from .network import DEMO_PARTICIPANTS, ManifestError, Network, NodeEntry, plan_network
+from .ports import PortError, check_ports_free, plan_ports
+from .supervisor import SupervisorError, running_pid, start_node, stop_node
+
+DEFAULT_RUN_DIR = Path("testnet/.run")
+DEFAULT_BASE_PORT = 7700
+DEFAULT_VALIDATORS = 4
+status_timeout_s = 1.0            # one node's answer to `status` in `testnet status`
+node_ready_timeout_s = 60.0       # every daemon answers RPC status after start
+first_block_timeout_s = 60.0      # the sample commitment is committed
+cli_timeout_s = 60.0              # one `bayledger` CLI call in the demo
+log_tail_lines = 20               # shown when a node fails to come up
+poll_interval_s = 0.2
+
+
+class TestnetError(Exception):
+    """An expected failure of a subcommand: printed as one message, exit status 1."""
+
+
+def node_pids(network: Network) -> dict[str, int | None]:
+    return {n.name: running_pid(n.pid_path, n.config_path) for n in network.nodes}
+
+
+def tail(path: Path, lines: int = log_tail_lines) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log file)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def node_status(node: NodeEntry, timeout_s: float = status_timeout_s) -> dict | None:
+    """The node's RPC `status` map, or None if it does not answer."""
+    try:
+        result = rpc.call(node.rpc, "status", [], timeout_s)
+    except (rpc.ConnectionLost, rpc.RpcError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+# ---------------------------------------------------------------- up
+
+
+def _start_all(network: Network) -> None:
+    pids = node_pids(network)
+    plan = [p for n, p in zip(network.nodes, plan_ports(network.base_port, len(network.nodes)))
+            if pids[n.name] is None]
+    check_ports_free(plan)
+    for node in network.nodes:
+        if pids[node.name] is None:
+            pid = start_node(node.config_path, node.pid_path, node.log_path, cwd=network.run_dir)
+            print(f"  started {node.name:<6} pid {pid:<7} log {node.log_path}")
+
+
+def wait_until_ready(network: Network, timeout_s: float = node_ready_timeout_s,
+                     names: list[str] | None = None) -> dict[str, dict]:
+    """Wait until each node answers `status`; fail fast (with its log) if one exits."""
+    wanted = [network.node(n) for n in names] if names else list(network.nodes)
+    deadline = time.monotonic() + timeout_s
+    answers: dict[str, dict] = {}
+    while True:
+        for node in wanted:
+            if node.name in answers:
+                continue
+            if running_pid(node.pid_path, node.config_path) is None:
+                raise TestnetError(
+                    f"node {node.name} exited during start-up; last lines of {node.log_path}:\n{tail(node.log_path)}"
+                )
+            status = node_status(node)
+            if status is not None:
+                answers[node.name] = status
+        if len(answers) == len(wanted):
+            return answers
+        if time.monotonic() > deadline:
+            missing = [n for n in wanted if n.name not in answers]
+            raise TestnetError(
+                f"{', '.join(n.name for n in missing)} did not answer RPC status within {timeout_s:.0f} s; "
+                f"see {missing[0].log_path}:\n{tail(missing[0].log_path)}"
+            )
+        time.sleep(poll_interval_s)
+
+
+def wait_for_height(network: Network, height: int, timeout_s: float = first_block_timeout_s) -> dict[str, int]:
+    """Wait until every running node reports at least `height`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        heights = {}
+        for node in network.nodes:
+            status = node_status(node)
+            heights[node.name] = int(status.get("height", -1)) if status else -1
+        if all(h >= height for h in heights.values()):
+            return heights
+        if time.monotonic() > deadline:
+            lagging = [name for name, h in heights.items() if h < height]
+            node = network.node(lagging[0])
+            raise TestnetError(
+                f"{', '.join(lagging)} did not reach height {height} within {timeout_s:.0f} s "
+                f"(heights {heights}); see {node.log_path}:\n{tail(node.log_path)}"
+            )
+        time.sleep(poll_interval_s)
+
+
+def bayledger(args: list[str], timeout_s: float = cli_timeout_s) -> subprocess.CompletedProcess:
+    """Run the `bayledger` CLI as a user would; raise TestnetError with its output if it fails."""
+    command = [sys.executable, "-m", "node.cli", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise TestnetError(f"`bayledger {' '.join(args)}` did not finish within {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        raise TestnetError(
+            f"`bayledger {' '.join(args)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+    return done
+
+
+def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True) -> int:
+    """Generate (first time) and start the network; if any node runs already, change nothing."""
+    from .generate import generate_network  # needs the node's admin commands
+
+    run_dir = run_dir.resolve()
+    fresh = False
+    try:
+        network = Network.load(run_dir)
+    except ManifestError:
+        if (run_dir / "nodes").exists():
+            raise TestnetError(f"{run_dir} holds files but no usable testnet.json; remove {run_dir} first")
+        network = None
+    if network is not None:
+        if validators is not None and len(network.nodes) != validators:
+            raise TestnetError(
+                f"{run_dir} holds a {len(network.nodes)}-validator testnet; "
+                f"run `python -m testnet down --dir {run_dir}` and remove {run_dir} to start another size"
+            )
+        if base_port is not None and base_port != network.base_port:
+            raise TestnetError(
+                f"{run_dir} holds a testnet on base port {network.base_port}; "
+                f"remove {run_dir} (after `down`) to use base port {base_port}"
+            )
+        pids = node_pids(network)
+        running = [name for name, pid in pids.items() if pid is not None]
+        if running:
+            stopped = [name for name, pid in pids.items() if pid is None]
+            print(f"testnet in {run_dir} is already running ({len(running)} of {len(pids)} nodes up); nothing changed.")
+            if stopped:
+                print(f"  stopped: {', '.join(stopped)}: start one with `python -m testnet restart NODE --dir {run_dir}`")
+            print(f"  see `python -m testnet status --dir {run_dir}`")
+            return 0
+        print(f"restarting the stopped testnet in {run_dir} (keys, genesis and data kept)")
+    else:
+        validators = validators or DEFAULT_VALIDATORS
+        base_port = base_port or DEFAULT_BASE_PORT
+        network = plan_network(run_dir, validators, base_port)
+        check_ports_free(plan_ports(base_port, validators))
+        print(f"generating a {validators}-validator testnet in {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        generate_network(network)
+        network.save()
+        fresh = True
+    _start_all(network)
+    wait_until_ready(network)
+    print(f"  all {len(network.nodes)} nodes answer RPC")
+    if demo:
+        run_demo(network)
+    print_summary(network, fresh)
+    return 0
+
+
+def run_demo(network: Network) -> None:
+    """Submit a sample commitment as sz-credit-bureau (CN), verify it as hk-bank (HK)."""
+    from .generate import demo_commands
+
+    for label, args in demo_commands(network):
+        print(f"  {label}: bayledger {' '.join(args)}")
+        done = bayledger(args)
+        for line in (done.stdout.strip().splitlines())[-6:]:
+            print(f"      {line}")
+    heights = wait_for_height(network, 1)
+    print(f"  heights: {', '.join(f'{n} {h}' for n, h in heights.items())}")
+
+
+def print_summary(network: Network, fresh: bool) -> None:
+    d = network.run_dir
+    print()
+    print(f"Bayledger testnet `{network.chain_id}` is running ({len(network.nodes)} validators).")
+    print()
+    print(f"  {'node':<6} {'jur':<3} {'rpc':<16} {'p2p':<16} {'metrics':<16} log")
+    for n in network.nodes:
+        print(f"  {n.name:<6} {n.jurisdiction:<3} {n.rpc:<16} {n.p2p:<16} {n.metrics:<16} {n.log_path}")
+    print()
+    print(f"  genesis       {network.genesis_path}")
+    for name, info in network.participants.items():
+        print(f"  participant   {name} ({info['jurisdiction']}) key {info['key']}")
+    for jurisdiction, key in network.governance.items():
+        print(f"  governance    {jurisdiction} key {key}")
+    hk = network.nodes_in("HK")[0]
+    cn = network.nodes_in("CN")[0]
+    print()
+    print("Try next:")
+    print(f"  python -m testnet status --dir {d}")
+    print(f"  echo 'my credit report' > /tmp/report.txt")
+    print(f"  bayledger submit --rpc {cn.rpc} --key {network.participants['sz-credit-bureau']['key']} /tmp/report.txt")
+    print(f"  bayledger verify --rpc {hk.rpc} --key {network.participants['hk-bank']['key']} --genesis {network.genesis_path} /tmp/report.txt --salt SALT")
+    print(f"  python -m testnet kill {cn.name} --dir {d}; python -m testnet restart {cn.name} --dir {d}")
+    print(f"  python -m testnet logs {hk.name} --dir {d}")
+    print(f"  curl -s http://{hk.metrics}/metrics | head")
+    print(f"  make testnet-down")
+
+
+# ---------------------------------------------------------------- down, kill, restart
+
+
+def down(run_dir: Path) -> int:
+    network = Network.load(run_dir.resolve())
+    for node in network.nodes:
+        outcome = stop_node(node.pid_path, node.config_path)
+        print(f"  {node.name:<6} {outcome}")
+    print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up --dir {network.run_dir}` starts it again)")
+    return 0
+
+
+def kill(run_dir: Path, name: str) -> int:
+    network = Network.load(run_dir.resolve())
+    node = network.node(name)
+    outcome = stop_node(node.pid_path, node.config_path, hard=True)
+    print(f"{name}: {outcome}" + (" (SIGKILL)" if outcome == "killed" else ""))
+    return 0
+
+
+def restart(run_dir: Path, name: str) -> int:
+    network = Network.load(run_dir.resolve())
+    node = network.node(name)
+    outcome = stop_node(node.pid_path, node.config_path)
+    index = network.nodes.index(node)
+    check_ports_free([plan_ports(network.base_port, len(network.nodes))[index]])
+    pid = start_node(node.config_path, node.pid_path, node.log_path, cwd=network.run_dir)
+    print(f"{name}: {outcome}; started pid {pid}")
+    status = wait_until_ready(network, names=[name])[name]
+    print(f"{name}: answering at {node.rpc}, height {status.get('height')}, view {status.get('view')}")
+    return 0
+
+
+def logs(run_dir: Path, name: str, lines: int, follow: bool) -> int:
+    network = Network.load(run_dir.resolve())
+    node = network.node(name)
+    if not node.log_path.exists():
+        raise TestnetError(f"{name} has no log yet ({node.log_path})")
+    if follow:
+        return subprocess.call(["tail", "-n", str(lines), "-F", str(node.log_path)])
+    print(tail(node.log_path, lines))
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+
+def status_document(network: Network) -> dict:
+    nodes = []
+    for node in network.nodes:
+        pid = running_pid(node.pid_path, node.config_path)
+        answer = node_status(node) if pid is not None else None
+        nodes.append({
+            "name": node.name,
+            "jurisdiction": node.jurisdiction,
+            "rpc": node.rpc,
+            "p2p": node.p2p,
+            "metrics": node.metrics,
+            "data_dir": str(node.data_dir),
+            "pid": pid,
+            "height": answer.get("height") if answer else None,
+            "view": answer.get("view") if answer else None,
+            "peers": _peer_count(answer.get("peers")) if answer else None,
+        })
+    return {
+        "genesis": str(network.genesis_path),
+        "nodes": nodes,
+        "participants": {name: info["key"] for name, info in network.participants.items()},
+        "governance": dict(network.governance),
+    }
+
+
+def _peer_count(peers: object) -> int | None:
+    if isinstance(peers, int):
+        return peers
+    if isinstance(peers, (list, dict)):
+        return len(peers)
+    return None
+
+
+def status(run_dir: Path, as_json: bool) -> int:
+    network = Network.load(run_dir.resolve())
+    document = status_document(network)
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(f"testnet {network.chain_id} in {network.run_dir}")
+    print(f"  {'node':<6} {'jur':<3} {'pid':>7} {'height':>7} {'view':>5} {'peers':>5}  rpc")
+    for n in document["nodes"]:
+        state = "-" if n["pid"] is None else str(n["pid"])
+        def show(v):
+            return "-" if v is None else str(v)
+        print(f"  {n['name']:<6} {n['jurisdiction']:<3} {state:>7} {show(n['height']):>7} {show(n['view']):>5} "
+              f"{show(n['peers']):>5}  {n['rpc']}" + ("" if n["pid"] else "  (stopped)")
+              + ("  (not answering)" if n["pid"] and n["height"] is None else ""))
+    return 0

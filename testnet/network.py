@@ -1,0 +1,187 @@
+"""The shape of a local testnet and its manifest file (`testnet.json` in the run dir).
+
+The manifest is written once by `up` and read by every other subcommand, so
+`status`, `kill`, `logs` and the benchmark never guess paths or ports.
+Run dir layout:
+
+    testnet.json                 this manifest
+    genesis.json                 the chain's genesis (validators, governance, participants)
+    keys/                        governance and participant keys (mode 0600)
+    nodes/NAME/config.toml       one directory per validator
+    nodes/NAME/key.json
+    nodes/NAME/data/             its LevelDB
+    nodes/NAME/node.log          its stdout and stderr
+    nodes/NAME/node.pid
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .ports import HOST, plan_ports
+
+MANIFEST_NAME = "testnet.json"
+MANIFEST_VERSION = 1
+VALIDATOR_COUNTS = (4, 7, 10)
+DEMO_PARTICIPANTS = {"hk-bank": "HK", "sz-credit-bureau": "CN"}
+JURISDICTIONS = ("HK", "CN")
+CHAIN_ID = "bayledger-testnet"
+
+
+class ManifestError(Exception):
+    """A run dir without a usable manifest; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    name: str
+    jurisdiction: str
+    p2p: str
+    rpc: str
+    metrics: str
+    node_dir: str
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.node_dir)
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.toml"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "key.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "node.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "node.pid"
+
+    @property
+    def rpc_address(self) -> tuple[str, int]:
+        host, _, port = self.rpc.rpartition(":")
+        return host, int(port)
+
+
+@dataclass
+class Network:
+    run_dir: Path
+    chain_id: str
+    base_port: int
+    nodes: list[NodeEntry]
+    participants: dict[str, dict] = field(default_factory=dict)   # name -> {"key", "jurisdiction"}
+    governance: dict[str, str] = field(default_factory=dict)      # jurisdiction -> key path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / MANIFEST_NAME
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.run_dir / "genesis.json"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.run_dir / "keys"
+
+    def node(self, name: str) -> NodeEntry:
+        for entry in self.nodes:
+            if entry.name == name:
+                return entry
+        raise ManifestError(f"no node {name!r} in {self.run_dir}; nodes: {', '.join(n.name for n in self.nodes)}")
+
+    def nodes_in(self, jurisdiction: str) -> list[NodeEntry]:
+        return [n for n in self.nodes if n.jurisdiction == jurisdiction]
+
+    def save(self) -> None:
+        document = {
+            "version": MANIFEST_VERSION,
+            "chain_id": self.chain_id,
+            "base_port": self.base_port,
+            "genesis": str(self.genesis_path),
+            "nodes": [asdict(n) for n in self.nodes],
+            "participants": self.participants,
+            "governance": self.governance,
+        }
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+        tmp.replace(self.manifest_path)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Network":
+        path = run_dir / MANIFEST_NAME
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ManifestError(f"no testnet in {run_dir} (no {MANIFEST_NAME}); start one with `python -m testnet up --dir {run_dir}`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{path} cannot be read: {exc}; remove {run_dir} and run `up` again") from None
+        try:
+            if document["version"] != MANIFEST_VERSION:
+                raise ManifestError(f"{path} has version {document['version']}, expected {MANIFEST_VERSION}")
+            return cls(
+                run_dir=run_dir,
+                chain_id=document["chain_id"],
+                base_port=document["base_port"],
+                nodes=[NodeEntry(**n) for n in document["nodes"]],
+                participants=document["participants"],
+                governance=document["governance"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{path} is malformed ({exc}); remove {run_dir} and run `up` again") from None
+
+
+def validator_layout(count: int) -> list[tuple[str, str]]:
+    """(name, jurisdiction) of `count` validators, split as evenly as possible, HK first.
+
+    Interleaved (hk-1, cn-1, hk-2, ...) so successive primaries alternate jurisdictions.
+    """
+    if count not in VALIDATOR_COUNTS:
+        raise ValueError(f"--validators must be one of {', '.join(map(str, VALIDATOR_COUNTS))}, got {count}")
+    hk = (count + 1) // 2
+    cn = count - hk
+    names: list[tuple[str, str]] = []
+    for i in range(max(hk, cn)):
+        if i < hk:
+            names.append((f"hk-{i + 1}", "HK"))
+        if i < cn:
+            names.append((f"cn-{i + 1}", "CN"))
+    return names
+
+
+def plan_network(run_dir: Path, validators: int, base_port: int) -> Network:
+    """The manifest of a network not yet generated: names, jurisdictions, ports, paths."""
+    run_dir = run_dir.resolve()
+    layout = validator_layout(validators)
+    ports = plan_ports(base_port, len(layout))
+    nodes = [
+        NodeEntry(
+            name=name,
+            jurisdiction=jurisdiction,
+            p2p=f"{HOST}:{p.p2p}",
+            rpc=f"{HOST}:{p.rpc}",
+            metrics=f"{HOST}:{p.metrics}",
+            node_dir=str(run_dir / "nodes" / name),
+        )
+        for (name, jurisdiction), p in zip(layout, ports)
+    ]
+    keys_dir = run_dir / "keys"
+    return Network(
+        run_dir=run_dir,
+        chain_id=CHAIN_ID,
+        base_port=base_port,
+        nodes=nodes,
+        participants={name: {"key": str(keys_dir / f"{name}.json"), "jurisdiction": j}
+                      for name, j in DEMO_PARTICIPANTS.items()},
+        governance={j: str(keys_dir / f"governance-{j}.json") for j in JURISDICTIONS},
+    )

@@ -1,0 +1,87 @@
+"""Port plan of a local testnet and the check that every planned port is free.
+
+Node i (0-based) listens on three ports derived from the base port, so a
+developer can guess them: p2p = base + i, rpc = base + 100 + i,
+metrics = base + 200 + i. That leaves room for `validators_max` nodes.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+PORT_MAX = 65535
+PORT_BLOCK_SIZE = 100              # distance between the p2p, rpc and metrics blocks
+PORT_BLOCKS = 3                    # p2p, rpc, metrics
+validators_max = PORT_BLOCK_SIZE   # one port per node in each block
+
+
+class PortError(Exception):
+    """A port plan that cannot be used; the message names the port and why."""
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    p2p: int
+    rpc: int
+    metrics: int
+
+
+def plan_ports(base_port: int, node_count: int) -> list[NodePorts]:
+    """The ports of `node_count` nodes starting at `base_port`; raise PortError when out of range."""
+    if not 1 <= node_count <= validators_max:
+        raise PortError(f"cannot plan ports for {node_count} nodes (1..{validators_max})")
+    highest = base_port + (PORT_BLOCKS - 1) * PORT_BLOCK_SIZE + node_count - 1
+    if base_port < 1 or highest > PORT_MAX:
+        raise PortError(
+            f"base port {base_port} does not fit {node_count} nodes: ports run up to "
+            f"base + {(PORT_BLOCKS - 1) * PORT_BLOCK_SIZE + node_count - 1} = {highest}, "
+            f"the range is 1..{PORT_MAX}"
+        )
+    return [
+        NodePorts(p2p=base_port + i, rpc=base_port + PORT_BLOCK_SIZE + i, metrics=base_port + 2 * PORT_BLOCK_SIZE + i)
+        for i in range(node_count)
+    ]
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True if a server could listen on host:port now.
+
+    SO_REUSEADDR is set as the daemon's listener sets it, so a port held only by
+    connections in TIME_WAIT counts as free while a listening socket does not.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def check_ports_free(plan: list[NodePorts], host: str = HOST) -> None:
+    """Raise PortError naming the first planned port something already listens on."""
+    for index, ports in enumerate(plan):
+        for role in ("p2p", "rpc", "metrics"):
+            port = getattr(ports, role)
+            if not port_is_free(port, host):
+                raise PortError(
+                    f"port {port} ({role} of node #{index + 1}) on {host} is in use; "
+                    f"stop what uses it or choose another --base-port"
+                )
+
+
+def find_free_base_port(node_count: int, start: int = 20000, stop: int = 60000, step: int = 331) -> int:
+    """A base port whose whole plan is free now (for tests and the benchmark)."""
+    for base in range(start, stop, step):
+        plan = plan_ports(base, node_count)
+        try:
+            check_ports_free(plan)
+        except PortError:
+            continue
+        return base
+    raise PortError(f"no base port in {start}..{stop} has {node_count * PORT_BLOCKS} free ports")

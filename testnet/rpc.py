@@ -1,0 +1,126 @@
+"""A pipelined msgpack-RPC connection for the load generator.
+
+The load generator keeps many requests in flight on each connection (each
+with its own msgid), which the project's client library, built for one call at
+a time, is not meant for. The wire format is the public msgpack-RPC one:
+request `[0, msgid, method, params]`, response `[1, msgid, error, result]`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import msgpack
+import trio
+
+receive_bytes_max = 64 * 1024        # one read from the socket
+response_bytes_max = 16 * 1024 * 1024  # one decoded response (a match proof is a few KiB)
+msgid_max = 2**32 - 1
+
+
+class RpcError(Exception):
+    """An error answered by the node: its stable `code` and human `message`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(Exception):
+    """The node closed the connection or sent something that is not msgpack-RPC."""
+
+
+class PipelinedConnection:
+    """One TCP connection with any number of outstanding calls; run `reader` in a nursery."""
+
+    def __init__(self, stream: trio.abc.Stream):
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._pending: dict[int, tuple[trio.Event, list]] = {}
+        self._msgids = itertools.cycle(range(msgid_max + 1))
+        self._closed: Exception | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> "PipelinedConnection":
+        stream = await trio.open_tcp_stream(host, port)
+        return cls(stream)
+
+    async def reader(self) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+        try:
+            while True:
+                data = await self._stream.receive_some(receive_bytes_max)
+                if not data:
+                    raise ConnectionLost("node closed the connection")
+                unpacker.feed(data)
+                for message in unpacker:
+                    if not (isinstance(message, list) and len(message) == 4 and message[0] == 1):
+                        continue  # notifications and anything else are not ours
+                    waiter = self._pending.pop(message[1], None)
+                    if waiter is not None:
+                        waiter[1].append(message)
+                        waiter[0].set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, msgpack.ExtraData,
+                msgpack.FormatError, msgpack.StackError, ValueError, ConnectionLost) as exc:
+            self._fail(exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc)))
+
+    def _fail(self, exc: Exception) -> None:
+        self._closed = exc
+        for event, _ in self._pending.values():
+            event.set()
+        self._pending.clear()
+
+    async def call(self, method: str, params: list) -> Any:
+        if self._closed is not None:
+            raise self._closed
+        msgid = next(self._msgids)
+        event = trio.Event()
+        box: list = []
+        self._pending[msgid] = (event, box)
+        payload = msgpack.packb([0, msgid, method, params], use_bin_type=True)
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._pending.pop(msgid, None)
+            raise ConnectionLost(str(exc)) from None
+        await event.wait()
+        if not box:
+            raise self._closed or ConnectionLost("connection closed")
+        _, _, error, result = box[0]
+        if error is not None:
+            if isinstance(error, dict):
+                raise RpcError(str(error.get("code")), str(error.get("message")))
+            raise RpcError("error", str(error))
+        return result
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def call_async(host: str, port: int, method: str, params: list, timeout_s: float) -> Any:
+    """One call on a fresh connection; raise ConnectionLost on timeout or a refused connection."""
+    with trio.move_on_after(timeout_s) as scope:
+        try:
+            connection = await PipelinedConnection.open(host, port)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.reader)
+                try:
+                    return await connection.call(method, params)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            await connection.aclose()
+    assert scope.cancelled_caught
+    raise ConnectionLost(f"{host}:{port} did not answer {method} within {timeout_s} s")
+
+
+def call(address: str, method: str, params: list, timeout_s: float = 2.0) -> Any:
+    """Blocking form of `call_async` for the command line; address is HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    return trio.run(call_async, host, int(port), method, params, timeout_s)
