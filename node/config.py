@@ -125,11 +125,11 @@ class NodeConfig:
 # (minimum, maximum) for every integer field, by section.
 _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
     "consensus": {
-        "batch_requests_max": (1, 100_000),
+        "batch_requests_max": (1, 4096),  # consensus.messages.BLOCK_REQUESTS_MAX
         "batch_wait_ms": (0, 60_000),
         "view_timeout_ms": (100, 600_000),
         "checkpoint_interval": (1, 100_000),
-        "watermark_window": (2, 1_000_000),
+        "watermark_window": (2, 1024),  # consensus.messages.PREPARED_CERTIFICATES_MAX
         "tick_interval_ms": (1, 1000),
     },
     "limits": {

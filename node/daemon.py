@@ -21,7 +21,6 @@ import functools
 import math
 import signal
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from .config import Address, NodeConfig
 from .keys import KeyFileError, KeyPair, load_key_file
 from .logs import configure_logging
 from .metrics import NodeMetrics, serve_metrics
-from .transport import FRAME_KIND_CONSENSUS, FRAME_KIND_REQUEST, InboundFrame, PeerNetwork
+from .transport import FRAME_KIND_CONSENSUS, InboundFrame, PeerNetwork
 
 VERSION = "0.1.0"
 PARTITION_POLL_MS = 100                # fault-injection file poll period
@@ -44,6 +43,8 @@ SHUTDOWN_GRACE_S = 5                   # after SIGTERM, how long tasks get to fi
 DRAIN_EVENTS_MAX = 256                 # events handled per driver wake-up before the next tick check
 PARTITION_FILE_NAME = "fault-partition"
 EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
+
+CLIENT_PEER_ID = "client"              # consensus.replica.CLIENT: the peer id of our own clients' requests
 
 log = structlog.get_logger()
 
@@ -96,11 +97,6 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger):
 
     height, header = _last_applied(ledger)
     return Replica(
-        validators=_genesis_validators(genesis),
-        me=config.node_id,
-        signing_key=key.signing_key,
-        chain_id=genesis.chain_id,
-        application=LedgerApplication(ledger),
         config=ReplicaConfig(
             batch_requests_max=config.consensus.batch_requests_max,
             batch_wait_ms=config.consensus.batch_wait_ms,
@@ -109,6 +105,11 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger):
             watermark_window=config.consensus.watermark_window,
             request_pool_max=config.limits.mempool_requests_max,
         ),
+        validators=_genesis_validators(genesis),
+        me=config.node_id,
+        signing_key=key.signing_key,
+        chain_id=genesis.chain_id,
+        app=LedgerApplication(ledger),
         persisted=ledger.load_consensus_state(),
         last_applied=(height, header),
     )
@@ -147,9 +148,8 @@ def _check_entry(entry: bytes) -> str | None:
 
 
 def _entry_id(entry: bytes) -> bytes:
-    from storage.entries import entry_id
-
-    return entry_id(entry)
+    # The replica's request id: SHA-256 of the entry bytes.
+    return codec.sha256(entry)
 
 
 def _receipt(block, index: int, outcome) -> dict:
@@ -162,9 +162,11 @@ def _receipt(block, index: int, outcome) -> dict:
 # --- the daemon -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class _ClientRequest:
     entry: bytes
+    taken: trio.Event = field(default_factory=trio.Event)
+    refusal: str | None = None
 
 
 @dataclass
@@ -208,10 +210,6 @@ class Daemon:
             reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
             reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
         )
-        # Entry id -> entry for requests seen and not yet committed (the mempool and gossip dedup).
-        self._pending: OrderedDict[bytes, None] = OrderedDict()
-        # Entry ids recently committed or seen; stops re-gossip and re-submission loops.
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._waiters: dict[bytes, list[_Waiter]] = {}
         self.bound: dict[str, int] = {}
         self._ready_event = trio.Event()
@@ -242,7 +240,7 @@ class Daemon:
             "tree_size": header.tree_size if header else 0,
             "tree_root": header.tree_root if header else codec.sha256(b""),
             "peers": self.network.connected_peers(),
-            "mempool_size": len(self._pending),
+            "mempool_size": self.replica.pending_request_count,
             "catch_up_target_height": int(self.metrics.catch_up_target_height.get()),
             "version": VERSION,
         }
@@ -264,19 +262,25 @@ class Daemon:
             self.metrics.rejected_requests.inc(label_value=reason)
             raise ApiError("bad-entry", f"entry refused: {reason}")
         entry_id = _entry_id(entry)
-        if entry_id not in self._pending and len(self._pending) >= self.config.limits.mempool_requests_max:
+        if self.replica.pending_request_count >= self.config.limits.mempool_requests_max:
             self.metrics.rejected_requests.inc(label_value="mempool-full")
-            raise ApiError("mempool-full", f"{len(self._pending)} entries are waiting; retry later")
+            raise ApiError("mempool-full", f"{self.replica.pending_request_count} entries are waiting; retry later")
         waiter = None
         if wait:
             waiter = _Waiter()
             self._waiters.setdefault(entry_id, []).append(waiter)
         try:
+            request = _ClientRequest(entry)
             try:
-                self._client_send.send_nowait(_ClientRequest(entry))
+                self._client_send.send_nowait(request)
             except trio.WouldBlock:
-                self.metrics.rejected_requests.inc(label_value="mempool-full")
+                self.metrics.rejected_requests.inc(label_value="queue-full")
                 raise ApiError("mempool-full", "the request queue is full; retry later") from None
+            await request.taken.wait()
+            if request.refusal is not None:
+                self.metrics.rejected_requests.inc(label_value=request.refusal)
+                code = "mempool-full" if request.refusal == "request-pool-full" else "bad-entry"
+                raise ApiError(code, f"entry refused: {request.refusal}")
             if waiter is None:
                 return {"status": "pending", "id": entry_id}
             limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
@@ -295,34 +299,14 @@ class Daemon:
 
     # --- the driver ----------------------------------------------------------------------------
 
-    def _remember(self, table: OrderedDict, key: bytes, limit: int) -> None:
-        table[key] = None
-        table.move_to_end(key)
-        while len(table) > limit:
-            table.popitem(last=False)
-
-    def _take_request(self, entry: bytes, origin: str | None):
-        """A request from a client (origin None) or gossiped by a peer; returns the replica's Ready or None."""
-        entry_id = _entry_id(entry) if origin is None else None
-        if origin is not None:
-            reason = _check_entry(entry)
-            if reason is not None:
-                self.metrics.rejected_requests.inc(label_value=reason)
-                log.warning("gossiped request refused", peer=origin, reason=reason)
-                return None
-            entry_id = _entry_id(entry)
-        if entry_id in self._seen:
-            return None
-        self._remember(self._seen, entry_id, self.config.limits.seen_requests_max)
-        if len(self._pending) >= self.config.limits.mempool_requests_max:
-            self.metrics.rejected_requests.inc(label_value="mempool-full")
-            return None
-        self._remember(self._pending, entry_id, self.config.limits.mempool_requests_max)
-        self.metrics.mempool_size.set(len(self._pending))
-        if origin is None:
-            # Only the validator that took the request floods it; receivers do not re-flood.
-            self.network.broadcast(FRAME_KIND_REQUEST, entry)
-        return self.replica.on_request(entry)
+    def _take_client_request(self, request: "_ClientRequest") -> None:
+        """Hand a client's entry to the core (which pools it and forwards it to every validator)."""
+        ready = self.replica.on_request(request.entry)
+        refusals = [reason for peer, reason in ready.rejected if peer == CLIENT_PEER_ID]
+        request.refusal = refusals[0] if refusals else None
+        request.taken.set()
+        self.carry_out(ready)
+        self.metrics.mempool_size.set(self.replica.pending_request_count)
 
     def carry_out(self, ready) -> None:
         """Do what a Ready asks, in contract order, then whatever on_persisted releases."""
@@ -346,6 +330,8 @@ class Daemon:
                             view=evidence.view, height=evidence.height,
                             first=evidence.first.hex(), second=evidence.second.hex())
             for peer_id, reason in ready.rejected:
+                if peer_id == CLIENT_PEER_ID:
+                    continue    # answered to the client by submit
                 self.metrics.rejected_messages.inc(label_value=reason)
                 log.info("message rejected", peer=peer_id, reason=reason)
             ready = follow_up
@@ -379,17 +365,14 @@ class Daemon:
                  entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),
                  tree_size=header.tree_size)
         for index, entry in enumerate(block.entries):
-            entry_id = _entry_id(entry)
-            self._pending.pop(entry_id, None)
-            self._remember(self._seen, entry_id, self.config.limits.seen_requests_max)
-            waiters = self._waiters.pop(entry_id, None)
+            waiters = self._waiters.pop(_entry_id(entry), None)
             if waiters:
                 outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
                 receipt = _receipt(block, index, outcome)
                 for waiter in waiters:
                     waiter.receipt = receipt
                     waiter.event.set()
-        self.metrics.mempool_size.set(len(self._pending))
+        self.metrics.mempool_size.set(self.replica.pending_request_count)
 
     def _serve_catch_up(self, peer_id: str, from_height: int, to_height: int) -> None:
         last = min(to_height, from_height + self.config.limits.catch_up_blocks_max - 1, self.height)
@@ -400,16 +383,14 @@ class Daemon:
             self.network.send(peer_id, FRAME_KIND_CONSENSUS, _encode_catch_up_response(blocks))
             log.debug("catch-up served", peer=peer_id, from_height=from_height, to_height=from_height + len(blocks) - 1)
 
-    def _handle_frame(self, frame: InboundFrame):
-        if frame.kind == FRAME_KIND_REQUEST:
-            return self._take_request(frame.payload, frame.peer_id)
-        return self.replica.on_message(frame.peer_id, frame.payload)
-
     def _handle_event(self, event) -> None:
-        if isinstance(event, InboundFrame):
-            self.carry_out(self._handle_frame(event))
+        if isinstance(event, _ClientRequest):
+            self._take_client_request(event)
+        elif event.kind == FRAME_KIND_CONSENSUS:
+            self.carry_out(self.replica.on_message(event.peer_id, event.payload))
         else:
-            self.carry_out(self._take_request(event.entry, None))
+            # Requests travel inside consensus REQUESTS messages; a bare request frame is not ours to take.
+            self.metrics.rejected_frames.inc(label_value="unexpected-kind")
 
     async def _drive(self) -> None:
         tick_s = self.config.consensus.tick_interval_ms / 1000
