@@ -91,9 +91,14 @@ def _open_ledger(path: Path, genesis):
     return Ledger.open(path, genesis)
 
 
-def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger):
-    from consensus.replica import Replica, ReplicaConfig
+def _ledger_application(ledger):
     from storage.ledger import LedgerApplication
+
+    return LedgerApplication(ledger)
+
+
+def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, application):
+    from consensus.replica import Replica, ReplicaConfig
 
     height, header = _last_applied(ledger)
     return Replica(
@@ -109,7 +114,7 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger):
         me=config.node_id,
         signing_key=key.signing_key,
         chain_id=genesis.chain_id,
-        app=LedgerApplication(ledger),
+        app=application,
         persisted=ledger.load_consensus_state(),
         last_applied=(height, header),
     )
@@ -139,12 +144,6 @@ def _encode_catch_up_response(blocks) -> bytes:
     from consensus.messages import encode_catch_up_response
 
     return encode_catch_up_response(blocks)
-
-
-def _check_entry(entry: bytes) -> str | None:
-    from storage.entries import check_entry
-
-    return check_entry(entry)
 
 
 def _entry_id(entry: bytes) -> bytes:
@@ -178,7 +177,8 @@ class _Waiter:
 class Daemon:
     """A running validator; implements node.api.NodeApi for the RPC server."""
 
-    def __init__(self, config: NodeConfig, genesis, key: KeyPair, ledger, metrics: NodeMetrics | None = None):
+    def __init__(self, config: NodeConfig, genesis, key: KeyPair, ledger, *, application=None,
+                 metrics: NodeMetrics | None = None):
         self.config = config
         self.genesis = genesis
         self.key = key
@@ -192,7 +192,9 @@ class Daemon:
         if me.public_key != key.public_key:
             raise StartupError(f"key file {config.key_file} does not hold the genesis key of {config.node_id!r}")
         self.jurisdiction = me.jurisdiction
-        self.replica = _build_replica(config, genesis, key, ledger)
+        # The consensus Application; the same object's stateless check guards submit.
+        self.application = application if application is not None else _ledger_application(ledger)
+        self.replica = _build_replica(config, genesis, key, ledger, self.application)
         self.height, _ = _last_applied(ledger)
         self.view = int(getattr(self.replica, "view", 0))
         self.metrics.height.set(self.height)
@@ -257,7 +259,7 @@ class Daemon:
     async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
         if not isinstance(entry, bytes):
             raise ApiError("bad-entry", "entry must be bytes")
-        reason = _check_entry(entry)
+        reason = self.application.check_request(entry)
         if reason is not None:
             self.metrics.rejected_requests.inc(label_value=reason)
             raise ApiError("bad-entry", f"entry refused: {reason}")

@@ -1,0 +1,226 @@
+"""The daemon's driver over real 127.0.0.1 TCP links with the real replica, four daemons in one trio run.
+
+Storage is replaced by a small in-memory ledger and the application by the
+simulator's deterministic one, so these tests check the driver itself: Ready
+carried out in contract order, blocks applied and waiters woken, view change
+when the primary stops, catch-up of a restarted node, and status/metrics.
+The same scenarios with real processes and LevelDB are in test_node_cluster.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import trio
+
+from consensus.sim import app as sim_app
+from consensus.validators import Validator, ValidatorSet
+from node.api import ApiError
+from node.config import (
+    Address, ConsensusConfig, LimitsConfig, Listen, NodeConfig, Peer,
+)
+from node.daemon import Daemon
+from node.keys import KeyPair
+
+IDS = (("hk-1", "HK"), ("hk-2", "HK"), ("cn-1", "CN"), ("cn-2", "CN"))
+CHAIN = "daemon-test"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    leaf_index: int | None = None
+    reason: str | None = None
+
+
+class MemoryLedger:
+    """What the daemon asks of storage, in memory: blocks in height order and the replica's key/value state."""
+
+    def __init__(self):
+        self.blocks = []
+        self.consensus_state = {}
+        self.persist_batches = 0
+
+    def height(self):
+        return len(self.blocks)
+
+    def header(self, height):
+        return self.blocks[height - 1].header
+
+    def committed_block(self, height):
+        return self.blocks[height - 1] if 1 <= height <= len(self.blocks) else None
+
+    def apply_block(self, block):
+        assert block.header.height == len(self.blocks) + 1, "blocks must arrive in height order"
+        self.blocks.append(block)
+        first = block.header.tree_size - len(block.entries)
+        return [Outcome(True, first + index) for index in range(len(block.entries))]
+
+    def write_consensus_state(self, changes):
+        self.persist_batches += 1
+        for key, value in changes:
+            if value is None:
+                self.consensus_state.pop(key, None)
+            else:
+                self.consensus_state[key] = value
+
+    def load_consensus_state(self):
+        return dict(self.consensus_state)
+
+    def close(self):
+        pass
+
+
+class Net:
+    def __init__(self, tmp_path, view_timeout_ms=600):
+        self.keys = {node_id: KeyPair.generate(node_id) for node_id, _ in IDS}
+        self.validators = ValidatorSet(tuple(
+            Validator(node_id, self.keys[node_id].public_key, jurisdiction) for node_id, jurisdiction in IDS))
+        self.genesis = SimpleNamespace(chain_id=CHAIN, validator_set=self.validators)
+        self.ports = {node_id: free_port() for node_id, _ in IDS}
+        self.ledgers = {node_id: MemoryLedger() for node_id, _ in IDS}
+        self.daemons: dict[str, Daemon] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.tmp_path = tmp_path
+        self.view_timeout_ms = view_timeout_ms
+
+    def config(self, node_id):
+        return NodeConfig(
+            node_id=node_id, key_file=self.tmp_path / "unused", genesis_file=self.tmp_path / "unused",
+            data_dir=self.tmp_path / node_id,
+            listen=Listen(Address("127.0.0.1", self.ports[node_id]), Address("127.0.0.1", 0), Address("127.0.0.1", 0)),
+            peers=tuple(Peer(other, Address("127.0.0.1", port)) for other, port in self.ports.items() if other != node_id),
+            consensus=ConsensusConfig(view_timeout_ms=self.view_timeout_ms, batch_wait_ms=2, checkpoint_interval=4,
+                                      watermark_window=16),
+            limits=LimitsConfig(reconnect_backoff_min_ms=20, reconnect_backoff_max_ms=200),
+        )
+
+    async def start(self, nursery, node_id):
+        daemon = Daemon(self.config(node_id), self.genesis, self.keys[node_id], self.ledgers[node_id],
+                        application=sim_app.SimApplication())
+        daemon._start_rpc = _no_rpc
+        self.daemons[node_id] = daemon
+        scope = trio.CancelScope()
+        self.scopes[node_id] = scope
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                await daemon.run(task_status=task_status)
+        await nursery.start(run)
+
+    def stop(self, node_id):
+        self.scopes.pop(node_id).cancel()
+        self.daemons.pop(node_id)
+
+    async def wait_height(self, node_ids, height):
+        while not all(self.ledgers[n].height() >= height for n in node_ids):
+            await trio.sleep(0.01)
+
+
+async def _no_rpc(nursery):
+    return None
+
+
+def request(seq: int) -> bytes:
+    return sim_app.make_request("client0", seq, seq.to_bytes(8, "big"))
+
+
+async def submit_all(daemon, seqs, receipts):
+    async with trio.open_nursery() as nursery:
+        for seq in seqs:
+            async def one(seq=seq):
+                receipts[seq] = await daemon.submit(request(seq), True, 60)
+            nursery.start_soon(one)
+
+
+def assert_same_chain(net, node_ids):
+    chains = {n: [b.header.hash() for b in net.ledgers[n].blocks] for n in node_ids}
+    shortest = min(len(c) for c in chains.values())
+    assert shortest > 0
+    reference = chains[node_ids[0]][:shortest]
+    for node_id, chain in chains.items():
+        assert chain[:shortest] == reference, f"{node_id} diverges"
+
+
+async def test_four_daemons_commit_requests_and_agree(tmp_path):
+    """Requests submitted to every daemon are committed once each; all four ledgers hold the same blocks,
+    and each waiting submitter gets a receipt with its height and leaf index."""
+    net = Net(tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for node_id, _ in IDS:
+                await net.start(nursery, node_id)
+            receipts = {}
+            async with trio.open_nursery() as clients:
+                for index, (node_id, _) in enumerate(IDS):
+                    clients.start_soon(submit_all, net.daemons[node_id], range(index * 10, index * 10 + 10), receipts)
+            assert sorted(receipts) == list(range(40))
+            assert all(r["status"] == "committed" for r in receipts.values())
+            top = max(r["height"] for r in receipts.values())
+            await net.wait_height([n for n, _ in IDS], top)
+            assert_same_chain(net, [n for n, _ in IDS])
+            committed = [e for b in net.ledgers["hk-1"].blocks for e in b.entries]
+            assert sorted(committed) == sorted(request(s) for s in range(40))
+            leaves = sorted(r["leaf_index"] for r in receipts.values())
+            assert leaves == list(range(40))
+            status = net.daemons["cn-2"].status()
+            assert status["height"] >= top and status["primary"] == "hk-1" and len(status["peers"]) == 3
+            assert net.daemons["hk-1"].metrics.committed_entries.get() == 40
+            # Persist-before-send: every node wrote its votes to storage.
+            assert all(net.ledgers[n].persist_batches > 0 for n, _ in IDS)
+            nursery.cancel_scope.cancel()
+
+
+async def test_bad_entries_are_refused_with_clear_errors(tmp_path):
+    """An entry failing the stateless check and a non-bytes entry are refused with ApiError bad-entry."""
+    net = Net(tmp_path)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await net.start(nursery, "hk-1")
+            daemon = net.daemons["hk-1"]
+            bad = sim_app.make_request("client0", 1, b"x", valid=False)
+            for entry in (bad, "text", b""):
+                with pytest.raises(ApiError) as info:
+                    await daemon.submit(entry, False, 1)
+                assert info.value.code == "bad-entry"
+            assert (await daemon.submit(request(5), False, 1))["status"] == "pending"
+            nursery.cancel_scope.cancel()
+
+
+async def test_primary_stops_view_changes_and_restarted_node_catches_up(tmp_path):
+    """Stopping the primary (hk-1) leads to a view change and further commits; hk-1 restarted from its
+    ledger and persisted votes catches up to the others and holds the same chain."""
+    net = Net(tmp_path)
+    all_ids = [n for n, _ in IDS]
+    others = ["hk-2", "cn-1", "cn-2"]
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            for node_id in all_ids:
+                await net.start(nursery, node_id)
+            receipts = {}
+            await submit_all(net.daemons["cn-1"], range(0, 10), receipts)
+            net.stop("hk-1")
+            await submit_all(net.daemons["cn-1"], range(10, 20), receipts)
+            assert all(r["status"] == "committed" for r in receipts.values())
+            assert net.daemons["cn-1"].view >= 1
+            assert net.daemons["cn-1"].metrics.view_changes.get() >= 1
+            top = max(r["height"] for r in receipts.values())
+            await net.wait_height(others, top)
+            await net.start(nursery, "hk-1")
+            await submit_all(net.daemons["hk-2"], range(20, 25), receipts)
+            top = max(r["height"] for r in receipts.values())
+            await net.wait_height(all_ids, top)
+            assert_same_chain(net, all_ids)
+            committed = [e for b in net.ledgers["hk-1"].blocks for e in b.entries]
+            assert sorted(set(committed)) == sorted(request(s) for s in range(25))
+            assert len(committed) == 25
+            nursery.cancel_scope.cancel()
