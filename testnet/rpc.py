@@ -19,6 +19,11 @@ response_bytes_max = 16 * 1024 * 1024  # one decoded response (a match proof is 
 msgid_max = 2**32 - 1
 
 
+def pack_call(method: str, params: list) -> bytes:
+    """The method and params of a request, encoded once so a load generator can reuse them."""
+    return msgpack.packb(method, use_bin_type=True) + msgpack.packb(params, use_bin_type=True)
+
+
 class RpcError(Exception):
     """An error answered by the node: its stable `code` and human `message`."""
 
@@ -73,20 +78,30 @@ class PipelinedConnection:
         self._pending.clear()
 
     async def call(self, method: str, params: list) -> Any:
+        return await self.call_packed(pack_call(method, params))
+
+    async def call_packed(self, method_and_params: bytes) -> Any:
+        """Call with the method and params already msgpack-encoded (see `pack_call`)."""
         if self._closed is not None:
             raise self._closed
         msgid = next(self._msgids)
         event = trio.Event()
         box: list = []
         self._pending[msgid] = (event, box)
-        payload = msgpack.packb([0, msgid, method, params], use_bin_type=True)
+        # A request is the 4-array [0, msgid, method, params]: 0x94, then 0, then the rest.
+        payload = b"\x94\x00" + msgpack.packb(msgid) + method_and_params
         try:
-            async with self._send_lock:
-                await self._stream.send_all(payload)
+            # Shielded: a send cut halfway would leave a torn frame on a shared connection.
+            with trio.CancelScope(shield=True):
+                async with self._send_lock:
+                    await self._stream.send_all(payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._pending.pop(msgid, None)
             raise ConnectionLost(str(exc)) from None
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            self._pending.pop(msgid, None)
         if not box:
             raise self._closed or ConnectionLost("connection closed")
         _, _, error, result = box[0]

@@ -1,0 +1,253 @@
+"""`make bench`: a fresh 4-validator testnet driven to saturation by the load generator.
+
+    DURATION=30 python -m testnet.bench [--validators 4] [--profile NODE] [--keep]
+
+Starts a network in a temporary directory, runs `python -m testnet.loadgen` in
+its own process (phases and method in testnet/loadgen.py), then measures each
+node's CPU seconds and peak RSS from /proc and the bytes its LevelDB grew per
+committed commitment. Writes bench/results.json and bench/latency.png and
+prints the results JSON as its last line. DURATION is the total seconds of
+measured load: 25 % saturation, 20 % at each of three offered rates, 15 % match
+proofs. `--profile NODE` samples that node with py-spy for the whole load and
+writes the flat profile to bench/profile-NODE.txt.
+
+A benchmark, not a test: nothing here asserts on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from . import control
+from .network import Network
+from .ports import find_free_base_port
+from .supervisor import process_usage, running_pid
+
+RESULTS_DIR = Path("bench")
+PHASE_FRACTIONS = {"saturate": 0.25, "rate": 0.20, "match": 0.15}
+duration_s_min = 5
+duration_s_max = 3600
+profile_rate_hz = 100
+TARGETS = {"commits_per_s": 5000, "p99_ms_at_1000_per_s": 250, "match_per_s": 10000}
+
+
+def directory_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except FileNotFoundError:
+                pass  # LevelDB compaction removed it meanwhile
+    return total
+
+
+def machine_info() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": memory_gib,
+            "python": platform.python_version(), "os": platform.platform()}
+
+
+def plot(results: dict, path: Path) -> bool:
+    """Latency percentiles against offered load; False if matplotlib is missing."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        print("  matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = sorted(results["p50_ms"], key=float)
+    xs = [float(r) for r in rates]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
+        axes.plot(xs, [results[key][r] for r in rates], style, label=key.split("_")[0])
+    axes.axhline(250, color="grey", linestyle=":", label="p99 target 250 ms")
+    axes.set_xlabel("offered load (commitments/s)")
+    axes.set_ylabel("submit-to-commit latency (ms)")
+    axes.set_title(f"Bayledger, {results['validators']} validators, saturation "
+                   f"{results['commits_per_s']:.0f}/s ({results['machine']['cpus']} cores)")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def start_profiler(pid: int, out: Path, duration_s: float) -> subprocess.Popen | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        print("  py-spy is not installed (pip install py-spy): no profile", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", str(profile_rate_hz), "--format", "raw",
+         "--duration", str(int(duration_s)), "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def summarize_profile(raw: Path, out: Path, top: int = 40) -> None:
+    """Turn py-spy's collapsed stacks into self and inclusive time per function."""
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"{total} samples at {profile_rate_hz} Hz", "", "self %  function"]
+    lines += [f"{100 * n / total:6.1f}  {f}" for f, n in own.most_common(top)]
+    lines += ["", "inclusive %  function"]
+    lines += [f"{100 * n / total:6.1f}  {f}" for f, n in inclusive.most_common(top)]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def run(duration_s: float, validators: int, profile_node: str | None, keep: bool) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix="bayledger-bench-"))
+    base_port = find_free_base_port(validators)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    print(f"bench: {validators} validators in {run_dir}, base port {base_port}, DURATION={duration_s:g}s", file=sys.stderr)
+    try:
+        control.up(run_dir, validators, base_port, demo=False)
+        network = Network.load(run_dir)
+        before_bytes = {n.name: directory_bytes(n.data_dir) for n in network.nodes}
+        before_tree = _tree_size(network)
+        plan = {
+            "chain_id": network.chain_id,
+            "genesis": str(network.genesis_path),
+            "submit_rpcs": [n.rpc for n in network.nodes],
+            "match_rpc": network.nodes_in("HK")[0].rpc,
+            "provider_key": network.participants["sz-credit-bureau"]["key"],
+            "verifier_key": network.participants["hk-bank"]["key"],
+            "phase_s": {name: duration_s * fraction for name, fraction in PHASE_FRACTIONS.items()},
+        }
+        plan_path = run_dir / "loadgen-plan.json"
+        report_path = run_dir / "loadgen-report.json"
+        plan_path.write_text(json.dumps(plan, indent=2))
+        profiler = None
+        if profile_node:
+            node = network.node(profile_node)
+            pid = running_pid(node.pid_path, node.config_path)
+            profiler = start_profiler(pid, run_dir / "profile.raw", duration_s * 1.2 + 30) if pid else None
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "testnet.loadgen", "--plan", str(plan_path),
+                               "--out", str(report_path)])
+        wall_s = time.monotonic() - started
+        if done.returncode != 0:
+            raise control.TestnetError(f"load generator failed (exit {done.returncode}); node logs are in {run_dir}/nodes")
+        report = json.loads(report_path.read_text())
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            try:
+                profiler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
+                profiler.wait()
+            if (run_dir / "profile.raw").exists():
+                summarize_profile(run_dir / "profile.raw", RESULTS_DIR / f"profile-{profile_node}.txt")
+                shutil.copy(run_dir / "profile.raw", RESULTS_DIR / f"profile-{profile_node}.raw")
+        after_tree = _tree_size(network)
+        nodes = {}
+        for node in network.nodes:
+            pid = running_pid(node.pid_path, node.config_path)
+            usage = process_usage(pid) if pid else None
+            nodes[node.name] = {**(usage or {"cpu_s": None, "peak_rss_mib": None}),
+                                "disk_bytes": directory_bytes(node.data_dir) - before_bytes[node.name]}
+        committed = max(after_tree - before_tree, 0)
+        disk = [v["disk_bytes"] for v in nodes.values()]
+        results = {
+            "validators": validators,
+            "duration_s": round(wall_s, 1),
+            "commits_per_s": report["commits_per_s"],
+            "p50_ms": {rate: v.get("p50_ms") for rate, v in report["latency"].items()},
+            "p95_ms": {rate: v.get("p95_ms") for rate, v in report["latency"].items()},
+            "p99_ms": {rate: v.get("p99_ms") for rate, v in report["latency"].items()},
+            "match_per_s": report["match_per_s"],
+            "bytes_per_commitment": round(sum(disk) / len(disk) / committed, 1) if committed else None,
+            "committed_total": committed,
+            "nodes": nodes,
+            "phases": report["phases"],
+            "presign_per_s": report.get("presign_per_s"),
+            "targets": TARGETS,
+            "machine": machine_info(),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return results
+    finally:
+        try:
+            control.down(run_dir)
+        except Exception as exc:  # the run's own error matters more; report this one too
+            print(f"bench: stopping the testnet failed: {exc}", file=sys.stderr)
+        if keep:
+            print(f"bench: kept {run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _tree_size(network: Network) -> int:
+    sizes = [s.get("tree_size", 0) for s in (control.node_status(n, 5.0) for n in network.nodes) if s]
+    return max(sizes) if sizes else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testnet.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--validators", type=int, default=4, choices=(4, 7, 10))
+    parser.add_argument("--profile", metavar="NODE", help="sample NODE with py-spy during the load")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, data)")
+    args = parser.parse_args(argv)
+    text = os.environ.get("DURATION", "30")
+    try:
+        duration_s = float(text)
+    except ValueError:
+        print(f"bench: DURATION={text!r} is not a number of seconds", file=sys.stderr)
+        return 2
+    if not duration_s_min <= duration_s <= duration_s_max:
+        print(f"bench: DURATION must be between {duration_s_min} and {duration_s_max} seconds, got {text}", file=sys.stderr)
+        return 2
+    try:
+        results = run(duration_s, args.validators, args.profile, args.keep)
+    except (control.TestnetError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    (RESULTS_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if plot(results, RESULTS_DIR / "latency.png"):
+        print(f"bench: wrote {RESULTS_DIR / 'results.json'} and {RESULTS_DIR / 'latency.png'}", file=sys.stderr)
+    print(json.dumps(results, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Generate a testnet's keys, genesis and node configs with the operator CLI.
+
+Keys and genesis are made by `bayledger keygen` and `bayledger genesis`, called
+in-process through `node.cli.main` (the same code path as the shell command,
+without paying a Python start-up per key). Node configs are written with
+`node.config.render_config`, the daemon's own renderer, so every field is
+spelled as the daemon reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from node.cli import main as bayledger_main
+from node.config import Address, Listen, LogConfig, NodeConfig, parse_address, render_config
+
+from .network import Network
+
+# Roles of the demo participants in genesis: the bureau records reports, the bank checks them.
+PARTICIPANT_ROLES = {"sz-credit-bureau": "provider", "hk-bank": "verifier"}
+GOVERNANCE_THRESHOLD = 1          # signatures needed per jurisdiction (one regulator key each)
+
+
+class GenerateError(Exception):
+    """A `bayledger` admin command failed while generating the network."""
+
+
+def run_cli(args: list[str]) -> str:
+    """Run `bayledger ARGS` in-process; its stdout, or GenerateError with its messages."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = bayledger_main(args)
+        except SystemExit as exc:  # argparse usage errors
+            status = exc.code if isinstance(exc.code, int) else 2
+    if status != 0:
+        raise GenerateError(f"`bayledger {' '.join(args)}` failed (exit {status}): {err.getvalue().strip()}")
+    return out.getvalue()
+
+
+def keygen(path: Path, key_id: str) -> str:
+    return run_cli(["keygen", "--out", str(path), "--id", key_id]).strip()
+
+
+def generate_network(network: Network) -> None:
+    """Write every key, the genesis file and each node's config for `network` (a fresh run dir)."""
+    network.keys_dir.mkdir(parents=True, exist_ok=True)
+    for node in network.nodes:
+        node.dir.mkdir(parents=True, exist_ok=True)
+        keygen(node.key_path, node.name)
+    for jurisdiction, key_path in network.governance.items():
+        keygen(Path(key_path), f"governance-{jurisdiction}")
+    for name, info in network.participants.items():
+        keygen(Path(info["key"]), name)
+
+    args = ["genesis", "--chain-id", network.chain_id, "--out", str(network.genesis_path)]
+    for node in network.nodes:
+        p2p = parse_address(node.p2p, "p2p")
+        rpc = parse_address(node.rpc, "rpc")
+        args += ["--validator",
+                 f"{node.name}:{node.jurisdiction}:{node.key_path}:{p2p.host}:{p2p.port}:{rpc.host}:{rpc.port}"]
+    for jurisdiction, key_path in network.governance.items():
+        args += ["--governance", f"{jurisdiction}:{key_path}", "--threshold", f"{jurisdiction}:{GOVERNANCE_THRESHOLD}"]
+    for name, info in network.participants.items():
+        args += ["--participant", f"{name}:{info['jurisdiction']}:{PARTICIPANT_ROLES.get(name, 'provider')}:{info['key']}"]
+    run_cli(args)
+
+    for node in network.nodes:
+        config = NodeConfig(
+            node_id=node.name,
+            key_file=node.key_path,
+            genesis_file=network.genesis_path,
+            data_dir=node.data_dir,
+            listen=Listen(p2p=parse_address(node.p2p, "p2p"), rpc=parse_address(node.rpc, "rpc"),
+                          metrics=parse_address(node.metrics, "metrics")),
+            peers=None,  # from genesis
+            log=LogConfig(format="json", level="info"),
+        )
+        node.config_path.write_text(render_config(config))
+
+
+def demo_commands(network: Network) -> list[tuple[str, list[str]]]:
+    """The CLI calls of the `make testnet` demo: submit as sz-credit-bureau (CN), verify as hk-bank (HK)."""
+    raise GenerateError("the demo needs `bayledger submit` and `bayledger verify` (node/cli/client.py), not built yet")

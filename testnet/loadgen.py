@@ -1,0 +1,320 @@
+"""The benchmark's load generator: its own process, many connections, pre-signed requests.
+
+    python -m testnet.loadgen --plan PLAN.json --out RESULT.json
+
+PLAN names the chain, the nodes' RPC addresses, the participant key files and
+the phase durations. Every entry and query is built and signed before its
+phase starts, and each request's method and params are msgpack-encoded once,
+so during a phase the generator only frames and sends bytes and the nodes,
+not the client, are what is measured. Phases:
+
+1. saturate: closed loop, `connections` x `window` submits with wait=true in
+   flight across all nodes; committed receipts per second after a warm-up.
+2. rate R for R at 25 %, 50 % and 75 % of that: open loop, one submit every
+   1/R s whatever the replies; latency runs from the *scheduled* send time to
+   the committed receipt, so a stalled node cannot hide its queueing.
+3. match: closed loop of signed match-proof queries against one node.
+
+A live progress line goes to stderr; the result JSON holds every phase's
+counts and exact latency percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from . import rpc
+from .stats import summarize_ms
+
+connections_max = 256               # at most this many TCP connections (the node's rpc_connections_max)
+window_max = 256                    # outstanding calls per connection in the closed loops
+in_flight_max = 20_000              # open loop: beyond this the node is overloaded; later sends count as dropped
+submit_wait_s = 30                  # how long a submit may wait for its commit
+drain_timeout_s = 35                # after a phase, wait this long for late replies
+progress_interval_s = 0.5
+warmup_fraction = 0.2               # of a closed-loop phase, not counted in its rate
+LOAD_FRACTIONS = (0.25, 0.50, 0.75)
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    offered_per_s: float | None
+    duration_s: float
+    sent: int = 0
+    ok: int = 0
+    dropped: int = 0
+    errors: Counter = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+    counted_ok: int = 0              # ok replies inside the measured window
+    measured_s: float = 0.0
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.counted_ok / self.measured_s if self.measured_s > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "offered_per_s": self.offered_per_s,
+            "duration_s": round(self.duration_s, 2),
+            "sent": self.sent,
+            "ok": self.ok,
+            "dropped": self.dropped,
+            "errors": dict(self.errors),
+            "rate_per_s": round(self.rate_per_s, 1),
+            "latency": summarize_ms(self.latencies_s),
+        }
+
+
+class Progress:
+    """One line on stderr, rewritten in place while a phase runs."""
+
+    def __init__(self, result: PhaseResult, in_flight: list[int]):
+        self.result = result
+        self.in_flight = in_flight
+
+    async def run(self, start: float) -> None:
+        last_ok, last_t = 0, start
+        while True:
+            await trio.sleep(progress_interval_s)
+            now = trio.current_time()
+            r = self.result
+            rate = (r.ok - last_ok) / (now - last_t)
+            last_ok, last_t = r.ok, now
+            errors = sum(r.errors.values())
+            sys.stderr.write(
+                f"\r  [{r.name:<12}] {now - start:5.1f}/{r.duration_s:.0f}s  sent {r.sent:>8}  ok {r.ok:>8}  "
+                f"{rate:8.0f}/s  in flight {self.in_flight[0]:>6}  errors {errors:>5}  dropped {r.dropped:>5} "
+            )
+            sys.stderr.flush()
+
+
+def _finish_line() -> None:
+    sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def _open_connections(addresses: list[str], count: int, nursery: trio.Nursery) -> list[rpc.PipelinedConnection]:
+    connections = []
+    for index in range(count):
+        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        connection = await rpc.PipelinedConnection.open(host, int(port))
+        nursery.start_soon(connection.reader)
+        connections.append(connection)
+    return connections
+
+
+def _record(result: PhaseResult, outcome: str, start: float, window: tuple[float, float], latency_from: float) -> None:
+    now = trio.current_time()
+    if outcome == "ok":
+        result.ok += 1
+        result.latencies_s.append(now - latency_from)
+        if window[0] <= now <= window[1]:
+            result.counted_ok += 1
+    else:
+        result.errors[outcome] += 1
+
+
+async def _one_call(connection: rpc.PipelinedConnection, packed: bytes, accept) -> str:
+    try:
+        reply = await connection.call_packed(packed)
+    except rpc.RpcError as exc:
+        return exc.code
+    except rpc.ConnectionLost:
+        return "connection-lost"
+    return accept(reply)
+
+
+async def closed_loop(name: str, addresses: list[str], requests: list[bytes], accept, duration_s: float,
+                      connections: int, window: int) -> PhaseResult:
+    """`connections` x `window` callers, each sending its next request as soon as the last is answered."""
+    result = PhaseResult(name=name, offered_per_s=None, duration_s=duration_s)
+    in_flight = [0]
+    cursor = iter(requests)
+    async with trio.open_nursery() as outer:
+        conns = await _open_connections(addresses, connections, outer)
+        start = trio.current_time()
+        stop_at = start + duration_s
+        measured = (start + duration_s * warmup_fraction, stop_at)
+        result.measured_s = measured[1] - measured[0]
+
+        async def caller(connection: rpc.PipelinedConnection) -> None:
+            while trio.current_time() < stop_at:
+                packed = next(cursor, None)
+                if packed is None:
+                    return  # pre-signed requests used up: the phase ends early
+                result.sent += 1
+                in_flight[0] += 1
+                sent_at = trio.current_time()
+                outcome = await _one_call(connection, packed, accept)
+                in_flight[0] -= 1
+                _record(result, outcome, start, measured, sent_at)
+
+        progress = Progress(result, in_flight)
+        async with trio.open_nursery() as callers:
+            callers.start_soon(progress.run, start)
+            with trio.move_on_after(duration_s + drain_timeout_s):
+                async with trio.open_nursery() as workers:
+                    for connection in conns:
+                        for _ in range(window):
+                            workers.start_soon(caller, connection)
+            callers.cancel_scope.cancel()
+        _finish_line()
+        result.duration_s = trio.current_time() - start
+        if result.sent - result.ok - sum(result.errors.values()) > 0:
+            result.dropped += result.sent - result.ok - sum(result.errors.values())
+        for connection in conns:
+            await connection.aclose()
+        outer.cancel_scope.cancel()
+    return result
+
+
+async def open_loop(name: str, addresses: list[str], requests: list[bytes], accept, rate_per_s: float,
+                    duration_s: float, connections: int) -> PhaseResult:
+    """One request every 1/rate s, whatever the replies; latency from the scheduled send time."""
+    result = PhaseResult(name=name, offered_per_s=rate_per_s, duration_s=duration_s)
+    in_flight = [0]
+    total = min(len(requests), int(rate_per_s * duration_s))
+    async with trio.open_nursery() as outer:
+        conns = await _open_connections(addresses, connections, outer)
+        start = trio.current_time() + 0.05
+        window = (start, start + duration_s + drain_timeout_s)
+        result.measured_s = duration_s
+
+        async def send(connection: rpc.PipelinedConnection, packed: bytes, scheduled: float) -> None:
+            in_flight[0] += 1
+            outcome = await _one_call(connection, packed, accept)
+            in_flight[0] -= 1
+            _record(result, outcome, start, window, scheduled)
+
+        progress = Progress(result, in_flight)
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(progress.run, start)
+            with trio.move_on_after(duration_s + drain_timeout_s):
+                async with trio.open_nursery() as senders:
+                    for index in range(total):
+                        scheduled = start + index / rate_per_s
+                        if scheduled > trio.current_time():
+                            await trio.sleep_until(scheduled)
+                        if in_flight[0] >= in_flight_max:
+                            result.dropped += 1
+                            continue
+                        result.sent += 1
+                        senders.start_soon(send, conns[index % len(conns)], requests[index], scheduled)
+            tasks.cancel_scope.cancel()
+        _finish_line()
+        result.duration_s = trio.current_time() - start
+        for connection in conns:
+            await connection.aclose()
+        outer.cancel_scope.cancel()
+    return result
+
+
+# ---------------------------------------------------------------- requests (the node's RPC contract)
+
+
+def _accept_submit(reply: object) -> str:
+    if isinstance(reply, dict):
+        status = reply.get("status")
+        if status == "committed":
+            return "ok"
+        return f"status-{status}"
+    return "bad-reply"
+
+
+def _accept_match(reply: object) -> str:
+    return "ok" if reply else "no-proof"
+
+
+def build_requests(plan: dict, count: int, offset: int) -> tuple[list[bytes], list[bytes]]:
+    """`count` pre-signed commit submits (and their commitments) from the plan's provider key."""
+    from . import workload
+
+    return workload.presigned_submits(plan, count, offset, submit_wait_s)
+
+
+def build_match_queries(plan: dict, commitments: list[bytes], count: int) -> list[bytes]:
+    from . import workload
+
+    return workload.presigned_match_queries(plan, commitments, count)
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def run(plan: dict) -> dict:
+    phase = plan["phase_s"]
+    connections = min(plan.get("connections", 64), connections_max)
+    window = min(plan.get("window", 32), window_max)
+    submit_rpcs = plan["submit_rpcs"]
+    started = time.monotonic()
+    report: dict = {"phases": []}
+
+    # Saturation: enough requests for a rate well above the target.
+    ceiling_per_s = plan.get("ceiling_per_s", 12_000)
+    count = int(ceiling_per_s * phase["saturate"])
+    t = time.monotonic()
+    requests, commitments = build_requests(plan, count, offset=0)
+    report["presign_per_s"] = round(count / (time.monotonic() - t))
+    print(f"  pre-signed {count} commit entries ({report['presign_per_s']}/s)", file=sys.stderr)
+    saturation = await closed_loop("saturate", submit_rpcs, requests, _accept_submit, phase["saturate"],
+                                   connections, window)
+    report["phases"].append(saturation.to_json())
+    commits_per_s = saturation.rate_per_s
+    report["commits_per_s"] = round(commits_per_s, 1)
+    # Submits are taken in order, so the first half of the ok count is (nearly) all committed;
+    # a query for one that is not answers with an error and is counted as such.
+    committed_commitments = commitments[: saturation.ok // 2]
+
+    offset = count
+    report["latency"] = {}
+    for fraction in LOAD_FRACTIONS:
+        rate = max(1.0, commits_per_s * fraction)
+        needed = int(math.ceil(rate * phase["rate"]))
+        requests, _ = build_requests(plan, needed, offset=offset)
+        offset += needed
+        result = await open_loop(f"{int(fraction * 100)}% {rate:.0f}/s", submit_rpcs, requests, _accept_submit,
+                                 rate, phase["rate"], connections)
+        report["phases"].append(result.to_json())
+        report["latency"][str(int(round(rate)))] = {**summarize_ms(result.latencies_s), "fraction": fraction,
+                                                     "errors": dict(result.errors), "dropped": result.dropped}
+
+    # Match proofs against one node, for commitments committed above.
+    if committed_commitments:
+        queries = build_match_queries(plan, committed_commitments, int(plan.get("match_ceiling_per_s", 30_000) * phase["match"]))
+        match = await closed_loop("match", [plan["match_rpc"]], queries, _accept_match, phase["match"],
+                                  connections, window)
+        report["phases"].append(match.to_json())
+        report["match_per_s"] = round(match.rate_per_s, 1)
+    else:
+        report["match_per_s"] = 0.0
+    report["loadgen_wall_s"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testnet.loadgen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    plan = json.loads(args.plan.read_text())
+    report = trio.run(run, plan)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
