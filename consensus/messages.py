@@ -1,0 +1,712 @@
+"""Consensus messages: frozen dataclasses, canonical msgpack on the wire, validated at the boundary.
+
+Every message is a canonical msgpack map {"type": str, ...fields}. Votes and
+protocol messages (PRE-PREPARE, PREPARE, COMMIT, CHECKPOINT, VIEW-CHANGE,
+NEW-VIEW) carry their sender's validator id and an Ed25519 signature made
+with `codec.sign(domain tag, chain id, payload)`. What the signature covers:
+
+- PRE-PREPARE, PREPARE: pack({"view", "height", "header_hash"}) under their tags;
+  the block body is bound through the header's entries_hash.
+- COMMIT: `block.commit_vote_payload(view, height, header_hash)`, so 2f + 1
+  COMMIT signatures of one view are the block's CommitCertificate as they are.
+- CHECKPOINT: pack({"height", "header_hash"}).
+- VIEW-CHANGE, NEW-VIEW: the canonical msgpack of the whole message without
+  its "signature" field.
+
+REQUESTS, CATCH-UP-REQUEST and CATCH-UP-RESPONSE are not signed by the
+validator: requests are signed by their authors (the Application checks
+that), and a catch-up response carries commit certificates that the
+receiver verifies block by block. The host's peer links are authenticated.
+
+`decode_message` never raises anything but `MessageError(reason, detail)`;
+`reason` is a short stable code the replica reports in `Ready.rejected`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import nacl.signing
+
+from . import codec
+from .block import BlockHeader, CertificateError, CommitCertificate, commit_vote_payload, entries_hash
+from .validators import ValidatorSet
+
+# Limits on what a peer may send. The replica's own config may be stricter.
+MESSAGE_BYTES_MAX = 64 * 1024 * 1024   # a NEW-VIEW carries 2f+1 VIEW-CHANGEs, each up to a window of blocks
+REQUEST_BYTES_MAX = 64 * 1024          # one client request (a signed ledger entry)
+BLOCK_REQUESTS_MAX = 4096              # entries in one block, whatever the config says
+REQUESTS_PER_MESSAGE_MAX = 1024        # requests in one REQUESTS forward
+PREPARED_CERTIFICATES_MAX = 1024       # prepared certificates in one VIEW-CHANGE (>= any watermark window)
+CATCH_UP_BLOCKS_MAX = 64               # blocks in one CATCH-UP-RESPONSE (and one request's range)
+VALIDATOR_ID_BYTES_MAX = 128
+INTEGER_MAX = 2**63 - 1                # views, heights and times fit a signed 64-bit integer
+
+
+class MessageError(ValueError):
+    """A message rejected at the boundary: `reason` is a stable code, `detail` says what was wrong."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------
+# Field validation helpers (raise MessageError("bad-field", ...))
+
+
+def _fields(wire: dict, names: tuple[str, ...], kind: str) -> None:
+    keys = set(wire)
+    expected = set(names) | {"type"}
+    if keys != expected:
+        missing = sorted(expected - keys)
+        extra = sorted(str(k) for k in keys - expected)
+        raise MessageError("bad-field", f"{kind}: missing {missing} unknown {extra}")
+
+
+def _int(value: Any, name: str, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or value > INTEGER_MAX:
+        raise MessageError("bad-field", f"{name} must be an integer in [{minimum}, 2^63)")
+    return value
+
+
+def _hash(value: Any, name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != codec.HASH_BYTES:
+        raise MessageError("bad-field", f"{name} must be {codec.HASH_BYTES} bytes")
+    return value
+
+
+def _signature(value: Any, name: str = "signature") -> bytes:
+    if not isinstance(value, bytes) or len(value) != codec.SIGNATURE_BYTES:
+        raise MessageError("bad-field", f"{name} must be {codec.SIGNATURE_BYTES} bytes")
+    return value
+
+
+def _validator_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > VALIDATOR_ID_BYTES_MAX:
+        raise MessageError("bad-field", f"{name} must be a validator id string")
+    return value
+
+
+def _list(value: Any, name: str, maximum: int) -> list:
+    if not isinstance(value, list):
+        raise MessageError("bad-field", f"{name} must be an array")
+    if len(value) > maximum:
+        raise MessageError("too-large", f"{name} has {len(value)} items, limit {maximum}")
+    return value
+
+
+def _requests(value: Any, name: str, maximum: int) -> tuple[bytes, ...]:
+    items = _list(value, name, maximum)
+    for item in items:
+        if not isinstance(item, bytes) or not item:
+            raise MessageError("bad-field", f"{name} items must be non-empty bytes")
+        if len(item) > REQUEST_BYTES_MAX:
+            raise MessageError("too-large", f"a request of {len(item)} bytes exceeds {REQUEST_BYTES_MAX}")
+    return tuple(items)
+
+
+def _header(value: Any, chain_id: str, name: str = "header") -> BlockHeader:
+    try:
+        header = BlockHeader.from_wire(value)
+    except (CertificateError, TypeError) as exc:
+        raise MessageError("bad-field", f"{name}: {exc}") from exc
+    if header.chain_id != chain_id:
+        raise MessageError("wrong-chain", f"{name} is for chain {header.chain_id!r}")
+    if header.height < 1 or header.height > INTEGER_MAX or header.time_ms > INTEGER_MAX:
+        raise MessageError("bad-field", f"{name}: height or time out of range")
+    return header
+
+
+def _check_body(header: BlockHeader, entries: tuple[bytes, ...], name: str) -> None:
+    if header.entry_count != len(entries) or header.entries_hash != entries_hash(entries):
+        raise MessageError("bad-field", f"{name}: entries do not match the header's entries_hash/entry_count")
+
+
+def _signer(validators: ValidatorSet, sender: str) -> bytes:
+    validator = validators.get(sender)
+    if validator is None:
+        raise MessageError("unknown-sender", f"{sender!r} is not a validator")
+    return validator.public_key
+
+
+def _check_signature(
+    validators: ValidatorSet, sender: str, signature: bytes, domain: str, chain_id: str, payload: bytes
+) -> None:
+    if not codec.verify(_signer(validators, sender), signature, domain, chain_id, payload):
+        raise MessageError("bad-signature", f"signature of {sender!r} does not verify")
+
+
+def slot_payload(view: int, height: int, header_hash: bytes) -> bytes:
+    """What PRE-PREPARE and PREPARE signatures cover (under their own domain tags)."""
+    return codec.pack({"view": view, "height": height, "header_hash": header_hash})
+
+
+def checkpoint_payload(height: int, header_hash: bytes) -> bytes:
+    return codec.pack({"height": height, "header_hash": header_hash})
+
+
+# ---------------------------------------------------------------------------
+# Parts that are not messages on their own
+
+
+@dataclass(frozen=True)
+class VoteSignature:
+    """One validator's signature inside a certificate."""
+
+    validator: str
+    signature: bytes
+
+    def to_wire(self) -> dict:
+        return {"validator": self.validator, "sig": self.signature}
+
+    @classmethod
+    def from_wire(cls, wire: Any, name: str) -> "VoteSignature":
+        if not isinstance(wire, dict) or set(wire) != {"validator", "sig"}:
+            raise MessageError("bad-field", f"{name} must be a map of validator and sig")
+        return cls(_validator_id(wire["validator"], f"{name}.validator"), _signature(wire["sig"], f"{name}.sig"))
+
+
+def _signatures_to_wire(signatures: tuple[VoteSignature, ...]) -> list:
+    return [s.to_wire() for s in sorted(signatures, key=lambda s: s.validator)]
+
+
+def _signatures_from_wire(value: Any, name: str, validators: ValidatorSet) -> tuple[VoteSignature, ...]:
+    items = _list(value, name, validators.n)
+    signatures = tuple(VoteSignature.from_wire(item, f"{name}[]") for item in items)
+    ids = [s.validator for s in signatures]
+    if ids != sorted(set(ids)):
+        raise MessageError("bad-field", f"{name} must list distinct validators in ascending order")
+    return signatures
+
+
+def _verify_quorum(
+    signatures: tuple[VoteSignature, ...], validators: ValidatorSet, domain: str, chain_id: str, payload: bytes,
+    name: str,
+) -> None:
+    for s in signatures:
+        _check_signature(validators, s.validator, s.signature, domain, chain_id, payload)
+    if not validators.is_quorum(s.validator for s in signatures):
+        raise MessageError("no-quorum", f"{name} signers are not a quorum")
+
+
+@dataclass(frozen=True)
+class CheckpointCertificate:
+    """A stable checkpoint: a quorum of CHECKPOINT signatures on (height, header_hash).
+
+    Height 0 is the genesis checkpoint: header_hash is 32 zero bytes and it needs no signatures.
+    """
+
+    height: int
+    header_hash: bytes
+    signatures: tuple[VoteSignature, ...] = ()
+
+    def to_wire(self) -> dict:
+        return {"height": self.height, "header_hash": self.header_hash, "signatures": _signatures_to_wire(self.signatures)}
+
+    @classmethod
+    def from_wire(cls, wire: Any, validators: ValidatorSet) -> "CheckpointCertificate":
+        if not isinstance(wire, dict) or set(wire) != {"height", "header_hash", "signatures"}:
+            raise MessageError("bad-field", "checkpoint must be a map of height, header_hash, signatures")
+        return cls(
+            _int(wire["height"], "checkpoint.height"),
+            _hash(wire["header_hash"], "checkpoint.header_hash"),
+            _signatures_from_wire(wire["signatures"], "checkpoint.signatures", validators),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        if self.height == 0:
+            if self.header_hash != bytes(codec.HASH_BYTES) or self.signatures:
+                raise MessageError("bad-checkpoint", "genesis checkpoint must have a zero hash and no signatures")
+            return
+        _verify_quorum(
+            self.signatures, validators, codec.DOMAIN_CHECKPOINT, chain_id,
+            checkpoint_payload(self.height, self.header_hash), "checkpoint",
+        )
+
+
+GENESIS_CHECKPOINT = CheckpointCertificate(0, bytes(codec.HASH_BYTES), ())
+
+
+@dataclass(frozen=True)
+class PreparedCertificate:
+    """Proof that a block was prepared at (view, height): a quorum of PREPARE signatures.
+
+    Every replica, the primary included, sends PREPARE, so the quorum of PREPARE
+    signatures alone proves the block prepared; the block travels with it so a
+    new primary can propose it again.
+    """
+
+    view: int
+    header: BlockHeader
+    entries: tuple[bytes, ...]
+    prepares: tuple[VoteSignature, ...]
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def to_wire(self) -> dict:
+        return {
+            "view": self.view,
+            "header": self.header.to_wire(),
+            "entries": list(self.entries),
+            "prepares": _signatures_to_wire(self.prepares),
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Any, validators: ValidatorSet, chain_id: str) -> "PreparedCertificate":
+        if not isinstance(wire, dict) or set(wire) != {"view", "header", "entries", "prepares"}:
+            raise MessageError("bad-field", "prepared certificate must be a map of view, header, entries, prepares")
+        header = _header(wire["header"], chain_id, "prepared.header")
+        entries = _requests(wire["entries"], "prepared.entries", BLOCK_REQUESTS_MAX)
+        _check_body(header, entries, "prepared certificate")
+        return cls(
+            _int(wire["view"], "prepared.view"), header, entries,
+            _signatures_from_wire(wire["prepares"], "prepared.prepares", validators),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        _verify_quorum(
+            self.prepares, validators, codec.DOMAIN_PREPARE, chain_id,
+            slot_payload(self.view, self.height, self.header.hash()), "prepared certificate",
+        )
+
+
+@dataclass(frozen=True)
+class CommittedBlock:
+    """A block with its commit certificate, as delivered to the host and served in catch-up."""
+
+    header: BlockHeader
+    entries: tuple[bytes, ...]
+    certificate: CommitCertificate
+
+    def to_wire(self) -> dict:
+        return {"header": self.header.to_wire(), "entries": list(self.entries), "certificate": self.certificate.to_wire()}
+
+    @classmethod
+    def from_wire(cls, wire: Any, validators: ValidatorSet, chain_id: str) -> "CommittedBlock":
+        if not isinstance(wire, dict) or set(wire) != {"header", "entries", "certificate"}:
+            raise MessageError("bad-field", "block must be a map of header, entries, certificate")
+        header = _header(wire["header"], chain_id, "block.header")
+        entries = _requests(wire["entries"], "block.entries", BLOCK_REQUESTS_MAX)
+        cert_wire = wire["certificate"]
+        if isinstance(cert_wire, dict) and isinstance(cert_wire.get("signatures"), list):
+            _list(cert_wire["signatures"], "certificate.signatures", validators.n)
+        try:
+            certificate = CommitCertificate.from_wire(cert_wire)
+        except (CertificateError, TypeError) as exc:
+            raise MessageError("bad-field", f"certificate: {exc}") from exc
+        for s in certificate.signatures:
+            _validator_id(s.validator, "certificate signer")
+            _signature(s.signature, "certificate signature")
+        return cls(header, entries, certificate)
+
+    def verify(self, validators: ValidatorSet) -> None:
+        """Raise MessageError unless body, header and certificate agree and the certificate holds."""
+        _check_body(self.header, self.entries, f"block {self.header.height}")
+        try:
+            self.certificate.verify(self.header, validators)
+        except CertificateError as exc:
+            raise MessageError("bad-certificate", str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------
+# Messages
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Client requests forwarded by the validator that received them."""
+
+    TYPE = "requests"
+    requests: tuple[bytes, ...]
+
+    def to_wire(self) -> dict:
+        return {"type": self.TYPE, "requests": list(self.requests)}
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "Requests":
+        _fields(wire, ("requests",), "requests")
+        return cls(_requests(wire["requests"], "requests", REQUESTS_PER_MESSAGE_MAX))
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PrePrepare:
+    """The primary's proposal of a block (header + entries) at (view, height)."""
+
+    TYPE = "pre-prepare"
+    DOMAIN = codec.DOMAIN_PREPREPARE
+    view: int
+    header: BlockHeader
+    entries: tuple[bytes, ...]
+    sender: str
+    signature: bytes = b""
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def payload(self) -> bytes:
+        return slot_payload(self.view, self.header.height, self.header.hash())
+
+    def to_wire(self) -> dict:
+        return {
+            "type": self.TYPE, "view": self.view, "header": self.header.to_wire(), "entries": list(self.entries),
+            "sender": self.sender, "signature": self.signature,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "PrePrepare":
+        _fields(wire, ("view", "header", "entries", "sender", "signature"), "pre-prepare")
+        header = _header(wire["header"], chain_id)
+        entries = _requests(wire["entries"], "entries", BLOCK_REQUESTS_MAX)
+        _check_body(header, entries, "pre-prepare")
+        return cls(
+            _int(wire["view"], "view"), header, entries, _validator_id(wire["sender"], "sender"),
+            _signature(wire["signature"]),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
+        if validators.primary(self.view).id != self.sender:
+            raise MessageError("not-primary", f"{self.sender!r} is not the primary of view {self.view}")
+
+
+@dataclass(frozen=True)
+class _SlotVote:
+    view: int
+    height: int
+    header_hash: bytes
+    sender: str
+    signature: bytes = b""
+
+    def payload(self) -> bytes:
+        return slot_payload(self.view, self.height, self.header_hash)
+
+    def to_wire(self) -> dict:
+        return {
+            "type": self.TYPE, "view": self.view, "height": self.height, "header_hash": self.header_hash,  # type: ignore[attr-defined]
+            "sender": self.sender, "signature": self.signature,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str):
+        _fields(wire, ("view", "height", "header_hash", "sender", "signature"), cls.TYPE)  # type: ignore[attr-defined]
+        return cls(
+            _int(wire["view"], "view"), _int(wire["height"], "height", 1), _hash(wire["header_hash"], "header_hash"),
+            _validator_id(wire["sender"], "sender"), _signature(wire["signature"]),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Prepare(_SlotVote):
+    TYPE = "prepare"
+    DOMAIN = codec.DOMAIN_PREPARE
+
+
+@dataclass(frozen=True)
+class Commit(_SlotVote):
+    TYPE = "commit"
+    DOMAIN = codec.DOMAIN_COMMIT
+
+    def payload(self) -> bytes:
+        return commit_vote_payload(self.view, self.height, self.header_hash)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    TYPE = "checkpoint"
+    DOMAIN = codec.DOMAIN_CHECKPOINT
+    height: int
+    header_hash: bytes
+    sender: str
+    signature: bytes = b""
+
+    def payload(self) -> bytes:
+        return checkpoint_payload(self.height, self.header_hash)
+
+    def to_wire(self) -> dict:
+        return {
+            "type": self.TYPE, "height": self.height, "header_hash": self.header_hash,
+            "sender": self.sender, "signature": self.signature,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "Checkpoint":
+        _fields(wire, ("height", "header_hash", "sender", "signature"), "checkpoint")
+        return cls(
+            _int(wire["height"], "height", 1), _hash(wire["header_hash"], "header_hash"),
+            _validator_id(wire["sender"], "sender"), _signature(wire["signature"]),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
+
+
+@dataclass(frozen=True)
+class ViewChange:
+    """A replica's move to `view`: its stable checkpoint and its prepared certificates above it."""
+
+    TYPE = "view-change"
+    DOMAIN = codec.DOMAIN_VIEW_CHANGE
+    view: int
+    checkpoint: CheckpointCertificate
+    prepared: tuple[PreparedCertificate, ...]
+    sender: str
+    signature: bytes = b""
+
+    def _body(self) -> dict:
+        return {
+            "type": self.TYPE, "view": self.view, "checkpoint": self.checkpoint.to_wire(),
+            "prepared": [p.to_wire() for p in self.prepared], "sender": self.sender,
+        }
+
+    def payload(self) -> bytes:
+        return codec.pack(self._body())
+
+    def to_wire(self) -> dict:
+        return {**self._body(), "signature": self.signature}
+
+    @classmethod
+    def from_wire(cls, wire: Any, validators: ValidatorSet, chain_id: str) -> "ViewChange":
+        if not isinstance(wire, dict) or wire.get("type") != cls.TYPE:
+            raise MessageError("bad-field", "expected a view-change map")
+        _fields(wire, ("view", "checkpoint", "prepared", "sender", "signature"), "view-change")
+        prepared = tuple(
+            PreparedCertificate.from_wire(p, validators, chain_id)
+            for p in _list(wire["prepared"], "prepared", PREPARED_CERTIFICATES_MAX)
+        )
+        return cls(
+            _int(wire["view"], "view", 1), CheckpointCertificate.from_wire(wire["checkpoint"], validators), prepared,
+            _validator_id(wire["sender"], "sender"), _signature(wire["signature"]),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        """Signature, checkpoint proof, and every prepared certificate (above the checkpoint, below the view)."""
+        _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
+        self.checkpoint.verify(validators, chain_id)
+        heights = [p.height for p in self.prepared]
+        if heights != sorted(set(heights)):
+            raise MessageError("bad-field", "prepared certificates must have distinct ascending heights")
+        for p in self.prepared:
+            if p.height <= self.checkpoint.height:
+                raise MessageError("bad-field", "prepared certificate at or below the checkpoint")
+            if p.view >= self.view:
+                raise MessageError("bad-field", "prepared certificate from a view not below the new view")
+            if p.header.validator_set_hash != validators.hash():
+                raise MessageError("bad-field", "prepared block names another validator set")
+            p.verify(validators, chain_id)
+
+
+@dataclass(frozen=True)
+class NewView:
+    """The new primary's start of `view`: the quorum of VIEW-CHANGEs and the blocks it re-proposes.
+
+    `chosen` lists the header hashes re-proposed at heights checkpoint+1,
+    checkpoint+2, ... where checkpoint is the highest one among the
+    VIEW-CHANGEs; every receiver recomputes the choice (`choose_blocks`).
+    """
+
+    TYPE = "new-view"
+    DOMAIN = codec.DOMAIN_NEW_VIEW
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    chosen: tuple[bytes, ...]
+    sender: str
+    signature: bytes = b""
+
+    def _body(self) -> dict:
+        return {
+            "type": self.TYPE, "view": self.view, "view_changes": [v.to_wire() for v in self.view_changes],
+            "chosen": list(self.chosen), "sender": self.sender,
+        }
+
+    def payload(self) -> bytes:
+        return codec.pack(self._body())
+
+    def to_wire(self) -> dict:
+        return {**self._body(), "signature": self.signature}
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "NewView":
+        _fields(wire, ("view", "view_changes", "chosen", "sender", "signature"), "new-view")
+        view_changes = tuple(
+            ViewChange.from_wire(v, validators, chain_id) for v in _list(wire["view_changes"], "view_changes", validators.n)
+        )
+        chosen = tuple(_hash(h, "chosen[]") for h in _list(wire["chosen"], "chosen", PREPARED_CERTIFICATES_MAX))
+        return cls(
+            _int(wire["view"], "view", 1), view_changes, chosen, _validator_id(wire["sender"], "sender"),
+            _signature(wire["signature"]),
+        )
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        """Signature by the view's primary, a quorum of valid VIEW-CHANGEs for this view, and the same choice."""
+        _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
+        if validators.primary(self.view).id != self.sender:
+            raise MessageError("not-primary", f"{self.sender!r} is not the primary of view {self.view}")
+        senders = [v.sender for v in self.view_changes]
+        if len(set(senders)) != len(senders):
+            raise MessageError("bad-field", "two VIEW-CHANGEs from one validator")
+        for vc in self.view_changes:
+            if vc.view != self.view:
+                raise MessageError("bad-field", "a VIEW-CHANGE for another view")
+            vc.verify(validators, chain_id)
+        if not validators.is_quorum(senders):
+            raise MessageError("no-quorum", "VIEW-CHANGE senders are not a quorum")
+        checkpoint, blocks = choose_blocks(self.view_changes)
+        if tuple(p.header.hash() for p in blocks) != self.chosen:
+            raise MessageError("bad-new-view", "re-proposed blocks differ from the choice the VIEW-CHANGEs dictate")
+
+
+def choose_blocks(view_changes: tuple[ViewChange, ...] | list[ViewChange]) -> tuple[CheckpointCertificate, list[PreparedCertificate]]:
+    """The deterministic NEW-VIEW choice from a quorum of (verified) VIEW-CHANGEs.
+
+    Start at the highest stable checkpoint; for each next height take the
+    prepared certificate with the highest view (ties: lowest header hash, which
+    only matters if more than f validators are faulty); stop at the first
+    height with no certificate or whose block does not chain onto the previous.
+    """
+    checkpoint = max((vc.checkpoint for vc in view_changes), key=lambda c: (c.height, c.header_hash))
+    by_height: dict[int, PreparedCertificate] = {}
+    for vc in view_changes:
+        for p in vc.prepared:
+            best = by_height.get(p.height)
+            if best is None or (p.view, _neg(p.header.hash())) > (best.view, _neg(best.header.hash())):
+                by_height[p.height] = p
+    chosen: list[PreparedCertificate] = []
+    previous = checkpoint.header_hash
+    height = checkpoint.height + 1
+    while height in by_height:
+        p = by_height[height]
+        if p.header.prev_hash != previous:
+            break
+        chosen.append(p)
+        previous = p.header.hash()
+        height += 1
+    return checkpoint, chosen
+
+
+def _neg(data: bytes) -> bytes:
+    """Order key that makes the lowest hash win a max()."""
+    return bytes(255 - b for b in data)
+
+
+@dataclass(frozen=True)
+class CatchUpRequest:
+    """Ask a peer for committed blocks from_height..to_height (inclusive) with their certificates."""
+
+    TYPE = "catch-up-request"
+    from_height: int
+    to_height: int
+
+    def to_wire(self) -> dict:
+        return {"type": self.TYPE, "from_height": self.from_height, "to_height": self.to_height}
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "CatchUpRequest":
+        _fields(wire, ("from_height", "to_height"), "catch-up-request")
+        first = _int(wire["from_height"], "from_height", 1)
+        last = _int(wire["to_height"], "to_height", 1)
+        if last < first or last - first + 1 > CATCH_UP_BLOCKS_MAX:
+            raise MessageError("bad-field", f"range {first}..{last} is empty or longer than {CATCH_UP_BLOCKS_MAX}")
+        return cls(first, last)
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class CatchUpResponse:
+    TYPE = "catch-up-response"
+    blocks: tuple[CommittedBlock, ...]
+
+    def to_wire(self) -> dict:
+        return {"type": self.TYPE, "blocks": [b.to_wire() for b in self.blocks]}
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "CatchUpResponse":
+        _fields(wire, ("blocks",), "catch-up-response")
+        blocks = tuple(
+            CommittedBlock.from_wire(b, validators, chain_id) for b in _list(wire["blocks"], "blocks", CATCH_UP_BLOCKS_MAX)
+        )
+        return cls(blocks)
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        pass  # each block is verified against the receiver's chain, in order
+
+
+Message = Union[
+    Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse
+]
+MESSAGE_TYPES: dict[str, Any] = {
+    cls.TYPE: cls
+    for cls in (Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse)
+}
+SIGNED_TYPES = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+
+
+def encode(message: Message) -> bytes:
+    return codec.pack(message.to_wire())
+
+
+def sign(message: Any, signing_key: nacl.signing.SigningKey, chain_id: str) -> Any:
+    """A copy of `message` with its signature filled in."""
+    signature = codec.sign(signing_key, message.DOMAIN, chain_id, message.payload())
+    return type(message)(**{**{f: getattr(message, f) for f in message.__dataclass_fields__}, "signature": signature})
+
+
+def decode_message(data: bytes, validators: ValidatorSet, chain_id: str, *, verify: bool = True) -> Message:
+    """Parse and validate one message; raise MessageError(reason) for anything wrong with it."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise MessageError("bad-encoding", "message is not bytes")
+    try:
+        wire = codec.unpack_canonical(bytes(data), max_bytes=MESSAGE_BYTES_MAX)
+    except codec.EncodingError as exc:
+        reason = "too-large" if "exceeds limit" in str(exc) else "bad-encoding"
+        raise MessageError(reason, str(exc)) from exc
+    if not isinstance(wire, dict):
+        raise MessageError("bad-encoding", "message is not a map")
+    kind = wire.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError("bad-type", f"unknown message type {kind!r}")
+    try:
+        message = cls.from_wire(wire, validators, chain_id)
+        if isinstance(message, SIGNED_TYPES) and message.sender not in validators:
+            raise MessageError("unknown-sender", f"{message.sender!r} is not a validator")
+        if verify:
+            message.verify(validators, chain_id)
+    except MessageError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        # Defensive: a shape no validator above anticipated is still the peer's fault, not ours.
+        raise MessageError("bad-field", f"{type(exc).__name__}: {exc}") from exc
+    return message
+
+
+def encode_catch_up_response(blocks: list[CommittedBlock] | tuple[CommittedBlock, ...]) -> bytes:
+    """What a host sends for a `Ready.serve_catch_up` entry: blocks read from storage, in height order."""
+    if len(blocks) > CATCH_UP_BLOCKS_MAX:
+        raise ValueError(f"at most {CATCH_UP_BLOCKS_MAX} blocks per catch-up response")
+    return encode(CatchUpResponse(tuple(blocks)))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Two conflicting messages signed by the same validator (encoded, ready to log or publish)."""
+
+    validator: str
+    kind: str
+    view: int
+    height: int
+    first: bytes
+    second: bytes = field(repr=False, default=b"")

@@ -1,0 +1,1077 @@
+"""The PBFT replica: a pure, deterministic state machine (see docs/CONSENSUS.md).
+
+Inputs: `on_message(sender_id, data)`, `on_request(request)`, `on_tick(now_ms)`,
+`on_persisted()`. Each returns a `Ready` the host carries out in order:
+persist (one synced batch, then call `on_persisted()`), send messages, apply
+committed blocks, serve catch-up ranges from storage, log evidence and
+rejections. A vote, proposal or view change is never released in the same
+Ready that persists the promise it makes; it waits for `on_persisted()`.
+
+No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nacl.signing
+
+from . import codec
+from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
+from .messages import (
+    CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, REQUEST_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, CatchUpRequest,
+    CatchUpResponse, Checkpoint, CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView,
+    PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange, VoteSignature, choose_blocks, decode_message,
+    encode, encode_catch_up_response, sign,
+)
+from .validators import ValidatorSet
+
+__all__ = [
+    "Application", "CommittedBlock", "Evidence", "ExecutionResult", "Outbound", "Ready", "Replica", "ReplicaConfig",
+    "ReplicaConfigError", "encode_catch_up_response",
+]
+
+CLIENT = "client"  # the peer id reported in Ready.rejected for requests from this node's own clients
+CHECKPOINT_VOTES_PER_VALIDATOR_MAX = 4  # recent CHECKPOINT heights remembered per validator
+
+
+class ReplicaConfigError(ValueError):
+    """A replica configuration that cannot work (the message names the setting)."""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    batch_requests_max: int = 64         # requests in one block
+    batch_wait_ms: int = 20              # how long the primary waits to fill a batch
+    view_timeout_ms: int = 2000          # no progress for this long -> view change; doubles per failed view
+    view_timeout_doublings_max: int = 6  # the doubling stops at view_timeout_ms * 2^6
+    checkpoint_interval: int = 8         # blocks between checkpoints
+    watermark_window: int = 16           # blocks in flight above the stable checkpoint
+    request_pool_max: int = 10_000       # pending requests; a full pool refuses new ones
+    clock_skew_ms_max: int = 30_000      # how far a proposal's time may run ahead of ours
+    retransmit_ms: int = 500             # resend unanswered votes and view changes this often
+    catch_up_timeout_ms: int = 1000      # ask another peer when a catch-up request goes unanswered
+    forward_requests_max: int = 256      # requests in one REQUESTS forward
+    committed_request_ids_max: int = 100_000  # committed request ids remembered to refuse re-proposal
+
+    def __post_init__(self) -> None:
+        positive = (
+            "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
+            "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ReplicaConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ReplicaConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.watermark_window < 2 * self.checkpoint_interval:
+            # The primary stops at the window's top edge until a checkpoint moves it.
+            raise ReplicaConfigError("watermark_window must be at least 2 * checkpoint_interval")
+        if self.batch_requests_max > 4096:
+            raise ReplicaConfigError("batch_requests_max must be at most 4096 (messages.BLOCK_REQUESTS_MAX)")
+        if self.forward_requests_max > REQUESTS_PER_MESSAGE_MAX:
+            raise ReplicaConfigError(f"forward_requests_max must be at most {REQUESTS_PER_MESSAGE_MAX}")
+        if self.watermark_window > 1024:
+            raise ReplicaConfigError("watermark_window must be at most 1024 (messages.PREPARED_CERTIFICATES_MAX)")
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    tree_size: int
+    tree_root: bytes
+    results_hash: bytes
+
+
+class Application(Protocol):
+    def check_request(self, request: bytes) -> str | None:
+        """Stateless validity: None if well formed and correctly signed, else a reason code."""
+
+    def execute(
+        self, parent: BlockHeader | None, height: int, time_ms: int, entries: tuple[bytes, ...]
+    ) -> ExecutionResult | None:
+        """Header fields after applying `entries` on `parent` (None = genesis); None if parent is unknown."""
+
+
+@dataclass(frozen=True)
+class Outbound:
+    to: str | None  # None = every other validator
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Ready:
+    persist: list = field(default_factory=list)         # [(key, value | None)]
+    messages: list = field(default_factory=list)        # [Outbound]
+    committed: list = field(default_factory=list)       # [CommittedBlock] in height order
+    serve_catch_up: list = field(default_factory=list)  # [(peer_id, from_height, to_height)]
+    evidence: list = field(default_factory=list)        # [Evidence]
+    rejected: list = field(default_factory=list)        # [(peer_id, reason_code)]
+
+    def is_empty(self) -> bool:
+        return not (
+            self.persist or self.messages or self.committed or self.serve_catch_up or self.evidence or self.rejected
+        )
+
+
+# Persisted keys (all under the replica's own prefix in storage).
+KEY_VIEW = b"view"
+KEY_CHECKPOINT = b"checkpoint"
+KEY_VIEW_CHANGE = b"view-change"
+KEY_NEW_VIEW = b"new-view"
+KEY_VOTE = b"vote/"   # + height: the latest (view, phase, block) this replica signed at that height
+KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certificate at that height
+
+PHASE_PRE_PREPARE = "pre-prepare"
+PHASE_PREPARE = "prepare"
+PHASE_COMMIT = "commit"
+_PHASE_ORDER = {PHASE_PRE_PREPARE: 0, PHASE_PREPARE: 1, PHASE_COMMIT: 2}
+
+
+def _height_key(prefix: bytes, height: int) -> bytes:
+    return prefix + height.to_bytes(8, "big")
+
+
+@dataclass
+class _Slot:
+    """What this replica knows about one height in the current view."""
+
+    header: BlockHeader
+    entries: tuple[bytes, ...]
+    hash: bytes
+    preprepare: bytes | None = None  # the signed PRE-PREPARE (None when re-proposed by NEW-VIEW)
+    validated: bool = False          # checked against the Application and the parent
+    prepare: bytes | None = None     # our signed PREPARE
+    prepared: bool = False
+    commit: bytes | None = None      # our signed COMMIT
+
+
+@dataclass
+class _Pending:
+    request: bytes
+    seen_ms: int
+    from_client: bool
+
+
+class Replica:
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        validators: ValidatorSet,
+        me: str,
+        signing_key: nacl.signing.SigningKey,
+        chain_id: str,
+        app: Application,
+        persisted: dict[bytes, bytes] | None = None,
+        last_applied: tuple[int, BlockHeader | None] = (0, None),
+    ) -> None:
+        if me not in validators:
+            raise ValueError(f"{me!r} is not in the validator set")
+        if validators.get(me).public_key != signing_key.verify_key.encode():
+            raise ValueError(f"signing key does not match validator {me!r}'s public key")
+        height, header = last_applied
+        if (height == 0) != (header is None) or (header is not None and header.height != height):
+            raise ValueError("last_applied must be (0, None) or (height, header of that height)")
+        self.config = config
+        self.validators = validators
+        self.me = me
+        self.signing_key = signing_key
+        self.chain_id = chain_id
+        self.app = app
+        self.validator_set_hash = validators.hash()
+
+        self.view = 0
+        self.view_active = True
+        self.failed_views = 0
+        self.now_ms: int | None = None
+        self.view_entered_ms = 0
+
+        self.last_applied_height = height
+        self.last_applied_header = header
+        self.committed_hashes: dict[int, bytes] = {}
+        if header is not None:
+            self.committed_hashes[height] = header.hash()
+        self.stable = GENESIS_CHECKPOINT
+
+        self.slots: dict[int, _Slot] = {}
+        self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
+        self.prepare_votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}  # height -> voter -> (hash, sig, msg)
+        self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
+        self.certs: dict[int, PreparedCertificate] = {}
+        self.votes: dict[int, tuple[int, str, bytes]] = {}  # height -> (view, phase, header_hash) we signed
+        self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
+        self.my_checkpoint: bytes | None = None
+        self.my_checkpoint_height = 0
+        self.view_changes: dict[str, ViewChange] = {}  # latest VIEW-CHANGE per validator
+        self.view_change_bytes: dict[str, bytes] = {}
+        self.new_view: NewView | None = None
+        self.new_view_bytes: bytes | None = None
+
+        self.pool: OrderedDict[bytes, _Pending] = OrderedDict()
+        self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
+        self.forward_queue: list[bytes] = []
+
+        self.progress_deadline_ms: int | None = None
+        self.view_change_deadline_ms: int | None = None
+        self.retransmit_at_ms: int | None = None
+        self.catch_up_target = 0
+        self.catch_up_peers: list[str] = []
+        self.catch_up_attempt = 0
+        self.catch_up_deadline_ms: int | None = None
+        self.served_at_ms: dict[str, int] = {}
+        self.new_view_sent_ms: dict[str, int] = {}
+        self.evidence_seen: set[tuple] = set()
+
+        # Output being assembled for the current input, and messages held until their state is persisted.
+        self._persist: list[tuple[bytes, bytes | None]] = []
+        self._messages: list[Outbound] = []
+        self._committed: list[CommittedBlock] = []
+        self._serve: list[tuple[str, int, int]] = []
+        self._evidence: list[Evidence] = []
+        self._rejected: list[tuple[str, str]] = []
+        self._held: list[list[Outbound]] = []
+
+        if persisted:
+            self._restore(persisted)
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_message(self, sender_id: str, data: bytes) -> Ready:
+        if sender_id not in self.validators or sender_id == self.me:
+            self._reject(sender_id, "unknown-sender")
+            return self._ready()
+        try:
+            message = decode_message(data, self.validators, self.chain_id)
+        except MessageError as exc:
+            self._reject(sender_id, exc.reason)
+            return self._ready()
+        sender = getattr(message, "sender", sender_id)
+        # A CHECKPOINT may be relayed (it proves a stable checkpoint to a peer that missed it).
+        if sender != sender_id and not isinstance(message, Checkpoint):
+            self._reject(sender_id, "sender-mismatch")
+            return self._ready()
+        handler = {
+            Requests: self._on_requests, PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare,
+            Commit: self._on_commit, Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change,
+            NewView: self._on_new_view, CatchUpRequest: self._on_catch_up_request,
+            CatchUpResponse: self._on_catch_up_response,
+        }[type(message)]
+        handler(sender_id, message, bytes(data))
+        self._advance()
+        return self._ready()
+
+    def on_request(self, request: bytes) -> Ready:
+        """A request from this node's own client: pooled and forwarded to the other validators."""
+        if self._add_request(CLIENT, request, from_client=True):
+            self.forward_queue.append(request)
+            if len(self.forward_queue) >= self.config.forward_requests_max:
+                self._flush_forward()
+        self._advance()
+        return self._ready()
+
+    def on_tick(self, now_ms: int) -> Ready:
+        if self.now_ms is None or now_ms > self.now_ms:
+            self.now_ms = now_ms
+        now = self.now_ms
+        self._flush_forward()
+        if self.view_active:
+            if not self._has_work():
+                self.progress_deadline_ms = None
+            elif self.progress_deadline_ms is None:
+                self.progress_deadline_ms = now + self._timeout_ms()
+            elif now >= self.progress_deadline_ms:
+                self._start_view_change(self.view + 1)
+            if self.view_active and self._censored(now):
+                self._start_view_change(self.view + 1)
+        elif self.view_change_deadline_ms is not None and now >= self.view_change_deadline_ms:
+            self._start_view_change(self.view + 1)
+        if self.retransmit_at_ms is None:
+            self.retransmit_at_ms = now + self.config.retransmit_ms
+        elif now >= self.retransmit_at_ms:
+            self.retransmit_at_ms = now + self.config.retransmit_ms
+            self._retransmit()
+        self._maybe_catch_up()
+        self._advance()
+        return self._ready()
+
+    def on_persisted(self) -> Ready:
+        """The host wrote the oldest outstanding persist batch: release the messages that waited on it."""
+        if self._held:
+            self._messages.extend(self._held.pop(0))
+        return self._ready(release=True)
+
+    # ------------------------------------------------------------------ queries for hosts and tests
+
+    @property
+    def primary_id(self) -> str:
+        return self.validators.primary(self.view).id
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary_id == self.me
+
+    @property
+    def pending_request_count(self) -> int:
+        return len(self.pool)
+
+    def status(self) -> dict:
+        return {
+            "view": self.view, "view_active": self.view_active, "primary": self.primary_id,
+            "height": self.last_applied_height, "stable_checkpoint": self.stable.height,
+            "pending_requests": len(self.pool), "in_flight": len([s for s in self.slots if s > self.last_applied_height]),
+        }
+
+    # ------------------------------------------------------------------ output assembly
+
+    def _reject(self, peer: str, reason: str) -> None:
+        self._rejected.append((peer, reason))
+
+    def _send(self, to: str | None, data: bytes) -> None:
+        self._messages.append(Outbound(to, data))
+
+    def _ready(self, release: bool = False) -> Ready:
+        persist, messages = self._persist, self._messages
+        if persist:
+            self._held.append(messages)
+            messages = []
+        elif self._held and not release:
+            # Earlier promises are still being written: nothing goes out ahead of them.
+            self._held[-1].extend(messages)
+            messages = []
+        ready = Ready(persist, messages, self._committed, self._serve, self._evidence, self._rejected)
+        self._persist, self._messages, self._committed = [], [], []
+        self._serve, self._evidence, self._rejected = [], [], []
+        return ready
+
+    # ------------------------------------------------------------------ requests
+
+    def _add_request(self, peer: str, request: bytes, from_client: bool) -> bool:
+        if not isinstance(request, bytes) or not request:
+            self._reject(peer, "bad-request")
+            return False
+        if len(request) > REQUEST_BYTES_MAX:
+            self._reject(peer, "request-too-large")
+            return False
+        request_id = codec.sha256(request)
+        if request_id in self.pool or request_id in self.committed_ids:
+            return False  # duplicates are expected (every validator forwards); not a fault
+        reason = self.app.check_request(request)
+        if reason is not None:
+            self._reject(peer, f"invalid-request:{reason}")
+            return False
+        if len(self.pool) >= self.config.request_pool_max:
+            # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
+            self._reject(peer, "request-pool-full")
+            return False
+        self.pool[request_id] = _Pending(request, self.now_ms or 0, from_client)
+        return True
+
+    def _flush_forward(self) -> None:
+        while self.forward_queue:
+            batch = self.forward_queue[: self.config.forward_requests_max]
+            del self.forward_queue[: self.config.forward_requests_max]
+            self._send(None, encode(Requests(tuple(batch))))
+
+    def _on_requests(self, peer: str, message: Requests, data: bytes) -> None:
+        for request in message.requests:
+            self._add_request(peer, request, from_client=False)
+
+    def _in_flight_ids(self) -> set[bytes]:
+        ids: set[bytes] = set()
+        for height, slot in self.slots.items():
+            if height > self.last_applied_height:
+                ids.update(codec.sha256(r) for r in slot.entries)
+        return ids
+
+    def _has_work(self) -> bool:
+        return bool(self.pool) or any(h > self.last_applied_height for h in self.slots)
+
+    def _censored(self, now: int) -> bool:
+        """A request this replica holds has waited a full timeout in this view without being proposed."""
+        if not self.pool:
+            return False
+        in_flight = None
+        deadline = self._timeout_ms()
+        for request_id, pending in self.pool.items():
+            if max(pending.seen_ms, self.view_entered_ms) + deadline > now:
+                return False  # pool is in arrival order: later ones are younger
+            if in_flight is None:
+                in_flight = self._in_flight_ids()
+            if request_id not in in_flight:
+                return True
+        return False
+
+    def _timeout_ms(self) -> int:
+        return self.config.view_timeout_ms * 2 ** min(self.failed_views, self.config.view_timeout_doublings_max)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _persist_vote(self, height: int, view: int, phase: str, header: BlockHeader, entries: tuple[bytes, ...]) -> bool:
+        """Record that we sign `phase` for (view, height, header); False if that would contradict a past vote."""
+        header_hash = header.hash()
+        previous = self.votes.get(height)
+        if previous is not None:
+            p_view, p_phase, p_hash = previous
+            if p_view > view or (p_view == view and p_hash != header_hash):
+                return False
+            if p_view == view and _PHASE_ORDER[p_phase] >= _PHASE_ORDER[phase]:
+                return True
+        self.votes[height] = (view, phase, header_hash)
+        value = codec.pack({"view": view, "phase": phase, "header": header.to_wire(), "entries": list(entries)})
+        self._persist.append((_height_key(KEY_VOTE, height), value))
+        return True
+
+    def _persist_view(self) -> None:
+        self._persist.append((KEY_VIEW, codec.pack({"view": self.view, "active": self.view_active})))
+
+    def _restore(self, persisted: dict[bytes, bytes]) -> None:
+        try:
+            self._restore_unchecked(persisted)
+        except (MessageError, codec.EncodingError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"persisted consensus state is unreadable: {exc}") from exc
+
+    def _restore_unchecked(self, persisted: dict[bytes, bytes]) -> None:
+        if KEY_CHECKPOINT in persisted:
+            self.stable = CheckpointCertificate.from_wire(codec.unpack(persisted[KEY_CHECKPOINT]), self.validators)
+        if KEY_VIEW in persisted:
+            record = codec.unpack(persisted[KEY_VIEW])
+            self.view, self.view_active = int(record["view"]), bool(record["active"])
+        for key, value in sorted(persisted.items()):
+            if key.startswith(KEY_VOTE):
+                height = int.from_bytes(key[len(KEY_VOTE):], "big")
+                record = codec.unpack(value)
+                header = BlockHeader.from_wire(record["header"])
+                entries = tuple(record["entries"])
+                self.votes[height] = (record["view"], record["phase"], header.hash())
+                if record["view"] == self.view and self.view_active and height > self.last_applied_height:
+                    slot = _Slot(header, entries, header.hash())
+                    if self.is_primary:
+                        # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
+                        slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
+                    self.slots[height] = slot
+                    self.blocks[header.hash()] = (header, entries)
+            elif key.startswith(KEY_CERT):
+                height = int.from_bytes(key[len(KEY_CERT):], "big")
+                self.certs[height] = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
+        if KEY_VIEW_CHANGE in persisted:
+            vc = decode_message(persisted[KEY_VIEW_CHANGE], self.validators, self.chain_id, verify=False)
+            self.view_changes[self.me] = vc
+            self.view_change_bytes[self.me] = persisted[KEY_VIEW_CHANGE]
+        if KEY_NEW_VIEW in persisted and self.view_active:
+            nv = decode_message(persisted[KEY_NEW_VIEW], self.validators, self.chain_id, verify=False)
+            if nv.view == self.view:
+                self.new_view, self.new_view_bytes = nv, persisted[KEY_NEW_VIEW]
+                _, chosen = choose_blocks(nv.view_changes)
+                for cert in chosen:
+                    if cert.height > self.last_applied_height and cert.height not in self.slots:
+                        self.slots[cert.height] = _Slot(cert.header, cert.entries, cert.header.hash())
+                        self.blocks[cert.header.hash()] = (cert.header, cert.entries)
+        if self.stable.height > self.last_applied_height:
+            self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
+
+    # ------------------------------------------------------------------ normal case
+
+    def _in_window(self, height: int) -> bool:
+        return self.stable.height < height <= self.stable.height + self.config.watermark_window
+
+    def _on_pre_prepare(self, peer: str, message: PrePrepare, data: bytes) -> None:
+        if message.view != self.view or not self.view_active:
+            self._maybe_send_new_view(peer, message.view)
+            self._reject(peer, "wrong-view")
+            return
+        height = message.height
+        if not self._in_window(height):
+            self._reject(peer, "outside-window")
+            return
+        if height <= self.last_applied_height:
+            self._serve_behind(peer, height)
+            return
+        header_hash = message.header.hash()
+        slot = self.slots.get(height)
+        if slot is not None:
+            if slot.hash != header_hash:
+                if slot.preprepare is not None:
+                    self._report_evidence(peer, "pre-prepare", message.view, height, slot.preprepare, data)
+                else:
+                    self._reject(peer, "bad-proposal")  # contradicts the NEW-VIEW it signed
+                self._start_view_change(self.view + 1)
+            elif slot.preprepare is None:
+                slot.preprepare = data
+            return
+        self.slots[height] = _Slot(message.header, message.entries, header_hash, preprepare=data)
+        self.blocks[header_hash] = (message.header, message.entries)
+
+    def _on_prepare(self, peer: str, message: Prepare, data: bytes) -> None:
+        if message.view != self.view:
+            self._maybe_send_new_view(peer, message.view)
+            self._reject(peer, "wrong-view")
+            return
+        if message.height <= self.last_applied_height:
+            self._serve_behind(peer, message.height)
+            return
+        if not self._in_window(message.height):
+            self._reject(peer, "outside-window")
+            return
+        votes = self.prepare_votes.setdefault(message.height, {})
+        previous = votes.get(peer)
+        if previous is not None:
+            if previous[0] != message.header_hash:
+                self._report_evidence(peer, "prepare", message.view, message.height, previous[2], data)
+            return
+        votes[peer] = (message.header_hash, message.signature, data)
+
+    def _on_commit(self, peer: str, message: Commit, data: bytes) -> None:
+        # A COMMIT quorum certifies a block whatever view it came from, so any view counts.
+        if message.height <= self.last_applied_height:
+            self._serve_behind(peer, message.height)
+            return
+        if not self._in_window(message.height):
+            self._reject(peer, "outside-window")
+            return
+        votes = self.commit_votes.setdefault(message.height, {})
+        previous = votes.get(peer)
+        if previous is not None:
+            if previous[0] == message.view and previous[1] != message.header_hash:
+                self._report_evidence(peer, "commit", message.view, message.height, previous[3], data)
+                return
+            if previous[0] >= message.view:
+                return
+        votes[peer] = (message.view, message.header_hash, message.signature, data)
+        if message.view != self.view:
+            self._maybe_send_new_view(peer, message.view)
+
+    def _advance(self) -> None:
+        """Run every rule that can fire until none does (a fixpoint of the normal case)."""
+        for _ in range(10_000):
+            progressed = self._try_commit()
+            progressed |= self._try_prepare()
+            progressed |= self._try_propose()
+            if not progressed:
+                return
+        raise AssertionError("replica rules did not settle")
+
+    def _parent_header(self, height: int) -> tuple[bool, BlockHeader | None]:
+        """(known, header) of the block this replica would build on at `height` in the current view."""
+        if height == self.last_applied_height + 1:
+            return True, self.last_applied_header
+        parent = self.slots.get(height - 1)
+        if parent is not None and parent.prepared:
+            return True, parent.header
+        return False, None
+
+    def _try_prepare(self) -> bool:
+        progressed = False
+        if not self.view_active:
+            return False
+        for height in sorted(self.slots):
+            slot = self.slots[height]
+            if slot.prepare is not None and not slot.prepared:
+                progressed |= self._check_prepared(height, slot)
+                continue
+            if slot.prepare is not None:
+                continue
+            if height <= self.last_applied_height:
+                # Re-proposed by NEW-VIEW but already committed here: vote so others can finish it.
+                if self.committed_hashes.get(height) == slot.hash:
+                    progressed |= self._sign_prepare(height, slot)
+                    if slot.prepare is not None:
+                        slot.prepared = True
+                        self._sign_commit(height, slot)
+                continue
+            known, parent = self._parent_header(height)
+            if not known:
+                continue
+            if not slot.validated:
+                verdict = self._validate(height, slot, parent)
+                if verdict == "wait":
+                    continue
+                if verdict is not None:
+                    self._reject(self.primary_id, "bad-proposal")
+                    self._start_view_change(self.view + 1)
+                    return True
+                slot.validated = True
+            progressed |= self._sign_prepare(height, slot)
+            if slot.prepare is not None:
+                progressed |= self._check_prepared(height, slot)
+        return progressed
+
+    def _validate(self, height: int, slot: _Slot, parent: BlockHeader | None) -> str | None:
+        """None if the proposal is valid on `parent`, "wait" if it cannot be judged yet, else why it is bad."""
+        header = slot.header
+        if header.height != height or header.chain_id != self.chain_id:
+            return "wrong-height"
+        if header.validator_set_hash != self.validator_set_hash:
+            return "wrong-validator-set"
+        parent_hash = parent.hash() if parent is not None else ZERO_HASH
+        if header.prev_hash != parent_hash:
+            return "does-not-chain"
+        if len(slot.entries) > self.config.batch_requests_max:
+            return "batch-too-large"
+        if parent is not None and header.time_ms < parent.time_ms:
+            return "time-before-parent"
+        if self.now_ms is None:
+            return "wait"
+        if header.time_ms > self.now_ms + self.config.clock_skew_ms_max:
+            return "time-in-future"
+        earlier = set()
+        for h in range(self.last_applied_height + 1, height):
+            if h in self.slots:
+                earlier.update(codec.sha256(r) for r in self.slots[h].entries)
+        seen: set[bytes] = set()
+        for request in slot.entries:
+            request_id = codec.sha256(request)
+            if request_id in seen or request_id in earlier or request_id in self.committed_ids:
+                return "duplicate-request"
+            seen.add(request_id)
+            if self.app.check_request(request) is not None:
+                return "invalid-request"
+        result = self.app.execute(parent, height, header.time_ms, slot.entries)
+        if result is None:
+            return "wait"
+        if (result.tree_size, result.tree_root, result.results_hash) != (
+            header.tree_size, header.tree_root, header.results_hash
+        ):
+            return "wrong-execution"
+        return None
+
+    def _sign_prepare(self, height: int, slot: _Slot) -> bool:
+        if not self._persist_vote(height, self.view, PHASE_PREPARE, slot.header, slot.entries):
+            return False
+        message = sign(Prepare(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
+        slot.prepare = encode(message)
+        self.prepare_votes.setdefault(height, {}).setdefault(self.me, (slot.hash, message.signature, slot.prepare))
+        self._send(None, slot.prepare)
+        return True
+
+    def _check_prepared(self, height: int, slot: _Slot) -> bool:
+        votes = self.prepare_votes.get(height, {})
+        signers = [v for v, (h, _, _) in votes.items() if h == slot.hash]
+        if not self.validators.is_quorum(signers):
+            return False
+        slot.prepared = True
+        certificate = PreparedCertificate(
+            self.view, slot.header, slot.entries,
+            tuple(sorted((VoteSignature(v, votes[v][1]) for v in signers), key=lambda s: s.validator)),
+        )
+        self.certs[height] = certificate
+        self._persist.append((_height_key(KEY_CERT, height), codec.pack(certificate.to_wire())))
+        self._sign_commit(height, slot)
+        return True
+
+    def _sign_commit(self, height: int, slot: _Slot) -> None:
+        if not self._persist_vote(height, self.view, PHASE_COMMIT, slot.header, slot.entries):
+            return
+        message = sign(Commit(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
+        slot.commit = encode(message)
+        votes = self.commit_votes.setdefault(height, {})
+        previous = votes.get(self.me)
+        if previous is None or previous[0] < self.view:
+            votes[self.me] = (self.view, slot.hash, message.signature, slot.commit)
+        self._send(None, slot.commit)
+
+    def _try_propose(self) -> bool:
+        if not (self.view_active and self.is_primary) or self.now_ms is None:
+            return False
+        progressed = False
+        while True:
+            top = max([h for h in self.slots if h > self.last_applied_height], default=self.last_applied_height)
+            height = top + 1
+            if height <= self.stable.height or not self._in_window(height):
+                return progressed
+            if height - 1 == self.last_applied_height:
+                parent = self.last_applied_header
+            else:
+                parent_slot = self.slots[height - 1]
+                if parent_slot.prepare is None:
+                    return progressed  # build only on a block we have checked ourselves
+                parent = parent_slot.header
+            in_flight = self._in_flight_ids()
+            candidates = [p for rid, p in self.pool.items() if rid not in in_flight]
+            if not candidates:
+                return progressed
+            if (
+                len(candidates) < self.config.batch_requests_max
+                and self.now_ms - max(candidates[0].seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
+            ):
+                return progressed
+            entries = tuple(p.request for p in candidates[: self.config.batch_requests_max])
+            time_ms = max(self.now_ms, parent.time_ms if parent is not None else 0)
+            result = self.app.execute(parent, height, time_ms, entries)
+            if result is None:
+                return progressed
+            header = BlockHeader(
+                chain_id=self.chain_id, height=height, prev_hash=parent.hash() if parent is not None else ZERO_HASH,
+                time_ms=time_ms, entries_hash=entries_hash(entries), entry_count=len(entries),
+                tree_size=result.tree_size, tree_root=result.tree_root, results_hash=result.results_hash,
+                validator_set_hash=self.validator_set_hash,
+            )
+            if not self._persist_vote(height, self.view, PHASE_PRE_PREPARE, header, entries):
+                return progressed  # we proposed something else here before a restart; never contradict it
+            message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
+            data = encode(message)
+            self.slots[height] = _Slot(header, entries, header.hash(), preprepare=data, validated=True)
+            self.blocks[header.hash()] = (header, entries)
+            self._send(None, data)
+            progressed = True
+
+    def _try_commit(self) -> bool:
+        progressed = False
+        while True:
+            height = self.last_applied_height + 1
+            found = self._commit_quorum(height)
+            if found is None:
+                return progressed
+            view, header_hash, signers = found
+            block = self.blocks.get(header_hash)
+            if block is None:
+                self._set_catch_up_target(height, signers)
+                return progressed
+            header, entries = block
+            votes = self.commit_votes[height]
+            certificate = CommitCertificate(
+                view, height, header_hash,
+                tuple(sorted((CommitSignature(v, votes[v][2]) for v in signers), key=lambda s: s.validator)),
+            )
+            expected_prev = self.last_applied_header.hash() if self.last_applied_header is not None else ZERO_HASH
+            if header.prev_hash != expected_prev:
+                # More than f faulty validators signed a fork; never deliver it.
+                self._reject(signers[0], "certified-fork")
+                self.commit_votes.pop(height, None)
+                return progressed
+            self._deliver(CommittedBlock(header, entries, certificate))
+            progressed = True
+
+    def _commit_quorum(self, height: int) -> tuple[int, bytes, list[str]] | None:
+        votes = self.commit_votes.get(height)
+        if not votes:
+            return None
+        groups: dict[tuple[int, bytes], list[str]] = {}
+        for voter, (view, header_hash, _, _) in votes.items():
+            groups.setdefault((view, header_hash), []).append(voter)
+        for (view, header_hash), signers in sorted(groups.items()):
+            if self.validators.is_quorum(signers):
+                return view, header_hash, sorted(signers)
+        return None
+
+    def _deliver(self, block: CommittedBlock) -> None:
+        header = block.header
+        height = header.height
+        assert height == self.last_applied_height + 1, "blocks are delivered in height order"
+        header_hash = header.hash()
+        self._committed.append(block)
+        self.last_applied_height = height
+        self.last_applied_header = header
+        self.committed_hashes[height] = header_hash
+        for request in block.entries:
+            request_id = codec.sha256(request)
+            self.pool.pop(request_id, None)
+            self.committed_ids[request_id] = None
+        while len(self.committed_ids) > self.config.committed_request_ids_max:
+            self.committed_ids.popitem(last=False)
+        self.commit_votes.pop(height, None)
+        self.prepare_votes.pop(height, None)
+        for known_hash in [h for h, (hd, _) in self.blocks.items() if hd.height <= height]:
+            del self.blocks[known_hash]
+        slot = self.slots.get(height)
+        if slot is not None and slot.hash != header_hash:
+            del self.slots[height]
+        if self.view_active:
+            self.progress_deadline_ms = None
+            self.failed_views = 0
+        if height % self.config.checkpoint_interval == 0:
+            message = sign(Checkpoint(height, header_hash, self.me), self.signing_key, self.chain_id)
+            self.my_checkpoint = encode(message)
+            self.my_checkpoint_height = height
+            self._record_checkpoint_vote(self.me, height, header_hash, message.signature)
+            self._send(None, self.my_checkpoint)
+        if self.catch_up_target <= height:
+            self.catch_up_deadline_ms = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _on_checkpoint(self, peer: str, message: Checkpoint, data: bytes) -> None:
+        if message.height <= self.stable.height:
+            if message.sender == peer and message.height < self.stable.height:
+                self._relay_stable(peer)
+            return
+        self._record_checkpoint_vote(peer, message.height, message.header_hash, message.signature)
+
+    def _record_checkpoint_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes) -> None:
+        votes = self.checkpoint_votes.setdefault(voter, {})
+        if height in votes:
+            return
+        votes[height] = (header_hash, signature)
+        while len(votes) > CHECKPOINT_VOTES_PER_VALIDATOR_MAX:
+            del votes[min(votes)]
+        signers = [v for v, heights in self.checkpoint_votes.items() if heights.get(height, (None,))[0] == header_hash]
+        if height > self.stable.height and self.validators.is_quorum(signers):
+            certificate = CheckpointCertificate(
+                height, header_hash,
+                tuple(VoteSignature(v, self.checkpoint_votes[v][height][1]) for v in sorted(signers)),
+            )
+            self._adopt_stable(certificate)
+
+    def _adopt_stable(self, certificate: CheckpointCertificate) -> None:
+        """Move the low watermark to a checkpoint proven by a quorum; forget and delete the log below it."""
+        if certificate.height <= self.stable.height:
+            return
+        committed = self.committed_hashes.get(certificate.height)
+        if committed is not None and committed != certificate.header_hash:
+            self._reject(certificate.signatures[0].validator if certificate.signatures else self.me, "certified-fork")
+            return
+        self.stable = certificate
+        height = certificate.height
+        self._persist.append((KEY_CHECKPOINT, codec.pack(certificate.to_wire())))
+        for below in [h for h in self.votes if h <= height]:
+            del self.votes[below]
+            self._persist.append((_height_key(KEY_VOTE, below), None))
+        for below in [h for h in self.certs if h <= height]:
+            del self.certs[below]
+            self._persist.append((_height_key(KEY_CERT, below), None))
+        for table in (self.slots, self.prepare_votes, self.commit_votes):
+            for below in [h for h in table if h <= height]:
+                del table[below]
+        for below in [h for h in self.committed_hashes if h < height]:
+            del self.committed_hashes[below]
+        for voter_votes in self.checkpoint_votes.values():
+            for below in [h for h in voter_votes if h <= height]:
+                del voter_votes[below]
+        if height > self.last_applied_height:
+            self._set_catch_up_target(height, [s.validator for s in certificate.signatures])
+
+    def _relay_stable(self, peer: str) -> None:
+        """A peer is below our stable checkpoint: send it the quorum of CHECKPOINT votes that proves it."""
+        if self.stable.height == 0:
+            return
+        now = self.now_ms or 0
+        key = "checkpoint:" + peer
+        last = self.served_at_ms.get(key)
+        if last is not None and now - last < self.config.retransmit_ms:
+            return
+        self.served_at_ms[key] = now
+        for s in self.stable.signatures:
+            vote = Checkpoint(self.stable.height, self.stable.header_hash, s.validator, s.signature)
+            self._send(peer, encode(vote))
+
+    # ------------------------------------------------------------------ view change
+
+    def _start_view_change(self, view: int) -> None:
+        if view <= self.view:
+            return  # views only go up
+        self.view = view
+        self.view_active = False
+        self.failed_views += 1
+        self.view_entered_ms = self.now_ms or 0
+        self.slots = {}
+        self.prepare_votes = {}
+        self.progress_deadline_ms = None
+        self.view_change_deadline_ms = None
+        self.new_view, self.new_view_bytes = None, None
+        prepared = tuple(self.certs[h] for h in sorted(self.certs) if h > self.stable.height)
+        message = sign(ViewChange(view, self.stable, prepared, self.me), self.signing_key, self.chain_id)
+        data = encode(message)
+        self.view_changes[self.me] = message
+        self.view_change_bytes[self.me] = data
+        self._persist_view()
+        self._persist.append((KEY_VIEW_CHANGE, data))
+        self._send(None, data)
+        self._check_view_change_quorum()
+
+    def _on_view_change(self, peer: str, message: ViewChange, data: bytes) -> None:
+        previous = self.view_changes.get(peer)
+        if message.checkpoint.height > self.stable.height:
+            self._adopt_stable(message.checkpoint)
+        if message.checkpoint.height < self.stable.height:
+            self._relay_stable(peer)
+        if message.view <= self.view:
+            self._maybe_send_new_view(peer, message.view)
+        if previous is not None and previous.view >= message.view:
+            return
+        self.view_changes[peer] = message
+        self.view_change_bytes[peer] = data
+        higher = sorted((vc.view for v, vc in self.view_changes.items() if vc.view > self.view), reverse=True)
+        f = self.validators.f
+        if len(higher) >= f + 1:
+            # f + 1 validators (one honest at least) moved on: join the lowest view that many have reached.
+            self._start_view_change(higher[f])
+        if not self.view_active:
+            self._check_view_change_quorum()
+
+    def _check_view_change_quorum(self) -> None:
+        if self.view_active:
+            return
+        at_or_above = [v for v, vc in self.view_changes.items() if vc.view >= self.view]
+        if self.view_change_deadline_ms is None and self.validators.is_quorum(at_or_above):
+            # Only a view change a quorum joined can fail for lack of a primary: start its clock now.
+            self.view_change_deadline_ms = (self.now_ms or 0) + self._timeout_ms()
+        if not self.is_primary:
+            return
+        exact = tuple(vc for _, vc in sorted(self.view_changes.items()) if vc.view == self.view)
+        if not self.validators.is_quorum(vc.sender for vc in exact):
+            return
+        checkpoint, chosen = choose_blocks(exact)
+        message = sign(
+            NewView(self.view, exact, tuple(p.header.hash() for p in chosen), self.me), self.signing_key, self.chain_id
+        )
+        data = encode(message)
+        self._enter_view(message, data, checkpoint, chosen)
+        self._send(None, data)
+
+    def _on_new_view(self, peer: str, message: NewView, data: bytes) -> None:
+        if message.view < self.view:
+            self._reject(peer, "stale-view")
+            return
+        if message.view == self.view and self.view_active:
+            if self.new_view_bytes is not None and self.new_view is not None and message.chosen != self.new_view.chosen:
+                self._report_evidence(peer, "new-view", message.view, 0, self.new_view_bytes, data)
+                self._start_view_change(self.view + 1)
+            return
+        checkpoint, chosen = choose_blocks(message.view_changes)
+        self._enter_view(message, data, checkpoint, chosen)
+
+    def _enter_view(
+        self, message: NewView, data: bytes, checkpoint: CheckpointCertificate, chosen: list[PreparedCertificate]
+    ) -> None:
+        self.view_active = True
+        self.view_entered_ms = self.now_ms or 0
+        if message.view != self.view:
+            self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
+        self.view = message.view
+        self.new_view, self.new_view_bytes = message, data
+        self.slots = {}
+        self.progress_deadline_ms = None
+        self.view_change_deadline_ms = None
+        self._persist_view()
+        self._persist.append((KEY_NEW_VIEW, data))
+        self._adopt_stable(checkpoint)
+        for cert in chosen:
+            if cert.height <= self.stable.height:
+                continue
+            self.slots[cert.height] = _Slot(cert.header, cert.entries, cert.header.hash())
+            if cert.height > self.last_applied_height:
+                self.blocks[cert.header.hash()] = (cert.header, cert.entries)
+
+    def _maybe_send_new_view(self, peer: str, peer_view: int) -> None:
+        """A peer still in an older view (or waiting for this one's NEW-VIEW): hand it the NEW-VIEW we hold."""
+        if not self.view_active or self.new_view_bytes is None or peer_view > self.view:
+            return
+        now = self.now_ms or 0
+        last = self.new_view_sent_ms.get(peer)
+        if last is not None and now - last < self.config.retransmit_ms:
+            return
+        self.new_view_sent_ms[peer] = now
+        self._send(peer, self.new_view_bytes)
+
+    def _report_evidence(self, validator: str, kind: str, view: int, height: int, first: bytes, second: bytes) -> None:
+        key = (validator, kind, view, height)
+        if key in self.evidence_seen:
+            return
+        self.evidence_seen.add(key)
+        self._evidence.append(Evidence(validator, kind, view, height, first, second))
+        self._reject(validator, "equivocation")
+
+    # ------------------------------------------------------------------ retransmission
+
+    def _retransmit(self) -> None:
+        """Resend what peers may have lost; only while something is still outstanding."""
+        if not self.view_active:
+            data = self.view_change_bytes.get(self.me)
+            if data is not None:
+                self._send(None, data)
+            # Stuck in a view change while the others may be committing without us: probe a peer for blocks.
+            peers = [v.id for v in self.validators.validators if v.id != self.me]
+            peer = peers[self.catch_up_attempt % len(peers)] if peers else None
+            if peer is not None:
+                self.catch_up_attempt += 1
+                first = self.last_applied_height + 1
+                self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+        else:
+            for height in sorted(self.slots):
+                if height <= self.last_applied_height:
+                    continue
+                slot = self.slots[height]
+                if self.is_primary and slot.preprepare is not None:
+                    self._send(None, slot.preprepare)
+                if slot.prepare is not None:
+                    self._send(None, slot.prepare)
+                if slot.commit is not None:
+                    self._send(None, slot.commit)
+            if not self.is_primary:
+                in_flight = self._in_flight_ids()
+                mine = [p.request for rid, p in self.pool.items() if p.from_client and rid not in in_flight]
+                if mine:
+                    self._send(self.primary_id, encode(Requests(tuple(mine[: self.config.forward_requests_max]))))
+        if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
+            self._send(None, self.my_checkpoint)
+
+    # ------------------------------------------------------------------ catch-up
+
+    def _serve_behind(self, peer: str, from_height: int) -> None:
+        """A peer voted on a height we already committed: it is behind, offer it the blocks (rate-limited)."""
+        if from_height > self.last_applied_height or from_height < 1:
+            return
+        now = self.now_ms or 0
+        last = self.served_at_ms.get(peer)
+        if last is not None and now - last < self.config.catch_up_timeout_ms:
+            return
+        self.served_at_ms[peer] = now
+        to_height = min(self.last_applied_height, from_height + CATCH_UP_BLOCKS_MAX - 1)
+        self._serve.append((peer, from_height, to_height))
+
+    def _set_catch_up_target(self, height: int, peers: list[str]) -> None:
+        peers = [p for p in peers if p != self.me]
+        if height <= self.last_applied_height or not peers:
+            return
+        if height > self.catch_up_target:
+            self.catch_up_target = height
+            self.catch_up_peers = sorted(set(peers))
+        self._maybe_catch_up()
+
+    def _maybe_catch_up(self) -> None:
+        if self.catch_up_target <= self.last_applied_height or not self.catch_up_peers:
+            return
+        now = self.now_ms or 0
+        if self.catch_up_deadline_ms is not None and now < self.catch_up_deadline_ms:
+            return
+        peer = self.catch_up_peers[self.catch_up_attempt % len(self.catch_up_peers)]
+        self.catch_up_attempt += 1
+        first = self.last_applied_height + 1
+        last = min(self.catch_up_target, first + CATCH_UP_BLOCKS_MAX - 1)
+        self.catch_up_deadline_ms = now + self.config.catch_up_timeout_ms
+        self._send(peer, encode(CatchUpRequest(first, last)))
+
+    def _on_catch_up_request(self, peer: str, message: CatchUpRequest, data: bytes) -> None:
+        if message.from_height > self.last_applied_height:
+            return
+        self._serve.append((peer, message.from_height, min(message.to_height, self.last_applied_height)))
+
+    def _on_catch_up_response(self, peer: str, message: CatchUpResponse, data: bytes) -> None:
+        delivered = False
+        for block in message.blocks:
+            height = block.header.height
+            if height <= self.last_applied_height:
+                continue
+            if height != self.last_applied_height + 1:
+                self._reject(peer, "catch-up-gap")
+                break
+            expected_prev = self.last_applied_header.hash() if self.last_applied_header is not None else ZERO_HASH
+            if block.header.prev_hash != expected_prev:
+                self._reject(peer, "catch-up-does-not-chain")
+                break
+            try:
+                block.verify(self.validators)
+            except MessageError as exc:
+                self._reject(peer, exc.reason)
+                break
+            self._deliver(block)
+            delivered = True
+        if delivered:
+            # Progress: the next range (if any) goes out at once, to the same peer first.
+            self.catch_up_deadline_ms = None
+            if peer in self.catch_up_peers:
+                self.catch_up_attempt = self.catch_up_peers.index(peer)
+            self._maybe_catch_up()
