@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,8 @@ GENESIS_HELP = """\
 Write a genesis file from the validators, governance keys and initial participants.
 
   --validator ID:JURISDICTION:KEY:P2P_HOST:P2P_PORT:RPC_HOST:RPC_PORT   (repeat; order fixes the primary rotation)
-  --governance JURISDICTION:KEY                                       (repeat; regulator keys per jurisdiction)
+  --governance JURISDICTION[:ID]:KEY                                  (repeat; regulator keys per jurisdiction;
+                                                                      ID defaults to the key file's id)
   --threshold JURISDICTION:N                                          (governance signatures needed, per jurisdiction)
   --participant ID:JURISDICTION:ROLE:KEY                              (repeat; admitted at genesis)
 
@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     genesis.add_argument("--governance", action="append", default=[], metavar="JURISDICTION:KEY")
     genesis.add_argument("--threshold", action="append", default=[], metavar="JURISDICTION:N")
     genesis.add_argument("--participant", action="append", default=[], metavar="ID:JURISDICTION:ROLE:KEY")
+    genesis.add_argument("--entry-kind", action="append", default=[], metavar="KIND",
+                         help="an allowed entry kind (repeat; default: storage's standard kinds)")
     genesis.add_argument("--min-signers-per-jurisdiction", type=int, default=1,
                          help="COMMIT signers needed from each jurisdiction in every certificate (default 1)")
     genesis.add_argument("--time-ms", type=int, default=None, help="genesis time, ms since the epoch (default now)")
@@ -87,8 +89,21 @@ def _public_key(text: str, option: str) -> bytes:
         raise CliError(f"--{option}: {exc}") from None
 
 
+def _key_id(text: str) -> str | None:
+    """The "id" stored in a key file, if `text` names one."""
+    path = Path(text)
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = document.get("id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def genesis_document(args: argparse.Namespace) -> dict:
-    """The genesis JSON document described by the command line arguments (validated by storage.genesis)."""
+    """The genesis JSON document described by the command line (validated afterwards by storage.genesis)."""
     validators = []
     for spec in args.validator:
         vid, jurisdiction, key, p2p_host, p2p_port, rpc_host, rpc_port = _split(
@@ -98,15 +113,20 @@ def genesis_document(args: argparse.Namespace) -> dict:
             rpc = parse_address(f"{rpc_host}:{rpc_port}", f"validator {vid} rpc")
         except ConfigError as exc:
             raise CliError(f"--validator: {exc}") from None
-        validators.append({"id": vid, "jurisdiction": jurisdiction, "public_key": _public_key(key, "validator").hex(),
-                           "p2p_address": str(p2p), "rpc_address": str(rpc)})
+        validators.append({"id": vid, "public_key": _public_key(key, "validator").hex(), "jurisdiction": jurisdiction,
+                           "p2p": str(p2p), "rpc": str(rpc)})
     if not validators:
         raise CliError("at least one --validator is needed")
     governance: dict[str, dict] = {}
     for spec in args.governance:
-        jurisdiction, key = _split(spec, 2, "JURISDICTION:KEY", "governance")
+        fields = spec.split(":")
+        if len(fields) == 3 and all(fields):
+            jurisdiction, key_id, key = fields
+        else:
+            jurisdiction, key = _split(spec, 2, "JURISDICTION:KEY or JURISDICTION:ID:KEY", "governance")
+            key_id = _key_id(key) or f"{jurisdiction.lower()}-governance-{len(governance.get(jurisdiction, {}).get('keys', [])) + 1}"
         governance.setdefault(jurisdiction, {"keys": [], "threshold": 1})["keys"].append(
-            _public_key(key, "governance").hex())
+            {"id": key_id, "public_key": _public_key(key, "governance").hex()})
     for spec in args.threshold:
         jurisdiction, count = _split(spec, 2, "JURISDICTION:N", "threshold")
         if jurisdiction not in governance:
@@ -119,43 +139,37 @@ def genesis_document(args: argparse.Namespace) -> dict:
         pid, jurisdiction, role, key = _split(spec, 4, "ID:JURISDICTION:ROLE:KEY", "participant")
         participants.append({"id": pid, "jurisdiction": jurisdiction, "role": role,
                              "public_key": _public_key(key, "participant").hex()})
-    return {
+    document = {
         "chain_id": args.chain_id,
-        "validators": validators,
+        "genesis_time_ms": args.time_ms if args.time_ms is not None else int(time.time() * 1000),
         "min_signers_per_jurisdiction": args.min_signers_per_jurisdiction,
+        "validators": validators,
         "governance": governance,
         "participants": participants,
-        "time_ms": args.time_ms,
     }
+    if args.entry_kind:
+        document["entry_kinds"] = list(args.entry_kind)
+    return document
 
 
 def run_genesis(args: argparse.Namespace) -> int:
+    from storage.genesis import Genesis, GenesisError
+
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CliError(f"{out} already exists (use --force to overwrite)")
-    document = genesis_document(args)
-    if document["time_ms"] is None:
-        document["time_ms"] = int(time.time() * 1000)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
     try:
-        _validate_genesis(temporary)
-    except Exception:
-        temporary.unlink()
-        raise
-    os.replace(temporary, out)
-    print(f"wrote {out} ({len(document['validators'])} validators, chain {args.chain_id})")
-    return 0
-
-
-def _validate_genesis(path: Path) -> None:
-    """Load the file back with storage's own validation, so a bad genesis never reaches a node."""
-    from storage.genesis import Genesis, GenesisError
-
-    try:
-        Genesis.load(path)
+        genesis = Genesis.from_dict(genesis_document(args))
     except GenesisError as exc:
         raise CliError(f"invalid genesis: {exc}") from None
+    temporary = out.with_name(out.name + ".tmp")
+    try:
+        temporary.write_text(genesis.to_json())
+        os.replace(temporary, out)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror}") from None
+    print(f"wrote {out} ({genesis.validator_set.n} validators, chain {genesis.chain_id})")
+    return 0
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -169,5 +183,3 @@ def run_node(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(os.EX_USAGE)
