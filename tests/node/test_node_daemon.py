@@ -224,3 +224,53 @@ async def test_primary_stops_view_changes_and_restarted_node_catches_up(tmp_path
             assert sorted(set(committed)) == sorted(request(s) for s in range(25))
             assert len(committed) == 25
             nursery.cancel_scope.cancel()
+
+
+async def play_byzantine_validator(port: int, key: KeyPair, node_id: str, validators, chain_id: str, height: int):
+    """Connect as validator `node_id` (with its real key) and send garbage, a wrong-shape frame, and two
+    conflicting PREPAREs for the same (view 0, height): an equivocation."""
+    from consensus import codec, messages
+    from node.transport import FRAME_KIND_CONSENSUS, encode_frame, handshake
+
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    _, connection = await handshake(stream, chain_id=chain_id, node_id=node_id, signing_key=key.signing_key,
+                                    validators=validators, frame_bytes_max=1 << 20)
+    await connection.send_frame(encode_frame(FRAME_KIND_CONSENSUS, b"\x93random"))
+    await connection.send_frame(codec.pack({"wrong": "shape"}))
+    for marker in (b"A", b"B"):
+        vote = messages.sign(messages.Prepare(0, height, codec.sha256(marker), node_id), key.signing_key, chain_id)
+        await connection.send_frame(encode_frame(FRAME_KIND_CONSENSUS, messages.encode(vote)))
+    return stream, connection
+
+
+async def test_equivocating_validator_is_detected_and_honest_nodes_keep_committing(tmp_path):
+    """cn-2, played by the test with its real key, sends garbage and two conflicting PREPAREs to hk-2.
+    hk-2 refuses and counts them, logs a warning with both signed messages, and the three honest
+    validators keep committing."""
+    from structlog.testing import capture_logs
+
+    net = Net(tmp_path)
+    honest = ["hk-1", "hk-2", "cn-1"]
+    with trio.fail_after(60), capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            for node_id in honest:
+                await net.start(nursery, node_id)
+            receipts = {}
+            await submit_all(net.daemons["hk-1"], range(0, 3), receipts)
+            height = net.ledgers["hk-2"].height() + 1
+            stream, _ = await play_byzantine_validator(
+                net.ports["hk-2"], net.keys["cn-2"], "cn-2", net.validators, CHAIN, height)
+            metrics = net.daemons["hk-2"].metrics
+            while metrics.evidence.get() < 1:
+                await trio.sleep(0.01)
+            assert metrics.rejected_messages.get("bad-encoding") == 1
+            assert metrics.rejected_messages.get("equivocation") == 1
+            assert metrics.rejected_frames.get("bad-shape") == 1
+            await submit_all(net.daemons["cn-1"], range(3, 8), receipts)
+            assert all(r["status"] == "committed" for r in receipts.values())
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    evidence = [line for line in logs if line["event"] == "equivocation evidence"]
+    assert len(evidence) == 1 and evidence[0]["log_level"] == "warning"
+    assert evidence[0]["validator"] == "cn-2" and evidence[0]["kind"] == "prepare"
+    assert evidence[0]["first"] != evidence[0]["second"]
