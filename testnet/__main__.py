@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import control
+from .generate import GenerateError
 from .network import VALIDATOR_COUNTS, ManifestError
 from .ports import PortError
 from .supervisor import SupervisorError
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return control.restart(args.dir, args.node)
         if args.command == "logs":
             return control.logs(args.dir, args.node, args.lines, args.follow)
-    except (control.TestnetError, ManifestError, PortError, SupervisorError) as exc:
+    except (control.TestnetError, GenerateError, ManifestError, PortError, SupervisorError) as exc:
         print(f"testnet {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ machine-readable view the benchmark and tests use.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -169,7 +170,14 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         check_ports_free(plan_ports(base_port, validators))
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        generate_network(network)
+        try:
+            generate_network(network)
+        except Exception:
+            # Leave no half-made network behind: the next `up` would refuse the directory.
+            shutil.rmtree(run_dir / "nodes", ignore_errors=True)
+            shutil.rmtree(network.keys_dir, ignore_errors=True)
+            network.genesis_path.unlink(missing_ok=True)
+            raise
         network.save()
         fresh = True
     _start_all(network)

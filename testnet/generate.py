@@ -14,12 +14,12 @@ import io
 from pathlib import Path
 
 from node.cli import main as bayledger_main
-from node.config import Address, Listen, LogConfig, NodeConfig, parse_address, render_config
+from node.config import Listen, LogConfig, NodeConfig, parse_address, render_config
 
 from .network import Network
 
 # Roles of the demo participants in genesis: the bureau records reports, the bank checks them.
-PARTICIPANT_ROLES = {"sz-credit-bureau": "provider", "hk-bank": "verifier"}
+PARTICIPANT_ROLES = {"sz-credit-bureau": "credit-provider", "hk-bank": "bank"}
 GOVERNANCE_THRESHOLD = 1          # signatures needed per jurisdiction (one regulator key each)
 
 
@@ -64,7 +64,8 @@ def generate_network(network: Network) -> None:
     for jurisdiction, key_path in network.governance.items():
         args += ["--governance", f"{jurisdiction}:{key_path}", "--threshold", f"{jurisdiction}:{GOVERNANCE_THRESHOLD}"]
     for name, info in network.participants.items():
-        args += ["--participant", f"{name}:{info['jurisdiction']}:{PARTICIPANT_ROLES.get(name, 'provider')}:{info['key']}"]
+        role = PARTICIPANT_ROLES.get(name, "credit-provider")
+        args += ["--participant", f"{name}:{info['jurisdiction']}:{role}:{info['key']}"]
     run_cli(args)
 
     for node in network.nodes:

@@ -52,6 +52,20 @@ def _reap_if_child(pid: int) -> bool:
     return reaped == pid
 
 
+def process_exists(pid: int) -> bool:
+    """True while `pid` is a process that has not exited (a zombie has; ours get reaped here)."""
+    if _reap_if_child(pid):
+        return False
+    try:
+        status = (Path("/proc") / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    if status.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        _reap_if_child(pid)
+        return False
+    return True
+
+
 def process_matches(pid: int, marker: str) -> bool:
     """True if `pid` is a live (non-zombie) process whose command line contains `marker`."""
     if _reap_if_child(pid):
@@ -110,13 +124,14 @@ def start_node(config_path: Path, pid_file: Path, log_file: Path, cwd: Path | No
     return process.pid
 
 
-def _wait_gone(pid: int, marker: str, timeout_ms: int) -> bool:
+def _wait_gone(pid: int, timeout_ms: int) -> bool:
+    # Existence, not the command line: an exiting process drops its cmdline before it is gone.
     deadline = time.monotonic() + timeout_ms / 1000
     while time.monotonic() < deadline:
-        if not process_matches(pid, marker):
+        if not process_exists(pid):
             return True
         time.sleep(poll_interval_ms / 1000)
-    return not process_matches(pid, marker)
+    return not process_exists(pid)
 
 
 def stop_node(pid_file: Path, config_path: Path, *, hard: bool = False,
@@ -138,14 +153,14 @@ def stop_node(pid_file: Path, config_path: Path, *, hard: bool = False,
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        if _wait_gone(pid, marker, timeout_ms):
+        if _wait_gone(pid, timeout_ms):
             outcome = "stopped"
     if outcome == "killed":
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if not _wait_gone(pid, marker, kill_wait_timeout_ms):
+        if not _wait_gone(pid, kill_wait_timeout_ms):
             raise SupervisorError(f"pid {pid} survived SIGKILL for {kill_wait_timeout_ms} ms")
     pid_file.unlink(missing_ok=True)
     return outcome
