@@ -512,8 +512,15 @@ def run_daemon(config: NodeConfig) -> int:
         return EXIT_ENVIRONMENT
     try:
         trio.run(_serve_until_signal, daemon)
-    except OSError as exc:
-        log.error("cannot start", reason=f"{exc.strerror or exc}")
+    except (OSError, BaseExceptionGroup) as exc:
+        # A port in use or an unreachable address surfaces as OSError, possibly inside nursery groups.
+        failures = exc.subgroup(lambda e: isinstance(e, OSError)) if isinstance(exc, BaseExceptionGroup) else exc
+        if failures is None:
+            raise
+        first = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        log.error("cannot start", reason=f"{first.strerror or first}")
         return EXIT_ENVIRONMENT
     finally:
         daemon.ledger.close()
