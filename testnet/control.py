@@ -181,7 +181,13 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         network.save()
         fresh = True
     _start_all(network)
-    wait_until_ready(network)
+    try:
+        wait_until_ready(network)
+    except TestnetError as exc:
+        # A network that cannot start is stopped whole, so the next `up` starts clean.
+        for node in network.nodes:
+            stop_node(node.pid_path, node.config_path)
+        raise TestnetError(f"{exc}\n(all nodes stopped; files kept in {run_dir})") from None
     print(f"  all {len(network.nodes)} nodes answer RPC")
     if demo:
         run_demo(network)
