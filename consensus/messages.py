@@ -293,8 +293,9 @@ class CommittedBlock:
         header = _header(wire["header"], chain_id, "block.header")
         entries = _requests(wire["entries"], "block.entries", BLOCK_REQUESTS_MAX)
         cert_wire = wire["certificate"]
-        if isinstance(cert_wire, dict) and isinstance(cert_wire.get("signatures"), list):
-            _list(cert_wire["signatures"], "certificate.signatures", validators.n)
+        if not isinstance(cert_wire, dict) or set(cert_wire) != {"view", "height", "header_hash", "signatures"}:
+            raise MessageError("bad-field", "certificate must be a map of view, height, header_hash, signatures")
+        _signatures_from_wire(cert_wire["signatures"], "certificate.signatures", validators)
         try:
             certificate = CommitCertificate.from_wire(cert_wire)
         except (CertificateError, TypeError) as exc:

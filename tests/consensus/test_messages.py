@@ -1,0 +1,274 @@
+"""Consensus messages at the boundary: round-trips, and every mutation of every field is rejected, never raised.
+
+Builds one correctly signed sample of every message type, then (with
+hypothesis) replaces any value anywhere inside it, deletes or adds a key, or
+sends arbitrary bytes, and checks that `decode_message` either raises
+MessageError with a reason code or, for the unsigned kinds whose fields carry
+no signature, returns a well-typed message. Nothing else may escape.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import nacl.signing
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from consensus import codec
+from consensus.block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
+from consensus.messages import (
+    CATCH_UP_BLOCKS_MAX, MESSAGE_TYPES, REQUEST_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, CatchUpRequest, CatchUpResponse,
+    Checkpoint, CheckpointCertificate, Commit, CommittedBlock, MessageError, NewView, PrePrepare,
+    PreparedCertificate, Prepare, Requests, ViewChange, VoteSignature, checkpoint_payload, choose_blocks,
+    decode_message, encode, encode_catch_up_response, sign, slot_payload,
+)
+from consensus.validators import Validator, ValidatorSet
+
+CHAIN = "bayledger-test"
+KEYS = {f"v{i}": nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(4)}
+VSET = ValidatorSet(tuple(Validator(f"v{i}", KEYS[f"v{i}"].verify_key.encode(), j) for i, j in enumerate(["HK", "HK", "CN", "CN"])))
+
+
+def header(height=1, prev=ZERO_HASH, entries=(b"ok:1", b"ok:2")):
+    return BlockHeader(CHAIN, height, prev, 1_700_000_000_000, entries_hash(entries), len(entries), len(entries),
+                       codec.sha256(b"root"), codec.sha256(b"results"), VSET.hash())
+
+
+def prepared(view, hdr, entries, signers=("v0", "v1", "v2")):
+    sigs = tuple(VoteSignature(s, codec.sign(KEYS[s], codec.DOMAIN_PREPARE, CHAIN, slot_payload(view, hdr.height, hdr.hash())))
+                 for s in sorted(signers))
+    return PreparedCertificate(view, hdr, tuple(entries), sigs)
+
+
+def checkpoint_cert(hdr, signers=("v0", "v1", "v2")):
+    sigs = tuple(VoteSignature(s, codec.sign(KEYS[s], codec.DOMAIN_CHECKPOINT, CHAIN, checkpoint_payload(hdr.height, hdr.hash())))
+                 for s in sorted(signers))
+    return CheckpointCertificate(hdr.height, hdr.hash(), sigs)
+
+
+def committed(hdr, entries, signers=("v0", "v1", "v2"), view=0):
+    payload = commit_vote_payload(view, hdr.height, hdr.hash())
+    sigs = tuple(CommitSignature(s, codec.sign(KEYS[s], codec.DOMAIN_COMMIT, CHAIN, payload)) for s in sorted(signers))
+    return CommittedBlock(hdr, tuple(entries), CommitCertificate(view, hdr.height, hdr.hash(), sigs))
+
+
+ENTRIES = (b"ok:1", b"ok:2")
+H1 = header()
+H2 = header(2, H1.hash(), (b"ok:3",))
+
+
+def view_change(sender, view=1):
+    return sign(ViewChange(view, CheckpointCertificate(0, ZERO_HASH, ()), (prepared(0, H1, ENTRIES),), sender), KEYS[sender], CHAIN)
+
+
+def samples():
+    vcs = tuple(view_change(s) for s in ("v0", "v1", "v2"))
+    _, chosen = choose_blocks(vcs)
+    return {
+        "requests": Requests((b"ok:1", b"ok:2")),
+        "pre-prepare": sign(PrePrepare(0, H1, ENTRIES, "v0"), KEYS["v0"], CHAIN),
+        "prepare": sign(Prepare(0, 1, H1.hash(), "v2"), KEYS["v2"], CHAIN),
+        "commit": sign(Commit(0, 1, H1.hash(), "v3"), KEYS["v3"], CHAIN),
+        "checkpoint": sign(Checkpoint(4, H1.hash(), "v1"), KEYS["v1"], CHAIN),
+        "view-change": sign(ViewChange(2, checkpoint_cert(H1), (prepared(1, H2, (b"ok:3",)),), "v3"), KEYS["v3"], CHAIN),
+        "new-view": sign(NewView(1, vcs, tuple(p.header.hash() for p in chosen), "v1"), KEYS["v1"], CHAIN),
+        "catch-up-request": CatchUpRequest(1, 10),
+        "catch-up-response": CatchUpResponse((committed(H1, ENTRIES), committed(H2, (b"ok:3",)))),
+    }
+
+
+SAMPLES = samples()
+UNSIGNED = {"requests", "catch-up-request", "catch-up-response"}
+
+
+def test_every_type_has_a_sample():
+    assert set(SAMPLES) == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES))
+def test_sample_round_trips(kind):
+    message = SAMPLES[kind]
+    data = encode(message)
+    again = decode_message(data, VSET, CHAIN)
+    assert again == message
+    assert encode(again) == data
+
+
+def paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from paths(v, prefix + (i,))
+
+
+def replace(wire, path, new):
+    wire = copy.deepcopy(wire)
+    if not path:
+        return new
+    target = wire
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = new
+    return wire
+
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.text(max_size=8) | st.binary(max_size=70),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=6,
+)
+
+
+def decode_or_reason(data):
+    try:
+        return decode_message(data, VSET, CHAIN)
+    except MessageError as exc:
+        assert exc.reason and " " not in exc.reason
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(sorted(SAMPLES)), st.data(), junk)
+def test_any_replaced_value_is_rejected_with_a_reason(kind, data, new_value):
+    wire = SAMPLES[kind].to_wire()
+    all_paths = list(paths(wire))
+    path = data.draw(st.sampled_from(all_paths))
+    mutated = replace(wire, path, new_value)
+    if mutated == wire:
+        return
+    try:
+        encoded = codec.pack(mutated)
+    except codec.EncodingError:
+        return
+    result = decode_or_reason(encoded)
+    if kind in UNSIGNED:
+        if result is not None and kind == "catch-up-response":
+            # Decoding is structural; each block must still fail its certificate check unless untouched.
+            for original, block in zip(SAMPLES[kind].blocks, result.blocks):
+                if block != original:
+                    with pytest.raises(MessageError):
+                        block.verify(VSET)
+        return
+    assert result is None, f"mutated {kind} at {path} was accepted"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(SAMPLES)), st.data())
+def test_missing_or_unknown_keys_are_rejected(kind, data):
+    wire = SAMPLES[kind].to_wire()
+    maps = [p for p in paths(wire) if isinstance(_get(wire, p), dict)]
+    path = data.draw(st.sampled_from(maps))
+    target = copy.deepcopy(wire)
+    inner = _get(target, path)
+    if data.draw(st.booleans()) and inner:
+        del inner[data.draw(st.sampled_from(sorted(inner)))]
+    else:
+        inner["zz-unknown"] = 1
+    assert decode_or_reason(codec.pack(target)) is None
+
+
+def _get(value, path):
+    for step in path:
+        value = value[step]
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(data):
+    decode_or_reason(data)
+
+
+@pytest.mark.parametrize("kind", sorted(set(SAMPLES) - UNSIGNED))
+def test_a_flipped_signature_bit_is_bad_signature(kind):
+    wire = SAMPLES[kind].to_wire()
+    signature = bytearray(wire["signature"])
+    signature[0] ^= 1
+    wire["signature"] = bytes(signature)
+    with pytest.raises(MessageError) as info:
+        decode_message(codec.pack(wire), VSET, CHAIN)
+    assert info.value.reason == "bad-signature"
+
+
+def test_signatures_are_bound_to_the_chain_and_to_validators():
+    data = encode(SAMPLES["prepare"])
+    with pytest.raises(MessageError) as info:
+        decode_message(data, VSET, "another-chain")
+    assert info.value.reason == "bad-signature"
+    stranger = nacl.signing.SigningKey(b"\x77" * 32)
+    forged = sign(Prepare(0, 1, H1.hash(), "v9"), stranger, CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(forged), VSET, CHAIN)
+    assert info.value.reason == "unknown-sender"
+    # v1 is not the primary of view 0: a pre-prepare it signs is refused.
+    impostor = sign(PrePrepare(0, H1, ENTRIES, "v1"), KEYS["v1"], CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(impostor), VSET, CHAIN)
+    assert info.value.reason == "not-primary"
+
+
+def test_non_canonical_encoding_is_refused():
+    wire = SAMPLES["commit"].to_wire()
+    import msgpack
+    loose = msgpack.packb(dict(reversed(list(wire.items()))), use_bin_type=True)
+    with pytest.raises(MessageError) as info:
+        decode_message(loose, VSET, CHAIN)
+    assert info.value.reason == "bad-encoding"
+
+
+def test_view_change_needs_quorum_proofs():
+    weak_checkpoint = sign(ViewChange(2, checkpoint_cert(H1, ("v0", "v1")), (), "v3"), KEYS["v3"], CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(weak_checkpoint), VSET, CHAIN)
+    assert info.value.reason == "no-quorum"
+    one_jurisdiction = sign(ViewChange(1, CheckpointCertificate(0, ZERO_HASH, ()), (prepared(0, H1, ENTRIES, ("v0", "v1")),), "v3"), KEYS["v3"], CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(one_jurisdiction), VSET, CHAIN)
+    assert info.value.reason == "no-quorum"
+
+
+def test_new_view_must_make_the_choice_its_view_changes_dictate():
+    vcs = tuple(view_change(s) for s in ("v0", "v1", "v2"))
+    wrong = sign(NewView(1, vcs, (), "v1"), KEYS["v1"], CHAIN)  # drops the prepared block at height 1
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(wrong), VSET, CHAIN)
+    assert info.value.reason == "bad-new-view"
+    too_few = sign(NewView(1, vcs[:2], (H1.hash(),), "v1"), KEYS["v1"], CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(too_few), VSET, CHAIN)
+    assert info.value.reason == "no-quorum"
+
+
+def test_choice_stops_at_a_gap_or_a_block_that_does_not_chain():
+    h3 = header(3, H2.hash(), (b"ok:4",))
+    fork2 = header(2, codec.sha256(b"elsewhere"), (b"ok:5",))
+    cp = CheckpointCertificate(0, ZERO_HASH, ())
+    a = sign(ViewChange(2, cp, (prepared(0, H1, ENTRIES), prepared(0, H2, (b"ok:3",)), prepared(0, h3, (b"ok:4",))), "v0"), KEYS["v0"], CHAIN)
+    b = sign(ViewChange(2, cp, (prepared(1, fork2, (b"ok:5",)),), "v1"), KEYS["v1"], CHAIN)
+    _, chosen = choose_blocks((a, b))
+    # Height 2: the view-1 certificate wins but does not chain onto height 1, so the choice stops at 1.
+    assert [p.header.hash() for p in chosen] == [H1.hash()]
+    _, chosen = choose_blocks((a,))
+    assert [p.height for p in chosen] == [1, 2, 3]
+
+
+def test_limits_are_enforced_at_their_edge():
+    at_limit = Requests(tuple(b"ok:%d" % i for i in range(REQUESTS_PER_MESSAGE_MAX)))
+    assert decode_message(encode(at_limit), VSET, CHAIN) == at_limit
+    over = Requests(tuple(b"ok:%d" % i for i in range(REQUESTS_PER_MESSAGE_MAX + 1)))
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(over), VSET, CHAIN)
+    assert info.value.reason == "too-large"
+    big = Requests((b"x" * REQUEST_BYTES_MAX,))
+    assert decode_message(encode(big), VSET, CHAIN) == big
+    with pytest.raises(MessageError):
+        decode_message(encode(Requests((b"x" * (REQUEST_BYTES_MAX + 1),))), VSET, CHAIN)
+    assert decode_message(encode(CatchUpRequest(1, CATCH_UP_BLOCKS_MAX)), VSET, CHAIN)
+    with pytest.raises(MessageError):
+        decode_message(encode(CatchUpRequest(1, CATCH_UP_BLOCKS_MAX + 1)), VSET, CHAIN)
+    with pytest.raises(ValueError):
+        encode_catch_up_response([committed(H1, ENTRIES)] * (CATCH_UP_BLOCKS_MAX + 1))
