@@ -1,0 +1,140 @@
+"""The load generator's machinery against a small msgpack-RPC server on 127.0.0.1.
+
+The server answers out of order (later requests first) and fails every tenth
+call, so the tests check that replies are matched by msgid, that every sent
+request is accounted for as ok or as an error, and that the open loop sends
+exactly rate x duration requests. No assertion on speed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import msgpack
+import pytest
+import trio
+
+from testnet import bench, loadgen, rpc
+
+
+async def serve_rpc(stream: trio.SocketStream) -> None:
+    unpacker = msgpack.Unpacker(raw=False)
+    async with trio.open_nursery() as nursery:
+        lock = trio.Lock()
+
+        async def answer(msgid: int, method: str, params: list) -> None:
+            # Later ids answer sooner: replies arrive out of order on the connection.
+            await trio.sleep(0.002 * (3 - msgid % 3))
+            if method == "submit" and params[0] % 10 == 9:
+                reply = [1, msgid, {"code": "mempool-full", "message": "retry later"}, None]
+            elif method == "submit":
+                reply = [1, msgid, None, {"status": "committed", "n": params[0]}]
+            else:
+                reply = [1, msgid, {"code": "no-such-method", "message": method}, None]
+            async with lock:
+                await stream.send_all(msgpack.packb(reply, use_bin_type=True))
+
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                nursery.cancel_scope.cancel()
+                return
+            unpacker.feed(data)
+            for request in unpacker:
+                _, msgid, method, params = request
+                nursery.start_soon(answer, msgid, method, params)
+
+
+@pytest.fixture
+async def server_address(nursery):
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve_rpc, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+async def test_pipelined_calls_are_matched_by_msgid(server_address):
+    host, _, port = server_address.rpartition(":")
+    connection = await rpc.PipelinedConnection.open(host, int(port))
+    results = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.reader)
+
+        async def one(n: int) -> None:
+            try:
+                results[n] = (await connection.call("submit", [n]))["n"]
+            except rpc.RpcError as exc:
+                results[n] = exc.code
+
+        async with trio.open_nursery() as calls:
+            for n in range(30):
+                calls.start_soon(one, n)
+        with pytest.raises(rpc.RpcError, match="no-such-method"):
+            await connection.call("nothing", [])
+        await connection.aclose()
+        nursery.cancel_scope.cancel()
+    assert results == {n: ("mempool-full" if n % 10 == 9 else n) for n in range(30)}
+
+
+async def test_call_to_a_closed_port_is_a_clear_error():
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(rpc.ConnectionLost, match="cannot connect"):
+        await rpc.call_async("127.0.0.1", port, "status", [], timeout_s=2)
+
+
+async def test_closed_loop_accounts_for_every_request(server_address):
+    requests = [rpc.pack_call("submit", [n]) for n in range(400)]
+    result = await loadgen.closed_loop("t", [server_address], requests, loadgen._accept_submit,
+                                       duration_s=5, connections=3, window=4)
+    # All 400 are used up well before 5 s; each is ok or an error, none lost.
+    assert result.sent == 400
+    assert result.ok == 360 and result.errors == {"mempool-full": 40}
+    assert result.dropped == 0
+    assert len(result.latencies_s) == 360
+    assert json.loads(json.dumps(result.to_json()))["latency"]["count"] == 360
+
+
+async def test_open_loop_sends_rate_times_duration(server_address):
+    requests = [rpc.pack_call("submit", [n]) for n in range(1000)]
+    result = await loadgen.open_loop("t", [server_address], requests, loadgen._accept_submit,
+                                     rate_per_s=200, duration_s=0.5, connections=2)
+    assert result.sent == 100
+    assert result.ok + sum(result.errors.values()) == 100
+    assert result.errors["mempool-full"] == 10
+    assert all(latency >= 0 for latency in result.latencies_s)
+
+
+def test_submit_replies_are_classified():
+    assert loadgen._accept_submit({"status": "committed", "height": 3}) == "ok"
+    assert loadgen._accept_submit({"status": "rejected", "reason": "x"}) == "status-rejected"
+    assert loadgen._accept_submit("garbage") == "bad-reply"
+
+
+def test_profile_summary_and_plot(tmp_path):
+    raw = tmp_path / "profile.raw"
+    raw.write_text("main;drive;apply 30\nmain;drive;sign 60\nmain;idle 10\n")
+    bench.summarize_profile(raw, tmp_path / "summary.txt")
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "100 samples" in summary
+    assert "  60.0  sign" in summary
+    assert "  90.0  drive" in summary  # inclusive share of the caller
+    results = {"p50_ms": {"250": 10.0, "500": 12.0}, "p95_ms": {"250": 20.0, "500": 30.0},
+               "p99_ms": {"250": 40.0, "500": 90.0}, "validators": 4, "commits_per_s": 1000.0,
+               "machine": {"cpus": 2}}
+    png = tmp_path / "latency.png"
+    try:
+        import matplotlib  # noqa: F401  (the `bench` extra; `make test` does not install it)
+    except ModuleNotFoundError:
+        assert bench.plot(results, png) is False and not png.exists()
+    else:
+        assert bench.plot(results, png) is True
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_directory_bytes_counts_files(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 100)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 23)
+    assert bench.directory_bytes(tmp_path) == 123
