@@ -329,9 +329,12 @@ class PeerNetwork:
                 functools.partial(trio.serve_tcp, self._accept, self.listen.port, host=self.listen.host))
             self.bound_port = listeners[0].socket.getsockname()[1]
             for slot in self.slots.values():
-                if slot.address is not None and self.node_id < slot.id:
+                if self._dials(slot):
                     nursery.start_soon(self._dial_loop, slot)
             task_status.started(self.bound_port)
+
+    def _dials(self, slot: PeerSlot) -> bool:
+        return slot.address is not None and self.node_id < slot.id
 
     def _refuse(self, reason: str, **details) -> None:
         self.metrics.rejected_frames.inc(label_value=reason)
@@ -362,6 +365,11 @@ class PeerNetwork:
         if slot is None or peer_id in self.partitioned:
             self._refuse("peer-not-accepted", peer=peer_id,
                          detail="partitioned" if slot is not None else "not a configured peer")
+            await connection.aclose()
+            return
+        if self._dials(slot):
+            # We dial this peer ourselves; a second link the other way would make the two replace each other.
+            self._refuse("wrong-direction", peer=peer_id, detail="the lower id dials")
             await connection.aclose()
             return
         await self._run_link(slot, connection)

@@ -310,3 +310,19 @@ class _RecordingStream(trio.abc.Stream):
 
     async def aclose(self):
         await self.inner.aclose()
+
+
+async def test_inbound_link_from_a_peer_we_dial_is_refused():
+    """The lower id dials: v0, which dials v1, refuses a link v1 opens toward it (no duplicate links)."""
+    keys, validators = make_validators()
+    in_send, _ = trio.open_memory_channel(4)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            # v1's address is unreachable (port 1), so v0's own dialing never succeeds during the test.
+            net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", 1)}, in_send)
+            port0 = await nursery.start(net0.run)
+            stream, connection = await _honest_handshake_client(port0, keys, validators, "v1")
+            await wait_for(lambda: net0.metrics.rejected_frames.get("wrong-direction") == 1)
+            assert net0.connected_peers() == []
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
