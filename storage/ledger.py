@@ -1,0 +1,731 @@
+"""The ledger on LevelDB: atomic block apply, the Merkle log, indexes, proofs and speculative execution.
+
+Key layout (one prefix byte; integers are unsigned big-endian so keys sort by number):
+
+    m<name>                        meta: "format" (msgpack int), "chain_id", "genesis_hash",
+                                   "height" (8 bytes), "frontier" (msgpack [size, [hash, ...]])
+    h<height:8>                    block header, canonical msgpack (BlockHeader.encode())
+    c<height:8>                    commit certificate, canonical msgpack of CommitCertificate.to_wire()
+    b<height:8>                    block record: msgpack array, one item per entry in block order:
+                                   leaf index (int) if accepted, [reason, entry bytes] if rejected
+    e<leaf:8>                      accepted entry bytes, by Merkle leaf index
+    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 1
+                                   (level 0, the leaf hash, is SHA-256(0x00 || e<leaf>))
+    k<commitment:32>               commitment index: msgpack [leaf, height, author, revoke leaf or nil]
+    p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
+    u<author>\\x00<nonce:8>          (author, nonce) pairs already applied; empty value
+    x<key>                         the consensus replica's persisted state (opaque to storage)
+
+A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
+indexes, registry, nonces, block record, header, certificate, new height and
+frontier), so after a crash the store is exactly at a block boundary.
+
+Expiry: a commitment's status is computed at query time ("expired" when
+expires_ms <= the time the caller asks about), never stored, so it needs no
+write when the clock passes. At apply, a commit whose expires_ms is not after
+the block's time_ms is rejected ("already-expired").
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import msgpack
+import plyvel
+
+from consensus import codec
+from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate, entries_hash
+
+from . import merkle
+from .entries import EntryError, decode_entry
+from .genesis import GOVERNANCE_AUTHOR, Genesis
+
+try:  # the replica's own definition when it has landed; the same shape otherwise
+    from consensus.replica import ExecutionResult  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the consensus engineer's progress
+    @dataclass(frozen=True)
+    class ExecutionResult:  # type: ignore[no-redef]
+        """The header fields that result from executing a block's entries on top of its parent."""
+
+        tree_size: int
+        tree_root: bytes
+        results_hash: bytes
+
+FORMAT_VERSION = 1
+STATUS_ACTIVE = "active"
+STATUS_SUSPENDED = "suspended"
+node_level_min_stored = 1            # level-0 hashes are recomputed from the entry bytes
+node_cache_level_min = 8             # subtrees of >= 256 leaves stay in memory once read (few, immutable)
+speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
+block_entries_max = 100_000          # a block with more entries is refused at apply
+leveldb_write_buffer_bytes = 16 * 1024 * 1024
+leveldb_cache_bytes = 64 * 1024 * 1024
+leveldb_block_bytes = 16 * 1024
+leveldb_bloom_bits = 10              # bits per key: most lookups are for keys that do not exist
+
+_U64 = struct.Struct(">Q")
+_pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashed)
+
+
+def _height_key(prefix: bytes, height: int) -> bytes:
+    return prefix + _U64.pack(height)
+
+
+def _node_key(level: int, index: int) -> bytes:
+    return b"n" + bytes((level,)) + _U64.pack(index)
+
+
+def _nonce_key(author: str, nonce: int) -> bytes:
+    return b"u" + author.encode() + b"\x00" + _U64.pack(nonce)
+
+
+def results_hash(results: Sequence[int | str]) -> bytes:
+    """SHA-256 of the canonical msgpack array of per-entry results: leaf index (int) or reason (str)."""
+    return codec.sha256(codec.pack(list(results)))
+
+
+class LedgerError(Exception):
+    """A store that cannot be used, or a block that cannot be applied (the message says why)."""
+
+
+@dataclass(frozen=True)
+class EntryOutcome:
+    """What became of one entry of a block: accepted at `leaf_index`, or rejected with `reason`."""
+
+    ok: bool
+    leaf_index: int | None = None
+    reason: str | None = None
+
+
+def _outcome(result: int | str) -> EntryOutcome:
+    if isinstance(result, int):
+        return EntryOutcome(ok=True, leaf_index=result)
+    return EntryOutcome(ok=False, reason=result)
+
+
+@dataclass(frozen=True)
+class CommitmentRecord:
+    leaf_index: int
+    height: int
+    author: str
+    revoke_leaf: int | None
+
+    def encode(self) -> bytes:
+        return _pack([self.leaf_index, self.height, self.author, self.revoke_leaf])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "CommitmentRecord":
+        leaf, height, author, revoke = msgpack.unpackb(data, raw=False)
+        return cls(leaf, height, author, revoke)
+
+
+@dataclass(frozen=True)
+class ParticipantRecord:
+    id: str
+    jurisdiction: str
+    role: str
+    public_key: bytes
+    status: str
+
+    def encode(self) -> bytes:
+        return _pack({"id": self.id, "jurisdiction": self.jurisdiction, "role": self.role,
+                      "public_key": self.public_key, "status": self.status})
+
+    @classmethod
+    def decode(cls, data: bytes) -> "ParticipantRecord":
+        return cls(**msgpack.unpackb(data, raw=False))
+
+
+# -- execution: the deterministic rules, on top of the store or of an in-flight parent -----------
+
+class _StoreView:
+    """Reads of the applied state (the bottom of every speculative chain)."""
+
+    def __init__(self, ledger: "Ledger") -> None:
+        self._ledger = ledger
+
+    def commitment(self, commitment: bytes) -> CommitmentRecord | None:
+        data = self._ledger._db.get(b"k" + commitment)
+        return None if data is None else CommitmentRecord.decode(data)
+
+    def participant(self, participant_id: str) -> ParticipantRecord | None:
+        return self._ledger.participant(participant_id)
+
+    def nonce_used(self, author: str, nonce: int) -> bool:
+        return self._ledger._db.get(_nonce_key(author, nonce)) is not None
+
+
+class Execution:
+    """The effects of one block executed on top of a parent (the store, or another Execution).
+
+    Holds everything apply writes; nothing touches the database until
+    `Ledger.apply_block` turns it into one WriteBatch.
+    """
+
+    def __init__(self, parent: "Execution | _StoreView", parent_hash: bytes, frontier: merkle.Frontier,
+                 height: int, time_ms: int, entries: Sequence[bytes]) -> None:
+        self.parent = parent
+        self.parent_hash = parent_hash
+        self.height = height
+        self.time_ms = time_ms
+        self.entries = tuple(entries)
+        self.commitments: dict[bytes, CommitmentRecord] = {}
+        self.participants: dict[str, ParticipantRecord] = {}
+        self.nonces: set[tuple[str, int]] = set()
+        self.accepted: list[bytes] = []
+        self.results: list[int | str] = []
+        self.first_leaf = frontier.size
+        self.frontier = frontier
+        self.new_nodes: list[tuple[int, int, bytes]] = []
+        self.header_hash: bytes | None = None  # learnt when a child names this block as its parent
+
+    # Reads fall through to the parent.
+    def commitment(self, commitment: bytes) -> CommitmentRecord | None:
+        found = self.commitments.get(commitment)
+        return found if found is not None else self.parent.commitment(commitment)
+
+    def participant(self, participant_id: str) -> ParticipantRecord | None:
+        found = self.participants.get(participant_id)
+        return found if found is not None else self.parent.participant(participant_id)
+
+    def nonce_used(self, author: str, nonce: int) -> bool:
+        return (author, nonce) in self.nonces or self.parent.nonce_used(author, nonce)
+
+    def result(self) -> ExecutionResult:
+        return ExecutionResult(tree_size=self.frontier.size, tree_root=self.frontier.root(),
+                               results_hash=results_hash(self.results))
+
+    def run(self, genesis: Genesis) -> None:
+        leaves: list[bytes] = []
+        next_leaf = self.first_leaf
+        for data in self.entries:
+            reason = self._apply_one(genesis, data, next_leaf)
+            if reason is None:
+                self.results.append(next_leaf)
+                self.accepted.append(data)
+                leaves.append(merkle.leaf_hash(data))
+                next_leaf += 1
+            else:
+                self.results.append(reason)
+        self.frontier = self.frontier.extend(leaves, self.new_nodes)
+
+    def _apply_one(self, genesis: Genesis, data: bytes, leaf: int) -> str | None:
+        """Apply one entry's rules to this block's state; return None if accepted, else the reason code.
+
+        Signatures were verified before consensus (check_entry); here only what
+        depends on state, plus the shape again, since a block is input too.
+        """
+        try:
+            entry = decode_entry(data)
+        except EntryError as exc:
+            return exc.reason
+        if entry.chain_id != genesis.chain_id:
+            return "wrong-chain"
+        author = entry.author
+        if self.nonce_used(author, entry.nonce):
+            return "replayed-nonce"
+        if author == GOVERNANCE_AUTHOR:
+            # Which keys signed is part of the signed entry; the threshold is re-checked here
+            # (no cryptography) so a block can never apply an under-signed governance entry.
+            signers = {by for by, _ in entry.signatures if by in genesis.governance.by_id}
+            if len(signers) != len(entry.signatures):
+                return "unknown-governance-key"
+            if not genesis.governance.meets_threshold(signers):
+                return "governance-threshold"
+        else:
+            record = self.participant(author)
+            if record is None:
+                return "unknown-author"
+            if record.public_key != entry.author_key:
+                return "key-mismatch"
+            if record.status != STATUS_ACTIVE:
+                return "suspended"
+        fields = entry.fields
+        kind = entry.type
+        if kind == "commit":
+            if fields["kind"] not in genesis.entry_kinds:
+                return "unknown-kind"
+            expires = fields["expires_ms"]
+            if expires is not None and expires <= self.time_ms:
+                return "already-expired"
+            commitment = fields["commitment"]
+            if self.commitment(commitment) is not None:
+                return "duplicate-commitment"
+            self.commitments[commitment] = CommitmentRecord(leaf, self.height, author, None)
+        elif kind == "revoke":
+            commitment = fields["commitment"]
+            record = self.commitment(commitment)
+            if record is None:
+                return "unknown-commitment"
+            if record.revoke_leaf is not None:
+                return "already-revoked"
+            if author != GOVERNANCE_AUTHOR and author != record.author:
+                return "not-submitter"
+            self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, record.author, leaf)
+        elif kind == "admit":
+            p = fields["participant"]
+            existing = self.participant(p.id)
+            if existing is not None and existing.status == STATUS_ACTIVE:
+                return "participant-exists"
+            # Re-admitting a suspended participant reactivates it, possibly with a new key.
+            self.participants[p.id] = ParticipantRecord(p.id, p.jurisdiction, p.role, p.public_key, STATUS_ACTIVE)
+        elif kind == "suspend":
+            existing = self.participant(fields["participant_id"])
+            if existing is None:
+                return "unknown-participant"
+            if existing.status == STATUS_SUSPENDED:
+                return "already-suspended"
+            self.participants[existing.id] = ParticipantRecord(
+                existing.id, existing.jurisdiction, existing.role, existing.public_key, STATUS_SUSPENDED)
+        self.nonces.add((author, entry.nonce))
+        return None
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+class Ledger:
+    """A Bayledger store. Use `Ledger.open(path, genesis)`; one process at a time (LevelDB locks it)."""
+
+    def __init__(self, db: Any, genesis: Genesis, path: Path) -> None:
+        self._db = db
+        self.genesis = genesis
+        self.path = path
+        self.chain_id = genesis.chain_id
+        self._validator_set_hash = genesis.validator_set.hash()
+        self._participants: dict[str, ParticipantRecord | None] = {}
+        self._node_cache: dict[tuple[int, int], bytes] = {}
+        self._speculative: dict[tuple, Execution] = {}
+        self._store_view = _StoreView(self)
+        self._height = _U64.unpack(db.get(b"mheight"))[0]
+        size, hashes = msgpack.unpackb(db.get(b"mfrontier"), raw=False)
+        self._frontier = merkle.Frontier(size, hashes)
+        self._head: BlockHeader | None = self.header(self._height) if self._height else None
+        self._head_hash = self._head.hash() if self._head else ZERO_HASH
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, genesis: Genesis, *, create: bool = True) -> "Ledger":
+        """Open (or create) the store at `path` for `genesis`; LedgerError says clearly what is wrong."""
+        path = Path(path)
+        try:
+            db = plyvel.DB(
+                str(path), create_if_missing=create, bloom_filter_bits=leveldb_bloom_bits,
+                write_buffer_size=leveldb_write_buffer_bytes, lru_cache_size=leveldb_cache_bytes,
+                block_size=leveldb_block_bytes,
+            )
+        except plyvel.IOError as exc:
+            raise LedgerError(f"cannot open store {path}: {exc} (is another node using it?)") from None
+        except plyvel.Error as exc:
+            raise LedgerError(f"cannot open store {path}: {exc}") from None
+        try:
+            cls._check_or_initialize(db, genesis, path)
+            return cls(db, genesis, path)
+        except BaseException:
+            db.close()
+            raise
+
+    @staticmethod
+    def _check_or_initialize(db: Any, genesis: Genesis, path: Path) -> None:
+        stored_format = db.get(b"mformat")
+        if stored_format is None:
+            with db.iterator(include_value=False) as it:
+                if next(it, None) is not None:
+                    raise LedgerError(f"{path} holds a LevelDB database that is not a Bayledger store (no format key)")
+            batch = db.write_batch(sync=True)
+            batch.put(b"mformat", _pack(FORMAT_VERSION))
+            batch.put(b"mchain_id", genesis.chain_id.encode())
+            batch.put(b"mgenesis_hash", genesis.hash())
+            batch.put(b"mheight", _U64.pack(0))
+            batch.put(b"mfrontier", _pack([0, []]))
+            for p in genesis.participants:
+                record = ParticipantRecord(p.id, p.jurisdiction, p.role, p.public_key, STATUS_ACTIVE)
+                batch.put(b"p" + p.id.encode(), record.encode())
+            batch.write()
+            return
+        try:
+            version = msgpack.unpackb(stored_format)
+        except Exception:
+            version = stored_format
+        if version != FORMAT_VERSION:
+            raise LedgerError(f"store {path} has format version {version!r}; this software reads version {FORMAT_VERSION}")
+        chain_id = (db.get(b"mchain_id") or b"").decode(errors="replace")
+        if chain_id != genesis.chain_id:
+            raise LedgerError(f"store {path} belongs to chain {chain_id!r}, but the genesis is for {genesis.chain_id!r}")
+        stored_hash = db.get(b"mgenesis_hash") or b""
+        if stored_hash != genesis.hash():
+            raise LedgerError(
+                f"store {path} was created from a different genesis file for chain {chain_id!r} "
+                f"(genesis hash {stored_hash.hex()[:16]}…, this one {genesis.hash().hex()[:16]}…)")
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def height(self) -> int:
+        return self._height
+
+    def head(self) -> BlockHeader | None:
+        return self._head
+
+    def tree_size(self) -> int:
+        return self._frontier.size
+
+    def header(self, height: int) -> BlockHeader | None:
+        data = self._db.get(_height_key(b"h", height)) if height > 0 else None
+        return None if data is None else BlockHeader.from_wire(msgpack.unpackb(data, raw=False))
+
+    def certificate(self, height: int) -> CommitCertificate | None:
+        data = self._db.get(_height_key(b"c", height)) if height > 0 else None
+        return None if data is None else CommitCertificate.from_wire(msgpack.unpackb(data, raw=False))
+
+    def block_results(self, height: int) -> list[int | str] | None:
+        """Per-entry results of block `height`: leaf index (accepted) or reason code (rejected)."""
+        record = self._block_record(height)
+        if record is None:
+            return None
+        return [item if isinstance(item, int) else item[0] for item in record]
+
+    def block_outcomes(self, height: int) -> list[EntryOutcome] | None:
+        results = self.block_results(height)
+        return None if results is None else [_outcome(r) for r in results]
+
+    def block_entries(self, height: int) -> list[bytes] | None:
+        record = self._block_record(height)
+        if record is None:
+            return None
+        return [self.entry(item) if isinstance(item, int) else item[1] for item in record]
+
+    def committed_block(self, height: int):
+        """The block at `height` as consensus.messages.CommittedBlock (for catch-up), or None."""
+        from consensus.messages import CommittedBlock
+
+        header = self.header(height)
+        if header is None:
+            return None
+        return CommittedBlock(header, tuple(self.block_entries(height)), self.certificate(height))
+
+    def _block_record(self, height: int) -> list | None:
+        data = self._db.get(_height_key(b"b", height)) if height > 0 else None
+        return None if data is None else msgpack.unpackb(data, raw=False)
+
+    def entry(self, leaf_index: int) -> bytes:
+        data = self._db.get(_height_key(b"e", leaf_index))
+        if data is None:
+            raise LedgerError(f"no entry at leaf index {leaf_index} (tree size {self._frontier.size})")
+        return data
+
+    def participant(self, participant_id: str) -> ParticipantRecord | None:
+        if participant_id in self._participants:
+            return self._participants[participant_id]
+        data = self._db.get(b"p" + participant_id.encode())
+        record = None if data is None else ParticipantRecord.decode(data)
+        self._participants[participant_id] = record
+        return record
+
+    def participants(self) -> list[ParticipantRecord]:
+        with self._db.iterator(prefix=b"p", include_key=False) as it:
+            return [ParticipantRecord.decode(v) for v in it]
+
+    def nonce_used(self, author: str, nonce: int) -> bool:
+        return self._db.get(_nonce_key(author, nonce)) is not None
+
+    def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
+        data = self._db.get(b"k" + commitment)
+        return None if data is None else CommitmentRecord.decode(data)
+
+    def commitment_status(self, commitment: bytes, now_ms: int) -> dict | None:
+        """Status of a commitment at `now_ms`: active, revoked or expired, with where it is; None if unknown."""
+        record = self.commitment_record(commitment)
+        if record is None:
+            return None
+        entry = decode_entry(self.entry(record.leaf_index))
+        expires = entry.fields["expires_ms"]
+        if record.revoke_leaf is not None:
+            status = "revoked"
+        elif expires is not None and expires <= now_ms:
+            status = "expired"
+        else:
+            status = STATUS_ACTIVE
+        return {
+            "status": status, "leaf_index": record.leaf_index, "height": record.height, "author": record.author,
+            "kind": entry.fields["kind"], "jurisdiction": entry.fields["jurisdiction"], "expires_ms": expires,
+            "revoke_leaf_index": record.revoke_leaf,
+        }
+
+    # -- Merkle log ---------------------------------------------------------------------------------
+
+    def _node(self, level: int, index: int) -> bytes:
+        """Hash of complete subtree (level, index) of the applied log: O(1) reads."""
+        if level >= node_cache_level_min:
+            cached = self._node_cache.get((level, index))
+            if cached is not None:
+                return cached
+        if level == 0:
+            return merkle.leaf_hash(self.entry(index))
+        if level < node_level_min_stored:
+            return merkle.node_hash(self._node(level - 1, 2 * index), self._node(level - 1, 2 * index + 1))
+        data = self._db.get(_node_key(level, index))
+        if data is None:
+            raise LedgerError(f"Merkle node ({level}, {index}) is missing from the store")
+        if level >= node_cache_level_min:
+            self._node_cache[(level, index)] = data
+        return data
+
+    def _node_source(self) -> merkle.NodeSource:
+        return self._frontier.node_source(self._node)
+
+    def tree_root(self, size: int | None = None) -> bytes:
+        size = self._frontier.size if size is None else size
+        self._check_size(size)
+        return self._frontier.root() if size == self._frontier.size else merkle.root(self._node, size)
+
+    def inclusion_proof(self, leaf_index: int, tree_size: int | None = None) -> list[bytes]:
+        tree_size = self._frontier.size if tree_size is None else tree_size
+        self._check_size(tree_size)
+        if not 0 <= leaf_index < tree_size:
+            raise LedgerError(f"leaf index {leaf_index} is not below tree size {tree_size}")
+        return merkle.inclusion_path(self._node_source(), leaf_index, tree_size)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        size2 = self._frontier.size if size2 is None else size2
+        self._check_size(size2)
+        if not 1 <= size1 <= size2:
+            raise LedgerError(f"consistency proof needs 1 <= size1 <= size2, got {size1} and {size2}")
+        return merkle.consistency_proof(self._node_source(), size1, size2)
+
+    def _check_size(self, size: int) -> None:
+        if not isinstance(size, int) or not 0 <= size <= self._frontier.size:
+            raise LedgerError(f"tree size {size!r} is not between 0 and the log's size {self._frontier.size}")
+
+    # -- proofs -------------------------------------------------------------------------------------
+
+    def match_proof(self, commitment: bytes) -> bytes | None:
+        """The MatchProof (canonical msgpack, see storage/proofs.py) for a commitment, or None if unknown."""
+        from .proofs import build_match_proof
+
+        record = self.commitment_record(commitment)
+        if record is None:
+            return None
+        revocation = None
+        if record.revoke_leaf is not None:
+            revocation = self._proven_leaf(record.revoke_leaf, self._height_of_leaf(record.revoke_leaf))
+        return build_match_proof(self._proven_leaf(record.leaf_index, record.height), revocation)
+
+    def _proven_leaf(self, leaf_index: int, height: int) -> dict:
+        header = self.header(height)
+        certificate = self.certificate(height)
+        assert header is not None and certificate is not None, "commitment index names a missing block"
+        return {
+            "entry": self.entry(leaf_index),
+            "leaf_index": leaf_index,
+            "tree_size": header.tree_size,
+            "inclusion_path": self.inclusion_proof(leaf_index, header.tree_size),
+            "header": header.to_wire(),
+            "certificate": certificate.to_wire(),
+        }
+
+    def _height_of_leaf(self, leaf_index: int) -> int:
+        """The height of the block that appended `leaf_index`: binary search over header tree sizes."""
+        low, high = 1, self._height
+        while low < high:
+            middle = (low + high) // 2
+            if self.header(middle).tree_size > leaf_index:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    # -- execution and apply ------------------------------------------------------------------------
+
+    def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
+                entries: Sequence[bytes]) -> ExecutionResult | None:
+        """What `entries` on top of `parent` give (consensus Application.execute); None if parent is unknown.
+
+        Never writes the store: the effects are kept as a speculative Execution,
+        found again when a child names this block as parent or when it is applied.
+        """
+        execution = self._execution_for(parent, height, time_ms, entries)
+        return None if execution is None else execution.result()
+
+    def _execution_for(self, parent: BlockHeader | None, height: int, time_ms: int,
+                       entries: Sequence[bytes]) -> Execution | None:
+        if not isinstance(height, int) or height < 1 or len(entries) > block_entries_max:
+            return None
+        entries = tuple(entries)
+        parent_hash = parent.hash() if parent is not None else ZERO_HASH
+        key = (parent_hash, height, time_ms, entries_hash(entries))
+        found = self._speculative.get(key)
+        if found is not None and self._chain_is_live(found):
+            return found
+        base = self._base_for(parent, parent_hash, height)
+        if base is None:
+            return None
+        frontier = self._frontier if isinstance(base, _StoreView) else base.frontier
+        execution = Execution(base, parent_hash, frontier, height, time_ms, entries)
+        execution.run(self.genesis)
+        if len(self._speculative) >= speculative_blocks_max:
+            lowest = min(self._speculative, key=lambda k: k[1])
+            del self._speculative[lowest]
+        self._speculative[key] = execution
+        return execution
+
+    def _base_for(self, parent: BlockHeader | None, parent_hash: bytes, height: int) -> "Execution | _StoreView | None":
+        if parent is None:
+            return self._store_view if height == 1 and self._height == 0 else None
+        if parent.height + 1 != height or parent.chain_id != self.chain_id:
+            return None
+        if parent.height == self._height:
+            return self._store_view if parent_hash == self._head_hash else None
+        if parent.height < self._height:
+            return None  # below the applied head: consensus has no business executing here
+        grand_hash = parent.prev_hash
+        found = self._speculative.get((grand_hash, parent.height, parent.time_ms, parent.entries_hash))
+        if found is None or not self._chain_is_live(found):
+            return None
+        result = found.result()
+        if (result.tree_size, result.tree_root, result.results_hash) != (
+                parent.tree_size, parent.tree_root, parent.results_hash):
+            return None
+        found.header_hash = parent_hash
+        return found
+
+    def _chain_is_live(self, execution: Execution) -> bool:
+        """Does this speculative execution still sit on the applied chain?"""
+        node = execution
+        while True:
+            if node.height <= self._height:
+                return False
+            if node.height == self._height + 1:
+                return node.parent_hash == self._head_hash
+            parent = node.parent
+            if not isinstance(parent, Execution) or parent.header_hash != node.parent_hash:
+                return False
+            node = parent
+
+    def apply_block(self, block: Any) -> list[EntryOutcome]:
+        """Apply a committed block (header, entries, certificate) in one synced batch; idempotent.
+
+        Raises LedgerError, writing nothing, if the block does not follow the
+        head, its certificate does not hold, or executing it does not give the
+        header's tree size, root and results hash.
+        """
+        header: BlockHeader = block.header
+        entries = tuple(block.entries)
+        certificate: CommitCertificate = block.certificate
+        height = header.height
+        if height <= self._height:
+            stored = self.header(height)
+            if stored is not None and stored.hash() == header.hash():
+                return self.block_outcomes(height)
+            raise LedgerError(f"block {height} conflicts with the block already applied at that height")
+        if height != self._height + 1:
+            raise LedgerError(f"block {height} does not follow the applied height {self._height}")
+        if header.chain_id != self.chain_id:
+            raise LedgerError(f"block {height} is for chain {header.chain_id!r}, not {self.chain_id!r}")
+        if header.prev_hash != self._head_hash:
+            raise LedgerError(f"block {height} does not extend the applied head (prev_hash differs)")
+        if header.validator_set_hash != self._validator_set_hash:
+            raise LedgerError(f"block {height} names a validator set other than genesis")
+        if self._head is not None and header.time_ms < self._head.time_ms:
+            raise LedgerError(f"block {height} has time {header.time_ms} before its parent's {self._head.time_ms}")
+        if len(entries) > block_entries_max:
+            raise LedgerError(f"block {height} has {len(entries)} entries, more than {block_entries_max}")
+        if header.entry_count != len(entries) or header.entries_hash != entries_hash(entries):
+            raise LedgerError(f"block {height}: entries do not match the header's entry_count/entries_hash")
+        try:
+            certificate.verify(header, self.genesis.validator_set)
+        except CertificateError as exc:
+            raise LedgerError(f"block {height}: commit certificate does not hold: {exc}") from None
+
+        execution = self._execution_for(self._head, height, header.time_ms, entries)
+        assert execution is not None, "the applied head is always a valid parent"
+        result = execution.result()
+        if (result.tree_size, result.tree_root, result.results_hash) != (
+                header.tree_size, header.tree_root, header.results_hash):
+            raise LedgerError(
+                f"block {height}: executing it gives tree size {result.tree_size}, root {result.tree_root.hex()[:16]}…, "
+                f"results {result.results_hash.hex()[:16]}…; the certified header says {header.tree_size}, "
+                f"{header.tree_root.hex()[:16]}…, {header.results_hash.hex()[:16]}… (this replica diverged)")
+        self._write(header, certificate, execution)
+        return [_outcome(r) for r in execution.results]
+
+    def _write(self, header: BlockHeader, certificate: CommitCertificate, execution: Execution) -> None:
+        height = header.height
+        batch = self._db.write_batch(sync=True)
+        put = batch.put
+        leaf = execution.first_leaf
+        for data in execution.accepted:
+            put(b"e" + _U64.pack(leaf), data)
+            leaf += 1
+        for level, index, h in execution.new_nodes:
+            if level >= node_level_min_stored:
+                put(b"n" + bytes((level,)) + _U64.pack(index), h)
+        for commitment, record in execution.commitments.items():
+            put(b"k" + commitment, record.encode())
+        for record in execution.participants.values():
+            put(b"p" + record.id.encode(), record.encode())
+        for author, nonce in execution.nonces:
+            put(_nonce_key(author, nonce), b"")
+        block_record = [
+            result if isinstance(result, int) else [result, data]
+            for result, data in zip(execution.results, execution.entries)
+        ]
+        put(_height_key(b"b", height), _pack(block_record))
+        put(_height_key(b"h", height), header.encode())
+        put(_height_key(b"c", height), codec.pack(certificate.to_wire()))
+        put(b"mheight", _U64.pack(height))
+        put(b"mfrontier", _pack([execution.frontier.size, list(execution.frontier.hashes)]))
+        batch.write()
+        # The batch is durable: now move the in-memory view.
+        self._height = height
+        self._head = header
+        self._head_hash = header.hash()
+        self._frontier = execution.frontier
+        for record in execution.participants.values():
+            self._participants[record.id] = record
+        for key in [k for k, e in self._speculative.items() if e.height <= height]:
+            del self._speculative[key]
+
+    # -- the replica's persisted state --------------------------------------------------------------
+
+    def write_consensus_state(self, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Write the replica's (key, value) changes in one synced batch; None deletes the key."""
+        batch = self._db.write_batch(sync=True)
+        for key, value in changes:
+            if value is None:
+                batch.delete(b"x" + key)
+            else:
+                batch.put(b"x" + key, value)
+        batch.write()
+
+    def load_consensus_state(self) -> dict[bytes, bytes]:
+        with self._db.iterator(prefix=b"x") as it:
+            return {k[1:]: v for k, v in it}
+
+
+class LedgerApplication:
+    """The consensus `Application` (docs/INTERNALS.md) backed by a Ledger."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def check_request(self, request: bytes) -> str | None:
+        from .entries import check_entry
+
+        return check_entry(request, self.ledger.genesis)
+
+    def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
+                entries: Sequence[bytes]) -> ExecutionResult | None:
+        return self.ledger.execute(parent, height, time_ms, entries)

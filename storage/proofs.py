@@ -1,0 +1,207 @@
+"""Match proofs and consistency proofs, and their offline verifiers. No plyvel: client code uses this.
+
+A MatchProof is the canonical msgpack map
+
+    {"version": 1,
+     "entry": <bin: the commit entry's exact bytes, as hashed into the leaf>,
+     "leaf_index": <int>, "tree_size": <int>,
+     "inclusion_path": [<bin 32>, ...],        # RFC 9162 order, leaf side first
+     "header": <map: every BlockHeader field>,  # the block that appended the entry
+     "certificate": <map: CommitCertificate.to_wire()>,
+     "revocation": {entry, leaf_index, tree_size, inclusion_path, header, certificate}}   # only if revoked
+
+Each proven entry carries the header of the block that appended it (and that
+block's commit certificate), so the verdict says exactly when the commitment
+was recorded and, if revoked, when the revocation was. What no append-only log
+can prove is that a revocation does NOT exist: a "match" verdict means
+"recorded by both jurisdictions' validators and not revoked as of the proof the
+node served"; ask again (or compare heads with a consistency proof) for fresher news.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from consensus import codec
+from consensus.block import BlockHeader, CertificateError, CommitCertificate
+
+from . import merkle
+from .entries import EntryError, decode_entry
+from .genesis import GOVERNANCE_AUTHOR, Genesis
+
+MATCH_PROOF_VERSION = 1
+proof_bytes_max = 65_536            # a match proof with a revocation is ~2 KB at a billion leaves
+inclusion_path_hashes_max = 64      # tree sizes are below 2**63
+
+_PROVEN_FIELDS = ("entry", "leaf_index", "tree_size", "inclusion_path", "header", "certificate")
+
+STATUS_MATCH = "match"
+STATUS_REVOKED = "revoked"
+STATUS_EXPIRED = "expired"
+STATUS_INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`status` is match, revoked, expired or invalid; for invalid, `check` names the failed check
+    and `message` says what was wrong. `details` describe the commitment when the proof holds."""
+
+    status: str
+    check: str | None = None
+    message: str = ""
+    details: dict = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.status != STATUS_INVALID
+
+
+class _Invalid(Exception):
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+def build_match_proof(proven: dict, revocation: dict | None = None) -> bytes:
+    """Encode a MatchProof from proven-leaf maps (see the module docstring)."""
+    proof = {"version": MATCH_PROOF_VERSION, **proven}
+    if revocation is not None:
+        proof["revocation"] = revocation
+    return codec.pack(proof)
+
+
+def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, where: str = "") -> BlockHeader:
+    """A header of this chain with a commit certificate that holds under the genesis validators."""
+    try:
+        header = BlockHeader.from_wire(header_wire)
+    except (CertificateError, TypeError) as exc:
+        raise _Invalid(f"{where}header", f"header is malformed: {exc}") from None
+    if header.chain_id != genesis.chain_id:
+        raise _Invalid(f"{where}chain", f"header is for chain {header.chain_id!r}, not {genesis.chain_id!r}")
+    try:
+        certificate = CommitCertificate.from_wire(certificate_wire)
+        certificate.verify(header, genesis.validator_set)
+    except (CertificateError, TypeError, AttributeError) as exc:
+        raise _Invalid(f"{where}certificate", f"commit certificate does not hold: {exc}") from None
+    return header
+
+
+def _verify_proven_leaf(item: Any, genesis: Genesis, where: str):
+    if not isinstance(item, dict):
+        raise _Invalid(f"{where}format", "proof part is not a map")
+    missing = [k for k in _PROVEN_FIELDS if k not in item]
+    if missing:
+        raise _Invalid(f"{where}format", f"proof lacks {', '.join(missing)}")
+    data = item["entry"]
+    try:
+        entry = decode_entry(data)
+    except EntryError as exc:
+        raise _Invalid(f"{where}entry", f"entry is malformed: {exc}") from None
+    if entry.chain_id != genesis.chain_id:
+        raise _Invalid(f"{where}chain", f"entry is for chain {entry.chain_id!r}, not {genesis.chain_id!r}")
+    header = verify_header(item["header"], item["certificate"], genesis, where)
+    leaf_index, tree_size, path = item["leaf_index"], item["tree_size"], item["inclusion_path"]
+    if tree_size != header.tree_size or type(tree_size) is not int:
+        raise _Invalid(f"{where}tree-size", f"proof tree_size {tree_size!r} differs from the header's {header.tree_size}")
+    if type(leaf_index) is not int or not 0 <= leaf_index < tree_size:
+        raise _Invalid(f"{where}leaf-index", f"leaf index {leaf_index!r} is not inside the tree of size {tree_size}")
+    if not isinstance(path, list) or len(path) > inclusion_path_hashes_max:
+        raise _Invalid(f"{where}inclusion", "inclusion_path must be a list of at most 64 hashes")
+    if not merkle.verify_inclusion(merkle.leaf_hash(data), leaf_index, tree_size, path, header.tree_root):
+        raise _Invalid(f"{where}inclusion", "inclusion path does not lead from the entry to the header's tree root")
+    return entry, header
+
+
+def _verify_signatures(entry, genesis: Genesis, where: str) -> None:
+    """Entry signatures, so a proof's details (author, kind...) are the author's own words."""
+    if entry.author != GOVERNANCE_AUTHOR:
+        by, sig = entry.signatures[0]
+        if not codec.verify(entry.author_key, sig, codec.DOMAIN_ENTRY, entry.chain_id, entry.body):
+            raise _Invalid(f"{where}signature", f"entry signature of {by!r} does not verify")
+        return
+    signers = set()
+    for by, sig in entry.signatures:
+        key = genesis.governance.by_id.get(by)
+        if key is None or not codec.verify(key.public_key, sig, codec.DOMAIN_ENTRY, entry.chain_id, entry.body):
+            raise _Invalid(f"{where}signature", f"governance signature of {by!r} does not verify")
+        signers.add(by)
+    if not genesis.governance.meets_threshold(signers):
+        raise _Invalid(f"{where}signature", "governance signatures do not meet each jurisdiction's threshold")
+
+
+def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None = None) -> Verdict:
+    """Verify a MatchProof offline against genesis and the commitment the caller computed.
+
+    `now_ms` (default: this machine's clock) decides expiry. Never raises on bad input:
+    returns Verdict(status="invalid", check=<which check failed>, message=...).
+    """
+    try:
+        return _verify(proof, genesis, commitment, now_ms)
+    except _Invalid as exc:
+        return Verdict(status=STATUS_INVALID, check=exc.check, message=str(exc))
+
+
+def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None) -> Verdict:
+    if isinstance(proof, (bytes, bytearray, memoryview)):
+        try:
+            proof = codec.unpack(bytes(proof), max_bytes=proof_bytes_max)
+        except codec.EncodingError as exc:
+            raise _Invalid("format", f"proof is not msgpack: {exc}") from None
+    if not isinstance(proof, dict):
+        raise _Invalid("format", "proof must be a map")
+    if proof.get("version") != MATCH_PROOF_VERSION:
+        raise _Invalid("format", f"proof version {proof.get('version')!r} is not {MATCH_PROOF_VERSION}")
+    if not isinstance(commitment, bytes) or len(commitment) != 32:
+        raise _Invalid("commitment", "the commitment to check must be 32 bytes")
+    entry, header = _verify_proven_leaf(proof, genesis, "")
+    if entry.type != "commit":
+        raise _Invalid("entry", f"proven entry is a {entry.type}, not a commit")
+    if entry.fields["commitment"] != commitment:
+        raise _Invalid("commitment", "the proven entry commits to a different commitment")
+    _verify_signatures(entry, genesis, "")
+    fields = entry.fields
+    details: dict = {
+        "commitment": commitment, "height": header.height, "time_ms": header.time_ms,
+        "leaf_index": proof["leaf_index"], "author": entry.author, "kind": fields["kind"],
+        "jurisdiction": fields["jurisdiction"], "expires_ms": fields["expires_ms"], "entry_time_ms": entry.time_ms,
+    }
+    revocation = proof.get("revocation")
+    if revocation is not None:
+        revoke, revoke_header = _verify_proven_leaf(revocation, genesis, "revocation.")
+        if revoke.type != "revoke" or revoke.fields["commitment"] != commitment:
+            raise _Invalid("revocation.entry", "revocation is not a revoke of this commitment")
+        if revoke.author != GOVERNANCE_AUTHOR and revoke.author != entry.author:
+            raise _Invalid("revocation.entry", f"revocation by {revoke.author!r}, who did not submit the commitment")
+        if revocation["leaf_index"] <= proof["leaf_index"]:
+            raise _Invalid("revocation.leaf-index", "revocation precedes the commitment in the log")
+        _verify_signatures(revoke, genesis, "revocation.")
+        details.update(revoked_height=revoke_header.height, revoked_time_ms=revoke_header.time_ms,
+                       revoked_by=revoke.author, revoke_reason=revoke.fields["reason"])
+        return Verdict(status=STATUS_REVOKED, details=details)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if fields["expires_ms"] is not None and fields["expires_ms"] <= now:
+        return Verdict(status=STATUS_EXPIRED, details=details)
+    return Verdict(status=STATUS_MATCH, details=details)
+
+
+def verify_consistency_proof(older: dict, newer: dict, proof: list, genesis: Genesis | None = None) -> Verdict:
+    """Does the log under header `newer` extend the log under header `older`? (Header wire maps.)
+
+    Pass `genesis` with maps {"header", "certificate"} to also check both certificates.
+    """
+    try:
+        if genesis is not None:
+            h1 = verify_header(older.get("header"), older.get("certificate"), genesis, "older.")
+            h2 = verify_header(newer.get("header"), newer.get("certificate"), genesis, "newer.")
+        else:
+            try:
+                h1, h2 = BlockHeader.from_wire(older), BlockHeader.from_wire(newer)
+            except (CertificateError, TypeError) as exc:
+                raise _Invalid("header", f"header is malformed: {exc}") from None
+        if not merkle.verify_consistency(h1.tree_size, h2.tree_size, h1.tree_root, h2.tree_root, proof):
+            raise _Invalid("consistency", f"proof does not show size {h2.tree_size} extends size {h1.tree_size}")
+    except _Invalid as exc:
+        return Verdict(status=STATUS_INVALID, check=exc.check, message=str(exc))
+    return Verdict(status=STATUS_MATCH, details={"size1": h1.tree_size, "size2": h2.tree_size})

@@ -1,0 +1,116 @@
+"""Shared test helpers: a genesis with real keys (2 HK + 2 CN validators, regulators per side) and certified blocks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import nacl.signing
+from consensus import codec
+from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
+from consensus.messages import CommittedBlock
+from storage.genesis import Genesis
+
+
+def key_from(seed_text: str) -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(hashlib.sha256(seed_text.encode()).digest())
+
+
+@dataclass
+class World:
+    genesis: Genesis
+    validator_keys: dict[str, nacl.signing.SigningKey]
+    governance_keys: dict[str, nacl.signing.SigningKey]
+    participant_keys: dict[str, nacl.signing.SigningKey]
+
+    @property
+    def chain_id(self) -> str:
+        return self.genesis.chain_id
+
+
+def make_world(chain_id: str = "bayledger-test", governance_threshold: int = 1, regulators_per_side: int = 1) -> World:
+    validator_keys = {vid: key_from(f"validator {vid}") for vid in ("hk-1", "hk-2", "cn-1", "cn-2")}
+    governance_keys = {}
+    governance = {}
+    for side in ("HK", "CN"):
+        ids = [f"{side.lower()}-regulator-{i}" for i in range(1, regulators_per_side + 1)]
+        for gid in ids:
+            governance_keys[gid] = key_from(f"governance {gid}")
+        governance[side] = {
+            "keys": [{"id": gid, "public_key": bytes(governance_keys[gid].verify_key).hex()} for gid in ids],
+            "threshold": governance_threshold,
+        }
+    participant_keys = {pid: key_from(f"participant {pid}") for pid in ("hk-bureau", "cn-bureau", "hk-bank")}
+    roles = {"hk-bureau": ("HK", "credit-provider"), "cn-bureau": ("CN", "credit-provider"), "hk-bank": ("HK", "bank")}
+    raw = {
+        "chain_id": chain_id,
+        "genesis_time_ms": 1_700_000_000_000,
+        "min_signers_per_jurisdiction": 1,
+        "validators": [
+            {"id": vid, "public_key": bytes(k.verify_key).hex(), "jurisdiction": vid[:2].upper(),
+             "p2p": f"127.0.0.1:{26600 + i}", "rpc": f"127.0.0.1:{26700 + i}"}
+            for i, (vid, k) in enumerate(validator_keys.items())
+        ],
+        "governance": governance,
+        "participants": [
+            {"id": pid, "jurisdiction": roles[pid][0], "role": roles[pid][1], "public_key": bytes(k.verify_key).hex()}
+            for pid, k in participant_keys.items()
+        ],
+    }
+    return World(Genesis.from_dict(raw), validator_keys, governance_keys, participant_keys)
+
+
+def certify(world: World, header: BlockHeader, signers=("hk-1", "hk-2", "cn-1"), view: int = 0) -> CommitCertificate:
+    payload = commit_vote_payload(view, header.height, header.hash())
+    signatures = tuple(
+        CommitSignature(v, codec.sign(world.validator_keys[v], codec.DOMAIN_COMMIT, world.chain_id, payload))
+        for v in signers
+    )
+    return CommitCertificate(view=view, height=header.height, header_hash=header.hash(), signatures=signatures)
+
+
+def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head", time_ms: int | None = None) -> CommittedBlock:
+    """A certified block of `entries` on top of `parent` (default: the ledger's head), executed by `ledger`."""
+    if parent == "head":
+        parent = ledger.head()
+    height = 1 if parent is None else parent.height + 1
+    if time_ms is None:
+        time_ms = world.genesis.genesis_time_ms + 1000 * height
+    result = ledger.execute(parent, height, time_ms, list(entries))
+    assert result is not None, "parent unknown to the ledger"
+    header = BlockHeader(
+        chain_id=world.chain_id, height=height, prev_hash=parent.hash() if parent else bytes(32), time_ms=time_ms,
+        entries_hash=entries_hash(list(entries)), entry_count=len(entries), tree_size=result.tree_size,
+        tree_root=result.tree_root, results_hash=result.results_hash,
+        validator_set_hash=world.genesis.validator_set.hash(),
+    )
+    return CommittedBlock(header, tuple(entries), certify(world, header))
+
+
+class Author:
+    """A participant that numbers its own nonces."""
+
+    def __init__(self, world: World, participant_id: str) -> None:
+        self.world = world
+        self.id = participant_id
+        self.key = world.participant_keys[participant_id]
+        self.nonce = 0
+
+    def commit(self, commitment: bytes, kind: str = "credit-report", jurisdiction: str = "HK",
+               expires_ms: int | None = None) -> bytes:
+        from storage.entries import build_commit
+
+        self.nonce += 1
+        return build_commit(self.key, self.id, self.world.chain_id, commitment, kind, jurisdiction,
+                            self.nonce, 1_700_000_000_000 + self.nonce, expires_ms)
+
+    def revoke(self, commitment: bytes, reason: str = "withdrawn") -> bytes:
+        from storage.entries import build_revoke
+
+        self.nonce += 1
+        return build_revoke(self.key, self.id, self.world.chain_id, commitment, reason, self.nonce,
+                            1_700_000_000_000 + self.nonce)
+
+
+def commitment(n: int) -> bytes:
+    return hashlib.sha256(b"test commitment %d" % n).digest()
