@@ -188,7 +188,7 @@ class Replica:
         self.view_active = True
         self.failed_views = 0
         self.now_ms: int | None = None
-        self.view_entered_ms = 0
+        self.view_entered_ms = 0  # set again at the first tick: before it, time is unknown
 
         self.last_applied_height = height
         self.last_applied_header = header
@@ -274,6 +274,11 @@ class Replica:
         return self._ready()
 
     def on_tick(self, now_ms: int) -> Ready:
+        if self.now_ms is None:
+            # Time starts now: whatever arrived before the first tick is as old as this tick.
+            self.view_entered_ms = now_ms
+            for pending in self.pool.values():
+                pending.seen_ms = now_ms
         if self.now_ms is None or now_ms > self.now_ms:
             self.now_ms = now_ms
         now = self.now_ms
@@ -291,6 +296,9 @@ class Replica:
             self._start_view_change(self.view + 1)
         if self.retransmit_at_ms is None:
             self.retransmit_at_ms = now + self.config.retransmit_ms
+            # First tick after a (re)start: ask every peer for blocks we may have missed while down.
+            first = self.last_applied_height + 1
+            self._send(None, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
         elif now >= self.retransmit_at_ms:
             self.retransmit_at_ms = now + self.config.retransmit_ms
             self._retransmit()
@@ -472,6 +480,12 @@ class Replica:
                         self.blocks[cert.header.hash()] = (cert.header, cert.entries)
         if self.stable.height > self.last_applied_height:
             self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
+        # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
+        for slot in self.slots.values():
+            for request in slot.entries:
+                request_id = codec.sha256(request)
+                if request_id not in self.pool and len(self.pool) < self.config.request_pool_max:
+                    self.pool[request_id] = _Pending(request, 0, from_client=True)
 
     # ------------------------------------------------------------------ normal case
 
@@ -795,10 +809,11 @@ class Replica:
 
     def _on_checkpoint(self, peer: str, message: Checkpoint, data: bytes) -> None:
         if message.height <= self.stable.height:
-            if message.sender == peer and message.height < self.stable.height:
-                self._relay_stable(peer)
+            if message.sender == peer:
+                self._relay_stable(peer)  # the peer still resends it: it lacks the quorum we hold
             return
-        self._record_checkpoint_vote(peer, message.height, message.header_hash, message.signature)
+        # Recorded under the signer, not the link: checkpoint votes may be relayed.
+        self._record_checkpoint_vote(message.sender, message.height, message.header_hash, message.signature)
 
     def _record_checkpoint_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes) -> None:
         votes = self.checkpoint_votes.setdefault(voter, {})
@@ -1072,6 +1087,8 @@ class Replica:
         if delivered:
             # Progress: the next range (if any) goes out at once, to the same peer first.
             self.catch_up_deadline_ms = None
+            if len(message.blocks) == CATCH_UP_BLOCKS_MAX:
+                self._set_catch_up_target(self.last_applied_height + 1, [peer])  # a full batch: there may be more
             if peer in self.catch_up_peers:
                 self.catch_up_attempt = self.catch_up_peers.index(peer)
             self._maybe_catch_up()

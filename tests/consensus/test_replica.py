@@ -54,6 +54,7 @@ class Node:
         self.evidence: list = []
         self.rejected: list = []
         self.up = True
+        self.crash_after_persist = False
         self.start()
 
     def start(self):
@@ -67,11 +68,17 @@ class Node:
         if not self.up:
             return
         if ready.persist:
+            # The contract: nothing that depends on this batch is in this Ready's messages.
+            assert not ready.messages
             for key, value in ready.persist:
                 if value is None:
                     self.persisted.pop(key, None)
                 else:
                     self.persisted[key] = value
+            if self.crash_after_persist:
+                self.crash_after_persist = False
+                self.crash()  # written to disk, but the votes it released are lost
+                return
             released = self.replica.on_persisted()
             assert not released.persist
         else:
@@ -123,6 +130,7 @@ class Cluster:
         self.nodes = {i: Node(self, i) for i in self.ids}
         self.now_ms = START_MS
         self.drop = lambda sender, target, data: False
+        self.tamper = lambda sender, target, data: [data]
         for node in self.nodes.values():
             node.handle(node.replica.on_tick(self.now_ms))
 
@@ -139,7 +147,10 @@ class Cluster:
                 node = self.nodes[target]
                 if not node.up or not self.nodes[sender].up or self.drop(sender, target, data):
                     continue
-                node.handle(node.replica.on_message(sender, data))
+                for item in self.tamper(sender, target, data):
+                    node.handle(node.replica.on_message(sender, item))
+                    if not node.up:
+                        break
 
     def run(self, ticks):
         for _ in range(ticks):
@@ -216,3 +227,193 @@ def test_silent_primary_triggers_view_change_and_commits_continue():
     assert cluster.run_until(lambda: all_committed(cluster, requests, live), 2000)
     assert all(cluster.nodes[n].replica.view >= 1 for n in live)
     cluster.assert_agreement()
+
+
+def kind_of(data):
+    return codec.unpack(data).get("type")
+
+
+def build_block(cluster, height, parent, entries, time_ms):
+    result = TrivialApp().execute(parent, height, time_ms, entries)
+    return BlockHeader(CHAIN, height, parent.hash() if parent else ZERO_HASH, time_ms, entries_hash(entries),
+                       len(entries), result.tree_size, result.tree_root, result.results_hash, cluster.vset.hash())
+
+
+def test_equivocating_primary_yields_evidence_and_a_view_change():
+    """v0 signs two different blocks for (view 0, height 1); v1 sees both, reports them and leads a view change."""
+    cluster = Cluster()
+    other_entries = (b"ok:other",)
+    forged = {}
+
+    def tamper(sender, target, data):
+        if sender == "v0" and kind_of(data) == "pre-prepare" and target in ("v1", "v2"):
+            message = decode_message(data, cluster.vset, CHAIN)
+            if message.view == 0 and message.height == 1:
+                if "b" not in forged:
+                    header = build_block(cluster, 1, None, other_entries, message.header.time_ms)
+                    forged["b"] = encode(sign(PrePrepare(0, header, other_entries, "v0"), cluster.keys["v0"], CHAIN))
+                return [data, forged["b"]] if target == "v1" else [forged["b"]]
+        return [data]
+
+    cluster.tamper = tamper
+    requests = [b"ok:1", b"ok:2"]
+    for request in requests:
+        cluster.submit("v3", request)
+    assert cluster.run_until(lambda: all_committed(cluster, requests, ["v1", "v2", "v3"]), 2000)
+    evidence = cluster.nodes["v1"].evidence
+    assert evidence and evidence[0].validator == "v0" and evidence[0].kind == "pre-prepare"
+    first, second = (decode_message(e, cluster.vset, CHAIN) for e in (evidence[0].first, evidence[0].second))
+    assert (first.view, first.height) == (second.view, second.height) and first.header != second.header
+    assert cluster.nodes["v1"].replica.view >= 1
+    cluster.assert_agreement()
+
+
+def test_restart_from_persisted_state_never_signs_a_conflicting_vote():
+    """v1 prepares block A at (0, 1) and crashes right after persisting; restarted, it is offered a
+    different block B for the same slot by the (faulty) primary and must not prepare it."""
+    cluster = Cluster()
+    cluster.nodes["v1"].crash_after_persist = True
+    held_back = []
+    cluster.drop = lambda s, t, d: (s == "v0" and t in ("v2", "v3") and kind_of(d) == "pre-prepare"
+                                    and not held_back.append((t, d)))
+    cluster.submit("v0", b"ok:a")
+    cluster.run(3)
+    node = cluster.nodes["v1"]
+    assert not node.up and any(k.startswith(KEY_VOTE) for k in node.persisted)
+    node.restart()
+    cluster.drop = lambda s, t, d: False
+    header = build_block(cluster, 1, None, (b"ok:b",), START_MS)
+    forged = encode(sign(PrePrepare(0, header, (b"ok:b",), "v0"), cluster.keys["v0"], CHAIN))
+    ready = node.replica.on_message("v0", forged)
+    assert ("v0", "bad-proposal") in ready.rejected
+    node.handle(ready)  # Node.send asserts that no two different blocks are signed for one slot
+    for target, data in held_back:
+        cluster.nodes[target].handle(cluster.nodes[target].replica.on_message("v0", data))
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:a"], ["v1", "v2", "v3"]), 3000)
+    assert b"ok:b" not in cluster.committed_requests("v1")
+    cluster.assert_agreement()
+
+
+def test_primary_crash_mid_batch_restarts_and_re_proposes_the_same_block():
+    """The primary persists its PRE-PREPARE and crashes before sending it; after restart it sends that same block."""
+    cluster = Cluster()
+    primary = cluster.nodes["v0"]
+    primary.crash_after_persist = True
+    cluster.submit("v0", b"ok:1")
+    assert not primary.up
+    persisted_vote = codec.unpack(primary.persisted[KEY_VOTE + (1).to_bytes(8, "big")])
+    primary.restart()
+    cluster.submit("v0", b"ok:2")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1", b"ok:2"]), 2000)
+    first = cluster.nodes["v2"].chain[0]
+    assert first.header.to_wire() == persisted_vote["header"]
+    cluster.assert_agreement()
+
+
+def test_lagging_replica_catches_up_with_verified_certificates():
+    """v3 is down while 40 requests commit in many blocks past several checkpoints; restarted, it catches up."""
+    cluster = Cluster(ReplicaConfig(batch_requests_max=2, batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200,
+                                    checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200))
+    lagging = cluster.nodes["v3"]
+    lagging.crash()
+    requests = [f"ok:{i}".encode() for i in range(40)]
+    for i, request in enumerate(requests):
+        cluster.submit(cluster.ids[i % 3], request)
+    assert cluster.run_until(lambda: all_committed(cluster, requests, ["v0", "v1", "v2"]), 3000)
+    assert len(cluster.nodes["v0"].chain) >= 20
+    lagging.restart()
+    assert cluster.run_until(lambda: all_committed(cluster, requests), 3000)
+    assert lagging.replica.last_applied_height == cluster.nodes["v0"].replica.last_applied_height
+    # It takes part again: new requests commit with it in the quorum.
+    cluster.nodes["v0"].crash()
+    more = [b"ok:after-1", b"ok:after-2"]
+    for request in more:
+        cluster.submit("v3", request)
+    assert cluster.run_until(lambda: all_committed(cluster, more, ["v1", "v2", "v3"]), 3000)
+    cluster.assert_agreement()
+
+
+def test_catch_up_response_with_a_bad_certificate_is_rejected():
+    cluster = Cluster()
+    cluster.submit("v0", b"ok:1")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"]), 200)
+    block = cluster.nodes["v0"].chain[0]
+    fresh = Node(cluster, "v3")
+    fresh.chain, fresh.persisted = [], {}
+    fresh.start()
+    bad = type(block)(block.header, block.entries, type(block.certificate)(
+        block.certificate.view, 1, block.certificate.header_hash, block.certificate.signatures[:2]))
+    ready = fresh.replica.on_message("v0", encode_catch_up_response([bad]))
+    assert ready.rejected == [("v0", "bad-certificate")] and not ready.committed
+    ready = fresh.replica.on_message("v0", encode_catch_up_response([block]))
+    assert [b.header.height for b in ready.committed] == [1]
+
+
+def test_checkpoint_during_view_change():
+    """Checkpoint votes are lost until the primary dies; they become stable while the view changes."""
+    cluster = Cluster()
+    changing = lambda: any(n.replica.view > 0 for n in cluster.nodes.values())
+    cluster.drop = lambda s, t, d: kind_of(d) == "checkpoint" and not changing()
+    requests = [f"ok:{i}".encode() for i in range(6)]
+    for request in requests:
+        cluster.submit("v0", request)
+        cluster.run(2)
+    assert cluster.run_until(lambda: all_committed(cluster, requests), 500)
+    assert all(n.replica.stable.height == 0 for n in cluster.nodes.values())
+    cluster.nodes["v0"].crash()
+    more = [b"ok:x", b"ok:y"]
+    for request in more:
+        cluster.submit("v2", request)
+    live = ["v1", "v2", "v3"]
+    assert cluster.run_until(lambda: all_committed(cluster, more, live)
+                             and all(cluster.nodes[n].replica.stable.height >= 4 for n in live), 3000)
+    assert all(cluster.nodes[n].replica.view >= 1 for n in live)
+    cluster.assert_agreement()
+
+
+def test_partition_that_heals():
+    """2 | 2 split: no quorum on either side, so nothing commits; after healing everything commits."""
+    cluster = Cluster()
+    split = {"v0": 0, "v1": 0, "v2": 1, "v3": 1}
+    healed = []
+    cluster.drop = lambda s, t, d: not healed and split[s] != split[t]
+    requests = [f"ok:{i}".encode() for i in range(8)]
+    for i, request in enumerate(requests):
+        cluster.submit(cluster.ids[i % 4], request)
+    cluster.run(300)
+    assert all(len(n.chain) == 0 for n in cluster.nodes.values())
+    healed.append(True)
+    assert cluster.run_until(lambda: all_committed(cluster, requests), 5000)
+    cluster.assert_agreement()
+
+
+def test_garbage_and_forgeries_are_rejected_with_reasons():
+    cluster = Cluster()
+    replica = cluster.nodes["v1"].replica
+    assert replica.on_message("v2", b"\xc1garbage").rejected == [("v2", "bad-encoding")]
+    assert replica.on_message("stranger", b"").rejected == [("stranger", "unknown-sender")]
+    prepare = encode(sign(Prepare(0, 1, bytes(32), "v2"), cluster.keys["v2"], CHAIN))
+    assert replica.on_message("v3", prepare).rejected == [("v3", "sender-mismatch")]
+    forged = encode(sign(Prepare(0, 1, bytes(32), "v2"), cluster.keys["v3"], CHAIN))
+    assert replica.on_message("v2", forged).rejected == [("v2", "bad-signature")]
+    far = encode(sign(Prepare(0, 10_000, bytes(32), "v2"), cluster.keys["v2"], CHAIN))
+    assert replica.on_message("v2", far).rejected == [("v2", "outside-window")]
+    future = encode(sign(Prepare(7, 1, bytes(32), "v2"), cluster.keys["v2"], CHAIN))
+    assert replica.on_message("v2", future).rejected == [("v2", "wrong-view")]
+
+
+def test_request_pool_refuses_at_its_limit():
+    cluster = Cluster(ReplicaConfig(request_pool_max=3, batch_wait_ms=10_000, batch_requests_max=10))
+    replica = cluster.nodes["v1"].replica
+    for i in range(3):
+        assert replica.on_request(f"ok:{i}".encode()).rejected == []
+    assert replica.on_request(b"ok:3").rejected == [("client", "request-pool-full")]
+    assert replica.on_request(b"ok:0").rejected == []  # a duplicate is dropped silently
+    assert replica.pending_request_count == 3
+
+
+def test_config_is_checked():
+    with pytest.raises(ReplicaConfigError, match="watermark_window"):
+        ReplicaConfig(checkpoint_interval=8, watermark_window=15)
+    with pytest.raises(ReplicaConfigError, match="batch_requests_max"):
+        ReplicaConfig(batch_requests_max=0)
