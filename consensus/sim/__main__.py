@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections import Counter
 
-from .cluster import run_seed
+from .cluster import run_seed, split_counts
 from .faults import draw_fault_plan
 
 
@@ -73,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" --byzantine {args.byzantine}" if args.byzantine is not None else "")
                   + (f" --ticks {args.ticks}" if args.ticks else ""))
         sys.stdout.flush()
-    fault_text = " ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "none"
+    injected, observed = split_counts(faults)
+    fault_text = " ".join(f"{k}={v}" for k, v in sorted(injected.items())) or "none"
+    event_text = " ".join(f"{k}={v}" for k, v in sorted(observed.items())) or "none"
     print(
         f"runs={runs} failed={len(failed)} blocks_committed={blocks} view_changes={view_changes} "
-        f"faults_injected: {fault_text}"
+        f"faults_injected: {fault_text} | replica_events: {event_text}"
         + (f" failing_seeds={','.join(map(str, failed))}" if failed else "")
     )
     return 1 if failed else 0

@@ -96,7 +96,8 @@ class InvariantChecker:
             if reason is not None:
                 raise SafetyViolation(f"{where}: committed an invalid request ({reason})")
             if entry in chain.requests:
-                raise SafetyViolation(f"{where}: request committed twice")
+                first = self.canonical_request_height.get(entry)
+                raise SafetyViolation(f"{where}: request committed twice (first at height {first})")
         canonical = self.canonical.get(header.height)
         if canonical is None:
             self.canonical[header.height] = CanonicalBlock(header.hash(), replica_id)

@@ -14,6 +14,7 @@ must commit on every honest replica within `plan.liveness_ticks_max` ticks.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import nacl.signing
 from consensus import codec
 from consensus.validators import Validator, ValidatorSet
 
-from . import adapter, app
+from . import adapter, app, speed
 from .byzantine import ByzantineBehaviour
 from .checker import InvariantChecker, SafetyViolation
 from .faults import CRASH_STAGES, FaultPlan
@@ -58,15 +59,30 @@ class RunResult:
     requests_committed: int
     faults: Counter
     liveness_ticks: int
+    trace_digest: str        # SHA-256 over every delivered packet: equal digests = identical runs
 
     def summary(self) -> str:
-        faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        injected, observed = split_counts(self.faults)
+        faults = " ".join(f"{k}={v}" for k, v in sorted(injected.items())) or "none"
+        events = " ".join(f"{k}={v}" for k, v in sorted(observed.items())) or "none"
         status = "ok" if self.ok else f"FAIL ({self.phase}): {self.failure}"
         return (
             f"seed={self.seed} {status} blocks={self.blocks_committed} view_changes={self.view_changes} "
             f"requests={self.requests_committed}/{self.requests_valid} liveness_ticks={self.liveness_ticks} "
-            f"faults: {faults}"
+            f"trace={self.trace_digest} "
+            f"faults: {faults} | replica events: {events}"
         )
+
+
+# Counters that are the replicas' reactions, not faults the simulator injected.
+EVENT_PREFIXES = ("rejected_", "evidence_", "catch_up_")
+
+
+def split_counts(counts: Counter) -> tuple[Counter, Counter]:
+    injected, observed = Counter(), Counter()
+    for key, value in counts.items():
+        (observed if key.startswith(EVENT_PREFIXES) else injected)[key] = value
+    return injected, observed
 
 
 @dataclass
@@ -147,6 +163,7 @@ class Simulation:
         self.phase = "safety"
         self.liveness_started_tick: int | None = None
         self.max_view_seen = 0
+        self.trace = hashlib.sha256()
         for node in self.nodes.values():
             self.start(node)
 
@@ -279,6 +296,8 @@ class Simulation:
 
     def deliver(self) -> None:
         for packet in self.network.due(self.tick):
+            self.trace.update(b"%d|%s|%s|%d|" % (self.tick, packet.source.encode(), packet.destination.encode(), len(packet.data)))
+            self.trace.update(packet.data)
             node = self.nodes[packet.destination]
             if node.byzantine is not None:
                 node.byzantine.observe(packet.source, packet.data)
@@ -372,6 +391,10 @@ class Simulation:
                 self.submit(self.nodes[node_id], request.data)
 
     def run(self) -> RunResult:
+        with speed.memoized_verify():
+            return self._run()
+
+    def _run(self) -> RunResult:
         failure = None
         try:
             while self.tick < self.plan.ticks:
@@ -418,6 +441,7 @@ class Simulation:
             ),
             faults=faults,
             liveness_ticks=self.tick - (self.liveness_started_tick or self.tick),
+            trace_digest=self.trace.hexdigest()[:16],
         )
 
 

@@ -1,0 +1,62 @@
+"""The seed sweep CI runs: every seed in SWEEP_SEEDS must keep every invariant during
+the fault phase and commit every valid request on every honest replica once healed.
+A failure names each failing seed with the command that replays it.
+
+SWEEP_TICKS is shorter than the CLI default so 300 seeds fit the suite's time
+budget (about 60 s on one core); `make sim` runs the full length."""
+
+import pytest
+
+from consensus.sim import draw_fault_plan, run_seed
+from consensus.sim.__main__ import main
+
+SWEEP_SEEDS = range(0, 300)
+SWEEP_TICKS = 300
+CHUNK_SEEDS = 30
+# Seeds known to fail on a replica bug not yet fixed (see FINDINGS.md). Empty when all pass.
+KNOWN_FAILING_SEEDS: frozenset[int] = frozenset()
+
+
+def chunks():
+    seeds = list(SWEEP_SEEDS)
+    return [seeds[i:i + CHUNK_SEEDS] for i in range(0, len(seeds), CHUNK_SEEDS)]
+
+
+@pytest.mark.parametrize("seeds", chunks(), ids=lambda s: f"seeds{s[0]}-{s[-1]}")
+def test_seed_sweep(seeds):
+    failures = []
+    for seed in seeds:
+        result = run_seed(draw_fault_plan(seed, ticks=SWEEP_TICKS))
+        if not result.ok and seed not in KNOWN_FAILING_SEEDS:
+            failures.append(
+                f"{result.summary()}\n  reproduce with: python -m consensus.sim --seed {seed} --ticks {SWEEP_TICKS}"
+            )
+    assert not failures, "\n".join(failures)
+
+
+def test_a_seed_replays_the_identical_run():
+    """Same seed, same process or not: every delivered packet is the same (trace digest)."""
+    first = run_seed(draw_fault_plan(12, ticks=150))
+    second = run_seed(draw_fault_plan(12, ticks=150))
+    assert first == second
+    assert run_seed(draw_fault_plan(13, ticks=150)).trace_digest != first.trace_digest
+
+
+def test_cli_prints_the_plan_first_and_a_summary_last(capsys):
+    assert main(["--seed", "4", "--ticks", "100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "--- seed 4"
+    assert lines[1].strip() == "seed=4"
+    assert any(line.strip().startswith("loss_probability=") for line in lines[:40])
+    assert lines[-1].startswith("runs=1 failed=0 blocks_committed=")
+    assert "view_changes=" in lines[-1] and "faults_injected:" in lines[-1]
+
+
+def test_cli_runs_a_range_and_refuses_bad_arguments(capsys):
+    assert main(["--seeds", "0..2", "--ticks", "60", "--quiet", "--replicas", "4", "--byzantine", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("runs=3 failed=0")
+    for argv in (["--seeds", "5..2"], ["--seeds", "x"], ["--seed", "1", "--byzantine", "2", "--replicas", "4"],
+                 ["--seed", "1", "--replicas", "5"], ["--seed", "1", "--ticks", "0"], []):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2, argv
