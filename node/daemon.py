@@ -18,6 +18,7 @@ one place.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import signal
 import time
@@ -47,6 +48,10 @@ EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
 CLIENT_PEER_ID = "client"              # consensus.replica.CLIENT: the peer id of our own clients' requests
 
 log = structlog.get_logger()
+
+
+class FatalError(Exception):
+    """The node cannot go on (storage refuses a certified block): exit with status 1."""
 
 
 class StartupError(Exception):
@@ -355,7 +360,13 @@ class Daemon:
         header = block.header
         if header.height <= self.height:
             return      # already applied (replayed after a restart): apply_block is idempotent anyway
-        outcomes = _apply_block(self.ledger, block)
+        try:
+            outcomes = _apply_block(self.ledger, block)
+        except Exception as exc:
+            # A certified block our storage refuses means this replica diverged or its disk failed:
+            # stop rather than keep voting on a state we cannot hold.
+            log.error("cannot apply committed block", height=header.height, reason=str(exc))
+            raise FatalError(f"cannot apply block {header.height}: {exc}") from exc
         self.height = header.height
         latency_s = max(0.0, time.time() - header.time_ms / 1000)
         size_bytes = sum(len(entry) for entry in block.entries)
@@ -447,7 +458,7 @@ class Daemon:
 
     async def _start_rpc(self, nursery: trio.Nursery) -> int | None:
         try:
-            from . import rpc
+            rpc = importlib.import_module("node.rpc")
         except ModuleNotFoundError as exc:
             if exc.name != "node.rpc":
                 raise
@@ -514,6 +525,9 @@ def run_daemon(config: NodeConfig) -> int:
         trio.run(_serve_until_signal, daemon)
     except (OSError, BaseExceptionGroup) as exc:
         # A port in use or an unreachable address surfaces as OSError, possibly inside nursery groups.
+        fatal = exc.subgroup(lambda e: isinstance(e, FatalError)) if isinstance(exc, BaseExceptionGroup) else None
+        if fatal is not None:
+            return EXIT_ENVIRONMENT    # already logged where it happened
         failures = exc.subgroup(lambda e: isinstance(e, OSError)) if isinstance(exc, BaseExceptionGroup) else exc
         if failures is None:
             raise
