@@ -997,6 +997,8 @@ class Replica:
             data = self.view_change_bytes.get(self.me)
             if data is not None:
                 self._send(None, data)
+            # Whoever leads next (or the others, if they stayed) must know the requests we wait for.
+            self._resend_requests(None)
             # Stuck in a view change while the others may be committing without us: probe a peer for blocks.
             peers = [v.id for v in self.validators.validators if v.id != self.me]
             peer = peers[self.catch_up_attempt % len(peers)] if peers else None
@@ -1016,12 +1018,23 @@ class Replica:
                 if slot.commit is not None:
                     self._send(None, slot.commit)
             if not self.is_primary:
-                in_flight = self._in_flight_ids()
-                mine = [p.request for rid, p in self.pool.items() if p.from_client and rid not in in_flight]
-                if mine:
-                    self._send(self.primary_id, encode(Requests(tuple(mine[: self.config.forward_requests_max]))))
+                self._resend_requests(self.primary_id)
         if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
             self._send(None, self.my_checkpoint)
+
+    def _resend_requests(self, to: str | None) -> None:
+        """Resend requests that stayed pending a full retransmission period (the first copy may be lost,
+        or the peer that forwarded it to us may have crashed): bounded by forward_requests_max."""
+        now = self.now_ms or 0
+        in_flight = self._in_flight_ids()
+        stale = []
+        for request_id, pending in self.pool.items():
+            if now - pending.seen_ms < self.config.retransmit_ms or len(stale) >= self.config.forward_requests_max:
+                break
+            if request_id not in in_flight:
+                stale.append(pending.request)
+        if stale:
+            self._send(to, encode(Requests(tuple(stale))))
 
     # ------------------------------------------------------------------ catch-up
 
