@@ -373,6 +373,8 @@ class Daemon:
         self.metrics.height.set(self.height)
         self.metrics.committed_blocks.inc()
         self.metrics.committed_entries.inc(len(block.entries))
+        if getattr(self.replica, "catch_up_target", 0) > header.height:
+            self.metrics.catch_up_blocks.inc()    # applied while still behind the highest height seen
         self.metrics.commit_latency.observe(latency_s)
         log.info("block committed", height=header.height, view=block.certificate.view,
                  entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),

@@ -130,7 +130,7 @@ class NodeMetrics:
         self.catch_up_target_height = Gauge(
             "bayledger_catch_up_target_height", "Highest height a peer has shown us (0 if none).", "gauge")
         self.catch_up_blocks = Counter(
-            "bayledger_catch_up_blocks_total", "Blocks applied from catch-up responses.", "counter")
+            "bayledger_catch_up_blocks_total", "Blocks applied while behind the highest certified height seen.", "counter")
         self.rejected_messages = Counter(
             "bayledger_rejected_messages_total", "Peer messages refused by consensus, by reason.", "counter",
             label="reason")
