@@ -110,7 +110,8 @@ class ByzantineBehaviour:
                 continue
             self.altered[f"byz_{behaviour}"] += 1
             out.append((destination, altered))
-            # Replays and garbage come on top of, not instead of, the real message half the time.
-            if behaviour in ("replay", "garbage") and rng.random() < 0.5:
+            # Replays and garbage come on top of, not instead of, the real message half the time;
+            # a sloppy equivocator sends some peers both blocks (which they can prove).
+            if behaviour in ("replay", "garbage", "equivocate") and rng.random() < 0.5:
                 out.append((destination, data))
         return out

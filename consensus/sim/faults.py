@@ -161,3 +161,18 @@ def draw_fault_plan(
             raise ValueError("--ticks must be positive")
         changes["ticks"] = ticks
     return dataclasses.replace(plan, **changes) if changes else plan
+
+
+def calm_plan(seed: int = 0, *, replicas: int = 4, ticks: int = 300, **changes) -> FaultPlan:
+    """A plan with no random faults and no drawn requests: the base of scripted scenarios.
+
+    Network delay is 1..2 ticks; `changes` override any field (e.g. checkpoint_interval).
+    """
+    plan = draw_fault_plan(seed, replicas=replicas, byzantine=0, ticks=ticks)
+    calm = dict(
+        request_count=0, invalid_request_probability=0.0, delay_ticks_min=0, delay_ticks_max=1,
+        loss_probability=0.0, duplicate_probability=0.0, replay_probability=0.0, partition_probability=0.0,
+        crash_probability=0.0, byzantine_behaviours=(), byzantine_probability=0.0,
+    )
+    calm.update(changes)
+    return dataclasses.replace(plan, **calm)

@@ -134,6 +134,11 @@ class SimNetwork:
         self.faults[f"partition_{kind}"] += 1
         return self.partition
 
+    def set_partition(self, tick: int, blocked: set[tuple[str, str]], duration_ticks: int, description: str) -> None:
+        """A scripted partition: exactly these (source, destination) links drop everything."""
+        self.partition = Partition("scripted", frozenset(blocked), tick + duration_ticks, description)
+        self.faults["partition_scripted"] += 1
+
     def heal(self) -> None:
         self.partition = None
 

@@ -1,0 +1,30 @@
+"""Regressions: every replica bug the simulator found (tests/consensus/FINDINGS.md) stays
+here as a fixed schedule or seed, so it cannot come back unnoticed."""
+
+import pytest
+
+from consensus.sim import Simulation
+from consensus.sim.faults import calm_plan
+
+
+@pytest.mark.xfail(strict=True, reason="FINDINGS.md F1: committed request ids are lost on restart")
+def test_client_retry_after_cluster_restart_is_not_committed_again():
+    """F1. A request commits; every replica crashes after applying it and restarts from its
+    persisted state; the client, having seen no answer, sends the same request again.
+    It must not be committed a second time."""
+    plan = calm_plan(1, ticks=200)
+    state = {}
+
+    def schedule(sim, tick):
+        if tick == 1:
+            state["request"] = sim.client_request(["r1"])
+        if tick == 60:
+            assert all(sim.checker.height(i) == 1 for i in sim.honest_ids)
+            for node_id in sim.ids:
+                sim.schedule_crash(node_id, "after_apply", 5)
+        if tick == 80:
+            assert all(sim.nodes[i].up for i in sim.ids)
+            sim.submit(sim.nodes["r0"], state["request"])
+
+    result = Simulation(plan, schedule=schedule).run()
+    assert result.ok, result.summary()
