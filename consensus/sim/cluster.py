@@ -180,7 +180,12 @@ class Simulation:
             data = app.make_request(client, index, payload, valid=valid)
             fanout = rng.randint(1, plan.request_fanout_max)
             targets = tuple(sorted(rng.sample(self.ids, min(fanout, len(self.ids)))))
-            requests.append(ClientRequest(rng.randint(0, last_submit_tick), data, valid, targets))
+            tick = rng.randint(0, last_submit_tick)
+            requests.append(ClientRequest(tick, data, valid, targets))
+            if plan.client_retry_probability and rng.random() < plan.client_retry_probability:
+                # The same bytes again, later, to one replica: a client that saw no answer in time.
+                retry_tick = rng.randint(tick + 1, tick + 1 + plan.ticks // 2)
+                requests.append(ClientRequest(retry_tick, data, valid, (rng.choice(self.ids),)))
         requests.sort(key=lambda r: (r.tick, r.data))
         return requests
 
@@ -345,6 +350,8 @@ class Simulation:
             self.inject_faults()
         for request in self.requests:
             if request.tick == self.tick:
+                if len(request.targets) == 1 and any(r.data == request.data and r.tick < request.tick for r in self.requests):
+                    self.faults["client_retry"] += 1
                 for target in request.targets:
                     self.submit(self.nodes[target], request.data)
         # After the drawn requests, so a scripted request submitted now is not submitted twice.
@@ -375,10 +382,11 @@ class Simulation:
 
     def pending_requests(self) -> list[ClientRequest]:
         """Valid requests not yet committed on every honest replica."""
-        return [
-            r for r in self.requests
+        pending = {
+            r.data: r for r in self.requests
             if r.valid and not all(self.checker.has_committed(i, r.data) for i in self.honest_ids)
-        ]
+        }
+        return list(pending.values())
 
     def resubmit(self) -> None:
         # A client retries only requests it has not seen committed anywhere; lagging
@@ -435,9 +443,9 @@ class Simulation:
             ticks_run=self.tick,
             blocks_committed=blocks,
             view_changes=self.max_view_seen,
-            requests_valid=sum(1 for r in self.requests if r.valid),
-            requests_committed=sum(
-                1 for r in self.requests if r.valid and r.data in self.checker.canonical_request_height
+            requests_valid=len({r.data for r in self.requests if r.valid}),
+            requests_committed=len(
+                {r.data for r in self.requests if r.valid and r.data in self.checker.canonical_request_height}
             ),
             faults=faults,
             liveness_ticks=self.tick - (self.liveness_started_tick or self.tick),

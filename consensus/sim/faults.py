@@ -46,6 +46,7 @@ class FaultPlan:
     request_count: int
     invalid_request_probability: float
     request_fanout_max: int       # a client sends each request to 1..this many replicas
+    client_retry_probability: float  # a client sends a request again later (it may have committed by then)
     # Network.
     delay_ticks_min: int
     delay_ticks_max: int
@@ -124,6 +125,7 @@ def draw_fault_plan(
         request_count=rng.randint(1, 40),
         invalid_request_probability=_p(rng, 0.2) if rng.random() < 0.5 else 0.0,
         request_fanout_max=rng.randint(1, 3),
+        client_retry_probability=0.0,   # drawn last, below, so older seeds keep their other draws
         delay_ticks_min=delay_min,
         delay_ticks_max=delay_max,
         loss_probability=_p(rng, 0.25) if rng.random() < 0.7 else 0.0,
@@ -141,7 +143,7 @@ def draw_fault_plan(
         batch_requests_max=rng.choice((1, 2, 4, 16)),
         liveness_ticks_max=liveness_ticks_max,
     )
-    changes: dict = {}
+    changes: dict = {"client_retry_probability": _p(rng, 0.3) if rng.random() < 0.5 else 0.0}
     if replicas is not None:
         if replicas not in REPLICA_COUNTS:
             raise ValueError(f"--replicas must be one of {REPLICA_COUNTS}, got {replicas}")
@@ -170,7 +172,7 @@ def calm_plan(seed: int = 0, *, replicas: int = 4, ticks: int = 300, **changes) 
     """
     plan = draw_fault_plan(seed, replicas=replicas, byzantine=0, ticks=ticks)
     calm = dict(
-        request_count=0, invalid_request_probability=0.0, delay_ticks_min=0, delay_ticks_max=1,
+        request_count=0, invalid_request_probability=0.0, client_retry_probability=0.0, delay_ticks_min=0, delay_ticks_max=1,
         loss_probability=0.0, duplicate_probability=0.0, replay_probability=0.0, partition_probability=0.0,
         crash_probability=0.0, byzantine_behaviours=(), byzantine_probability=0.0,
     )
