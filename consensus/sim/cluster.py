@@ -231,6 +231,14 @@ class Simulation:
         self._stage(node, "before_persist")
         follow_up = None
         persist = adapter.ready_persist(ready)
+        outbound_messages = adapter.ready_messages(ready)
+        if self.plan.send_before_persist and outbound_messages:
+            # Legal by the contract (a Ready's messages never depend on its own persist),
+            # and the order that exposes a vote released before the state it promises.
+            for outbound in outbound_messages:
+                self.send(node, outbound.to, outbound.data)
+            outbound_messages = []
+            self._stage(node, "after_early_send")
         if persist:
             for key, value in persist:
                 if value is None:
@@ -240,7 +248,7 @@ class Simulation:
             self._stage(node, "after_persist")
             follow_up = node.replica.on_persisted()
             self._stage(node, "after_persisted_ack")
-        for outbound in adapter.ready_messages(ready):
+        for outbound in outbound_messages:
             self.send(node, outbound.to, outbound.data)
         self._stage(node, "after_send")
         for block in adapter.ready_committed(ready):

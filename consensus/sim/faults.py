@@ -17,7 +17,9 @@ REPLICA_COUNTS = (4, 7, 10)
 # Weights of 4, 7, 10 replicas: small clusters are cheaper, so most runs use them.
 REPLICA_COUNT_WEIGHTS = (6, 3, 1)
 PARTITION_KINDS = ("symmetric", "asymmetric", "isolate_one")
-CRASH_STAGES = ("before_persist", "after_persist", "after_persisted_ack", "after_send", "after_apply")
+CRASH_STAGES = (
+    "before_persist", "after_early_send", "after_persist", "after_persisted_ack", "after_send", "after_apply",
+)
 BYZANTINE_BEHAVIOURS = (
     "equivocate",          # as primary, a different PRE-PREPARE to different peers
     "conflicting_votes",   # PREPARE/COMMIT for a block nobody proposed, to some peers
@@ -62,6 +64,7 @@ class FaultPlan:
     crash_probability: float      # per tick, per up replica
     down_ticks_max: int
     crashes_max: int
+    send_before_persist: bool     # host sends a Ready's messages before writing its persist batch
     # Byzantine replicas (ids chosen from the seed) and what they do.
     byzantine_behaviours: tuple[str, ...]
     byzantine_probability: float  # chance each outbound message of a Byzantine replica is altered
@@ -137,13 +140,17 @@ def draw_fault_plan(
         crash_probability=_p(rng, 0.005) if rng.random() < 0.6 else 0.0,
         down_ticks_max=rng.randint(5, 200),
         crashes_max=rng.randint(1, 6),
+        send_before_persist=False,      # drawn last, below
         byzantine_behaviours=behaviours,
         byzantine_probability=round(rng.uniform(0.1, 1.0), 3),
         checkpoint_interval=rng.choice((2, 3, 5, 8, 16)),
         batch_requests_max=rng.choice((1, 2, 4, 16)),
         liveness_ticks_max=liveness_ticks_max,
     )
-    changes: dict = {"client_retry_probability": _p(rng, 0.3) if rng.random() < 0.5 else 0.0}
+    changes: dict = {
+        "client_retry_probability": _p(rng, 0.3) if rng.random() < 0.5 else 0.0,
+        "send_before_persist": rng.random() < 0.5,
+    }
     if replicas is not None:
         if replicas not in REPLICA_COUNTS:
             raise ValueError(f"--replicas must be one of {REPLICA_COUNTS}, got {replicas}")
