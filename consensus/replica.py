@@ -55,11 +55,14 @@ class ReplicaConfig:
     catch_up_timeout_ms: int = 1000      # ask another peer when a catch-up request goes unanswered
     forward_requests_max: int = 256      # requests in one REQUESTS forward
     committed_request_ids_max: int = 100_000  # committed request ids remembered to refuse re-proposal
+    committed_ids_heights_max: int = 1000  # blocks whose request ids are also persisted, to survive a restart
+    catch_up_probe_ms: int = 2000        # ask one peer (rotating) for blocks past ours this often
 
     def __post_init__(self) -> None:
         positive = (
             "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
             "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
+            "committed_ids_heights_max", "catch_up_probe_ms",
         )
         for name in positive:
             value = getattr(self, name)
@@ -125,6 +128,7 @@ KEY_VIEW_CHANGE = b"view-change"
 KEY_NEW_VIEW = b"new-view"
 KEY_VOTE = b"vote/"   # + height: the latest (view, phase, block) this replica signed at that height
 KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certificate at that height
+KEY_COMMITTED = b"committed/"  # + height: ids (SHA-256) of the requests committed at that height
 
 PHASE_PRE_PREPARE = "pre-prepare"
 PHASE_PREPARE = "prepare"
@@ -223,6 +227,8 @@ class Replica:
         self.catch_up_attempt = 0
         self.catch_up_deadline_ms: int | None = None
         self.served_at_ms: dict[str, int] = {}
+        self.probe_at_ms: int | None = None
+        self.probe_index = 0
         self.new_view_sent_ms: dict[str, int] = {}
         self.evidence_seen: set[tuple] = set()
 
@@ -297,11 +303,16 @@ class Replica:
         if self.retransmit_at_ms is None:
             self.retransmit_at_ms = now + self.config.retransmit_ms
             # First tick after a (re)start: ask every peer for blocks we may have missed while down.
+            self.probe_at_ms = now + self.config.catch_up_probe_ms
             first = self.last_applied_height + 1
             self._send(None, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
         elif now >= self.retransmit_at_ms:
             self.retransmit_at_ms = now + self.config.retransmit_ms
             self._retransmit()
+        if self.probe_at_ms is None or now >= self.probe_at_ms:
+            # A replica that missed the last blocks of a now idle chain hears nothing else: ask around.
+            self.probe_at_ms = now + self.config.catch_up_probe_ms
+            self._probe_peer()
         self._maybe_catch_up()
         self._advance()
         return self._ready()
@@ -480,10 +491,20 @@ class Replica:
                         self.blocks[cert.header.hash()] = (cert.header, cert.entries)
         if self.stable.height > self.last_applied_height:
             self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
+        # Ids of requests in blocks storage has applied. A block we recorded but storage did not apply
+        # (crash in between) commits again later, so its ids must not count yet.
+        for key in sorted(k for k in persisted if k.startswith(KEY_COMMITTED)):
+            if int.from_bytes(key[len(KEY_COMMITTED):], "big") <= self.last_applied_height:
+                for request_id in codec.unpack(persisted[key]):
+                    self.committed_ids[bytes(request_id)] = None
+        while len(self.committed_ids) > self.config.committed_request_ids_max:
+            self.committed_ids.popitem(last=False)
         # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
         for slot in self.slots.values():
             for request in slot.entries:
                 request_id = codec.sha256(request)
+                if request_id in self.committed_ids:
+                    continue
                 if request_id not in self.pool and len(self.pool) < self.config.request_pool_max:
                     self.pool[request_id] = _Pending(request, 0, from_client=True)
 
@@ -780,10 +801,14 @@ class Replica:
         self.last_applied_height = height
         self.last_applied_header = header
         self.committed_hashes[height] = header_hash
-        for request in block.entries:
-            request_id = codec.sha256(request)
+        request_ids = [codec.sha256(request) for request in block.entries]
+        for request_id in request_ids:
             self.pool.pop(request_id, None)
             self.committed_ids[request_id] = None
+        # Persisted so a restarted replica (or a whole restarted cluster) still refuses these requests.
+        self._persist.append((_height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
+        if height > self.config.committed_ids_heights_max:
+            self._persist.append((_height_key(KEY_COMMITTED, height - self.config.committed_ids_heights_max), None))
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
         self.commit_votes.pop(height, None)
@@ -1000,12 +1025,7 @@ class Replica:
             # Whoever leads next (or the others, if they stayed) must know the requests we wait for.
             self._resend_requests(None)
             # Stuck in a view change while the others may be committing without us: probe a peer for blocks.
-            peers = [v.id for v in self.validators.validators if v.id != self.me]
-            peer = peers[self.catch_up_attempt % len(peers)] if peers else None
-            if peer is not None:
-                self.catch_up_attempt += 1
-                first = self.last_applied_height + 1
-                self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+            self._probe_peer()
         else:
             for height in sorted(self.slots):
                 if height <= self.last_applied_height:
@@ -1049,6 +1069,15 @@ class Replica:
         self.served_at_ms[peer] = now
         to_height = min(self.last_applied_height, from_height + CATCH_UP_BLOCKS_MAX - 1)
         self._serve.append((peer, from_height, to_height))
+
+    def _probe_peer(self) -> None:
+        peers = [v.id for v in self.validators.validators if v.id != self.me]
+        if not peers:
+            return
+        peer = peers[self.probe_index % len(peers)]
+        self.probe_index += 1
+        first = self.last_applied_height + 1
+        self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
 
     def _set_catch_up_target(self, height: int, peers: list[str]) -> None:
         peers = [p for p in peers if p != self.me]

@@ -417,3 +417,19 @@ def test_config_is_checked():
         ReplicaConfig(checkpoint_interval=8, watermark_window=15)
     with pytest.raises(ReplicaConfigError, match="batch_requests_max"):
         ReplicaConfig(batch_requests_max=0)
+
+
+def test_whole_cluster_restart_still_refuses_a_committed_request():
+    """F1 (FINDINGS.md): after every replica restarts from persisted state, a client's retry of a request
+    that already committed is dropped, not committed a second time."""
+    cluster = Cluster()
+    cluster.submit("v1", b"ok:once")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:once"]), 200)
+    for node in cluster.nodes.values():
+        node.crash()
+    for node in cluster.nodes.values():
+        node.restart()
+    cluster.submit("v0", b"ok:once")
+    cluster.submit("v0", b"ok:next")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:next"]), 500)
+    cluster.assert_agreement()
