@@ -56,6 +56,7 @@ AEAD_TAG_BYTES = nacl.bindings.crypto_aead_chacha20poly1305_ietf_ABYTES
 NONCE_BYTES = nacl.bindings.crypto_aead_chacha20poly1305_ietf_NPUBBYTES
 HANDSHAKE_FRAME_BYTES_MAX = 1024       # the auth frame is ~150 bytes
 RECEIVE_CHUNK_BYTES = 65536
+INBOUND_HANDSHAKES_MAX = 64            # unauthenticated connections in handshake at once; more are closed
 FRAME_KIND_CONSENSUS = "c"
 FRAME_KIND_REQUEST = "r"
 FRAME_KINDS = (FRAME_KIND_CONSENSUS, FRAME_KIND_REQUEST)
@@ -286,6 +287,7 @@ class PeerNetwork:
         # Fault injection (tests only): links to these peers are cut and refused while listed.
         self.partitioned: frozenset[str] = frozenset()
         self.bound_port: int | None = None
+        self._inbound_handshakes = 0
         self._nursery: trio.Nursery | None = None
 
     # --- sending -------------------------------------------------------------------------------
@@ -357,7 +359,16 @@ class PeerNetwork:
         return None
 
     async def _accept(self, stream: trio.SocketStream) -> None:
-        result = await self._handshake(stream, None)
+        if self._inbound_handshakes >= INBOUND_HANDSHAKES_MAX:
+            # Strangers may not hold more than a bounded amount of our memory and descriptors.
+            self._refuse("too-many-handshakes")
+            await trio.aclose_forcefully(stream)
+            return
+        self._inbound_handshakes += 1
+        try:
+            result = await self._handshake(stream, None)
+        finally:
+            self._inbound_handshakes -= 1
         if result is None:
             return
         peer_id, connection = result

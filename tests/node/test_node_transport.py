@@ -326,3 +326,28 @@ async def test_inbound_link_from_a_peer_we_dial_is_refused():
             assert net0.connected_peers() == []
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_handshakes_in_progress_are_bounded(monkeypatch):
+    """At most INBOUND_HANDSHAKES_MAX strangers may sit in the handshake at once; one more is closed and counted."""
+    import node.transport as transport
+
+    monkeypatch.setattr(transport, "INBOUND_HANDSHAKES_MAX", 3)
+    keys, validators = make_validators()
+    in_send, _ = trio.open_memory_channel(4)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            net = make_network("v3", keys, validators, {"v0": None}, in_send, handshake_timeout_ms=10_000)
+            port = await nursery.start(net.run)
+            idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+            await wait_for(lambda: net._inbound_handshakes == 3)
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            await wait_for(lambda: net.metrics.rejected_frames.get("too-many-handshakes") == 1)
+            assert await extra.receive_some(100) == b""
+            for stream in idle + [extra]:
+                await stream.aclose()
+            # Slots free up again: an honest peer still gets through.
+            await wait_for(lambda: net._inbound_handshakes == 0)
+            stream, connection = await _honest_handshake_client(port, keys, validators, "v0")
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
