@@ -213,3 +213,25 @@ def shift_view(ctx: Context, data: bytes, delta: int) -> bytes | None:
     if view == message.view:
         return None
     return ctx.resign(dataclasses.replace(message, view=view))
+
+
+def check_evidence(evidence, validators: ValidatorSet, chain_id: str) -> str | None:
+    """None if `evidence` really proves equivocation by `evidence.validator`, else what is wrong."""
+    decoded = []
+    for data in (evidence.first, evidence.second):
+        try:
+            decoded.append(messages.decode_message(data, validators, chain_id))
+        except messages.MessageError as exc:
+            return f"evidence holds a message that does not verify ({exc.reason})"
+    first, second = decoded
+    if type(first) is not type(second):
+        return "evidence holds two different kinds of message"
+    if getattr(first, "sender", None) != evidence.validator or getattr(second, "sender", None) != evidence.validator:
+        return "evidence messages are not both signed by the accused"
+    if getattr(first, "view", None) != getattr(second, "view", None):
+        return "evidence messages are for different views"
+    if getattr(first, "height", None) != getattr(second, "height", None):
+        return "evidence messages are for different heights"
+    if evidence.first == evidence.second:
+        return "evidence holds the same message twice"
+    return None

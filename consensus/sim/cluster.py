@@ -258,8 +258,14 @@ class Simulation:
         self._stage(node, "after_apply")
         for peer_id, from_height, to_height in adapter.ready_serve_catch_up(ready):
             self.serve_catch_up(node, peer_id, from_height, to_height)
-        for _evidence in adapter.ready_evidence(ready):
+        for evidence in adapter.ready_evidence(ready):
             self.faults["evidence_reported"] += 1
+            if self.checker.is_honest(node.id):
+                if self.checker.is_honest(evidence.validator):
+                    raise SafetyViolation(f"replica {node.id} accuses honest {evidence.validator} of equivocation")
+                problem = adapter.check_evidence(evidence, self.validators, CHAIN_ID)
+                if problem is not None:
+                    raise SafetyViolation(f"replica {node.id} reported bad evidence: {problem}")
         for _peer, reason in adapter.ready_rejected(ready):
             self.faults[f"rejected_{reason}"] += 1
         return follow_up

@@ -1,13 +1,28 @@
 """Regressions: every replica bug the simulator found (tests/consensus/FINDINGS.md) stays
-here as a fixed schedule or seed, so it cannot come back unnoticed."""
+here as a fixed schedule or seed, so it cannot come back unnoticed.
+
+A seed replays its bug only while faults.draw_fault_plan draws the same plan; the
+scripted cases do not depend on that."""
 
 import pytest
 
-from consensus.sim import Simulation
+from consensus.sim import Simulation, draw_fault_plan, run_seed
 from consensus.sim.faults import calm_plan
 
+# (seed, ticks, finding): seeds that once failed.
+FAILED_SEEDS = [
+    (31, 300, "F1"),   # client retry after three of four replicas restarted: committed twice
+    (31, 600, "F1"),
+    (61, 600, "F2"),   # replica cut off from the last block of an idle chain never caught up
+]
 
-@pytest.mark.xfail(strict=True, reason="FINDINGS.md F1: committed request ids are lost on restart")
+
+@pytest.mark.parametrize("seed, ticks, finding", FAILED_SEEDS)
+def test_seed_that_once_failed(seed, ticks, finding):
+    result = run_seed(draw_fault_plan(seed, ticks=ticks))
+    assert result.ok, f"{finding}: {result.summary()}"
+
+
 def test_client_retry_after_cluster_restart_is_not_committed_again():
     """F1. A request commits; every replica crashes after applying it and restarts from its
     persisted state; the client, having seen no answer, sends the same request again.
