@@ -86,9 +86,12 @@ class ConsensusConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    frame_bytes_max: int = 8 * 1024 * 1024         # one encrypted peer frame (ciphertext)
+    # One encrypted peer frame (ciphertext). A NEW-VIEW may carry up to consensus.messages.MESSAGE_BYTES_MAX
+    # (64 MiB: 2f + 1 view changes with their prepared blocks); the frame adds msgpack and AEAD overhead.
+    frame_bytes_max: int = 64 * 1024 * 1024 + 1024
     handshake_timeout_ms: int = 5000               # a peer must finish the handshake in this time
     peer_send_queue_frames_max: int = 4096         # frames waiting for one slow peer
+    peer_send_queue_bytes_max: int = 256 * 1024 * 1024  # bytes waiting for one slow peer
     inbound_queue_messages_max: int = 4096         # messages from all peers waiting for the core
     mempool_requests_max: int = 20000              # accepted entries not yet committed
     rpc_connections_max: int = 256                 # concurrent RPC clients
@@ -136,6 +139,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "frame_bytes_max": (1024, 256 * 1024 * 1024),
         "handshake_timeout_ms": (100, 600_000),
         "peer_send_queue_frames_max": (1, 1_000_000),
+        "peer_send_queue_bytes_max": (1024, 16 * 1024 * 1024 * 1024),
         "inbound_queue_messages_max": (1, 1_000_000),
         "mempool_requests_max": (1, 10_000_000),
         "rpc_connections_max": (1, 100_000),

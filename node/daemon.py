@@ -214,6 +214,7 @@ class Daemon:
             inbound=inbound_send, metrics=self.metrics, frame_bytes_max=config.limits.frame_bytes_max,
             handshake_timeout_ms=config.limits.handshake_timeout_ms,
             send_queue_frames_max=config.limits.peer_send_queue_frames_max,
+            send_queue_bytes_max=config.limits.peer_send_queue_bytes_max,
             reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
             reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
         )

@@ -248,6 +248,7 @@ class PeerSlot:
     send_queue_frames_max: int
     queue: deque = field(default_factory=deque)
     wake: trio.Event = field(default_factory=trio.Event)
+    queued_bytes: int = 0
     connection: SecretConnection | None = None
     link_scope: trio.CancelScope | None = None
     connected_once: bool = False
@@ -266,7 +267,8 @@ class PeerNetwork:
     def __init__(self, *, node_id: str, chain_id: str, signing_key: nacl.signing.SigningKey,
                  validators: ValidatorSet, peers: dict[str, Address | None], listen: Address,
                  inbound: trio.MemorySendChannel, metrics: NodeMetrics, frame_bytes_max: int,
-                 handshake_timeout_ms: int, send_queue_frames_max: int, reconnect_backoff_min_ms: int,
+                 handshake_timeout_ms: int, send_queue_frames_max: int, send_queue_bytes_max: int,
+                 reconnect_backoff_min_ms: int,
                  reconnect_backoff_max_ms: int, rng: random.Random | None = None,
                  on_link_change: Callable[[], None] | None = None):
         self.node_id = node_id
@@ -278,6 +280,7 @@ class PeerNetwork:
         self.metrics = metrics
         self.frame_bytes_max = frame_bytes_max
         self.handshake_timeout_ms = handshake_timeout_ms
+        self.send_queue_bytes_max = send_queue_bytes_max
         self.reconnect_backoff_min_ms = reconnect_backoff_min_ms
         self.reconnect_backoff_max_ms = reconnect_backoff_max_ms
         self.rng = rng or random.Random()
@@ -293,14 +296,18 @@ class PeerNetwork:
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, peer_id: str, kind: str, payload: bytes) -> None:
-        """Queue a frame for one peer without waiting; drops the peer's oldest frame when its queue is full."""
+        """Queue a frame for one peer without waiting; drops the peer's oldest frames while its queue is over
+        its frame or byte bound (a slow or dead peer costs bounded memory and never blocks the others)."""
         slot = self.slots.get(peer_id)
         if slot is None:
             return
-        if len(slot.queue) >= slot.send_queue_frames_max:
-            slot.queue.popleft()
+        frame = encode_frame(kind, payload)
+        slot.queue.append(frame)
+        slot.queued_bytes += len(frame)
+        while len(slot.queue) > 1 and (len(slot.queue) > slot.send_queue_frames_max
+                                       or slot.queued_bytes > self.send_queue_bytes_max):
+            slot.queued_bytes -= len(slot.queue.popleft())
             self.metrics.dropped_frames.inc()
-        slot.queue.append(encode_frame(kind, payload))
         slot.wake.set()
 
     def broadcast(self, kind: str, payload: bytes, exclude: str | None = None) -> None:
@@ -465,4 +472,4 @@ class PeerNetwork:
                 return
             # Removed only once written, so a frame cut off by a dying link is retried on the next one.
             if slot.queue and slot.queue[0] is frame:
-                slot.queue.popleft()
+                slot.queued_bytes -= len(slot.queue.popleft())

@@ -49,7 +49,7 @@ def test_minimal_config_gets_defaults_and_resolves_paths(tmp_path):
     assert str(config.listen.p2p) == "127.0.0.1:7000"
     assert config.peers is None
     assert config.consensus.view_timeout_ms == 2000
-    assert config.limits.frame_bytes_max == 8 * 1024 * 1024
+    assert config.limits.frame_bytes_max == 64 * 1024 * 1024 + 1024
     assert config.testing.fault_injection is False
 
 

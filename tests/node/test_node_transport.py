@@ -37,6 +37,7 @@ def make_validators(count: int = 4):
 
 def make_network(node_id, keys, validators, peers, inbound, **overrides):
     settings = dict(frame_bytes_max=FRAME_BYTES_MAX, handshake_timeout_ms=2000, send_queue_frames_max=8,
+                    send_queue_bytes_max=1 << 20,
                     reconnect_backoff_min_ms=20, reconnect_backoff_max_ms=200)
     settings.update(overrides)
     return PeerNetwork(node_id=node_id, chain_id=CHAIN, signing_key=keys[node_id], validators=validators,
@@ -146,6 +147,21 @@ async def test_send_queue_keeps_newest_frames_at_its_limit():
     net.send("v1", FRAME_KIND_CONSENSUS, b"\x03")
     assert net.metrics.dropped_frames.get() == 1
     assert [decode_frame(f)[1] for f in net.slots["v1"].queue] == [b"\x01", b"\x02", b"\x03"]
+
+
+async def test_send_queue_is_bounded_in_bytes_too():
+    """Frames beyond send_queue_bytes_max push out the oldest; the newest frame is always kept."""
+    keys, validators = make_validators()
+    send, _ = trio.open_memory_channel(1)
+    net = make_network("v0", keys, validators, {"v1": None}, send, send_queue_bytes_max=3000)
+    frame_bytes = len(encode_frame(FRAME_KIND_CONSENSUS, b"x" * 1000))
+    for index in range(3):
+        net.send("v1", FRAME_KIND_CONSENSUS, bytes([index]) * 1000)
+    # 3 frames of ~1003 bytes exceed 3000: the first is dropped.
+    assert len(net.slots["v1"].queue) == 2 and net.slots["v1"].queued_bytes == 2 * frame_bytes
+    assert net.metrics.dropped_frames.get() == 1
+    net.send("v1", FRAME_KIND_CONSENSUS, b"y" * 5000)
+    assert [decode_frame(f)[1] for f in net.slots["v1"].queue] == [b"y" * 5000]
 
 
 async def _hostile_session(net_port, payload_fn):
