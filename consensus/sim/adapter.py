@@ -189,6 +189,8 @@ def conflicting_vote(ctx: Context, data: bytes, rng: random.Random) -> bytes | N
 
 def forge_signature(ctx: Context, data: bytes, stranger_key: nacl.signing.SigningKey, rng: random.Random):
     message = ctx.decode(data)
+    if isinstance(message, messages.CatchUpResponse) and message.blocks:
+        return messages.encode(messages.CatchUpResponse(_forged_blocks(message.blocks, rng)))
     if message is None or not isinstance(message, messages.SIGNED_TYPES):
         return None
     choice = rng.randrange(3)
@@ -201,6 +203,24 @@ def forge_signature(ctx: Context, data: bytes, stranger_key: nacl.signing.Signin
     # Impersonation: claims another validator as the sender, keeps our signature.
     others = [v.id for v in ctx.validators.validators if v.id != ctx.me]
     return messages.encode(dataclasses.replace(message, sender=rng.choice(others)))
+
+
+def _forged_blocks(blocks, rng: random.Random):
+    """Catch-up blocks whose certificate no longer covers them (or is no quorum)."""
+    index = rng.randrange(len(blocks))
+    block = blocks[index]
+    if rng.random() < 0.5:
+        # Another body and header under the old certificate.
+        entries = block.entries + (app.make_request("forger", rng.randrange(1 << 30), rng.randbytes(4)),)
+        header = BlockHeader(**{
+            **block.header.to_wire(), "entries_hash": messages.entries_hash(entries), "entry_count": len(entries),
+        })
+        forged = messages.CommittedBlock(header, entries, block.certificate)
+    else:
+        # The right block with a certificate cut down to one signature.
+        certificate = dataclasses.replace(block.certificate, signatures=block.certificate.signatures[:1])
+        forged = messages.CommittedBlock(block.header, block.entries, certificate)
+    return blocks[:index] + (forged,) + blocks[index + 1:]
 
 
 def shift_view(ctx: Context, data: bytes, delta: int) -> bytes | None:

@@ -151,6 +151,11 @@ def draw_fault_plan(
         "client_retry_probability": _p(rng, 0.3) if rng.random() < 0.5 else 0.0,
         "send_before_persist": rng.random() < 0.5,
     }
+    if replicas is None and byzantine is not None and byzantine > plan.f:
+        # A drawn cluster too small for the asked Byzantine count grows to the smallest that allows it.
+        fitting = [n for n in REPLICA_COUNTS if (n - 1) // 3 >= byzantine]
+        if fitting:
+            replicas = fitting[0]
     if replicas is not None:
         if replicas not in REPLICA_COUNTS:
             raise ValueError(f"--replicas must be one of {REPLICA_COUNTS}, got {replicas}")

@@ -92,3 +92,26 @@ def test_every_behaviour_alters_what_it_applies_to(setup, behaviour_name):
         assert out == []
     else:
         assert any(payload != data for _, payload in out)
+
+
+def test_forged_catch_up_blocks_do_not_verify(setup):
+    """A Byzantine node serving catch-up alters a block or strips its certificate: the block
+    must fail CommittedBlock.verify, the check a catching-up replica makes."""
+    from consensus.block import CommitCertificate, CommitSignature, commit_vote_payload
+    from consensus import codec
+    vset, keys = setup
+    _, pre = pre_prepare(vset, keys)
+    payload = commit_vote_payload(0, 1, pre.header.hash())
+    sigs = tuple(CommitSignature(v, codec.sign(keys[v], codec.DOMAIN_COMMIT, CHAIN_ID, payload)) for v in ("r0", "r1", "r2"))
+    block = messages.CommittedBlock(pre.header, pre.entries, CommitCertificate(0, 1, pre.header.hash(), sigs))
+    block.verify(vset)
+    data = messages.encode(messages.CatchUpResponse((block,)))
+    ctx = adapter.Context(vset, CHAIN_ID, keys["r3"], "r3")
+    rng = random.Random(5)
+    reasons = set()
+    for _ in range(20):
+        forged = decode(vset, adapter.forge_signature(ctx, data, None, rng)).blocks[0]
+        with pytest.raises(messages.MessageError) as caught:
+            forged.verify(vset)
+        reasons.add(str(caught.value))
+    assert len(reasons) >= 2

@@ -155,6 +155,11 @@ def test_fault_plan_overrides_are_validated_and_keep_other_draws():
     assert draw_fault_plan(5, replicas=10, byzantine=3).byzantine_count == 3
     with pytest.raises(ValueError, match="byzantine"):
         draw_fault_plan(5, replicas=4, byzantine=2)
+    with pytest.raises(ValueError, match="byzantine"):
+        draw_fault_plan(5, byzantine=4)
+    # Without --replicas, a drawn cluster too small for the Byzantine count grows to fit it.
+    assert all(draw_fault_plan(seed, byzantine=3).replica_count == 10 for seed in range(20))
+    assert {draw_fault_plan(seed, byzantine=2).replica_count for seed in range(40)} == {7, 10}
     with pytest.raises(ValueError, match="replicas"):
         draw_fault_plan(5, replicas=5)
 
