@@ -9,11 +9,15 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
     b<height:8>                    block record: msgpack array, one item per entry in block order:
                                    leaf index (int) if accepted, [reason, entry bytes] if rejected
     e<leaf:8>                      accepted entry bytes, by Merkle leaf index
-    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 1
-                                   (level 0, the leaf hash, is SHA-256(0x00 || e<leaf>))
-    k<commitment:32>               commitment index: msgpack [leaf, height, author, revoke leaf or nil]
+    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 3; the
+                                   lower levels are rehashed from the (at most 8) entries of one
+                                   aligned group, read with one range scan
+    k<commitment:32>               commitment index: msgpack int leaf index (active) or
+                                   [leaf index, revoke leaf index] (revoked). Author, kind, expiry
+                                   are in the entry; the height is found from the headers' tree sizes
     p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
-    u<author>\\x00<nonce:8>          (author, nonce) pairs already applied; empty value
+    w<author>                      replay window of an author (participant id or "governance"):
+                                   msgpack [highest nonce applied, bitmap bin]; see NonceWindow
     x<key>                         the consensus replica's persisted state (opaque to storage)
 
 A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
@@ -37,7 +41,7 @@ import msgpack
 import plyvel
 
 from consensus import codec
-from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate, entries_hash
+from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate
 
 from . import merkle
 from .entries import EntryError, decode_entry
@@ -57,8 +61,9 @@ except ImportError:  # pragma: no cover - depends on the consensus engineer's pr
 FORMAT_VERSION = 1
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
-node_level_min_stored = 1            # level-0 hashes are recomputed from the entry bytes
+node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries: saves 28 bytes a leaf
 node_cache_level_min = 8             # subtrees of >= 256 leaves stay in memory once read (few, immutable)
+nonce_window = 1024                  # nonces per author that may arrive out of order
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
 leveldb_write_buffer_bytes = 16 * 1024 * 1024
@@ -68,6 +73,7 @@ leveldb_bloom_bits = 10              # bits per key: most lookups are for keys t
 
 _U64 = struct.Struct(">Q")
 _pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashed)
+_window_mask = (1 << nonce_window) - 1
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
@@ -78,8 +84,43 @@ def _node_key(level: int, index: int) -> bytes:
     return b"n" + bytes((level,)) + _U64.pack(index)
 
 
-def _nonce_key(author: str, nonce: int) -> bytes:
-    return b"u" + author.encode() + b"\x00" + _U64.pack(nonce)
+@dataclass(frozen=True)
+class NonceWindow:
+    """Which of an author's nonces are used: the highest one, and a bitmap of the nonce_window below it.
+
+    A nonce applies once: above `highest` it is new; within the window it is
+    new iff its bit is clear; below the window it is refused ("stale-nonce").
+    So authors may submit concurrently out of order (within the window) and
+    the ledger keeps one small record per author instead of one per entry.
+    """
+
+    highest: int = -1
+    used: int = 0  # bit j set: nonce highest - j is used (0 <= j < nonce_window)
+
+    def check(self, nonce: int) -> str | None:
+        if nonce > self.highest:
+            return None
+        if nonce <= self.highest - nonce_window:
+            return "stale-nonce"
+        return "replayed-nonce" if self.used >> (self.highest - nonce) & 1 else None
+
+    def mark(self, nonce: int) -> "NonceWindow":
+        if nonce > self.highest:
+            return NonceWindow(nonce, ((self.used << (nonce - self.highest)) | 1) & _window_mask)
+        return NonceWindow(self.highest, self.used | 1 << (self.highest - nonce))
+
+    def encode(self) -> bytes:
+        return _pack([self.highest, self.used.to_bytes(nonce_window // 8, "big")])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "NonceWindow":
+        highest, used = msgpack.unpackb(data)
+        return cls(highest, int.from_bytes(used, "big"))
+
+
+def _entries_hash(entries: Sequence[bytes]) -> bytes:
+    """consensus.block.entries_hash, without the generic canonicalizer: an array of bin is already canonical."""
+    return codec.sha256(msgpack.packb(list(entries), use_bin_type=True))
 
 
 def results_hash(results: Sequence[int | str]) -> bytes:
@@ -109,17 +150,18 @@ def _outcome(result: int | str) -> EntryOutcome:
 @dataclass(frozen=True)
 class CommitmentRecord:
     leaf_index: int
-    height: int
-    author: str
     revoke_leaf: int | None
+    author: str | None = None  # known for in-flight records; read from the entry for stored ones
 
     def encode(self) -> bytes:
-        return _pack([self.leaf_index, self.height, self.author, self.revoke_leaf])
+        return _pack(self.leaf_index if self.revoke_leaf is None else [self.leaf_index, self.revoke_leaf])
 
     @classmethod
     def decode(cls, data: bytes) -> "CommitmentRecord":
-        leaf, height, author, revoke = msgpack.unpackb(data, raw=False)
-        return cls(leaf, height, author, revoke)
+        value = msgpack.unpackb(data)
+        if isinstance(value, int):
+            return cls(value, None)
+        return cls(value[0], value[1])
 
 
 @dataclass(frozen=True)
@@ -154,8 +196,11 @@ class _StoreView:
     def participant(self, participant_id: str) -> ParticipantRecord | None:
         return self._ledger.participant(participant_id)
 
-    def nonce_used(self, author: str, nonce: int) -> bool:
-        return self._ledger._db.get(_nonce_key(author, nonce)) is not None
+    def nonce_window(self, author: str) -> NonceWindow:
+        return self._ledger.nonce_window(author)
+
+    def entry(self, leaf_index: int) -> bytes:
+        return self._ledger.entry(leaf_index)
 
 
 class Execution:
@@ -174,7 +219,7 @@ class Execution:
         self.entries = tuple(entries)
         self.commitments: dict[bytes, CommitmentRecord] = {}
         self.participants: dict[str, ParticipantRecord] = {}
-        self.nonces: set[tuple[str, int]] = set()
+        self.nonces: dict[str, NonceWindow] = {}
         self.accepted: list[bytes] = []
         self.results: list[int | str] = []
         self.first_leaf = frontier.size
@@ -191,14 +236,21 @@ class Execution:
         found = self.participants.get(participant_id)
         return found if found is not None else self.parent.participant(participant_id)
 
-    def nonce_used(self, author: str, nonce: int) -> bool:
-        return (author, nonce) in self.nonces or self.parent.nonce_used(author, nonce)
+    def nonce_window(self, author: str) -> NonceWindow:
+        found = self.nonces.get(author)
+        return found if found is not None else self.parent.nonce_window(author)
+
+    def entry(self, leaf_index: int) -> bytes:
+        if leaf_index >= self.first_leaf:
+            return self.accepted[leaf_index - self.first_leaf]
+        return self.parent.entry(leaf_index)
 
     def result(self) -> ExecutionResult:
         return ExecutionResult(tree_size=self.frontier.size, tree_root=self.frontier.root(),
                                results_hash=results_hash(self.results))
 
     def run(self, genesis: Genesis) -> None:
+        self._kinds = frozenset(genesis.entry_kinds)
         leaves: list[bytes] = []
         next_leaf = self.first_leaf
         for data in self.entries:
@@ -225,8 +277,6 @@ class Execution:
         if entry.chain_id != genesis.chain_id:
             return "wrong-chain"
         author = entry.author
-        if self.nonce_used(author, entry.nonce):
-            return "replayed-nonce"
         if author == GOVERNANCE_AUTHOR:
             # Which keys signed is part of the signed entry; the threshold is re-checked here
             # (no cryptography) so a block can never apply an under-signed governance entry.
@@ -243,10 +293,16 @@ class Execution:
                 return "key-mismatch"
             if record.status != STATUS_ACTIVE:
                 return "suspended"
+        # After the author checks, so only registered authors ever get a replay window.
+        window = self.nonce_window(author)
+        refused = window.check(entry.nonce)
+        if refused is not None:
+            return refused
         fields = entry.fields
         kind = entry.type
+        kinds = self._kinds
         if kind == "commit":
-            if fields["kind"] not in genesis.entry_kinds:
+            if fields["kind"] not in kinds:
                 return "unknown-kind"
             expires = fields["expires_ms"]
             if expires is not None and expires <= self.time_ms:
@@ -254,7 +310,7 @@ class Execution:
             commitment = fields["commitment"]
             if self.commitment(commitment) is not None:
                 return "duplicate-commitment"
-            self.commitments[commitment] = CommitmentRecord(leaf, self.height, author, None)
+            self.commitments[commitment] = CommitmentRecord(leaf, None, author)
         elif kind == "revoke":
             commitment = fields["commitment"]
             record = self.commitment(commitment)
@@ -262,9 +318,12 @@ class Execution:
                 return "unknown-commitment"
             if record.revoke_leaf is not None:
                 return "already-revoked"
-            if author != GOVERNANCE_AUTHOR and author != record.author:
+            submitter = record.author
+            if submitter is None:
+                submitter = decode_entry(self.entry(record.leaf_index)).author
+            if author != GOVERNANCE_AUTHOR and author != submitter:
                 return "not-submitter"
-            self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, record.author, leaf)
+            self.commitments[commitment] = CommitmentRecord(record.leaf_index, leaf, submitter)
         elif kind == "admit":
             p = fields["participant"]
             existing = self.participant(p.id)
@@ -280,7 +339,7 @@ class Execution:
                 return "already-suspended"
             self.participants[existing.id] = ParticipantRecord(
                 existing.id, existing.jurisdiction, existing.role, existing.public_key, STATUS_SUSPENDED)
-        self.nonces.add((author, entry.nonce))
+        self.nonces[author] = window.mark(entry.nonce)
         return None
 
 
@@ -297,6 +356,9 @@ class Ledger:
         self._validator_set_hash = genesis.validator_set.hash()
         self._participants: dict[str, ParticipantRecord | None] = {}
         self._node_cache: dict[tuple[int, int], bytes] = {}
+        self._nonce_windows: dict[str, NonceWindow] = {}
+        self._group_cache: dict[int, list[bytes]] = {}  # leaf hashes of recently read groups (immutable)
+        self._frontier_source: tuple | None = None
         self._speculative: dict[tuple, Execution] = {}
         self._store_view = _StoreView(self)
         self._height = _U64.unpack(db.get(b"mheight"))[0]
@@ -438,8 +500,17 @@ class Ledger:
         with self._db.iterator(prefix=b"p", include_key=False) as it:
             return [ParticipantRecord.decode(v) for v in it]
 
+    def nonce_window(self, author: str) -> NonceWindow:
+        found = self._nonce_windows.get(author)
+        if found is None:
+            data = self._db.get(b"w" + author.encode())
+            found = NonceWindow() if data is None else NonceWindow.decode(data)
+            self._nonce_windows[author] = found
+        return found
+
     def nonce_used(self, author: str, nonce: int) -> bool:
-        return self._db.get(_nonce_key(author, nonce)) is not None
+        """Has (author, nonce) been applied, or is it too old to ever apply?"""
+        return self.nonce_window(author).check(nonce) is not None
 
     def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
         data = self._db.get(b"k" + commitment)
@@ -452,6 +523,7 @@ class Ledger:
             return None
         entry = decode_entry(self.entry(record.leaf_index))
         expires = entry.fields["expires_ms"]
+        height = self._height_of_leaf(record.leaf_index)
         if record.revoke_leaf is not None:
             status = "revoked"
         elif expires is not None and expires <= now_ms:
@@ -459,7 +531,7 @@ class Ledger:
         else:
             status = STATUS_ACTIVE
         return {
-            "status": status, "leaf_index": record.leaf_index, "height": record.height, "author": record.author,
+            "status": status, "leaf_index": record.leaf_index, "height": height, "author": entry.author,
             "kind": entry.fields["kind"], "jurisdiction": entry.fields["jurisdiction"], "expires_ms": expires,
             "revoke_leaf_index": record.revoke_leaf,
         }
@@ -467,29 +539,47 @@ class Ledger:
     # -- Merkle log ---------------------------------------------------------------------------------
 
     def _node(self, level: int, index: int) -> bytes:
-        """Hash of complete subtree (level, index) of the applied log: O(1) reads."""
+        """Hash of complete subtree (level, index) of the applied log: one read, or one range scan."""
         if level >= node_cache_level_min:
             cached = self._node_cache.get((level, index))
             if cached is not None:
                 return cached
-        if level == 0:
-            return merkle.leaf_hash(self.entry(index))
         if level < node_level_min_stored:
-            return merkle.node_hash(self._node(level - 1, 2 * index), self._node(level - 1, 2 * index + 1))
-        data = self._db.get(_node_key(level, index))
+            return self._low_node(level, index)
+        data = self._db.get(b"n" + bytes((level,)) + _U64.pack(index))
         if data is None:
             raise LedgerError(f"Merkle node ({level}, {index}) is missing from the store")
         if level >= node_cache_level_min:
             self._node_cache[(level, index)] = data
         return data
 
+    def _low_node(self, level: int, index: int) -> bytes:
+        """A node below the stored levels, rehashed from the leaves of its aligned group."""
+        group_leaves = 1 << node_level_min_stored
+        first = (index << level) // group_leaves * group_leaves
+        hashes = self._group_cache.get(first)
+        if hashes is None:
+            end = _U64.pack(first + group_leaves)
+            with self._db.iterator(start=b"e" + _U64.pack(first), stop=b"e" + end, include_key=False) as it:
+                hashes = [merkle.leaf_hash(data) for data in it]
+            if len(hashes) == group_leaves:  # a partial group at the log's end still grows
+                if len(self._group_cache) >= 64:
+                    self._group_cache.clear()
+                self._group_cache[first] = hashes
+        offset = (index << level) - first
+        if level == 0:
+            return hashes[offset]
+        return merkle.root_from_leaf_hashes(hashes[offset:offset + (1 << level)])
+
     def _node_source(self) -> merkle.NodeSource:
-        return self._frontier.node_source(self._node)
+        if self._frontier_source is None or self._frontier_source[0] is not self._frontier:
+            self._frontier_source = (self._frontier, self._frontier.node_source(self._node))
+        return self._frontier_source[1]
 
     def tree_root(self, size: int | None = None) -> bytes:
         size = self._frontier.size if size is None else size
         self._check_size(size)
-        return self._frontier.root() if size == self._frontier.size else merkle.root(self._node, size)
+        return self._frontier.root() if size == self._frontier.size else merkle.root(self._node_source(), size)
 
     def inclusion_proof(self, leaf_index: int, tree_size: int | None = None) -> list[bytes]:
         tree_size = self._frontier.size if tree_size is None else tree_size
@@ -521,7 +611,8 @@ class Ledger:
         revocation = None
         if record.revoke_leaf is not None:
             revocation = self._proven_leaf(record.revoke_leaf, self._height_of_leaf(record.revoke_leaf))
-        return build_match_proof(self._proven_leaf(record.leaf_index, record.height), revocation)
+        main = self._proven_leaf(record.leaf_index, self._height_of_leaf(record.leaf_index))
+        return build_match_proof(main, revocation)
 
     def _proven_leaf(self, leaf_index: int, height: int) -> dict:
         header = self.header(height)
@@ -560,12 +651,14 @@ class Ledger:
         return None if execution is None else execution.result()
 
     def _execution_for(self, parent: BlockHeader | None, height: int, time_ms: int,
-                       entries: Sequence[bytes]) -> Execution | None:
+                       entries: Sequence[bytes], body_hash: bytes | None = None) -> Execution | None:
         if not isinstance(height, int) or height < 1 or len(entries) > block_entries_max:
             return None
         entries = tuple(entries)
+        if not all(type(e) is bytes for e in entries):
+            return None
         parent_hash = parent.hash() if parent is not None else ZERO_HASH
-        key = (parent_hash, height, time_ms, entries_hash(entries))
+        key = (parent_hash, height, time_ms, body_hash or _entries_hash(entries))
         found = self._speculative.get(key)
         if found is not None and self._chain_is_live(found):
             return found
@@ -642,14 +735,17 @@ class Ledger:
             raise LedgerError(f"block {height} has time {header.time_ms} before its parent's {self._head.time_ms}")
         if len(entries) > block_entries_max:
             raise LedgerError(f"block {height} has {len(entries)} entries, more than {block_entries_max}")
-        if header.entry_count != len(entries) or header.entries_hash != entries_hash(entries):
+        if not all(type(e) is bytes for e in entries):
+            raise LedgerError(f"block {height}: entries must be bytes")
+        body_hash = _entries_hash(entries)
+        if header.entry_count != len(entries) or header.entries_hash != body_hash:
             raise LedgerError(f"block {height}: entries do not match the header's entry_count/entries_hash")
         try:
             certificate.verify(header, self.genesis.validator_set)
         except CertificateError as exc:
             raise LedgerError(f"block {height}: commit certificate does not hold: {exc}") from None
 
-        execution = self._execution_for(self._head, height, header.time_ms, entries)
+        execution = self._execution_for(self._head, height, header.time_ms, entries, body_hash)
         assert execution is not None, "the applied head is always a valid parent"
         result = execution.result()
         if (result.tree_size, result.tree_root, result.results_hash) != (
@@ -676,8 +772,8 @@ class Ledger:
             put(b"k" + commitment, record.encode())
         for record in execution.participants.values():
             put(b"p" + record.id.encode(), record.encode())
-        for author, nonce in execution.nonces:
-            put(_nonce_key(author, nonce), b"")
+        for author, window in execution.nonces.items():
+            put(b"w" + author.encode(), window.encode())
         block_record = [
             result if isinstance(result, int) else [result, data]
             for result, data in zip(execution.results, execution.entries)
@@ -695,6 +791,7 @@ class Ledger:
         self._frontier = execution.frontier
         for record in execution.participants.values():
             self._participants[record.id] = record
+        self._nonce_windows.update(execution.nonces)
         for key in [k for k, e in self._speculative.items() if e.height <= height]:
             del self._speculative[key]
 

@@ -76,21 +76,25 @@ def root(node: NodeSource, size: int) -> bytes:
 
 
 def inclusion_path(node: NodeSource, index: int, size: int) -> list[bytes]:
-    """PATH(index, D[0:size]) from RFC 6962 §2.1.1, leaf-side first (RFC 9162 order)."""
+    """PATH(index, D[0:size]) from RFC 6962 §2.1.1, leaf side first (RFC 9162 order).
+
+    Bottom-up, as transparency-dev/merkle computes it: with inner = bit length
+    of index XOR (size - 1), the path is the complete siblings at levels below
+    inner - 1, then the sibling at level inner - 1 (the right edge of the
+    tree, possibly incomplete), then the left siblings at each higher level
+    where index has a 1 bit.
+    """
     if not 0 <= index < size:
         raise ValueError(f"leaf index {index} is not below tree size {size}")
-    path: list[bytes] = []
-    start, end = 0, size
-    # Walk down from the root, collecting siblings; reverse at the end.
-    while end - start > 1:
-        k = _largest_power_of_two_below(end - start)
-        if index < start + k:
-            path.append(subtree_hash(node, start + k, end))
-            end = start + k
-        else:
-            path.append(subtree_hash(node, start, start + k))
-            start = start + k
-    path.reverse()
+    inner = (index ^ (size - 1)).bit_length()
+    path = [node(level, (index >> level) ^ 1) for level in range(inner - 1)]
+    if inner:
+        level = inner - 1
+        start = ((index >> level) ^ 1) << level
+        path.append(subtree_hash(node, start, size))
+    for level in range(inner, size.bit_length()):
+        if index >> level & 1:
+            path.append(node(level, (index >> level) ^ 1))
     return path
 
 

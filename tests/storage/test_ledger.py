@@ -1,0 +1,290 @@
+"""The LevelDB ledger: apply rules with their reason codes, atomic idempotent apply, opening checks,
+proofs from the store against an in-memory recomputation, and speculative execution."""
+
+from __future__ import annotations
+
+import plyvel
+import pytest
+
+from consensus.block import BlockHeader
+from consensus.messages import CommittedBlock
+from storage import entries, merkle
+from storage import ledger as ledger_module
+from storage.genesis import Participant
+from storage.ledger import Ledger, LedgerApplication, LedgerError, NonceWindow
+from storage_helpers import Author, certify, commitment, key_from, make_world, next_block
+
+
+def apply(world, ledger, entry_list, **kw):
+    block = next_block(world, ledger, entry_list, **kw)
+    return [o.reason if not o.ok else o.leaf_index for o in ledger.apply_block(block)]
+
+
+def regulators(world):
+    return list(world.governance_keys.items())
+
+
+def test_commit_and_duplicate(world, ledger):
+    author = Author(world, "hk-bureau")
+    other = Author(world, "cn-bureau")
+    assert apply(world, ledger, [author.commit(commitment(1)), author.commit(commitment(2)),
+                                 other.commit(commitment(1), jurisdiction="CN")]) == [0, 1, "duplicate-commitment"]
+    assert ledger.tree_size() == 2
+    assert apply(world, ledger, [other.commit(commitment(2))]) == ["duplicate-commitment"]
+    assert ledger.tree_size() == 2
+    status = ledger.commitment_status(commitment(1), now_ms=0)
+    assert status["status"] == "active" and status["author"] == "hk-bureau" and status["height"] == 1
+    assert ledger.commitment_status(commitment(99), now_ms=0) is None
+    # The rejected entry is kept in the block, with its reason, and served in catch-up.
+    block = ledger.committed_block(1)
+    assert len(block.entries) == 3 and block.header.entry_count == 3
+    assert ledger.block_results(1) == [0, 1, "duplicate-commitment"]
+    block.verify(world.genesis.validator_set)
+
+
+def test_author_rules(world, ledger):
+    stranger_key = key_from("stranger")
+    stranger = entries.build_commit(stranger_key, "stranger", world.chain_id, commitment(1), "credit-report", "HK", 1, 1)
+    impostor = entries.build_commit(stranger_key, "hk-bureau", world.chain_id, commitment(2), "credit-report", "HK", 1, 1)
+    unknown_kind = Author(world, "hk-bureau").commit(commitment(3), kind="horoscope")
+    other_chain = Author(make_world(chain_id="elsewhere"), "hk-bureau").commit(commitment(4))
+    assert apply(world, ledger, [stranger, impostor, unknown_kind, other_chain, b"\x00garbage"]) == [
+        "unknown-author", "key-mismatch", "unknown-kind", "wrong-chain", "entry-malformed"]
+    assert ledger.tree_size() == 0
+
+
+def test_replay_and_nonce_window(world, ledger):
+    author = Author(world, "hk-bureau")
+    first = author.commit(commitment(1))
+    assert apply(world, ledger, [first, first]) == [0, "replayed-nonce"]
+    assert apply(world, ledger, [first]) == ["replayed-nonce"]
+    key = world.participant_keys["hk-bureau"]
+
+    def commit_with(nonce, n):
+        return entries.build_commit(key, "hk-bureau", world.chain_id, commitment(n), "credit-report", "HK", nonce, 1)
+
+    window = ledger_module.nonce_window
+    # Out of order inside the window is fine; exactly one window below the highest is stale.
+    assert apply(world, ledger, [commit_with(window + 10, 10), commit_with(12, 11), commit_with(11, 12),
+                                 commit_with(11, 13), commit_with(10, 14)]) == [1, 2, 3, "replayed-nonce", "stale-nonce"]
+    assert ledger.nonce_used("hk-bureau", 11) and not ledger.nonce_used("hk-bureau", 13)
+
+
+def test_nonce_window_unit():
+    w = NonceWindow()
+    assert w.check(0) is None
+    w = w.mark(0).mark(5)
+    assert w.check(5) == "replayed-nonce" and w.check(0) == "replayed-nonce" and w.check(3) is None
+    w = w.mark(5 + ledger_module.nonce_window)
+    assert w.check(5) == "stale-nonce" and w.check(6) is None
+    assert NonceWindow.decode(w.encode()) == w
+
+
+def test_revoke_rules(world, ledger):
+    hk, cn = Author(world, "hk-bureau"), Author(world, "cn-bureau")
+    apply(world, ledger, [hk.commit(commitment(1)), hk.commit(commitment(2)), hk.commit(commitment(3))])
+    assert apply(world, ledger, [cn.revoke(commitment(1)), hk.revoke(commitment(9)), hk.revoke(commitment(1)),
+                                 hk.revoke(commitment(1))]) == ["not-submitter", "unknown-commitment", 3, "already-revoked"]
+    gov = entries.build_governance_revoke(regulators(world), world.chain_id, commitment(2), "court order", 1, 1)
+    hk_only = entries.build_governance_revoke(regulators(world)[:1], world.chain_id, commitment(3), "x", 2, 1)
+    assert apply(world, ledger, [gov, hk_only]) == [4, "governance-threshold"]
+    assert ledger.commitment_status(commitment(1), 0)["status"] == "revoked"
+    assert ledger.commitment_status(commitment(2), 0)["revoke_leaf_index"] == 4
+    assert ledger.commitment_status(commitment(3), 0)["status"] == "active"
+
+
+def test_expiry(world, ledger):
+    author = Author(world, "hk-bureau")
+    block_time = world.genesis.genesis_time_ms + 1000
+    assert apply(world, ledger, [author.commit(commitment(1), expires_ms=block_time),
+                                 author.commit(commitment(2), expires_ms=block_time + 1)]) == ["already-expired", 0]
+    assert ledger.commitment_status(commitment(2), now_ms=block_time)["status"] == "active"
+    assert ledger.commitment_status(commitment(2), now_ms=block_time + 1)["status"] == "expired"
+
+
+def test_admit_and_suspend(world, ledger):
+    newcomer_key = key_from("sz-bank")
+    newcomer = Participant("sz-bank", "CN", "bank", bytes(newcomer_key.verify_key))
+    commit_early = entries.build_commit(newcomer_key, "sz-bank", world.chain_id, commitment(1), "credit-score", "CN", 1, 1)
+    assert apply(world, ledger, [commit_early]) == ["unknown-author"]
+    admit = entries.build_admit(regulators(world), world.chain_id, newcomer, 1, 1)
+    under_signed = entries.build_admit(regulators(world)[1:], world.chain_id, newcomer, 2, 1)
+    assert apply(world, ledger, [under_signed, admit, commit_early]) == ["governance-threshold", 0, 1]
+    assert ledger.participant("sz-bank").status == "active"
+    again = entries.build_admit(regulators(world), world.chain_id, newcomer, 3, 1)
+    suspend = entries.build_suspend(regulators(world), world.chain_id, "sz-bank", 4, 1)
+    suspend_twice = entries.build_suspend(regulators(world), world.chain_id, "sz-bank", 5, 1)
+    suspend_nobody = entries.build_suspend(regulators(world), world.chain_id, "nobody", 6, 1)
+    late = entries.build_commit(newcomer_key, "sz-bank", world.chain_id, commitment(2), "credit-score", "CN", 2, 1)
+    assert apply(world, ledger, [again, suspend, suspend_twice, suspend_nobody, late]) == [
+        "participant-exists", 2, "already-suspended", "unknown-participant", "suspended"]
+    # Re-admission with a new key reactivates; the old key no longer works.
+    new_key = key_from("sz-bank rotated")
+    readmit = entries.build_admit(regulators(world), world.chain_id,
+                                  Participant("sz-bank", "CN", "bank", bytes(new_key.verify_key)), 7, 1)
+    old_key_commit = entries.build_commit(newcomer_key, "sz-bank", world.chain_id, commitment(3), "credit-score", "CN", 3, 1)
+    new_key_commit = entries.build_commit(new_key, "sz-bank", world.chain_id, commitment(3), "credit-score", "CN", 4, 1)
+    assert apply(world, ledger, [readmit, old_key_commit, new_key_commit]) == [3, "key-mismatch", 4]
+    assert {p.id: p.status for p in ledger.participants()}["sz-bank"] == "active"
+
+
+def test_apply_is_idempotent_and_checks_the_block(world, ledger):
+    author = Author(world, "hk-bureau")
+    block = next_block(world, ledger, [author.commit(commitment(1))])
+    first = ledger.apply_block(block)
+    assert ledger.apply_block(block) == first
+    assert ledger.height() == 1
+    # A different block at an applied height is an error.
+    other = CommittedBlock(
+        BlockHeader(**dict(block.header.to_wire(), time_ms=block.header.time_ms + 1)), block.entries, block.certificate)
+    with pytest.raises(LedgerError, match="conflicts"):
+        ledger.apply_block(other)
+    good = next_block(world, ledger, [author.commit(commitment(2))])
+    header = good.header
+
+    def with_header(**changes):
+        h = BlockHeader(**dict(header.to_wire(), **changes))
+        return CommittedBlock(h, good.entries, certify(world, h))
+
+    cases = [
+        (with_header(height=3), "does not follow"),
+        (with_header(prev_hash=bytes(32)), "does not extend"),
+        (with_header(tree_root=bytes(32)), "diverged"),
+        (with_header(results_hash=bytes(32)), "diverged"),
+        (with_header(tree_size=9), "diverged"),
+        (with_header(entry_count=2), "entries do not match"),
+        (with_header(time_ms=block.header.time_ms - 1), "before its parent"),
+        (with_header(validator_set_hash=bytes(32)), "validator set"),
+        (CommittedBlock(header, good.entries, certify(world, header, signers=("hk-1", "hk-2"))), "certificate"),
+        (CommittedBlock(header, good.entries, certify(world, header, signers=("hk-1", "hk-2", "hk-2"))), "certificate"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(LedgerError, match=message):
+            ledger.apply_block(bad)
+        assert ledger.height() == 1 and ledger.tree_size() == 1
+    assert [o.leaf_index for o in ledger.apply_block(good)] == [1]
+
+
+def test_reopen_keeps_everything(world, tmp_path):
+    path = tmp_path / "store"
+    store = Ledger.open(path, world.genesis)
+    author = Author(world, "hk-bureau")
+    for n in range(5):
+        store.apply_block(next_block(world, store, [author.commit(commitment(10 * n + i)) for i in range(n + 1)]))
+    store.write_consensus_state([(b"view", b"\x07"), (b"vote/1", b"a"), (b"vote/2", b"b")])
+    store.write_consensus_state([(b"vote/1", None)])
+    root, size, head = store.tree_root(), store.tree_size(), store.head()
+    store.close()
+    store = Ledger.open(path, world.genesis)
+    assert (store.tree_root(), store.tree_size(), store.head(), store.height()) == (root, size, head, 5)
+    assert store.load_consensus_state() == {b"view": b"\x07", b"vote/2": b"b"}
+    assert store.nonce_used("hk-bureau", 15) and not store.nonce_used("hk-bureau", 16)
+    assert store.apply_block(next_block(world, store, [author.commit(commitment(999))])) [0].leaf_index == size
+    store.close()
+
+
+def test_open_refuses_other_stores(world, tmp_path):
+    path = tmp_path / "store"
+    Ledger.open(path, world.genesis).close()
+    with pytest.raises(LedgerError, match="belongs to chain 'bayledger-test'.*'other'"):
+        Ledger.open(path, make_world(chain_id="other").genesis)
+    different = make_world(governance_threshold=1, regulators_per_side=2).genesis
+    with pytest.raises(LedgerError, match="different genesis"):
+        Ledger.open(path, different)
+    held = Ledger.open(path, world.genesis)
+    with pytest.raises(LedgerError, match="another node"):
+        Ledger.open(path, world.genesis)
+    held.close()
+    db = plyvel.DB(str(path))
+    db.put(b"mformat", b"\x02")
+    db.close()
+    with pytest.raises(LedgerError, match="format version 2; this software reads version 1"):
+        Ledger.open(path, world.genesis)
+    foreign = tmp_path / "foreign"
+    db = plyvel.DB(str(foreign), create_if_missing=True)
+    db.put(b"hello", b"world")
+    db.close()
+    with pytest.raises(LedgerError, match="not a Bayledger store"):
+        Ledger.open(foreign, world.genesis)
+    with pytest.raises(LedgerError, match="cannot open"):
+        Ledger.open(tmp_path / "missing", world.genesis, create=False)
+
+
+def test_proofs_from_store_match_recomputation(world, ledger):
+    """Roots, inclusion and consistency proofs read from the store equal an in-memory RFC 6962 tree,
+    for every size and leaf, across blocks of uneven sizes (exercises the rehashed low levels)."""
+    author = Author(world, "hk-bureau")
+    tree = merkle.MemoryTree()
+    n = 0
+    for block_size in (1, 2, 3, 8, 5, 13, 1, 21, 7, 9):
+        batch = [author.commit(commitment(n + i)) for i in range(block_size)]
+        n += block_size
+        for data in batch:
+            tree.append(data)
+        apply(world, ledger, batch)
+        assert ledger.tree_root() == tree.root() == ledger.head().tree_root
+    for size in range(1, tree.size + 1):
+        assert ledger.tree_root(size) == tree.root(size)
+        for index in range(size):
+            assert ledger.inclusion_proof(index, size) == tree.inclusion_path(index, size)
+        for size1 in range(1, size + 1):
+            assert ledger.consistency_proof(size1, size) == tree.consistency_proof(size1, size)
+    with pytest.raises(LedgerError):
+        ledger.inclusion_proof(tree.size)
+    with pytest.raises(LedgerError):
+        ledger.consistency_proof(0, 3)
+    with pytest.raises(LedgerError):
+        ledger.tree_root(tree.size + 1)
+
+
+def test_speculative_execution_never_writes_and_is_reused(world, ledger):
+    """Three blocks executed ahead (each on its in-flight parent) change nothing on disk; applying them
+    later gives the same roots; rules see the in-flight state (revoke of an in-flight commit)."""
+    author = Author(world, "hk-bureau")
+    app = LedgerApplication(ledger)
+    assert app.check_request(author.commit(commitment(7))) is None
+    assert app.check_request(b"junk") == "entry-malformed"
+    b1 = next_block(world, ledger, [author.commit(commitment(1)), author.commit(commitment(2))], parent=None)
+    b2 = next_block(world, ledger, [author.revoke(commitment(1)), author.commit(commitment(1))], parent=b1.header)
+    b3 = next_block(world, ledger, [author.commit(commitment(3))], parent=b2.header)
+    assert ledger.height() == 0 and ledger.tree_size() == 0
+    assert ledger.commitment_record(commitment(1)) is None
+    # Unknown parent: cannot execute.
+    stranger = BlockHeader(**dict(b2.header.to_wire(), tree_root=bytes(32)))
+    assert app.execute(stranger, 3, b3.header.time_ms, list(b3.entries)) is None
+    assert app.execute(b1.header, 5, b3.header.time_ms, list(b3.entries)) is None
+    for block in (b1, b2, b3):
+        outcomes = ledger.apply_block(block)
+        assert ledger.head() == block.header
+    assert [o.reason for o in outcomes] == [None]
+    assert ledger.block_results(2) == [2, "duplicate-commitment"]
+    assert ledger.commitment_status(commitment(1), 0)["status"] == "revoked"
+    # Below the applied head there is nothing to execute.
+    assert app.execute(b2.header, 3, b3.header.time_ms, list(b3.entries)) is None
+
+
+def test_fork_in_flight(world, ledger):
+    """Two different in-flight children of one parent; once one is applied, the other's child is refused."""
+    a, b = Author(world, "hk-bureau"), Author(world, "cn-bureau")
+    b1 = next_block(world, ledger, [a.commit(commitment(1))], parent=None)
+    ledger.apply_block(b1)
+    left = next_block(world, ledger, [a.commit(commitment(2))], parent=b1.header)
+    right = next_block(world, ledger, [b.commit(commitment(2), jurisdiction="CN")], parent=b1.header)
+    assert left.header.hash() != right.header.hash()
+    right_child = next_block(world, ledger, [b.commit(commitment(3), jurisdiction="CN")], parent=right.header)
+    ledger.apply_block(left)
+    assert ledger.execute(right.header, 3, right_child.header.time_ms, list(right_child.entries)) is None
+    with pytest.raises(LedgerError):
+        ledger.apply_block(right_child)
+    assert ledger.commitment_status(commitment(2), 0)["author"] == "hk-bureau"
+
+
+def test_speculative_limit(world, ledger, monkeypatch):
+    """At most speculative_blocks_max executions are kept; the lowest heights go first."""
+    monkeypatch.setattr(ledger_module, "speculative_blocks_max", 3)
+    author = Author(world, "hk-bureau")
+    parent = None
+    for n in range(5):
+        parent = next_block(world, ledger, [author.commit(commitment(n))], parent=parent).header
+    assert len(ledger._speculative) == 3
+    assert min(e.height for e in ledger._speculative.values()) == 3
