@@ -129,6 +129,9 @@ class Context:
             return None
 
     def remember(self, data: bytes) -> None:
+        # Only proposals and catch-up blocks carry headers; skip the full decode for the rest.
+        if b"pre-prepare" not in data and b"catch-up-response" not in data:
+            return
         message = self.decode(data)
         headers = []
         if isinstance(message, messages.PrePrepare):
