@@ -39,6 +39,10 @@ PHASE_FRACTIONS = {"saturate": 0.25, "rate": 0.20, "match": 0.15}
 duration_s_min = 5
 duration_s_max = 3600
 profile_rate_hz = 100
+# Load authors: each has its own nonce sequence, so 64 lanes share 16 authors (see workload.py).
+BENCH_PROVIDERS = 16
+CONNECTIONS = 64
+WINDOW = 32
 TARGETS = {"commits_per_s": 5000, "p99_ms_at_1000_per_s": 250, "match_per_s": 10000}
 
 
@@ -141,7 +145,8 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
     RESULTS_DIR.mkdir(exist_ok=True)
     print(f"bench: {validators} validators in {run_dir}, base port {base_port}, DURATION={duration_s:g}s", file=sys.stderr)
     try:
-        control.up(run_dir, validators, base_port, demo=False)
+        providers = {f"bench-provider-{i + 1}": "CN" for i in range(BENCH_PROVIDERS)}
+        control.up(run_dir, validators, base_port, demo=False, extra_participants=providers)
         network = Network.load(run_dir)
         before_bytes = {n.name: directory_bytes(n.data_dir) for n in network.nodes}
         before_tree = _tree_size(network)
@@ -150,8 +155,11 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
             "genesis": str(network.genesis_path),
             "submit_rpcs": [n.rpc for n in network.nodes],
             "match_rpc": network.nodes_in("HK")[0].rpc,
-            "provider_key": network.participants["sz-credit-bureau"]["key"],
-            "verifier_key": network.participants["hk-bank"]["key"],
+            "providers": [{"name": name, "key": network.participants[name]["key"], "jurisdiction": "CN"}
+                          for name in providers],
+            "verifier": {"name": "hk-bank", "key": network.participants["hk-bank"]["key"]},
+            "connections": CONNECTIONS,
+            "window": WINDOW,
             "phase_s": {name: duration_s * fraction for name, fraction in PHASE_FRACTIONS.items()},
         }
         plan_path = run_dir / "loadgen-plan.json"

@@ -130,7 +130,8 @@ def bayledger(args: list[str], timeout_s: float = cli_timeout_s) -> subprocess.C
     return done
 
 
-def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True) -> int:
+def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True,
+       extra_participants: dict[str, str] | None = None) -> int:
     """Generate (first time) and start the network; if any node runs already, change nothing."""
     from .generate import generate_network  # needs the node's admin commands
 
@@ -166,7 +167,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
     else:
         validators = validators or DEFAULT_VALIDATORS
         base_port = base_port or DEFAULT_BASE_PORT
-        network = plan_network(run_dir, validators, base_port)
+        network = plan_network(run_dir, validators, base_port, extra_participants)
         check_ports_free(plan_ports(base_port, validators))
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -136,20 +136,20 @@ async def _one_call(connection: rpc.PipelinedConnection, packed: bytes, accept) 
     return accept(reply)
 
 
-async def closed_loop(name: str, addresses: list[str], requests: list[bytes], accept, duration_s: float,
-                      connections: int, window: int) -> PhaseResult:
-    """`connections` x `window` callers, each sending its next request as soon as the last is answered."""
+async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, duration_s: float,
+                      window: int) -> PhaseResult:
+    """One connection per queue, `window` callers on each, each sending the queue's next request as
+    soon as its last one is answered. Queue i goes to addresses[i % len(addresses)]."""
     result = PhaseResult(name=name, offered_per_s=None, duration_s=duration_s)
     in_flight = [0]
-    cursor = iter(requests)
     async with trio.open_nursery() as outer:
-        conns = await _open_connections(addresses, connections, outer)
+        conns = await _open_connections(addresses, len(queues), outer)
         start = trio.current_time()
         stop_at = start + duration_s
         measured = (start + duration_s * warmup_fraction, stop_at)
         result.measured_s = measured[1] - measured[0]
 
-        async def caller(connection: rpc.PipelinedConnection) -> None:
+        async def caller(connection: rpc.PipelinedConnection, cursor) -> None:
             while trio.current_time() < stop_at:
                 packed = next(cursor, None)
                 if packed is None:
@@ -166,28 +166,29 @@ async def closed_loop(name: str, addresses: list[str], requests: list[bytes], ac
             callers.start_soon(progress.run, start)
             with trio.move_on_after(duration_s + drain_timeout_s):
                 async with trio.open_nursery() as workers:
-                    for connection in conns:
+                    for connection, queue in zip(conns, queues):
+                        cursor = iter(queue)
                         for _ in range(window):
-                            workers.start_soon(caller, connection)
+                            workers.start_soon(caller, connection, cursor)
             callers.cancel_scope.cancel()
         _finish_line()
         result.duration_s = trio.current_time() - start
-        if result.sent - result.ok - sum(result.errors.values()) > 0:
-            result.dropped += result.sent - result.ok - sum(result.errors.values())
+        result.dropped += result.sent - result.ok - sum(result.errors.values())
         for connection in conns:
             await connection.aclose()
         outer.cancel_scope.cancel()
     return result
 
 
-async def open_loop(name: str, addresses: list[str], requests: list[bytes], accept, rate_per_s: float,
-                    duration_s: float, connections: int) -> PhaseResult:
-    """One request every 1/rate s, whatever the replies; latency from the scheduled send time."""
+async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, rate_per_s: float,
+                    duration_s: float) -> PhaseResult:
+    """One request every 1/rate s, whatever the replies; latency from the scheduled send time.
+    Request k is the next of queue k mod len(queues), sent on that queue's connection."""
     result = PhaseResult(name=name, offered_per_s=rate_per_s, duration_s=duration_s)
     in_flight = [0]
-    total = min(len(requests), int(rate_per_s * duration_s))
+    total = min(sum(len(q) for q in queues), int(rate_per_s * duration_s))
     async with trio.open_nursery() as outer:
-        conns = await _open_connections(addresses, connections, outer)
+        conns = await _open_connections(addresses, len(queues), outer)
         start = trio.current_time() + 0.05
         window = (start, start + duration_s + drain_timeout_s)
         result.measured_s = duration_s
@@ -211,7 +212,8 @@ async def open_loop(name: str, addresses: list[str], requests: list[bytes], acce
                             result.dropped += 1
                             continue
                         result.sent += 1
-                        senders.start_soon(send, conns[index % len(conns)], requests[index], scheduled)
+                        lane = index % len(queues)
+                        senders.start_soon(send, conns[lane], queues[lane][index // len(queues)], scheduled)
             tasks.cancel_scope.cancel()
         _finish_line()
         result.duration_s = trio.current_time() - start
@@ -237,11 +239,11 @@ def _accept_match(reply: object) -> str:
     return "ok" if reply else "no-proof"
 
 
-def build_requests(plan: dict, count: int, offset: int) -> tuple[list[bytes], list[bytes]]:
-    """`count` pre-signed commit submits (and their commitments) from the plan's provider key."""
+def build_requests(plan: dict, count: int, lanes: int) -> tuple[list[list[bytes]], list[bytes]]:
+    """`count` pre-signed commit submits in `lanes` queues, and their commitments."""
     from . import workload
 
-    return workload.presigned_submits(plan, count, offset, submit_wait_s)
+    return workload.presigned_submits(plan, count, lanes, submit_wait_s)
 
 
 def build_match_queries(plan: dict, commitments: list[bytes], count: int) -> list[bytes]:
@@ -265,11 +267,10 @@ async def run(plan: dict) -> dict:
     ceiling_per_s = plan.get("ceiling_per_s", 12_000)
     count = int(ceiling_per_s * phase["saturate"])
     t = time.monotonic()
-    requests, commitments = build_requests(plan, count, offset=0)
+    queues, commitments = build_requests(plan, count, connections)
     report["presign_per_s"] = round(count / (time.monotonic() - t))
     print(f"  pre-signed {count} commit entries ({report['presign_per_s']}/s)", file=sys.stderr)
-    saturation = await closed_loop("saturate", submit_rpcs, requests, _accept_submit, phase["saturate"],
-                                   connections, window)
+    saturation = await closed_loop("saturate", submit_rpcs, queues, _accept_submit, phase["saturate"], window)
     report["phases"].append(saturation.to_json())
     commits_per_s = saturation.rate_per_s
     report["commits_per_s"] = round(commits_per_s, 1)
@@ -277,15 +278,13 @@ async def run(plan: dict) -> dict:
     # a query for one that is not answers with an error and is counted as such.
     committed_commitments = commitments[: saturation.ok // 2]
 
-    offset = count
     report["latency"] = {}
     for fraction in LOAD_FRACTIONS:
         rate = max(1.0, commits_per_s * fraction)
         needed = int(math.ceil(rate * phase["rate"]))
-        requests, _ = build_requests(plan, needed, offset=offset)
-        offset += needed
-        result = await open_loop(f"{int(fraction * 100)}% {rate:.0f}/s", submit_rpcs, requests, _accept_submit,
-                                 rate, phase["rate"], connections)
+        queues, _ = build_requests(plan, needed, connections)
+        result = await open_loop(f"{int(fraction * 100)}% {rate:.0f}/s", submit_rpcs, queues, _accept_submit,
+                                 rate, phase["rate"])
         report["phases"].append(result.to_json())
         report["latency"][str(int(round(rate)))] = {**summarize_ms(result.latencies_s), "fraction": fraction,
                                                      "errors": dict(result.errors), "dropped": result.dropped}
@@ -293,8 +292,8 @@ async def run(plan: dict) -> dict:
     # Match proofs against one node, for commitments committed above.
     if committed_commitments:
         queries = build_match_queries(plan, committed_commitments, int(plan.get("match_ceiling_per_s", 30_000) * phase["match"]))
-        match = await closed_loop("match", [plan["match_rpc"]], queries, _accept_match, phase["match"],
-                                  connections, window)
+        lanes = [queries[i::connections] for i in range(connections)]
+        match = await closed_loop("match", [plan["match_rpc"]], lanes, _accept_match, phase["match"], window)
         report["phases"].append(match.to_json())
         report["match_per_s"] = round(match.rate_per_s, 1)
     else:

@@ -159,8 +159,12 @@ def validator_layout(count: int) -> list[tuple[str, str]]:
     return names
 
 
-def plan_network(run_dir: Path, validators: int, base_port: int) -> Network:
-    """The manifest of a network not yet generated: names, jurisdictions, ports, paths."""
+def plan_network(run_dir: Path, validators: int, base_port: int,
+                 extra_participants: dict[str, str] | None = None) -> Network:
+    """The manifest of a network not yet generated: names, jurisdictions, ports, paths.
+
+    `extra_participants` (name -> jurisdiction) are admitted at genesis besides the demo ones
+    (the benchmark's load authors)."""
     run_dir = run_dir.resolve()
     layout = validator_layout(validators)
     ports = plan_ports(base_port, len(layout))
@@ -182,6 +186,6 @@ def plan_network(run_dir: Path, validators: int, base_port: int) -> Network:
         base_port=base_port,
         nodes=nodes,
         participants={name: {"key": str(keys_dir / f"{name}.json"), "jurisdiction": j}
-                      for name, j in DEMO_PARTICIPANTS.items()},
+                      for name, j in {**DEMO_PARTICIPANTS, **(extra_participants or {})}.items()},
         governance={j: str(keys_dir / f"governance-{j}.json") for j in JURISDICTIONS},
     )

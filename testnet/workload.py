@@ -19,28 +19,37 @@ SUBMIT_METHOD = "submit"
 MATCH_METHOD = "match"
 COMMIT_KIND = "credit-report"
 
-# Unique per process run: microseconds since the epoch, times 1000, plus the entry's index.
-_nonce_base = int(time.time() * 1_000_000) * 1000
+# Next nonce per author, unique across this process's phases: it starts at the current time in
+# microseconds so a rerun against the same chain never reuses one.
+_next_nonce: dict[str, int] = {}
 
 
 def submit_params(entry: bytes, wait_s: float) -> list:
     return [entry, True, wait_s]
 
 
-def presigned_submits(plan: dict, count: int, offset: int, wait_s: float) -> tuple[list[bytes], list[bytes]]:
-    """`count` encoded submit calls of commit entries by the plan's provider, and their commitments."""
-    key = load_key_file(plan["provider_key"])
-    author = key.id or "sz-credit-bureau"
-    jurisdiction = plan.get("provider_jurisdiction", "CN")
+def presigned_submits(plan: dict, count: int, lanes: int, wait_s: float) -> tuple[list[list[bytes]], list[bytes]]:
+    """`count` encoded submit calls of commit entries in `lanes` queues, and all their commitments.
+
+    Lane i belongs to provider i mod len(providers). The ledger accepts an author's nonces
+    out of order only within a window, so each author's nonces rise in the order its lanes
+    send them and only a few lanes share one author.
+    """
+    providers = [(load_key_file(p["key"]), p["name"], p["jurisdiction"]) for p in plan["providers"]]
     now_ms = int(time.time() * 1000)
-    calls, commitments = [], []
-    for index in range(offset, offset + count):
+    queues: list[list[bytes]] = [[] for _ in range(lanes)]
+    commitments = []
+    for index in range(count):
+        lane = index % lanes
+        key, author, jurisdiction = providers[lane % len(providers)]
+        nonce = _next_nonce.setdefault(author, int(time.time() * 1_000_000))
+        _next_nonce[author] = nonce + 1
         commitment = os.urandom(32)
         entry = build_commit(key.signing_key, author, plan["chain_id"], commitment, COMMIT_KIND, jurisdiction,
-                             nonce=_nonce_base + index, time_ms=now_ms)
-        calls.append(pack_call(SUBMIT_METHOD, submit_params(entry, wait_s)))
+                             nonce=nonce, time_ms=now_ms)
+        queues[lane].append(pack_call(SUBMIT_METHOD, submit_params(entry, wait_s)))
         commitments.append(commitment)
-    return calls, commitments
+    return queues, commitments
 
 
 def presigned_match_queries(plan: dict, commitments: list[bytes], count: int) -> list[bytes]:

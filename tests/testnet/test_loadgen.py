@@ -86,8 +86,9 @@ async def test_call_to_a_closed_port_is_a_clear_error():
 
 async def test_closed_loop_accounts_for_every_request(server_address):
     requests = [rpc.pack_call("submit", [n]) for n in range(400)]
-    result = await loadgen.closed_loop("t", [server_address], requests, loadgen._accept_submit,
-                                       duration_s=5, connections=3, window=4)
+    queues = [requests[i::3] for i in range(3)]
+    result = await loadgen.closed_loop("t", [server_address], queues, loadgen._accept_submit,
+                                       duration_s=5, window=4)
     # All 400 are used up well before 5 s; each is ok or an error, none lost.
     assert result.sent == 400
     assert result.ok == 360 and result.errors == {"mempool-full": 40}
@@ -98,8 +99,9 @@ async def test_closed_loop_accounts_for_every_request(server_address):
 
 async def test_open_loop_sends_rate_times_duration(server_address):
     requests = [rpc.pack_call("submit", [n]) for n in range(1000)]
-    result = await loadgen.open_loop("t", [server_address], requests, loadgen._accept_submit,
-                                     rate_per_s=200, duration_s=0.5, connections=2)
+    queues = [requests[i::2] for i in range(2)]
+    result = await loadgen.open_loop("t", [server_address], queues, loadgen._accept_submit,
+                                     rate_per_s=200, duration_s=0.5)
     assert result.sent == 100
     assert result.ok + sum(result.errors.values()) == 100
     assert result.errors["mempool-full"] == 10
@@ -138,3 +140,38 @@ def test_directory_bytes_counts_files(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 23)
     assert bench.directory_bytes(tmp_path) == 123
+
+
+def test_presigned_submits_give_each_author_rising_unique_nonces(tmp_path):
+    # Lane i is signed by provider i mod 2; per author the nonces are unique and rise along
+    # each lane, which keeps concurrent submits inside the ledger's nonce window.
+    import msgpack as _msgpack
+
+    from node.keys import KeyPair, write_key_file
+    from storage.entries import check_entry, decode_entry
+    from testnet import workload
+
+    providers = []
+    for name in ("p-1", "p-2"):
+        write_key_file(tmp_path / f"{name}.json", KeyPair.generate(name))
+        providers.append({"name": name, "key": str(tmp_path / f"{name}.json"), "jurisdiction": "CN"})
+    plan = {"chain_id": "bench-chain", "providers": providers}
+    queues, commitments = workload.presigned_submits(plan, 10, 4, wait_s=5)
+    assert [len(q) for q in queues] == [3, 3, 2, 2]
+    assert len(set(commitments)) == 10
+    nonces: dict[str, list[int]] = {"p-1": [], "p-2": []}
+    for lane, queue in enumerate(queues):
+        lane_nonces = []
+        for packed in queue:
+            unpacker = _msgpack.Unpacker(raw=False)
+            unpacker.feed(packed)
+            method, params = list(unpacker)
+            assert method == workload.SUBMIT_METHOD
+            entry = decode_entry(params[0])
+            assert check_entry(params[0]) is None
+            assert entry.author == providers[lane % 2]["name"] and entry.chain_id == "bench-chain"
+            lane_nonces.append(entry.nonce)
+        assert lane_nonces == sorted(lane_nonces)
+        nonces[providers[lane % 2]["name"]] += lane_nonces
+    for author_nonces in nonces.values():
+        assert len(set(author_nonces)) == len(author_nonces) == 5
