@@ -25,6 +25,7 @@ receiver verifies block by block. The host's peer links are authenticated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Union
 
 import nacl.signing
@@ -42,6 +43,17 @@ PREPARED_CERTIFICATES_MAX = 1024       # prepared certificates in one VIEW-CHANG
 CATCH_UP_BLOCKS_MAX = 64               # blocks in one CATCH-UP-RESPONSE (and one request's range)
 VALIDATOR_ID_BYTES_MAX = 128
 INTEGER_MAX = 2**63 - 1                # views, heights and times fit a signed 64-bit integer
+
+
+@lru_cache(maxsize=4096)
+def header_hash(header: BlockHeader) -> bytes:
+    """BlockHeader.hash(), memoized: headers are frozen and hashed over and over (votes, chains, choices)."""
+    return header.hash()
+
+
+@lru_cache(maxsize=16)
+def validator_set_hash(validators: ValidatorSet) -> bytes:
+    return validators.hash()
 
 
 class MessageError(ValueError):
@@ -271,7 +283,7 @@ class PreparedCertificate:
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
         _verify_quorum(
             self.prepares, validators, codec.DOMAIN_PREPARE, chain_id,
-            slot_payload(self.view, self.height, self.header.hash()), "prepared certificate",
+            slot_payload(self.view, self.height, header_hash(self.header)), "prepared certificate",
         )
 
 
@@ -354,7 +366,7 @@ class PrePrepare:
         return self.header.height
 
     def payload(self) -> bytes:
-        return slot_payload(self.view, self.header.height, self.header.hash())
+        return slot_payload(self.view, self.header.height, header_hash(self.header))
 
     def to_wire(self) -> dict:
         return {
@@ -503,7 +515,7 @@ class ViewChange:
                 raise MessageError("bad-field", "prepared certificate at or below the checkpoint")
             if p.view >= self.view:
                 raise MessageError("bad-field", "prepared certificate from a view not below the new view")
-            if p.header.validator_set_hash != validators.hash():
+            if p.header.validator_set_hash != validator_set_hash(validators):
                 raise MessageError("bad-field", "prepared block names another validator set")
             p.verify(validators, chain_id)
 
@@ -564,7 +576,7 @@ class NewView:
         if not validators.is_quorum(senders):
             raise MessageError("no-quorum", "VIEW-CHANGE senders are not a quorum")
         checkpoint, blocks = choose_blocks(self.view_changes)
-        if tuple(p.header.hash() for p in blocks) != self.chosen:
+        if tuple(header_hash(p.header) for p in blocks) != self.chosen:
             raise MessageError("bad-new-view", "re-proposed blocks differ from the choice the VIEW-CHANGEs dictate")
 
 
@@ -581,7 +593,7 @@ def choose_blocks(view_changes: tuple[ViewChange, ...] | list[ViewChange]) -> tu
     for vc in view_changes:
         for p in vc.prepared:
             best = by_height.get(p.height)
-            if best is None or (p.view, _neg(p.header.hash())) > (best.view, _neg(best.header.hash())):
+            if best is None or (p.view, _neg(header_hash(p.header))) > (best.view, _neg(header_hash(best.header))):
                 by_height[p.height] = p
     chosen: list[PreparedCertificate] = []
     previous = checkpoint.header_hash
@@ -591,7 +603,7 @@ def choose_blocks(view_changes: tuple[ViewChange, ...] | list[ViewChange]) -> tu
         if p.header.prev_hash != previous:
             break
         chosen.append(p)
-        previous = p.header.hash()
+        previous = header_hash(p.header)
         height += 1
     return checkpoint, chosen
 

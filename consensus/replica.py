@@ -26,6 +26,7 @@ from .messages import (
     PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange, VoteSignature, choose_blocks, decode_message,
     encode, encode_catch_up_response, sign,
 )
+from .messages import header_hash as hash_of_header
 from .validators import ValidatorSet
 
 __all__ = [
@@ -198,7 +199,7 @@ class Replica:
         self.last_applied_header = header
         self.committed_hashes: dict[int, bytes] = {}
         if header is not None:
-            self.committed_hashes[height] = header.hash()
+            self.committed_hashes[height] = hash_of_header(header)
         self.stable = GENESIS_CHECKPOINT
 
         self.slots: dict[int, _Slot] = {}
@@ -431,7 +432,7 @@ class Replica:
 
     def _persist_vote(self, height: int, view: int, phase: str, header: BlockHeader, entries: tuple[bytes, ...]) -> bool:
         """Record that we sign `phase` for (view, height, header); False if that would contradict a past vote."""
-        header_hash = header.hash()
+        header_hash = hash_of_header(header)
         previous = self.votes.get(height)
         if previous is not None:
             p_view, p_phase, p_hash = previous
@@ -465,14 +466,14 @@ class Replica:
                 record = codec.unpack(value)
                 header = BlockHeader.from_wire(record["header"])
                 entries = tuple(record["entries"])
-                self.votes[height] = (record["view"], record["phase"], header.hash())
+                self.votes[height] = (record["view"], record["phase"], hash_of_header(header))
                 if record["view"] == self.view and self.view_active and height > self.last_applied_height:
-                    slot = _Slot(header, entries, header.hash())
+                    slot = _Slot(header, entries, hash_of_header(header))
                     if self.is_primary:
                         # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
                         slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
                     self.slots[height] = slot
-                    self.blocks[header.hash()] = (header, entries)
+                    self.blocks[hash_of_header(header)] = (header, entries)
             elif key.startswith(KEY_CERT):
                 height = int.from_bytes(key[len(KEY_CERT):], "big")
                 self.certs[height] = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
@@ -487,8 +488,8 @@ class Replica:
                 _, chosen = choose_blocks(nv.view_changes)
                 for cert in chosen:
                     if cert.height > self.last_applied_height and cert.height not in self.slots:
-                        self.slots[cert.height] = _Slot(cert.header, cert.entries, cert.header.hash())
-                        self.blocks[cert.header.hash()] = (cert.header, cert.entries)
+                        self.slots[cert.height] = _Slot(cert.header, cert.entries, hash_of_header(cert.header))
+                        self.blocks[hash_of_header(cert.header)] = (cert.header, cert.entries)
         if self.stable.height > self.last_applied_height:
             self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
         # Ids of requests in blocks storage has applied. A block we recorded but storage did not apply
@@ -525,7 +526,7 @@ class Replica:
         if height <= self.last_applied_height:
             self._serve_behind(peer, height)
             return
-        header_hash = message.header.hash()
+        header_hash = hash_of_header(message.header)
         slot = self.slots.get(height)
         if slot is not None:
             if slot.hash != header_hash:
@@ -641,7 +642,7 @@ class Replica:
             return "wrong-height"
         if header.validator_set_hash != self.validator_set_hash:
             return "wrong-validator-set"
-        parent_hash = parent.hash() if parent is not None else ZERO_HASH
+        parent_hash = hash_of_header(parent) if parent is not None else ZERO_HASH
         if header.prev_hash != parent_hash:
             return "does-not-chain"
         if len(slot.entries) > self.config.batch_requests_max:
@@ -739,7 +740,7 @@ class Replica:
             if result is None:
                 return progressed
             header = BlockHeader(
-                chain_id=self.chain_id, height=height, prev_hash=parent.hash() if parent is not None else ZERO_HASH,
+                chain_id=self.chain_id, height=height, prev_hash=hash_of_header(parent) if parent is not None else ZERO_HASH,
                 time_ms=time_ms, entries_hash=entries_hash(entries), entry_count=len(entries),
                 tree_size=result.tree_size, tree_root=result.tree_root, results_hash=result.results_hash,
                 validator_set_hash=self.validator_set_hash,
@@ -748,8 +749,8 @@ class Replica:
                 return progressed  # we proposed something else here before a restart; never contradict it
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
             data = encode(message)
-            self.slots[height] = _Slot(header, entries, header.hash(), preprepare=data, validated=True)
-            self.blocks[header.hash()] = (header, entries)
+            self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True)
+            self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
             progressed = True
 
@@ -771,7 +772,7 @@ class Replica:
                 view, height, header_hash,
                 tuple(sorted((CommitSignature(v, votes[v][2]) for v in signers), key=lambda s: s.validator)),
             )
-            expected_prev = self.last_applied_header.hash() if self.last_applied_header is not None else ZERO_HASH
+            expected_prev = hash_of_header(self.last_applied_header) if self.last_applied_header is not None else ZERO_HASH
             if header.prev_hash != expected_prev:
                 # More than f faulty validators signed a fork; never deliver it.
                 self._reject(signers[0], "certified-fork")
@@ -796,7 +797,7 @@ class Replica:
         header = block.header
         height = header.height
         assert height == self.last_applied_height + 1, "blocks are delivered in height order"
-        header_hash = header.hash()
+        header_hash = hash_of_header(header)
         self._committed.append(block)
         self.last_applied_height = height
         self.last_applied_header = header
@@ -955,7 +956,7 @@ class Replica:
             return
         checkpoint, chosen = choose_blocks(exact)
         message = sign(
-            NewView(self.view, exact, tuple(p.header.hash() for p in chosen), self.me), self.signing_key, self.chain_id
+            NewView(self.view, exact, tuple(hash_of_header(p.header) for p in chosen), self.me), self.signing_key, self.chain_id
         )
         data = encode(message)
         self._enter_view(message, data, checkpoint, chosen)
@@ -991,9 +992,9 @@ class Replica:
         for cert in chosen:
             if cert.height <= self.stable.height:
                 continue
-            self.slots[cert.height] = _Slot(cert.header, cert.entries, cert.header.hash())
+            self.slots[cert.height] = _Slot(cert.header, cert.entries, hash_of_header(cert.header))
             if cert.height > self.last_applied_height:
-                self.blocks[cert.header.hash()] = (cert.header, cert.entries)
+                self.blocks[hash_of_header(cert.header)] = (cert.header, cert.entries)
 
     def _maybe_send_new_view(self, peer: str, peer_view: int) -> None:
         """A peer still in an older view (or waiting for this one's NEW-VIEW): hand it the NEW-VIEW we hold."""
@@ -1115,7 +1116,7 @@ class Replica:
             if height != self.last_applied_height + 1:
                 self._reject(peer, "catch-up-gap")
                 break
-            expected_prev = self.last_applied_header.hash() if self.last_applied_header is not None else ZERO_HASH
+            expected_prev = hash_of_header(self.last_applied_header) if self.last_applied_header is not None else ZERO_HASH
             if block.header.prev_hash != expected_prev:
                 self._reject(peer, "catch-up-does-not-chain")
                 break
