@@ -19,7 +19,10 @@ What is timed:
 - match proofs: `Ledger.match_proof` for random commitments (one, of a really signed entry, is verified).
 - bytes on disk per commitment: all files of the store after close and reopen (which turns
   LevelDB's write-ahead log into a compressed table), divided by N.
-- reopen: `Ledger.open` of the closed store (LevelDB log replay included).
+- reopen: `Ledger.open` of the closed store.
+- CPU: the process CPU time of the apply phase (entry building included, and LevelDB's
+  background compaction thread) and of the proofs, printed on stderr with the load average,
+  since on a shared machine wall-clock rates depend on what else runs.
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -135,6 +138,7 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
     factory.signed_count = min(n, 100)
     ledger = Ledger.open(directory, genesis)
     apply_s = 0.0
+    cpu_started = time.process_time()  # this process, LevelDB's compaction thread included
     height = 0
     reported = time.monotonic()
     while factory.count < n:
@@ -149,15 +153,17 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
             reported = time.monotonic()
             print(f"applied {factory.count:,} entries in {height:,} blocks, "
                   f"{factory.count / apply_s:,.0f} entries/s", file=sys.stderr, flush=True)
+    apply_cpu_s = time.process_time() - cpu_started
     size = ledger.tree_size()
     assert size == n
 
     rng = random.Random(2)
     leaves = [rng.randrange(size) for _ in range(proofs)]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for leaf in leaves:
         ledger.inclusion_proof(leaf)
     proofs_s = time.perf_counter() - started
+    proofs_cpu_s = time.process_time() - cpu_started
 
     match_count = max(1, proofs // 10)
     picks = [factory.commitment(rng.randrange(n)) for _ in range(match_count)]
@@ -176,8 +182,10 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
     ledger.close()
     # Measured after the reopen, which has turned LevelDB's write-ahead log into a compressed table.
     bytes_on_disk = directory_bytes(directory)
-    print(f"{n:,} commitments in {height:,} blocks: apply {apply_s:.1f} s, {proofs:,} proofs {proofs_s:.2f} s, "
-          f"{match_count:,} match proofs {match_s:.2f} s, {bytes_on_disk:,} bytes on disk, reopen {reopen_s:.3f} s",
+    print(f"{n:,} commitments in {height:,} blocks: apply {apply_s:.1f} s (process CPU {apply_cpu_s:.1f} s, "
+          f"loop included), {proofs:,} proofs {proofs_s:.2f} s (CPU {proofs_cpu_s:.2f} s), "
+          f"{match_count:,} match proofs {match_s:.2f} s, {bytes_on_disk:,} bytes on disk, reopen {reopen_s:.3f} s; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
           file=sys.stderr, flush=True)
     return {
         "entries_per_s": round(n / apply_s),
@@ -185,6 +193,7 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
         "bytes_per_commitment": round(bytes_on_disk / n, 1),
         "reopen_s": round(reopen_s, 3),
         "match_proofs_per_s": round(match_count / match_s),
+        "proofs_per_cpu_s": round(proofs / proofs_cpu_s),
         "n": n,
         "block_entries": block,
     }

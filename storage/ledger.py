@@ -62,11 +62,13 @@ FORMAT_VERSION = 1
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries: saves 28 bytes a leaf
-node_cache_level_min = 8             # subtrees of >= 256 leaves stay in memory once read (few, immutable)
+node_cache_level_min = 5             # subtrees of >= 32 leaves stay in memory once read (immutable)
+node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
+group_cache_entries_max = 64         # recently rehashed 8-leaf groups
 nonce_window = 1024                  # nonces per author that may arrive out of order
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
-leveldb_write_buffer_bytes = 16 * 1024 * 1024
+leveldb_write_buffer_bytes = 64 * 1024 * 1024
 leveldb_cache_bytes = 64 * 1024 * 1024
 leveldb_block_bytes = 16 * 1024
 leveldb_bloom_bits = 10              # bits per key: most lookups are for keys that do not exist
@@ -425,6 +427,9 @@ class Ledger:
 
     def close(self) -> None:
         if not self._db.closed:
+            # Compacting the tiny meta range makes LevelDB flush its memtable first, so the next
+            # open need not replay a write-ahead log of up to leveldb_write_buffer_bytes.
+            self._db.compact_range(start=b"m", stop=b"m\xff")
             self._db.close()
 
     def __enter__(self) -> "Ledger":
@@ -539,7 +544,7 @@ class Ledger:
     # -- Merkle log ---------------------------------------------------------------------------------
 
     def _node(self, level: int, index: int) -> bytes:
-        """Hash of complete subtree (level, index) of the applied log: one read, or one range scan."""
+        """Hash of complete subtree (level, index) of the applied log: one read, or <= 8 entry reads."""
         if level >= node_cache_level_min:
             cached = self._node_cache.get((level, index))
             if cached is not None:
@@ -550,6 +555,8 @@ class Ledger:
         if data is None:
             raise LedgerError(f"Merkle node ({level}, {index}) is missing from the store")
         if level >= node_cache_level_min:
+            if len(self._node_cache) >= node_cache_entries_max:
+                self._node_cache.clear()
             self._node_cache[(level, index)] = data
         return data
 
@@ -559,11 +566,16 @@ class Ledger:
         first = (index << level) // group_leaves * group_leaves
         hashes = self._group_cache.get(first)
         if hashes is None:
-            end = _U64.pack(first + group_leaves)
-            with self._db.iterator(start=b"e" + _U64.pack(first), stop=b"e" + end, include_key=False) as it:
-                hashes = [merkle.leaf_hash(data) for data in it]
+            # Point reads, not an iterator: a plyvel iterator costs more than 8 cached gets.
+            get = self._db.get
+            hashes = []
+            for leaf in range(first, min(first + group_leaves, self._frontier.size)):
+                data = get(b"e" + _U64.pack(leaf))
+                if data is None:
+                    raise LedgerError(f"entry {leaf} is missing from the store")
+                hashes.append(merkle.leaf_hash(data))
             if len(hashes) == group_leaves:  # a partial group at the log's end still grows
-                if len(self._group_cache) >= 64:
+                if len(self._group_cache) >= group_cache_entries_max:
                     self._group_cache.clear()
                 self._group_cache[first] = hashes
         offset = (index << level) - first
@@ -572,9 +584,23 @@ class Ledger:
         return merkle.root_from_leaf_hashes(hashes[offset:offset + (1 << level)])
 
     def _node_source(self) -> merkle.NodeSource:
-        if self._frontier_source is None or self._frontier_source[0] is not self._frontier:
-            self._frontier_source = (self._frontier, self._frontier.node_source(self._node))
-        return self._frontier_source[1]
+        """Reads for proofs at any size up to the head: the head's frontier from memory, then the store."""
+        if self._frontier_source is not None and self._frontier_source[0] is self._frontier:
+            return self._frontier_source[1]
+        own = {}
+        start = 0
+        for level, h in zip(self._frontier.levels(), self._frontier.hashes):
+            own[(level, start >> level)] = h
+            start += 1 << level
+        own_get = own.get
+        node = self._node
+
+        def source(level: int, index: int) -> bytes:
+            found = own_get((level, index))
+            return found if found is not None else node(level, index)
+
+        self._frontier_source = (self._frontier, source)
+        return source
 
     def tree_root(self, size: int | None = None) -> bytes:
         size = self._frontier.size if size is None else size
