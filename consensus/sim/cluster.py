@@ -139,6 +139,7 @@ class Simulation:
             raise ValueError(f"byzantine_ids {byzantine_ids} must be at most f={plan.f} known ids")
         self.byzantine_ids = byzantine_ids
         self.honest_ids = [i for i in self.ids if i not in byzantine_ids]
+        self.live_ids = list(self.honest_ids)   # honest replicas liveness is demanded of
         self.network = SimNetwork(
             self.rng_network,
             NetworkConditions(
@@ -385,20 +386,37 @@ class Simulation:
         self.tick += 1
 
     def begin_liveness(self) -> None:
+        """Heal the network and a core of honest replicas; the rest of the honest ones stay down.
+
+        With `plan.liveness_core_only`, f - b honest replicas (b = Byzantine count) stay
+        crashed, so exactly 2f + 1 honest replicas must make progress next to b Byzantine
+        ones (each jurisdiction keeps its minimum: it has at least min + f validators).
+        """
         self.phase = "liveness"
         self.liveness_started_tick = self.tick
         self.network.calm()
+        left_down: list[str] = []
+        if self.plan.liveness_core_only:
+            count = self.plan.f - len(self.byzantine_ids)
+            left_down = sorted(self.rng_faults.sample(self.honest_ids, count))
+        self.live_ids = [i for i in self.honest_ids if i not in left_down]
         for node_id in self.honest_ids:
             node = self.nodes[node_id]
             node.crash_stage = None
-            if not node.up:
+            if node_id in left_down:
+                if node.up:
+                    self.crash(node, "liveness_left_down")
+                node.down_until_tick = None
+            elif not node.up:
                 self.restart(node)
+        if self.log and left_down:
+            self.log(f"tick {self.tick}: liveness with {', '.join(left_down)} left down")
 
     def pending_requests(self) -> list[ClientRequest]:
-        """Valid requests not yet committed on every honest replica."""
+        """Valid requests not yet committed on every live honest replica."""
         pending = {
             r.data: r for r in self.requests
-            if r.valid and not all(self.checker.has_committed(i, r.data) for i in self.honest_ids)
+            if r.valid and not all(self.checker.has_committed(i, r.data) for i in self.live_ids)
         }
         return list(pending.values())
 
@@ -409,7 +427,7 @@ class Simulation:
         for request in self.pending_requests():
             if request.data in committed_anywhere:
                 continue
-            for node_id in self.honest_ids:
+            for node_id in self.live_ids:
                 self.submit(self.nodes[node_id], request.data)
 
     def run(self) -> RunResult:
@@ -426,7 +444,7 @@ class Simulation:
             while self.pending_requests():
                 if self.tick >= deadline:
                     pending = self.pending_requests()
-                    heights = ", ".join(f"{i}:{self.checker.height(i)}" for i in self.honest_ids)
+                    heights = ", ".join(f"{i}:{self.checker.height(i)}" for i in self.live_ids)
                     raise LivenessFailure(
                         f"{len(pending)} valid request(s) not committed on every honest replica after "
                         f"{self.plan.liveness_ticks_max} liveness ticks (heights {heights})"
