@@ -16,7 +16,7 @@ from pathlib import Path
 from . import rpc
 from .network import DEMO_PARTICIPANTS, ManifestError, Network, NodeEntry, plan_network
 from .ports import PortError, check_ports_free, plan_ports
-from .supervisor import SupervisorError, running_pid, start_node, stop_node
+from .supervisor import SupervisorError, exit_statuses, read_pid, running_pid, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
 DEFAULT_BASE_PORT = 7700
@@ -79,8 +79,11 @@ def wait_until_ready(network: Network, timeout_s: float = node_ready_timeout_s,
             if node.name in answers:
                 continue
             if running_pid(node.pid_path, node.config_path) is None:
+                pid = read_pid(node.pid_path)
+                code = exit_statuses.get(pid) if pid else None
+                how = f" with status {code}" if code is not None else ""
                 raise TestnetError(
-                    f"node {node.name} exited during start-up; last lines of {node.log_path}:\n{tail(node.log_path)}"
+                    f"node {node.name} exited during start-up{how}; last lines of {node.log_path}:\n{tail(node.log_path)}"
                 )
             status = node_status(node)
             if status is not None:

@@ -43,13 +43,20 @@ def read_pid(pid_file: Path) -> int | None:
     return int(text)
 
 
+# Exit statuses of children this process reaped, by pid, for error messages.
+exit_statuses: dict[int, int] = {}
+
+
 def _reap_if_child(pid: int) -> bool:
     """Collect `pid` if it is our exited child; True if it was reaped (so it is gone)."""
     try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return False
-    return reaped == pid
+    if reaped == pid:
+        exit_statuses[pid] = os.waitstatus_to_exitcode(status)
+        return True
+    return False
 
 
 def process_exists(pid: int) -> bool:
