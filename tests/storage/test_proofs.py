@@ -1,0 +1,190 @@
+"""Match proofs and consistency proofs: built by the ledger, verified offline with genesis alone;
+every tampering is caught and named."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from consensus import codec
+from storage import entries, proofs
+from storage.ledger import Ledger
+from storage.proofs import verify_consistency_proof, verify_match_proof
+from storage.genesis import Genesis
+from storage_helpers import Author, commitment, key_from, next_block
+
+
+@pytest.fixture
+def filled(world, tmp_path):
+    """A store with commitments 0..29 over 4 blocks; 3 revoked later by its author, 4 by governance."""
+    store = Ledger.open(tmp_path / "store", world.genesis)
+    author = Author(world, "hk-bureau")
+    n = 0
+    for size in (5, 10, 1, 14):
+        store.apply_block(next_block(world, store, [author.commit(commitment(n + i), expires_ms=2_000_000_000_000 if n + i == 7 else None)
+                                                    for i in range(size)]))
+        n += size
+    regulators = list(world.governance_keys.items())
+    store.apply_block(next_block(world, store, [
+        author.revoke(commitment(3), "superseded"),
+        entries.build_governance_revoke(regulators, world.chain_id, commitment(4), "court order", 1, 1),
+    ]))
+    yield store
+    store.close()
+
+
+def test_match(world, filled):
+    proof = filled.match_proof(commitment(12))
+    verdict = verify_match_proof(proof, world.genesis, commitment(12), now_ms=0)
+    assert verdict.status == "match" and verdict.check is None and verdict.valid
+    d = verdict.details
+    assert (d["height"], d["leaf_index"], d["author"], d["kind"], d["jurisdiction"]) == (2, 12, "hk-bureau", "credit-report", "HK")
+    assert d["time_ms"] == filled.header(2).time_ms
+    decoded = codec.unpack_canonical(proof)
+    assert decoded["tree_size"] == filled.header(2).tree_size == 15
+    assert decoded["header"] == filled.header(2).to_wire()
+    assert "revocation" not in decoded
+    assert len(proof) <= proofs.proof_bytes_max
+    # Also accepted already decoded.
+    assert verify_match_proof(decoded, world.genesis, commitment(12), now_ms=0).status == "match"
+    assert filled.match_proof(commitment(999)) is None
+
+
+def test_revoked_by_author_and_by_governance(world, filled):
+    verdict = verify_match_proof(filled.match_proof(commitment(3)), world.genesis, commitment(3), now_ms=0)
+    assert verdict.status == "revoked"
+    assert verdict.details["revoked_height"] == 5 and verdict.details["revoke_reason"] == "superseded"
+    assert verdict.details["revoked_by"] == "hk-bureau" and verdict.details["height"] == 1
+    verdict = verify_match_proof(filled.match_proof(commitment(4)), world.genesis, commitment(4), now_ms=0)
+    assert verdict.status == "revoked" and verdict.details["revoked_by"] == "governance"
+
+
+def test_expired_at_query_time(world, filled):
+    proof = filled.match_proof(commitment(7))
+    assert verify_match_proof(proof, world.genesis, commitment(7), now_ms=2_000_000_000_000 - 1).status == "match"
+    assert verify_match_proof(proof, world.genesis, commitment(7), now_ms=2_000_000_000_000).status == "expired"
+    # Default: this machine's clock (2026 is before the expiry in 2033).
+    assert verify_match_proof(proof, world.genesis, commitment(7)).status == "match"
+
+
+def _tamper(proof: bytes, change) -> bytes:
+    value = msgpack.unpackb(proof)
+    change(value)
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _flip(b: bytes, i: int = 0) -> bytes:
+    return b[:i] + bytes([b[i] ^ 1]) + b[i + 1:]
+
+
+def test_each_tampering_is_named(world, filled):
+    good = filled.match_proof(commitment(12))
+    revoked = filled.match_proof(commitment(3))
+    other_raw = world.genesis.to_dict()
+    other_raw["validators"][0]["public_key"] = bytes(key_from("another hk-1").verify_key).hex()
+    other_genesis = Genesis.from_dict(other_raw)  # same chain id, other validator set
+
+    def set_(key, value):
+        return lambda v: v.__setitem__(key, value)
+
+    def header_field(name, value):
+        return lambda v: v["header"].__setitem__(name, value)
+
+    cases = [
+        (good, set_("entry", _flip(msgpack.unpackb(good)["entry"], 40)), "inclusion"),
+        (good, set_("leaf_index", 11), "inclusion"),
+        (good, set_("leaf_index", 15), "leaf-index"),
+        (good, set_("leaf_index", -1), "leaf-index"),
+        (good, set_("tree_size", 16), "tree-size"),
+        (good, set_("inclusion_path", msgpack.unpackb(good)["inclusion_path"][:-1]), "inclusion"),
+        (good, set_("inclusion_path", [_flip(h) for h in msgpack.unpackb(good)["inclusion_path"]]), "inclusion"),
+        (good, set_("inclusion_path", "nope"), "inclusion"),
+        (good, header_field("tree_root", bytes(32)), "certificate"),
+        (good, header_field("time_ms", 5), "certificate"),
+        (good, header_field("colour", 5), "header"),
+        (good, header_field("chain_id", "elsewhere"), "chain"),
+        (good, lambda v: v["certificate"]["signatures"].pop(), "certificate"),
+        (good, lambda v: v["certificate"].__setitem__("view", 9), "certificate"),
+        (good, set_("certificate", "junk"), "certificate"),
+        (good, set_("version", 2), "format"),
+        (good, lambda v: v.pop("header"), "format"),
+        (revoked, lambda v: v["revocation"].__setitem__("entry", msgpack.unpackb(good)["entry"]), "revocation.inclusion"),
+        (revoked, lambda v: v["revocation"]["inclusion_path"].pop(), "revocation.inclusion"),
+        (revoked, lambda v: v["revocation"]["header"].__setitem__("height", 9), "revocation.certificate"),
+    ]
+    for proof, change, check in cases:
+        verdict = verify_match_proof(_tamper(proof, change), world.genesis, commitment(12 if proof is good else 3), now_ms=0)
+        assert (verdict.status, verdict.check) == ("invalid", check), (check, verdict)
+        assert verdict.message
+    # A revocation that is a valid revoke of ANOTHER commitment, spliced in.
+    other_revocation = msgpack.unpackb(filled.match_proof(commitment(4)))["revocation"]
+    spliced = _tamper(good, lambda v: v.__setitem__("revocation", other_revocation))
+    verdict = verify_match_proof(spliced, world.genesis, commitment(12), now_ms=0)
+    assert (verdict.status, verdict.check) == ("invalid", "revocation.entry")
+    # The right proof for another commitment, or another genesis, or garbage.
+    assert verify_match_proof(good, world.genesis, commitment(13), now_ms=0).check == "commitment"
+    assert verify_match_proof(good, other_genesis, commitment(12), now_ms=0).check == "certificate"
+    assert verify_match_proof(b"\xc1", world.genesis, commitment(12)).check == "format"
+    assert verify_match_proof(b"\x93\x01\x02\x03", world.genesis, commitment(12)).check == "format"
+    assert verify_match_proof(good, world.genesis, b"short").check == "commitment"
+
+
+def test_proof_size_limit_edge(world, filled):
+    """A proof of exactly proof_bytes_max bytes is decoded; one byte more is refused unread."""
+    limit = proofs.proof_bytes_max
+    padding = msgpack.unpackb(filled.match_proof(commitment(12)))
+    padding["pad"] = b""
+    base = len(msgpack.packb(padding, use_bin_type=True))
+    padding["pad"] = b"p" * (limit - base - 1)  # the bin 16 header is 1 byte longer than bin 8
+    at_limit = msgpack.packb(padding, use_bin_type=True)
+    assert len(at_limit) == limit
+    assert verify_match_proof(at_limit, world.genesis, commitment(12), now_ms=0).status == "match"
+    padding["pad"] += b"p"
+    verdict = verify_match_proof(msgpack.packb(padding, use_bin_type=True), world.genesis, commitment(12), now_ms=0)
+    assert verdict.check == "format" and "exceeds" in verdict.message
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_bit_flip_is_never_a_match(world, filled, data):
+    """Flipping any single bit of a match proof never yields a valid verdict (all bytes are bound)."""
+    good = filled.match_proof(commitment(12))
+    bit = data.draw(st.integers(0, len(good) * 8 - 1))
+    flipped = bytearray(good)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    verdict = verify_match_proof(bytes(flipped), world.genesis, commitment(12), now_ms=0)
+    assert verdict.status == "invalid", (bit, verdict)
+
+
+def test_consistency_between_heads(world, filled):
+    h2, h4 = filled.header(2), filled.header(4)
+    proof = filled.consistency_proof(h2.tree_size, h4.tree_size)
+    older = {"header": h2.to_wire(), "certificate": filled.certificate(2).to_wire()}
+    newer = {"header": h4.to_wire(), "certificate": filled.certificate(4).to_wire()}
+    assert verify_consistency_proof(older, newer, proof, world.genesis).status == "match"
+    assert verify_consistency_proof(h2.to_wire(), h4.to_wire(), proof).status == "match"
+    assert verify_consistency_proof(h2.to_wire(), h4.to_wire(), proof[:-1]).check == "consistency"
+    forged = dict(h4.to_wire(), tree_root=bytes(32))
+    assert verify_consistency_proof(h2.to_wire(), forged, proof).check == "consistency"
+    assert verify_consistency_proof(older, dict(newer, header=forged), proof, world.genesis).check == "newer.certificate"
+    assert verify_consistency_proof({"x": 1}, h4.to_wire(), proof).check == "header"
+
+
+def test_verifiers_do_not_import_plyvel():
+    """Client code uses proofs.py, merkle.py, entries.py and genesis.py: none may import plyvel."""
+    root = Path(__file__).resolve().parents[2] / "storage"
+    for name in ("proofs.py", "merkle.py", "entries.py", "genesis.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+                if node.level and node.module.split(".")[0] == "ledger":
+                    imported.add("ledger")
+        assert "plyvel" not in imported and "ledger" not in imported and "trio" not in imported, name
