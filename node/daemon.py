@@ -468,8 +468,7 @@ class Daemon:
             log.warning("rpc server not available in this build; RPC port not opened")
             return None
         result = await nursery.start(functools.partial(
-            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port,
-            connections_max=self.config.limits.rpc_connections_max))
+            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port))
         return _port_of(result, self.config.listen.rpc.port)
 
 
