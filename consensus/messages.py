@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Union
 
+import msgpack
 import nacl.signing
 
 from . import codec
@@ -465,6 +466,16 @@ class Checkpoint:
         _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
 
 
+def _unsigned_bytes(wire: dict) -> bytes:
+    """The signed payload of a decoded VIEW-CHANGE or NEW-VIEW: its map without "signature".
+
+    `wire` comes from bytes already checked canonical, so its maps are in canonical
+    key order and plain msgpack of it is canonical: no second canonicalization
+    of a message that can carry a window of blocks n times over.
+    """
+    return msgpack.packb({k: v for k, v in wire.items() if k != "signature"}, use_bin_type=True)
+
+
 @dataclass(frozen=True)
 class ViewChange:
     """A replica's move to `view`: its stable checkpoint and its prepared certificates above it."""
@@ -476,6 +487,7 @@ class ViewChange:
     prepared: tuple[PreparedCertificate, ...]
     sender: str
     signature: bytes = b""
+    signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # payload, when decoded
 
     def _body(self) -> dict:
         return {
@@ -484,6 +496,8 @@ class ViewChange:
         }
 
     def payload(self) -> bytes:
+        if self.signed_bytes is not None:
+            return self.signed_bytes
         return codec.pack(self._body())
 
     def to_wire(self) -> dict:
@@ -500,7 +514,7 @@ class ViewChange:
         )
         return cls(
             _int(wire["view"], "view", 1), CheckpointCertificate.from_wire(wire["checkpoint"], validators), prepared,
-            _validator_id(wire["sender"], "sender"), _signature(wire["signature"]),
+            _validator_id(wire["sender"], "sender"), _signature(wire["signature"]), _unsigned_bytes(wire),
         )
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
@@ -536,6 +550,7 @@ class NewView:
     chosen: tuple[bytes, ...]
     sender: str
     signature: bytes = b""
+    signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # payload, when decoded
 
     def _body(self) -> dict:
         return {
@@ -544,6 +559,8 @@ class NewView:
         }
 
     def payload(self) -> bytes:
+        if self.signed_bytes is not None:
+            return self.signed_bytes
         return codec.pack(self._body())
 
     def to_wire(self) -> dict:
@@ -558,7 +575,7 @@ class NewView:
         chosen = tuple(_hash(h, "chosen[]") for h in _list(wire["chosen"], "chosen", PREPARED_CERTIFICATES_MAX))
         return cls(
             _int(wire["view"], "view", 1), view_changes, chosen, _validator_id(wire["sender"], "sender"),
-            _signature(wire["signature"]),
+            _signature(wire["signature"]), _unsigned_bytes(wire),
         )
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
@@ -673,8 +690,12 @@ def encode(message: Message) -> bytes:
 
 def sign(message: Any, signing_key: nacl.signing.SigningKey, chain_id: str) -> Any:
     """A copy of `message` with its signature filled in."""
+    fields = {f: getattr(message, f) for f in message.__dataclass_fields__}
+    if "signed_bytes" in fields:
+        fields["signed_bytes"] = None  # a decoded-then-edited message signs its current fields
+        message = type(message)(**fields)
     signature = codec.sign(signing_key, message.DOMAIN, chain_id, message.payload())
-    return type(message)(**{**{f: getattr(message, f) for f in message.__dataclass_fields__}, "signature": signature})
+    return type(message)(**{**fields, "signature": signature})
 
 
 def decode_message(data: bytes, validators: ValidatorSet, chain_id: str, *, verify: bool = True) -> Message:

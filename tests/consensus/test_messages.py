@@ -10,6 +10,7 @@ no signature, returns a well-typed message. Nothing else may escape.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import nacl.signing
 import pytest
@@ -93,6 +94,15 @@ def test_sample_round_trips(kind):
     again = decode_message(data, VSET, CHAIN)
     assert again == message
     assert encode(again) == data
+    if hasattr(again, "signed_bytes"):
+        # The payload taken from the wire is exactly the canonical encoding of the fields.
+        assert again.signed_bytes == codec.pack(again._body()) == message.payload()
+
+
+def test_a_decoded_then_edited_view_change_signs_its_new_fields():
+    decoded = decode_message(encode(SAMPLES["view-change"]), VSET, CHAIN)
+    edited = sign(dataclasses.replace(decoded, view=decoded.view + 1), KEYS["v3"], CHAIN)
+    assert decode_message(encode(edited), VSET, CHAIN).view == decoded.view + 1
 
 
 def paths(value, prefix=()):
