@@ -287,7 +287,8 @@ class Daemon:
             await request.taken.wait()
             if request.refusal is not None:
                 self.metrics.rejected_requests.inc(label_value=request.refusal)
-                code = "mempool-full" if request.refusal == "request-pool-full" else "bad-entry"
+                code = {"request-pool-full": "mempool-full", "already-committed": "already-committed"}.get(
+                    request.refusal, "bad-entry")
                 raise ApiError(code, f"entry refused: {request.refusal}")
             if waiter is None:
                 return {"status": "pending", "id": entry_id}
@@ -311,6 +312,10 @@ class Daemon:
         """Hand a client's entry to the core (which pools it and forwards it to every validator)."""
         ready = self.replica.on_request(request.entry)
         refusals = [reason for peer, reason in ready.rejected if peer == CLIENT_PEER_ID]
+        if not refusals and _entry_id(request.entry) in getattr(self.replica, "committed_ids", ()):
+            # The core drops a committed request silently (peers forward duplicates all the time);
+            # a client retrying it must hear so instead of waiting for a commit that will not come.
+            refusals = ["already-committed"]
         request.refusal = refusals[0] if refusals else None
         request.taken.set()
         self.carry_out(ready)

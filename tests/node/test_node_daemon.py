@@ -352,3 +352,19 @@ async def _started(task_status):
     # Lets the cancelled daemon's tasks unwind before its ledger is closed.
     await trio.sleep(0.05)
     task_status.started()
+
+
+async def test_resubmitting_a_committed_entry_is_answered_not_left_waiting(tmp_path):
+    """A client retrying an entry that already committed gets ApiError already-committed at once."""
+    net = Net(tmp_path)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for node_id, _ in IDS:
+                await net.start(nursery, node_id)
+            first = await net.daemons["hk-2"].submit(request(1), True, 20)
+            assert first["status"] == "committed"
+            await net.wait_height(["cn-1"], first["height"])
+            with pytest.raises(ApiError) as info:
+                await net.daemons["cn-1"].submit(request(1), True, 20)
+            assert info.value.code == "already-committed"
+            nursery.cancel_scope.cancel()
