@@ -257,8 +257,9 @@ class Replica:
             self._reject(sender_id, exc.reason)
             return self._ready()
         sender = getattr(message, "sender", sender_id)
-        # A CHECKPOINT may be relayed (it proves a stable checkpoint to a peer that missed it).
-        if sender != sender_id and not isinstance(message, Checkpoint):
+        # CHECKPOINT and NEW-VIEW may be relayed: both are self-certifying (a CHECKPOINT quorum proves a
+        # stable checkpoint, a NEW-VIEW carries its quorum of VIEW-CHANGEs) and help a peer that missed them.
+        if sender != sender_id and not isinstance(message, (Checkpoint, NewView)):
             self._reject(sender_id, "sender-mismatch")
             return self._ready()
         handler = {

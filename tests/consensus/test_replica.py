@@ -433,3 +433,16 @@ def test_whole_cluster_restart_still_refuses_a_committed_request():
     cluster.submit("v0", b"ok:next")
     assert cluster.run_until(lambda: all_committed(cluster, [b"ok:next"]), 500)
     cluster.assert_agreement()
+
+
+def test_a_replica_left_in_an_old_view_adopts_a_relayed_new_view():
+    """F3 (FINDINGS.md): v3 misses the NEW-VIEW of view 1 from its primary; another replica relays it."""
+    cluster = Cluster()
+    cluster.nodes["v0"].crash()
+    cluster.drop = lambda s, t, d: t == "v3" and s == "v1" and kind_of(d) == "new-view"
+    for request in (b"ok:1", b"ok:2"):
+        cluster.submit("v2", request)
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1", b"ok:2"], ["v1", "v2", "v3"]), 3000)
+    assert cluster.nodes["v3"].replica.view_active and cluster.nodes["v3"].replica.view == 1
+    assert not [r for r in cluster.nodes["v3"].rejected if r[1] == "sender-mismatch"]
+    cluster.assert_agreement()
