@@ -106,6 +106,8 @@ MALFORMED_REASONS = frozenset({
     "bad-encoding", "bad-type", "bad-field", "bad-signature", "unknown-sender", "sender-mismatch", "too-large",
     "wrong-chain", "no-quorum", "bad-new-view", "bad-checkpoint", "bad-certificate", "not-primary",
 })
+# An honest replica forwards only requests that passed check_request.
+MALFORMED_REQUEST_PREFIXES = ("invalid-request:", "bad-request", "request-too-large")
 
 # Open findings the sweep tolerates (counted as rejected_honest_<reason>) until the replica is fixed:
 # F3, a relayed NEW-VIEW is rejected as sender-mismatch (tests/consensus/FINDINGS.md).
@@ -280,7 +282,8 @@ class Simulation:
                     raise SafetyViolation(f"replica {node.id} reported bad evidence: {problem}")
         for peer, reason in adapter.ready_rejected(ready):
             self.faults[f"rejected_{reason}"] += 1
-            if reason in MALFORMED_REASONS and self.checker.is_honest(node.id) and self.checker.is_honest(peer):
+            malformed = reason in MALFORMED_REASONS or reason.startswith(MALFORMED_REQUEST_PREFIXES)
+            if malformed and self.checker.is_honest(node.id) and self.checker.is_honest(peer):
                 # The network never alters bytes (replays keep their link), so an honest
                 # peer's message that does not pass the boundary is an honest-side bug.
                 if reason in TOLERATED_HONEST_REJECTIONS:
