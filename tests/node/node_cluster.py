@@ -212,11 +212,12 @@ class Cluster:
             if node.process.poll() is not None:
                 raise AssertionError(f"{node_id} exited with {node.process.returncode}:\n{node.log_path.read_text()[-3000:]}")
             try:
-                node.call("status")
+                # The metrics port answers once the node has bound all its ports and started its driver.
+                node.metrics_text()
                 return
-            except (OSError, ConnectionError):
+            except (OSError, ConnectionError, IndexError):
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{node_id} does not answer RPC:\n{node.log_path.read_text()[-3000:]}")
+                    raise AssertionError(f"{node_id} does not answer on its metrics port:\n{node.log_path.read_text()[-3000:]}")
                 time.sleep(WAIT_STEP_S)
 
     def kill(self, node_id: str) -> None:

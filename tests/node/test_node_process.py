@@ -1,0 +1,71 @@
+"""One daemon process: start-up failures exit with a clear reason, SIGTERM and SIGINT stop it cleanly.
+
+Uses the real CLI (`python -m node.cli node --config ...`) against a generated
+4-validator network; only one node runs, which is enough for the process's
+own lifecycle (no commits are needed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_briefly(config_path, timeout_s=60):
+    return subprocess.run([sys.executable, "-m", "node.cli", "node", "--config", str(config_path)],
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_node_cleanly(cluster, signum):
+    """The node serves metrics, then exits 0 on the signal, logging why and its height."""
+    cluster.start("hk-1")
+    cluster.wait_serving("hk-1")
+    node = cluster.nodes["hk-1"]
+    assert "bayledger_height 0" in node.metrics_text()
+    node.process.send_signal(signum)
+    assert node.process.wait(30) == 0
+    events = [line.get("event") for line in node.log_lines()]
+    assert "node started" in events and "shutting down" in events and events[-1] == "stopped"
+    started = next(line for line in node.log_lines() if line.get("event") == "node started")
+    assert started["node"] == "hk-1" and started["level"] == "info" and started["timestamp"].endswith("Z")
+
+
+def test_startup_failures_exit_1_with_a_reason(cluster):
+    """A world-readable key file, a key that is not the genesis key, and a port in use each stop start-up
+    with exit status 1 and one `cannot start` line naming the problem."""
+    node = cluster.nodes["hk-1"]
+    key_path = node.dir / "key.json"
+    os.chmod(key_path, 0o644)
+    result = run_briefly(node.config_path)
+    assert result.returncode == 1 and "chmod 600" in result.stderr and "cannot start" in result.stderr
+    os.chmod(key_path, 0o600)
+
+    other = cluster.nodes["hk-2"].dir / "key.json"
+    config_text = node.config_path.read_text()
+    node.config_path.write_text(config_text.replace(str(key_path), str(other)))
+    result = run_briefly(node.config_path)
+    assert result.returncode == 1 and "does not hold the genesis key" in result.stderr
+    node.config_path.write_text(config_text)
+
+    import socket
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", node.metrics))
+        squatter.listen()
+        result = run_briefly(node.config_path)
+    assert result.returncode == 1 and "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_errors_exit_2_naming_the_key(cluster, tmp_path):
+    node = cluster.nodes["hk-1"]
+    bad = node.dir / "bad.toml"
+    bad.write_text(node.config_path.read_text().replace("[consensus]", "[consensus]\nview_timeout = 5"))
+    result = run_briefly(bad)
+    assert result.returncode == 2
+    assert "consensus.view_timeout: unknown key" in result.stderr and "Traceback" not in result.stderr
