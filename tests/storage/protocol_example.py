@@ -1,0 +1,112 @@
+"""The worked example of docs/PROTOCOL.md, rebuilt from fixed seeds (Ed25519 signing is deterministic).
+
+    .venv/bin/python tests/storage/protocol_example.py     prints every value as hex
+test_protocol_doc.py checks each value appears verbatim in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+
+import nacl.signing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from consensus import codec  # noqa: E402
+from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash  # noqa: E402
+from consensus.messages import CommittedBlock  # noqa: E402
+from storage import entries, merkle  # noqa: E402
+from storage.genesis import Genesis  # noqa: E402
+from storage.ledger import Ledger, results_hash  # noqa: E402
+from storage.proofs import verify_match_proof  # noqa: E402
+
+CHAIN_ID = "bayledger-example"
+TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def key(name: str) -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(hashlib.sha256(f"bayledger example {name}".encode()).digest())
+
+
+def build() -> dict[str, bytes]:
+    validators = {"hk-1": key("hk-1"), "cn-1": key("cn-1")}
+    bureau = key("hk-bureau")
+    genesis = Genesis.from_dict({
+        "chain_id": CHAIN_ID,
+        "genesis_time_ms": TIME_MS,
+        "validators": [
+            {"id": "hk-1", "public_key": bytes(validators["hk-1"].verify_key).hex(), "jurisdiction": "HK"},
+            {"id": "cn-1", "public_key": bytes(validators["cn-1"].verify_key).hex(), "jurisdiction": "CN"},
+        ],
+        "governance": {
+            "HK": {"keys": [{"id": "hkma", "public_key": bytes(key("hkma").verify_key).hex()}], "threshold": 1},
+            "CN": {"keys": [{"id": "pboc", "public_key": bytes(key("pboc").verify_key).hex()}], "threshold": 1},
+        },
+        "participants": [{"id": "hk-bureau", "jurisdiction": "HK", "role": "credit-provider",
+                          "public_key": bytes(bureau.verify_key).hex()}],
+    })
+    out: dict[str, bytes] = {}
+    document = b"Example credit report for ACME Trading Ltd\n"
+    salt = bytes(range(32))
+    out["validator_hk_1_public_key"] = bytes(validators["hk-1"].verify_key)
+    out["validator_cn_1_public_key"] = bytes(validators["cn-1"].verify_key)
+    out["participant_public_key"] = bytes(bureau.verify_key)
+    out["document_sha256"] = hashlib.sha256(document).digest()
+    out["commitment"] = entries.commitment_of_document(document, salt)
+    block = []
+    for nonce, c in ((1, hashlib.sha256(b"first").digest()), (2, out["commitment"]), (3, hashlib.sha256(b"third").digest())):
+        block.append(entries.build_commit(bureau, "hk-bureau", CHAIN_ID, c, "credit-report", "HK", nonce,
+                                          TIME_MS + nonce, None))
+    entry = block[1]
+    decoded = entries.decode_entry(entry)
+    out["body"] = decoded.body
+    out["signing_bytes"] = codec.signing_bytes(codec.DOMAIN_ENTRY, CHAIN_ID, decoded.body)
+    out["signature"] = decoded.signatures[0][1]
+    out["entry"] = entry
+    out["leaf_hash"] = merkle.leaf_hash(entry)
+    out["leaf_0_hash"] = merkle.leaf_hash(block[0])
+    out["leaf_2_hash"] = merkle.leaf_hash(block[2])
+    out["node_01"] = merkle.node_hash(out["leaf_0_hash"], out["leaf_hash"])
+    out["results"] = codec.pack([0, 1, 2])
+    out["results_hash"] = results_hash([0, 1, 2])
+    out["entries_hash"] = entries_hash(block)
+    out["validator_set_hash"] = genesis.validator_set.hash()
+    with tempfile.TemporaryDirectory() as directory:
+        ledger = Ledger.open(Path(directory) / "ledger", genesis)
+        result = ledger.execute(None, 1, TIME_MS + 1000, block)
+        header = BlockHeader(
+            chain_id=CHAIN_ID, height=1, prev_hash=bytes(32), time_ms=TIME_MS + 1000,
+            entries_hash=out["entries_hash"], entry_count=3, tree_size=result.tree_size,
+            tree_root=result.tree_root, results_hash=result.results_hash,
+            validator_set_hash=out["validator_set_hash"],
+        )
+        out["tree_root"] = header.tree_root
+        out["header"] = header.encode()
+        out["header_hash"] = header.hash()
+        payload = commit_vote_payload(0, 1, header.hash())
+        out["vote_payload"] = payload
+        out["vote_signing_bytes"] = codec.signing_bytes(codec.DOMAIN_COMMIT, CHAIN_ID, payload)
+        signatures = tuple(CommitSignature(v, codec.sign(k, codec.DOMAIN_COMMIT, CHAIN_ID, payload))
+                           for v, k in validators.items())
+        certificate = CommitCertificate(view=0, height=1, header_hash=header.hash(), signatures=signatures)
+        out["certificate"] = codec.pack(certificate.to_wire())
+        ledger.apply_block(CommittedBlock(header, tuple(block), certificate))
+        out["match_proof"] = ledger.match_proof(out["commitment"])
+        ledger.close()
+    verdict = verify_match_proof(out["match_proof"], genesis, out["commitment"], now_ms=TIME_MS)
+    assert verdict.status == "match", verdict
+    out["genesis_hash"] = genesis.hash()
+    return out
+
+
+def wrapped(data: bytes, width: int = 64) -> str:
+    text = data.hex()
+    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+
+
+if __name__ == "__main__":
+    for name, value in build().items():
+        print(f"## {name} ({len(value)} bytes)\n{wrapped(value)}\n")
