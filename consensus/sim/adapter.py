@@ -187,6 +187,17 @@ def conflicting_vote(ctx: Context, data: bytes, rng: random.Random) -> bytes | N
         return ctx.resign(dataclasses.replace(message, header_hash=rng.randbytes(32)))
     if isinstance(message, messages.PrePrepare):
         return ctx.resign(_alternative_block(ctx, message, rng))
+    if isinstance(message, messages.ViewChange):
+        # A lying VIEW-CHANGE: validly signed, but hides what it prepared or claims an old checkpoint.
+        if message.prepared and rng.random() < 0.5:
+            keep = rng.randrange(len(message.prepared))
+            return ctx.resign(dataclasses.replace(message, prepared=message.prepared[:keep]))
+        return ctx.resign(dataclasses.replace(message, checkpoint=messages.GENESIS_CHECKPOINT, prepared=()))
+    if isinstance(message, messages.NewView):
+        # A NEW-VIEW whose re-proposals do not follow from its VIEW-CHANGEs, or without a quorum of them.
+        if message.chosen and rng.random() < 0.5:
+            return ctx.resign(dataclasses.replace(message, chosen=message.chosen[:-1]))
+        return ctx.resign(dataclasses.replace(message, view_changes=message.view_changes[:1]))
     return None
 
 

@@ -22,7 +22,7 @@ CRASH_STAGES = (
 )
 BYZANTINE_BEHAVIOURS = (
     "equivocate",          # as primary, a different PRE-PREPARE to different peers
-    "conflicting_votes",   # PREPARE/COMMIT for a block nobody proposed, to some peers
+    "conflicting_votes",   # PREPARE/COMMIT/CHECKPOINT for a block nobody proposed; lying VIEW-CHANGE/NEW-VIEW
     "forged_signatures",   # valid messages with a corrupted signature or signed by another key
     "stale_view",          # re-signed messages carrying an older view
     "future_view",         # re-signed messages carrying a far-future view

@@ -115,3 +115,24 @@ def test_forged_catch_up_blocks_do_not_verify(setup):
             forged.verify(vset)
         reasons.add(str(caught.value))
     assert len(reasons) >= 2
+
+
+def test_lying_view_changes_are_signed_and_bad_new_views_are_rejected(setup):
+    """A Byzantine VIEW-CHANGE that hides its prepared blocks still verifies (only quorum
+    intersection protects against it); a tampered NEW-VIEW does not."""
+    vset, keys = setup
+    vc = messages.sign(messages.ViewChange(1, messages.GENESIS_CHECKPOINT, (), "r2"), keys["r2"], CHAIN_ID)
+    ctx = adapter.Context(vset, CHAIN_ID, keys["r2"], "r2")
+    lying = decode(vset, adapter.conflicting_vote(ctx, messages.encode(vc), random.Random(6)))
+    assert isinstance(lying, messages.ViewChange) and lying.prepared == ()
+    vcs = tuple(
+        messages.sign(messages.ViewChange(1, messages.GENESIS_CHECKPOINT, (), v), keys[v], CHAIN_ID)
+        for v in ("r0", "r2", "r3")
+    )
+    new_view = messages.sign(messages.NewView(1, vcs, (), "r1"), keys["r1"], CHAIN_ID)
+    decode(vset, messages.encode(new_view))
+    ctx = adapter.Context(vset, CHAIN_ID, keys["r1"], "r1")
+    tampered = adapter.conflicting_vote(ctx, messages.encode(new_view), random.Random(6))
+    with pytest.raises(messages.MessageError) as caught:
+        decode(vset, tampered)
+    assert caught.value.reason == "no-quorum"
