@@ -110,23 +110,33 @@ def test_replica_restarts_and_catches_up():
 
 
 def test_checkpoint_during_a_view_change():
-    """The primary crashes the moment the first checkpoint height commits, so CHECKPOINT votes
-    are in flight while the others change view. The checkpoint still becomes stable and the
-    new view goes on committing above it."""
+    """When the first checkpoint height (2) commits, the primary crashes and the links between
+    the other three drop everything for 35 ticks, so CHECKPOINT votes are lost while the
+    replicas time out and change view. The checkpoint must become stable in the middle of that
+    view change (on a replica that had missed it) and the new view must commit above it."""
     plan = calm_plan(5, checkpoint_interval=2, batch_requests_max=1)
-    state = {}
+    state = {"stable_during_view_change": []}
+    others = ["r1", "r2", "r3"]
 
     def schedule(sim, tick):
         if 1 <= tick <= 120 and tick % 6 == 0:
-            sim.client_request(["r1", "r2", "r3"])
-        if "crashed" not in state and sim.checker.height("r1") >= 1 and sim.nodes["r0"].up:
-            # r0 applies height 2 (a checkpoint height) next: crash it right after applying.
+            sim.client_request(others)
+        if "crashed" not in state and sim.checker.height("r1") >= 2:
             state["crashed"] = tick
-            sim.schedule_crash("r0", "after_apply", 100)
+            sim.schedule_crash("r0", "after_apply", 150)
+            sim.network.set_partition(tick, {(a, b) for a in others for b in others if a != b}, 35, "r1 / r2 / r3")
+        for node_id in others:
+            status = sim.nodes[node_id].replica.status()
+            previous = state.get(node_id)
+            now = (status["view_active"], status["stable_checkpoint"])
+            if previous and not previous[0] and not now[0] and previous[1] < 2 <= now[1]:
+                state["stable_during_view_change"].append((tick, node_id))
+            state[node_id] = now
 
     sim = Simulation(plan, schedule=schedule)
     result = run_ok(sim)
     assert result.view_changes >= 1
+    assert state["stable_during_view_change"], "no checkpoint became stable inside a view change"
     assert result.blocks_committed > 4
     for node_id in sim.honest_ids:
         assert sim.nodes[node_id].replica.status()["stable_checkpoint"] >= 2
