@@ -1115,7 +1115,14 @@ class Replica:
             if height <= self.last_applied_height:
                 continue
             if height != self.last_applied_height + 1:
-                self._reject(peer, "catch-up-gap")
+                # Served from a height past ours (the peer guessed from a pipelined vote). If it holds,
+                # it proves the chain is that long: fetch the gap from the same peer.
+                try:
+                    block.verify(self.validators)
+                except MessageError as exc:
+                    self._reject(peer, exc.reason)
+                    break
+                self._set_catch_up_target(height, [peer])
                 break
             expected_prev = hash_of_header(self.last_applied_header) if self.last_applied_header is not None else ZERO_HASH
             if block.header.prev_hash != expected_prev:

@@ -446,3 +446,19 @@ def test_a_replica_left_in_an_old_view_adopts_a_relayed_new_view():
     assert cluster.nodes["v3"].replica.view_active and cluster.nodes["v3"].replica.view == 1
     assert not [r for r in cluster.nodes["v3"].rejected if r[1] == "sender-mismatch"]
     cluster.assert_agreement()
+
+
+def test_catch_up_response_past_our_height_makes_us_fetch_the_gap():
+    cluster = Cluster()
+    for request in (b"ok:1", b"ok:2"):
+        cluster.submit("v0", request)
+        cluster.run(5)
+    chain = cluster.nodes["v0"].chain
+    assert len(chain) >= 2
+    fresh = Node(cluster, "v3")
+    fresh.chain, fresh.persisted = [], {}
+    fresh.start()
+    ready = fresh.replica.on_message("v1", encode_catch_up_response(chain[1:2]))
+    assert not ready.rejected and not ready.committed
+    requests = [decode_message(m.data, cluster.vset, CHAIN) for m in ready.messages if m.to == "v1"]
+    assert [(r.from_height, r.to_height) for r in requests] == [(1, 2)]
