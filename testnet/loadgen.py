@@ -43,6 +43,7 @@ submit_wait_s = 30                  # how long a submit may wait for its commit
 drain_timeout_s = 35                # after a phase, wait this long for late replies
 progress_interval_s = 0.5
 warmup_fraction = 0.2               # of a closed-loop phase, not counted in its rate
+match_queries_max = 90_000          # below the node's memory of answered query ids (100,000)
 LOAD_FRACTIONS = (0.25, 0.50, 0.75)
 
 
@@ -293,7 +294,8 @@ async def run(plan: dict) -> dict:
     report["match_per_s"] = None
     try:
         queries = build_match_queries(plan, committed_commitments,
-                                      int(plan.get("match_ceiling_per_s", 30_000) * phase["match"]))
+                                      min(int(plan.get("match_ceiling_per_s", 30_000) * phase["match"]),
+                                          match_queries_max))
     except NotImplementedError as exc:
         report["match_error"] = str(exc)
         queries = []
