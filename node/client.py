@@ -1,0 +1,414 @@
+"""Client library: a synchronous and a trio msgpack-RPC client for Bayledger nodes, plus helpers.
+
+    with Client(["127.0.0.1:26611", "127.0.0.1:26612"]) as client:
+        status = client.call("status")
+
+    async with AsyncClient(["127.0.0.1:26611"]) as client:
+        async with trio.open_nursery() as nursery:   # pipelining: calls share one connection
+            ...
+
+Both keep one connection open and reuse it; a node that is down (refused,
+reset, unreachable, timed out on connect) is skipped for the next endpoint.
+A call whose connection breaks before its answer is retried on the next
+endpoint: every Bayledger method is safe to repeat (entries carry a nonce, so a
+repeated submit is answered already-committed or replayed-nonce, never
+applied twice; a match query is re-signed per attempt). Errors are typed:
+`RpcError` (the node answered an error: `.code`, `.message`), `ConnectionFailed`
+(no endpoint could be reached or none answered in time).
+
+Helpers: `seal_document` (salt + commitment), entry builders with fresh nonces,
+`build_match_query`, `verify_match_proof` (offline, against the genesis file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import msgpack
+import nacl.signing
+import trio
+
+from consensus import codec
+from storage import entries as ledger_entries
+from storage.genesis import Genesis, Participant
+from storage.proofs import Verdict, verify_match_proof as _verify_match_proof
+
+DEFAULT_TIMEOUT_S = 30.0
+SUBMIT_WAIT_MS_DEFAULT = 30_000
+response_bytes_max = 64 * 1024 * 1024   # a block of many entries is the largest answer
+read_chunk_bytes = 65_536
+msgid_max = 2**32 - 1
+QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/RPC.md)
+
+
+class ClientError(Exception):
+    """Base of the client's typed errors."""
+
+
+class RpcError(ClientError):
+    """The node answered with an error map."""
+
+    def __init__(self, code: str, message: str, endpoint: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.endpoint = endpoint
+
+
+class ConnectionFailed(ClientError):
+    """No endpoint could be reached, or the connection broke and no other endpoint answered."""
+
+
+class ProtocolError(ConnectionFailed):
+    """A node sent something that is not a msgpack-RPC response (the connection is dropped)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_endpoints(text: str | Sequence[str] | Sequence[Endpoint]) -> list[Endpoint]:
+    """'HOST:PORT[,HOST:PORT...]' (or a list of such strings) as endpoints; ValueError says what is wrong."""
+    items: list = text.split(",") if isinstance(text, str) else list(text)
+    endpoints = []
+    for item in items:
+        if isinstance(item, Endpoint):
+            endpoints.append(item)
+            continue
+        item = item.strip()
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{item!r} is not HOST:PORT")
+        endpoints.append(Endpoint(host.strip("[]"), int(port_text)))
+    if not endpoints:
+        raise ValueError("no RPC endpoint given")
+    return endpoints
+
+
+def _error_of(error: Any, endpoint: Endpoint) -> RpcError:
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        return RpcError(error["code"], str(error.get("message", "")), str(endpoint))
+    return RpcError("invalid-response", f"error of unexpected shape: {error!r}"[:200], str(endpoint))
+
+
+def _response_parts(message: Any) -> tuple[Any, Any, Any]:
+    if not (isinstance(message, list) and len(message) == 4 and message[0] == 1):
+        raise ProtocolError(f"not a msgpack-RPC response: {message!r}"[:200])
+    return message[1], message[2], message[3]
+
+
+# -- synchronous client ---------------------------------------------------------------------------
+
+class Client:
+    """A blocking client: one connection, reused; pipelined `call_many`; failover across endpoints."""
+
+    def __init__(self, endpoints: str | Sequence[str] | Sequence[Endpoint], *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout_s = timeout_s
+        self._index = 0
+        self._sock: socket.socket | None = None
+        self._unpacker: msgpack.Unpacker | None = None
+        self._msgids = itertools.count(1)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.endpoints[self._index]
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._unpacker = None
+
+    def _connect(self) -> None:
+        if self._sock is not None:
+            return
+        failures = []
+        for attempt in range(len(self.endpoints)):
+            endpoint = self.endpoints[self._index]
+            try:
+                self._sock = socket.create_connection((endpoint.host, endpoint.port), timeout=self.timeout_s)
+                self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max,
+                                                  strict_map_key=False)
+                return
+            except OSError as exc:
+                failures.append(f"{endpoint}: {exc.strerror or exc}")
+                self._index = (self._index + 1) % len(self.endpoints)
+        raise ConnectionFailed("cannot connect to any node (" + "; ".join(failures) + ")")
+
+    def _next_msgid(self) -> int:
+        return next(self._msgids) % (msgid_max + 1)
+
+    def call(self, method: str, *params: Any) -> Any:
+        """One call; the result, or RpcError / ConnectionFailed."""
+        return self.call_many([(method, list(params))])[0]
+
+    def call_many(self, calls: Iterable[tuple[str, list]], *, raise_errors: bool = True) -> list[Any]:
+        """Send every call at once (pipelined), then read the answers. With raise_errors=False an
+        error comes back in the list as an RpcError instead of being raised."""
+        calls = list(calls)
+        failures = []
+        for attempt in range(len(self.endpoints)):
+            self._connect()
+            endpoint = self.endpoint
+            try:
+                results = self._exchange(calls)
+            except (OSError, ProtocolError, msgpack.ExtraData, ValueError) as exc:
+                failures.append(f"{endpoint}: {exc}")
+                self.close()
+                self._index = (self._index + 1) % len(self.endpoints)
+                continue
+            if raise_errors:
+                for result in results:
+                    if isinstance(result, RpcError):
+                        raise result
+            return results
+        raise ConnectionFailed("no node answered (" + "; ".join(failures) + ")")
+
+    def _exchange(self, calls: list[tuple[str, list]]) -> list[Any]:
+        assert self._sock is not None and self._unpacker is not None
+        msgids = [self._next_msgid() for _ in calls]
+        payload = b"".join(msgpack.packb([0, msgid, method, list(params)], use_bin_type=True)
+                           for msgid, (method, params) in zip(msgids, calls))
+        self._sock.sendall(payload)
+        waiting = {msgid: position for position, msgid in enumerate(msgids)}
+        results: list[Any] = [None] * len(calls)
+        while waiting:
+            for message in self._unpacker:
+                msgid, error, result = _response_parts(message)
+                if msgid is None and error is not None:
+                    # The node refused the connection or the stream (busy, parse error): not for one call.
+                    raise ProtocolError(f"node closed the connection: {_error_of(error, self.endpoint)}")
+                position = waiting.pop(msgid, None)
+                if position is None:
+                    continue  # an answer to a call abandoned earlier
+                results[position] = _error_of(error, self.endpoint) if error is not None else result
+                if not waiting:
+                    break
+            if not waiting:
+                break
+            data = self._sock.recv(read_chunk_bytes)
+            if not data:
+                raise ProtocolError("connection closed by the node")
+            self._unpacker.feed(data)
+        return results
+
+
+# -- trio client ----------------------------------------------------------------------------------
+
+class AsyncClient:
+    """A trio client: one connection shared by concurrent calls (pipelined, answered in any order).
+
+    Use `async with AsyncClient(endpoints) as client:`; the reader task lives in the
+    context's nursery. A call waits at most `timeout_s` (then RpcError "timeout" is not
+    raised: trio.TooSlowError is, as a ConnectionFailed subclass `CallTimeout`).
+    """
+
+    def __init__(self, endpoints: str | Sequence[str] | Sequence[Endpoint], *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout_s = timeout_s
+        self._index = 0
+        self._stream: trio.SocketStream | None = None
+        self._waiting: dict[int, trio.MemorySendChannel] = {}
+        self._msgids = itertools.count(1)
+        self._send_lock = trio.Lock()
+        self._connect_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager = None
+        self._generation = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.endpoints[self._index]
+
+    async def __aenter__(self) -> "AsyncClient":
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        assert self._nursery is not None and self._nursery_manager is not None
+        self._nursery.cancel_scope.cancel()
+        await self._drop()
+        return await self._nursery_manager.__aexit__(*exc)
+
+    async def _drop(self) -> None:
+        stream, self._stream = self._stream, None
+        self._generation += 1
+        for channel in self._waiting.values():
+            channel.close()
+        self._waiting.clear()
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+
+    async def _connect(self) -> None:
+        async with self._connect_lock:
+            if self._stream is not None:
+                return
+            failures = []
+            for attempt in range(len(self.endpoints)):
+                endpoint = self.endpoints[self._index]
+                try:
+                    with trio.fail_after(self.timeout_s):
+                        self._stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                    break
+                except (OSError, trio.TooSlowError) as exc:
+                    failures.append(f"{endpoint}: {getattr(exc, 'strerror', None) or exc or 'timed out'}")
+                    self._index = (self._index + 1) % len(self.endpoints)
+            else:
+                raise ConnectionFailed("cannot connect to any node (" + "; ".join(failures) + ")")
+            assert self._nursery is not None, "use AsyncClient in `async with`"
+            self._nursery.start_soon(self._read_loop, self._stream, self._generation)
+
+    async def _read_loop(self, stream: trio.SocketStream, generation: int) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+        try:
+            while True:
+                data = await stream.receive_some(read_chunk_bytes)
+                if not data:
+                    break
+                unpacker.feed(data)
+                for message in unpacker:
+                    msgid, error, result = _response_parts(message)
+                    if msgid is None:
+                        break
+                    channel = self._waiting.pop(msgid, None)
+                    if channel is not None:
+                        channel.send_nowait((error, result))
+                        channel.close()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, ValueError,
+                msgpack.ExtraData, msgpack.BufferFull):
+            pass
+        if generation == self._generation:
+            await self._drop()   # wakes every waiting call with a closed channel: they retry elsewhere
+
+    async def call(self, method: str, *params: Any) -> Any:
+        failures = []
+        for attempt in range(len(self.endpoints)):
+            await self._connect()
+            endpoint = self.endpoint
+            msgid = next(self._msgids) % (msgid_max + 1)
+            send_channel, receive_channel = trio.open_memory_channel(1)
+            self._waiting[msgid] = send_channel
+            try:
+                with trio.fail_after(self.timeout_s):
+                    async with self._send_lock:
+                        assert self._stream is not None
+                        await self._stream.send_all(
+                            msgpack.packb([0, msgid, method, list(params)], use_bin_type=True))
+                    error, result = await receive_channel.receive()
+            except trio.TooSlowError:
+                self._waiting.pop(msgid, None)
+                raise CallTimeout(f"{endpoint} did not answer {method} within {self.timeout_s} s") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel, AttributeError,
+                    AssertionError) as exc:
+                self._waiting.pop(msgid, None)
+                failures.append(f"{endpoint}: connection lost ({type(exc).__name__})")
+                await self._drop()
+                self._index = (self._index + 1) % len(self.endpoints)
+                continue
+            if error is not None:
+                raise _error_of(error, endpoint)
+            return result
+        raise ConnectionFailed("no node answered (" + "; ".join(failures) + ")")
+
+
+class CallTimeout(ConnectionFailed):
+    """A node accepted the call but did not answer within the client's timeout."""
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def seal_document(document: bytes, salt: bytes | None = None) -> tuple[bytes, bytes]:
+    """(commitment, salt) for a document: SHA-256(domain tag || salt || SHA-256(document)).
+
+    A fresh random 32-byte salt unless one is given (to recompute a commitment). The salt
+    must travel only with the document, never to the ledger.
+    """
+    salt = ledger_entries.new_salt() if salt is None else salt
+    return ledger_entries.commitment_of(hashlib.sha256(document).digest(), salt), salt
+
+
+def fresh_nonce() -> int:
+    """A nonce without local state: microseconds since the epoch (unique per author in practice,
+    increasing, and the ledger accepts a window of out-of-order nonces)."""
+    return time.time_ns() // 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_commit(key: nacl.signing.SigningKey, author: str, chain_id: str, commitment: bytes, *,
+                 kind: str = "credit-report", jurisdiction: str, expires_ms: int | None = None,
+                 nonce: int | None = None) -> bytes:
+    return ledger_entries.build_commit(key, author, chain_id, commitment, kind, jurisdiction,
+                                       fresh_nonce() if nonce is None else nonce, now_ms(), expires_ms)
+
+
+def build_revoke(key: nacl.signing.SigningKey, author: str, chain_id: str, commitment: bytes, reason: str, *,
+                 nonce: int | None = None) -> bytes:
+    return ledger_entries.build_revoke(key, author, chain_id, commitment, reason,
+                                       fresh_nonce() if nonce is None else nonce, now_ms())
+
+
+def build_admit(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, participant: Participant, *,
+                nonce: int | None = None) -> bytes:
+    return ledger_entries.build_admit(signers, chain_id, participant, fresh_nonce() if nonce is None else nonce,
+                                      now_ms())
+
+
+def build_suspend(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, participant_id: str, *,
+                  nonce: int | None = None) -> bytes:
+    return ledger_entries.build_suspend(signers, chain_id, participant_id,
+                                        fresh_nonce() if nonce is None else nonce, now_ms())
+
+
+cosign = ledger_entries.cosign
+
+
+def build_match_query(key: nacl.signing.SigningKey, participant: str, chain_id: str, commitment: bytes, *,
+                      nonce: int | None = None, time_ms: int | None = None) -> bytes:
+    """A signed match query: {"body": canonical map, "sig": Ed25519 over DOMAIN_QUERY, chain_id, body}."""
+    body = codec.pack({
+        "type": QUERY_TYPE, "chain_id": chain_id, "participant": participant,
+        "participant_key": bytes(key.verify_key), "commitment": commitment,
+        "nonce": int.from_bytes(os.urandom(8), "big") >> 1 if nonce is None else nonce,
+        "time_ms": now_ms() if time_ms is None else time_ms,
+    })
+    return codec.pack({"body": body, "sig": codec.sign(key, codec.DOMAIN_QUERY, chain_id, body)})
+
+
+def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None = None) -> Verdict:
+    """Offline verification against the genesis file (no node trusted); see storage.proofs."""
+    return _verify_match_proof(proof, genesis, commitment, now_ms)
+
+
+def match(client: Client, key: nacl.signing.SigningKey, participant: str, chain_id: str,
+          commitment: bytes) -> bytes | None:
+    """Ask for the MatchProof of `commitment`: its bytes, or None if the ledger has no such commitment."""
+    try:
+        return client.call("match", build_match_query(key, participant, chain_id, commitment))
+    except RpcError as exc:
+        if exc.code == "not-found":
+            return None
+        raise

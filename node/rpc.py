@@ -1,0 +1,463 @@
+"""The msgpack-RPC server: stock msgpack-RPC over TCP, so clients in any language can call a node.
+
+Framing (https://github.com/msgpack-rpc/msgpack-rpc/blob/master/spec.md): a TCP
+stream of msgpack values, no length prefix.
+
+    request       [0, msgid, method, params]   msgid: uint32, method: str, params: array
+    response      [1, msgid, error, result]    error: nil or {"code": str, "message": str}
+    notification  [2, method, params]          accepted and ignored (no method has side effects
+                                               worth doing without an answer)
+
+Many requests may be in flight on one connection; each is answered when it
+completes, so responses can come in any order (match them by msgid). Every
+bound is an `RpcLimits` field. A message that cannot be parsed (the stream is
+out of step) or is larger than `message_bytes_max` is answered with an error
+whose msgid is nil, then the connection is closed; anything else that is wrong
+gets an error response and the connection stays open. See docs/RPC.md.
+
+Read-only methods read `api.ledger` (storage.ledger.Ledger) directly, in the
+daemon's own trio thread (LevelDB point reads are short); `submit` goes to
+`api.submit`. Match queries are signed by an admitted, active participant and
+replay-protected here (see `QueryGuard`).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+import structlog
+import trio
+
+from consensus import codec
+from node.api import ApiError, NodeApi
+
+log = structlog.get_logger("node.rpc")
+
+MESSAGE_REQUEST = 0
+MESSAGE_RESPONSE = 1
+MESSAGE_NOTIFICATION = 2
+msgid_max = 2**32 - 1               # the spec's msgid is a 32-bit unsigned integer
+
+QUERY_TYPE = "match-query"
+QUERY_FIELDS = frozenset(("type", "chain_id", "participant", "participant_key", "commitment", "nonce", "time_ms"))
+query_bytes_max = 1024              # a signed query is ~250 bytes
+
+# Stable error codes (docs/RPC.md lists what each means).
+ERROR_PARSE = "parse-error"
+ERROR_TOO_LARGE = "message-too-large"
+ERROR_INVALID_REQUEST = "invalid-request"
+ERROR_METHOD_NOT_FOUND = "method-not-found"
+ERROR_INVALID_PARAMS = "invalid-params"
+ERROR_NOT_FOUND = "not-found"
+ERROR_UNAUTHORIZED = "unauthorized"
+ERROR_BAD_SIGNATURE = "bad-signature"
+ERROR_REPLAYED = "replayed"
+ERROR_STALE = "stale-query"
+ERROR_BUSY = "busy"
+ERROR_TIMEOUT = "timeout"
+ERROR_INTERNAL = "internal"
+
+read_chunk_bytes_max = 65_536
+
+
+@dataclass(frozen=True)
+class RpcLimits:
+    message_bytes_max: int = 65_536          # one request; the largest legitimate one is a 4 KiB entry
+    connections_max: int = 256               # open connections; more are told busy and closed
+    requests_in_flight_max: int = 32         # per connection; beyond it the server stops reading
+    idle_timeout_ms: int = 120_000           # no request and nothing in flight: close
+    send_timeout_ms: int = 10_000            # a client that does not read its responses is dropped
+    submit_wait_ms_max: int = 60_000         # cap on submit's timeout_ms
+    query_window_ms: int = 300_000           # a query's time_ms must be this close to the server's clock
+    query_ids_max: int = 100_000             # remembered query ids (replay protection memory)
+
+
+class QueryGuard:
+    """Replay protection for signed queries: a query id (SHA-256 of the signed body) is accepted once.
+
+    Queries older or newer than `window_ms` are refused as stale, so only ids inside
+    the window need remembering; ids are forgotten when they leave it. If the memory
+    is full of ids still inside the window, new queries are refused (busy) rather than
+    forgetting an id that could then be replayed.
+    """
+
+    def __init__(self, window_ms: int, ids_max: int) -> None:
+        self.window_ms = window_ms
+        self.ids_max = ids_max
+        self._seen: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # id -> expiry, in arrival order
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, query_id: bytes, query_time_ms: int, now_ms: int) -> None:
+        if abs(query_time_ms - now_ms) > self.window_ms:
+            raise ApiError(ERROR_STALE, f"query time_ms is more than {self.window_ms} ms from the node's clock "
+                           f"({now_ms}); check the clock and sign a fresh query")
+        self._forget_expired(now_ms)
+        if query_id in self._seen:
+            raise ApiError(ERROR_REPLAYED, "this signed query was already answered; sign a fresh one (new nonce)")
+        if len(self._seen) >= self.ids_max:
+            raise ApiError(ERROR_BUSY, "too many recent queries to remember; retry shortly")
+        self._seen[query_id] = query_time_ms + self.window_ms
+
+    def _forget_expired(self, now_ms: int) -> None:
+        # Arrival order is not expiry order when clocks differ; scanning the head is enough to
+        # bound memory, and the full-memory case above stays safe.
+        while self._seen:
+            first_id, expiry = next(iter(self._seen.items()))
+            if expiry >= now_ms:
+                break
+            del self._seen[first_id]
+
+
+@dataclass(frozen=True)
+class MatchQuery:
+    chain_id: str
+    participant: str
+    participant_key: bytes
+    commitment: bytes
+    nonce: int
+    time_ms: int
+    query_id: bytes
+
+
+def decode_query(data: Any, chain_id: str) -> MatchQuery:
+    """Parse and check the signature of a signed match query (see docs/RPC.md); raise ApiError."""
+    if not isinstance(data, bytes):
+        raise ApiError(ERROR_INVALID_PARAMS, "match takes one bin parameter: the signed query")
+    if len(data) > query_bytes_max:
+        raise ApiError(ERROR_INVALID_PARAMS, f"signed query of {len(data)} bytes exceeds {query_bytes_max}")
+    try:
+        outer = codec.unpack(data)
+    except codec.EncodingError as exc:
+        raise ApiError(ERROR_INVALID_PARAMS, f"signed query is not msgpack: {exc}") from None
+    if not isinstance(outer, dict) or set(outer) != {"body", "sig"}:
+        raise ApiError(ERROR_INVALID_PARAMS, "signed query must be a map of exactly body (bin) and sig (bin)")
+    body_bytes, signature = outer["body"], outer["sig"]
+    if not isinstance(body_bytes, bytes) or not isinstance(signature, bytes):
+        raise ApiError(ERROR_INVALID_PARAMS, "signed query body and sig must be bin")
+    try:
+        body = codec.unpack_canonical(body_bytes)
+    except codec.EncodingError as exc:
+        raise ApiError(ERROR_INVALID_PARAMS, f"query body is not canonical msgpack: {exc}") from None
+    if not isinstance(body, dict) or set(body) != QUERY_FIELDS:
+        raise ApiError(ERROR_INVALID_PARAMS, f"query body must be a map of exactly {', '.join(sorted(QUERY_FIELDS))}")
+    if body["type"] != QUERY_TYPE:
+        raise ApiError(ERROR_INVALID_PARAMS, f"query type must be {QUERY_TYPE!r}")
+    if body["chain_id"] != chain_id:
+        raise ApiError(ERROR_INVALID_PARAMS, f"query is for chain {body['chain_id']!r}, not {chain_id!r}")
+    if not isinstance(body["participant"], str):
+        raise ApiError(ERROR_INVALID_PARAMS, "query participant must be a string")
+    for name in ("participant_key", "commitment"):
+        if not isinstance(body[name], bytes) or len(body[name]) != 32:
+            raise ApiError(ERROR_INVALID_PARAMS, f"query {name} must be 32 bytes")
+    for name in ("nonce", "time_ms"):
+        if not _is_uint(body[name], 2**63 - 1):
+            raise ApiError(ERROR_INVALID_PARAMS, f"query {name} must be an integer in 0..2**63-1")
+    if not codec.verify(body["participant_key"], signature, codec.DOMAIN_QUERY, chain_id, body_bytes):
+        raise ApiError(ERROR_BAD_SIGNATURE, "query signature does not verify under participant_key")
+    return MatchQuery(chain_id=chain_id, participant=body["participant"], participant_key=body["participant_key"],
+                      commitment=body["commitment"], nonce=body["nonce"], time_ms=body["time_ms"],
+                      query_id=hashlib.sha256(body_bytes).digest())
+
+
+def _is_uint(value: Any, maximum: int) -> bool:
+    return type(value) is int and 0 <= value <= maximum
+
+
+def _param_uint(value: Any, name: str) -> int:
+    if not _is_uint(value, 2**63 - 1):
+        raise ApiError(ERROR_INVALID_PARAMS, f"{name} must be a non-negative integer")
+    return value
+
+
+def _check_arity(params: list, minimum: int, maximum: int, usage: str) -> None:
+    if not minimum <= len(params) <= maximum:
+        raise ApiError(ERROR_INVALID_PARAMS, f"usage: {usage}")
+
+
+class RpcMethods:
+    """The methods, by name. Each takes the params list and returns the result (or raises ApiError)."""
+
+    def __init__(self, api: NodeApi, limits: RpcLimits, clock_ms: Callable[[], int]) -> None:
+        self.api = api
+        self.limits = limits
+        self.clock_ms = clock_ms
+        self.queries = QueryGuard(limits.query_window_ms, limits.query_ids_max)
+        self.table: dict[str, Callable] = {
+            "status": self.status, "validators": self.validators, "header": self.header, "block": self.block,
+            "submit": self.submit, "match": self.match, "consistency": self.consistency,
+            "participant": self.participant,
+        }
+
+    @property
+    def ledger(self) -> Any:
+        return self.api.ledger
+
+    async def status(self, params: list) -> dict:
+        _check_arity(params, 0, 0, "status()")
+        return self.api.status()
+
+    async def validators(self, params: list) -> list:
+        _check_arity(params, 0, 0, "validators()")
+        return self.api.validators()
+
+    def _certified_header(self, height: int) -> tuple[Any, Any]:
+        header = self.ledger.header(height)
+        if header is None:
+            raise ApiError(ERROR_NOT_FOUND, f"no block at height {height} (height is {self.ledger.height()})")
+        return header, self.ledger.certificate(height)
+
+    async def header(self, params: list) -> dict:
+        _check_arity(params, 1, 1, "header(height: uint)")
+        header, certificate = self._certified_header(_param_uint(params[0], "height"))
+        return {"header": header.to_wire(), "hash": header.hash(), "certificate": certificate.to_wire()}
+
+    async def block(self, params: list) -> dict:
+        _check_arity(params, 1, 1, "block(height: uint)")
+        height = _param_uint(params[0], "height")
+        header, certificate = self._certified_header(height)
+        return {"header": header.to_wire(), "hash": header.hash(), "certificate": certificate.to_wire(),
+                "entries": list(self.ledger.block_entries(height)),
+                "results": list(self.ledger.block_results(height))}
+
+    async def submit(self, params: list) -> dict:
+        _check_arity(params, 1, 2, "submit(entry: bin, opts: {wait: bool, timeout_ms: uint})")
+        entry = params[0]
+        if not isinstance(entry, bytes):
+            raise ApiError(ERROR_INVALID_PARAMS, "entry must be bin (the signed entry's msgpack bytes)")
+        opts = params[1] if len(params) == 2 else {}
+        if opts is None:
+            opts = {}
+        if not isinstance(opts, dict) or not set(opts) <= {"wait", "timeout_ms"}:
+            raise ApiError(ERROR_INVALID_PARAMS, "opts must be a map with at most wait (bool) and timeout_ms (uint)")
+        wait = opts.get("wait", False)
+        if not isinstance(wait, bool):
+            raise ApiError(ERROR_INVALID_PARAMS, "opts.wait must be a boolean")
+        timeout_ms = opts.get("timeout_ms", self.limits.submit_wait_ms_max)
+        timeout_ms = min(_param_uint(timeout_ms, "opts.timeout_ms"), self.limits.submit_wait_ms_max)
+        return await self.api.submit(entry, wait, timeout_ms / 1000)
+
+    async def match(self, params: list) -> bytes:
+        _check_arity(params, 1, 1, "match(signed_query: bin)")
+        query = decode_query(params[0], self.ledger_chain_id())
+        record = self.ledger.participant(query.participant)
+        if record is None or record.public_key != query.participant_key:
+            raise ApiError(ERROR_UNAUTHORIZED, f"{query.participant!r} with this key is not an admitted participant")
+        if record.status != "active":
+            raise ApiError(ERROR_UNAUTHORIZED, f"participant {query.participant!r} is {record.status}")
+        self.queries.admit(query.query_id, query.time_ms, self.clock_ms())
+        proof = self.ledger.match_proof(query.commitment)
+        if proof is None:
+            raise ApiError(ERROR_NOT_FOUND, "no such commitment on the ledger")
+        return proof
+
+    def ledger_chain_id(self) -> str:
+        return self.ledger.genesis.chain_id
+
+    async def consistency(self, params: list) -> dict:
+        _check_arity(params, 2, 2, "consistency(size1: uint, size2: uint)")
+        size1 = _param_uint(params[0], "size1")
+        size2 = _param_uint(params[1], "size2")
+        tree_size = self.ledger.tree_size()
+        if not 1 <= size1 <= size2 <= tree_size:
+            raise ApiError(ERROR_INVALID_PARAMS, f"need 1 <= size1 <= size2 <= tree size {tree_size}")
+        return {"size1": size1, "size2": size2, "root1": self.ledger.tree_root(size1),
+                "root2": self.ledger.tree_root(size2), "proof": self.ledger.consistency_proof(size1, size2)}
+
+    async def participant(self, params: list) -> dict:
+        _check_arity(params, 1, 1, "participant(id: str)")
+        participant_id = params[0]
+        if not isinstance(participant_id, str) or not participant_id or len(participant_id) > 256:
+            raise ApiError(ERROR_INVALID_PARAMS, "id must be a non-empty string")
+        record = self.ledger.participant(participant_id)
+        if record is None:
+            raise ApiError(ERROR_NOT_FOUND, f"no participant {participant_id!r}")
+        return {"id": record.id, "jurisdiction": record.jurisdiction, "role": record.role,
+                "public_key": record.public_key, "status": record.status}
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def encode_response(msgid: int | None, error: dict | None, result: Any) -> bytes:
+    return msgpack.packb([MESSAGE_RESPONSE, msgid, error, result], use_bin_type=True)
+
+
+def _error(code: str, message: str) -> dict:
+    return {"code": code, "message": message}
+
+
+class _Connection:
+    def __init__(self, server: "RpcServer", stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.send_lock = trio.Lock()
+        self.in_flight = trio.Semaphore(server.limits.requests_in_flight_max)
+        self.nursery: trio.Nursery | None = None
+
+    async def send(self, data: bytes) -> None:
+        async with self.send_lock:
+            with trio.move_on_after(self.server.limits.send_timeout_ms / 1000) as scope:
+                await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            log.info("rpc client does not read its responses; closing")
+            raise trio.BrokenResourceError("send timeout")
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                await self._read_loop(nursery)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            nursery.cancel_scope.cancel()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        limits = self.server.limits
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.message_bytes_max, strict_map_key=False)
+        fed = 0
+        while True:
+            # Drain every complete message before reading more, so the buffer holds at most one partial one.
+            while True:
+                try:
+                    message = unpacker.unpack()
+                except msgpack.OutOfData:
+                    break
+                except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+                    await self._fatal(ERROR_PARSE, f"not msgpack: {type(exc).__name__}: {exc}")
+                    return
+                await self._dispatch(nursery, message)
+            pending = fed - unpacker.tell()
+            if pending >= limits.message_bytes_max:
+                await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
+                return
+            data = await self._receive(min(read_chunk_bytes_max, limits.message_bytes_max - pending))
+            if not data:
+                return
+            unpacker.feed(data)
+            fed += len(data)
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        idle_s = self.server.limits.idle_timeout_ms / 1000
+        while True:
+            with trio.move_on_after(idle_s):
+                return await self.stream.receive_some(max_bytes)
+            if self.in_flight.value == self.server.limits.requests_in_flight_max:
+                log.debug("rpc connection idle; closing")
+                return b""
+
+    async def _fatal(self, code: str, message: str) -> None:
+        self.server.counters[code] += 1
+        try:
+            await self.send(encode_response(None, _error(code, message), None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _dispatch(self, nursery: trio.Nursery, message: Any) -> None:
+        if isinstance(message, list) and len(message) == 3 and message[0] == MESSAGE_NOTIFICATION:
+            self.server.counters["notification"] += 1
+            return
+        msgid = None
+        if isinstance(message, list) and len(message) == 4 and _is_uint(message[1], msgid_max):
+            msgid = message[1]
+        if not (isinstance(message, list) and len(message) == 4 and message[0] == MESSAGE_REQUEST
+                and type(message[0]) is int and msgid is not None):
+            self.server.counters[ERROR_INVALID_REQUEST] += 1
+            await self.send(encode_response(msgid, _error(
+                ERROR_INVALID_REQUEST, "expected a request [0, msgid (uint32), method (str), params (array)]"), None))
+            return
+        _, msgid, method, params = message
+        if not isinstance(method, str) or not isinstance(params, list):
+            self.server.counters[ERROR_INVALID_REQUEST] += 1
+            await self.send(encode_response(msgid, _error(
+                ERROR_INVALID_REQUEST, "method must be a string and params an array"), None))
+            return
+        # Back-pressure: with requests_in_flight_max unanswered, stop reading until one completes.
+        await self.in_flight.acquire()
+        nursery.start_soon(self._answer, msgid, method, params)
+
+    async def _answer(self, msgid: int, method: str, params: list) -> None:
+        try:
+            error, result = await self.server.call(method, params)
+            try:
+                data = encode_response(msgid, error, result)
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error("rpc result cannot be encoded", method=method, error=str(exc))
+                data = encode_response(msgid, _error(ERROR_INTERNAL, "result cannot be encoded"), None)
+            try:
+                await self.send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                assert self.nursery is not None
+                self.nursery.cancel_scope.cancel()
+        finally:
+            self.in_flight.release()
+
+
+class RpcServer:
+    """Serves connections (`handle`) with one shared method table and limits."""
+
+    def __init__(self, api: NodeApi, limits: RpcLimits = RpcLimits(), *,
+                 clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+        self.limits = limits
+        self.methods = RpcMethods(api, limits, clock_ms)
+        self.connections = 0
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    async def call(self, method: str, params: list) -> tuple[dict | None, Any]:
+        """(error, result) of one call; never raises for bad input."""
+        handler = self.methods.table.get(method)
+        if handler is None:
+            self.counters[ERROR_METHOD_NOT_FOUND] += 1
+            return _error(ERROR_METHOD_NOT_FOUND, f"no method {method[:64]!r}; see docs/RPC.md"), None
+        try:
+            result = await handler(params)
+        except ApiError as exc:
+            self.counters[exc.code] += 1
+            return exc.to_wire(), None
+        except Exception as exc:  # our bug or the ledger's: answer, log, keep serving
+            self.counters[ERROR_INTERNAL] += 1
+            log.exception("rpc method failed", method=method)
+            return _error(ERROR_INTERNAL, f"internal error in {method}: {type(exc).__name__}"), None
+        self.counters[method] += 1
+        return None, result
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        try:
+            if self.connections >= self.limits.connections_max:
+                self.counters["refused-connection"] += 1
+                with trio.move_on_after(self.limits.send_timeout_ms / 1000):
+                    await stream.send_all(encode_response(None, _error(
+                        ERROR_BUSY, f"{self.connections} connections open; the limit is "
+                        f"{self.limits.connections_max}"), None))
+                return
+            self.connections += 1
+            try:
+                await _Connection(self, stream).run()
+            finally:
+                self.connections -= 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = RpcLimits(),
+                    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve msgpack-RPC on host:port (0 = any free port) until cancelled; reports the bound port."""
+    server = RpcServer(api, limits)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, server.handle, listeners)
+        log.info("rpc serving", host=host, port=bound)
+        task_status.started(bound)
+
+
+__all__ = ["RpcLimits", "RpcServer", "QueryGuard", "decode_query", "serve_rpc", "encode_response"]
