@@ -126,15 +126,18 @@ def _entries_hash(entries: Sequence[bytes]) -> bytes:
 
 
 def results_hash(results: Sequence[int | str]) -> bytes:
-    """SHA-256 of the canonical msgpack array of per-entry results: leaf index (int) or reason (str)."""
-    return codec.sha256(codec.pack(list(results)))
+    """SHA-256 of the canonical msgpack array of per-entry results: leaf index (int) or reason (str).
+
+    msgpack writes non-negative ints and str in their canonical (shortest) form already.
+    """
+    return codec.sha256(msgpack.packb(list(results), use_bin_type=True))
 
 
 class LedgerError(Exception):
     """A store that cannot be used, or a block that cannot be applied (the message says why)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EntryOutcome:
     """What became of one entry of a block: accepted at `leaf_index`, or rejected with `reason`."""
 
