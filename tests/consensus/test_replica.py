@@ -462,3 +462,54 @@ def test_catch_up_response_past_our_height_makes_us_fetch_the_gap():
     assert not ready.rejected and not ready.committed
     requests = [decode_message(m.data, cluster.vset, CHAIN) for m in ready.messages if m.to == "v1"]
     assert [(r.from_height, r.to_height) for r in requests] == [(1, 2)]
+
+
+def test_view_change_timer_doubles_and_lone_views_do_not_run_away():
+    """7 validators (f = 2); the primaries of views 0 and 1 are down. View 1 fails, so a replica waits
+    twice the timeout in it before moving to view 2, where v2 leads and commits resume. The simulated
+    clock is the only clock here."""
+    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=400, retransmit_ms=100, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200)
+    cluster = Cluster(config, jurisdictions=("HK", "HK", "HK", "CN", "CN", "CN", "CN"))
+    sent = []
+    node = cluster.nodes["v4"]
+    original_send = node.send
+
+    def recording_send(out):
+        message = decode_message(out.data, cluster.vset, CHAIN, verify=False)
+        if isinstance(message, ViewChange) and (message.view, ) not in [(v,) for _, v in sent]:
+            sent.append((cluster.now_ms, message.view))
+        original_send(out)
+
+    node.send = recording_send
+    cluster.nodes["v0"].crash()
+    cluster.nodes["v1"].crash()
+    cluster.submit("v4", b"ok:1")
+    live = ["v2", "v3", "v4", "v5", "v6"]
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"], live), 5000)
+    views = [v for _, v in sent]
+    assert views[:2] == [1, 2]
+    (t1, _), (t2, _) = sent[:2]
+    assert t2 - t1 >= 2 * config.view_timeout_ms
+    assert all(cluster.nodes[n].replica.view == 2 for n in live)
+    cluster.assert_agreement()
+
+
+def test_f_plus_one_view_changes_pull_a_replica_along():
+    """A replica that has seen no fault itself joins a view change once f + 1 others ask for a higher view."""
+    cluster = Cluster()
+    replica = cluster.nodes["v3"].replica
+    vc = sign(ViewChange(2, replica.stable, (), "v1"), cluster.keys["v1"], CHAIN)
+    replica.on_message("v1", encode(vc))
+    assert replica.view == 0  # one validator (maybe faulty) is not enough
+    vc = sign(ViewChange(5, replica.stable, (), "v0"), cluster.keys["v0"], CHAIN)
+    ready = replica.on_message("v0", encode(vc))
+    # f + 1 = 2 validators are above view 0; the lowest view both have reached is 2.
+    assert replica.view == 2 and not replica.view_active
+    assert ready.persist and not ready.messages  # the VIEW-CHANGE waits for its state to be written
+    released = replica.on_persisted()
+    assert [kind_of(m.data) for m in released.messages] == ["view-change"]
+    # With a quorum (v1, v3 at 2 and v0 at 5) the primary of view 2 (v2) would send NEW-VIEW; v3 stays waiting.
+    vc = sign(ViewChange(2, replica.stable, (), "v2"), cluster.keys["v2"], CHAIN)
+    replica.on_message("v2", encode(vc))
+    assert replica.view == 2 and not replica.view_active
