@@ -36,6 +36,7 @@ __all__ = [
 
 CLIENT = "client"  # the peer id reported in Ready.rejected for requests from this node's own clients
 CHECKPOINT_VOTES_PER_VALIDATOR_MAX = 4  # recent CHECKPOINT heights remembered per validator
+EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
 
 
 class ReplicaConfigError(ValueError):
@@ -231,7 +232,7 @@ class Replica:
         self.probe_at_ms: int | None = None
         self.probe_index = 0
         self.new_view_sent_ms: dict[str, int] = {}
-        self.evidence_seen: set[tuple] = set()
+        self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
 
         # Output being assembled for the current input, and messages held until their state is persisted.
         self._persist: list[tuple[bytes, bytes | None]] = []
@@ -803,6 +804,8 @@ class Replica:
         self.last_applied_height = height
         self.last_applied_header = header
         self.committed_hashes[height] = header_hash
+        # Needed only for heights a NEW-VIEW may re-propose: above the stable checkpoint, within a window.
+        self.committed_hashes.pop(height - 2 * self.config.watermark_window, None)
         request_ids = [codec.sha256(request) for request in block.entries]
         for request_id in request_ids:
             self.pool.pop(request_id, None)
@@ -913,6 +916,10 @@ class Replica:
         self.progress_deadline_ms = None
         self.view_change_deadline_ms = None
         self.new_view, self.new_view_bytes = None, None
+        # Proposals of the abandoned view are only worth keeping if a certificate may still name them.
+        wanted = {hash_of_header(c.header) for c in self.certs.values()}
+        wanted.update(vote[1] for votes in self.commit_votes.values() for vote in votes.values())
+        self.blocks = {h: block for h, block in self.blocks.items() if h in wanted}
         prepared = tuple(self.certs[h] for h in sorted(self.certs) if h > self.stable.height)
         message = sign(ViewChange(view, self.stable, prepared, self.me), self.signing_key, self.chain_id)
         data = encode(message)
@@ -1012,7 +1019,9 @@ class Replica:
         key = (validator, kind, view, height)
         if key in self.evidence_seen:
             return
-        self.evidence_seen.add(key)
+        self.evidence_seen[key] = None
+        while len(self.evidence_seen) > EVIDENCE_REMEMBERED_MAX:
+            del self.evidence_seen[next(iter(self.evidence_seen))]
         self._evidence.append(Evidence(validator, kind, view, height, first, second))
         self._reject(validator, "equivocation")
 
