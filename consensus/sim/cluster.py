@@ -109,9 +109,9 @@ MALFORMED_REASONS = frozenset({
 # An honest replica forwards only requests that passed check_request.
 MALFORMED_REQUEST_PREFIXES = ("invalid-request:", "bad-request", "request-too-large")
 
-# Open findings the sweep tolerates (counted as rejected_honest_<reason>) until the replica is fixed:
-# F3, a relayed NEW-VIEW is rejected as sender-mismatch (tests/consensus/FINDINGS.md).
-TOLERATED_HONEST_REJECTIONS = frozenset({"sender-mismatch"})
+# Open findings the sweep tolerates (counted as rejected_honest_<reason>) until the replica is fixed
+# (tests/consensus/FINDINGS.md). Empty: F3 (relayed NEW-VIEW rejected) was fixed in 5f773de.
+TOLERATED_HONEST_REJECTIONS: frozenset[str] = frozenset()
 
 
 class NodeCrashed(Exception):

@@ -14,6 +14,7 @@ FAILED_SEEDS = [
     (31, 300, "F1"),   # client retry after three of four replicas restarted: committed twice
     (31, 600, "F1"),
     (61, 600, "F2"),   # replica cut off from the last block of an idle chain never caught up
+    (3, 300, "F3"),    # relayed NEW-VIEWs rejected as sender-mismatch
 ]
 
 
