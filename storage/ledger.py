@@ -17,7 +17,7 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
                                    are in the entry; the height is found from the headers' tree sizes
     p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
     w<author>                      replay window of an author (participant id or "governance"):
-                                   msgpack [highest nonce applied, bitmap bin]; see NonceWindow
+                                   msgpack array of its most recent nonces, ascending; see NonceWindow
     x<key>                         the consensus replica's persisted state (opaque to storage)
 
 A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
@@ -32,6 +32,7 @@ the block's time_ms is rejected ("already-expired").
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries
 node_cache_level_min = 5             # subtrees of >= 32 leaves stay in memory once read (immutable)
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
 group_cache_entries_max = 64         # recently rehashed 8-leaf groups
-nonce_window = 1024                  # nonces per author that may arrive out of order
+nonce_window = 256                   # most recent nonces remembered per author (replay window)
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
 leveldb_write_buffer_bytes = 64 * 1024 * 1024
@@ -75,7 +76,6 @@ leveldb_bloom_bits = 10              # bits per key: most lookups are for keys t
 
 _U64 = struct.Struct(">Q")
 _pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashed)
-_window_mask = (1 << nonce_window) - 1
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
@@ -86,38 +86,51 @@ def _node_key(level: int, index: int) -> bytes:
     return b"n" + bytes((level,)) + _U64.pack(index)
 
 
-@dataclass(frozen=True)
 class NonceWindow:
-    """Which of an author's nonces are used: the highest one, and a bitmap of the nonce_window below it.
+    """The most recent nonces an author used (at most nonce_window of them, sorted).
 
-    A nonce applies once: above `highest` it is new; within the window it is
-    new iff its bit is clear; below the window it is refused ("stale-nonce").
-    So authors may submit concurrently out of order (within the window) and
-    the ledger keeps one small record per author instead of one per entry.
+    A nonce applies once: one in the window is a replay; when the window is
+    full, one below all of it is refused as "stale-nonce" (it may have been
+    used and forgotten). Since only the smallest nonce is ever forgotten, and
+    a full window accepts only nonces above its smallest, a forgotten nonce can
+    never apply again. Authors may submit concurrently and out of order, with
+    counters or clock-based nonces alike, as long as fewer than nonce_window of
+    their newer entries apply first; the ledger keeps one small record per
+    author instead of one per entry.
     """
 
-    highest: int = -1
-    used: int = 0  # bit j set: nonce highest - j is used (0 <= j < nonce_window)
+    __slots__ = ("recent",)
+
+    def __init__(self, recent: Iterable[int] = ()) -> None:
+        self.recent = list(recent)
 
     def check(self, nonce: int) -> str | None:
-        if nonce > self.highest:
-            return None
-        if nonce <= self.highest - nonce_window:
+        recent = self.recent
+        i = bisect.bisect_left(recent, nonce)
+        if i < len(recent) and recent[i] == nonce:
+            return "replayed-nonce"
+        if i == 0 and len(recent) >= nonce_window:
             return "stale-nonce"
-        return "replayed-nonce" if self.used >> (self.highest - nonce) & 1 else None
+        return None
 
-    def mark(self, nonce: int) -> "NonceWindow":
-        if nonce > self.highest:
-            return NonceWindow(nonce, ((self.used << (nonce - self.highest)) | 1) & _window_mask)
-        return NonceWindow(self.highest, self.used | 1 << (self.highest - nonce))
+    def add(self, nonce: int) -> None:
+        """Record a nonce that passed `check` (mutates: only on a window this block owns)."""
+        bisect.insort(self.recent, nonce)
+        if len(self.recent) > nonce_window:
+            del self.recent[0]
+
+    def copy(self) -> "NonceWindow":
+        return NonceWindow(self.recent)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NonceWindow) and other.recent == self.recent
 
     def encode(self) -> bytes:
-        return _pack([self.highest, self.used.to_bytes(nonce_window // 8, "big")])
+        return _pack(self.recent)
 
     @classmethod
     def decode(cls, data: bytes) -> "NonceWindow":
-        highest, used = msgpack.unpackb(data)
-        return cls(highest, int.from_bytes(used, "big"))
+        return cls(msgpack.unpackb(data))
 
 
 def _entries_hash(entries: Sequence[bytes]) -> bytes:
@@ -299,7 +312,9 @@ class Execution:
             if record.status != STATUS_ACTIVE:
                 return "suspended"
         # After the author checks, so only registered authors ever get a replay window.
-        window = self.nonce_window(author)
+        window = self.nonces.get(author)
+        if window is None:
+            window = self.parent.nonce_window(author)
         refused = window.check(entry.nonce)
         if refused is not None:
             return refused
@@ -344,7 +359,9 @@ class Execution:
                 return "already-suspended"
             self.participants[existing.id] = ParticipantRecord(
                 existing.id, existing.jurisdiction, existing.role, existing.public_key, STATUS_SUSPENDED)
-        self.nonces[author] = window.mark(entry.nonce)
+        if author not in self.nonces:
+            window = self.nonces[author] = window.copy()  # never mutate the parent's
+        window.add(entry.nonce)
         return None
 
 

@@ -53,7 +53,7 @@ def test_author_rules(world, ledger):
     assert ledger.tree_size() == 0
 
 
-def test_replay_and_nonce_window(world, ledger):
+def test_replay_and_nonce_window(world, ledger, monkeypatch):
     author = Author(world, "hk-bureau")
     first = author.commit(commitment(1))
     assert apply(world, ledger, [first, first]) == [0, "replayed-nonce"]
@@ -63,21 +63,45 @@ def test_replay_and_nonce_window(world, ledger):
     def commit_with(nonce, n):
         return entries.build_commit(key, "hk-bureau", world.chain_id, commitment(n), "credit-report", "HK", nonce, 1)
 
-    window = ledger_module.nonce_window
-    # Out of order inside the window is fine; exactly one window below the highest is stale.
-    assert apply(world, ledger, [commit_with(window + 10, 10), commit_with(12, 11), commit_with(11, 12),
-                                 commit_with(11, 13), commit_with(10, 14)]) == [1, 2, 3, "replayed-nonce", "stale-nonce"]
-    assert ledger.nonce_used("hk-bureau", 11) and not ledger.nonce_used("hk-bureau", 13)
+    monkeypatch.setattr(ledger_module, "nonce_window", 3)
+    # Clock-like nonces, out of order: fine while the window (3 most recent) is not full.
+    assert apply(world, ledger, [commit_with(5_000_000, 10), commit_with(2_000_000, 11)]) == [1, 2]
+    # Window {1, 2_000_000, 5_000_000} is full: below its smallest is stale, inside is new or replayed.
+    assert apply(world, ledger, [commit_with(0, 12), commit_with(3_000_000, 13), commit_with(2_000_000, 14)]) == [
+        "stale-nonce", 3, "replayed-nonce"]
+    # 1 was forgotten (window now {2M, 3M, 5M}): its replay is refused as stale, never applied twice.
+    assert apply(world, ledger, [first, commit_with(1_000_000, 15)]) == ["stale-nonce", "stale-nonce"]
+    assert ledger.nonce_used("hk-bureau", 3_000_000) and not ledger.nonce_used("hk-bureau", 4_000_000)
+    assert ledger.nonce_used("hk-bureau", 1)  # refused for ever (stale)
 
 
-def test_nonce_window_unit():
+def test_nonce_window_unit(monkeypatch):
+    monkeypatch.setattr(ledger_module, "nonce_window", 4)
     w = NonceWindow()
-    assert w.check(0) is None
-    w = w.mark(0).mark(5)
-    assert w.check(5) == "replayed-nonce" and w.check(0) == "replayed-nonce" and w.check(3) is None
-    w = w.mark(5 + ledger_module.nonce_window)
-    assert w.check(5) == "stale-nonce" and w.check(6) is None
+    for nonce in (10, 3, 7):
+        assert w.check(nonce) is None
+        w.add(nonce)
+    assert w.check(7) == "replayed-nonce" and w.check(1) is None  # not full yet
+    w.add(1)
+    assert w.recent == [1, 3, 7, 10] and w.check(0) == "stale-nonce" and w.check(5) is None
+    w.add(5)
+    assert w.recent == [3, 5, 7, 10] and w.check(1) == "stale-nonce" and w.check(2) == "stale-nonce"
+    copy = w.copy()
+    copy.add(20)
+    assert w.recent == [3, 5, 7, 10]
     assert NonceWindow.decode(w.encode()) == w
+
+
+def test_nonce_window_default_edge(world, ledger):
+    """With the real nonce_window: exactly that many out-of-order nonces are remembered."""
+    author_key = world.participant_keys["cn-bureau"]
+    window = ledger_module.nonce_window
+    batch = [entries.build_commit(author_key, "cn-bureau", world.chain_id, commitment(1000 + n), "credit-report",
+                                  "CN", 10 * n + 100, 1) for n in range(window)]
+    assert apply(world, ledger, list(reversed(batch))) == list(range(window))
+    older = entries.build_commit(author_key, "cn-bureau", world.chain_id, commitment(1), "credit-report", "CN", 99, 1)
+    between = entries.build_commit(author_key, "cn-bureau", world.chain_id, commitment(2), "credit-report", "CN", 105, 1)
+    assert apply(world, ledger, [older, between]) == ["stale-nonce", window]
 
 
 def test_revoke_rules(world, ledger):
