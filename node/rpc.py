@@ -323,6 +323,7 @@ class _Connection:
         limits = self.server.limits
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.message_bytes_max, strict_map_key=False)
         fed = 0
+        complete = 0   # stream offset just after the last complete message (tell() is only exact there)
         while True:
             # Drain every complete message before reading more, so the buffer holds at most one partial one.
             while True:
@@ -333,15 +334,21 @@ class _Connection:
                 except Exception as exc:  # msgpack raises several unrelated types for bad bytes
                     await self._fatal(ERROR_PARSE, f"not msgpack: {type(exc).__name__}: {exc}")
                     return
+                complete = unpacker.tell()
                 await self._dispatch(nursery, message)
-            pending = fed - unpacker.tell()
+            pending = fed - complete
             if pending >= limits.message_bytes_max:
                 await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
                 return
+            # Never read past the limit: a message of exactly message_bytes_max fits, one byte more does not.
             data = await self._receive(min(read_chunk_bytes_max, limits.message_bytes_max - pending))
             if not data:
                 return
-            unpacker.feed(data)
+            try:
+                unpacker.feed(data)
+            except msgpack.BufferFull:
+                await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
+                return
             fed += len(data)
 
     async def _receive(self, max_bytes: int) -> bytes:

@@ -1,0 +1,152 @@
+"""Shared by the RPC and CLI tests: a NodeApi backed by a REAL storage Ledger on a tmp dir, served by
+node.rpc on 127.0.0.1 (port 0) in a background thread running its own trio loop.
+
+`FakeNode.submit` checks an entry as the daemon does and, with wait, commits it in a block
+certified with the test's real validator keys (tests/storage/storage_helpers.py), so the
+RPC server and the client are tested end to end without the consensus daemon.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+
+from storage_helpers import World, make_world, next_block  # noqa: E402
+
+from node.api import ApiError  # noqa: E402
+from node.rpc import RpcLimits, RpcServer  # noqa: E402
+from storage.entries import check_entry, entry_id  # noqa: E402
+from storage.ledger import Ledger  # noqa: E402
+
+
+class FakeNode:
+    """NodeApi over a real Ledger: submit applies one certified block per entry (or holds it)."""
+
+    def __init__(self, world: World, ledger: Ledger) -> None:
+        self.world = world
+        self.ledger = ledger
+        self.hold = False                 # submit(wait) blocks until release() while set
+        self.released: trio.Event | None = None
+        self.submitted: list[bytes] = []
+
+    def status(self) -> dict:
+        head = self.ledger.head()
+        return {"chain_id": self.world.chain_id, "node_id": "hk-1", "jurisdiction": "HK",
+                "height": self.ledger.height(), "view": 0, "primary": "hk-1",
+                "tree_size": self.ledger.tree_size(), "tree_root": head.tree_root if head else bytes(32),
+                "peers": ["hk-2", "cn-1", "cn-2"], "mempool_size": 0, "version": "test"}
+
+    def validators(self) -> list[dict]:
+        return [{"id": v.id, "public_key": v.public_key, "jurisdiction": v.jurisdiction, "address": None}
+                for v in self.world.genesis.validator_set.validators]
+
+    def commit_now(self, entries: list[bytes]) -> list:
+        return self.ledger.apply_block(next_block(self.world, self.ledger, entries))
+
+    async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict:
+        reason = check_entry(entry, self.world.genesis)
+        if reason is not None:
+            raise ApiError("bad-entry", f"entry refused: {reason}")
+        self.submitted.append(entry)
+        if not wait:
+            return {"status": "pending", "id": entry_id(entry)}
+        if self.hold:
+            if self.released is None:
+                self.released = trio.Event()
+            with trio.move_on_after(timeout_s):
+                await self.released.wait()
+            if not self.released.is_set():
+                raise ApiError("timeout", "not committed yet; the entry stays in the mempool")
+        outcome = self.commit_now([entry])[0]
+        height = self.ledger.height()
+        if not outcome.ok:
+            return {"status": "rejected", "height": height, "reason": outcome.reason, "id": entry_id(entry)}
+        return {"status": "committed", "height": height, "leaf_index": outcome.leaf_index, "id": entry_id(entry)}
+
+
+class ServerThread:
+    """node.rpc.RpcServer on 127.0.0.1:0 in its own thread and trio loop; `stop()` cancels and joins."""
+
+    def __init__(self, api, limits: RpcLimits = RpcLimits(), clock_ms=None) -> None:
+        self.api = api
+        self.server = RpcServer(api, limits) if clock_ms is None else RpcServer(api, limits, clock_ms=clock_ms)
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self._token = None
+        self._scope: trio.CancelScope | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        assert self.port is not None, "RPC server did not start"
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported to the test through stop()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self.server.handle, listeners)
+                self._ready.set()
+
+    def run_in_loop(self, fn) -> None:
+        """Run a sync function inside the server's trio loop (e.g. to set an Event)."""
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+        self._token.run_sync_soon(call)
+        done.wait(30)
+
+    def release(self) -> None:
+        def set_event() -> None:
+            if self.api.released is None:
+                self.api.released = trio.Event()
+            self.api.released.set()
+        self.run_in_loop(set_event)
+
+    def stop(self) -> None:
+        if self._token is not None and self._scope is not None:
+            try:
+                self._token.run_sync_soon(self._scope.cancel)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "RPC server thread did not stop"
+        if self._error is not None:
+            raise self._error
+
+
+def populate(world: World, ledger: Ledger) -> dict:
+    """A few blocks: commits by both bureaus, one revoked, cn-bureau suspended by both regulators."""
+    from storage_helpers import Author, commitment
+    from storage.entries import build_suspend
+
+    hk, cn = Author(world, "hk-bureau"), Author(world, "cn-bureau")
+    node = FakeNode(world, ledger)
+    node.commit_now([hk.commit(commitment(1)), cn.commit(commitment(2), jurisdiction="CN")])
+    node.commit_now([hk.commit(commitment(3))])
+    node.commit_now([hk.revoke(commitment(3))])
+    regulators = [(gid, key) for gid, key in world.governance_keys.items()]
+    outcomes = node.commit_now([build_suspend(regulators, world.chain_id, "cn-bureau", 1, 1_700_000_000_000)])
+    assert all(o.ok for o in outcomes), outcomes
+    return {"active": commitment(1), "by_suspended": commitment(2), "revoked": commitment(3),
+            "unknown": commitment(99)}

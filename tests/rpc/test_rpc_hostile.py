@@ -1,0 +1,325 @@
+"""Hostile input on the RPC port gets its clear error or a closed connection, and a well-behaved
+client on another connection is served throughout (checked after every hostile step).
+
+Real TCP on 127.0.0.1 against node.rpc with the small TEST_LIMITS of conftest.py, so each limit
+is probed exactly at its edge.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import msgpack
+import nacl.signing
+import pytest
+
+from conftest import TEST_LIMITS
+from node.client import build_match_query
+from node.rpc import QueryGuard
+from node.api import ApiError
+
+
+class Connection:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.msgid = 0
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method, params, msgid=None) -> None:
+        if msgid is None:
+            self.msgid += 1
+            msgid = self.msgid
+        self.send_raw(msgpack.packb([0, msgid, method, params], use_bin_type=True))
+
+    def receive(self):
+        """The next message, or None once the server has closed the connection."""
+        while True:
+            for message in self.unpacker:
+                return message
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.unpacker.feed(data)
+
+    def call(self, method, *params):
+        self.request(method, list(params))
+        message = self.receive()
+        assert message is not None and message[0] == 1 and message[1] == self.msgid, message
+        return message[2], message[3]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def neighbour(server):
+    """A well-behaved client on its own connection; `check()` asserts it is still served."""
+    connection = Connection(server.port)
+
+    class Neighbour:
+        calls = 0
+
+        def check(self) -> None:
+            error, status = connection.call("status")
+            assert error is None and status["height"] >= 4
+            Neighbour.calls += 1
+
+    neighbour = Neighbour()
+    neighbour.check()
+    yield neighbour
+    connection.close()
+
+
+def test_random_bytes_get_an_error_or_a_closed_connection(server, neighbour):
+    """Random byte strings (seeded): every answer is an error response; the server never crashes."""
+    for seed in range(40):
+        rng = random.Random(seed)
+        connection = Connection(server.port)
+        connection.send_raw(rng.randbytes(rng.randrange(1, 3000)))
+        connection.sock.shutdown(socket.SHUT_WR)
+        while (message := connection.receive()) is not None:
+            assert message[0] == 1 and message[2] is not None and message[3] is None
+            assert message[2]["code"] in ("parse-error", "invalid-request", "message-too-large"), message
+        connection.close()
+        neighbour.check()
+
+
+def test_unparseable_bytes_get_parse_error_and_close(server, neighbour):
+    """0xc1 is never valid msgpack: the stream is out of step, so error (msgid nil) then close."""
+    connection = Connection(server.port)
+    connection.send_raw(b"\xc1\x00\x00")
+    message = connection.receive()
+    assert message[0] == 1 and message[1] is None and message[2]["code"] == "parse-error"
+    assert connection.receive() is None
+    neighbour.check()
+
+
+def test_truncated_message_does_not_stall_anyone(server, neighbour):
+    """Half a request and then silence: the neighbour is served; the half request is never answered."""
+    whole = msgpack.packb([0, 1, "status", []])
+    stalled = Connection(server.port)
+    stalled.send_raw(whole[: len(whole) // 2])
+    neighbour.check()
+    stalled.send_raw(whole[len(whole) // 2:])      # completing it later gets the answer
+    message = stalled.receive()
+    assert message[1] == 1 and message[2] is None
+    stalled.send_raw(whole[:3])
+    stalled.close()                                 # and closing mid-message is harmless
+    neighbour.check()
+
+
+def test_message_size_limit_edge(server, neighbour):
+    """A message of exactly message_bytes_max is read and answered; one byte more: error and close."""
+    limit = TEST_LIMITS.message_bytes_max
+
+    def submit_of_size(size: int) -> bytes:
+        for padding in range(size, 0, -1):
+            data = msgpack.packb([0, 7, "submit", [b"x" * padding]], use_bin_type=True)
+            if len(data) == size:
+                return data
+        raise AssertionError("no padding gives that size")
+
+    at_limit = Connection(server.port)
+    at_limit.send_raw(submit_of_size(limit))
+    message = at_limit.receive()
+    assert message[1] == 7 and message[2]["code"] == "bad-entry"   # read whole, refused as an entry
+    error, _ = at_limit.call("status")
+    assert error is None                                           # and the connection stays open
+
+    over = Connection(server.port)
+    over.send_raw(submit_of_size(limit + 1))
+    message = over.receive()
+    assert message[1] is None and message[2]["code"] == "message-too-large"
+    assert over.receive() is None
+    neighbour.check()
+
+
+@pytest.mark.parametrize("message", [
+    {}, 5, "status", [], [0], [0, 1, "status"], [0, -1, "status", []], [0, 2**32, "status", []],
+    [0, "1", "status", []], [0, 1, 5, []], [0, 1, "status", {}], [1, 1, None, None], [3, 1, "status", []],
+    [0.0, 1, "status", []], [True, 1, "status", []],
+])
+def test_valid_msgpack_of_the_wrong_shape(server, neighbour, message):
+    """Not a request: invalid-request (with the msgid when one is readable); the connection stays open."""
+    connection = Connection(server.port)
+    connection.send_raw(msgpack.packb(message, use_bin_type=True))
+    answer = connection.receive()
+    assert answer[0] == 1 and answer[2]["code"] == "invalid-request" and answer[3] is None
+    error, _ = connection.call("status")
+    assert error is None
+    neighbour.check()
+
+
+def test_notifications_are_accepted_and_not_answered(server, neighbour):
+    connection = Connection(server.port)
+    connection.send_raw(msgpack.packb([2, "status", []]))
+    error, status = connection.call("status")
+    assert error is None and connection.msgid == 1       # the first answer is to the request, not the notification
+    neighbour.check()
+
+
+@pytest.mark.parametrize("method, params, code", [
+    ("no-such-method", [], "method-not-found"),
+    ("", [], "method-not-found"),
+    ("status", [1], "invalid-params"),
+    ("header", [], "invalid-params"),
+    ("header", ["1"], "invalid-params"),
+    ("header", [True], "invalid-params"),
+    ("header", [-1], "invalid-params"),
+    ("header", [1.5], "invalid-params"),
+    ("header", [0], "not-found"),
+    ("header", [2**64 - 1], "invalid-params"),
+    ("block", [None], "invalid-params"),
+    ("block", [5], "not-found"),
+    ("submit", [], "invalid-params"),
+    ("submit", [5], "invalid-params"),
+    ("submit", ["text"], "invalid-params"),
+    ("submit", [b"\x80", {"wait": "yes"}], "invalid-params"),
+    ("submit", [b"\x80", {"wait": True, "timeout_ms": -5}], "invalid-params"),
+    ("submit", [b"\x80", {"unknown": 1}], "invalid-params"),
+    ("submit", [b"\x80", []], "invalid-params"),
+    ("submit", [b"not an entry"], "bad-entry"),
+    ("match", [], "invalid-params"),
+    ("match", [5], "invalid-params"),
+    ("match", [b"\xc1"], "invalid-params"),
+    ("match", [msgpack.packb({"body": b"", "sig": b""})], "invalid-params"),
+    ("match", [b"x" * 2000], "invalid-params"),
+    ("consistency", [1], "invalid-params"),
+    ("consistency", [3, 2], "invalid-params"),
+    ("consistency", [0, 2], "invalid-params"),
+    ("consistency", [1, 6], "invalid-params"),
+    ("consistency", ["1", 2], "invalid-params"),
+    ("participant", [5], "invalid-params"),
+    ("participant", [""], "invalid-params"),
+    ("participant", ["nobody"], "not-found"),
+])
+def test_unknown_methods_and_wrong_parameters(server, neighbour, method, params, code):
+    connection = Connection(server.port)
+    error, result = connection.call(method, *params)
+    assert error["code"] == code and isinstance(error["message"], str) and error["message"] and result is None
+    neighbour.check()
+
+
+def test_signed_query_checks(server, neighbour, world, commitments):
+    """Forged signature, other chain, unadmitted key, suspended participant, replay, stale clock."""
+    connection = Connection(server.port)
+    bank = world.participant_keys["hk-bank"]
+    chain = world.chain_id
+    active = commitments["active"]
+
+    def code_of(query: bytes) -> str | None:
+        error, _ = connection.call("match", query)
+        return None if error is None else error["code"]
+
+    query = build_match_query(bank, "hk-bank", chain, active)
+    forged = bytearray(query)
+    forged[-1] ^= 1                                          # last byte of the signature
+    assert code_of(bytes(forged)) == "bad-signature"
+    assert code_of(build_match_query(bank, "hk-bank", "other-chain", active)) == "invalid-params"
+    stranger = nacl.signing.SigningKey.generate()
+    assert code_of(build_match_query(stranger, "hk-bank", chain, active)) == "unauthorized"   # wrong key for the id
+    assert code_of(build_match_query(stranger, "stranger", chain, active)) == "unauthorized"  # never admitted
+    suspended = world.participant_keys["cn-bureau"]
+    assert code_of(build_match_query(suspended, "cn-bureau", chain, active)) == "unauthorized"
+    assert code_of(query) is None                            # the genuine query, once
+    assert code_of(query) == "replayed"                      # and never twice
+    other = Connection(server.port)
+    error, _ = other.call("match", query)
+    assert error["code"] == "replayed"                       # not even on another connection
+    window = TEST_LIMITS.query_window_ms
+    now = int(time.time() * 1000)
+    assert code_of(build_match_query(bank, "hk-bank", chain, active, time_ms=now - window - 60_000)) == "stale-query"
+    assert code_of(build_match_query(bank, "hk-bank", chain, active, time_ms=now + window + 60_000)) == "stale-query"
+    neighbour.check()
+
+
+def test_query_guard_edges():
+    """Window edge (exactly window_ms away is fresh, one more is stale), memory full, expiry frees memory."""
+    guard = QueryGuard(window_ms=1000, ids_max=3)
+    guard.admit(b"a", 0, 1000)
+    guard.admit(b"b", 2000, 1000)
+    with pytest.raises(ApiError) as stale:
+        guard.admit(b"c", -1, 1000)
+    assert stale.value.code == "stale-query"
+    with pytest.raises(ApiError) as stale:
+        guard.admit(b"c", 2001, 1000)
+    assert stale.value.code == "stale-query"
+    guard.admit(b"c", 1000, 1000)
+    with pytest.raises(ApiError) as busy:
+        guard.admit(b"d", 1000, 1000)
+    assert busy.value.code == "busy" and len(guard) == 3
+    with pytest.raises(ApiError) as replayed:
+        guard.admit(b"a", 0, 1000)
+    assert replayed.value.code == "replayed"
+    guard.admit(b"d", 1500, 2001)          # "a" (expires at 1000 + 1000) has left the window: forgotten
+    assert len(guard) == 3
+
+
+def test_connection_limit_edge(server, neighbour):
+    """With the neighbour, connections_max - 1 more are served; the next is told busy and closed;
+    after one closes, a new connection is served again."""
+    opened = [Connection(server.port) for _ in range(TEST_LIMITS.connections_max - 1)]
+    for connection in opened:
+        assert connection.call("status")[0] is None
+    refused = Connection(server.port)
+    message = refused.receive()
+    assert message[1] is None and message[2]["code"] == "busy"
+    assert refused.receive() is None
+    opened.pop().close()
+    neighbour.check()
+    deadline_attempts = 200
+    for _ in range(deadline_attempts):    # the server notices the close asynchronously
+        again = Connection(server.port)
+        again.request("status", [])
+        answer = again.receive()
+        again.close()
+        if answer is not None and answer[1] is not None:
+            break
+    else:
+        raise AssertionError("a connection freed by a close is never reused")
+    for connection in opened:
+        connection.close()
+
+
+def test_many_requests_in_flight_are_answered_as_they_complete(server, node, world, neighbour):
+    """A held submit(wait) does not block later requests on the same connection: they are answered
+    first (out of order); more than requests_in_flight_max pipelined requests are all answered."""
+    from storage_helpers import Author, commitment
+
+    node.hold = True
+    author = Author(world, "hk-bank")
+    author.nonce = 1000
+    connection = Connection(server.port)
+    connection.request("submit", [author.commit(commitment(500)), {"wait": True}], msgid=100)
+    connection.request("status", [], msgid=101)
+    first = connection.receive()
+    assert first[1] == 101 and first[2] is None
+    server.release()
+    second = connection.receive()
+    assert second[1] == 100 and second[2] is None and second[3]["status"] == "committed"
+
+    count = TEST_LIMITS.requests_in_flight_max * 10
+    connection.send_raw(b"".join(msgpack.packb([0, i, "header", [1]]) for i in range(count)))
+    answers = [connection.receive() for _ in range(count)]
+    assert sorted(a[1] for a in answers) == list(range(count)) and all(a[2] is None for a in answers)
+    neighbour.check()
+
+
+def test_submit_wait_timeout_is_an_error(server, node, world):
+    """submit with wait and a short timeout_ms on an entry that does not commit: error "timeout"."""
+    from storage_helpers import Author, commitment
+
+    node.hold = True
+    author = Author(world, "hk-bank")
+    author.nonce = 2000
+    connection = Connection(server.port)
+    error, result = connection.call("submit", author.commit(commitment(600)), {"wait": True, "timeout_ms": 1})
+    assert error["code"] == "timeout" and result is None
