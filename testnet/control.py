@@ -139,7 +139,6 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
     from .generate import generate_network  # needs the node's admin commands
 
     run_dir = run_dir.resolve()
-    fresh = False
     try:
         network = Network.load(run_dir)
     except ManifestError:
@@ -183,7 +182,6 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
             network.genesis_path.unlink(missing_ok=True)
             raise
         network.save()
-        fresh = True
     _start_all(network)
     try:
         wait_until_ready(network)
@@ -193,26 +191,29 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
             stop_node(node.pid_path, node.config_path)
         raise TestnetError(f"{exc}\n(all nodes stopped; files kept in {run_dir})") from None
     print(f"  all {len(network.nodes)} nodes answer RPC")
-    if demo:
-        run_demo(network)
-    print_summary(network, fresh)
+    sample = run_demo(network) if demo else None
+    print_summary(network, sample)
     return 0
 
 
-def run_demo(network: Network) -> None:
-    """Submit a sample commitment as sz-credit-bureau (CN), verify it as hk-bank (HK)."""
-    from .generate import demo_commands
+def run_demo(network: Network) -> dict:
+    """Submit a sample commitment as sz-credit-bureau (CN), verify its proof as hk-bank (HK)."""
+    from .generate import DemoError, run_sample
 
-    for label, args in demo_commands(network):
-        print(f"  {label}: bayledger {' '.join(args)}")
-        done = bayledger(args)
-        for line in (done.stdout.strip().splitlines())[-6:]:
-            print(f"      {line}")
-    heights = wait_for_height(network, 1)
+    print("  submitting a sample commitment as sz-credit-bureau and verifying it as hk-bank ...")
+    try:
+        sample = run_sample(network)
+    except DemoError as exc:
+        raise TestnetError(f"sample submit/verify failed: {exc}\n(the nodes keep running; "
+                           f"`python -m testnet down --dir {network.run_dir}` stops them)") from None
+    print(f"  committed at height {sample['height']} via {sample['submitted_to']}: commitment {sample['commitment']}")
+    print(f"  match proof from {sample['verified_at']} ({sample['proof_bytes']} bytes) verified offline: {sample['verdict']}")
+    heights = wait_for_height(network, int(sample["height"]))
     print(f"  heights: {', '.join(f'{n} {h}' for n, h in heights.items())}")
+    return sample
 
 
-def print_summary(network: Network, fresh: bool) -> None:
+def print_summary(network: Network, sample: dict | None) -> None:
     d = network.run_dir
     print()
     print(f"Bayledger testnet `{network.chain_id}` is running ({len(network.nodes)} validators).")
@@ -226,18 +227,32 @@ def print_summary(network: Network, fresh: bool) -> None:
         print(f"  participant   {name} ({info['jurisdiction']}) key {info['key']}")
     for jurisdiction, key in network.governance.items():
         print(f"  governance    {jurisdiction} key {key}")
+    if sample:
+        print(f"  sample report {sample['report']} (salt in {sample['salt']}, proof in {sample['proof']})")
+    print()
+    print("Try next (README.md has the tour):")
+    for line in next_commands(network, sample):
+        print(f"  {line}")
+
+
+def next_commands(network: Network, sample: dict | None) -> list[str]:
+    d = network.run_dir
     hk = network.nodes_in("HK")[0]
     cn = network.nodes_in("CN")[0]
-    print()
-    print("Try next:")
-    print(f"  python -m testnet status --dir {d}")
-    print(f"  echo 'my credit report' > /tmp/report.txt")
-    print(f"  bayledger submit --rpc {cn.rpc} --key {network.participants['sz-credit-bureau']['key']} /tmp/report.txt")
-    print(f"  bayledger verify --rpc {hk.rpc} --key {network.participants['hk-bank']['key']} --genesis {network.genesis_path} /tmp/report.txt --salt SALT")
-    print(f"  python -m testnet kill {cn.name} --dir {d}; python -m testnet restart {cn.name} --dir {d}")
-    print(f"  python -m testnet logs {hk.name} --dir {d}")
-    print(f"  curl -s http://{hk.metrics}/metrics | head")
-    print(f"  make testnet-down")
+    bureau = network.participants["sz-credit-bureau"]["key"]
+    bank = network.participants["hk-bank"]["key"]
+    lines = [f"python -m testnet status --dir {d}"]
+    lines += [f"bayledger status --rpc {hk.rpc}"]
+    if sample:
+        lines += [f"bayledger verify --rpc {hk.rpc} --key {bank} --genesis {network.genesis_path} "
+                  f"--salt {sample['salt_hex'] if 'salt_hex' in sample else '$(cat ' + sample['salt'] + ')'} {sample['report']}",
+                  f"bayledger proof verify --genesis {network.genesis_path} {sample['proof']}"]
+    lines += [f"bayledger submit --rpc {cn.rpc} --key {bureau} YOUR-REPORT-FILE",
+              f"python -m testnet kill {network.nodes[-1].name} --dir {d}   # then: restart {network.nodes[-1].name}",
+              f"python -m testnet logs {hk.name} --dir {d}",
+              f"curl -s http://{hk.metrics}/metrics | head",
+              "make testnet-down" if d == DEFAULT_RUN_DIR.resolve() else f"python -m testnet down --dir {d}"]
+    return lines
 
 
 # ---------------------------------------------------------------- down, kill, restart
