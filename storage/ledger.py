@@ -12,9 +12,9 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
     n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 3; the
                                    lower levels are rehashed from the (at most 8) entries of one
                                    aligned group, read with one range scan
-    k<commitment:32>               commitment index: msgpack int leaf index (active) or
-                                   [leaf index, revoke leaf index] (revoked). Author, kind, expiry
-                                   are in the entry; the height is found from the headers' tree sizes
+    k<commitment:32>               commitment index: msgpack [leaf index, height], or [leaf index,
+                                   height, revoke leaf index, revoke height] once revoked. Author,
+                                   kind and expiry are in the entry
     p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
     w<author>                      replay window of an author (participant id or "governance"):
                                    msgpack array of its most recent nonces, ascending; see NonceWindow
@@ -168,18 +168,19 @@ def _outcome(result: int | str) -> EntryOutcome:
 @dataclass(frozen=True)
 class CommitmentRecord:
     leaf_index: int
-    revoke_leaf: int | None
-    author: str | None = None  # known for in-flight records; read from the entry for stored ones
+    height: int                      # block that appended the commit
+    revoke_leaf: int | None = None
+    revoke_height: int | None = None
+    author: str | None = None        # known for in-flight records; read from the entry for stored ones
 
     def encode(self) -> bytes:
-        return _pack(self.leaf_index if self.revoke_leaf is None else [self.leaf_index, self.revoke_leaf])
+        if self.revoke_leaf is None:
+            return _pack([self.leaf_index, self.height])
+        return _pack([self.leaf_index, self.height, self.revoke_leaf, self.revoke_height])
 
     @classmethod
     def decode(cls, data: bytes) -> "CommitmentRecord":
-        value = msgpack.unpackb(data)
-        if isinstance(value, int):
-            return cls(value, None)
-        return cls(value[0], value[1])
+        return cls(*msgpack.unpackb(data))
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,7 @@ class Execution:
             commitment = fields["commitment"]
             if self.commitment(commitment) is not None:
                 return "duplicate-commitment"
-            self.commitments[commitment] = CommitmentRecord(leaf, None, author)
+            self.commitments[commitment] = CommitmentRecord(leaf, self.height, author=author)
         elif kind == "revoke":
             commitment = fields["commitment"]
             record = self.commitment(commitment)
@@ -343,7 +344,7 @@ class Execution:
                 submitter = decode_entry(self.entry(record.leaf_index)).author
             if author != GOVERNANCE_AUTHOR and author != submitter:
                 return "not-submitter"
-            self.commitments[commitment] = CommitmentRecord(record.leaf_index, leaf, submitter)
+            self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, leaf, self.height, submitter)
         elif kind == "admit":
             p = fields["participant"]
             existing = self.participant(p.id)
@@ -538,6 +539,8 @@ class Ledger:
         return self.nonce_window(author).check(nonce) is not None
 
     def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
+        if not isinstance(commitment, bytes) or len(commitment) != 32:
+            raise ValueError("a commitment is 32 bytes")
         data = self._db.get(b"k" + commitment)
         return None if data is None else CommitmentRecord.decode(data)
 
@@ -548,7 +551,7 @@ class Ledger:
             return None
         entry = decode_entry(self.entry(record.leaf_index))
         expires = entry.fields["expires_ms"]
-        height = self._height_of_leaf(record.leaf_index)
+        height = record.height
         if record.revoke_leaf is not None:
             status = "revoked"
         elif expires is not None and expires <= now_ms:
@@ -558,7 +561,7 @@ class Ledger:
         return {
             "status": status, "leaf_index": record.leaf_index, "height": height, "author": entry.author,
             "kind": entry.fields["kind"], "jurisdiction": entry.fields["jurisdiction"], "expires_ms": expires,
-            "revoke_leaf_index": record.revoke_leaf,
+            "revoke_leaf_index": record.revoke_leaf, "revoke_height": record.revoke_height,
         }
 
     # -- Merkle log ---------------------------------------------------------------------------------
@@ -656,8 +659,8 @@ class Ledger:
             return None
         revocation = None
         if record.revoke_leaf is not None:
-            revocation = self._proven_leaf(record.revoke_leaf, self._height_of_leaf(record.revoke_leaf))
-        main = self._proven_leaf(record.leaf_index, self._height_of_leaf(record.leaf_index))
+            revocation = self._proven_leaf(record.revoke_leaf, record.revoke_height)
+        main = self._proven_leaf(record.leaf_index, record.height)
         return build_match_proof(main, revocation)
 
     def _proven_leaf(self, leaf_index: int, height: int) -> dict:
@@ -672,17 +675,6 @@ class Ledger:
             "header": header.to_wire(),
             "certificate": certificate.to_wire(),
         }
-
-    def _height_of_leaf(self, leaf_index: int) -> int:
-        """The height of the block that appended `leaf_index`: binary search over header tree sizes."""
-        low, high = 1, self._height
-        while low < high:
-            middle = (low + high) // 2
-            if self.header(middle).tree_size > leaf_index:
-                high = middle
-            else:
-                low = middle + 1
-        return low
 
     # -- execution and apply ------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ def test_commit_and_duplicate(world, ledger):
     status = ledger.commitment_status(commitment(1), now_ms=0)
     assert status["status"] == "active" and status["author"] == "hk-bureau" and status["height"] == 1
     assert ledger.commitment_status(commitment(99), now_ms=0) is None
+    with pytest.raises(ValueError):
+        ledger.commitment_status("not bytes", now_ms=0)
     # The rejected entry is kept in the block, with its reason, and served in catch-up.
     block = ledger.committed_block(1)
     assert len(block.entries) == 3 and block.header.entry_count == 3
@@ -114,6 +116,8 @@ def test_revoke_rules(world, ledger):
     assert apply(world, ledger, [gov, hk_only]) == [4, "governance-threshold"]
     assert ledger.commitment_status(commitment(1), 0)["status"] == "revoked"
     assert ledger.commitment_status(commitment(2), 0)["revoke_leaf_index"] == 4
+    assert ledger.commitment_status(commitment(2), 0)["revoke_height"] == 3
+    assert ledger.commitment_status(commitment(1), 0)["height"] == 1
     assert ledger.commitment_status(commitment(3), 0)["status"] == "active"
 
 
