@@ -513,3 +513,24 @@ def test_f_plus_one_view_changes_pull_a_replica_along():
     vc = sign(ViewChange(2, replica.stable, (), "v2"), cluster.keys["v2"], CHAIN)
     replica.on_message("v2", encode(vc))
     assert replica.view == 2 and not replica.view_active
+
+
+def test_a_prepared_block_survives_the_view_change_at_its_height():
+    """Block A is prepared everywhere in view 0 but no COMMIT gets through; the primary dies. The NEW-VIEW
+    must re-propose A at height 1 (not a fresh block), and A commits with a view-1 certificate."""
+    cluster = Cluster()
+    cluster.drop = lambda s, t, d: kind_of(d) == "commit"
+    cluster.submit("v0", b"ok:a")
+    cluster.run(10)
+    assert all(1 in n.replica.certs for n in cluster.nodes.values())
+    prepared_hash = cluster.nodes["v1"].replica.certs[1].header.hash()
+    cluster.nodes["v0"].crash()
+    # The view-0 COMMITs stay lost (their retransmissions too): only the view change can finish A.
+    cluster.drop = lambda s, t, d: kind_of(d) == "commit" and codec.unpack(d)["view"] == 0
+    cluster.submit("v2", b"ok:b")
+    live = ["v1", "v2", "v3"]
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:a", b"ok:b"], live), 3000)
+    for n in live:
+        first = cluster.nodes[n].chain[0]
+        assert first.header.hash() == prepared_hash and first.certificate.view >= 1
+    cluster.assert_agreement()
