@@ -472,8 +472,10 @@ class Daemon:
                 raise
             log.warning("rpc server not available in this build; RPC port not opened")
             return None
+        limits = rpc.RpcLimits(connections_max=self.config.limits.rpc_connections_max,
+                               submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
         result = await nursery.start(functools.partial(
-            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port))
+            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port, limits=limits))
         return _port_of(result, self.config.listen.rpc.port)
 
 

@@ -33,10 +33,30 @@ WAIT_STEP_S = 0.05
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# Listening ports are drawn below the kernel's ephemeral range, so an outgoing connection (a dialing
+# peer, an RPC client) can never take a port a node has not bound yet.
+PORT_RANGE = (20000, 32000)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1, held bound until all are chosen so none repeats."""
+    import random
+
+    rng = random.Random()
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            probe = socket.socket()
+            try:
+                probe.bind(("127.0.0.1", rng.randrange(*PORT_RANGE)))
+            except OSError:
+                probe.close()
+                continue
+            held.append(probe)
+        return [probe.getsockname()[1] for probe in held]
+    finally:
+        for probe in held:
+            probe.close()
 
 
 class RpcError(Exception):
@@ -142,10 +162,11 @@ class Cluster:
         self.keys_dir = root / "keys"
         self.keys_dir.mkdir()
         self.genesis_path = root / "genesis.json"
+        ports = iter(free_ports(3 * len(VALIDATORS)))
         for node_id, jurisdiction in VALIDATORS:
             node_dir = root / node_id
             node_dir.mkdir()
-            self.nodes[node_id] = NodeHandle(node_id, jurisdiction, node_dir, free_port(), free_port(), free_port())
+            self.nodes[node_id] = NodeHandle(node_id, jurisdiction, node_dir, next(ports), next(ports), next(ports))
         self._keygen_all()
         self._write_genesis()
         for node in self.nodes.values():

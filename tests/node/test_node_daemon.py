@@ -9,7 +9,6 @@ The same scenarios with real processes and LevelDB are in test_node_cluster.py.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -24,15 +23,10 @@ from node.config import (
 )
 from node.daemon import Daemon
 from node.keys import KeyPair
+from node_cluster import free_ports
 
 IDS = (("hk-1", "HK"), ("hk-2", "HK"), ("cn-1", "CN"), ("cn-2", "CN"))
 CHAIN = "daemon-test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -86,7 +80,7 @@ class Net:
         self.validators = ValidatorSet(tuple(
             Validator(node_id, self.keys[node_id].public_key, jurisdiction) for node_id, jurisdiction in IDS))
         self.genesis = SimpleNamespace(chain_id=CHAIN, validator_set=self.validators)
-        self.ports = {node_id: free_port() for node_id, _ in IDS}
+        self.ports = dict(zip([node_id for node_id, _ in IDS], free_ports(len(IDS))))
         self.ledgers = {node_id: MemoryLedger() for node_id, _ in IDS}
         self.daemons: dict[str, Daemon] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
