@@ -534,3 +534,35 @@ def test_a_prepared_block_survives_the_view_change_at_its_height():
         first = cluster.nodes[n].chain[0]
         assert first.header.hash() == prepared_hash and first.certificate.view >= 1
     cluster.assert_agreement()
+
+
+def test_watermark_window_and_batch_size_at_their_edges():
+    config = ReplicaConfig(batch_requests_max=3, batch_wait_ms=0, checkpoint_interval=4, watermark_window=8)
+    cluster = Cluster(config)
+    replica = cluster.nodes["v1"].replica
+    top = replica.stable.height + config.watermark_window
+    at_edge = encode(sign(Prepare(0, top, bytes(32), "v2"), cluster.keys["v2"], CHAIN))
+    assert replica.on_message("v2", at_edge).rejected == []
+    past_edge = encode(sign(Prepare(0, top + 1, bytes(32), "v2"), cluster.keys["v2"], CHAIN))
+    assert replica.on_message("v2", past_edge).rejected == [("v2", "outside-window")]
+    # The primary never builds a block above batch_requests_max ...
+    requests = [f"ok:{i}".encode() for i in range(7)]
+    for request in requests:
+        cluster.submit("v1", request)
+    assert cluster.run_until(lambda: all_committed(cluster, requests), 500)
+    assert max(len(b.entries) for b in cluster.nodes["v0"].chain) == 3
+    # ... and a backup refuses one that is, as a faulty primary.
+    parent = cluster.nodes["v1"].chain[-1].header
+    entries = (b"ok:x1", b"ok:x2", b"ok:x3", b"ok:x4")
+    header = build_block(cluster, parent.height + 1, parent, entries, parent.time_ms)
+    oversized = encode(sign(PrePrepare(0, header, entries, "v0"), cluster.keys["v0"], CHAIN))
+    ready = replica.on_message("v0", oversized)
+    assert ("v0", "bad-proposal") in ready.rejected and replica.view == 1
+
+
+def test_message_size_limit_at_its_edge():
+    from consensus.messages import MESSAGE_BYTES_MAX
+    cluster = Cluster()
+    replica = cluster.nodes["v1"].replica
+    assert replica.on_message("v2", b"\x80" + bytes(MESSAGE_BYTES_MAX)).rejected == [("v2", "too-large")]
+    assert replica.on_message("v2", bytes(MESSAGE_BYTES_MAX)).rejected == [("v2", "bad-encoding")]
