@@ -241,7 +241,11 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
     cn = network.nodes_in("CN")[0]
     bureau = network.participants["sz-credit-bureau"]["key"]
     bank = network.participants["hk-bank"]["key"]
-    lines = [f"python -m testnet status --dir {d}"]
+    lines = []
+    activate = Path(sys.executable).parent / "activate"
+    if activate.exists():
+        lines += [f"source {activate}   # puts bayledger and this python on PATH"]
+    lines += [f"python -m testnet status --dir {d}"]
     lines += [f"bayledger status --rpc {hk.rpc}"]
     if sample:
         lines += [f"bayledger verify --rpc {hk.rpc} --key {bank} --genesis {network.genesis_path} "
