@@ -160,7 +160,6 @@ class _Slot:
 class _Pending:
     request: bytes
     seen_ms: int
-    from_client: bool
 
 
 class Replica:
@@ -275,7 +274,7 @@ class Replica:
 
     def on_request(self, request: bytes) -> Ready:
         """A request from this node's own client: pooled and forwarded to the other validators."""
-        if self._add_request(CLIENT, request, from_client=True):
+        if self._add_request(CLIENT, request):
             self.forward_queue.append(request)
             if len(self.forward_queue) >= self.config.forward_requests_max:
                 self._flush_forward()
@@ -371,7 +370,7 @@ class Replica:
 
     # ------------------------------------------------------------------ requests
 
-    def _add_request(self, peer: str, request: bytes, from_client: bool) -> bool:
+    def _add_request(self, peer: str, request: bytes) -> bool:
         if not isinstance(request, bytes) or not request:
             self._reject(peer, "bad-request")
             return False
@@ -389,7 +388,7 @@ class Replica:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
             return False
-        self.pool[request_id] = _Pending(request, self.now_ms or 0, from_client)
+        self.pool[request_id] = _Pending(request, self.now_ms or 0)
         return True
 
     def _flush_forward(self) -> None:
@@ -400,7 +399,7 @@ class Replica:
 
     def _on_requests(self, peer: str, message: Requests, data: bytes) -> None:
         for request in message.requests:
-            self._add_request(peer, request, from_client=False)
+            self._add_request(peer, request)
 
     def _in_flight_ids(self) -> set[bytes]:
         ids: set[bytes] = set()
@@ -509,7 +508,7 @@ class Replica:
                 if request_id in self.committed_ids:
                     continue
                 if request_id not in self.pool and len(self.pool) < self.config.request_pool_max:
-                    self.pool[request_id] = _Pending(request, 0, from_client=True)
+                    self.pool[request_id] = _Pending(request, 0)
 
     # ------------------------------------------------------------------ normal case
 
