@@ -168,8 +168,16 @@ def _alternative_block(ctx: Context, pre: messages.PrePrepare, rng: random.Rando
         # Same entries, a header whose application fields are simply wrong.
         fields = {"tree_root": codec.sha256(b"wrong root", header.tree_root)}
     else:
-        # Same entries, another timestamp: a perfectly valid conflicting block.
-        fields = {"time_ms": header.time_ms + rng.randint(1, 1000)}
+        # Same entries, another timestamp: a perfectly valid conflicting block, or one whose
+        # time is far in the future or before its parent's (both must be refused).
+        roll = rng.random()
+        if roll < 0.15:
+            time_ms = header.time_ms + 10**8
+        elif roll < 0.3 and parent is not None and parent.time_ms > 0:
+            time_ms = parent.time_ms - 1
+        else:
+            time_ms = header.time_ms + rng.randint(1, 1000)
+        fields = {"time_ms": time_ms}
     new_header = BlockHeader(**{**header.to_wire(), **fields})
     return dataclasses.replace(pre, header=new_header, entries=tuple(entries))
 

@@ -95,6 +95,7 @@ class SimNode:
     replica: object | None = None
     down_until_tick: int | None = None
     crash_stage: str | None = None                  # crash at this stage of the next Ready
+    clock_offset_ms: int = 0                        # this host's clock error, redrawn at each start
 
     @property
     def up(self) -> bool:
@@ -144,6 +145,8 @@ class Simulation:
         self.rng_faults = random.Random(rng.getrandbits(64))
         self.rng_clients = random.Random(rng.getrandbits(64))
         self.rng_byzantine = random.Random(rng.getrandbits(64))
+        # Its own stream, so clock draws do not shift the other faults of a seed.
+        self.rng_clocks = random.Random(plan.seed * 2 + 1)
         self.validators, keys = make_validators(plan)
         self.ids = [v.id for v in self.validators.validators]
         drawn = sorted(self.rng_faults.sample(self.ids, plan.byzantine_count))
@@ -209,6 +212,8 @@ class Simulation:
     def start(self, node: SimNode) -> None:
         """(Re)start a replica from exactly what its host made durable."""
         last = node.blocks[-1] if node.blocks else None
+        # A restarted host may come back with its clock moved (an NTP step), even backwards.
+        node.clock_offset_ms = self.rng_clocks.randint(-self.plan.clock_skew_ms, self.plan.clock_skew_ms)
         node.replica = adapter.build_replica(
             self.plan, self.validators, node.id, node.signing_key, CHAIN_ID, app.SimApplication(),
             persisted=dict(node.kv), last_applied=(last.header.height, last.header) if last else (0, None),
@@ -398,7 +403,7 @@ class Simulation:
         for node_id in self.ids:
             node = self.nodes[node_id]
             if node.up:
-                self.carry_out(node, node.replica.on_tick(now))
+                self.carry_out(node, node.replica.on_tick(now + node.clock_offset_ms))
         # A crash scheduled for a stage no Ready reached this tick happens at the end of it.
         for node_id in self.ids:
             node = self.nodes[node_id]

@@ -65,6 +65,7 @@ class FaultPlan:
     down_ticks_max: int
     crashes_max: int
     send_before_persist: bool     # host sends a Ready's messages before writing its persist batch
+    clock_skew_ms: int            # each replica's clock is off by -this..+this ms, redrawn at restart
     # Byzantine replicas (ids chosen from the seed) and what they do.
     liveness_core_only: bool      # liveness with only 2f + 1 honest replicas up (f - b stay down)
     byzantine_behaviours: tuple[str, ...]
@@ -142,6 +143,7 @@ def draw_fault_plan(
         down_ticks_max=rng.randint(5, 200),
         crashes_max=rng.randint(1, 6),
         send_before_persist=False,      # drawn last, below
+        clock_skew_ms=0,                # drawn last, below
         liveness_core_only=False,       # drawn last, below
         byzantine_behaviours=behaviours,
         byzantine_probability=round(rng.uniform(0.1, 1.0), 3),
@@ -153,6 +155,8 @@ def draw_fault_plan(
         "client_retry_probability": _p(rng, 0.3) if rng.random() < 0.5 else 0.0,
         "send_before_persist": rng.random() < 0.5,
         "liveness_core_only": rng.random() < 0.5,
+        # Within the replica's clock_skew_ms_max (30 s): honest proposals stay acceptable.
+        "clock_skew_ms": rng.choice((0, 50, 500, 5000)),
     }
     if replicas is None and byzantine is not None and byzantine > plan.f:
         # A drawn cluster too small for the asked Byzantine count grows to the smallest that allows it.
@@ -189,7 +193,7 @@ def calm_plan(seed: int = 0, *, replicas: int = 4, ticks: int = 300, **changes) 
     calm = dict(
         request_count=0, invalid_request_probability=0.0, client_retry_probability=0.0, delay_ticks_min=0, delay_ticks_max=1,
         loss_probability=0.0, duplicate_probability=0.0, replay_probability=0.0, partition_probability=0.0,
-        crash_probability=0.0, liveness_core_only=False, byzantine_behaviours=(), byzantine_probability=0.0,
+        crash_probability=0.0, liveness_core_only=False, clock_skew_ms=0, byzantine_behaviours=(), byzantine_probability=0.0,
     )
     calm.update(changes)
     return dataclasses.replace(plan, **calm)
