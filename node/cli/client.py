@@ -1,0 +1,642 @@
+"""Client subcommands: submit, verify, revoke, status, proof verify, admit, suspend, cosign.
+
+Connection and identity come from options or the environment:
+  --rpc HOST:PORT[,HOST:PORT...]   BAYLEDGER_RPC      nodes to ask, in order (the next when one is down)
+  --key FILE                       BAYLEDGER_KEY      key file (`bayledger keygen`); its id is the
+                                                      participant id (or governance key id)
+  --genesis FILE                   BAYLEDGER_GENESIS  the chain's genesis file (offline verification)
+
+Exit status: 0 success (for verify: a verified MATCH); 1 a definite negative answer
+(NO MATCH, REVOKED, EXPIRED, an entry the ledger refused); 2 usage, connection or
+verification errors (an invalid proof names the check that failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from node.cli import CliError
+from node.client import (
+    Client, ClientError, ConnectionFailed, RpcError, build_admit, build_commit, build_match_query, build_revoke,
+    build_suspend, cosign, seal_document, verify_match_proof,
+)
+from node.keys import KeyFileError, KeyPair, load_key_file, load_public_key
+
+EXIT_OK = 0
+EXIT_NEGATIVE = 1
+EXIT_ERROR = 2
+document_bytes_max = 1 << 30            # a document hashed by the CLI (streamed, but bound the wait)
+receipt_bytes_max = 65_536
+proof_file_bytes_max = 65_536
+entry_file_bytes_max = 65_536
+RECEIPT_MODE = 0o600                    # it holds the salt: as private as the document
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_SUBMIT_WAIT_MS = 30_000
+
+ENVIRONMENT_HELP = """\
+environment:
+  BAYLEDGER_RPC      default for --rpc (HOST:PORT[,HOST:PORT...])
+  BAYLEDGER_KEY      default for --key
+  BAYLEDGER_GENESIS  default for --genesis
+
+exit status: 0 success, 1 negative answer (no match, revoked, expired, refused), 2 error
+"""
+
+
+# -- shared options -------------------------------------------------------------------------------
+
+def _add_rpc(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rpc", metavar="HOST:PORT[,...]", help="node(s) to ask, tried in order (env BAYLEDGER_RPC)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help=f"per-call timeout (default {DEFAULT_TIMEOUT_S:g})")
+
+
+def _add_key(parser: argparse.ArgumentParser, *, many: bool = False, what: str = "participant") -> None:
+    if many:
+        parser.add_argument("--key", action="append", metavar="FILE",
+                            help="a regulator key file (repeat for each signer; env BAYLEDGER_KEY for one)")
+    else:
+        parser.add_argument("--key", metavar="FILE", help=f"the {what}'s key file (env BAYLEDGER_KEY)")
+
+
+def _add_genesis(parser: argparse.ArgumentParser, required_note: str = "") -> None:
+    parser.add_argument("--genesis", metavar="FILE", help=f"genesis file (env BAYLEDGER_GENESIS){required_note}")
+
+
+def _new_parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help_text, description=description, epilog=ENVIRONMENT_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    submit = _new_parser(subparsers, "submit", "commit a document's salted hash; writes FILE.receipt.json",
+                         "Hash FILE with a fresh random 32-byte salt, sign a commit entry with --key and submit "
+                         "it; wait for the commit and write FILE.receipt.json (mode 0600) with the commitment, "
+                         "the salt, chain id, height and leaf index. Only the commitment goes to the ledger: keep "
+                         "the salt with the document and hand both to whoever must verify.")
+    submit.add_argument("file", metavar="FILE", help="the document")
+    submit.add_argument("--kind", default="credit-report", help="entry kind (default credit-report)")
+    submit.add_argument("--jurisdiction", choices=("HK", "CN"),
+                        help="jurisdiction of the commitment (default: the participant's)")
+    submit.add_argument("--expires-ms", type=int, default=None, metavar="MS", help="expiry, ms since the epoch")
+    submit.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
+    submit.add_argument("--receipt", metavar="FILE", help="where to write the receipt (default FILE.receipt.json)")
+    submit.add_argument("--force", action="store_true", help="overwrite an existing receipt")
+    submit.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS",
+                        help=f"how long the node waits for the commit (default {DEFAULT_SUBMIT_WAIT_MS})")
+    _add_rpc(submit)
+    _add_key(submit)
+    _add_genesis(submit, " (optional: the chain id is asked from the node otherwise)")
+    submit.set_defaults(handler=_guarded(run_submit))
+
+    verify = _new_parser(subparsers, "verify", "check a document against the ledger (match proof, verified offline)",
+                         "Recompute FILE's commitment with the salt (from --receipt or --salt), ask a node for its "
+                         "match proof with a query signed by --key, and verify the proof offline against the "
+                         "genesis file. Prints MATCH, REVOKED, EXPIRED or NO MATCH with height and time. "
+                         "Exit 0 only for a verified match.")
+    verify.add_argument("file", metavar="FILE", help="the document")
+    salt = verify.add_mutually_exclusive_group(required=True)
+    salt.add_argument("--receipt", metavar="FILE", help="the receipt written by submit (holds the salt)")
+    salt.add_argument("--salt", metavar="HEX", help="the 32-byte salt in hex")
+    verify.add_argument("--proof-out", metavar="FILE", help="save the match proof (its msgpack bytes)")
+    verify.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
+    _add_rpc(verify)
+    _add_key(verify)
+    _add_genesis(verify, " (required)")
+    verify.set_defaults(handler=_guarded(run_verify))
+
+    proof = _new_parser(subparsers, "proof", "offline proof tools (proof verify)", "Offline proof tools.")
+    proof_commands = proof.add_subparsers(dest="proof_command", metavar="COMMAND")
+    proof_verify = proof_commands.add_parser(
+        "verify", help="verify a saved match proof offline",
+        description="Offline: verify a match proof file (saved by verify --proof-out) against the genesis file, no "
+        "node. The commitment checked is the one given (--commitment, --receipt, or FILE with --salt); without "
+        "one, the proof's own. Prints MATCH / REVOKED / EXPIRED, or INVALID naming the failed check.",
+        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    proof_verify.add_argument("proof", metavar="PROOF", help="the proof file")
+    proof_verify.add_argument("--commitment", metavar="HEX", help="the commitment the proof must be about")
+    proof_verify.add_argument("--receipt", metavar="FILE", help="take the commitment from a receipt")
+    proof_verify.add_argument("--document", metavar="FILE", help="recompute the commitment from FILE and --salt")
+    proof_verify.add_argument("--salt", metavar="HEX", help="salt for --document")
+    _add_genesis(proof_verify, " (required)")
+    proof_verify.set_defaults(handler=_guarded(run_proof_verify))
+    proof.set_defaults(handler=lambda args: _usage(proof))
+
+    revoke = _new_parser(subparsers, "revoke", "withdraw a commitment you submitted",
+                         "Sign and submit a revoke entry for a commitment (from --receipt, --commitment, or FILE "
+                         "with --salt) with the author's --key; waits for the commit.")
+    revoke.add_argument("file", metavar="FILE", nargs="?", help="the document (with --salt)")
+    revoke.add_argument("--receipt", metavar="FILE", help="the receipt written by submit")
+    revoke.add_argument("--commitment", metavar="HEX", help="the commitment in hex")
+    revoke.add_argument("--salt", metavar="HEX", help="salt for FILE")
+    revoke.add_argument("--reason", default="withdrawn", help="why (up to 256 bytes, recorded on the ledger)")
+    revoke.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
+    revoke.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    _add_rpc(revoke)
+    _add_key(revoke)
+    _add_genesis(revoke, " (optional)")
+    revoke.set_defaults(handler=_guarded(run_revoke))
+
+    status = _new_parser(subparsers, "status", "show a node's status", "Ask a node for its status.")
+    status.add_argument("--json", action="store_true", help="print JSON (bytes as hex)")
+    _add_rpc(status)
+    status.set_defaults(handler=_guarded(run_status))
+
+    governance_note = (
+        "Governance entries need the signatures of the regulator keys of BOTH jurisdictions (the "
+        "thresholds in genesis). Either pass every signer's --key at once, or co-sign in turns: the first "
+        "regulator runs this with --out ENTRY (nothing is sent), the other runs `bayledger cosign ENTRY "
+        "--key THEIRS --submit`.")
+    admit = _new_parser(subparsers, "admit", "admit (or re-admit) a participant (governance)",
+                        "Admit a participant to the registry. " + governance_note)
+    admit.add_argument("--id", required=True, dest="participant_id", help="participant id")
+    admit.add_argument("--jurisdiction", required=True, choices=("HK", "CN"))
+    admit.add_argument("--role", required=True, help="e.g. provider, bank")
+    admit.add_argument("--public-key", required=True, metavar="HEX|FILE", help="the participant's public key")
+    _add_governance_options(admit)
+    admit.set_defaults(handler=_guarded(run_admit))
+
+    suspend = _new_parser(subparsers, "suspend", "suspend a participant (governance)",
+                          "Suspend a participant: it can no longer submit or query. " + governance_note)
+    suspend.add_argument("--id", required=True, dest="participant_id", help="participant id")
+    _add_governance_options(suspend)
+    suspend.set_defaults(handler=_guarded(run_suspend))
+
+    cosign_parser = _new_parser(subparsers, "cosign", "add a regulator's signature to a governance entry file",
+                                "Add the signature(s) of --key to ENTRY (written by admit/suspend --out), in "
+                                "place; with --submit, send it once signed. " + governance_note)
+    cosign_parser.add_argument("entry", metavar="ENTRY", help="the entry file")
+    cosign_parser.add_argument("--submit", action="store_true", help="submit the entry after signing")
+    cosign_parser.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    _add_rpc(cosign_parser)
+    _add_key(cosign_parser, many=True)
+    _add_genesis(cosign_parser, " (required: the regulator keys and thresholds)")
+    cosign_parser.set_defaults(handler=_guarded(run_cosign))
+
+
+def _add_governance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="ENTRY", help="write the (partly) signed entry here and do not submit")
+    parser.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    _add_rpc(parser)
+    _add_key(parser, many=True)
+    _add_genesis(parser, " (required: chain id, regulator keys and thresholds)")
+
+
+def _guarded(handler: Callable[[Any], int]) -> Callable[[Any], int]:
+    """Typed client errors that escaped a handler become one-line CLI errors (exit 2)."""
+    @functools.wraps(handler)
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except RpcError as exc:
+            raise CliError(f"node answered {exc.code}: {exc.message}") from None
+        except ClientError as exc:
+            raise CliError(str(exc)) from None
+    return run
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_ERROR
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+def _rpc_endpoints(args) -> str:
+    value = args.rpc or os.environ.get("BAYLEDGER_RPC")
+    if not value:
+        raise CliError("no node given: use --rpc HOST:PORT or set BAYLEDGER_RPC")
+    return value
+
+
+def _client(args) -> Client:
+    try:
+        return Client(_rpc_endpoints(args), timeout_s=args.timeout)
+    except ValueError as exc:
+        raise CliError(f"--rpc: {exc}") from None
+
+
+def _key_path(value: str | None) -> str:
+    value = value or os.environ.get("BAYLEDGER_KEY")
+    if not value:
+        raise CliError("no key given: use --key FILE or set BAYLEDGER_KEY")
+    return value
+
+
+def _load_key(path: str) -> KeyPair:
+    try:
+        return load_key_file(path)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _keys(args) -> list[KeyPair]:
+    paths = args.key if isinstance(args.key, list) and args.key else [_key_path(None if isinstance(args.key, list) else args.key)]
+    return [_load_key(p) for p in paths]
+
+
+def _participant_id(args, key: KeyPair) -> str:
+    participant = getattr(args, "participant", None) or key.id
+    if not participant:
+        raise CliError("the key file has no id: pass --as PARTICIPANT_ID")
+    return participant
+
+
+def _genesis(args, required: bool = True):
+    from storage.genesis import Genesis, GenesisError
+
+    path = args.genesis or os.environ.get("BAYLEDGER_GENESIS")
+    if not path:
+        if required:
+            raise CliError("no genesis file given: use --genesis FILE or set BAYLEDGER_GENESIS")
+        return None
+    try:
+        return Genesis.load(path)
+    except GenesisError as exc:
+        raise CliError(f"genesis file {path}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"genesis file {path}: {exc.strerror}") from None
+
+
+def _read_file(path: str | Path, limit: int, what: str) -> bytes:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise CliError(f"{what} {path} is {size} bytes, above the {limit} limit")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CliError(f"{what} {path} is a directory") from None
+    except OSError as exc:
+        raise CliError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+
+def _hex32(text: str, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise CliError(f"{what} is not hex") from None
+    if len(value) != 32:
+        raise CliError(f"{what} must be 32 bytes (64 hex characters), got {len(value)}")
+    return value
+
+
+def _load_receipt(path: str) -> dict:
+    data = _read_file(path, receipt_bytes_max, "receipt")
+    try:
+        receipt = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"receipt {path} is not JSON: {exc}") from None
+    if not isinstance(receipt, dict):
+        raise CliError(f"receipt {path} must hold a JSON object")
+    for field in ("commitment", "salt"):
+        if not isinstance(receipt.get(field), str):
+            raise CliError(f"receipt {path}: field {field!r} is missing")
+        _hex32(receipt[field], f"receipt {path}: {field}")
+    return receipt
+
+
+def _call(client: Client, method: str, *params: Any) -> Any:
+    try:
+        return client.call(method, *params)
+    except ConnectionFailed as exc:
+        raise CliError(str(exc)) from None
+
+
+def _time_text(time_ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _write_private(path: Path, data: bytes, *, overwrite: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, RECEIPT_MODE)
+    except FileExistsError:
+        raise CliError(f"{path} already exists (use --force to overwrite)") from None
+    except OSError as exc:
+        raise CliError(f"{path} cannot be written: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _write_file(path: str | Path, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise CliError(f"{path} cannot be written: {exc.strerror}") from None
+
+
+def _submit_entry(client: Client, entry: bytes, wait_ms: int) -> dict:
+    """Submit and wait; raise CliError for errors; a refused or rejected entry comes back as a result."""
+    try:
+        return client.call("submit", entry, {"wait": True, "timeout_ms": max(0, wait_ms)})
+    except ConnectionFailed as exc:
+        raise CliError(str(exc)) from None
+    except RpcError as exc:
+        if exc.code in ("bad-entry", "already-committed", "rejected"):
+            return {"status": "rejected", "reason": exc.message, "code": exc.code}
+        if exc.code == "timeout":
+            raise CliError(f"not committed within {wait_ms} ms; the entry may still commit (ask again later)") from None
+        raise CliError(f"node refused: {exc.code}: {exc.message}") from None
+
+
+# -- submit ---------------------------------------------------------------------------------------
+
+def run_submit(args) -> int:
+    key = _load_key(_key_path(args.key))
+    participant = _participant_id(args, key)
+    document = _read_file(args.file, document_bytes_max, "document")
+    receipt_path = Path(args.receipt or f"{args.file}.receipt.json")
+    if receipt_path.exists() and not args.force:
+        raise CliError(f"{receipt_path} already exists (use --force to overwrite; its salt would be lost)")
+    genesis = _genesis(args, required=False)
+    with _client(args) as client:
+        chain_id = genesis.chain_id if genesis is not None else _call(client, "status")["chain_id"]
+        jurisdiction = args.jurisdiction
+        if jurisdiction is None:
+            try:
+                jurisdiction = _call(client, "participant", participant)["jurisdiction"]
+            except RpcError as exc:
+                raise CliError(f"participant {participant!r}: {exc.message}") from None
+        commitment, salt = seal_document(document)
+        try:
+            entry = build_commit(key.signing_key, participant, chain_id, commitment, kind=args.kind,
+                                 jurisdiction=jurisdiction, expires_ms=args.expires_ms)
+        except Exception as exc:  # the codec refuses values it cannot encode (e.g. a huge expiry)
+            raise CliError(f"cannot build the entry: {exc}") from None
+        receipt = {
+            "commitment": commitment.hex(), "salt": salt.hex(), "chain_id": chain_id, "author": participant,
+            "kind": args.kind, "jurisdiction": jurisdiction, "expires_ms": args.expires_ms,
+            "entry_id": hashlib.sha256(entry).hexdigest(), "status": "pending",
+            "height": None, "leaf_index": None,
+        }
+        # Written before sending: if the answer is lost, the salt is not.
+        _write_private(receipt_path, _receipt_bytes(receipt), overwrite=args.force)
+        answer = _submit_entry(client, entry, args.wait_ms)
+    if answer.get("status") != "committed":
+        receipt_path.unlink(missing_ok=True)
+        print(f"REFUSED: {answer.get('reason') or answer.get('status')}")
+        return EXIT_NEGATIVE
+    receipt.update(status="committed", height=answer["height"], leaf_index=answer["leaf_index"])
+    _write_private(receipt_path, _receipt_bytes(receipt), overwrite=True)
+    print(f"COMMITTED at height {answer['height']}, leaf {answer['leaf_index']}; commitment {commitment.hex()}")
+    print(f"receipt: {receipt_path} (holds the salt: keep it with the document)")
+    return EXIT_OK
+
+
+def _receipt_bytes(receipt: dict) -> bytes:
+    return (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode()
+
+
+# -- verify and proof verify ----------------------------------------------------------------------
+
+def _print_verdict(verdict, commitment: bytes) -> int:
+    details = verdict.details
+    if verdict.status == "invalid":
+        print(f"INVALID PROOF: check {verdict.check} failed: {verdict.message}")
+        return EXIT_ERROR
+    where = (f"height {details['height']} at {_time_text(details['time_ms'])} (leaf {details['leaf_index']}, "
+             f"author {details['author']}, {details['jurisdiction']}, kind {details['kind']})")
+    if verdict.status == "match":
+        print(f"MATCH: commitment {commitment.hex()} recorded at {where}")
+        return EXIT_OK
+    if verdict.status == "revoked":
+        print(f"REVOKED: at height {details['revoked_height']} at {_time_text(details['revoked_time_ms'])} by "
+              f"{details['revoked_by']} ({details['revoke_reason']}); recorded at {where}")
+        return EXIT_NEGATIVE
+    if verdict.status == "expired":
+        print(f"EXPIRED: at {_time_text(details['expires_ms'])}; recorded at {where}")
+        return EXIT_NEGATIVE
+    raise AssertionError(f"unknown verdict {verdict.status}")
+
+
+def run_verify(args) -> int:
+    genesis = _genesis(args)
+    key = _load_key(_key_path(args.key))
+    participant = _participant_id(args, key)
+    document = _read_file(args.file, document_bytes_max, "document")
+    if args.receipt:
+        receipt = _load_receipt(args.receipt)
+        salt = bytes.fromhex(receipt["salt"])
+    else:
+        salt = _hex32(args.salt, "--salt")
+    commitment, _ = seal_document(document, salt)
+    with _client(args) as client:
+        try:
+            proof = _call(client, "match",
+                          build_match_query(key.signing_key, participant, genesis.chain_id, commitment))
+        except RpcError as exc:
+            if exc.code == "not-found":
+                print(f"NO MATCH: commitment {commitment.hex()} is not on the ledger")
+                return EXIT_NEGATIVE
+            raise CliError(f"node refused the query: {exc.code}: {exc.message}") from None
+    if not isinstance(proof, bytes):
+        raise CliError("the node answered match with something that is not a proof")
+    if args.proof_out:
+        _write_file(args.proof_out, proof)
+    return _print_verdict(verify_match_proof(proof, genesis, commitment), commitment)
+
+
+def run_proof_verify(args) -> int:
+    from consensus import codec
+
+    genesis = _genesis(args)
+    proof = _read_file(args.proof, proof_file_bytes_max, "proof file")
+    if args.commitment:
+        commitment = _hex32(args.commitment, "--commitment")
+    elif args.receipt:
+        commitment = bytes.fromhex(_load_receipt(args.receipt)["commitment"])
+    elif args.document:
+        if not args.salt:
+            raise CliError("--document needs --salt")
+        commitment, _ = seal_document(_read_file(args.document, document_bytes_max, "document"),
+                                      _hex32(args.salt, "--salt"))
+    else:
+        commitment = _commitment_in(proof, codec)
+        if commitment is None:
+            print("INVALID PROOF: check format failed: no commitment can be read from the proof")
+            return EXIT_ERROR
+    return _print_verdict(verify_match_proof(proof, genesis, commitment), commitment)
+
+
+def _commitment_in(proof: bytes, codec) -> bytes | None:
+    """The commitment a proof's entry names (no check: verification follows)."""
+    try:
+        body = codec.unpack(codec.unpack(proof)["entry"])["body"]
+        value = codec.unpack(body)["commitment"]
+    except Exception:  # any malformed proof: reported as an invalid format by the caller
+        return None
+    return value if isinstance(value, bytes) and len(value) == 32 else None
+
+
+# -- revoke, status -------------------------------------------------------------------------------
+
+def run_revoke(args) -> int:
+    key = _load_key(_key_path(args.key))
+    participant = _participant_id(args, key)
+    if args.commitment:
+        commitment = _hex32(args.commitment, "--commitment")
+    elif args.receipt:
+        commitment = bytes.fromhex(_load_receipt(args.receipt)["commitment"])
+    elif args.file and args.salt:
+        commitment, _ = seal_document(_read_file(args.file, document_bytes_max, "document"),
+                                      _hex32(args.salt, "--salt"))
+    else:
+        raise CliError("say which commitment: --receipt R, --commitment HEX, or FILE --salt HEX")
+    genesis = _genesis(args, required=False)
+    with _client(args) as client:
+        chain_id = genesis.chain_id if genesis is not None else _call(client, "status")["chain_id"]
+        try:
+            entry = build_revoke(key.signing_key, participant, chain_id, commitment, args.reason)
+        except Exception as exc:
+            raise CliError(f"cannot build the entry: {exc}") from None
+        answer = _submit_entry(client, entry, args.wait_ms)
+    return _print_answer(answer, f"revoke of {commitment.hex()}")
+
+
+def _print_answer(answer: dict, what: str) -> int:
+    if answer.get("status") == "committed":
+        print(f"COMMITTED: {what} at height {answer['height']}, leaf {answer['leaf_index']}")
+        return EXIT_OK
+    print(f"REFUSED: {what}: {answer.get('reason') or answer.get('status')}")
+    return EXIT_NEGATIVE
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
+def run_status(args) -> int:
+    with _client(args) as client:
+        try:
+            status = _call(client, "status")
+        except RpcError as exc:
+            raise CliError(f"{exc.code}: {exc.message}") from None
+        endpoint = client.endpoint
+    status = _printable(status)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return EXIT_OK
+    print(f"node {status.get('node_id')} ({status.get('jurisdiction')}) at {endpoint}, chain {status.get('chain_id')}")
+    for field in ("height", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
+        print(f"  {field}: {status.get(field)}")
+    return EXIT_OK
+
+
+# -- governance -----------------------------------------------------------------------------------
+
+def _governance_signers(args, genesis) -> list[tuple[str, Any]]:
+    signers = []
+    for key in _keys(args):
+        if key.id is None or key.id not in genesis.governance.by_id:
+            raise CliError(f"key {key.id!r} is not a governance key of this genesis "
+                           f"({', '.join(sorted(genesis.governance.by_id))})")
+        if genesis.governance.by_id[key.id].public_key != key.public_key:
+            raise CliError(f"key file for {key.id!r} does not hold the public key genesis names for it")
+        signers.append((key.id, key.signing_key))
+    return signers
+
+
+def _missing_signatures(entry: bytes, genesis) -> list[str]:
+    from storage.entries import decode_entry
+
+    signers = {by for by, _ in decode_entry(entry).signatures}
+    missing = []
+    for jurisdiction, keys in genesis.governance.keys.items():
+        have = sum(1 for k in keys if k.id in signers)
+        need = genesis.governance.thresholds[jurisdiction]
+        if have < need:
+            missing.append(f"{jurisdiction} needs {need - have} more")
+    return missing
+
+
+def _finish_governance(args, genesis, entry: bytes, what: str, out: str | None) -> int:
+    missing = _missing_signatures(entry, genesis)
+    if out:
+        _write_file(out, entry)
+        state = "fully signed" if not missing else "still to co-sign: " + "; ".join(missing)
+        print(f"wrote {what} to {out} ({state})")
+        return EXIT_OK
+    if missing:
+        print(f"note: {what} lacks signatures ({'; '.join(missing)}); the ledger will refuse it", file=sys.stderr)
+    with _client(args) as client:
+        answer = _submit_entry(client, entry, args.wait_ms)
+    return _print_answer(answer, what)
+
+
+def _build_governance(builder: Callable[..., bytes], *arguments: Any) -> bytes:
+    try:
+        return builder(*arguments)
+    except Exception as exc:  # the codec refuses values it cannot encode
+        raise CliError(f"cannot build the entry: {exc}") from None
+
+
+def run_admit(args) -> int:
+    from storage.genesis import GenesisError, Participant, check_participant_fields
+
+    genesis = _genesis(args)
+    signers = _governance_signers(args, genesis)
+    try:
+        public_key = load_public_key(args.public_key)
+    except KeyFileError as exc:
+        raise CliError(f"--public-key: {exc}") from None
+    try:
+        participant = check_participant_fields({"id": args.participant_id, "jurisdiction": args.jurisdiction,
+                                                "role": args.role, "public_key": public_key}, "participant")
+    except GenesisError as exc:
+        raise CliError(str(exc)) from None
+    assert isinstance(participant, Participant)
+    entry = _build_governance(build_admit, signers, genesis.chain_id, participant)
+    return _finish_governance(args, genesis, entry, f"admit of {args.participant_id}", args.out)
+
+
+def run_suspend(args) -> int:
+    genesis = _genesis(args)
+    signers = _governance_signers(args, genesis)
+    entry = _build_governance(build_suspend, signers, genesis.chain_id, args.participant_id)
+    return _finish_governance(args, genesis, entry, f"suspend of {args.participant_id}", args.out)
+
+
+def run_cosign(args) -> int:
+    from storage.entries import EntryError, decode_entry
+
+    genesis = _genesis(args)
+    signers = _governance_signers(args, genesis)
+    entry = _read_file(args.entry, entry_file_bytes_max, "entry file")
+    try:
+        decoded = decode_entry(entry)
+    except EntryError as exc:
+        raise CliError(f"entry file {args.entry}: {exc}") from None
+    if not decoded.is_governance:
+        raise CliError(f"entry file {args.entry} is not a governance entry")
+    if decoded.chain_id != genesis.chain_id:
+        raise CliError(f"entry file {args.entry} is for chain {decoded.chain_id!r}, not {genesis.chain_id!r}")
+    for signer_id, signing_key in signers:
+        entry = cosign(entry, signer_id, signing_key)
+    what = f"{decoded.type} entry"
+    if not args.submit:
+        return _finish_governance(args, genesis, entry, what, args.entry)
+    _write_file(args.entry, entry)
+    return _finish_governance(args, genesis, entry, what, None)
+
+
+__all__ = ["register", "ClientError"]

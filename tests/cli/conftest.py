@@ -1,0 +1,60 @@
+"""Fixtures for the CLI tests: key files, a genesis file and a node.rpc server over a real Ledger."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rpc"))
+
+from rpc_helpers import FakeNode, ServerThread, make_world, populate  # noqa: E402
+
+from node.keys import KeyPair, write_key_file  # noqa: E402
+from storage.ledger import Ledger  # noqa: E402
+
+
+@pytest.fixture
+def world():
+    return make_world()
+
+
+@pytest.fixture
+def ledger(world, tmp_path):
+    store = Ledger.open(tmp_path / "ledger", world.genesis)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def node(world, ledger):
+    populate(world, ledger)
+    return FakeNode(world, ledger)
+
+
+@pytest.fixture
+def server(node):
+    running = ServerThread(node)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def files(world, tmp_path, monkeypatch):
+    """Key files for every participant and regulator, the genesis file; no BAYLEDGER_* from outside."""
+    for name in ("BAYLEDGER_RPC", "BAYLEDGER_KEY", "BAYLEDGER_GENESIS"):
+        monkeypatch.delenv(name, raising=False)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    paths = {}
+    for key_id, key in {**world.participant_keys, **world.governance_keys}.items():
+        paths[key_id] = keys / f"{key_id}.json"
+        write_key_file(paths[key_id], KeyPair(signing_key=key, id=key_id))
+    newcomer = KeyPair.generate("hk-newbank")
+    paths["hk-newbank"] = keys / "hk-newbank.json"
+    write_key_file(paths["hk-newbank"], newcomer)
+    genesis = tmp_path / "genesis.json"
+    genesis.write_text(world.genesis.to_json())
+    paths["genesis"] = genesis
+    return {name: str(path) for name, path in paths.items()}
