@@ -11,7 +11,7 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
     e<leaf:8>                      accepted entry bytes, by Merkle leaf index
     n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 3; the
                                    lower levels are rehashed from the (at most 8) entries of one
-                                   aligned group, read with one range scan
+                                   aligned group (point reads)
     k<commitment:32>               commitment index: msgpack [leaf index, height], or [leaf index,
                                    height, revoke leaf index, revoke height] once revoked. Author,
                                    kind and expiry are in the entry
