@@ -446,6 +446,11 @@ class Simulation:
         }
         return list(pending.values())
 
+    def converged(self) -> bool:
+        """Every live honest replica has applied the highest block any honest replica committed."""
+        top = max(self.checker.height(i) for i in self.honest_ids)
+        return all(self.checker.height(i) == top for i in self.live_ids)
+
     def resubmit(self) -> None:
         # A client retries only requests it has not seen committed anywhere; lagging
         # replicas get committed ones through catch-up, not through a second commit.
@@ -467,13 +472,13 @@ class Simulation:
                 self.step()
             self.begin_liveness()
             deadline = self.tick + self.plan.liveness_ticks_max
-            while self.pending_requests():
+            while self.pending_requests() or not self.converged():
                 if self.tick >= deadline:
                     pending = self.pending_requests()
                     heights = ", ".join(f"{i}:{self.checker.height(i)}" for i in self.live_ids)
                     raise LivenessFailure(
-                        f"{len(pending)} valid request(s) not committed on every honest replica after "
-                        f"{self.plan.liveness_ticks_max} liveness ticks (heights {heights})"
+                        f"{len(pending)} valid request(s) not committed on every live honest replica, or "
+                        f"heights differ, after {self.plan.liveness_ticks_max} liveness ticks (heights {heights})"
                     )
                 if (self.tick - self.liveness_started_tick) % resubmit_interval_ticks == 0:
                     self.resubmit()
