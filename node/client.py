@@ -22,6 +22,7 @@ Helpers: `seal_document` (salt + commitment), entry builders with fresh nonces,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -166,7 +167,10 @@ class Client:
         error comes back in the list as an RpcError instead of being raised."""
         calls = list(calls)
         failures = []
-        for attempt in range(len(self.endpoints)):
+        # A reused connection may have been closed by the node meanwhile (idle timeout): that costs one
+        # extra attempt, not the endpoint.
+        attempts = len(self.endpoints) + (1 if self._sock is not None else 0)
+        for attempt in range(attempts):
             self._connect()
             endpoint = self.endpoint
             try:
@@ -233,7 +237,7 @@ class AsyncClient:
         self._send_lock = trio.Lock()
         self._connect_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
-        self._nursery_manager = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
         self._generation = 0
 
     @property
@@ -241,15 +245,24 @@ class AsyncClient:
         return self.endpoints[self._index]
 
     async def __aenter__(self) -> "AsyncClient":
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
+        self._exit_stack = contextlib.AsyncExitStack()
+        await self._exit_stack.__aenter__()
+        await self._exit_stack.enter_async_context(self._session())
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        assert self._nursery is not None and self._nursery_manager is not None
-        self._nursery.cancel_scope.cancel()
-        await self._drop()
-        return await self._nursery_manager.__aexit__(*exc)
+        return await self._exit_stack.__aexit__(*exc)
+
+    @contextlib.asynccontextmanager
+    async def _session(self):
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await self._drop()
 
     async def _drop(self) -> None:
         stream, self._stream = self._stream, None
@@ -303,7 +316,8 @@ class AsyncClient:
 
     async def call(self, method: str, *params: Any) -> Any:
         failures = []
-        for attempt in range(len(self.endpoints)):
+        attempts = len(self.endpoints) + (1 if self._stream is not None else 0)  # as Client.call_many
+        for attempt in range(attempts):
             await self._connect()
             endpoint = self.endpoint
             msgid = next(self._msgids) % (msgid_max + 1)

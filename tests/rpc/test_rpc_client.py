@@ -1,0 +1,132 @@
+"""node.client against a node.rpc server on 127.0.0.1: connection reuse, pipelining, failover to the
+next endpoint when one is down, typed errors, timeouts, and the document/query/proof helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import pytest
+import trio
+
+from node import client as client_module
+from node.client import (
+    AsyncClient, CallTimeout, Client, ConnectionFailed, RpcError, build_commit, build_match_query, match,
+    parse_endpoints, seal_document, verify_match_proof,
+)
+from storage.entries import COMMITMENT_DOMAIN
+
+
+@pytest.fixture
+def dead_endpoint():
+    """A port bound but not listening: connecting is refused (a node that is down)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_parse_endpoints():
+    assert [str(e) for e in parse_endpoints("127.0.0.1:1, localhost:65535")] == ["127.0.0.1:1", "localhost:65535"]
+    for bad in ("", "host", "host:", ":80", "host:0", "host:65536", "host:x"):
+        with pytest.raises(ValueError):
+            parse_endpoints(bad)
+
+
+def test_sync_client_reuses_one_connection_and_pipelines(server):
+    with Client(f"127.0.0.1:{server.port}") as client:
+        assert client.call("status")["height"] == 4
+        first_socket = client._sock
+        assert client.call("header", 1)["header"]["height"] == 1
+        assert client._sock is first_socket                      # reused, not reconnected
+        results = client.call_many([("header", [h]) for h in (1, 2, 3, 4)] + [("header", [9])], raise_errors=False)
+        assert [r["header"]["height"] for r in results[:4]] == [1, 2, 3, 4]
+        assert isinstance(results[4], RpcError) and results[4].code == "not-found"
+        with pytest.raises(RpcError) as error:
+            client.call("no-such-method")
+        assert error.value.code == "method-not-found" and error.value.endpoint == str(client.endpoint)
+
+
+def test_sync_client_fails_over_to_the_next_node(server, dead_endpoint):
+    with Client(f"{dead_endpoint},127.0.0.1:{server.port}") as client:
+        assert client.call("status")["chain_id"] == "bayledger-test"
+        assert str(client.endpoint) == f"127.0.0.1:{server.port}"
+
+
+def test_sync_client_reports_every_node_down(dead_endpoint):
+    with pytest.raises(ConnectionFailed) as error:
+        Client(f"{dead_endpoint},{dead_endpoint}").call("status")
+    assert dead_endpoint in str(error.value)
+
+
+def test_sync_client_reconnects_after_the_server_drops_it(server):
+    with Client(f"127.0.0.1:{server.port}") as client:
+        client.call("status")
+        client._sock.send(b"\xc1")   # the server answers parse-error and closes this connection
+        # The next call sees the closed connection and retries on a fresh one (one endpoint: itself).
+        assert client.call("status")["height"] == 4
+
+
+async def test_async_client_concurrent_calls_share_a_connection(server):
+    async with AsyncClient([f"127.0.0.1:{server.port}"]) as client:
+        results = {}
+
+        async def fetch(height: int) -> None:
+            results[height] = await client.call("header", height)
+
+        async with trio.open_nursery() as nursery:
+            for height in range(1, 5):
+                nursery.start_soon(fetch, height)
+        assert {h: r["header"]["height"] for h, r in results.items()} == {1: 1, 2: 2, 3: 3, 4: 4}
+        with pytest.raises(RpcError) as error:
+            await client.call("participant", "nobody")
+        assert error.value.code == "not-found"
+
+
+async def test_async_client_fails_over(server, dead_endpoint):
+    async with AsyncClient([dead_endpoint, f"127.0.0.1:{server.port}"]) as client:
+        assert (await client.call("status"))["height"] == 4
+
+
+async def test_async_client_all_down(dead_endpoint):
+    async with AsyncClient([dead_endpoint]) as client:
+        with pytest.raises(ConnectionFailed):
+            await client.call("status")
+
+
+async def test_async_client_times_out_a_call_the_node_holds(server, node, world):
+    node.hold = True
+    entry = build_commit(world.participant_keys["hk-bank"], "hk-bank", world.chain_id, bytes(32),
+                         jurisdiction="HK", nonce=5000)
+    async with AsyncClient([f"127.0.0.1:{server.port}"], timeout_s=0.2) as client:
+        with pytest.raises(CallTimeout):
+            await client.call("submit", entry, {"wait": True, "timeout_ms": 10_000})
+        assert (await client.call("status"))["height"] == 4    # the connection still serves
+    server.release()
+
+
+def test_seal_document_matches_the_documented_formula():
+    document = b"credit report"
+    salt = bytes(range(32))
+    commitment, returned_salt = seal_document(document, salt)
+    assert returned_salt == salt
+    assert commitment == hashlib.sha256(COMMITMENT_DOMAIN + salt + hashlib.sha256(document).digest()).digest()
+    fresh, fresh_salt = seal_document(document)
+    assert len(fresh_salt) == 32 and fresh_salt != salt and fresh != commitment
+
+
+def test_match_helper_and_offline_verification(server, world, commitments):
+    key = world.participant_keys["hk-bank"]
+    with Client(f"127.0.0.1:{server.port}") as client:
+        proof = match(client, key, "hk-bank", world.chain_id, commitments["active"])
+        assert verify_match_proof(proof, world.genesis, commitments["active"]).status == "match"
+        assert verify_match_proof(proof, world.genesis, commitments["revoked"]).status == "invalid"
+        assert match(client, key, "hk-bank", world.chain_id, commitments["unknown"]) is None
+        with pytest.raises(RpcError) as error:
+            client.call("match", build_match_query(world.participant_keys["cn-bureau"], "cn-bureau",
+                                                   world.chain_id, commitments["active"]))
+        assert error.value.code == "unauthorized"
+
+
+def test_fresh_nonces_increase():
+    nonces = [client_module.fresh_nonce() for _ in range(100)]
+    assert nonces == sorted(nonces)
