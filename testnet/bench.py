@@ -142,7 +142,8 @@ def summarize_profile(raw: Path, out: Path, top: int = 40) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def run(duration_s: float, validators: int, profile_node: str | None, keep: bool) -> dict:
+def run(duration_s: float, validators: int, profile_node: str | None, keep: bool,
+        consensus: dict[str, int] | None = None) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bayledger-bench-"))
     base_port = find_free_base_port(validators)
     load_before = round(os.getloadavg()[0], 2)
@@ -150,7 +151,7 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
     print(f"bench: {validators} validators in {run_dir}, base port {base_port}, DURATION={duration_s:g}s", file=sys.stderr)
     try:
         providers = {f"bench-provider-{i + 1}": "CN" for i in range(BENCH_PROVIDERS)}
-        control.up(run_dir, validators, base_port, demo=False, extra_participants=providers)
+        control.up(run_dir, validators, base_port, demo=False, extra_participants=providers, consensus=consensus)
         network = Network.load(run_dir)
         before_bytes = {n.name: directory_bytes(n.data_dir) for n in network.nodes}
         before_tree = _tree_size(network)
@@ -202,6 +203,8 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
         disk = [v["disk_bytes"] for v in nodes.values()]
         results = {
             "validators": validators,
+            "consensus_config": consensus or "defaults",
+            "loadgen_cpu_s": report.get("loadgen_cpu_s"),
             "duration_s": round(wall_s, 1),
             "commits_per_s": report["commits_per_s"],
             "p50_ms": {rate: v.get("p50_ms") for rate, v in report["latency"].items()},
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validators", type=int, default=4, choices=(4, 7, 10))
     parser.add_argument("--profile", metavar="NODE", help="sample NODE with py-spy during the load")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, data)")
+    parser.add_argument("--batch-requests-max", type=int, help="nodes' consensus.batch_requests_max (default: the node's)")
+    parser.add_argument("--batch-wait-ms", type=int, help="nodes' consensus.batch_wait_ms (default: the node's)")
     args = parser.parse_args(argv)
     text = os.environ.get("DURATION", "30")
     try:
@@ -250,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: DURATION must be between {duration_s_min} and {duration_s_max} seconds, got {text}", file=sys.stderr)
         return 2
     try:
-        results = run(duration_s, args.validators, args.profile, args.keep)
+        consensus = {key: value for key, value in (("batch_requests_max", args.batch_requests_max),
+                                                   ("batch_wait_ms", args.batch_wait_ms)) if value is not None}
+        results = run(duration_s, args.validators, args.profile, args.keep, consensus or None)
     except (control.TestnetError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

@@ -134,7 +134,7 @@ def bayledger(args: list[str], timeout_s: float = cli_timeout_s) -> subprocess.C
 
 
 def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True,
-       extra_participants: dict[str, str] | None = None) -> int:
+       extra_participants: dict[str, str] | None = None, consensus: dict[str, int] | None = None) -> int:
     """Generate (first time) and start the network; if any node runs already, change nothing."""
     from .generate import generate_network  # needs the node's admin commands
 
@@ -174,7 +174,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            generate_network(network)
+            generate_network(network, consensus)
         except Exception:
             # Leave no half-made network behind: the next `up` would refuse the directory.
             shutil.rmtree(run_dir / "nodes", ignore_errors=True)

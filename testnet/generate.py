@@ -16,7 +16,7 @@ from pathlib import Path
 
 from node.cli import main as bayledger_main
 from node.keys import KeyFileError, load_key_file
-from node.config import Listen, LogConfig, NodeConfig, parse_address, render_config
+from node.config import ConfigError, ConsensusConfig, Listen, load_config, LogConfig, NodeConfig, parse_address, render_config
 
 from .network import Network
 
@@ -50,8 +50,10 @@ def keygen(path: Path, key_id: str) -> str:
     return run_cli(["keygen", "--out", str(path), "--id", key_id]).strip()
 
 
-def generate_network(network: Network) -> None:
-    """Write every key, the genesis file and each node's config for `network` (a fresh run dir)."""
+def generate_network(network: Network, consensus: dict[str, int] | None = None) -> None:
+    """Write every key, the genesis file and each node's config for `network` (a fresh run dir).
+
+    `consensus` overrides fields of the nodes' [consensus] section (the benchmark's knobs)."""
     network.keys_dir.mkdir(parents=True, exist_ok=True)
     for node in network.nodes:
         node.dir.mkdir(parents=True, exist_ok=True)
@@ -84,8 +86,13 @@ def generate_network(network: Network) -> None:
                           metrics=parse_address(node.metrics, "metrics")),
             peers=None,  # from genesis
             log=LogConfig(format="json", level="info"),
+            consensus=ConsensusConfig(**(consensus or {})),
         )
         node.config_path.write_text(render_config(config))
+        try:
+            load_config(node.config_path)  # the daemon's own validation, before anything starts
+        except ConfigError as exc:
+            raise GenerateError(f"config of {node.name}: {exc}") from None
 
 
 def run_sample(network: Network, wait_s: float = 30.0) -> dict:

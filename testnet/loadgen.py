@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 from collections import Counter
@@ -305,6 +306,8 @@ async def run(plan: dict) -> dict:
         report["phases"].append(match.to_json())
         report["match_per_s"] = round(match.rate_per_s, 1)
     report["loadgen_wall_s"] = round(time.monotonic() - started, 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report["loadgen_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     return report
 
 
