@@ -9,16 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rpc_helpers import FakeNode, ServerThread, make_world, populate  # noqa: E402
+from rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, make_world, populate  # noqa: E402
 
-from node.rpc import RpcLimits  # noqa: E402
 from storage.ledger import Ledger  # noqa: E402
-
-# Small limits so every edge is cheap to reach in a test.
-TEST_LIMITS = RpcLimits(message_bytes_max=8192, connections_max=8, requests_in_flight_max=4,
-                        idle_timeout_ms=60_000, send_timeout_ms=5_000, submit_wait_ms_max=20_000,
-                        query_window_ms=300_000, query_ids_max=1000)
-
 
 @pytest.fixture
 def world():

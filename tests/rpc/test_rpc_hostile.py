@@ -15,7 +15,7 @@ import msgpack
 import nacl.signing
 import pytest
 
-from conftest import TEST_LIMITS
+from rpc_helpers import TEST_LIMITS
 from node.client import build_match_query
 from node.rpc import QueryGuard
 from node.api import ApiError
