@@ -355,9 +355,11 @@ class Daemon:
         if view != self.view:
             if view > self.view:
                 self.metrics.view_changes.inc(view - self.view)
-            log.info("view changed", view=view, primary=self.validator_set.primary(view).id)
             self.view = view
             self.metrics.view.set(view)
+            # The driver task's lines (rejections, evidence, commits) carry the view they happened in.
+            structlog.contextvars.bind_contextvars(view=view)
+            log.info("view changed", primary=self.validator_set.primary(view).id)
         target = getattr(self.replica, "catch_up_target", None)
         if isinstance(target, int):
             self.metrics.catch_up_target_height.set(max(target, self.height))
@@ -382,7 +384,7 @@ class Daemon:
         if getattr(self.replica, "catch_up_target", 0) > header.height:
             self.metrics.catch_up_blocks.inc()    # applied while still behind the highest height seen
         self.metrics.commit_latency.observe(latency_s)
-        log.info("block committed", height=header.height, view=block.certificate.view,
+        log.info("block committed", height=header.height, certificate_view=block.certificate.view,
                  entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),
                  tree_size=header.tree_size)
         for index, entry in enumerate(block.entries):
@@ -414,6 +416,7 @@ class Daemon:
             self.metrics.rejected_frames.inc(label_value="unexpected-kind")
 
     async def _drive(self) -> None:
+        structlog.contextvars.bind_contextvars(view=self.view)
         tick_s = self.config.consensus.tick_interval_ms / 1000
         self.carry_out(self.replica.on_tick(int(time.time() * 1000)))
         next_tick = trio.current_time() + tick_s

@@ -235,11 +235,25 @@ async def _hostile_sessions(cluster, port):
     await session(os.urandom(32) + struct.pack(">I", 1 << 30))
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     try:
-        await handshake(stream, chain_id=CHAIN_ID, node_id="hk-2", signing_key=nacl.signing.SigningKey.generate(),
+        await handshake(stream, chain_id=CHAIN_ID, node_id="cn-2", signing_key=nacl.signing.SigningKey.generate(),
                         validators=genesis.validator_set, frame_bytes_max=1 << 20)
     except Exception:
         pass
     await stream.aclose()
+    # Replayed handshake: record what an honest cn-2 sends, then send the same bytes on a new connection.
+    recorded = bytearray()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    real_send = stream.send_all
+
+    async def recording_send(data):
+        recorded.extend(data)
+        await real_send(data)
+    stream.send_all = recording_send
+    key = load_key_file(cluster.nodes["cn-2"].dir / "key.json").signing_key
+    _, connection = await handshake(stream, chain_id=CHAIN_ID, node_id="cn-2", signing_key=key,
+                                    validators=genesis.validator_set, frame_bytes_max=1 << 20)
+    await connection.aclose()
+    await session(bytes(recorded))
 
 
 async def _byzantine_votes(cluster, port, height):
@@ -263,7 +277,7 @@ async def _byzantine_votes(cluster, port, height):
 
 def test_hostile_peers_are_refused_logged_counted_and_honest_nodes_keep_committing(cluster):
     """Three honest daemons; the test sends hk-2 random bytes, truncated and oversized frames, an unknown-key
-    handshake, and, as validator cn-2, garbage, a wrong-shape frame and conflicting votes. Each is refused,
+    handshake, a replayed handshake, and, as validator cn-2, garbage, a wrong-shape frame and conflicting votes. Each is refused,
     logged and counted on the metrics endpoint, and the honest three keep committing."""
     honest = ["hk-1", "hk-2", "cn-1"]
     for node_id in honest:
@@ -278,7 +292,8 @@ def test_hostile_peers_are_refused_logged_counted_and_honest_nodes_keep_committi
     trio.run(_byzantine_votes, cluster, target.p2p, height)
     cluster.wait_until(lambda: target.metric("bayledger_equivocation_evidence_total") >= 1, 30, "evidence")
     counted = {reason: target.metric("bayledger_rejected_frames_total", f'reason="{reason}"')
-               for reason in ("handshake-oversized-frame", "truncated-handshake", "unknown-key", "bad-shape")}
+               for reason in ("handshake-oversized-frame", "truncated-handshake", "unknown-key", "bad-shape",
+                              "handshake-undecryptable")}
     assert all(count >= 1 for count in counted.values()), counted
     assert target.metric("bayledger_rejected_messages_total", 'reason="equivocation"') == 1
     assert target.metric("bayledger_rejected_messages_total", 'reason="bad-encoding"') >= 1
