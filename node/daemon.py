@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -36,11 +35,10 @@ from .config import Address, NodeConfig
 from .keys import KeyFileError, KeyPair, load_key_file
 from .logs import configure_logging
 from .metrics import NodeMetrics, serve_metrics
-from .transport import FRAME_KIND_CONSENSUS, InboundFrame, PeerNetwork
+from .transport import FRAME_KIND_CONSENSUS, PeerNetwork
 
 VERSION = "0.1.0"
 PARTITION_POLL_MS = 100                # fault-injection file poll period
-SHUTDOWN_GRACE_S = 5                   # after SIGTERM, how long tasks get to finish
 DRAIN_EVENTS_MAX = 256                 # events handled per driver wake-up before the next tick check
 PARTITION_FILE_NAME = "fault-partition"
 EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
@@ -220,7 +218,6 @@ class Daemon:
         )
         self._waiters: dict[bytes, list[_Waiter]] = {}
         self.bound: dict[str, int] = {}
-        self._ready_event = trio.Event()
 
     def _peer_addresses(self) -> dict[str, Address | None]:
         if self.config.peers is not None:

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import structlog
 import trio
 
 # Block commit latency buckets, seconds (proposal to local apply).
@@ -22,7 +21,6 @@ COMMIT_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 LABEL_VALUE_BYTES_MAX = 64     # peers choose reason strings: keep labels short
 LABEL_VALUES_MAX = 64          # distinct label values per metric; more fold into "other"
 
-log = structlog.get_logger()
 
 
 def _escape(value: str) -> str:
