@@ -380,7 +380,8 @@ class Ledger:
         self._participants: dict[str, ParticipantRecord | None] = {}
         self._node_cache: dict[tuple[int, int], bytes] = {}
         self._nonce_windows: dict[str, NonceWindow] = {}
-        self._group_cache: dict[int, list[bytes]] = {}  # leaf hashes of recently read groups (immutable)
+        self._group_cache: dict[int, list[list[bytes]]] = {}  # node hashes of recently read groups, by level
+        self._edge_cache: tuple[merkle.Frontier, dict] | None = None
         self._frontier_source: tuple | None = None
         self._speculative: dict[tuple, Execution] = {}
         self._store_view = _StoreView(self)
@@ -587,8 +588,8 @@ class Ledger:
         """A node below the stored levels, rehashed from the leaves of its aligned group."""
         group_leaves = 1 << node_level_min_stored
         first = (index << level) // group_leaves * group_leaves
-        hashes = self._group_cache.get(first)
-        if hashes is None:
+        levels = self._group_cache.get(first)
+        if levels is None:
             # Point reads, not an iterator: a plyvel iterator costs more than 8 cached gets.
             get = self._db.get
             hashes = []
@@ -597,14 +598,16 @@ class Ledger:
                 if data is None:
                     raise LedgerError(f"entry {leaf} is missing from the store")
                 hashes.append(merkle.leaf_hash(data))
+            # Every complete node of the group, level by level (a partial group has fewer).
+            levels = [hashes]
+            while len(levels) < node_level_min_stored:
+                below = levels[-1]
+                levels.append([merkle.node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
             if len(hashes) == group_leaves:  # a partial group at the log's end still grows
                 if len(self._group_cache) >= group_cache_entries_max:
                     self._group_cache.clear()
-                self._group_cache[first] = hashes
-        offset = (index << level) - first
-        if level == 0:
-            return hashes[offset]
-        return merkle.root_from_leaf_hashes(hashes[offset:offset + (1 << level)])
+                self._group_cache[first] = levels
+        return levels[level][index - (first >> level)]
 
     def _node_source(self) -> merkle.NodeSource:
         """Reads for proofs at any size up to the head: the head's frontier from memory, then the store."""
@@ -633,9 +636,23 @@ class Ledger:
     def inclusion_proof(self, leaf_index: int, tree_size: int | None = None) -> list[bytes]:
         tree_size = self._frontier.size if tree_size is None else tree_size
         self._check_size(tree_size)
-        if not 0 <= leaf_index < tree_size:
-            raise LedgerError(f"leaf index {leaf_index} is not below tree size {tree_size}")
-        return merkle.inclusion_path(self._node_source(), leaf_index, tree_size)
+        if not isinstance(leaf_index, int) or not 0 <= leaf_index < tree_size:
+            raise LedgerError(f"leaf index {leaf_index!r} is not below tree size {tree_size}")
+        source = self._node_source()
+        if tree_size != self._frontier.size:
+            return merkle.inclusion_path(source, leaf_index, tree_size)
+        # At the head, the right-edge sibling of each level is the same for every leaf: remember it.
+        if self._edge_cache is None or self._edge_cache[0] is not self._frontier:
+            self._edge_cache = (self._frontier, {})
+        edges = self._edge_cache[1]
+
+        def edge(start: int, end: int) -> bytes:
+            found = edges.get(start)
+            if found is None:
+                found = edges[start] = merkle.subtree_hash(source, start, end)
+            return found
+
+        return merkle.inclusion_path(source, leaf_index, tree_size, edge)
 
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
         size2 = self._frontier.size if size2 is None else size2

@@ -75,14 +75,17 @@ def root(node: NodeSource, size: int) -> bytes:
     return EMPTY_ROOT if size == 0 else subtree_hash(node, 0, size)
 
 
-def inclusion_path(node: NodeSource, index: int, size: int) -> list[bytes]:
+def inclusion_path(node: NodeSource, index: int, size: int,
+                   edge: Callable[[int, int], bytes] | None = None) -> list[bytes]:
     """PATH(index, D[0:size]) from RFC 6962 §2.1.1, leaf side first (RFC 9162 order).
 
     Bottom-up, as transparency-dev/merkle computes it: with inner = bit length
     of index XOR (size - 1), the path is the complete siblings at levels below
     inner - 1, then the sibling at level inner - 1 (the right edge of the
     tree, possibly incomplete), then the left siblings at each higher level
-    where index has a 1 bit.
+    where index has a 1 bit. `edge(start, size)`, if given, computes that
+    right-edge subtree hash (default `subtree_hash(node, start, size)`), so a
+    caller can reuse it across leaves.
     """
     if not 0 <= index < size:
         raise ValueError(f"leaf index {index} is not below tree size {size}")
@@ -91,7 +94,7 @@ def inclusion_path(node: NodeSource, index: int, size: int) -> list[bytes]:
     if inner:
         level = inner - 1
         start = ((index >> level) ^ 1) << level
-        path.append(subtree_hash(node, start, size))
+        path.append(edge(start, size) if edge is not None else subtree_hash(node, start, size))
     for level in range(inner, size.bit_length()):
         if index >> level & 1:
             path.append(node(level, (index >> level) ^ 1))
