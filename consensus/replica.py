@@ -339,6 +339,10 @@ class Replica:
     def pending_request_count(self) -> int:
         return len(self.pool)
 
+    def is_committed(self, request: bytes) -> bool:
+        """True if `request` is among the recently committed ones this replica remembers (and will drop)."""
+        return codec.sha256(request) in self.committed_ids
+
     def status(self) -> dict:
         return {
             "view": self.view, "view_active": self.view_active, "primary": self.primary_id,

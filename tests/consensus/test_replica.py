@@ -566,3 +566,11 @@ def test_message_size_limit_at_its_edge():
     replica = cluster.nodes["v1"].replica
     assert replica.on_message("v2", b"\x80" + bytes(MESSAGE_BYTES_MAX)).rejected == [("v2", "too-large")]
     assert replica.on_message("v2", bytes(MESSAGE_BYTES_MAX)).rejected == [("v2", "bad-encoding")]
+
+
+def test_host_can_ask_whether_a_request_is_already_committed():
+    cluster = Cluster()
+    cluster.submit("v1", b"ok:1")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"]), 200)
+    assert cluster.nodes["v2"].replica.is_committed(b"ok:1")
+    assert not cluster.nodes["v2"].replica.is_committed(b"ok:2")
