@@ -1,1 +1,11 @@
-"""Bayledger storage layer."""
+"""Bayledger storage layer: everything durable and everything provable.
+
+- genesis.py  the genesis file (validated JSON) and its hash
+- entries.py  ledger entries: encoding, client builders, the stateless check, commitments
+- merkle.py   RFC 6962 / 9162 hashing, proofs and verifiers (pure)
+- proofs.py   match proofs and consistency proofs, offline verification (no plyvel)
+- ledger.py   the LevelDB store: atomic apply, indexes, speculative execution, proofs
+- bench.py    `make bench-storage`
+
+docs/PROTOCOL.md specifies the bytes.
+"""

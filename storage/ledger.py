@@ -377,7 +377,7 @@ class Ledger:
         self.path = path
         self.chain_id = genesis.chain_id
         self._validator_set_hash = genesis.validator_set.hash()
-        self._participants: dict[str, ParticipantRecord | None] = {}
+        self._participants: dict[str, ParticipantRecord] = {}  # the registry, as read (admitted ids only)
         self._node_cache: dict[tuple[int, int], bytes] = {}
         self._nonce_windows: dict[str, NonceWindow] = {}
         self._group_cache: dict[int, list[list[bytes]]] = {}  # node hashes of recently read groups, by level
@@ -516,11 +516,13 @@ class Ledger:
         return data
 
     def participant(self, participant_id: str) -> ParticipantRecord | None:
-        if participant_id in self._participants:
-            return self._participants[participant_id]
+        found = self._participants.get(participant_id)
+        if found is not None:
+            return found
         data = self._db.get(b"p" + participant_id.encode())
-        record = None if data is None else ParticipantRecord.decode(data)
-        self._participants[participant_id] = record
+        if data is None:
+            return None  # misses are not cached: anyone may ask about any id
+        record = self._participants[participant_id] = ParticipantRecord.decode(data)
         return record
 
     def participants(self) -> list[ParticipantRecord]:
@@ -531,8 +533,9 @@ class Ledger:
         found = self._nonce_windows.get(author)
         if found is None:
             data = self._db.get(b"w" + author.encode())
-            found = NonceWindow() if data is None else NonceWindow.decode(data)
-            self._nonce_windows[author] = found
+            if data is None:
+                return NonceWindow()  # not cached: only authors with applied entries are
+            found = self._nonce_windows[author] = NonceWindow.decode(data)
         return found
 
     def nonce_used(self, author: str, nonce: int) -> bool:
