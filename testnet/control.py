@@ -24,7 +24,6 @@ DEFAULT_VALIDATORS = 4
 status_timeout_s = 1.0            # one node's answer to `status` in `testnet status`
 node_ready_timeout_s = 60.0       # every daemon answers RPC status after start
 first_block_timeout_s = 60.0      # the sample commitment is committed
-cli_timeout_s = 60.0              # one `bayledger` CLI call in the demo
 log_tail_lines = 20               # shown when a node fails to come up
 poll_interval_s = 0.2
 
@@ -119,20 +118,6 @@ def wait_for_height(network: Network, height: int, timeout_s: float = first_bloc
         time.sleep(poll_interval_s)
 
 
-def bayledger(args: list[str], timeout_s: float = cli_timeout_s) -> subprocess.CompletedProcess:
-    """Run the `bayledger` CLI as a user would; raise TestnetError with its output if it fails."""
-    command = [sys.executable, "-m", "node.cli", *args]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise TestnetError(f"`bayledger {' '.join(args)}` did not finish within {timeout_s:.0f} s") from None
-    if done.returncode != 0:
-        raise TestnetError(
-            f"`bayledger {' '.join(args)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}"
-        )
-    return done
-
-
 def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True,
        extra_participants: dict[str, str] | None = None, consensus: dict[str, int] | None = None) -> int:
     """Generate (first time) and start the network; if any node runs already, change nothing."""
@@ -198,16 +183,18 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
 
 def run_demo(network: Network) -> dict:
     """Submit a sample commitment as sz-credit-bureau (CN), verify its proof as hk-bank (HK)."""
-    from .generate import DemoError, run_sample
+    from .demo import DemoError, run_sample
 
-    print("  submitting a sample commitment as sz-credit-bureau and verifying it as hk-bank ...")
+    print("  sample: submit as sz-credit-bureau, verify as hk-bank, check the saved proof offline")
     try:
         sample = run_sample(network)
     except DemoError as exc:
         raise TestnetError(f"sample submit/verify failed: {exc}\n(the nodes keep running; "
                            f"`python -m testnet down --dir {network.run_dir}` stops them)") from None
-    print(f"  committed at height {sample['height']} via {sample['submitted_to']}: commitment {sample['commitment']}")
-    print(f"  match proof from {sample['verified_at']} ({sample['proof_bytes']} bytes) verified offline: {sample['verdict']}")
+    for step, output in sample["outputs"].items():
+        print(f"  $ bayledger {' '.join(sample['commands'][step])}")
+        for line in output.splitlines():
+            print(f"      {line}")
     heights = wait_for_height(network, int(sample["height"]))
     print(f"  heights: {', '.join(f'{n} {h}' for n, h in heights.items())}")
     return sample
@@ -228,7 +215,7 @@ def print_summary(network: Network, sample: dict | None) -> None:
     for jurisdiction, key in network.governance.items():
         print(f"  governance    {jurisdiction} key {key}")
     if sample:
-        print(f"  sample report {sample['report']} (salt in {sample['salt']}, proof in {sample['proof']})")
+        print(f"  sample        {sample['report']}, receipt (holds the salt) {sample['receipt_path']}, proof {sample['proof']}")
     print()
     print("Try next (README.md has the tour):")
     for line in next_commands(network, sample):
@@ -248,9 +235,8 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
     lines += [f"python -m testnet status --dir {d}"]
     lines += [f"bayledger status --rpc {hk.rpc}"]
     if sample:
-        lines += [f"bayledger verify --rpc {hk.rpc} --key {bank} --genesis {network.genesis_path} "
-                  f"--salt {sample['salt_hex'] if 'salt_hex' in sample else '$(cat ' + sample['salt'] + ')'} {sample['report']}",
-                  f"bayledger proof verify --genesis {network.genesis_path} {sample['proof']}"]
+        lines += [f"bayledger {' '.join(sample['commands']['verify'])}",
+                  f"bayledger {' '.join(sample['commands']['proof verify'])}"]
     lines += [f"bayledger submit --rpc {cn.rpc} --key {bureau} YOUR-REPORT-FILE",
               f"python -m testnet kill {network.nodes[-1].name} --dir {d}   # then: restart {network.nodes[-1].name}",
               f"python -m testnet logs {hk.name} --dir {d}",

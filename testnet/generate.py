@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from pathlib import Path
 
 from node.cli import main as bayledger_main
-from node.keys import KeyFileError, load_key_file
 from node.config import ConfigError, ConsensusConfig, Listen, load_config, LogConfig, NodeConfig, parse_address, render_config
 
 from .network import Network
@@ -28,9 +26,6 @@ GOVERNANCE_THRESHOLD = 1          # signatures needed per jurisdiction (one regu
 class GenerateError(Exception):
     """A `bayledger` admin command failed while generating the network."""
 
-
-class DemoError(Exception):
-    """A step of the sample submit and verify failed; the message names the step and node."""
 
 
 def run_cli(args: list[str]) -> str:
@@ -93,53 +88,3 @@ def generate_network(network: Network, consensus: dict[str, int] | None = None) 
             load_config(node.config_path)  # the daemon's own validation, before anything starts
         except ConfigError as exc:
             raise GenerateError(f"config of {node.name}: {exc}") from None
-
-
-def run_sample(network: Network, wait_s: float = 30.0) -> dict:
-    """The `make testnet` demo, through the client library as an integrator would use it.
-
-    sz-credit-bureau (CN) commits a salted hash of a sample report to a CN node and waits for
-    the commit; hk-bank (HK) asks an HK node for the match proof and verifies it offline
-    against the genesis file. The report, its salt and the proof are left in the run dir
-    for the tour in the README. Raises DemoError saying which step failed.
-    """
-    from node.client import Client, ClientError, build_commit, match, seal_document, verify_match_proof
-    from storage.genesis import Genesis
-
-    cn = network.nodes_in("CN")[0]
-    hk = network.nodes_in("HK")[0]
-    bureau = network.participants["sz-credit-bureau"]
-    bank = network.participants["hk-bank"]
-    document = (f"Sample credit report issued by sz-credit-bureau at "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: score 712\n").encode()
-    commitment, salt = seal_document(document)
-    paths = {"report": network.run_dir / "sample-report.txt", "salt": network.run_dir / "sample-report.salt",
-             "proof": network.run_dir / "sample-proof.bin"}
-    paths["report"].write_bytes(document)
-    paths["salt"].write_text(salt.hex() + "\n")
-    try:
-        bureau_key = load_key_file(bureau["key"])
-        entry = build_commit(bureau_key.signing_key, "sz-credit-bureau", network.chain_id, commitment,
-                             jurisdiction=bureau["jurisdiction"])
-        with Client([cn.rpc], timeout_s=wait_s + 5) as client:
-            receipt = client.call("submit", entry, {"wait": True, "timeout_ms": int(wait_s * 1000)})
-    except (ClientError, KeyFileError) as exc:
-        raise DemoError(f"submit as sz-credit-bureau to {cn.name} ({cn.rpc}) failed: {exc}; see {cn.log_path}") from None
-    if not isinstance(receipt, dict) or receipt.get("status") != "committed":
-        raise DemoError(f"submit as sz-credit-bureau to {cn.name} was not committed: {receipt!r}")
-    try:
-        bank_key = load_key_file(bank["key"])
-        with Client([hk.rpc], timeout_s=wait_s) as client:
-            proof = match(client, bank_key.signing_key, "hk-bank", network.chain_id, commitment)
-    except (ClientError, KeyFileError) as exc:
-        raise DemoError(f"match as hk-bank at {hk.name} ({hk.rpc}) failed: {exc}; see {hk.log_path}") from None
-    if proof is None:
-        raise DemoError(f"{hk.name} has no proof for the commitment committed at height {receipt.get('height')}")
-    paths["proof"].write_bytes(proof)
-    verdict = verify_match_proof(proof, Genesis.load(network.genesis_path), commitment)
-    if verdict.status != "match":
-        raise DemoError(f"the match proof from {hk.name} does not verify offline: {verdict.status} "
-                        f"{verdict.check or ''} {verdict.message}")
-    return {"commitment": commitment.hex(), "salt": salt.hex(), "height": receipt.get("height"),
-            "leaf_index": receipt.get("leaf_index"), "submitted_to": cn.name, "verified_at": hk.name,
-            "verdict": verdict.status, "proof_bytes": len(proof), **{k: str(v) for k, v in paths.items()}}
