@@ -3,7 +3,8 @@
 A human-readable JSON object (bytes as lowercase hex). Every field is checked
 on load and a bad one is named in the error. `Genesis.hash()` is SHA-256 of
 the canonical msgpack of `to_wire()` (bytes as bin); a ledger store records
-it and refuses to open under another genesis.
+it and refuses to open under another genesis. Validator addresses are not
+hashed: moving a validator to another host does not make a new chain.
 
     {
       "chain_id": "bayledger-local",
@@ -274,12 +275,12 @@ class Genesis:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def to_wire(self) -> dict:
-        """The hashed form: like to_dict but bytes as bytes (canonical msgpack)."""
+        """The hashed form: like to_dict with bytes as bytes, but without the validators' network
+        addresses, which operators may change without making a new chain."""
         return {
             "chain_id": self.chain_id,
             "genesis_time_ms": self.genesis_time_ms,
             "validator_set": self.validator_set.to_wire(),
-            "validator_addresses": self.validator_addresses,
             "governance": self.governance.to_wire(),
             "entry_kinds": list(self.entry_kinds),
             "participants": [p.to_wire() for p in self.participants],

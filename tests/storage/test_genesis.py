@@ -122,3 +122,13 @@ def test_defaults():
     assert g.participants == ()
     assert g.min_signers_per_jurisdiction == 1
     assert json.loads(g.to_json())["entry_kinds"] == list(genesis_module.DEFAULT_ENTRY_KINDS)
+
+
+def test_addresses_are_not_hashed():
+    """Moving a validator to another host keeps the chain (and its stores) the same."""
+    raw = _raw()
+    moved = copy.deepcopy(raw)
+    moved["validators"][0]["p2p"] = "10.0.0.7:26600"
+    assert Genesis.from_dict(moved).hash() == Genesis.from_dict(raw).hash()
+    moved["validators"][0]["public_key"] = "22" * 32
+    assert Genesis.from_dict(moved).hash() != Genesis.from_dict(raw).hash()
