@@ -188,3 +188,33 @@ def test_verifiers_do_not_import_plyvel():
                 if node.level and node.module.split(".")[0] == "ledger":
                     imported.add("ledger")
         assert "plyvel" not in imported and "ledger" not in imported and "trio" not in imported, name
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_hostile_structures_never_raise(world, filled, data):
+    """Any field of a real proof replaced by any msgpack value: a verdict, never an exception."""
+    good = msgpack.unpackb(filled.match_proof(commitment(3)))  # revoked: has every part
+    path = data.draw(st.sampled_from([
+        ("entry",), ("leaf_index",), ("tree_size",), ("inclusion_path",), ("header",), ("certificate",),
+        ("header", "height"), ("header", "tree_root"), ("certificate", "signatures"), ("revocation",),
+        ("revocation", "entry"), ("revocation", "header"), ("revocation", "leaf_index"), ("version",),
+    ]))
+    target = good
+    for key in path[:-1]:
+        target = target[key]
+    value = target[path[-1]] = data.draw(_values)
+    verdict = verify_match_proof(good, world.genesis, commitment(3), now_ms=0)
+    if path == ("revocation",) and value is None:
+        # Stripping the revocation leaves a valid proof of the commit: a log cannot prove that no
+        # revocation exists (docs/PROTOCOL.md §5); ask a node again for fresh status.
+        assert verdict.status == "match"
+    else:
+        assert verdict.status in ("invalid", "revoked")
