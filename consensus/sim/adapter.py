@@ -115,12 +115,32 @@ class Context:
 
     headers_max = 512
 
-    def __init__(self, validators: ValidatorSet, chain_id: str, signing_key: nacl.signing.SigningKey, me: str):
+    proposal_slots_max = 256
+    proposals_per_slot_max = 8
+
+    def __init__(
+        self, validators: ValidatorSet, chain_id: str, signing_key: nacl.signing.SigningKey, me: str,
+        collusion: dict | None = None,
+    ):
         self.validators = validators
         self.chain_id = chain_id
         self.signing_key = signing_key
         self.me = me
         self.headers: dict[bytes, BlockHeader] = {}
+        # (view, height) -> header hashes proposed for that slot, shared by all Byzantine nodes of a
+        # run: colluders vote for every block an equivocating primary (or anyone) proposed there.
+        self.proposals: dict[tuple[int, int], list[bytes]] = collusion if collusion is not None else {}
+
+    def note_proposal(self, view: int, header: BlockHeader) -> None:
+        key = (view, header.height)
+        hashes = self.proposals.get(key)
+        if hashes is None:
+            if len(self.proposals) >= self.proposal_slots_max:
+                self.proposals.pop(next(iter(self.proposals)))
+            hashes = self.proposals[key] = []
+        header_hash = header.hash()
+        if header_hash not in hashes and len(hashes) < self.proposals_per_slot_max:
+            hashes.append(header_hash)
 
     def decode(self, data: bytes):
         try:
@@ -136,6 +156,7 @@ class Context:
         headers = []
         if isinstance(message, messages.PrePrepare):
             headers.append(message.header)
+            self.note_proposal(message.view, message.header)
         elif isinstance(message, messages.CatchUpResponse):
             headers.extend(b.header for b in message.blocks)
         for header in headers:
@@ -186,15 +207,24 @@ def equivocate(ctx: Context, data: bytes, rng: random.Random) -> bytes | None:
     message = ctx.decode(data)
     if not isinstance(message, messages.PrePrepare):
         return None
-    return ctx.resign(_alternative_block(ctx, message, rng))
+    alternative = _alternative_block(ctx, message, rng)
+    ctx.note_proposal(alternative.view, alternative.header)
+    return ctx.resign(alternative)
 
 
 def conflicting_vote(ctx: Context, data: bytes, rng: random.Random) -> bytes | None:
     message = ctx.decode(data)
-    if isinstance(message, (messages.Prepare, messages.Commit, messages.Checkpoint)):
+    if isinstance(message, (messages.Prepare, messages.Commit)):
+        # Prefer a block really proposed for this slot (a vote that could complete a quorum for it).
+        known = [h for h in ctx.proposals.get((message.view, message.height), ()) if h != message.header_hash]
+        header_hash = rng.choice(known) if known and rng.random() < 0.8 else rng.randbytes(32)
+        return ctx.resign(dataclasses.replace(message, header_hash=header_hash))
+    if isinstance(message, messages.Checkpoint):
         return ctx.resign(dataclasses.replace(message, header_hash=rng.randbytes(32)))
     if isinstance(message, messages.PrePrepare):
-        return ctx.resign(_alternative_block(ctx, message, rng))
+        alternative = _alternative_block(ctx, message, rng)
+        ctx.note_proposal(alternative.view, alternative.header)
+        return ctx.resign(alternative)
     if isinstance(message, messages.ViewChange):
         # A lying VIEW-CHANGE: validly signed, but hides what it prepared or claims an old checkpoint.
         if message.prepared and rng.random() < 0.5:

@@ -37,6 +37,7 @@ class ByzantineBehaviour:
         validators,
         behaviours: tuple[str, ...],
         probability: float,
+        collusion: dict | None = None,
     ):
         self.rng = rng
         self.me = me
@@ -49,7 +50,7 @@ class ByzantineBehaviour:
         self.stranger_key = nacl.signing.SigningKey(codec.sha256(b"stranger", me.encode()))
         self.pool: list[bytes] = []
         self.altered: Counter[str] = Counter()
-        self.context = adapter.Context(validators, chain_id, signing_key, me)
+        self.context = adapter.Context(validators, chain_id, signing_key, me, collusion)
 
     def observe(self, sender: str, data: bytes) -> None:
         self.context.remember(data)

@@ -166,12 +166,14 @@ class Simulation:
         self.checker = InvariantChecker(self.validators, CHAIN_ID, self.honest_ids)
         self.faults: Counter[str] = Counter()
         self.nodes: dict[str, SimNode] = {}
+        collusion: dict = {}   # what the Byzantine nodes of this run know together
         for validator_id in self.ids:
             behaviour = None
             if validator_id in byzantine_ids:
                 behaviour = ByzantineBehaviour(
                     random.Random(self.rng_byzantine.getrandbits(64)), validator_id, keys[validator_id],
                     CHAIN_ID, self.ids, self.validators, plan.byzantine_behaviours, plan.byzantine_probability,
+                    collusion,
                 )
             self.nodes[validator_id] = SimNode(validator_id, keys[validator_id], behaviour)
         self.requests = self._draw_requests()

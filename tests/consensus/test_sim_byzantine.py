@@ -136,3 +136,20 @@ def test_lying_view_changes_are_signed_and_bad_new_views_are_rejected(setup):
     with pytest.raises(messages.MessageError) as caught:
         decode(vset, tampered)
     assert caught.value.reason == "no-quorum"
+
+
+def test_colluders_vote_for_the_other_block_an_equivocating_primary_proposed(setup):
+    """Byzantine nodes share what was proposed per slot: after the primary equivocates, a
+    colluder's conflicting PREPARE names the alternative block, validly signed."""
+    vset, keys = setup
+    primary, original = pre_prepare(vset, keys)
+    collusion = {}
+    primary_ctx = adapter.Context(vset, CHAIN_ID, keys[primary], primary, collusion)
+    primary_ctx.remember(messages.encode(original))
+    alternative = decode(vset, adapter.equivocate(primary_ctx, messages.encode(original), random.Random(7)))
+    colluder = adapter.Context(vset, CHAIN_ID, keys["r2"], "r2", collusion)
+    vote = messages.sign(messages.Prepare(0, 1, original.header.hash(), "r2"), keys["r2"], CHAIN_ID)
+    rng = random.Random(8)
+    named = {decode(vset, adapter.conflicting_vote(colluder, messages.encode(vote), rng)).header_hash for _ in range(20)}
+    assert alternative.header.hash() in named
+    assert original.header.hash() not in named
