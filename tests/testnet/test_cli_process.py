@@ -144,3 +144,11 @@ def test_lifecycle_up_status_kill_restart_down(run_dir):
     assert not any(pid_exists(p) for p in pids)
     assert not list(run_dir.glob("nodes/*/node.pid"))
     assert all(n["pid"] is None for n in status_json(run_dir)["nodes"])
+
+    # up after down: the same network starts again from its data (nothing regenerated).
+    genesis_before = Path(status["genesis"]).read_bytes()
+    again = run_testnet("up", "--dir", str(run_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "restarting the stopped testnet" in again.stdout
+    assert Path(status["genesis"]).read_bytes() == genesis_before
+    assert min(n["height"] for n in status_json(run_dir)["nodes"]) > sample["height"]
