@@ -7,9 +7,10 @@ its own process (phases and method in testnet/loadgen.py), then measures each
 node's CPU seconds and peak RSS from /proc and the bytes its LevelDB grew per
 committed commitment. Writes bench/results.json and bench/latency.png and
 prints the results JSON as its last line. DURATION is the total seconds of
-measured load: 25 % saturation, 20 % at each of three offered rates, 15 % match
-proofs. `--profile NODE` samples that node with py-spy for the whole load and
-writes the flat profile to bench/profile-NODE.txt.
+measured load: 20 % saturation, 16 % at each offered rate (25, 50 and 75 % of
+saturation, and 1000/s when that is below it), 16 % match proofs.
+`--profile NODE` samples that node with py-spy for the whole load and writes
+the flat profile to bench/profile-NODE.txt.
 
 A benchmark, not a test: nothing here asserts on speed.
 """
@@ -35,7 +36,8 @@ from .ports import find_free_base_port
 from .supervisor import process_usage, running_pid
 
 RESULTS_DIR = Path("bench")
-PHASE_FRACTIONS = {"saturate": 0.25, "rate": 0.20, "match": 0.15}
+# Of DURATION: saturation, then each offered rate (25/50/75 % and 1000/s), then match proofs.
+PHASE_FRACTIONS = {"saturate": 0.20, "rate": 0.16, "match": 0.16}
 duration_s_min = 5
 duration_s_max = 3600
 profile_rate_hz = 100
