@@ -307,6 +307,7 @@ class _Connection:
             with trio.move_on_after(self.server.limits.send_timeout_ms / 1000) as scope:
                 await self.stream.send_all(data)
         if scope.cancelled_caught:
+            self.server.counters["send-timeout"] += 1
             log.info("rpc client does not read its responses; closing")
             raise trio.BrokenResourceError("send timeout")
 
@@ -314,12 +315,16 @@ class _Connection:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             try:
-                await self._read_loop(nursery)
+                drain = await self._read_loop(nursery)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            nursery.cancel_scope.cancel()
+                drain = False
+            if not drain:
+                nursery.cancel_scope.cancel()
+            # Otherwise the client closed its side after its requests: answer them (each is bounded
+            # by its own timeout) before closing.
 
-    async def _read_loop(self, nursery: trio.Nursery) -> None:
+    async def _read_loop(self, nursery: trio.Nursery) -> bool:
+        """Read and dispatch until end of stream (True: answer what is in flight) or a fatal error (False)."""
         limits = self.server.limits
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.message_bytes_max, strict_map_key=False)
         fed = 0
@@ -333,22 +338,22 @@ class _Connection:
                     break
                 except Exception as exc:  # msgpack raises several unrelated types for bad bytes
                     await self._fatal(ERROR_PARSE, f"not msgpack: {type(exc).__name__}: {exc}")
-                    return
+                    return False
                 complete = unpacker.tell()
                 await self._dispatch(nursery, message)
             pending = fed - complete
             if pending >= limits.message_bytes_max:
                 await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
-                return
+                return False
             # Never read past the limit: a message of exactly message_bytes_max fits, one byte more does not.
             data = await self._receive(min(read_chunk_bytes_max, limits.message_bytes_max - pending))
             if not data:
-                return
+                return True
             try:
                 unpacker.feed(data)
             except msgpack.BufferFull:
                 await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
-                return
+                return False
             fed += len(data)
 
     async def _receive(self, max_bytes: int) -> bytes:

@@ -323,3 +323,75 @@ def test_submit_wait_timeout_is_an_error(server, node, world):
     connection = Connection(server.port)
     error, result = connection.call("submit", author.commit(commitment(600)), {"wait": True, "timeout_ms": 1})
     assert error["code"] == "timeout" and result is None
+
+
+def test_requests_before_a_half_close_are_all_answered(server):
+    """A client that sends its requests and shuts down its sending side still gets every answer."""
+    connection = Connection(server.port)
+    connection.send_raw(b"".join(msgpack.packb([0, i, "header", [1 + i % 4]]) for i in range(20)))
+    connection.sock.shutdown(socket.SHUT_WR)
+    answers = []
+    while (message := connection.receive()) is not None:
+        answers.append(message)
+    assert sorted(a[1] for a in answers) == list(range(20)) and all(a[2] is None for a in answers)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x91" * 5000 + b"\xc0",              # 5000 nested arrays: msgpack's depth limit, not a crash
+    b"\xdd\xff\xff\xff\xff",               # an array claiming 2**32-1 elements
+    b"\xc6\xff\xff\xff\xff" + b"x" * 9000,  # a bin claiming 4 GiB: refused once the limit is reached
+    b"\xa5\xff\xfe\xfd\xfc\xfb",           # a str that is not UTF-8
+])
+def test_hostile_msgpack_headers(server, neighbour, payload):
+    connection = Connection(server.port)
+    connection.send_raw(payload)
+    message = connection.receive()
+    assert message[1] is None and message[2]["code"] in ("parse-error", "message-too-large"), message
+    assert connection.receive() is None
+    neighbour.check()
+
+
+def test_idle_connections_are_closed(node):
+    """With nothing in flight and no bytes for idle_timeout_ms, the server closes the connection."""
+    from dataclasses import replace
+
+    from rpc_helpers import ServerThread
+
+    server = ServerThread(node, replace(TEST_LIMITS, idle_timeout_ms=50))
+    try:
+        connection = Connection(server.port)
+        assert connection.call("status")[0] is None
+        assert connection.receive() is None            # closed by the server after the idle time
+    finally:
+        server.stop()
+
+
+def test_a_client_that_never_reads_is_dropped_and_others_are_served(node):
+    """Pipelined requests whose answers are never read: once the server's send has been blocked for
+    send_timeout_ms it drops that connection; a neighbour is served meanwhile and afterwards."""
+    from dataclasses import replace
+
+    from rpc_helpers import ServerThread
+
+    server = ServerThread(node, replace(TEST_LIMITS, send_timeout_ms=100))
+    try:
+        reader = Connection(server.port)
+        hog = socket.socket()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(("127.0.0.1", server.port))
+        hog.settimeout(2)
+        # 20,000 answers of ~1.5 KB: far more than the socket buffers between us hold.
+        try:
+            hog.sendall(msgpack.packb([0, 1, "block", [1]]) * 20_000)
+        except (socket.timeout, BrokenPipeError, ConnectionResetError):
+            pass                                      # the server stopped reading us, or dropped us
+        assert reader.call("status")[0] is None
+        deadline = time.monotonic() + 30              # a liveness bound, not a timing
+        while server.server.connections > 1:
+            assert time.monotonic() < deadline, "the connection that never reads is never dropped"
+            time.sleep(0.01)
+        assert server.server.counters["send-timeout"] == 1
+        assert reader.call("status")[0] is None
+        hog.close()
+    finally:
+        server.stop()
