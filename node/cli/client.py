@@ -385,7 +385,10 @@ def run_submit(args) -> int:
         }
         # Written before sending: if the answer is lost, the salt is not.
         _write_private(receipt_path, _receipt_bytes(receipt), overwrite=args.force)
-        answer = _submit_entry(client, entry, args.wait_ms)
+        try:
+            answer = _submit_entry(client, entry, args.wait_ms)
+        except CliError as exc:
+            raise CliError(f"{exc} (the salt is kept in {receipt_path}, status pending)") from None
     if answer.get("status") != "committed":
         receipt_path.unlink(missing_ok=True)
         print(f"REFUSED: {answer.get('reason') or answer.get('status')}")
@@ -428,12 +431,16 @@ def run_verify(args) -> int:
     key = _load_key(_key_path(args.key))
     participant = _participant_id(args, key)
     document = _read_file(args.file, document_bytes_max, "document")
+    receipt = None
     if args.receipt:
         receipt = _load_receipt(args.receipt)
         salt = bytes.fromhex(receipt["salt"])
     else:
         salt = _hex32(args.salt, "--salt")
     commitment, _ = seal_document(document, salt)
+    if receipt is not None and receipt["commitment"] != commitment.hex():
+        print(f"note: {args.file} does not hash to the receipt's commitment (a different or altered document)",
+              file=sys.stderr)
     with _client(args) as client:
         try:
             proof = _call(client, "match",

@@ -255,3 +255,27 @@ def test_help_on_proof_verify(capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["proof", "verify", "--help"])
     assert exit_status.value.code == 0 and "offline" in capsys.readouterr().out.lower()
+
+
+def test_an_altered_document_does_not_match(capsys, server, files, document, tmp_path):
+    assert submit(capsys, server, files, document)[0] == 0
+    receipt = str(tmp_path / "report.pdf.receipt.json")
+    document.write_bytes(document.read_bytes().replace(b"712", b"812"))
+    code, out, err = verify(capsys, server, files, document, "--receipt", receipt)
+    assert code == 1 and out.startswith("NO MATCH") and "does not hash to the receipt" in err
+
+
+def test_submit_keeps_the_salt_when_the_node_goes_away(capsys, files, document, tmp_path, node):
+    """The receipt (with the salt) is written before the entry is sent: a lost answer loses no salt."""
+    from rpc_helpers import ServerThread
+
+    node.hold = True
+    server = ServerThread(node)
+    try:
+        code, out, err = run(capsys, ["submit", str(document), *rpc(server), "--key", files["hk-bureau"],
+                                      "--genesis", files["genesis"], "--wait-ms", "1"])
+    finally:
+        server.stop()
+    assert code == 2 and "salt is kept" in err and one_line_error(err)
+    receipt = json.loads((tmp_path / "report.pdf.receipt.json").read_text())
+    assert receipt["status"] == "pending" and len(bytes.fromhex(receipt["salt"])) == 32
