@@ -32,6 +32,11 @@ class TestnetError(Exception):
     """An expected failure of a subcommand: printed as one message, exit status 1."""
 
 
+def dir_option(run_dir: Path) -> str:
+    """` --dir D` for commands we print, or nothing for the default run dir."""
+    return "" if Path(run_dir).resolve() == DEFAULT_RUN_DIR.resolve() else f" --dir {run_dir}"
+
+
 def node_pids(network: Network) -> dict[str, int | None]:
     return {n.name: running_pid(n.pid_path, n.config_path) for n in network.nodes}
 
@@ -134,7 +139,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         if validators is not None and len(network.nodes) != validators:
             raise TestnetError(
                 f"{run_dir} holds a {len(network.nodes)}-validator testnet; "
-                f"run `python -m testnet down --dir {run_dir}` and remove {run_dir} to start another size"
+                f"run `python -m testnet down {dir_option(run_dir)}` and remove {run_dir} to start another size"
             )
         if base_port is not None and base_port != network.base_port:
             raise TestnetError(
@@ -147,8 +152,8 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
             stopped = [name for name, pid in pids.items() if pid is None]
             print(f"testnet in {run_dir} is already running ({len(running)} of {len(pids)} nodes up); nothing changed.")
             if stopped:
-                print(f"  stopped: {', '.join(stopped)}: start one with `python -m testnet restart NODE --dir {run_dir}`")
-            print(f"  see `python -m testnet status --dir {run_dir}`")
+                print(f"  stopped: {', '.join(stopped)}: start one with `python -m testnet restart NODE {dir_option(run_dir)}`")
+            print(f"  see `python -m testnet status {dir_option(run_dir)}`")
             return 0
         print(f"restarting the stopped testnet in {run_dir} (keys, genesis and data kept)")
     else:
@@ -190,7 +195,7 @@ def run_demo(network: Network) -> dict:
         sample = run_sample(network)
     except DemoError as exc:
         raise TestnetError(f"sample submit/verify failed: {exc}\n(the nodes keep running; "
-                           f"`python -m testnet down --dir {network.run_dir}` stops them)") from None
+                           f"`python -m testnet down {dir_option(network.run_dir)}` stops them)") from None
     for step, output in sample["outputs"].items():
         print(f"  $ bayledger {' '.join(sample['commands'][step])}")
         for line in output.splitlines():
@@ -232,14 +237,14 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
     activate = Path(sys.executable).parent / "activate"
     if activate.exists():
         lines += [f"source {activate}   # puts bayledger and this python on PATH"]
-    lines += [f"python -m testnet status --dir {d}"]
+    lines += [f"python -m testnet status{dir_option(d)}"]
     lines += [f"bayledger status --rpc {hk.rpc}"]
     if sample:
         lines += [f"bayledger {' '.join(sample['commands']['verify'])}",
                   f"bayledger {' '.join(sample['commands']['proof verify'])}"]
     lines += [f"bayledger submit --rpc {cn.rpc} --key {bureau} YOUR-REPORT-FILE",
-              f"python -m testnet kill {network.nodes[-1].name} --dir {d}   # then: restart {network.nodes[-1].name}",
-              f"python -m testnet logs {hk.name} --dir {d}",
+              f"python -m testnet kill {network.nodes[-1].name} {dir_option(d)}   # then: restart {network.nodes[-1].name}",
+              f"python -m testnet logs {hk.name}{dir_option(d)}",
               f"curl -s http://{hk.metrics}/metrics | head",
               "make testnet-down" if d == DEFAULT_RUN_DIR.resolve() else f"python -m testnet down --dir {d}"]
     return lines
@@ -253,7 +258,7 @@ def down(run_dir: Path) -> int:
     for node in network.nodes:
         outcome = stop_node(node.pid_path, node.config_path)
         print(f"  {node.name:<6} {outcome}")
-    print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up --dir {network.run_dir}` starts it again)")
+    print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up {dir_option(network.run_dir)}` starts it again)")
     return 0
 
 
