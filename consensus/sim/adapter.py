@@ -129,7 +129,10 @@ class Context:
         self.headers: dict[bytes, BlockHeader] = {}
         # (view, height) -> header hashes proposed for that slot, shared by all Byzantine nodes of a
         # run: colluders vote for every block an equivocating primary (or anyone) proposed there.
-        self.proposals: dict[tuple[int, int], list[bytes]] = collusion if collusion is not None else {}
+        shared = collusion if collusion is not None else {}
+        self.proposals: dict[tuple[int, int], list[bytes]] = shared.setdefault("proposals", {})
+        # (view, height) -> (hash for group 0, hash for group 1) of a split-brain primary.
+        self.split: dict[tuple[int, int], tuple[bytes, bytes]] = shared.setdefault("split", {})
 
     def note_proposal(self, view: int, header: BlockHeader) -> None:
         key = (view, header.height)
@@ -306,4 +309,26 @@ def check_evidence(evidence, validators: ValidatorSet, chain_id: str) -> str | N
         return "evidence messages are for different heights"
     if evidence.first == evidence.second:
         return "evidence holds the same message twice"
+    return None
+
+
+def split_brain(ctx: Context, data: bytes, group: int) -> bytes | None:
+    """The coordinated attack: a primary proposes block A to group 0 and block B (A one ms later,
+    equally valid) to group 1; every colluder votes A to group 0 and B to group 1. With more
+    than f colluders this forks the chain; with at most f it must not."""
+    message = ctx.decode(data)
+    if isinstance(message, messages.PrePrepare) and message.sender == ctx.me:
+        key = (message.view, message.height)
+        variant = dataclasses.replace(
+            message, header=BlockHeader(**{**message.header.to_wire(), "time_ms": message.header.time_ms + 1})
+        )
+        if len(ctx.split) >= ctx.proposal_slots_max and key not in ctx.split:
+            ctx.split.pop(next(iter(ctx.split)))
+        ctx.split[key] = (message.header.hash(), variant.header.hash())
+        return data if group == 0 else ctx.resign(variant)
+    if isinstance(message, (messages.Prepare, messages.Commit)):
+        pair = ctx.split.get((message.view, message.height))
+        if pair is None or pair[group] == message.header_hash:
+            return None
+        return ctx.resign(dataclasses.replace(message, header_hash=pair[group]))
     return None

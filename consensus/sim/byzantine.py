@@ -98,10 +98,22 @@ class ByzantineBehaviour:
         rng = self.rng
         self.context.remember(data)
         for destination in destinations:
+            if "split_brain" in self.behaviours:
+                # A strategy, not noise: applied to every proposal and vote it concerns.
+                group = self.ids.index(destination) % 2
+                split = adapter.split_brain(self.context, data, group)
+                if split is not None:
+                    if split != data:
+                        self.altered["byz_split_brain"] += 1
+                    out.append((destination, split))
+                    continue
             if not self.behaviours or rng.random() >= self.probability:
                 out.append((destination, data))
                 continue
             behaviour = rng.choice(self.behaviours)
+            if behaviour == "split_brain":
+                out.append((destination, data))
+                continue
             if behaviour == "silent":
                 self.altered["byz_silent"] += 1
                 continue

@@ -133,9 +133,10 @@ def make_validators(plan: FaultPlan) -> tuple[ValidatorSet, dict[str, nacl.signi
 
 
 class Simulation:
-    def __init__(self, plan: FaultPlan, *, schedule=None, log=None, byzantine_ids=None):
+    def __init__(self, plan: FaultPlan, *, schedule=None, log=None, byzantine_ids=None, beyond_f=False):
         """`schedule`: optional callable(sim, tick) that scripted scenarios use to inject faults by hand;
-        `byzantine_ids`: which replicas are Byzantine (default: drawn from the seed)."""
+        `byzantine_ids`: which replicas are Byzantine (default: drawn from the seed);
+        `beyond_f`: allow more than f of them, only to show the checker catches the fork that follows."""
         self.plan = plan
         self.log = log
         self.schedule = schedule
@@ -151,7 +152,7 @@ class Simulation:
         self.ids = [v.id for v in self.validators.validators]
         drawn = sorted(self.rng_faults.sample(self.ids, plan.byzantine_count))
         byzantine_ids = sorted(byzantine_ids) if byzantine_ids is not None else drawn
-        if len(byzantine_ids) > plan.f or not set(byzantine_ids) <= set(self.ids):
+        if (len(byzantine_ids) > plan.f and not beyond_f) or not set(byzantine_ids) <= set(self.ids):
             raise ValueError(f"byzantine_ids {byzantine_ids} must be at most f={plan.f} known ids")
         self.byzantine_ids = byzantine_ids
         self.honest_ids = [i for i in self.ids if i not in byzantine_ids]
@@ -425,7 +426,7 @@ class Simulation:
         self.network.calm()
         left_down: list[str] = []
         if self.plan.liveness_core_only:
-            count = self.plan.f - len(self.byzantine_ids)
+            count = max(0, self.plan.f - len(self.byzantine_ids))
             left_down = sorted(self.rng_faults.sample(self.honest_ids, count))
         self.live_ids = [i for i in self.honest_ids if i not in left_down]
         for node_id in self.honest_ids:

@@ -29,6 +29,7 @@ BYZANTINE_BEHAVIOURS = (
     "garbage",             # random, truncated and bit-flipped bytes
     "replay",              # re-sends messages it received earlier, as its own
     "silent",              # drops part of what the honest code would send
+    "split_brain",         # coordinated: primary proposes A to half, B to the rest; colluders vote to match
 )
 ticks_default = 600
 tick_ms = 10
@@ -118,7 +119,9 @@ def draw_fault_plan(
     delay_min = rng.randint(0, 2)
     delay_max = delay_min + rng.choice((0, 1, 3, 8, 20))
     kinds = tuple(k for k in PARTITION_KINDS if rng.random() < 0.6)
-    behaviours = tuple(b for b in BYZANTINE_BEHAVIOURS if rng.random() < 0.5) or (rng.choice(BYZANTINE_BEHAVIOURS),)
+    # split_brain is drawn last (below) so adding it did not change older seeds' other draws.
+    noise = BYZANTINE_BEHAVIOURS[:-1]
+    behaviours = tuple(b for b in noise if rng.random() < 0.5) or (rng.choice(noise),)
     plan = FaultPlan(
         seed=seed,
         replica_count=n,
@@ -158,6 +161,8 @@ def draw_fault_plan(
         # Within the replica's clock_skew_ms_max (30 s): honest proposals stay acceptable.
         "clock_skew_ms": rng.choice((0, 50, 500, 5000)),
     }
+    if rng.random() < 0.3:
+        changes["byzantine_behaviours"] = behaviours + ("split_brain",)
     if replicas is None and byzantine is not None and byzantine > plan.f:
         # A drawn cluster too small for the asked Byzantine count grows to the smallest that allows it.
         fitting = [n for n in REPLICA_COUNTS if (n - 1) // 3 >= byzantine]
