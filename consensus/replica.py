@@ -727,8 +727,10 @@ class Replica:
                 parent = self.last_applied_header
             else:
                 parent_slot = self.slots[height - 1]
-                if parent_slot.prepare is None:
-                    return progressed  # build only on a block we have checked ourselves
+                if not parent_slot.validated:
+                    # Build only on a block we have checked ourselves (our own proposals are); backups
+                    # still prepare each block only after its parent is prepared.
+                    return progressed
                 parent = parent_slot.header
             in_flight = self._in_flight_ids()
             candidates = [p for rid, p in self.pool.items() if rid not in in_flight]
