@@ -184,3 +184,21 @@ def test_split_brain_with_f_plus_one_colluders_forks_and_the_checker_says_so():
     result = split_brain_run(["r0", "r1"])
     assert not result.ok
     assert "committed" in result.failure and "at that height" in result.failure, result.failure
+
+
+def test_votes_on_the_wire_are_classified_by_slot(setup):
+    """The conflicting-vote check reads (kind, view, slot, digest) off the wire: each signed vote
+    kind maps to its slot, a message from someone else or not a vote maps to nothing."""
+    vset, keys = setup
+    primary, pre = pre_prepare(vset, keys)
+    h = pre.header.hash()
+    assert adapter.classify_signed(messages.encode(pre), primary) == ("pre-prepare", 0, 1, h)
+    prepare = messages.sign(messages.Prepare(3, 7, h, "r1"), keys["r1"], CHAIN_ID)
+    commit = messages.sign(messages.Commit(3, 7, h, "r1"), keys["r1"], CHAIN_ID)
+    checkpoint = messages.sign(messages.Checkpoint(8, h, "r1"), keys["r1"], CHAIN_ID)
+    assert adapter.classify_signed(messages.encode(prepare), "r1") == ("prepare", 3, 7, h)
+    assert adapter.classify_signed(messages.encode(commit), "r1") == ("commit", 3, 7, h)
+    assert adapter.classify_signed(messages.encode(checkpoint), "r1") == ("checkpoint", 0, 8, h)
+    assert adapter.classify_signed(messages.encode(prepare), "r2") is None      # relayed, not its own
+    assert adapter.classify_signed(messages.encode(messages.Requests((b"x",))), "r1") is None
+    assert adapter.classify_signed(b"\xc1garbage", "r1") is None
