@@ -202,3 +202,46 @@ def test_votes_on_the_wire_are_classified_by_slot(setup):
     assert adapter.classify_signed(messages.encode(prepare), "r2") is None      # relayed, not its own
     assert adapter.classify_signed(messages.encode(messages.Requests((b"x",))), "r1") is None
     assert adapter.classify_signed(b"\xc1garbage", "r1") is None
+
+
+def amnesia_run(lose_disk: bool):
+    """r0 (Byzantine, otherwise silent) is primary of view 0 and sends r1 block A, then, after r1
+    crashed and restarted, block B for the same slot."""
+    from consensus.sim import Simulation
+    from consensus.sim.faults import calm_plan
+
+    plan = calm_plan(11, byzantine_count=1, byzantine_behaviours=("silent",), byzantine_probability=1.0)
+    sim = Simulation(plan, byzantine_ids=["r0"])
+    vset, keys = sim.validators, {i: sim.nodes[i].signing_key for i in sim.ids}
+    requests = [app.make_request("amnesia", i, bytes([i])) for i in range(2)]
+
+    def proposal(entries, time_ms):
+        result = app.SimApplication().execute(None, 1, time_ms, entries)
+        header = BlockHeader(
+            chain_id=CHAIN_ID, height=1, prev_hash=ZERO_HASH, time_ms=time_ms, entries_hash=entries_hash(entries),
+            entry_count=len(entries), tree_size=result.tree_size, tree_root=result.tree_root,
+            results_hash=result.results_hash, validator_set_hash=vset.hash(),
+        )
+        return messages.encode(messages.sign(messages.PrePrepare(0, header, tuple(entries), "r0"), keys["r0"], CHAIN_ID))
+
+    def schedule(sim, tick):
+        r1 = sim.nodes["r1"]
+        if tick == 5:
+            sim.carry_out(r1, r1.replica.on_message("r0", proposal(requests[:1], sim.now_ms())))
+            sim.schedule_crash("r1", "after_apply", 3)
+        if tick == 7 and lose_disk:
+            r1.kv.clear()     # a host that acknowledged writes it never made durable
+        if tick == 10:
+            sim.carry_out(r1, r1.replica.on_message("r0", proposal(requests[1:], sim.now_ms())))
+
+    sim.schedule = schedule
+    return sim.run()
+
+
+def test_a_replica_that_loses_its_votes_signs_conflicting_ones_and_the_checker_says_so():
+    """With its persisted votes intact, the restarted r1 refuses block B; with them lost it
+    PREPAREs B after having PREPAREd A for the same slot, which the checker must report."""
+    kept = amnesia_run(lose_disk=False)
+    assert kept.ok, kept.summary()
+    lost = amnesia_run(lose_disk=True)
+    assert not lost.ok and "honest replica r1 signed two different prepare" in lost.failure, lost.summary()
