@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--byzantine", type=int, help="Byzantine replicas, 0..f (default: drawn from the seed)")
     parser.add_argument("--ticks", type=int, help="ticks of the fault phase (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the final summary")
-    parser.add_argument("--verbose", action="store_true", help="log crashes, restarts and partitions as they happen")
+    parser.add_argument("--verbose", action="store_true", help="log crashes, restarts, partitions, applied blocks and new views as they happen")
     return parser
 
 

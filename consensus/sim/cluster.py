@@ -277,6 +277,11 @@ class Simulation:
             self.checker.committed(node.id, block.header, tuple(block.entries), block.certificate)
             if block.header.height == len(node.blocks) + 1:
                 node.blocks.append(block)
+                if self.log:
+                    self.log(
+                        f"tick {self.tick}: {node.id} applied height {block.header.height} "
+                        f"{block.header.hash().hex()[:12]} ({len(block.entries)} entries, view {block.certificate.view})"
+                    )
         self._stage(node, "after_apply")
         for peer_id, from_height, to_height in adapter.ready_serve_catch_up(ready):
             self.serve_catch_up(node, peer_id, from_height, to_height)
@@ -314,6 +319,8 @@ class Simulation:
             self.checker.signed_vote(node.id, kind, view, slot, digest)
             if view > self.max_view_seen:
                 self.max_view_seen = view
+                if self.log:
+                    self.log(f"tick {self.tick}: first vote in view {view} (by {node.id})")
         for destination in destinations:
             if destination not in self.nodes or destination == node.id:
                 raise SafetyViolation(f"replica {node.id} sent to unknown or own id {destination!r}")
