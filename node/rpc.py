@@ -461,9 +461,14 @@ class RpcServer:
 
 
 async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = RpcLimits(),
+                    server: RpcServer | None = None,
                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve msgpack-RPC on host:port (0 = any free port) until cancelled; reports the bound port."""
-    server = RpcServer(api, limits)
+    """Serve msgpack-RPC on host:port (0 = any free port) until cancelled; reports the bound port.
+
+    Pass `server` (an RpcServer over the same api) to read its `counters` (per method and per
+    error code) for metrics; `limits` is then the server's own.
+    """
+    server = RpcServer(api, limits) if server is None else server
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:

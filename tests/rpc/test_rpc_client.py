@@ -130,3 +130,19 @@ def test_match_helper_and_offline_verification(server, world, commitments):
 def test_fresh_nonces_increase():
     nonces = [client_module.fresh_nonce() for _ in range(100)]
     assert nonces == sorted(nonces)
+
+
+async def test_serve_rpc_reports_its_port_and_counts(node):
+    """serve_rpc as the daemon starts it: the bound port through task_status; counters per method/code."""
+    from node.rpc import RpcServer, serve_rpc
+
+    server = RpcServer(node)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(lambda task_status: serve_rpc(node, "127.0.0.1", 0, server=server,
+                                                                 task_status=task_status))
+        async with AsyncClient([f"127.0.0.1:{port}"]) as client:
+            assert (await client.call("status"))["height"] == 4
+            with pytest.raises(RpcError):
+                await client.call("header", 99)
+        nursery.cancel_scope.cancel()
+    assert server.counters["status"] == 1 and server.counters["not-found"] == 1
