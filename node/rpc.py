@@ -456,6 +456,9 @@ class RpcServer:
                 self.connections -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # a bug of ours: lose this connection, never the server (and the node)
+            self.counters[ERROR_INTERNAL] += 1
+            log.exception("rpc connection failed")
         finally:
             await trio.aclose_forcefully(stream)
 
