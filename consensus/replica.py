@@ -154,6 +154,10 @@ class _Slot:
     prepare: bytes | None = None     # our signed PREPARE
     prepared: bool = False
     commit: bytes | None = None      # our signed COMMIT
+    request_ids: tuple[bytes, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_ids = tuple(codec.sha256(r) for r in self.entries)
 
 
 @dataclass
@@ -409,7 +413,7 @@ class Replica:
         ids: set[bytes] = set()
         for height, slot in self.slots.items():
             if height > self.last_applied_height:
-                ids.update(codec.sha256(r) for r in slot.entries)
+                ids.update(slot.request_ids)
         return ids
 
     def _has_work(self) -> bool:
@@ -661,10 +665,9 @@ class Replica:
         earlier = set()
         for h in range(self.last_applied_height + 1, height):
             if h in self.slots:
-                earlier.update(codec.sha256(r) for r in self.slots[h].entries)
+                earlier.update(self.slots[h].request_ids)
         seen: set[bytes] = set()
-        for request in slot.entries:
-            request_id = codec.sha256(request)
+        for request, request_id in zip(slot.entries, slot.request_ids):
             if request_id in seen or request_id in earlier or request_id in self.committed_ids:
                 return "duplicate-request"
             seen.add(request_id)
