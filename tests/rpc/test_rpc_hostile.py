@@ -395,3 +395,15 @@ def test_a_client_that_never_reads_is_dropped_and_others_are_served(node):
         hog.close()
     finally:
         server.stop()
+
+
+def test_a_failing_method_answers_internal_and_the_server_keeps_serving(server, node, neighbour, monkeypatch):
+    """A bug behind a method (here: the node's validators() raises) is an "internal" error for that call only."""
+    def broken():
+        raise RuntimeError("simulated bug")
+    monkeypatch.setattr(node, "validators", broken)
+    connection = Connection(server.port)
+    error, result = connection.call("validators")
+    assert error["code"] == "internal" and "simulated" not in error["message"] and result is None
+    assert connection.call("status")[0] is None
+    neighbour.check()
