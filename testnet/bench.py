@@ -199,8 +199,11 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
         for node in network.nodes:
             pid = running_pid(node.pid_path, node.config_path)
             usage = process_usage(pid) if pid else None
+            answer = control.node_status(node, 5.0) or {}
+            # A node whose view differs from the others' sat out part of the run (view change).
             nodes[node.name] = {**(usage or {"cpu_s": None, "peak_rss_mib": None}),
-                                "disk_bytes": directory_bytes(node.data_dir) - before_bytes[node.name]}
+                                "disk_bytes": directory_bytes(node.data_dir) - before_bytes[node.name],
+                                "height": answer.get("height"), "view": answer.get("view")}
         committed = max(after_tree - before_tree, 0)
         disk = [v["disk_bytes"] for v in nodes.values()]
         results = {
