@@ -146,3 +146,33 @@ async def test_serve_rpc_reports_its_port_and_counts(node):
                 await client.call("header", 99)
         nursery.cancel_scope.cancel()
     assert server.counters["status"] == 1 and server.counters["not-found"] == 1
+
+
+async def test_async_client_moves_to_the_next_node_when_its_node_stops(node):
+    """Two servers over one ledger; the first stops mid-session: the next call is answered by the second."""
+    from rpc_helpers import ServerThread
+
+    first, second = ServerThread(node), ServerThread(node)
+    try:
+        async with AsyncClient([f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]) as client:
+            assert (await client.call("status"))["height"] == 4
+            assert client.endpoint.port == first.port
+            await trio.to_thread.run_sync(first.stop)
+            assert (await client.call("status"))["height"] == 4
+            assert client.endpoint.port == second.port
+    finally:
+        second.stop()
+
+
+def test_sync_client_moves_to_the_next_node_when_its_node_stops(node):
+    from rpc_helpers import ServerThread
+
+    first, second = ServerThread(node), ServerThread(node)
+    try:
+        with Client([f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]) as client:
+            assert client.call("status")["height"] == 4
+            first.stop()
+            assert client.call("status")["height"] == 4
+            assert client.endpoint.port == second.port
+    finally:
+        second.stop()
