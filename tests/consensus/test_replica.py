@@ -574,3 +574,17 @@ def test_host_can_ask_whether_a_request_is_already_committed():
     assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"]), 200)
     assert cluster.nodes["v2"].replica.is_committed(b"ok:1")
     assert not cluster.nodes["v2"].replica.is_committed(b"ok:2")
+
+
+def test_construction_refuses_an_inconsistent_setup():
+    vset, keys = make_validators()
+    config = ReplicaConfig()
+    with pytest.raises(ValueError, match="not in the validator set"):
+        Replica(config, vset, "v9", keys["v0"], CHAIN, TrivialApp())
+    with pytest.raises(ValueError, match="does not match"):
+        Replica(config, vset, "v0", keys["v1"], CHAIN, TrivialApp())
+    header = build_block(Cluster(), 1, None, (b"ok:1",), START_MS)
+    with pytest.raises(ValueError, match="last_applied"):
+        Replica(config, vset, "v0", keys["v0"], CHAIN, TrivialApp(), last_applied=(2, header))
+    with pytest.raises(ValueError, match="unreadable"):
+        Replica(config, vset, "v0", keys["v0"], CHAIN, TrivialApp(), persisted={b"view": b"\xc1"})
