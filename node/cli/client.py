@@ -71,9 +71,18 @@ def _add_genesis(parser: argparse.ArgumentParser, required_note: str = "") -> No
     parser.add_argument("--genesis", metavar="FILE", help=f"genesis file (env BAYLEDGER_GENESIS){required_note}")
 
 
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Usage errors as one line (argparse prints the whole usage first), exit status 2."""
+    def error(message: str) -> None:
+        parser.exit(EXIT_ERROR, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
 def _new_parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-    return subparsers.add_parser(name, help=help_text, description=description, epilog=ENVIRONMENT_HELP,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _one_line_errors(subparsers.add_parser(name, help=help_text, description=description,
+                                                  epilog=ENVIRONMENT_HELP,
+                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -121,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "node. The commitment checked is the one given (--commitment, --receipt, or FILE with --salt); without "
         "one, the proof's own. Prints MATCH / REVOKED / EXPIRED, or INVALID naming the failed check.",
         epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _one_line_errors(proof_verify)
     proof_verify.add_argument("proof", metavar="PROOF", help="the proof file")
     proof_verify.add_argument("--commitment", metavar="HEX", help="the commitment the proof must be about")
     proof_verify.add_argument("--receipt", metavar="FILE", help="take the commitment from a receipt")

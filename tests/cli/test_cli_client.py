@@ -279,3 +279,14 @@ def test_submit_keeps_the_salt_when_the_node_goes_away(capsys, files, document, 
     assert code == 2 and "salt is kept" in err and one_line_error(err)
     receipt = json.loads((tmp_path / "report.pdf.receipt.json").read_text())
     assert receipt["status"] == "pending" and len(bytes.fromhex(receipt["salt"])) == 32
+
+
+@pytest.mark.parametrize("argv", [
+    ["submit"], ["verify", "x"], ["verify", "x", "--salt", "00", "--receipt", "r"], ["proof", "verify"],
+    ["admit", "--id", "x"], ["status", "--timeout", "soon"], ["submit", "f", "--jurisdiction", "US"],
+])
+def test_usage_errors_are_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as exit_status:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_status.value.code == 2 and one_line_error(err) and err.startswith("bayledger "), err
