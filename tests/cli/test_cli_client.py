@@ -9,7 +9,6 @@ the environment variables, and that every usage or connection error is one line 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import stat
 

@@ -16,7 +16,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 
-from storage_helpers import World, make_world, next_block  # noqa: E402
+from storage_helpers import World, make_world, next_block  # noqa: E402,F401  (make_world: re-exported)
 
 from node.api import ApiError  # noqa: E402
 from node.rpc import RpcLimits, RpcServer  # noqa: E402
