@@ -16,7 +16,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 
-from storage_helpers import World, make_world, next_block  # noqa: E402,F401  (make_world: re-exported)
+from storage_helpers import World, make_world, next_block  # noqa: E402
 
 from node.api import ApiError  # noqa: E402
 from node.rpc import RpcLimits, RpcServer  # noqa: E402
@@ -157,3 +157,6 @@ def populate(world: World, ledger: Ledger) -> dict:
     assert all(o.ok for o in outcomes), outcomes
     return {"active": commitment(1), "by_suspended": commitment(2), "revoked": commitment(3),
             "unknown": commitment(99)}
+
+
+__all__ = ["TEST_LIMITS", "FakeNode", "ServerThread", "make_world", "populate"]
