@@ -466,7 +466,9 @@ class PeerNetwork:
             try:
                 await connection.send_frame(frame)
             except FrameError as exc:
-                log.error("frame not sent", reason=exc.reason, peer=slot.id)
+                # Our own message above the frame limit: a config error (frame_bytes_max too small).
+                self.metrics.rejected_frames.inc(label_value=exc.reason)
+                log.error("frame not sent", reason=exc.reason, peer=slot.id, detail=exc.detail)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 link_scope.cancel()
                 return

@@ -367,3 +367,43 @@ async def test_handshakes_in_progress_are_bounded(monkeypatch):
             stream, connection = await _honest_handshake_client(port, keys, validators, "v0")
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_stops_reading_does_not_block_the_others():
+    """v0 completes the handshake and then never reads. v3 keeps sending to it (its queue, bounded to 64 KiB
+    here, drops the oldest frames, counted) while every frame for v1, which reads, arrives in order."""
+    keys, validators = make_validators()
+    in_send, _ = trio.open_memory_channel(4)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            net = make_network("v3", keys, validators, {"v0": None, "v1": None}, in_send,
+                               send_queue_frames_max=100_000, send_queue_bytes_max=64 * 1024)
+            port = await nursery.start(net.run)
+            stalled_stream, _ = await _honest_handshake_client(port, keys, validators, "v0")
+            _, reader = await _honest_handshake_client(port, keys, validators, "v1")
+            await wait_for(lambda: net.connected_peers() == ["v0", "v1"])
+            received = []
+
+            async def read_v1():
+                while True:
+                    received.append(decode_frame(await reader.receive_frame())[1])
+            nursery.start_soon(read_v1)
+            big = b"x" * 3000                                   # fits FRAME_BYTES_MAX
+            sent = 0
+            # Feed v0 until its socket buffers are full and its bounded queue starts dropping.
+            while net.metrics.dropped_frames.get() == 0:
+                net.send("v0", FRAME_KIND_CONSENSUS, big)
+                net.send("v1", FRAME_KIND_CONSENSUS, sent.to_bytes(4, "big"))
+                sent += 1
+                await trio.sleep(0)
+            for extra in range(100):
+                net.send("v0", FRAME_KIND_CONSENSUS, big)
+                net.send("v1", FRAME_KIND_CONSENSUS, sent.to_bytes(4, "big"))
+                sent += 1
+                await trio.sleep(0)
+            await wait_for(lambda: len(received) == sent)
+            assert received == [index.to_bytes(4, "big") for index in range(sent)]
+            assert net.slots["v0"].queued_bytes <= 64 * 1024
+            assert net.metrics.dropped_frames.get() >= 100
+            await stalled_stream.aclose()
+            nursery.cancel_scope.cancel()
