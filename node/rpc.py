@@ -75,6 +75,7 @@ class RpcLimits:
     submit_wait_ms_max: int = 60_000         # cap on submit's timeout_ms
     query_window_ms: int = 300_000           # a query's time_ms must be this close to the server's clock
     query_ids_max: int = 100_000             # remembered query ids (replay protection memory)
+    block_entries_per_response_max: int = 10_000   # block(): entries per answer (page with first/count)
 
 
 class QueryGuard:
@@ -219,12 +220,22 @@ class RpcMethods:
         return {"header": header.to_wire(), "hash": header.hash(), "certificate": certificate.to_wire()}
 
     async def block(self, params: list) -> dict:
-        _check_arity(params, 1, 1, "block(height: uint)")
+        usage = "block(height: uint, first?: uint, count?: uint)"
+        _check_arity(params, 1, 3, usage)
         height = _param_uint(params[0], "height")
+        first = _param_uint(params[1], "first") if len(params) > 1 else 0
+        count_max = self.limits.block_entries_per_response_max
+        count = _param_uint(params[2], "count") if len(params) > 2 else count_max
+        if count > count_max:
+            raise ApiError(ERROR_INVALID_PARAMS, f"count {count} exceeds {count_max} entries per response")
         header, certificate = self._certified_header(height)
+        if first > header.entry_count:
+            raise ApiError(ERROR_INVALID_PARAMS, f"first {first} is past the block's {header.entry_count} entries")
+        # A block may hold up to 100,000 entries: answered in pages of at most count_max.
+        last = min(header.entry_count, first + count)
         return {"header": header.to_wire(), "hash": header.hash(), "certificate": certificate.to_wire(),
-                "entries": list(self.ledger.block_entries(height)),
-                "results": list(self.ledger.block_results(height))}
+                "first": first, "entries": list(self.ledger.block_entries(height)[first:last]),
+                "results": list(self.ledger.block_results(height)[first:last])}
 
     async def submit(self, params: list) -> dict:
         _check_arity(params, 1, 2, "submit(entry: bin, opts: {wait: bool, timeout_ms: uint})")

@@ -407,3 +407,29 @@ def test_a_failing_method_answers_internal_and_the_server_keeps_serving(server, 
     assert error["code"] == "internal" and "simulated" not in error["message"] and result is None
     assert connection.call("status")[0] is None
     neighbour.check()
+
+
+def test_block_pages_and_the_page_size_edge(node, world):
+    """block(height, first, count): count up to block_entries_per_response_max is served, one more is
+    invalid-params; pages cover the block exactly once."""
+    from dataclasses import replace
+
+    from rpc_helpers import ServerThread
+    from storage_helpers import Author, commitment
+
+    author = Author(world, "hk-bank")
+    author.nonce = 3000
+    node.commit_now([author.commit(commitment(700 + i)) for i in range(5)])   # block 5: five entries
+    server = ServerThread(node, replace(TEST_LIMITS, block_entries_per_response_max=2))
+    try:
+        connection = Connection(server.port)
+        error, whole = connection.call("block", 5)
+        assert error is None and whole["header"]["entry_count"] == 5 and len(whole["entries"]) == 2
+        pages = [connection.call("block", 5, first, 2)[1] for first in (0, 2, 4)]
+        assert [len(p["entries"]) for p in pages] == [2, 2, 1] and [p["first"] for p in pages] == [0, 2, 4]
+        assert [r for p in pages for r in p["results"]] == [5, 6, 7, 8, 9]
+        assert connection.call("block", 5, 5, 2)[1]["entries"] == []
+        assert connection.call("block", 5, 0, 3)[0]["code"] == "invalid-params"
+        assert connection.call("block", 5, 6)[0]["code"] == "invalid-params"
+    finally:
+        server.stop()
