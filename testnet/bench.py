@@ -45,7 +45,7 @@ profile_rate_hz = 100
 # author's entries are in flight, well inside the ledger's 256-nonce replay window (workload.py).
 BENCH_PROVIDERS = 32
 CONNECTIONS = 64
-WINDOW = 32
+WINDOW = 16
 TARGETS = {"commits_per_s": 5000, "p99_ms_at_1000_per_s": 250, "match_per_s": 10000}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import rpc
 from .network import DEMO_PARTICIPANTS, ManifestError, Network, NodeEntry, plan_network
-from .ports import PortError, check_ports_free, plan_ports
+from .ports import PortError, check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
 from .supervisor import SupervisorError, exit_statuses, read_pid, running_pid, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
@@ -161,6 +161,10 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         base_port = base_port or DEFAULT_BASE_PORT
         network = plan_network(run_dir, validators, base_port, extra_participants)
         check_ports_free(plan_ports(base_port, validators))
+        if overlaps_ephemeral(plan_ports(base_port, validators)):
+            low, high = ephemeral_range()
+            print(f"  note: ports from {base_port} overlap the range {low}-{high} the kernel gives outgoing "
+                  f"connections; a restart may then find a port briefly taken. A base port below {low} avoids that.")
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 HOST = "127.0.0.1"
 PORT_MAX = 65535
@@ -73,6 +74,24 @@ def check_ports_free(plan: list[NodePorts], host: str = HOST) -> None:
                     f"port {port} ({role} of node #{index + 1}) on {host} is in use; "
                     f"stop what uses it or choose another --base-port"
                 )
+
+
+def ephemeral_range() -> tuple[int, int] | None:
+    """The kernel's range for outgoing connections' local ports (Linux), or None if unknown."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
+def overlaps_ephemeral(plan: list[NodePorts]) -> bool:
+    """True if a planned port lies where outgoing connections take local ports: such a port is
+    sometimes briefly taken (TIME_WAIT of a client connection) and the node cannot listen."""
+    span = ephemeral_range()
+    if span is None:
+        return False
+    return any(span[0] <= port <= span[1] for p in plan for port in (p.p2p, p.rpc, p.metrics))
 
 
 def find_free_base_port(node_count: int, start: int = 20000, stop: int = 60000, step: int = 331) -> int:

@@ -210,3 +210,10 @@ def test_process_usage_reads_proc():
     assert usage["cpu_s"] > 0
     assert usage["peak_rss_mib"] > 1
     assert supervisor.process_usage(2**22 + 12345) is None
+
+
+def test_ephemeral_overlap_is_detected():
+    span = ports.ephemeral_range()
+    assert span is not None and span[0] < span[1]  # Linux: /proc/sys/net/ipv4/ip_local_port_range
+    assert ports.overlaps_ephemeral(ports.plan_ports(span[0], 4))
+    assert not ports.overlaps_ephemeral(ports.plan_ports(7700, 4))
