@@ -457,7 +457,13 @@ def run_verify(args) -> int:
                           build_match_query(key.signing_key, participant, genesis.chain_id, commitment))
         except RpcError as exc:
             if exc.code == "not-found":
-                print(f"NO MATCH: commitment {commitment.hex()} is not on the ledger")
+                # Say as of when: a node that lags behind may not have a just-committed entry yet.
+                try:
+                    height = client.call("status").get("height")
+                except ClientError:
+                    height = "unknown"
+                print(f"NO MATCH: commitment {commitment.hex()} is not on the ledger "
+                      f"(as of height {height} at {client.endpoint})")
                 return EXIT_NEGATIVE
             raise CliError(f"node refused the query: {exc.code}: {exc.message}") from None
     if not isinstance(proof, bytes):
