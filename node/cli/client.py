@@ -229,7 +229,8 @@ def _rpc_endpoints(args) -> str:
 
 def _client(args) -> Client:
     try:
-        return Client(_rpc_endpoints(args), timeout_s=args.timeout)
+        # A submit waits up to wait_ms at the node before answering: the socket must outlast that.
+        return Client(_rpc_endpoints(args), timeout_s=args.timeout + max(0, getattr(args, "wait_ms", 0)) / 1000)
     except ValueError as exc:
         raise CliError(f"--rpc: {exc}") from None
 
