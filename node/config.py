@@ -98,7 +98,6 @@ class LimitsConfig:
     catch_up_blocks_max: int = 64                  # blocks in one catch-up response (wire limit 64)
     reconnect_backoff_min_ms: int = 100            # first redial delay
     reconnect_backoff_max_ms: int = 5000           # redial delay cap
-    seen_requests_max: int = 100000                # remembered request ids (gossip dedup)
     metrics_request_bytes_max: int = 8192          # HTTP request head on the metrics port
     metrics_client_timeout_ms: int = 5000          # slow metrics clients are cut off
     submit_wait_timeout_ms_max: int = 60000        # longest a client may wait for a commit
@@ -146,7 +145,6 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "catch_up_blocks_max": (1, 64),  # consensus.messages.CATCH_UP_BLOCKS_MAX
         "reconnect_backoff_min_ms": (1, 600_000),
         "reconnect_backoff_max_ms": (1, 3_600_000),
-        "seen_requests_max": (1, 100_000_000),
         "metrics_request_bytes_max": (256, 1024 * 1024),
         "metrics_client_timeout_ms": (100, 600_000),
         "submit_wait_timeout_ms_max": (100, 3_600_000),
