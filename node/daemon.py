@@ -406,11 +406,9 @@ class Daemon:
     def _handle_event(self, event) -> None:
         if isinstance(event, _ClientRequest):
             self._take_client_request(event)
-        elif event.kind == FRAME_KIND_CONSENSUS:
-            self.carry_out(self.replica.on_message(event.peer_id, event.payload))
         else:
-            # Requests travel inside consensus REQUESTS messages; a bare request frame is not ours to take.
-            self.metrics.rejected_frames.inc(label_value="unexpected-kind")
+            assert event.kind == FRAME_KIND_CONSENSUS, "decode_frame admits consensus frames only"
+            self.carry_out(self.replica.on_message(event.peer_id, event.payload))
 
     async def _drive(self) -> None:
         structlog.contextvars.bind_contextvars(view=self.view)

@@ -17,7 +17,10 @@ Frames: 4-byte big-endian ciphertext length, then ciphertext; nonces are a
 per-direction counter, so a replayed, dropped or reordered frame fails to
 decrypt and the link is closed. The length is checked against frame_bytes_max
 before the body is read. Frame plaintext is canonical msgpack [kind, payload]
-with kind "c" (a consensus message, bytes) or "r" (a gossiped client request).
+with kind "c" and payload the bytes of one consensus message; the kind leaves
+room for other traffic later. Client requests travel inside consensus REQUESTS
+messages: the replica forwards a client's request to every validator once and
+receivers do not re-flood it.
 
 Connections: the validator with the lower id dials, the higher one accepts, so
 each pair has one link and no tie-breaking is needed; an accepted link from a
@@ -58,8 +61,7 @@ HANDSHAKE_FRAME_BYTES_MAX = 1024       # the auth frame is ~150 bytes
 RECEIVE_CHUNK_BYTES = 65536
 INBOUND_HANDSHAKES_MAX = 64            # unauthenticated connections in handshake at once; more are closed
 FRAME_KIND_CONSENSUS = "c"
-FRAME_KIND_REQUEST = "r"
-FRAME_KINDS = (FRAME_KIND_CONSENSUS, FRAME_KIND_REQUEST)
+FRAME_KINDS = (FRAME_KIND_CONSENSUS,)
 _KDF_PERSON = b"bayledger-p2p-v1"      # BLAKE2b personalization: max 16 bytes
 
 log = structlog.get_logger()
@@ -236,7 +238,7 @@ def decode_frame(plaintext: bytes) -> tuple[str, bytes]:
         raise FrameError("bad-shape", str(exc)) from None
     if (not isinstance(value, list) or len(value) != 2 or value[0] not in FRAME_KINDS
             or not isinstance(value[1], bytes)):
-        raise FrameError("bad-shape", "frame must be [\"c\"|\"r\", bytes]")
+        raise FrameError("bad-shape", "frame must be [\"c\", bytes]")
     return value[0], value[1]
 
 

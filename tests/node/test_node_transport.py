@@ -19,7 +19,7 @@ from consensus.validators import Validator, ValidatorSet
 from node.config import Address
 from node.metrics import NodeMetrics
 from node.transport import (
-    AEAD_TAG_BYTES, FRAME_KIND_CONSENSUS, FRAME_KIND_REQUEST, FrameError, PeerNetwork, decode_frame,
+    AEAD_TAG_BYTES, FRAME_KIND_CONSENSUS, FrameError, PeerNetwork, decode_frame,
     encode_frame, handshake,
 )
 
@@ -106,9 +106,9 @@ async def test_handshake_refuses_key_not_in_validator_set():
 
 def test_frame_shape_is_checked():
     """Only [kind, bytes] frames with a known kind decode; everything else is a bad-shape FrameError."""
-    assert decode_frame(encode_frame(FRAME_KIND_REQUEST, b"x")) == ("r", b"x")
-    for bad in (codec.pack(["c"]), codec.pack(["z", b"x"]), codec.pack(["c", "text"]), codec.pack({"c": 1}),
-                b"\xc1"):
+    assert decode_frame(encode_frame(FRAME_KIND_CONSENSUS, b"x")) == ("c", b"x")
+    for bad in (codec.pack(["c"]), codec.pack(["z", b"x"]), codec.pack(["r", b"x"]), codec.pack(["c", "text"]),
+                codec.pack({"c": 1}), b"\xc1"):
         with pytest.raises(FrameError) as info:
             decode_frame(bad)
         assert info.value.reason == "bad-shape"
@@ -130,9 +130,9 @@ async def test_two_networks_connect_and_deliver_frames():
             first, second = await in1_recv.receive(), await in1_recv.receive()
             assert (first.peer_id, first.payload, second.payload) == ("v0", b"one", b"two")
             await wait_for(lambda: net1.connected_peers() == ["v0"])
-            net1.send("v0", FRAME_KIND_REQUEST, b"back")
+            net1.send("v0", FRAME_KIND_CONSENSUS, b"back")
             back = await in0_recv.receive()
-            assert (back.peer_id, back.kind, back.payload) == ("v1", "r", b"back")
+            assert (back.peer_id, back.kind, back.payload) == ("v1", "c", b"back")
             nursery.cancel_scope.cancel()
 
 
@@ -256,9 +256,9 @@ async def test_hostile_peers_are_refused_and_counted_while_honest_links_keep_wor
 
             # And the node still serves an honest peer.
             stream, connection = await _honest_handshake_client(port, keys, validators, "v1")
-            await connection.send_frame(encode_frame(FRAME_KIND_REQUEST, b"still-alive"))
+            await connection.send_frame(encode_frame(FRAME_KIND_CONSENSUS, b"still-alive"))
             delivered = await inbound_recv.receive()
-            assert (delivered.peer_id, delivered.kind, delivered.payload) == ("v1", "r", b"still-alive")
+            assert (delivered.peer_id, delivered.kind, delivered.payload) == ("v1", "c", b"still-alive")
             nursery.cancel_scope.cancel()
 
 
