@@ -97,11 +97,15 @@ def plot(results: dict, path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
         axes.plot(xs, [results[key][r] for r in rates], style, label=key.split("_")[0])
-    axes.axhline(250, color="grey", linestyle=":", label="p99 target 250 ms")
+    axes.axhline(250, color="grey", linestyle=":", label="target: p99 <= 250 ms at 1000/s")
     axes.set_xlabel("offered load (commitments/s)")
     axes.set_ylabel("submit-to-commit latency (ms)")
-    axes.set_title(f"Bayledger, {results['validators']} validators, saturation "
-                   f"{results['commits_per_s']:.0f}/s ({results['machine']['cpus']} cores)")
+    machine = results["machine"]
+    load = machine.get("load_average_1m_at_start")
+    axes.set_title(f"Bayledger, {results['validators']} validators, saturation {results['commits_per_s']:.0f}/s\n"
+                   f"{machine['cpus']} cores {machine.get('cpu_model', '')}"
+                   + (f", load average {load} at start" if load is not None else "")
+                   + (f", {results['date_utc']}" if results.get("date_utc") else ""), fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
