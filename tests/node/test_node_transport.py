@@ -208,6 +208,12 @@ async def test_hostile_peers_are_refused_and_counted_while_honest_links_keep_wor
                 await stream.send_all(b"\x01" * 16)
             await _hostile_session(port, truncated)
 
+            # A low-order X25519 point (all zeros) as the ephemeral key: no shared secret to derive.
+            async def low_order(stream):
+                await stream.send_all(bytes(32))
+            await _hostile_session(port, low_order)
+            await wait_for(lambda: counter.get("bad-ephemeral-key") == 1)
+
             # Unknown key: a full handshake signed by a key outside the validator set.
             stranger = dict(keys)
             stranger["v0"] = nacl.signing.SigningKey.generate()
