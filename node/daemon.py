@@ -2,9 +2,10 @@
 
 Tasks (all in one nursery, cancelled together on SIGTERM/SIGINT):
 - the peer network (node.transport): a listener, dialers, a reader and a writer per link;
-  readers put frames on the bounded `inbound` channel;
-- the driver: the only task that touches the replica. It takes frames, client
-  requests and clock ticks, and carries out each Ready in the contract order of
+  readers put frames on the driver's bounded event channel (and wait when it is full);
+- the driver: the only task that touches the replica. It takes peer frames and
+  client requests from that channel, and clock ticks every tick_interval_ms,
+  and carries out each Ready in the contract order of
   docs/INTERNALS.md: persist (one synced batch) -> on_persisted -> send ->
   apply committed blocks -> serve catch-up -> log evidence and rejections;
 - the RPC server (node.rpc, when present) and the metrics server;
@@ -29,6 +30,7 @@ import structlog
 import trio
 
 from consensus import codec
+from consensus import replica as replica_module
 
 from .api import ApiError
 from .config import Address, NodeConfig
@@ -43,7 +45,7 @@ DRAIN_EVENTS_MAX = 256                 # events handled per driver wake-up befor
 PARTITION_FILE_NAME = "fault-partition"
 EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
 
-CLIENT_PEER_ID = "client"              # consensus.replica.CLIENT: the peer id of our own clients' requests
+CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
 
 log = structlog.get_logger()
 
