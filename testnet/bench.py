@@ -10,7 +10,8 @@ prints the results JSON as its last line. DURATION is the total seconds of
 measured load: 20 % saturation, 16 % at each offered rate (25, 50 and 75 % of
 saturation, and 1000/s when that is below it), 16 % match proofs.
 `--profile NODE` samples that node with py-spy for the whole load and writes
-the flat profile to bench/profile-NODE.txt.
+the flat profile to bench/profile-NODE.txt (the raw collapsed stacks stay in
+the run directory, kept with --keep).
 
 A benchmark, not a test: nothing here asserts on speed.
 """
@@ -196,8 +197,8 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
                 profiler.kill()
                 profiler.wait()
             if (run_dir / "profile.raw").exists():
+                # The collapsed stacks (for flame graphs) stay in the run dir: see --keep.
                 summarize_profile(run_dir / "profile.raw", RESULTS_DIR / f"profile-{profile_node}.txt")
-                shutil.copy(run_dir / "profile.raw", RESULTS_DIR / f"profile-{profile_node}.raw")
         after_tree = _tree_size(network)
         nodes = {}
         for node in network.nodes:
