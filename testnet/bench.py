@@ -226,6 +226,7 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
             "nodes": nodes,
             "phases": report["phases"],
             "presign_per_s": report.get("presign_per_s"),
+            **{key: report[key] for key in ("target_rate_note", "match_error") if key in report},
             "targets": TARGETS,
             "machine": {**machine_info(), "load_average_1m_at_start": load_before},
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
