@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from . import rpc
-from .network import DEMO_PARTICIPANTS, ManifestError, Network, NodeEntry, plan_network
-from .ports import PortError, check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
-from .supervisor import SupervisorError, exit_statuses, read_pid, running_pid, start_node, stop_node
+from .network import ManifestError, Network, NodeEntry, plan_network
+from .ports import check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
+from .supervisor import exit_statuses, read_pid, running_pid, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
 DEFAULT_BASE_PORT = 7700
@@ -210,7 +210,6 @@ def run_demo(network: Network) -> dict:
 
 
 def print_summary(network: Network, sample: dict | None) -> None:
-    d = network.run_dir
     print()
     print(f"Bayledger testnet `{network.chain_id}` is running ({len(network.nodes)} validators).")
     print()
@@ -236,7 +235,6 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
     hk = network.nodes_in("HK")[0]
     cn = network.nodes_in("CN")[0]
     bureau = network.participants["sz-credit-bureau"]["key"]
-    bank = network.participants["hk-bank"]["key"]
     lines = []
     activate = Path(sys.executable).parent / "activate"
     if activate.exists():
@@ -247,7 +245,7 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
         lines += [f"bayledger {' '.join(sample['commands']['verify'])}",
                   f"bayledger {' '.join(sample['commands']['proof verify'])}"]
     lines += [f"bayledger submit --rpc {cn.rpc} --key {bureau} YOUR-REPORT-FILE",
-              f"python -m testnet kill {network.nodes[-1].name} {dir_option(d)}   # then: restart {network.nodes[-1].name}",
+              f"python -m testnet kill {network.nodes[-1].name}{dir_option(d)}   # then: restart {network.nodes[-1].name}",
               f"python -m testnet logs {hk.name}{dir_option(d)}",
               f"curl -s http://{hk.metrics}/metrics | head",
               "make testnet-down" if d == DEFAULT_RUN_DIR.resolve() else f"python -m testnet down --dir {d}"]
