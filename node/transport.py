@@ -60,6 +60,8 @@ NONCE_BYTES = nacl.bindings.crypto_aead_chacha20poly1305_ietf_NPUBBYTES
 HANDSHAKE_FRAME_BYTES_MAX = 1024       # the auth frame is ~150 bytes
 RECEIVE_CHUNK_BYTES = 65536
 INBOUND_HANDSHAKES_MAX = 64            # unauthenticated connections in handshake at once; more are closed
+REFUSAL_LOG_LINES_MAX = 20             # "peer refused" lines per reason per window; the metrics count all
+REFUSAL_LOG_WINDOW_MS = 60_000
 FRAME_KIND_CONSENSUS = "c"
 FRAME_KINDS = (FRAME_KIND_CONSENSUS,)
 _KDF_PERSON = b"bayledger-p2p-v1"      # BLAKE2b personalization: max 16 bytes
@@ -293,6 +295,7 @@ class PeerNetwork:
         self.partitioned: frozenset[str] = frozenset()
         self.bound_port: int | None = None
         self._inbound_handshakes = 0
+        self._refusal_log: dict[str, tuple[float, int, int]] = {}   # reason -> (window start, logged, left out)
         self._nursery: trio.Nursery | None = None
 
     # --- sending -------------------------------------------------------------------------------
@@ -349,7 +352,22 @@ class PeerNetwork:
 
     def _refuse(self, reason: str, **details) -> None:
         self.metrics.rejected_frames.inc(label_value=reason)
-        log.warning("peer refused", reason=reason, **details)
+        # A flood of garbage must not become a flood of log lines: a bounded number per reason and
+        # window, then one line saying how many were left out.
+        now_ms = trio.current_time() * 1000
+        window_start_ms, logged, suppressed = self._refusal_log.get(reason, (now_ms, 0, 0))
+        if now_ms - window_start_ms >= REFUSAL_LOG_WINDOW_MS:
+            if suppressed:
+                log.warning("peer refusals not logged", reason=reason, count=suppressed,
+                            window_ms=REFUSAL_LOG_WINDOW_MS)
+            window_start_ms, logged, suppressed = now_ms, 0, 0
+        if logged < REFUSAL_LOG_LINES_MAX:
+            log.warning("peer refused", reason=reason, **details)
+            logged += 1
+        else:
+            suppressed += 1
+        if reason in self._refusal_log or len(self._refusal_log) < 256:
+            self._refusal_log[reason] = (window_start_ms, logged, suppressed)
 
     async def _handshake(self, stream: trio.abc.Stream, expected_peer: str | None) -> tuple[str, SecretConnection] | None:
         try:

@@ -413,3 +413,25 @@ async def test_a_peer_that_stops_reading_does_not_block_the_others():
             assert net.metrics.dropped_frames.get() >= 100
             await stalled_stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_refusal_log_lines_are_bounded_per_reason_but_all_are_counted(autojump_clock):
+    """More refusals than REFUSAL_LOG_LINES_MAX in a window: all counted, only the bound logged; after the
+    window one line reports how many were left out."""
+    from structlog.testing import capture_logs
+
+    import node.transport as transport
+
+    keys, validators = make_validators()
+    send, _ = trio.open_memory_channel(1)
+    net = make_network("v0", keys, validators, {"v1": None}, send)
+    with capture_logs() as logs:
+        for _ in range(transport.REFUSAL_LOG_LINES_MAX + 5):
+            net._refuse("garbage")
+        await trio.sleep(transport.REFUSAL_LOG_WINDOW_MS / 1000)
+        net._refuse("garbage")
+    assert net.metrics.rejected_frames.get("garbage") == transport.REFUSAL_LOG_LINES_MAX + 6
+    refused = [line for line in logs if line["event"] == "peer refused"]
+    summaries = [line for line in logs if line["event"] == "peer refusals not logged"]
+    assert len(refused) == transport.REFUSAL_LOG_LINES_MAX + 1
+    assert [line["count"] for line in summaries] == [5]
