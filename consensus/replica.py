@@ -59,12 +59,13 @@ class ReplicaConfig:
     committed_request_ids_max: int = 100_000  # committed request ids remembered to refuse re-proposal
     committed_ids_heights_max: int = 1000  # blocks whose request ids are also persisted, to survive a restart
     catch_up_probe_ms: int = 2000        # ask one peer (rotating) for blocks past ours this often
+    catch_up_serve_interval_ms: int = 10  # serve a peer's explicit catch-up requests at most this often
 
     def __post_init__(self) -> None:
         positive = (
             "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
             "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
-            "committed_ids_heights_max", "catch_up_probe_ms",
+            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms",
         )
         for name in positive:
             value = getattr(self, name)
@@ -1123,6 +1124,15 @@ class Replica:
     def _on_catch_up_request(self, peer: str, message: CatchUpRequest, data: bytes) -> None:
         if message.from_height > self.last_applied_height:
             return
+        # One range per peer per interval: an honest peer asks for the next range only after the last
+        # one arrived, a faulty one must not make our host read storage as fast as it can send.
+        now = self.now_ms or 0
+        key = "request:" + peer
+        last = self.served_at_ms.get(key)
+        if last is not None and now - last < self.config.catch_up_serve_interval_ms:
+            self._reject(peer, "catch-up-too-often")
+            return
+        self.served_at_ms[key] = now
         self._serve.append((peer, message.from_height, min(message.to_height, self.last_applied_height)))
 
     def _on_catch_up_response(self, peer: str, message: CatchUpResponse, data: bytes) -> None:

@@ -13,7 +13,7 @@ import pytest
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, entries_hash
 from consensus.messages import (
-    CATCH_UP_BLOCKS_MAX, Commit, PrePrepare, Prepare, ViewChange, decode_message, encode, sign,
+    CATCH_UP_BLOCKS_MAX, CatchUpRequest, Commit, PrePrepare, Prepare, ViewChange, decode_message, encode, sign,
 )
 from consensus.replica import (
     KEY_VOTE, ExecutionResult, Ready, Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response,
@@ -588,3 +588,16 @@ def test_construction_refuses_an_inconsistent_setup():
         Replica(config, vset, "v0", keys["v0"], CHAIN, TrivialApp(), last_applied=(2, header))
     with pytest.raises(ValueError, match="unreadable"):
         Replica(config, vset, "v0", keys["v0"], CHAIN, TrivialApp(), persisted={b"view": b"\xc1"})
+
+
+def test_catch_up_requests_are_served_at_most_once_per_interval_per_peer():
+    cluster = Cluster(ReplicaConfig(batch_wait_ms=0, catch_up_serve_interval_ms=10))
+    cluster.submit("v0", b"ok:1")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"]), 200)
+    replica = cluster.nodes["v0"].replica
+    request = encode(CatchUpRequest(1, 1))
+    assert replica.on_message("v3", request).serve_catch_up == [("v3", 1, 1)]
+    assert replica.on_message("v3", request).rejected == [("v3", "catch-up-too-often")]
+    assert replica.on_message("v2", request).serve_catch_up == [("v2", 1, 1)]  # another peer is not limited
+    replica.on_tick(replica.now_ms + 10)
+    assert replica.on_message("v3", request).serve_catch_up == [("v3", 1, 1)]
