@@ -35,7 +35,7 @@ from consensus import replica as replica_module
 from .api import ApiError
 from .config import Address, NodeConfig
 from .keys import KeyFileError, KeyPair, load_key_file
-from .logs import configure_logging
+from .logs import LogBudget, configure_logging
 from .metrics import NodeMetrics, serve_metrics
 from .transport import FRAME_KIND_CONSENSUS, PeerNetwork
 
@@ -44,6 +44,8 @@ PARTITION_POLL_MS = 100                # fault-injection file poll period
 DRAIN_EVENTS_MAX = 256                 # events fed to the core per driver wake-up (one synced write)
 PARTITION_FILE_NAME = "fault-partition"
 EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
+REJECTION_LOG_LINES_MAX = 20           # "message rejected" lines per peer and reason per window
+REJECTION_LOG_WINDOW_MS = 60_000
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
 
@@ -219,6 +221,8 @@ class Daemon:
             reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
         )
         self._waiters: dict[bytes, list[_Waiter]] = {}
+        # A Byzantine validator can make the core reject messages as fast as it sends them.
+        self._rejection_log = LogBudget(REJECTION_LOG_LINES_MAX, REJECTION_LOG_WINDOW_MS)
         self.bound: dict[str, int] = {}
 
     def _peer_addresses(self) -> dict[str, Address | None]:
@@ -368,7 +372,12 @@ class Daemon:
             if peer_id == CLIENT_PEER_ID:
                 continue    # answered to the client by submit
             self.metrics.rejected_messages.inc(label_value=reason)
-            log.info("message rejected", peer=peer_id, reason=reason)
+            admitted, left_out = self._rejection_log.admit(f"{peer_id}/{reason}", trio.current_time() * 1000)
+            if left_out:
+                log.info("rejections not logged", peer=peer_id, reason=reason, count=left_out,
+                         window_ms=REJECTION_LOG_WINDOW_MS)
+            if admitted:
+                log.info("message rejected", peer=peer_id, reason=reason)
 
     def _observe_replica(self) -> None:
         view = int(getattr(self.replica, "view", self.view))

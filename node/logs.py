@@ -63,3 +63,34 @@ def _json_default(value: object) -> object:
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
     logger = structlog.get_logger()
     return logger.bind(component=name) if name else logger
+
+
+class LogBudget:
+    """A bounded number of lines per key and time window, for lines a peer can make us write.
+
+    `admit(key, now_ms)` returns (write_this_line, left_out) where left_out is how many lines of
+    `key` were left out in the window that just ended (report it once, then it resets). Keys are
+    bounded too, so a peer choosing reason strings cannot grow this table.
+    """
+
+    keys_max = 256
+
+    def __init__(self, lines_max: int, window_ms: int):
+        self.lines_max = lines_max
+        self.window_ms = window_ms
+        self._windows: dict[str, tuple[float, int, int]] = {}   # key -> (window start, written, left out)
+
+    def admit(self, key: str, now_ms: float) -> tuple[bool, int]:
+        start_ms, written, left_out = self._windows.get(key, (now_ms, 0, 0))
+        ended_left_out = 0
+        if now_ms - start_ms >= self.window_ms:
+            ended_left_out = left_out
+            start_ms, written, left_out = now_ms, 0, 0
+        admitted = written < self.lines_max
+        if admitted:
+            written += 1
+        else:
+            left_out += 1
+        if key in self._windows or len(self._windows) < self.keys_max:
+            self._windows[key] = (start_ms, written, left_out)
+        return admitted, ended_left_out

@@ -51,6 +51,7 @@ from consensus import codec
 from consensus.validators import ValidatorSet
 
 from .config import Address
+from .logs import LogBudget
 from .metrics import NodeMetrics
 
 EPHEMERAL_KEY_BYTES = 32
@@ -295,7 +296,7 @@ class PeerNetwork:
         self.partitioned: frozenset[str] = frozenset()
         self.bound_port: int | None = None
         self._inbound_handshakes = 0
-        self._refusal_log: dict[str, tuple[float, int, int]] = {}   # reason -> (window start, logged, left out)
+        self._refusal_log = LogBudget(REFUSAL_LOG_LINES_MAX, REFUSAL_LOG_WINDOW_MS)
         self._nursery: trio.Nursery | None = None
 
     # --- sending -------------------------------------------------------------------------------
@@ -352,22 +353,12 @@ class PeerNetwork:
 
     def _refuse(self, reason: str, **details) -> None:
         self.metrics.rejected_frames.inc(label_value=reason)
-        # A flood of garbage must not become a flood of log lines: a bounded number per reason and
-        # window, then one line saying how many were left out.
-        now_ms = trio.current_time() * 1000
-        window_start_ms, logged, suppressed = self._refusal_log.get(reason, (now_ms, 0, 0))
-        if now_ms - window_start_ms >= REFUSAL_LOG_WINDOW_MS:
-            if suppressed:
-                log.warning("peer refusals not logged", reason=reason, count=suppressed,
-                            window_ms=REFUSAL_LOG_WINDOW_MS)
-            window_start_ms, logged, suppressed = now_ms, 0, 0
-        if logged < REFUSAL_LOG_LINES_MAX:
+        # A flood of garbage must not become a flood of log lines (the metrics count every one).
+        admitted, left_out = self._refusal_log.admit(reason, trio.current_time() * 1000)
+        if left_out:
+            log.warning("peer refusals not logged", reason=reason, count=left_out, window_ms=REFUSAL_LOG_WINDOW_MS)
+        if admitted:
             log.warning("peer refused", reason=reason, **details)
-            logged += 1
-        else:
-            suppressed += 1
-        if reason in self._refusal_log or len(self._refusal_log) < 256:
-            self._refusal_log[reason] = (window_start_ms, logged, suppressed)
 
     async def _handshake(self, stream: trio.abc.Stream, expected_peer: str | None) -> tuple[str, SecretConnection] | None:
         try:
