@@ -176,3 +176,23 @@ def test_presigned_submits_give_each_author_rising_unique_nonces(tmp_path):
         nonces[providers[lane % 2]["name"]] += lane_nonces
     for author_nonces in nonces.values():
         assert len(set(author_nonces)) == len(author_nonces) == 5
+
+
+async def test_open_loop_counts_sends_beyond_the_in_flight_bound_as_dropped(server_address, monkeypatch):
+    # At the edge: with room for 5 calls in flight, a burst the server cannot answer in time is
+    # partly dropped on the client side, and every scheduled request is either sent or dropped.
+    monkeypatch.setattr(loadgen, "in_flight_max", 5)
+    requests = [rpc.pack_call("submit", [n]) for n in range(200)]
+    result = await loadgen.open_loop("t", [server_address], [requests], loadgen._accept_submit,
+                                     rate_per_s=4000, duration_s=0.05)
+    assert result.sent + result.dropped == 200
+    assert result.dropped > 0 and result.sent >= 5
+    assert result.ok + sum(result.errors.values()) == result.sent
+
+
+@pytest.mark.parametrize("duration,message", [("4", "between 5 and 3600"), ("3601", "between 5 and 3600"),
+                                              ("soon", "not a number")])
+def test_bench_refuses_a_bad_duration(monkeypatch, capsys, duration, message):
+    monkeypatch.setenv("DURATION", duration)
+    assert bench.main([]) == 2
+    assert message in capsys.readouterr().err
