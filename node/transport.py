@@ -407,10 +407,13 @@ class PeerNetwork:
         attempt = 0
         while True:
             if slot.id not in self.partitioned:
-                try:
-                    stream = await trio.open_tcp_stream(slot.address.host, slot.address.port)
-                except OSError:
-                    stream = None
+                stream = None
+                # A peer host that drops SYNs would otherwise hold the dialer for the OS connect timeout.
+                with trio.move_on_after(self.handshake_timeout_ms / 1000):
+                    try:
+                        stream = await trio.open_tcp_stream(slot.address.host, slot.address.port)
+                    except OSError:
+                        stream = None
                 if stream is not None:
                     result = await self._handshake(stream, slot.id)
                     if result is not None:
