@@ -214,3 +214,64 @@ def test_replay_pool_is_bounded():
     for i in range(network.replay_pool_packets_max + 50):
         net.send(0, Packet("a", "b", str(i).encode()))
     assert len(net._replay_pool) == network.replay_pool_packets_max
+
+
+def test_verify_memo_is_bounded_exact_and_restored(monkeypatch):
+    """The memo answers exactly what codec.verify answers, starts over at its bound, and
+    codec.verify is the real one again after the run."""
+    from consensus.sim import speed
+
+    monkeypatch.setattr(speed, "verify_memo_entries_max", 3)
+    key = nacl.signing.SigningKey(bytes(range(32)))
+    real = codec.verify
+    with speed.memoized_verify():
+        assert codec.verify is not real
+        for i in range(10):
+            payload = bytes([i])
+            signature = codec.sign(key, codec.DOMAIN_PREPARE, CHAIN_ID, payload)
+            assert codec.verify(key.verify_key.encode(), signature, codec.DOMAIN_PREPARE, CHAIN_ID, payload)
+            assert not codec.verify(key.verify_key.encode(), signature, codec.DOMAIN_COMMIT, CHAIN_ID, payload)
+            flipped = signature[:-1] + bytes([signature[-1] ^ 1])
+            assert not codec.verify(key.verify_key.encode(), flipped, codec.DOMAIN_PREPARE, CHAIN_ID, payload)
+        memo = codec.verify.__closure__
+        assert any(isinstance(c.cell_contents, dict) and len(c.cell_contents) <= 3 for c in memo)
+    assert codec.verify is real
+
+
+def test_byzantine_memory_is_bounded():
+    from consensus.sim import adapter, byzantine
+    from consensus.sim.byzantine import ByzantineBehaviour
+
+    vset, keys = make_validators(plan_for(4))
+    behaviour = ByzantineBehaviour(random.Random(1), "r0", keys["r0"], CHAIN_ID, ["r0", "r1", "r2", "r3"], vset, ("replay",), 1.0)
+    for i in range(byzantine.replay_pool_messages_max + 10):
+        behaviour.observe("r1", str(i).encode())
+    assert len(behaviour.pool) == byzantine.replay_pool_messages_max
+    ctx = adapter.Context(vset, CHAIN_ID, keys["r0"], "r0")
+    header = build_block(vset, keys, None, [req(1)])[0]
+    for view in range(adapter.Context.proposal_slots_max + 5):
+        ctx.note_proposal(view, header)
+    assert len(ctx.proposals) == adapter.Context.proposal_slots_max
+
+
+def test_a_replica_that_never_stops_asking_to_persist_is_reported():
+    """The host follows on_persisted() chains, but not forever: past ready_chain_length_max
+    it reports the replica (a bug there), instead of looping."""
+    from consensus.sim import Simulation, cluster
+    from consensus.sim.faults import calm_plan
+
+    class Endless:
+        def __init__(self):
+            self.persist, self.messages, self.committed = [(b"k", b"v")], [], []
+            self.serve_catch_up, self.evidence, self.rejected = [], [], []
+
+    class EndlessReplica:
+        def on_persisted(self):
+            return Endless()
+
+    sim = Simulation(calm_plan(1, ticks=5))
+    node = sim.nodes["r1"]
+    node.replica = EndlessReplica()
+    with pytest.raises(SafetyViolation, match="kept returning"):
+        sim.carry_out(node, Endless())
+    assert cluster.ready_chain_length_max == 64
