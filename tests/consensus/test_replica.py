@@ -601,3 +601,21 @@ def test_catch_up_requests_are_served_at_most_once_per_interval_per_peer():
     assert replica.on_message("v2", request).serve_catch_up == [("v2", 1, 1)]  # another peer is not limited
     replica.on_tick(replica.now_ms + 10)
     assert replica.on_message("v3", request).serve_catch_up == [("v3", 1, 1)]
+
+
+def test_messages_wait_for_their_own_persist_batch_in_order():
+    """Two Readies with persist batches are outstanding: each on_persisted releases exactly the messages
+    of the oldest batch, and a Ready without persist queues behind them instead of overtaking."""
+    cluster = Cluster()
+    primary = cluster.nodes["v0"].replica
+    ready1 = primary.on_request(b"ok:1")
+    ready2 = primary.on_request(b"ok:2")
+    assert ready1.persist and not ready1.messages and ready2.persist and not ready2.messages
+    ready3 = primary.on_tick(cluster.now_ms + 1)  # flushes the request forward: no persist of its own
+    assert not ready3.persist and not ready3.messages
+    first = [codec.unpack(m.data) for m in primary.on_persisted().messages]
+    assert [(m["type"], m.get("header", {}).get("height", m.get("height"))) for m in first] == [
+        ("pre-prepare", 1), ("prepare", 1)]
+    second = [codec.unpack(m.data) for m in primary.on_persisted().messages]
+    assert [m["type"] for m in second] == ["pre-prepare", "requests"]
+    assert not primary.on_persisted().messages  # nothing left
