@@ -619,3 +619,18 @@ def test_messages_wait_for_their_own_persist_batch_in_order():
     second = [codec.unpack(m.data) for m in primary.on_persisted().messages]
     assert [m["type"] for m in second] == ["pre-prepare", "requests"]
     assert not primary.on_persisted().messages  # nothing left
+
+
+def test_a_replica_alone_in_a_higher_view_still_gets_its_request_committed():
+    """v3's forwards are lost, so it suspects the primary and moves to view 1 alone; the others stay in
+    view 0. Once links work, v3 resends the request to everyone, view 0 commits it, and v3 (still waiting
+    in view 1, as PBFT requires) receives the block by catch-up."""
+    cluster = Cluster()
+    cluster.drop = lambda s, t, d: s == "v3" and kind_of(d) == "requests"
+    cluster.submit("v3", b"ok:lonely")
+    assert cluster.run_until(lambda: cluster.nodes["v3"].replica.view == 1, 500)
+    cluster.drop = lambda s, t, d: False
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:lonely"]), 3000)
+    assert [cluster.nodes[n].replica.view for n in ("v0", "v1", "v2")] == [0, 0, 0]
+    assert cluster.nodes["v3"].replica.view == 1 and not cluster.nodes["v3"].replica.view_active
+    cluster.assert_agreement()
