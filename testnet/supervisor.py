@@ -22,6 +22,8 @@ from pathlib import Path
 stop_timeout_ms = 10_000          # SIGTERM grace before SIGKILL
 kill_wait_timeout_ms = 5_000      # how long SIGKILL may take to land
 poll_interval_ms = 50
+start_settle_timeout_ms = 5_000   # a started node's command line shows up in /proc
+settle_poll_interval_ms = 2
 
 
 class SupervisorError(Exception):
@@ -123,6 +125,13 @@ def start_node(config_path: Path, pid_file: Path, log_file: Path, cwd: Path | No
             )
         except OSError as exc:
             raise SupervisorError(f"cannot start {node_command(config_path)[0]}: {exc.strerror}") from None
+    # Just after exec, /proc/PID/cmdline is briefly empty (the new image is still being set
+    # up); until it names the config, `running_pid` could not tell our node from a stranger.
+    deadline = time.monotonic() + start_settle_timeout_ms / 1000
+    while not process_matches(process.pid, str(config_path)) and process_exists(process.pid):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(settle_poll_interval_ms / 1000)
     tmp = pid_file.with_suffix(".pid.tmp")
     tmp.write_text(f"{process.pid}\n")
     tmp.replace(pid_file)

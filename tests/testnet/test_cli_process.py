@@ -152,3 +152,16 @@ def test_lifecycle_up_status_kill_restart_down(run_dir):
     assert "restarting the stopped testnet" in again.stdout
     assert Path(status["genesis"]).read_bytes() == genesis_before
     assert min(n["height"] for n in status_json(run_dir)["nodes"]) > sample["height"]
+
+
+def test_seven_validators_commit_the_sample(run_dir):
+    # The larger size: 4 HK + 3 CN (f = 2), the sample commits and verifies, down stops all seven.
+    done = run_testnet("up", "--dir", str(run_dir), "--validators", "7",
+                       "--base-port", str(ports.find_free_base_port(7)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MATCH" in done.stdout
+    nodes = status_json(run_dir)["nodes"]
+    assert sorted(n["jurisdiction"] for n in nodes) == ["CN"] * 3 + ["HK"] * 4
+    assert all(n["height"] >= 1 and pid_exists(n["pid"]) for n in nodes)
+    assert run_testnet("down", "--dir", str(run_dir)).returncode == 0
+    assert not any(pid_exists(n["pid"]) for n in nodes)

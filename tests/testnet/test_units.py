@@ -217,3 +217,18 @@ def test_ephemeral_overlap_is_detected():
     assert span is not None and span[0] < span[1]  # Linux: /proc/sys/net/ipv4/ip_local_port_range
     assert ports.overlaps_ephemeral(ports.plan_ports(span[0], 4))
     assert not ports.overlaps_ephemeral(ports.plan_ports(7700, 4))
+
+
+def test_started_node_is_recognized_at_once(tmp_path, monkeypatch):
+    # Right after exec, /proc/PID/cmdline is briefly empty; start_node waits until the new
+    # process can be recognised, so a check made immediately after never sees it as gone.
+    config = tmp_path / "config.toml"
+    monkeypatch.setattr(supervisor, "node_command",
+                        lambda path: [sys.executable, "-c", "import time; time.sleep(30)", str(path)])
+    for attempt in range(20):
+        pid_file = tmp_path / f"node-{attempt}.pid"
+        pid = supervisor.start_node(config, pid_file, tmp_path / "node.log")
+        try:
+            assert supervisor.running_pid(pid_file, config) == pid
+        finally:
+            assert supervisor.stop_node(pid_file, config, hard=True) == "killed"
