@@ -56,7 +56,7 @@ class PhaseResult:
     duration_s: float
     sent: int = 0
     ok: int = 0
-    dropped: int = 0
+    dropped: int = 0                 # open loop: not sent because in_flight_max calls were waiting
     errors: Counter = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     counted_ok: int = 0              # ok replies inside the measured window
@@ -176,7 +176,9 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
             callers.cancel_scope.cancel()
         _finish_line()
         result.duration_s = trio.current_time() - start
-        result.dropped += result.sent - result.ok - sum(result.errors.values())
+        unanswered = result.sent - result.ok - sum(result.errors.values())
+        if unanswered:
+            result.errors["no-answer"] += unanswered  # still waiting after the drain timeout
         for connection in conns:
             await connection.aclose()
         outer.cancel_scope.cancel()
