@@ -96,6 +96,8 @@ class SimNode:
     down_until_tick: int | None = None
     crash_stage: str | None = None                  # crash at this stage of the next Ready
     clock_offset_ms: int = 0                        # this host's clock error, redrawn at each start
+    crash_waits_for_stage: bool = False             # scripted: no end-of-tick fallback, wait for the stage
+    down_ticks: int = 0                             # scripted: how long it stays down once crashed
 
     @property
     def up(self) -> bool:
@@ -227,6 +229,9 @@ class Simulation:
     def crash(self, node: SimNode, stage: str) -> None:
         node.replica = None
         node.crash_stage = None
+        if node.crash_waits_for_stage:
+            node.crash_waits_for_stage = False
+            node.down_until_tick = self.tick + node.down_ticks
         self.crashes += 1
         self.faults[f"crash_{stage}"] += 1
         if self.log:
@@ -260,7 +265,9 @@ class Simulation:
             for outbound in outbound_messages:
                 self.send(node, outbound.to, outbound.data)
             outbound_messages = []
-            self._stage(node, "after_early_send")
+            if persist:
+                # Only here is something sent that a crash could make the replica forget.
+                self._stage(node, "after_early_send")
         if persist:
             for key, value in persist:
                 if value is None:
@@ -379,16 +386,24 @@ class Simulation:
                 plan.crash_probability and self.crashes < plan.crashes_max and node.crash_stage is None
                 and rng.random() < plan.crash_probability
             ):
-                node.crash_stage = rng.choice(CRASH_STAGES)
+                if plan.send_before_persist and rng.random() < 0.5:
+                    # The stage that catches a vote released before the state it promises.
+                    node.crash_stage = "after_early_send"
+                else:
+                    node.crash_stage = rng.choice(CRASH_STAGES)
                 node.down_until_tick = self.tick + rng.randint(1, plan.down_ticks_max)
 
-    def schedule_crash(self, node_id: str, stage: str, down_ticks: int) -> None:
-        """Scripted crash of `node_id` at `stage` of its next Ready (or at the end of this tick)."""
+    def schedule_crash(self, node_id: str, stage: str, down_ticks: int, *, wait: bool = False) -> None:
+        """Scripted crash of `node_id` at `stage` of its next Ready (or at the end of this tick;
+        with `wait`, at the first Ready that reaches `stage`, however many ticks later).
+        It restarts `down_ticks` after the crash."""
         if stage not in CRASH_STAGES:
             raise ValueError(f"unknown crash stage {stage!r}")
         node = self.nodes[node_id]
         node.crash_stage = stage
+        node.crash_waits_for_stage = wait
         node.down_until_tick = self.tick + down_ticks
+        node.down_ticks = down_ticks
 
     def restart(self, node: SimNode) -> None:
         self.faults["restart"] += 1
@@ -417,7 +432,7 @@ class Simulation:
         # A crash scheduled for a stage no Ready reached this tick happens at the end of it.
         for node_id in self.ids:
             node = self.nodes[node_id]
-            if node.up and node.crash_stage is not None:
+            if node.up and node.crash_stage is not None and not node.crash_waits_for_stage:
                 self.crash(node, "idle")
         self.tick += 1
 

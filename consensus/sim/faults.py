@@ -142,9 +142,9 @@ def draw_fault_plan(
         partition_probability=_p(rng, 0.02) if kinds else 0.0,
         partition_ticks_max=rng.randint(10, 200),
         partition_kinds=kinds,
-        crash_probability=_p(rng, 0.005) if rng.random() < 0.6 else 0.0,
+        crash_probability=_p(rng, 0.02) if rng.random() < 0.6 else 0.0,
         down_ticks_max=rng.randint(5, 200),
-        crashes_max=rng.randint(1, 6),
+        crashes_max=rng.randint(1, 12),
         send_before_persist=False,      # drawn last, below
         clock_skew_ms=0,                # drawn last, below
         liveness_core_only=False,       # drawn last, below

@@ -140,3 +140,24 @@ def test_checkpoint_during_a_view_change():
     assert result.blocks_committed > 4
     for node_id in sim.honest_ids:
         assert sim.nodes[node_id].replica.status()["stable_checkpoint"] >= 2
+
+
+def test_primary_crash_between_sending_and_persisting_a_proposal():
+    """The host may send a Ready's messages before writing its persist batch (the contract says
+    they never depend on it). r0 (primary) is set to crash right there, at the first Ready that
+    both sends and persists. Its outbound links are cut for the first ticks, so no proposal of
+    its commits before it restarts (3 ticks later, same view) and proposes height 1 again. It
+    must propose the same block (the checker tracks every PRE-PREPARE/PREPARE/COMMIT it signs,
+    sent or dropped). A correct replica never sends ahead of its persist, so that crash point is
+    never reached; a replica that did would be caught re-proposing a different block."""
+    plan = calm_plan(6, send_before_persist=True, batch_requests_max=2)
+
+    def schedule(sim, tick):
+        if tick == 1:
+            sim.network.set_partition(tick, {("r0", o) for o in ("r1", "r2", "r3")}, 8, "r0 -/-> all")
+            sim.schedule_crash("r0", "after_early_send", 3, wait=True)
+        if tick in (1, 12, 13, 14, 30):
+            sim.client_request(["r0", "r1"])
+
+    sim = Simulation(plan, schedule=schedule)
+    run_ok(sim)
