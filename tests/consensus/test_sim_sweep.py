@@ -60,3 +60,24 @@ def test_cli_runs_a_range_and_refuses_bad_arguments(capsys):
         with pytest.raises(SystemExit) as exited:
             main(argv)
         assert exited.value.code == 2, argv
+
+
+def test_cli_failure_prints_how_to_reproduce_and_exits_nonzero(capsys, monkeypatch):
+    """A failing seed (here the f + 1 split-brain fork, which the checker must catch) is
+    reported with its reproduce line, and the exit status is 1."""
+    import dataclasses
+
+    import consensus.sim.__main__ as cli
+    from consensus.sim import Simulation
+
+    def run_seed_beyond_f(plan, log=None):
+        plan = dataclasses.replace(plan, byzantine_behaviours=("split_brain",), byzantine_probability=0.0)
+        return Simulation(plan, byzantine_ids=["r0", "r1"], beyond_f=True, log=log).run()
+
+    monkeypatch.setattr(cli, "run_seed", run_seed_beyond_f)
+    argv = ["--seeds", "0..5", "--replicas", "4", "--ticks", "200", "--quiet"]
+    status = cli.main(argv)
+    out = capsys.readouterr().out.splitlines()
+    failing = [line for line in out if line.startswith("reproduce with: python -m consensus.sim --seed ")]
+    assert status == 1 and failing, out
+    assert "failing_seeds=" in out[-1] and f"failed={len(failing)}" in out[-1]
