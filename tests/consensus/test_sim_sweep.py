@@ -81,3 +81,22 @@ def test_cli_failure_prints_how_to_reproduce_and_exits_nonzero(capsys, monkeypat
     failing = [line for line in out if line.startswith("reproduce with: python -m consensus.sim --seed ")]
     assert status == 1 and failing, out
     assert "failing_seeds=" in out[-1] and f"failed={len(failing)}" in out[-1]
+
+
+def test_a_seed_replays_identically_across_processes_and_hash_seeds():
+    """Two processes with different PYTHONHASHSEED (so different set and str-hash orders) print
+    the same result line, trace digest included: nothing depends on hash order."""
+    import os
+    import subprocess
+    import sys
+
+    lines = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-m", "consensus.sim", "--seed", "21", "--ticks", "150"],
+            capture_output=True, text=True, env=env, check=True, timeout=120,
+        ).stdout
+        lines.append(out)
+    assert lines[0] == lines[1]
+    assert "seed=21 ok " in lines[0] and " trace=" in lines[0]
