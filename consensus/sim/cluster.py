@@ -322,7 +322,7 @@ class Simulation:
         if vote is not None:
             kind, view, slot, digest = vote
             if kind == "unreadable":
-                raise SafetyViolation(f"honest replica {node.id} sent a signed message it could not have meant")
+                raise SafetyViolation(f"honest replica {node.id} sent a malformed signed vote")
             self.checker.signed_vote(node.id, kind, view, slot, digest)
             if view > self.max_view_seen:
                 self.max_view_seen = view
