@@ -51,7 +51,7 @@ class InvariantChecker:
         self.canonical: dict[int, CanonicalBlock] = {}
         self.canonical_request_height: dict[bytes, int] = {}
         self.chains: dict[str, ReplicaChain] = {rid: ReplicaChain() for rid in self.honest_ids}
-        # (signer, kind, view, slot) -> (digest, first message bytes): what an honest replica signed.
+        # (signer, kind, view, slot) -> digest: what an honest replica signed (grows with the run, which is bounded).
         self.signed: dict[tuple[str, str, int, int], bytes] = {}
         self.checked_votes = 0
 
