@@ -18,6 +18,7 @@ one place.
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import signal
@@ -46,6 +47,7 @@ PARTITION_FILE_NAME = "fault-partition"
 EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
 REJECTION_LOG_LINES_MAX = 20           # "message rejected" lines per peer and reason per window
 REJECTION_LOG_WINDOW_MS = 60_000
+ENTRY_VERDICTS_MAX = 65_536            # remembered entry signature-check verdicts (~100 bytes each)
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
 
@@ -165,6 +167,50 @@ def _receipt(block, index: int, outcome) -> dict:
     return {"status": "rejected", "height": block.header.height, "reason": outcome.reason}
 
 
+class EntryVerdictMemo:
+    """The consensus Application with a bounded memory of `check_request` verdicts.
+
+    An entry reaches the stateless check up to three times on a node (RPC submit, the core pooling
+    it, a backup validating the proposed block), and the check is an Ed25519 verification (~76 us).
+    The check depends on the entry's bytes and the genesis only, so its verdict for the same bytes
+    never changes: remember it by SHA-256 of the entry, least recently used forgotten first, at
+    most `verdicts_max`. `execute` and everything else go to the wrapped application unchanged.
+    """
+
+    def __init__(self, application, verdicts_max: int = ENTRY_VERDICTS_MAX) -> None:
+        assert verdicts_max >= 1, "the memo must hold at least one verdict"
+        self.application = application
+        self.verdicts_max = verdicts_max
+        self._verdicts: collections.OrderedDict[bytes, str | None] = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
+    def check_request(self, request: bytes) -> str | None:
+        if type(request) is not bytes:
+            return self.application.check_request(request)   # not hashable as an entry: no memo
+        key = codec.sha256(request)
+        verdicts = self._verdicts
+        if key in verdicts:
+            verdicts.move_to_end(key)
+            self.hits += 1
+            return verdicts[key]
+        self.misses += 1
+        verdict = self.application.check_request(request)
+        verdicts[key] = verdict
+        if len(verdicts) > self.verdicts_max:
+            verdicts.popitem(last=False)
+        return verdict
+
+    def execute(self, parent, height, time_ms, entries):
+        return self.application.execute(parent, height, time_ms, entries)
+
+    def __getattr__(self, name: str):
+        return getattr(self.application, name)
+
+
 # --- the daemon -----------------------------------------------------------------------------------
 
 
@@ -200,7 +246,8 @@ class Daemon:
             raise StartupError(f"key file {config.key_file} does not hold the genesis key of {config.node_id!r}")
         self.jurisdiction = me.jurisdiction
         # The consensus Application; the same object's stateless check guards submit.
-        self.application = application if application is not None else _ledger_application(ledger)
+        self.application = EntryVerdictMemo(
+            application if application is not None else _ledger_application(ledger))
         self.replica = _build_replica(config, genesis, key, ledger, self.application)
         self.height, _ = _last_applied(ledger)
         self.view = int(getattr(self.replica, "view", 0))
@@ -353,6 +400,36 @@ class Daemon:
         self._observe_replica()
         self.metrics.mempool_size.set(self.replica.pending_request_count)
 
+    async def carry_out_many_off_loop(self, readies: list) -> None:
+        """carry_out_many with each synced write done in a worker thread.
+
+        Same order of writes, on_persisted calls, sends and applies as carry_out_many: the driver
+        awaits each write before it goes on, so nothing that depends on the write happens early.
+        What changes is that the event loop runs meanwhile: peer readers and the RPC server keep
+        taking input (queued for the driver's next batch, which the fsync thus makes larger) and
+        answering queries instead of stalling for the fsync. LevelDB writes are thread-safe and
+        plyvel releases the GIL while it writes; the consensus state keys are read by no one else.
+        """
+        changes = [change for ready in readies for change in ready.persist]
+        if changes:
+            await self._write_consensus_state_off_loop(changes)
+        for ready in readies:
+            follow_up = self.replica.on_persisted() if ready.persist else None
+            self._carry_out_after_persist(ready)
+            while follow_up is not None:
+                next_follow_up = None
+                if follow_up.persist:
+                    await self._write_consensus_state_off_loop(list(follow_up.persist))
+                    next_follow_up = self.replica.on_persisted()
+                self._carry_out_after_persist(follow_up)
+                follow_up = next_follow_up
+        self._observe_replica()
+        self.metrics.mempool_size.set(self.replica.pending_request_count)
+
+    async def _write_consensus_state_off_loop(self, changes: list) -> None:
+        # Not abandoned on cancellation: a shutdown waits for the write to finish (or fail) first.
+        await trio.to_thread.run_sync(self.ledger.write_consensus_state, changes)
+
     def _carry_out_after_persist(self, ready) -> None:
         for outbound in ready.messages:
             if outbound.to is None:
@@ -459,7 +536,7 @@ class Daemon:
                 except trio.WouldBlock:
                     break
             if events:
-                self.carry_out_many([self._input(event) for event in events])
+                await self.carry_out_many_off_loop([self._input(event) for event in events])
             if trio.current_time() >= next_tick:
                 self.carry_out(self.replica.on_tick(int(time.time() * 1000)))
                 next_tick = trio.current_time() + tick_s

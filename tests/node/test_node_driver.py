@@ -1,0 +1,176 @@
+"""The driver's speed mechanisms: the entry verdict memo and the synced writes done off the event loop.
+
+Each mechanism is checked for what makes it safe: the memo is bounded (at its edge) and never changes a
+verdict; the off-loop write keeps the contract order (persist -> on_persisted -> send -> apply) and the
+loop keeps running while the write is in progress.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import pytest
+import trio
+
+from consensus.sim import app as sim_app
+from node.daemon import ENTRY_VERDICTS_MAX, Daemon, EntryVerdictMemo
+from test_node_daemon import IDS, Net, ScriptedReplica, request
+
+
+class CountingApplication:
+    """The simulator's application, counting stateless checks per entry."""
+
+    def __init__(self):
+        self.inner = sim_app.SimApplication()
+        self.checks = collections.Counter()
+
+    def check_request(self, entry):
+        self.checks[entry] += 1
+        return self.inner.check_request(entry)
+
+    def execute(self, parent, height, time_ms, entries):
+        return self.inner.execute(parent, height, time_ms, entries)
+
+
+def test_memo_remembers_verdicts_up_to_its_bound_and_forgets_the_least_recently_used():
+    app = CountingApplication()
+    memo = EntryVerdictMemo(app, verdicts_max=2)
+    a, b, c = request(1), request(2), request(3)
+    assert memo.check_request(a) is None and memo.check_request(b) is None
+    assert len(memo) == 2                       # at the bound
+    assert memo.check_request(a) is None        # hit: refreshes a
+    assert app.checks[a] == 1
+    assert memo.check_request(c) is None        # one past the bound: b (least recently used) goes
+    assert len(memo) == 2
+    assert memo.check_request(a) is None and app.checks[a] == 1
+    assert memo.check_request(b) is None and app.checks[b] == 2     # forgotten, so checked again
+    assert (memo.hits, memo.misses) == (2, 4)
+
+
+def test_memo_keeps_refusals_and_passes_non_bytes_through():
+    app = CountingApplication()
+    memo = EntryVerdictMemo(app, verdicts_max=ENTRY_VERDICTS_MAX)
+    bad = sim_app.make_request("client0", 1, b"x", valid=False)
+    first = memo.check_request(bad)
+    assert first is not None
+    assert memo.check_request(bad) == first and app.checks[bad] == 1
+    # Not bytes: the application's own answer, nothing remembered.
+    assert memo.check_request("text") == app.inner.check_request("text")
+    assert len(memo) == 1
+
+
+def test_memo_bound_must_be_positive():
+    with pytest.raises(AssertionError):
+        EntryVerdictMemo(CountingApplication(), verdicts_max=0)
+
+
+async def test_each_node_checks_each_entry_once(tmp_path):
+    """Submit (RPC check), pooling by the core and a backup's check of the proposed block all see the
+    same entry; with the memo each daemon runs the real check once per entry."""
+    net = Net(tmp_path)
+    apps = {node_id: CountingApplication() for node_id, _ in IDS}
+
+    async def start(nursery, node_id):
+        daemon = Daemon(net.config(node_id), net.genesis, net.keys[node_id], net.ledgers[node_id],
+                        application=apps[node_id])
+
+        async def no_rpc(_nursery):
+            return None
+        daemon._start_rpc = no_rpc
+        net.daemons[node_id] = daemon
+        await nursery.start(daemon.run)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for node_id, _ in IDS:
+                await start(nursery, node_id)
+            entries = [request(seq) for seq in range(20)]
+            receipts = []
+
+            async def submit(entry):
+                receipts.append(await net.daemons["cn-1"].submit(entry, True, 60))
+            async with trio.open_nursery() as clients:
+                for entry in entries:
+                    clients.start_soon(submit, entry)
+            assert all(r["status"] == "committed" for r in receipts)
+            top = max(r["height"] for r in receipts)
+            await net.wait_height([n for n, _ in IDS], top)
+            for node_id, _ in IDS:
+                assert {apps[node_id].checks[e] for e in entries} == {1}, node_id
+            # cn-1 checked each entry at submit, then again when its core pooled it: a memo hit.
+            # (Backups check on whichever comes first, the forwarded entry or the proposed block.)
+            assert net.daemons["cn-1"].application.hits >= len(entries)
+            nursery.cancel_scope.cancel()
+
+
+async def test_off_loop_write_keeps_the_contract_order(tmp_path):
+    """carry_out_many_off_loop does what carry_out_many does, in the same order: one write of every
+    persist of the batch first, then per Ready on_persisted, sends; follow-ups after their own write."""
+    from consensus.replica import Outbound, Ready
+
+    net = Net(tmp_path)
+    daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], net.ledgers["hk-1"],
+                    application=sim_app.SimApplication())
+    journal = []
+    threads = []
+
+    def write(changes):
+        threads.append(threading.get_ident())
+        journal.append(("write", list(changes)))
+    daemon.ledger.write_consensus_state = write
+    daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
+    daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
+    follow_up = Ready(persist=[(b"k3", b"v3")], messages=[Outbound("cn-1", b"released-1")])
+    daemon.replica = ScriptedReplica(journal, [follow_up, Ready(messages=[Outbound(None, b"released-2")]),
+                                               Ready(messages=[Outbound(None, b"released-3")])])
+    first = Ready(persist=[(b"k1", b"v1"), (b"k2", None)], messages=[])
+    second = Ready(messages=[Outbound("hk-2", b"plain")])
+    third = Ready(persist=[(b"k1", b"v1-again")])
+    await daemon.carry_out_many_off_loop([first, second, third])
+    assert journal == [
+        ("write", [(b"k1", b"v1"), (b"k2", None), (b"k1", b"v1-again")]),
+        ("on_persisted",),
+        ("write", [(b"k3", b"v3")]),
+        ("on_persisted",),
+        ("send", "cn-1", b"released-1"),
+        ("send", None, b"released-2"),
+        ("send", "hk-2", b"plain"),
+        ("on_persisted",),
+        ("send", None, b"released-3"),
+    ]
+    assert len(threads) == 2 and threading.get_ident() not in threads   # both writes in a worker thread
+
+
+async def test_loop_runs_during_the_write_and_nothing_is_sent_before_it_returns(tmp_path):
+    """While the synced write is in progress another task runs (here: it is what lets the write
+    finish); the Ready's messages leave only after the write has returned."""
+    from consensus.replica import Outbound, Ready
+
+    net = Net(tmp_path)
+    daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], net.ledgers["hk-1"],
+                    application=sim_app.SimApplication())
+    journal = []
+    release_write = threading.Event()
+
+    def slow_write(changes):
+        journal.append(("write started",))
+        assert release_write.wait(10), "the event loop did not run during the write"
+        journal.append(("write done",))
+    daemon.ledger.write_consensus_state = slow_write
+    daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
+    daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
+    daemon.replica = ScriptedReplica(journal, [Ready(messages=[Outbound(None, b"vote")])])
+
+    async def other_task():
+        while not journal:
+            await trio.sleep(0.001)
+        journal.append(("loop ran",))
+        release_write.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await daemon.carry_out_many_off_loop([Ready(persist=[(b"k", b"v")])])
+    assert journal == [("write started",), ("loop ran",), ("write done",), ("on_persisted",),
+                       ("send", None, b"vote")]
