@@ -268,6 +268,8 @@ class Daemon:
             reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
         )
         self._waiters: dict[bytes, list[_Waiter]] = {}
+        # Set while a block is applied in a worker thread (see ledger_quiet).
+        self._applying: trio.Event | None = None
         # A Byzantine validator can make the core reject messages as fast as it sends them.
         self._rejection_log = LogBudget(REJECTION_LOG_LINES_MAX, REJECTION_LOG_WINDOW_MS)
         self.bound: dict[str, int] = {}
@@ -415,13 +417,13 @@ class Daemon:
             await self._write_consensus_state_off_loop(changes)
         for ready in readies:
             follow_up = self.replica.on_persisted() if ready.persist else None
-            self._carry_out_after_persist(ready)
+            await self._carry_out_after_persist_off_loop(ready)
             while follow_up is not None:
                 next_follow_up = None
                 if follow_up.persist:
                     await self._write_consensus_state_off_loop(list(follow_up.persist))
                     next_follow_up = self.replica.on_persisted()
-                self._carry_out_after_persist(follow_up)
+                await self._carry_out_after_persist_off_loop(follow_up)
                 follow_up = next_follow_up
         self._observe_replica()
         self.metrics.mempool_size.set(self.replica.pending_request_count)
@@ -430,14 +432,26 @@ class Daemon:
         # Not abandoned on cancellation: a shutdown waits for the write to finish (or fail) first.
         await trio.to_thread.run_sync(self.ledger.write_consensus_state, changes)
 
+    async def _carry_out_after_persist_off_loop(self, ready) -> None:
+        self._send_messages(ready)
+        for block in ready.committed:
+            await self._apply_off_loop(block)
+        self._carry_out_after_apply(ready)
+
     def _carry_out_after_persist(self, ready) -> None:
+        self._send_messages(ready)
+        for block in ready.committed:
+            self._apply(block)
+        self._carry_out_after_apply(ready)
+
+    def _send_messages(self, ready) -> None:
         for outbound in ready.messages:
             if outbound.to is None:
                 self.network.broadcast(FRAME_KIND_CONSENSUS, outbound.data)
             else:
                 self.network.send(outbound.to, FRAME_KIND_CONSENSUS, outbound.data)
-        for block in ready.committed:
-            self._apply(block)
+
+    def _carry_out_after_apply(self, ready) -> None:
         for peer_id, from_height, to_height in ready.serve_catch_up:
             self._serve_catch_up(peer_id, from_height, to_height)
         for evidence in ready.evidence:
@@ -470,17 +484,43 @@ class Daemon:
         if isinstance(target, int):
             self.metrics.catch_up_target_height.set(max(target, self.height))
 
-    def _apply(self, block) -> None:
-        header = block.header
-        if header.height <= self.height:
-            return      # already applied (replayed after a restart): apply_block is idempotent anyway
+    async def ledger_quiet(self) -> None:
+        """Return when no block is being applied in a worker thread, so that the caller's reads of
+        the ledger (up to its next checkpoint) see one consistent state, not a half-moved one."""
+        while self._applying is not None:
+            await self._applying.wait()
+
+    async def _apply_off_loop(self, block) -> None:
+        """_apply with the synced write in a worker thread; readers wait on ledger_quiet meanwhile."""
+        if block.header.height <= self.height:
+            return
+        assert self._applying is None, "the driver applies one block at a time"
+        self._applying = trio.Event()
         try:
-            outcomes = _apply_block(self.ledger, block)
+            outcomes = await trio.to_thread.run_sync(self._apply_block_or_fail, block)
+        finally:
+            self._applying.set()
+            self._applying = None
+        self._applied(block, outcomes)
+
+    def _apply_block_or_fail(self, block) -> list:
+        header = block.header
+        try:
+            return _apply_block(self.ledger, block)
         except Exception as exc:
             # A certified block our storage refuses means this replica diverged or its disk failed:
             # stop rather than keep voting on a state we cannot hold.
             log.error("cannot apply committed block", height=header.height, reason=str(exc))
             raise FatalError(f"cannot apply block {header.height}: {exc}") from exc
+
+    def _apply(self, block) -> None:
+        if block.header.height <= self.height:
+            return      # already applied (replayed after a restart): apply_block is idempotent anyway
+        self._applied(block, self._apply_block_or_fail(block))
+
+    def _applied(self, block, outcomes) -> None:
+        """The block is durable in storage: move the height, count, and wake its waiting submitters."""
+        header = block.header
         self.height = header.height
         latency_s = max(0.0, time.time() - header.time_ms / 1000)
         size_bytes = sum(len(entry) for entry in block.entries)

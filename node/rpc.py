@@ -200,6 +200,13 @@ class RpcMethods:
     def ledger(self) -> Any:
         return self.api.ledger
 
+    async def _ledger_quiet(self) -> None:
+        # The daemon applies blocks in a worker thread; a method's reads of the ledger start when no
+        # apply is under way and do not yield until done, so they see one consistent state.
+        quiet = getattr(self.api, "ledger_quiet", None)
+        if quiet is not None:
+            await quiet()
+
     async def status(self, params: list) -> dict:
         _check_arity(params, 0, 0, "status()")
         return self.api.status()
@@ -216,6 +223,7 @@ class RpcMethods:
 
     async def header(self, params: list) -> dict:
         _check_arity(params, 1, 1, "header(height: uint)")
+        await self._ledger_quiet()
         header, certificate = self._certified_header(_param_uint(params[0], "height"))
         return {"header": header.to_wire(), "hash": header.hash(), "certificate": certificate.to_wire()}
 
@@ -228,6 +236,7 @@ class RpcMethods:
         count = _param_uint(params[2], "count") if len(params) > 2 else count_max
         if count > count_max:
             raise ApiError(ERROR_INVALID_PARAMS, f"count {count} exceeds {count_max} entries per response")
+        await self._ledger_quiet()
         header, certificate = self._certified_header(height)
         if first > header.entry_count:
             raise ApiError(ERROR_INVALID_PARAMS, f"first {first} is past the block's {header.entry_count} entries")
@@ -257,6 +266,7 @@ class RpcMethods:
     async def match(self, params: list) -> bytes:
         _check_arity(params, 1, 1, "match(signed_query: bin)")
         query = decode_query(params[0], self.ledger_chain_id())
+        await self._ledger_quiet()
         record = self.ledger.participant(query.participant)
         if record is None or record.public_key != query.participant_key:
             raise ApiError(ERROR_UNAUTHORIZED, f"{query.participant!r} with this key is not an admitted participant")
@@ -275,6 +285,7 @@ class RpcMethods:
         _check_arity(params, 2, 2, "consistency(size1: uint, size2: uint)")
         size1 = _param_uint(params[0], "size1")
         size2 = _param_uint(params[1], "size2")
+        await self._ledger_quiet()
         tree_size = self.ledger.tree_size()
         if not 1 <= size1 <= size2 <= tree_size:
             raise ApiError(ERROR_INVALID_PARAMS, f"need 1 <= size1 <= size2 <= tree size {tree_size}")
@@ -286,6 +297,7 @@ class RpcMethods:
         participant_id = params[0]
         if not isinstance(participant_id, str) or not participant_id or len(participant_id) > 256:
             raise ApiError(ERROR_INVALID_PARAMS, "id must be a non-empty string")
+        await self._ledger_quiet()
         record = self.ledger.participant(participant_id)
         if record is None:
             raise ApiError(ERROR_NOT_FOUND, f"no participant {participant_id!r}")

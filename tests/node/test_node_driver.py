@@ -174,3 +174,71 @@ async def test_loop_runs_during_the_write_and_nothing_is_sent_before_it_returns(
             await daemon.carry_out_many_off_loop([Ready(persist=[(b"k", b"v")])])
     assert journal == [("write started",), ("loop ran",), ("write done",), ("on_persisted",),
                        ("send", None, b"vote")]
+
+
+def _block(height, entries):
+    from types import SimpleNamespace
+
+    header = SimpleNamespace(height=height, time_ms=1_700_000_000_000, tree_size=height * len(entries))
+    return SimpleNamespace(header=header, entries=tuple(entries), certificate=SimpleNamespace(view=0))
+
+
+async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_write(tmp_path):
+    """A committed block is applied (in a worker thread) after the Ready's messages are sent and before its
+    catch-up serving; a waiting submitter is woken only once apply_block has returned; readers waiting on
+    ledger_quiet during the apply resume after it."""
+    from consensus.replica import Outbound, Ready
+
+    net = Net(tmp_path)
+    daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], net.ledgers["hk-1"],
+                    application=sim_app.SimApplication())
+    journal = []
+    release_apply = threading.Event()
+    entry = request(7)
+
+    def slow_apply(block):
+        journal.append(("apply started", block.header.height, threading.get_ident() != main_thread))
+        assert release_apply.wait(10), "the event loop did not run during the apply"
+        journal.append(("apply done", block.header.height))
+        from test_node_daemon import Outcome
+        return [Outcome(True, index) for index in range(len(block.entries))]
+    main_thread = threading.get_ident()
+    daemon.ledger.apply_block = slow_apply
+    daemon.ledger.write_consensus_state = lambda changes: journal.append(("write",))
+    daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
+    daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
+    daemon._serve_catch_up = lambda peer, first, last: journal.append(("serve", peer))
+    daemon.replica = ScriptedReplica(journal, [Ready()])
+    waiter_receipts = []
+
+    async def submitter():
+        from node.daemon import _entry_id, _Waiter
+        waiter = _Waiter()
+        daemon._waiters[_entry_id(entry)] = [waiter]
+        await waiter.event.wait()
+        journal.append(("woken", waiter.receipt["height"]))
+        waiter_receipts.append(waiter.receipt)
+
+    async def reader():
+        while not any(item[0] == "apply started" for item in journal):
+            await trio.sleep(0.001)
+        journal.append(("reader waits",))
+        release_apply.set()
+        await daemon.ledger_quiet()
+        journal.append(("reader reads",))
+
+    ready = Ready(persist=[(b"k", b"v")], messages=[Outbound("cn-1", b"commit-vote")],
+                  committed=[_block(1, [entry])], serve_catch_up=[("cn-2", 1, 1)])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submitter)
+            nursery.start_soon(reader)
+            await trio.sleep(0.01)
+            await daemon.carry_out_many_off_loop([ready])
+    assert journal.index(("write",)) < journal.index(("on_persisted",)) < journal.index(("send", "cn-1", b"commit-vote"))
+    assert journal.index(("send", "cn-1", b"commit-vote")) < journal.index(("apply started", 1, True))
+    assert journal.index(("apply started", 1, True)) < journal.index(("reader waits",)) < journal.index(("apply done", 1))
+    assert journal.index(("apply done", 1)) < journal.index(("reader reads",))
+    assert journal.index(("apply done", 1)) < journal.index(("woken", 1))
+    assert journal.index(("apply done", 1)) < journal.index(("serve", "cn-2"))
+    assert daemon.height == 1 and waiter_receipts[0]["status"] == "committed"
