@@ -18,11 +18,13 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
     p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
     w<author>                      replay window of an author (participant id or "governance"):
                                    msgpack array of its most recent nonces, ascending; see NonceWindow
+    r<depth:2><prefix>             revoked-set SMT node (storage/smt.py node id): its 32-byte hash;
+                                   only non-empty nodes are stored, the root is r\x00\x00
     x<key>                         the consensus replica's persisted state (opaque to storage)
 
 A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
 indexes, registry, nonces, block record, header, certificate, new height and
-frontier), so after a crash the store is exactly at a block boundary.
+frontier, revoked-set nodes), so after a crash the store is exactly at a block boundary.
 
 Expiry: a commitment's status is computed at query time ("expired" when
 expires_ms <= the time the caller asks about), never stored, so it needs no
@@ -44,7 +46,7 @@ import plyvel
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate
 
-from . import merkle
+from . import merkle, smt
 from .entries import EntryError, decode_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
 
@@ -59,7 +61,7 @@ except ImportError:  # pragma: no cover - depends on the consensus engineer's pr
         tree_root: bytes
         results_hash: bytes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                   # 2: results_hash commits to the revoked-set root (smt.py)
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries: saves 28 bytes a leaf
@@ -67,6 +69,7 @@ node_cache_level_min = 5             # subtrees of >= 32 leaves stay in memory o
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
 group_cache_entries_max = 64         # recently rehashed 8-leaf groups
 nonce_window = 256                   # most recent nonces remembered per author (replay window)
+smt_cache_entries_max = 200_000      # revoked-set nodes (and known-empty ones) kept in memory
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
 leveldb_write_buffer_bytes = 32 * 1024 * 1024  # also bounds the log replayed on open after a crash
@@ -138,12 +141,17 @@ def _entries_hash(entries: Sequence[bytes]) -> bytes:
     return codec.sha256(msgpack.packb(list(entries), use_bin_type=True))
 
 
-def results_hash(results: Sequence[int | str]) -> bytes:
+def outcomes_hash(results: Sequence[int | str]) -> bytes:
     """SHA-256 of the canonical msgpack array of per-entry results: leaf index (int) or reason (str).
 
     msgpack writes non-negative ints and str in their canonical (shortest) form already.
     """
     return codec.sha256(msgpack.packb(list(results), use_bin_type=True))
+
+
+def results_hash(results: Sequence[int | str], revoked_root: bytes) -> bytes:
+    """A header's results_hash: it commits to the block's outcomes and to the revoked set after it."""
+    return smt.results_hash(outcomes_hash(results), revoked_root)
 
 
 class LedgerError(Exception):
@@ -221,6 +229,9 @@ class _StoreView:
     def entry(self, leaf_index: int) -> bytes:
         return self._ledger.entry(leaf_index)
 
+    def smt_node(self, node_id: bytes) -> bytes | None:
+        return self._ledger._smt_node(node_id)
+
 
 class Execution:
     """The effects of one block executed on top of a parent (the store, or another Execution).
@@ -245,6 +256,8 @@ class Execution:
         self.frontier = frontier
         self.new_nodes: list[tuple[int, int, bytes]] = []
         self.header_hash: bytes | None = None  # learnt when a child names this block as its parent
+        self.smt_nodes: dict[bytes, bytes | None] = {}  # revoked-set nodes this block changed (None: now empty)
+        self.revoked_root: bytes | None = None  # after run()
 
     # Reads fall through to the parent.
     def commitment(self, commitment: bytes) -> CommitmentRecord | None:
@@ -264,9 +277,16 @@ class Execution:
             return self.accepted[leaf_index - self.first_leaf]
         return self.parent.entry(leaf_index)
 
+    def smt_node(self, node_id: bytes) -> bytes | None:
+        nodes = self.smt_nodes
+        if node_id in nodes:
+            return nodes[node_id]
+        return self.parent.smt_node(node_id)
+
     def result(self) -> ExecutionResult:
+        assert self.revoked_root is not None, "result() before run()"
         return ExecutionResult(tree_size=self.frontier.size, tree_root=self.frontier.root(),
-                               results_hash=results_hash(self.results))
+                               results_hash=results_hash(self.results, self.revoked_root))
 
     def run(self, genesis: Genesis) -> None:
         self._kinds = frozenset(genesis.entry_kinds)
@@ -282,6 +302,7 @@ class Execution:
             else:
                 self.results.append(reason)
         self.frontier = self.frontier.extend(leaves, self.new_nodes)
+        self.revoked_root = smt.root(self.smt_node)
 
     def _apply_one(self, genesis: Genesis, data: bytes, leaf: int) -> str | None:
         """Apply one entry's rules to this block's state; return None if accepted, else the reason code.
@@ -345,6 +366,9 @@ class Execution:
             if author != GOVERNANCE_AUTHOR and author != submitter:
                 return "not-submitter"
             self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, leaf, self.height, submitter)
+            # One path of the revoked set (257 nodes), in this block's overlay: backups executing
+            # speculatively compute the same root as the store will after apply.
+            self.smt_nodes.update(smt.update(self.smt_node, commitment, True))
         elif kind == "admit":
             p = fields["participant"]
             existing = self.participant(p.id)
@@ -384,6 +408,8 @@ class Ledger:
         self._edge_cache: tuple[merkle.Frontier, dict] | None = None
         self._frontier_source: tuple | None = None
         self._speculative: dict[tuple, Execution] = {}
+        self._smt_cache: dict[bytes, bytes | None] = {}  # revoked-set nodes as stored (None: empty)
+        self._status_cache: tuple | None = None  # (height, status section without the path) for match proofs
         self._store_view = _StoreView(self)
         self._height = _U64.unpack(db.get(b"mheight"))[0]
         size, hashes = msgpack.unpackb(db.get(b"mfrontier"), raw=False)
@@ -568,6 +594,29 @@ class Ledger:
             "revoke_leaf_index": record.revoke_leaf, "revoke_height": record.revoke_height,
         }
 
+    # -- the revoked set (sparse Merkle tree, storage/smt.py) ----------------------------------------
+
+    def _smt_node(self, node_id: bytes) -> bytes | None:
+        """A node of the applied revoked set, None if its subtree is empty (absent nodes are cached too)."""
+        cache = self._smt_cache
+        try:
+            return cache[node_id]
+        except KeyError:
+            pass
+        found = self._db.get(b"r" + node_id)
+        if len(cache) >= smt_cache_entries_max:
+            cache.clear()
+        cache[node_id] = found
+        return found
+
+    def revoked_root(self) -> bytes:
+        """Root of the revoked set after the applied head (smt.EMPTY_ROOT while nothing is revoked)."""
+        return smt.root(self._smt_node)
+
+    def revoked_proof(self, commitment: bytes) -> dict:
+        """The SMT proof {bitmap, siblings} of commitment's membership or absence at the applied head."""
+        return smt.prove(self._smt_node, commitment)
+
     # -- Merkle log ---------------------------------------------------------------------------------
 
     def _node(self, level: int, index: int) -> bytes:
@@ -681,7 +730,19 @@ class Ledger:
         if record.revoke_leaf is not None:
             revocation = self._proven_leaf(record.revoke_leaf, record.revoke_height)
         main = self._proven_leaf(record.leaf_index, record.height)
-        return build_match_proof(main, revocation)
+        return build_match_proof(main, revocation, self._status(commitment))
+
+    def _status(self, commitment: bytes) -> dict:
+        """The head's certified header, the two hashes under its results_hash, and commitment's SMT path."""
+        if self._status_cache is None or self._status_cache[0] != self._height:
+            height = self._height
+            header, certificate = self.header(height), self.certificate(height)
+            assert header is not None and certificate is not None, "the applied head is stored"
+            self._status_cache = (height, {
+                "header": header.to_wire(), "certificate": certificate.to_wire(),
+                "outcomes_hash": outcomes_hash(self.block_results(height)), "revoked_root": self.revoked_root(),
+            })
+        return {**self._status_cache[1], "revoked_path": self.revoked_proof(commitment)}
 
     def _proven_leaf(self, leaf_index: int, height: int) -> dict:
         header = self.header(height)
@@ -832,6 +893,11 @@ class Ledger:
             put(b"p" + record.id.encode(), record.encode())
         for author, window in execution.nonces.items():
             put(b"w" + author.encode(), window.encode())
+        for node_id, node in execution.smt_nodes.items():
+            if node is None:
+                batch.delete(b"r" + node_id)
+            else:
+                put(b"r" + node_id, node)
         block_record = [
             result if isinstance(result, int) else [result, data]
             for result, data in zip(execution.results, execution.entries)
@@ -850,6 +916,10 @@ class Ledger:
         for record in execution.participants.values():
             self._participants[record.id] = record
         self._nonce_windows.update(execution.nonces)
+        if execution.smt_nodes:
+            if len(self._smt_cache) + len(execution.smt_nodes) > smt_cache_entries_max:
+                self._smt_cache.clear()
+            self._smt_cache.update(execution.smt_nodes)
         for key in [k for k, e in self._speculative.items() if e.height <= height]:
             del self._speculative[key]
 

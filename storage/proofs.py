@@ -2,20 +2,26 @@
 
 A MatchProof is the canonical msgpack map
 
-    {"version": 1,
+    {"version": 2,
      "entry": <bin: the commit entry's exact bytes, as hashed into the leaf>,
      "leaf_index": <int>, "tree_size": <int>,
      "inclusion_path": [<bin 32>, ...],        # RFC 9162 order, leaf side first
      "header": <map: every BlockHeader field>,  # the block that appended the entry
      "certificate": <map: CommitCertificate.to_wire()>,
-     "revocation": {entry, leaf_index, tree_size, inclusion_path, header, certificate}}   # only if revoked
+     "revocation": {entry, leaf_index, tree_size, inclusion_path, header, certificate},  # only if revoked
+     "status": {"header": <map>, "certificate": <map>,      # the serving node's latest block
+                "outcomes_hash": <bin 32>, "revoked_root": <bin 32>,
+                "revoked_path": {"bitmap": <bin 32>, "siblings": [<bin 32>, ...]}}}
 
 Each proven entry carries the header of the block that appended it (and that
 block's commit certificate), so the verdict says exactly when the commitment
-was recorded and, if revoked, when the revocation was. What no append-only log
-can prove is that a revocation does NOT exist: a "match" verdict means
-"recorded by both jurisdictions' validators and not revoked as of the proof the
-node served"; ask again (or compare heads with a consistency proof) for fresher news.
+was recorded and, if revoked, when the revocation was. An append-only log
+cannot prove that a revoke does NOT exist, so the `status` section does: the
+header's results_hash commits to the root of the revoked set (a sparse Merkle
+tree, smt.py), and `revoked_path` proves the commitment in or out of that set
+as of the status block. A "match" verdict thus means "recorded by both
+jurisdictions' validators and not revoked as of height status_height at
+status_time_ms"; the caller judges whether that is fresh enough.
 """
 
 from __future__ import annotations
@@ -27,15 +33,16 @@ from typing import Any
 from consensus import codec
 from consensus.block import BlockHeader, CertificateError, CommitCertificate
 
-from . import merkle
+from . import merkle, smt
 from .entries import EntryError, decode_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
 
-MATCH_PROOF_VERSION = 1
-proof_bytes_max = 65_536            # a match proof with a revocation is ~2 KB at a billion leaves
+MATCH_PROOF_VERSION = 2             # 2: the status section (proof of non-revocation)
+proof_bytes_max = 65_536            # a match proof with a revocation is ~3 KB at a billion leaves
 inclusion_path_hashes_max = 64      # tree sizes are below 2**63
 
 _PROVEN_FIELDS = ("entry", "leaf_index", "tree_size", "inclusion_path", "header", "certificate")
+_STATUS_FIELDS = ("header", "certificate", "outcomes_hash", "revoked_root", "revoked_path")
 
 STATUS_MATCH = "match"
 STATUS_REVOKED = "revoked"
@@ -64,9 +71,9 @@ class _Invalid(Exception):
         self.check = check
 
 
-def build_match_proof(proven: dict, revocation: dict | None = None) -> bytes:
-    """Encode a MatchProof from proven-leaf maps (see the module docstring)."""
-    proof = {"version": MATCH_PROOF_VERSION, **proven}
+def build_match_proof(proven: dict, revocation: dict | None, status: dict) -> bytes:
+    """Encode a MatchProof from proven-leaf maps and the status section (see the module docstring)."""
+    proof = {"version": MATCH_PROOF_VERSION, **proven, "status": status}
     if revocation is not None:
         proof["revocation"] = revocation
     return codec.pack(proof)
@@ -179,11 +186,52 @@ def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: in
         _verify_signatures(revoke, genesis, "revocation.")
         details.update(revoked_height=revoke_header.height, revoked_time_ms=revoke_header.time_ms,
                        revoked_by=revoke.author, revoke_reason=revoke.fields["reason"])
+    status_header, in_revoked_set = _verify_status(proof.get("status"), genesis, commitment, header.height)
+    details.update(status_height=status_header.height, status_time_ms=status_header.time_ms)
+    if revocation is not None:
+        if not in_revoked_set and status_header.height >= revoke_header.height:
+            raise _Invalid("status.revocation-not-in-set",
+                           f"a revocation at height {revoke_header.height} is proven, but the revoked set at height "
+                           f"{status_header.height} does not hold the commitment")
         return Verdict(status=STATUS_REVOKED, details=details)
+    if in_revoked_set:
+        raise _Invalid("status.revocation-missing",
+                       f"the revoked set at height {status_header.height} holds the commitment, "
+                       "but the proof carries no revocation")
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if fields["expires_ms"] is not None and fields["expires_ms"] <= now:
         return Verdict(status=STATUS_EXPIRED, details=details)
     return Verdict(status=STATUS_MATCH, details=details)
+
+
+def _verify_status(status: Any, genesis: Genesis, commitment: bytes, commit_height: int) -> tuple[BlockHeader, bool]:
+    """Check the status section; return its header and whether the revoked set holds the commitment."""
+    if not isinstance(status, dict):
+        raise _Invalid("status.format", "proof lacks the status section (a map)")
+    missing = [k for k in _STATUS_FIELDS if k not in status]
+    if missing:
+        raise _Invalid("status.format", f"status lacks {', '.join(missing)}")
+    header = verify_header(status["header"], status["certificate"], genesis, "status.")
+    outcomes, revoked_root, path = status["outcomes_hash"], status["revoked_root"], status["revoked_path"]
+    if not (isinstance(outcomes, bytes) and len(outcomes) == 32 and isinstance(revoked_root, bytes)
+            and len(revoked_root) == 32):
+        raise _Invalid("status.format", "outcomes_hash and revoked_root must be 32-byte hashes")
+    if smt.results_hash(outcomes, revoked_root) != header.results_hash:
+        raise _Invalid("status.results-hash",
+                       "SHA-256 of {outcomes_hash, revoked_root} is not the status header's results_hash")
+    if header.height < commit_height:
+        raise _Invalid("status.height",
+                       f"status is of height {header.height}, before the commit's block {commit_height}")
+    if not isinstance(path, dict) or set(path) != {"bitmap", "siblings"}:
+        raise _Invalid("status.revoked-path", "revoked_path must be a map {bitmap, siblings}")
+    try:
+        if smt.root_from_proof(commitment, False, path["bitmap"], path["siblings"]) == revoked_root:
+            return header, False
+        if smt.root_from_proof(commitment, True, path["bitmap"], path["siblings"]) == revoked_root:
+            return header, True
+    except smt.ProofError as exc:
+        raise _Invalid("status.revoked-path", f"revoked_path is malformed: {exc}") from None
+    raise _Invalid("status.revoked-path", "revoked_path leads to the revoked_root neither with nor without the commitment")
 
 
 def verify_consistency_proof(older: dict, newer: dict, proof: list, genesis: Genesis | None = None) -> Verdict:

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from consensus import codec  # noqa: E402
 from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash  # noqa: E402
 from consensus.messages import CommittedBlock  # noqa: E402
-from storage import entries, merkle  # noqa: E402
+from storage import entries, merkle, smt  # noqa: E402
 from storage.genesis import Genesis  # noqa: E402
-from storage.ledger import Ledger, results_hash  # noqa: E402
+from storage.ledger import Ledger, outcomes_hash  # noqa: E402
 from storage.proofs import verify_match_proof  # noqa: E402
 
 CHAIN_ID = "bayledger-example"
@@ -71,7 +71,11 @@ def build() -> dict[str, bytes]:
     out["leaf_2_hash"] = merkle.leaf_hash(block[2])
     out["node_01"] = merkle.node_hash(out["leaf_0_hash"], out["leaf_hash"])
     out["results"] = codec.pack([0, 1, 2])
-    out["results_hash"] = results_hash([0, 1, 2])
+    out["outcomes_hash"] = outcomes_hash([0, 1, 2])
+    out["empty_1"] = smt.EMPTY[1]
+    out["revoked_root"] = smt.EMPTY_ROOT  # nothing revoked yet
+    out["results_map"] = codec.pack({"outcomes_hash": out["outcomes_hash"], "revoked_root": out["revoked_root"]})
+    out["results_hash"] = codec.sha256(out["results_map"])
     out["entries_hash"] = entries_hash(block)
     out["validator_set_hash"] = genesis.validator_set.hash()
     with tempfile.TemporaryDirectory() as directory:
@@ -83,6 +87,7 @@ def build() -> dict[str, bytes]:
             tree_root=result.tree_root, results_hash=result.results_hash,
             validator_set_hash=out["validator_set_hash"],
         )
+        assert header.results_hash == out["results_hash"]
         out["tree_root"] = header.tree_root
         out["header"] = header.encode()
         out["header_hash"] = header.hash()
@@ -99,6 +104,18 @@ def build() -> dict[str, bytes]:
     verdict = verify_match_proof(out["match_proof"], genesis, out["commitment"], now_ms=TIME_MS)
     assert verdict.status == "match", verdict
     out["genesis_hash"] = genesis.hash()
+    # The revoked set alone (smt.py), for checking an SMT implementation: the set holding only
+    # SHA-256("first"), its leaf, its root, and the proof that our commitment is NOT in it.
+    first = hashlib.sha256(b"first").digest()
+    nodes: dict[bytes, bytes] = {}
+    for node_id, value in smt.update(nodes.get, first, True):
+        nodes[node_id] = value
+    out["smt_first_leaf"] = smt.leaf_hash(first)
+    out["smt_one_root"] = smt.root(nodes.get)
+    absence = smt.prove(nodes.get, out["commitment"])
+    out["smt_absence_bitmap"] = absence["bitmap"]
+    out["smt_absence_sibling"], = absence["siblings"]
+    assert smt.root_from_proof(out["commitment"], False, absence["bitmap"], absence["siblings"]) == out["smt_one_root"]
     return out
 
 

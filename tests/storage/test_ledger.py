@@ -224,9 +224,9 @@ def test_open_refuses_other_stores(world, tmp_path):
         Ledger.open(path, world.genesis)
     held.close()
     db = plyvel.DB(str(path))
-    db.put(b"mformat", b"\x02")
+    db.put(b"mformat", b"\x03")
     db.close()
-    with pytest.raises(LedgerError, match="format version 2; this software reads version 1"):
+    with pytest.raises(LedgerError, match="format version 3; this software reads version 2"):
         Ledger.open(path, world.genesis)
     foreign = tmp_path / "foreign"
     db = plyvel.DB(str(foreign), create_if_missing=True)

@@ -1,0 +1,193 @@
+"""The revoked set: a sparse Merkle tree (SMT) of depth 256 over commitments. No plyvel: client code uses this.
+
+Every possible 32-byte commitment c has a leaf, reached from the root by c's
+bits, most significant bit of c[0] first (bit 0 = left). The tree holds the
+commitments that have been revoked (docs/PROTOCOL.md §5):
+
+    E(0)       = 32 zero bytes                       an empty leaf
+    E(h + 1)   = SHA-256(0x01 || E(h) || E(h))       an empty subtree of height h + 1
+    leaf(c)    = SHA-256(0x02 || c)                  the leaf of a revoked commitment
+    node(l, r) = SHA-256(0x01 || l || r)             an inner node
+    root of the empty set = E(256)
+
+The 0x02 tag keeps a leaf from ever being read as an inner node (whose input
+starts 0x01 and is 65 bytes) or as an RFC 6962 leaf of the log (0x00).
+
+A proof for c (of membership or of non-membership, the same shape) lists the
+256 siblings of c's path, compressed: `bitmap` (32 bytes) has bit h set iff
+the sibling at height h (h = 0: the leaf's sibling; h = 255: a child of the
+root) is not the empty subtree E(h); bit h is (bitmap[h // 8] >> (h % 8)) & 1.
+`siblings` lists the non-empty ones in increasing h (leaf side first, as RFC
+9162 paths). A listed sibling equal to E(h) is refused, so each proof has one
+encoding.
+
+Nodes are named by (depth, path prefix): depth 0 is the root, 256 a leaf; the
+node id is depth (2 bytes, big-endian) || the first ceil(depth / 8) bytes of
+any key below it, with the bits past `depth` zero. Stores keep only non-empty
+nodes (see storage/ledger.py, prefix `r`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterable
+
+from consensus import codec
+
+DEPTH = 256
+KEY_BYTES = 32
+BITMAP_BYTES = DEPTH // 8
+_TAG_NODE = b"\x01"
+_TAG_LEAF = b"\x02"
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _empty_hashes() -> tuple[bytes, ...]:
+    hashes = [bytes(32)]
+    for _ in range(DEPTH):
+        hashes.append(_sha256(_TAG_NODE + hashes[-1] + hashes[-1]))
+    return tuple(hashes)
+
+
+EMPTY: tuple[bytes, ...] = _empty_hashes()  # EMPTY[h]: an empty subtree of height h
+EMPTY_ROOT = EMPTY[DEPTH]
+
+NodeReader = Callable[[bytes], "bytes | None"]  # node id -> hash, None for an empty subtree
+
+
+def leaf_hash(commitment: bytes) -> bytes:
+    return _sha256(_TAG_LEAF + commitment)
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(_TAG_NODE + left + right)
+
+
+def key_bit(key: bytes, index: int) -> int:
+    """Bit `index` of the key (0 = most significant bit of key[0]): the branch taken below depth `index`."""
+    return (key[index >> 3] >> (7 - (index & 7))) & 1
+
+
+def node_id(key: bytes, depth: int) -> bytes:
+    """The id of the node at `depth` on key's path."""
+    length = (depth + 7) >> 3
+    prefix = bytearray(key[:length])
+    if depth & 7:
+        prefix[-1] &= (0xFF << (8 - (depth & 7))) & 0xFF
+    return depth.to_bytes(2, "big") + bytes(prefix)
+
+
+def sibling_id(key: bytes, depth: int) -> bytes:
+    """The id of the sibling of the node at `depth` (>= 1) on key's path."""
+    length = (depth + 7) >> 3
+    prefix = bytearray(key[:length])
+    if depth & 7:
+        prefix[-1] &= (0xFF << (8 - (depth & 7))) & 0xFF
+    prefix[(depth - 1) >> 3] ^= 0x80 >> ((depth - 1) & 7)
+    return depth.to_bytes(2, "big") + bytes(prefix)
+
+
+ROOT_ID = node_id(bytes(KEY_BYTES), 0)
+
+
+def root(read: NodeReader) -> bytes:
+    found = read(ROOT_ID)
+    return EMPTY_ROOT if found is None else found
+
+
+def _siblings(read: NodeReader, key: bytes) -> list[bytes | None]:
+    """Siblings of key's path by depth (index d - 1 for depth d), None where empty.
+
+    Top-down, so it stops reading as soon as the path itself leaves the set:
+    below an empty node every sibling is empty (about 2 log2(n) reads for n members).
+    """
+    found: list[bytes | None] = [None] * DEPTH
+    for depth in range(1, DEPTH + 1):
+        if read(node_id(key, depth - 1)) is None:
+            break
+        found[depth - 1] = read(sibling_id(key, depth))
+    return found
+
+
+def update(read: NodeReader, key: bytes, present: bool) -> list[tuple[bytes, bytes | None]]:
+    """The node changes that put `key` in (present) or out of the set: (node id, hash or None to delete),
+    leaf first, root last (257 of them)."""
+    assert len(key) == KEY_BYTES, "SMT keys are 32 bytes"
+    siblings = _siblings(read, key)
+    current = leaf_hash(key) if present else EMPTY[0]
+    changes = [(node_id(key, DEPTH), current if present else None)]
+    for height in range(DEPTH):
+        depth = DEPTH - height
+        sibling = siblings[depth - 1]
+        if sibling is None:
+            sibling = EMPTY[height]
+        if key_bit(key, depth - 1):
+            current = node_hash(sibling, current)
+        else:
+            current = node_hash(current, sibling)
+        changes.append((node_id(key, depth - 1), None if current == EMPTY[height + 1] else current))
+    return changes
+
+
+def prove(read: NodeReader, key: bytes) -> dict:
+    """{"bitmap": bin 32, "siblings": [bin 32, ...]} for key, membership or not (see the module docstring)."""
+    assert len(key) == KEY_BYTES, "SMT keys are 32 bytes"
+    siblings = _siblings(read, key)
+    bitmap = bytearray(BITMAP_BYTES)
+    listed = []
+    for height in range(DEPTH):
+        sibling = siblings[DEPTH - 1 - height]
+        if sibling is not None:
+            bitmap[height >> 3] |= 1 << (height & 7)
+            listed.append(sibling)
+    return {"bitmap": bytes(bitmap), "siblings": listed}
+
+
+class ProofError(ValueError):
+    """A malformed SMT proof (the message says what is wrong)."""
+
+
+def root_from_proof(key: bytes, present: bool, bitmap: object, siblings: object) -> bytes:
+    """The root that the proof gives for key in (present) or out of the set; ProofError if malformed."""
+    if not isinstance(bitmap, bytes) or len(bitmap) != BITMAP_BYTES:
+        raise ProofError(f"bitmap must be {BITMAP_BYTES} bytes")
+    if not isinstance(siblings, list) or len(siblings) > DEPTH:
+        raise ProofError(f"siblings must be a list of at most {DEPTH} hashes")
+    if sum(bin(b).count("1") for b in bitmap) != len(siblings):
+        raise ProofError("siblings listed differ from the bitmap's count of non-empty siblings")
+    current = leaf_hash(key) if present else EMPTY[0]
+    listed = iter(siblings)
+    for height in range(DEPTH):
+        if (bitmap[height >> 3] >> (height & 7)) & 1:
+            sibling = next(listed)
+            if not isinstance(sibling, bytes) or len(sibling) != 32:
+                raise ProofError("a sibling is not a 32-byte hash")
+            if sibling == EMPTY[height]:
+                raise ProofError(f"sibling at height {height} is the empty subtree but is listed")
+        else:
+            sibling = EMPTY[height]
+        if key_bit(key, DEPTH - 1 - height):
+            current = node_hash(sibling, current)
+        else:
+            current = node_hash(current, sibling)
+    return current
+
+
+def root_of(keys: Iterable[bytes]) -> bytes:
+    """The root of a set, computed from scratch (for tests and cross-checks; O(n * 256))."""
+    nodes: dict[bytes, bytes] = {}
+    for key in keys:
+        for nid, value in update(nodes.get, key, True):
+            if value is None:
+                nodes.pop(nid, None)
+            else:
+                nodes[nid] = value
+    return root(nodes.get)
+
+
+def results_hash(outcomes_hash: bytes, revoked_root: bytes) -> bytes:
+    """A header's results_hash: SHA-256 of the canonical msgpack map {"outcomes_hash", "revoked_root"}."""
+    return codec.sha256(codec.pack({"outcomes_hash": outcomes_hash, "revoked_root": revoked_root}))
