@@ -424,15 +424,17 @@ def _print_verdict(verdict, commitment: bytes) -> int:
         return EXIT_ERROR
     where = (f"height {details['height']} at {_time_text(details['time_ms'])} (leaf {details['leaf_index']}, "
              f"author {details['author']}, {details['jurisdiction']}, kind {details['kind']})")
+    # The status section proves (non-)revocation as of the serving node's latest block: say which.
+    as_of = f"as of height {details['status_height']} ({_time_text(details['status_time_ms'])})"
     if verdict.status == "match":
-        print(f"MATCH: commitment {commitment.hex()} recorded at {where}")
+        print(f"MATCH: commitment {commitment.hex()} recorded at {where}; not revoked {as_of}")
         return EXIT_OK
     if verdict.status == "revoked":
         print(f"REVOKED: at height {details['revoked_height']} at {_time_text(details['revoked_time_ms'])} by "
               f"{details['revoked_by']} ({details['revoke_reason']}); recorded at {where}")
         return EXIT_NEGATIVE
     if verdict.status == "expired":
-        print(f"EXPIRED: at {_time_text(details['expires_ms'])}; recorded at {where}")
+        print(f"EXPIRED: at {_time_text(details['expires_ms'])}; recorded at {where}; not revoked {as_of}")
         return EXIT_NEGATIVE
     raise AssertionError(f"unknown verdict {verdict.status}")
 

@@ -1,0 +1,163 @@
+"""The revoked set's sparse Merkle tree (storage/smt.py) against a from-scratch reference; its proofs
+accept exactly the right (key, membership, root) and refuse every tampering by a clear ProofError or a
+different root, never another exception."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from storage import smt
+
+
+def reference_root(keys: set[bytes], depth: int = 0) -> bytes:
+    """The definition of docs/PROTOCOL.md §3, recursively (no stored nodes, no shortcuts but E(h))."""
+    if not keys:
+        return smt.EMPTY[smt.DEPTH - depth]
+    if depth == smt.DEPTH:
+        (key,) = keys
+        return hashlib.sha256(b"\x02" + key).digest()
+    left = {k for k in keys if not (k[depth // 8] >> (7 - depth % 8)) & 1}
+    return hashlib.sha256(b"\x01" + reference_root(left, depth + 1) + reference_root(keys - left, depth + 1)).digest()
+
+
+def store_of(keys) -> dict[bytes, bytes]:
+    nodes: dict[bytes, bytes] = {}
+    for key in keys:
+        for node_id, value in smt.update(nodes.get, key, True):
+            if value is None:
+                nodes.pop(node_id, None)
+            else:
+                nodes[node_id] = value
+    return nodes
+
+
+# Keys that often share long prefixes (differing only in the last bytes or bits) as well as random ones.
+_keys = st.one_of(
+    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=1, max_size=1).map(lambda b: bytes(31) + b),
+    st.integers(0, 7).map(lambda i: bytes([0x80]) + bytes(30) + bytes([i])),
+)
+
+
+def test_empty_hashes_and_root():
+    assert smt.EMPTY[0] == bytes(32)
+    assert smt.EMPTY[1] == hashlib.sha256(b"\x01" + bytes(64)).digest()
+    assert len(smt.EMPTY) == 257 and smt.EMPTY_ROOT == smt.EMPTY[256]
+    assert smt.root({}.get) == smt.EMPTY_ROOT == reference_root(set())
+    assert smt.leaf_hash(b"\xaa" * 32) == hashlib.sha256(b"\x02" + b"\xaa" * 32).digest()
+
+
+def test_node_ids():
+    key = bytes([0b1011_0000]) + bytes(31)
+    assert smt.ROOT_ID == b"\x00\x00"
+    assert smt.node_id(key, 1) == b"\x00\x01" + bytes([0b1000_0000])
+    assert smt.node_id(key, 3) == b"\x00\x03" + bytes([0b1010_0000])
+    assert smt.sibling_id(key, 3) == b"\x00\x03" + bytes([0b1000_0000])
+    assert smt.node_id(key, 256) == b"\x01\x00" + key
+    assert smt.sibling_id(key, 256) == b"\x01\x00" + key[:31] + b"\x01"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(_keys, max_size=12), st.lists(_keys, max_size=4))
+def test_root_and_proofs_match_the_definition(members, others):
+    nodes = store_of(sorted(members))
+    root = smt.root(nodes.get)
+    assert root == reference_root(set(members))
+    # Insertion order does not matter, and a second insert changes nothing.
+    assert smt.root(store_of(sorted(members, reverse=True) + sorted(members)).get) == root
+    for key in members:
+        proof = smt.prove(nodes.get, key)
+        assert smt.root_from_proof(key, True, proof["bitmap"], proof["siblings"]) == root
+        assert smt.root_from_proof(key, False, proof["bitmap"], proof["siblings"]) != root
+    for key in others:
+        if key in members:
+            continue
+        proof = smt.prove(nodes.get, key)
+        assert smt.root_from_proof(key, False, proof["bitmap"], proof["siblings"]) == root
+        assert smt.root_from_proof(key, True, proof["bitmap"], proof["siblings"]) != root
+    # Only non-empty nodes are stored: exactly the distinct prefixes of members, leaves included.
+    prefixes = {smt.node_id(k, d) for k in members for d in range(smt.DEPTH + 1)}
+    assert set(nodes) == prefixes
+
+
+def test_removal_restores_the_previous_root():
+    keys = [hashlib.sha256(b"%d" % i).digest() for i in range(5)]
+    nodes = store_of(keys[:4])
+    before = smt.root(nodes.get)
+    for node_id, value in smt.update(nodes.get, keys[4], True):
+        nodes[node_id] = value
+    assert smt.root(nodes.get) != before
+    for node_id, value in smt.update(nodes.get, keys[4], False):
+        if value is None:
+            nodes.pop(node_id, None)
+        else:
+            nodes[node_id] = value
+    assert smt.root(nodes.get) == before and set(nodes) == set(store_of(keys[:4]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_bit_flip_of_a_proof_or_key_fails(data):
+    members = [hashlib.sha256(b"member %d" % i).digest() for i in range(9)]
+    nodes = store_of(members)
+    root = smt.root(nodes.get)
+    key = data.draw(st.sampled_from(members + [hashlib.sha256(b"absent").digest()]))
+    present = key in members
+    proof = smt.prove(nodes.get, key)
+    part = data.draw(st.sampled_from(["bitmap", "sibling", "key", "root"]))
+    bitmap, siblings = bytearray(proof["bitmap"]), list(proof["siblings"])
+    key_, root_ = bytearray(key), bytearray(root)
+    target = {"bitmap": bitmap, "key": key_, "root": root_}.get(part)
+    if part == "sibling":
+        i = data.draw(st.integers(0, len(siblings) - 1))
+        target = bytearray(siblings[i])
+    bit = data.draw(st.integers(0, 255))
+    target[bit // 8] ^= 1 << (bit % 8)
+    if part == "sibling":
+        siblings[i] = bytes(target)
+    for claimed in (present, not present):
+        try:
+            got = smt.root_from_proof(bytes(key_), claimed, bytes(bitmap), siblings)
+        except smt.ProofError:
+            continue
+        if part == "key":
+            # An absent key's proof may also show another absent key (same empty path): only the truth.
+            assert got != root or claimed == (bytes(key_) in members), (claimed, bytes(key_).hex())
+        else:
+            assert got != bytes(root_), claimed
+
+
+def test_malformed_proofs_are_refused_by_name():
+    members = [hashlib.sha256(b"member %d" % i).digest() for i in range(3)]
+    nodes = store_of(members)
+    proof = smt.prove(nodes.get, members[0])
+    bitmap, siblings = proof["bitmap"], proof["siblings"]
+    assert siblings, "three members give at least one non-empty sibling"
+    cases = [
+        (bitmap[:-1], siblings, "bitmap must be 32 bytes"),
+        ("x" * 32, siblings, "bitmap must be 32 bytes"),
+        (bitmap, tuple(siblings), "siblings must be a list"),
+        (bitmap, siblings + [bytes(32)], "differ from the bitmap"),
+        (bitmap, siblings[:-1], "differ from the bitmap"),
+        (bitmap, [b"short"] + siblings[1:], "not a 32-byte hash"),
+        (bitmap, [None] + siblings[1:], "not a 32-byte hash"),
+        (bitmap, [bytes(32)] * smt.DEPTH + [bytes(32)], "at most 256"),
+    ]
+    for bad_bitmap, bad_siblings, message in cases:
+        with pytest.raises(smt.ProofError, match=message):
+            smt.root_from_proof(members[0], True, bad_bitmap, bad_siblings)
+    # An empty sibling listed explicitly is refused: each proof has exactly one encoding.
+    all_set = b"\xff" * 32
+    with pytest.raises(smt.ProofError, match="empty subtree but is listed"):
+        smt.root_from_proof(members[0], True, all_set, list(smt.EMPTY[:256]))
+
+
+def test_results_hash_binds_both_parts():
+    a, b = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
+    from consensus import codec
+
+    assert smt.results_hash(a, b) == codec.sha256(codec.pack({"outcomes_hash": a, "revoked_root": b}))
+    assert smt.results_hash(a, b) != smt.results_hash(b, a)
