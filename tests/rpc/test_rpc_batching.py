@@ -1,0 +1,90 @@
+"""Answers of immediate methods to one read go out together: one send per read, split at
+reply_batch_bytes_max; a waiting method (submit) still runs in its own task."""
+
+from __future__ import annotations
+
+import msgpack
+import trio
+
+from rpc_helpers import TEST_LIMITS
+from node.rpc import RpcServer, _Connection, reply_batch_bytes_max
+
+
+class RecordingStream:
+    """A trio stream that hands out the given reads in turn, then end of stream, and records every send."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = list(reads)
+        self.sends: list[bytes] = []
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if not self.reads:
+            return b""
+        data = self.reads.pop(0)
+        assert max_bytes is None or len(data) <= max_bytes, "the test's read is larger than the server asks for"
+        return data
+
+    async def send_all(self, data) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sends.append(bytes(data))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _requests(count: int, first_msgid: int = 0) -> bytes:
+    return b"".join(msgpack.packb([0, first_msgid + i, "header", [1]]) for i in range(count))
+
+
+def _answers(sends: list[bytes]) -> list:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(b"".join(sends))
+    return list(unpacker)
+
+
+def _serve(node, reads: list[bytes]) -> RecordingStream:
+    stream = RecordingStream(reads)
+    server = RpcServer(node, TEST_LIMITS)
+
+    async def main():
+        with trio.fail_after(10):
+            await _Connection(server, stream).run()
+    trio.run(main)
+    return stream
+
+
+def test_answers_to_one_read_go_out_in_one_send_in_request_order(node):
+    stream = _serve(node, [_requests(5), _requests(3, first_msgid=5)])
+    assert len(stream.sends) == 2                              # one per read
+    answers = _answers(stream.sends)
+    assert [a[1] for a in answers] == list(range(8))           # immediate methods: request order
+    assert all(a[0] == 1 and a[2] is None for a in answers)
+
+
+def test_answers_beyond_the_batch_bound_are_split_at_it(node):
+    answer_bytes = len(_answers_one(node))
+    count = (reply_batch_bytes_max // answer_bytes) * 2 + 3     # a bit more than two batches' worth
+    data = _requests(count)
+    assert len(data) <= TEST_LIMITS.message_bytes_max          # still one read
+    stream = _serve(node, [data])
+    answers = _answers(stream.sends)
+    assert [a[1] for a in answers] == list(range(count))
+    assert len(stream.sends) == 3
+    for sent in stream.sends[:-1]:
+        # Flushed as soon as the gathered answers reach the bound, never one answer later.
+        assert reply_batch_bytes_max <= len(sent) < reply_batch_bytes_max + answer_bytes
+    assert len(stream.sends[-1]) < reply_batch_bytes_max
+
+
+def _answers_one(node) -> bytes:
+    stream = _serve(node, [_requests(1)])
+    assert len(stream.sends) == 1
+    return stream.sends[0]
+
+
+def test_bad_bytes_after_good_requests_answer_those_first_then_close(node):
+    stream = _serve(node, [_requests(2) + b"\xc1"])            # 0xc1 is never valid msgpack
+    answers = _answers(stream.sends)
+    assert [a[1] for a in answers[:2]] == [0, 1] and answers[0][2] is None
+    assert answers[2][1] is None and answers[2][2]["code"] == "parse-error"
