@@ -114,3 +114,17 @@ class Author:
 
 def commitment(n: int) -> bytes:
     return hashlib.sha256(b"test commitment %d" % n).digest()
+
+
+def reference_smt_root(keys: set[bytes], depth: int = 0) -> bytes:
+    """The revoked set's root by its definition (docs/PROTOCOL.md §3), recursively, with no stored nodes."""
+    from storage import smt
+
+    if not keys:
+        return smt.EMPTY[smt.DEPTH - depth]
+    if depth == smt.DEPTH:
+        (key,) = keys
+        return hashlib.sha256(b"\x02" + key).digest()
+    left = {k for k in keys if not (k[depth // 8] >> (7 - depth % 8)) & 1}
+    return hashlib.sha256(b"\x01" + reference_smt_root(left, depth + 1)
+                          + reference_smt_root(keys - left, depth + 1)).digest()

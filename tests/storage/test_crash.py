@@ -11,8 +11,8 @@ from pathlib import Path
 
 from storage import merkle
 from storage.ledger import Ledger, _U64
-from crash_writer import block_entries
-from storage_helpers import make_world
+from crash_writer import _commitment, block_entries
+from storage_helpers import make_world, reference_smt_root
 
 WRITER = Path(__file__).resolve().parent / "crash_writer.py"
 ROUNDS = 8
@@ -46,6 +46,9 @@ def check_boundary(world, path: Path) -> int:
         if tree.size:
             index = tree.size - 1
             assert store.inclusion_proof(index) == tree.inclusion_path(index)
+        # The revoked set (one revoke a block from height 2) is at the same boundary as the log.
+        revoked = {_commitment(h - 1, 0) for h in range(2, height + 1)}
+        assert store.revoked_root() == reference_smt_root(revoked)
         return height
     finally:
         store.close()

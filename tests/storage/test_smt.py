@@ -10,17 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from storage import smt
-
-
-def reference_root(keys: set[bytes], depth: int = 0) -> bytes:
-    """The definition of docs/PROTOCOL.md §3, recursively (no stored nodes, no shortcuts but E(h))."""
-    if not keys:
-        return smt.EMPTY[smt.DEPTH - depth]
-    if depth == smt.DEPTH:
-        (key,) = keys
-        return hashlib.sha256(b"\x02" + key).digest()
-    left = {k for k in keys if not (k[depth // 8] >> (7 - depth % 8)) & 1}
-    return hashlib.sha256(b"\x01" + reference_root(left, depth + 1) + reference_root(keys - left, depth + 1)).digest()
+from storage_helpers import reference_smt_root as reference_root
 
 
 def store_of(keys) -> dict[bytes, bytes]:
