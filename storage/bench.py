@@ -5,7 +5,9 @@
 Environment: N (commitments, default 1,000,000), BLOCK (entries per block,
 default 1,000), AUTHORS (participants committing, default 20), DIR (store
 directory; default a fresh temporary one, removed afterwards), PROOFS
-(inclusion proofs to time, default 20,000).
+(inclusion proofs to time, default 20,000), REVOKES (revoke entries added to each
+block after the first, each of a random earlier commitment, default 1: revokes are
+rare, but each updates one 256-node path of the revoked set).
 
 What is timed:
 - apply: for each block, `Ledger.execute` (what a replica does before voting)
@@ -16,7 +18,10 @@ What is timed:
   documents); sizes and bytes are those of real entries. Building entries and
   signing the 3 commit votes per block are not timed.
 - proofs: inclusion proofs for random leaves at the final tree size.
-- match proofs: `Ledger.match_proof` for random commitments (one, of a really signed entry, is verified).
+- match proofs: `Ledger.match_proof` for random commitments, with the status section (the
+  head's certificate and the commitment's path in the revoked set); one of a really signed
+  commit and one of a (really signed) revoked commitment are verified.
+- entries_per_s counts the N commitments only (the few revokes are applied on top).
 - bytes on disk per commitment: all files of the store after close and reopen (which turns
   LevelDB's write-ahead log into a compressed table), divided by N.
 - reopen: `Ledger.open` of the closed store.
@@ -86,6 +91,7 @@ class EntryFactory:
         self.signed_count = 0  # the first `signed_count` entries get real signatures (for the proof check)
         self.nonces = {p.id: 0 for p in genesis.participants}
         self.count = 0
+        self.revoked: list[int] = []
 
     def commitment(self, n: int) -> bytes:
         return hashlib.sha256(b"bench commitment %d" % n).digest()
@@ -106,6 +112,19 @@ class EntryFactory:
         else:
             signature = self.random.randbytes(64)
         return msgpack.packb({"body": body, "sigs": [{"by": author, "sig": signature}]}, use_bin_type=True)
+
+
+    def revoke(self, n: int) -> bytes:
+        """A really signed revoke of commitment n by its submitter."""
+        author, author_key, _ = self.authors[n % len(self.authors)]
+        self.nonces[author] += 1
+        body = codec.pack({
+            "author": author, "author_key": author_key, "chain_id": CHAIN_ID, "commitment": self.commitment(n),
+            "nonce": self.nonces[author], "reason": "bench", "time_ms": GENESIS_TIME_MS + self.count, "type": "revoke",
+        })
+        signature = codec.sign(self.author_keys[author], codec.DOMAIN_ENTRY, CHAIN_ID, body)
+        self.revoked.append(n)
+        return codec.pack({"body": body, "sigs": [{"by": author, "sig": signature}]})
 
 
 def certified_block(genesis: Genesis, validator_keys, ledger: Ledger, entries: list[bytes], time_ms: int):
@@ -134,7 +153,7 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
-def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
+def run(n: int, block: int, authors: int, proofs: int, directory: Path, revokes: int = 1) -> dict:
     genesis, validator_keys = make_genesis(authors)
     factory = EntryFactory(genesis)
     factory.signed_count = min(n, 100)
@@ -144,8 +163,18 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
     cpu_started = time.process_time()  # this process, LevelDB's compaction thread included
     height = 0
     reported = time.monotonic()
+    revoke_rng = random.Random(3)
+    revoked: set[int] = set()
     while factory.count < n:
         entries = [factory.next() for _ in range(min(block, n - factory.count))]
+        # Never the signed commitment 0 (its proof must stay a match), each commitment once.
+        candidates = factory.count - len(entries) - 1
+        for _ in range(min(revokes, max(0, candidates - len(revoked)))):
+            m = 1 if not revoked else revoke_rng.randrange(1, candidates + 1)  # 1 is really signed: verified
+            while m in revoked:
+                m = revoke_rng.randrange(1, candidates + 1)
+            revoked.add(m)
+            entries.append(factory.revoke(m))
         height += 1
         committed, executed_s, executed_thread_s = certified_block(
             genesis, validator_keys, ledger, entries, GENESIS_TIME_MS + height)
@@ -160,7 +189,7 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
                   f"{factory.count / apply_s:,.0f} entries/s", file=sys.stderr, flush=True)
     apply_cpu_s = time.process_time() - cpu_started
     size = ledger.tree_size()
-    assert size == n
+    assert size == n + len(factory.revoked)  # a revoke is a leaf of the log too
 
     rng = random.Random(2)
     leaves = [rng.randrange(size) for _ in range(proofs)]
@@ -177,6 +206,10 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
     match_s = time.perf_counter() - started
     verdict = verify_match_proof(ledger.match_proof(factory.commitment(0)), genesis, factory.commitment(0))
     assert verdict.status == "match", verdict
+    if factory.revoked:
+        gone = factory.commitment(factory.revoked[0])
+        verdict = verify_match_proof(ledger.match_proof(gone), genesis, gone)
+        assert verdict.status == "revoked", verdict
 
     root = ledger.tree_root()
     ledger.close()
@@ -187,7 +220,7 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
     ledger.close()
     # Measured after the reopen, which has turned LevelDB's write-ahead log into a compressed table.
     bytes_on_disk = directory_bytes(directory)
-    print(f"{n:,} commitments in {height:,} blocks: apply {apply_s:.1f} s (applying thread CPU {apply_thread_s:.1f} s; "
+    print(f"{n:,} commitments and {len(factory.revoked):,} revokes in {height:,} blocks: apply {apply_s:.1f} s (applying thread CPU {apply_thread_s:.1f} s; "
           f"process CPU {apply_cpu_s:.1f} s with entry building and LevelDB compaction), {proofs:,} proofs {proofs_s:.2f} s (CPU {proofs_cpu_s:.2f} s), "
           f"{match_count:,} match proofs {match_s:.2f} s, {bytes_on_disk:,} bytes on disk, reopen {reopen_s:.3f} s; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
@@ -201,6 +234,7 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path) -> dict:
         "entries_per_thread_cpu_s": round(n / apply_thread_s),
         "proofs_per_cpu_s": round(proofs / proofs_cpu_s),
         "n": n,
+        "revoked": len(factory.revoked),
         "block_entries": block,
     }
 
@@ -223,16 +257,17 @@ def main() -> int:
     block = _env_int("BLOCK", 1_000)
     authors = _env_int("AUTHORS", 20)
     proofs = _env_int("PROOFS", 20_000)
+    revokes = _env_int("REVOKES", 1, minimum=0)
     given = os.environ.get("DIR")
     if given:
         directory = Path(given)
         if directory.exists() and any(directory.iterdir()):
             raise SystemExit(f"DIR={given} exists and is not empty; the benchmark needs a fresh store")
-        figures = run(n, block, authors, proofs, directory)
+        figures = run(n, block, authors, proofs, directory, revokes)
     else:
         parent = tempfile.mkdtemp(prefix="bayledger-bench-")
         try:
-            figures = run(n, block, authors, proofs, Path(parent) / "ledger")
+            figures = run(n, block, authors, proofs, Path(parent) / "ledger", revokes)
         finally:
             shutil.rmtree(parent, ignore_errors=True)
     print(json.dumps(figures))

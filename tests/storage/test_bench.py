@@ -17,7 +17,8 @@ def test_bench_small_run_prints_json(tmp_path):
     for key in ("entries_per_s", "proofs_per_s", "bytes_per_commitment", "reopen_s"):
         assert figures[key] > 0, key
     assert figures["n"] == 2500
-    assert "commitments in 3 blocks" in done.stderr.decode()
+    assert figures["revoked"] == 2  # one revoke in each block after the first (REVOKES default)
+    assert "2,500 commitments and 2 revokes in 3 blocks" in done.stderr.decode()
 
 
 def test_bench_refuses_bad_settings(tmp_path):
