@@ -566,7 +566,7 @@ class Daemon:
     async def _drive(self) -> None:
         structlog.contextvars.bind_contextvars(view=self.view)
         tick_s = self.config.consensus.tick_interval_ms / 1000
-        self.carry_out(self.replica.on_tick(int(time.time() * 1000)))
+        await self.carry_out_many_off_loop([self.replica.on_tick(int(time.time() * 1000))])
         next_tick = trio.current_time() + tick_s
         while True:
             events = []
@@ -579,11 +579,13 @@ class Daemon:
                     events.append(self._events.receive_nowait())
                 except trio.WouldBlock:
                     break
-            if events:
-                await self.carry_out_many_off_loop([self._input(event) for event in events])
+            readies = [self._input(event) for event in events]
             if trio.current_time() >= next_tick:
-                self.carry_out(self.replica.on_tick(int(time.time() * 1000)))
+                # Fed after the events, as before, but carried out with them: one synced write.
+                readies.append(self.replica.on_tick(int(time.time() * 1000)))
                 next_tick = trio.current_time() + tick_s
+            if readies:
+                await self.carry_out_many_off_loop(readies)
             await trio.sleep(0)   # let readers, writers and the RPC server run between batches
 
     async def _poll_partition_file(self) -> None:

@@ -242,3 +242,83 @@ async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_w
     assert journal.index(("apply done", 1)) < journal.index(("woken", 1))
     assert journal.index(("apply done", 1)) < journal.index(("serve", "cn-2"))
     assert daemon.height == 1 and waiter_receipts[0]["status"] == "committed"
+
+
+# --- transport: queued frames written together --------------------------------------------------
+
+async def test_frames_sent_together_arrive_one_by_one_in_order():
+    """send_frames encrypts each frame on its own (same wire as send_frame each) in one write."""
+    from node.transport import handshake
+    from test_node_transport import CHAIN, FRAME_BYTES_MAX, _socket_pair, make_validators
+
+    keys, validators = make_validators()
+    left, right = await _socket_pair()
+    results = {}
+
+    async def side(name, stream, node_id):
+        results[name] = await handshake(stream, chain_id=CHAIN, node_id=node_id, signing_key=keys[node_id],
+                                        validators=validators, frame_bytes_max=FRAME_BYTES_MAX)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(side, "a", left, "v0")
+            nursery.start_soon(side, "b", right, "v1")
+        a, b = results["a"][1], results["b"][1]
+        writes = []
+        real_send_all = a.stream.send_all
+
+        async def counting_send_all(data):
+            writes.append(len(data))
+            await real_send_all(data)
+        a.stream.send_all = counting_send_all
+        await a.send_frames([b"one", b"two", b"three"])
+        await a.send_frame(b"four")
+        assert len(writes) == 2
+        assert [await b.receive_frame() for _ in range(4)] == [b"one", b"two", b"three", b"four"]
+
+
+async def test_write_loop_batches_at_its_bound_and_drops_only_an_oversized_frame(monkeypatch):
+    """Queued frames go out in writes of at most SEND_BATCH_BYTES_MAX plaintext bytes (at least one frame
+    each); a frame over the frame limit is refused alone and the others are still delivered in order."""
+    import node.transport as transport
+    from node.config import Address
+    from node.transport import FRAME_KIND_CONSENSUS, SecretConnection
+    from test_node_transport import FRAME_BYTES_MAX, make_network, make_validators, wait_for
+
+    monkeypatch.setattr(transport, "SEND_BATCH_BYTES_MAX", 1000)
+    batches = []
+    real_send_frames = SecretConnection.send_frames
+
+    async def recording_send_frames(self, plaintexts):
+        batches.append([len(p) for p in plaintexts])
+        await real_send_frames(self, plaintexts)
+    monkeypatch.setattr(SecretConnection, "send_frames", recording_send_frames)
+    keys, validators = make_validators()
+    in1_send, in1_recv = trio.open_memory_channel(64)
+    in0_send, _ = trio.open_memory_channel(64)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            net1 = make_network("v1", keys, validators, {"v0": None}, in1_send)
+            port1 = await nursery.start(net1.run)
+            net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", port1)}, in0_send,
+                                send_queue_frames_max=64)
+            await nursery.start(net0.run)
+            await wait_for(lambda: net0.connected_peers() == ["v1"])
+            await trio.sleep(0.05)        # the handshake frames are written
+            batches.clear()
+            payloads = [bytes([i]) * 300 for i in range(5)]
+            oversized = b"x" * FRAME_BYTES_MAX
+            for payload in payloads[:2]:
+                net0.send("v1", FRAME_KIND_CONSENSUS, payload)
+            net0.send("v1", FRAME_KIND_CONSENSUS, oversized)
+            for payload in payloads[2:]:
+                net0.send("v1", FRAME_KIND_CONSENSUS, payload)
+            received = [(await in1_recv.receive()).payload for _ in payloads]
+            assert received == payloads
+            await wait_for(lambda: not net0.slots["v1"].queue)
+            assert net0.slots["v1"].queued_bytes == 0
+            sent = [size for batch in batches for size in batch]
+            assert all(sum(batch) <= 1000 or len(batch) == 1 for batch in batches)
+            assert any(len(batch) > 1 for batch in batches)          # frames did go out together
+            assert net0.metrics.rejected_frames.get(label_value="oversized-outbound") == 1
+            assert len([s for s in sent if s < FRAME_BYTES_MAX]) >= len(payloads)
+            nursery.cancel_scope.cancel()
