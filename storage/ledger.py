@@ -69,7 +69,7 @@ node_cache_level_min = 5             # subtrees of >= 32 leaves stay in memory o
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
 group_cache_entries_max = 64         # recently rehashed 8-leaf groups
 nonce_window = 256                   # most recent nonces remembered per author (replay window)
-smt_cache_entries_max = 200_000      # revoked-set nodes (and known-empty ones) kept in memory
+smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) in memory, ~15 MB
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
 leveldb_write_buffer_bytes = 32 * 1024 * 1024  # also bounds the log replayed on open after a crash
@@ -734,27 +734,36 @@ class Ledger:
 
     def _status(self, commitment: bytes) -> dict:
         """The head's certified header, the two hashes under its results_hash, and commitment's SMT path."""
+        from .proofs import Encoded
+
         if self._status_cache is None or self._status_cache[0] != self._height:
             height = self._height
-            header, certificate = self.header(height), self.certificate(height)
-            assert header is not None and certificate is not None, "the applied head is stored"
+            header, certificate = self._stored_block_parts(height)
             self._status_cache = (height, {
-                "header": header.to_wire(), "certificate": certificate.to_wire(),
+                "header": Encoded(header), "certificate": Encoded(certificate),
                 "outcomes_hash": outcomes_hash(self.block_results(height)), "revoked_root": self.revoked_root(),
             })
         return {**self._status_cache[1], "revoked_path": self.revoked_proof(commitment)}
 
+    def _stored_block_parts(self, height: int) -> tuple[bytes, bytes]:
+        """Header and certificate bytes as stored: already canonical msgpack, so proofs copy them."""
+        header = self._db.get(_height_key(b"h", height)) if height > 0 else None
+        certificate = self._db.get(_height_key(b"c", height)) if height > 0 else None
+        assert header is not None and certificate is not None, f"block {height} is named but not stored"
+        return header, certificate
+
     def _proven_leaf(self, leaf_index: int, height: int) -> dict:
-        header = self.header(height)
-        certificate = self.certificate(height)
-        assert header is not None and certificate is not None, "commitment index names a missing block"
+        from .proofs import Encoded
+
+        header, certificate = self._stored_block_parts(height)
+        tree_size = msgpack.unpackb(header, raw=False)["tree_size"]
         return {
             "entry": self.entry(leaf_index),
             "leaf_index": leaf_index,
-            "tree_size": header.tree_size,
-            "inclusion_path": self.inclusion_proof(leaf_index, header.tree_size),
-            "header": header.to_wire(),
-            "certificate": certificate.to_wire(),
+            "tree_size": tree_size,
+            "inclusion_path": self.inclusion_proof(leaf_index, tree_size),
+            "header": Encoded(header),
+            "certificate": Encoded(certificate),
         }
 
     # -- execution and apply ------------------------------------------------------------------------
@@ -916,10 +925,11 @@ class Ledger:
         for record in execution.participants.values():
             self._participants[record.id] = record
         self._nonce_windows.update(execution.nonces)
-        if execution.smt_nodes:
+        if execution.smt_nodes:  # the cache must never hold a node's old value (absent ones included)
             if len(self._smt_cache) + len(execution.smt_nodes) > smt_cache_entries_max:
                 self._smt_cache.clear()
-            self._smt_cache.update(execution.smt_nodes)
+            if len(execution.smt_nodes) <= smt_cache_entries_max:
+                self._smt_cache.update(execution.smt_nodes)
         for key in [k for k, e in self._speculative.items() if e.height <= height]:
             del self._speculative[key]
 

@@ -98,17 +98,27 @@ def root(read: NodeReader) -> bytes:
     return EMPTY_ROOT if found is None else found
 
 
-def _siblings(read: NodeReader, key: bytes) -> list[bytes | None]:
-    """Siblings of key's path by depth (index d - 1 for depth d), None where empty.
+def _non_empty_siblings(read: NodeReader, key: bytes) -> list[tuple[int, bytes]]:
+    """(depth, hash) of the non-empty siblings of key's path, root side first.
 
     Top-down, so it stops reading as soon as the path itself leaves the set:
     below an empty node every sibling is empty (about 2 log2(n) reads for n members).
     """
-    found: list[bytes | None] = [None] * DEPTH
+    found = []
     for depth in range(1, DEPTH + 1):
         if read(node_id(key, depth - 1)) is None:
             break
-        found[depth - 1] = read(sibling_id(key, depth))
+        sibling = read(sibling_id(key, depth))
+        if sibling is not None:
+            found.append((depth, sibling))
+    return found
+
+
+def _siblings(read: NodeReader, key: bytes) -> list[bytes | None]:
+    """Siblings of key's path by depth (index d - 1 for depth d), None where empty."""
+    found: list[bytes | None] = [None] * DEPTH
+    for depth, sibling in _non_empty_siblings(read, key):
+        found[depth - 1] = sibling
     return found
 
 
@@ -135,14 +145,12 @@ def update(read: NodeReader, key: bytes, present: bool) -> list[tuple[bytes, byt
 def prove(read: NodeReader, key: bytes) -> dict:
     """{"bitmap": bin 32, "siblings": [bin 32, ...]} for key, membership or not (see the module docstring)."""
     assert len(key) == KEY_BYTES, "SMT keys are 32 bytes"
-    siblings = _siblings(read, key)
     bitmap = bytearray(BITMAP_BYTES)
     listed = []
-    for height in range(DEPTH):
-        sibling = siblings[DEPTH - 1 - height]
-        if sibling is not None:
-            bitmap[height >> 3] |= 1 << (height & 7)
-            listed.append(sibling)
+    for depth, sibling in reversed(_non_empty_siblings(read, key)):  # leaf side first
+        height = DEPTH - depth
+        bitmap[height >> 3] |= 1 << (height & 7)
+        listed.append(sibling)
     return {"bitmap": bytes(bitmap), "siblings": listed}
 
 

@@ -278,3 +278,25 @@ def test_cli_prints_not_revoked_as_of(world, served, capsys):
     verdict = verify_match_proof(served.match_proof(commitment(3)), world.genesis, commitment(3), now_ms=0)
     assert _print_verdict(verdict, commitment(3)) == 1
     assert capsys.readouterr().out.startswith("REVOKED")
+
+
+@pytest.mark.parametrize("limit", [1, 257, 258, 600])
+def test_smt_cache_limit_edge(world, ledger, monkeypatch, limit):
+    """The in-memory node cache never exceeds smt_cache_entries_max (a revoke writes 257 nodes: at,
+    below and above that), and whatever it drops, roots and proofs stay those of the stored set."""
+    from storage import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "smt_cache_entries_max", limit)
+    author = Author(world, "hk-bureau")
+    ledger.apply_block(next_block(world, ledger, [author.commit(commitment(i)) for i in range(6)]))
+    revoked: set[bytes] = set()
+    for batch in ([1], [2, 3], [4]):
+        ledger.apply_block(next_block(world, ledger, [author.revoke(commitment(i)) for i in batch]))
+        revoked |= {commitment(i) for i in batch}
+        assert len(ledger._smt_cache) <= limit
+        assert ledger.revoked_root() == reference_smt_root(revoked)
+        for n in (0, 1, 5):
+            expected = "revoked" if commitment(n) in revoked else "match"
+            assert verify_match_proof(ledger.match_proof(commitment(n)), world.genesis, commitment(n),
+                                      now_ms=0).status == expected
+            assert len(ledger._smt_cache) <= limit
