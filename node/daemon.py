@@ -7,7 +7,11 @@ Tasks (all in one nursery, cancelled together on SIGTERM/SIGINT):
   client requests from that channel, and clock ticks every tick_interval_ms,
   and carries out each Ready in the contract order of
   docs/INTERNALS.md: persist (one synced batch) -> on_persisted -> send ->
-  apply committed blocks -> serve catch-up -> log evidence and rejections;
+  apply committed blocks -> serve catch-up -> log evidence and rejections.
+  The Readies of everything drained in one wake-up share one synced write, and
+  the synced writes (consensus state and block apply) run in a worker thread
+  that the driver awaits: the order is unchanged, but readers and the RPC
+  server keep running during the fsync (RPC reads wait for `ledger_quiet`);
 - the RPC server (node.rpc, when present) and the metrics server;
 - the fault-injection poller, only when `testing.fault_injection` is on.
 
