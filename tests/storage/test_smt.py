@@ -151,3 +151,34 @@ def test_results_hash_binds_both_parts():
 
     assert smt.results_hash(a, b) == codec.sha256(codec.pack({"outcomes_hash": a, "revoked_root": b}))
     assert smt.results_hash(a, b) != smt.results_hash(b, a)
+
+
+def doc_root_from_proof(c: bytes, present: bool, bitmap: bytes, siblings: list[bytes]) -> bytes:
+    """The verification of docs/PROTOCOL.md §3 written from its text alone, as a client would."""
+    empty = [bytes(32)]
+    for _ in range(256):
+        empty.append(hashlib.sha256(b"\x01" + empty[-1] + empty[-1]).digest())
+    running = hashlib.sha256(b"\x02" + c).digest() if present else empty[0]
+    listed = iter(siblings)
+    for h in range(256):
+        s = next(listed) if (bitmap[h // 8] >> (h % 8)) & 1 else empty[h]
+        bit = (int.from_bytes(c, "big") >> h) & 1  # bit 255 - h counted from the top = bit h from the bottom
+        running = hashlib.sha256(b"\x01" + (s + running if bit else running + s)).digest()
+    return running
+
+
+def test_the_documented_algorithm_and_example_agree_with_the_code():
+    first = hashlib.sha256(b"first").digest()
+    ours = bytes.fromhex("385bc6a005ae2ad1c0e60b3eec64735bafa37e37d6add85351ec8db37c99fd06")  # PROTOCOL.md §7
+    nodes = store_of([first])
+    root = smt.root(nodes.get)
+    assert root == reference_root({first})
+    proof = smt.prove(nodes.get, ours)
+    assert proof["bitmap"] == bytes(31) + b"\x80" and len(proof["siblings"]) == 1
+    assert doc_root_from_proof(ours, False, proof["bitmap"], proof["siblings"]) == root
+    members = [hashlib.sha256(b"m %d" % i).digest() for i in range(20)] + [bytes(31) + bytes([i]) for i in range(4)]
+    nodes = store_of(members)
+    root = smt.root(nodes.get)
+    for key in members[::5] + [hashlib.sha256(b"absent").digest(), bytes(31) + b"\x07"]:
+        proof = smt.prove(nodes.get, key)
+        assert doc_root_from_proof(key, key in members, proof["bitmap"], proof["siblings"]) == root
