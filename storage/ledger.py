@@ -18,8 +18,10 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
     p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
     w<author>                      replay window of an author (participant id or "governance"):
                                    msgpack array of its most recent nonces, ascending; see NonceWindow
-    r<depth:2><prefix>             revoked-set SMT node (storage/smt.py node id): its 32-byte hash;
-                                   only non-empty nodes are stored, the root is r\x00\x00
+    r<depth:2><prefix>             revoked-set SMT node (storage/smt.py node id): its 32-byte hash if
+                                   two or more revoked commitments lie below it, hash || commitment
+                                   (64 bytes) for the highest node with one below it; empty nodes and
+                                   those under a one-commitment node are not stored; root: r\x00\x00
     x<key>                         the consensus replica's persisted state (opaque to storage)
 
 A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
@@ -366,9 +368,9 @@ class Execution:
             if author != GOVERNANCE_AUTHOR and author != submitter:
                 return "not-submitter"
             self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, leaf, self.height, submitter)
-            # One path of the revoked set (257 nodes), in this block's overlay: backups executing
-            # speculatively compute the same root as the store will after apply.
-            self.smt_nodes.update(smt.update(self.smt_node, commitment, True))
+            # One path of the revoked set (about log2(n) + 2 stored nodes), in this block's overlay:
+            # backups executing speculatively compute the same root as the store will after apply.
+            self.smt_nodes.update(smt.update(self.smt_node, commitment))
         elif kind == "admit":
             p = fields["participant"]
             existing = self.participant(p.id)

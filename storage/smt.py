@@ -23,12 +23,17 @@ encoding.
 
 Nodes are named by (depth, path prefix): depth 0 is the root, 256 a leaf; the
 node id is depth (2 bytes, big-endian) || the first ceil(depth / 8) bytes of
-any key below it, with the bits past `depth` zero. Stores keep only non-empty
-nodes (see storage/ledger.py, prefix `r`).
+any key below it, with the bits past `depth` zero. A store (storage/ledger.py,
+prefix `r`) keeps a node with two or more members below it as its hash (32
+bytes), and the highest node with exactly ONE member below it as hash || that
+member (64 bytes); empty nodes and the descendants of a one-member node are not
+stored (they follow from the member). So a revoke writes about log2(n) + 2
+nodes for n revoked, and a proof reads about 2 log2(n).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Callable, Iterable
 
@@ -37,6 +42,7 @@ from consensus import codec
 DEPTH = 256
 KEY_BYTES = 32
 BITMAP_BYTES = DEPTH // 8
+single_chain_cache_keys_max = 256  # members whose 257-hash chains stay in memory (~17 KB each)
 _TAG_NODE = b"\x01"
 _TAG_LEAF = b"\x02"
 
@@ -95,59 +101,98 @@ ROOT_ID = node_id(bytes(KEY_BYTES), 0)
 
 def root(read: NodeReader) -> bytes:
     found = read(ROOT_ID)
-    return EMPTY_ROOT if found is None else found
+    return EMPTY_ROOT if found is None else found[:32]
 
 
-def _non_empty_siblings(read: NodeReader, key: bytes) -> list[tuple[int, bytes]]:
-    """(depth, hash) of the non-empty siblings of key's path, root side first.
+@functools.lru_cache(maxsize=single_chain_cache_keys_max)
+def _single_chain(key: bytes) -> tuple[bytes, ...]:
+    """Hashes of the subtrees of height 0..256 on key's path that hold key alone (256 hashes, cached)."""
+    chain = [leaf_hash(key)]
+    for height in range(DEPTH):
+        below = chain[-1]
+        if key_bit(key, DEPTH - 1 - height):
+            chain.append(node_hash(EMPTY[height], below))
+        else:
+            chain.append(node_hash(below, EMPTY[height]))
+    return tuple(chain)
 
-    Top-down, so it stops reading as soon as the path itself leaves the set:
-    below an empty node every sibling is empty (about 2 log2(n) reads for n members).
+
+def single_hash(key: bytes, depth: int) -> bytes:
+    """Hash of the node at `depth` on key's path when key is the only member below it."""
+    return _single_chain(key)[DEPTH - depth]
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """Index of the first bit (most significant first) where two different keys differ."""
+    x = int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+    return DEPTH - x.bit_length()
+
+
+def _walk(read: NodeReader, key: bytes) -> tuple[list[tuple[int, bytes]], int, bytes | None]:
+    """Follow key's path down through nodes with >= 2 members.
+
+    Returns the non-empty siblings met, as (depth, hash), root side first; the
+    depth where the path ends; and, if it ends at a node holding ONE member,
+    that member's key (None if the path ends at an empty subtree). About
+    2 log2(n) reads for n members.
     """
     found = []
-    for depth in range(1, DEPTH + 1):
-        if read(node_id(key, depth - 1)) is None:
-            break
+    depth = 0
+    node = read(ROOT_ID)
+    while node is not None and len(node) == 32:  # >= 2 members below: go on
+        depth += 1
         sibling = read(sibling_id(key, depth))
         if sibling is not None:
-            found.append((depth, sibling))
-    return found
+            found.append((depth, sibling[:32]))
+        node = read(node_id(key, depth))
+    return found, depth, None if node is None else node[32:]
 
 
-def _siblings(read: NodeReader, key: bytes) -> list[bytes | None]:
-    """Siblings of key's path by depth (index d - 1 for depth d), None where empty."""
-    found: list[bytes | None] = [None] * DEPTH
-    for depth, sibling in _non_empty_siblings(read, key):
-        found[depth - 1] = sibling
-    return found
+def update(read: NodeReader, key: bytes) -> list[tuple[bytes, bytes]]:
+    """The stored-node changes that put `key` in the set, (node id, value), deepest first (none if it is in).
 
-
-def update(read: NodeReader, key: bytes, present: bool) -> list[tuple[bytes, bytes | None]]:
-    """The node changes that put `key` in (present) or out of the set: (node id, hash or None to delete),
-    leaf first, root last (257 of them)."""
+    Values: a 32-byte hash for a node with >= 2 members below; hash || member key
+    (64 bytes) for the highest node holding ONE member, whose descendants are not
+    stored. The hashes are those of the full 256-deep tree (module docstring);
+    only the storage is compact: a revoke stores about log2(n) + 2 nodes, not 257.
+    """
     assert len(key) == KEY_BYTES, "SMT keys are 32 bytes"
-    siblings = _siblings(read, key)
-    current = leaf_hash(key) if present else EMPTY[0]
-    changes = [(node_id(key, DEPTH), current if present else None)]
-    for height in range(DEPTH):
-        depth = DEPTH - height
-        sibling = siblings[depth - 1]
-        if sibling is None:
-            sibling = EMPTY[height]
-        if key_bit(key, depth - 1):
-            current = node_hash(sibling, current)
-        else:
-            current = node_hash(current, sibling)
-        changes.append((node_id(key, depth - 1), None if current == EMPTY[height + 1] else current))
+    siblings, depth, single = _walk(read, key)
+    if single == key:
+        return []
+    changes = []
+    if single is None:  # the path ends at an empty subtree: key alone below `depth`
+        current = single_hash(key, depth)
+        changes.append((node_id(key, depth), current + key))
+    else:  # a node holding one other member: both part at bit `split`, each alone below it
+        split = _first_difference(key, single)
+        assert split >= depth, "a node's members share its path"
+        mine, theirs = single_hash(key, split + 1), single_hash(single, split + 1)
+        changes.append((node_id(key, split + 1), mine + key))
+        changes.append((node_id(single, split + 1), theirs + single))
+        current = node_hash(theirs, mine) if key_bit(key, split) else node_hash(mine, theirs)
+        changes.append((node_id(key, split), current))
+        for d in range(split, depth, -1):  # same path for both down to the split: empty siblings
+            current = node_hash(EMPTY[DEPTH - d], current) if key_bit(key, d - 1) else node_hash(current, EMPTY[DEPTH - d])
+            changes.append((node_id(key, d - 1), current))
+    met = dict(siblings)
+    for d in range(depth, 0, -1):
+        sibling = met.get(d, EMPTY[DEPTH - d])
+        current = node_hash(sibling, current) if key_bit(key, d - 1) else node_hash(current, sibling)
+        changes.append((node_id(key, d - 1), current))
     return changes
 
 
 def prove(read: NodeReader, key: bytes) -> dict:
     """{"bitmap": bin 32, "siblings": [bin 32, ...]} for key, membership or not (see the module docstring)."""
     assert len(key) == KEY_BYTES, "SMT keys are 32 bytes"
+    siblings, depth, single = _walk(read, key)
+    if single is not None and single != key:  # one other member below: its subtree is a sibling where they part
+        split = _first_difference(key, single)
+        siblings.append((split + 1, single_hash(single, split + 1)))
     bitmap = bytearray(BITMAP_BYTES)
     listed = []
-    for depth, sibling in reversed(_non_empty_siblings(read, key)):  # leaf side first
+    for depth, sibling in reversed(siblings):  # leaf side first
         height = DEPTH - depth
         bitmap[height >> 3] |= 1 << (height & 7)
         listed.append(sibling)
@@ -185,14 +230,10 @@ def root_from_proof(key: bytes, present: bool, bitmap: object, siblings: object)
 
 
 def root_of(keys: Iterable[bytes]) -> bytes:
-    """The root of a set, computed from scratch (for tests and cross-checks; O(n * 256))."""
+    """The root of a set, computed from scratch (for tests and cross-checks)."""
     nodes: dict[bytes, bytes] = {}
     for key in keys:
-        for nid, value in update(nodes.get, key, True):
-            if value is None:
-                nodes.pop(nid, None)
-            else:
-                nodes[nid] = value
+        nodes.update(update(nodes.get, key))
     return root(nodes.get)
 
 

@@ -108,8 +108,7 @@ def build() -> dict[str, bytes]:
     # SHA-256("first"), its leaf, its root, and the proof that our commitment is NOT in it.
     first = hashlib.sha256(b"first").digest()
     nodes: dict[bytes, bytes] = {}
-    for node_id, value in smt.update(nodes.get, first, True):
-        nodes[node_id] = value
+    nodes.update(smt.update(nodes.get, first))
     out["smt_first_leaf"] = smt.leaf_hash(first)
     out["smt_one_root"] = smt.root(nodes.get)
     absence = smt.prove(nodes.get, out["commitment"])

@@ -128,3 +128,19 @@ def reference_smt_root(keys: set[bytes], depth: int = 0) -> bytes:
     left = {k for k in keys if not (k[depth // 8] >> (7 - depth % 8)) & 1}
     return hashlib.sha256(b"\x01" + reference_smt_root(left, depth + 1)
                           + reference_smt_root(keys - left, depth + 1)).digest()
+
+
+def expected_smt_store(keys) -> dict[bytes, int]:
+    """Node id -> value length the compact SMT store must hold for a set (storage/smt.py docstring):
+    the nodes with >= 2 members below (32 bytes) and, per member, the highest node with it alone (64)."""
+    from storage import smt
+
+    keys = list(keys)
+    expected: dict[bytes, int] = {}
+    for key in keys:
+        shared = max((smt.DEPTH - (int.from_bytes(key, "big") ^ int.from_bytes(other, "big")).bit_length()
+                      for other in keys if other != key), default=-1)  # longest common prefix, in bits
+        for depth in range(shared + 1):
+            expected[smt.node_id(key, depth)] = 32
+        expected[smt.node_id(key, shared + 1)] = 64
+    return expected

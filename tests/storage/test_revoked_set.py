@@ -11,7 +11,7 @@ from consensus import codec
 from storage import entries, proofs, smt
 from storage.ledger import Ledger, outcomes_hash
 from storage.proofs import verify_match_proof
-from storage_helpers import Author, commitment, make_world, next_block, reference_smt_root
+from storage_helpers import Author, commitment, expected_smt_store, make_world, next_block, reference_smt_root
 
 
 def _stored_smt_ids(store: Ledger) -> set[bytes]:
@@ -41,8 +41,8 @@ def test_results_hash_commits_to_the_revoked_set(world, ledger, tmp_path):
         header = ledger.head()
         assert header.results_hash == smt.results_hash(outcomes_hash(ledger.block_results(header.height)), root)
     assert ledger.block_results(3)[1:] == ["already-revoked", "unknown-commitment"]
-    # Exactly the non-empty nodes are stored: every prefix of every revoked commitment, leaves included.
-    assert _stored_smt_ids(ledger) == {smt.node_id(c, d) for c in revoked for d in range(smt.DEPTH + 1)}
+    # The compact store: nodes with >= 2 revoked below, and each revoked one's highest node alone.
+    assert _stored_smt_ids(ledger) == set(expected_smt_store(revoked))
     # Reopened (cold caches), the root is read back and a further revoke builds on it.
     ledger.close()
     store = Ledger.open(tmp_path / "ledger", world.genesis)
@@ -280,10 +280,10 @@ def test_cli_prints_not_revoked_as_of(world, served, capsys):
     assert capsys.readouterr().out.startswith("REVOKED")
 
 
-@pytest.mark.parametrize("limit", [1, 257, 258, 600])
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 600])
 def test_smt_cache_limit_edge(world, ledger, monkeypatch, limit):
-    """The in-memory node cache never exceeds smt_cache_entries_max (a revoke writes 257 nodes: at,
-    below and above that), and whatever it drops, roots and proofs stay those of the stored set."""
+    """The in-memory node cache never exceeds smt_cache_entries_max (blocks here write 1 to a few
+    nodes: limits at, below and above that), and whatever it drops, roots and proofs stay right."""
     from storage import ledger as ledger_module
 
     monkeypatch.setattr(ledger_module, "smt_cache_entries_max", limit)

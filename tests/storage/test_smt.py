@@ -10,17 +10,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from storage import smt
-from storage_helpers import reference_smt_root as reference_root
+from storage_helpers import expected_smt_store, reference_smt_root as reference_root
 
 
 def store_of(keys) -> dict[bytes, bytes]:
     nodes: dict[bytes, bytes] = {}
     for key in keys:
-        for node_id, value in smt.update(nodes.get, key, True):
-            if value is None:
-                nodes.pop(node_id, None)
-            else:
-                nodes[node_id] = value
+        nodes.update(smt.update(nodes.get, key))
     return nodes
 
 
@@ -68,24 +64,25 @@ def test_root_and_proofs_match_the_definition(members, others):
         proof = smt.prove(nodes.get, key)
         assert smt.root_from_proof(key, False, proof["bitmap"], proof["siblings"]) == root
         assert smt.root_from_proof(key, True, proof["bitmap"], proof["siblings"]) != root
-    # Only non-empty nodes are stored: exactly the distinct prefixes of members, leaves included.
-    prefixes = {smt.node_id(k, d) for k in members for d in range(smt.DEPTH + 1)}
-    assert set(nodes) == prefixes
+    # The compact store: nodes with >= 2 members below, and the highest node of each member alone.
+    assert {nid: len(v) for nid, v in nodes.items()} == expected_smt_store(members)
+    for nid, value in nodes.items():
+        if len(value) == 64:
+            depth = int.from_bytes(nid[:2], "big")
+            assert value == smt.single_hash(value[32:], depth) + value[32:] and smt.node_id(value[32:], depth) == nid
 
 
-def test_removal_restores_the_previous_root():
-    keys = [hashlib.sha256(b"%d" % i).digest() for i in range(5)]
-    nodes = store_of(keys[:4])
-    before = smt.root(nodes.get)
-    for node_id, value in smt.update(nodes.get, keys[4], True):
-        nodes[node_id] = value
-    assert smt.root(nodes.get) != before
-    for node_id, value in smt.update(nodes.get, keys[4], False):
-        if value is None:
-            nodes.pop(node_id, None)
-        else:
-            nodes[node_id] = value
-    assert smt.root(nodes.get) == before and set(nodes) == set(store_of(keys[:4]))
+def test_reinserting_a_member_changes_nothing_and_singles_split():
+    a = bytes(32)
+    b = bytes(31) + b"\x01"  # differs from a only in the very last bit: they part at depth 256
+    nodes = store_of([a])
+    assert nodes == {smt.ROOT_ID: smt.single_hash(a, 0) + a} and smt.update(nodes.get, a) == []
+    nodes.update(smt.update(nodes.get, b))
+    assert smt.root(nodes.get) == reference_root({a, b})
+    assert len(nodes) == 256 + 2 and len(nodes[smt.node_id(a, 256)]) == 64 == len(nodes[smt.node_id(b, 256)])
+    for key in (a, b, bytes(31) + b"\x02"):
+        proof = smt.prove(nodes.get, key)
+        assert smt.root_from_proof(key, key in (a, b), proof["bitmap"], proof["siblings"]) == smt.root(nodes.get)
 
 
 @settings(max_examples=200, deadline=None)
