@@ -29,14 +29,29 @@ class EncodingError(ValueError):
     """Bytes that are not canonical Bayledger msgpack, or a value that cannot be encoded."""
 
 
+# Types msgpack packs as they are; checked by exact type first because this runs on every message.
+_SCALAR_TYPES = frozenset({bytes, str, int, bool, type(None)})
+
+
 def _canonicalize(value: Any) -> Any:
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value
+    if kind is list or kind is tuple:
+        return [v if type(v) in _SCALAR_TYPES else _canonicalize(v) for v in value]
+    if kind is dict:
+        keys = list(value)
+        for key in keys:
+            if type(key) is not str:
                 raise EncodingError(f"map key {key!r} is not a string")
-        return {k: _canonicalize(value[k]) for k in sorted(value, key=lambda k: k.encode())}
+        # Python compares str by code point, which orders the same as UTF-8 bytes.
+        keys.sort()
+        return {k: (value[k] if type(value[k]) in _SCALAR_TYPES else _canonicalize(value[k])) for k in keys}
+    # Subclasses (IntEnum, OrderedDict, bytearray, ...) take the slow, general path.
+    if isinstance(value, dict):
+        return _canonicalize(dict(value))
     if isinstance(value, (list, tuple)):
-        return [_canonicalize(v) for v in value]
+        return _canonicalize(list(value))
     if isinstance(value, bool) or value is None or isinstance(value, (int, str, bytes)):
         return value
     if isinstance(value, (bytearray, memoryview)):

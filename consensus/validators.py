@@ -38,6 +38,7 @@ class ValidatorSet:
     validators: tuple[Validator, ...]
     min_signers_per_jurisdiction: int = 1
     _by_id: dict = field(init=False, repr=False, compare=False)
+    _hash: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         if not self.validators:
@@ -132,4 +133,6 @@ class ValidatorSet:
 
     def hash(self) -> bytes:
         """SHA-256 of the canonical msgpack of `to_wire()`; carried in every header."""
-        return codec.sha256(codec.pack(self.to_wire()))
+        if not self._hash:  # computed once: the set is immutable and every header check asks
+            object.__setattr__(self, "_hash", codec.sha256(codec.pack(self.to_wire())))
+        return self._hash

@@ -59,3 +59,20 @@ def test_signature_is_bound_to_domain_and_chain():
     assert not codec.verify(public, sig, codec.DOMAIN_COMMIT, "chain-a", b"payloae")
     assert not codec.verify(public[:31], sig, codec.DOMAIN_COMMIT, "chain-a", b"payload")
     assert not codec.verify(public, sig[:63], codec.DOMAIN_COMMIT, "chain-a", b"payload")
+
+
+@given(st.dictionaries(st.text(max_size=6), st.none(), min_size=2, max_size=8))
+def test_keys_are_ordered_by_their_utf8_bytes(mapping):
+    decoded = codec.unpack(codec.pack(mapping))
+    assert list(decoded) == sorted(mapping, key=lambda k: k.encode())
+
+
+def test_subclasses_take_the_general_path():
+    import collections
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 7
+
+    ordered = collections.OrderedDict([("b", Level.HIGH), ("a", bytearray(b"x"))])
+    assert codec.pack(ordered) == codec.pack({"a": b"x", "b": 7})
