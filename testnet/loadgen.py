@@ -302,13 +302,9 @@ async def run(plan: dict) -> dict:
 
     # Match proofs against one node, for commitments committed above.
     report["match_per_s"] = None
-    try:
-        queries = build_match_queries(plan, committed_commitments,
-                                      min(int(plan.get("match_ceiling_per_s", 30_000) * phase["match"]),
-                                          match_queries_max))
-    except NotImplementedError as exc:
-        report["match_error"] = str(exc)
-        queries = []
+    queries = build_match_queries(plan, committed_commitments,
+                                  min(int(plan.get("match_ceiling_per_s", 30_000) * phase["match"]),
+                                      match_queries_max))
     if queries:
         lanes = [queries[i::connections] for i in range(connections)]
         match = await closed_loop("match", [plan["match_rpc"]], lanes, _accept_match, phase["match"], window)
