@@ -258,7 +258,7 @@ class Execution:
         self.frontier = frontier
         self.new_nodes: list[tuple[int, int, bytes]] = []
         self.header_hash: bytes | None = None  # learnt when a child names this block as its parent
-        self.smt_nodes: dict[bytes, bytes | None] = {}  # revoked-set nodes this block changed (None: now empty)
+        self.smt_nodes: dict[bytes, bytes] = {}  # revoked-set nodes this block wrote (smt.update values)
         self.revoked_root: bytes | None = None  # after run()
 
     # Reads fall through to the parent.
@@ -410,7 +410,7 @@ class Ledger:
         self._edge_cache: tuple[merkle.Frontier, dict] | None = None
         self._frontier_source: tuple | None = None
         self._speculative: dict[tuple, Execution] = {}
-        self._smt_cache: dict[bytes, bytes | None] = {}  # revoked-set nodes as stored (None: empty)
+        self._smt_cache: dict[bytes, bytes | None] = {}  # revoked-set nodes as stored (None: not stored)
         self._status_cache: tuple | None = None  # (height, status section without the path) for match proofs
         self._store_view = _StoreView(self)
         self._height = _U64.unpack(db.get(b"mheight"))[0]
@@ -599,7 +599,7 @@ class Ledger:
     # -- the revoked set (sparse Merkle tree, storage/smt.py) ----------------------------------------
 
     def _smt_node(self, node_id: bytes) -> bytes | None:
-        """A node of the applied revoked set, None if its subtree is empty (absent nodes are cached too)."""
+        """A stored node of the applied revoked set (smt.py), None if not stored (absent ones are cached too)."""
         cache = self._smt_cache
         try:
             return cache[node_id]
@@ -905,10 +905,7 @@ class Ledger:
         for author, window in execution.nonces.items():
             put(b"w" + author.encode(), window.encode())
         for node_id, node in execution.smt_nodes.items():
-            if node is None:
-                batch.delete(b"r" + node_id)
-            else:
-                put(b"r" + node_id, node)
+            put(b"r" + node_id, node)
         block_record = [
             result if isinstance(result, int) else [result, data]
             for result, data in zip(execution.results, execution.entries)

@@ -2,7 +2,7 @@
 
 Every possible 32-byte commitment c has a leaf, reached from the root by c's
 bits, most significant bit of c[0] first (bit 0 = left). The tree holds the
-commitments that have been revoked (docs/PROTOCOL.md §5):
+commitments that have been revoked (docs/PROTOCOL.md §3):
 
     E(0)       = 32 zero bytes                       an empty leaf
     E(h + 1)   = SHA-256(0x01 || E(h) || E(h))       an empty subtree of height h + 1
@@ -61,7 +61,7 @@ def _empty_hashes() -> tuple[bytes, ...]:
 EMPTY: tuple[bytes, ...] = _empty_hashes()  # EMPTY[h]: an empty subtree of height h
 EMPTY_ROOT = EMPTY[DEPTH]
 
-NodeReader = Callable[[bytes], "bytes | None"]  # node id -> hash, None for an empty subtree
+NodeReader = Callable[[bytes], "bytes | None"]  # node id -> stored value (32 or 64 bytes), None if not stored
 
 
 def leaf_hash(commitment: bytes) -> bytes:
