@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import importlib
 import signal
 import sys
@@ -691,6 +692,10 @@ def run_daemon(config: NodeConfig) -> int:
     except StartupError as exc:
         log.error("cannot start", reason=str(exc))
         return EXIT_ENVIRONMENT
+    # Full collections paused a loaded node 15-55 ms each (measured with gc.callbacks), mostly
+    # scanning start-up objects that live as long as the process: keep those out of every collection.
+    gc.collect()
+    gc.freeze()
     try:
         trio.run(_serve_until_signal, daemon)
     except (OSError, BaseExceptionGroup) as exc:
