@@ -45,7 +45,7 @@ SUBMIT_WAIT_MS_DEFAULT = 30_000
 response_bytes_max = 64 * 1024 * 1024   # a block of many entries is the largest answer
 read_chunk_bytes = 65_536
 msgid_max = 2**32 - 1
-QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/RPC.md)
+QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/PROTOCOL.md §8)
 
 
 class ClientError(Exception):

@@ -13,7 +13,7 @@ completes, so responses can come in any order (match them by msgid). Every
 bound is an `RpcLimits` field. A message that cannot be parsed (the stream is
 out of step) or is larger than `message_bytes_max` is answered with an error
 whose msgid is nil, then the connection is closed; anything else that is wrong
-gets an error response and the connection stays open. See docs/RPC.md.
+gets an error response and the connection stays open. See docs/PROTOCOL.md §8.
 
 Read-only methods read `api.ledger` (storage.ledger.Ledger) directly, in the
 daemon's own trio thread (LevelDB point reads are short); `submit` goes to
@@ -47,7 +47,7 @@ QUERY_TYPE = "match-query"
 QUERY_FIELDS = frozenset(("type", "chain_id", "participant", "participant_key", "commitment", "nonce", "time_ms"))
 query_bytes_max = 1024              # a signed query is ~250 bytes
 
-# Stable error codes (docs/RPC.md lists what each means).
+# Stable error codes (docs/PROTOCOL.md §8 lists what each means).
 ERROR_PARSE = "parse-error"
 ERROR_TOO_LARGE = "message-too-large"
 ERROR_INVALID_REQUEST = "invalid-request"
@@ -135,7 +135,7 @@ class MatchQuery:
 
 
 def decode_query(data: Any, chain_id: str) -> MatchQuery:
-    """Parse and check the signature of a signed match query (see docs/RPC.md); raise ApiError."""
+    """Parse and check the signature of a signed match query (see docs/PROTOCOL.md §8); raise ApiError."""
     if not isinstance(data, bytes):
         raise ApiError(ERROR_INVALID_PARAMS, "match takes one bin parameter: the signed query")
     if len(data) > query_bytes_max:
@@ -483,7 +483,7 @@ class RpcServer:
         handler = self.methods.table.get(method)
         if handler is None:
             self.counters[ERROR_METHOD_NOT_FOUND] += 1
-            return _error(ERROR_METHOD_NOT_FOUND, f"no method {method[:64]!r}; see docs/RPC.md"), None
+            return _error(ERROR_METHOD_NOT_FOUND, f"no method {method[:64]!r}; see docs/PROTOCOL.md section 8"), None
         try:
             result = await handler(params)
         except ApiError as exc:

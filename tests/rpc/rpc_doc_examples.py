@@ -1,4 +1,4 @@
-"""The hex examples of docs/RPC.md, generated from a real server over a real ledger with fixed keys.
+"""The hex examples of docs/PROTOCOL.md §8, generated from a real server over a real ledger with fixed keys.
 
     python tests/rpc/rpc_doc_examples.py > /tmp/examples.md   # regenerate (test_rpc_doc.py checks the doc)
 

@@ -1,4 +1,4 @@
-"""docs/RPC.md's hex examples are exactly what the server answers today, and every method is documented."""
+"""docs/PROTOCOL.md §8's hex examples are exactly what the server answers today, and every method is documented."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from node.rpc import RpcLimits, RpcServer
 from rpc_doc_examples import render
 from rpc_helpers import FakeNode
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "RPC.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 
 def test_examples_in_the_doc_are_current():
-    assert render() in DOC.read_text(), "regenerate: python tests/rpc/rpc_doc_examples.py (see docs/RPC.md)"
+    assert render() in DOC.read_text(), "regenerate: python tests/rpc/rpc_doc_examples.py (see docs/PROTOCOL.md §8)"
 
 
 def test_every_method_has_a_section_and_an_example(world, ledger):

@@ -1,5 +1,5 @@
 """A stock msgpack-RPC client written here with only socket, msgpack (and nacl/hashlib to sign and hash,
-following docs/RPC.md) calls every method of a node.rpc server over real TCP on 127.0.0.1.
+following docs/PROTOCOL.md §8) calls every method of a node.rpc server over real TCP on 127.0.0.1.
 
 The server reads a real LevelDB ledger holding certified blocks (see rpc_helpers.py); nothing of
 the project is used on the client side, so this is what a client in another language sees.
@@ -19,7 +19,7 @@ from storage.proofs import verify_match_proof  # only to check the answer, not t
 
 
 def pack(value) -> bytes:
-    """Canonical msgpack as docs/RPC.md says: map keys sorted by their UTF-8 bytes, bytes as bin."""
+    """Canonical msgpack as docs/PROTOCOL.md §8 says: map keys sorted by their UTF-8 bytes, bytes as bin."""
     def canonical(v):
         if isinstance(v, dict):
             return {k: canonical(v[k]) for k in sorted(v, key=str.encode)}
@@ -69,7 +69,7 @@ def signed_commit(key, author: str, chain_id: str, commitment: bytes, nonce: int
 
 
 def test_a_plain_client_calls_every_method(server, world, commitments):
-    """Every method answers per docs/RPC.md; the match proof verifies offline; submit commits."""
+    """Every method answers per docs/PROTOCOL.md §8; the match proof verifies offline; submit commits."""
     client = PlainClient(server.port)
     chain_id = world.chain_id
 
