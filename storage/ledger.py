@@ -47,21 +47,12 @@ import plyvel
 
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate
+from consensus.replica import ExecutionResult
 
 from . import merkle, smt
 from .entries import EntryError, decode_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
 
-try:  # the replica's own definition when it has landed; the same shape otherwise
-    from consensus.replica import ExecutionResult  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the consensus engineer's progress
-    @dataclass(frozen=True)
-    class ExecutionResult:  # type: ignore[no-redef]
-        """The header fields that result from executing a block's entries on top of its parent."""
-
-        tree_size: int
-        tree_root: bytes
-        results_hash: bytes
 
 FORMAT_VERSION = 2                   # 2: results_hash commits to the revoked-set root (smt.py)
 STATUS_ACTIVE = "active"
@@ -85,10 +76,6 @@ _pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashe
 
 def _height_key(prefix: bytes, height: int) -> bytes:
     return prefix + _U64.pack(height)
-
-
-def _node_key(level: int, index: int) -> bytes:
-    return b"n" + bytes((level,)) + _U64.pack(index)
 
 
 class NonceWindow:
@@ -667,18 +654,7 @@ class Ledger:
         """Reads for proofs at any size up to the head: the head's frontier from memory, then the store."""
         if self._frontier_source is not None and self._frontier_source[0] is self._frontier:
             return self._frontier_source[1]
-        own = {}
-        start = 0
-        for level, h in zip(self._frontier.levels(), self._frontier.hashes):
-            own[(level, start >> level)] = h
-            start += 1 << level
-        own_get = own.get
-        node = self._node
-
-        def source(level: int, index: int) -> bytes:
-            found = own_get((level, index))
-            return found if found is not None else node(level, index)
-
+        source = self._frontier.node_source(self._node)
         self._frontier_source = (self._frontier, source)
         return source
 

@@ -149,26 +149,6 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
     return sn == 0 and r == expected_root
 
 
-def root_from_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
-    """The root that `path` implies for `leaf` at `index`, or None if the path has the wrong shape."""
-    if not _is_count(index) or not _is_count(size) or index >= size or not _are_hashes(path):
-        return None
-    fn, sn, r = index, size - 1, leaf
-    for p in path:
-        if sn == 0:
-            return None
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    return r if sn == 0 else None
-
-
 def verify_consistency(size1: int, size2: int, root1: bytes, root2: bytes, proof: Sequence[bytes]) -> bool:
     """RFC 9162 §2.1.4.2: does `proof` show the tree (size2, root2) extends (size1, root1)?"""
     if not _is_count(size1) or not _is_count(size2) or size1 > size2:
@@ -275,9 +255,10 @@ class Frontier:
         for level, h in zip(self.levels(), self.hashes):
             own[(level, start >> level)] = h
             start += 1 << level
+        own_get = own.get  # bound once: proofs call this for every node they read
 
         def source(level: int, index: int) -> bytes:
-            found = own.get((level, index))
+            found = own_get((level, index))
             return found if found is not None else stored(level, index)
 
         return source

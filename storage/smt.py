@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Callable, Iterable
+from typing import Callable
 
 from consensus import codec
 
@@ -227,14 +227,6 @@ def root_from_proof(key: bytes, present: bool, bitmap: object, siblings: object)
         else:
             current = node_hash(current, sibling)
     return current
-
-
-def root_of(keys: Iterable[bytes]) -> bytes:
-    """The root of a set, computed from scratch (for tests and cross-checks)."""
-    nodes: dict[bytes, bytes] = {}
-    for key in keys:
-        nodes.update(update(nodes.get, key))
-    return root(nodes.get)
 
 
 def results_hash(outcomes_hash: bytes, revoked_root: bytes) -> bytes:
