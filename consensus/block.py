@@ -39,7 +39,7 @@ class BlockHeader:
     entry_count: int
     tree_size: int        # ledger Merkle log size after applying this block
     tree_root: bytes      # RFC 6962 root of that log
-    results_hash: bytes   # hash of the per-entry apply outcomes (see storage)
+    results_hash: bytes   # hash of {outcomes_hash, revoked_root} after this block (storage/smt.py)
     validator_set_hash: bytes
 
     def __post_init__(self) -> None:

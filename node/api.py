@@ -1,7 +1,9 @@
 """What the RPC server needs from a running node (the daemon implements it).
 
-Read-only ledger queries go straight to `storage` (the `ledger` attribute);
-anything that touches consensus or waits for a commit goes through here.
+Read-only ledger queries go straight to `storage` (the `ledger` attribute),
+after awaiting the node's `ledger_quiet()` when it has one (the daemon applies
+blocks in a worker thread); anything that touches consensus or waits for a
+commit goes through here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class NodeApi(Protocol):
 
     def status(self) -> dict[str, Any]:
         """chain_id, node_id, jurisdiction, height, view, primary, tree_size, tree_root,
-        peers, mempool_size, version."""
+        peers, mempool_size, catch_up_target_height, version."""
 
     def validators(self) -> list[dict[str, Any]]:
         """Each validator: id, public_key (bytes), jurisdiction, address."""
