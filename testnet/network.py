@@ -67,11 +67,6 @@ class NodeEntry:
     def pid_path(self) -> Path:
         return self.dir / "node.pid"
 
-    @property
-    def rpc_address(self) -> tuple[str, int]:
-        host, _, port = self.rpc.rpartition(":")
-        return host, int(port)
-
 
 @dataclass
 class Network:

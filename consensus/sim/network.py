@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Bounded memory: the replay pool keeps the most recent packets only.
 replay_pool_packets_max = 256

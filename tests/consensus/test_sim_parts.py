@@ -12,9 +12,8 @@ from consensus.block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSig
 from consensus.sim import app
 from consensus.sim.checker import InvariantChecker, SafetyViolation
 from consensus.sim.cluster import CHAIN_ID, make_validators
-from consensus.sim.faults import FaultPlan, draw_fault_plan
+from consensus.sim.faults import draw_fault_plan
 from consensus.sim.network import NetworkConditions, Packet, SimNetwork
-from consensus.validators import ValidatorSet
 
 
 def plan_for(n, seed=1):

@@ -6,7 +6,6 @@ bad arguments end with exit status 2 and a one-line reason instead of a tracebac
 
 from __future__ import annotations
 
-import json
 import stat
 
 from node.cli import main

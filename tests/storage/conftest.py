@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from storage.genesis import Genesis
 from storage.ledger import Ledger
 from storage_helpers import World, make_world
 
