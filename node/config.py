@@ -101,6 +101,8 @@ class LimitsConfig:
     metrics_request_bytes_max: int = 8192          # HTTP request head on the metrics port
     metrics_client_timeout_ms: int = 5000          # slow metrics clients are cut off
     submit_wait_timeout_ms_max: int = 60000        # longest a client may wait for a commit
+    # After SIGTERM/SIGINT: how long waiting submits may still get their receipt before the node stops.
+    shutdown_drain_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "metrics_request_bytes_max": (256, 1024 * 1024),
         "metrics_client_timeout_ms": (100, 600_000),
         "submit_wait_timeout_ms_max": (100, 3_600_000),
+        "shutdown_drain_ms": (0, 600_000),   # 0: answer waiting submits "shutting-down" at once
     },
 }
 

@@ -1,6 +1,6 @@
 """The validator daemon: one trio process running the consensus core over peer links and LevelDB.
 
-Tasks (all in one nursery, cancelled together on SIGTERM/SIGINT):
+Tasks (all in one nursery; on SIGTERM/SIGINT the daemon drains, then cancels them together):
 - the peer network (node.transport): a listener, dialers, a reader and a writer per link;
   readers put frames on the driver's bounded event channel (and wait when it is full);
 - the driver: the only task that touches the replica. It takes peer frames and
@@ -14,6 +14,13 @@ Tasks (all in one nursery, cancelled together on SIGTERM/SIGINT):
   server keep running during the fsync (RPC reads wait for `ledger_quiet`);
 - the RPC server (node.rpc, when present) and the metrics server;
 - the fault-injection poller, only when `testing.fault_injection` is on.
+
+Shutdown (run_daemon): the first SIGTERM/SIGINT starts `Daemon.drain`: the RPC listener closes,
+new submits are answered "shutting-down", and the driver and peer links keep running for up to
+limits.shutdown_drain_ms so that submitters already waiting get their receipt if their block
+commits meanwhile ("shutting-down" otherwise). Then everything is cancelled and the ledger closed.
+A second signal cancels at once. Either way a synced write in a worker thread is awaited, never
+abandoned (trio.to_thread.run_sync is not abandoned on cancellation), so no block is half-applied.
 
 Every call into consensus.replica, consensus.messages and storage goes through
 the small functions in the "seams" section, so a change of those APIs touches
@@ -57,6 +64,10 @@ REJECTION_LOG_WINDOW_MS = 60_000
 # loop is busy (Python's default is 5 ms, paid at every hand-back, i.e. several times per block).
 GIL_SWITCH_INTERVAL_S = 0.0005
 ENTRY_VERDICTS_MAX = 65_536            # remembered entry signature-check verdicts (~100 bytes each)
+# After the drain, how long answers already given to waiting submitters may take to be written to
+# their connections before everything is cancelled (a client that does not read is not waited for).
+SHUTDOWN_ANSWERS_FLUSH_MS = 1_000
+ERROR_SHUTTING_DOWN = "shutting-down"  # docs/PROTOCOL.md section 8
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
 
@@ -234,6 +245,7 @@ class _ClientRequest:
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     receipt: dict | None = None
+    released: bool = False      # woken without a receipt because the node is stopping
 
 
 class Daemon:
@@ -282,6 +294,12 @@ class Daemon:
         # A Byzantine validator can make the core reject messages as fast as it sends them.
         self._rejection_log = LogBudget(REJECTION_LOG_LINES_MAX, REJECTION_LOG_WINDOW_MS)
         self.bound: dict[str, int] = {}
+        # Shutdown (see drain): once set, submit refuses; submits under way are counted so the drain
+        # can end as soon as none is left.
+        self.shutting_down = False
+        self._submits_in_progress = 0
+        self._submits_ended = trio.lowlevel.ParkingLot()
+        self.rpc_server = None      # node.rpc.RpcServer once serving
 
     def _peer_addresses(self) -> dict[str, Address | None]:
         if self.config.peers is not None:
@@ -324,6 +342,18 @@ class Daemon:
         ]
 
     async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
+        if self.shutting_down:
+            self.metrics.rejected_requests.inc(label_value=ERROR_SHUTTING_DOWN)
+            raise ApiError(ERROR_SHUTTING_DOWN, "the node is stopping and takes no new entries; submit to another node")
+        self._submits_in_progress += 1
+        try:
+            return await self._submit(entry, wait, timeout_s)
+        finally:
+            self._submits_in_progress -= 1
+            if self._submits_in_progress == 0:
+                self._submits_ended.unpark_all()
+
+    async def _submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
         if not isinstance(entry, bytes):
             raise ApiError("bad-entry", "entry must be bytes")
         reason = self.application.check_request(entry)
@@ -356,6 +386,9 @@ class Daemon:
             limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
             with trio.move_on_after(min(max(timeout_s, 0), limit_s)):
                 await waiter.event.wait()
+            if waiter.receipt is None and waiter.released:
+                raise ApiError(ERROR_SHUTTING_DOWN, "the node stopped before the entry committed; it may still "
+                               "commit on the other validators: look it up on another node before submitting again")
             if waiter.receipt is None:
                 raise ApiError("timeout", "not committed yet; the entry stays in the mempool")
             return {**waiter.receipt, "id": entry_id}
@@ -366,6 +399,41 @@ class Daemon:
                     waiters.remove(waiter)
                 if not waiters:
                     self._waiters.pop(entry_id, None)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop taking work and let submitters already waiting get an answer; return when done.
+
+        The caller cancels everything afterwards. Meanwhile the driver and the peer links run as
+        usual, so a waiting submit whose block commits within limits.shutdown_drain_ms gets its
+        receipt; the rest get "shutting-down" (or "timeout" if their own wait ends first). Ends
+        early once no submit is under way.
+        """
+        self.shutting_down = True
+        if self.rpc_server is not None:
+            self.rpc_server.stop_accepting()
+        with trio.move_on_after(self.config.limits.shutdown_drain_ms / 1000):
+            await self._all_submits_ended()
+        released = 0
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.released = True
+                waiter.event.set()
+                released += 1
+        # Submits still waiting for the driver to take their entry finish as soon as it does (it
+        # is still running); then the answers are written, within a bound.
+        with trio.move_on_after(SHUTDOWN_ANSWERS_FLUSH_MS / 1000) as flush:
+            await self._all_submits_ended()
+            if self.rpc_server is not None:
+                await self.rpc_server.waiting_calls_answered()
+        log.info("drained", height=self.height, released_waiters=released,
+                 unanswered=self._submits_in_progress + (self.rpc_server.waiting_calls if self.rpc_server else 0),
+                 flush_cut_short=flush.cancelled_caught)
+
+    async def _all_submits_ended(self) -> None:
+        while self._submits_in_progress:
+            await self._submits_ended.park()
 
     # --- the driver ----------------------------------------------------------------------------
 
@@ -635,8 +703,10 @@ class Daemon:
             return None
         limits = rpc.RpcLimits(connections_max=self.config.limits.rpc_connections_max,
                                submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
+        self.rpc_server = rpc.RpcServer(self, limits)
         result = await nursery.start(functools.partial(
-            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port, limits=limits))
+            rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port, limits=limits,
+            server=self.rpc_server))
         return _port_of(result, self.config.listen.rpc.port)
 
 
@@ -649,16 +719,28 @@ def _port_of(result: Any, default: int) -> int:
 
 
 async def _serve_until_signal(daemon: Daemon) -> None:
+    """Run the daemon; the first SIGTERM/SIGINT drains then stops it, a second one stops it at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
 
-            async def stop_on_signal() -> None:
+            async def drain_then_stop() -> None:
+                await daemon.drain()
+                nursery.cancel_scope.cancel()
+
+            async def stop_on_signals() -> None:
+                draining = False
                 async for signum in signals:
-                    log.info("shutting down", signal=signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
-            nursery.start_soon(stop_on_signal)
+                    name = signal.Signals(signum).name
+                    if not draining:
+                        draining = True
+                        log.info("shutting down", signal=name, drain_ms=daemon.config.limits.shutdown_drain_ms)
+                        nursery.start_soon(drain_then_stop)
+                    else:
+                        log.warning("stopping now", signal=name, reason="second signal during the drain")
+                        nursery.cancel_scope.cancel()
+                        return
+            nursery.start_soon(stop_on_signals)
 
 
 def open_daemon(config: NodeConfig) -> Daemon:

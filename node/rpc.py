@@ -60,6 +60,7 @@ ERROR_REPLAYED = "replayed"
 ERROR_STALE = "stale-query"
 ERROR_BUSY = "busy"
 ERROR_TIMEOUT = "timeout"
+ERROR_SHUTTING_DOWN = "shutting-down"   # raised by the daemon's submit while it drains (node.daemon)
 ERROR_INTERNAL = "internal"
 
 read_chunk_bytes_max = 65_536
@@ -453,6 +454,7 @@ class _Connection:
             return
         # Back-pressure: with requests_in_flight_max unanswered, stop reading until one completes.
         await self.in_flight.acquire()
+        self.server.waiting_call_started()
         nursery.start_soon(self._answer, msgid, method, params)
 
     async def _answer(self, msgid: int, method: str, params: list) -> None:
@@ -466,6 +468,7 @@ class _Connection:
                 self.nursery.cancel_scope.cancel()
         finally:
             self.in_flight.release()
+            self.server.waiting_call_ended()
 
 
 class RpcServer:
@@ -477,6 +480,30 @@ class RpcServer:
         self.methods = RpcMethods(api, limits, clock_ms)
         self.connections = 0
         self.counters: collections.Counter[str] = collections.Counter()
+        # Calls of WAITING_METHODS dispatched and not yet answered (or given up: client gone); a
+        # stopping daemon waits for them so that answers it gave are written, not cut off.
+        self.waiting_calls = 0
+        self._waiting_calls_ended = trio.lowlevel.ParkingLot()
+        # serve_rpc accepts connections inside this scope; stop_accepting cancels it (entered once).
+        self._accepting = trio.CancelScope()
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets (new connections are refused); open connections stay served."""
+        self._accepting.cancel()
+
+    def waiting_call_started(self) -> None:
+        self.waiting_calls += 1
+
+    def waiting_call_ended(self) -> None:
+        assert self.waiting_calls > 0, "waiting_call_ended without waiting_call_started"
+        self.waiting_calls -= 1
+        if self.waiting_calls == 0:
+            self._waiting_calls_ended.unpark_all()
+
+    async def waiting_calls_answered(self) -> None:
+        """Return when no waiting call is unanswered (the caller bounds how long it waits)."""
+        while self.waiting_calls:
+            await self._waiting_calls_ended.park()
 
     async def call(self, method: str, params: list) -> tuple[dict | None, Any]:
         """(error, result) of one call; never raises for bad input."""
@@ -530,8 +557,20 @@ async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = R
     server = RpcServer(api, limits) if server is None else server
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
+
+    async def accept(handlers: trio.Nursery) -> None:
+        # Connections run in `handlers`, outside the accepting scope: stop_accepting closes the
+        # listeners (serve_listeners closes them on the way out) and leaves open connections be.
+        try:
+            with server._accepting:
+                await trio.serve_listeners(server.handle, listeners, handler_nursery=handlers)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+        log.info("rpc no longer accepting connections", port=bound)
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, server.handle, listeners)
+        nursery.start_soon(accept, nursery)
         log.info("rpc serving", host=host, port=bound)
         task_status.started(bound)
 
