@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import msgpack
 import nacl.signing
 from consensus import codec
 from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
@@ -144,3 +145,15 @@ def expected_smt_store(keys) -> dict[bytes, int]:
             expected[smt.node_id(key, depth)] = 32
         expected[smt.node_id(key, shared + 1)] = 64
     return expected
+
+
+def tampered(proof: bytes, change) -> bytes:
+    """A proof decoded, changed in place by `change(value)`, and encoded again."""
+    value = msgpack.unpackb(proof)
+    change(value)
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def flip_bit(data: bytes, index: int = 0) -> bytes:
+    """`data` with the lowest bit of byte `index` flipped."""
+    return data[:index] + bytes([data[index] ^ 1]) + data[index + 1:]

@@ -15,7 +15,7 @@ from storage import entries, proofs
 from storage.ledger import Ledger
 from storage.proofs import verify_consistency_proof, verify_match_proof
 from storage.genesis import Genesis
-from storage_helpers import Author, commitment, key_from, next_block
+from storage_helpers import Author, commitment, flip_bit, key_from, next_block, tampered
 
 
 @pytest.fixture
@@ -71,16 +71,6 @@ def test_expired_at_query_time(world, filled):
     assert verify_match_proof(proof, world.genesis, commitment(7)).status == "match"
 
 
-def _tamper(proof: bytes, change) -> bytes:
-    value = msgpack.unpackb(proof)
-    change(value)
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def _flip(b: bytes, i: int = 0) -> bytes:
-    return b[:i] + bytes([b[i] ^ 1]) + b[i + 1:]
-
-
 def test_each_tampering_is_named(world, filled):
     good = filled.match_proof(commitment(12))
     revoked = filled.match_proof(commitment(3))
@@ -95,13 +85,13 @@ def test_each_tampering_is_named(world, filled):
         return lambda v: v["header"].__setitem__(name, value)
 
     cases = [
-        (good, set_("entry", _flip(msgpack.unpackb(good)["entry"], 40)), "inclusion"),
+        (good, set_("entry", flip_bit(msgpack.unpackb(good)["entry"], 40)), "inclusion"),
         (good, set_("leaf_index", 11), "inclusion"),
         (good, set_("leaf_index", 15), "leaf-index"),
         (good, set_("leaf_index", -1), "leaf-index"),
         (good, set_("tree_size", 16), "tree-size"),
         (good, set_("inclusion_path", msgpack.unpackb(good)["inclusion_path"][:-1]), "inclusion"),
-        (good, set_("inclusion_path", [_flip(h) for h in msgpack.unpackb(good)["inclusion_path"]]), "inclusion"),
+        (good, set_("inclusion_path", [flip_bit(h) for h in msgpack.unpackb(good)["inclusion_path"]]), "inclusion"),
         (good, set_("inclusion_path", "nope"), "inclusion"),
         (good, header_field("tree_root", bytes(32)), "certificate"),
         (good, header_field("time_ms", 5), "certificate"),
@@ -117,12 +107,12 @@ def test_each_tampering_is_named(world, filled):
         (revoked, lambda v: v["revocation"]["header"].__setitem__("height", 9), "revocation.certificate"),
     ]
     for proof, change, check in cases:
-        verdict = verify_match_proof(_tamper(proof, change), world.genesis, commitment(12 if proof is good else 3), now_ms=0)
+        verdict = verify_match_proof(tampered(proof, change), world.genesis, commitment(12 if proof is good else 3), now_ms=0)
         assert (verdict.status, verdict.check) == ("invalid", check), (check, verdict)
         assert verdict.message
     # A revocation that is a valid revoke of ANOTHER commitment, spliced in.
     other_revocation = msgpack.unpackb(filled.match_proof(commitment(4)))["revocation"]
-    spliced = _tamper(good, lambda v: v.__setitem__("revocation", other_revocation))
+    spliced = tampered(good, lambda v: v.__setitem__("revocation", other_revocation))
     verdict = verify_match_proof(spliced, world.genesis, commitment(12), now_ms=0)
     assert (verdict.status, verdict.check) == ("invalid", "revocation.entry")
     # The right proof for another commitment, or another genesis, or garbage.

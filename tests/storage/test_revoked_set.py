@@ -11,7 +11,9 @@ from consensus import codec
 from storage import entries, proofs, smt
 from storage.ledger import Ledger, outcomes_hash
 from storage.proofs import verify_match_proof
-from storage_helpers import Author, commitment, expected_smt_store, make_world, next_block, reference_smt_root
+from storage_helpers import (
+    Author, commitment, expected_smt_store, flip_bit, make_world, next_block, reference_smt_root, tampered,
+)
 
 
 def _stored_smt_ids(store: Ledger) -> set[bytes]:
@@ -92,16 +94,6 @@ def served(world, tmp_path):
     store.close()
 
 
-def _tamper(proof: bytes, change) -> bytes:
-    value = msgpack.unpackb(proof)
-    change(value)
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def _flip(b: bytes, i: int = 0) -> bytes:
-    return b[:i] + bytes([b[i] ^ 1]) + b[i + 1:]
-
-
 def test_match_and_revoked_say_as_of_when(world, served):
     verdict = verify_match_proof(served.match_proof(commitment(5)), world.genesis, commitment(5), now_ms=0)
     assert verdict.status == "match"
@@ -118,17 +110,17 @@ def test_match_and_revoked_say_as_of_when(world, served):
 
 def test_a_node_cannot_hide_a_revocation(world, served):
     revoked = served.match_proof(commitment(3))
-    stripped = _tamper(revoked, lambda v: v.pop("revocation"))
+    stripped = tampered(revoked, lambda v: v.pop("revocation"))
     verdict = verify_match_proof(stripped, world.genesis, commitment(3), now_ms=0)
     assert (verdict.status, verdict.check) == ("invalid", "status.revocation-missing") and "height 3" in verdict.message
     # Nor by pairing the commit with the (certified, genuine) absence path of another commitment.
     other_path = msgpack.unpackb(served.match_proof(commitment(5)))["status"]["revoked_path"]
-    spliced = _tamper(stripped, lambda v: v["status"].__setitem__("revoked_path", other_path))
+    spliced = tampered(stripped, lambda v: v["status"].__setitem__("revoked_path", other_path))
     verdict = verify_match_proof(spliced, world.genesis, commitment(3), now_ms=0)
     assert verdict.status == "invalid" and verdict.check in ("status.revoked-path", "status.revocation-missing")
     # An older status (before the revoke) with the revocation is still "revoked": both are proven.
     old_status = msgpack.unpackb(served.early[3])["status"]
-    older = _tamper(revoked, lambda v: v.__setitem__("status", old_status))
+    older = tampered(revoked, lambda v: v.__setitem__("status", old_status))
     verdict = verify_match_proof(older, world.genesis, commitment(3), now_ms=0)
     assert verdict.status == "revoked" and verdict.details["status_height"] == 1
 
@@ -146,7 +138,7 @@ def test_revocation_the_set_denies_is_named(world, served, tmp_path):
         fork_status = msgpack.unpackb(fork.match_proof(commitment(3)))["status"]
     finally:
         fork.close()
-    spliced = _tamper(served.match_proof(commitment(3)), lambda v: v.__setitem__("status", fork_status))
+    spliced = tampered(served.match_proof(commitment(3)), lambda v: v.__setitem__("status", fork_status))
     verdict = verify_match_proof(spliced, world.genesis, commitment(3), now_ms=0)
     assert (verdict.status, verdict.check) == ("invalid", "status.revocation-not-in-set")
 
@@ -173,8 +165,8 @@ def test_each_status_tampering_is_named(world, served):
         (lambda v: v["status"].pop("revoked_root"), "status.format"),
         (status_set("outcomes_hash", status["outcomes_hash"][:31]), "status.format"),
         (status_set("revoked_root", None), "status.format"),
-        (status_set("outcomes_hash", _flip(status["outcomes_hash"], 5)), "status.results-hash"),
-        (status_set("revoked_root", _flip(status["revoked_root"], 31)), "status.results-hash"),
+        (status_set("outcomes_hash", flip_bit(status["outcomes_hash"], 5)), "status.results-hash"),
+        (status_set("revoked_root", flip_bit(status["revoked_root"], 31)), "status.results-hash"),
         (status_header("time_ms", 1), "status.certificate"),
         (status_header("results_hash", bytes(32)), "status.certificate"),
         (status_header("colour", 1), "status.header"),
@@ -182,22 +174,22 @@ def test_each_status_tampering_is_named(world, served):
         (status_set("header", "junk"), "status.header"),
         (lambda v: v["status"]["certificate"]["signatures"].pop(), "status.certificate"),
         (status_set("certificate", None), "status.certificate"),
-        (path_set("bitmap", _flip(bitmap, first_set // 8)), "status.revoked-path"),
+        (path_set("bitmap", flip_bit(bitmap, first_set // 8)), "status.revoked-path"),
         (path_set("bitmap", bitmap[:-1]), "status.revoked-path"),
         (path_set("siblings", []), "status.revoked-path"),
-        (path_set("siblings", [_flip(h) for h in status["revoked_path"]["siblings"]]), "status.revoked-path"),
+        (path_set("siblings", [flip_bit(h) for h in status["revoked_path"]["siblings"]]), "status.revoked-path"),
         (path_set("siblings", "nope"), "status.revoked-path"),
         (path_set("extra", 1), "status.revoked-path"),
         (status_set("revoked_path", [bitmap, []]), "status.revoked-path"),
     ]
     for change, check in cases:
-        verdict = verify_match_proof(_tamper(good, change), world.genesis, commitment(5), now_ms=0)
+        verdict = verify_match_proof(tampered(good, change), world.genesis, commitment(5), now_ms=0)
         assert (verdict.status, verdict.check) == ("invalid", check), (check, verdict)
         assert verdict.message
     # A genuine status of an earlier height than the commit: named.
     late = served.match_proof(commitment(10))
     early_status = msgpack.unpackb(served.early[5])["status"]
-    verdict = verify_match_proof(_tamper(late, lambda v: v.__setitem__("status", early_status)),
+    verdict = verify_match_proof(tampered(late, lambda v: v.__setitem__("status", early_status)),
                                  world.genesis, commitment(10), now_ms=0)
     assert (verdict.status, verdict.check) == ("invalid", "status.height")
     # A proof of another chain (same keys): its status fails too, before it is even looked at.
