@@ -248,20 +248,11 @@ async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_w
 
 async def test_frames_sent_together_arrive_one_by_one_in_order():
     """send_frames encrypts each frame on its own (same wire as send_frame each) in one write."""
-    from node.transport import handshake
-    from test_node_transport import CHAIN, FRAME_BYTES_MAX, _socket_pair, make_validators
+    from test_node_transport import handshaken_pair, make_validators
 
     keys, validators = make_validators()
-    left, right = await _socket_pair()
-    results = {}
-
-    async def side(name, stream, node_id):
-        results[name] = await handshake(stream, chain_id=CHAIN, node_id=node_id, signing_key=keys[node_id],
-                                        validators=validators, frame_bytes_max=FRAME_BYTES_MAX)
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(side, "a", left, "v0")
-            nursery.start_soon(side, "b", right, "v1")
+        results = await handshaken_pair(keys, validators)
         a, b = results["a"][1], results["b"][1]
         writes = []
         real_send_all = a.stream.send_all

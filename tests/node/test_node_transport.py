@@ -54,16 +54,7 @@ async def wait_for(predicate, step_s=0.01):
 async def test_handshake_authenticates_both_sides_and_frames_round_trip():
     """Two ends of a real socket pair complete the handshake and exchange encrypted frames both ways."""
     keys, validators = make_validators()
-    left, right = await _socket_pair()
-    results = {}
-
-    async def side(name, stream, node_id):
-        results[name] = await handshake(stream, chain_id=CHAIN, node_id=node_id, signing_key=keys[node_id],
-                                        validators=validators, frame_bytes_max=FRAME_BYTES_MAX)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(side, "a", left, "v0")
-        nursery.start_soon(side, "b", right, "v1")
+    results = await handshaken_pair(keys, validators)
     assert results["a"][0] == "v1" and results["b"][0] == "v0"
     a, b = results["a"][1], results["b"][1]
     await a.send_frame(b"hello")
@@ -79,6 +70,21 @@ async def _socket_pair():
     server = await listeners[0].accept()
     await listeners[0].aclose()
     return client, server
+
+
+async def handshaken_pair(keys, validators) -> dict:
+    """Both ends of a real socket pair after the handshake, "a" as v0 and "b" as v1: name -> (peer id, connection)."""
+    left, right = await _socket_pair()
+    results = {}
+
+    async def side(name, stream, node_id):
+        results[name] = await handshake(stream, chain_id=CHAIN, node_id=node_id, signing_key=keys[node_id],
+                                        validators=validators, frame_bytes_max=FRAME_BYTES_MAX)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, "v0")
+        nursery.start_soon(side, "b", right, "v1")
+    return results
 
 
 async def test_handshake_refuses_key_not_in_validator_set():
