@@ -1,8 +1,11 @@
 """A pipelined msgpack-RPC connection for the load generator.
 
 The load generator keeps many requests in flight on each connection (each
-with its own msgid), which the project's client library, built for one call at
-a time, is not meant for. The wire format is the public msgpack-RPC one:
+with its own msgid), each request encoded once ahead of the run (`pack_call`),
+and counts a lost connection as an error of the calls on it. The project's
+client library (node/client.py) pipelines too, but it encodes every call and
+retries a broken call on the next endpoint, which would hide the very errors a
+benchmark must count. The wire format is the public msgpack-RPC one:
 request `[0, msgid, method, params]`, response `[1, msgid, error, result]`.
 """
 
