@@ -47,11 +47,13 @@ import plyvel
 
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate
+from consensus.messages import CommittedBlock
 from consensus.replica import ExecutionResult
 
 from . import merkle, smt
-from .entries import EntryError, decode_entry
+from .entries import EntryError, check_entry, decode_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .proofs import Encoded, build_match_proof
 
 
 FORMAT_VERSION = 2                   # 2: results_hash commits to the revoked-set root (smt.py)
@@ -513,8 +515,6 @@ class Ledger:
 
     def committed_block(self, height: int):
         """The block at `height` as consensus.messages.CommittedBlock (for catch-up), or None."""
-        from consensus.messages import CommittedBlock
-
         header = self.header(height)
         if header is None:
             return None
@@ -699,8 +699,6 @@ class Ledger:
 
     def match_proof(self, commitment: bytes) -> bytes | None:
         """The MatchProof (canonical msgpack, see storage/proofs.py) for a commitment, or None if unknown."""
-        from .proofs import build_match_proof
-
         record = self.commitment_record(commitment)
         if record is None:
             return None
@@ -712,8 +710,6 @@ class Ledger:
 
     def _status(self, commitment: bytes) -> dict:
         """The head's certified header, the two hashes under its results_hash, and commitment's SMT path."""
-        from .proofs import Encoded
-
         if self._status_cache is None or self._status_cache[0] != self._height:
             height = self._height
             header, certificate = self._stored_block_parts(height)
@@ -731,8 +727,6 @@ class Ledger:
         return header, certificate
 
     def _proven_leaf(self, leaf_index: int, height: int) -> dict:
-        from .proofs import Encoded
-
         header, certificate = self._stored_block_parts(height)
         tree_size = msgpack.unpackb(header, raw=False)["tree_size"]
         return {
@@ -932,8 +926,6 @@ class LedgerApplication:
         self.ledger = ledger
 
     def check_request(self, request: bytes) -> str | None:
-        from .entries import check_entry
-
         return check_entry(request, self.ledger.genesis)
 
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
