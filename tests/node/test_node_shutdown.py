@@ -17,15 +17,16 @@ import time
 
 import pytest
 
+import trio
+
 from consensus import codec
-from node.config import load_config, render_config
+from node.api import ApiError
+from node.config import ConfigError, config_from_dict, load_config, render_config
 from node.keys import load_key_file
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 
 from node_cluster import CHAIN_ID, RpcClient, RpcError
-
-pytestmark = pytest.mark.slow
 
 SUBMIT_WAIT_MS = 60_000        # longer than any drain here: the answer comes from the shutdown
 EXIT_MARGIN_S = 15             # process start-up, fsync and teardown on a loaded 2-core machine
@@ -125,6 +126,7 @@ def assert_refuses_connections(port: int) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+@pytest.mark.slow
 def test_sigterm_drain_gives_the_waiting_client_its_receipt(cluster):
     """During the drain the RPC port refuses new connections, a new submit on an open connection is
     answered shutting-down, and the waiting submit gets its receipt once its block commits (a third
@@ -156,6 +158,7 @@ def test_sigterm_drain_gives_the_waiting_client_its_receipt(cluster):
     assert height >= result["height"]
 
 
+@pytest.mark.slow
 def test_sigterm_drain_deadline_answers_shutting_down(cluster):
     """Nothing can commit: at the end of the drain the waiting client is answered shutting-down (not a
     reset connection) and hk-2 exits 0 within the drain bound plus a margin."""
@@ -173,6 +176,7 @@ def test_sigterm_drain_deadline_answers_shutting_down(cluster):
     assert assert_store_at_block_boundary(cluster, X) == 0
 
 
+@pytest.mark.slow
 def test_second_signal_stops_at_once(cluster):
     """With a drain of 10 minutes, a second signal (SIGINT after SIGTERM) stops hk-2 long before the
     drain ends: exit 0, the ledger closed (it reopens) and the last line is `stopped`."""
@@ -188,3 +192,48 @@ def test_second_signal_stops_at_once(cluster):
     events = [line.get("event") for line in node.log_lines()]
     assert "stopping now" in events and "drained" not in events and events[-1] == "stopped"
     assert assert_store_at_block_boundary(cluster, X) == 0
+
+
+# --- the limit and the drain in one process ---------------------------------------------------------
+
+def test_shutdown_drain_ms_is_checked_at_its_edges(tmp_path):
+    raw = {"node_id": "hk-1", "key_file": "k", "genesis_file": "g", "data_dir": "d",
+           "listen": {"p2p": "127.0.0.1:0", "rpc": "127.0.0.1:0", "metrics": "127.0.0.1:0"}}
+    for good in (0, 600_000):
+        assert config_from_dict({**raw, "limits": {"shutdown_drain_ms": good}}, tmp_path).limits.shutdown_drain_ms == good
+    for bad in (-1, 600_001, "5000", True, 1.5):
+        with pytest.raises(ConfigError, match=r"^limits\.shutdown_drain_ms:"):
+            config_from_dict({**raw, "limits": {"shutdown_drain_ms": bad}}, tmp_path)
+
+
+async def test_zero_drain_answers_waiting_submits_at_once_and_refuses_new_ones(tmp_path):
+    """shutdown_drain_ms = 0 (the edge): drain() releases a submit waiting on a block that cannot commit
+    (one validator of four runs) with shutting-down; new submits are refused the same way."""
+    from test_node_daemon import Net, request
+
+    class ZeroDrainNet(Net):
+        def config(self, node_id):
+            config = super().config(node_id)
+            return dataclasses.replace(config, limits=dataclasses.replace(config.limits, shutdown_drain_ms=0))
+
+    net = ZeroDrainNet(tmp_path)
+    outcome = {}
+    async with trio.open_nursery() as nursery:
+        await net.start(nursery, "hk-2")
+        daemon = net.daemons["hk-2"]
+
+        async def wait_on_submit():
+            try:
+                outcome["result"] = await daemon.submit(request(1), True, 60)
+            except ApiError as exc:
+                outcome["error"] = exc.code
+        nursery.start_soon(wait_on_submit)
+        while daemon.replica.pending_request_count < 1:
+            await trio.sleep(0.01)
+        await daemon.drain()
+        assert daemon._submits_in_progress == 0 and outcome == {"error": "shutting-down"}
+        with pytest.raises(ApiError) as refused:
+            await daemon.submit(request(2), False, 0)
+        assert refused.value.code == "shutting-down"
+        assert daemon.metrics.rejected_requests.get("shutting-down") == 1
+        nursery.cancel_scope.cancel()
