@@ -20,8 +20,10 @@ import pytest
 import trio
 
 from consensus import codec
+from consensus.sim import app as sim_app
 from node.api import ApiError
 from node.config import ConfigError, config_from_dict, load_config, render_config
+from node.daemon import Daemon, _entry_id, _Waiter
 from node.keys import load_key_file
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
@@ -237,3 +239,53 @@ async def test_zero_drain_answers_waiting_submits_at_once_and_refuses_new_ones(t
         assert refused.value.code == "shutting-down"
         assert daemon.metrics.rejected_requests.get("shutting-down") == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_the_daemon_during_a_block_write_waits_for_the_write(tmp_path):
+    """The shutdown cancel (end of the drain, or a second signal) arrives while a block's synced write
+    runs in a worker thread: the write is awaited, not abandoned, so the ledger is closed only after
+    it, and the block's waiter still gets its receipt."""
+    from test_node_daemon import MemoryLedger, Net, request
+
+    class SlowLedger(MemoryLedger):
+        def __init__(self):
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def apply_block(self, block):
+            self.entered.set()
+            assert self.release.wait(60), "the test never released the write"
+            return super().apply_block(block)
+
+    net = Net(tmp_path)
+    ledger = SlowLedger()
+    daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], ledger, application=sim_app.SimApplication())
+    entry = request(1)
+    waiter = _Waiter()
+    daemon._waiters[_entry_id(entry)] = [waiter]
+    block = type("Block", (), {})()
+    block.header = type("Header", (), {"height": 1, "time_ms": 0, "tree_size": 1})()
+    block.entries = (entry,)
+    block.certificate = type("Certificate", (), {"view": 0})()
+    finished = trio.Event()
+
+    async def apply_then_mark(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await daemon._apply_off_loop(block)
+        finally:
+            finished.set()
+
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(apply_then_mark)
+        while not ledger.entered.is_set():
+            await trio.sleep(0.005)
+        scope.cancel()
+        await trio.sleep(0.05)
+        assert not finished.is_set(), "the cancel abandoned a block write under way"
+        ledger.release.set()
+        await finished.wait()
+    assert ledger.height() == 1 and daemon.height == 1
+    assert waiter.event.is_set() and waiter.receipt == {"status": "committed", "height": 1, "leaf_index": 0}
