@@ -21,10 +21,10 @@ import nacl.signing
 from . import codec
 from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
 from .messages import (
-    CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, REQUEST_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, CatchUpRequest,
-    CatchUpResponse, Checkpoint, CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView,
-    PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange, VoteSignature, choose_blocks, decode_message,
-    encode, encode_catch_up_response, sign,
+    BLOCK_REQUESTS_MAX, CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, PREPARED_CERTIFICATES_MAX, REQUEST_BYTES_MAX,
+    REQUESTS_PER_MESSAGE_MAX, CatchUpRequest, CatchUpResponse, Checkpoint, CheckpointCertificate, Commit,
+    CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange,
+    VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response, sign,
 )
 from .messages import header_hash as hash_of_header
 from .validators import ValidatorSet
@@ -78,12 +78,14 @@ class ReplicaConfig:
         if self.watermark_window < 2 * self.checkpoint_interval:
             # The primary stops at the window's top edge until a checkpoint moves it.
             raise ReplicaConfigError("watermark_window must be at least 2 * checkpoint_interval")
-        if self.batch_requests_max > 4096:
-            raise ReplicaConfigError("batch_requests_max must be at most 4096 (messages.BLOCK_REQUESTS_MAX)")
+        if self.batch_requests_max > BLOCK_REQUESTS_MAX:
+            raise ReplicaConfigError(
+                f"batch_requests_max must be at most {BLOCK_REQUESTS_MAX} (messages.BLOCK_REQUESTS_MAX)")
         if self.forward_requests_max > REQUESTS_PER_MESSAGE_MAX:
             raise ReplicaConfigError(f"forward_requests_max must be at most {REQUESTS_PER_MESSAGE_MAX}")
-        if self.watermark_window > 1024:
-            raise ReplicaConfigError("watermark_window must be at most 1024 (messages.PREPARED_CERTIFICATES_MAX)")
+        if self.watermark_window > PREPARED_CERTIFICATES_MAX:
+            raise ReplicaConfigError(
+                f"watermark_window must be at most {PREPARED_CERTIFICATES_MAX} (messages.PREPARED_CERTIFICATES_MAX)")
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,18 @@ def test_config_is_checked():
         ReplicaConfig(batch_requests_max=0)
 
 
+def test_config_upper_limits_at_their_edges():
+    """The config may not outgrow what one message carries: a block's requests, a VIEW-CHANGE's certificates."""
+    from consensus.messages import BLOCK_REQUESTS_MAX, PREPARED_CERTIFICATES_MAX
+
+    ReplicaConfig(batch_requests_max=BLOCK_REQUESTS_MAX)
+    with pytest.raises(ReplicaConfigError, match="batch_requests_max must be at most 4096"):
+        ReplicaConfig(batch_requests_max=BLOCK_REQUESTS_MAX + 1)
+    ReplicaConfig(watermark_window=PREPARED_CERTIFICATES_MAX)
+    with pytest.raises(ReplicaConfigError, match="watermark_window must be at most 1024"):
+        ReplicaConfig(watermark_window=PREPARED_CERTIFICATES_MAX + 1)
+
+
 def test_whole_cluster_restart_still_refuses_a_committed_request():
     """F1 (FINDINGS.md): after every replica restarts from persisted state, a client's retry of a request
     that already committed is dropped, not committed a second time."""
