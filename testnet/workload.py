@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from consensus import codec
+from node.client import build_match_query
 from node.keys import load_key_file
 from storage.entries import build_commit
 
@@ -19,7 +19,6 @@ from .rpc import pack_call
 SUBMIT_METHOD = "submit"
 MATCH_METHOD = "match"
 COMMIT_KIND = "credit-report"
-QUERY_TYPE = "match-query"
 
 # Next nonce per author, unique across this process's phases: it starts at the current time in
 # microseconds so a rerun against the same chain never reuses one.
@@ -29,14 +28,6 @@ _next_nonce: dict[str, int] = {}
 def submit_params(entry: bytes, wait_s: float) -> list:
     """submit(entry: bin, opts: {wait, timeout_ms}) as node/rpc.py defines it."""
     return [entry, {"wait": True, "timeout_ms": int(wait_s * 1000)}]
-
-
-def signed_match_query(key, participant: str, chain_id: str, commitment: bytes, nonce: int, time_ms: int) -> bytes:
-    """A match query signed by `participant` (node/rpc.py `decode_query`): {body, sig}."""
-    body = codec.pack({"type": QUERY_TYPE, "chain_id": chain_id, "participant": participant,
-                       "participant_key": bytes(key.verify_key), "commitment": commitment,
-                       "nonce": nonce, "time_ms": time_ms})
-    return codec.pack({"body": body, "sig": codec.sign(key, codec.DOMAIN_QUERY, chain_id, body)})
 
 
 def presigned_submits(plan: dict, count: int, lanes: int, wait_s: float) -> tuple[list[list[bytes]], list[bytes]]:
@@ -77,7 +68,7 @@ def presigned_match_queries(plan: dict, commitments: list[bytes], count: int) ->
     for index in range(count):
         nonce = _next_nonce.setdefault(name, int(time.time() * 1_000_000))
         _next_nonce[name] = nonce + 1
-        query = signed_match_query(verifier.signing_key, name, plan["chain_id"],
-                                   commitments[index % len(commitments)], nonce, now_ms)
+        query = build_match_query(verifier.signing_key, name, plan["chain_id"],
+                                  commitments[index % len(commitments)], nonce=nonce, time_ms=now_ms)
         calls.append(pack_call(MATCH_METHOD, [query]))
     return calls

@@ -196,3 +196,29 @@ def test_bench_refuses_a_bad_duration(monkeypatch, capsys, duration, message):
     monkeypatch.setenv("DURATION", duration)
     assert bench.main([]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_presigned_match_queries_are_what_the_node_accepts(tmp_path):
+    # Each call is match(signed query) by the plan's verifier, cycling over the commitments, with a fresh
+    # nonce each; node.rpc's own parser checks the encoding and the signature.
+    import msgpack as _msgpack
+
+    from node.keys import KeyPair, write_key_file
+    from node.rpc import decode_query
+    from testnet import workload
+
+    write_key_file(tmp_path / "bank.json", KeyPair.generate("bank"))
+    plan = {"chain_id": "bench-chain", "verifier": {"name": "bank", "key": str(tmp_path / "bank.json")}}
+    commitments = [bytes([n]) * 32 for n in range(3)]
+    calls = workload.presigned_match_queries(plan, commitments, 5)
+    queries = []
+    for packed in calls:
+        unpacker = _msgpack.Unpacker(raw=False)
+        unpacker.feed(packed)
+        method, params = list(unpacker)
+        assert method == workload.MATCH_METHOD and len(params) == 1
+        queries.append(decode_query(params[0], "bench-chain"))
+    assert [q.commitment for q in queries] == [commitments[i % 3] for i in range(5)]
+    assert all(q.participant == "bank" for q in queries)
+    assert len({q.nonce for q in queries}) == 5
+    assert workload.presigned_match_queries(plan, [], 5) == []
