@@ -9,8 +9,8 @@
 
 Both keep one connection open and reuse it; a node that is down (refused,
 reset, unreachable, timed out on connect) is skipped for the next endpoint.
-A call whose connection breaks before its answer is retried on the next
-endpoint: every Bayledger method is safe to repeat (entries carry a nonce, so a
+A call whose connection breaks before its answer, or that a draining node
+answers `shutting-down`, is retried on the next endpoint: every Bayledger method is safe to repeat (entries carry a nonce, so a
 repeated submit is answered already-committed or replayed-nonce, never
 applied twice; a match query is re-signed per attempt). Errors are typed:
 `RpcError` (the node answered an error: `.code`, `.message`), `ConnectionFailed`
@@ -46,6 +46,7 @@ response_bytes_max = 64 * 1024 * 1024   # a block of many entries is the largest
 read_chunk_bytes = 65_536
 msgid_max = 2**32 - 1
 QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/PROTOCOL.md §8)
+ERROR_SHUTTING_DOWN = "shutting-down"   # node.rpc.ERROR_SHUTTING_DOWN: the node drains before it stops
 
 
 class ClientError(Exception):
@@ -177,6 +178,13 @@ class Client:
                 results = self._exchange(calls)
             except (OSError, ProtocolError, msgpack.ExtraData, ValueError) as exc:
                 failures.append(f"{endpoint}: {exc}")
+                self.close()
+                self._index = (self._index + 1) % len(self.endpoints)
+                continue
+            stopping = [r for r in results if isinstance(r, RpcError) and r.code == ERROR_SHUTTING_DOWN]
+            if stopping and len(self.endpoints) > 1:
+                # The node is draining before it stops: the next node can take the calls.
+                failures.append(f"{endpoint}: {stopping[0].message}")
                 self.close()
                 self._index = (self._index + 1) % len(self.endpoints)
                 continue
@@ -341,7 +349,13 @@ class AsyncClient:
                 self._index = (self._index + 1) % len(self.endpoints)
                 continue
             if error is not None:
-                raise _error_of(error, endpoint)
+                failure = _error_of(error, endpoint)
+                if failure.code == ERROR_SHUTTING_DOWN and len(self.endpoints) > 1:
+                    failures.append(f"{endpoint}: {failure.message}")   # draining: try the next node
+                    await self._drop()
+                    self._index = (self._index + 1) % len(self.endpoints)
+                    continue
+                raise failure
             return result
         raise ConnectionFailed("no node answered (" + "; ".join(failures) + ")")
 

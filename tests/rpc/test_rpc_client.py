@@ -176,3 +176,57 @@ def test_sync_client_moves_to_the_next_node_when_its_node_stops(node):
             assert client.endpoint.port == second.port
     finally:
         second.stop()
+
+
+@pytest.fixture
+def draining_endpoint():
+    """A real TCP msgpack-RPC peer that answers every call `shutting-down`, as a node in its drain does."""
+    import threading
+
+    import msgpack
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                unpacker = msgpack.Unpacker(raw=False)
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    continue
+                unpacker.feed(data)
+                answers = [msgpack.packb([1, request[1], {"code": "shutting-down", "message": "draining"}, None])
+                           for request in unpacker]
+                conn.sendall(b"".join(answers))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_sync_client_leaves_a_draining_node_for_the_next(server, draining_endpoint):
+    with Client(f"{draining_endpoint},127.0.0.1:{server.port}") as client:
+        assert client.call("status")["chain_id"] == "bayledger-test"
+        assert str(client.endpoint) == f"127.0.0.1:{server.port}"
+    with pytest.raises(RpcError) as error:          # alone, the draining node's answer is the answer
+        Client(draining_endpoint).call("status")
+    assert error.value.code == "shutting-down"
+
+
+async def test_async_client_leaves_a_draining_node_for_the_next(server, draining_endpoint):
+    async with AsyncClient(f"{draining_endpoint},127.0.0.1:{server.port}") as client:
+        assert (await client.call("status"))["chain_id"] == "bayledger-test"
+        assert str(client.endpoint) == f"127.0.0.1:{server.port}"
