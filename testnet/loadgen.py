@@ -222,6 +222,10 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
             tasks.cancel_scope.cancel()
         _finish_line()
         result.duration_s = trio.current_time() - start
+        unanswered = result.sent - result.ok - sum(result.errors.values())
+        if unanswered:
+            # Still waiting after the drain timeout: their latency is unknown, so they must show as errors.
+            result.errors["no-answer"] += unanswered
         for connection in conns:
             await connection.aclose()
         outer.cancel_scope.cancel()

@@ -26,6 +26,8 @@ async def serve_rpc(stream: trio.SocketStream) -> None:
         async def answer(msgid: int, method: str, params: list) -> None:
             # Later ids answer sooner: replies arrive out of order on the connection.
             await trio.sleep(0.002 * (3 - msgid % 3))
+            if method == "submit" and params[0] < 0:
+                await trio.sleep_forever()   # a request the node never answers
             if method == "submit" and params[0] % 10 == 9:
                 reply = [1, msgid, {"code": "mempool-full", "message": "retry later"}, None]
             elif method == "submit":
@@ -222,3 +224,15 @@ def test_presigned_match_queries_are_what_the_node_accepts(tmp_path):
     assert all(q.participant == "bank" for q in queries)
     assert len({q.nonce for q in queries}) == 5
     assert workload.presigned_match_queries(plan, [], 5) == []
+
+
+async def test_open_loop_counts_requests_never_answered_as_errors(server_address, monkeypatch):
+    # Requests still unanswered when the drain ends have no latency: they must show as errors,
+    # or the percentiles would quietly leave out the worst cases.
+    monkeypatch.setattr(loadgen, "drain_timeout_s", 0.3)
+    requests = [rpc.pack_call("submit", [-1 if n % 4 == 0 else n]) for n in range(40)]
+    result = await loadgen.open_loop("t", [server_address], [requests], loadgen._accept_submit,
+                                     rate_per_s=200, duration_s=0.2)
+    assert result.sent == 40
+    assert result.errors["no-answer"] == 10
+    assert result.ok + sum(result.errors.values()) == 40
