@@ -12,7 +12,7 @@ Tasks (all in one nursery; on SIGTERM/SIGINT the daemon drains, then cancels the
   the synced writes (consensus state and block apply) run in a worker thread
   that the driver awaits: the order is unchanged, but readers and the RPC
   server keep running during the fsync (RPC reads wait for `ledger_quiet`);
-- the RPC server (node.rpc, when present) and the metrics server;
+- the RPC server (node.rpc) and the metrics server;
 - the fault-injection poller, only when `testing.fault_injection` is on.
 
 Shutdown (run_daemon): the first SIGTERM/SIGINT starts `Daemon.drain`: the RPC listener closes,
@@ -32,7 +32,6 @@ from __future__ import annotations
 import collections
 import functools
 import gc
-import importlib
 import signal
 import sys
 import time
@@ -46,6 +45,7 @@ import trio
 from consensus import codec
 from consensus import replica as replica_module
 
+from . import rpc
 from .api import ApiError
 from .config import Address, NodeConfig
 from .keys import KeyFileError, KeyPair, load_key_file
@@ -67,7 +67,7 @@ ENTRY_VERDICTS_MAX = 65_536            # remembered entry signature-check verdic
 # After the drain, how long answers already given to waiting submitters may take to be written to
 # their connections before everything is cancelled (a client that does not read is not waited for).
 SHUTDOWN_ANSWERS_FLUSH_MS = 1_000
-ERROR_SHUTTING_DOWN = "shutting-down"  # docs/PROTOCOL.md section 8
+ERROR_SHUTTING_DOWN = rpc.ERROR_SHUTTING_DOWN
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
 
@@ -683,9 +683,7 @@ class Daemon:
                 request_bytes_max=config.limits.metrics_request_bytes_max,
                 client_timeout_ms=config.limits.metrics_client_timeout_ms))
             self.bound["metrics"] = listeners[0].socket.getsockname()[1]
-            rpc_port = await self._start_rpc(nursery)
-            if rpc_port is not None:
-                self.bound["rpc"] = rpc_port
+            self.bound["rpc"] = await self._start_rpc(nursery)
             if config.testing.fault_injection:
                 nursery.start_soon(self._poll_partition_file)
             nursery.start_soon(self._drive)
@@ -693,29 +691,14 @@ class Daemon:
                      ports=dict(self.bound), peers=sorted(self.network.slots))
             task_status.started(dict(self.bound))
 
-    async def _start_rpc(self, nursery: trio.Nursery) -> int | None:
-        try:
-            rpc = importlib.import_module("node.rpc")
-        except ModuleNotFoundError as exc:
-            if exc.name != "node.rpc":
-                raise
-            log.warning("rpc server not available in this build; RPC port not opened")
-            return None
+    async def _start_rpc(self, nursery: trio.Nursery) -> int:
         limits = rpc.RpcLimits(connections_max=self.config.limits.rpc_connections_max,
                                submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
         self.rpc_server = rpc.RpcServer(self, limits)
         result = await nursery.start(functools.partial(
             rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port, limits=limits,
             server=self.rpc_server))
-        return _port_of(result, self.config.listen.rpc.port)
-
-
-def _port_of(result: Any, default: int) -> int:
-    if isinstance(result, int):
-        return result
-    if isinstance(result, (list, tuple)) and result and hasattr(result[0], "socket"):
-        return result[0].socket.getsockname()[1]
-    return default
+        return result   # serve_rpc reports the port it bound
 
 
 async def _serve_until_signal(daemon: Daemon) -> None:
