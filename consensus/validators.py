@@ -92,9 +92,6 @@ class ValidatorSet:
         entry = self._by_id.get(validator_id)
         return entry[1] if entry else None
 
-    def index_of(self, validator_id: str) -> int:
-        return self._by_id[validator_id][0]
-
     def __contains__(self, validator_id: object) -> bool:
         return validator_id in self._by_id
 
