@@ -9,22 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rpc"))
 
-from rpc_helpers import FakeNode, ServerThread, make_world, populate  # noqa: E402
+from rpc_helpers import FakeNode, ServerThread, ledger, populate, world  # noqa: E402,F401
 
 from node.keys import KeyPair, write_key_file  # noqa: E402
-from storage.ledger import Ledger  # noqa: E402
-
-
-@pytest.fixture
-def world():
-    return make_world()
-
-
-@pytest.fixture
-def ledger(world, tmp_path):
-    store = Ledger.open(tmp_path / "ledger", world.genesis)
-    yield store
-    store.close()
 
 
 @pytest.fixture

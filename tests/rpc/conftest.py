@@ -9,20 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, make_world, populate  # noqa: E402
-
-from storage.ledger import Ledger  # noqa: E402
-
-@pytest.fixture
-def world():
-    return make_world()
-
-
-@pytest.fixture
-def ledger(world, tmp_path):
-    store = Ledger.open(tmp_path / "ledger", world.genesis)
-    yield store
-    store.close()
+from rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, ledger, populate, world  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
@@ -160,3 +161,18 @@ def populate(world: World, ledger: Ledger) -> dict:
 
 
 __all__ = ["TEST_LIMITS", "FakeNode", "ServerThread", "make_world", "populate"]
+
+
+# Fixtures shared by tests/rpc and tests/cli (each conftest imports them by name).
+
+
+@pytest.fixture
+def world():
+    return make_world()
+
+
+@pytest.fixture
+def ledger(world, tmp_path):
+    store = Ledger.open(tmp_path / "ledger", world.genesis)
+    yield store
+    store.close()
