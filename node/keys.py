@@ -39,25 +39,31 @@ class KeyPair:
         return cls(signing_key=nacl.signing.SigningKey.generate(), id=key_id)
 
 
+def create_private_file(path: str | Path, data: bytes, mode: int, *, overwrite: bool = False) -> None:
+    """Write `data` to a file created with `mode` (never readable by others, not even briefly), synced.
+    Raises FileExistsError (unless overwrite) or OSError for the caller to word."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    fd = os.open(path, flags, mode)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), mode)   # an existing file overwritten keeps its old mode otherwise
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def write_key_file(path: str | Path, key: KeyPair, *, overwrite: bool = False) -> None:
     """Write `key` with mode 0600, created that way (never world-readable, not even briefly)."""
     path = Path(path)
     document = {"type": "ed25519", "public_key": key.public_key.hex(), "seed": bytes(key.signing_key).hex()}
     if key.id is not None:
         document["id"] = key.id
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
-        fd = os.open(path, flags, KEY_FILE_MODE)
+        create_private_file(path, (json.dumps(document, indent=2) + "\n").encode(), KEY_FILE_MODE,
+                            overwrite=overwrite)
     except FileExistsError:
         raise KeyFileError(f"key file {path} already exists; refusing to overwrite a key") from None
     except OSError as exc:
         raise KeyFileError(f"key file {path} cannot be created: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as out:
-        os.fchmod(out.fileno(), KEY_FILE_MODE)
-        json.dump(document, out, indent=2)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _hex_field(document: dict, name: str, path: Path, size: int) -> bytes:

@@ -28,7 +28,7 @@ from node.client import (
     Client, ClientError, ConnectionFailed, RpcError, build_admit, build_commit, build_match_query, build_revoke,
     build_suspend, cosign, seal_document, verify_match_proof,
 )
-from node.keys import KeyFileError, KeyPair, load_key_file, load_public_key
+from node.keys import KeyFileError, KeyPair, create_private_file, load_key_file, load_public_key
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -330,17 +330,12 @@ def _time_text(time_ms: int) -> str:
 
 
 def _write_private(path: Path, data: bytes, *, overwrite: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
-        fd = os.open(path, flags, RECEIPT_MODE)
+        create_private_file(path, data, RECEIPT_MODE, overwrite=overwrite)
     except FileExistsError:
         raise CliError(f"{path} already exists (use --force to overwrite)") from None
     except OSError as exc:
         raise CliError(f"{path} cannot be written: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _write_file(path: str | Path, data: bytes) -> None:
