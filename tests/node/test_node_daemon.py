@@ -116,7 +116,12 @@ class Net:
         self.daemons.pop(node_id)
 
     async def wait_height(self, node_ids, height):
-        while not all(self.ledgers[n].height() >= height for n in node_ids):
+        """Until each ledger holds `height` and each running daemon has finished applying it: the ledger
+        moves inside the apply thread, the daemon's height and metrics only once that thread returns."""
+        def reached(n):
+            daemon = self.daemons.get(n)
+            return self.ledgers[n].height() >= height and (daemon is None or daemon.height >= height)
+        while not all(reached(n) for n in node_ids):
             await trio.sleep(0.01)
 
 
