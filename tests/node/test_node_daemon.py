@@ -256,7 +256,10 @@ async def test_equivocating_validator_is_detected_and_honest_nodes_keep_committi
                 await net.start(nursery, node_id)
             receipts = {}
             await submit_all(net.daemons["hk-1"], range(0, 3), receipts)
-            height = net.ledgers["hk-2"].height() + 1
+            # Equivocate at the next height: hk-2 ignores votes for heights it has already committed.
+            top = max(r["height"] for r in receipts.values())
+            await net.wait_height(["hk-2"], top)
+            height = top + 1
             stream, _ = await play_byzantine_validator(
                 net.ports["hk-2"], net.keys["cn-2"], "cn-2", net.validators, CHAIN, height)
             metrics = net.daemons["hk-2"].metrics
