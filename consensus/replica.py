@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 import nacl.signing
@@ -131,8 +132,12 @@ KEY_VIEW = b"view"
 KEY_CHECKPOINT = b"checkpoint"
 KEY_VIEW_CHANGE = b"view-change"
 KEY_NEW_VIEW = b"new-view"
-KEY_VOTE = b"vote/"   # + height: the latest (view, phase, block) this replica signed at that height
-KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certificate at that height
+KEY_VOTE = b"vote/"   # + height: the latest (view, phase, header) this replica signed at that height
+KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certificate at that height, without entries
+# + height + header hash: a block's entries, written once however many records above refer to that block.
+# (A vote and a certificate each carrying the block wrote every block three times more, and those bytes
+# drove LevelDB's memtable flushes.)
+KEY_BODY = b"body/"
 KEY_COMMITTED = b"committed/"  # + height: ids (SHA-256) of the requests committed at that height
 
 PHASE_PRE_PREPARE = "pre-prepare"
@@ -143,6 +148,10 @@ _PHASE_ORDER = {PHASE_PRE_PREPARE: 0, PHASE_PREPARE: 1, PHASE_COMMIT: 2}
 
 def _height_key(prefix: bytes, height: int) -> bytes:
     return prefix + height.to_bytes(8, "big")
+
+
+def _body_key(height: int, header_hash: bytes) -> bytes:
+    return KEY_BODY + height.to_bytes(8, "big") + header_hash
 
 
 @dataclass
@@ -215,6 +224,7 @@ class Replica:
         self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
         self.certs: dict[int, PreparedCertificate] = {}
         self.votes: dict[int, tuple[int, str, bytes]] = {}  # height -> (view, phase, header_hash) we signed
+        self.persisted_bodies: dict[int, set[bytes]] = {}  # height -> hashes of the headers whose entries are persisted
         self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
         self.my_checkpoint: bytes | None = None
         self.my_checkpoint_height = 0
@@ -453,9 +463,38 @@ class Replica:
             if p_view == view and _PHASE_ORDER[p_phase] >= _PHASE_ORDER[phase]:
                 return True
         self.votes[height] = (view, phase, header_hash)
-        value = codec.pack({"view": view, "phase": phase, "header": header.to_wire(), "entries": list(entries)})
+        self._persist_body(height, header_hash, entries)
+        value = codec.pack({"view": view, "phase": phase, "header": header.to_wire()})
         self._persist.append((_height_key(KEY_VOTE, height), value))
+        self._forget_unreferenced_bodies(height)
         return True
+
+    def _persist_body(self, height: int, header_hash: bytes, entries: tuple[bytes, ...]) -> None:
+        """Persist a block's entries once, in the same batch as the first record that refers to them."""
+        hashes = self.persisted_bodies.setdefault(height, set())
+        if header_hash not in hashes:
+            hashes.add(header_hash)
+            self._persist.append((_body_key(height, header_hash), codec.pack(list(entries))))
+
+    def _persist_certificate(self, certificate: PreparedCertificate) -> None:
+        header_hash = hash_of_header(certificate.header)
+        self._persist_body(certificate.height, header_hash, certificate.entries)
+        wire = certificate.to_wire()
+        del wire["entries"]
+        self._persist.append((_height_key(KEY_CERT, certificate.height), codec.pack(wire)))
+        self._forget_unreferenced_bodies(certificate.height)
+
+    def _forget_unreferenced_bodies(self, height: int) -> None:
+        """Delete the entries of blocks at `height` that neither our vote nor our certificate refers to any more."""
+        referenced = set()
+        if height in self.votes:
+            referenced.add(self.votes[height][2])
+        if height in self.certs:
+            referenced.add(hash_of_header(self.certs[height].header))
+        hashes = self.persisted_bodies.get(height, set())
+        for header_hash in hashes - referenced:
+            hashes.discard(header_hash)
+            self._persist.append((_body_key(height, header_hash), None))
 
     def _persist_view(self) -> None:
         self._persist.append((KEY_VIEW, codec.pack({"view": self.view, "active": self.view_active})))
@@ -472,12 +511,19 @@ class Replica:
         if KEY_VIEW in persisted:
             record = codec.unpack(persisted[KEY_VIEW])
             self.view, self.view_active = int(record["view"]), bool(record["active"])
+        bodies: dict[tuple[int, bytes], tuple[bytes, ...]] = {}
+        for key, value in persisted.items():
+            if key.startswith(KEY_BODY):
+                height = int.from_bytes(key[len(KEY_BODY):len(KEY_BODY) + 8], "big")
+                header_hash = key[len(KEY_BODY) + 8:]
+                bodies[(height, header_hash)] = tuple(codec.unpack(value))
+                self.persisted_bodies.setdefault(height, set()).add(header_hash)
         for key, value in sorted(persisted.items()):
             if key.startswith(KEY_VOTE):
                 height = int.from_bytes(key[len(KEY_VOTE):], "big")
                 record = codec.unpack(value)
                 header = BlockHeader.from_wire(record["header"])
-                entries = tuple(record["entries"])
+                entries = bodies[(height, hash_of_header(header))]
                 self.votes[height] = (record["view"], record["phase"], hash_of_header(header))
                 if record["view"] == self.view and self.view_active and height > self.last_applied_height:
                     slot = _Slot(header, entries, hash_of_header(header))
@@ -488,7 +534,9 @@ class Replica:
                     self.blocks[hash_of_header(header)] = (header, entries)
             elif key.startswith(KEY_CERT):
                 height = int.from_bytes(key[len(KEY_CERT):], "big")
-                self.certs[height] = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
+                wire = codec.unpack(value)
+                wire["entries"] = list(bodies[(height, hash_of_header(BlockHeader.from_wire(wire["header"])))])
+                self.certs[height] = PreparedCertificate.from_wire(wire, self.validators, self.chain_id)
         if KEY_VIEW_CHANGE in persisted:
             vc = decode_message(persisted[KEY_VIEW_CHANGE], self.validators, self.chain_id, verify=False)
             self.view_changes[self.me] = vc
@@ -705,7 +753,7 @@ class Replica:
             tuple(sorted((VoteSignature(v, votes[v][1]) for v in signers), key=lambda s: s.validator)),
         )
         self.certs[height] = certificate
-        self._persist.append((_height_key(KEY_CERT, height), codec.pack(certificate.to_wire())))
+        self._persist_certificate(certificate)
         self._sign_commit(height, slot)
         return True
 
@@ -739,7 +787,9 @@ class Replica:
                     return progressed
                 parent = parent_slot.header
             in_flight = self._in_flight_ids()
-            candidates = [p for rid, p in self.pool.items() if rid not in in_flight]
+            # The oldest pending requests not in flight, at most one batch: never a scan of the whole pool.
+            candidates = list(islice(
+                (p for rid, p in self.pool.items() if rid not in in_flight), self.config.batch_requests_max))
             if not candidates:
                 return progressed
             if (
@@ -888,6 +938,9 @@ class Replica:
         for below in [h for h in self.certs if h <= height]:
             del self.certs[below]
             self._persist.append((_height_key(KEY_CERT, below), None))
+        for below in [h for h in self.persisted_bodies if h <= height]:
+            for header_hash in self.persisted_bodies.pop(below):
+                self._persist.append((_body_key(below, header_hash), None))
         for table in (self.slots, self.prepare_votes, self.commit_votes):
             for below in [h for h in table if h <= height]:
                 del table[below]

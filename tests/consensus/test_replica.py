@@ -16,7 +16,7 @@ from consensus.messages import (
     CATCH_UP_BLOCKS_MAX, CatchUpRequest, Commit, PrePrepare, Prepare, ViewChange, decode_message, encode, sign,
 )
 from consensus.replica import (
-    KEY_VOTE, ExecutionResult, Ready, Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response,
+    KEY_BODY, KEY_CERT, KEY_VOTE, ExecutionResult, Ready, Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response,
 )
 from consensus.validators import Validator, ValidatorSet
 
@@ -203,6 +203,25 @@ def test_normal_case_commits_every_request_in_order_with_certificates():
     assert node.replica.stable.height >= 4
     vote_heights = [int.from_bytes(k[len(KEY_VOTE):], "big") for k in node.persisted if k.startswith(KEY_VOTE)]
     assert all(h > node.replica.stable.height for h in vote_heights)
+    body_heights = [int.from_bytes(k[len(KEY_BODY):len(KEY_BODY) + 8], "big") for k in node.persisted if k.startswith(KEY_BODY)]
+    assert all(h > node.replica.stable.height for h in body_heights)
+
+
+def test_a_block_is_persisted_once_however_many_records_refer_to_it():
+    """Every replica's vote, its prepared certificate and (on the primary) its proposal refer to one
+    stored copy of the block's entries; a replica restarted from that state has the block back."""
+    cluster = Cluster()
+    request = b"ok:" + b"x" * 200
+    cluster.submit("v0", request)
+    assert cluster.run_until(lambda: all_committed(cluster, [request]), 200)
+    for node_id, node in cluster.nodes.items():
+        holding = [k for k, v in node.persisted.items() if request in v]
+        assert len(holding) == 1 and holding[0].startswith(KEY_BODY), (node_id, holding)
+        assert any(k.startswith(KEY_CERT) for k in node.persisted) and any(k.startswith(KEY_VOTE) for k in node.persisted)
+    node = cluster.nodes["v1"]
+    node.crash()
+    node.restart()
+    assert [c.entries for c in node.replica.certs.values()] == [(request,)]
 
 
 def test_invalid_request_is_refused_and_never_committed():
