@@ -17,7 +17,8 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
                                    kind and expiry are in the entry
     p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
     w<author>                      replay window of an author (participant id or "governance"):
-                                   msgpack array of its most recent nonces, ascending; see NonceWindow
+                                   its most recent nonces, ascending, as runs of consecutive
+                                   nonces: msgpack [first, count, first, count, ...]; see NonceWindow
     r<depth:2><prefix>             revoked-set SMT node (storage/smt.py node id): its 32-byte hash if
                                    two or more revoked commitments lie below it, hash || commitment
                                    (64 bytes) for the highest node with one below it; empty nodes and
@@ -56,7 +57,8 @@ from .genesis import GOVERNANCE_AUTHOR, Genesis
 from .proofs import Encoded, build_match_proof
 
 
-FORMAT_VERSION = 2                   # 2: results_hash commits to the revoked-set root (smt.py)
+FORMAT_VERSION = 3                   # 2: results_hash commits to the revoked-set root (smt.py)
+                                     # 3: nonce windows stored as runs (a flat list was 56 % of the bytes written)
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries: saves 28 bytes a leaf
@@ -120,11 +122,28 @@ class NonceWindow:
         return isinstance(other, NonceWindow) and other.recent == self.recent
 
     def encode(self) -> bytes:
-        return _pack(self.recent)
+        """Runs of consecutive nonces, [first, count, ...]: an author counting up is one run, a few bytes
+        rewritten each block instead of up to nonce_window integers."""
+        recent = self.recent
+        if not recent:
+            return _pack([])
+        if recent[-1] - recent[0] == len(recent) - 1:
+            return _pack([recent[0], len(recent)])  # the common case: no gaps
+        runs: list[int] = []
+        start = 0
+        for i in range(1, len(recent) + 1):
+            if i == len(recent) or recent[i] != recent[i - 1] + 1:
+                runs += (recent[start], i - start)
+                start = i
+        return _pack(runs)
 
     @classmethod
     def decode(cls, data: bytes) -> "NonceWindow":
-        return cls(msgpack.unpackb(data))
+        runs = msgpack.unpackb(data)
+        recent: list[int] = []
+        for i in range(0, len(runs), 2):
+            recent.extend(range(runs[i], runs[i] + runs[i + 1]))
+        return cls(recent)
 
 
 def _entries_hash(entries: Sequence[bytes]) -> bytes:
