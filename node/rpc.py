@@ -82,7 +82,8 @@ class RpcLimits:
     send_timeout_ms: int = 10_000            # a client that does not read its responses is dropped
     submit_wait_ms_max: int = 60_000         # cap on submit's timeout_ms
     query_window_ms: int = 300_000           # a query's time_ms must be this close to the server's clock
-    query_ids_max: int = 100_000             # remembered query ids (replay protection memory)
+    query_ids_max: int = 300_000             # remembered query ids, all participants (~320 bytes each: 96 MB)
+    query_ids_per_participant_max: int = 100_000  # one participant's share: a flood from one costs others nothing
     block_entries_per_response_max: int = 10_000   # block(): entries per answer (page with first/count)
 
 
@@ -92,36 +93,52 @@ class QueryGuard:
     Queries older or newer than `window_ms` are refused as stale, so only ids inside
     the window need remembering; ids are forgotten when they leave it. If the memory
     is full of ids still inside the window, new queries are refused (busy) rather than
-    forgetting an id that could then be replayed.
+    forgetting an id that could then be replayed. Each participant may fill at most
+    `ids_per_participant_max` of it: beyond that its own queries are refused (busy) and
+    everyone else's still answered, so one participant's flood costs others nothing
+    unless ids_max / ids_per_participant_max of them flood together.
     """
 
-    def __init__(self, window_ms: int, ids_max: int) -> None:
+    def __init__(self, window_ms: int, ids_max: int, ids_per_participant_max: int | None = None) -> None:
         self.window_ms = window_ms
         self.ids_max = ids_max
-        self._seen: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # id -> expiry, in arrival order
+        self.ids_per_participant_max = ids_max if ids_per_participant_max is None else ids_per_participant_max
+        # id -> (expiry, participant), in arrival order; and how many ids each participant holds.
+        self._seen: collections.OrderedDict[bytes, tuple[int, str]] = collections.OrderedDict()
+        self._held: collections.Counter[str] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def admit(self, query_id: bytes, query_time_ms: int, now_ms: int) -> None:
+    def held_by(self, participant: str) -> int:
+        return self._held[participant]
+
+    def admit(self, query_id: bytes, query_time_ms: int, now_ms: int, participant: str = "") -> None:
         if abs(query_time_ms - now_ms) > self.window_ms:
             raise ApiError(ERROR_STALE, f"query time_ms is more than {self.window_ms} ms from the node's clock "
                            f"({now_ms}); check the clock and sign a fresh query")
         self._forget_expired(now_ms)
         if query_id in self._seen:
             raise ApiError(ERROR_REPLAYED, "this signed query was already answered; sign a fresh one (new nonce)")
+        if self._held[participant] >= self.ids_per_participant_max:
+            raise ApiError(ERROR_BUSY, f"{self._held[participant]} recent queries of this participant are "
+                           f"remembered, its share; retry when the oldest leave the {self.window_ms} ms window")
         if len(self._seen) >= self.ids_max:
             raise ApiError(ERROR_BUSY, "too many recent queries to remember; retry shortly")
-        self._seen[query_id] = query_time_ms + self.window_ms
+        self._seen[query_id] = (query_time_ms + self.window_ms, participant)
+        self._held[participant] += 1
 
     def _forget_expired(self, now_ms: int) -> None:
         # Arrival order is not expiry order when clocks differ; scanning the head is enough to
         # bound memory, and the full-memory case above stays safe.
         while self._seen:
-            first_id, expiry = next(iter(self._seen.items()))
+            first_id, (expiry, participant) = next(iter(self._seen.items()))
             if expiry >= now_ms:
                 break
             del self._seen[first_id]
+            self._held[participant] -= 1
+            if not self._held[participant]:
+                del self._held[participant]
 
 
 @dataclass(frozen=True)
@@ -197,7 +214,7 @@ class RpcMethods:
         self.api = api
         self.limits = limits
         self.clock_ms = clock_ms
-        self.queries = QueryGuard(limits.query_window_ms, limits.query_ids_max)
+        self.queries = QueryGuard(limits.query_window_ms, limits.query_ids_max, limits.query_ids_per_participant_max)
         self.table: dict[str, Callable] = {
             "status": self.status, "validators": self.validators, "header": self.header, "block": self.block,
             "submit": self.submit, "match": self.match, "consistency": self.consistency,
@@ -280,7 +297,7 @@ class RpcMethods:
             raise ApiError(ERROR_UNAUTHORIZED, f"{query.participant!r} with this key is not an admitted participant")
         if record.status != "active":
             raise ApiError(ERROR_UNAUTHORIZED, f"participant {query.participant!r} is {record.status}")
-        self.queries.admit(query.query_id, query.time_ms, self.clock_ms())
+        self.queries.admit(query.query_id, query.time_ms, self.clock_ms(), query.participant)
         proof = self.ledger.match_proof(query.commitment)
         if proof is None:
             raise ApiError(ERROR_NOT_FOUND, "no such commitment on the ledger")

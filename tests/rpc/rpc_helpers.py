@@ -28,7 +28,7 @@ from storage.ledger import Ledger  # noqa: E402
 # Small limits so every edge is cheap to reach in a test.
 TEST_LIMITS = RpcLimits(message_bytes_max=8192, connections_max=8, requests_in_flight_max=4,
                         idle_timeout_ms=60_000, send_timeout_ms=5_000, submit_wait_ms_max=20_000,
-                        query_window_ms=300_000, query_ids_max=1000)
+                        query_window_ms=300_000, query_ids_max=1000, query_ids_per_participant_max=20)
 
 
 

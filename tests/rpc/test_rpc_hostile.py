@@ -263,6 +263,46 @@ def test_query_guard_edges():
     assert len(guard) == 3
 
 
+def test_a_participant_at_its_query_share_is_refused_while_others_are_answered(server, neighbour, world, commitments):
+    """Over the wire: hk-bank's genuine queries are answered until its share of the replay memory is
+    full, then refused busy; hk-bureau, asking meanwhile, still gets its proof."""
+    connection = Connection(server.port)
+    chain, active = world.chain_id, commitments["active"]
+    codes = []
+    for _ in range(TEST_LIMITS.query_ids_per_participant_max + 1):
+        error, _ = connection.call("match", build_match_query(world.participant_keys["hk-bank"], "hk-bank", chain, active))
+        codes.append(None if error is None else error["code"])
+        if error is not None:
+            break
+    assert codes[-1] == "busy" and set(codes[:-1]) == {None}
+    error, proof = connection.call("match", build_match_query(world.participant_keys["hk-bureau"], "hk-bureau", chain, active))
+    assert error is None and isinstance(proof, bytes)
+    neighbour.check()
+
+
+def test_query_guard_shares_its_memory_fairly():
+    """A participant at its share is refused (busy) while others are still answered, up to the total;
+    as its ids leave the window, its share frees again."""
+    guard = QueryGuard(window_ms=1000, ids_max=5, ids_per_participant_max=2)
+    guard.admit(b"f1", 0, 0, "flooder")
+    guard.admit(b"f2", 10, 0, "flooder")
+    with pytest.raises(ApiError) as busy:
+        guard.admit(b"f3", 0, 0, "flooder")
+    assert busy.value.code == "busy" and "this participant" in busy.value.message
+    assert guard.held_by("flooder") == 2
+    guard.admit(b"b1", 0, 0, "bank")          # unaffected by the flooder
+    guard.admit(b"b2", 0, 0, "bank")
+    guard.admit(b"c1", 0, 0, "bureau")
+    with pytest.raises(ApiError) as full:      # the total (5) is reached, whoever asks
+        guard.admit(b"c2", 0, 0, "bureau")
+    assert full.value.code == "busy" and "too many recent queries" in full.value.message
+    with pytest.raises(ApiError) as replayed:  # a replay is named as such, even at the share
+        guard.admit(b"f1", 0, 0, "flooder")
+    assert replayed.value.code == "replayed"
+    guard.admit(b"f3", 1000, 1001, "flooder")  # f1 (expiry 1000) left the window: the flooder has room again
+    assert guard.held_by("flooder") == 2 and len(guard) == 5
+
+
 def test_connection_limit_edge(server, neighbour):
     """With the neighbour, connections_max - 1 more are served; the next is told busy and closed;
     after one closes, a new connection is served again."""
