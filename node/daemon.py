@@ -695,10 +695,21 @@ class Daemon:
         limits = rpc.RpcLimits(connections_max=self.config.limits.rpc_connections_max,
                                submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
         self.rpc_server = rpc.RpcServer(self, limits)
+        self.metrics.collectors.append(self._collect_rpc_metrics)
         result = await nursery.start(functools.partial(
             rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port, limits=limits,
             server=self.rpc_server))
         return result   # serve_rpc reports the port it bound
+
+
+    def _collect_rpc_metrics(self) -> None:
+        server = self.rpc_server
+        for key, total in server.counters.items():
+            if key in server.methods.table:
+                self.metrics.rpc_calls.mirror(total, key)
+            elif key != "notification":
+                self.metrics.rpc_errors.mirror(total, key)
+        self.metrics.rpc_connections.set(server.connections)
 
 
 async def _serve_until_signal(daemon: Daemon) -> None:

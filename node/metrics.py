@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import trio
 
@@ -71,6 +71,12 @@ class Counter(_Metric):
 
     def get(self, label_value: str | None = None) -> float:
         return self.values.get(self._key(label_value), 0)
+
+    def mirror(self, total: float, label_value: str | None = None) -> None:
+        """Take the total of a count kept elsewhere (which only goes up), e.g. the RPC server's."""
+        key = self._key(label_value)
+        assert total >= self.values.get(key, 0), "counters only go up"
+        self.values[key] = total
 
 
 class Gauge(_Metric):
@@ -146,11 +152,21 @@ class NodeMetrics:
         self.commit_latency = Histogram(
             "bayledger_block_commit_latency_seconds",
             "Time from a block's proposal timestamp to its local apply.", COMMIT_LATENCY_BUCKETS_S)
+        self.rpc_calls = Counter(
+            "bayledger_rpc_calls_total", "RPC calls answered with a result, by method.", "counter", label="method")
+        self.rpc_errors = Counter(
+            "bayledger_rpc_errors_total", "RPC answers that were errors (and refused connections), by code.",
+            "counter", label="code")
+        self.rpc_connections = Gauge("bayledger_rpc_connections", "Open RPC connections.", "gauge")
+        # Called before each scrape to copy counts kept elsewhere (the RPC server's) into the metrics above.
+        self.collectors: list[Callable[[], None]] = []
 
     def all(self) -> list:
         return [value for value in vars(self).values() if isinstance(value, (_Metric, Histogram))]
 
     def render(self) -> str:
+        for collect in self.collectors:
+            collect()
         lines: list[str] = []
         for metric in self.all():
             lines.extend(metric.render())

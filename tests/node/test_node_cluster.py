@@ -143,6 +143,11 @@ def test_four_daemons_commit_and_hold_identical_stores(cluster):
     metrics = cluster.nodes["hk-1"]
     assert metrics.metric("bayledger_committed_entries_total") >= 12
     assert metrics.metric("bayledger_connected_peers") == 3
+    # RPC counts reach Prometheus too: hk-1 answered its three submits, and one unknown method.
+    with pytest.raises(RpcError):
+        cluster.nodes["hk-1"].call("no-such-method")
+    assert metrics.metric("bayledger_rpc_calls_total", 'method="submit"') == 3
+    assert metrics.metric("bayledger_rpc_errors_total", 'code="method-not-found"') == 1
     chain = stop_all_and_compare(cluster, all_ids, acknowledged)
     assert sum(len(e) for _, e in chain) == 12
     committed_lines = [l for l in cluster.nodes["cn-1"].log_lines() if l.get("event") == "block committed"]
