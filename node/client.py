@@ -47,6 +47,7 @@ read_chunk_bytes = 65_536
 msgid_max = 2**32 - 1
 QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/PROTOCOL.md §8)
 ERROR_SHUTTING_DOWN = "shutting-down"   # node.rpc.ERROR_SHUTTING_DOWN: the node drains before it stops
+_request_packer = msgpack.Packer(use_bin_type=True)  # reused: packb would build one per request
 
 
 class ClientError(Exception):
@@ -198,7 +199,7 @@ class Client:
     def _exchange(self, calls: list[tuple[str, list]]) -> list[Any]:
         assert self._sock is not None and self._unpacker is not None
         msgids = [self._next_msgid() for _ in calls]
-        payload = b"".join(msgpack.packb([0, msgid, method, list(params)], use_bin_type=True)
+        payload = b"".join(_request_packer.pack([0, msgid, method, list(params)])
                            for msgid, (method, params) in zip(msgids, calls))
         self._sock.sendall(payload)
         waiting = {msgid: position for position, msgid in enumerate(msgids)}
@@ -337,7 +338,7 @@ class AsyncClient:
                         if self._stream is None:   # dropped by the reader since _connect
                             raise trio.ClosedResourceError("connection lost")
                         await self._stream.send_all(
-                            msgpack.packb([0, msgid, method, list(params)], use_bin_type=True))
+                            _request_packer.pack([0, msgid, method, list(params)]))
                     error, result = await receive_channel.receive()
             except trio.TooSlowError:
                 self._waiting.pop(msgid, None)

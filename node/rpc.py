@@ -334,8 +334,11 @@ def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+_response_packer = msgpack.Packer(use_bin_type=True)  # reused: packb would build one per response
+
+
 def encode_response(msgid: int | None, error: dict | None, result: Any) -> bytes:
-    return msgpack.packb([MESSAGE_RESPONSE, msgid, error, result], use_bin_type=True)
+    return _response_packer.pack([MESSAGE_RESPONSE, msgid, error, result])
 
 
 def _error(code: str, message: str) -> dict:

@@ -77,16 +77,15 @@ class Encoded(bytes):
     """A value already in canonical msgpack (e.g. a header or certificate as stored): used as is."""
 
 
-def _encode(value: Any) -> bytes:
+def _encode(value: Any, packer: msgpack.Packer) -> bytes:
     """codec.pack, except that Encoded parts are copied instead of decoded and canonicalized again."""
     if isinstance(value, Encoded):
         return value
     if isinstance(value, (bytes, int, str)) or (type(value) is list and all(type(v) is bytes for v in value)):
-        return msgpack.packb(value, use_bin_type=True)  # already canonical: shortest ints, bin for bytes
+        return packer.pack(value)  # already canonical: shortest ints, bin for bytes
     if isinstance(value, dict) and any(isinstance(v, (Encoded, dict)) for v in value.values()):
         keys = sorted(value, key=str.encode)
-        packer = msgpack.Packer(use_bin_type=True)
-        return packer.pack_map_header(len(keys)) + b"".join(packer.pack(k) + _encode(value[k]) for k in keys)
+        return packer.pack_map_header(len(keys)) + b"".join(packer.pack(k) + _encode(value[k], packer) for k in keys)
     return codec.pack(value)
 
 
@@ -96,7 +95,8 @@ def build_match_proof(proven: dict, revocation: dict | None, status: dict) -> by
     proof = {"version": MATCH_PROOF_VERSION, **proven, "status": status}
     if revocation is not None:
         proof["revocation"] = revocation
-    return _encode(proof)
+    # One Packer for the whole proof: msgpack.packb would build one for each of its dozen values.
+    return _encode(proof, msgpack.Packer(use_bin_type=True))
 
 
 def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, where: str = "") -> BlockHeader:
