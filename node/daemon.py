@@ -701,7 +701,6 @@ class Daemon:
             server=self.rpc_server))
         return result   # serve_rpc reports the port it bound
 
-
     def _collect_rpc_metrics(self) -> None:
         server = self.rpc_server
         for key, total in server.counters.items():
