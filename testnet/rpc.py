@@ -42,11 +42,15 @@ class ConnectionLost(Exception):
 
 
 class PipelinedConnection:
-    """One TCP connection with any number of outstanding calls; run `reader` in a nursery."""
+    """One TCP connection with any number of outstanding calls; run `reader` in a nursery.
+
+    Requests made while one write is under way go out together in the next write, as a
+    pipelining client does: one system call (and one read on the node) for many requests."""
 
     def __init__(self, stream: trio.abc.Stream):
         self._stream = stream
-        self._send_lock = trio.Lock()
+        self._outbox: list[bytes] = []     # requests waiting for the next write
+        self._writing = False               # a caller is writing the outbox (and loops until it is empty)
         self._pending: dict[int, tuple[trio.Event, list]] = {}
         self._msgids = itertools.cycle(range(msgid_max + 1))
         self._closed: Exception | None = None
@@ -93,15 +97,9 @@ class PipelinedConnection:
         box: list = []
         self._pending[msgid] = (event, box)
         # A request is the 4-array [0, msgid, method, params]: 0x94, then 0, then the rest.
-        payload = b"\x94\x00" + _msgid_packer.pack(msgid) + method_and_params
-        try:
-            # Shielded: a send cut halfway would leave a torn frame on a shared connection.
-            with trio.CancelScope(shield=True):
-                async with self._send_lock:
-                    await self._stream.send_all(payload)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._pending.pop(msgid, None)
-            raise ConnectionLost(str(exc)) from None
+        self._outbox.append(b"\x94\x00" + _msgid_packer.pack(msgid) + method_and_params)
+        if not self._writing:
+            await self._write_outbox()
         try:
             await event.wait()
         finally:
@@ -114,6 +112,22 @@ class PipelinedConnection:
                 raise RpcError(str(error.get("code")), str(error.get("message")))
             raise RpcError("error", str(error))
         return result
+
+    async def _write_outbox(self) -> None:
+        self._writing = True
+        try:
+            # Shielded: a send cut halfway would leave a torn frame on a shared connection.
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0)   # callers woken with this one queue their requests first
+                while self._outbox:
+                    data = b"".join(self._outbox)
+                    self._outbox.clear()
+                    await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._outbox.clear()
+            self._fail(ConnectionLost(str(exc)))   # wakes every caller waiting for an answer
+        finally:
+            self._writing = False
 
     async def aclose(self) -> None:
         await self._stream.aclose()
