@@ -22,6 +22,7 @@ counts and exact latency percentiles.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import trio
 
 from . import rpc
@@ -44,6 +46,7 @@ submit_wait_s = 30                  # how long a submit may wait for its commit
 drain_timeout_s = 35                # after a phase, wait this long for late replies
 progress_interval_s = 0.5
 warmup_fraction = 0.2               # of a closed-loop phase, not counted in its rate
+_msgid_packer = msgpack.Packer()
 match_queries_max = 90_000          # below the node's memory of answered query ids (100,000)
 LOAD_FRACTIONS = (0.25, 0.50, 0.75)
 TARGET_RATE_PER_S = 1000.0          # the issue's latency target is stated at this rate: measured too when below saturation
@@ -141,47 +144,81 @@ async def _one_call(connection: rpc.PipelinedConnection, packed: bytes, accept) 
 
 async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, duration_s: float,
                       window: int) -> PhaseResult:
-    """One connection per queue, `window` callers on each, each sending the queue's next request as
-    soon as its last one is answered. Queue i goes to addresses[i % len(addresses)]."""
+    """One connection per queue with `window` requests outstanding on each: every reply is answered
+    with the queue's next request, all of one read's replies with one write. Queue i goes to
+    addresses[i % len(addresses)]. No task or event per request: the load generator shares the
+    machine with the nodes, so its own cost per request is kept small."""
     result = PhaseResult(name=name, offered_per_s=None, duration_s=duration_s)
     in_flight = [0]
-    async with trio.open_nursery() as outer:
-        conns = await _open_connections(addresses, len(queues), outer)
-        start = trio.current_time()
-        stop_at = start + duration_s
-        measured = (start + duration_s * warmup_fraction, stop_at)
-        result.measured_s = measured[1] - measured[0]
+    start = trio.current_time()
+    stop_at = start + duration_s
+    measured = (start + duration_s * warmup_fraction, stop_at)
+    result.measured_s = measured[1] - measured[0]
+    streams = []
+    for index in range(len(queues)):
+        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        streams.append(await trio.open_tcp_stream(host, int(port)))
 
-        async def caller(connection: rpc.PipelinedConnection, cursor) -> None:
-            while trio.current_time() < stop_at:
-                packed = next(cursor, None)
-                if packed is None:
-                    return  # pre-signed requests used up: the phase ends early
-                result.sent += 1
-                in_flight[0] += 1
-                sent_at = trio.current_time()
-                outcome = await _one_call(connection, packed, accept)
-                in_flight[0] -= 1
-                _record(result, outcome, start, measured, sent_at)
+    async def lane(stream: trio.abc.Stream, queue: list[bytes]) -> None:
+        cursor = iter(queue)
+        msgids = itertools.count()
+        sent_at: dict[int, float] = {}
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=rpc.response_bytes_max, strict_map_key=False)
 
-        progress = Progress(result, in_flight)
-        async with trio.open_nursery() as callers:
-            callers.start_soon(progress.run, start)
-            with trio.move_on_after(duration_s + drain_timeout_s):
-                async with trio.open_nursery() as workers:
-                    for connection, queue in zip(conns, queues):
-                        cursor = iter(queue)
-                        for _ in range(window):
-                            workers.start_soon(caller, connection, cursor)
-            callers.cancel_scope.cancel()
-        _finish_line()
-        result.duration_s = trio.current_time() - start
-        unanswered = result.sent - result.ok - sum(result.errors.values())
-        if unanswered:
-            result.errors["no-answer"] += unanswered  # still waiting after the drain timeout
-        for connection in conns:
-            await connection.aclose()
-        outer.cancel_scope.cancel()
+        def requests(count: int) -> bytes:
+            if trio.current_time() >= stop_at:
+                return b""
+            now = trio.current_time()
+            parts = []
+            for packed in itertools.islice(cursor, count):   # pre-signed requests may run out: fewer
+                msgid = next(msgids)
+                sent_at[msgid] = now
+                parts.append(b"\x94\x00" + _msgid_packer.pack(msgid) + packed)
+            result.sent += len(parts)
+            in_flight[0] += len(parts)
+            return b"".join(parts)
+
+        try:
+            data = requests(window)
+            while data or sent_at:
+                if data:
+                    await stream.send_all(data)
+                received = await stream.receive_some(rpc.receive_bytes_max)
+                if not received:
+                    raise trio.BrokenResourceError("node closed the connection")
+                unpacker.feed(received)
+                answered = 0
+                for message in unpacker:
+                    started = sent_at.pop(message[1], None) if isinstance(message, list) and len(message) == 4 else None
+                    if started is None:
+                        continue   # not an answer to one of ours
+                    error, reply = message[2], message[3]
+                    outcome = accept(reply) if error is None else str(error.get("code") if isinstance(error, dict) else error)
+                    _record(result, outcome, start, measured, started)
+                    answered += 1
+                in_flight[0] -= answered
+                data = requests(answered)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError, ValueError):
+            result.errors["connection-lost"] += len(sent_at)
+            in_flight[0] -= len(sent_at)
+            sent_at.clear()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    progress = Progress(result, in_flight)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(progress.run, start)
+        with trio.move_on_after(duration_s + drain_timeout_s):
+            async with trio.open_nursery() as lanes:
+                for stream, queue in zip(streams, queues):
+                    lanes.start_soon(lane, stream, queue)
+        nursery.cancel_scope.cancel()
+    _finish_line()
+    result.duration_s = trio.current_time() - start
+    unanswered = result.sent - result.ok - sum(result.errors.values())
+    if unanswered:
+        result.errors["no-answer"] += unanswered  # still waiting after the drain timeout
     return result
 
 
