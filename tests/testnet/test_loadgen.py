@@ -99,6 +99,29 @@ async def test_closed_loop_accounts_for_every_request(server_address):
     assert json.loads(json.dumps(result.to_json()))["latency"]["count"] == 360
 
 
+async def test_closed_loop_counts_requests_on_a_dropped_connection_as_lost(nursery):
+    """A node that answers five requests and then closes the connection: the five are ok, the
+    ones still outstanding are "connection-lost", and the phase ends rather than waiting."""
+    async def answer_five_then_close(stream: trio.SocketStream) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        answered = 0
+        while answered < 5:
+            unpacker.feed(await stream.receive_some(65536))
+            for _, msgid, _, params in unpacker:
+                if answered < 5:
+                    await stream.send_all(msgpack.packb([1, msgid, None, {"status": "committed"}]))
+                    answered += 1
+        await stream.aclose()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, answer_five_then_close, 0, host="127.0.0.1"))
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    requests = [rpc.pack_call("submit", [n]) for n in range(100)]
+    with trio.fail_after(10):
+        result = await loadgen.closed_loop("t", [address], [requests], loadgen._accept_submit, duration_s=5, window=8)
+    assert result.ok == 5 and result.errors["connection-lost"] == result.sent - 5 and result.sent >= 8
+    assert "no-answer" not in result.errors
+
+
 async def test_open_loop_sends_rate_times_duration(server_address):
     requests = [rpc.pack_call("submit", [n]) for n in range(1000)]
     queues = [requests[i::2] for i in range(2)]
