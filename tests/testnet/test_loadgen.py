@@ -100,8 +100,8 @@ async def test_closed_loop_accounts_for_every_request(server_address):
 
 
 async def test_closed_loop_counts_requests_on_a_dropped_connection_as_lost(nursery):
-    """A node that answers five requests and then closes the connection: the five are ok, the
-    ones still outstanding are "connection-lost", and the phase ends rather than waiting."""
+    """A node that answers five requests and then closes the connection: the answers that arrive
+    are ok, every other request sent is "connection-lost", and the phase ends rather than waiting."""
     async def answer_five_then_close(stream: trio.SocketStream) -> None:
         unpacker = msgpack.Unpacker(raw=False)
         answered = 0
@@ -118,8 +118,9 @@ async def test_closed_loop_counts_requests_on_a_dropped_connection_as_lost(nurse
     requests = [rpc.pack_call("submit", [n]) for n in range(100)]
     with trio.fail_after(10):
         result = await loadgen.closed_loop("t", [address], [requests], loadgen._accept_submit, duration_s=5, window=8)
-    assert result.ok == 5 and result.errors["connection-lost"] == result.sent - 5 and result.sent >= 8
-    assert "no-answer" not in result.errors
+    # Up to five are ok: an answer still in flight when the node's close resets the connection is lost.
+    assert 1 <= result.ok <= 5 and result.sent >= 8
+    assert result.errors == {"connection-lost": result.sent - result.ok}
 
 
 async def test_open_loop_sends_rate_times_duration(server_address):
