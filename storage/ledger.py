@@ -64,7 +64,7 @@ STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries: saves 28 bytes a leaf
 node_cache_level_min = 5             # subtrees of >= 32 leaves stay in memory once read (immutable)
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
-group_cache_entries_max = 64         # recently rehashed 8-leaf groups
+group_cache_entries_max = 16_384     # recently rehashed 8-leaf groups (~1.35 KB each: 22 MB, 131,072 leaves)
 nonce_window = 256                   # most recent nonces remembered per author (replay window)
 smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) in memory, ~15 MB
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
