@@ -46,9 +46,9 @@ submit_wait_s = 30                  # how long a submit may wait for its commit
 drain_timeout_s = 35                # after a phase, wait this long for late replies
 progress_interval_s = 0.5
 warmup_fraction = 0.2               # of a closed-loop phase, not counted in its rate
-_msgid_packer = msgpack.Packer()
-match_queries_max = 90_000          # below the node's memory of answered query ids (100,000)
+match_queries_max = 90_000          # below one participant's share of a node's query-id memory (100,000)
 LOAD_FRACTIONS = (0.25, 0.50, 0.75)
+_msgid_packer = msgpack.Packer()    # the closed loop's request ids (reused: packb builds a Packer per call)
 TARGET_RATE_PER_S = 1000.0          # the latency target is stated at this rate: measured too when below saturation
 
 
@@ -189,11 +189,16 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
                 unpacker.feed(received)
                 answered = 0
                 for message in unpacker:
-                    started = sent_at.pop(message[1], None) if isinstance(message, list) and len(message) == 4 else None
+                    if not (isinstance(message, list) and len(message) == 4 and type(message[1]) is int):
+                        continue   # not a response
+                    started = sent_at.pop(message[1], None)
                     if started is None:
                         continue   # not an answer to one of ours
                     error, reply = message[2], message[3]
-                    outcome = accept(reply) if error is None else str(error.get("code") if isinstance(error, dict) else error)
+                    if error is None:
+                        outcome = accept(reply)
+                    else:
+                        outcome = str(error.get("code") if isinstance(error, dict) else error)
                     _record(result, outcome, start, measured, started)
                     answered += 1
                 in_flight[0] -= answered
