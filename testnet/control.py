@@ -139,7 +139,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         if validators is not None and len(network.nodes) != validators:
             raise TestnetError(
                 f"{run_dir} holds a {len(network.nodes)}-validator testnet; "
-                f"run `python -m testnet down {dir_option(run_dir)}` and remove {run_dir} to start another size"
+                f"run `python -m testnet down{dir_option(run_dir)}` and remove {run_dir} to start another size"
             )
         if base_port is not None and base_port != network.base_port:
             raise TestnetError(
@@ -152,8 +152,8 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
             stopped = [name for name, pid in pids.items() if pid is None]
             print(f"testnet in {run_dir} is already running ({len(running)} of {len(pids)} nodes up); nothing changed.")
             if stopped:
-                print(f"  stopped: {', '.join(stopped)}: start one with `python -m testnet restart NODE {dir_option(run_dir)}`")
-            print(f"  see `python -m testnet status {dir_option(run_dir)}`")
+                print(f"  stopped: {', '.join(stopped)}: start one with `python -m testnet restart NODE{dir_option(run_dir)}`")
+            print(f"  see `python -m testnet status{dir_option(run_dir)}`")
             return 0
         print(f"restarting the stopped testnet in {run_dir} (keys, genesis and data kept)")
     else:
@@ -199,7 +199,7 @@ def run_demo(network: Network) -> dict:
         sample = run_sample(network)
     except DemoError as exc:
         raise TestnetError(f"sample submit/verify failed: {exc}\n(the nodes keep running; "
-                           f"`python -m testnet down {dir_option(network.run_dir)}` stops them)") from None
+                           f"`python -m testnet down{dir_option(network.run_dir)}` stops them)") from None
     for step, output in sample["outputs"].items():
         print(f"  $ bayledger {' '.join(sample['commands'][step])}")
         for line in output.splitlines():
@@ -260,7 +260,7 @@ def down(run_dir: Path) -> int:
     for node in network.nodes:
         outcome = stop_node(node.pid_path, node.config_path)
         print(f"  {node.name:<6} {outcome}")
-    print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up {dir_option(network.run_dir)}` starts it again)")
+    print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up{dir_option(network.run_dir)}` starts it again)")
     return 0
 
 
