@@ -176,7 +176,8 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
     print(f"bench: {validators} validators in {run_dir}, base port {base_port}, DURATION={duration_s:g}s", file=sys.stderr)
     try:
         providers = {f"bench-provider-{i + 1}": "CN" for i in range(BENCH_PROVIDERS)}
-        control.up(run_dir, validators, base_port, demo=False, extra_participants=providers, consensus=consensus)
+        with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the results JSON
+            control.up(run_dir, validators, base_port, demo=False, extra_participants=providers, consensus=consensus)
         network = Network.load(run_dir)
         before_bytes = {n.name: directory_bytes(n.data_dir) for n in network.nodes}
         before_tree = _tree_size(network)
