@@ -9,8 +9,8 @@ Key layout (one prefix byte; integers are unsigned big-endian so keys sort by nu
     b<height:8>                    block record: msgpack array, one item per entry in block order:
                                    leaf index (int) if accepted, [reason, entry bytes] if rejected
     e<leaf:8>                      accepted entry bytes, by Merkle leaf index
-    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 3; the
-                                   lower levels are rehashed from the (at most 8) entries of one
+    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 2; the
+                                   lower levels are rehashed from the (at most 4) entries of one
                                    aligned group (point reads)
     k<commitment:32>               commitment index: msgpack [leaf index, height], or [leaf index,
                                    height, revoke leaf index, revoke height] once revoked. Author,
@@ -58,13 +58,14 @@ from .proofs import Encoded, build_match_proof
 
 
 FORMAT_VERSION = 3                   # 2: results_hash commits to the revoked-set root (smt.py)
-                                     # 3: nonce windows stored as runs (a flat list was 56 % of the bytes written)
+                                     # 3: nonce windows stored as runs (a flat list was 56 % of the bytes written),
+                                     #    and Merkle nodes from level 2 up (was 3): proofs rehash 4 entries, not 8
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
-node_level_min_stored = 3            # levels 0-2 are rehashed from <= 8 entries: saves 28 bytes a leaf
-node_cache_level_min = 5             # subtrees of >= 32 leaves stay in memory once read (immutable)
+node_level_min_stored = 2            # levels 0-1 are rehashed from <= 4 entries: saves 21 bytes a leaf
+node_cache_level_min = 2             # stored nodes (subtrees of >= 4 leaves) stay in memory once read (immutable)
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
-group_cache_entries_max = 16_384     # recently rehashed 8-leaf groups (~1.35 KB each: 22 MB, 131,072 leaves)
+group_cache_entries_max = 32_768     # recently rehashed 4-leaf groups (~705 bytes each: 23 MB, 131,072 leaves)
 nonce_window = 256                   # most recent nonces remembered per author (replay window)
 smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) in memory, ~15 MB
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
