@@ -450,11 +450,7 @@ class Daemon:
         request.taken.set()
         return ready
 
-    def carry_out(self, ready) -> None:
-        """Do what a Ready asks, in contract order, then whatever on_persisted releases."""
-        self.carry_out_many([ready])
-
-    def carry_out_many(self, readies: list) -> None:
+    async def carry_out_many_off_loop(self, readies: list) -> None:
         """Carry out the Readies of consecutive inputs with one synced write for all their persists.
 
         Their persist lists are written in order in one batch (a later value of a key wins), before
@@ -462,31 +458,11 @@ class Daemon:
         oldest held batch of messages), its messages, blocks, catch-up, evidence and rejections, and
         the follow-up Readies on_persisted returned. The order of everything sent or applied is the
         order one-at-a-time processing gives; only the number of fsyncs drops.
-        """
-        changes = [change for ready in readies for change in ready.persist]
-        if changes:
-            self.ledger.write_consensus_state(changes)
-        for ready in readies:
-            follow_up = self.replica.on_persisted() if ready.persist else None
-            self._carry_out_after_persist(ready)
-            while follow_up is not None:
-                next_follow_up = None
-                if follow_up.persist:
-                    self.ledger.write_consensus_state(list(follow_up.persist))
-                    next_follow_up = self.replica.on_persisted()
-                self._carry_out_after_persist(follow_up)
-                follow_up = next_follow_up
-        self._observe_replica()
-        self.metrics.mempool_size.set(self.replica.pending_request_count)
 
-    async def carry_out_many_off_loop(self, readies: list) -> None:
-        """carry_out_many with each synced write done in a worker thread.
-
-        Same order of writes, on_persisted calls, sends and applies as carry_out_many: the driver
-        awaits each write before it goes on, so nothing that depends on the write happens early.
-        What changes is that the event loop runs meanwhile: peer readers and the RPC server keep
-        taking input (queued for the driver's next batch, which the fsync thus makes larger) and
-        answering queries instead of stalling for the fsync. LevelDB writes are thread-safe and
+        Each synced write runs in a worker thread that the driver awaits before it goes on, so
+        nothing that depends on the write happens early, while the event loop runs meanwhile: peer
+        readers and the RPC server keep taking input (queued for the driver's next batch, which the
+        fsync thus makes larger) and answering queries instead of stalling for the fsync. LevelDB writes are thread-safe and
         plyvel releases the GIL while it writes; the consensus state keys are read by no one else.
         """
         changes = [change for ready in readies for change in ready.persist]
@@ -513,12 +489,6 @@ class Daemon:
         self._send_messages(ready)
         for block in ready.committed:
             await self._apply_off_loop(block)
-        self._carry_out_after_apply(ready)
-
-    def _carry_out_after_persist(self, ready) -> None:
-        self._send_messages(ready)
-        for block in ready.committed:
-            self._apply(block)
         self._carry_out_after_apply(ready)
 
     def _send_messages(self, ready) -> None:
@@ -568,7 +538,7 @@ class Daemon:
             await self._applying.wait()
 
     async def _apply_off_loop(self, block) -> None:
-        """_apply with the synced write in a worker thread; readers wait on ledger_quiet meanwhile."""
+        """Apply a committed block, the synced write in a worker thread; readers wait on ledger_quiet meanwhile."""
         if block.header.height <= self.height:
             return
         assert self._applying is None, "the driver applies one block at a time"
@@ -589,11 +559,6 @@ class Daemon:
             # stop rather than keep voting on a state we cannot hold.
             log.error("cannot apply committed block", height=header.height, reason=str(exc))
             raise FatalError(f"cannot apply block {header.height}: {exc}") from exc
-
-    def _apply(self, block) -> None:
-        if block.header.height <= self.height:
-            return      # already applied (replayed after a restart): apply_block is idempotent anyway
-        self._applied(block, self._apply_block_or_fail(block))
 
     def _applied(self, block, outcomes) -> None:
         """The block is durable in storage: move the height, count, and wake its waiting submitters."""

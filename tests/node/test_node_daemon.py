@@ -386,35 +386,3 @@ class ScriptedReplica:
     def on_persisted(self):
         self.journal.append(("on_persisted",))
         return self.follow_ups.pop(0)
-
-
-async def test_readies_of_a_batch_are_persisted_in_one_write_before_anything_is_sent(tmp_path):
-    """carry_out_many writes every persist of the batch in one synced write, in order, before the first
-    message; then per Ready: on_persisted, its messages, its blocks; follow-ups after their parent."""
-    from consensus.replica import Outbound, Ready
-
-    net = Net(tmp_path)
-    daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], net.ledgers["hk-1"],
-                    application=sim_app.SimApplication())
-    journal = []
-    daemon.ledger.write_consensus_state = lambda changes: journal.append(("write", list(changes)))
-    daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
-    daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
-    follow_up = Ready(persist=[(b"k3", b"v3")], messages=[Outbound("cn-1", b"released-1")])
-    daemon.replica = ScriptedReplica(journal, [follow_up, Ready(messages=[Outbound(None, b"released-2")]),
-                                               Ready(messages=[Outbound(None, b"released-3")])])
-    first = Ready(persist=[(b"k1", b"v1"), (b"k2", None)], messages=[])
-    second = Ready(messages=[Outbound("hk-2", b"plain")])
-    third = Ready(persist=[(b"k1", b"v1-again")])
-    daemon.carry_out_many([first, second, third])
-    assert journal == [
-        ("write", [(b"k1", b"v1"), (b"k2", None), (b"k1", b"v1-again")]),
-        ("on_persisted",),                       # first's held messages come back in its follow-up
-        ("write", [(b"k3", b"v3")]),             # the follow-up persists again before it sends
-        ("on_persisted",),
-        ("send", "cn-1", b"released-1"),
-        ("send", None, b"released-2"),
-        ("send", "hk-2", b"plain"),
-        ("on_persisted",),                       # third
-        ("send", None, b"released-3"),
-    ]

@@ -105,8 +105,9 @@ async def test_each_node_checks_each_entry_once(tmp_path):
 
 
 async def test_off_loop_write_keeps_the_contract_order(tmp_path):
-    """carry_out_many_off_loop does what carry_out_many does, in the same order: one write of every
-    persist of the batch first, then per Ready on_persisted, sends; follow-ups after their own write."""
+    """carry_out_many_off_loop writes every persist of the batch in one synced write, in order, in a
+    worker thread, before the first message; then per Ready: on_persisted, its messages, its blocks;
+    follow-ups after their own write."""
     from consensus.replica import Outbound, Ready
 
     net = Net(tmp_path)
@@ -130,13 +131,13 @@ async def test_off_loop_write_keeps_the_contract_order(tmp_path):
     await daemon.carry_out_many_off_loop([first, second, third])
     assert journal == [
         ("write", [(b"k1", b"v1"), (b"k2", None), (b"k1", b"v1-again")]),
-        ("on_persisted",),
-        ("write", [(b"k3", b"v3")]),
+        ("on_persisted",),                       # first's held messages come back in its follow-up
+        ("write", [(b"k3", b"v3")]),             # the follow-up persists again before it sends
         ("on_persisted",),
         ("send", "cn-1", b"released-1"),
         ("send", None, b"released-2"),
         ("send", "hk-2", b"plain"),
-        ("on_persisted",),
+        ("on_persisted",),                       # third
         ("send", None, b"released-3"),
     ]
     assert len(threads) == 2 and threading.get_ident() not in threads   # both writes in a worker thread
