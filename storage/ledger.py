@@ -921,6 +921,12 @@ class Ledger:
                 self._smt_cache.update(execution.smt_nodes)
         for key in [k for k, e in self._speculative.items() if e.height <= height]:
             del self._speculative[key]
+        # Children executed on this block while it was in flight now read the store, which holds
+        # the same state: otherwise each execution keeps its parent alive, and every lookup that
+        # misses (the duplicate check of each new commitment) walks a chain as long as the uptime.
+        for child in self._speculative.values():
+            if child.parent is execution:
+                child.parent = self._store_view
 
     # -- the replica's persisted state --------------------------------------------------------------
 

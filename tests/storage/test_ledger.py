@@ -309,6 +309,34 @@ def test_speculative_execution_never_writes_and_is_reused(world, ledger):
     assert app.execute(b2.header, 3, b3.header.time_ms, list(b3.entries)) is None
 
 
+def test_applied_execution_is_released_by_its_in_flight_children(world, ledger):
+    """Under load every block is executed on its in-flight parent. Once the parent is applied, the
+    child reads the store, not the parent's overlay: otherwise each block would hold its parent
+    alive and every lookup (e.g. the duplicate-commitment check of each new commitment) would walk
+    a chain as long as the node's uptime."""
+    import gc
+    import weakref
+
+    author = Author(world, "hk-bureau")
+    blocks = [next_block(world, ledger, [author.commit(commitment(0))], parent=None)]
+    released = []
+    for n in range(1, 6):
+        # The next block is executed while its parent is still in flight, then the parent applies.
+        blocks.append(next_block(world, ledger, [author.commit(commitment(n))], parent=blocks[-1].header))
+        parent_execution = next(e for e in ledger._speculative.values() if e.height == n)
+        released.append(weakref.ref(parent_execution))
+        del parent_execution
+        ledger.apply_block(blocks[-2])
+    gc.collect()
+    assert [ref() for ref in released] == [None] * 5
+    (in_flight,) = ledger._speculative.values()
+    assert in_flight.height == 6 and in_flight.parent is ledger._store_view
+    # Reads through the cut are the store's: an applied commitment is a duplicate for the child.
+    assert in_flight.commitment(commitment(4)) == ledger.commitment_record(commitment(4))
+    ledger.apply_block(blocks[-1])
+    assert ledger.height() == 6 and ledger.block_results(6) == [5]
+
+
 def test_fork_in_flight(world, ledger):
     """Two different in-flight children of one parent; once one is applied, the other's child is refused."""
     a, b = Author(world, "hk-bureau"), Author(world, "cn-bureau")
