@@ -362,6 +362,8 @@ class _Connection:
         self.nursery: trio.Nursery | None = None
         self._replies: list[bytes] = []      # answers of immediate methods not yet sent
         self._reply_bytes = 0
+        self._answers: list[bytes] = []      # answers of waiting methods not yet sent (see _answer)
+        self._answers_writing = False
 
     async def send(self, data: bytes) -> None:
         async with self.send_lock:
@@ -480,13 +482,35 @@ class _Connection:
     async def _answer(self, msgid: int, method: str, params: list) -> None:
         try:
             error, result = await self.server.call(method, params)
-            data = _encode_answer(msgid, method, error, result)
-            try:
-                await self.send(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                assert self.nursery is not None
-                self.nursery.cancel_scope.cancel()
+        except BaseException:
+            self._calls_ended(1)
+            raise
+        # One commit wakes many waiting calls of a connection at once: their answers leave in one
+        # write. The first to queue writes for all, and each call ends (its in-flight slot freed)
+        # only once its answer is written, so a client that does not read still holds its slots.
+        self._answers.append(_encode_answer(msgid, method, error, result))
+        if self._answers_writing:
+            return
+        self._answers_writing = True
+        try:
+            await trio.sleep(0)    # the calls woken with this one queue their answers meanwhile
+            while self._answers:
+                answers, self._answers = self._answers, []
+                try:
+                    await self.send(b"".join(answers))
+                finally:
+                    self._calls_ended(len(answers))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            assert self.nursery is not None
+            self.nursery.cancel_scope.cancel()
         finally:
+            self._answers_writing = False
+            if self._answers:      # cancelled before writing them: the connection is closing
+                self._calls_ended(len(self._answers))
+                self._answers = []
+
+    def _calls_ended(self, count: int) -> None:
+        for _ in range(count):
             self.in_flight.release()
             self.server.waiting_call_ended()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import msgpack
 import trio
+import trio.testing
 
 from rpc_helpers import TEST_LIMITS
 from node.rpc import RpcServer, _Connection, reply_batch_bytes_max
@@ -88,3 +89,92 @@ def test_bad_bytes_after_good_requests_answer_those_first_then_close(node):
     answers = _answers(stream.sends)
     assert [a[1] for a in answers[:2]] == [0, 1] and answers[0][2] is None
     assert answers[2][1] is None and answers[2][2]["code"] == "parse-error"
+
+
+class GatedStream(RecordingStream):
+    """RecordingStream that, after its reads, waits (no end of stream) until `close()`, and whose
+    send_all waits while `send_gate` is closed: a client slow to read its answers."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        super().__init__(reads)
+        self.closed = trio.Event()
+        self.send_gate = trio.Event()
+        self.send_gate.set()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        if not self.reads:
+            await self.closed.wait()
+        return await super().receive_some(max_bytes)
+
+    async def send_all(self, data) -> None:
+        await self.send_gate.wait()
+        await super().send_all(data)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _submits(world, count: int) -> bytes:
+    from storage_helpers import Author, commitment
+
+    author = Author(world, "hk-bureau")
+    author.nonce = 100                    # past the nonces the fixture's blocks used
+    return b"".join(msgpack.packb([0, i, "submit", [author.commit(commitment(1000 + i)), {"wait": True}]])
+                    for i in range(count))
+
+
+def _release(node) -> None:
+    if node.released is None:
+        node.released = trio.Event()
+    node.released.set()
+
+
+def test_answers_of_waiting_calls_woken_together_go_out_in_one_send(world, node):
+    """One commit wakes many submits of a connection: their answers leave in one write."""
+    node.hold = True
+    in_flight = TEST_LIMITS.requests_in_flight_max
+    stream = GatedStream([_submits(world, in_flight)])
+    server = RpcServer(node, TEST_LIMITS)
+
+    async def main():
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_Connection(server, stream).run)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(node.submitted) == in_flight and server.waiting_calls == in_flight
+                _release(node)
+                await trio.testing.wait_all_tasks_blocked()
+                stream.close()
+    trio.run(main)
+    assert len(stream.sends) == 1
+    answers = _answers(stream.sends)
+    assert sorted(a[1] for a in answers) == list(range(in_flight))
+    assert all(a[2] is None and a[3]["status"] == "committed" for a in answers)
+
+
+def test_a_waiting_call_holds_its_slot_until_its_answer_is_written(world, node):
+    """With every in-flight slot answered but the answers not yet written (the client does not
+    read), no further request is taken: a client cannot pile up answers by not reading them."""
+    node.hold = True
+    in_flight = TEST_LIMITS.requests_in_flight_max
+    stream = GatedStream([_submits(world, in_flight + 1)])
+    server = RpcServer(node, TEST_LIMITS)
+
+    async def main():
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_Connection(server, stream).run)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(node.submitted) == in_flight
+                stream.send_gate = trio.Event()      # the client stops reading
+                _release(node)
+                await trio.testing.wait_all_tasks_blocked()
+                assert stream.sends == [] and server.waiting_calls == in_flight
+                assert len(node.submitted) == in_flight   # the next request waits for a slot
+                stream.send_gate.set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(node.submitted) == in_flight + 1 and server.waiting_calls == 0
+                stream.close()
+    trio.run(main)
+    answers = _answers(stream.sends)
+    assert sorted(a[1] for a in answers) == list(range(in_flight + 1))
