@@ -178,6 +178,17 @@ class _Pending:
     seen_ms: int
 
 
+@dataclass
+class _ProposalScan:
+    """Where the primary's last look for unproposed requests ended (see Replica._unproposed)."""
+
+    applied_height: int
+    in_flight_slots: tuple[_Slot, ...]   # the blocks above the applied height, in slots' order
+    in_flight_ids: set[bytes]
+    pool_scanned: int                    # pool entries looked at (the whole pool, as it then was)
+    found: list[_Pending]                # fewer than one batch (a full batch is proposed at once)
+
+
 class Replica:
     def __init__(
         self,
@@ -234,6 +245,7 @@ class Replica:
         self.new_view_bytes: bytes | None = None
 
         self.pool: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._proposal_scan: _ProposalScan | None = None
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
         self.forward_queue: list[bytes] = []
 
@@ -786,10 +798,7 @@ class Replica:
                     # still prepare each block only after its parent is prepared.
                     return progressed
                 parent = parent_slot.header
-            in_flight = self._in_flight_ids()
-            # The oldest pending requests not in flight, at most one batch: never a scan of the whole pool.
-            candidates = list(islice(
-                (p for rid, p in self.pool.items() if rid not in in_flight), self.config.batch_requests_max))
+            candidates = self._unproposed()
             if not candidates:
                 return progressed
             if (
@@ -816,6 +825,37 @@ class Replica:
             self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
             progressed = True
+
+    def _unproposed(self) -> list[_Pending]:
+        """The oldest pending requests in no in-flight block, at most one batch.
+
+        Called after every input on the primary, whose pool front is mostly in flight under load:
+        resume the last scan instead of redoing it when only new requests came since. That holds
+        while the in-flight blocks and the applied height are the same: the pool then only grew at
+        its end (requests leave it only when their block is applied). The result is exactly what a
+        full scan gives.
+        """
+        batch_max = self.config.batch_requests_max
+        in_flight_slots = tuple(slot for height, slot in self.slots.items() if height > self.last_applied_height)
+        scan = self._proposal_scan
+        if (scan is None or scan.applied_height != self.last_applied_height
+                or len(scan.in_flight_slots) != len(in_flight_slots)
+                or any(a is not b for a, b in zip(scan.in_flight_slots, in_flight_slots))
+                or len(self.pool) < scan.pool_scanned):
+            in_flight: set[bytes] = set()
+            for slot in in_flight_slots:
+                in_flight.update(slot.request_ids)
+            scan = _ProposalScan(self.last_applied_height, in_flight_slots, in_flight, 0, [])
+        in_flight = scan.in_flight_ids
+        found = scan.found + list(islice(
+            (p for rid, p in islice(self.pool.items(), scan.pool_scanned, None) if rid not in in_flight),
+            batch_max - len(scan.found)))
+        if len(found) < batch_max:
+            scan.found, scan.pool_scanned = found, len(self.pool)
+            self._proposal_scan = scan
+        else:
+            self._proposal_scan = None   # a full batch: proposed now, which changes the in-flight blocks
+        return found
 
     def _try_commit(self) -> bool:
         progressed = False

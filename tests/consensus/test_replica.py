@@ -665,3 +665,50 @@ def test_a_replica_alone_in_a_higher_view_still_gets_its_request_committed():
     assert [cluster.nodes[n].replica.view for n in ("v0", "v1", "v2")] == [0, 0, 0]
     assert cluster.nodes["v3"].replica.view == 1 and not cluster.nodes["v3"].replica.view_active
     cluster.assert_agreement()
+
+
+def test_the_primary_resumed_scan_for_unproposed_requests_matches_a_full_scan():
+    """The primary resumes its last look for requests to propose (it runs after every input);
+    after every input, across in-flight blocks, commits and a view change, it gives exactly what a
+    full scan of the pool gives."""
+    from itertools import islice
+
+    config = ReplicaConfig(batch_requests_max=5, batch_wait_ms=30, view_timeout_ms=500, retransmit_ms=200,
+                           checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200)
+    cluster = Cluster(config)
+    checked = []
+
+    def checking(replica, resumed):
+        def unproposed():
+            in_flight = set()
+            for height, slot in replica.slots.items():
+                if height > replica.last_applied_height:
+                    in_flight.update(slot.request_ids)
+            expected = list(islice((p for rid, p in replica.pool.items() if rid not in in_flight),
+                                   replica.config.batch_requests_max))
+            before = replica._proposal_scan
+            found = resumed()
+            assert [p.request for p in found] == [p.request for p in expected]
+            checked.append((len(found), before is not None and replica._proposal_scan is before))
+            return found
+        return unproposed
+
+    for node in cluster.nodes.values():
+        node.replica._unproposed = checking(node.replica, node.replica._unproposed)
+    requests = [f"ok:{i}".encode() for i in range(60)]
+    for i, request in enumerate(requests[:40]):
+        cluster.submit(cluster.ids[i % 4], request)
+        if i % 3 == 0:
+            cluster.run(1)   # some blocks go in flight while more requests arrive
+    assert cluster.run_until(lambda: all_committed(cluster, requests[:40]), 400)
+    # The primary goes silent: the next primary takes over with requests still pending.
+    primary = cluster.nodes["v0"]
+    primary.crash()
+    for i, request in enumerate(requests[40:]):
+        cluster.submit(cluster.ids[1 + i % 3], request)
+    assert cluster.run_until(lambda: all_committed(cluster, requests, ["v1", "v2", "v3"]), 2000)
+    assert cluster.nodes["v1"].replica.view >= 1
+    cluster.assert_agreement()
+    # Resumed scans, fresh ones, partial and full batches were all exercised.
+    assert len(checked) > 100 and {resumed for _, resumed in checked} == {True, False}
+    assert any(0 < n < 5 for n, _ in checked) and any(n == 5 for n, _ in checked)
