@@ -236,17 +236,21 @@ class EntryVerdictMemo:
 
 
 @dataclass
-class _ClientRequest:
-    entry: bytes
-    taken: trio.Event = field(default_factory=trio.Event)
-    refusal: str | None = None
-
-
-@dataclass
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     receipt: dict | None = None
+    refusal: str | None = None  # the core refused the entry (woken at once)
     released: bool = False      # woken without a receipt because the node is stopping
+
+
+@dataclass
+class _ClientRequest:
+    entry: bytes
+    # A submit that waits for the commit hears a refusal through its waiter; one that does not
+    # wait learns through `taken` that the core took (or refused) the entry.
+    waiter: _Waiter | None = None
+    taken: trio.Event | None = None
+    refusal: str | None = None
 
 
 class Daemon:
@@ -370,23 +374,21 @@ class Daemon:
             waiter = _Waiter()
             self._waiters.setdefault(entry_id, []).append(waiter)
         try:
-            request = _ClientRequest(entry)
+            request = _ClientRequest(entry, waiter, None if wait else trio.Event())
             try:
                 self._client_send.send_nowait(request)
             except trio.WouldBlock:
                 self.metrics.rejected_requests.inc(label_value="queue-full")
                 raise ApiError("mempool-full", "the request queue is full; retry later") from None
-            await request.taken.wait()
-            if request.refusal is not None:
-                self.metrics.rejected_requests.inc(label_value=request.refusal)
-                code = {"request-pool-full": "mempool-full", "already-committed": "already-committed"}.get(
-                    request.refusal, "bad-entry")
-                raise ApiError(code, f"entry refused: {request.refusal}")
             if waiter is None:
+                await request.taken.wait()
+                self._raise_refusal(request.refusal)
                 return {"status": "pending", "id": entry_id}
+            # One wait for both the core's verdict and the commit (the timeout covers the queueing).
             limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
             with trio.move_on_after(min(max(timeout_s, 0), limit_s)):
                 await waiter.event.wait()
+            self._raise_refusal(waiter.refusal)
             if waiter.receipt is None and waiter.released:
                 raise ApiError(ERROR_SHUTTING_DOWN, "the node stopped before the entry committed; it may still "
                                "commit on the other validators: look it up on another node before submitting again")
@@ -400,6 +402,13 @@ class Daemon:
                     waiters.remove(waiter)
                 if not waiters:
                     self._waiters.pop(entry_id, None)
+
+    def _raise_refusal(self, refusal: str | None) -> None:
+        if refusal is not None:
+            self.metrics.rejected_requests.inc(label_value=refusal)
+            code = {"request-pool-full": "mempool-full", "already-committed": "already-committed"}.get(
+                refusal, "bad-entry")
+            raise ApiError(code, f"entry refused: {refusal}")
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -448,7 +457,11 @@ class Daemon:
             # a client retrying it must hear so instead of waiting for a commit that will not come.
             refusals = ["already-committed"]
         request.refusal = refusals[0] if refusals else None
-        request.taken.set()
+        if request.taken is not None:
+            request.taken.set()
+        elif request.refusal is not None:
+            request.waiter.refusal = request.refusal
+            request.waiter.event.set()
         return ready
 
     async def carry_out_many_off_loop(self, readies: list) -> None:

@@ -475,7 +475,10 @@ class _Connection:
             self._queue_reply(_encode_answer(msgid, method, error, result))
             return
         # Back-pressure: with requests_in_flight_max unanswered, stop reading until one completes.
-        await self.in_flight.acquire()
+        try:
+            self.in_flight.acquire_nowait()   # no checkpoint per request: the reads yield already
+        except trio.WouldBlock:
+            await self.in_flight.acquire()
         self.server.waiting_call_started()
         nursery.start_soon(self._answer, msgid, method, params)
 

@@ -366,9 +366,11 @@ async def test_resubmitting_a_committed_entry_is_answered_not_left_waiting(tmp_p
             first = await net.daemons["hk-2"].submit(request(1), True, 20)
             assert first["status"] == "committed"
             await net.wait_height(["cn-1"], first["height"])
-            with pytest.raises(ApiError) as info:
-                await net.daemons["cn-1"].submit(request(1), True, 20)
-            assert info.value.code == "already-committed"
+            for wait in (True, False):   # a waiting submit hears it through its waiter, the other at once
+                with pytest.raises(ApiError) as info:
+                    await net.daemons["cn-1"].submit(request(1), wait, 20)
+                assert info.value.code == "already-committed"
+            assert not net.daemons["cn-1"]._waiters     # the refused waiter is not left registered
             nursery.cancel_scope.cancel()
 
 
