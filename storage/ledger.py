@@ -71,6 +71,8 @@ smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) 
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
 leveldb_write_buffer_bytes = 32 * 1024 * 1024  # also bounds the log replayed on open after a crash
+leveldb_write_buffer_bytes_min = 1024 * 1024
+leveldb_write_buffer_bytes_max = 1024 * 1024 * 1024
 leveldb_cache_bytes = 64 * 1024 * 1024
 leveldb_block_bytes = 16 * 1024
 leveldb_bloom_bits = 10              # bits per key: most lookups are for keys that do not exist
@@ -431,13 +433,22 @@ class Ledger:
     # -- opening ----------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, genesis: Genesis, *, create: bool = True) -> "Ledger":
-        """Open (or create) the store at `path` for `genesis`; LedgerError says clearly what is wrong."""
+    def open(cls, path: str | Path, genesis: Genesis, *, create: bool = True,
+             write_buffer_bytes: int = leveldb_write_buffer_bytes) -> "Ledger":
+        """Open (or create) the store at `path` for `genesis`; LedgerError says clearly what is wrong.
+
+        `write_buffer_bytes` is LevelDB's memtable size: the store writes a sorted, compressed
+        table each time that much has been written (and replays up to that much after a crash).
+        """
         path = Path(path)
+        if type(write_buffer_bytes) is not int or not (
+                leveldb_write_buffer_bytes_min <= write_buffer_bytes <= leveldb_write_buffer_bytes_max):
+            raise LedgerError(f"write_buffer_bytes must be an integer in {leveldb_write_buffer_bytes_min}.."
+                              f"{leveldb_write_buffer_bytes_max}, got {write_buffer_bytes!r}")
         try:
             db = plyvel.DB(
                 str(path), create_if_missing=create, bloom_filter_bits=leveldb_bloom_bits,
-                write_buffer_size=leveldb_write_buffer_bytes, lru_cache_size=leveldb_cache_bytes,
+                write_buffer_size=write_buffer_bytes, lru_cache_size=leveldb_cache_bytes,
                 block_size=leveldb_block_bytes,
             )
         except plyvel.IOError as exc:

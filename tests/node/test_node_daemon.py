@@ -388,3 +388,19 @@ class ScriptedReplica:
     def on_persisted(self):
         self.journal.append(("on_persisted",))
         return self.follow_ups.pop(0)
+
+
+def test_validators_sharing_a_machine_flush_their_stores_at_different_times():
+    """Each validator's LevelDB memtable size follows its place in genesis, so validators that write
+    the same bytes do not all write a table at once; the sizes repeat every LEDGER_WRITE_BUFFER_STEPS."""
+    from node.daemon import LEDGER_WRITE_BUFFER_STEP_BYTES, LEDGER_WRITE_BUFFER_STEPS, ledger_write_buffer_bytes
+    from storage.ledger import leveldb_write_buffer_bytes
+
+    ids = [f"v{i}" for i in range(10)]
+    validators = ValidatorSet(tuple(
+        Validator(node_id, bytes([i + 1]) * 32, "HK" if i % 2 else "CN") for i, node_id in enumerate(ids)))
+    sizes = [ledger_write_buffer_bytes(validators, node_id) for node_id in ids]
+    assert sizes[0] == leveldb_write_buffer_bytes
+    assert len(set(sizes[:LEDGER_WRITE_BUFFER_STEPS])) == LEDGER_WRITE_BUFFER_STEPS
+    assert sizes[LEDGER_WRITE_BUFFER_STEPS] == sizes[0]
+    assert max(sizes) == leveldb_write_buffer_bytes + (LEDGER_WRITE_BUFFER_STEPS - 1) * LEDGER_WRITE_BUFFER_STEP_BYTES

@@ -256,6 +256,20 @@ def test_open_refuses_other_stores(world, tmp_path):
         Ledger.open(tmp_path / "missing", world.genesis, create=False)
 
 
+def test_write_buffer_size_is_checked_at_its_edges(world, tmp_path):
+    """LevelDB's memtable size is taken within [min, max] and refused outside, naming the range."""
+    low, high = ledger_module.leveldb_write_buffer_bytes_min, ledger_module.leveldb_write_buffer_bytes_max
+    for size in (low, high):
+        store = Ledger.open(tmp_path / f"ok-{size}", world.genesis, write_buffer_bytes=size)
+        author = Author(world, "hk-bureau")
+        assert store.apply_block(next_block(world, store, [author.commit(commitment(1))]))[0].ok
+        store.close()
+    for size in (low - 1, high + 1, float(low), None):
+        with pytest.raises(LedgerError, match=f"write_buffer_bytes must be an integer in {low}..{high}"):
+            Ledger.open(tmp_path / "refused", world.genesis, write_buffer_bytes=size)
+    assert not (tmp_path / "refused").exists()   # refused before anything is created
+
+
 def test_proofs_from_store_match_recomputation(world, ledger):
     """Roots, inclusion and consistency proofs read from the store equal an in-memory RFC 6962 tree,
     for every size and leaf, across blocks of uneven sizes (exercises the rehashed low levels)."""
