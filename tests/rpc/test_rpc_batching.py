@@ -129,11 +129,10 @@ def _release(node) -> None:
     node.released.set()
 
 
-def test_answers_of_waiting_calls_woken_together_go_out_in_one_send(world, node):
-    """One commit wakes many submits of a connection: their answers leave in one write."""
+def _serve_held_submits(node, stream: GatedStream, scenario) -> None:
+    """Serve `stream` with the node holding every waiting submit; run `scenario(server)` once the
+    connection has taken what it can, then end the stream."""
     node.hold = True
-    in_flight = TEST_LIMITS.requests_in_flight_max
-    stream = GatedStream([_submits(world, in_flight)])
     server = RpcServer(node, TEST_LIMITS)
 
     async def main():
@@ -141,11 +140,21 @@ def test_answers_of_waiting_calls_woken_together_go_out_in_one_send(world, node)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_Connection(server, stream).run)
                 await trio.testing.wait_all_tasks_blocked()
-                assert len(node.submitted) == in_flight and server.waiting_calls == in_flight
-                _release(node)
-                await trio.testing.wait_all_tasks_blocked()
+                await scenario(server)
                 stream.close()
     trio.run(main)
+
+
+def test_answers_of_waiting_calls_woken_together_go_out_in_one_send(world, node):
+    """One commit wakes many submits of a connection: their answers leave in one write."""
+    in_flight = TEST_LIMITS.requests_in_flight_max
+    stream = GatedStream([_submits(world, in_flight)])
+
+    async def scenario(server):
+        assert len(node.submitted) == in_flight and server.waiting_calls == in_flight
+        _release(node)
+        await trio.testing.wait_all_tasks_blocked()
+    _serve_held_submits(node, stream, scenario)
     assert len(stream.sends) == 1
     answers = _answers(stream.sends)
     assert sorted(a[1] for a in answers) == list(range(in_flight))
@@ -155,26 +164,19 @@ def test_answers_of_waiting_calls_woken_together_go_out_in_one_send(world, node)
 def test_a_waiting_call_holds_its_slot_until_its_answer_is_written(world, node):
     """With every in-flight slot answered but the answers not yet written (the client does not
     read), no further request is taken: a client cannot pile up answers by not reading them."""
-    node.hold = True
     in_flight = TEST_LIMITS.requests_in_flight_max
     stream = GatedStream([_submits(world, in_flight + 1)])
-    server = RpcServer(node, TEST_LIMITS)
 
-    async def main():
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_Connection(server, stream).run)
-                await trio.testing.wait_all_tasks_blocked()
-                assert len(node.submitted) == in_flight
-                stream.send_gate = trio.Event()      # the client stops reading
-                _release(node)
-                await trio.testing.wait_all_tasks_blocked()
-                assert stream.sends == [] and server.waiting_calls == in_flight
-                assert len(node.submitted) == in_flight   # the next request waits for a slot
-                stream.send_gate.set()
-                await trio.testing.wait_all_tasks_blocked()
-                assert len(node.submitted) == in_flight + 1 and server.waiting_calls == 0
-                stream.close()
-    trio.run(main)
+    async def scenario(server):
+        assert len(node.submitted) == in_flight
+        stream.send_gate = trio.Event()      # the client stops reading
+        _release(node)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.sends == [] and server.waiting_calls == in_flight
+        assert len(node.submitted) == in_flight   # the next request waits for a slot
+        stream.send_gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(node.submitted) == in_flight + 1 and server.waiting_calls == 0
+    _serve_held_submits(node, stream, scenario)
     answers = _answers(stream.sends)
     assert sorted(a[1] for a in answers) == list(range(in_flight + 1))
