@@ -842,10 +842,7 @@ class Replica:
                 or len(scan.in_flight_slots) != len(in_flight_slots)
                 or any(a is not b for a, b in zip(scan.in_flight_slots, in_flight_slots))
                 or len(self.pool) < scan.pool_scanned):
-            in_flight: set[bytes] = set()
-            for slot in in_flight_slots:
-                in_flight.update(slot.request_ids)
-            scan = _ProposalScan(self.last_applied_height, in_flight_slots, in_flight, 0, [])
+            scan = _ProposalScan(self.last_applied_height, in_flight_slots, self._in_flight_ids(), 0, [])
         in_flight = scan.in_flight_ids
         found = scan.found + list(islice(
             (p for rid, p in islice(self.pool.items(), scan.pool_scanned, None) if rid not in in_flight),

@@ -256,15 +256,14 @@ class EntryVerdictMemo:
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     receipt: dict | None = None
-    refusal: str | None = None  # the core refused the entry (woken at once)
     released: bool = False      # woken without a receipt because the node is stopping
 
 
 @dataclass
 class _ClientRequest:
     entry: bytes
-    # A submit that waits for the commit hears a refusal through its waiter; one that does not
-    # wait learns through `taken` that the core took (or refused) the entry.
+    # The core's refusal, if any. A submit that waits for the commit is woken through its waiter
+    # when refused; one that does not wait learns through `taken` that the core took the entry.
     waiter: _Waiter | None = None
     taken: trio.Event | None = None
     refusal: str | None = None
@@ -405,7 +404,7 @@ class Daemon:
             limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
             with trio.move_on_after(min(max(timeout_s, 0), limit_s)):
                 await waiter.event.wait()
-            self._raise_refusal(waiter.refusal)
+            self._raise_refusal(request.refusal)
             if waiter.receipt is None and waiter.released:
                 raise ApiError(ERROR_SHUTTING_DOWN, "the node stopped before the entry committed; it may still "
                                "commit on the other validators: look it up on another node before submitting again")
@@ -477,7 +476,6 @@ class Daemon:
         if request.taken is not None:
             request.taken.set()
         elif request.refusal is not None:
-            request.waiter.refusal = request.refusal
             request.waiter.event.set()
         return ready
 
