@@ -4,8 +4,9 @@ Canonical form (what every hashed or signed byte string uses):
 - msgpack with the bin type for bytes and the str type (UTF-8) for text;
 - integers in their shortest encoding, no floats, no extension types;
 - maps have str keys, written in ascending order of their UTF-8 bytes.
-`unpack_canonical` re-encodes what it decoded and rejects input that differs,
-so one value has exactly one byte string and a signature over it is unambiguous.
+`unpack_canonical` rejects input that is not the canonical encoding of what it
+decodes to (`is_canonical`), so one value has exactly one byte string and a
+signature over it is unambiguous.
 
 Signatures never cover a bare payload: `signing_bytes` prefixes a domain tag
 and the chain id, so a vote cannot be replayed as an entry or on another chain.
@@ -88,15 +89,56 @@ def unpack(data: bytes, *, max_bytes: int | None = None) -> Any:
         raise EncodingError(f"not valid msgpack: {exc}") from exc
 
 
+def _check_canonical_tree(value: Any) -> None:
+    """Raise EncodingError unless every map in `value` (as msgpack decodes it) has str keys in
+    ascending order and every other leaf has a type with a canonical encoding."""
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return
+    if kind is list or kind is tuple:
+        for item in value:
+            if type(item) not in _SCALAR_TYPES:
+                _check_canonical_tree(item)
+        return
+    if kind is dict:
+        keys = list(value)
+        for key in keys:
+            if type(key) is not str:
+                raise EncodingError(f"map key {key!r} is not a string")
+        if keys != sorted(keys):    # str order by code point is UTF-8 byte order
+            raise EncodingError("map keys are not in ascending order")
+        for item in value.values():
+            if type(item) not in _SCALAR_TYPES:
+                _check_canonical_tree(item)
+        return
+    raise EncodingError(f"type {kind.__name__} has no canonical encoding")
+
+
+def check_canonical(value: Any, data: bytes) -> None:
+    """Raise EncodingError unless `data` is the canonical encoding of `value`, the value msgpack
+    decoded from it.
+
+    The same test as re-encoding `value` with `pack` and comparing, without copying it first:
+    a value whose maps are in order and whose leaves are canonical types packs as it is, and
+    msgpack writes every integer in its shortest form, so the bytes differ exactly when `data`
+    had a wider integer, a repeated map key or trailing bytes.
+    """
+    _check_canonical_tree(value)
+    try:
+        again = _packer.pack(value)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise EncodingError(str(exc)) from exc
+    if again != data:
+        raise EncodingError("not canonical msgpack (int width, repeated map key or trailing bytes)")
+
+
 def unpack_canonical(data: bytes, *, max_bytes: int | None = None) -> Any:
     """Decode bytes that must be in canonical form; raise EncodingError otherwise."""
     value = unpack(data, max_bytes=max_bytes)
     try:
-        again = pack(value)
+        check_canonical(value, data)
     except EncodingError as exc:
         raise EncodingError(f"not canonical: {exc}") from exc
-    if again != data:
-        raise EncodingError("not canonical msgpack (key order, int width or trailing bytes)")
     return value
 
 

@@ -119,6 +119,15 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data)
 
 
+def _canonical_failure(value: Any, data: bytes) -> str | None:
+    """Why `data`, which msgpack decoded to `value`, is not its canonical encoding; None if it is."""
+    try:
+        codec.check_canonical(value, data)
+    except codec.EncodingError as exc:
+        return str(exc)
+    return None
+
+
 def _uint(value: Any) -> bool:
     return type(value) is int and 0 <= value <= uint_max
 
@@ -129,6 +138,13 @@ def decode_entry(data: bytes) -> Entry:
     Deterministic, so apply uses it too: a malformed entry is rejected the same
     way on every validator.
     """
+    return _decode_entry(data, check_canonical=False)
+
+
+def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
+    """decode_entry, and with `check_canonical` also the canonical-form check of the entry and its
+    body, on the values decoded here (before anything below replaces a field), reported after the
+    shape checks as validate_entry always has."""
     if not isinstance(data, bytes):
         raise _fail("entry-malformed", "entry must be bytes")
     if len(data) > entry_bytes_max:
@@ -137,6 +153,9 @@ def decode_entry(data: bytes) -> Entry:
         outer = _unpackb(data)
     except Exception as exc:  # msgpack raises several unrelated types
         raise _fail("entry-malformed", f"entry is not msgpack: {exc}") from None
+    not_canonical = None
+    if check_canonical:
+        not_canonical = _canonical_failure(outer, data)
     if type(outer) is not dict or len(outer) != 2 or "body" not in outer or "sigs" not in outer:
         raise _fail("entry-malformed", "entry must be a map of exactly body and sigs")
     body_bytes, sigs_raw = outer["body"], outer["sigs"]
@@ -162,6 +181,8 @@ def decode_entry(data: bytes) -> Entry:
         raise _fail("entry-malformed", f"entry body is not msgpack: {exc}") from None
     if type(body) is not dict:
         raise _fail("entry-malformed", "entry body must be a map")
+    if check_canonical and not_canonical is None:
+        not_canonical = _canonical_failure(body, body_bytes)
     kind = body.get("type")
     if kind not in ENTRY_TYPES:
         raise _fail("unknown-type", f"entry type {kind!r} is not one of {', '.join(ENTRY_TYPES)}")
@@ -217,6 +238,8 @@ def decode_entry(data: bytes) -> Entry:
     elif kind == "suspend":
         if not is_name(fields["participant_id"]):
             raise _fail("entry-malformed", "participant_id must be a participant id")
+    if not_canonical is not None:
+        raise _fail("entry-not-canonical", f"entry is not canonical msgpack: {not_canonical}")
     return Entry(
         data=data, body=body_bytes, type=kind, chain_id=chain_id, author=author,
         author_key=author_key, nonce=body["nonce"], time_ms=body["time_ms"], fields=fields,
@@ -227,12 +250,7 @@ def decode_entry(data: bytes) -> Entry:
 def validate_entry(data: bytes, genesis: Genesis | None = None) -> Entry:
     """The full stateless check: shape, canonical bytes, signatures, and (given genesis) chain id,
     entry kinds and governance keys and thresholds. Raises EntryError."""
-    entry = decode_entry(data)
-    try:
-        codec.unpack_canonical(data)
-        codec.unpack_canonical(entry.body)
-    except codec.EncodingError as exc:
-        raise _fail("entry-not-canonical", f"entry is not canonical msgpack: {exc}") from None
+    entry = _decode_entry(data, check_canonical=True)
     if genesis is not None:
         if entry.chain_id != genesis.chain_id:
             raise _fail("wrong-chain", f"entry is for chain {entry.chain_id!r}, not {genesis.chain_id!r}")
