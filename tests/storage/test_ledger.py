@@ -399,3 +399,36 @@ def test_stored_block_serves_catch_up_to_another_store(world, ledger, tmp_path):
         assert other.block_results(2) == [2, "entry-malformed"]
     finally:
         other.close()
+
+
+def test_checked_entries_are_executed_without_decoding_again(world, ledger, tmp_path, monkeypatch):
+    """An entry that passed the stateless check is executed from the decoding the check made (one
+    decode per entry on a validator, not two), with the same results as decoding it afresh; only
+    valid entries are kept, and at most decoded_entries_max of them, oldest forgotten first."""
+    monkeypatch.setattr(ledger_module, "decoded_entries_max", 3)
+    author = Author(world, "hk-bureau")
+    batch = [author.commit(commitment(n)) for n in range(4)] + [author.revoke(commitment(0))]
+    unsigned = entries.sign_entry(entries.decode_entry(batch[1]).body, world.chain_id, [("hk-bureau", key_from("x"))])
+    assert ledger.check_entry(unsigned) == "bad-signature"
+    for data in batch[:3]:
+        assert ledger.check_entry(data) is None
+    assert ledger.check_entry(batch[0]) is None            # checked again: still remembered once
+    assert list(ledger._decoded) == batch[:3]
+    for data in batch[3:]:
+        assert ledger.check_entry(data) is None
+    assert list(ledger._decoded) == batch[2:]              # the two oldest forgotten
+
+    decodes = []
+    real_decode = ledger_module.decode_entry
+    monkeypatch.setattr(ledger_module, "decode_entry", lambda data: decodes.append(data) or real_decode(data))
+    block = next_block(world, ledger, batch + [unsigned], parent=None)
+    assert decodes == batch[:2] + [unsigned]               # only those not remembered were decoded
+    outcomes = [o.reason if not o.ok else o.leaf_index for o in ledger.apply_block(block)]
+
+    fresh = Ledger.open(tmp_path / "fresh", world.genesis)   # nothing checked: every entry decoded
+    try:
+        assert outcomes == [o.reason if not o.ok else o.leaf_index for o in fresh.apply_block(block)]
+        assert fresh.head() == ledger.head()
+    finally:
+        fresh.close()
+    assert outcomes == [0, 1, 2, 3, 4, "replayed-nonce"]    # the re-signed copy of entry 1 (same nonce)
