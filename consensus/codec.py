@@ -18,6 +18,7 @@ import hashlib
 from typing import Any
 
 import msgpack
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -167,7 +168,8 @@ def verify(public_key: bytes, signature: bytes, domain: str, chain_id: str, payl
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        nacl.signing.VerifyKey(public_key).verify(signing_bytes(domain, chain_id, payload), signature)
+        # The binding VerifyKey.verify calls, without building a VerifyKey per signature.
+        nacl.bindings.crypto_sign_open(signature + signing_bytes(domain, chain_id, payload), public_key)
         return True
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False
