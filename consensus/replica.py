@@ -878,7 +878,9 @@ class Replica:
                 self._reject(signers[0], "certified-fork")
                 self.commit_votes.pop(height, None)
                 return progressed
-            self._deliver(CommittedBlock(header, entries, certificate))
+            slot = self.slots.get(height)
+            known_ids = slot.request_ids if slot is not None and slot.hash == header_hash else None
+            self._deliver(CommittedBlock(header, entries, certificate), known_ids)
             progressed = True
 
     def _commit_quorum(self, height: int) -> tuple[int, bytes, list[str]] | None:
@@ -893,7 +895,8 @@ class Replica:
                 return view, header_hash, sorted(signers)
         return None
 
-    def _deliver(self, block: CommittedBlock) -> None:
+    def _deliver(self, block: CommittedBlock, request_ids: tuple[bytes, ...] | None = None) -> None:
+        """Hand a certified block to the host; `request_ids` are its entries' ids if already known."""
         header = block.header
         height = header.height
         assert height == self.last_applied_height + 1, "blocks are delivered in height order"
@@ -904,7 +907,8 @@ class Replica:
         self.committed_hashes[height] = header_hash
         # Needed only for heights a NEW-VIEW may re-propose: above the stable checkpoint, within a window.
         self.committed_hashes.pop(height - 2 * self.config.watermark_window, None)
-        request_ids = [codec.sha256(request) for request in block.entries]
+        if request_ids is None:
+            request_ids = tuple(codec.sha256(request) for request in block.entries)
         for request_id in request_ids:
             self.pool.pop(request_id, None)
             self.committed_ids[request_id] = None

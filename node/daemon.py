@@ -262,6 +262,7 @@ class _Waiter:
 @dataclass
 class _ClientRequest:
     entry: bytes
+    entry_id: bytes
     # The core's refusal, if any. A submit that waits for the commit is woken through its waiter
     # when refused; one that does not wait learns through `taken` that the core took the entry.
     waiter: _Waiter | None = None
@@ -309,6 +310,7 @@ class Daemon:
             reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
             reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
         )
+        # Waiting submitters by entry bytes: each committed entry is looked up without hashing it.
         self._waiters: dict[bytes, list[_Waiter]] = {}
         # Set while a block is applied in a worker thread (see ledger_quiet).
         self._applying: trio.Event | None = None
@@ -388,9 +390,9 @@ class Daemon:
         waiter = None
         if wait:
             waiter = _Waiter()
-            self._waiters.setdefault(entry_id, []).append(waiter)
+            self._waiters.setdefault(entry, []).append(waiter)
         try:
-            request = _ClientRequest(entry, waiter, None if wait else trio.Event())
+            request = _ClientRequest(entry, entry_id, waiter, None if wait else trio.Event())
             try:
                 self._client_send.send_nowait(request)
             except trio.WouldBlock:
@@ -413,11 +415,11 @@ class Daemon:
             return {**waiter.receipt, "id": entry_id}
         finally:
             if waiter is not None:
-                waiters = self._waiters.get(entry_id, [])
+                waiters = self._waiters.get(entry, [])
                 if waiter in waiters:
                     waiters.remove(waiter)
                 if not waiters:
-                    self._waiters.pop(entry_id, None)
+                    self._waiters.pop(entry, None)
 
     def _raise_refusal(self, refusal: str | None) -> None:
         if refusal is not None:
@@ -468,7 +470,7 @@ class Daemon:
         return the core's Ready."""
         ready = self.replica.on_request(request.entry)
         refusals = [reason for peer, reason in ready.rejected if peer == CLIENT_PEER_ID]
-        if not refusals and _entry_id(request.entry) in getattr(self.replica, "committed_ids", ()):
+        if not refusals and request.entry_id in getattr(self.replica, "committed_ids", ()):
             # The core drops a committed request silently (peers forward duplicates all the time);
             # a client retrying it must hear so instead of waiting for a commit that will not come.
             refusals = ["already-committed"]
@@ -605,7 +607,7 @@ class Daemon:
                  entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),
                  tree_size=header.tree_size)
         for index, entry in enumerate(block.entries):
-            waiters = self._waiters.pop(_entry_id(entry), None)
+            waiters = self._waiters.pop(entry, None)
             if waiters:
                 outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
                 receipt = _receipt(block, index, outcome)

@@ -213,9 +213,9 @@ async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_w
     waiter_receipts = []
 
     async def submitter():
-        from node.daemon import _entry_id, _Waiter
+        from node.daemon import _Waiter
         waiter = _Waiter()
-        daemon._waiters[_entry_id(entry)] = [waiter]
+        daemon._waiters[entry] = [waiter]
         await waiter.event.wait()
         journal.append(("woken", waiter.receipt["height"]))
         waiter_receipts.append(waiter.receipt)
