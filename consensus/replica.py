@@ -179,14 +179,14 @@ class _Pending:
 
 
 @dataclass
-class _ProposalScan:
-    """Where the primary's last look for unproposed requests ended (see Replica._unproposed)."""
+class _ProposalQueue:
+    """The primary's pending requests in no in-flight block, in pool order (see Replica._unproposed),
+    valid for the in-flight blocks and applied height it was built or last updated for."""
 
     applied_height: int
     in_flight_slots: tuple[_Slot, ...]   # the blocks above the applied height, in slots' order
     in_flight_ids: set[bytes]
-    pool_scanned: int                    # pool entries looked at (the whole pool, as it then was)
-    found: list[_Pending]                # fewer than one batch (a full batch is proposed at once)
+    unproposed: OrderedDict[bytes, _Pending]
 
 
 class Replica:
@@ -245,7 +245,7 @@ class Replica:
         self.new_view_bytes: bytes | None = None
 
         self.pool: OrderedDict[bytes, _Pending] = OrderedDict()
-        self._proposal_scan: _ProposalScan | None = None
+        self._proposal_queue: _ProposalQueue | None = None
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
         self.forward_queue: list[bytes] = []
 
@@ -421,7 +421,10 @@ class Replica:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
             return False
-        self.pool[request_id] = _Pending(request, self.now_ms or 0)
+        pending = self.pool[request_id] = _Pending(request, self.now_ms or 0)
+        queue = self._proposal_queue
+        if queue is not None and request_id not in queue.in_flight_ids:
+            queue.unproposed[request_id] = pending
         return True
 
     def _flush_forward(self) -> None:
@@ -821,38 +824,61 @@ class Replica:
                 return progressed  # we proposed something else here before a restart; never contradict it
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
             data = encode(message)
-            self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True)
+            slot = self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True)
             self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
+            self._proposed(slot)
             progressed = True
 
     def _unproposed(self) -> list[_Pending]:
         """The oldest pending requests in no in-flight block, at most one batch.
 
-        Called after every input on the primary, whose pool front is mostly in flight under load:
-        resume the last scan instead of redoing it when only new requests came since. That holds
-        while the in-flight blocks and the applied height are the same: the pool then only grew at
-        its end (requests leave it only when their block is applied). The result is exactly what a
-        full scan gives.
+        Called after every input on the primary, whose pool front is mostly in flight under load,
+        so it keeps those requests in a queue instead of scanning the pool each time: requests join
+        it as they are pooled and leave it when proposed or committed. The queue holds while the
+        in-flight blocks change only by our own proposals (`_proposed`) and by the oldest of them
+        being applied as they were; any other change (a view change, a block we did not propose
+        applied or in flight) rebuilds it from the pool. The result is exactly what a full scan of
+        the pool gives.
         """
-        batch_max = self.config.batch_requests_max
         in_flight_slots = tuple(slot for height, slot in self.slots.items() if height > self.last_applied_height)
-        scan = self._proposal_scan
-        if (scan is None or scan.applied_height != self.last_applied_height
-                or len(scan.in_flight_slots) != len(in_flight_slots)
-                or any(a is not b for a, b in zip(scan.in_flight_slots, in_flight_slots))
-                or len(self.pool) < scan.pool_scanned):
-            scan = _ProposalScan(self.last_applied_height, in_flight_slots, self._in_flight_ids(), 0, [])
-        in_flight = scan.in_flight_ids
-        found = scan.found + list(islice(
-            (p for rid, p in islice(self.pool.items(), scan.pool_scanned, None) if rid not in in_flight),
-            batch_max - len(scan.found)))
-        if len(found) < batch_max:
-            scan.found, scan.pool_scanned = found, len(self.pool)
-            self._proposal_scan = scan
-        else:
-            self._proposal_scan = None   # a full batch: proposed now, which changes the in-flight blocks
-        return found
+        queue = self._proposal_queue
+        if queue is not None and not self._queue_holds(queue, in_flight_slots):
+            queue = None
+        if queue is None:
+            in_flight = self._in_flight_ids()
+            queue = _ProposalQueue(self.last_applied_height, in_flight_slots, in_flight, OrderedDict(
+                (rid, p) for rid, p in self.pool.items() if rid not in in_flight))
+            self._proposal_queue = queue
+        return list(islice(queue.unproposed.values(), self.config.batch_requests_max))
+
+    def _queue_holds(self, queue: _ProposalQueue, in_flight_slots: tuple[_Slot, ...]) -> bool:
+        """Bring the queue up to date if the in-flight blocks changed only by the oldest being
+        applied as they were; False if it must be rebuilt."""
+        applied = self.last_applied_height - queue.applied_height
+        old = queue.in_flight_slots
+        if applied < 0 or applied > len(old) or len(old) - applied != len(in_flight_slots):
+            return False
+        if any(a is not b for a, b in zip(old[applied:], in_flight_slots)):
+            return False
+        for slot in old[:applied]:
+            if self.committed_hashes.get(slot.header.height) != slot.hash:
+                return False
+        for slot in old[:applied]:
+            queue.in_flight_ids.difference_update(slot.request_ids)   # committed: left the pool too
+        queue.applied_height = self.last_applied_height
+        queue.in_flight_slots = in_flight_slots
+        return True
+
+    def _proposed(self, slot: _Slot) -> None:
+        """Our proposal went in flight: its requests leave the queue (they were its front)."""
+        queue = self._proposal_queue
+        if queue is None:
+            return
+        for request_id in slot.request_ids:
+            queue.unproposed.pop(request_id, None)
+        queue.in_flight_ids.update(slot.request_ids)
+        queue.in_flight_slots = queue.in_flight_slots + (slot,)
 
     def _try_commit(self) -> bool:
         progressed = False
@@ -909,8 +935,11 @@ class Replica:
         self.committed_hashes.pop(height - 2 * self.config.watermark_window, None)
         if request_ids is None:
             request_ids = tuple(codec.sha256(request) for request in block.entries)
+        queue = self._proposal_queue
         for request_id in request_ids:
             self.pool.pop(request_id, None)
+            if queue is not None:
+                queue.unproposed.pop(request_id, None)   # committed in a block we did not propose
             self.committed_ids[request_id] = None
         # Persisted so a restarted replica (or a whole restarted cluster) still refuses these requests.
         self._persist.append((_height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
@@ -1092,6 +1121,7 @@ class Replica:
     ) -> None:
         self.view_active = True
         self.view_entered_ms = self.now_ms or 0
+        self._proposal_queue = None   # rebuilt for the re-proposed blocks when we are the primary
         if message.view != self.view:
             self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
         self.view = message.view

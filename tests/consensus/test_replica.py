@@ -667,10 +667,10 @@ def test_a_replica_alone_in_a_higher_view_still_gets_its_request_committed():
     cluster.assert_agreement()
 
 
-def test_the_primary_resumed_scan_for_unproposed_requests_matches_a_full_scan():
-    """The primary resumes its last look for requests to propose (it runs after every input);
-    after every input, across in-flight blocks, commits and a view change, it gives exactly what a
-    full scan of the pool gives."""
+def test_the_primary_queue_of_unproposed_requests_matches_a_full_scan():
+    """The primary keeps its requests to propose in a queue (it looks after every input) instead
+    of scanning its pool; after every input, across in-flight blocks, commits and a view change,
+    it gives exactly what a full scan of the pool gives."""
     from itertools import islice
 
     config = ReplicaConfig(batch_requests_max=5, batch_wait_ms=30, view_timeout_ms=500, retransmit_ms=200,
@@ -686,10 +686,10 @@ def test_the_primary_resumed_scan_for_unproposed_requests_matches_a_full_scan():
                     in_flight.update(slot.request_ids)
             expected = list(islice((p for rid, p in replica.pool.items() if rid not in in_flight),
                                    replica.config.batch_requests_max))
-            before = replica._proposal_scan
+            before = replica._proposal_queue
             found = resumed()
             assert [p.request for p in found] == [p.request for p in expected]
-            checked.append((len(found), before is not None and replica._proposal_scan is before))
+            checked.append((len(found), before is not None and replica._proposal_queue is before))
             return found
         return unproposed
 
@@ -709,6 +709,6 @@ def test_the_primary_resumed_scan_for_unproposed_requests_matches_a_full_scan():
     assert cluster.run_until(lambda: all_committed(cluster, requests, ["v1", "v2", "v3"]), 2000)
     assert cluster.nodes["v1"].replica.view >= 1
     cluster.assert_agreement()
-    # Resumed scans, fresh ones, partial and full batches were all exercised.
+    # Kept queues, rebuilt ones, partial and full batches were all exercised.
     assert len(checked) > 100 and {resumed for _, resumed in checked} == {True, False}
     assert any(0 < n < 5 for n, _ in checked) and any(n == 5 for n, _ in checked)
