@@ -38,10 +38,11 @@ the block's time_ms is rejected ("already-expired").
 from __future__ import annotations
 
 import bisect
+import collections
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import msgpack
 import plyvel
@@ -304,7 +305,7 @@ class Execution:
         return ExecutionResult(tree_size=self.frontier.size, tree_root=self.frontier.root(),
                                results_hash=results_hash(self.results, self.revoked_root))
 
-    def run(self, genesis: Genesis, decoded: dict[bytes, Entry]) -> None:
+    def run(self, genesis: Genesis, decoded: Mapping[bytes, Entry]) -> None:
         """Execute the entries; `decoded` holds decodings of some entries (by their bytes) to use."""
         self._kinds = frozenset(genesis.entry_kinds)
         leaves: list[bytes] = []
@@ -426,7 +427,8 @@ class Ledger:
         self._group_cache: dict[int, list[list[bytes]]] = {}  # node hashes of recently read groups, by level
         # Valid entries by their bytes, oldest first (check_entry adds, execution reads). Only the
         # event loop's thread adds and evicts; an apply in a worker thread only reads.
-        self._decoded: dict[bytes, Entry] = {}
+        # (An OrderedDict: a dict's first item is found by skipping the slots its removals left.)
+        self._decoded: collections.OrderedDict[bytes, Entry] = collections.OrderedDict()
         self._edge_cache: tuple[merkle.Frontier, dict] | None = None
         self._frontier_source: tuple | None = None
         self._speculative: dict[tuple, Execution] = {}
@@ -790,7 +792,7 @@ class Ledger:
         decoded = self._decoded
         if data not in decoded:
             if len(decoded) >= decoded_entries_max:
-                del decoded[next(iter(decoded))]
+                decoded.popitem(last=False)
             decoded[data] = entry
         return None
 
