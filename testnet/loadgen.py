@@ -45,6 +45,7 @@ in_flight_max = 20_000              # open loop: beyond this the node is overloa
 submit_wait_s = 30                  # how long a submit may wait for its commit
 drain_timeout_s = 35                # after a phase, wait this long for late replies
 progress_interval_s = 0.5
+send_tick_s = 0.001                 # open loop: requests falling due within this long go out in one write
 warmup_fraction = 0.2               # of a closed-loop phase, not counted in its rate
 match_queries_max = 90_000          # below one participant's share of a node's query-id memory (100,000)
 LOAD_FRACTIONS = (0.25, 0.50, 0.75)
@@ -230,48 +231,144 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
 async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, rate_per_s: float,
                     duration_s: float) -> PhaseResult:
     """One request every 1/rate s, whatever the replies; latency from the scheduled send time.
-    Request k is the next of queue k mod len(queues), sent on that queue's connection."""
+
+    Request k is the next of queue k mod len(queues), sent on that queue's connection (queue i
+    goes to addresses[i % len(addresses)]). As in the closed loop there is no task, event or
+    timer per request: one scheduler wakes at most every send_tick_s and hands each connection
+    the requests that fell due, which its writer sends in one write, and one reader per
+    connection matches the answers. A connection that stops reading holds back only its own
+    requests; their latency still runs from their scheduled times.
+    """
     result = PhaseResult(name=name, offered_per_s=rate_per_s, duration_s=duration_s)
     in_flight = [0]
     total = min(sum(len(q) for q in queues), int(rate_per_s * duration_s))
-    async with trio.open_nursery() as outer:
-        conns = await _open_connections(addresses, len(queues), outer)
-        start = trio.current_time() + 0.05
-        window = (start, start + duration_s + drain_timeout_s)
-        result.measured_s = duration_s
+    streams = []
+    for index in range(len(queues)):
+        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        streams.append(await trio.open_tcp_stream(host, int(port)))
+    lanes = [_OpenLoopLane(stream) for stream in streams]
+    start = trio.current_time() + 0.05
+    window = (start, start + duration_s + drain_timeout_s)
+    result.measured_s = duration_s
+    sending_done = trio.Event()
+    all_answered = trio.Event()
 
-        async def send(connection: rpc.PipelinedConnection, packed: bytes, scheduled: float) -> None:
-            in_flight[0] += 1
-            outcome = await _one_call(connection, packed, accept)
-            in_flight[0] -= 1
-            _record(result, outcome, start, window, scheduled)
+    def answered(count: int) -> None:
+        in_flight[0] -= count
+        if sending_done.is_set() and in_flight[0] == 0:
+            all_answered.set()
 
-        progress = Progress(result, in_flight)
-        async with trio.open_nursery() as tasks:
-            tasks.start_soon(progress.run, start)
-            with trio.move_on_after(duration_s + drain_timeout_s):
-                async with trio.open_nursery() as senders:
-                    for index in range(total):
-                        scheduled = start + index / rate_per_s
-                        if scheduled > trio.current_time():
-                            await trio.sleep_until(scheduled)
-                        if in_flight[0] >= in_flight_max:
-                            result.dropped += 1
-                            continue
-                        result.sent += 1
-                        lane = index % len(queues)
-                        senders.start_soon(send, conns[lane], queues[lane][index // len(queues)], scheduled)
-            tasks.cancel_scope.cancel()
-        _finish_line()
-        result.duration_s = trio.current_time() - start
-        unanswered = result.sent - result.ok - sum(result.errors.values())
-        if unanswered:
-            # Still waiting after the drain timeout: their latency is unknown, so they must show as errors.
-            result.errors["no-answer"] += unanswered
-        for connection in conns:
-            await connection.aclose()
-        outer.cancel_scope.cancel()
+    async def schedule() -> None:
+        index = 0
+        while index < total:
+            due = min(total, int((trio.current_time() - start) * rate_per_s) + 1)  # scheduled at or before now
+            woken = set()
+            while index < due:
+                scheduled = start + index / rate_per_s
+                lane_index = index % len(lanes)
+                lane = lanes[lane_index]
+                request = queues[lane_index][index // len(lanes)]
+                index += 1
+                if lane.lost:
+                    result.sent += 1     # as a call on a closed connection fails at once
+                    result.errors["connection-lost"] += 1
+                    continue
+                if in_flight[0] >= in_flight_max:
+                    result.dropped += 1
+                    continue
+                msgid = next(lane.msgids)
+                lane.sent_at[msgid] = scheduled
+                lane.outbox.append(b"\x94\x00" + _msgid_packer.pack(msgid) + request)
+                result.sent += 1
+                in_flight[0] += 1
+                woken.add(lane_index)
+            for lane_index in woken:
+                lanes[lane_index].wakeup.set()
+            if index < total:
+                await trio.sleep_until(max(start + index / rate_per_s, trio.current_time() + send_tick_s))
+        sending_done.set()
+        answered(0)
+
+    def lose(lane: _OpenLoopLane) -> None:
+        # Its calls in flight get no answer now; its later requests fail at once (schedule).
+        lane.lost = True
+        lost = len(lane.sent_at)
+        result.errors["connection-lost"] += lost
+        lane.sent_at.clear()
+        answered(lost)
+
+    async def write(lane: _OpenLoopLane) -> None:
+        try:
+            while True:
+                if not lane.outbox:
+                    lane.wakeup = trio.Event()
+                    await lane.wakeup.wait()
+                data = b"".join(lane.outbox)
+                lane.outbox.clear()
+                await lane.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            lose(lane)
+
+    async def read(lane: _OpenLoopLane) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=rpc.response_bytes_max, strict_map_key=False)
+        try:
+            while True:
+                received = await lane.stream.receive_some(rpc.receive_bytes_max)
+                if not received:
+                    raise trio.BrokenResourceError("node closed the connection")
+                unpacker.feed(received)
+                count = 0
+                for message in unpacker:
+                    if not (isinstance(message, list) and len(message) == 4 and type(message[1]) is int):
+                        continue   # not a response
+                    scheduled = lane.sent_at.pop(message[1], None)
+                    if scheduled is None:
+                        continue   # not an answer to one of ours
+                    error, reply = message[2], message[3]
+                    if error is None:
+                        outcome = accept(reply)
+                    else:
+                        outcome = str(error.get("code") if isinstance(error, dict) else error)
+                    _record(result, outcome, start, window, scheduled)
+                    count += 1
+                answered(count)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError, ValueError):
+            lose(lane)
+
+    progress = Progress(result, in_flight)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(progress.run, start)
+        with trio.move_on_after(start - trio.current_time() + duration_s + drain_timeout_s):
+            async with trio.open_nursery() as tasks:
+                for lane in lanes:
+                    tasks.start_soon(write, lane)
+                    tasks.start_soon(read, lane)
+                tasks.start_soon(schedule)
+                await all_answered.wait()
+                tasks.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    _finish_line()
+    for lane in lanes:
+        await trio.aclose_forcefully(lane.stream)
+    result.duration_s = trio.current_time() - start
+    unanswered = result.sent - result.ok - sum(result.errors.values())
+    if unanswered:
+        # Still waiting after the drain timeout: their latency is unknown, so they must show as errors.
+        result.errors["no-answer"] += unanswered
     return result
+
+
+class _OpenLoopLane:
+    """One connection of the open loop: requests due but not yet written, and when each was scheduled."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.outbox: list[bytes] = []
+        self.wakeup = trio.Event()
+        self.sent_at: dict[int, float] = {}
+        self.msgids = itertools.count()
+        self.lost = False
 
 
 # ---------------------------------------------------------------- requests (the node's RPC contract)

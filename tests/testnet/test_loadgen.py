@@ -99,28 +99,51 @@ async def test_closed_loop_accounts_for_every_request(server_address):
     assert json.loads(json.dumps(result.to_json()))["latency"]["count"] == 360
 
 
-async def test_closed_loop_counts_requests_on_a_dropped_connection_as_lost(nursery):
-    """A node that answers five requests and then closes the connection: the answers that arrive
-    are ok, every other request sent is "connection-lost", and the phase ends rather than waiting."""
-    async def answer_five_then_close(stream: trio.SocketStream) -> None:
-        unpacker = msgpack.Unpacker(raw=False)
-        answered = 0
-        while answered < 5:
-            unpacker.feed(await stream.receive_some(65536))
-            for _, msgid, _, params in unpacker:
-                if answered < 5:
-                    await stream.send_all(msgpack.packb([1, msgid, None, {"status": "committed"}]))
-                    answered += 1
-        await stream.aclose()
+async def answer_five_then_close(stream: trio.SocketStream) -> None:
+    unpacker = msgpack.Unpacker(raw=False)
+    answered = 0
+    while answered < 5:
+        unpacker.feed(await stream.receive_some(65536))
+        for _, msgid, _, params in unpacker:
+            if answered < 5:
+                await stream.send_all(msgpack.packb([1, msgid, None, {"status": "committed"}]))
+                answered += 1
+    await stream.aclose()
 
+
+@pytest.fixture
+async def closing_address(nursery):
+    """A node that answers five requests and then closes the connection."""
     listeners = await nursery.start(functools.partial(trio.serve_tcp, answer_five_then_close, 0, host="127.0.0.1"))
-    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def test_closed_loop_counts_requests_on_a_dropped_connection_as_lost(closing_address):
+    """The answers that arrive before the node closes the connection are ok, every other request
+    sent is "connection-lost", and the phase ends rather than waiting."""
+    address = closing_address
     requests = [rpc.pack_call("submit", [n]) for n in range(100)]
     with trio.fail_after(10):
         result = await loadgen.closed_loop("t", [address], [requests], loadgen._accept_submit, duration_s=5, window=8)
     # Up to five are ok: an answer still in flight when the node's close resets the connection is lost.
     assert 1 <= result.ok <= 5 and result.sent >= 8
     assert result.errors == {"connection-lost": result.sent - result.ok}
+
+
+async def test_open_loop_counts_requests_on_a_dropped_connection_as_lost(closing_address, server_address):
+    """One of two connections closes after five answers: its requests in flight and those scheduled
+    later are "connection-lost", the other connection is served to the end, every scheduled
+    request is accounted for, and the phase ends without waiting out the drain."""
+    requests = [rpc.pack_call("submit", [n]) for n in range(200)]
+    queues = [requests[0::2], requests[1::2]]      # queue 0 to the closing node, 1 to the other
+    with trio.fail_after(5):
+        result = await loadgen.open_loop("t", [closing_address, server_address], queues, loadgen._accept_submit,
+                                         rate_per_s=400, duration_s=0.5)
+    assert result.sent == 200 and result.dropped == 0
+    lost = result.errors["connection-lost"]
+    assert 95 <= lost <= 100 and 1 <= 100 - lost <= 5
+    assert result.errors["mempool-full"] == 20      # the other node refuses n % 10 == 9: 20 of its 100
+    assert result.ok == 200 - lost - 20 and "no-answer" not in result.errors
 
 
 async def test_open_loop_sends_rate_times_duration(server_address):
