@@ -148,13 +148,18 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
     """One connection per queue with `window` requests outstanding on each: every reply is answered
     with the queue's next request, all of one read's replies with one write. Queue i goes to
     addresses[i % len(addresses)]. No task or event per request: the load generator shares the
-    machine with the nodes, so its own cost per request is kept small."""
+    machine with the nodes, so its own cost per request is kept small.
+
+    The rate counts the ok replies after a warm-up of warmup_fraction, until the phase ends or
+    the first queue runs out of pre-signed requests, whichever comes first: after that the load
+    is no longer full, and counting the idle rest of the phase would understate the rate."""
     result = PhaseResult(name=name, offered_per_s=None, duration_s=duration_s)
     in_flight = [0]
     start = trio.current_time()
     stop_at = start + duration_s
-    measured = (start + duration_s * warmup_fraction, stop_at)
-    result.measured_s = measured[1] - measured[0]
+    ran_dry_at: list[float] = []      # when a queue first had fewer requests left than were wanted
+    ok_at: list[float] = []           # when each ok reply came
+    measured = (start, math.inf)      # every ok reply is recorded; the window is settled at the end
     streams = []
     for index in range(len(queues)):
         host, _, port = addresses[index % len(addresses)].rpartition(":")
@@ -175,6 +180,8 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
                 msgid = next(msgids)
                 sent_at[msgid] = now
                 parts.append(b"\x94\x00" + _msgid_packer.pack(msgid) + packed)
+            if len(parts) < count and not ran_dry_at:
+                ran_dry_at.append(now)
             result.sent += len(parts)
             in_flight[0] += len(parts)
             return b"".join(parts)
@@ -201,6 +208,8 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
                     else:
                         outcome = str(error.get("code") if isinstance(error, dict) else error)
                     _record(result, outcome, start, measured, started)
+                    if outcome == "ok":
+                        ok_at.append(trio.current_time())
                     answered += 1
                 in_flight[0] -= answered
                 data = requests(answered)
@@ -222,6 +231,10 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
         nursery.cancel_scope.cancel()
     _finish_line()
     result.duration_s = trio.current_time() - start
+    full_load_until = min([stop_at] + ran_dry_at)
+    counted_from = start + (full_load_until - start) * warmup_fraction
+    result.measured_s = full_load_until - counted_from
+    result.counted_ok = sum(1 for t in ok_at if counted_from <= t <= full_load_until)
     unanswered = result.sent - result.ok - sum(result.errors.values())
     if unanswered:
         result.errors["no-answer"] += unanswered  # still waiting after the drain timeout

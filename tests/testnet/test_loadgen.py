@@ -97,6 +97,10 @@ async def test_closed_loop_accounts_for_every_request(server_address):
     assert result.dropped == 0
     assert len(result.latencies_s) == 360
     assert json.loads(json.dumps(result.to_json()))["latency"]["count"] == 360
+    # The rate is over the time the queues lasted, not the idle rest of the 5 s: counting until
+    # the phase's end would give (the oks after a 1 s warm-up) / 4 s, about nothing.
+    assert 0 < result.measured_s < 4
+    assert 0 < result.counted_ok <= 360 and result.rate_per_s > 360 / 4
 
 
 async def answer_five_then_close(stream: trio.SocketStream) -> None:
