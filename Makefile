@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 SEEDS ?= 1000
 N ?= 1000000
-DURATION ?= 30
+DURATION ?= 120
 
 .PHONY: venv test sim bench bench-storage testnet testnet-down testnet-status clean
 

@@ -1,14 +1,17 @@
 """`make bench`: a fresh 4-validator testnet driven to saturation by the load generator.
 
-    DURATION=30 python -m testnet.bench [--validators 4] [--profile NODE] [--keep]
+    DURATION=120 python -m testnet.bench [--validators 4] [--profile NODE] [--keep]
 
 Starts a network in a temporary directory, runs `python -m testnet.loadgen` in
 its own process (phases and method in testnet/loadgen.py), then measures each
 node's CPU seconds and peak RSS from /proc and the bytes its LevelDB grew per
 committed commitment. Writes bench/results.json and bench/latency.png and
-prints the results JSON as its last line. DURATION is the total seconds of
-measured load: 20 % saturation, 16 % at each offered rate (25, 50 and 75 % of
-saturation, and 1000/s when that is below it), 16 % match proofs.
+prints the results JSON as its last line. DURATION (default 120) is the total
+seconds of measured load: 20 % saturation, 16 % at each offered rate (25, 50
+and 75 % of saturation, and 1000/s when that is below it), 16 % match proofs.
+The default saturates for 24 s, long enough for every node's LevelDB to write
+out and compact its first memtables, which a sustained load pays for; a shorter
+DURATION measures a burst.
 `--profile NODE` samples that node with py-spy for the whole load and writes
 the flat profile to bench/profile-NODE.txt (the raw collapsed stacks stay in
 the run directory, kept with --keep).
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-requests-max", type=int, help="nodes' consensus.batch_requests_max (default: the node's)")
     parser.add_argument("--batch-wait-ms", type=int, help="nodes' consensus.batch_wait_ms (default: the node's)")
     args = parser.parse_args(argv)
-    text = os.environ.get("DURATION", "30")
+    text = os.environ.get("DURATION", "120")
     try:
         duration_s = float(text)
     except ValueError:
