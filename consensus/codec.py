@@ -5,7 +5,7 @@ Canonical form (what every hashed or signed byte string uses):
 - integers in their shortest encoding, no floats, no extension types;
 - maps have str keys, written in ascending order of their UTF-8 bytes.
 `unpack_canonical` rejects input that is not the canonical encoding of what it
-decodes to (`is_canonical`), so one value has exactly one byte string and a
+decodes to (`check_canonical`), so one value has exactly one byte string and a
 signature over it is unambiguous.
 
 Signatures never cover a bare payload: `signing_bytes` prefixes a domain tag
@@ -130,7 +130,7 @@ def check_canonical(value: Any, data: bytes) -> None:
     except (OverflowError, ValueError, TypeError) as exc:
         raise EncodingError(str(exc)) from exc
     if again != data:
-        raise EncodingError("not canonical msgpack (int width, repeated map key or trailing bytes)")
+        raise EncodingError("the bytes differ from its encoding (int width, repeated map key or trailing bytes)")
 
 
 def unpack_canonical(data: bytes, *, max_bytes: int | None = None) -> Any:
