@@ -112,16 +112,6 @@ def _finish_line() -> None:
     sys.stderr.flush()
 
 
-async def _open_connections(addresses: list[str], count: int, nursery: trio.Nursery) -> list[rpc.PipelinedConnection]:
-    connections = []
-    for index in range(count):
-        host, _, port = addresses[index % len(addresses)].rpartition(":")
-        connection = await rpc.PipelinedConnection.open(host, int(port))
-        nursery.start_soon(connection.reader)
-        connections.append(connection)
-    return connections
-
-
 def _record(result: PhaseResult, outcome: str, start: float, window: tuple[float, float], latency_from: float) -> None:
     now = trio.current_time()
     if outcome == "ok":
@@ -131,16 +121,6 @@ def _record(result: PhaseResult, outcome: str, start: float, window: tuple[float
             result.counted_ok += 1
     else:
         result.errors[outcome] += 1
-
-
-async def _one_call(connection: rpc.PipelinedConnection, packed: bytes, accept) -> str:
-    try:
-        reply = await connection.call_packed(packed)
-    except rpc.RpcError as exc:
-        return exc.code
-    except rpc.ConnectionLost:
-        return "connection-lost"
-    return accept(reply)
 
 
 async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, duration_s: float,
