@@ -801,15 +801,16 @@ class Replica:
                     # still prepare each block only after its parent is prepared.
                     return progressed
                 parent = parent_slot.header
-            candidates = self._unproposed()
-            if not candidates:
+            unproposed = self._unproposed()
+            if not unproposed:
                 return progressed
+            oldest = next(iter(unproposed.values()))
             if (
-                len(candidates) < self.config.batch_requests_max
-                and self.now_ms - max(candidates[0].seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
+                len(unproposed) < self.config.batch_requests_max
+                and self.now_ms - max(oldest.seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
             ):
                 return progressed
-            entries = tuple(p.request for p in candidates[: self.config.batch_requests_max])
+            entries = tuple(p.request for p in islice(unproposed.values(), self.config.batch_requests_max))
             time_ms = max(self.now_ms, parent.time_ms if parent is not None else 0)
             result = self.app.execute(parent, height, time_ms, entries)
             if result is None:
@@ -830,16 +831,16 @@ class Replica:
             self._proposed(slot)
             progressed = True
 
-    def _unproposed(self) -> list[_Pending]:
-        """The oldest pending requests in no in-flight block, at most one batch.
+    def _unproposed(self) -> OrderedDict[bytes, _Pending]:
+        """The pending requests in no in-flight block, oldest first (by id; the caller only reads).
 
         Called after every input on the primary, whose pool front is mostly in flight under load,
         so it keeps those requests in a queue instead of scanning the pool each time: requests join
-        it as they are pooled and leave it when proposed or committed. The queue holds while the
+        it as they are pooled and leave it when we propose them. The queue holds while the
         in-flight blocks change only by our own proposals (`_proposed`) and by the oldest of them
-        being applied as they were; any other change (a view change, a block we did not propose
-        applied or in flight) rebuilds it from the pool. The result is exactly what a full scan of
-        the pool gives.
+        being applied as they were (their requests had left the queue); any other change (a view
+        change, a block we did not propose applied or in flight) rebuilds it from the pool. The
+        result is exactly what a full scan of the pool gives.
         """
         in_flight_slots = tuple(slot for height, slot in self.slots.items() if height > self.last_applied_height)
         queue = self._proposal_queue
@@ -850,7 +851,7 @@ class Replica:
             queue = _ProposalQueue(self.last_applied_height, in_flight_slots, in_flight, OrderedDict(
                 (rid, p) for rid, p in self.pool.items() if rid not in in_flight))
             self._proposal_queue = queue
-        return list(islice(queue.unproposed.values(), self.config.batch_requests_max))
+        return queue.unproposed
 
     def _queue_holds(self, queue: _ProposalQueue, in_flight_slots: tuple[_Slot, ...]) -> bool:
         """Bring the queue up to date if the in-flight blocks changed only by the oldest being
@@ -935,11 +936,8 @@ class Replica:
         self.committed_hashes.pop(height - 2 * self.config.watermark_window, None)
         if request_ids is None:
             request_ids = tuple(codec.sha256(request) for request in block.entries)
-        queue = self._proposal_queue
         for request_id in request_ids:
             self.pool.pop(request_id, None)
-            if queue is not None:
-                queue.unproposed.pop(request_id, None)   # committed in a block we did not propose
             self.committed_ids[request_id] = None
         # Persisted so a restarted replica (or a whole restarted cluster) still refuses these requests.
         self._persist.append((_height_key(KEY_COMMITTED, height), codec.pack(request_ids)))

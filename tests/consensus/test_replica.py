@@ -671,7 +671,6 @@ def test_the_primary_queue_of_unproposed_requests_matches_a_full_scan():
     """The primary keeps its requests to propose in a queue (it looks after every input) instead
     of scanning its pool; after every input, across in-flight blocks, commits and a view change,
     it gives exactly what a full scan of the pool gives."""
-    from itertools import islice
 
     config = ReplicaConfig(batch_requests_max=5, batch_wait_ms=30, view_timeout_ms=500, retransmit_ms=200,
                            checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200)
@@ -684,11 +683,10 @@ def test_the_primary_queue_of_unproposed_requests_matches_a_full_scan():
             for height, slot in replica.slots.items():
                 if height > replica.last_applied_height:
                     in_flight.update(slot.request_ids)
-            expected = list(islice((p for rid, p in replica.pool.items() if rid not in in_flight),
-                                   replica.config.batch_requests_max))
+            expected = [p for rid, p in replica.pool.items() if rid not in in_flight]
             before = replica._proposal_queue
             found = resumed()
-            assert [p.request for p in found] == [p.request for p in expected]
+            assert [p.request for p in found.values()] == [p.request for p in expected]
             checked.append((len(found), before is not None and replica._proposal_queue is before))
             return found
         return unproposed
@@ -711,4 +709,4 @@ def test_the_primary_queue_of_unproposed_requests_matches_a_full_scan():
     cluster.assert_agreement()
     # Kept queues, rebuilt ones, partial and full batches were all exercised.
     assert len(checked) > 100 and {resumed for _, resumed in checked} == {True, False}
-    assert any(0 < n < 5 for n, _ in checked) and any(n == 5 for n, _ in checked)
+    assert any(0 < n < 5 for n, _ in checked) and any(n >= 5 for n, _ in checked)
