@@ -112,6 +112,22 @@ def _finish_line() -> None:
     sys.stderr.flush()
 
 
+def _answers(unpacker: msgpack.Unpacker, sent_at: dict[int, float], accept):
+    """(outcome, time sent or scheduled) of each answer to one of our calls among the unpacked
+    messages; the call leaves `sent_at`."""
+    for message in unpacker:
+        if not (isinstance(message, list) and len(message) == 4 and type(message[1]) is int):
+            continue   # not a response
+        started = sent_at.pop(message[1], None)
+        if started is None:
+            continue   # not an answer to one of ours
+        error, reply = message[2], message[3]
+        if error is None:
+            yield accept(reply), started
+        else:
+            yield str(error.get("code") if isinstance(error, dict) else error), started
+
+
 def _record(result: PhaseResult, outcome: str, start: float, window: tuple[float, float], latency_from: float) -> None:
     now = trio.current_time()
     if outcome == "ok":
@@ -176,17 +192,7 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
                     raise trio.BrokenResourceError("node closed the connection")
                 unpacker.feed(received)
                 answered = 0
-                for message in unpacker:
-                    if not (isinstance(message, list) and len(message) == 4 and type(message[1]) is int):
-                        continue   # not a response
-                    started = sent_at.pop(message[1], None)
-                    if started is None:
-                        continue   # not an answer to one of ours
-                    error, reply = message[2], message[3]
-                    if error is None:
-                        outcome = accept(reply)
-                    else:
-                        outcome = str(error.get("code") if isinstance(error, dict) else error)
+                for outcome, started in _answers(unpacker, sent_at, accept):
                     _record(result, outcome, start, measured, started)
                     if outcome == "ok":
                         ok_at.append(trio.current_time())
@@ -311,17 +317,7 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
                     raise trio.BrokenResourceError("node closed the connection")
                 unpacker.feed(received)
                 count = 0
-                for message in unpacker:
-                    if not (isinstance(message, list) and len(message) == 4 and type(message[1]) is int):
-                        continue   # not a response
-                    scheduled = lane.sent_at.pop(message[1], None)
-                    if scheduled is None:
-                        continue   # not an answer to one of ours
-                    error, reply = message[2], message[3]
-                    if error is None:
-                        outcome = accept(reply)
-                    else:
-                        outcome = str(error.get("code") if isinstance(error, dict) else error)
+                for outcome, scheduled in _answers(unpacker, lane.sent_at, accept):
                     _record(result, outcome, start, window, scheduled)
                     count += 1
                 answered(count)
