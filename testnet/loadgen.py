@@ -260,7 +260,7 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
     async def schedule() -> None:
         index = 0
         while index < total:
-            due = min(total, int((trio.current_time() - start) * rate_per_s) + 1)  # scheduled at or before now
+            due = min(total, math.floor((trio.current_time() - start) * rate_per_s) + 1)  # scheduled at or before now
             woken = set()
             while index < due:
                 scheduled = start + index / rate_per_s
