@@ -53,14 +53,19 @@ class MemoryLedger:
     def committed_block(self, height):
         return self.blocks[height - 1] if 1 <= height <= len(self.blocks) else None
 
-    def apply_block(self, block):
+    def apply_block(self, block, consensus_changes=()):
         assert block.header.height == len(self.blocks) + 1, "blocks must arrive in height order"
         self.blocks.append(block)
+        if consensus_changes:
+            self._change(consensus_changes)   # the same batch as the block
         first = block.header.tree_size - len(block.entries)
         return [Outcome(True, first + index) for index in range(len(block.entries))]
 
     def write_consensus_state(self, changes):
         self.persist_batches += 1
+        self._change(changes)
+
+    def _change(self, changes):
         for key, value in changes:
             if value is None:
                 self.consensus_state.pop(key, None)

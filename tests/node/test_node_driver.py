@@ -184,9 +184,10 @@ def _block(height, entries):
     return SimpleNamespace(header=header, entries=tuple(entries), certificate=SimpleNamespace(view=0))
 
 
-async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_write(tmp_path):
-    """A committed block is applied (in a worker thread) after the Ready's messages are sent and before its
-    catch-up serving; a waiting submitter is woken only once apply_block has returned; readers waiting on
+async def test_off_loop_apply_carries_the_persists_and_wakes_submitters_after_the_write(tmp_path):
+    """A committed block that follows the applied height is applied (in a worker thread) in one synced
+    batch with the Readies' persists, before their on_persisted and messages and before its catch-up
+    serving; a waiting submitter is woken only once apply_block has returned; readers waiting on
     ledger_quiet during the apply resume after it."""
     from consensus.replica import Outbound, Ready
 
@@ -197,8 +198,9 @@ async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_w
     release_apply = threading.Event()
     entry = request(7)
 
-    def slow_apply(block):
+    def slow_apply(block, consensus_changes=()):
         journal.append(("apply started", block.header.height, threading.get_ident() != main_thread))
+        journal.append(("with changes", list(consensus_changes)))
         assert release_apply.wait(10), "the event loop did not run during the apply"
         journal.append(("apply done", block.header.height))
         from test_node_daemon import Outcome
@@ -236,13 +238,53 @@ async def test_off_loop_apply_comes_after_sends_and_wakes_submitters_after_the_w
             nursery.start_soon(reader)
             await trio.sleep(0.01)
             await daemon.carry_out_many_off_loop([ready])
-    assert journal.index(("write",)) < journal.index(("on_persisted",)) < journal.index(("send", "cn-1", b"commit-vote"))
-    assert journal.index(("send", "cn-1", b"commit-vote")) < journal.index(("apply started", 1, True))
+    assert ("write",) not in journal     # no synced write of its own: the persists went with the block
+    assert journal.index(("apply started", 1, True)) < journal.index(("with changes", [(b"k", b"v")]))
+    assert journal.index(("apply done", 1)) < journal.index(("on_persisted",)) < journal.index(("send", "cn-1", b"commit-vote"))
+    assert journal.count(("apply started", 1, True)) == 1
     assert journal.index(("apply started", 1, True)) < journal.index(("reader waits",)) < journal.index(("apply done", 1))
     assert journal.index(("apply done", 1)) < journal.index(("reader reads",))
     assert journal.index(("apply done", 1)) < journal.index(("woken", 1))
     assert journal.index(("apply done", 1)) < journal.index(("serve", "cn-2"))
     assert daemon.height == 1 and waiter_receipts[0]["status"] == "committed"
+
+
+async def test_off_loop_persists_of_a_batch_ride_with_its_first_committed_block_only(tmp_path):
+    """The persists of every Ready in the batch go in the synced batch of the first committed block
+    when it follows the applied height; a later block of the batch gets its own write, after its
+    Ready's messages, as before. A batch whose committed block is already applied writes its persists
+    alone and applies nothing."""
+    from consensus.replica import Outbound, Ready
+    from test_node_daemon import Outcome
+
+    net = Net(tmp_path)
+    daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], net.ledgers["hk-1"],
+                    application=sim_app.SimApplication())
+    journal = []
+
+    def apply(block, consensus_changes=()):
+        journal.append(("apply", block.header.height, list(consensus_changes)))
+        return [Outcome(True, index) for index in range(len(block.entries))]
+    daemon.ledger.apply_block = apply
+    daemon.ledger.write_consensus_state = lambda changes: journal.append(("write", list(changes)))
+    daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
+    daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
+    daemon.replica = ScriptedReplica(journal, [Ready(), Ready(), Ready()])
+    prepare = Ready(persist=[(b"vote", b"prepare")], messages=[Outbound("cn-1", b"prepare")])
+    commit = Ready(persist=[(b"committed", b"1")], messages=[Outbound(None, b"checkpoint")],
+                   committed=[_block(1, [request(1)]), _block(2, [request(2)])])
+    with trio.fail_after(20):
+        await daemon.carry_out_many_off_loop([prepare, commit])
+        assert journal == [
+            ("apply", 1, [(b"vote", b"prepare"), (b"committed", b"1")]),
+            ("on_persisted",), ("send", "cn-1", b"prepare"),
+            ("on_persisted",), ("send", None, b"checkpoint"),
+            ("apply", 2, []),
+        ]
+        assert daemon.height == 2
+        journal.clear()
+        await daemon.carry_out_many_off_loop([Ready(persist=[(b"k", b"v")], committed=[_block(2, [request(2)])])])
+        assert journal == [("write", [(b"k", b"v")]), ("on_persisted",)]
 
 
 # --- transport: queued frames written together --------------------------------------------------

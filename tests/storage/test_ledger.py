@@ -228,6 +228,28 @@ def test_reopen_keeps_everything(world, tmp_path):
     store.close()
 
 
+def test_consensus_changes_given_with_a_block_are_durable_with_it_and_only_with_it(world, tmp_path):
+    """apply_block(block, consensus_changes) writes the replica's records in the block's batch: after a
+    reopen both are there; a refused block writes neither; an already-applied block still takes them."""
+    path = tmp_path / "store"
+    store = Ledger.open(path, world.genesis)
+    author = Author(world, "hk-bureau")
+    store.write_consensus_state([(b"vote/1", b"old"), (b"view", b"\x01")])
+    first = next_block(world, store, [author.commit(commitment(1))])
+    store.apply_block(first, [(b"committed/1", b"ids"), (b"vote/1", None)])
+    refused = next_block(world, store, [author.commit(commitment(2))])
+    wrong_header = BlockHeader(**dict(refused.header.to_wire(), tree_root=bytes(32)))
+    wrong = CommittedBlock(wrong_header, refused.entries, certify(world, wrong_header))
+    with pytest.raises(LedgerError, match="diverged"):
+        store.apply_block(wrong, [(b"committed/2", b"never")])
+    store.apply_block(first, [(b"view", b"\x02")])      # idempotent, and the changes still land
+    store.close()
+    store = Ledger.open(path, world.genesis)
+    assert store.height() == 1
+    assert store.load_consensus_state() == {b"committed/1": b"ids", b"view": b"\x02"}
+    store.close()
+
+
 def test_open_refuses_other_stores(world, tmp_path):
     path = tmp_path / "store"
     Ledger.open(path, world.genesis).close()
