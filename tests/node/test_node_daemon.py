@@ -397,15 +397,23 @@ class ScriptedReplica:
 
 def test_validators_sharing_a_machine_flush_their_stores_at_different_times():
     """Each validator's LevelDB memtable size follows its place in genesis, so validators that write
-    the same bytes do not all write a table at once; the sizes repeat every LEDGER_WRITE_BUFFER_STEPS."""
+    the same bytes do not all write a table at once; the sizes repeat every LEDGER_WRITE_BUFFER_STEPS.
+    Any two sizes first meet after at least five tables of the larger (40 and 56 MiB at 280 MiB)."""
+    import math
+
     from node.daemon import LEDGER_WRITE_BUFFER_STEP_BYTES, LEDGER_WRITE_BUFFER_STEPS, ledger_write_buffer_bytes
-    from storage.ledger import leveldb_write_buffer_bytes
+    from storage.ledger import leveldb_write_buffer_bytes_max, leveldb_write_buffer_bytes_min
 
     ids = [f"v{i}" for i in range(10)]
     validators = ValidatorSet(tuple(
         Validator(node_id, bytes([i + 1]) * 32, "HK" if i % 2 else "CN") for i, node_id in enumerate(ids)))
     sizes = [ledger_write_buffer_bytes(validators, node_id) for node_id in ids]
-    assert sizes[0] == leveldb_write_buffer_bytes
-    assert len(set(sizes[:LEDGER_WRITE_BUFFER_STEPS])) == LEDGER_WRITE_BUFFER_STEPS
+    mib = 1024 * 1024
+    assert [size // mib for size in sizes[:LEDGER_WRITE_BUFFER_STEPS]] == [40, 56, 72, 88]
     assert sizes[LEDGER_WRITE_BUFFER_STEPS] == sizes[0]
-    assert max(sizes) == leveldb_write_buffer_bytes + (LEDGER_WRITE_BUFFER_STEPS - 1) * LEDGER_WRITE_BUFFER_STEP_BYTES
+    assert all(leveldb_write_buffer_bytes_min <= size <= leveldb_write_buffer_bytes_max for size in sizes)
+    distinct = sorted(set(sizes))
+    for i, a in enumerate(distinct):
+        for b in distinct[i + 1:]:
+            assert math.lcm(a, b) >= 5 * b, (a // mib, b // mib)
+    assert math.lcm(*distinct) // LEDGER_WRITE_BUFFER_STEP_BYTES == 5 * 7 * 9 * 11
