@@ -491,9 +491,9 @@ class Daemon:
 
         Their persist lists are written in order in one batch (a later value of a key wins), before
         any of their messages is sent. If one of them commits the block that follows the applied
-        height, that block is applied in the same synced batch: the persists are then durable
-        exactly when the block is, which no crash can tell apart from writing them first, and each
-        committed block costs one fsync less (its "committed" record rides with it). Then each
+        height, that block is applied in the same synced batch: a crash then leaves both or
+        neither, states that writing the persists first could leave too, and each committed block
+        costs one fsync less (its "committed" record rides with it). Then each
         Ready in turn: on_persisted (which releases the oldest held batch of messages), its
         messages, blocks (not the one applied already), catch-up, evidence and rejections, and the
         follow-up Readies on_persisted returned. The order of everything sent is the order
