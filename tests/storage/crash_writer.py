@@ -3,7 +3,9 @@
     python crash_writer.py STORE_PATH HEIGHT_MAX
 
 Block h is a pure function of h (see `block_entries`), so the test can
-recompute the expected log for whatever height the store was left at.
+recompute the expected log for whatever height the store was left at. Each
+block carries a replica record (`committed_record`) in its own batch, as a
+validator's driver writes it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def block_entries(world, height: int) -> tuple[list[bytes], list[bool]]:
     return [e for e, _ in out], [ok for _, ok in out]
 
 
+def committed_record(height: int) -> tuple[bytes, bytes]:
+    return b"committed/" + height.to_bytes(8, "big"), b"block %d" % height
+
+
 def block_entries_first(world, height: int) -> tuple[bytes, bool]:
     author = AUTHORS[height % len(AUTHORS)]
     return _entry(world, author, height * 1000,
@@ -65,8 +71,9 @@ def main() -> int:
     ledger = Ledger.open(path, world.genesis)
     print("ready", ledger.height(), flush=True)
     while ledger.height() < height_max:
-        batch, _ = block_entries(world, ledger.height() + 1)
-        ledger.apply_block(next_block(world, ledger, batch))
+        height = ledger.height() + 1
+        batch, _ = block_entries(world, height)
+        ledger.apply_block(next_block(world, ledger, batch), [committed_record(height)])
     ledger.close()
     return 0
 

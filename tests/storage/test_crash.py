@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL a writer process at random moments while it applies blocks; every time, the
-reopened store sits exactly at a block boundary and its root equals an independent recomputation."""
+reopened store sits exactly at a block boundary, its root equals an independent recomputation, and
+the replica records written with each block are there for exactly the applied blocks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from storage import merkle
 from storage.ledger import Ledger, _U64
-from crash_writer import _commitment, block_entries
+from crash_writer import _commitment, block_entries, committed_record
 from storage_helpers import make_world, reference_smt_root
 
 WRITER = Path(__file__).resolve().parent / "crash_writer.py"
@@ -49,6 +50,8 @@ def check_boundary(world, path: Path) -> int:
         # The revoked set (one revoke a block from height 2) is at the same boundary as the log.
         revoked = {_commitment(h - 1, 0) for h in range(2, height + 1)}
         assert store.revoked_root() == reference_smt_root(revoked)
+        # A block and the records given with it are durable together or not at all.
+        assert store.load_consensus_state() == dict(committed_record(h) for h in range(1, height + 1))
         return height
     finally:
         store.close()
