@@ -177,9 +177,7 @@ def _last_applied(ledger) -> tuple[int, Any]:
 def _apply_block(ledger, block, consensus_changes=()) -> list:
     """Apply a committed block, with the replica's changes if any in the same synced batch; return
     its per-entry outcomes (see _receipt)."""
-    if consensus_changes:
-        return ledger.apply_block(block, consensus_changes)
-    return ledger.apply_block(block)
+    return ledger.apply_block(block, consensus_changes)
 
 
 def _read_blocks(ledger, from_height: int, to_height: int) -> list:

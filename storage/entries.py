@@ -282,7 +282,7 @@ def check_entry(data: bytes, genesis: Genesis | None = None) -> str | None:
     """Stateless validity before consensus: None if valid, else a reason code.
 
     Pass `genesis` to check the chain id, entry kinds and governance signatures
-    (LedgerApplication.check_request does); without it only shape, canonical
+    (Ledger.check_entry does, through validate_entry); without it only shape, canonical
     form and participant signatures are checked.
     """
     try:

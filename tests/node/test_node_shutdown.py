@@ -253,10 +253,10 @@ async def test_cancelling_the_daemon_during_a_block_write_waits_for_the_write(tm
             self.entered = threading.Event()
             self.release = threading.Event()
 
-        def apply_block(self, block):
+        def apply_block(self, block, consensus_changes=()):
             self.entered.set()
             assert self.release.wait(60), "the test never released the write"
-            return super().apply_block(block)
+            return super().apply_block(block, consensus_changes)
 
     net = Net(tmp_path)
     ledger = SlowLedger()
