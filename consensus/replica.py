@@ -61,6 +61,10 @@ class ReplicaConfig:
     committed_ids_heights_max: int = 1000  # blocks whose request ids are also persisted, to survive a restart
     catch_up_probe_ms: int = 2000        # ask one peer (rotating) for blocks past ours this often
     catch_up_serve_interval_ms: int = 10  # serve a peer's explicit catch-up requests at most this often
+    # A backup that is neither the primary nor one of the f backups after it waits this long for f other
+    # backups' PREPAREs (which, with the primary's proposal, vouch for the requests' signatures) before
+    # checking the signatures itself. 0: every replica checks every request itself.
+    vouch_wait_ms: int = 100
 
     def __post_init__(self) -> None:
         positive = (
@@ -72,7 +76,7 @@ class ReplicaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ReplicaConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max"):
+        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max", "vouch_wait_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ReplicaConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -99,6 +103,9 @@ class ExecutionResult:
 class Application(Protocol):
     def check_request(self, request: bytes) -> str | None:
         """Stateless validity: None if well formed and correctly signed, else a reason code."""
+
+    def check_request_shape(self, request: bytes) -> str | None:
+        """check_request without the signatures (the costly part): None if it would pass but for them."""
 
     def execute(
         self, parent: BlockHeader | None, height: int, time_ms: int, entries: tuple[bytes, ...]
@@ -163,6 +170,8 @@ class _Slot:
     hash: bytes
     preprepare: bytes | None = None  # the signed PRE-PREPARE (None when re-proposed by NEW-VIEW)
     validated: bool = False          # checked against the Application and the parent
+    signatures_known: bool = False   # its requests' signatures checked here, or vouched for (_vouched_or_checked)
+    vouch_deadline_ms: int | None = None  # when a backup that waits for vouchers checks the signatures itself
     prepare: bytes | None = None     # our signed PREPARE
     prepared: bool = False
     commit: bytes | None = None      # our signed COMMIT
@@ -176,6 +185,9 @@ class _Slot:
 class _Pending:
     request: bytes
     seen_ms: int
+    # Known valid: passed check_request here, or was in a block f + 1 validators vouched for. False:
+    # pooled from a peer on its shape alone (we do not check every signature in this view).
+    checked: bool = True
 
 
 @dataclass
@@ -215,6 +227,8 @@ class Replica:
         self.chain_id = chain_id
         self.app = app
         self.validator_set_hash = validators.hash()
+        self._my_index = [v.id for v in validators.validators].index(me)
+        self.check_all_until_ms = 0  # after waiting in vain for vouchers, check every signature until then
 
         self.view = 0
         self.view_active = True
@@ -413,7 +427,12 @@ class Replica:
         request_id = codec.sha256(request)
         if request_id in self.pool or request_id in self.committed_ids:
             return False  # duplicates are expected (every validator forwards); not a fault
-        reason = self.app.check_request(request)
+        # Our own client's requests are always checked (the client gets a clear error at once). A peer's
+        # are checked only where we must vouch for them in this view, and while unchecked ones could
+        # fill more than half the pool (a faulty peer's junk must not crowd out valid work).
+        checked = (peer == CLIENT or self._checks_signatures()
+                   or len(self.pool) >= self.config.request_pool_max // 2)
+        reason = self.app.check_request(request) if checked else self.app.check_request_shape(request)
         if reason is not None:
             self._reject(peer, f"invalid-request:{reason}")
             return False
@@ -421,11 +440,38 @@ class Replica:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
             return False
-        pending = self.pool[request_id] = _Pending(request, self.now_ms or 0)
+        pending = self.pool[request_id] = _Pending(request, self.now_ms or 0, checked)
         queue = self._proposal_queue
         if queue is not None and request_id not in queue.in_flight_ids:
             queue.unproposed[request_id] = pending
         return True
+
+    def _checks_signatures(self) -> bool:
+        """Whether this replica checks every request's signatures itself in the current view.
+
+        The primary and the f backups after it (in validator order) do. The others prepare a block whose
+        requests they did not check once the primary's proposal and f other backups' PREPAREs vouch for
+        it: f + 1 validators, so at least one honest, and an honest one prepares only requests it
+        checked or that were vouched for in the same way (docs/CONSENSUS.md, "Who checks signatures").
+        """
+        f = self.validators.f
+        if f == 0 or self.config.vouch_wait_ms == 0:
+            return True   # with f = 0 no backup vouches, so each one checks
+        if self.now_ms is not None and self.now_ms < self.check_all_until_ms:
+            return True
+        return (self._my_index - self.view) % self.validators.n <= f
+
+    def _confirm(self, request_id: bytes, pending: _Pending) -> bool:
+        """Check an unchecked pending request now; drop it from the pool if it is invalid."""
+        if pending.checked:
+            return True
+        if self.app.check_request(pending.request) is None:
+            pending.checked = True
+            return True
+        self.pool.pop(request_id, None)
+        if self._proposal_queue is not None:
+            self._proposal_queue.unproposed.pop(request_id, None)
+        return False
 
     def _flush_forward(self) -> None:
         while self.forward_queue:
@@ -453,14 +499,23 @@ class Replica:
             return False
         in_flight = None
         deadline = self._timeout_ms()
+        censored = False
+        unchecked: list[tuple[bytes, _Pending]] = []
         for request_id, pending in self.pool.items():
             if max(pending.seen_ms, self.view_entered_ms) + deadline > now:
-                return False  # pool is in arrival order: later ones are younger
+                break  # pool is in arrival order: later ones are younger
             if in_flight is None:
                 in_flight = self._in_flight_ids()
             if request_id not in in_flight:
-                return True
-        return False
+                if pending.checked:
+                    censored = True
+                    break
+                unchecked.append((request_id, pending))
+        # A request we never checked may be a faulty peer's junk that no honest primary proposes:
+        # check those before blaming the primary (an invalid one leaves the pool).
+        for request_id, pending in unchecked:
+            censored |= self._confirm(request_id, pending)
+        return censored
 
     def _timeout_ms(self) -> int:
         return self.config.view_timeout_ms * 2 ** min(self.failed_views, self.config.view_timeout_doublings_max)
@@ -705,6 +760,14 @@ class Replica:
                     self._start_view_change(self.view + 1)
                     return True
                 slot.validated = True
+            if not slot.signatures_known:
+                verdict = self._vouched_or_checked(height, slot)
+                if verdict == "wait":
+                    continue
+                if verdict is not None:
+                    self._reject(self.primary_id, "bad-proposal")
+                    self._start_view_change(self.view + 1)
+                    return True
             progressed |= self._sign_prepare(height, slot)
             if slot.prepare is not None:
                 progressed |= self._check_prepared(height, slot)
@@ -733,12 +796,26 @@ class Replica:
             if h in self.slots:
                 earlier.update(self.slots[h].request_ids)
         seen: set[bytes] = set()
+        checks_signatures = self._checks_signatures()
+        signatures_known = True
+        pool = self.pool
         for request, request_id in zip(slot.entries, slot.request_ids):
             if request_id in seen or request_id in earlier or request_id in self.committed_ids:
                 return "duplicate-request"
             seen.add(request_id)
-            if self.app.check_request(request) is not None:
-                return "invalid-request"
+            pending = pool.get(request_id)
+            if pending is not None and pending.checked:
+                continue
+            if checks_signatures:
+                if self.app.check_request(request) is not None:
+                    return "invalid-request"
+                if pending is not None:
+                    pending.checked = True
+            else:
+                # Signatures wait for vouchers (_vouched_or_checked); what else can be wrong is wrong here too.
+                signatures_known = False
+                if pending is None and self.app.check_request_shape(request) is not None:
+                    return "invalid-request"
         result = self.app.execute(parent, height, header.time_ms, slot.entries)
         if result is None:
             return "wait"
@@ -746,6 +823,42 @@ class Replica:
             header.tree_size, header.tree_root, header.results_hash
         ):
             return "wrong-execution"
+        slot.signatures_known = signatures_known
+        return None
+
+    def _vouched_or_checked(self, height: int, slot: _Slot) -> str | None:
+        """None once the signatures of a validated slot's requests are known good, "wait" while this
+        backup waits for vouchers, else why the proposal is bad.
+
+        Vouchers: the primary's proposal and PREPAREs for the same block from f backups other than us.
+        That is f + 1 validators, at least one honest; an honest primary proposes only requests it
+        checked, and an honest backup prepares only requests it checked or saw vouched for, so by
+        induction on time the first honest vote for any block followed a real check.
+        """
+        primary = self.primary_id
+        votes = self.prepare_votes.get(height, {})
+        vouchers = sum(1 for voter, vote in votes.items() if vote[0] == slot.hash and voter != self.me and voter != primary)
+        now = self.now_ms or 0
+        if vouchers < self.validators.f and not self._checks_signatures():
+            if slot.vouch_deadline_ms is None:
+                slot.vouch_deadline_ms = now + self.config.vouch_wait_ms
+            if now < slot.vouch_deadline_ms:
+                return "wait"
+            # The backups that check were too slow (or are down): check ourselves, and keep doing so
+            # for a view timeout instead of waiting in vain for each block.
+            self.check_all_until_ms = now + self._timeout_ms()
+        if vouchers < self.validators.f:
+            for request, request_id in zip(slot.entries, slot.request_ids):
+                pending = self.pool.get(request_id)
+                if pending is not None and pending.checked:
+                    continue
+                if self.app.check_request(request) is not None:
+                    return "invalid-request"
+        for request_id in slot.request_ids:
+            pending = self.pool.get(request_id)
+            if pending is not None:
+                pending.checked = True
+        slot.signatures_known = True
         return None
 
     def _sign_prepare(self, height: int, slot: _Slot) -> bool:
@@ -810,7 +923,13 @@ class Replica:
                 and self.now_ms - max(oldest.seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
             ):
                 return progressed
-            entries = tuple(p.request for p in islice(unproposed.values(), self.config.batch_requests_max))
+            # Our proposal vouches for its requests' signatures: check those we pooled unchecked.
+            picked = list(islice(unproposed.items(), self.config.batch_requests_max))
+            if not all(p.checked for _, p in picked):
+                picked = [(rid, p) for rid, p in picked if self._confirm(rid, p)]
+                if not picked:
+                    continue
+            entries = tuple(p.request for _, p in picked)
             time_ms = max(self.now_ms, parent.time_ms if parent is not None else 0)
             result = self.app.execute(parent, height, time_ms, entries)
             if result is None:
@@ -825,7 +944,8 @@ class Replica:
                 return progressed  # we proposed something else here before a restart; never contradict it
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
             data = encode(message)
-            slot = self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True)
+            slot = self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True,
+                                              signatures_known=True)
             self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
             self._proposed(slot)
@@ -1192,11 +1312,17 @@ class Replica:
         now = self.now_ms or 0
         in_flight = self._in_flight_ids()
         stale = []
+        unchecked = []
         for request_id, pending in self.pool.items():
-            if now - pending.seen_ms < self.config.retransmit_ms or len(stale) >= self.config.forward_requests_max:
+            if now - pending.seen_ms < self.config.retransmit_ms or len(stale) + len(unchecked) >= self.config.forward_requests_max:
                 break
             if request_id not in in_flight:
-                stale.append(pending.request)
+                if pending.checked:
+                    stale.append(pending.request)
+                else:
+                    unchecked.append((request_id, pending))
+        # We forward only requests we know to be valid (as every honest replica does).
+        stale.extend(pending.request for request_id, pending in unchecked if self._confirm(request_id, pending))
         if stale:
             self._send(to, encode(Requests(tuple(stale))))
 

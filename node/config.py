@@ -82,6 +82,7 @@ class ConsensusConfig:
     checkpoint_interval: int = 16      # blocks between checkpoints
     watermark_window: int = 64         # blocks in flight beyond the last stable checkpoint
     tick_interval_ms: int = 10         # how often the core is given the clock
+    vouch_wait_ms: int = 100           # a non-checking backup's wait for vouchers; 0: always check signatures
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "checkpoint_interval": (1, 100_000),
         "watermark_window": (2, 1024),  # consensus.messages.PREPARED_CERTIFICATES_MAX
         "tick_interval_ms": (1, 1000),
+        "vouch_wait_ms": (0, 60_000),
     },
     "limits": {
         "frame_bytes_max": (1024, 256 * 1024 * 1024),

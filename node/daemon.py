@@ -158,6 +158,7 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, applicatio
             checkpoint_interval=config.consensus.checkpoint_interval,
             watermark_window=config.consensus.watermark_window,
             request_pool_max=config.limits.mempool_requests_max,
+            vouch_wait_ms=config.consensus.vouch_wait_ms,
         ),
         validators=_genesis_validators(genesis),
         me=config.node_id,

@@ -782,11 +782,12 @@ class Ledger:
 
     # -- execution and apply ------------------------------------------------------------------------
 
-    def check_entry(self, data: bytes) -> str | None:
+    def check_entry(self, data: bytes, *, check_signatures: bool = True) -> str | None:
         """The stateless check under this ledger's genesis (entries.check_entry): None if valid,
-        else the reason code. A valid entry's decoding is kept for the execution of its block."""
+        else the reason code. A valid entry's decoding is kept for the execution of its block
+        (execution never looks at signatures, so one checked without them serves as well)."""
         try:
-            entry = validate_entry(data, self.genesis)
+            entry = validate_entry(data, self.genesis, check_signatures=check_signatures)
         except EntryError as exc:
             return exc.reason
         decoded = self._decoded
@@ -1000,6 +1001,9 @@ class LedgerApplication:
 
     def check_request(self, request: bytes) -> str | None:
         return self.ledger.check_entry(request)
+
+    def check_request_shape(self, request: bytes) -> str | None:
+        return self.ledger.check_entry(request, check_signatures=False)
 
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
                 entries: Sequence[bytes]) -> ExecutionResult | None:

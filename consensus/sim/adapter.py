@@ -29,10 +29,14 @@ view_timeout_doublings_max = 4
 retransmit_ms = 200
 catch_up_timeout_ms = 200
 batch_wait_ms = 20
+vouch_wait_ms_choices = (0, 30, 100)
 
 
 def replica_config(plan) -> ReplicaConfig:
+    # From the seed, not drawn from the plan's random stream (so every seed keeps its plan): all
+    # three ways a backup may treat signatures (0 = always check itself) get exercised.
     return ReplicaConfig(
+        vouch_wait_ms=vouch_wait_ms_choices[plan.seed % len(vouch_wait_ms_choices)],
         batch_requests_max=plan.batch_requests_max,
         batch_wait_ms=batch_wait_ms,
         view_timeout_ms=view_timeout_ms,
@@ -240,6 +244,14 @@ def conflicting_vote(ctx: Context, data: bytes, rng: random.Random) -> bytes | N
             return ctx.resign(dataclasses.replace(message, chosen=message.chosen[:-1]))
         return ctx.resign(dataclasses.replace(message, view_changes=message.view_changes[:1]))
     return None
+
+
+def junk_requests(rng: random.Random) -> bytes:
+    """A REQUESTS message of well-formed requests with wrong checksums (their "signatures"): a
+    backup that pools peers' requests unchecked must never forward, propose or commit them."""
+    junk = tuple(app.make_request("junk", rng.randrange(1 << 30), rng.randbytes(4), valid=False)
+                 for _ in range(rng.randint(1, 4)))
+    return messages.encode(messages.Requests(junk))
 
 
 def forge_signature(ctx: Context, data: bytes, stranger_key: nacl.signing.SigningKey, rng: random.Random):

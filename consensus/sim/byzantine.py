@@ -61,7 +61,9 @@ class ByzantineBehaviour:
 
     def _garbage(self, data: bytes) -> bytes:
         rng = self.rng
-        choice = rng.randrange(4)
+        choice = rng.randrange(5)
+        if choice == 4:
+            return adapter.junk_requests(rng)
         if choice == 0:
             return rng.randbytes(rng.randint(0, garbage_bytes_max))
         if choice == 1 and data:

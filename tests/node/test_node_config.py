@@ -76,6 +76,7 @@ def test_unknown_keys_are_rejected_by_name(tmp_path, extra, key):
 @pytest.mark.parametrize("section, key, low, high", [
     ("consensus", "view_timeout_ms", 100, 600_000),
     ("consensus", "batch_requests_max", 1, 4096),
+    ("consensus", "vouch_wait_ms", 0, 60_000),
     ("limits", "frame_bytes_max", 1024, 256 * 1024 * 1024),
     ("limits", "mempool_requests_max", 1, 10_000_000),
 ])
