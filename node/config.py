@@ -82,7 +82,7 @@ class ConsensusConfig:
     checkpoint_interval: int = 16      # blocks between checkpoints
     watermark_window: int = 64         # blocks in flight beyond the last stable checkpoint
     tick_interval_ms: int = 10         # how often the core is given the clock
-    vouch_wait_ms: int = 100           # a non-checking backup's wait for vouchers; 0: always check signatures
+    vouch_wait_ms: int = 250           # a non-checking backup's wait for vouchers; 0: always check signatures
 
 
 @dataclass(frozen=True)

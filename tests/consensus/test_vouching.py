@@ -15,9 +15,9 @@ import collections
 import pytest
 
 from consensus.messages import PrePrepare, Requests, decode_message, encode, sign
-from consensus.replica import ReplicaConfig, ReplicaConfigError
+from consensus.replica import VOUCH_FALLBACK_HOLD_MS, ReplicaConfig, ReplicaConfigError
 
-from test_replica import CHAIN, Cluster, TrivialApp, all_committed, build_block, kind_of
+from test_replica import CHAIN, TICK_MS, Cluster, TrivialApp, all_committed, build_block, kind_of
 
 
 class CountingApp(TrivialApp):
@@ -104,12 +104,19 @@ def test_with_the_checking_backup_down_the_others_check_after_vouch_wait_ms():
     assert not cluster.nodes["v2"].chain and apps["v2"].full[b"ok:1"] == 0
     assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"], ["v0", "v2", "v3"]), 100)
     assert apps["v2"].full[b"ok:1"] == 1 and apps["v3"].full[b"ok:1"] == 1
-    # Having waited in vain once, they check at once for a view timeout instead of waiting per block.
+    # Having waited in vain once, they check at once for VOUCH_FALLBACK_HOLD_MS instead of waiting per block.
     assert cluster.nodes["v2"].replica._checks_signatures()
     cluster.submit("v0", b"ok:2")
     cluster.run(2)
     assert all_committed(cluster, [b"ok:2"], ["v0", "v2", "v3"])
     assert all(node.replica.view == 0 for node in cluster.nodes.values() if node.up)
+    # Then they rely on vouchers again (v1 is back).
+    cluster.nodes["v1"].restart()
+    cluster.run(VOUCH_FALLBACK_HOLD_MS // TICK_MS)
+    assert not cluster.nodes["v2"].replica._checks_signatures()
+    cluster.submit("v0", b"ok:3")
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:3"]), 100)
+    assert apps["v2"].full[b"ok:3"] == 0
 
 
 def test_a_faulty_primary_cannot_commit_an_invalid_request_that_no_one_checked():
