@@ -167,6 +167,16 @@ def test_junk_from_a_peer_is_never_forwarded_proposed_or_blamed_on_the_primary()
     assert not any(b"bad:junk" in block.entries for node in cluster.nodes.values() for block in node.chain)
 
 
+def test_unproposed_junk_is_checked_and_dropped_before_blaming_the_primary():
+    """With no retransmission before the view timeout, only the censorship rule sees the junk."""
+    cluster, apps = counted_cluster(vouch_wait_ms=100, retransmit_ms=60_000)
+    replica = cluster.nodes["v2"].replica
+    replica.on_message("v1", encode(Requests((b"bad:junk",))))
+    cluster.run(80)                             # 800 ms: past the 500 ms view timeout
+    assert apps["v2"].full[b"bad:junk"] == 1 and replica.pending_request_count == 0
+    assert all(node.replica.view == 0 for node in cluster.nodes.values())
+
+
 def test_unchecked_requests_fill_at_most_half_the_pool():
     cluster, apps = counted_cluster(request_pool_max=4, batch_wait_ms=10_000, batch_requests_max=10)
     replica = cluster.nodes["v2"].replica
