@@ -51,6 +51,9 @@ class ReplicaConfigError(ValueError):
 class ReplicaConfig:
     batch_requests_max: int = 64         # requests in one block
     batch_wait_ms: int = 20              # how long the primary waits to fill a batch
+    # A batch that is not full is proposed only while fewer blocks than this are in flight: under load,
+    # requests gather into fuller blocks (less work per request) instead of more blocks.
+    partial_batch_in_flight_max: int = 2
     view_timeout_ms: int = 2000          # no progress for this long -> view change; doubles per failed view
     view_timeout_doublings_max: int = 6  # the doubling stops at view_timeout_ms * 2^6
     checkpoint_interval: int = 8         # blocks between checkpoints
@@ -73,7 +76,7 @@ class ReplicaConfig:
         positive = (
             "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
             "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
-            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms",
+            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms", "partial_batch_in_flight_max",
         )
         for name in positive:
             value = getattr(self, name)
@@ -921,9 +924,9 @@ class Replica:
             if not unproposed:
                 return progressed
             oldest = next(iter(unproposed.values()))
-            if (
-                len(unproposed) < self.config.batch_requests_max
-                and self.now_ms - max(oldest.seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
+            if len(unproposed) < self.config.batch_requests_max and (
+                self.now_ms - max(oldest.seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
+                or height - 1 - self.last_applied_height >= self.config.partial_batch_in_flight_max
             ):
                 return progressed
             # Our proposal vouches for its requests' signatures: check those we pooled unchecked.

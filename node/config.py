@@ -78,6 +78,7 @@ class LogConfig:
 class ConsensusConfig:
     batch_requests_max: int = 500      # entries per proposed block
     batch_wait_ms: int = 20            # how long the primary waits to fill a batch
+    partial_batch_in_flight_max: int = 2  # a batch that is not full waits while this many blocks are in flight
     view_timeout_ms: int = 2000        # no progress for this long -> view change
     checkpoint_interval: int = 16      # blocks between checkpoints
     watermark_window: int = 64         # blocks in flight beyond the last stable checkpoint
@@ -132,6 +133,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
     "consensus": {
         "batch_requests_max": (1, 4096),  # consensus.messages.BLOCK_REQUESTS_MAX
         "batch_wait_ms": (0, 60_000),
+        "partial_batch_in_flight_max": (1, 1024),
         "view_timeout_ms": (100, 600_000),
         "checkpoint_interval": (1, 100_000),
         "watermark_window": (2, 1024),  # consensus.messages.PREPARED_CERTIFICATES_MAX

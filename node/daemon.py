@@ -154,6 +154,7 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, applicatio
         config=ReplicaConfig(
             batch_requests_max=config.consensus.batch_requests_max,
             batch_wait_ms=config.consensus.batch_wait_ms,
+            partial_batch_in_flight_max=config.consensus.partial_batch_in_flight_max,
             view_timeout_ms=config.consensus.view_timeout_ms,
             checkpoint_interval=config.consensus.checkpoint_interval,
             watermark_window=config.consensus.watermark_window,

@@ -713,3 +713,34 @@ def test_the_primary_queue_of_unproposed_requests_matches_a_full_scan():
     # Kept queues, rebuilt ones, partial and full batches were all exercised.
     assert len(checked) > 100 and {resumed for _, resumed in checked} == {True, False}
     assert any(0 < n < 5 for n, _ in checked) and any(n >= 5 for n, _ in checked)
+
+
+def test_a_partial_batch_waits_while_blocks_are_in_flight_and_a_full_one_does_not():
+    cluster = Cluster(ReplicaConfig(batch_wait_ms=0, batch_requests_max=4, partial_batch_in_flight_max=2,
+                                    view_timeout_ms=60_000, checkpoint_interval=4, watermark_window=8))
+    held = []
+    cluster.drop = lambda sender, target, data: held.append((sender, target, data)) or kind_of(data) != "pre-prepare"
+    primary = cluster.nodes["v0"].replica
+
+    def in_flight():
+        return sorted(h for h in primary.slots if h > primary.last_applied_height)
+
+    cluster.submit("v0", b"ok:1")
+    cluster.run(1)
+    cluster.submit("v0", b"ok:2")
+    cluster.run(1)
+    assert in_flight() == [1, 2]
+    cluster.submit("v0", b"ok:3")
+    cluster.run(3)
+    assert in_flight() == [1, 2]                  # a partial batch waits: 2 blocks are in flight
+    for i in range(4, 8):
+        cluster.submit("v0", f"ok:{i}".encode())
+    cluster.run(1)
+    assert in_flight() == [1, 2, 3]               # a full batch does not
+    assert primary.slots[3].entries == (b"ok:3", b"ok:4", b"ok:5", b"ok:6")
+    cluster.drop = lambda sender, target, data: False
+    for sender, target, data in held:
+        cluster.queue.append((sender, target, data))
+    requests = [f"ok:{i}".encode() for i in range(1, 8)]
+    assert cluster.run_until(lambda: all_committed(cluster, requests), 200)
+    cluster.assert_agreement()
