@@ -76,7 +76,8 @@ class ReplicaConfig:
         positive = (
             "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
             "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
-            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms", "partial_batch_in_flight_max",
+            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms",
+            "partial_batch_in_flight_max",
         )
         for name in positive:
             value = getattr(self, name)
@@ -235,6 +236,7 @@ class Replica:
         self.validator_set_hash = validators.hash()
         self._my_index = [v.id for v in validators.validators].index(me)
         self.check_all_until_ms = 0  # after waiting in vain for vouchers, check every signature until then
+        self.vouch_fallbacks = 0     # how often that happened (hosts export it)
 
         self.view = 0
         self.view_active = True
@@ -383,6 +385,11 @@ class Replica:
     @property
     def is_primary(self) -> bool:
         return self.primary_id == self.me
+
+    @property
+    def checks_signatures(self) -> bool:
+        """True while this replica checks every request's signatures itself (see _checks_signatures)."""
+        return self._checks_signatures()
 
     @property
     def pending_request_count(self) -> int:
@@ -843,7 +850,8 @@ class Replica:
         """
         primary = self.primary_id
         votes = self.prepare_votes.get(height, {})
-        vouchers = sum(1 for voter, vote in votes.items() if vote[0] == slot.hash and voter != self.me and voter != primary)
+        vouchers = sum(1 for voter, vote in votes.items()
+                       if vote[0] == slot.hash and voter != self.me and voter != primary)
         now = self.now_ms or 0
         if vouchers < self.validators.f and not self._checks_signatures():
             if slot.vouch_deadline_ms is None:
@@ -853,6 +861,7 @@ class Replica:
             # The backups that check were too slow (or are down): check ourselves, and keep doing so
             # for a while instead of waiting in vain for each block.
             self.check_all_until_ms = now + VOUCH_FALLBACK_HOLD_MS
+            self.vouch_fallbacks += 1
         if vouchers < self.validators.f:
             for request, request_id in zip(slot.entries, slot.request_ids):
                 pending = self.pool.get(request_id)
@@ -1320,7 +1329,8 @@ class Replica:
         stale = []
         unchecked = []
         for request_id, pending in self.pool.items():
-            if now - pending.seen_ms < self.config.retransmit_ms or len(stale) + len(unchecked) >= self.config.forward_requests_max:
+            if (now - pending.seen_ms < self.config.retransmit_ms
+                    or len(stale) + len(unchecked) >= self.config.forward_requests_max):
                 break
             if request_id not in in_flight:
                 if pending.checked:

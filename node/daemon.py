@@ -299,6 +299,7 @@ class Daemon:
         self.replica = _build_replica(config, genesis, key, ledger, self.application)
         self.height, _ = _last_applied(ledger)
         self.view = int(getattr(self.replica, "view", 0))
+        self._vouch_fallbacks_seen = 0
         self.metrics.height.set(self.height)
         self.metrics.view.set(self.view)
         # One bounded queue feeds the driver: peer readers wait when it is full (TCP pushes back on
@@ -574,6 +575,15 @@ class Daemon:
         target = getattr(self.replica, "catch_up_target", None)
         if isinstance(target, int):
             self.metrics.catch_up_target_height.set(max(target, self.height))
+        checks = getattr(self.replica, "checks_signatures", None)
+        if isinstance(checks, bool):
+            self.metrics.checks_all_signatures.set(int(checks))
+        fallbacks = getattr(self.replica, "vouch_fallbacks", None)
+        if isinstance(fallbacks, int) and fallbacks > self._vouch_fallbacks_seen:
+            self.metrics.vouch_fallbacks.inc(fallbacks - self._vouch_fallbacks_seen)
+            self._vouch_fallbacks_seen = fallbacks
+            log.warning("vouchers came late: checking every signature for a while",
+                        vouch_wait_ms=self.config.consensus.vouch_wait_ms, fallbacks=fallbacks)
 
     async def ledger_quiet(self) -> None:
         """Return when no block is being applied in a worker thread, so that the caller's reads of

@@ -128,6 +128,13 @@ class NodeMetrics:
             "bayledger_committed_entries_total", "Entries in blocks applied to storage.", "counter")
         self.committed_blocks = Counter("bayledger_committed_blocks_total", "Blocks applied to storage.", "counter")
         self.mempool_size = Gauge("bayledger_mempool_size", "Accepted entries not yet committed.", "gauge")
+        self.checks_all_signatures = Gauge(
+            "bayledger_checks_all_signatures",
+            "1 while this validator checks every entry's signature itself, 0 while it lets f + 1 others vouch.",
+            "gauge")
+        self.vouch_fallbacks = Counter(
+            "bayledger_vouch_fallbacks_total",
+            "Times vouchers came later than vouch_wait_ms and this validator checked signatures itself.", "counter")
         self.connected_peers = Gauge("bayledger_connected_peers", "Authenticated peer links up.", "gauge")
         self.catch_up_target_height = Gauge(
             "bayledger_catch_up_target_height", "Highest height a peer has shown us (0 if none).", "gauge")

@@ -104,8 +104,9 @@ def test_with_the_checking_backup_down_the_others_check_after_vouch_wait_ms():
     assert not cluster.nodes["v2"].chain and apps["v2"].full[b"ok:1"] == 0
     assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"], ["v0", "v2", "v3"]), 100)
     assert apps["v2"].full[b"ok:1"] == 1 and apps["v3"].full[b"ok:1"] == 1
+    assert cluster.nodes["v2"].replica.vouch_fallbacks == 1
     # Having waited in vain once, they check at once for VOUCH_FALLBACK_HOLD_MS instead of waiting per block.
-    assert cluster.nodes["v2"].replica._checks_signatures()
+    assert cluster.nodes["v2"].replica.checks_signatures
     cluster.submit("v0", b"ok:2")
     cluster.run(2)
     assert all_committed(cluster, [b"ok:2"], ["v0", "v2", "v3"])

@@ -105,6 +105,12 @@ async def test_each_node_checks_each_entry_once(tmp_path):
                 assert {apps[node_id].checks[e] for e in entries} == {1}, node_id
             # cn-2 prepares on vouchers, or checks itself (once) when they are slow: never twice.
             assert {apps["cn-2"].checks[e] for e in entries} <= {0, 1}
+            # The metrics say who checks everything: the checkers, and a backup after a fallback.
+            for node_id, _ in IDS:
+                metrics = net.daemons[node_id].metrics
+                fell_back = metrics.vouch_fallbacks.get() > 0
+                expected = 1 if node_id in ("hk-1", "hk-2") or fell_back else 0
+                assert metrics.checks_all_signatures.get() == expected, node_id
             # cn-1 checked each entry at submit, then again when its core pooled it: a memo hit.
             # (Backups check on whichever comes first, the forwarded entry or the proposed block.)
             assert net.daemons["cn-1"].application.hits >= len(entries)
