@@ -209,3 +209,25 @@ def test_any_bit_flip_is_caught(data):
     flipped = bytearray(good)
     flipped[bit // 8] ^= 1 << (bit % 8)
     assert check_entry(bytes(flipped), world.genesis) is not None
+
+
+def test_the_check_without_signatures_refuses_everything_but_a_bad_signature(world):
+    """What a validator that lets others vouch for signatures checks (LedgerApplication.check_request_shape)."""
+    g = world.genesis
+    data = Author(world, "hk-bureau").commit(commitment(1))
+    outer = msgpack.unpackb(data)
+    outer["sigs"][0]["sig"] = bytes(64)
+    bad_signature = codec.pack(outer)
+    assert entries.validate_entry(bad_signature, g, check_signatures=False).author == "hk-bureau"
+    hk = ("hk-regulator-1", world.governance_keys["hk-regulator-1"])
+    cn = ("cn-regulator-1", world.governance_keys["cn-regulator-1"])
+    only_hk = entries.build_suspend([hk], g.chain_id, "hk-bank", 1, 5)
+    wrong_cn_key = entries.sign_entry(decode_entry(only_hk).body, g.chain_id, [hk, ("cn-regulator-1", key_from("x"))])
+    for data, reason in ((b"\xc1", "entry-malformed"), (only_hk, "governance-threshold"),
+                         (entries.cosign(entries.cosign(only_hk, *cn), "zz-regulator", key_from("s")),
+                          "unknown-governance-key")):
+        with pytest.raises(entries.EntryError) as refused:
+            entries.validate_entry(data, g, check_signatures=False)
+        assert refused.value.reason == reason
+    assert entries.validate_entry(wrong_cn_key, g, check_signatures=False).type == "suspend"
+    assert check_entry(wrong_cn_key, g) == "bad-signature"

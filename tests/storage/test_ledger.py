@@ -454,3 +454,14 @@ def test_checked_entries_are_executed_without_decoding_again(world, ledger, tmp_
     finally:
         fresh.close()
     assert outcomes == [0, 1, 2, 3, 4, "replayed-nonce"]    # the re-signed copy of entry 1 (same nonce)
+
+
+def test_the_application_checks_shape_without_signatures(world, ledger):
+    application = LedgerApplication(ledger)
+    author = Author(world, "hk-bureau")
+    good = author.commit(commitment(1))
+    forged = entries.sign_entry(entries.decode_entry(good).body, world.chain_id, [("hk-bureau", key_from("x"))])
+    assert application.check_request(forged) == "bad-signature"
+    assert application.check_request_shape(forged) is None
+    assert application.check_request_shape(b"\xc1") == "entry-malformed"
+    assert application.check_request_shape(good) is None and application.check_request(good) is None
