@@ -764,23 +764,18 @@ class Replica:
             known, parent = self._parent_header(height)
             if not known:
                 continue
+            verdict = None
             if not slot.validated:
                 verdict = self._validate(height, slot, parent)
-                if verdict == "wait":
-                    continue
-                if verdict is not None:
-                    self._reject(self.primary_id, "bad-proposal")
-                    self._start_view_change(self.view + 1)
-                    return True
-                slot.validated = True
-            if not slot.signatures_known:
+                slot.validated = verdict is None
+            if verdict is None and not slot.signatures_known:
                 verdict = self._vouched_or_checked(height, slot)
-                if verdict == "wait":
-                    continue
-                if verdict is not None:
-                    self._reject(self.primary_id, "bad-proposal")
-                    self._start_view_change(self.view + 1)
-                    return True
+            if verdict == "wait":
+                continue
+            if verdict is not None:
+                self._reject(self.primary_id, "bad-proposal")
+                self._start_view_change(self.view + 1)
+                return True
             progressed |= self._sign_prepare(height, slot)
             if slot.prepare is not None:
                 progressed |= self._check_prepared(height, slot)
