@@ -400,6 +400,14 @@ def build_revoke(key: nacl.signing.SigningKey, author: str, chain_id: str, commi
                                        fresh_nonce() if nonce is None else nonce, now_ms())
 
 
+def build_governance_revoke(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, commitment: bytes,
+                            reason: str, *, nonce: int | None = None) -> bytes:
+    """A revoke by governance (any commitment, whoever submitted it): regulator signatures meeting
+    both jurisdictions' thresholds, here or added later with `cosign`."""
+    return ledger_entries.build_governance_revoke(signers, chain_id, commitment, reason,
+                                                  fresh_nonce() if nonce is None else nonce, now_ms())
+
+
 def build_admit(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, participant: Participant, *,
                 nonce: int | None = None) -> bytes:
     return ledger_entries.build_admit(signers, chain_id, participant, fresh_nonce() if nonce is None else nonce,

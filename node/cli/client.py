@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 from node.cli import CliError
 from node.client import (
-    Client, ClientError, ConnectionFailed, RpcError, build_admit, build_commit, build_match_query, build_revoke,
-    build_suspend, cosign, seal_document, verify_match_proof,
+    Client, ClientError, ConnectionFailed, RpcError, build_admit, build_commit, build_governance_revoke,
+    build_match_query, build_revoke, build_suspend, cosign, seal_document, verify_match_proof,
 )
 from node.keys import KeyFileError, KeyPair, create_private_file, load_key_file, load_public_key
 
@@ -40,6 +40,12 @@ entry_file_bytes_max = 65_536
 RECEIPT_MODE = 0o600                    # it holds the salt: as private as the document
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_SUBMIT_WAIT_MS = 30_000
+
+GOVERNANCE_NOTE = (
+    "Governance entries need the signatures of the regulator keys of BOTH jurisdictions (the "
+    "thresholds in genesis). Either pass every signer's --key at once, or co-sign in turns: the first "
+    "regulator runs this with --out ENTRY (nothing is sent), the other runs `bayledger cosign ENTRY "
+    "--key THEIRS --submit`.")
 
 ENVIRONMENT_HELP = """\
 environment:
@@ -140,9 +146,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     proof_verify.set_defaults(handler=_guarded(run_proof_verify))
     proof.set_defaults(handler=lambda args: _usage(proof))
 
-    revoke = _new_parser(subparsers, "revoke", "withdraw a commitment you submitted",
+    revoke = _new_parser(subparsers, "revoke", "withdraw a commitment (its author, or governance)",
                          "Sign and submit a revoke entry for a commitment (from --receipt, --commitment, or FILE "
-                         "with --salt) with the author's --key; waits for the commit.")
+                         "with --salt) with the author's --key; waits for the commit. With --governance, the "
+                         "regulators revoke any participant's commitment instead: --key names regulator keys "
+                         "and --genesis is required. " + GOVERNANCE_NOTE)
     revoke.add_argument("file", metavar="FILE", nargs="?", help="the document (with --salt)")
     revoke.add_argument("--receipt", metavar="FILE", help="the receipt written by submit")
     revoke.add_argument("--commitment", metavar="HEX", help="the commitment in hex")
@@ -150,9 +158,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("--reason", default="withdrawn", help="why (up to 256 bytes, recorded on the ledger)")
     revoke.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
     revoke.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    revoke.add_argument("--governance", action="store_true",
+                        help="revoke as governance, signed by the regulator key(s) given with --key")
+    revoke.add_argument("--out", metavar="ENTRY",
+                        help="with --governance: write the (partly) signed entry here for `cosign` and do not submit")
     _add_rpc(revoke)
-    _add_key(revoke)
-    _add_genesis(revoke, " (optional)")
+    revoke.add_argument("--key", action="append", metavar="FILE",
+                        help="the author's key file; with --governance, a regulator key file (repeat for each "
+                             "signer); env BAYLEDGER_KEY for one")
+    _add_genesis(revoke, " (optional; required with --governance)")
     revoke.set_defaults(handler=_guarded(run_revoke))
 
     status = _new_parser(subparsers, "status", "show a node's status", "Ask a node for its status.")
@@ -160,13 +174,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_rpc(status)
     status.set_defaults(handler=_guarded(run_status))
 
-    governance_note = (
-        "Governance entries need the signatures of the regulator keys of BOTH jurisdictions (the "
-        "thresholds in genesis). Either pass every signer's --key at once, or co-sign in turns: the first "
-        "regulator runs this with --out ENTRY (nothing is sent), the other runs `bayledger cosign ENTRY "
-        "--key THEIRS --submit`.")
     admit = _new_parser(subparsers, "admit", "admit (or re-admit) a participant (governance)",
-                        "Admit a participant to the registry. " + governance_note)
+                        "Admit a participant to the registry. " + GOVERNANCE_NOTE)
     admit.add_argument("--id", required=True, dest="participant_id", help="participant id")
     admit.add_argument("--jurisdiction", required=True, choices=("HK", "CN"))
     admit.add_argument("--role", required=True, help="e.g. provider, bank")
@@ -175,14 +184,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     admit.set_defaults(handler=_guarded(run_admit))
 
     suspend = _new_parser(subparsers, "suspend", "suspend a participant (governance)",
-                          "Suspend a participant: it can no longer submit or query. " + governance_note)
+                          "Suspend a participant: it can no longer submit or query. " + GOVERNANCE_NOTE)
     suspend.add_argument("--id", required=True, dest="participant_id", help="participant id")
     _add_governance_options(suspend)
     suspend.set_defaults(handler=_guarded(run_suspend))
 
     cosign_parser = _new_parser(subparsers, "cosign", "add a regulator's signature to a governance entry file",
-                                "Add the signature(s) of --key to ENTRY (written by admit/suspend --out), in "
-                                "place; with --submit, send it once signed. " + governance_note)
+                                "Add the signature(s) of --key to ENTRY (written with --out by admit, suspend or "
+                                "revoke --governance), in place; with --submit, send it once signed. "
+                                + GOVERNANCE_NOTE)
     cosign_parser.add_argument("entry", metavar="ENTRY", help="the entry file")
     cosign_parser.add_argument("--submit", action="store_true", help="submit the entry after signing")
     cosign_parser.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
@@ -506,17 +516,16 @@ def _commitment_in(proof: bytes, codec) -> bytes | None:
 # -- revoke, status -------------------------------------------------------------------------------
 
 def run_revoke(args) -> int:
-    key = _load_key(_key_path(args.key))
+    commitment = _revoke_target(args)
+    if args.governance:
+        return _run_governance_revoke(args, commitment)
+    if args.out:
+        raise CliError("--out is for a governance revoke (--governance), which regulators co-sign")
+    keys = _keys(args)
+    if len(keys) != 1:
+        raise CliError(f"a participant's revoke is signed with one --key, not {len(keys)} (several are for --governance)")
+    key = keys[0]
     participant = _participant_id(args, key)
-    if args.commitment:
-        commitment = _hex32(args.commitment, "--commitment")
-    elif args.receipt:
-        commitment = bytes.fromhex(_load_receipt(args.receipt)["commitment"])
-    elif args.file and args.salt:
-        commitment, _ = seal_document(_read_file(args.file, document_bytes_max, "document"),
-                                      _hex32(args.salt, "--salt"))
-    else:
-        raise CliError("say which commitment: --receipt R, --commitment HEX, or FILE --salt HEX")
     genesis = _genesis(args, required=False)
     with _client(args) as client:
         chain_id = genesis.chain_id if genesis is not None else _call(client, "status")["chain_id"]
@@ -526,6 +535,28 @@ def run_revoke(args) -> int:
             raise CliError(f"cannot build the entry: {exc}") from None
         answer = _submit_entry(client, entry, args.wait_ms)
     return _print_answer(answer, f"revoke of {commitment.hex()}")
+
+
+def _run_governance_revoke(args, commitment: bytes) -> int:
+    if args.participant:
+        raise CliError("--as names a participant; a --governance revoke is signed by regulator keys")
+    genesis = _genesis(args)
+    signers = _governance_signers(args, genesis)
+    entry = _build_governance(build_governance_revoke, signers, genesis.chain_id, commitment, args.reason)
+    return _finish_governance(args, genesis, entry, f"revoke of {commitment.hex()} by governance", args.out)
+
+
+def _revoke_target(args) -> bytes:
+    if args.commitment:
+        commitment = _hex32(args.commitment, "--commitment")
+    elif args.receipt:
+        commitment = bytes.fromhex(_load_receipt(args.receipt)["commitment"])
+    elif args.file and args.salt:
+        commitment, _ = seal_document(_read_file(args.file, document_bytes_max, "document"),
+                                      _hex32(args.salt, "--salt"))
+    else:
+        raise CliError("say which commitment: --receipt R, --commitment HEX, or FILE --salt HEX")
+    return commitment
 
 
 def _print_answer(answer: dict, what: str) -> int:

@@ -149,6 +149,34 @@ def test_no_match_and_revoked(capsys, server, files, document, tmp_path):
     assert code == 1 and out.startswith("REFUSED")
 
 
+def test_governance_revokes_any_participants_commitment(capsys, server, files, document, tmp_path):
+    """The regulators of both jurisdictions revoke a bureau's commitment: one alone is refused; HK
+    signs to a file, CN co-signs and submits; the proof then shows REVOKED by governance."""
+    assert submit(capsys, server, files, document)[0] == 0
+    receipt = str(tmp_path / "report.pdf.receipt.json")
+    revoke = ["revoke", "--governance", "--receipt", receipt, "--reason", "court order 42", *rpc(server),
+              "--genesis", files["genesis"]]
+    code, out, err = run(capsys, [*revoke, "--key", files["cn-regulator-1"]])
+    assert code == 1 and "REFUSED" in out and "governance-threshold" in out, (out, err)
+    code, out, _ = verify(capsys, server, files, document, "--receipt", receipt)
+    assert code == 0 and out.startswith("MATCH")
+
+    entry = tmp_path / "revoke.entry"
+    code, out, err = run(capsys, [*revoke, "--key", files["hk-regulator-1"], "--out", str(entry)])
+    assert code == 0 and "CN needs 1 more" in out, (out, err)
+    code, out, err = run(capsys, ["cosign", str(entry), "--key", files["cn-regulator-1"], "--submit",
+                                  *rpc(server), "--genesis", files["genesis"]])
+    assert code == 0 and out.startswith("COMMITTED"), (out, err)
+    code, out, _ = verify(capsys, server, files, document, "--receipt", receipt)
+    assert code == 1 and out.startswith("REVOKED") and "by governance" in out and "court order 42" in out, out
+
+    # Both keys at once, for a commitment nobody holds: the ledger's refusal is a negative answer.
+    code, out, err = run(capsys, ["revoke", "--governance", "--commitment", "ab" * 32, *rpc(server),
+                                  "--genesis", files["genesis"], "--key", files["hk-regulator-1"],
+                                  "--key", files["cn-regulator-1"]])
+    assert code == 1 and "REFUSED" in out and "unknown-commitment" in out, (out, err)
+
+
 def test_admission_needs_both_jurisdictions(capsys, server, files, tmp_path, document):
     """One regulator alone: refused. HK signs to a file, CN co-signs and submits: admitted, and the
     new participant can submit and query."""
@@ -232,6 +260,18 @@ def test_usage_and_connection_errors_are_one_line(capsys, files, document, tmp_p
             (["suspend", "--id", "x", "--genesis", files["genesis"], "--key", files["hk-bank"], "--rpc", dead],
              "not a governance key"),
             (["cosign", str(document), "--genesis", files["genesis"], "--key", files["cn-regulator-1"]], "entry file"),
+            (["revoke", "--commitment", "00" * 32, "--governance", "--key", files["hk-bank"],
+              "--genesis", files["genesis"], "--rpc", dead], "not a governance key"),
+            (["revoke", "--commitment", "00" * 32, "--governance", "--key", files["hk-regulator-1"], "--rpc", dead],
+             "genesis"),
+            (["revoke", "--commitment", "00" * 32, "--governance", "--as", "hk-bank", "--key", files["hk-regulator-1"],
+              "--genesis", files["genesis"], "--rpc", dead], "--as"),
+            (["revoke", "--commitment", "00" * 32, "--out", str(tmp_path / "x.entry"), "--key", files["hk-bureau"],
+              "--rpc", dead], "--governance"),
+            (["revoke", "--commitment", "00" * 32, "--key", files["hk-bureau"], "--key", files["hk-bank"],
+              "--rpc", dead], "one --key"),
+            (["revoke", "--governance", "--key", files["hk-regulator-1"], "--genesis", files["genesis"],
+              "--rpc", dead], "say which commitment"),
         ]
         for argv, reason in cases:
             code, out, err = run(capsys, argv)

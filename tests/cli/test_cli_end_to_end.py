@@ -5,6 +5,7 @@ cn-1, cn-2; tests/node/node_cluster.py builds them with the real CLI), driven th
   is verified through the CLI by a Hong Kong participant (bank-hk) against a Hong Kong node;
   the saved proof verifies offline; a tampered copy is refused naming the failed check;
 - revoked (through a different CN node), it shows REVOKED at an HK node;
+- a commitment revoked by the regulators of both jurisdictions shows REVOKED by governance;
 - an admission co-signed by one jurisdiction's regulator alone is refused; co-signed by both it
   takes effect, and the new participant can submit and query;
 - a plain socket + msgpack client calls every read method of a real node.
@@ -115,6 +116,16 @@ def test_cross_border_submit_verify_revoke_and_admission(network, tmp_path, caps
     code, out, err = run(capsys, ["verify", str(second), "--receipt", str(tmp_path / "report-hk.pdf.receipt.json"),
                                   *node_rpc["cn-2"], "--key", str(keys / "bureau-cn.json"), "--genesis", genesis])
     assert code == 0 and out.startswith("MATCH"), (out, err)
+
+    # The regulators of both jurisdictions revoke the newcomer's commitment; Shenzhen sees REVOKED.
+    code, out, err = run(capsys, ["revoke", "--governance", "--receipt", str(tmp_path / "report-hk.pdf.receipt.json"),
+                                  "--reason", "regulator order", *node_rpc["hk-2"], "--genesis", genesis,
+                                  "--key", str(keys / "gov-hk.json"), "--key", str(keys / "gov-cn.json")])
+    assert code == 0 and out.startswith("COMMITTED"), (out, err)
+    network.wait_height(["cn-2"], int(out.split("at height ")[1].split(",")[0]))
+    code, out, err = run(capsys, ["verify", str(second), "--receipt", str(tmp_path / "report-hk.pdf.receipt.json"),
+                                  *node_rpc["cn-2"], "--key", str(keys / "bureau-cn.json"), "--genesis", genesis])
+    assert code == 1 and out.startswith("REVOKED") and "by governance" in out, (out, err)
 
     # A plain socket + msgpack client (node_cluster.RpcClient) calls the read methods of a real node.
     client = network.nodes["hk-1"].rpc_client()
