@@ -69,6 +69,7 @@ node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared wh
 group_cache_entries_max = 32_768     # recently rehashed 4-leaf groups (~705 bytes each: 23 MB, 131,072 leaves)
 nonce_window = 256                   # most recent nonces remembered per author (replay window)
 smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) in memory, ~15 MB
+proof_block_cache_entries_max = 4_096  # blocks' header, certificate and tree size for match proofs (~1 KB each)
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
 block_entries_max = 100_000          # a block with more entries is refused at apply
 # Entries the stateless check decoded, kept (about 1.4 KB each) for the block execution that
@@ -434,6 +435,7 @@ class Ledger:
         self._speculative: dict[tuple, Execution] = {}
         self._smt_cache: dict[bytes, bytes | None] = {}  # revoked-set nodes as stored (None: not stored)
         self._status_cache: tuple | None = None  # (height, status section without the path) for match proofs
+        self._proof_blocks: dict[int, tuple[Encoded, Encoded, int]] = {}  # see _proof_block
         self._store_view = _StoreView(self)
         self._height = _U64.unpack(db.get(b"mheight"))[0]
         size, hashes = msgpack.unpackb(db.get(b"mfrontier"), raw=False)
@@ -768,16 +770,27 @@ class Ledger:
         assert header is not None and certificate is not None, f"block {height} is named but not stored"
         return header, certificate
 
+    def _proof_block(self, height: int) -> tuple[Encoded, Encoded, int]:
+        """Header and certificate bytes of an applied block, and its tree size: immutable, so kept
+        for the next proof of a leaf in the same block (queries favour recent blocks)."""
+        found = self._proof_blocks.get(height)
+        if found is None:
+            header, certificate = self._stored_block_parts(height)
+            found = (Encoded(header), Encoded(certificate), msgpack.unpackb(header, raw=False)["tree_size"])
+            if len(self._proof_blocks) >= proof_block_cache_entries_max:
+                self._proof_blocks.clear()
+            self._proof_blocks[height] = found
+        return found
+
     def _proven_leaf(self, leaf_index: int, height: int) -> dict:
-        header, certificate = self._stored_block_parts(height)
-        tree_size = msgpack.unpackb(header, raw=False)["tree_size"]
+        header, certificate, tree_size = self._proof_block(height)
         return {
             "entry": self.entry(leaf_index),
             "leaf_index": leaf_index,
             "tree_size": tree_size,
             "inclusion_path": self.inclusion_proof(leaf_index, tree_size),
-            "header": Encoded(header),
-            "certificate": Encoded(certificate),
+            "header": header,
+            "certificate": certificate,
         }
 
     # -- execution and apply ------------------------------------------------------------------------

@@ -77,16 +77,27 @@ class Encoded(bytes):
     """A value already in canonical msgpack (e.g. a header or certificate as stored): used as is."""
 
 
-def _encode(value: Any, packer: msgpack.Packer) -> bytes:
-    """codec.pack, except that Encoded parts are copied instead of decoded and canonicalized again."""
-    if isinstance(value, Encoded):
-        return value
-    if isinstance(value, (bytes, int, str)) or (type(value) is list and all(type(v) is bytes for v in value)):
-        return packer.pack(value)  # already canonical: shortest ints, bin for bytes
-    if isinstance(value, dict) and any(isinstance(v, (Encoded, dict)) for v in value.values()):
-        keys = sorted(value, key=str.encode)
-        return packer.pack_map_header(len(keys)) + b"".join(packer.pack(k) + _encode(value[k], packer) for k in keys)
-    return codec.pack(value)
+# Packs exactly as codec.pack does for values that are already canonical (bytes as bin, ints in
+# their shortest form, str keys); shared, as codec's is: pack() runs in C under the GIL.
+_packer = msgpack.Packer(use_bin_type=True)
+_CANONICAL_AS_IS = frozenset({bytes, int, str})
+
+
+def _encode(value: Any, parts: list[bytes]) -> None:
+    """Append codec.pack(value) to `parts`, except that Encoded parts are copied instead of decoded
+    and canonicalized again. Match proofs are built this way on every query."""
+    kind = type(value)
+    if kind is Encoded:
+        parts.append(value)
+    elif kind in _CANONICAL_AS_IS or (kind is list and all(type(v) is bytes for v in value)):
+        parts.append(_packer.pack(value))
+    elif kind is dict and all(type(k) is str for k in value):
+        parts.append(_packer.pack_map_header(len(value)))
+        for key in sorted(value):        # str order by code point is UTF-8 byte order, as codec sorts
+            parts.append(_packer.pack(key))
+            _encode(value[key], parts)
+    else:
+        parts.append(codec.pack(value))
 
 
 def build_match_proof(proven: dict, revocation: dict | None, status: dict) -> bytes:
@@ -95,8 +106,9 @@ def build_match_proof(proven: dict, revocation: dict | None, status: dict) -> by
     proof = {"version": MATCH_PROOF_VERSION, **proven, "status": status}
     if revocation is not None:
         proof["revocation"] = revocation
-    # One Packer for the whole proof: msgpack.packb would build one for each of its dozen values.
-    return _encode(proof, msgpack.Packer(use_bin_type=True))
+    parts: list[bytes] = []
+    _encode(proof, parts)
+    return b"".join(parts)
 
 
 def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, where: str = "") -> BlockHeader:

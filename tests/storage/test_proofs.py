@@ -150,6 +150,42 @@ def test_any_bit_flip_is_never_a_match(world, filled, data):
     assert verdict.status == "invalid", (bit, verdict)
 
 
+_canonical_leaves = st.one_of(st.binary(max_size=40), st.integers(min_value=-2**63, max_value=2**64 - 1),
+                              st.text(max_size=8), st.booleans(), st.none(), st.lists(st.binary(max_size=33), max_size=4))
+_canonical_values = st.recursive(_canonical_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(proven=st.dictionaries(st.text(max_size=6), _canonical_values, max_size=6),
+       status=st.dictionaries(st.text(max_size=6), _canonical_values, max_size=4),
+       revocation=st.none() | st.dictionaries(st.text(max_size=6), _canonical_values, max_size=3),
+       as_encoded=st.sets(st.text(max_size=6), max_size=3))
+def test_proof_encoding_is_codec_pack(proven, status, revocation, as_encoded):
+    """The proof encoder (values already canonical, some passed as Encoded bytes) writes exactly what
+    codec.pack writes for the decoded map: the bytes a verifier re-encodes and hashes."""
+    proven = {k: v for k, v in proven.items() if k not in ("version", "status", "revocation")}
+    expected = {"version": proofs.MATCH_PROOF_VERSION, **proven, "status": status}
+    if revocation is not None:
+        expected["revocation"] = revocation
+    given_proven = {k: proofs.Encoded(codec.pack(v)) if k in as_encoded else v for k, v in proven.items()}
+    given_status = {k: proofs.Encoded(codec.pack(v)) if k in as_encoded else v for k, v in status.items()}
+    assert proofs.build_match_proof(given_proven, revocation, given_status) == codec.pack(expected)
+
+
+def test_proof_block_cache_bound_edge(world, filled, monkeypatch):
+    """Proofs of leaves in more blocks than the cache holds stay right; the cache never exceeds its bound."""
+    import storage.ledger as ledger_module
+
+    expected = {n: filled.match_proof(commitment(n)) for n in (0, 5, 15, 16)}   # blocks 1, 2, 3, 4
+    filled._proof_blocks.clear()
+    monkeypatch.setattr(ledger_module, "proof_block_cache_entries_max", 2)
+    for _ in range(2):
+        for n, proof in expected.items():
+            assert filled.match_proof(commitment(n)) == proof
+            assert 1 <= len(filled._proof_blocks) <= 2
+
+
 def test_consistency_between_heads(world, filled):
     h2, h4 = filled.header(2), filled.header(4)
     proof = filled.consistency_proof(h2.tree_size, h4.tree_size)
