@@ -251,6 +251,19 @@ def test_bench_refuses_a_bad_duration(monkeypatch, capsys, duration, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("window", ["0", "33"])
+def test_bench_refuses_a_window_beyond_the_nodes_limit(monkeypatch, capsys, window):
+    monkeypatch.setenv("DURATION", "30")
+    assert bench.main(["--window", window]) == 2
+    assert "between 1 and 32" in capsys.readouterr().err
+
+
+def test_bench_window_limit_is_the_nodes_per_connection_limit():
+    from node.rpc import RpcLimits
+
+    assert bench.WINDOW_MAX == RpcLimits().requests_in_flight_max and 1 <= bench.WINDOW <= bench.WINDOW_MAX
+
+
 def test_presigned_match_queries_are_what_the_node_accepts(tmp_path):
     # Each call is match(signed query) by the plan's verifier, cycling over the commitments, with a fresh
     # nonce each; node.rpc's own parser checks the encoding and the signature.
