@@ -527,6 +527,8 @@ def run_revoke(args) -> int:
     key = keys[0]
     participant = _participant_id(args, key)
     genesis = _genesis(args, required=False)
+    if genesis is not None and participant in genesis.governance.by_id:
+        raise CliError(f"{participant!r} is a regulator key: a revoke by the regulators takes --governance")
     with _client(args) as client:
         chain_id = genesis.chain_id if genesis is not None else _call(client, "status")["chain_id"]
         try:

@@ -272,6 +272,8 @@ def test_usage_and_connection_errors_are_one_line(capsys, files, document, tmp_p
               "--rpc", dead], "one --key"),
             (["revoke", "--governance", "--key", files["hk-regulator-1"], "--genesis", files["genesis"],
               "--rpc", dead], "say which commitment"),
+            (["revoke", "--commitment", "00" * 32, "--key", files["hk-regulator-1"], "--genesis", files["genesis"],
+              "--rpc", dead], "takes --governance"),
         ]
         for argv, reason in cases:
             code, out, err = run(capsys, argv)
