@@ -1,9 +1,11 @@
 """`python -m consensus.sim --seed N` / `--seeds A..B`: run seeded cluster simulations.
 
 Prints, per run, the seed and every fault parameter first and a one-line
-result last; then one summary line over all runs. Exit status 1 if any seed
+result last; then one summary line over all runs (with `structured_garbage=N`,
+the structured hostile messages Byzantine nodes sent). Exit status 1 if any seed
 failed (each failure prints `reproduce with: python -m consensus.sim --seed N`),
-2 on bad arguments.
+2 on bad arguments. A seed whose run raises (an exception the simulator does not
+turn into a failure itself) is a failing seed too, and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -12,8 +14,23 @@ import argparse
 import sys
 from collections import Counter
 
-from .cluster import run_seed, split_counts
+from .cluster import RunResult, run_seed, split_counts
 from .faults import draw_fault_plan
+
+STRUCTURED_GARBAGE_COUNTER = "byz_garbage_structured"
+
+
+def crashed_result(seed: int, exc: Exception) -> RunResult:
+    """The result of a run that raised instead of returning: a failure that names the exception."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+    return RunResult(
+        seed=seed, ok=False, failure=f"the run raised {type(exc).__name__}{where}: {str(exc)[:200]}",
+        phase="crashed", ticks_run=0, blocks_committed=0, view_changes=0, requests_valid=0,
+        requests_committed=0, faults=Counter(), liveness_ticks=0, trace_digest="-",
+    )
 
 
 def parse_seeds(text: str) -> range:
@@ -59,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- seed {seed}")
             for line in plan.lines():
                 print(f"  {line}")
-        result = run_seed(plan, log=(lambda m: print(f"  {m}")) if args.verbose else None)
+        try:
+            result = run_seed(plan, log=(lambda m: print(f"  {m}")) if args.verbose else None)
+        except Exception as exc:  # a bug (the replica's or ours) fails this seed, not the sweep
+            result = crashed_result(seed, exc)
         runs += 1
         blocks += result.blocks_committed
         view_changes += result.view_changes
@@ -78,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     event_text = " ".join(f"{k}={v}" for k, v in sorted(observed.items())) or "none"
     print(
         f"runs={runs} failed={len(failed)} blocks_committed={blocks} view_changes={view_changes} "
+        f"structured_garbage={faults[STRUCTURED_GARBAGE_COUNTER]} "
         f"faults_injected: {fault_text} | replica_events: {event_text}"
         + (f" failing_seeds={','.join(map(str, failed))}" if failed else "")
     )

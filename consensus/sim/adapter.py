@@ -17,6 +17,7 @@ from consensus.replica import Replica, ReplicaConfig
 from consensus.validators import ValidatorSet
 
 from . import app
+from .checker import SafetyViolation
 
 # Kinds of signed message whose (view, slot) an honest replica must never sign twice differently.
 VOTE_KINDS = ("pre-prepare", "prepare", "commit", "checkpoint")
@@ -49,10 +50,75 @@ def replica_config(plan) -> ReplicaConfig:
 
 
 def build_replica(plan, validators, me, signing_key, chain_id, application, *, persisted, last_applied):
-    return Replica(
+    return GuardedReplica(me, Replica(
         replica_config(plan), validators, me, signing_key, chain_id, application,
         persisted=persisted, last_applied=last_applied,
-    )
+    ))
+
+
+class ReplicaRaised(SafetyViolation):
+    """A replica's entry point raised: whatever a peer, a client or the clock gives it, a replica
+    must answer with a Ready (a daemon would lose the node). The run fails with this seed."""
+
+
+def _where(exc: BaseException) -> str:
+    """file:line function of the innermost frame of `exc`'s traceback (where it was raised)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} {code.co_name}"
+
+
+class GuardedReplica:
+    """The replica, with every exception out of an entry point turned into a failure of the run
+    that names the replica, the call, the input and where it was raised (instead of an exception
+    that would stop the whole sweep). Everything else is the replica's own attribute."""
+
+    __slots__ = ("_me", "_replica")
+
+    def __init__(self, me: str, replica: Replica):
+        object.__setattr__(self, "_me", me)
+        object.__setattr__(self, "_replica", replica)
+
+    def __getattr__(self, name):
+        return getattr(self._replica, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._replica, name, value)
+
+    def _raised(self, exc: Exception, call: str) -> ReplicaRaised:
+        detail = str(exc)
+        if len(detail) > 160:
+            detail = detail[:160] + "..."
+        return ReplicaRaised(f"replica {self._me} raised {type(exc).__name__} in {call} at {_where(exc)}: {detail}")
+
+    def on_message(self, sender_id: str, data: bytes):
+        try:
+            return self._replica.on_message(sender_id, data)
+        except Exception as exc:
+            head = data[:24].hex() if isinstance(data, (bytes, bytearray)) else repr(data)[:48]
+            raise self._raised(exc, f"on_message from {sender_id} ({len(data)} bytes {head}...)") from exc
+
+    def on_request(self, request: bytes):
+        try:
+            return self._replica.on_request(request)
+        except Exception as exc:
+            raise self._raised(exc, f"on_request ({len(request)} bytes)") from exc
+
+    def on_tick(self, now_ms: int):
+        try:
+            return self._replica.on_tick(now_ms)
+        except Exception as exc:
+            raise self._raised(exc, f"on_tick({now_ms})") from exc
+
+    def on_persisted(self):
+        try:
+            return self._replica.on_persisted()
+        except Exception as exc:
+            raise self._raised(exc, "on_persisted") from exc
 
 
 def ready_persist(ready):
@@ -152,7 +218,7 @@ class Context:
     def decode(self, data: bytes):
         try:
             return messages.decode_message(data, self.validators, self.chain_id, verify=False)
-        except messages.MessageError:
+        except Exception:  # MessageError, or a decoder bug: the attacker's tooling just moves on
             return None
 
     def remember(self, data: bytes) -> None:
@@ -300,6 +366,32 @@ def shift_view(ctx: Context, data: bytes, delta: int) -> bytes | None:
     if view == message.view:
         return None
     return ctx.resign(dataclasses.replace(message, view=view))
+
+
+def absurd_signed(ctx: Context, data: bytes, rng: random.Random) -> bytes | None:
+    """The message re-signed (so it passes every field and signature check) with its numbers at
+    the edges: view, height or time at the 2^63 - 1 maximum (or just under it, or 0), a catch-up
+    range at the top. None if `data` has no such numbers."""
+    message = ctx.decode(data)
+    edge = rng.choice((messages.INTEGER_MAX, messages.INTEGER_MAX - 1, messages.INTEGER_MAX // 2, 0))
+    if isinstance(message, (messages.Prepare, messages.Commit)):
+        field = rng.choice(("view", "height"))
+        value = max(edge, 1) if field == "height" else edge
+        return ctx.resign(dataclasses.replace(message, **{field: value}))
+    if isinstance(message, messages.Checkpoint):
+        return ctx.resign(dataclasses.replace(message, height=max(edge, 1)))
+    if isinstance(message, messages.ViewChange):
+        return ctx.resign(dataclasses.replace(message, view=max(edge, 1)))
+    if isinstance(message, messages.PrePrepare):
+        if rng.random() < 0.5:
+            return ctx.resign(dataclasses.replace(message, view=edge))
+        field = rng.choice(("height", "time_ms"))
+        header = BlockHeader(**{**message.header.to_wire(), field: max(edge, 1)})
+        return ctx.resign(dataclasses.replace(message, header=header))
+    if isinstance(message, messages.CatchUpRequest):
+        top = max(edge, 1)
+        return messages.encode(messages.CatchUpRequest(max(1, top - rng.randrange(messages.CATCH_UP_BLOCKS_MAX)), top))
+    return None
 
 
 def check_evidence(evidence, validators: ValidatorSet, chain_id: str) -> str | None:

@@ -6,6 +6,14 @@ message, with probability `probability`, one of the enabled behaviours is
 applied. Behaviours that need to understand a message (equivocate, conflicting
 votes, re-signed views, forged signatures) go through `adapter`, which knows
 the wire format; the rest work on raw bytes. Every alteration is counted.
+
+`garbage` is half unstructured (random, truncated or bit-flipped bytes, wrong-shape
+msgpack, REQUESTS of invalid requests) and half structured hostile msgpack
+(`hostile`: nesting up to msgpack's limit, declared lengths past the data, valid but
+absurd values, every msgpack format anywhere, all of it also inside the honest
+message it replaces, and truncated), plus validly re-signed messages whose view or
+height sits at the 2^63 - 1 maximum. Structured ones count as `byz_garbage_structured`
+and by category as `byz_garbage_<category>`.
 """
 
 from __future__ import annotations
@@ -17,13 +25,18 @@ import nacl.signing
 
 from consensus import codec
 
-from . import adapter
+from . import adapter, hostile
 
 # The replay pool of one Byzantine node: bounded, oldest entries overwritten at random.
 replay_pool_messages_max = 128
 garbage_bytes_max = 512
 # How far ahead a "far-future" view jumps.
 future_view_offset_max = 1_000_000
+# Share of garbage that is structured hostile msgpack rather than the unstructured kinds.
+structured_garbage_probability = 0.5
+# Share of structured garbage that is a validly re-signed message with absurd numbers.
+absurd_signed_probability = 0.1
+STRUCTURED_CATEGORIES = hostile.CATEGORIES + ("absurd_signed",)
 
 
 class ByzantineBehaviour:
@@ -61,6 +74,8 @@ class ByzantineBehaviour:
 
     def _garbage(self, data: bytes) -> bytes:
         rng = self.rng
+        if rng.random() < structured_garbage_probability:
+            return self._structured_garbage(data)
         choice = rng.randrange(5)
         if choice == 4:
             return adapter.junk_requests(rng)
@@ -74,6 +89,17 @@ class ByzantineBehaviour:
             return bytes(flipped)
         # Valid msgpack, wrong shape.
         return codec.pack({"type": rng.choice(["prepare", "commit", "nonsense"]), "view": -1, "x": rng.randbytes(8)})
+
+    def _structured_garbage(self, data: bytes) -> bytes:
+        rng = self.rng
+        altered = None
+        if rng.random() < absurd_signed_probability:
+            category, altered = "absurd_signed", adapter.absurd_signed(self.context, data, rng)
+        if altered is None:
+            category, altered = hostile.generate(rng, template=data)
+        self.altered["byz_garbage_structured"] += 1
+        self.altered[f"byz_garbage_{category}"] += 1
+        return altered
 
     def _alter(self, behaviour: str, destination: str, data: bytes) -> bytes | None:
         """One altered version of `data` for `destination`, or None if the behaviour does not apply."""
