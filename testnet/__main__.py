@@ -4,12 +4,14 @@
     python -m testnet status [--json] [--dir D]
     python -m testnet kill NODE | restart NODE | logs NODE [--dir D]
     python -m testnet down [--dir D]
+    python -m testnet byzantine NODE --behaviour B [--dir D]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from . import control
@@ -41,6 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("kill", "SIGKILL one node (a crash)"),
                             ("restart", "stop one node if it runs, start it, wait until it answers")):
         add(name, help_text).add_argument("node", metavar="NODE")
+    from . import byzantine as byz
+
+    byzantine = commands.add_parser(
+        "byzantine", help="stop one node's daemon and run a Byzantine validator with its key in its place",
+        description="Stop NODE's honest daemon and run in its place a process that holds NODE's real key, "
+                    "listens on its p2p port, completes the real handshake with the other validators, speaks "
+                    "the real protocol and misbehaves as --behaviour says. Its pid is in nodes/NODE/byzantine.pid, "
+                    "its log in nodes/NODE/byzantine.log, its counters in nodes/NODE/byzantine-stats.json. "
+                    "`python -m testnet restart NODE` stops it and brings the honest daemon back; `kill` and "
+                    "`down` stop it too.",
+        epilog="behaviours:\n" + "\n".join(
+            f"  {name}\n" + textwrap.fill(text, 100, initial_indent="      ", subsequent_indent="      ")
+            for name, text in byz.BEHAVIOURS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    byzantine.add_argument("--dir", type=Path, default=control.DEFAULT_RUN_DIR,
+                           help=f"run directory (default {control.DEFAULT_RUN_DIR})")
+    byzantine.add_argument("node", metavar="NODE")
+    byzantine.add_argument("--behaviour", "--behavior", required=True, choices=list(byz.BEHAVIOURS), metavar="B",
+                           help=f"what it does, one of: {', '.join(byz.BEHAVIOURS)} (below)")
+    byz.add_behaviour_options(byzantine)
     logs = add("logs", "print the end of one node's log")
     logs.add_argument("node", metavar="NODE")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
@@ -61,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             return control.kill(args.dir, args.node)
         if args.command == "restart":
             return control.restart(args.dir, args.node)
+        if args.command == "byzantine":
+            options = []
+            for flag, value in (("--interval", args.interval), ("--rate", args.rate), ("--authors", args.authors),
+                                ("--seed", args.seed)):
+                if value is not None:
+                    options += [flag, str(value)]
+            if args.count != 3000:
+                options += ["--count", str(args.count)]
+            return control.byzantine(args.dir, args.node, args.behaviour, options)
         if args.command == "logs":
             return control.logs(args.dir, args.node, args.lines, args.follow)
     except (control.TestnetError, GenerateError, ManifestError, PortError, SupervisorError) as exc:

@@ -1,4 +1,4 @@
-"""The subcommands of `python -m testnet`: up, down, status, kill, restart, logs.
+"""The subcommands of `python -m testnet`: up, down, status, kill, restart, logs, byzantine.
 
 Each returns an exit status and prints for a person; `status --json` prints the
 machine-readable view the benchmark and tests use.
@@ -7,6 +7,7 @@ machine-readable view the benchmark and tests use.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 from . import rpc
 from .network import ManifestError, Network, NodeEntry, plan_network
 from .ports import check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
-from .supervisor import exit_statuses, read_pid, running_pid, start_node, stop_node
+from .supervisor import (SupervisorError, exit_statuses, process_exists, process_matches, read_pid, running_pid,
+                         start_node, stop_node)
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
 DEFAULT_BASE_PORT = 7700
@@ -35,6 +37,9 @@ class TestnetError(Exception):
 def dir_option(run_dir: Path) -> str:
     """` --dir D` for commands we print, or nothing for the default run dir."""
     return "" if Path(run_dir).resolve() == DEFAULT_RUN_DIR.resolve() else f" --dir {run_dir}"
+
+
+byzantine_ready_timeout_s = 30.0  # a started Byzantine process listens on the node's p2p port
 
 
 def node_pids(network: Network) -> dict[str, int | None]:
@@ -258,8 +263,9 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
 def down(run_dir: Path) -> int:
     network = Network.load(run_dir.resolve())
     for node in network.nodes:
+        byzantine = stop_byzantine(node)
         outcome = stop_node(node.pid_path, node.config_path)
-        print(f"  {node.name:<6} {outcome}")
+        print(f"  {node.name:<6} {outcome}" + (f" (byzantine {byzantine})" if byzantine else ""))
     print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up{dir_option(network.run_dir)}` starts it again)")
     return 0
 
@@ -267,14 +273,19 @@ def down(run_dir: Path) -> int:
 def kill(run_dir: Path, name: str) -> int:
     network = Network.load(run_dir.resolve())
     node = network.node(name)
+    byzantine = stop_byzantine(node, hard=True)
     outcome = stop_node(node.pid_path, node.config_path, hard=True)
-    print(f"{name}: {outcome}" + (" (SIGKILL)" if outcome == "killed" else ""))
+    print(f"{name}: {outcome}" + (" (SIGKILL)" if outcome == "killed" else "")
+          + (f"; byzantine process {byzantine}" if byzantine else ""))
     return 0
 
 
 def restart(run_dir: Path, name: str) -> int:
     network = Network.load(run_dir.resolve())
     node = network.node(name)
+    byzantine = stop_byzantine(node)
+    if byzantine:
+        print(f"{name}: byzantine process {byzantine}")
     outcome = stop_node(node.pid_path, node.config_path)
     index = network.nodes.index(node)
     check_ports_free([plan_ports(network.base_port, len(network.nodes))[index]])
@@ -293,6 +304,114 @@ def logs(run_dir: Path, name: str, lines: int, follow: bool) -> int:
     if follow:
         return subprocess.call(["tail", "-n", str(lines), "-F", str(node.log_path)])
     print(tail(node.log_path, lines))
+    return 0
+
+
+# ---------------------------------------------------------------- byzantine
+#
+# `byzantine NODE --behaviour B` stops NODE's daemon and runs `python -m testnet.byzantine` in its place
+# (testnet/byzantine.py). Its pid is in nodes/NODE/byzantine.pid, what it runs in nodes/NODE/byzantine.json,
+# its output in nodes/NODE/byzantine.log. The command line names the node's config, so a pid file left
+# by a dead process is recognised as stale, as for the daemons. restart, kill and down stop it.
+
+
+def byzantine_paths(node: NodeEntry) -> dict[str, Path]:
+    from . import byzantine as byz
+
+    return {"pid": node.dir / byz.PID_FILE, "log": node.dir / byz.LOG_FILE, "record": node.dir / byz.RECORD_FILE,
+            "stats": node.dir / byz.STATS_FILE}
+
+
+def byzantine_command(network: Network, node: NodeEntry, behaviour: str, options: list[str]) -> list[str]:
+    return [sys.executable, "-m", "testnet.byzantine", "--config", str(node.config_path),
+            "--behaviour", behaviour, "--dir", str(network.run_dir), *options]
+
+
+def byzantine_running(node: NodeEntry) -> dict | None:
+    """What runs in place of NODE ({"behaviour", "pid", ...}), or None if no Byzantine process runs."""
+    paths = byzantine_paths(node)
+    pid = running_pid(paths["pid"], node.config_path)
+    if pid is None:
+        return None
+    try:
+        record = json.loads(paths["record"].read_text())
+    except (OSError, ValueError):
+        record = {}
+    return {**record, "pid": pid}
+
+
+def stop_byzantine(node: NodeEntry, *, hard: bool = False) -> str | None:
+    """Stop the Byzantine process running in place of NODE, by its pid; what happened, or None if none ran."""
+    paths = byzantine_paths(node)
+    if read_pid(paths["pid"]) is None:
+        return None
+    outcome = stop_node(paths["pid"], node.config_path, hard=hard, timeout_ms=5_000)
+    paths["record"].unlink(missing_ok=True)
+    return None if outcome == "not running" else outcome
+
+
+def start_detached(command: list[str], pid_file: Path, log_file: Path, marker: str, cwd: Path) -> int:
+    """Start `command` in its own session like supervisor.start_node, output appended to `log_file`."""
+    pid_file.unlink(missing_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        out.write(f"--- testnet: starting {' '.join(command)} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        out.flush()
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       cwd=cwd, env=env, start_new_session=True)
+        except OSError as exc:
+            raise SupervisorError(f"cannot start {command[0]}: {exc.strerror}") from None
+    deadline = time.monotonic() + 5
+    while not process_matches(process.pid, marker) and process_exists(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    tmp = pid_file.with_suffix(".pid.tmp")
+    tmp.write_text(f"{process.pid}\n")
+    tmp.replace(pid_file)
+    process.returncode = 0   # reaped by pid (supervisor.process_exists), not by Popen
+    return process.pid
+
+
+def byzantine(run_dir: Path, name: str, behaviour: str, options: list[str] | None = None) -> int:
+    """Stop NODE's daemon (and any Byzantine process already in its place) and start `behaviour` there."""
+    from . import byzantine as byz
+    from .ports import port_is_free
+
+    if behaviour not in byz.BEHAVIOURS:
+        raise TestnetError(f"unknown behaviour {behaviour!r}; one of {', '.join(byz.BEHAVIOURS)}")
+    network = Network.load(run_dir.resolve())
+    node = network.node(name)
+    paths = byzantine_paths(node)
+    previous = stop_byzantine(node)
+    outcome = stop_node(node.pid_path, node.config_path)
+    print(f"{name}: daemon {outcome}" + (f"; previous byzantine process {previous}" if previous else ""))
+    index = network.nodes.index(node)
+    p2p_port = plan_ports(network.base_port, len(network.nodes))[index].p2p
+    deadline = time.monotonic() + byzantine_ready_timeout_s
+    while not port_is_free(p2p_port):
+        if time.monotonic() > deadline:
+            raise TestnetError(f"p2p port {p2p_port} of {name} is still in use")
+        time.sleep(poll_interval_s)
+    command = byzantine_command(network, node, behaviour, list(options or []))
+    pid = start_detached(command, paths["pid"], paths["log"], str(node.config_path), network.run_dir)
+    paths["record"].write_text(json.dumps({"behaviour": behaviour, "pid": pid, "command": command,
+                                           "started": time.time()}, indent=2) + "\n")
+    # Ready when it listens on the node's p2p port; a process that exits first is reported with its log.
+    while port_is_free(p2p_port):
+        if running_pid(paths["pid"], node.config_path) is None:
+            code = exit_statuses.get(pid)
+            how = f" with status {code}" if code is not None else ""
+            paths["record"].unlink(missing_ok=True)
+            raise TestnetError(f"the byzantine process of {name} exited{how}; last lines of {paths['log']}:\n"
+                               f"{tail(paths['log'])}")
+        if time.monotonic() > deadline:
+            raise TestnetError(f"the byzantine process of {name} (pid {pid}) does not listen on {node.p2p} "
+                               f"after {byzantine_ready_timeout_s:.0f} s; see {paths['log']}")
+        time.sleep(0.05)
+    print(f"{name}: byzantine `{behaviour}` running, pid {pid}, listening on {node.p2p}; log {paths['log']}")
+    print(f"  `python -m testnet restart {name}{dir_option(network.run_dir)}` stops it and starts the honest daemon")
     return 0
 
 
@@ -315,6 +434,7 @@ def status_document(network: Network) -> dict:
             "height": answer.get("height") if answer else None,
             "view": answer.get("view") if answer else None,
             "peers": _peer_count(answer.get("peers")) if answer else None,
+            "byzantine": (byzantine_running(node) or {}).get("behaviour"),
         })
     return {
         "genesis": str(network.genesis_path),
@@ -346,5 +466,6 @@ def status(run_dir: Path, as_json: bool) -> int:
             return "-" if v is None else str(v)
         print(f"  {n['name']:<6} {n['jurisdiction']:<3} {state:>7} {show(n['height']):>7} {show(n['view']):>5} "
               f"{show(n['peers']):>5}  {n['rpc']}" + ("" if n["pid"] else "  (stopped)")
-              + ("  (not answering)" if n["pid"] and n["height"] is None else ""))
+              + ("  (not answering)" if n["pid"] and n["height"] is None else "")
+              + (f"  (byzantine: {n['byzantine']})" if n.get("byzantine") else ""))
     return 0
