@@ -15,6 +15,7 @@ and the chain id, so a vote cannot be replayed as an entry or on another chain.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -28,7 +29,83 @@ HASH_BYTES = 32
 
 
 class EncodingError(ValueError):
-    """Bytes that are not canonical Bayledger msgpack, or a value that cannot be encoded."""
+    """Bytes that are not canonical Bayledger msgpack, or a value that cannot be encoded.
+
+    The one error every decoder of outside bytes raises. `reason` is a stable code:
+    "too-large" (input bytes over the limit), "too-deep" (nesting), "too-long" (an array,
+    map, bin or str over its length limit), "too-many-items" (the whole value holds more
+    array items and map entries than allowed), "malformed" (not msgpack: truncated, bad
+    type byte, trailing bytes, an extension type), "not-canonical", "unencodable".
+    """
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on one decoded msgpack value; every decoder of outside bytes names its own.
+
+    `items_max` bounds memory: msgpack's C decoder allocates each array and map as it reads
+    it, so the sum of all lengths (map entries count twice) caps the objects built, whatever
+    the shape (a frame of 4 M empty arrays is refused at the first 1 M). `depth_max` keeps
+    every recursive consumer of the value far from Python's recursion limit.
+    """
+
+    bytes_max: int
+    depth_max: int
+    array_len_max: int
+    map_len_max: int
+    bin_len_max: int
+    str_len_max: int
+    items_max: int
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.depth_max <= DEPTH_MAX_CEILING, "depth bound must stay far below the recursion limit"
+        assert min(self.bytes_max, self.array_len_max, self.map_len_max, self.bin_len_max,
+                   self.str_len_max, self.items_max) >= 0
+
+
+# No decoder may allow more nesting than this: well below msgpack's own stack (1,024) and
+# Python's recursion limit (1,000), so a recursive consumer of a decoded value cannot overflow.
+DEPTH_MAX_CEILING = 64
+
+# For bytes we wrote ourselves (our own disk) and callers that set no limits of their own.
+DEFAULT_LIMITS = DecodeLimits(
+    bytes_max=256 * 1024 * 1024, depth_max=32, array_len_max=1_000_000, map_len_max=100_000,
+    bin_len_max=256 * 1024 * 1024, str_len_max=16 * 1024 * 1024, items_max=4_000_000,
+)
+
+
+class _ItemBudget:
+    """msgpack hooks that count the items of every array and map as it is built and stop the
+    decode once the value holds more than the limit (the overshoot is one container)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, items_max: int):
+        self.left = items_max
+
+    def array(self, value: list) -> list:
+        self.left -= len(value)
+        if self.left < 0:
+            raise _OverBudget
+        return value
+
+    def map(self, value: dict) -> dict:
+        self.left -= 2 * len(value)
+        if self.left < 0:
+            raise _OverBudget
+        return value
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _refuse_extension(code: int, data: bytes) -> Any:
+    raise EncodingError(f"extension type {code} has no meaning here", "malformed")
 
 
 # Types msgpack packs as they are; checked by exact type first because this runs on every message.
@@ -45,7 +122,7 @@ def _canonicalize(value: Any) -> Any:
         keys = list(value)
         for key in keys:
             if type(key) is not str:
-                raise EncodingError(f"map key {key!r} is not a string")
+                raise EncodingError(f"map key {key!r} is not a string", "unencodable")
         # Python compares str by code point, which orders the same as UTF-8 bytes.
         keys.sort()
         return {k: (value[k] if type(value[k]) in _SCALAR_TYPES else _canonicalize(value[k])) for k in keys}
@@ -58,7 +135,7 @@ def _canonicalize(value: Any) -> Any:
         return value
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    raise EncodingError(f"type {type(value).__name__} has no canonical encoding")
+    raise EncodingError(f"type {type(value).__name__} has no canonical encoding", "unencodable")
 
 
 # One Packer for every call: msgpack.packb builds one per call, 4x the cost of packing a small value.
@@ -71,51 +148,94 @@ def pack(value: Any) -> bytes:
     """Canonical msgpack bytes of `value` (dict keys sorted, bytes as bin)."""
     try:
         return _packer.pack(_canonicalize(value))
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise EncodingError(str(exc)) from exc
+    except EncodingError:
+        raise
+    except (OverflowError, ValueError, TypeError, RecursionError) as exc:
+        raise EncodingError(f"{type(exc).__name__}: {exc}", "unencodable") from None
 
 
-def unpack(data: bytes, *, max_bytes: int | None = None) -> Any:
-    """Decode msgpack without requiring canonical form (for RPC and wire framing)."""
-    if max_bytes is not None and len(data) > max_bytes:
-        raise EncodingError(f"message of {len(data)} bytes exceeds limit of {max_bytes}")
+def unpack(data: bytes, *, max_bytes: int | None = None, limits: DecodeLimits | None = None) -> Any:
+    """Decode msgpack within `limits` without requiring canonical form (for RPC and wire framing).
+
+    Total: for any input, returns a value or raises EncodingError, never anything else.
+    `max_bytes`, when given, tightens `limits.bytes_max`.
+    """
+    value, _ = _unpack_bounded(data, max_bytes, limits or DEFAULT_LIMITS)
+    return value
+
+
+def _unpack_bounded(data: bytes, max_bytes: int | None, limits: DecodeLimits) -> tuple[Any, int]:
+    """(value, number of containers in it) or EncodingError."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EncodingError(f"expected bytes, got {type(data).__name__}", "malformed")
+    bytes_max = limits.bytes_max if max_bytes is None else min(max_bytes, limits.bytes_max)
+    if len(data) > bytes_max:
+        raise EncodingError(f"message of {len(data)} bytes exceeds limit of {bytes_max}", "too-large")
+    budget = _ItemBudget(limits.items_max)
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            use_list=True,
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, use_list=True,
+            max_str_len=limits.str_len_max, max_bin_len=limits.bin_len_max,
+            max_array_len=limits.array_len_max, max_map_len=limits.map_len_max, max_ext_len=0,
+            list_hook=budget.array, object_hook=budget.map, ext_hook=_refuse_extension,
         )
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise EncodingError(f"not valid msgpack: {exc}") from exc
+    except EncodingError:
+        raise
+    except _OverBudget:
+        raise EncodingError(f"more than {limits.items_max} array items and map entries", "too-many-items") from None
+    except msgpack.StackError:
+        raise EncodingError(f"nested deeper than {limits.depth_max}", "too-deep") from None
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):
+            raise EncodingError(f"not valid msgpack: {exc}", "too-long") from None
+        raise EncodingError(f"not valid msgpack: {exc}", "malformed") from None
+    except Exception as exc:  # msgpack raises several unrelated types (and MemoryError is not ours to hide)
+        if isinstance(exc, MemoryError):
+            raise
+        raise EncodingError(f"not valid msgpack: {type(exc).__name__}: {exc}", "malformed") from None
+    containers = _walk(value, limits.depth_max, canonical=False)
+    return value, containers
 
 
-def _check_canonical_tree(value: Any) -> None:
-    """Raise EncodingError unless every map in `value` (as msgpack decodes it) has str keys in
-    ascending order and every other leaf has a type with a canonical encoding."""
+def _walk(value: Any, depth_max: int, canonical: bool) -> int:
+    """Check nesting (and with `canonical`, that every map has str keys in ascending order and
+    every leaf has a canonical type) without recursion; return the number of containers.
+
+    A container at the top is at depth 1. Iterative, so no input can exhaust the Python stack.
+    """
     kind = type(value)
-    if kind in _SCALAR_TYPES:
-        return
-    if kind is list or kind is tuple:
-        for item in value:
-            if type(item) not in _SCALAR_TYPES:
-                _check_canonical_tree(item)
-        return
-    if kind is dict:
-        keys = list(value)
-        for key in keys:
-            if type(key) is not str:
-                raise EncodingError(f"map key {key!r} is not a string")
-        if keys != sorted(keys):    # str order by code point is UTF-8 byte order
-            raise EncodingError("map keys are not in ascending order")
-        for item in value.values():
-            if type(item) not in _SCALAR_TYPES:
-                _check_canonical_tree(item)
-        return
-    raise EncodingError(f"type {kind.__name__} has no canonical encoding")
+    if kind is not list and kind is not dict:
+        if canonical and kind not in _SCALAR_TYPES:
+            raise EncodingError(f"type {kind.__name__} has no canonical encoding", "not-canonical")
+        return 0
+    containers = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        containers += 1
+        if depth > depth_max:
+            raise EncodingError(f"nested deeper than {depth_max}", "too-deep")
+        if type(node) is dict:
+            if canonical:
+                keys = list(node)
+                for key in keys:
+                    if type(key) is not str:
+                        raise EncodingError(f"map key {str(key)[:40]!r} is not a string", "not-canonical")
+                if keys != sorted(keys):    # str order by code point is UTF-8 byte order
+                    raise EncodingError("map keys are not in ascending order", "not-canonical")
+            items = node.values()
+        else:
+            items = node
+        for item in items:
+            item_kind = type(item)
+            if item_kind is list or item_kind is dict:
+                stack.append((item, depth + 1))
+            elif canonical and item_kind not in _SCALAR_TYPES:
+                raise EncodingError(f"type {item_kind.__name__} has no canonical encoding", "not-canonical")
+    return containers
 
 
-def check_canonical(value: Any, data: bytes) -> None:
+def check_canonical(value: Any, data: bytes, depth_max: int = DEFAULT_LIMITS.depth_max) -> None:
     """Raise EncodingError unless `data` is the canonical encoding of `value`, the value msgpack
     decoded from it.
 
@@ -124,22 +244,24 @@ def check_canonical(value: Any, data: bytes) -> None:
     msgpack writes every integer in its shortest form, so the bytes differ exactly when `data`
     had a wider integer, a repeated map key or trailing bytes.
     """
-    _check_canonical_tree(value)
+    _walk(value, depth_max, canonical=True)
     try:
         again = _packer.pack(value)
     except (OverflowError, ValueError, TypeError) as exc:
-        raise EncodingError(str(exc)) from exc
+        raise EncodingError(str(exc), "not-canonical") from exc
     if again != data:
-        raise EncodingError("the bytes differ from its encoding (int width, repeated map key or trailing bytes)")
+        raise EncodingError("the bytes differ from its encoding (int width, repeated map key or trailing bytes)",
+                            "not-canonical")
 
 
-def unpack_canonical(data: bytes, *, max_bytes: int | None = None) -> Any:
-    """Decode bytes that must be in canonical form; raise EncodingError otherwise."""
-    value = unpack(data, max_bytes=max_bytes)
+def unpack_canonical(data: bytes, *, max_bytes: int | None = None, limits: DecodeLimits | None = None) -> Any:
+    """Decode bytes that must be in canonical form, within `limits`; raise EncodingError otherwise."""
+    limits = limits or DEFAULT_LIMITS
+    value = unpack(data, max_bytes=max_bytes, limits=limits)
     try:
-        check_canonical(value, data)
+        check_canonical(value, bytes(data), limits.depth_max)
     except EncodingError as exc:
-        raise EncodingError(f"not canonical: {exc}") from exc
+        raise EncodingError(f"not canonical: {exc}", exc.reason) from exc
     return value
 
 
@@ -153,7 +275,7 @@ def sha256(*parts: bytes) -> bytes:
 def signing_bytes(domain: str, chain_id: str, payload: bytes) -> bytes:
     """The exact bytes an Ed25519 signature covers: domain || 0x00 || chain_id || 0x00 || payload."""
     if "\x00" in domain or "\x00" in chain_id:
-        raise EncodingError("domain and chain id must not contain NUL")
+        raise EncodingError("domain and chain id must not contain NUL", "unencodable")
     return domain.encode() + b"\x00" + chain_id.encode() + b"\x00" + payload
 
 

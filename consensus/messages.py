@@ -44,6 +44,24 @@ PREPARED_CERTIFICATES_MAX = 1024       # prepared certificates in one VIEW-CHANG
 CATCH_UP_BLOCKS_MAX = 64               # blocks in one CATCH-UP-RESPONSE (and one request's range)
 VALIDATOR_ID_BYTES_MAX = 128
 INTEGER_MAX = 2**63 - 1                # views, heights and times fit a signed 64-bit integer
+MESSAGE_DEPTH_MAX = 16                 # nesting; the deepest message (NEW-VIEW) nests 7 levels
+MESSAGE_ITEMS_MAX = 1_000_000          # array items + map entries in one message (bounds decoded memory)
+MESSAGE_STR_BYTES_MAX = 1024           # any string: ids are <= 128 bytes, type names and chain ids shorter
+MESSAGE_MAP_LEN_MAX = 32               # any map: every message map has a fixed, small key set
+
+# Per-type byte caps, checked on every received message. Votes are a few hundred bytes; a
+# REQUESTS forward holds at most REQUESTS_PER_MESSAGE_MAX entries and its sender splits
+# larger ones; only messages that carry blocks may reach the frame's MESSAGE_BYTES_MAX.
+VOTE_MESSAGE_BYTES_MAX = 1024          # PREPARE, COMMIT, CHECKPOINT, CATCH-UP-REQUEST
+REQUESTS_MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+
+# What decode_message lets msgpack build from a peer's bytes, before any field is looked at.
+MESSAGE_LIMITS = codec.DecodeLimits(
+    bytes_max=MESSAGE_BYTES_MAX, depth_max=MESSAGE_DEPTH_MAX,
+    array_len_max=max(BLOCK_REQUESTS_MAX, REQUESTS_PER_MESSAGE_MAX, PREPARED_CERTIFICATES_MAX),
+    map_len_max=MESSAGE_MAP_LEN_MAX, bin_len_max=REQUEST_BYTES_MAX, str_len_max=MESSAGE_STR_BYTES_MAX,
+    items_max=MESSAGE_ITEMS_MAX,
+)
 
 
 @lru_cache(maxsize=4096)
@@ -682,6 +700,12 @@ MESSAGE_TYPES: dict[str, Any] = {
     for cls in (Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse)
 }
 SIGNED_TYPES = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+MESSAGE_BYTES_MAX_BY_TYPE: dict[Any, int] = {
+    Prepare: VOTE_MESSAGE_BYTES_MAX, Commit: VOTE_MESSAGE_BYTES_MAX, Checkpoint: VOTE_MESSAGE_BYTES_MAX,
+    CatchUpRequest: VOTE_MESSAGE_BYTES_MAX, Requests: REQUESTS_MESSAGE_BYTES_MAX,
+    PrePrepare: MESSAGE_BYTES_MAX, ViewChange: MESSAGE_BYTES_MAX, NewView: MESSAGE_BYTES_MAX,
+    CatchUpResponse: MESSAGE_BYTES_MAX,
+}
 
 
 def encode(message: Message) -> bytes:
@@ -699,20 +723,27 @@ def sign(message: Any, signing_key: nacl.signing.SigningKey, chain_id: str) -> A
 
 
 def decode_message(data: bytes, validators: ValidatorSet, chain_id: str, *, verify: bool = True) -> Message:
-    """Parse and validate one message; raise MessageError(reason) for anything wrong with it."""
+    """Parse and validate one message; raise MessageError(reason) for anything wrong with it.
+
+    Total: whatever the bytes, the only exception that leaves is MessageError. Decoding is
+    bounded by MESSAGE_LIMITS (depth, lengths, items), then each type by its byte cap.
+    """
     if not isinstance(data, (bytes, bytearray)):
         raise MessageError("bad-encoding", "message is not bytes")
     try:
-        wire = codec.unpack_canonical(bytes(data), max_bytes=MESSAGE_BYTES_MAX)
+        wire = codec.unpack_canonical(bytes(data), limits=MESSAGE_LIMITS)
     except codec.EncodingError as exc:
-        reason = "too-large" if "exceeds limit" in str(exc) else "bad-encoding"
-        raise MessageError(reason, str(exc)) from exc
+        reason = "too-large" if exc.reason in ("too-large", "too-long", "too-many-items") else "bad-encoding"
+        raise MessageError(reason, str(exc)) from None
     if not isinstance(wire, dict):
         raise MessageError("bad-encoding", "message is not a map")
     kind = wire.get("type")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise MessageError("bad-type", f"unknown message type {kind!r}")
+        raise MessageError("bad-type", f"unknown message type {str(kind)[:40]!r}")
+    bytes_max = MESSAGE_BYTES_MAX_BY_TYPE[cls]
+    if len(data) > bytes_max:
+        raise MessageError("too-large", f"a {kind} message of {len(data)} bytes exceeds {bytes_max}")
     try:
         message = cls.from_wire(wire, validators, chain_id)
         if isinstance(message, SIGNED_TYPES) and message.sender not in validators:
@@ -721,9 +752,9 @@ def decode_message(data: bytes, validators: ValidatorSet, chain_id: str, *, veri
             message.verify(validators, chain_id)
     except MessageError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except Exception as exc:
         # Defensive: a shape no validator above anticipated is still the peer's fault, not ours.
-        raise MessageError("bad-field", f"{type(exc).__name__}: {exc}") from exc
+        raise MessageError("bad-field", f"{type(exc).__name__}: {str(exc)[:200]}") from None
     return message
 
 

@@ -28,7 +28,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import msgpack
 import nacl.signing
 
 from consensus import codec
@@ -114,15 +113,24 @@ def _is_name(value: Any) -> bool:
     return True
 
 
+# What msgpack may build from an entry (and, separately, from its body): an entry is small and flat
+# (entry -> sigs -> signature map; body -> participant map), so these bounds are generous for every
+# valid entry and keep a hostile one (1,000-deep arrays, lengths past the data) a plain EntryError.
+ENTRY_LIMITS = codec.DecodeLimits(
+    bytes_max=entry_bytes_max, depth_max=8, array_len_max=entry_signatures_max, map_len_max=16,
+    bin_len_max=entry_bytes_max, str_len_max=entry_bytes_max, items_max=entry_bytes_max,
+)
+
+
 def _unpackb(data: bytes) -> Any:
-    # Default map keys rule (str or bytes only): anything else is malformed anyway.
-    return msgpack.unpackb(data)
+    """Decode within ENTRY_LIMITS; raises codec.EncodingError only."""
+    return codec.unpack(data, limits=ENTRY_LIMITS)
 
 
 def _canonical_failure(value: Any, data: bytes) -> str | None:
     """Why `data`, which msgpack decoded to `value`, is not its canonical encoding; None if it is."""
     try:
-        codec.check_canonical(value, data)
+        codec.check_canonical(value, data, ENTRY_LIMITS.depth_max)
     except codec.EncodingError as exc:
         return str(exc)
     return None
@@ -151,7 +159,7 @@ def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
         raise _fail("entry-too-large", f"entry of {len(data)} bytes exceeds {entry_bytes_max}")
     try:
         outer = _unpackb(data)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except codec.EncodingError as exc:
         raise _fail("entry-malformed", f"entry is not msgpack: {exc}") from None
     not_canonical = None
     if check_canonical:
@@ -177,7 +185,7 @@ def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
                 raise _fail("entry-malformed", "sigs must be sorted by signer id, each signer once")
     try:
         body = _unpackb(body_bytes)
-    except Exception as exc:
+    except codec.EncodingError as exc:
         raise _fail("entry-malformed", f"entry body is not msgpack: {exc}") from None
     if type(body) is not dict:
         raise _fail("entry-malformed", "entry body must be a map")
