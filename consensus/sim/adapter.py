@@ -62,14 +62,21 @@ class ReplicaRaised(SafetyViolation):
 
 
 def _where(exc: BaseException) -> str:
-    """file:line function of the innermost frame of `exc`'s traceback (where it was raised)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    """The call chain that raised, compactly: `file:line function` per frame below the guard,
+    repeated frames (a recursion) collapsed into one with a count."""
+    chain: list[list] = []
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        name = f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} {code.co_name}"
+        if chain and chain[-1][0] == name:
+            chain[-1][1] += 1
+        else:
+            chain.append([name, 1])
         tb = tb.tb_next
-    if tb is None:
-        return "?"
-    code = tb.tb_frame.f_code
-    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} {code.co_name}"
+    if len(chain) > 8:
+        chain = chain[:2] + [["...", 1]] + chain[-5:]
+    return " > ".join(name if count == 1 else f"{name} (x{count})" for name, count in chain) or "?"
 
 
 class GuardedReplica:

@@ -123,11 +123,16 @@ def nesting_depth(rng: random.Random) -> int:
     return rng.randint(1, MSGPACK_DEPTH_MAX + 64)
 
 
-def deep_nesting(rng: random.Random, depth: int | None = None) -> bytes:
-    """`depth` nested containers as bytes: one-item arrays, one-entry maps, wider containers whose
-    other items are scalars, or a mix; the innermost is empty or a scalar."""
+NESTING_STYLES = 5
+
+
+def deep_nesting(rng: random.Random, depth: int | None = None, style: int | None = None) -> bytes:
+    """`depth` nested containers as bytes: one-item arrays (style 0, one byte a level: the
+    densest, which fits under a 1 KiB request limit), one-entry maps, non-canonical array
+    widths, a mix of arrays and maps, or two-item arrays nesting in their last item; the
+    innermost is empty or a scalar."""
     depth = nesting_depth(rng) if depth is None else depth
-    style = rng.randrange(5)
+    style = rng.randrange(NESTING_STYLES) if style is None else style
     if style == 0:  # [[[...]]], the issue's frame
         return b"\x91" * (depth - 1) + b"\x90"
     if style == 1:  # {"a": {"a": ...}}
@@ -328,15 +333,16 @@ def template_message(rng: random.Random) -> bytes:
     return encode(rng.choice(TEMPLATES)())
 
 
-def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
-    """Every position in a decoded template: map values and list items, depth first, in order."""
+def positions(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every position in a (shallow) decoded message: the paths of map values and list items,
+    depth first, in order."""
     found = [prefix] if prefix else []
     if isinstance(value, dict):
         for key in value:
-            found.extend(_paths(value[key], prefix + (key,)))
+            found.extend(positions(value[key], prefix + (key,)))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found.extend(_paths(item, prefix + (index,)))
+            found.extend(positions(item, prefix + (index,)))
     return found
 
 
@@ -349,6 +355,12 @@ def _replace(value: Any, path: tuple, new: Any) -> Any:
     copy = list(value)
     copy[head] = _replace(copy[head], rest, new)
     return copy
+
+
+def embed_at(wire: Any, path: tuple, part: bytes, *, as_bin: bool = False) -> bytes:
+    """`wire` encoded with the value at `path` replaced by the msgpack bytes `part` (or, with
+    `as_bin`, by a bin holding them: how an entry, itself msgpack, travels)."""
+    return encode(_replace(wire, path, bin_of(part) if as_bin else Raw(part)))
 
 
 def _hostile_part(rng: random.Random) -> bytes:
@@ -395,13 +407,14 @@ def embedded(rng: random.Random, template: bytes | None = None) -> bytes:
     if rng.random() < 0.25:
         # The two shapes the issue names, whatever the template was.
         if rng.random() < 0.5:
-            entry = deep_nesting(rng)
+            # An entry is checked after the message decodes, and only if it is small: dense nesting.
+            entry = deep_nesting(rng, style=0)
             wire = {"type": "requests", "requests": [_entry(), bin_of(entry) if rng.random() < 0.7 else Raw(entry)]}
         else:
             wire = dict(TEMPLATES[1]())
             wire["header_hash"] = Raw(deep_nesting(rng))
         return encode(wire)
-    paths = _paths(wire)
+    paths = positions(wire)
     if not paths:
         return encode({**wire, "x": Raw(_hostile_part(rng))})
     path = rng.choice(paths)
@@ -410,8 +423,7 @@ def embedded(rng: random.Random, template: bytes | None = None) -> bytes:
     for step in path:
         target = target[step]
     # A bytes field that is itself msgpack (an entry) gets the hostile bytes as its content.
-    new = bin_of(part) if isinstance(target, bytes) and rng.random() < 0.5 else Raw(part)
-    return encode(_replace(wire, path, new))
+    return embed_at(wire, path, part, as_bin=isinstance(target, bytes) and rng.random() < 0.5)
 
 
 def truncated(rng: random.Random, template: bytes | None = None) -> bytes:
