@@ -119,6 +119,7 @@ class Context:
     view: int | None = None
     started: float = field(default_factory=time.time)
     equivocator: Any = None
+    cache: dict = field(default_factory=dict)
 
     @property
     def chain_id(self) -> str:
@@ -228,52 +229,79 @@ async def run_silent(ctx: Context) -> None:
     await trio.sleep_forever()
 
 
+async def per_peer(ctx: Context, round_: Any, interval_s: Any) -> None:
+    """Run `round_(ctx, peer_id, index)` for each peer in its own task (a slow peer holds up only its own
+    rounds), every `interval_s()` seconds, while the peer has a live link."""
+    async def loop(peer_id: str) -> None:
+        index = 0
+        while True:
+            if peer_id in ctx.links.live():
+                await round_(ctx, peer_id, index)
+                index += 1
+                await trio.sleep(interval_s())
+            else:
+                await ctx.links.wait_changed()
+
+    async with trio.open_nursery() as nursery:
+        for peer_id in ctx.peers:
+            nursery.start_soon(loop, peer_id)
+
+
+async def nested_round(ctx: Context, peer_id: str, index: int) -> None:
+    payloads = ctx.cache.setdefault("nested", nested_payloads())
+    label, payload = payloads[index % len(payloads)]
+    if await ctx.links.send_message(peer_id, payload):
+        ctx.stats[f"sent_{label}"] += 1
+
+
 async def run_nested_garbage(ctx: Context) -> None:
-    payloads = nested_payloads()
-    index = 0
-    while True:
-        for peer_id in list(ctx.links.live()):
-            label, payload = payloads[index % len(payloads)]
-            if await ctx.links.send_message(peer_id, payload):
-                ctx.stats[f"sent_{label}"] += 1
-        index += 1
-        await trio.sleep(ctx.interval())
+    await per_peer(ctx, nested_round, ctx.interval)
+
+
+def _oversize_frames(ctx: Context) -> dict[str, Any]:
+    cache = ctx.cache
+    if "empty" not in cache:
+        cache["empty"] = empty_arrays(EMPTY_ARRAYS_FRAME_BYTES)
+        cache["empty_payload"] = frame_plaintext(empty_arrays(EMPTY_ARRAYS_FRAME_BYTES - 16))
+        limit = ctx.frame_bytes_max
+        cache["at_limit"] = requests_frame_of_size(limit - AEAD_TAG_BYTES)
+        cache["over_limit"] = requests_frame_of_size(limit - AEAD_TAG_BYTES + 1)
+    return cache
+
+
+async def oversize_round(ctx: Context, peer_id: str, cycle: int) -> None:
+    frames = _oversize_frames(ctx)
+    sends: list[tuple[str, list[bytes]]] = []
+    for label, payload in declared_length_payloads():
+        sends.append((f"payload-{label}", [frame_plaintext(payload)]))
+        sends.append((f"frame-{label}", [payload]))
+    sends.append(("frame-empty-arrays-4MiB", [frames["empty"]]))
+    sends.append(("payload-empty-arrays-4MiB", [frames["empty_payload"]]))
+    for label, plaintexts in sends:
+        if not await ctx.links.send(peer_id, plaintexts):
+            return
+        ctx.stats[f"sent_{label}"] += 1
+    if cycle % OVERSIZE_BIG_EVERY:
+        return
+    started = time.monotonic()
+    if not await ctx.links.send(peer_id, [frames["at_limit"]]):
+        return
+    ctx.stats["sent_frame-at-limit"] += 1
+    log.info("frame at the limit sent", peer=peer_id, bytes=len(frames["at_limit"]) + AEAD_TAG_BYTES,
+             seconds=round(time.monotonic() - started, 2))
+    if (cycle // OVERSIZE_BIG_EVERY) % 2 == 0:
+        # One byte over the limit: the prefix alone must make the peer refuse it (and drop the link).
+        if await ctx.links.send(peer_id, [frames["over_limit"]]):
+            ctx.stats["sent_frame-over-limit"] += 1
+        else:
+            ctx.stats["sent_frame-over-limit_link_dropped"] += 1
+    elif await ctx.links.send_raw(peer_id, struct.pack(">I", 0xFFFF_FFFF) + b"\x00" * 64):
+        ctx.stats["sent_prefix-4GiB"] += 1
 
 
 async def run_oversize(ctx: Context) -> None:
-    limit = ctx.frame_bytes_max
-    at_limit = None            # built on first use: 64 MiB
-    empty = empty_arrays(EMPTY_ARRAYS_FRAME_BYTES)
-    empty_payload_frame = frame_plaintext(empty_arrays(EMPTY_ARRAYS_FRAME_BYTES - 16))
-    cycle = 0
-    while True:
-        for peer_id in list(ctx.links.live()):
-            sends: list[tuple[str, list[bytes]]] = []
-            for label, payload in declared_length_payloads():
-                sends.append((f"payload-{label}", [frame_plaintext(payload)]))
-                sends.append((f"frame-{label}", [payload]))
-            sends.append(("frame-empty-arrays-4MiB", [empty]))
-            sends.append(("payload-empty-arrays-4MiB", [empty_payload_frame]))
-            for label, frames in sends:
-                if not await ctx.links.send(peer_id, frames):
-                    break
-                ctx.stats[f"sent_{label}"] += 1
-            if cycle % OVERSIZE_BIG_EVERY == 0:
-                if at_limit is None:
-                    at_limit = requests_frame_of_size(limit - AEAD_TAG_BYTES)
-                if await ctx.links.send(peer_id, [at_limit]):
-                    ctx.stats["sent_frame-at-limit"] += 1
-                if (cycle // OVERSIZE_BIG_EVERY) % 2 == 0:
-                    # One byte over the limit: the prefix alone must make the peer refuse it.
-                    over = requests_frame_of_size(limit - AEAD_TAG_BYTES + 1)
-                    if await ctx.links.send(peer_id, [over]):
-                        ctx.stats["sent_frame-over-limit"] += 1
-                    del over
-                else:
-                    if await ctx.links.send_raw(peer_id, struct.pack(">I", 0xFFFF_FFFF) + b"\x00" * 64):
-                        ctx.stats["sent_prefix-4GiB"] += 1
-        cycle += 1
-        await trio.sleep(ctx.interval())
+    _oversize_frames(ctx)
+    await per_peer(ctx, oversize_round, ctx.interval)
 
 
 async def track_primary(ctx: Context) -> None:
@@ -353,25 +381,36 @@ async def send_requests(ctx: Context, peer_id: str, entries: list[bytes], label:
     return sent
 
 
+async def flood_round(ctx: Context, peer_id: str, index: int) -> None:
+    """Send `peer_id` the bursts it has not had yet, unless it is the primary of the current view."""
+    primary = ctx.primary or ctx.validators.primary(0).id
+    if peer_id == primary:
+        return
+    sent = ctx.cache.setdefault("flood_sent", {})
+    for number, entries in list(ctx.cache["bursts"]):
+        if number > sent.get(peer_id, -1):
+            await send_requests(ctx, peer_id, entries, "flood_requests")
+            sent[peer_id] = number
+
+
 async def run_request_flood(ctx: Context) -> None:
     maker = EntryMaker(ctx)
     log.info("request flood authors", authors=[a[1] for a in maker.authors])
+    tick_s = 0.25
     async with trio.open_nursery() as nursery:
         nursery.start_soon(track_primary, ctx)
         with trio.move_on_after(5):
             while ctx.primary is None:
                 await trio.sleep(0.05)
-        burst = maker.make(ctx.options.count)
-        rate = ctx.options.rate
-        tick_s = 0.25
+        bursts = ctx.cache["bursts"] = [(0, maker.make(ctx.options.count))]
+        nursery.start_soon(per_peer, ctx, flood_round, lambda: 0.05)
+        number = 0
         while True:
-            primary = ctx.primary or ctx.validators.primary(0).id
-            targets = [p for p in ctx.links.live() if p != primary]
-            for peer_id in targets:
-                await send_requests(ctx, peer_id, burst, "flood_requests")
-            ctx.stats["flood_bursts"] += 1
             await trio.sleep(tick_s)
-            burst = maker.make(max(1, int(rate * tick_s)))
+            number += 1
+            bursts.append((number, maker.make(max(1, int(ctx.options.rate * tick_s)))))
+            del bursts[:-4]
+            ctx.stats["flood_bursts"] = number
 
 
 async def collect_committed(ctx: Context, pool: dict[bytes, None]) -> None:
@@ -404,17 +443,17 @@ async def collect_committed(ctx: Context, pool: dict[bytes, None]) -> None:
         await trio.sleep(2.0)
 
 
+async def replay_round(ctx: Context, peer_id: str, index: int) -> None:
+    entries = list(ctx.cache["replay_pool"])
+    if entries:
+        await send_requests(ctx, peer_id, entries, "replayed")
+
+
 async def run_replay_committed(ctx: Context) -> None:
-    pool: dict[bytes, None] = {}
+    pool: dict[bytes, None] = ctx.cache.setdefault("replay_pool", {})
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect_committed, ctx, pool)
-        while True:
-            entries = list(pool)
-            if entries:
-                for peer_id in list(ctx.links.live()):
-                    await send_requests(ctx, peer_id, entries, "replayed")
-                ctx.stats["replay_rounds"] += 1
-            await trio.sleep(ctx.interval())
+        nursery.start_soon(per_peer, ctx, replay_round, ctx.interval)
 
 
 async def run_equivocate(ctx: Context) -> None:

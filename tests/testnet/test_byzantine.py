@@ -1,0 +1,414 @@
+"""One Byzantine validator at a time in a real testnet under a steady load (issue 14).
+
+Each behaviour of `python -m testnet byzantine` is one parametrized test. The
+4-validator behaviours share one testnet (a module-scoped fixture; the node
+is restarted honest between them); `equivocate` gets its own 7-validator
+testnet and replaces the primary. Each test runs the load generator's open
+loop (testnet/loadgen.py, pre-signed commits by load-only participants, to the
+nodes that stay honest) for HONEST_S seconds with every node honest, then for
+BYZANTINE_S seconds with the Byzantine process in place of one node, and
+asserts, for the Byzantine phase:
+
+- no honest daemon exits;
+- no two honest nodes commit different blocks (RPC `header` at common heights);
+- the committed rate (ok receipts that arrive within the phase, per second) is
+  at least half the honest phase's;
+- at most one view change (the view read from the honest nodes' `status`):
+  one per behaviour per minute, and a phase is shorter than a minute;
+- after `python -m testnet restart NODE` the honest node is back and has all
+  its links within LINKS_BACK_S, and catches up.
+`handshake-flood` also restarts an honest validator while the flood runs and
+asserts that it gets its links to the other honest validators back within
+LINKS_BACK_S.
+
+The rates of both phases and their ratio, the views and the Byzantine
+process's counters are written to a JSON file (RATES_FILE in pytest's base
+temp dir, or $BYZANTINE_RATES_JSON) and printed, so the ratios can be quoted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from testnet import control, loadgen, rpc, workload
+from testnet.network import Network
+from testnet.ports import find_free_base_port
+from testnet.supervisor import running_pid
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+HONEST_S = 8.0              # the load with every node honest
+BYZANTINE_S = 12.0          # the same load with one Byzantine node
+RATE_PER_S = 200.0          # open loop: modest, far below saturation
+LANES = 8                   # connections of the open loop, one load author each
+LOAD_AUTHORS = {f"load-{i + 1}": "CN" for i in range(LANES)}
+SUBMIT_WAIT_S = 20.0
+DRAIN_S = 5.0               # after a phase, late receipts are waited for this long (loadgen's default: 35)
+RATE_RATIO_MIN = 0.5
+VIEW_CHANGES_MAX = 1        # per behaviour per minute; each phase is shorter than a minute
+LINKS_BACK_S = 10.0
+CATCH_UP_S = 30.0
+SETTLE_S = 20.0             # before a test: every honest daemon answers and the heights meet
+STATUS_POLL_S = 0.5
+HEADERS_COMPARED_MAX = 400
+COMMAND_TIMEOUT_S = 120
+RATES_FILE = "byzantine-rates.json"
+FOUR_NODE_BEHAVIOURS = ["silent", "nested-garbage", "oversize", "request-flood", "replay-committed",
+                        "handshake-flood"]
+
+_results: dict[str, dict] = {}
+
+
+def record_rates(behaviour: str, entry: dict, directory: Path) -> Path:
+    """Add one behaviour's measurements to the JSON file of this run and print them."""
+    _results[behaviour] = entry
+    path = Path(os.environ.get("BYZANTINE_RATES_JSON") or directory / RATES_FILE)
+    path.write_text(json.dumps(_results, indent=2, sort_keys=True) + "\n")
+    honest, byzantine = entry.get("honest", {}), entry.get("byzantine", {})
+    print(f"\n[byzantine] {behaviour}: honest {honest.get('rate_per_s')}/s, byzantine "
+          f"{byzantine.get('rate_per_s')}/s, ratio {entry.get('ratio')}, view changes "
+          f"{byzantine.get('view_changes')}; written to {path}")
+    return path
+
+
+# ---------------------------------------------------------------- the harness
+
+
+def run_testnet(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "testnet", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+class Harness:
+    def __init__(self, run_dir: Path, validators: int):
+        self.run_dir = run_dir
+        with contextlib.redirect_stdout(io.StringIO()):
+            control.up(run_dir, validators, find_free_base_port(validators), demo=False,
+                       extra_participants=LOAD_AUTHORS)
+        self.network = Network.load(run_dir.resolve())
+        self.plan = {
+            "chain_id": self.network.chain_id,
+            "providers": [{"name": name, "key": self.network.participants[name]["key"], "jurisdiction": j}
+                          for name, j in LOAD_AUTHORS.items()],
+        }
+
+    def down(self) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            control.down(self.run_dir)
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.network.nodes]
+
+    def node(self, name: str):
+        return self.network.node(name)
+
+    def status(self, name: str, timeout_s: float = 2.0) -> dict | None:
+        return control.node_status(self.node(name), timeout_s)
+
+    def daemon_pid(self, name: str) -> int | None:
+        node = self.node(name)
+        return running_pid(node.pid_path, node.config_path)
+
+    def log_tail(self, name: str, lines: int = 12) -> str:
+        return control.tail(self.node(name).log_path, lines)
+
+    def primary(self) -> str:
+        votes: dict[str, int] = {}
+        for name in self.names:
+            status = self.status(name)
+            if status and status.get("primary"):
+                votes[status["primary"]] = votes.get(status["primary"], 0) + 1
+        return max(votes, key=votes.get) if votes else self.names[0]
+
+    def settle(self) -> None:
+        """Bring back any daemon that is not running (a crash in an earlier test) and wait until every
+        node answers and the heights meet."""
+        for name in self.names:
+            if self.daemon_pid(name) is None:
+                done = run_testnet("restart", name, "--dir", str(self.run_dir))
+                assert done.returncode == 0, f"cannot restart {name}: {done.stdout}{done.stderr}"
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            heights = {name: (self.status(name) or {}).get("height") for name in self.names}
+            known = [h for h in heights.values() if h is not None]
+            if len(known) == len(self.names) and max(known) - min(known) <= 1:
+                return
+            if time.monotonic() > deadline:
+                return      # measured anyway; the assertions say what is wrong
+            time.sleep(STATUS_POLL_S)
+
+    def measure(self, label: str, duration_s: float, honest: list[str]) -> dict:
+        """The open-loop load on the honest nodes for `duration_s`, with their views polled meanwhile."""
+        addresses = [self.node(name).rpc for name in honest]
+        count = int(RATE_PER_S * duration_s) + LANES
+        queues, _ = workload.presigned_submits(self.plan, count, LANES, SUBMIT_WAIT_S)
+        heights_before = {name: (self.status(name) or {}).get("height") for name in honest}
+        saved = loadgen.drain_timeout_s
+        loadgen.drain_timeout_s = DRAIN_S
+        try:
+            result = trio.run(self._measure, label, addresses, queues, duration_s, honest)
+        finally:
+            loadgen.drain_timeout_s = saved
+        result["heights_before"] = heights_before
+        result["heights_after"] = {name: (self.status(name) or {}).get("height") for name in honest}
+        return result
+
+    async def _measure(self, label: str, addresses: list[str], queues, duration_s: float, honest: list[str]) -> dict:
+        arrivals: list[float] = []
+
+        def accept(reply: object) -> str:
+            outcome = loadgen._accept_submit(reply)
+            if outcome == "ok":
+                arrivals.append(trio.current_time())
+            return outcome
+
+        views: dict[str, list[int]] = {name: [] for name in honest}
+
+        async def poll_views() -> None:
+            while True:
+                for name in honest:
+                    host, _, port = self.node(name).rpc.rpartition(":")
+                    try:
+                        status = await rpc.call_async(host, int(port), "status", [], 1.0)
+                    except (rpc.ConnectionLost, rpc.RpcError, OSError):
+                        continue
+                    if isinstance(status, dict) and isinstance(status.get("view"), int):
+                        views[name].append(status["view"])
+                await trio.sleep(STATUS_POLL_S)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll_views)
+            start = trio.current_time() + 0.05          # open_loop schedules its first send then
+            phase = await loadgen.open_loop(label, addresses, queues, accept, RATE_PER_S, duration_s)
+            await trio.sleep(STATUS_POLL_S)
+            nursery.cancel_scope.cancel()
+        in_window = sum(1 for t in arrivals if start <= t <= start + duration_s)
+        view_changes = max((max(v) - min(v) for v in views.values() if v), default=0)
+        return {
+            "rate_per_s": round(in_window / duration_s, 1),
+            "offered_per_s": RATE_PER_S,
+            "duration_s": duration_s,
+            "sent": phase.sent,
+            "ok_total": phase.ok,
+            "errors": dict(phase.errors),
+            "latency_ms": {k: v for k, v in phase.to_json()["latency"].items() if k in ("p50_ms", "p99_ms", "max_ms")},
+            "views": {name: sorted(set(v)) for name, v in views.items()},
+            "view_changes": view_changes,
+        }
+
+    def byzantine(self, name: str, behaviour: str) -> None:
+        done = run_testnet("byzantine", name, "--behaviour", behaviour, "--dir", str(self.run_dir))
+        assert done.returncode == 0, f"byzantine {name} {behaviour} failed: {done.stdout}{done.stderr}"
+
+    def byzantine_stats(self, name: str) -> dict:
+        try:
+            return json.loads((self.node(name).dir / "byzantine-stats.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_linked(self, name: str, honest: list[str], timeout_s: float = 5.0) -> float | None:
+        """Seconds until every honest node lists `name` among its peers, or None."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            peers = [(self.status(h) or {}).get("peers") or [] for h in honest]
+            if all(isinstance(p, list) and name in p for p in peers):
+                return round(time.monotonic() - started, 2)
+            time.sleep(0.1)
+        return None
+
+    def restart(self, name: str, expected_peers: list[str]) -> dict:
+        """`python -m testnet restart NAME`; how long until it answers and until its links are back."""
+        started = time.monotonic()
+        done = run_testnet("restart", name, "--dir", str(self.run_dir))
+        answered = time.monotonic()
+        outcome = {"returncode": done.returncode, "output": (done.stdout + done.stderr)[-2000:],
+                   "answer_s": round(answered - started, 2), "links_back_s": None}
+        if done.returncode != 0:
+            return outcome
+        while time.monotonic() - answered < LINKS_BACK_S + 5:
+            peers = (self.status(name) or {}).get("peers") or []
+            if isinstance(peers, list) and set(expected_peers) <= set(peers):
+                outcome["links_back_s"] = round(time.monotonic() - answered, 2)
+                break
+            time.sleep(0.1)
+        return outcome
+
+    def wait_height(self, name: str, height: int, timeout_s: float = CATCH_UP_S) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ((self.status(name) or {}).get("height") or 0) >= height:
+                return True
+            time.sleep(STATUS_POLL_S)
+        return False
+
+    def divergent_heights(self, honest: list[str], from_height: int) -> list[str]:
+        """Heights at which two honest nodes hold different header hashes (RPC `header`)."""
+        return trio.run(self._divergent_heights, honest, from_height)
+
+    async def _divergent_heights(self, honest: list[str], from_height: int) -> list[str]:
+        heights = {}
+        for name in honest:
+            host, _, port = self.node(name).rpc.rpartition(":")
+            status = await rpc.call_async(host, int(port), "status", [], 2.0)
+            heights[name] = status["height"]
+        top = min(heights.values())
+        first = max(1, min(from_height, top))
+        step = max(1, (top - first + 1) // HEADERS_COMPARED_MAX)
+        wanted = sorted(set(range(first, top + 1, step)) | {top}) if top >= 1 else []
+        hashes: dict[str, dict[int, bytes]] = {}
+        for name in honest:
+            host, _, port = self.node(name).rpc.rpartition(":")
+            connection = await rpc.PipelinedConnection.open(host, int(port))
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(connection.reader)
+                    found = {}
+                    for h in wanted:
+                        found[h] = (await connection.call("header", [h]))["hash"]
+                    hashes[name] = found
+                    nursery.cancel_scope.cancel()
+            finally:
+                await connection.aclose()
+        problems = []
+        for h in wanted:
+            distinct = {hashes[name][h] for name in honest}
+            if len(distinct) > 1:
+                problems.append(f"height {h}: " + ", ".join(f"{n} {hashes[n][h].hex()[:12]}" for n in honest))
+        return problems
+
+
+def run_behaviour(net: Harness, behaviour: str, byzantine_node: str, results_dir: Path,
+                  extra=None) -> None:
+    """Honest phase, Byzantine phase, restart; record everything; then assert."""
+    names = net.names
+    honest = [n for n in names if n != byzantine_node]
+    failures: list[str] = []
+    entry: dict = {"validators": len(names), "byzantine_node": byzantine_node, "honest_nodes": honest,
+                   "primary_before": net.primary()}
+    honest_pids = {name: net.daemon_pid(name) for name in honest}
+    start_height = min((net.status(n) or {}).get("height") or 0 for n in honest)
+    restarted = False
+    try:
+        entry["honest"] = net.measure(f"{behaviour} honest", HONEST_S, honest)
+        net.byzantine(byzantine_node, behaviour)
+        if behaviour != "handshake-flood":
+            entry["linked_s"] = net.wait_linked(byzantine_node, honest)
+        else:
+            time.sleep(1.0)
+        entry["byzantine"] = net.measure(f"{behaviour} byzantine", BYZANTINE_S, honest)
+        entry["byzantine_process"] = net.byzantine_stats(byzantine_node).get("counters", {})
+        if extra is not None:
+            extra(net, honest, byzantine_node, entry, failures)
+        exited = [name for name in honest if net.daemon_pid(name) is None]
+        for name in exited:
+            failures.append(f"honest daemon {name} exited; last lines of its log:\n{net.log_tail(name)}")
+        for name in honest:
+            if name not in exited and net.daemon_pid(name) != honest_pids[name] and name not in entry.get(
+                    "restarted_honest", []):
+                failures.append(f"honest daemon {name} was replaced (pid {honest_pids[name]} -> {net.daemon_pid(name)})")
+        alive = [name for name in honest if name not in exited]
+        if len(alive) >= 2:
+            divergent = net.divergent_heights(alive, start_height)
+            entry["divergent_heights"] = divergent[:10]
+            if divergent:
+                failures.append(f"honest nodes committed different blocks: {divergent[:5]}")
+        honest_rate = entry["honest"]["rate_per_s"]
+        byzantine_rate = entry["byzantine"]["rate_per_s"]
+        entry["ratio"] = round(byzantine_rate / honest_rate, 3) if honest_rate else None
+        if honest_rate <= 0:
+            failures.append(f"no commits in the honest phase: {entry['honest']}")
+        elif byzantine_rate < RATE_RATIO_MIN * honest_rate:
+            failures.append(f"committed rate with the Byzantine node {byzantine_rate}/s is below "
+                            f"{RATE_RATIO_MIN} x the honest {honest_rate}/s (errors {entry['byzantine']['errors']})")
+        if entry["byzantine"]["view_changes"] > VIEW_CHANGES_MAX:
+            failures.append(f"{entry['byzantine']['view_changes']} view changes in {BYZANTINE_S:.0f} s "
+                            f"(views {entry['byzantine']['views']}); at most {VIEW_CHANGES_MAX} allowed")
+        # The node comes back honest: it answers, has every link within LINKS_BACK_S and catches up.
+        target = max((net.status(n) or {}).get("height") or 0 for n in alive) if alive else 0
+        entry["restart"] = net.restart(byzantine_node, [n for n in names if n != byzantine_node])
+        restarted = True
+        if entry["restart"]["returncode"] != 0:
+            failures.append(f"restart {byzantine_node} failed: {entry['restart']['output']}")
+        elif entry["restart"]["links_back_s"] is None or entry["restart"]["links_back_s"] > LINKS_BACK_S:
+            failures.append(f"{byzantine_node} did not get all its links back within {LINKS_BACK_S:.0f} s "
+                            f"of its restart (status {net.status(byzantine_node)})")
+        elif not net.wait_height(byzantine_node, target):
+            failures.append(f"{byzantine_node} did not catch up to height {target} within {CATCH_UP_S:.0f} s")
+        if net.byzantine_stats(byzantine_node) and control.byzantine_running(net.node(byzantine_node)):
+            failures.append(f"the byzantine process of {byzantine_node} still runs after restart")
+    finally:
+        if not restarted:
+            net.restart(byzantine_node, [])
+        record_rates(behaviour, entry, results_dir)
+    assert not failures, f"{behaviour}:\n" + "\n".join(failures)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp()
+
+
+@pytest.fixture(scope="module")
+def testnet4(tmp_path_factory):
+    net = Harness(tmp_path_factory.mktemp("byzantine4") / "run", 4)
+    try:
+        yield net
+    finally:
+        net.down()
+
+
+def pick_backup(net: Harness, index: int) -> str:
+    """A node that is neither the primary nor the next one, different for successive behaviours."""
+    names = net.names
+    primary = net.primary()
+    following = names[(names.index(primary) + 1) % len(names)]
+    candidates = [n for n in names if n not in (primary, following)]
+    return candidates[index % len(candidates)]
+
+
+def restart_honest_under_flood(net: Harness, honest: list[str], byzantine_node: str, entry: dict,
+                               failures: list[str]) -> None:
+    """While the flood goes on: restart an honest validator that is not the primary; its links to the
+    other honest validators must be back within LINKS_BACK_S."""
+    primary = net.primary()
+    victim = next(n for n in honest if n != primary)
+    others = [n for n in honest if n != victim]
+    outcome = net.restart(victim, others)
+    entry["restart_honest_under_flood"] = {"node": victim, **outcome}
+    entry["restarted_honest"] = [victim]
+    if outcome["returncode"] != 0:
+        failures.append(f"restarting honest {victim} during the flood failed: {outcome['output']}")
+    elif outcome["links_back_s"] is None or outcome["links_back_s"] > LINKS_BACK_S:
+        failures.append(f"honest {victim}, restarted during the handshake flood, did not link to {others} within "
+                        f"{LINKS_BACK_S:.0f} s (status {net.status(victim)})")
+
+
+@pytest.mark.parametrize("behaviour", FOUR_NODE_BEHAVIOURS)
+def test_one_byzantine_validator_of_four(testnet4, results_dir, behaviour):
+    testnet4.settle()
+    node = pick_backup(testnet4, FOUR_NODE_BEHAVIOURS.index(behaviour))
+    extra = restart_honest_under_flood if behaviour == "handshake-flood" else None
+    run_behaviour(testnet4, behaviour, node, results_dir, extra)
+
+
+def test_equivocating_primary_of_seven(tmp_path, results_dir):
+    """The primary of a 7-validator network proposes two blocks per slot and votes both ways; as a
+    backup after the view change it sends conflicting votes."""
+    net = Harness(tmp_path / "run", 7)
+    try:
+        net.settle()
+        run_behaviour(net, "equivocate", net.primary(), results_dir)
+    finally:
+        net.down()
