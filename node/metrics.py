@@ -146,6 +146,10 @@ class NodeMetrics:
         self.rejected_frames = Counter(
             "bayledger_rejected_frames_total", "Peer frames or connections refused by the transport, by reason.",
             "counter", label="reason")
+        self.peer_disconnects = Counter(
+            "bayledger_peer_disconnects_total",
+            "Authenticated peer links closed for misbehaviour (undecodable or oversized frames), by reason.",
+            "counter", label="reason")
         self.rejected_requests = Counter(
             "bayledger_rejected_requests_total", "Client or gossiped entries refused, by reason.", "counter",
             label="reason")

@@ -22,19 +22,70 @@ room for other traffic later. Client requests travel inside consensus REQUESTS
 messages: the replica forwards a client's request to every validator once and
 receivers do not re-flood it.
 
-Connections: the validator with the lower id dials, the higher one accepts, so
-each pair has one link and no tie-breaking is needed; an accepted link from a
-peer replaces any older link from it (the peer restarted). Dialers retry with
-exponential backoff and jitter. Each peer has a bounded send queue that keeps
-its newest frames; a slow or dead peer loses its oldest frames and never
-blocks the others (consensus retransmits and catches up what was lost).
+Strangers (issue 14). Anyone who reaches the p2p port can run steps 1-2 and
+send an auth frame, so everything before the peer is authenticated is bounded
+and total:
+- the ephemeral key must arrive within handshake_first_bytes_timeout_ms (a
+  half-open connection holds a slot for that long, not handshake_timeout_ms);
+- at most inbound_handshakes_per_source_max handshakes per source IP, and at
+  most inbound_handshakes_max from IPs that are no validator's p2p host (the
+  validators' IPs are not counted against that global cap: capacity reserved
+  for them); with inbound_allow_only_validators, other IPs are closed before a
+  byte is sent;
+- any exception while handshaking, expected or not (a RecursionError from a
+  deeply nested auth frame, a KeyError from a bug), closes that connection
+  only, is counted in rejected_frames by reason and logged through the
+  rate-limited refusal log. Nothing reaches the listener's nursery.
+
+Connections and floods. Each pair of validators keeps one link. The lower id
+dials first (the "primary" direction). The higher id also dials the lower one
+(the "reverse" direction), but only once it has had no link for
+reverse_dial_delay_ms, and the lower id accepts such a link only when it has
+had none for as long. Why both: a half-open flood fills the *accepting*
+side's handshake slots, and all test traffic (and an attacker behind a
+validator's NAT) comes from the validator's own IP, so no per-source rule can
+tell the honest dial from the flood. A node's outbound dial is not subject to
+its own inbound caps, so when the lower id's dial cannot get into the flooded
+higher id, the flooded node's reverse dial still reaches the lower id (which is
+not flooded; flooding both ends of every pair is what only
+inbound_allow_only_validators or a firewall stops). Which link survives is
+decided by one rule both sides apply: a primary link (dialed by the lower id)
+replaces any link; a reverse link is refused ("duplicate-link") while a
+primary one is up; a newer link of the same direction replaces an older one
+(the peer restarted). A reverse link is thus only ever made when neither side
+has a link, and the primary dialer never dials while a link is up, so the
+two cannot replace each other in turn (no flapping). In the normal case no
+reverse dial happens at all.
+
+Authenticated peers that misbehave. A frame over frame_bytes_max (or under
+the AEAD tag size, or undecryptable) closes the link: the stream is out of
+step. Undecodable frames (decode_frame) and malformed consensus messages the
+daemon reports (report_malformed) are dropped, and after
+peer_malformed_messages_max of them on one link the link is closed, so a
+peer of another version that sends an odd message now and then keeps its
+link. Each closure for misbehaviour (and each `disconnect`) is an offence,
+counted in bayledger_peer_disconnects_total{reason}: the first costs the link
+only; from the second on, the peer is refused (and not dialed) for
+peer_offence_backoff_min_ms, doubling per offence up to
+peer_offence_backoff_max_ms; offences are forgotten after twice that maximum
+without one.
+
+Each peer has a bounded send queue that keeps its newest frames; a slow or
+dead peer loses its oldest frames and never blocks the others (consensus
+retransmits and catches up what was lost). Inbound, each peer may hold at most
+peer_inbound_queue_bytes_max of frames read but not yet taken by the driver
+(`release`); past that its reader waits, so TCP pushes back on that peer alone.
+An unexpected exception in a link's reader or writer closes that link and is
+logged with the peer and the exception ("peer link failed").
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import itertools
+import math
 import random
 import struct
 from collections import deque
@@ -62,7 +113,18 @@ NONCE_BYTES = nacl.bindings.crypto_aead_chacha20poly1305_ietf_NPUBBYTES
 HANDSHAKE_FRAME_BYTES_MAX = 1024       # the auth frame is ~150 bytes
 RECEIVE_CHUNK_BYTES = 65536
 SEND_BATCH_BYTES_MAX = 262_144         # queued frames written in one send_all, up to this many plaintext bytes
-INBOUND_HANDSHAKES_MAX = 64            # unauthenticated connections in handshake at once; more are closed
+INBOUND_HANDSHAKES_MAX = 64            # default of limits.inbound_handshakes_max
+INBOUND_HANDSHAKES_PER_SOURCE_MAX = 8  # default of limits.inbound_handshakes_per_source_max
+HANDSHAKE_FIRST_BYTES_TIMEOUT_MS = 1000  # default of limits.handshake_first_bytes_timeout_ms
+REVERSE_DIAL_DELAY_MS = 2000           # default of limits.reverse_dial_delay_ms
+PEER_MALFORMED_MESSAGES_MAX = 8        # default of limits.peer_malformed_messages_max
+PEER_OFFENCE_BACKOFF_MIN_MS = 1000     # default of limits.peer_offence_backoff_min_ms
+PEER_OFFENCE_BACKOFF_MAX_MS = 60_000   # default of limits.peer_offence_backoff_max_ms
+PEER_INBOUND_QUEUE_BYTES_MAX = 128 * 1024 * 1024  # default of limits.peer_inbound_queue_bytes_max
+OFFENCE_MEMORY_FACTOR = 2              # offences are forgotten after this many longest backoffs without one
+LINK_STABLE_S = 1.0                    # a dialed link that lasted this long resets the redial backoff
+# Frame errors that put the stream out of step and that only the peer (or someone on the path) causes.
+OFFENCE_FRAME_REASONS = frozenset({"oversized-frame", "undersized-frame", "undecryptable-frame"})
 REFUSAL_LOG_LINES_MAX = 20             # "peer refused" lines per reason per window; the metrics count all
 REFUSAL_LOG_WINDOW_MS = 60_000
 FRAME_KIND_CONSENSUS = "c"
@@ -182,16 +244,24 @@ def derive_session(own_ephemeral: bytes, peer_ephemeral: bytes, shared_secret: b
 
 async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
                     signing_key: nacl.signing.SigningKey, validators: ValidatorSet,
-                    frame_bytes_max: int, expected_peer: str | None = None) -> tuple[str, SecretConnection]:
-    """Run the handshake; return (peer_id, connection) or raise FrameError saying why the peer is refused."""
+                    frame_bytes_max: int, expected_peer: str | None = None,
+                    first_bytes_timeout_ms: int | None = None) -> tuple[str, SecretConnection]:
+    """Run the handshake; return (peer_id, connection) or raise FrameError saying why the peer is refused.
+
+    `first_bytes_timeout_ms`: the peer's ephemeral key must arrive within this time (None: no own bound;
+    the caller bounds the whole handshake)."""
     ephemeral = nacl.public.PrivateKey.generate()
     own_public = bytes(ephemeral.public_key)
     await stream.send_all(own_public)
     reader = _Reader(stream)
+    first_bytes_s = math.inf if first_bytes_timeout_ms is None else first_bytes_timeout_ms / 1000
     try:
-        peer_public = await reader.read_exactly(EPHEMERAL_KEY_BYTES)
+        with trio.move_on_after(first_bytes_s) as first_bytes:
+            peer_public = await reader.read_exactly(EPHEMERAL_KEY_BYTES)
     except FrameError as exc:
         raise FrameError("truncated-handshake", exc.detail) from None
+    if first_bytes.cancelled_caught:
+        raise FrameError("handshake-first-bytes-timeout", f"no ephemeral key within {first_bytes_timeout_ms} ms")
     if peer_public is None:
         raise FrameError("truncated-handshake", "closed before sending an ephemeral key")
     if peer_public == own_public:
@@ -259,7 +329,7 @@ def decode_frame(plaintext: bytes) -> tuple[str, bytes]:
 
 @dataclass
 class PeerSlot:
-    """One remote validator: where to dial it, its bounded outbound queue and its live link."""
+    """One remote validator: where to dial it, its bounded outbound queue, its live link, and what it owes."""
     id: str
     address: Address | None
     send_queue_frames_max: int
@@ -269,6 +339,16 @@ class PeerSlot:
     connection: SecretConnection | None = None
     link_scope: trio.CancelScope | None = None
     connected_once: bool = False
+    dialed_by: str | None = None              # who dialed the live link
+    links_opened: int = 0
+    link_ended: trio.Event = field(default_factory=trio.Event)  # set when the live link ends
+    down_since: float = 0.0                   # trio time since which there has been no link
+    malformed: int = 0                        # malformed frames and messages on the live link
+    offences: int = 0
+    last_offence: float = -math.inf
+    backoff_until: float = -math.inf          # refused and not dialed before this trio time
+    inbound_bytes: int = 0                    # read, not yet released by the driver
+    inbound_room: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
 
 @dataclass(frozen=True)
@@ -278,8 +358,29 @@ class InboundFrame:
     payload: bytes
 
 
+def _source_ip(stream: trio.abc.Stream) -> str:
+    """The remote IP of a socket stream, IPv4-mapped IPv6 written as IPv4; "?" when there is none."""
+    try:
+        host = stream.socket.getpeername()[0]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return "?"
+    return _normal_ip(host)
+
+
+def _normal_ip(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class PeerNetwork:
-    """All links of one node: a listener, a dialer per higher-id peer, a reader and writer per live link."""
+    """All links of one node: a listener, a dialer per peer with an address, a reader and writer per live link.
+
+    The keyword defaults of the limits are the config defaults (node.config.LimitsConfig)."""
 
     def __init__(self, *, node_id: str, chain_id: str, signing_key: nacl.signing.SigningKey,
                  validators: ValidatorSet, peers: dict[str, Address | None], listen: Address,
@@ -287,7 +388,17 @@ class PeerNetwork:
                  handshake_timeout_ms: int, send_queue_frames_max: int, send_queue_bytes_max: int,
                  reconnect_backoff_min_ms: int,
                  reconnect_backoff_max_ms: int, rng: random.Random | None = None,
-                 on_link_change: Callable[[], None] | None = None):
+                 on_link_change: Callable[[], None] | None = None,
+                 handshake_first_bytes_timeout_ms: int = HANDSHAKE_FIRST_BYTES_TIMEOUT_MS,
+                 inbound_handshakes_max: int | None = None,
+                 inbound_handshakes_per_source_max: int = INBOUND_HANDSHAKES_PER_SOURCE_MAX,
+                 inbound_allow_only_validators: bool = False,
+                 reverse_dial_delay_ms: int = REVERSE_DIAL_DELAY_MS,
+                 peer_malformed_messages_max: int = PEER_MALFORMED_MESSAGES_MAX,
+                 peer_offence_backoff_min_ms: int = PEER_OFFENCE_BACKOFF_MIN_MS,
+                 peer_offence_backoff_max_ms: int = PEER_OFFENCE_BACKOFF_MAX_MS,
+                 peer_inbound_queue_bytes_max: int = PEER_INBOUND_QUEUE_BYTES_MAX):
+        assert peer_inbound_queue_bytes_max >= 1, "a peer must be able to queue a frame"
         self.node_id = node_id
         self.chain_id = chain_id
         self.signing_key = signing_key
@@ -300,6 +411,15 @@ class PeerNetwork:
         self.send_queue_bytes_max = send_queue_bytes_max
         self.reconnect_backoff_min_ms = reconnect_backoff_min_ms
         self.reconnect_backoff_max_ms = reconnect_backoff_max_ms
+        self.handshake_first_bytes_timeout_ms = handshake_first_bytes_timeout_ms
+        self.inbound_handshakes_max = INBOUND_HANDSHAKES_MAX if inbound_handshakes_max is None else inbound_handshakes_max
+        self.inbound_handshakes_per_source_max = inbound_handshakes_per_source_max
+        self.inbound_allow_only_validators = inbound_allow_only_validators
+        self.reverse_dial_delay_ms = reverse_dial_delay_ms
+        self.peer_malformed_messages_max = peer_malformed_messages_max
+        self.peer_offence_backoff_min_ms = peer_offence_backoff_min_ms
+        self.peer_offence_backoff_max_ms = peer_offence_backoff_max_ms
+        self.peer_inbound_queue_bytes_max = peer_inbound_queue_bytes_max
         self.rng = rng or random.Random()
         self.on_link_change = on_link_change
         self.slots = {peer_id: PeerSlot(peer_id, address, send_queue_frames_max)
@@ -308,6 +428,9 @@ class PeerNetwork:
         self.partitioned: frozenset[str] = frozenset()
         self.bound_port: int | None = None
         self._inbound_handshakes = 0
+        self._stranger_handshakes = 0          # from IPs that are no validator's p2p host
+        self._handshakes_by_source: dict[str, int] = {}
+        self._validator_ips: frozenset[str] = frozenset()
         self._refusal_log = LogBudget(REFUSAL_LOG_LINES_MAX, REFUSAL_LOG_WINDOW_MS)
         self._nursery: trio.Nursery | None = None
 
@@ -347,21 +470,91 @@ class PeerNetwork:
             if slot is not None and slot.link_scope is not None:
                 slot.link_scope.cancel()
 
+    # --- receiving -----------------------------------------------------------------------------
+
+    def release(self, frame: InboundFrame) -> None:
+        """The driver took `frame` off the inbound channel: its bytes leave its peer's inbound budget."""
+        slot = self.slots.get(frame.peer_id)
+        if slot is None:
+            return
+        slot.inbound_bytes = max(0, slot.inbound_bytes - len(frame.payload))
+        slot.inbound_room.unpark_all()
+
+    def report_malformed(self, peer_id: str, reason: str) -> None:
+        """A frame or message from `peer_id` could not be decoded (the daemon reports the core's "bad-encoding",
+        "bad-field", ...). Past peer_malformed_messages_max on one link the link is closed (an offence)."""
+        slot = self.slots.get(peer_id)
+        if slot is None:
+            return
+        slot.malformed += 1
+        if slot.malformed > self.peer_malformed_messages_max:
+            self.disconnect(peer_id, reason)
+
+    def disconnect(self, peer_id: str, reason: str) -> None:
+        """Close the link to `peer_id` for misbehaviour `reason` and record an offence: from the second offence
+        on, the peer is refused and not dialed for a backoff that doubles per offence (see the module doc)."""
+        slot = self.slots.get(peer_id)
+        if slot is None:
+            return
+        now = trio.current_time()
+        if now - slot.last_offence > OFFENCE_MEMORY_FACTOR * self.peer_offence_backoff_max_ms / 1000:
+            slot.offences = 0
+        slot.offences += 1
+        slot.last_offence = now
+        backoff_ms = 0
+        if slot.offences >= 2:
+            backoff_ms = min(self.peer_offence_backoff_max_ms,
+                             self.peer_offence_backoff_min_ms * 2 ** min(slot.offences - 2, 30))
+            slot.backoff_until = now + backoff_ms / 1000
+        self.metrics.peer_disconnects.inc(label_value=reason)
+        admitted, left_out = self._refusal_log.admit("disconnect", now * 1000)
+        if left_out:
+            log.warning("peer disconnects not logged", count=left_out, window_ms=REFUSAL_LOG_WINDOW_MS)
+        if admitted:
+            log.warning("peer disconnected for misbehaviour", peer=peer_id, reason=reason, offences=slot.offences,
+                        backoff_ms=backoff_ms)
+        if slot.link_scope is not None:
+            slot.link_scope.cancel()
+
     # --- running -------------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._validator_ips = await self._resolve_validator_ips()
+        now = trio.current_time()
+        for slot in self.slots.values():
+            slot.down_since = now
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             listeners = await nursery.start(
                 functools.partial(trio.serve_tcp, self._accept, self.listen.port, host=self.listen.host))
             self.bound_port = listeners[0].socket.getsockname()[1]
             for slot in self.slots.values():
-                if self._dials(slot):
+                if slot.address is not None:
                     nursery.start_soon(self._dial_loop, slot)
             task_status.started(self.bound_port)
 
-    def _dials(self, slot: PeerSlot) -> bool:
-        return slot.address is not None and self.node_id < slot.id
+    async def _resolve_validator_ips(self) -> frozenset[str]:
+        """The IPs of the peers' p2p hosts (names resolved once, at start)."""
+        ips: set[str] = set()
+        for slot in self.slots.values():
+            if slot.address is None:
+                continue
+            host = slot.address.host
+            try:
+                ips.add(str(ipaddress.ip_address(host)))
+                continue
+            except ValueError:
+                pass
+            try:
+                for info in await trio.socket.getaddrinfo(host, None):
+                    ips.add(_normal_ip(info[4][0]))
+            except OSError as exc:
+                log.warning("peer host does not resolve", peer=slot.id, host=host, error=str(exc))
+        return frozenset(_normal_ip(ip) for ip in ips)
+
+    def _is_primary(self, dialer: str, slot: PeerSlot) -> bool:
+        """A link dialed by `dialer` to or from `slot`'s peer is primary when the lower id dialed it."""
+        return dialer == min(self.node_id, slot.id)
 
     def _refuse(self, reason: str, **details) -> None:
         self.metrics.rejected_frames.inc(label_value=reason)
@@ -372,33 +565,69 @@ class PeerNetwork:
         if admitted:
             log.warning("peer refused", reason=reason, **details)
 
+    def _link_failed(self, peer_id: str | None, task: str, exc: BaseException) -> None:
+        """Our own bug inside one connection: it costs that connection, never the node."""
+        self.metrics.rejected_frames.inc(label_value="internal-error")
+        admitted, left_out = self._refusal_log.admit("internal-error", trio.current_time() * 1000)
+        if left_out:
+            log.error("peer link failures not logged", count=left_out, window_ms=REFUSAL_LOG_WINDOW_MS)
+        if admitted:
+            log.error("peer link failed", peer=peer_id, task=task, error=f"{type(exc).__name__}: {exc}"[:200],
+                      exc_info=exc)
+
     async def _handshake(self, stream: trio.abc.Stream, expected_peer: str | None) -> tuple[str, SecretConnection] | None:
         try:
             with trio.fail_after(self.handshake_timeout_ms / 1000):
                 return await handshake(
                     stream, chain_id=self.chain_id, node_id=self.node_id, signing_key=self.signing_key,
                     validators=self.validators, frame_bytes_max=self.frame_bytes_max,
-                    expected_peer=expected_peer)
+                    expected_peer=expected_peer, first_bytes_timeout_ms=self.handshake_first_bytes_timeout_ms)
         except trio.TooSlowError:
             self._refuse("handshake-timeout", expected_peer=expected_peer)
         except FrameError as exc:
             self._refuse(exc.reason, detail=exc.detail, expected_peer=expected_peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("handshake aborted", error=str(exc), expected_peer=expected_peer)
+        except Exception as exc:
+            # Bytes from a stranger made something raise that the handshake does not expect (a
+            # RecursionError from a deeply nested frame, say): refuse that connection, nothing else.
+            self._refuse("handshake-internal-error", detail=f"{type(exc).__name__}: {exc}"[:200],
+                         expected_peer=expected_peer)
         await trio.aclose_forcefully(stream)
         return None
 
     async def _accept(self, stream: trio.SocketStream) -> None:
-        if self._inbound_handshakes >= INBOUND_HANDSHAKES_MAX:
-            # Strangers may not hold more than a bounded amount of our memory and descriptors.
-            self._refuse("too-many-handshakes")
+        try:
+            await self._accept_guarded(stream)
+        except Exception as exc:
+            self._link_failed(None, "accept", exc)
+        finally:
             await trio.aclose_forcefully(stream)
+
+    async def _accept_guarded(self, stream: trio.SocketStream) -> None:
+        source = _source_ip(stream)
+        from_validator = source in self._validator_ips
+        if self.inbound_allow_only_validators and not from_validator:
+            self._refuse("not-a-validator-address", source=source)
+            return
+        if self._handshakes_by_source.get(source, 0) >= self.inbound_handshakes_per_source_max:
+            self._refuse("too-many-handshakes-from-source", source=source)
+            return
+        if not from_validator and self._stranger_handshakes >= self.inbound_handshakes_max:
+            # Strangers may not hold more than a bounded amount of our memory and descriptors.
+            self._refuse("too-many-handshakes", source=source)
             return
         self._inbound_handshakes += 1
+        self._stranger_handshakes += not from_validator
+        self._handshakes_by_source[source] = self._handshakes_by_source.get(source, 0) + 1
         try:
             result = await self._handshake(stream, None)
         finally:
             self._inbound_handshakes -= 1
+            self._stranger_handshakes -= not from_validator
+            self._handshakes_by_source[source] -= 1
+            if not self._handshakes_by_source[source]:
+                del self._handshakes_by_source[source]
         if result is None:
             return
         peer_id, connection = result
@@ -408,60 +637,125 @@ class PeerNetwork:
                          detail="partitioned" if slot is not None else "not a configured peer")
             await connection.aclose()
             return
-        if self._dials(slot):
-            # We dial this peer ourselves; a second link the other way would make the two replace each other.
+        now = trio.current_time()
+        if now < slot.backoff_until:
+            self._refuse("backed-off", peer=peer_id, remaining_ms=round((slot.backoff_until - now) * 1000))
+            await connection.aclose()
+            return
+        if not self._is_primary(peer_id, slot) and slot.address is not None and (
+                slot.connection is not None or now - slot.down_since < self.reverse_dial_delay_ms / 1000):
+            # We dial this peer ourselves: its reverse link is taken only when ours has failed for a while.
             self._refuse("wrong-direction", peer=peer_id, detail="the lower id dials")
             await connection.aclose()
             return
-        await self._run_link(slot, connection)
+        await self._run_link(slot, connection, dialed_by=peer_id)
+
+    def _dial_wait_s(self, slot: PeerSlot) -> float | None:
+        """Seconds until `slot` may be dialed; None while a link is up (wait for it to end)."""
+        if slot.connection is not None:
+            return None
+        now = trio.current_time()
+        wait = slot.backoff_until - now
+        if not self._is_primary(self.node_id, slot):
+            wait = max(wait, slot.down_since + self.reverse_dial_delay_ms / 1000 - now)
+        return max(0.0, wait)
 
     async def _dial_loop(self, slot: PeerSlot) -> None:
         attempt = 0
         while True:
+            wait_s = self._dial_wait_s(slot)
+            if wait_s is None:
+                await slot.link_ended.wait()
+                continue
+            if wait_s > 0:
+                await trio.sleep(wait_s)
+                continue
             if slot.id not in self.partitioned:
-                stream = None
-                # A peer host that drops SYNs would otherwise hold the dialer for the OS connect timeout.
-                with trio.move_on_after(self.handshake_timeout_ms / 1000):
-                    try:
-                        stream = await trio.open_tcp_stream(slot.address.host, slot.address.port)
-                    except OSError:
-                        stream = None
-                if stream is not None:
-                    result = await self._handshake(stream, slot.id)
-                    if result is not None:
+                try:
+                    if await self._dial(slot):
                         attempt = 0
-                        await self._run_link(slot, result[1])
+                except Exception as exc:
+                    self._link_failed(slot.id, "dial", exc)
             delay_ms = min(self.reconnect_backoff_max_ms, self.reconnect_backoff_min_ms * 2 ** min(attempt, 20))
             attempt += 1
             # Jitter spreads redials so restarted nodes do not all dial in lockstep.
             await trio.sleep(delay_ms * self.rng.uniform(0.5, 1.0) / 1000)
 
-    async def _run_link(self, slot: PeerSlot, connection: SecretConnection) -> None:
+    async def _dial(self, slot: PeerSlot) -> bool:
+        """One dial; True when it made a link that lasted LINK_STABLE_S (the redial backoff starts over)."""
+        stream = None
+        # A peer host that drops SYNs would otherwise hold the dialer for the OS connect timeout.
+        with trio.move_on_after(self.handshake_timeout_ms / 1000):
+            try:
+                stream = await trio.open_tcp_stream(slot.address.host, slot.address.port)
+            except OSError:
+                stream = None
+        if stream is None:
+            return False
+        try:
+            result = await self._handshake(stream, slot.id)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        if result is None:
+            return False
+        started = trio.current_time()
+        await self._run_link(slot, result[1], dialed_by=self.node_id)
+        return trio.current_time() - started >= LINK_STABLE_S
+
+    async def _run_link(self, slot: PeerSlot, connection: SecretConnection, dialed_by: str) -> None:
+        primary = self._is_primary(dialed_by, slot)
+        if slot.connection is not None:
+            if not primary and slot.dialed_by is not None and self._is_primary(slot.dialed_by, slot):
+                # A reverse link never displaces a primary one (both sides apply this rule).
+                self._refuse("duplicate-link", peer=slot.id, detail="a link dialed by the lower id is up")
+                await connection.aclose()
+                return
         if slot.link_scope is not None:
-            slot.link_scope.cancel()      # the peer reconnected: the old link is stale
+            slot.link_scope.cancel()      # the peer reconnected, or the primary link arrived: the old link is stale
         scope = trio.CancelScope()
+        ended = trio.Event()
         slot.link_scope = scope
+        slot.link_ended = ended
         slot.connection = connection
+        slot.dialed_by = dialed_by
+        slot.malformed = 0
+        slot.links_opened += 1
         self.metrics.connected_peers.set(len(self.connected_peers()))
-        log.info("peer connected", peer=slot.id, reconnect=slot.connected_once)
+        log.info("peer connected", peer=slot.id, reconnect=slot.connected_once, dialed_by=dialed_by)
         slot.connected_once = True
-        if self.on_link_change is not None:
-            self.on_link_change()
         try:
             with scope:
+                if self.on_link_change is not None:
+                    self.on_link_change()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop, slot, connection, nursery.cancel_scope)
-                    await self._read_loop(slot, connection)
+                    nursery.start_soon(self._guarded, slot, "writer", self._write_loop, slot, connection,
+                                       nursery.cancel_scope)
+                    await self._guarded(slot, "reader", self._read_loop, slot, connection)
                     nursery.cancel_scope.cancel()
+        except Exception as exc:
+            self._link_failed(slot.id, "link", exc)
         finally:
             if slot.connection is connection:
                 slot.connection = None
+                slot.dialed_by = None
+                slot.down_since = trio.current_time()
                 if slot.link_scope is scope:
                     slot.link_scope = None
+            ended.set()
             self.metrics.connected_peers.set(len(self.connected_peers()))
             with trio.CancelScope(shield=True):
                 await connection.aclose()
             log.info("peer disconnected", peer=slot.id)
+
+    async def _guarded(self, slot: PeerSlot, task: str, loop, *args) -> None:
+        """Run a link task; an exception it does not expect closes this link (logged), nothing else."""
+        try:
+            await loop(*args)
+        except Exception as exc:
+            self._link_failed(slot.id, task, exc)
+            if slot.connection is args[1] and slot.link_scope is not None:
+                slot.link_scope.cancel()
 
     async def _read_loop(self, slot: PeerSlot, connection: SecretConnection) -> None:
         while True:
@@ -469,6 +763,8 @@ class PeerNetwork:
                 plaintext = await connection.receive_frame()
             except FrameError as exc:
                 self._refuse(exc.reason, peer=slot.id, detail=exc.detail)
+                if exc.reason in OFFENCE_FRAME_REASONS:
+                    self.disconnect(slot.id, exc.reason)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
@@ -477,11 +773,20 @@ class PeerNetwork:
             try:
                 kind, payload = decode_frame(plaintext)
             except FrameError as exc:
-                # Authenticated but malformed: drop the frame, keep the (encrypted, in-sync) link.
-                self.metrics.rejected_frames.inc(label_value=exc.reason)
-                log.warning("frame refused", reason=exc.reason, peer=slot.id, detail=exc.detail)
+                # Authenticated but malformed: drop the frame; past the peer's allowance, drop the link.
+                self._refuse(exc.reason, peer=slot.id, detail=exc.detail)
+                self.report_malformed(slot.id, exc.reason)
                 continue
-            await self.inbound.send(InboundFrame(slot.id, kind, payload))
+            # The peer's inbound budget: wait (TCP pushes back on this peer only) until the driver has
+            # taken enough of what it sent before. One frame always fits an empty budget.
+            while slot.inbound_bytes and slot.inbound_bytes + len(payload) > self.peer_inbound_queue_bytes_max:
+                await slot.inbound_room.park()
+            slot.inbound_bytes += len(payload)
+            try:
+                await self.inbound.send(InboundFrame(slot.id, kind, payload))
+            except BaseException:
+                slot.inbound_bytes -= len(payload)     # not delivered: never released
+                raise
 
     async def _write_loop(self, slot: PeerSlot, connection: SecretConnection, link_scope: trio.CancelScope) -> None:
         while True:
