@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,14 @@ class LimitsConfig:
     # (64 MiB: 2f + 1 view changes with their prepared blocks); the frame adds msgpack and AEAD overhead.
     frame_bytes_max: int = 64 * 1024 * 1024 + 1024
     handshake_timeout_ms: int = 5000               # a peer must finish the handshake in this time
+    handshake_first_bytes_timeout_ms: int = 1000   # ... and send its ephemeral key within this time
+    inbound_handshakes_max: int = 64               # unauthenticated inbound handshakes at once (non-validator IPs)
+    inbound_handshakes_per_source_max: int = 8     # unauthenticated inbound handshakes at once per source IP
+    reverse_dial_delay_ms: int = 2000              # a higher id dials a lower one after its link is down this long
+    peer_malformed_messages_max: int = 8           # undecodable frames/messages tolerated per link before it is cut
+    peer_offence_backoff_min_ms: int = 1000        # a peer cut twice for misbehaviour is refused this long ...
+    peer_offence_backoff_max_ms: int = 60000       # ... doubling per offence up to this
+    peer_inbound_queue_bytes_max: int = 128 * 1024 * 1024  # bytes read from one peer not yet taken by the core
     peer_send_queue_frames_max: int = 4096         # frames waiting for one slow peer
     peer_send_queue_bytes_max: int = 256 * 1024 * 1024  # bytes waiting for one slow peer
     inbound_queue_messages_max: int = 4096         # messages from all peers waiting for the core
@@ -105,6 +113,13 @@ class LimitsConfig:
     submit_wait_timeout_ms_max: int = 60000        # longest a client may wait for a commit
     # After SIGTERM/SIGINT: how long waiting submits may still get their receipt before the node stops.
     shutdown_drain_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class P2pConfig:
+    # Accept inbound peer connections only from the IPs of the validators' p2p hosts (config peers or
+    # genesis), checked before the handshake. Off by default: a validator behind NAT dials from another IP.
+    inbound_allow_only_validators: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class NodeConfig:
     log: LogConfig = field(default_factory=LogConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    p2p: P2pConfig = field(default_factory=P2pConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
     source: Path | None = None               # the file it was loaded from
 
@@ -143,6 +159,14 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
     "limits": {
         "frame_bytes_max": (1024, 256 * 1024 * 1024),
         "handshake_timeout_ms": (100, 600_000),
+        "handshake_first_bytes_timeout_ms": (100, 600_000),   # and at most handshake_timeout_ms
+        "inbound_handshakes_max": (1, 100_000),
+        "inbound_handshakes_per_source_max": (1, 100_000),
+        "reverse_dial_delay_ms": (0, 600_000),                 # 0: both sides dial at once
+        "peer_malformed_messages_max": (0, 1_000_000),         # 0: cut at the first
+        "peer_offence_backoff_min_ms": (1, 3_600_000),
+        "peer_offence_backoff_max_ms": (1, 86_400_000),
+        "peer_inbound_queue_bytes_max": (1024, 16 * 1024 * 1024 * 1024),  # and at least frame_bytes_max
         "peer_send_queue_frames_max": (1, 1_000_000),
         "peer_send_queue_bytes_max": (1024, 16 * 1024 * 1024 * 1024),
         "inbound_queue_messages_max": (1, 1_000_000),
@@ -159,7 +183,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 _TOP_KEYS = ("node_id", "key_file", "genesis_file", "data_dir", "listen", "peers",
-             "log", "consensus", "limits", "testing")
+             "log", "consensus", "limits", "p2p", "testing")
 _REQUIRED_TOP = ("node_id", "key_file", "genesis_file", "data_dir", "listen")
 
 
@@ -259,6 +283,25 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
     limits = _int_section(raw, "limits", LimitsConfig)
     if limits.reconnect_backoff_max_ms < limits.reconnect_backoff_min_ms:
         raise ConfigError("limits.reconnect_backoff_max_ms: must not be below limits.reconnect_backoff_min_ms")
+    if limits.peer_offence_backoff_max_ms < limits.peer_offence_backoff_min_ms:
+        raise ConfigError("limits.peer_offence_backoff_max_ms: must not be below limits.peer_offence_backoff_min_ms")
+    if limits.handshake_first_bytes_timeout_ms > limits.handshake_timeout_ms:
+        raise ConfigError(f"limits.handshake_first_bytes_timeout_ms: must not be above limits.handshake_timeout_ms "
+                          f"({limits.handshake_timeout_ms}), got {limits.handshake_first_bytes_timeout_ms}")
+    if "peer_inbound_queue_bytes_max" not in raw.get("limits", {}) and (
+            limits.peer_inbound_queue_bytes_max < limits.frame_bytes_max):
+        # Left at its default under a larger frame limit: the budget grows to hold one frame.
+        limits = replace(limits, peer_inbound_queue_bytes_max=limits.frame_bytes_max)
+    if limits.peer_inbound_queue_bytes_max < limits.frame_bytes_max:
+        raise ConfigError(f"limits.peer_inbound_queue_bytes_max: must be at least limits.frame_bytes_max "
+                          f"({limits.frame_bytes_max}) so one frame always fits, "
+                          f"got {limits.peer_inbound_queue_bytes_max}")
+
+    p2p_table = _table(raw.get("p2p", {}), "p2p")
+    _reject_unknown(p2p_table, ("inbound_allow_only_validators",), "p2p")
+    allow_only_validators = p2p_table.get("inbound_allow_only_validators", P2pConfig.inbound_allow_only_validators)
+    if not isinstance(allow_only_validators, bool):
+        raise ConfigError(f"p2p.inbound_allow_only_validators: must be true or false, got {allow_only_validators!r}")
 
     testing_table = _table(raw.get("testing", {}), "testing")
     _reject_unknown(testing_table, ("fault_injection",), "testing")
@@ -276,6 +319,7 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
         log=LogConfig(format=log_format, level=log_level),
         consensus=consensus,
         limits=limits,
+        p2p=P2pConfig(inbound_allow_only_validators=allow_only_validators),
         testing=TestingConfig(fault_injection=fault_injection),
         source=source,
     )
@@ -327,7 +371,7 @@ def render_config(config: NodeConfig) -> str:
         f"format = {_toml_value(config.log.format)}",
         f"level = {_toml_value(config.log.level)}",
     ]
-    for section in ("consensus", "limits", "testing"):
+    for section in ("consensus", "limits", "p2p", "testing"):
         value = getattr(config, section)
         lines += ["", f"[{section}]"]
         lines += [f"{f.name} = {_toml_value(getattr(value, f.name))}" for f in fields(value)]

@@ -2,7 +2,10 @@
 
 Tasks (all in one nursery; on SIGTERM/SIGINT the daemon drains, then cancels them together):
 - the peer network (node.transport): a listener, dialers, a reader and a writer per link;
-  readers put frames on the driver's bounded event channel (and wait when it is full);
+  readers put frames on the driver's bounded event channel (and wait when it is full, or when
+  their peer has limits.peer_inbound_queue_bytes_max on it: the driver releases each frame it
+  takes). Core rejections that mean "malformed" are reported back to the transport, which cuts
+  a peer that sends too many;
 - the driver: the only task that touches the replica. It takes peer frames and
   client requests from that channel, and clock ticks every tick_interval_ms,
   and carries out each Ready in the contract order of
@@ -73,6 +76,14 @@ SHUTDOWN_ANSWERS_FLUSH_MS = 1_000
 ERROR_SHUTTING_DOWN = rpc.ERROR_SHUTTING_DOWN
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
+# Core rejections that mean a peer sent bytes that are not a well-formed message (consensus decode_message
+# and the codec's reason codes). Reported to the transport, which cuts a peer that sends too many of them.
+# Protocol-level reasons ("wrong-view", "outside-window", "invalid-request:*", ...) happen between honest
+# validators and are never reported.
+MALFORMED_MESSAGE_REASONS = frozenset({
+    "bad-encoding", "too-large", "bad-type", "bad-field",
+    "too-deep", "too-long", "too-many-items", "malformed", "not-canonical",
+})
 
 log = structlog.get_logger()
 
@@ -315,6 +326,15 @@ class Daemon:
             send_queue_bytes_max=config.limits.peer_send_queue_bytes_max,
             reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
             reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
+            handshake_first_bytes_timeout_ms=config.limits.handshake_first_bytes_timeout_ms,
+            inbound_handshakes_max=config.limits.inbound_handshakes_max,
+            inbound_handshakes_per_source_max=config.limits.inbound_handshakes_per_source_max,
+            inbound_allow_only_validators=config.p2p.inbound_allow_only_validators,
+            reverse_dial_delay_ms=config.limits.reverse_dial_delay_ms,
+            peer_malformed_messages_max=config.limits.peer_malformed_messages_max,
+            peer_offence_backoff_min_ms=config.limits.peer_offence_backoff_min_ms,
+            peer_offence_backoff_max_ms=config.limits.peer_offence_backoff_max_ms,
+            peer_inbound_queue_bytes_max=config.limits.peer_inbound_queue_bytes_max,
         )
         # Waiting submitters by entry bytes: each committed entry is looked up without hashing it.
         self._waiters: dict[bytes, list[_Waiter]] = {}
@@ -555,6 +575,8 @@ class Daemon:
             if peer_id == CLIENT_PEER_ID:
                 continue    # answered to the client by submit
             self.metrics.rejected_messages.inc(label_value=reason)
+            if reason in MALFORMED_MESSAGE_REASONS:
+                self.network.report_malformed(peer_id, reason)
             admitted, left_out = self._rejection_log.admit(f"{peer_id}/{reason}", trio.current_time() * 1000)
             if left_out:
                 log.info("rejections not logged", peer=peer_id, reason=reason, count=left_out,
@@ -655,6 +677,8 @@ class Daemon:
         if isinstance(event, _ClientRequest):
             return self._take_client_request(event)
         assert event.kind == FRAME_KIND_CONSENSUS, "decode_frame admits consensus frames only"
+        # Taken off the channel: the frame's bytes leave its peer's inbound budget.
+        self.network.release(event)
         return self.replica.on_message(event.peer_id, event.payload)
 
     async def _drive(self) -> None:

@@ -499,3 +499,89 @@ def _raise_once_async(real, counter: list):
             raise RuntimeError("injected")
         return await real(*args, **kwargs)
     return wrapper
+
+
+async def test_a_validator_sending_malformed_consensus_messages_is_cut_but_not_for_protocol_reasons(tmp_path):
+    """cn-2, played by the test with its real key, sends hk-2 consensus frames the core cannot decode
+    ("bad-encoding"): past peer_malformed_messages_max (8) the daemon has the transport cut the link,
+    counted in peer_disconnects. Rejections between honest validators ("wrong-view", "outside-window",
+    "invalid-request:*") are never reported; the honest three keep committing."""
+    from types import SimpleNamespace
+
+    from test_node_daemon import Net, submit_all
+
+    net = Net(tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for node_id in ("hk-1", "hk-2", "cn-1"):
+                await net.start(nursery, node_id)
+            daemon = net.daemons["hk-2"]
+            stream = await trio.open_tcp_stream("127.0.0.1", net.ports["hk-2"])
+            _, connection = await handshake(stream, chain_id=net.genesis.chain_id, node_id="cn-2",
+                                            signing_key=net.keys["cn-2"].signing_key, validators=net.validators,
+                                            frame_bytes_max=1 << 20)
+            await wait_for(lambda: "cn-2" in daemon.network.connected_peers())
+            for _ in range(9):
+                await connection.send_frame(encode_frame(FRAME_KIND_CONSENSUS, b"\x93random"))
+            await closed_by_node(stream)
+            await wait_for(lambda: daemon.metrics.peer_disconnects.get("bad-encoding") == 1)
+            assert daemon.metrics.rejected_messages.get("bad-encoding") == 9
+
+            reported = []
+            daemon.network.report_malformed = lambda peer, reason: reported.append((peer, reason))
+            honest_reasons = ["wrong-view", "outside-window", "invalid-request:bad-signature", "unknown-sender"]
+            daemon._carry_out_after_apply(SimpleNamespace(
+                serve_catch_up=[], evidence=[], rejected=[("hk-1", reason) for reason in honest_reasons * 20]))
+            assert reported == []
+            daemon._carry_out_after_apply(SimpleNamespace(
+                serve_catch_up=[], evidence=[], rejected=[("hk-1", "bad-field"), ("hk-1", "too-large")]))
+            assert reported == [("hk-1", "bad-field"), ("hk-1", "too-large")]
+
+            receipts = {}
+            await submit_all(net.daemons["cn-1"], range(0, 4), receipts)
+            assert all(r["status"] == "committed" for r in receipts.values())
+            nursery.cancel_scope.cancel()
+
+
+def test_new_transport_limits_are_validated(tmp_path):
+    """Each new limit is range-checked by name, and the cross rules hold: first-bytes timeout <= handshake
+    timeout, offence backoff max >= min, inbound queue budget >= frame_bytes_max (raised to it when unset);
+    [p2p] inbound_allow_only_validators is a boolean and round-trips through render_config."""
+    from node.config import ConfigError, load_config, render_config
+
+    base = ('node_id = "hk-1"\nkey_file = "k"\ngenesis_file = "g"\ndata_dir = "d"\n'
+            '[listen]\np2p = "127.0.0.1:7000"\nrpc = "127.0.0.1:7001"\nmetrics = "127.0.0.1:7002"\n')
+
+    def load(text):
+        path = tmp_path / "node.toml"
+        path.write_text(base + text)
+        return load_config(path)
+
+    def error(text):
+        with pytest.raises(ConfigError) as info:
+            load(text)
+        return str(info.value)
+
+    for key, low, high in (("handshake_first_bytes_timeout_ms", 100, 5000), ("inbound_handshakes_max", 1, 100_000),
+                           ("inbound_handshakes_per_source_max", 1, 100_000), ("reverse_dial_delay_ms", 0, 600_000),
+                           ("peer_malformed_messages_max", 0, 1_000_000),
+                           ("peer_offence_backoff_min_ms", 1, 60_000)):
+        for good in (low, high):
+            assert getattr(load(f"[limits]\n{key} = {good}\n").limits, key) == good
+        for bad in (low - 1, '"1"', "true"):
+            assert error(f"[limits]\n{key} = {bad}\n").startswith(f"limits.{key}:")
+    assert error("[limits]\nhandshake_first_bytes_timeout_ms = 5001\n").startswith(
+        "limits.handshake_first_bytes_timeout_ms:")
+    assert error("[limits]\npeer_offence_backoff_min_ms = 500\npeer_offence_backoff_max_ms = 499\n").startswith(
+        "limits.peer_offence_backoff_max_ms:")
+    assert error("[limits]\nframe_bytes_max = 4096\npeer_inbound_queue_bytes_max = 4095\n").startswith(
+        "limits.peer_inbound_queue_bytes_max:")
+    assert load("[limits]\nframe_bytes_max = 4096\npeer_inbound_queue_bytes_max = 4096\n"
+                ).limits.peer_inbound_queue_bytes_max == 4096
+    assert load(f"[limits]\nframe_bytes_max = {256 << 20}\n").limits.peer_inbound_queue_bytes_max == 256 << 20
+    assert error("[p2p]\ninbound_allow_only_validators = 1\n").startswith("p2p.inbound_allow_only_validators:")
+    assert error("[p2p]\nallow = true\n").startswith("p2p.allow:")
+    config = load("[p2p]\ninbound_allow_only_validators = true\n")
+    assert config.p2p.inbound_allow_only_validators is True
+    (tmp_path / "again.toml").write_text(render_config(config))
+    assert load_config(tmp_path / "again.toml").p2p == config.p2p
