@@ -26,7 +26,7 @@ BYZANTINE_BEHAVIOURS = (
     "forged_signatures",   # valid messages with a corrupted signature or signed by another key
     "stale_view",          # re-signed messages carrying an older view
     "future_view",         # re-signed messages carrying a far-future view
-    "garbage",             # random, truncated and bit-flipped bytes
+    "garbage",             # random, truncated and bit-flipped bytes; structured hostile msgpack (hostile.py)
     "replay",              # re-sends messages it received earlier, as its own
     "silent",              # drops part of what the honest code would send
     "split_brain",         # coordinated: primary proposes A to half, B to the rest; colluders vote to match
