@@ -485,13 +485,16 @@ class _Connection:
     async def _answer(self, msgid: int, method: str, params: list) -> None:
         try:
             error, result = await self.server.call(method, params)
+            answer = _encode_answer(msgid, method, error, result)
         except BaseException:
+            # Cancelled, or our bug (which closes this connection): either way the call has ended, and
+            # a draining daemon must not wait for it.
             self._calls_ended(1)
             raise
         # One commit wakes many waiting calls of a connection at once: their answers leave in one
         # write. The first to queue writes for all, and each call ends (its in-flight slot freed)
         # only once its answer is written, so a client that does not read still holds its slots.
-        self._answers.append(_encode_answer(msgid, method, error, result))
+        self._answers.append(answer)
         if self._answers_writing:
             return
         self._answers_writing = True
@@ -588,9 +591,18 @@ class RpcServer:
             pass
         except Exception:  # a bug of ours: lose this connection, never the server (and the node)
             self.counters[ERROR_INTERNAL] += 1
-            log.exception("rpc connection failed")
+            log.exception("rpc connection failed", peer=_peer_name(stream))
         finally:
             await trio.aclose_forcefully(stream)
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    """HOST:PORT of the client, for logs; "?" when the stream has no socket."""
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError, TypeError, ValueError):
+        return "?"
+    return f"{host}:{port}"
 
 
 async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = RpcLimits(),
