@@ -74,7 +74,7 @@ DEPTH_MAX_CEILING = 64
 # For bytes we wrote ourselves (our own disk) and callers that set no limits of their own.
 DEFAULT_LIMITS = DecodeLimits(
     bytes_max=256 * 1024 * 1024, depth_max=32, array_len_max=1_000_000, map_len_max=100_000,
-    bin_len_max=256 * 1024 * 1024, str_len_max=16 * 1024 * 1024, items_max=4_000_000,
+    bin_len_max=256 * 1024 * 1024, str_len_max=16 * 1024 * 1024, items_max=1_000_000,
 )
 
 
@@ -188,13 +188,27 @@ def _unpack_bounded(data: bytes, max_bytes: int | None, limits: DecodeLimits) ->
     except ValueError as exc:
         if "exceeds max_" in str(exc):
             raise EncodingError(f"not valid msgpack: {exc}", "too-long") from None
-        raise EncodingError(f"not valid msgpack: {exc}", "malformed") from None
+        raise EncodingError(f"not valid msgpack: {type(exc).__name__}: {exc}", "malformed") from None
     except Exception as exc:  # msgpack raises several unrelated types (and MemoryError is not ours to hide)
         if isinstance(exc, MemoryError):
             raise
         raise EncodingError(f"not valid msgpack: {type(exc).__name__}: {exc}", "malformed") from None
     containers = _walk(value, limits.depth_max, canonical=False)
     return value, containers
+
+
+def check_depth(value: Any, depth_max: int) -> None:
+    """Raise EncodingError("too-deep") if `value` (as a streaming Unpacker built it) nests deeper
+    than `depth_max`; for decoders that cannot call `unpack`."""
+    _walk(value, depth_max, canonical=False)
+
+
+def unpacker_limits(limits: DecodeLimits) -> dict[str, int]:
+    """Keyword arguments that bound a streaming msgpack.Unpacker's lengths as `unpack` does
+    (pair it with `check_depth` on each value it returns)."""
+    return {"max_buffer_size": limits.bytes_max, "max_str_len": limits.str_len_max,
+            "max_bin_len": limits.bin_len_max, "max_array_len": limits.array_len_max,
+            "max_map_len": limits.map_len_max, "max_ext_len": 0}
 
 
 def _walk(value: Any, depth_max: int, canonical: bool) -> int:

@@ -99,8 +99,8 @@ def load_key_file(path: str | Path, *, check_mode: bool = True) -> KeyPair:
         raise KeyFileError(f"key file {path} is {info.st_size} bytes, above the {KEY_FILE_BYTES_MAX} limit")
     try:
         document = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KeyFileError(f"key file {path} is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise KeyFileError(f"key file {path} is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     except OSError as exc:
         raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
     if not isinstance(document, dict):
@@ -131,8 +131,8 @@ def load_public_key(text: str) -> bytes:
         raise KeyFileError(f"{text!r} is neither 64 hex characters nor an existing key file")
     try:
         document = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KeyFileError(f"key file {path} cannot be read as JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise KeyFileError(f"key file {path} cannot be read as JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
         raise KeyFileError(f"key file {path} must hold a JSON object")
     return _hex_field(document, "public_key", path, 32)

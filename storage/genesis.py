@@ -150,8 +150,8 @@ class Genesis:
     def from_json(cls, text: str | bytes) -> "Genesis":
         try:
             raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise GenesisError(f"genesis is not valid JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise GenesisError(f"genesis is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
         return cls.from_dict(raw)
 
     @classmethod

@@ -42,6 +42,13 @@ from .genesis import GOVERNANCE_AUTHOR, Genesis
 MATCH_PROOF_VERSION = 2             # 2: the status section (proof of non-revocation)
 proof_bytes_max = 65_536            # a match proof with a revocation is ~3 KB at a billion leaves
 inclusion_path_hashes_max = 64      # tree sizes are below 2**63
+# What msgpack may build from a proof file before any field is looked at: a proof nests 5 levels
+# (proof -> status -> revocation -> certificate -> signatures -> signature) and is at most
+# proof_bytes_max, so every length and the item count are bounded by that too.
+PROOF_LIMITS = codec.DecodeLimits(
+    bytes_max=proof_bytes_max, depth_max=12, array_len_max=1024, map_len_max=32,
+    bin_len_max=proof_bytes_max, str_len_max=4096, items_max=proof_bytes_max,
+)
 
 _PROVEN_FIELDS = ("entry", "leaf_index", "tree_size", "inclusion_path", "header", "certificate")
 _STATUS_FIELDS = ("header", "certificate", "outcomes_hash", "revoked_root", "revoked_path")
@@ -180,12 +187,16 @@ def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes,
         return _verify(proof, genesis, commitment, now_ms)
     except _Invalid as exc:
         return Verdict(status=STATUS_INVALID, check=exc.check, message=str(exc))
+    except Exception as exc:
+        # Total: a shape no check above anticipated is still a bad proof, never a crash of the verifier.
+        return Verdict(status=STATUS_INVALID, check="format",
+                       message=f"proof has an unexpected shape: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None) -> Verdict:
     if isinstance(proof, (bytes, bytearray, memoryview)):
         try:
-            proof = codec.unpack(bytes(proof), max_bytes=proof_bytes_max)
+            proof = codec.unpack(bytes(proof), limits=PROOF_LIMITS)
         except codec.EncodingError as exc:
             raise _Invalid("format", f"proof is not msgpack: {exc}") from None
     if not isinstance(proof, dict):

@@ -96,7 +96,7 @@ def _key_id(text: str) -> str | None:
         return None
     try:
         document = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     value = document.get("id") if isinstance(document, dict) else None
     return value if isinstance(value, str) else None

@@ -316,8 +316,8 @@ def _load_receipt(path: str) -> dict:
     data = _read_file(path, receipt_bytes_max, "receipt")
     try:
         receipt = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CliError(f"receipt {path} is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CliError(f"receipt {path} is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(receipt, dict):
         raise CliError(f"receipt {path} must hold a JSON object")
     for field in ("commitment", "salt"):

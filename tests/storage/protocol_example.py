@@ -31,10 +31,11 @@ def key(name: str) -> nacl.signing.SigningKey:
     return nacl.signing.SigningKey(hashlib.sha256(f"bayledger example {name}".encode()).digest())
 
 
-def build() -> dict[str, bytes]:
+def example_genesis() -> Genesis:
+    """The example's genesis: two validators, one regulator per side, one admitted bureau."""
     validators = {"hk-1": key("hk-1"), "cn-1": key("cn-1")}
     bureau = key("hk-bureau")
-    genesis = Genesis.from_dict({
+    return Genesis.from_dict({
         "chain_id": CHAIN_ID,
         "genesis_time_ms": TIME_MS,
         "validators": [
@@ -48,6 +49,12 @@ def build() -> dict[str, bytes]:
         "participants": [{"id": "hk-bureau", "jurisdiction": "HK", "role": "credit-provider",
                           "public_key": bytes(bureau.verify_key).hex()}],
     })
+
+
+def build() -> dict[str, bytes]:
+    validators = {"hk-1": key("hk-1"), "cn-1": key("cn-1")}
+    bureau = key("hk-bureau")
+    genesis = example_genesis()
     out: dict[str, bytes] = {}
     document = b"Example credit report for ACME Trading Ltd\n"
     salt = bytes(range(32))
