@@ -14,10 +14,9 @@ import argparse
 import sys
 from collections import Counter
 
+from .byzantine import structured_garbage_count
 from .cluster import RunResult, run_seed, split_counts
 from .faults import draw_fault_plan
-
-STRUCTURED_GARBAGE_COUNTER = "byz_garbage_structured"
 
 
 def crashed_result(seed: int, exc: Exception) -> RunResult:
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     event_text = " ".join(f"{k}={v}" for k, v in sorted(observed.items())) or "none"
     print(
         f"runs={runs} failed={len(failed)} blocks_committed={blocks} view_changes={view_changes} "
-        f"structured_garbage={faults[STRUCTURED_GARBAGE_COUNTER]} "
+        f"structured_garbage={structured_garbage_count(faults)} "
         f"faults_injected: {fault_text} | replica_events: {event_text}"
         + (f" failing_seeds={','.join(map(str, failed))}" if failed else "")
     )

@@ -12,8 +12,9 @@ msgpack, REQUESTS of invalid requests) and half structured hostile msgpack
 (`hostile`: nesting up to msgpack's limit, declared lengths past the data, valid but
 absurd values, every msgpack format anywhere, all of it also inside the honest
 message it replaces, and truncated), plus validly re-signed messages whose view or
-height sits at the 2^63 - 1 maximum. Structured ones count as `byz_garbage_structured`
-and by category as `byz_garbage_<category>`.
+height sits at the 2^63 - 1 maximum. Every alteration counts once: unstructured garbage
+as `byz_garbage`, structured garbage as `byz_garbage_<category>` (`structured_garbage_count`
+sums those).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ structured_garbage_probability = 0.5
 # Share of structured garbage that is a validly re-signed message with absurd numbers.
 absurd_signed_probability = 0.1
 STRUCTURED_CATEGORIES = hostile.CATEGORIES + ("absurd_signed",)
+STRUCTURED_COUNTERS = tuple(f"byz_garbage_{category}" for category in STRUCTURED_CATEGORIES)
+
+
+def structured_garbage_count(counts) -> int:
+    """Structured garbage messages in a run's (or a sweep's) fault counters."""
+    return sum(counts.get(name, 0) for name in STRUCTURED_COUNTERS)
 
 
 class ByzantineBehaviour:
@@ -72,10 +79,15 @@ class ByzantineBehaviour:
         else:
             self.pool.append(data)
 
-    def _garbage(self, data: bytes) -> bytes:
+    def _garbage(self, data: bytes) -> tuple[str, bytes]:
+        """(counter, garbage): `byz_garbage` for the unstructured kinds, `byz_garbage_<category>` else."""
         rng = self.rng
         if rng.random() < structured_garbage_probability:
             return self._structured_garbage(data)
+        return "byz_garbage", self._unstructured_garbage(data)
+
+    def _unstructured_garbage(self, data: bytes) -> bytes:
+        rng = self.rng
         choice = rng.randrange(5)
         if choice == 4:
             return adapter.junk_requests(rng)
@@ -90,22 +102,20 @@ class ByzantineBehaviour:
         # Valid msgpack, wrong shape.
         return codec.pack({"type": rng.choice(["prepare", "commit", "nonsense"]), "view": -1, "x": rng.randbytes(8)})
 
-    def _structured_garbage(self, data: bytes) -> bytes:
+    def _structured_garbage(self, data: bytes) -> tuple[str, bytes]:
         rng = self.rng
         altered = None
         if rng.random() < absurd_signed_probability:
             category, altered = "absurd_signed", adapter.absurd_signed(self.context, data, rng)
         if altered is None:
             category, altered = hostile.generate(rng, template=data)
-        self.altered["byz_garbage_structured"] += 1
-        self.altered[f"byz_garbage_{category}"] += 1
-        return altered
+        return f"byz_garbage_{category}", altered
 
     def _alter(self, behaviour: str, destination: str, data: bytes) -> bytes | None:
         """One altered version of `data` for `destination`, or None if the behaviour does not apply."""
         rng = self.rng
         if behaviour == "garbage":
-            return self._garbage(data)
+            raise ValueError("garbage is applied by outgoing() through _garbage")
         if behaviour == "replay":
             return rng.choice(self.pool) if self.pool else None
         if behaviour == "equivocate":
@@ -145,11 +155,14 @@ class ByzantineBehaviour:
             if behaviour == "silent":
                 self.altered["byz_silent"] += 1
                 continue
-            altered = self._alter(behaviour, destination, data)
+            if behaviour == "garbage":
+                counter, altered = self._garbage(data)
+            else:
+                counter, altered = f"byz_{behaviour}", self._alter(behaviour, destination, data)
             if altered is None:
                 out.append((destination, data))
                 continue
-            self.altered[f"byz_{behaviour}"] += 1
+            self.altered[counter] += 1
             out.append((destination, altered))
             # Replays and garbage come on top of, not instead of, the real message half the time;
             # a sloppy equivocator sends some peers both blocks (which they can prove).
