@@ -12,7 +12,7 @@ No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -41,6 +41,25 @@ EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already report
 # After waiting vouch_wait_ms in vain for vouchers, a backup checks every signature itself this long:
 # a checking backup that is down then stalls one block in 120, not every block.
 VOUCH_FALLBACK_HOLD_MS = 30_000
+# Cap on one REQUESTS message's encoding. decode_message enforces the same cap on the way in
+# (messages.REQUESTS_MESSAGE_BYTES_MAX, issue 14); kept here too so a sender never builds a message a
+# receiver refuses whatever messages.py says.
+REQUESTS_MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+REQUESTS_MESSAGE_OVERHEAD_BYTES = 64  # the map {"type": "requests", "requests": [...]} around the requests
+REQUEST_OVERHEAD_BYTES = 5            # msgpack bin header of one request (bin 32)
+# A backup sweeps its pool (forwards to the primary, looks for censorship) every retransmit_ms, and at
+# least this many times per view timeout: a request only it holds reaches the primary within half a
+# timeout, and junk pooled unchecked leaves the pool before it can make the progress timer fire.
+SWEEPS_PER_VIEW_TIMEOUT_MIN = 4
+# Requests a backup forwards to the primary per sweep, in bytes: two full messages.
+FORWARD_BYTES_PER_SWEEP_MAX = 2 * REQUESTS_MESSAGE_BYTES_MAX
+# A request the primary holds but has not proposed is forwarded to it again after this many sweeps
+# (the first copy may have been lost with a link, or with the primary's pool when it restarted).
+REFORWARD_SWEEPS = 2
+# Times the primary must leave a request out of a batch that emptied its queue, each after a forward
+# of its own, before the request counts as censored: one lost forward, or a primary that restarted
+# and lost its pool, is forgiven (docs/CONSENSUS.md, "Censorship detection ...").
+CENSORSHIP_STRIKES = 2
 
 
 class ReplicaConfigError(ValueError):
@@ -110,6 +129,14 @@ class ExecutionResult:
 class Application(Protocol):
     def check_request(self, request: bytes) -> str | None:
         """Stateless validity: None if well formed and correctly signed, else a reason code."""
+
+    def check_request_applied(self, request: bytes) -> str | None:
+        """Against the committed state only, read-only: a reason code ("replayed-nonce", "stale-nonce",
+        "already-applied", ...) if the request has been applied or can never apply, else None.
+
+        Optional (a replica without it pools such requests, as before). Must answer from the state
+        as it is now, never memoized: the answer changes as blocks are applied, and only from None
+        to a reason (a request that cannot apply now never can)."""
 
     def check_request_shape(self, request: bytes) -> str | None:
         """check_request without the signatures (the costly part): None if it would pass but for them."""
@@ -188,13 +215,20 @@ class _Slot:
         self.request_ids = tuple(codec.sha256(r) for r in self.entries)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     request: bytes
     seen_ms: int
     # Known valid: passed check_request here, or was in a block f + 1 validators vouched for. False:
     # pooled from a peer on its shape alone (we do not check every signature in this view).
     checked: bool = True
+    # The primary of view `held_view` holds it: we forwarded it to that primary (or got it from it) at
+    # `held_ms`, when the primary had proposed `held_proposed` requests (Replica._proposed_count). -1: none.
+    held_view: int = -1
+    held_ms: int = 0
+    held_proposed: int = 0
+    forwarded_ms: int = 0   # our latest forward of it to that primary (paces the forwards again)
+    strikes: int = 0   # batches that emptied the primary's queue without it, each after its own forward
 
 
 @dataclass
@@ -237,6 +271,8 @@ class Replica:
         self._my_index = [v.id for v in validators.validators].index(me)
         self.check_all_until_ms = 0  # after waiting in vain for vouchers, check every signature until then
         self.vouch_fallbacks = 0     # how often that happened (hosts export it)
+        # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
+        self._check_applied = getattr(app, "check_request_applied", None)
 
         self.view = 0
         self.view_active = True
@@ -270,10 +306,19 @@ class Replica:
         self._proposal_queue: _ProposalQueue | None = None
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
         self.forward_queue: list[bytes] = []
+        self.forward_queue_bytes = 0
+        # Censorship evidence (see _sweep_requests): requests in fresh PRE-PREPAREs accepted from the
+        # primary, and (received_ms, height, that count) of its batches that were not full, i.e. that
+        # emptied its queue: those whose parent we have not applied yet, and the latest one whose parent we
+        # had applied at the previous sweep (the one that sweep may use). Forgotten at each view change.
+        self._proposed_count = 0
+        self._drains: deque[tuple[int, int, int]] = deque()
+        self._settled_drain: tuple[int, int, int] | None = None
 
         self.progress_deadline_ms: int | None = None
         self.view_change_deadline_ms: int | None = None
         self.retransmit_at_ms: int | None = None
+        self.sweep_at_ms: int | None = None
         self.catch_up_target = 0
         self.catch_up_peers: list[str] = []
         self.catch_up_attempt = 0
@@ -325,9 +370,14 @@ class Replica:
 
     def on_request(self, request: bytes) -> Ready:
         """A request from this node's own client: pooled and forwarded to the other validators."""
-        if self._add_request(CLIENT, request):
+        pending = self._add_request(CLIENT, request)
+        if pending is not None:
             self.forward_queue.append(request)
-            if len(self.forward_queue) >= self.config.forward_requests_max:
+            self.forward_queue_bytes += len(request) + REQUEST_OVERHEAD_BYTES
+            if self.view_active and not self.is_primary:
+                self._mark_held(pending)   # it goes to every validator, the primary too, by the next tick
+            if (len(self.forward_queue) >= self.config.forward_requests_max
+                    or self.forward_queue_bytes + REQUESTS_MESSAGE_OVERHEAD_BYTES >= REQUESTS_MESSAGE_BYTES_MAX):
                 self._flush_forward()
         self._advance()
         return self._ready()
@@ -349,8 +399,11 @@ class Replica:
                 self.progress_deadline_ms = now + self._timeout_ms()
             elif now >= self.progress_deadline_ms:
                 self._start_view_change(self.view + 1)
-            if self.view_active and self._censored(now):
-                self._start_view_change(self.view + 1)
+            if self.view_active and not self.is_primary:
+                if self.sweep_at_ms is None or now >= self.sweep_at_ms:
+                    self.sweep_at_ms = now + self._sweep_period_ms()
+                    if self._sweep_requests(now):
+                        self._start_view_change(self.view + 1)
         elif self.view_change_deadline_ms is not None and now >= self.view_change_deadline_ms:
             self._start_view_change(self.view + 1)
         if self.retransmit_at_ms is None:
@@ -430,16 +483,22 @@ class Replica:
 
     # ------------------------------------------------------------------ requests
 
-    def _add_request(self, peer: str, request: bytes) -> bool:
+    def _add_request(self, peer: str, request: bytes) -> _Pending | None:
+        """Pool a request; the new pending entry, or None if it was refused or is a duplicate."""
         if not isinstance(request, bytes) or not request:
             self._reject(peer, "bad-request")
-            return False
+            return None
         if len(request) > REQUEST_BYTES_MAX:
             self._reject(peer, "request-too-large")
-            return False
+            return None
         request_id = codec.sha256(request)
-        if request_id in self.pool or request_id in self.committed_ids:
-            return False  # duplicates are expected (every validator forwards); not a fault
+        pending = self.pool.get(request_id)
+        if pending is not None:
+            if peer == self.primary_id and pending.held_view != self.view:
+                self._mark_held(pending)   # the primary sent it: it holds it
+            return None  # duplicates are expected (every validator forwards); not a fault
+        if request_id in self.committed_ids:
+            return None
         # Our own client's requests are always checked (the client gets a clear error at once). A peer's
         # are checked only where we must vouch for them in this view, and while unchecked ones could
         # fill more than half the pool (a faulty peer's junk must not crowd out valid work).
@@ -448,16 +507,34 @@ class Replica:
         reason = self.app.check_request(request) if checked else self.app.check_request_shape(request)
         if reason is not None:
             self._reject(peer, f"invalid-request:{reason}")
-            return False
+            return None
+        # Applied already (or its nonce is used up): no primary will ever propose it, and the committed
+        # ids we remember may not reach back that far (a restart keeps only the last heights').
+        reason = self._applied_reason(request)
+        if reason is not None:
+            self._reject(peer, f"applied-request:{reason}")
+            return None
         if len(self.pool) >= self.config.request_pool_max:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
-            return False
+            return None
         pending = self.pool[request_id] = _Pending(request, self.now_ms or 0, checked)
         queue = self._proposal_queue
         if queue is not None and request_id not in queue.in_flight_ids:
             queue.unproposed[request_id] = pending
-        return True
+        if peer == self.primary_id:
+            self._mark_held(pending)
+        return pending
+
+    def _applied_reason(self, request: bytes) -> str | None:
+        check = self._check_applied
+        return None if check is None else check(request)
+
+    def _mark_held(self, pending: _Pending) -> None:
+        """The primary of the current view holds `pending` from now on (we sent it or it sent it to us)."""
+        pending.held_view = self.view
+        pending.held_ms = pending.forwarded_ms = self.now_ms or 0
+        pending.held_proposed = self._proposed_count
 
     def _checks_signatures(self) -> bool:
         """Whether this replica checks every request's signatures itself in the current view.
@@ -481,16 +558,44 @@ class Replica:
         if self.app.check_request(pending.request) is None:
             pending.checked = True
             return True
+        self._drop(request_id)
+        return False
+
+    def _drop(self, request_id: bytes) -> None:
         self.pool.pop(request_id, None)
         if self._proposal_queue is not None:
             self._proposal_queue.unproposed.pop(request_id, None)
-        return False
+
+    def _still_wanted(self, request_id: bytes, pending: _Pending) -> bool:
+        """Valid and not applied yet (checked now); a request that is neither leaves the pool."""
+        if not self._confirm(request_id, pending):
+            return False
+        if self._applied_reason(pending.request) is not None:
+            self._drop(request_id)
+            return False
+        return True
 
     def _flush_forward(self) -> None:
-        while self.forward_queue:
-            batch = self.forward_queue[: self.config.forward_requests_max]
-            del self.forward_queue[: self.config.forward_requests_max]
-            self._send(None, encode(Requests(tuple(batch))))
+        if self.forward_queue:
+            self._send_requests(None, self.forward_queue)
+            self.forward_queue = []
+            self.forward_queue_bytes = 0
+
+    def _send_requests(self, to: str | None, requests: list[bytes]) -> None:
+        """Send `requests` in REQUESTS messages of at most forward_requests_max requests and
+        REQUESTS_MESSAGE_BYTES_MAX bytes each."""
+        count_max = self.config.forward_requests_max
+        batch: list[bytes] = []
+        size = REQUESTS_MESSAGE_OVERHEAD_BYTES
+        for request in requests:
+            cost = len(request) + REQUEST_OVERHEAD_BYTES
+            if batch and (len(batch) >= count_max or size + cost > REQUESTS_MESSAGE_BYTES_MAX):
+                self._send(to, encode(Requests(tuple(batch))))
+                batch, size = [], REQUESTS_MESSAGE_OVERHEAD_BYTES
+            batch.append(request)
+            size += cost
+        if batch:
+            self._send(to, encode(Requests(tuple(batch))))
 
     def _on_requests(self, peer: str, message: Requests, data: bytes) -> None:
         for request in message.requests:
@@ -506,28 +611,83 @@ class Replica:
     def _has_work(self) -> bool:
         return bool(self.pool) or any(h > self.last_applied_height for h in self.slots)
 
-    def _censored(self, now: int) -> bool:
-        """A request this replica holds has waited a full timeout in this view without being proposed."""
-        if not self.pool:
-            return False
-        in_flight = None
+    def _drain_bound(self) -> int:
+        """Fewer requests than this proposed by an honest primary between a request's arrival and a
+        batch that emptied its queue prove its pool had room for the request when it arrived.
+
+        A full pool holds request_pool_max; requests leave its queue without being proposed only when
+        found invalid (pooled unchecked: at most half the pool) or when blocks it did not propose are
+        in flight or commit (at most two windows of batches); and a batch that is not full leaves fewer
+        than batch_requests_max behind. <= 0: no batch proves anything (censorship is never detected).
+        """
+        c = self.config
+        return (c.request_pool_max - c.request_pool_max // 2 - 2 * c.watermark_window * c.batch_requests_max
+                - c.batch_requests_max)
+
+    def _sweep_period_ms(self) -> int:
+        return max(1, min(self.config.retransmit_ms, self.config.view_timeout_ms // SWEEPS_PER_VIEW_TIMEOUT_MIN))
+
+    def _sweep_requests(self, now: int) -> bool:
+        """Once per retransmission round, on a backup in an active view: forward to the primary the
+        pending requests it may not hold, and say whether it provably censors one.
+
+        Forwarding: a request pending a full round outside every in-flight block goes to the primary once
+        per view (a client's request went to it with the first forward), and again after REFORWARD_SWEEPS
+        rounds while still unproposed; at most FORWARD_BYTES_PER_SWEEP_MAX bytes per round, oldest first.
+
+        Censorship (docs/CONSENSUS.md, "Censorship detection that cannot be turned against an honest
+        primary"): the primary held the request (we forwarded it, or it sent it) and later, at least a
+        round after that, proposed a batch that was not full, one that emptied its whole queue, with fewer
+        than _drain_bound() proposals in between (so its pool was not too full to take the request), on a
+        parent we had applied by the previous round (so a block holding the request has left our pool),
+        and the request, still valid, not applied and in no in-flight block, was not in it. That is one
+        strike; the request is forwarded again at once, and CENSORSHIP_STRIKES strikes with the request
+        pending a full view timeout in this view blame the primary.
+        """
+        view = self.view
+        round_ms = self._sweep_period_ms()
+        drained = self._settled_drain   # its parent was applied here by the previous sweep
+        usable = drained is not None
+        drains = self._drains
+        while drains and drains[0][1] - 1 <= self.last_applied_height:
+            self._settled_drain = drains.popleft()   # for the next sweep: the host has applied it by then
+        drain_bound = self._drain_bound()
         deadline = self._timeout_ms()
+        in_flight = self._in_flight_ids()
+        forward: list[bytes] = []
+        budget = FORWARD_BYTES_PER_SWEEP_MAX
         censored = False
-        unchecked: list[tuple[bytes, _Pending]] = []
-        for request_id, pending in self.pool.items():
-            if max(pending.seen_ms, self.view_entered_ms) + deadline > now:
-                break  # pool is in arrival order: later ones are younger
-            if in_flight is None:
-                in_flight = self._in_flight_ids()
-            if request_id not in in_flight:
-                if pending.checked:
+        for request_id, pending in list(self.pool.items()):
+            if now - pending.seen_ms < round_ms:
+                break   # the pool is in arrival order: the rest are younger still
+            if request_id in in_flight or request_id not in self.pool:
+                continue
+            held = pending.held_view == view
+            if (held and usable and drained[0] >= pending.held_ms + round_ms
+                    and drained[2] - pending.held_proposed < drain_bound):
+                # The primary emptied its queue after this request reached it, and left it out.
+                if not self._still_wanted(request_id, pending):
+                    continue   # invalid or applied after all: the primary was right
+                pending.strikes += 1
+                if (pending.strikes >= CENSORSHIP_STRIKES
+                        and max(pending.seen_ms, self.view_entered_ms) + deadline <= now):
                     censored = True
-                    break
-                unchecked.append((request_id, pending))
-        # A request we never checked may be a faulty peer's junk that no honest primary proposes:
-        # check those before blaming the primary (an invalid one leaves the pool).
-        for request_id, pending in unchecked:
-            censored |= self._confirm(request_id, pending)
+                held = False   # the next strike needs a forward of its own
+            elif held and now - pending.forwarded_ms < REFORWARD_SWEEPS * round_ms:
+                continue
+            cost = len(pending.request) + REQUEST_OVERHEAD_BYTES
+            if cost > budget:
+                continue   # next round (a later, smaller request may still fit this one)
+            if not self._still_wanted(request_id, pending):
+                continue   # we forward only requests we know to be valid, as every honest replica does
+            budget -= cost
+            forward.append(pending.request)
+            if held:
+                pending.forwarded_ms = now   # a copy again; the claim still dates from the first
+            else:
+                self._mark_held(pending)
+        if forward:
+            self._send_requests(self.primary_id, forward)
         return censored
 
     def _timeout_ms(self) -> int:
@@ -683,6 +843,13 @@ class Replica:
             return
         self.slots[height] = _Slot(message.header, message.entries, header_hash, preprepare=data)
         self.blocks[header_hash] = (message.header, message.entries)
+        # Censorship evidence (_sweep_requests): an honest primary proposes a batch that is not full
+        # only when it holds no other valid request outside its in-flight blocks.
+        self._proposed_count += len(message.entries)
+        if len(message.entries) < self.config.batch_requests_max:
+            self._drains.append((self.now_ms or 0, height, self._proposed_count))
+            if len(self._drains) > 2 * self.config.watermark_window:
+                self._drains.popleft()   # only a faulty primary gets here (heights in flight are bounded)
 
     def _on_prepare(self, peer: str, message: Prepare, data: bytes) -> None:
         if message.view != self.view:
@@ -936,9 +1103,11 @@ class Replica:
             # Our proposal vouches for its requests' signatures: check those we pooled unchecked.
             picked = list(islice(unproposed.items(), self.config.batch_requests_max))
             if not all(p.checked for _, p in picked):
-                picked = [(rid, p) for rid, p in picked if self._confirm(rid, p)]
-                if not picked:
-                    continue
+                for rid, p in picked:
+                    self._confirm(rid, p)
+                # Invalid ones left the queue: look again, so that a batch is partial only when the queue
+                # is exhausted (backups rely on that to detect censorship, see _sweep_requests).
+                continue
             entries = tuple(p.request for _, p in picked)
             time_ms = max(self.now_ms, parent.time_ms if parent is not None else 0)
             result = self.app.execute(parent, height, time_ms, entries)
@@ -1171,6 +1340,8 @@ class Replica:
             return  # views only go up
         self.view = view
         self.view_active = False
+        self._drains.clear()
+        self._settled_drain = None
         self.failed_views += 1
         self.view_entered_ms = self.now_ms or 0
         self.slots = {}
@@ -1249,6 +1420,8 @@ class Replica:
     ) -> None:
         self.view_active = True
         self.view_entered_ms = self.now_ms or 0
+        self._drains.clear()          # evidence is about one primary's proposals in one view
+        self._settled_drain = None
         self._proposal_queue = None   # rebuilt for the re-proposed blocks when we are the primary
         if message.view != self.view:
             self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
@@ -1311,8 +1484,7 @@ class Replica:
                     self._send(None, slot.prepare)
                 if slot.commit is not None:
                     self._send(None, slot.commit)
-            if not self.is_primary:
-                self._resend_requests(self.primary_id)
+            # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
         if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
             self._send(None, self.my_checkpoint)
 
@@ -1335,7 +1507,7 @@ class Replica:
         # We forward only requests we know to be valid (as every honest replica does).
         stale.extend(pending.request for request_id, pending in unchecked if self._confirm(request_id, pending))
         if stale:
-            self._send(to, encode(Requests(tuple(stale))))
+            self._send_requests(to, stale)
 
     # ------------------------------------------------------------------ catch-up
 
