@@ -36,6 +36,7 @@ log = structlog.get_logger()
 redial_min_s = 0.2
 redial_max_s = 2.0
 lower_id_grace_s = 3.0          # wait this long for a lower id to dial us before dialling it ourselves
+short_link_s = 1.0              # a link that dies younger than this (the peer refused or backed us off) backs off
 receive_bytes_max_default = 128 * 1024 * 1024
 
 
@@ -44,6 +45,7 @@ class Link:
     peer_id: str
     connection: transport.SecretConnection
     inbound: bool
+    opened_at: float = field(default_factory=trio.current_time)
     lock: trio.Lock = field(default_factory=trio.Lock)
     closed: trio.Event = field(default_factory=trio.Event)
 
@@ -166,11 +168,22 @@ class Links:
     async def _dial_loop(self, peer_id: str, address: Address) -> None:
         attempt = 0
         missing_since = trio.current_time()
+
+        async def back_off() -> None:
+            nonlocal attempt
+            delay = min(redial_max_s, redial_min_s * 2 ** min(attempt, 10))
+            attempt += 1
+            await trio.sleep(delay * self.rng.uniform(0.5, 1.0))
+
         while True:
             link = self.links.get(peer_id)
             if link is not None:
                 await link.closed.wait()
                 missing_since = trio.current_time()
+                if missing_since - link.opened_at < short_link_s:
+                    await back_off()     # refused right after the handshake: do not hammer the peer
+                else:
+                    attempt = 0
                 continue
             if self.me < peer_id or trio.current_time() - missing_since >= lower_id_grace_s:
                 stream = None
@@ -182,16 +195,13 @@ class Links:
                 if stream is not None and peer_id not in self.links:
                     result = await self._handshake(stream, peer_id)
                     if result is not None:
-                        attempt = 0
                         # Run the link in the background: a peer that refuses the direction closes it soon.
                         self._nursery.start_soon(self._run_link, Link(peer_id, result[1], inbound=False))
                         await trio.sleep(0.05)
                         continue
                 elif stream is not None:
                     await trio.aclose_forcefully(stream)
-            delay = min(redial_max_s, redial_min_s * 2 ** min(attempt, 10))
-            attempt += 1
-            await trio.sleep(delay * self.rng.uniform(0.5, 1.0))
+            await back_off()
 
     async def _run_link(self, link: Link) -> None:
         old = self.links.get(link.peer_id)

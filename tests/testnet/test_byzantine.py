@@ -59,6 +59,7 @@ RATE_RATIO_MIN = 0.5
 VIEW_CHANGES_MAX = 1        # per behaviour per minute; each phase is shorter than a minute
 LINKS_BACK_S = 10.0
 CATCH_UP_S = 30.0
+VIEW_JOIN_S = 10.0          # a restarted node takes part in the current view again
 SETTLE_S = 20.0             # before a test: every honest daemon answers and the heights meet
 STATUS_POLL_S = 0.5
 HEADERS_COMPARED_MAX = 400
@@ -132,21 +133,24 @@ class Harness:
                 votes[status["primary"]] = votes.get(status["primary"], 0) + 1
         return max(votes, key=votes.get) if votes else self.names[0]
 
-    def settle(self) -> None:
+    def settle(self) -> dict:
         """Bring back any daemon that is not running (a crash in an earlier test) and wait until every
-        node answers and the heights meet."""
+        node answers, the heights meet and the views agree; the last statuses seen."""
         for name in self.names:
             if self.daemon_pid(name) is None:
                 done = run_testnet("restart", name, "--dir", str(self.run_dir))
                 assert done.returncode == 0, f"cannot restart {name}: {done.stdout}{done.stderr}"
         deadline = time.monotonic() + SETTLE_S
         while True:
-            heights = {name: (self.status(name) or {}).get("height") for name in self.names}
-            known = [h for h in heights.values() if h is not None]
-            if len(known) == len(self.names) and max(known) - min(known) <= 1:
-                return
+            statuses = {name: self.status(name) or {} for name in self.names}
+            heights = [s.get("height") for s in statuses.values()]
+            views = {s.get("view") for s in statuses.values()}
+            if None not in heights and max(heights) - min(heights) <= 1 and len(views) == 1:
+                return {n: {"height": s.get("height"), "view": s.get("view")} for n, s in statuses.items()}
             if time.monotonic() > deadline:
-                return      # measured anyway; the assertions say what is wrong
+                # Measured anyway (the views of each phase are recorded); the assertions say what is wrong.
+                return {n: {"height": s.get("height"), "view": s.get("view"), "unsettled": True}
+                        for n, s in statuses.items()}
             time.sleep(STATUS_POLL_S)
 
     def measure(self, label: str, duration_s: float, honest: list[str]) -> dict:
@@ -195,7 +199,11 @@ class Harness:
             await trio.sleep(STATUS_POLL_S)
             nursery.cancel_scope.cancel()
         in_window = sum(1 for t in arrivals if start <= t <= start + duration_s)
-        view_changes = max((max(v) - min(v) for v in views.values() if v), default=0)
+        # The network's view changes: the highest view any honest node reports, at the end against the start
+        # (a node still joining a view it missed is not a view change of its own).
+        first = [v[0] for v in views.values() if v]
+        last = [v[-1] for v in views.values() if v]
+        view_changes = max(last) - max(first) if first and last else 0
         return {
             "rate_per_s": round(in_window / duration_s, 1),
             "offered_per_s": RATE_PER_S,
@@ -245,6 +253,20 @@ class Harness:
             time.sleep(0.1)
         return outcome
 
+    def views(self, names: list[str]) -> dict[str, int | None]:
+        return {n: (self.status(n) or {}).get("view") for n in names}
+
+    def wait_same_view(self, name: str, honest: list[str], timeout_s: float = None) -> float | None:
+        """Seconds until `name` reports the highest view of the honest nodes, or None."""
+        started = time.monotonic()
+        while time.monotonic() - started < (timeout_s or VIEW_JOIN_S):
+            views = self.views([name, *honest])
+            known = [v for v in views.values() if v is not None]
+            if views[name] is not None and views[name] == max(known):
+                return round(time.monotonic() - started, 2)
+            time.sleep(STATUS_POLL_S)
+        return None
+
     def wait_height(self, name: str, height: int, timeout_s: float = CATCH_UP_S) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -290,13 +312,13 @@ class Harness:
 
 
 def run_behaviour(net: Harness, behaviour: str, byzantine_node: str, results_dir: Path,
-                  extra=None) -> None:
+                  extra=None, settled: dict | None = None) -> None:
     """Honest phase, Byzantine phase, restart; record everything; then assert."""
     names = net.names
     honest = [n for n in names if n != byzantine_node]
     failures: list[str] = []
     entry: dict = {"validators": len(names), "byzantine_node": byzantine_node, "honest_nodes": honest,
-                   "primary_before": net.primary()}
+                   "primary_before": net.primary(), "settled": settled}
     honest_pids = {name: net.daemon_pid(name) for name in honest}
     start_height = min((net.status(n) or {}).get("height") or 0 for n in honest)
     restarted = False
@@ -346,6 +368,13 @@ def run_behaviour(net: Harness, behaviour: str, byzantine_node: str, results_dir
                             f"of its restart (status {net.status(byzantine_node)})")
         elif not net.wait_height(byzantine_node, target):
             failures.append(f"{byzantine_node} did not catch up to height {target} within {CATCH_UP_S:.0f} s")
+        else:
+            entry["view_joined_s"] = net.wait_same_view(byzantine_node, honest)
+            if entry["view_joined_s"] is None:
+                failures.append(f"{byzantine_node}, restarted, did not join the honest nodes' view within "
+                                f"{VIEW_JOIN_S:.0f} s (views {net.views(names)})")
+        entry["after_restart"] = {n: {k: v for k, v in (net.status(n) or {}).items() if k in ("height", "view")}
+                                  for n in names}
         if net.byzantine_stats(byzantine_node) and control.byzantine_running(net.node(byzantine_node)):
             failures.append(f"the byzantine process of {byzantine_node} still runs after restart")
     finally:
@@ -397,10 +426,10 @@ def restart_honest_under_flood(net: Harness, honest: list[str], byzantine_node: 
 
 @pytest.mark.parametrize("behaviour", FOUR_NODE_BEHAVIOURS)
 def test_one_byzantine_validator_of_four(testnet4, results_dir, behaviour):
-    testnet4.settle()
+    settled = testnet4.settle()
     node = pick_backup(testnet4, FOUR_NODE_BEHAVIOURS.index(behaviour))
     extra = restart_honest_under_flood if behaviour == "handshake-flood" else None
-    run_behaviour(testnet4, behaviour, node, results_dir, extra)
+    run_behaviour(testnet4, behaviour, node, results_dir, extra, settled)
 
 
 def test_equivocating_primary_of_seven(tmp_path, results_dir):
@@ -408,7 +437,7 @@ def test_equivocating_primary_of_seven(tmp_path, results_dir):
     backup after the view change it sends conflicting votes."""
     net = Harness(tmp_path / "run", 7)
     try:
-        net.settle()
-        run_behaviour(net, "equivocate", net.primary(), results_dir)
+        settled = net.settle()
+        run_behaviour(net, "equivocate", net.primary(), results_dir, settled=settled)
     finally:
         net.down()
