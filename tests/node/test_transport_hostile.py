@@ -232,46 +232,54 @@ async def test_inbound_only_from_validator_addresses():
             nursery.cancel_scope.cancel()
 
 
-async def _flood_half_open(port: int, per_second: int, hold_s: float, counter: list) -> None:
-    """Open `per_second` TCP connections a second to `port` that send nothing; each is held `hold_s`."""
-    async def hold_one():
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            return
-        counter[0] += 1
-        with trio.move_on_after(hold_s):
+async def _flood_half_open(port: int, holders: int, counter: list) -> None:
+    """Hold every handshake slot the node gives out with connections that send nothing, as an attacker
+    would: `holders` workers each keep one connection open until the node closes it and then open the next
+    at once; a worker refused outright (closed within 0.1 s) tries again 0.25 s later."""
+    async def hold_forever():
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.25)
+                continue
+            counter[0] += 1
+            opened = trio.current_time()
             try:
                 while await stream.receive_some(65536):
                     pass
             except trio.BrokenResourceError:
                 pass
-            await trio.sleep_forever()
-        await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(stream)
+            if trio.current_time() - opened < 0.1:
+                await trio.sleep(0.25)
 
     async with trio.open_nursery() as nursery:
-        while True:
-            nursery.start_soon(hold_one)
-            await trio.sleep(1 / per_second)
+        for _ in range(holders):
+            nursery.start_soon(hold_forever)
 
 
 async def test_a_half_open_flood_does_not_keep_a_restarted_validator_out():
-    """Issue 14 point 5: ~50 half-open connections a second from 127.0.0.1 against v1's p2p port. v0, the
-    lower id, which dials v1, restarts: its dial into v1 meets full handshake slots, yet the link is back
+    """Issue 14 point 5: 70 workers from 127.0.0.1 hold every handshake slot of v1 with connections that
+    send nothing, opening the next the moment the node closes one (more than 20 connections a second).
+    v0, the lower id, which dials v1, restarts: its dial into v1 meets full slots, yet the link is back
     within 10 s, because v1 dials v0 too (reverse_dial_delay_ms after losing the link) and v0 accepts that
-    once its own dial has failed as long. Exactly one link remains and it carries frames both ways."""
+    once its own dial has failed as long. Exactly one link remains and it carries frames both ways.
+    Before the fix v0 stayed out (64 slots, each held for handshake_timeout_ms)."""
     keys, validators = make_validators()
     (port0,) = free_ports(1)
     in0_send, in0_recv = trio.open_memory_channel(64)
     in1_send, in1_recv = trio.open_memory_channel(64)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            net1 = make_network("v1", keys, validators, {"v0": Address("127.0.0.1", port0)}, in1_send)
+            # The production redial backoff (100 ms doubling to 5 s): a restarted node dials as it would.
+            backoff = dict(reconnect_backoff_min_ms=100, reconnect_backoff_max_ms=5000)
+            net1 = make_network("v1", keys, validators, {"v0": Address("127.0.0.1", port0)}, in1_send, **backoff)
             port1 = await nursery.start(net1.run)
 
             async def run_v0(task_status=trio.TASK_STATUS_IGNORED):
                 net = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", port1)}, in0_send,
-                                   listen_port=port0)
+                                   listen_port=port0, **backoff)
                 with trio.CancelScope() as scope:
                     async with trio.open_nursery() as own:
                         await own.start(net.run)
@@ -281,7 +289,7 @@ async def test_a_half_open_flood_does_not_keep_a_restarted_validator_out():
             await wait_for(lambda: net0.connected_peers() == ["v1"] and net1.connected_peers() == ["v0"])
             flooded = [0]
             flood_started = trio.current_time()
-            nursery.start_soon(_flood_half_open, port1, 50, 3.0, flooded)
+            nursery.start_soon(_flood_half_open, port1, 70, flooded)
             await trio.sleep(2)          # the flood reaches its steady state
             scope0.cancel()
             await wait_for(lambda: net1.connected_peers() == [])
@@ -300,6 +308,30 @@ async def test_a_half_open_flood_does_not_keep_a_restarted_validator_out():
             net1.send("v0", FRAME_KIND_CONSENSUS, b"to v0")
             assert (await in1_recv.receive()).payload == b"to v1"
             assert (await in0_recv.receive()).payload == b"to v0"
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_higher_id_dials_when_the_lower_id_cannot_reach_it():
+    """v0's listed address for v1 is dead (port 1), so v0's dials all fail; v1 dials v0 once it has had no
+    link for reverse_dial_delay_ms, v0 accepts, and the link carries frames. Before the fix only the lower
+    id dialed and the pair never linked."""
+    keys, validators = make_validators()
+    (port0,) = free_ports(1)
+    in0_send, in0_recv = trio.open_memory_channel(64)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", 1)}, in0_send,
+                                listen_port=port0, reverse_dial_delay_ms=500)
+            net1 = make_network("v1", keys, validators, {"v0": Address("127.0.0.1", port0)},
+                                trio.open_memory_channel(64)[0], reverse_dial_delay_ms=500)
+            await nursery.start(net0.run)
+            await nursery.start(net1.run)
+            started = trio.current_time()
+            await wait_for(lambda: net0.connected_peers() == ["v1"] and net1.connected_peers() == ["v0"])
+            assert trio.current_time() - started >= 0.45
+            assert net0.slots["v1"].dialed_by == net1.slots["v0"].dialed_by == "v1"
+            net1.send("v0", FRAME_KIND_CONSENSUS, b"reverse")
+            assert (await in0_recv.receive()).payload == b"reverse"
             nursery.cancel_scope.cancel()
 
 
