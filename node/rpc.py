@@ -27,7 +27,7 @@ import collections
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgpack
 import structlog
@@ -353,6 +353,56 @@ def _encode_answer(msgid: int, method: str, error: dict | None, result: Any) -> 
         return encode_response(msgid, _error(ERROR_INTERNAL, "result cannot be encoded"), None)
 
 
+# The deepest legitimate request is [0, msgid, method, [params...]] with a bin or scalar per
+# param: 2 levels. Allow a little more, and never enough for a recursive consumer to overflow.
+request_depth_max = 8
+
+
+class RequestReader:
+    """A connection's bytes cut into msgpack messages, each within the request limits (no I/O).
+
+    `feed` bytes as they arrive (EncodingError("too-large") once more than message_bytes_max are
+    buffered), then take `messages()` until it stops (EncodingError for bytes that are not
+    msgpack, or a message nested deeper than request_depth_max or longer than the limits allow).
+    """
+
+    def __init__(self, limits: RpcLimits) -> None:
+        bytes_max = limits.message_bytes_max
+        bounds = codec.DecodeLimits(
+            bytes_max=bytes_max, depth_max=request_depth_max, array_len_max=bytes_max, map_len_max=bytes_max,
+            bin_len_max=bytes_max, str_len_max=bytes_max, items_max=bytes_max)
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, **codec.unpacker_limits(bounds))
+        self.bytes_max = bytes_max
+        self._fed = 0
+        self._complete = 0   # stream offset just after the last complete message (tell() is only exact there)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._fed - self._complete
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise codec.EncodingError(f"a message exceeds {self.bytes_max} bytes", "too-large") from None
+        self._fed += len(data)
+
+    def messages(self) -> Iterator[Any]:
+        while True:
+            try:
+                message = self._unpacker.unpack()
+            except msgpack.OutOfData:
+                return
+            except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+                if isinstance(exc, MemoryError):
+                    raise
+                reason = "too-deep" if isinstance(exc, msgpack.StackError) else "malformed"
+                raise codec.EncodingError(f"{type(exc).__name__}: {exc}", reason) from None
+            self._complete = self._unpacker.tell()
+            codec.check_depth(message, request_depth_max)
+            yield message
+
+
 class _Connection:
     def __init__(self, server: "RpcServer", stream: trio.abc.Stream) -> None:
         self.server = server
@@ -400,25 +450,19 @@ class _Connection:
     async def _read_loop(self, nursery: trio.Nursery) -> bool:
         """Read and dispatch until end of stream (True: answer what is in flight) or a fatal error (False)."""
         limits = self.server.limits
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.message_bytes_max, strict_map_key=False)
-        fed = 0
-        complete = 0   # stream offset just after the last complete message (tell() is only exact there)
+        reader = RequestReader(limits)
         while True:
             # Drain every complete message before reading more, so the buffer holds at most one partial one.
-            while True:
-                try:
-                    message = unpacker.unpack()
-                except msgpack.OutOfData:
-                    break
-                except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-                    await self._fatal(ERROR_PARSE, f"not msgpack: {type(exc).__name__}: {exc}")
-                    return False
-                complete = unpacker.tell()
-                await self._dispatch(nursery, message)
-                if self._reply_bytes >= reply_batch_bytes_max:
-                    await self._flush_replies()
+            try:
+                for message in reader.messages():
+                    await self._dispatch(nursery, message)
+                    if self._reply_bytes >= reply_batch_bytes_max:
+                        await self._flush_replies()
+            except codec.EncodingError as exc:
+                await self._fatal(ERROR_PARSE, f"not msgpack: {exc}")
+                return False
             await self._flush_replies()
-            pending = fed - complete
+            pending = reader.pending_bytes
             if pending >= limits.message_bytes_max:
                 await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
                 return False
@@ -427,11 +471,10 @@ class _Connection:
             if not data:
                 return True
             try:
-                unpacker.feed(data)
-            except msgpack.BufferFull:
+                reader.feed(data)
+            except codec.EncodingError:
                 await self._fatal(ERROR_TOO_LARGE, f"message exceeds {limits.message_bytes_max} bytes")
                 return False
-            fed += len(data)
 
     async def _receive(self, max_bytes: int) -> bytes:
         idle_s = self.server.limits.idle_timeout_ms / 1000

@@ -100,6 +100,7 @@ import structlog
 import trio
 
 from consensus import codec
+from consensus.messages import VALIDATOR_ID_BYTES_MAX
 from consensus.validators import ValidatorSet
 
 from .config import Address
@@ -288,13 +289,7 @@ async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
         raise FrameError(reason, exc.detail) from None
     if frame is None:
         raise FrameError("truncated-handshake", "closed before authenticating")
-    try:
-        peer_auth = codec.unpack_canonical(frame)
-    except codec.EncodingError as exc:
-        raise FrameError("handshake-malformed", str(exc)) from None
-    if (not isinstance(peer_auth, dict) or set(peer_auth) != {"id", "public_key", "sig"}
-            or not isinstance(peer_auth["id"], str)):
-        raise FrameError("handshake-malformed", "auth frame must be {id, public_key, sig}")
+    peer_auth = parse_auth_frame(frame)
     peer_id = peer_auth["id"]
     validator = validators.get(peer_id)
     if validator is None:
@@ -311,6 +306,33 @@ async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
     return peer_id, connection
 
 
+# What msgpack may build from a stranger's auth frame: a flat map of three short fields.
+AUTH_FRAME_LIMITS = codec.DecodeLimits(
+    bytes_max=HANDSHAKE_FRAME_BYTES_MAX, depth_max=1, array_len_max=0, map_len_max=3,
+    bin_len_max=codec.SIGNATURE_BYTES, str_len_max=VALIDATOR_ID_BYTES_MAX, items_max=6,
+)
+# A link frame is [kind, payload]: one short string and one bin of at most the frame size
+# (frame_bytes_max is checked on the ciphertext before this; its configurable ceiling is 256 MiB).
+PEER_FRAME_LIMITS = codec.DecodeLimits(
+    bytes_max=256 * 1024 * 1024, depth_max=1, array_len_max=2, map_len_max=0,
+    bin_len_max=256 * 1024 * 1024, str_len_max=16, items_max=2,
+)
+
+
+def parse_auth_frame(frame: bytes) -> dict:
+    """The peer's {id, public_key, sig} from its decrypted first frame (types checked, nothing
+    verified); FrameError("handshake-malformed") for anything else."""
+    try:
+        peer_auth = codec.unpack_canonical(frame, limits=AUTH_FRAME_LIMITS)
+    except codec.EncodingError as exc:
+        raise FrameError("handshake-malformed", str(exc)) from None
+    if (not isinstance(peer_auth, dict) or set(peer_auth) != {"id", "public_key", "sig"}
+            or not isinstance(peer_auth["id"], str) or not isinstance(peer_auth["public_key"], bytes)
+            or not isinstance(peer_auth["sig"], bytes)):
+        raise FrameError("handshake-malformed", "auth frame must be {id (str), public_key (bin), sig (bin)}")
+    return peer_auth
+
+
 def encode_frame(kind: str, payload: bytes) -> bytes:
     return codec.pack([kind, payload])
 
@@ -318,7 +340,7 @@ def encode_frame(kind: str, payload: bytes) -> bytes:
 def decode_frame(plaintext: bytes) -> tuple[str, bytes]:
     """Parse a link frame's plaintext; FrameError("bad-shape") for anything but [kind, bytes]."""
     try:
-        value = codec.unpack(plaintext)
+        value = codec.unpack(plaintext, limits=PEER_FRAME_LIMITS)
     except codec.EncodingError as exc:
         raise FrameError("bad-shape", str(exc)) from None
     if (not isinstance(value, list) or len(value) != 2 or value[0] not in FRAME_KINDS
