@@ -601,6 +601,24 @@ class Ledger:
         """Has (author, nonce) been applied, or is it too old to ever apply?"""
         return self.nonce_window(author).check(nonce) is not None
 
+    def check_applied(self, data: bytes) -> str | None:
+        """Why an entry can never apply on the applied state, from its author's nonce window
+        ("replayed-nonce": applied already; "stale-nonce": below a full window), else None.
+
+        Read-only: it looks at the applied (committed) state only, never at speculative
+        executions, and writes nothing. Bytes that are not an entry give None (check_entry judges
+        those). The answer for one entry only ever goes from None to a reason as blocks apply
+        (NonceWindow forgets only its smallest nonce), never back, so a caller may drop an entry on
+        a reason for good. Not to be memoized: it changes with every applied block.
+        """
+        entry = self._decoded.get(data)
+        if entry is None:
+            try:
+                entry = decode_entry(data)
+            except EntryError:
+                return None
+        return self.nonce_window(entry.author).check(entry.nonce)
+
     def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
         if not isinstance(commitment, bytes) or len(commitment) != 32:
             raise ValueError("a commitment is 32 bytes")
@@ -1017,6 +1035,11 @@ class LedgerApplication:
 
     def check_request_shape(self, request: bytes) -> str | None:
         return self.ledger.check_entry(request, check_signatures=False)
+
+    def check_request_applied(self, request: bytes) -> str | None:
+        """The consensus core asks before pooling: an entry whose nonce is used up never commits
+        (docs/CONSENSUS.md, "Replays after a restart"). Against the applied state; never memoized."""
+        return self.ledger.check_applied(request)
 
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
                 entries: Sequence[bytes]) -> ExecutionResult | None:
