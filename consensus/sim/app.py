@@ -81,10 +81,32 @@ def check_request(request: bytes, *, check_signature: bool = True) -> str | None
 
 
 class SimApplication:
-    """check_request + execute as the replica's Application interface asks."""
+    """check_request + check_request_applied + execute as the replica's Application interface asks.
+
+    `applied` holds the (client, seq) of every valid request in the blocks its host applied (the
+    host calls `record_applied`; a restarted host rebuilds it from its blocks): the sim's stand-in
+    for the ledger's nonce windows, so a request that committed is refused before pooling however
+    far back it committed."""
+
+    def __init__(self, blocks=()) -> None:
+        self.applied: set[tuple[str, int]] = set()
+        for block in blocks:
+            self.record_applied(block.entries)
+
+    def record_applied(self, entries) -> None:
+        for entry in entries:
+            key = request_key(entry)
+            if key is not None:
+                self.applied.add(key)
 
     def check_request(self, request: bytes) -> str | None:
         return check_request(request)
+
+    def check_request_applied(self, request: bytes) -> str | None:
+        if check_request(request, check_signature=False) is not None:
+            return None   # not a request: check_request's business
+        value = codec.unpack(request)
+        return "already-applied" if (value["client"], value["seq"]) in self.applied else None
 
     def check_request_shape(self, request: bytes) -> str | None:
         return check_request(request, check_signature=False)

@@ -93,6 +93,7 @@ class SimNode:
     kv: dict[bytes, bytes] = field(default_factory=dict)
     blocks: list = field(default_factory=list)      # CommittedBlock, index = height - 1
     replica: object | None = None
+    application: object | None = None                # the replica's SimApplication (what was applied)
     down_until_tick: int | None = None
     crash_stage: str | None = None                  # crash at this stage of the next Ready
     clock_offset_ms: int = 0                        # this host's clock error, redrawn at each start
@@ -219,8 +220,9 @@ class Simulation:
         last = node.blocks[-1] if node.blocks else None
         # A restarted host may come back with its clock moved (an NTP step), even backwards.
         node.clock_offset_ms = self.rng_clocks.randint(-self.plan.clock_skew_ms, self.plan.clock_skew_ms)
+        node.application = app.SimApplication(node.blocks)
         node.replica = adapter.build_replica(
-            self.plan, self.validators, node.id, node.signing_key, CHAIN_ID, app.SimApplication(),
+            self.plan, self.validators, node.id, node.signing_key, CHAIN_ID, node.application,
             persisted=dict(node.kv), last_applied=(last.header.height, last.header) if last else (0, None),
         )
         node.down_until_tick = None
@@ -284,6 +286,7 @@ class Simulation:
             self.checker.committed(node.id, block.header, tuple(block.entries), block.certificate)
             if block.header.height == len(node.blocks) + 1:
                 node.blocks.append(block)
+                node.application.record_applied(block.entries)
                 if self.log:
                     self.log(
                         f"tick {self.tick}: {node.id} applied height {block.header.height} "
