@@ -494,8 +494,8 @@ async def test_an_exception_in_a_link_task_closes_that_link_only(monkeypatch):
 
 async def test_injected_link_exceptions_do_not_stop_a_daemon_which_keeps_committing(tmp_path, monkeypatch):
     """Four in-process daemons (test_node_daemon.Net). A RuntimeError is injected once each into a reader
-    (decode_frame), a writer (SecretConnection.send_frames) and an inbound handshake; every daemon keeps
-    running and the cluster keeps committing afterwards."""
+    (decode_frame), a writer (SecretConnection.send_frames) and an inbound handshake (node.transport.handshake);
+    every daemon keeps running and the cluster keeps committing afterwards."""
     from test_node_daemon import IDS, Net, submit_all
 
     net = Net(tmp_path)
@@ -510,10 +510,10 @@ async def test_injected_link_exceptions_do_not_stop_a_daemon_which_keeps_committ
             monkeypatch.setattr(SecretConnection, "send_frames",
                                 _raise_once_async(SecretConnection.send_frames, []))
             await submit_all(net.daemons["cn-1"], range(3, 6), receipts)
-            stream, connection = await stranger_session(net.ports["hk-2"], net.genesis.chain_id)
-            monkeypatch.setattr(codec, "unpack_canonical", _raiser(RuntimeError("injected")))
-            await connection.send_frame(b"\x80")
-            await closed_by_node(stream)
+            # The handshake itself raises (injected into node.transport.handshake, which the inbound side
+            # calls): a stranger's connection meets it.
+            monkeypatch.setattr(transport, "handshake", _raise_once_async(transport.handshake, []))
+            await closed_by_node(await trio.open_tcp_stream("127.0.0.1", net.ports["hk-2"]))
             monkeypatch.undo()
             await submit_all(net.daemons["hk-2"], range(6, 12), receipts)
             assert sorted(receipts) == list(range(12))
