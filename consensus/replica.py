@@ -228,7 +228,8 @@ class _Pending:
     held_ms: int = 0
     held_proposed: int = 0
     forwarded_ms: int = 0   # our latest forward of it to that primary (paces the forwards again)
-    strikes: int = 0   # batches that emptied the primary's queue without it, each after its own forward
+    strikes: int = 0   # batches that emptied the primary's queue without it, each after its own forward,
+    strikes_view: int = -1   # in this view
 
 
 @dataclass
@@ -483,8 +484,9 @@ class Replica:
 
     # ------------------------------------------------------------------ requests
 
-    def _add_request(self, peer: str, request: bytes) -> _Pending | None:
-        """Pool a request; the new pending entry, or None if it was refused or is a duplicate."""
+    def _add_request(self, peer: str, request: bytes, from_primary: bool = False) -> _Pending | None:
+        """Pool a request (`from_primary`: `peer` is the current primary); the new pending entry, or None
+        if it was refused or is a duplicate."""
         if not isinstance(request, bytes) or not request:
             self._reject(peer, "bad-request")
             return None
@@ -494,7 +496,7 @@ class Replica:
         request_id = codec.sha256(request)
         pending = self.pool.get(request_id)
         if pending is not None:
-            if peer == self.primary_id and pending.held_view != self.view:
+            if from_primary and pending.held_view != self.view:
                 self._mark_held(pending)   # the primary sent it: it holds it
             return None  # duplicates are expected (every validator forwards); not a fault
         if request_id in self.committed_ids:
@@ -522,7 +524,7 @@ class Replica:
         queue = self._proposal_queue
         if queue is not None and request_id not in queue.in_flight_ids:
             queue.unproposed[request_id] = pending
-        if peer == self.primary_id:
+        if from_primary:
             self._mark_held(pending)
         return pending
 
@@ -598,8 +600,9 @@ class Replica:
             self._send(to, encode(Requests(tuple(batch))))
 
     def _on_requests(self, peer: str, message: Requests, data: bytes) -> None:
+        from_primary = peer == self.primary_id and self.view_active
         for request in message.requests:
-            self._add_request(peer, request)
+            self._add_request(peer, request, from_primary)
 
     def _in_flight_ids(self) -> set[bytes]:
         ids: set[bytes] = set()
@@ -628,21 +631,22 @@ class Replica:
         return max(1, min(self.config.retransmit_ms, self.config.view_timeout_ms // SWEEPS_PER_VIEW_TIMEOUT_MIN))
 
     def _sweep_requests(self, now: int) -> bool:
-        """Once per retransmission round, on a backup in an active view: forward to the primary the
-        pending requests it may not hold, and say whether it provably censors one.
+        """Every sweep period (_sweep_period_ms), on a backup in an active view: forward to the primary
+        the pending requests it may not hold, and say whether it provably censors one.
 
-        Forwarding: a request pending a full round outside every in-flight block goes to the primary once
-        per view (a client's request went to it with the first forward), and again after REFORWARD_SWEEPS
-        rounds while still unproposed; at most FORWARD_BYTES_PER_SWEEP_MAX bytes per round, oldest first.
+        Forwarding: a request pending a full period outside every in-flight block goes to the primary
+        once per view (a client's request went to it with the first forward), and again every
+        REFORWARD_SWEEPS periods while still unproposed; at most FORWARD_BYTES_PER_SWEEP_MAX bytes per
+        sweep, oldest first, in messages cut by count and bytes (_send_requests).
 
         Censorship (docs/CONSENSUS.md, "Censorship detection that cannot be turned against an honest
-        primary"): the primary held the request (we forwarded it, or it sent it) and later, at least a
-        round after that, proposed a batch that was not full, one that emptied its whole queue, with fewer
-        than _drain_bound() proposals in between (so its pool was not too full to take the request), on a
-        parent we had applied by the previous round (so a block holding the request has left our pool),
+        primary"): the primary held the request (we forwarded it, or it sent it) and, at least a period
+        later, proposed a batch that was not full, one that emptied its whole queue, with fewer than
+        _drain_bound() requests proposed in between (so its pool had room for the request), on a parent
+        we had applied by the previous sweep (so a block holding the request would have left our pool),
         and the request, still valid, not applied and in no in-flight block, was not in it. That is one
-        strike; the request is forwarded again at once, and CENSORSHIP_STRIKES strikes with the request
-        pending a full view timeout in this view blame the primary.
+        strike; the request is forwarded again, and CENSORSHIP_STRIKES strikes in this view with the
+        request pending a full view timeout in this view blame the primary.
         """
         view = self.view
         round_ms = self._sweep_period_ms()
@@ -668,11 +672,14 @@ class Replica:
                 # The primary emptied its queue after this request reached it, and left it out.
                 if not self._still_wanted(request_id, pending):
                     continue   # invalid or applied after all: the primary was right
+                if pending.strikes_view != view:
+                    pending.strikes, pending.strikes_view = 0, view
                 pending.strikes += 1
                 if (pending.strikes >= CENSORSHIP_STRIKES
                         and max(pending.seen_ms, self.view_entered_ms) + deadline <= now):
                     censored = True
-                held = False   # the next strike needs a forward of its own
+                held = False
+                pending.held_view = -1   # the next strike needs a forward of its own (this sweep's or later)
             elif held and now - pending.forwarded_ms < REFORWARD_SWEEPS * round_ms:
                 continue
             cost = len(pending.request) + REQUEST_OVERHEAD_BYTES

@@ -118,3 +118,72 @@ def test_forwarded_requests_message_stays_under_the_byte_cap():
     assert len(forwards) >= 3   # 18 MB: more than two messages' worth
     forwarded = [r for _, m in forwards for r in m.requests]
     assert set(forwarded) == set(big)
+
+
+def test_a_lost_forward_is_forgiven_and_sent_again():
+    """The first copy of a forwarded request is lost on the way to the primary: one strike at most,
+    then the copy sent again arrives, and the primary (which proposes partial batches all along) is kept."""
+    cluster = Cluster()
+    lonely = b"ok:lonely"
+    lost = []
+
+    def tamper(sender, target, data):
+        if target == "v0" and not lost:
+            message = decode_message(data, cluster.vset, CHAIN, verify=False)
+            if isinstance(message, Requests) and lonely in message.requests:
+                lost.append(sender)
+                kept = [r for r in message.requests if r != lonely]
+                return [requests_message(kept)] if kept else []
+        return [data]
+
+    cluster.tamper = tamper
+    # Only v2 ever holds it (as if a faulty peer sent it to v2 alone).
+    cluster.nodes["v2"].handle(cluster.nodes["v2"].replica.on_message("v3", requests_message([lonely])))
+    others = []
+    for step in range(60):
+        request = f"ok:other-{step}".encode()
+        others.append(request)
+        cluster.submit(cluster.ids[step % 4], request)
+        cluster.run(5)
+    assert lost == ["v2"]
+    assert cluster.run_until(lambda: all_committed(cluster, [lonely] + others), ticks_max=500)
+    assert set(views(cluster).values()) == {0}, views(cluster)
+
+
+def test_a_primary_whose_pool_is_full_is_not_blamed_for_what_it_refused():
+    """The faulty v3 sends requests to the backups only, and floods the primary directly so that its
+    pool is full whenever a backup's forward arrives: the primary refuses those forwards, proposes its
+    flood, and takes them when forwarded again once it has room. Nobody blames it."""
+    from consensus.replica import ReplicaConfig
+    from test_replica import TICK_MS
+
+    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200, request_pool_max=1000, batch_requests_max=16)
+    cluster = Cluster(config)
+    to_backups = [f"ok:backups-{i}".encode() for i in range(200)]
+    flood_backups(cluster, "v3", to_backups)
+    floods = 0
+
+    def forward_pending():
+        return any(target == "v0" and sender in ("v1", "v2") and decode_message(
+            data, cluster.vset, CHAIN, verify=False).__class__ is Requests for sender, target, data in cluster.queue)
+
+    for _ in range(600):
+        if floods < 8 and forward_pending():
+            # The flood reaches the primary just before the backups' forwards do.
+            flood = [f"ok:flood-{floods}-{i}".encode() for i in range(1000)]
+            cluster.queue[:0] = [("v3", "v0", requests_message(flood[i:i + 250])) for i in range(0, 1000, 250)]
+            floods += 1
+        cluster.deliver_all()
+        cluster.now_ms += TICK_MS
+        for node in cluster.nodes.values():
+            node.handle(node.replica.on_tick(cluster.now_ms))
+        if all_committed(cluster, to_backups):
+            break
+    assert floods > 0
+    refused = [r for r in cluster.nodes["v0"].rejected if r[0] in ("v1", "v2") and r[1] == "request-pool-full"]
+    assert refused, "the test must make the primary refuse a forward"
+    assert all_committed(cluster, to_backups), cluster.heights()
+    cluster.run(100)
+    assert set(views(cluster).values()) == {0}, views(cluster)
+    cluster.assert_agreement()
