@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 SEEDS ?= 1000
 N ?= 1000000
 DURATION ?= 120
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := handshake-frame peer-frame consensus-message entry rpc-request signed-query proof genesis msgpack
 
-.PHONY: venv test sim bench bench-storage testnet testnet-down testnet-status clean
+.PHONY: venv test fuzz sim bench bench-storage testnet testnet-down testnet-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +22,17 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Coverage-guided fuzzing (atheris) of every decoder of outside bytes, FUZZ_SECONDS each; corpora
+# and logs are kept in build/fuzz/ so the next run starts where this one stopped.
+fuzz: $(STAMP)
+	@mkdir -p build/fuzz
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$target: $(FUZZ_SECONDS) s (log build/fuzz/$$target.log)"; \
+	  $(PY) -m tests.fuzz.run $$target --seconds $(FUZZ_SECONDS) --corpus build/fuzz/$$target \
+	    > build/fuzz/$$target.log 2>&1 || { tail -n 60 build/fuzz/$$target.log; echo "fuzz $$target: FINDING"; exit 1; }; \
+	  grep -h "stat::number_of_executed_units" build/fuzz/$$target.log; \
+	done
 
 sim: $(STAMP)
 	$(PY) -m consensus.sim --seeds 0..$$(($(SEEDS)-1))
