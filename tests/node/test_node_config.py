@@ -226,3 +226,18 @@ def test_operations_doc_lists_every_config_field_with_its_default():
             default = field.default
             shown = ("true" if default else "false") if isinstance(default, bool) else str(default)
             assert f"| `{field.name}` | {shown} |" in text or f"| `{field.name}` | `{shown}` |" in text, field.name
+
+
+def test_config_file_over_its_size_bound_is_refused_before_parsing(tmp_path):
+    from node.config import CONFIG_FILE_BYTES_MAX
+    path = tmp_path / "big.toml"
+    path.write_text("# padding\n" * (CONFIG_FILE_BYTES_MAX // 10 + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(path)
+
+
+def test_config_file_nested_past_the_recursion_limit_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="too deeply|not valid TOML"):
+        load_config(path)
