@@ -45,8 +45,6 @@ from testnet.network import Network
 from testnet.ports import find_free_base_port
 from testnet.supervisor import running_pid
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[2]
 HONEST_S = 8.0              # the load with every node honest
 BYZANTINE_S = 12.0          # the same load with one Byzantine node
@@ -153,8 +151,9 @@ class Harness:
                         for n, s in statuses.items()}
             time.sleep(STATUS_POLL_S)
 
-    def measure(self, label: str, duration_s: float, honest: list[str]) -> dict:
-        """The open-loop load on the honest nodes for `duration_s`, with their views polled meanwhile."""
+    def measure(self, label: str, duration_s: float, honest: list[str], baseline_view: int | None = None) -> dict:
+        """The open-loop load on the honest nodes for `duration_s`, with their views polled meanwhile.
+        View changes count from `baseline_view` (the highest view before the phase's setup) if given."""
         addresses = [self.node(name).rpc for name in honest]
         count = int(RATE_PER_S * duration_s) + LANES
         queues, _ = workload.presigned_submits(self.plan, count, LANES, SUBMIT_WAIT_S)
@@ -162,14 +161,15 @@ class Harness:
         saved = loadgen.drain_timeout_s
         loadgen.drain_timeout_s = DRAIN_S
         try:
-            result = trio.run(self._measure, label, addresses, queues, duration_s, honest)
+            result = trio.run(self._measure, label, addresses, queues, duration_s, honest, baseline_view)
         finally:
             loadgen.drain_timeout_s = saved
         result["heights_before"] = heights_before
         result["heights_after"] = {name: (self.status(name) or {}).get("height") for name in honest}
         return result
 
-    async def _measure(self, label: str, addresses: list[str], queues, duration_s: float, honest: list[str]) -> dict:
+    async def _measure(self, label: str, addresses: list[str], queues, duration_s: float, honest: list[str],
+                       baseline_view: int | None) -> dict:
         arrivals: list[float] = []
 
         def accept(reply: object) -> str:
@@ -203,7 +203,8 @@ class Harness:
         # (a node still joining a view it missed is not a view change of its own).
         first = [v[0] for v in views.values() if v]
         last = [v[-1] for v in views.values() if v]
-        view_changes = max(last) - max(first) if first and last else 0
+        start_view = max(first) if baseline_view is None or not first else min(baseline_view, max(first))
+        view_changes = max(last) - start_view if first and last else 0
         return {
             "rate_per_s": round(in_window / duration_s, 1),
             "offered_per_s": RATE_PER_S,
@@ -324,12 +325,15 @@ def run_behaviour(net: Harness, behaviour: str, byzantine_node: str, results_dir
     restarted = False
     try:
         entry["honest"] = net.measure(f"{behaviour} honest", HONEST_S, honest)
+        # View changes of the Byzantine phase count from here: one while the process starts is its doing too.
+        baseline = max((v for v in net.views(honest).values() if v is not None), default=None)
+        entry["view_before_byzantine"] = baseline
         net.byzantine(byzantine_node, behaviour)
         if behaviour != "handshake-flood":
             entry["linked_s"] = net.wait_linked(byzantine_node, honest)
         else:
             time.sleep(1.0)
-        entry["byzantine"] = net.measure(f"{behaviour} byzantine", BYZANTINE_S, honest)
+        entry["byzantine"] = net.measure(f"{behaviour} byzantine", BYZANTINE_S, honest, baseline)
         entry["byzantine_process"] = net.byzantine_stats(byzantine_node).get("counters", {})
         if extra is not None:
             extra(net, honest, byzantine_node, entry, failures)
@@ -424,6 +428,7 @@ def restart_honest_under_flood(net: Harness, honest: list[str], byzantine_node: 
                         f"{LINKS_BACK_S:.0f} s (status {net.status(victim)})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("behaviour", FOUR_NODE_BEHAVIOURS)
 def test_one_byzantine_validator_of_four(testnet4, results_dir, behaviour):
     settled = testnet4.settle()
@@ -432,6 +437,7 @@ def test_one_byzantine_validator_of_four(testnet4, results_dir, behaviour):
     run_behaviour(testnet4, behaviour, node, results_dir, extra, settled)
 
 
+@pytest.mark.slow
 def test_equivocating_primary_of_seven(tmp_path, results_dir):
     """The primary of a 7-validator network proposes two blocks per slot and votes both ways; as a
     backup after the view change it sends conflicting votes."""
@@ -441,3 +447,44 @@ def test_equivocating_primary_of_seven(tmp_path, results_dir):
         run_behaviour(net, "equivocate", net.primary(), results_dir, settled=settled)
     finally:
         net.down()
+
+
+# ---------------------------------------------------------------- the tool itself (fast)
+
+
+def test_help_explains_every_behaviour():
+    from testnet import byzantine
+
+    done = run_testnet("byzantine", "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for name, description in byzantine.BEHAVIOURS.items():
+        assert name in text and " ".join(description.split())[:60] in text
+    assert set(byzantine.BEHAVIOURS) == {"nested-garbage", "oversize", "equivocate", "request-flood",
+                                         "replay-committed", "silent", "handshake-flood"}
+
+
+def test_unknown_behaviour_and_missing_testnet_are_refused(tmp_path):
+    done = run_testnet("byzantine", "hk-1", "--behaviour", "nonsense", "--dir", str(tmp_path))
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+    done = run_testnet("byzantine", "hk-1", "--behaviour", "silent", "--dir", str(tmp_path))
+    assert done.returncode == 1 and "no testnet in" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_hostile_payloads_are_what_they_claim():
+    from consensus import codec
+    from testnet import byzantine
+
+    for size in (70_000, 1_000_000, 1_000_001):     # the same arithmetic as at a 64 MiB limit
+        frame = byzantine.requests_frame_of_size(size)
+        assert len(frame) == size
+        kind, payload = codec.unpack(frame)
+        assert kind == "c" and codec.unpack(payload)["type"] == "requests"
+    empty = byzantine.empty_arrays(4 * 1024 * 1024)
+    assert len(empty) == 4 * 1024 * 1024 and empty[:1] == b"\xdd"
+    nested = dict(byzantine.nested_payloads())
+    assert nested["message-nested-arrays"] == b"\x91" * byzantine.NESTING_DEPTH + b"\x90"
+    assert codec.unpack(nested["requests-entry-nested"])["requests"][0] == nested["message-nested-arrays"]
+    for label, data in byzantine.declared_length_payloads():
+        with pytest.raises(codec.EncodingError):
+            codec.unpack(data)
