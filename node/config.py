@@ -101,7 +101,10 @@ class LimitsConfig:
     reverse_dial_delay_ms: int = 2000              # a higher id dials a lower one after its link is down this long
     peer_malformed_messages_max: int = 8           # undecodable frames/messages tolerated per link before it is cut
     peer_offence_backoff_min_ms: int = 1000        # a peer cut twice for misbehaviour is refused this long ...
-    peer_offence_backoff_max_ms: int = 60000       # ... doubling per offence up to this
+    # ... doubling per offence up to this. Short on purpose: a Byzantine validator holds a real key and
+    # rejoins anyway (each return costs us one refused frame), while an honest daemon restarted with
+    # that key in place of a misbehaving process must get its links back within seconds.
+    peer_offence_backoff_max_ms: int = 5000
     peer_inbound_queue_bytes_max: int = 128 * 1024 * 1024  # bytes read from one peer not yet taken by the core
     peer_send_queue_frames_max: int = 4096         # frames waiting for one slow peer
     peer_send_queue_bytes_max: int = 256 * 1024 * 1024  # bytes waiting for one slow peer
