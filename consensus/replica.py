@@ -23,8 +23,8 @@ from . import codec
 from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
 from .messages import (
     BLOCK_REQUESTS_MAX, CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, PREPARED_CERTIFICATES_MAX, REQUEST_BYTES_MAX,
-    REQUESTS_PER_MESSAGE_MAX, CatchUpRequest, CatchUpResponse, Checkpoint, CheckpointCertificate, Commit,
-    CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange,
+    REQUESTS_MESSAGE_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, CatchUpRequest, CatchUpResponse, Checkpoint,
+    CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange,
     VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response, sign,
 )
 from .messages import header_hash as hash_of_header
@@ -41,10 +41,8 @@ EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already report
 # After waiting vouch_wait_ms in vain for vouchers, a backup checks every signature itself this long:
 # a checking backup that is down then stalls one block in 120, not every block.
 VOUCH_FALLBACK_HOLD_MS = 30_000
-# Cap on one REQUESTS message's encoding. decode_message enforces the same cap on the way in
-# (messages.REQUESTS_MESSAGE_BYTES_MAX, issue 14); kept here too so a sender never builds a message a
-# receiver refuses whatever messages.py says.
-REQUESTS_MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+# A REQUESTS message is cut to stay within messages.REQUESTS_MESSAGE_BYTES_MAX (8 MiB), the cap
+# decode_message enforces on the way in: counting each request's bytes plus these overheads.
 REQUESTS_MESSAGE_OVERHEAD_BYTES = 64  # the map {"type": "requests", "requests": [...]} around the requests
 REQUEST_OVERHEAD_BYTES = 5            # msgpack bin header of one request (bin 32)
 # A backup sweeps its pool (forwards to the primary, looks for censorship) every retransmit_ms, and at
