@@ -452,7 +452,10 @@ class Daemon:
             self.metrics.rejected_requests.inc(label_value=refusal)
             code = {"request-pool-full": "mempool-full", "already-committed": "already-committed"}.get(
                 refusal, "bad-entry")
-            raise ApiError(code, f"entry refused: {refusal}")
+            # The core refuses an entry the applied ledger already rules out ("applied-request:replayed-nonce")
+            # before ordering it: the client hears the apply rule's own reason code, at once.
+            reason = refusal.removeprefix("applied-request:")
+            raise ApiError(code, f"entry refused: {reason}")
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -334,8 +334,9 @@ async def test_daemons_on_leveldb_commit_signed_entries_and_resume_from_disk(tmp
                     await start_real(nursery, node_id)
                 receipts = [await net.daemons["hk-2"].submit(entry(n), True, 30) for n in (1, 2)]
                 assert [r["status"] for r in receipts] == ["committed", "committed"]
-                replay = await net.daemons["cn-1"].submit(entry(1), True, 30)
-                assert replay["status"] == "rejected" and replay["reason"] == "replayed-nonce"
+                # A used nonce is refused at submit, before ordering, with the apply rule's reason code.
+                with pytest.raises(ApiError, match="entry refused: replayed-nonce$"):
+                    await net.daemons["cn-1"].submit(entry(1), True, 30)
                 net.stop("cn-2")
                 await nursery.start(_started)
                 net.ledgers["cn-2"].close()
