@@ -326,6 +326,7 @@ class Replica:
         self.probe_at_ms: int | None = None
         self.probe_index = 0
         self.new_view_sent_ms: dict[str, int] = {}
+        self.new_view_asked_ms: dict[str, int] = {}   # peer -> when we last asked it for its NEW-VIEW
         self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
 
         # Output being assembled for the current input, and messages held until their state is persisted.
@@ -1446,8 +1447,17 @@ class Replica:
                 self.blocks[hash_of_header(cert.header)] = (cert.header, cert.entries)
 
     def _maybe_send_new_view(self, peer: str, peer_view: int) -> None:
-        """A peer still in an older view (or waiting for this one's NEW-VIEW): hand it the NEW-VIEW we hold."""
-        if not self.view_active or self.new_view_bytes is None or peer_view > self.view:
+        """A peer in another view. In an older one (or waiting for this one's NEW-VIEW): hand it the
+        NEW-VIEW we hold. In a newer one: we are behind (restarted, or cut off while the others
+        changed view), so ask it, as the NEW-VIEW of its view is what lets us vote again."""
+        if peer_view > self.view:
+            self._ask_for_new_view(peer)
+            return
+        self._offer_new_view(peer)
+
+    def _offer_new_view(self, peer: str) -> None:
+        """Send `peer` the NEW-VIEW of our view, at most once per retransmit_ms per peer."""
+        if not self.view_active or self.new_view_bytes is None:
             return
         now = self.now_ms or 0
         last = self.new_view_sent_ms.get(peer)
@@ -1455,6 +1465,18 @@ class Replica:
             return
         self.new_view_sent_ms[peer] = now
         self._send(peer, self.new_view_bytes)
+
+    def _ask_for_new_view(self, peer: str) -> None:
+        """Ask `peer` for the blocks past ours and, with them, its NEW-VIEW (peers answer every
+        CATCH-UP-REQUEST with their NEW-VIEW: _on_catch_up_request). At most once per
+        retransmit_ms per peer, so a peer that claims a far view costs one small message a round."""
+        now = self.now_ms or 0
+        last = self.new_view_asked_ms.get(peer)
+        if last is not None and now - last < self.config.retransmit_ms:
+            return
+        self.new_view_asked_ms[peer] = now
+        first = self.last_applied_height + 1
+        self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
 
     def _report_evidence(self, validator: str, kind: str, view: int, height: int, first: bytes, second: bytes) -> None:
         key = (validator, kind, view, height)
@@ -1560,6 +1582,9 @@ class Replica:
         self._send(peer, encode(CatchUpRequest(first, last)))
 
     def _on_catch_up_request(self, peer: str, message: CatchUpRequest, data: bytes) -> None:
+        # A peer that asks may also have missed a view change (it asks at its first tick after a
+        # restart, and when it sees messages of a newer view): the NEW-VIEW lets it join this view.
+        self._offer_new_view(peer)
         if message.from_height > self.last_applied_height:
             return
         # One range per peer per interval: an honest peer asks for the next range only after the last

@@ -4,7 +4,7 @@ check that every request commits on every honest replica. Each test also asserts
 that its fault really happened (a view change, a catch-up, evidence), so a scenario
 cannot pass by accident without exercising the case it names."""
 
-from consensus.sim import Simulation
+from consensus.sim import Simulation, adapter
 from consensus.sim.faults import calm_plan
 
 
@@ -161,3 +161,36 @@ def test_primary_crash_between_sending_and_persisting_a_proposal():
 
     sim = Simulation(plan, schedule=schedule)
     run_ok(sim)
+
+
+def test_replica_restarted_after_a_view_change_joins_the_new_view_at_once():
+    """n = 7. r6 is down while r0 (primary of view 0) crashes and the other five change view. When r6
+    restarts (its persisted view is 0) it must vote in the current view within a few network round
+    trips, not after its own view timeout: it asks its peers at its first tick, and they answer a
+    CATCH-UP-REQUEST with their NEW-VIEW. Without that, a restarted node is one fault short."""
+    plan = calm_plan(3, replicas=7, ticks=700)
+    state = {}
+
+    def schedule(sim, tick):
+        if tick == 1:
+            sim.schedule_crash("r6", "after_apply", 400)
+        if tick == 20:
+            sim.schedule_crash("r0", "after_apply", 10_000)
+        if tick % 10 == 0 and tick <= 600:
+            sim.client_request(["r1", "r2", "r3", "r4", "r5"])
+        node = sim.nodes["r6"]
+        r1 = sim.nodes["r1"].replica
+        if node.up and "restarted" not in state and tick > 30:
+            state["restarted"] = tick
+            state["view_then"] = node.replica.view
+        if "restarted" in state and "joined" not in state and r1.view > 0 and node.up:
+            if node.replica.view == r1.view and node.replica.view_active:
+                state["joined"] = tick
+
+    sim = Simulation(plan, schedule=schedule)
+    result = sim.run()
+    assert result.ok, result.summary()
+    assert result.view_changes >= 1 and state.get("view_then") == 0, state
+    assert "joined" in state, state
+    # Well inside one view timeout (300 ms = 30 ticks in the simulator), which is what it took before.
+    assert state["joined"] - state["restarted"] < adapter.view_timeout_ms // plan.tick_ms // 2, state
