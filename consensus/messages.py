@@ -11,12 +11,17 @@ with `codec.sign(domain tag, chain id, payload)`. What the signature covers:
   COMMIT signatures of one view are the block's CommitCertificate as they are.
 - CHECKPOINT: pack({"height", "header_hash"}).
 - VIEW-CHANGE, NEW-VIEW: the canonical msgpack of the whole message without
-  its "signature" field.
+  its "signature" field. Neither carries a block body: a prepared certificate
+  is a header (which binds the entries through entries_hash and entry_count)
+  and its PREPARE signatures; a replica fetches the bodies it lacks with
+  BLOCK-REQUEST / BLOCK-RESPONSE and checks each against its header.
 
-REQUESTS, CATCH-UP-REQUEST and CATCH-UP-RESPONSE are not signed by the
-validator: requests are signed by their authors (the Application checks
-that), and a catch-up response carries commit certificates that the
-receiver verifies block by block. The host's peer links are authenticated.
+REQUESTS, CATCH-UP-REQUEST, CATCH-UP-RESPONSE, BLOCK-REQUEST and BLOCK-RESPONSE
+are not signed by the validator: requests are signed by their authors (the
+Application checks that), a catch-up response carries commit certificates that
+the receiver verifies block by block, and a block response is only taken for a
+header the receiver already holds certified, its body checked against it. The
+host's peer links are authenticated.
 
 `decode_message` never raises anything but `MessageError(reason, detail)`;
 `reason` is a short stable code the replica reports in `Ready.rejected`.
@@ -36,13 +41,16 @@ from .block import BlockHeader, CertificateError, CommitCertificate, commit_vote
 from .validators import ValidatorSet
 
 # Limits on what a peer may send. The replica's own config may be stricter.
-MESSAGE_BYTES_MAX = 64 * 1024 * 1024   # a NEW-VIEW carries 2f+1 VIEW-CHANGEs, each up to a window of blocks
+MESSAGE_BYTES_MAX = 64 * 1024 * 1024   # the frame: a PRE-PREPARE, BLOCK-RESPONSE or CATCH-UP-RESPONSE of big blocks
 REQUEST_BYTES_MAX = 64 * 1024          # one client request (a signed ledger entry)
 BLOCK_REQUESTS_MAX = 4096              # entries in one block, whatever the config says
 REQUESTS_PER_MESSAGE_MAX = 1024        # requests in one REQUESTS forward
 PREPARED_CERTIFICATES_MAX = 1024       # prepared certificates in one VIEW-CHANGE (>= any watermark window)
 CATCH_UP_BLOCKS_MAX = 64               # blocks in one CATCH-UP-RESPONSE (and one request's range)
+BLOCK_REQUEST_HASHES_MAX = 64          # header hashes in one BLOCK-REQUEST
 VALIDATOR_ID_BYTES_MAX = 128
+VALIDATORS_MAX = 100                   # = storage.genesis.validators_max (consensus imports nothing from storage)
+CHAIN_ID_BYTES_MAX = 64                # = storage.genesis.chain_id_bytes_max; only for the size arithmetic below
 INTEGER_MAX = 2**63 - 1                # views, heights and times fit a signed 64-bit integer
 MESSAGE_DEPTH_MAX = 16                 # nesting; the deepest message (NEW-VIEW) nests 7 levels
 MESSAGE_ITEMS_MAX = 1_000_000          # array items + map entries in one message (bounds decoded memory)
@@ -54,6 +62,28 @@ MESSAGE_MAP_LEN_MAX = 32               # any map: every message map has a fixed,
 # larger ones; only messages that carry blocks may reach the frame's MESSAGE_BYTES_MAX.
 VOTE_MESSAGE_BYTES_MAX = 1024          # PREPARE, COMMIT, CHECKPOINT, CATCH-UP-REQUEST
 REQUESTS_MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+BLOCK_REQUEST_BYTES_MAX = 4096         # 64 hashes x 34 B + 37 B of map = 2,213 B (test_messages checks)
+# VIEW-CHANGE and NEW-VIEW carry headers and signatures, never block bodies, so their size no longer
+# grows with the blocks. The arithmetic (packed sizes, computed by `_sizes` and `_bounds` below, and
+# checked by tests/consensus/test_messages.py and test_view_change_bodies.py):
+#   header ............................. <= 384 B   (chain id <= CHAIN_ID_BYTES_MAX, integers 9 B, 5 hashes)
+#   one signature {validator, sig} ..... <= 211 B   (id <= VALIDATOR_ID_BYTES_MAX = 128 B, 64-B signature)
+#   prepared certificate {view, header, prepares}
+#                                        <= 416 B + 211 B x signers, and an honest replica keeps a
+#       minimal quorum of PREPAREs (`minimal_quorum`): 5 of n = 7 -> 1,471 B; 67 of n = 100 -> 14,555 B
+#   VIEW-CHANGE ........................ <= ~280 B + checkpoint (64 B + 211 B x n) + window x certificate
+#   NEW-VIEW ........................... <= ~100 B + minimal quorum x VIEW-CHANGE + 34 B x 1024 chosen
+# n = 7, window = PREPARED_CERTIFICATES_MAX = 1024: VIEW-CHANGE 1.44 MiB, NEW-VIEW (5 of them) 7.2 MiB.
+#   (Before, each certificate carried its block: at the default window of 16 and 1 MiB blocks a
+#   VIEW-CHANGE was 16 MiB and a NEW-VIEW of 5 was 80 MiB, over the 64 MiB frame.)
+# n = VALIDATORS_MAX = 100: VIEW-CHANGE 0.24 MiB and NEW-VIEW (67 of them) 16.3 MiB at window 16;
+#   NEW-VIEW 31.2 MiB at window 32. 67 x 1024 x 67 signatures of 64 B are ~300 MiB whatever the
+#   encoding, so no cap fits n = 100 with a 1024-block window: the caps are fixed, and a Replica
+#   refuses a watermark_window whose worst-case honest VIEW-CHANGE or NEW-VIEW for its own validator
+#   set and chain id would exceed them (`view_change_bytes_bound`, `new_view_bytes_bound`). Every
+#   window up to 1024 fits n <= 16; n = 100 fits windows up to 32 (with 128-B ids; more with short ones).
+VIEW_CHANGE_BYTES_MAX = 4 * 1024 * 1024
+NEW_VIEW_BYTES_MAX = 32 * 1024 * 1024
 
 # What decode_message lets msgpack build from a peer's bytes, before any field is looked at.
 MESSAGE_LIMITS = codec.DecodeLimits(
@@ -266,13 +296,15 @@ class PreparedCertificate:
     """Proof that a block was prepared at (view, height): a quorum of PREPARE signatures.
 
     Every replica, the primary included, sends PREPARE, so the quorum of PREPARE
-    signatures alone proves the block prepared; the block travels with it so a
-    new primary can propose it again.
+    signatures alone proves the block prepared. The certificate carries the header
+    only: the header binds the block's entries (entries_hash, entry_count), and
+    every honest replica in the quorum persisted them before it sent PREPARE, so a
+    replica that lacks the body fetches it (BLOCK-REQUEST) and checks it against
+    the header.
     """
 
     view: int
     header: BlockHeader
-    entries: tuple[bytes, ...]
     prepares: tuple[VoteSignature, ...]
 
     @property
@@ -280,22 +312,15 @@ class PreparedCertificate:
         return self.header.height
 
     def to_wire(self) -> dict:
-        return {
-            "view": self.view,
-            "header": self.header.to_wire(),
-            "entries": list(self.entries),
-            "prepares": _signatures_to_wire(self.prepares),
-        }
+        return {"view": self.view, "header": self.header.to_wire(), "prepares": _signatures_to_wire(self.prepares)}
 
     @classmethod
     def from_wire(cls, wire: Any, validators: ValidatorSet, chain_id: str) -> "PreparedCertificate":
-        if not isinstance(wire, dict) or set(wire) != {"view", "header", "entries", "prepares"}:
-            raise MessageError("bad-field", "prepared certificate must be a map of view, header, entries, prepares")
+        if not isinstance(wire, dict) or set(wire) != {"view", "header", "prepares"}:
+            raise MessageError("bad-field", "prepared certificate must be a map of view, header, prepares")
         header = _header(wire["header"], chain_id, "prepared.header")
-        entries = _requests(wire["entries"], "prepared.entries", BLOCK_REQUESTS_MAX)
-        _check_body(header, entries, "prepared certificate")
         return cls(
-            _int(wire["view"], "prepared.view"), header, entries,
+            _int(wire["view"], "prepared.view"), header,
             _signatures_from_wire(wire["prepares"], "prepared.prepares", validators),
         )
 
@@ -692,20 +717,166 @@ class CatchUpResponse:
         pass  # each block is verified against the receiver's chain, in order
 
 
+@dataclass(frozen=True)
+class BlockRequest:
+    """Ask a peer for the bodies of blocks named (by header hash) in a NEW-VIEW's choice."""
+
+    TYPE = "block-request"
+    header_hashes: tuple[bytes, ...]
+
+    def to_wire(self) -> dict:
+        return {"type": self.TYPE, "header_hashes": list(self.header_hashes)}
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "BlockRequest":
+        _fields(wire, ("header_hashes",), "block-request")
+        hashes = tuple(
+            _hash(h, "header_hashes[]") for h in _list(wire["header_hashes"], "header_hashes", BLOCK_REQUEST_HASHES_MAX)
+        )
+        if not hashes or len(set(hashes)) != len(hashes):
+            raise MessageError("bad-field", "header_hashes must be distinct and not empty")
+        return cls(hashes)
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BlockResponse:
+    """One block body, with its header: taken only for a header the receiver asked for.
+
+    The decoder checks the entries against the header's entries_hash and entry_count
+    (reason `bad-body`); the receiver checks that the header is one it holds certified.
+    """
+
+    TYPE = "block-response"
+    header: BlockHeader
+    entries: tuple[bytes, ...]
+
+    def to_wire(self) -> dict:
+        return {"type": self.TYPE, "header": self.header.to_wire(), "entries": list(self.entries)}
+
+    @classmethod
+    def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "BlockResponse":
+        _fields(wire, ("header", "entries"), "block-response")
+        header = _header(wire["header"], chain_id)
+        entries = _requests(wire["entries"], "entries", BLOCK_REQUESTS_MAX)
+        if header.entry_count != len(entries) or header.entries_hash != entries_hash(entries):
+            raise MessageError("bad-body", "entries do not match the header's entries_hash/entry_count")
+        return cls(header, entries)
+
+    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
+        pass
+
+
 Message = Union[
-    Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse
+    Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse,
+    BlockRequest, BlockResponse,
 ]
 MESSAGE_TYPES: dict[str, Any] = {
     cls.TYPE: cls
-    for cls in (Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse)
+    for cls in (Requests, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, CatchUpRequest, CatchUpResponse,
+                BlockRequest, BlockResponse)
 }
 SIGNED_TYPES = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
 MESSAGE_BYTES_MAX_BY_TYPE: dict[Any, int] = {
     Prepare: VOTE_MESSAGE_BYTES_MAX, Commit: VOTE_MESSAGE_BYTES_MAX, Checkpoint: VOTE_MESSAGE_BYTES_MAX,
     CatchUpRequest: VOTE_MESSAGE_BYTES_MAX, Requests: REQUESTS_MESSAGE_BYTES_MAX,
-    PrePrepare: MESSAGE_BYTES_MAX, ViewChange: MESSAGE_BYTES_MAX, NewView: MESSAGE_BYTES_MAX,
-    CatchUpResponse: MESSAGE_BYTES_MAX,
+    BlockRequest: BLOCK_REQUEST_BYTES_MAX,
+    ViewChange: VIEW_CHANGE_BYTES_MAX, NewView: NEW_VIEW_BYTES_MAX,
+    PrePrepare: MESSAGE_BYTES_MAX, BlockResponse: MESSAGE_BYTES_MAX, CatchUpResponse: MESSAGE_BYTES_MAX,
 }
+
+
+# ---------------------------------------------------------------------------
+# Minimal quorums and the honest size bounds of VIEW-CHANGE and NEW-VIEW
+
+
+def minimal_quorum(validators: ValidatorSet, signers) -> tuple[str, ...]:
+    """A smallest quorum taken from `signers`, preferring them in the order given: first
+    `min_signers_per_jurisdiction` of every jurisdiction, then the others up to quorum_size.
+    Its size is at most minimal_quorum_size(validators). All of `signers` (deduplicated) if
+    they are no quorum."""
+    ids = [s for s in dict.fromkeys(signers) if s in validators]
+    if not validators.is_quorum(ids):
+        return tuple(ids)
+    need = validators.min_signers_per_jurisdiction
+    picked: dict[str, None] = {}
+    per_jurisdiction: dict[str, int] = {}
+    for s in ids:
+        jurisdiction = validators.get(s).jurisdiction
+        if per_jurisdiction.get(jurisdiction, 0) < need:
+            per_jurisdiction[jurisdiction] = per_jurisdiction.get(jurisdiction, 0) + 1
+            picked[s] = None
+    for s in ids:
+        if len(picked) >= validators.quorum_size:
+            break
+        picked.setdefault(s, None)
+    return tuple(picked)
+
+
+def minimal_quorum_size(validators: ValidatorSet) -> int:
+    return max(validators.quorum_size, validators.min_signers_per_jurisdiction * len(validators.jurisdiction_sizes))
+
+
+def _array_header_bytes(count: int) -> int:
+    return 1 if count < 16 else 3 if count < 2**16 else 5
+
+
+def _packed_list_bytes(item_bytes: int, count: int) -> int:
+    return _array_header_bytes(count) + item_bytes * count
+
+
+@lru_cache(maxsize=64)
+def _sizes(chain_id_bytes: int, id_bytes: int) -> tuple[int, int, int]:
+    """(header, one signature, certificate without signatures) packed sizes at their worst."""
+    worst = BlockHeader("x" * chain_id_bytes, INTEGER_MAX, bytes(32), INTEGER_MAX, bytes(32), INTEGER_MAX, INTEGER_MAX,
+                        bytes(32), bytes(32), bytes(32))
+    header = len(codec.pack(worst.to_wire()))
+    signature = len(codec.pack(VoteSignature("x" * id_bytes, bytes(codec.SIGNATURE_BYTES)).to_wire()))
+    bare = len(codec.pack({"view": INTEGER_MAX, "header": worst.to_wire(), "prepares": []})) - 1
+    return header, signature, bare
+
+
+def prepared_certificate_bytes_bound(signers: int, chain_id_bytes: int = CHAIN_ID_BYTES_MAX,
+                                     id_bytes: int = VALIDATOR_ID_BYTES_MAX) -> int:
+    _, signature, bare = _sizes(chain_id_bytes, id_bytes)
+    return bare + _packed_list_bytes(signature, signers)
+
+
+def _bounds(n: int, quorum: int, window: int, chain_id_bytes: int, id_bytes: int) -> tuple[int, int]:
+    _, signature, _ = _sizes(chain_id_bytes, id_bytes)
+    checkpoint = len(codec.pack({"height": INTEGER_MAX, "header_hash": bytes(32), "signatures": []})) - 1 \
+        + _packed_list_bytes(signature, n)
+    certificate = prepared_certificate_bytes_bound(quorum, chain_id_bytes, id_bytes)
+    sender = "x" * id_bytes
+    view_change = len(codec.pack({
+        "type": ViewChange.TYPE, "view": INTEGER_MAX, "checkpoint": {}, "prepared": [], "sender": sender,
+        "signature": bytes(codec.SIGNATURE_BYTES),
+    })) - 2 + checkpoint + _packed_list_bytes(certificate, window)
+    new_view = len(codec.pack({
+        "type": NewView.TYPE, "view": INTEGER_MAX, "view_changes": [], "chosen": [], "sender": sender,
+        "signature": bytes(codec.SIGNATURE_BYTES),
+    })) - 2 + _packed_list_bytes(view_change, quorum) + _packed_list_bytes(2 + codec.HASH_BYTES, PREPARED_CERTIFICATES_MAX)
+    return view_change, new_view
+
+
+def view_change_bytes_bound(validators: ValidatorSet, window: int, chain_id: str) -> int:
+    """The largest VIEW-CHANGE an honest replica of `validators` with this watermark window sends: its
+    checkpoint certificate (up to n signatures) and up to `window` prepared certificates of a minimal
+    quorum each."""
+    return _set_bounds(validators, window, chain_id)[0]
+
+
+def new_view_bytes_bound(validators: ValidatorSet, window: int, chain_id: str) -> int:
+    """The largest NEW-VIEW an honest primary sends once it holds a minimal quorum of honest VIEW-CHANGEs
+    (it picks the smallest it holds, see Replica._check_view_change_quorum)."""
+    return _set_bounds(validators, window, chain_id)[1]
+
+
+def _set_bounds(validators: ValidatorSet, window: int, chain_id: str) -> tuple[int, int]:
+    id_bytes = max(len(v.id.encode()) for v in validators.validators)
+    return _bounds(validators.n, minimal_quorum_size(validators), window, len(chain_id.encode()), id_bytes)
 
 
 def encode(message: Message) -> bytes:

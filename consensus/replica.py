@@ -22,10 +22,12 @@ import nacl.signing
 from . import codec
 from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
 from .messages import (
-    BLOCK_REQUESTS_MAX, CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, PREPARED_CERTIFICATES_MAX, REQUEST_BYTES_MAX,
-    REQUESTS_MESSAGE_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, CatchUpRequest, CatchUpResponse, Checkpoint,
-    CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange,
-    VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response, sign,
+    BLOCK_REQUEST_HASHES_MAX, BLOCK_REQUESTS_MAX, CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, NEW_VIEW_BYTES_MAX,
+    PREPARED_CERTIFICATES_MAX, REQUEST_BYTES_MAX, REQUESTS_MESSAGE_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX,
+    VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse, Checkpoint,
+    CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate,
+    Prepare, Requests, ViewChange, VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response,
+    minimal_quorum, new_view_bytes_bound, sign, view_change_bytes_bound,
 )
 from .messages import header_hash as hash_of_header
 from .validators import ValidatorSet
@@ -198,7 +200,7 @@ class _Slot:
     """What this replica knows about one height in the current view."""
 
     header: BlockHeader
-    entries: tuple[bytes, ...]
+    entries: tuple[bytes, ...] | None  # None: re-proposed by NEW-VIEW and its body not here yet (Replica.fetching)
     hash: bytes
     preprepare: bytes | None = None  # the signed PRE-PREPARE (None when re-proposed by NEW-VIEW)
     validated: bool = False          # checked against the Application and the parent
@@ -210,7 +212,21 @@ class _Slot:
     request_ids: tuple[bytes, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.request_ids = tuple(codec.sha256(r) for r in self.entries)
+        self.request_ids = () if self.entries is None else tuple(codec.sha256(r) for r in self.entries)
+
+    def fill(self, entries: tuple[bytes, ...]) -> None:
+        """The body arrived (checked against the header's entries_hash by whoever gives it)."""
+        self.entries = entries
+        self.request_ids = tuple(codec.sha256(r) for r in entries)
+
+
+@dataclass
+class _Fetch:
+    """A body we lack for a block chosen by the NEW-VIEW: asked of `peers` in turn, one per round."""
+
+    height: int
+    peers: tuple[str, ...]   # the certificate's signers first (each persisted the body before its PREPARE)
+    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -260,6 +276,13 @@ class Replica:
         height, header = last_applied
         if (height == 0) != (header is None) or (header is not None and header.height != height):
             raise ValueError("last_applied must be (0, None) or (height, header of that height)")
+        window = config.watermark_window
+        if (view_change_bytes_bound(validators, window, chain_id) > VIEW_CHANGE_BYTES_MAX
+                or new_view_bytes_bound(validators, window, chain_id) > NEW_VIEW_BYTES_MAX):
+            raise ReplicaConfigError(
+                f"watermark_window {window} is too large for {validators.n} validators: a VIEW-CHANGE or NEW-VIEW "
+                f"could exceed its byte cap ({VIEW_CHANGE_BYTES_MAX} / {NEW_VIEW_BYTES_MAX} bytes, "
+                f"consensus/messages.py)")
         self.config = config
         self.validators = validators
         self.me = me
@@ -292,7 +315,10 @@ class Replica:
         self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
         self.certs: dict[int, PreparedCertificate] = {}
         self.votes: dict[int, tuple[int, str, bytes]] = {}  # height -> (view, phase, header_hash) we signed
-        self.persisted_bodies: dict[int, set[bytes]] = {}  # height -> hashes of the headers whose entries are persisted
+        # height -> header hash -> (header, entries) of the bodies persisted under body/ (header None: restored
+        # without a record that names it). Also what this replica serves to BLOCK-REQUESTs.
+        self.persisted_bodies: dict[int, dict[bytes, tuple[BlockHeader | None, tuple[bytes, ...]]]] = {}
+        self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
         self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
         self.my_checkpoint: bytes | None = None
         self.my_checkpoint_height = 0
@@ -362,7 +388,8 @@ class Replica:
             Requests: self._on_requests, PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare,
             Commit: self._on_commit, Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change,
             NewView: self._on_new_view, CatchUpRequest: self._on_catch_up_request,
-            CatchUpResponse: self._on_catch_up_response,
+            CatchUpResponse: self._on_catch_up_response, BlockRequest: self._on_block_request,
+            BlockResponse: self._on_block_response,
         }[type(message)]
         handler(sender_id, message, bytes(data))
         self._advance()
@@ -712,25 +739,26 @@ class Replica:
             if p_view == view and _PHASE_ORDER[p_phase] >= _PHASE_ORDER[phase]:
                 return True
         self.votes[height] = (view, phase, header_hash)
-        self._persist_body(height, header_hash, entries)
+        self._persist_body(height, header, entries)
         value = codec.pack({"view": view, "phase": phase, "header": header.to_wire()})
         self._persist.append((_height_key(KEY_VOTE, height), value))
         self._forget_unreferenced_bodies(height)
         return True
 
-    def _persist_body(self, height: int, header_hash: bytes, entries: tuple[bytes, ...]) -> None:
+    def _persist_body(self, height: int, header: BlockHeader, entries: tuple[bytes, ...]) -> None:
         """Persist a block's entries once, in the same batch as the first record that refers to them."""
-        hashes = self.persisted_bodies.setdefault(height, set())
-        if header_hash not in hashes:
-            hashes.add(header_hash)
-            self._persist.append((_body_key(height, header_hash), codec.pack(list(entries))))
+        header_hash = hash_of_header(header)
+        bodies = self.persisted_bodies.setdefault(height, {})
+        if bodies.get(header_hash, (None,))[0] is None:
+            if header_hash not in bodies:
+                self._persist.append((_body_key(height, header_hash), codec.pack(list(entries))))
+            bodies[header_hash] = (header, entries)
 
-    def _persist_certificate(self, certificate: PreparedCertificate) -> None:
-        header_hash = hash_of_header(certificate.header)
-        self._persist_body(certificate.height, header_hash, certificate.entries)
-        wire = certificate.to_wire()
-        del wire["entries"]
-        self._persist.append((_height_key(KEY_CERT, certificate.height), codec.pack(wire)))
+    def _persist_certificate(self, certificate: PreparedCertificate, entries: tuple[bytes, ...]) -> None:
+        """The certificate carries no entries (nor does the VIEW-CHANGE that sends it): its body is
+        persisted in the same batch, so we can serve it to a replica that enters a view without it."""
+        self._persist_body(certificate.height, certificate.header, entries)
+        self._persist.append((_height_key(KEY_CERT, certificate.height), codec.pack(certificate.to_wire())))
         self._forget_unreferenced_bodies(certificate.height)
 
     def _forget_unreferenced_bodies(self, height: int) -> None:
@@ -740,9 +768,9 @@ class Replica:
             referenced.add(self.votes[height][2])
         if height in self.certs:
             referenced.add(hash_of_header(self.certs[height].header))
-        hashes = self.persisted_bodies.get(height, set())
-        for header_hash in hashes - referenced:
-            hashes.discard(header_hash)
+        bodies = self.persisted_bodies.get(height, {})
+        for header_hash in set(bodies) - referenced:
+            del bodies[header_hash]
             self._persist.append((_body_key(height, header_hash), None))
 
     def _persist_view(self) -> None:
@@ -760,32 +788,34 @@ class Replica:
         if KEY_VIEW in persisted:
             record = codec.unpack(persisted[KEY_VIEW])
             self.view, self.view_active = int(record["view"]), bool(record["active"])
-        bodies: dict[tuple[int, bytes], tuple[bytes, ...]] = {}
         for key, value in persisted.items():
             if key.startswith(KEY_BODY):
                 height = int.from_bytes(key[len(KEY_BODY):len(KEY_BODY) + 8], "big")
                 header_hash = key[len(KEY_BODY) + 8:]
-                bodies[(height, header_hash)] = tuple(codec.unpack(value))
-                self.persisted_bodies.setdefault(height, set()).add(header_hash)
+                self.persisted_bodies.setdefault(height, {})[header_hash] = (None, tuple(codec.unpack(value)))
         for key, value in sorted(persisted.items()):
             if key.startswith(KEY_VOTE):
                 height = int.from_bytes(key[len(KEY_VOTE):], "big")
                 record = codec.unpack(value)
                 header = BlockHeader.from_wire(record["header"])
-                entries = bodies[(height, hash_of_header(header))]
-                self.votes[height] = (record["view"], record["phase"], hash_of_header(header))
+                header_hash = hash_of_header(header)
+                entries = self._restored_body(height, header)
+                self.votes[height] = (record["view"], record["phase"], header_hash)
                 if record["view"] == self.view and self.view_active and height > self.last_applied_height:
-                    slot = _Slot(header, entries, hash_of_header(header))
-                    if self.is_primary:
+                    slot = _Slot(header, entries, header_hash)
+                    if entries is None:
+                        self._want_body(height, header_hash, ())
+                    elif self.is_primary:
                         # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
                         slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
                     self.slots[height] = slot
-                    self.blocks[hash_of_header(header)] = (header, entries)
+                    if entries is not None:
+                        self.blocks[header_hash] = (header, entries)
             elif key.startswith(KEY_CERT):
                 height = int.from_bytes(key[len(KEY_CERT):], "big")
-                wire = codec.unpack(value)
-                wire["entries"] = list(bodies[(height, hash_of_header(BlockHeader.from_wire(wire["header"])))])
-                self.certs[height] = PreparedCertificate.from_wire(wire, self.validators, self.chain_id)
+                certificate = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
+                self.certs[height] = certificate
+                self._restored_body(height, certificate.header)
         if KEY_VIEW_CHANGE in persisted:
             vc = decode_message(persisted[KEY_VIEW_CHANGE], self.validators, self.chain_id, verify=False)
             self.view_changes[self.me] = vc
@@ -797,8 +827,7 @@ class Replica:
                 _, chosen = choose_blocks(nv.view_changes)
                 for cert in chosen:
                     if cert.height > self.last_applied_height and cert.height not in self.slots:
-                        self.slots[cert.height] = _Slot(cert.header, cert.entries, hash_of_header(cert.header))
-                        self.blocks[hash_of_header(cert.header)] = (cert.header, cert.entries)
+                        self._chosen_slot(cert)
         if self.stable.height > self.last_applied_height:
             self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
         # Ids of requests in blocks storage has applied. A block we recorded but storage did not apply
@@ -811,7 +840,7 @@ class Replica:
             self.committed_ids.popitem(last=False)
         # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
         for slot in self.slots.values():
-            for request in slot.entries:
+            for request in slot.entries or ():
                 request_id = codec.sha256(request)
                 if request_id in self.committed_ids:
                     continue
@@ -921,6 +950,8 @@ class Replica:
             return False
         for height in sorted(self.slots):
             slot = self.slots[height]
+            if slot.entries is None:
+                continue   # re-proposed by NEW-VIEW, body still being fetched: never vote for a block we lack
             if slot.prepare is not None and not slot.prepared:
                 progressed |= self._check_prepared(height, slot)
                 continue
@@ -1059,12 +1090,13 @@ class Replica:
         if not self.validators.is_quorum(signers):
             return False
         slot.prepared = True
+        # A minimal quorum of the PREPAREs: what bounds a VIEW-CHANGE's size (messages.view_change_bytes_bound).
+        kept = minimal_quorum(self.validators, sorted(signers))
         certificate = PreparedCertificate(
-            self.view, slot.header, slot.entries,
-            tuple(sorted((VoteSignature(v, votes[v][1]) for v in signers), key=lambda s: s.validator)),
+            self.view, slot.header, tuple(sorted((VoteSignature(v, votes[v][1]) for v in kept), key=lambda s: s.validator)),
         )
         self.certs[height] = certificate
-        self._persist_certificate(certificate)
+        self._persist_certificate(certificate, slot.entries)
         self._sign_commit(height, slot)
         return True
 
@@ -1211,7 +1243,8 @@ class Replica:
                 self.commit_votes.pop(height, None)
                 return progressed
             slot = self.slots.get(height)
-            known_ids = slot.request_ids if slot is not None and slot.hash == header_hash else None
+            known_ids = (slot.request_ids if slot is not None and slot.hash == header_hash and slot.entries is not None
+                         else None)
             self._deliver(CommittedBlock(header, entries, certificate), known_ids)
             progressed = True
 
@@ -1257,6 +1290,10 @@ class Replica:
         slot = self.slots.get(height)
         if slot is not None and slot.hash != header_hash:
             del self.slots[height]
+        elif slot is not None and slot.entries is None:
+            slot.fill(block.entries)   # committed (certified) while we were fetching its body
+            self.fetching.pop(header_hash, None)
+            self._proposal_queue = None
         if self.view_active:
             self.progress_deadline_ms = None
             self.failed_views = 0
@@ -1314,6 +1351,8 @@ class Replica:
         for below in [h for h in self.persisted_bodies if h <= height]:
             for header_hash in self.persisted_bodies.pop(below):
                 self._persist.append((_body_key(below, header_hash), None))
+        for header_hash in [h for h, fetch in self.fetching.items() if fetch.height <= height]:
+            del self.fetching[header_hash]
         for table in (self.slots, self.prepare_votes, self.commit_votes):
             for below in [h for h in table if h <= height]:
                 del table[below]
@@ -1355,6 +1394,7 @@ class Replica:
         self.progress_deadline_ms = None
         self.view_change_deadline_ms = None
         self.new_view, self.new_view_bytes = None, None
+        self.fetching = {}   # bodies for the abandoned view's slots
         # Proposals of the abandoned view are only worth keeping if a certificate may still name them.
         wanted = {hash_of_header(c.header) for c in self.certs.values()}
         wanted.update(vote[1] for votes in self.commit_votes.values() for vote in votes.values())
@@ -1398,14 +1438,21 @@ class Replica:
             self.view_change_deadline_ms = (self.now_ms or 0) + self._timeout_ms()
         if not self.is_primary:
             return
-        exact = tuple(vc for _, vc in sorted(self.view_changes.items()) if vc.view == self.view)
-        if not self.validators.is_quorum(vc.sender for vc in exact):
+        exact = {vc.sender: vc for _, vc in sorted(self.view_changes.items()) if vc.view == self.view}
+        if not self.validators.is_quorum(exact):
             return
-        checkpoint, chosen = choose_blocks(exact)
+        # Any quorum of VIEW-CHANGEs makes a safe choice: take a minimal one of the smallest, so the NEW-VIEW
+        # stays under its cap (a quorum of honest ones always fits: messages.new_view_bytes_bound).
+        by_size = sorted(exact, key=lambda s: (len(self.view_change_bytes.get(s, b"")), s))
+        kept = set(minimal_quorum(self.validators, by_size))
+        quorum = tuple(vc for sender, vc in exact.items() if sender in kept)
+        checkpoint, chosen = choose_blocks(quorum)
         message = sign(
-            NewView(self.view, exact, tuple(hash_of_header(p.header) for p in chosen), self.me), self.signing_key, self.chain_id
+            NewView(self.view, quorum, tuple(hash_of_header(p.header) for p in chosen), self.me), self.signing_key, self.chain_id
         )
         data = encode(message)
+        if len(data) > NEW_VIEW_BYTES_MAX:
+            return   # faulty validators' oversized VIEW-CHANGEs: wait for more honest ones
         self._enter_view(message, data, checkpoint, chosen)
         self._send(None, data)
 
@@ -1439,12 +1486,114 @@ class Replica:
         self._persist_view()
         self._persist.append((KEY_NEW_VIEW, data))
         self._adopt_stable(checkpoint)
+        self.fetching = {}
         for cert in chosen:
             if cert.height <= self.stable.height:
                 continue
-            self.slots[cert.height] = _Slot(cert.header, cert.entries, hash_of_header(cert.header))
-            if cert.height > self.last_applied_height:
-                self.blocks[hash_of_header(cert.header)] = (cert.header, cert.entries)
+            self._chosen_slot(cert)
+        self._request_bodies()
+
+    # ------------------------------------------------------------------ bodies of re-proposed blocks
+
+    def _chosen_slot(self, cert: PreparedCertificate) -> None:
+        """The slot of a block the NEW-VIEW re-proposes, with its body if we hold it; else the body is fetched."""
+        header_hash = hash_of_header(cert.header)
+        entries = self._known_body(cert.height, header_hash)
+        self.slots[cert.height] = _Slot(cert.header, entries, header_hash)
+        if entries is None:
+            self._want_body(cert.height, header_hash, tuple(s.validator for s in cert.prepares))
+        elif cert.height > self.last_applied_height:
+            self.blocks[header_hash] = (cert.header, entries)
+
+    def _known_body(self, height: int, header_hash: bytes) -> tuple[bytes, ...] | None:
+        """The entries of a block we hold: a proposal we saw, a body we persisted, or a slot's."""
+        block = self.blocks.get(header_hash)
+        if block is not None:
+            return block[1]
+        persisted = self.persisted_bodies.get(height, {}).get(header_hash)
+        if persisted is not None:
+            return persisted[1]
+        slot = self.slots.get(height)
+        if slot is not None and slot.hash == header_hash:
+            return slot.entries
+        return None
+
+    def _restored_body(self, height: int, header: BlockHeader) -> tuple[bytes, ...] | None:
+        """At restart: the persisted body of a block a vote or certificate record names (now with its header)."""
+        header_hash = hash_of_header(header)
+        bodies = self.persisted_bodies.get(height, {})
+        if header_hash not in bodies:
+            return None
+        entries = bodies[header_hash][1]
+        bodies[header_hash] = (header, entries)
+        return entries
+
+    def _want_body(self, height: int, header_hash: bytes, signers: tuple[str, ...]) -> None:
+        """Fetch a chosen block's body: from the certificate's signers first (every honest one persisted it
+        before its PREPARE, and a quorum holds at least f + 1 honest ones), then from everyone else."""
+        others = [v.id for v in self.validators.validators if v.id != self.me]
+        first = [s for s in signers if s in self.validators and s != self.me]
+        peers = tuple(first + [v for v in others if v not in first])
+        if peers:
+            # Start at a different signer on each replica, so that not all of them ask the same one.
+            self.fetching[header_hash] = _Fetch(height, peers, self._my_index % max(1, len(first) or len(peers)))
+
+    def _request_bodies(self) -> None:
+        """One BLOCK-REQUEST per peer for the bodies we still lack, each to its next peer in turn: at once
+        on entering a view, then every retransmit_ms (a peer that did not answer is not asked twice running)."""
+        by_peer: dict[str, list[bytes]] = {}
+        for header_hash, fetch in sorted(self.fetching.items(), key=lambda item: item[1].height):
+            if fetch.height <= self.stable.height:
+                continue
+            peer = fetch.peers[fetch.attempt % len(fetch.peers)]
+            fetch.attempt += 1
+            by_peer.setdefault(peer, []).append(header_hash)
+        for peer, hashes in by_peer.items():
+            for start in range(0, len(hashes), BLOCK_REQUEST_HASHES_MAX):
+                self._send(peer, encode(BlockRequest(tuple(hashes[start:start + BLOCK_REQUEST_HASHES_MAX]))))
+
+    def _on_block_request(self, peer: str, message: BlockRequest, data: bytes) -> None:
+        """Serve the bodies we hold of the blocks asked for, one BLOCK-RESPONSE each (rate-limited per peer,
+        as catch-up is: a faulty peer must not make us send bodies as fast as it can ask)."""
+        now = self.now_ms or 0
+        key = "blocks:" + peer
+        last = self.served_at_ms.get(key)
+        if last is not None and now - last < self.config.catch_up_serve_interval_ms:
+            self._reject(peer, "block-request-too-often")
+            return
+        self.served_at_ms[key] = now
+        for header_hash in message.header_hashes:
+            block = self._servable_block(header_hash)
+            if block is not None:
+                self._send(peer, encode(BlockResponse(*block)))
+
+    def _servable_block(self, header_hash: bytes) -> tuple[BlockHeader, tuple[bytes, ...]] | None:
+        block = self.blocks.get(header_hash)
+        if block is not None:
+            return block
+        for bodies in self.persisted_bodies.values():
+            persisted = bodies.get(header_hash)
+            if persisted is not None and persisted[0] is not None:
+                return persisted[0], persisted[1]
+        for slot in self.slots.values():
+            if slot.hash == header_hash and slot.entries is not None:
+                return slot.header, slot.entries
+        return None
+
+    def _on_block_response(self, peer: str, message: BlockResponse, data: bytes) -> None:
+        """A body we asked for. decode_message checked it against the header it came with (`bad-body`);
+        the header's hash is the one the NEW-VIEW's certificate names, so it is that block's body."""
+        header_hash = hash_of_header(message.header)
+        fetch = self.fetching.pop(header_hash, None)
+        if fetch is None:
+            return   # a second answer, or for a view we left: nothing to do (and nothing kept)
+        slot = self.slots.get(fetch.height)
+        if slot is None or slot.hash != header_hash or slot.entries is not None:
+            return
+        slot.fill(message.entries)
+        self._proposal_queue = None   # the in-flight requests changed
+        if fetch.height > self.last_applied_height:
+            self.blocks[header_hash] = (message.header, message.entries)
 
     def _maybe_send_new_view(self, peer: str, peer_view: int) -> None:
         """A peer in another view. In an older one (or waiting for this one's NEW-VIEW): hand it the
@@ -1512,6 +1661,7 @@ class Replica:
                 if slot.commit is not None:
                     self._send(None, slot.commit)
             # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
+            self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
         if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
             self._send(None, self.my_checkpoint)
 

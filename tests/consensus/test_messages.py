@@ -19,7 +19,9 @@ from hypothesis import given, settings, strategies as st
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
 from consensus.messages import (
-    CATCH_UP_BLOCKS_MAX, MESSAGE_TYPES, REQUEST_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, CatchUpRequest, CatchUpResponse,
+    BLOCK_REQUEST_BYTES_MAX, BLOCK_REQUEST_HASHES_MAX, CATCH_UP_BLOCKS_MAX, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX_BY_TYPE,
+    MESSAGE_TYPES, NEW_VIEW_BYTES_MAX, REQUEST_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX, VIEW_CHANGE_BYTES_MAX, BlockRequest,
+    BlockResponse, CatchUpRequest, CatchUpResponse,
     Checkpoint, CheckpointCertificate, Commit, CommittedBlock, MessageError, NewView, PrePrepare,
     PreparedCertificate, Prepare, Requests, ViewChange, VoteSignature, checkpoint_payload, choose_blocks,
     decode_message, encode, encode_catch_up_response, sign, slot_payload,
@@ -36,10 +38,11 @@ def header(height=1, prev=ZERO_HASH, entries=(b"ok:1", b"ok:2")):
                        codec.sha256(b"root"), codec.sha256(b"results"), VSET.hash())
 
 
-def prepared(view, hdr, entries, signers=("v0", "v1", "v2")):
+def prepared(view, hdr, entries=None, signers=("v0", "v1", "v2")):
+    """A prepared certificate for `hdr` (`entries`: its body, which the certificate does not carry)."""
     sigs = tuple(VoteSignature(s, codec.sign(KEYS[s], codec.DOMAIN_PREPARE, CHAIN, slot_payload(view, hdr.height, hdr.hash())))
                  for s in sorted(signers))
-    return PreparedCertificate(view, hdr, tuple(entries), sigs)
+    return PreparedCertificate(view, hdr, sigs)
 
 
 def checkpoint_cert(hdr, signers=("v0", "v1", "v2")):
@@ -76,11 +79,13 @@ def samples():
         "new-view": sign(NewView(1, vcs, tuple(p.header.hash() for p in chosen), "v1"), KEYS["v1"], CHAIN),
         "catch-up-request": CatchUpRequest(1, 10),
         "catch-up-response": CatchUpResponse((committed(H1, ENTRIES), committed(H2, (b"ok:3",)))),
+        "block-request": BlockRequest((H1.hash(), H2.hash())),
+        "block-response": BlockResponse(H1, ENTRIES),
     }
 
 
 SAMPLES = samples()
-UNSIGNED = {"requests", "catch-up-request", "catch-up-response"}
+UNSIGNED = {"requests", "catch-up-request", "catch-up-response", "block-request", "block-response"}
 
 
 def test_every_type_has_a_sample():
@@ -156,6 +161,10 @@ def test_any_replaced_value_is_rejected_with_a_reason(kind, data, new_value):
         return
     result = decode_or_reason(encoded)
     if kind in UNSIGNED:
+        if result is not None and kind == "block-response":
+            # Whatever changed, the body still matches the header it came with (or it was refused).
+            assert result.header.entries_hash == entries_hash(result.entries)
+            assert result.header.entry_count == len(result.entries)
         if result is not None and kind == "catch-up-response":
             # Decoding is structural; each block must still fail its certificate check unless untouched.
             for original, block in zip(SAMPLES[kind].blocks, result.blocks):
@@ -282,3 +291,57 @@ def test_limits_are_enforced_at_their_edge():
         decode_message(encode(CatchUpRequest(1, CATCH_UP_BLOCKS_MAX + 1)), VSET, CHAIN)
     with pytest.raises(ValueError):
         encode_catch_up_response([committed(H1, ENTRIES)] * (CATCH_UP_BLOCKS_MAX + 1))
+
+
+def test_view_change_and_new_view_carry_no_block_bodies():
+    for kind in ("view-change", "new-view"):
+        data = encode(SAMPLES[kind])
+        assert b"ok:1" not in data and b"ok:3" not in data  # the entries' bytes never travel in them
+        assert "'entries':" not in repr(codec.unpack(data))
+
+
+def test_block_response_body_must_match_its_header():
+    wire = BlockResponse(H1, ENTRIES).to_wire()
+    for entries in ([b"ok:1"], [b"ok:2", b"ok:1"], [b"ok:1", b"ok:2", b"ok:3"], [b"ok:1", b"ok:X"]):
+        with pytest.raises(MessageError) as info:
+            decode_message(codec.pack({**wire, "entries": entries}), VSET, CHAIN)
+        assert info.value.reason == "bad-body"
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(BlockResponse(header(entries=()), ())), VSET, "another-chain")
+    assert info.value.reason == "wrong-chain"
+
+
+def test_block_request_limits():
+    most = BlockRequest(tuple(codec.sha256(b"%d" % i) for i in range(BLOCK_REQUEST_HASHES_MAX)))
+    data = encode(most)
+    assert len(data) <= BLOCK_REQUEST_BYTES_MAX
+    assert decode_message(data, VSET, CHAIN) == most
+    over = codec.pack({"type": "block-request", "header_hashes": [codec.sha256(b"%d" % i)
+                                                                   for i in range(BLOCK_REQUEST_HASHES_MAX + 1)]})
+    with pytest.raises(MessageError) as info:
+        decode_message(over, VSET, CHAIN)
+    assert info.value.reason == "too-large"
+    for hashes in ([], [H1.hash(), H1.hash()]):
+        with pytest.raises(MessageError) as info:
+            decode_message(codec.pack({"type": "block-request", "header_hashes": hashes}), VSET, CHAIN)
+        assert info.value.reason == "bad-field"
+
+
+def test_every_type_has_a_byte_cap_and_view_change_caps_are_well_below_the_frame():
+    assert set(MESSAGE_BYTES_MAX_BY_TYPE) == set(MESSAGE_TYPES.values())
+    assert all(cap <= MESSAGE_BYTES_MAX for cap in MESSAGE_BYTES_MAX_BY_TYPE.values())
+    assert MESSAGE_BYTES_MAX_BY_TYPE[ViewChange] == VIEW_CHANGE_BYTES_MAX <= MESSAGE_BYTES_MAX // 8
+    assert MESSAGE_BYTES_MAX_BY_TYPE[NewView] == NEW_VIEW_BYTES_MAX <= MESSAGE_BYTES_MAX // 2
+    assert MESSAGE_BYTES_MAX_BY_TYPE[BlockRequest] == BLOCK_REQUEST_BYTES_MAX
+    assert MESSAGE_BYTES_MAX_BY_TYPE[BlockResponse] == MESSAGE_BYTES_MAX_BY_TYPE[PrePrepare]
+
+
+def test_an_oversize_view_change_is_too_large_before_any_signature_check():
+    # A VIEW-CHANGE over its cap (its content does not matter: the cap is checked before the fields).
+    wire = codec.unpack(encode(SAMPLES["view-change"]))
+    wire["prepared"] = [wire["prepared"][0]] * (VIEW_CHANGE_BYTES_MAX // len(codec.pack(wire["prepared"][0])) + 1)
+    data = codec.pack(wire)
+    assert VIEW_CHANGE_BYTES_MAX < len(data) < MESSAGE_BYTES_MAX
+    with pytest.raises(MessageError) as info:
+        decode_message(data, VSET, CHAIN)
+    assert info.value.reason == "too-large" and "exceeds" in info.value.detail
