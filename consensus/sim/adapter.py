@@ -331,6 +331,8 @@ def forge_signature(ctx: Context, data: bytes, stranger_key: nacl.signing.Signin
     message = ctx.decode(data)
     if isinstance(message, messages.CatchUpResponse) and message.blocks:
         return messages.encode(messages.CatchUpResponse(_forged_blocks(message.blocks, rng)))
+    if isinstance(message, messages.BlockResponse):
+        return messages.encode(_forged_body(message, rng))
     if message is None or not isinstance(message, messages.SIGNED_TYPES):
         return None
     choice = rng.randrange(3)
@@ -343,6 +345,20 @@ def forge_signature(ctx: Context, data: bytes, stranger_key: nacl.signing.Signin
     # Impersonation: claims another validator as the sender, keeps our signature.
     others = [v.id for v in ctx.validators.validators if v.id != ctx.me]
     return messages.encode(dataclasses.replace(message, sender=rng.choice(others)))
+
+
+def _forged_body(response, rng: random.Random):
+    """A BLOCK-RESPONSE (a body fetched for a NEW-VIEW's chosen block) that must not be taken: a body
+    that does not match its header (refused: bad-body), or another block, consistent in itself, that
+    nobody asked for (ignored)."""
+    extra = app.make_request("forger", rng.randrange(1 << 30), rng.randbytes(4))
+    entries = response.entries + (extra,)
+    if rng.random() < 0.5:
+        return dataclasses.replace(response, entries=entries)
+    header = BlockHeader(**{
+        **response.header.to_wire(), "entries_hash": messages.entries_hash(entries), "entry_count": len(entries),
+    })
+    return messages.BlockResponse(header, entries)
 
 
 def _forged_blocks(blocks, rng: random.Random):
