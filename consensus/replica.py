@@ -319,6 +319,7 @@ class Replica:
         # without a record that names it). Also what this replica serves to BLOCK-REQUESTs.
         self.persisted_bodies: dict[int, dict[bytes, tuple[BlockHeader | None, tuple[bytes, ...]]]] = {}
         self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
+        self.bodies_asked_ms = 0  # when we last asked peers for them
         self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
         self.my_checkpoint: bytes | None = None
         self.my_checkpoint_height = 0
@@ -1541,16 +1542,23 @@ class Replica:
     def _request_bodies(self) -> None:
         """One BLOCK-REQUEST per peer for the bodies we still lack, each to its next peer in turn: at once
         on entering a view, then every retransmit_ms (a peer that did not answer is not asked twice running)."""
+        self.bodies_asked_ms = self.now_ms or 0
         by_peer: dict[str, list[bytes]] = {}
         for header_hash, fetch in sorted(self.fetching.items(), key=lambda item: item[1].height):
             if fetch.height <= self.stable.height:
                 continue
-            peer = fetch.peers[fetch.attempt % len(fetch.peers)]
-            fetch.attempt += 1
-            by_peer.setdefault(peer, []).append(header_hash)
+            # One request per peer per round (a peer serves one per catch_up_serve_interval_ms): a body
+            # whose next peer is full this round goes to the one after.
+            for _ in range(len(fetch.peers)):
+                peer = fetch.peers[fetch.attempt % len(fetch.peers)]
+                fetch.attempt += 1
+                hashes = by_peer.setdefault(peer, [])
+                if len(hashes) < BLOCK_REQUEST_HASHES_MAX:
+                    hashes.append(header_hash)
+                    break
         for peer, hashes in by_peer.items():
-            for start in range(0, len(hashes), BLOCK_REQUEST_HASHES_MAX):
-                self._send(peer, encode(BlockRequest(tuple(hashes[start:start + BLOCK_REQUEST_HASHES_MAX]))))
+            if hashes:
+                self._send(peer, encode(BlockRequest(tuple(hashes))))
 
     def _on_block_request(self, peer: str, message: BlockRequest, data: bytes) -> None:
         """Serve the bodies we hold of the blocks asked for, one BLOCK-RESPONSE each (rate-limited per peer,
@@ -1661,7 +1669,8 @@ class Replica:
                 if slot.commit is not None:
                     self._send(None, slot.commit)
             # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
-            self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
+            if self.fetching and (self.now_ms or 0) - self.bodies_asked_ms >= self.config.retransmit_ms // 2:
+                self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
         if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
             self._send(None, self.my_checkpoint)
 

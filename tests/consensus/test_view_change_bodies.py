@@ -273,3 +273,19 @@ def test_a_replica_refuses_a_window_whose_view_change_could_not_fit():
     Replica(ReplicaConfig(), vset, me, keys[0], CHAIN, TrivialApp())   # the default window (16) fits
     with pytest.raises(ReplicaConfigError, match="watermark_window 1024 is too large for 100 validators"):
         Replica(ReplicaConfig(watermark_window=1024), vset, me, keys[0], CHAIN, TrivialApp())
+
+
+def test_many_missing_bodies_are_spread_one_request_per_peer_per_round():
+    cluster = Cluster()
+    v3 = cluster.nodes["v3"].replica
+    v3.now_ms = cluster.now_ms
+    for i in range(100):   # more than one request's worth, all certified by v0, v1, v2
+        v3._want_body(1000 + i, codec.sha256(b"%d" % i), ("v0", "v1", "v2"))
+    v3._request_bodies()
+    ready = v3._ready()
+    asked = {}
+    for out in ready.messages:
+        assert out.to not in asked, "two requests to one peer in one round"
+        asked[out.to] = decode_message(out.data, cluster.vset, "bayledger-test").header_hashes
+    assert sum(len(h) for h in asked.values()) == 100
+    assert all(len(h) <= messages.BLOCK_REQUEST_HASHES_MAX for h in asked.values())
