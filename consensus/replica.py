@@ -365,6 +365,7 @@ class Replica:
         self._rejected: list[tuple[str, str]] = []
         self._held: list[list[Outbound]] = []
 
+        self.restore_skipped: list[str] = []   # persisted records left out at restore, and why
         if persisted:
             self._restore(persisted)
 
@@ -783,6 +784,16 @@ class Replica:
         except (MessageError, codec.EncodingError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"persisted consensus state is unreadable: {exc}") from exc
 
+    def _restore_message(self, persisted: dict[bytes, bytes], key: bytes):
+        """The persisted message under `key`, or None if there is none or it does not decode."""
+        if key not in persisted:
+            return None
+        try:
+            return decode_message(persisted[key], self.validators, self.chain_id, verify=False)
+        except MessageError as exc:
+            self.restore_skipped.append(f"{key.decode(errors='replace')}: {exc}")
+            return None
+
     def _restore_unchecked(self, persisted: dict[bytes, bytes]) -> None:
         if KEY_CHECKPOINT in persisted:
             self.stable = CheckpointCertificate.from_wire(codec.unpack(persisted[KEY_CHECKPOINT]), self.validators)
@@ -817,12 +828,17 @@ class Replica:
                 certificate = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
                 self.certs[height] = certificate
                 self._restored_body(height, certificate.header)
-        if KEY_VIEW_CHANGE in persisted:
-            vc = decode_message(persisted[KEY_VIEW_CHANGE], self.validators, self.chain_id, verify=False)
+        # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which
+        # carried block bodies) does not decode any more: leave it out. That is safe: our view, votes
+        # and prepared certificates have records of their own (the vote guard reads those), a
+        # VIEW-CHANGE is rebuilt from them when the view changes again, and a NEW-VIEW only restored
+        # slots the votes restore too. The host reports what was left out (restore_skipped).
+        vc = self._restore_message(persisted, KEY_VIEW_CHANGE)
+        if vc is not None:
             self.view_changes[self.me] = vc
             self.view_change_bytes[self.me] = persisted[KEY_VIEW_CHANGE]
-        if KEY_NEW_VIEW in persisted and self.view_active:
-            nv = decode_message(persisted[KEY_NEW_VIEW], self.validators, self.chain_id, verify=False)
+        nv = self._restore_message(persisted, KEY_NEW_VIEW) if self.view_active else None
+        if nv is not None:
             if nv.view == self.view:
                 self.new_view, self.new_view_bytes = nv, persisted[KEY_NEW_VIEW]
                 _, chosen = choose_blocks(nv.view_changes)
@@ -847,6 +863,10 @@ class Replica:
                     continue
                 if request_id not in self.pool and len(self.pool) < self.config.request_pool_max:
                     self.pool[request_id] = _Pending(request, 0)
+        if not self.view_active and self.me not in self.view_changes:
+            # Mid view change, and our VIEW-CHANGE was left out (an older version's): move to the next
+            # view with a fresh one (views only go up; we never sign a second VIEW-CHANGE for a view).
+            self._start_view_change(self.view + 1)
 
     # ------------------------------------------------------------------ normal case
 

@@ -158,11 +158,13 @@ def _ledger_application(ledger):
 
 
 def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, application):
-    from consensus.replica import Replica, ReplicaConfig
+    """The consensus core for this node (StartupError for a consensus config it refuses or a
+    persisted state it cannot read, each with the reason)."""
+    from consensus.replica import Replica, ReplicaConfig, ReplicaConfigError
 
     height, header = _last_applied(ledger)
-    return Replica(
-        config=ReplicaConfig(
+    try:
+        replica_config = ReplicaConfig(
             batch_requests_max=config.consensus.batch_requests_max,
             batch_wait_ms=config.consensus.batch_wait_ms,
             partial_batch_in_flight_max=config.consensus.partial_batch_in_flight_max,
@@ -171,15 +173,21 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, applicatio
             watermark_window=config.consensus.watermark_window,
             request_pool_max=config.limits.mempool_requests_max,
             vouch_wait_ms=config.consensus.vouch_wait_ms,
-        ),
-        validators=_genesis_validators(genesis),
-        me=config.node_id,
-        signing_key=key.signing_key,
-        chain_id=genesis.chain_id,
-        app=application,
-        persisted=ledger.load_consensus_state(),
-        last_applied=(height, header),
-    )
+        )
+        return Replica(
+            config=replica_config,
+            validators=_genesis_validators(genesis),
+            me=config.node_id,
+            signing_key=key.signing_key,
+            chain_id=genesis.chain_id,
+            app=application,
+            persisted=ledger.load_consensus_state(),
+            last_applied=(height, header),
+        )
+    except ReplicaConfigError as exc:
+        raise StartupError(f"[consensus]: {exc}") from None
+    except ValueError as exc:   # persisted state the replica cannot read, with the reason
+        raise StartupError(f"consensus state in {config.data_dir}: {exc}") from None
 
 
 def _last_applied(ledger) -> tuple[int, Any]:
@@ -308,6 +316,9 @@ class Daemon:
         self.application = EntryVerdictMemo(
             application if application is not None else _ledger_application(ledger))
         self.replica = _build_replica(config, genesis, key, ledger, self.application)
+        for note in getattr(self.replica, "restore_skipped", ()):
+            # A record an older version wrote that this one cannot read (docs/CONSENSUS.md, View change).
+            log.warning("persisted consensus record left out", detail=note)
         self.height, _ = _last_applied(ledger)
         self.view = int(getattr(self.replica, "view", 0))
         self._vouch_fallbacks_seen = 0

@@ -289,3 +289,57 @@ def test_many_missing_bodies_are_spread_one_request_per_peer_per_round():
         asked[out.to] = decode_message(out.data, cluster.vset, "bayledger-test").header_hashes
     assert sum(len(h) for h in asked.values()) == 100
     assert all(len(h) <= messages.BLOCK_REQUEST_HASHES_MAX for h in asked.values())
+
+
+def _old_format(data: bytes) -> bytes:
+    """A VIEW-CHANGE or NEW-VIEW as the previous version wrote it: prepared certificates with their
+    `entries` (the bodies this version no longer sends)."""
+    wire = codec.unpack(data)
+    changes = wire["view_changes"] if wire["type"] == "new-view" else [wire]
+    for change in changes:
+        for certificate in change["prepared"]:
+            certificate["entries"] = [b"ok:old"]
+    return codec.pack(wire)
+
+
+def test_a_replica_upgraded_mid_view_change_leaves_the_old_record_out_and_moves_on():
+    """A node that stopped in a view change under the previous version has its VIEW-CHANGE stored with
+    block bodies. After the upgrade it must start (not refuse its state), say what it left out, and
+    keep up: it starts the next view change with a fresh VIEW-CHANGE and commits what the others do."""
+    cluster = Cluster()
+    v1 = cluster.nodes["v1"]
+    # A block prepared everywhere but not committed (COMMITs dropped); then v1 is cut off, times out
+    # into a view change of its own and persists a VIEW-CHANGE that carries the prepared certificate,
+    # while the other three commit the block and carry on in view 0.
+    cluster.drop = lambda s, t, d: kind_of(d) == "commit"
+    cluster.submit("v0", b"ok:prepared")
+    assert cluster.run_until(lambda: 1 in v1.replica.certs, 500)
+    cluster.drop = lambda s, t, d: s == "v1" or t == "v1"
+    assert cluster.run_until(lambda: not v1.replica.view_active, 2000)
+    assert v1.replica.view_changes["v1"].prepared, "the stored VIEW-CHANGE must carry a certificate"
+    stuck_view = v1.replica.view
+    v1.crash()
+    v1.persisted[b"view-change"] = _old_format(v1.persisted[b"view-change"])
+    v1.restart()
+    assert any("view-change" in note for note in v1.replica.restore_skipped), v1.replica.restore_skipped
+    assert v1.replica.view == stuck_view + 1 and not v1.replica.view_active
+    assert v1.replica.view_changes["v1"].view == stuck_view + 1
+    cluster.drop = lambda s, t, d: False
+    cluster.submit("v0", b"ok:a")
+    live = ["v0", "v1", "v2", "v3"]
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:prepared", b"ok:a"], live), 5000)
+    cluster.assert_agreement()
+
+
+def test_an_old_format_new_view_is_left_out_and_the_replica_keeps_its_view():
+    cluster = Cluster()
+    _prepared_without_v3(cluster)
+    v3 = cluster.nodes["v3"]
+    assert cluster.run_until(lambda: v3.replica.view >= 1 and v3.replica.view_active, 2000)
+    view = v3.replica.view
+    assert b"new-view" in v3.persisted
+    v3.crash()
+    v3.persisted[b"new-view"] = _old_format(v3.persisted[b"new-view"])
+    v3.restart()
+    assert any("new-view" in note for note in v3.replica.restore_skipped)
+    assert v3.replica.view == view and v3.replica.view_active and v3.replica.new_view is None
