@@ -318,8 +318,9 @@ TEMPLATES: tuple[Callable[[], dict], ...] = (
              "signature": _sig()},
     lambda: {"type": "view-change", "view": 1, "sender": "r1", "signature": _sig(),
              "checkpoint": {"height": 0, "header_hash": _h(), "signatures": []},
-             "prepared": [{"view": 0, "header": _header(), "entries": [_entry()],
-                           "prepares": [{"validator": "r0", "sig": _sig()}]}]},
+             "prepared": [{"view": 0, "header": _header(), "prepares": [{"validator": "r0", "sig": _sig()}]}]},
+    lambda: {"type": "block-request", "header_hashes": [_h(5), _h(6)]},
+    lambda: {"type": "block-response", "header": _header(), "entries": [_entry()]},
     lambda: {"type": "catch-up-request", "from_height": 1, "to_height": 2},
     lambda: {"type": "catch-up-response", "blocks": [{
         "header": _header(), "entries": [_entry()],
