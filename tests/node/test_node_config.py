@@ -151,6 +151,9 @@ def test_malformed_key_files_are_refused(tmp_path):
         "'seed' is not hex": '{"seed": "zz", "public_key": "%s"}' % other.public_key.hex(),
         "must be 32 bytes": '{"seed": "00", "public_key": "%s"}' % other.public_key.hex(),
         "does not belong": '{"seed": "%s", "public_key": "%s"}' % ("11" * 32, other.public_key.hex()),
+        # Nested past Python's recursion limit, within the 4 KiB size bound: a clear error, no traceback.
+        "not JSON: RecursionError": "[" * 2000 + "]" * 2000,
+        "'seed' is not hex|must be 32 bytes|'seed'": '{"seed": [[[[1]]]], "public_key": "%s"}' % other.public_key.hex(),
     }
     for expected, text in cases.items():
         path.write_text(text)
