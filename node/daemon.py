@@ -81,7 +81,7 @@ CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our o
 # Protocol-level reasons ("wrong-view", "outside-window", "invalid-request:*", ...) happen between honest
 # validators and are never reported.
 MALFORMED_MESSAGE_REASONS = frozenset({
-    "bad-encoding", "too-large", "bad-type", "bad-field",
+    "bad-encoding", "too-large", "bad-type", "bad-field", "bad-body",
     "too-deep", "too-long", "too-many-items", "malformed", "not-canonical",
 })
 
