@@ -76,6 +76,7 @@ SHUTDOWN_ANSWERS_FLUSH_MS = 1_000
 ERROR_SHUTTING_DOWN = rpc.ERROR_SHUTTING_DOWN
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
+ALREADY_COMMITTED = "already-committed"  # a submit of bytes already on the ledger (the RPC error code too)
 # Core rejections that mean a peer sent bytes that are not a well-formed message (consensus decode_message
 # and the codec's reason codes). Reported to the transport, which cuts a peer that sends too many of them.
 # Protocol-level reasons ("wrong-view", "outside-window", "invalid-request:*", ...) happen between honest
@@ -509,11 +510,12 @@ class Daemon:
         """Hand a client's entry to the core (which pools it and forwards it to every validator);
         return the core's Ready."""
         ready = self.replica.on_request(request.entry)
-        refusals = [reason for peer, reason in ready.rejected if peer == CLIENT_PEER_ID]
+        refusals = [ALREADY_COMMITTED if reason == "applied-request:already-applied" else reason
+                    for peer, reason in ready.rejected if peer == CLIENT_PEER_ID]
         if not refusals and request.entry_id in getattr(self.replica, "committed_ids", ()):
             # The core drops a committed request silently (peers forward duplicates all the time);
             # a client retrying it must hear so instead of waiting for a commit that will not come.
-            refusals = ["already-committed"]
+            refusals = [ALREADY_COMMITTED]
         request.refusal = refusals[0] if refusals else None
         if request.taken is not None:
             request.taken.set()

@@ -603,7 +603,8 @@ class Ledger:
 
     def check_applied(self, data: bytes) -> str | None:
         """Why an entry can never apply on the applied state, from its author's nonce window
-        ("replayed-nonce": applied already; "stale-nonce": below a full window), else None.
+        ("replayed-nonce": its nonce is spent; "already-applied": spent by these very bytes, for a
+        commit or revoke; "stale-nonce": below a full window), else None.
 
         Read-only: it looks at the applied (committed) state only, never at speculative
         executions, and writes nothing. Bytes that are not an entry give None (check_entry judges
@@ -617,7 +618,23 @@ class Ledger:
                 entry = decode_entry(data)
             except EntryError:
                 return None
-        return self.nonce_window(entry.author).check(entry.nonce)
+        refused = self.nonce_window(entry.author).check(entry.nonce)
+        if refused == "replayed-nonce" and self._holds_entry(entry):
+            # These very bytes are on the ledger (a client retrying what committed): say so.
+            return "already-applied"
+        return refused
+
+    def _holds_entry(self, entry) -> bool:
+        """Whether the ledger holds exactly this entry, where an index can tell: a commit, or the
+        revoke of a commitment (governance admit and suspend have no index by entry: False)."""
+        commitment = entry.commitment
+        if commitment is None or entry.type not in ("commit", "revoke"):
+            return False
+        record = self.commitment_record(commitment)
+        if record is None:
+            return False
+        leaf = record.leaf_index if entry.type == "commit" else record.revoke_leaf
+        return leaf is not None and self.entry(leaf) == entry.data
 
     def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
         if not isinstance(commitment, bytes) or len(commitment) != 32:

@@ -87,9 +87,9 @@ def test_a_replayed_committed_entry_is_not_pooled_after_a_restart(world, ledger)
     now = START_MS + 1000
     carry_out(ledger, replica, replica.on_tick(now))
     ready = replica.on_message(PEER, encode(Requests((old,))))
-    assert (PEER, "applied-request:replayed-nonce") in ready.rejected
+    assert (PEER, "applied-request:already-applied") in ready.rejected
     ready = replica.on_request(old)
-    assert (CLIENT, "applied-request:replayed-nonce") in ready.rejected
+    assert (CLIENT, "applied-request:already-applied") in ready.rejected
     assert replica.pending_request_count == 0
     run_past_the_view_timeout(ledger, replica, now)
     assert replica.view == 0 and replica.view_active
@@ -115,7 +115,8 @@ def test_check_applied_reads_the_applied_state_only(world, ledger):
     block = next_block(world, ledger, [first])
     assert app.check_request_applied(first) is None
     ledger.apply_block(block)
-    assert app.check_request_applied(first) == "replayed-nonce"
+    # These very bytes are on the ledger: a client retrying them hears "already-applied".
+    assert app.check_request_applied(first) == "already-applied"
     assert app.check_request_applied(second) is None
     # The same nonce in other bytes (another commitment) is used up too.
     again = build_commit(author.key, author.id, world.chain_id, commitment(3), "credit-report", "HK",
@@ -144,7 +145,7 @@ def test_a_memo_in_front_of_the_application_does_not_memoize_the_applied_check(w
     app = EntryVerdictMemo(LedgerApplication(ledger))
     assert app.check_request_applied(entry) is None
     ledger.apply_block(next_block(world, ledger, [entry]))
-    assert app.check_request_applied(entry) == "replayed-nonce"
+    assert app.check_request_applied(entry) == "already-applied"
 
 
 def test_ledger_check_applied_writes_nothing(world, ledger):
@@ -153,7 +154,7 @@ def test_ledger_check_applied_writes_nothing(world, ledger):
     ledger.apply_block(next_block(world, ledger, [entry]))
     before = dict(ledger._db.iterator())
     for _ in range(3):
-        assert ledger.check_applied(entry) == "replayed-nonce"
+        assert ledger.check_applied(entry) == "already-applied"
     assert dict(ledger._db.iterator()) == before
 
 
@@ -164,6 +165,6 @@ def test_a_loaded_ledger_answers_the_same_after_reopening(world, ledger, tmp_pat
     ledger.close()
     reopened = Ledger.open(tmp_path / "ledger", world.genesis)
     try:
-        assert reopened.check_applied(entry) == "replayed-nonce"
+        assert reopened.check_applied(entry) == "already-applied"
     finally:
         reopened.close()
