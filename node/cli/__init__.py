@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 # Modules that add subcommands; a missing module (not built yet) is skipped.
@@ -23,12 +24,21 @@ class CliError(Exception):
         self.code = code
 
 
+def installed_version() -> str:
+    """The installed package's version (pyproject.toml), or "unknown" when run from a bare checkout."""
+    try:
+        return importlib.metadata.version("bayledger")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: run `make` or `pip install .`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayledger",
         description="Bayledger: a permissioned ledger of credit-report commitments "
         "between Hong Kong and the mainland, with offline-verifiable match proofs.",
     )
+    parser.add_argument("--version", action="version", version=f"bayledger {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in AREA_MODULES:
         try:

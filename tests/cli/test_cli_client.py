@@ -331,3 +331,12 @@ def test_usage_errors_are_one_line(capsys, argv):
         main(argv)
     err = capsys.readouterr().err
     assert exit_status.value.code == 2 and one_line_error(err) and err.startswith("bayledger "), err
+
+
+def test_version_names_the_installed_package(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bayledger {importlib.metadata.version('bayledger')}"
