@@ -7,7 +7,6 @@ machine-readable view the benchmark and tests use.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from pathlib import Path
 from . import rpc
 from .network import ManifestError, Network, NodeEntry, plan_network
 from .ports import check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
-from .supervisor import (SupervisorError, exit_statuses, process_exists, process_matches, read_pid, running_pid,
-                         start_node, stop_node)
+from .supervisor import exit_statuses, read_pid, running_pid, start_detached, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
 DEFAULT_BASE_PORT = 7700
@@ -348,30 +346,6 @@ def stop_byzantine(node: NodeEntry, *, hard: bool = False) -> str | None:
     outcome = stop_node(paths["pid"], node.config_path, hard=hard, timeout_ms=5_000)
     paths["record"].unlink(missing_ok=True)
     return None if outcome == "not running" else outcome
-
-
-def start_detached(command: list[str], pid_file: Path, log_file: Path, marker: str, cwd: Path) -> int:
-    """Start `command` in its own session like supervisor.start_node, output appended to `log_file`."""
-    pid_file.unlink(missing_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        out.write(f"--- testnet: starting {' '.join(command)} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
-        out.flush()
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=cwd, env=env, start_new_session=True)
-        except OSError as exc:
-            raise SupervisorError(f"cannot start {command[0]}: {exc.strerror}") from None
-    deadline = time.monotonic() + 5
-    while not process_matches(process.pid, marker) and process_exists(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    tmp = pid_file.with_suffix(".pid.tmp")
-    tmp.write_text(f"{process.pid}\n")
-    tmp.replace(pid_file)
-    process.returncode = 0   # reaped by pid (supervisor.process_exists), not by Popen
-    return process.pid
 
 
 def byzantine(run_dir: Path, name: str, behaviour: str, options: list[str] | None = None) -> int:

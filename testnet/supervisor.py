@@ -106,16 +106,22 @@ def start_node(config_path: Path, pid_file: Path, log_file: Path, cwd: Path | No
     existing = running_pid(pid_file, config_path)
     if existing is not None:
         raise SupervisorError(f"node of {config_path} is already running (pid {existing})")
+    return start_detached(node_command(config_path), pid_file, log_file, str(config_path), cwd)
+
+
+def start_detached(command: list[str], pid_file: Path, log_file: Path, marker: str, cwd: Path | None) -> int:
+    """Start `command` in its own session, output appended to `log_file`; write its pid to
+    `pid_file` once its command line shows `marker` (what running_pid checks it by)."""
     pid_file.unlink(missing_ok=True)  # stale
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        log.write(f"--- testnet: starting {' '.join(node_command(config_path))} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        log.write(f"--- testnet: starting {' '.join(command)} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         log.flush()
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             process = subprocess.Popen(
-                node_command(config_path),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -124,11 +130,11 @@ def start_node(config_path: Path, pid_file: Path, log_file: Path, cwd: Path | No
                 start_new_session=True,
             )
         except OSError as exc:
-            raise SupervisorError(f"cannot start {node_command(config_path)[0]}: {exc.strerror}") from None
+            raise SupervisorError(f"cannot start {command[0]}: {exc.strerror}") from None
     # Just after exec, /proc/PID/cmdline is briefly empty (the new image is still being set
-    # up); until it names the config, `running_pid` could not tell our node from a stranger.
+    # up); until it names the marker, `running_pid` could not tell our process from a stranger.
     deadline = time.monotonic() + start_settle_timeout_ms / 1000
-    while not process_matches(process.pid, str(config_path)) and process_exists(process.pid):
+    while not process_matches(process.pid, marker) and process_exists(process.pid):
         if time.monotonic() > deadline:
             break
         time.sleep(settle_poll_interval_ms / 1000)
