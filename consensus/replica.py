@@ -349,11 +349,9 @@ class Replica:
         self.catch_up_peers: list[str] = []
         self.catch_up_attempt = 0
         self.catch_up_deadline_ms: int | None = None
-        self.served_at_ms: dict[str, int] = {}
+        self.paced_at_ms: dict[str, int] = {}   # "what:peer" -> when we last did it (_paced)
         self.probe_at_ms: int | None = None
         self.probe_index = 0
-        self.new_view_sent_ms: dict[str, int] = {}
-        self.new_view_asked_ms: dict[str, int] = {}   # peer -> when we last asked it for its NEW-VIEW
         self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
 
         # Output being assembled for the current input, and messages held until their state is persisted.
@@ -1385,16 +1383,22 @@ class Replica:
         if height > self.last_applied_height:
             self._set_catch_up_target(height, [s.validator for s in certificate.signatures])
 
+    def _paced(self, key: str, interval_ms: int) -> bool:
+        """True (and the time noted) if nothing was done for `key` in the last `interval_ms`: how every
+        answer and offer to one peer is rate-limited, so a faulty peer cannot make us work at its pace."""
+        now = self.now_ms or 0
+        last = self.paced_at_ms.get(key)
+        if last is not None and now - last < interval_ms:
+            return False
+        self.paced_at_ms[key] = now
+        return True
+
     def _relay_stable(self, peer: str) -> None:
         """A peer is below our stable checkpoint: send it the quorum of CHECKPOINT votes that proves it."""
         if self.stable.height == 0:
             return
-        now = self.now_ms or 0
-        key = "checkpoint:" + peer
-        last = self.served_at_ms.get(key)
-        if last is not None and now - last < self.config.retransmit_ms:
+        if not self._paced("checkpoint:" + peer, self.config.retransmit_ms):
             return
-        self.served_at_ms[key] = now
         for s in self.stable.signatures:
             vote = Checkpoint(self.stable.height, self.stable.header_hash, s.validator, s.signature)
             self._send(peer, encode(vote))
@@ -1583,13 +1587,9 @@ class Replica:
     def _on_block_request(self, peer: str, message: BlockRequest, data: bytes) -> None:
         """Serve the bodies we hold of the blocks asked for, one BLOCK-RESPONSE each (rate-limited per peer,
         as catch-up is: a faulty peer must not make us send bodies as fast as it can ask)."""
-        now = self.now_ms or 0
-        key = "blocks:" + peer
-        last = self.served_at_ms.get(key)
-        if last is not None and now - last < self.config.catch_up_serve_interval_ms:
+        if not self._paced("blocks:" + peer, self.config.catch_up_serve_interval_ms):
             self._reject(peer, "block-request-too-often")
             return
-        self.served_at_ms[key] = now
         for header_hash in message.header_hashes:
             block = self._servable_block(header_hash)
             if block is not None:
@@ -1636,22 +1636,16 @@ class Replica:
         """Send `peer` the NEW-VIEW of our view, at most once per retransmit_ms per peer."""
         if not self.view_active or self.new_view_bytes is None:
             return
-        now = self.now_ms or 0
-        last = self.new_view_sent_ms.get(peer)
-        if last is not None and now - last < self.config.retransmit_ms:
+        if not self._paced("new-view-sent:" + peer, self.config.retransmit_ms):
             return
-        self.new_view_sent_ms[peer] = now
         self._send(peer, self.new_view_bytes)
 
     def _ask_for_new_view(self, peer: str) -> None:
         """Ask `peer` for the blocks past ours and, with them, its NEW-VIEW (peers answer every
         CATCH-UP-REQUEST with their NEW-VIEW: _on_catch_up_request). At most once per
         retransmit_ms per peer, so a peer that claims a far view costs one small message a round."""
-        now = self.now_ms or 0
-        last = self.new_view_asked_ms.get(peer)
-        if last is not None and now - last < self.config.retransmit_ms:
+        if not self._paced("new-view-asked:" + peer, self.config.retransmit_ms):
             return
-        self.new_view_asked_ms[peer] = now
         first = self.last_applied_height + 1
         self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
 
@@ -1721,11 +1715,8 @@ class Replica:
         """A peer voted on a height we already committed: it is behind, offer it the blocks (rate-limited)."""
         if from_height > self.last_applied_height or from_height < 1:
             return
-        now = self.now_ms or 0
-        last = self.served_at_ms.get(peer)
-        if last is not None and now - last < self.config.catch_up_timeout_ms:
+        if not self._paced("behind:" + peer, self.config.catch_up_timeout_ms):
             return
-        self.served_at_ms[peer] = now
         to_height = min(self.last_applied_height, from_height + CATCH_UP_BLOCKS_MAX - 1)
         self._serve.append((peer, from_height, to_height))
 
@@ -1768,13 +1759,9 @@ class Replica:
             return
         # One range per peer per interval: an honest peer asks for the next range only after the last
         # one arrived, a faulty one must not make our host read storage as fast as it can send.
-        now = self.now_ms or 0
-        key = "request:" + peer
-        last = self.served_at_ms.get(key)
-        if last is not None and now - last < self.config.catch_up_serve_interval_ms:
+        if not self._paced("request:" + peer, self.config.catch_up_serve_interval_ms):
             self._reject(peer, "catch-up-too-often")
             return
-        self.served_at_ms[key] = now
         self._serve.append((peer, message.from_height, min(message.to_height, self.last_applied_height)))
 
     def _on_catch_up_response(self, peer: str, message: CatchUpResponse, data: bytes) -> None:
