@@ -160,12 +160,12 @@ def unpack(data: bytes, *, max_bytes: int | None = None, limits: DecodeLimits | 
     Total: for any input, returns a value or raises EncodingError, never anything else.
     `max_bytes`, when given, tightens `limits.bytes_max`.
     """
-    value, _ = _unpack_bounded(data, max_bytes, limits or DEFAULT_LIMITS)
-    return value
+    return _unpack_bounded(data, max_bytes, limits or DEFAULT_LIMITS, canonical=False)
 
 
-def _unpack_bounded(data: bytes, max_bytes: int | None, limits: DecodeLimits) -> tuple[Any, int]:
-    """(value, number of containers in it) or EncodingError."""
+def _unpack_bounded(data: bytes, max_bytes: int | None, limits: DecodeLimits, canonical: bool) -> Any:
+    """The value, or EncodingError; with `canonical`, the one walk over it also checks map key order
+    and leaf types (the byte comparison is the caller's)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EncodingError(f"expected bytes, got {type(data).__name__}", "malformed")
     bytes_max = limits.bytes_max if max_bytes is None else min(max_bytes, limits.bytes_max)
@@ -193,8 +193,8 @@ def _unpack_bounded(data: bytes, max_bytes: int | None, limits: DecodeLimits) ->
         if isinstance(exc, MemoryError):
             raise
         raise EncodingError(f"not valid msgpack: {type(exc).__name__}: {exc}", "malformed") from None
-    containers = _walk(value, limits.depth_max, canonical=False)
-    return value, containers
+    _walk(value, limits.depth_max, canonical)
+    return value
 
 
 def check_depth(value: Any, depth_max: int) -> None:
@@ -211,9 +211,9 @@ def unpacker_limits(limits: DecodeLimits) -> dict[str, int]:
             "max_map_len": limits.map_len_max, "max_ext_len": 0}
 
 
-def _walk(value: Any, depth_max: int, canonical: bool) -> int:
+def _walk(value: Any, depth_max: int, canonical: bool) -> None:
     """Check nesting (and with `canonical`, that every map has str keys in ascending order and
-    every leaf has a canonical type) without recursion; return the number of containers.
+    every leaf has a canonical type) without recursion.
 
     A container at the top is at depth 1. Iterative, so no input can exhaust the Python stack.
     """
@@ -221,12 +221,10 @@ def _walk(value: Any, depth_max: int, canonical: bool) -> int:
     if kind is not list and kind is not dict:
         if canonical and kind not in _SCALAR_TYPES:
             raise EncodingError(f"type {kind.__name__} has no canonical encoding", "not-canonical")
-        return 0
-    containers = 0
+        return
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        containers += 1
         if depth > depth_max:
             raise EncodingError(f"nested deeper than {depth_max}", "too-deep")
         if type(node) is dict:
@@ -246,7 +244,6 @@ def _walk(value: Any, depth_max: int, canonical: bool) -> int:
                 stack.append((item, depth + 1))
             elif canonical and item_kind not in _SCALAR_TYPES:
                 raise EncodingError(f"type {item_kind.__name__} has no canonical encoding", "not-canonical")
-    return containers
 
 
 def check_canonical(value: Any, data: bytes, depth_max: int = DEFAULT_LIMITS.depth_max) -> None:
@@ -259,6 +256,11 @@ def check_canonical(value: Any, data: bytes, depth_max: int = DEFAULT_LIMITS.dep
     had a wider integer, a repeated map key or trailing bytes.
     """
     _walk(value, depth_max, canonical=True)
+    _check_same_bytes(value, data)
+
+
+def _check_same_bytes(value: Any, data: bytes) -> None:
+    """The second half of check_canonical, for a value whose walk has been done."""
     try:
         again = _packer.pack(value)
     except (OverflowError, ValueError, TypeError) as exc:
@@ -270,12 +272,14 @@ def check_canonical(value: Any, data: bytes, depth_max: int = DEFAULT_LIMITS.dep
 
 def unpack_canonical(data: bytes, *, max_bytes: int | None = None, limits: DecodeLimits | None = None) -> Any:
     """Decode bytes that must be in canonical form, within `limits`; raise EncodingError otherwise."""
-    limits = limits or DEFAULT_LIMITS
-    value = unpack(data, max_bytes=max_bytes, limits=limits)
     try:
-        check_canonical(value, bytes(data), limits.depth_max)
+        # One walk over the value checks its depth and its canonical form together.
+        value = _unpack_bounded(data, max_bytes, limits or DEFAULT_LIMITS, canonical=True)
+        _check_same_bytes(value, bytes(data))
     except EncodingError as exc:
-        raise EncodingError(f"not canonical: {exc}", exc.reason) from exc
+        if exc.reason != "not-canonical":
+            raise
+        raise EncodingError(f"not canonical: {exc}", exc.reason) from None
     return value
 
 
