@@ -187,7 +187,13 @@ def _unpack_bounded(data: bytes, max_bytes: int | None, limits: DecodeLimits, ca
         raise EncodingError(f"nested deeper than {limits.depth_max}", "too-deep") from None
     except ValueError as exc:
         if "exceeds max_" in str(exc):
-            raise EncodingError(f"not valid msgpack: {exc}", "too-long") from None
+            # "N exceeds max_array_len(M)": over the limit, or (when the input cannot even hold N
+            # items or bytes) a declared length past the data, which is malformed whatever the limit.
+            # An extension type (max_ext_len is 0) has no meaning here at any length: malformed too.
+            declared = str(exc).split(" ", 1)[0]
+            past_data = declared.isdigit() and int(declared) > len(data)
+            reason = "malformed" if past_data or "max_ext_len" in str(exc) else "too-long"
+            raise EncodingError(f"not valid msgpack: {exc}", reason) from None
         raise EncodingError(f"not valid msgpack: {type(exc).__name__}: {exc}", "malformed") from None
     except Exception as exc:  # msgpack raises several unrelated types (and MemoryError is not ours to hide)
         if isinstance(exc, MemoryError):

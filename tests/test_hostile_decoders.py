@@ -103,9 +103,13 @@ def test_byte_bound_at_its_edge():
 
 
 def test_declared_lengths_past_the_data_are_malformed_not_allocated():
+    # Past the data and past the limit alike: the bytes cannot hold what they declare, so the
+    # reason is "malformed", not "too-long" (a consensus peer's random bytes are bad-encoding).
     for header in (b"\xc6", b"\xdb", b"\xdd", b"\xdf"):
         data = header + b"\xff\xff\xff\xff" + b"\x00" * 8
-        assert _reason(data, codec.DEFAULT_LIMITS) in ("too-long", "malformed")
+        assert _reason(data, codec.DEFAULT_LIMITS) == "malformed"
+    assert _reason(b"\x97" + b"\xc0" * 3, EDGE) == "malformed"      # 7 declared, over the limit, 4 bytes
+    assert _reason(b"\xd4\x01\x00", EDGE) == "malformed"             # an extension type, at any length
 
 
 def test_a_frame_of_empty_arrays_stops_at_the_item_budget():
