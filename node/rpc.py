@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -34,7 +35,11 @@ import structlog
 import trio
 
 from consensus import codec
+from node import rpc_access
 from node.api import ApiError, NodeApi
+from node.rpc_access import Session
+from storage.entries import EntryError, decode_entry
+from storage.genesis import GOVERNANCE_AUTHOR
 
 log = structlog.get_logger("node.rpc")
 
@@ -44,7 +49,9 @@ MESSAGE_NOTIFICATION = 2
 msgid_max = 2**32 - 1               # the spec's msgid is a 32-bit unsigned integer
 
 QUERY_TYPE = "match-query"
-QUERY_FIELDS = frozenset(("type", "chain_id", "participant", "participant_key", "commitment", "nonce", "time_ms"))
+# "node": the query is good at that node only (a query answered by one node cannot be replayed to another).
+QUERY_FIELDS = frozenset(("type", "chain_id", "node", "participant", "participant_key", "commitment", "nonce",
+                          "time_ms"))
 query_bytes_max = 1024              # a signed query is ~250 bytes
 
 # Stable error codes (docs/PROTOCOL.md §8 lists what each means).
@@ -144,6 +151,7 @@ class QueryGuard:
 @dataclass(frozen=True)
 class MatchQuery:
     chain_id: str
+    node: str
     participant: str
     participant_key: bytes
     commitment: bytes
@@ -152,7 +160,7 @@ class MatchQuery:
     query_id: bytes
 
 
-def decode_query(data: Any, chain_id: str) -> MatchQuery:
+def decode_query(data: Any, chain_id: str, node_id: str) -> MatchQuery:
     """Parse and check the signature of a signed match query (see docs/PROTOCOL.md §8); raise ApiError."""
     if not isinstance(data, bytes):
         raise ApiError(ERROR_INVALID_PARAMS, "match takes one bin parameter: the signed query")
@@ -177,6 +185,9 @@ def decode_query(data: Any, chain_id: str) -> MatchQuery:
         raise ApiError(ERROR_INVALID_PARAMS, f"query type must be {QUERY_TYPE!r}")
     if body["chain_id"] != chain_id:
         raise ApiError(ERROR_INVALID_PARAMS, f"query is for chain {body['chain_id']!r}, not {chain_id!r}")
+    if body["node"] != node_id:
+        raise ApiError(ERROR_INVALID_PARAMS, f"query is for node {str(body['node'])[:64]!r}, not {node_id!r}: "
+                       "a signed query is good at the node it names only; sign one for this node")
     if not isinstance(body["participant"], str):
         raise ApiError(ERROR_INVALID_PARAMS, "query participant must be a string")
     for name in ("participant_key", "commitment"):
@@ -187,7 +198,7 @@ def decode_query(data: Any, chain_id: str) -> MatchQuery:
             raise ApiError(ERROR_INVALID_PARAMS, f"query {name} must be an integer in 0..2**63-1")
     if not codec.verify(body["participant_key"], signature, codec.DOMAIN_QUERY, chain_id, body_bytes):
         raise ApiError(ERROR_BAD_SIGNATURE, "query signature does not verify under participant_key")
-    return MatchQuery(chain_id=chain_id, participant=body["participant"], participant_key=body["participant_key"],
+    return MatchQuery(chain_id=chain_id, node=node_id, participant=body["participant"], participant_key=body["participant_key"],
                       commitment=body["commitment"], nonce=body["nonce"], time_ms=body["time_ms"],
                       query_id=hashlib.sha256(body_bytes).digest())
 
@@ -215,11 +226,41 @@ class RpcMethods:
         self.limits = limits
         self.clock_ms = clock_ms
         self.queries = QueryGuard(limits.query_window_ms, limits.query_ids_max, limits.query_ids_per_participant_max)
+        # Query ids are remembered in memory only: a query signed before this start is refused instead.
+        self.started_ms = clock_ms()
+        self._node_id: str | None = None
         self.table: dict[str, Callable] = {
-            "status": self.status, "validators": self.validators, "header": self.header, "block": self.block,
+            "status": self.status, "challenge": self.challenge, "authenticate": self.authenticate,
+            "validators": self.validators, "header": self.header, "block": self.block,
             "submit": self.submit, "match": self.match, "consistency": self.consistency,
             "participant": self.participant,
         }
+        assert set(self.table) <= rpc_access.PUBLIC_METHODS | set(rpc_access.METHOD_ROLES)
+
+    @property
+    def node_id(self) -> str:
+        if self._node_id is None:
+            self._node_id = self.api.status()["node_id"]
+        return self._node_id
+
+    def check_access(self, method: str, session: Session) -> None:
+        """Raise `unauthorized` unless the session may call `method` (node.rpc_access)."""
+        if method in rpc_access.PUBLIC_METHODS:
+            return
+        if session.role in (rpc_access.ROLE_PARTICIPANT, rpc_access.ROLE_AUDITOR):
+            # A suspension (or a re-admission with another key) takes effect on open connections too.
+            record = self.ledger.participant(session.identity)
+            role = rpc_access.participant_role(record, session.public_key)
+            if role is None:
+                status = record.status if record is not None else "gone"
+                session.role = None
+                raise ApiError(ERROR_UNAUTHORIZED, f"participant {session.identity!r} is {status}; "
+                               "this connection is no longer authenticated")
+            session.role = role
+        if session.role not in rpc_access.METHOD_ROLES.get(method, (rpc_access.ROLE_VALIDATOR,)):
+            how = "" if session.authenticated else " (call challenge, then authenticate)"
+            raise ApiError(ERROR_UNAUTHORIZED, f"{method} needs the role {rpc_access.needed_roles_text(method)}; "
+                           f"{session.describe()}{how}")
 
     @property
     def ledger(self) -> Any:
@@ -232,11 +273,50 @@ class RpcMethods:
         if quiet is not None:
             await quiet()
 
-    async def status(self, params: list) -> dict:
+    async def status(self, params: list, session: Session) -> dict:
         _check_arity(params, 0, 0, "status()")
-        return self.api.status()
+        status = self.api.status()
+        if session.authenticated:
+            return status
+        return {name: status[name] for name in rpc_access.PUBLIC_STATUS_FIELDS}
 
-    async def validators(self, params: list) -> list:
+    async def challenge(self, params: list, session: Session) -> dict:
+        _check_arity(params, 0, 0, "challenge()")
+        session.challenge = os.urandom(rpc_access.challenge_bytes)
+        return {"challenge": session.challenge, "node": self.node_id, "chain_id": self.ledger_chain_id()}
+
+    async def authenticate(self, params: list, session: Session) -> dict:
+        _check_arity(params, 3, 3, "authenticate(identity: str, public_key: bin 32, signature: bin 64)")
+        identity, public_key, signature = params
+        if session.authenticated:
+            raise ApiError(ERROR_INVALID_REQUEST, f"already authenticated as {session.describe()}; "
+                           "a connection authenticates once")
+        challenge, session.challenge = session.challenge, None    # one attempt per challenge
+        if challenge is None:
+            raise ApiError(ERROR_INVALID_REQUEST, "call challenge first: authenticate signs its answer")
+        if not isinstance(identity, str) or not 0 < len(identity) <= rpc_access.identity_bytes_max:
+            raise ApiError(ERROR_INVALID_PARAMS, f"identity must be a string of 1..{rpc_access.identity_bytes_max} "
+                           "characters")
+        if not isinstance(public_key, bytes) or len(public_key) != 32:
+            raise ApiError(ERROR_INVALID_PARAMS, "public_key must be 32 bytes (bin)")
+        if not isinstance(signature, bytes) or len(signature) != 64:
+            raise ApiError(ERROR_INVALID_PARAMS, "signature must be 64 bytes (bin)")
+        chain_id = self.ledger_chain_id()
+        payload = rpc_access.authentication_payload(chain_id, self.node_id, challenge, identity, public_key)
+        if not codec.verify(public_key, signature, rpc_access.AUTH_DOMAIN, chain_id, payload):
+            raise ApiError(ERROR_BAD_SIGNATURE, "the signature does not verify over this connection's challenge "
+                           "(see docs/PROTOCOL.md section 8, Authentication); call challenge again")
+        await self._ledger_quiet()
+        role = rpc_access.role_of(identity, public_key, self.ledger.genesis, self.ledger.participant(identity))
+        if role is None:
+            # One answer for an unknown id, another key and a suspended participant: the registry is not
+            # for anonymous callers to probe.
+            raise ApiError(ERROR_UNAUTHORIZED, f"{identity!r} with this key is not a validator, regulator or "
+                           "active participant")
+        session.identity, session.public_key, session.role = identity, public_key, role
+        return {"identity": identity, "role": role}
+
+    async def validators(self, params: list, session: Session) -> list:
         _check_arity(params, 0, 0, "validators()")
         return self.api.validators()
 
@@ -246,13 +326,13 @@ class RpcMethods:
             raise ApiError(ERROR_NOT_FOUND, f"no block at height {height} (height is {self.ledger.height()})")
         return header, self.ledger.certificate(height)
 
-    async def header(self, params: list) -> dict:
+    async def header(self, params: list, session: Session) -> dict:
         _check_arity(params, 1, 1, "header(height: uint)")
         await self._ledger_quiet()
         header, certificate = self._certified_header(_param_uint(params[0], "height"))
         return {"header": header.to_wire(), "hash": header.hash(), "certificate": certificate.to_wire()}
 
-    async def block(self, params: list) -> dict:
+    async def block(self, params: list, session: Session) -> dict:
         usage = "block(height: uint, first?: uint, count?: uint)"
         _check_arity(params, 1, 3, usage)
         height = _param_uint(params[0], "height")
@@ -271,7 +351,7 @@ class RpcMethods:
                 "first": first, "entries": list(self.ledger.block_entries(height)[first:last]),
                 "results": list(self.ledger.block_results(height)[first:last])}
 
-    async def submit(self, params: list) -> dict:
+    async def submit(self, params: list, session: Session) -> dict:
         _check_arity(params, 1, 2, "submit(entry: bin, opts: {wait: bool, timeout_ms: uint})")
         entry = params[0]
         if not isinstance(entry, bytes):
@@ -286,11 +366,32 @@ class RpcMethods:
             raise ApiError(ERROR_INVALID_PARAMS, "opts.wait must be a boolean")
         timeout_ms = opts.get("timeout_ms", self.limits.submit_wait_ms_max)
         timeout_ms = min(_param_uint(timeout_ms, "opts.timeout_ms"), self.limits.submit_wait_ms_max)
+        self._check_submitter(entry, session)
         return await self.api.submit(entry, wait, timeout_ms / 1000)
 
-    async def match(self, params: list) -> bytes:
+    @staticmethod
+    def _check_submitter(entry: bytes, session: Session) -> None:
+        """Participants submit what they author, regulators governance entries; validators anything."""
+        if session.role == rpc_access.ROLE_VALIDATOR:
+            return
+        try:
+            author = decode_entry(entry).author
+        except EntryError:
+            return    # not an entry: the node's own check refuses it with its reason code
+        allowed = GOVERNANCE_AUTHOR if session.role == rpc_access.ROLE_REGULATOR else session.identity
+        if author != allowed:
+            raise ApiError(ERROR_UNAUTHORIZED, f"{session.describe()} may submit only entries authored by "
+                           f"{allowed!r}, not by {author[:64]!r}")
+
+    async def match(self, params: list, session: Session) -> bytes:
         _check_arity(params, 1, 1, "match(signed_query: bin)")
-        query = decode_query(params[0], self.ledger_chain_id())
+        query = decode_query(params[0], self.ledger_chain_id(), self.node_id)
+        if session.role != rpc_access.ROLE_VALIDATOR and query.participant != session.identity:
+            raise ApiError(ERROR_UNAUTHORIZED, f"{session.describe()} may ask only its own queries, not "
+                           f"{query.participant[:64]!r}'s")
+        if query.time_ms < self.started_ms:
+            raise ApiError(ERROR_STALE, "query signed before this node started (its answered queries are not "
+                           "remembered across a restart); sign a fresh one")
         await self._ledger_quiet()
         record = self.ledger.participant(query.participant)
         if record is None or record.public_key != query.participant_key:
@@ -306,7 +407,7 @@ class RpcMethods:
     def ledger_chain_id(self) -> str:
         return self.ledger.genesis.chain_id
 
-    async def consistency(self, params: list) -> dict:
+    async def consistency(self, params: list, session: Session) -> dict:
         _check_arity(params, 2, 2, "consistency(size1: uint, size2: uint)")
         size1 = _param_uint(params[0], "size1")
         size2 = _param_uint(params[1], "size2")
@@ -317,7 +418,7 @@ class RpcMethods:
         return {"size1": size1, "size2": size2, "root1": self.ledger.tree_root(size1),
                 "root2": self.ledger.tree_root(size2), "proof": self.ledger.consistency_proof(size1, size2)}
 
-    async def participant(self, params: list) -> dict:
+    async def participant(self, params: list, session: Session) -> dict:
         _check_arity(params, 1, 1, "participant(id: str)")
         participant_id = params[0]
         if not isinstance(participant_id, str) or not participant_id or len(participant_id) > 256:
@@ -414,6 +515,7 @@ class _Connection:
         self._reply_bytes = 0
         self._answers: list[bytes] = []      # answers of waiting methods not yet sent (see _answer)
         self._answers_writing = False
+        self.session = Session()             # who this connection acts as (node.rpc_access)
 
     async def send(self, data: bytes) -> None:
         async with self.send_lock:
@@ -514,7 +616,7 @@ class _Connection:
                 ERROR_INVALID_REQUEST, "method must be a string and params an array"), None))
             return
         if method not in WAITING_METHODS:
-            error, result = await self.server.call(method, params)
+            error, result = await self.server.call(method, params, self.session)
             self._queue_reply(_encode_answer(msgid, method, error, result))
             return
         # Back-pressure: with requests_in_flight_max unanswered, stop reading until one completes.
@@ -527,7 +629,7 @@ class _Connection:
 
     async def _answer(self, msgid: int, method: str, params: list) -> None:
         try:
-            error, result = await self.server.call(method, params)
+            error, result = await self.server.call(method, params, self.session)
             answer = _encode_answer(msgid, method, error, result)
         except BaseException:
             # Cancelled, or our bug (which closes this connection): either way the call has ended, and
@@ -598,14 +700,17 @@ class RpcServer:
         while self.waiting_calls:
             await self._waiting_calls_ended.park()
 
-    async def call(self, method: str, params: list) -> tuple[dict | None, Any]:
-        """(error, result) of one call; never raises for bad input."""
+    async def call(self, method: str, params: list, session: Session | None = None) -> tuple[dict | None, Any]:
+        """(error, result) of one call by `session` (None: an anonymous one); never raises for bad input."""
         handler = self.methods.table.get(method)
         if handler is None:
             self.counters[ERROR_METHOD_NOT_FOUND] += 1
             return _error(ERROR_METHOD_NOT_FOUND, f"no method {method[:64]!r}; see docs/PROTOCOL.md section 8"), None
+        if session is None:
+            session = Session()
         try:
-            result = await handler(params)
+            self.methods.check_access(method, session)
+            result = await handler(params, session)
         except ApiError as exc:
             self.counters[exc.code] += 1
             return exc.to_wire(), None
