@@ -424,10 +424,11 @@ cosign = ledger_entries.cosign
 
 
 def build_match_query(key: nacl.signing.SigningKey, participant: str, chain_id: str, commitment: bytes, *,
-                      nonce: int | None = None, time_ms: int | None = None) -> bytes:
-    """A signed match query: {"body": canonical map, "sig": Ed25519 over DOMAIN_QUERY, chain_id, body}."""
+                      node: str, nonce: int | None = None, time_ms: int | None = None) -> bytes:
+    """A signed match query for one node (`node`: its id; another node refuses it):
+    {"body": canonical map, "sig": Ed25519 over DOMAIN_QUERY, chain_id, body}."""
     body = codec.pack({
-        "type": QUERY_TYPE, "chain_id": chain_id, "participant": participant,
+        "type": QUERY_TYPE, "chain_id": chain_id, "node": node, "participant": participant,
         "participant_key": bytes(key.verify_key), "commitment": commitment,
         "nonce": int.from_bytes(os.urandom(8), "big") >> 1 if nonce is None else nonce,
         "time_ms": now_ms() if time_ms is None else time_ms,

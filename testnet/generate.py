@@ -18,8 +18,9 @@ from node.config import ConfigError, ConsensusConfig, Listen, load_config, LogCo
 
 from .network import Network
 
-# Roles of the demo participants in genesis: the bureau records reports, the bank checks them.
-PARTICIPANT_ROLES = {"sz-credit-bureau": "credit-provider", "hk-bank": "bank"}
+# Roles of the demo participants in genesis: the bureau records reports, the bank checks them, the
+# auditor (issue 15) reads blocks and the query log.
+PARTICIPANT_ROLES = {"sz-credit-bureau": "credit-provider", "hk-bank": "bank", "hk-auditor": "auditor"}
 GOVERNANCE_THRESHOLD = 1          # signatures needed per jurisdiction (one regulator key each)
 
 

@@ -25,7 +25,7 @@ from .ports import HOST, plan_ports
 MANIFEST_NAME = "testnet.json"
 MANIFEST_VERSION = 1
 VALIDATOR_COUNTS = (4, 7, 10)
-DEMO_PARTICIPANTS = {"hk-bank": "HK", "sz-credit-bureau": "CN"}
+DEMO_PARTICIPANTS = {"hk-bank": "HK", "sz-credit-bureau": "CN", "hk-auditor": "HK"}
 JURISDICTIONS = ("HK", "CN")
 CHAIN_ID = "bayledger-testnet"
 
