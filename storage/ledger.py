@@ -228,6 +228,32 @@ class ParticipantRecord:
 
 # -- execution: the deterministic rules, on top of the store or of an in-flight parent -----------
 
+def author_refusal(genesis: Genesis, entry: Entry, participant) -> str | None:
+    """The author rules of apply, in apply's order: None if `entry`'s author may write, else the
+    reason code. `participant(id)` reads the registry: the block's state in apply, the applied state
+    in Ledger.check_admission (one function, so the door and apply never disagree on a rule)."""
+    if entry.chain_id != genesis.chain_id:
+        return "wrong-chain"
+    author = entry.author
+    if author == GOVERNANCE_AUTHOR:
+        # Which keys signed is part of the signed entry; the threshold is re-checked here
+        # (no cryptography) so a block can never apply an under-signed governance entry.
+        signers = {by for by, _ in entry.signatures if by in genesis.governance.by_id}
+        if len(signers) != len(entry.signatures):
+            return "unknown-governance-key"
+        if not genesis.governance.meets_threshold(signers):
+            return "governance-threshold"
+        return None
+    record = participant(author)
+    if record is None:
+        return "unknown-author"
+    if record.public_key != entry.author_key:
+        return "key-mismatch"
+    if record.status != STATUS_ACTIVE:
+        return "suspended"
+    return None
+
+
 class _StoreView:
     """Reads of the applied state (the bottom of every speculative chain)."""
 
@@ -335,25 +361,10 @@ class Execution:
                 entry = decode_entry(data)
             except EntryError as exc:
                 return exc.reason
-        if entry.chain_id != genesis.chain_id:
-            return "wrong-chain"
+        refused = author_refusal(genesis, entry, self.participant)
+        if refused is not None:
+            return refused
         author = entry.author
-        if author == GOVERNANCE_AUTHOR:
-            # Which keys signed is part of the signed entry; the threshold is re-checked here
-            # (no cryptography) so a block can never apply an under-signed governance entry.
-            signers = {by for by, _ in entry.signatures if by in genesis.governance.by_id}
-            if len(signers) != len(entry.signatures):
-                return "unknown-governance-key"
-            if not genesis.governance.meets_threshold(signers):
-                return "governance-threshold"
-        else:
-            record = self.participant(author)
-            if record is None:
-                return "unknown-author"
-            if record.public_key != entry.author_key:
-                return "key-mismatch"
-            if record.status != STATUS_ACTIVE:
-                return "suspended"
         # After the author checks, so only registered authors ever get a replay window.
         window = self.nonces.get(author)
         if window is None:
@@ -618,11 +629,41 @@ class Ledger:
                 entry = decode_entry(data)
             except EntryError:
                 return None
+        return self._nonce_refusal(entry)
+
+    def _nonce_refusal(self, entry: Entry) -> str | None:
         refused = self.nonce_window(entry.author).check(entry.nonce)
         if refused == "replayed-nonce" and self._holds_entry(entry):
             # These very bytes are on the ledger (a client retrying what committed): say so.
             return "already-applied"
         return refused
+
+    def admission(self, data: bytes) -> tuple[str | None, str | None]:
+        """(author, reason): who wrote the entry (None if it does not decode) and why it could not
+        apply on the applied state now, else None. The reason is the one apply would give for the
+        shape, chain, author rules (author_refusal: admitted, its registry key, active; governance
+        signers in genesis and meeting the threshold) and nonce, or "already-applied" for these very
+        bytes (see check_applied). Rules that depend on other entries (duplicate or unknown
+        commitment, not-submitter, ...) are left to apply.
+
+        Unlike check_applied, NOT monotonic: an author refused now may be admitted by a later block,
+        so this serves a door a client can knock at again, never the consensus core's pool. Read-only
+        (it fills the read caches), so it must not run while a block is written in another thread.
+        """
+        entry = self._decoded.get(data) if type(data) is bytes else None  # a list is not even hashable
+        if entry is None:
+            try:
+                entry = decode_entry(data)
+            except EntryError as exc:
+                return None, exc.reason
+        refused = author_refusal(self.genesis, entry, self.participant)
+        if refused is None:
+            refused = self._nonce_refusal(entry)
+        return entry.author, refused
+
+    def check_admission(self, data: bytes) -> str | None:
+        """The reason of `admission`: None if the entry passes the door against the applied state."""
+        return self.admission(data)[1]
 
     def _holds_entry(self, entry) -> bool:
         """Whether the ledger holds exactly this entry, where an index can tell: a commit, or the
