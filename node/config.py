@@ -135,6 +135,15 @@ class TestingConfig:
 
 
 @dataclass(frozen=True)
+class RpcConfig:
+    # TLS is the default: both files are required unless plaintext = true (development only).
+    tls_cert_file: Path | None = None      # the node's RPC certificate (PEM), then any intermediates
+    tls_key_file: Path | None = None       # its private key (PEM, unencrypted; keep it mode 0600)
+    plaintext: bool = False                # serve RPC without TLS; the daemon warns at start
+    tls_handshake_timeout_ms: int = 10_000  # a client must finish its TLS handshake in this time
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     key_file: Path
@@ -147,6 +156,7 @@ class NodeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     p2p: P2pConfig = field(default_factory=P2pConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
+    rpc: RpcConfig = field(default_factory=RpcConfig)
     source: Path | None = None               # the file it was loaded from
 
 
@@ -189,7 +199,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 _TOP_KEYS = ("node_id", "key_file", "genesis_file", "data_dir", "listen", "peers",
-             "log", "consensus", "limits", "p2p", "testing")
+             "log", "consensus", "limits", "p2p", "testing", "rpc")
 _REQUIRED_TOP = ("node_id", "key_file", "genesis_file", "data_dir", "listen")
 
 
@@ -315,6 +325,8 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
     if not isinstance(fault_injection, bool):
         raise ConfigError(f"testing.fault_injection: must be true or false, got {fault_injection!r}")
 
+    rpc = _rpc_section(raw, base_dir)
+
     return NodeConfig(
         node_id=node_id,
         key_file=_path(raw["key_file"], "key_file", base_dir),
@@ -327,8 +339,35 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
         limits=limits,
         p2p=P2pConfig(inbound_allow_only_validators=allow_only_validators),
         testing=TestingConfig(fault_injection=fault_injection),
+        rpc=rpc,
         source=source,
     )
+
+
+_RPC_KEYS = ("tls_cert_file", "tls_key_file", "plaintext", "tls_handshake_timeout_ms")
+RPC_TLS_HANDSHAKE_TIMEOUT_MS_RANGE = (100, 600_000)
+
+
+def _rpc_section(raw: dict, base_dir: Path) -> RpcConfig:
+    """[rpc]: TLS certificate and key (required unless plaintext = true); the files are read at start."""
+    table = _table(raw.get("rpc", {}), "rpc")
+    _reject_unknown(table, _RPC_KEYS, "rpc")
+    plaintext = table.get("plaintext", RpcConfig.plaintext)
+    if not isinstance(plaintext, bool):
+        raise ConfigError(f"rpc.plaintext: must be true or false, got {plaintext!r}")
+    timeout_ms = _int_field(table.get("tls_handshake_timeout_ms", RpcConfig.tls_handshake_timeout_ms),
+                            "rpc.tls_handshake_timeout_ms", *RPC_TLS_HANDSHAKE_TIMEOUT_MS_RANGE)
+    files = {}
+    for key in ("tls_cert_file", "tls_key_file"):
+        if key in table:
+            if plaintext:
+                # Ambiguous: a certificate that is configured but not served.
+                raise ConfigError(f"rpc.{key}: set, but rpc.plaintext = true serves RPC without TLS; remove one")
+            files[key] = _path(table[key], f"rpc.{key}", base_dir)
+        elif not plaintext:
+            raise ConfigError(f"rpc.{key}: required key is missing (RPC is served over TLS; "
+                              f"rpc.plaintext = true turns TLS off, for development only)")
+    return RpcConfig(plaintext=plaintext, tls_handshake_timeout_ms=timeout_ms, **files)
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -386,6 +425,11 @@ def render_config(config: NodeConfig) -> str:
         value = getattr(config, section)
         lines += ["", f"[{section}]"]
         lines += [f"{f.name} = {_toml_value(getattr(value, f.name))}" for f in fields(value)]
+    lines += ["", "[rpc]"]
+    for f in fields(config.rpc):
+        value = getattr(config.rpc, f.name)
+        if value is not None:    # an unset file is left out (plaintext)
+            lines.append(f"{f.name} = {_toml_value(value)}")
     for peer in config.peers or ():
         lines += ["", "[[peers]]", f"id = {_toml_value(peer.id)}", f"address = {_toml_value(str(peer.address))}"]
     return "\n".join(lines) + "\n"

@@ -26,6 +26,9 @@ data_dir = "data"
 p2p = "127.0.0.1:7000"
 rpc = "127.0.0.1:7001"
 metrics = "127.0.0.1:7002"
+[rpc]
+tls_cert_file = "tls/node.pem"
+tls_key_file = "tls/node-key.pem"
 """
 
 

@@ -582,7 +582,8 @@ def test_new_transport_limits_are_validated(tmp_path):
     from node.config import ConfigError, load_config, render_config
 
     base = ('node_id = "hk-1"\nkey_file = "k"\ngenesis_file = "g"\ndata_dir = "d"\n'
-            '[listen]\np2p = "127.0.0.1:7000"\nrpc = "127.0.0.1:7001"\nmetrics = "127.0.0.1:7002"\n')
+            '[listen]\np2p = "127.0.0.1:7000"\nrpc = "127.0.0.1:7001"\nmetrics = "127.0.0.1:7002"\n'
+            '[rpc]\nplaintext = true\n')
 
     def load(text):
         path = tmp_path / "node.toml"
