@@ -24,8 +24,11 @@ replay-protected here (see `QueryGuard`).
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -35,7 +38,7 @@ import structlog
 import trio
 
 from consensus import codec
-from node import rpc_access
+from node import rpc_access, tls
 from node.api import ApiError, NodeApi
 from node.rpc_access import Session
 from storage.entries import EntryError, decode_entry
@@ -721,18 +724,29 @@ class RpcServer:
         self.counters[method] += 1
         return None, result
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
+    async def handle(self, stream: trio.abc.Stream, ssl_context: ssl.SSLContext | None = None,
+                     tls_handshake_timeout_ms: int = tls.TLS_HANDSHAKE_TIMEOUT_MS) -> None:
+        """Serve one connection; with `ssl_context`, over TLS (handshake in here, under its timeout)."""
+        secure: trio.SSLStream | None = None
         try:
             if self.connections >= self.limits.connections_max:
                 self.counters["refused-connection"] += 1
-                with trio.move_on_after(self.limits.send_timeout_ms / 1000):
-                    await stream.send_all(encode_response(None, _error(
-                        ERROR_BUSY, f"{self.connections} connections open; the limit is "
-                        f"{self.limits.connections_max}"), None))
+                if ssl_context is None:
+                    with trio.move_on_after(self.limits.send_timeout_ms / 1000):
+                        await stream.send_all(encode_response(None, _error(
+                            ERROR_BUSY, f"{self.connections} connections open; the limit is "
+                            f"{self.limits.connections_max}"), None))
+                # Under TLS a plain answer is unreadable to the client, and a handshake for a refused
+                # connection would cost what the limit saves: it is closed without a word.
                 return
             self.connections += 1
             try:
-                await _Connection(self, stream).run()
+                # The handshake holds a connection slot: a flood of slow handshakes meets connections_max.
+                if ssl_context is not None:
+                    secure = await _tls_accept(self, stream, ssl_context, tls_handshake_timeout_ms)
+                    if secure is None:
+                        return
+                await _Connection(self, secure or stream).run()
             finally:
                 self.connections -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -741,6 +755,8 @@ class RpcServer:
             self.counters[ERROR_INTERNAL] += 1
             log.exception("rpc connection failed", peer=_peer_name(stream))
         finally:
+            if secure is not None:
+                await trio.aclose_forcefully(secure)
             await trio.aclose_forcefully(stream)
 
 
@@ -753,15 +769,72 @@ def _peer_name(stream: trio.abc.Stream) -> str:
     return f"{host}:{port}"
 
 
+async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: ssl.SSLContext,
+                      timeout_ms: int) -> trio.SSLStream | None:
+    """The TLS handshake of one connection, or None (counted and logged) if it fails or is too slow.
+
+    A client that sends something other than a TLS handshake record first (a plain msgpack-RPC
+    client) is told, in plain msgpack-RPC, to connect with TLS.
+    """
+    peer = _peer_name(stream)
+    refused = False
+    with trio.move_on_after(timeout_ms / 1000):
+        first = await _peek_byte(stream)
+        if first is None:
+            return None                       # closed before a byte
+        if first != tls.TLS_RECORD_HANDSHAKE:
+            server.counters[tls.ERROR_TLS_REQUIRED] += 1
+            log.debug("rpc client without TLS", peer=peer)
+            refused = True
+            await _refuse_plaintext(stream)
+            return None
+        secure = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+        try:
+            await secure.do_handshake()
+        except trio.BrokenResourceError as exc:
+            server.counters["tls-handshake-failed"] += 1
+            reason = exc.__cause__ or exc
+            log.debug("rpc tls handshake failed", peer=peer, reason=str(getattr(reason, "reason", None) or reason))
+            await trio.aclose_forcefully(secure)
+            return None
+        return secure
+    if refused:
+        return None                           # the plain client did not close in time: counted above
+    server.counters["tls-handshake-timeout"] += 1
+    log.debug("rpc tls handshake timed out", peer=peer, timeout_ms=timeout_ms)
+    return None
+
+
+async def _peek_byte(stream: trio.abc.Stream) -> int | None:
+    """The first byte the client sent, left in the socket for the TLS layer; None at end of stream."""
+    data = await stream.socket.recv(1, socket.MSG_PEEK)
+    return data[0] if data else None
+
+
+async def _refuse_plaintext(stream: trio.abc.Stream) -> None:
+    await stream.send_all(encode_response(None, _error(tls.ERROR_TLS_REQUIRED, tls.TLS_REQUIRED_MESSAGE), None))
+    # Closing with the client's request unread would reset the connection, and the reset can
+    # overtake the answer: end our side, then read (a bounded amount) until the client closes.
+    await stream.send_eof()
+    discarded = 0
+    while discarded < read_chunk_bytes_max and (data := await stream.receive_some(read_chunk_bytes_max)):
+        discarded += len(data)
+
+
 async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = RpcLimits(),
-                    server: RpcServer | None = None,
+                    server: RpcServer | None = None, ssl_context: ssl.SSLContext | None = None,
+                    tls_handshake_timeout_ms: int = tls.TLS_HANDSHAKE_TIMEOUT_MS,
                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Serve msgpack-RPC on host:port (0 = any free port) until cancelled; reports the bound port.
 
     Pass `server` (an RpcServer over the same api) to read its `counters` (per method and per
-    error code) for metrics; `limits` is then the server's own.
+    error code) for metrics; `limits` is then the server's own. With `ssl_context`
+    (node.tls.server_context) every connection is TLS; None serves plaintext (development
+    nodes and in-process tests).
     """
     server = RpcServer(api, limits) if server is None else server
+    handle = functools.partial(server.handle, ssl_context=ssl_context,
+                               tls_handshake_timeout_ms=tls_handshake_timeout_ms)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
 
@@ -770,7 +843,7 @@ async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = R
         # listeners (serve_listeners closes them on the way out) and leaves open connections be.
         try:
             with server._accepting:
-                await trio.serve_listeners(server.handle, listeners, handler_nursery=handlers)
+                await trio.serve_listeners(handle, listeners, handler_nursery=handlers)
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
@@ -778,7 +851,7 @@ async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = R
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept, nursery)
-        log.info("rpc serving", host=host, port=bound)
+        log.info("rpc serving", host=host, port=bound, tls=ssl_context is not None)
         task_status.started(bound)
 
 
