@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -36,6 +37,7 @@ import nacl.signing
 import trio
 
 from consensus import codec
+from node import tls as _tls
 from storage import entries as ledger_entries
 from storage.genesis import Genesis, Participant
 from storage.proofs import Verdict, verify_match_proof as _verify_match_proof
@@ -66,6 +68,47 @@ class RpcError(ClientError):
 
 class ConnectionFailed(ClientError):
     """No endpoint could be reached, or the connection broke and no other endpoint answered."""
+
+
+class TlsFailed(ConnectionFailed):
+    """The TLS handshake with a node failed: a certificate not trusted or not for that host, or a
+    node that does not speak TLS. The message says what to do."""
+
+
+class CaFileError(ClientError):
+    """The CA file given to trust cannot be used (missing, unreadable, no PEM certificate)."""
+
+
+# OpenSSL's reasons when the other side answers a ClientHello with bytes that are not TLS.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                              "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "WRONG_SSL_VERSION", "UNEXPECTED_RECORD"})
+_X509_HOSTNAME_MISMATCH = 62   # X509_V_ERR_HOSTNAME_MISMATCH
+
+
+def _ssl_context(tls: bool, ca_file: str | os.PathLike | None) -> ssl.SSLContext | None:
+    if not tls:
+        return None
+    try:
+        return _tls.client_context(ca_file)
+    except _tls.TlsError as exc:
+        raise CaFileError(f"{exc} (--ca FILE / BAYLEDGER_CA)") from None
+
+
+def _tls_failure(endpoint: "Endpoint", exc: BaseException) -> TlsFailed:
+    """What a failed handshake with `endpoint` means, and what to do about it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code == _X509_HOSTNAME_MISMATCH:
+            return TlsFailed(f"{endpoint}: the node's certificate is not for {endpoint.host!r} "
+                             f"({exc.verify_message}); dial a name or address its certificate holds")
+        return TlsFailed(f"{endpoint}: the node's certificate is not trusted ({exc.verify_message}); give the CA "
+                         f"that signed it with --ca FILE (or BAYLEDGER_CA)")
+    if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS_REASONS:
+        return TlsFailed(f"{endpoint} does not speak TLS (a plaintext development node?); --plaintext "
+                         f"(BAYLEDGER_PLAINTEXT=1) connects without TLS, for development only")
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)):
+        return TlsFailed(f"{endpoint} closed the connection during the TLS handshake (busy, or it refused this "
+                         f"client)")
+    return TlsFailed(f"{endpoint}: TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
 
 
 class ProtocolError(ConnectionFailed):
@@ -114,12 +157,18 @@ def _response_parts(message: Any) -> tuple[Any, Any, Any]:
 # -- synchronous client ---------------------------------------------------------------------------
 
 class Client:
-    """A blocking client: one connection, reused; pipelined `call_many`; failover across endpoints."""
+    """A blocking client: one connection, reused; pipelined `call_many`; failover across endpoints.
+
+    TLS by default: the node's certificate must be signed by `ca_file`'s CA (or one the system
+    trusts, without ca_file) and name the endpoint's host. `tls=False` is for plaintext
+    development nodes only."""
 
     def __init__(self, endpoints: str | Sequence[str] | Sequence[Endpoint], *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, ca_file: str | os.PathLike | None = None,
+                 tls: bool = True) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = timeout_s
+        self._ssl_context = _ssl_context(tls, ca_file)
         self._index = 0
         self._sock: socket.socket | None = None
         self._unpacker: msgpack.Unpacker | None = None
@@ -148,14 +197,33 @@ class Client:
         for attempt in range(len(self.endpoints)):
             endpoint = self.endpoints[self._index]
             try:
-                self._sock = socket.create_connection((endpoint.host, endpoint.port), timeout=self.timeout_s)
+                self._sock = self._open(endpoint)
                 self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max,
                                                   strict_map_key=False)
                 return
+            except TlsFailed as exc:
+                failures.append(str(exc))
+                self._index = (self._index + 1) % len(self.endpoints)
             except OSError as exc:
                 failures.append(f"{endpoint}: {exc.strerror or exc}")
                 self._index = (self._index + 1) % len(self.endpoints)
         raise ConnectionFailed("cannot connect to any node (" + "; ".join(failures) + ")")
+
+    def _open(self, endpoint: Endpoint) -> socket.socket:
+        """The one connect step: TCP, then the TLS handshake (raises OSError or TlsFailed)."""
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=self.timeout_s)
+        if self._ssl_context is None:
+            return sock
+        try:
+            sock = self._ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
+        except (ssl.SSLError, ConnectionError) as exc:
+            sock.close()
+            raise _tls_failure(endpoint, exc) from None
+        except OSError:
+            sock.close()
+            raise
+        # Authentication, when the node asks for it, goes here: on the open connection, before any call.
+        return sock
 
     def _next_msgid(self) -> int:
         return next(self._msgids) % (msgid_max + 1)
@@ -236,11 +304,14 @@ class AsyncClient:
     """
 
     def __init__(self, endpoints: str | Sequence[str] | Sequence[Endpoint], *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, ca_file: str | os.PathLike | None = None,
+                 tls: bool = True) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = timeout_s
+        self._ssl_context = _ssl_context(tls, ca_file)   # as Client's: TLS unless tls=False
+        self._refusal: str | None = None     # why the node closed the last connection, if it said
         self._index = 0
-        self._stream: trio.SocketStream | None = None
+        self._stream: trio.abc.Stream | None = None
         self._waiting: dict[int, trio.MemorySendChannel] = {}
         self._msgids = itertools.count(1)
         self._send_lock = trio.Lock()
@@ -291,8 +362,11 @@ class AsyncClient:
                 endpoint = self.endpoints[self._index]
                 try:
                     with trio.fail_after(self.timeout_s):
-                        self._stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                        self._stream = await self._open(endpoint)
                     break
+                except TlsFailed as exc:
+                    failures.append(str(exc))
+                    self._index = (self._index + 1) % len(self.endpoints)
                 except (OSError, trio.TooSlowError) as exc:
                     failures.append(f"{endpoint}: {getattr(exc, 'strerror', None) or exc or 'timed out'}")
                     self._index = (self._index + 1) % len(self.endpoints)
@@ -301,7 +375,25 @@ class AsyncClient:
             assert self._nursery is not None, "use AsyncClient in `async with`"
             self._nursery.start_soon(self._read_loop, self._stream, self._generation)
 
-    async def _read_loop(self, stream: trio.SocketStream, generation: int) -> None:
+    async def _open(self, endpoint: Endpoint) -> trio.abc.Stream:
+        """The one connect step: TCP, then the TLS handshake (raises OSError or TlsFailed)."""
+        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        self._refusal = None
+        if self._ssl_context is None:
+            return stream
+        secure = trio.SSLStream(stream, self._ssl_context, server_hostname=endpoint.host, https_compatible=True)
+        try:
+            await secure.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(secure)
+            raise _tls_failure(endpoint, exc.__cause__ or exc) from None
+        except BaseException:
+            await trio.aclose_forcefully(secure)
+            raise
+        # Authentication, when the node asks for it, goes here: on the open stream, before any call.
+        return secure
+
+    async def _read_loop(self, stream: trio.abc.Stream, generation: int) -> None:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
         try:
             while True:
@@ -312,6 +404,9 @@ class AsyncClient:
                 for message in unpacker:
                     msgid, error, result = _response_parts(message)
                     if msgid is None:
+                        # The node refused the connection or the stream (busy, tls-required, parse error).
+                        if error is not None:
+                            self._refusal = f"node closed the connection: {_error_of(error, self.endpoint)}"
                         break
                     channel = self._waiting.pop(msgid, None)
                     if channel is not None:
@@ -345,7 +440,7 @@ class AsyncClient:
                 raise CallTimeout(f"{endpoint} did not answer {method} within {self.timeout_s} s") from None
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel) as exc:
                 self._waiting.pop(msgid, None)
-                failures.append(f"{endpoint}: connection lost ({type(exc).__name__})")
+                failures.append(f"{endpoint}: {self._refusal or f'connection lost ({type(exc).__name__})'}")
                 await self._drop()
                 self._index = (self._index + 1) % len(self.endpoints)
                 continue
