@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, ledger, populate, world  # noqa: E402,F401
+from rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, connect as connect_to, ledger, populate, world  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -27,3 +27,18 @@ def server(node):
     running = ServerThread(node, TEST_LIMITS)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def connect(server, world):
+    """connect(identity=None): a raw connection to `server`, authenticated as `identity` (a validator,
+    governance key or participant of the test world) unless None; closed after the test."""
+    opened = []
+
+    def open_connection(identity: str | None = None):
+        connection = connect_to(server.port, world, identity)
+        opened.append(connection)
+        return connection
+    yield open_connection
+    for connection in opened:
+        connection.close()

@@ -8,10 +8,13 @@ RPC server and the client are tested end to end without the consensus daemon.
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 from pathlib import Path
 
+import msgpack
+import nacl.signing
 import pytest
 import trio
 
@@ -20,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 from storage_helpers import World, make_world, next_block  # noqa: E402
 
 from node.api import ApiError  # noqa: E402
+from node.client import build_match_query  # noqa: E402
 from node.rpc import RpcLimits, RpcServer  # noqa: E402
+from node.rpc_access import Session, sign_authentication  # noqa: E402
 from storage.entries import check_entry, entry_id  # noqa: E402
 from storage.ledger import Ledger  # noqa: E402
 
@@ -30,6 +35,97 @@ TEST_LIMITS = RpcLimits(message_bytes_max=8192, connections_max=8, requests_in_f
                         idle_timeout_ms=60_000, send_timeout_ms=5_000, submit_wait_ms_max=20_000,
                         query_window_ms=300_000, query_ids_max=1000, query_ids_per_participant_max=20)
 
+
+NODE_ID = "hk-1"             # FakeNode's node id (status()["node_id"]): the `node` a match query names
+VALIDATOR = "hk-1"           # who tests about something other than access authenticate as
+
+
+def key_of(world: World, identity: str) -> nacl.signing.SigningKey:
+    """The signing key of a validator, a governance key (regulator) or a participant of the test world."""
+    for keys in (world.validator_keys, world.governance_keys, world.participant_keys):
+        if identity in keys:
+            return keys[identity]
+    raise KeyError(f"no key for {identity!r} in the test world")
+
+
+def query(world: World, participant: str, commitment: bytes, *, key: nacl.signing.SigningKey | None = None,
+          node: str = NODE_ID, chain_id: str | None = None, nonce: int | None = None,
+          time_ms: int | None = None) -> bytes:
+    """A signed match query of `participant` (by its own key unless `key`) for FakeNode's node."""
+    return build_match_query(key_of(world, participant) if key is None else key, participant,
+                             world.chain_id if chain_id is None else chain_id, commitment, node=node, nonce=nonce,
+                             time_ms=time_ms)
+
+
+async def authenticated_session(server: RpcServer, world: World, identity: str = VALIDATOR) -> Session:
+    """A Session authenticated by the real exchange (challenge, then authenticate), in-process."""
+    session = Session()
+    error, answer = await server.call("challenge", [], session)
+    assert error is None, error
+    error, result = await server.call("authenticate", sign_authentication(key_of(world, identity), identity, answer),
+                                      session)
+    assert error is None and result["identity"] == identity, (error, result)
+    return session
+
+
+class Connection:
+    """A raw msgpack-RPC connection over a real socket (no project client code on the wire)."""
+
+    def __init__(self, port: int | None, sock: socket.socket | None = None) -> None:
+        """A new connection to 127.0.0.1:port, or (port None) over the connected `sock`."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10) if sock is None else sock
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.msgid = 0
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method, params, msgid=None) -> None:
+        if msgid is None:
+            self.msgid += 1
+            msgid = self.msgid
+        self.send_raw(msgpack.packb([0, msgid, method, params], use_bin_type=True))
+
+    def receive(self):
+        """The next message, or None once the server has closed the connection."""
+        while True:
+            for message in self.unpacker:
+                return message
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.unpacker.feed(data)
+
+    def call(self, method, *params):
+        """(error, result) of one call."""
+        self.request(method, list(params))
+        message = self.receive()
+        assert message is not None and message[0] == 1 and message[1] == self.msgid, message
+        return message[2], message[3]
+
+    def authenticate(self, identity: str, key: nacl.signing.SigningKey) -> dict:
+        """challenge, then authenticate as `identity` with `key`; the authenticate result (asserted ok)."""
+        error, answer = self.call("challenge")
+        assert error is None, error
+        error, result = self.call("authenticate", *sign_authentication(key, identity, answer))
+        assert error is None, error
+        return result
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(port: int, world: World | None = None, identity: str | None = None) -> Connection:
+    """A raw connection to 127.0.0.1:port, authenticated as `identity` (a key of `world`) unless None."""
+    connection = Connection(port)
+    if identity is not None:
+        assert world is not None, "authenticating needs the world's keys"
+        result = connection.authenticate(identity, key_of(world, identity))
+        assert result["identity"] == identity
+    return connection
 
 
 class FakeNode:
@@ -44,7 +140,7 @@ class FakeNode:
 
     def status(self) -> dict:
         head = self.ledger.head()
-        return {"chain_id": self.world.chain_id, "node_id": "hk-1", "jurisdiction": "HK",
+        return {"chain_id": self.world.chain_id, "node_id": NODE_ID, "jurisdiction": "HK",
                 "height": self.ledger.height(), "view": 0, "primary": "hk-1",
                 "tree_size": self.ledger.tree_size(), "tree_root": head.tree_root if head else bytes(32),
                 "peers": ["hk-2", "cn-1", "cn-2"], "mempool_size": 0, "version": "test"}
@@ -160,7 +256,8 @@ def populate(world: World, ledger: Ledger) -> dict:
             "unknown": commitment(99)}
 
 
-__all__ = ["TEST_LIMITS", "FakeNode", "ServerThread", "make_world", "populate"]
+__all__ = ["TEST_LIMITS", "NODE_ID", "VALIDATOR", "Connection", "FakeNode", "ServerThread", "authenticated_session",
+           "connect", "key_of", "make_world", "populate", "query"]
 
 
 # Fixtures shared by tests/rpc and tests/cli (each conftest imports them by name).

@@ -1,5 +1,8 @@
 """Answers of immediate methods to one read go out together: one send per read, split at
-reply_batch_bytes_max; a waiting method (submit) still runs in its own task."""
+reply_batch_bytes_max; a waiting method (submit) still runs in its own task.
+
+The connection under test is authenticated as a validator beforehand (by the real challenge and
+authenticate exchange, in-process), so these tests are about batching, not access."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import msgpack
 import trio
 import trio.testing
 
-from rpc_helpers import TEST_LIMITS
+from rpc_helpers import TEST_LIMITS, authenticated_session
 from node.rpc import RpcServer, _Connection, reply_batch_bytes_max
 
 
@@ -44,13 +47,19 @@ def _answers(sends: list[bytes]) -> list:
     return list(unpacker)
 
 
+async def _validator_connection(server: RpcServer, node, stream) -> _Connection:
+    connection = _Connection(server, stream)
+    connection.session = await authenticated_session(server, node.world)
+    return connection
+
+
 def _serve(node, reads: list[bytes]) -> RecordingStream:
     stream = RecordingStream(reads)
     server = RpcServer(node, TEST_LIMITS)
 
     async def main():
         with trio.fail_after(10):
-            await _Connection(server, stream).run()
+            await (await _validator_connection(server, node, stream)).run()
     trio.run(main)
     return stream
 
@@ -138,7 +147,7 @@ def _serve_held_submits(node, stream: GatedStream, scenario) -> None:
     async def main():
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_Connection(server, stream).run)
+                nursery.start_soon((await _validator_connection(server, node, stream)).run)
                 await trio.testing.wait_all_tasks_blocked()
                 await scenario(server)
                 stream.close()

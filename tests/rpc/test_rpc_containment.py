@@ -2,8 +2,8 @@
 connection's own handling closes that connection only, is logged with the client's address and the
 exception, leaves no call counted as waiting, and every other client is served on.
 
-The server runs in the test's trio loop on 127.0.0.1:0 over a small in-memory NodeApi; clients are
-real TCP streams.
+The server runs in the test's trio loop on 127.0.0.1:0 over a small in-memory NodeApi (with the
+test world's genesis, so a client can authenticate); clients are real TCP streams.
 """
 
 from __future__ import annotations
@@ -14,15 +14,29 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from node import rpc
+from node.rpc_access import sign_authentication
+from rpc_helpers import VALIDATOR, key_of, make_world
+
+WORLD = make_world()
+PUBLIC_STATUS = {"chain_id": WORLD.chain_id, "node_id": "tiny", "height": 7, "version": "test"}
+
+
+class TinyLedger:
+    """Just what authentication reads: the genesis and a registry (empty)."""
+
+    genesis = WORLD.genesis
+
+    def participant(self, participant_id: str):
+        return None
 
 
 class TinyApi:
     """Just the NodeApi methods these tests call."""
 
-    ledger = None
+    ledger = TinyLedger()
 
     def status(self) -> dict:
-        return {"height": 7}
+        return {**PUBLIC_STATUS, "peers": [], "mempool_size": 0}
 
     def validators(self) -> list:
         return []
@@ -46,11 +60,20 @@ async def call(stream: trio.SocketStream, unpacker: msgpack.Unpacker, msgid: int
         unpacker.feed(data)
 
 
+async def authenticate(stream: trio.SocketStream, unpacker: msgpack.Unpacker, identity: str = VALIDATOR) -> None:
+    """challenge, then authenticate as `identity` (msgids 1001 and 1002)."""
+    answer = await call(stream, unpacker, 1001, "challenge", [])
+    assert answer[2] is None, answer
+    params = sign_authentication(key_of(WORLD, identity), identity, answer[3])
+    answer = await call(stream, unpacker, 1002, "authenticate", params)
+    assert answer == [1, 1002, None, {"identity": identity, "role": "validator"}], answer
+
+
 async def served(port: int) -> bool:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     try:
         answer = await call(stream, msgpack.Unpacker(raw=False), 1, "status", [])
-        return answer == [1, 1, None, {"height": 7}]
+        return answer == [1, 1, None, PUBLIC_STATUS]
     finally:
         await stream.aclose()
 
@@ -75,12 +98,12 @@ async def test_an_exception_in_a_connection_closes_it_and_the_server_serves_on(m
                 server.methods.api, "127.0.0.1", 0, server=server, task_status=task_status))
             neighbour = await trio.open_tcp_stream("127.0.0.1", port)
             neighbour_unpacker = msgpack.Unpacker(raw=False)
-            assert (await call(neighbour, neighbour_unpacker, 1, "status", []))[3] == {"height": 7}
+            assert (await call(neighbour, neighbour_unpacker, 1, "status", []))[3] == PUBLIC_STATUS
             monkeypatch.setattr(rpc._Connection, "_dispatch", _raise_once(rpc._Connection._dispatch, []))
             victim = await trio.open_tcp_stream("127.0.0.1", port)
             assert await call(victim, msgpack.Unpacker(raw=False), 1, "status", []) is None
             await victim.aclose()
-            assert (await call(neighbour, neighbour_unpacker, 2, "status", []))[3] == {"height": 7}
+            assert (await call(neighbour, neighbour_unpacker, 2, "status", []))[3] == PUBLIC_STATUS
             assert await served(port)
             await trio.testing.wait_all_tasks_blocked()
             assert server.connections == 1 and server.counters[rpc.ERROR_INTERNAL] == 1
@@ -110,7 +133,9 @@ async def test_an_exception_while_answering_a_waiting_call_leaves_nothing_counte
             port = await nursery.start(lambda task_status: rpc.serve_rpc(
                 server.methods.api, "127.0.0.1", 0, server=server, task_status=task_status))
             victim = await trio.open_tcp_stream("127.0.0.1", port)
-            assert await call(victim, msgpack.Unpacker(raw=False), 1, "submit", [b"entry"]) is None
+            victim_unpacker = msgpack.Unpacker(raw=False)
+            await authenticate(victim, victim_unpacker)     # so that submit reaches the node (and its answer)
+            assert await call(victim, victim_unpacker, 1, "submit", [b"entry"]) is None
             await victim.aclose()
             with trio.fail_after(2):
                 await server.waiting_calls_answered()

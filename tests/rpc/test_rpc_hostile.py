@@ -2,7 +2,9 @@
 client on another connection is served throughout (checked after every hostile step).
 
 Real TCP on 127.0.0.1 against node.rpc with the small TEST_LIMITS of conftest.py, so each limit
-is probed exactly at its edge.
+is probed exactly at its edge. Where a test is about framing or limits rather than access, its
+connection is authenticated as a validator (who may call every method); anonymous and role checks
+are in test_rpc_access.py.
 """
 
 from __future__ import annotations
@@ -15,48 +17,9 @@ import msgpack
 import nacl.signing
 import pytest
 
-from rpc_helpers import TEST_LIMITS
-from node.client import build_match_query
+from rpc_helpers import TEST_LIMITS, VALIDATOR, Connection, connect, key_of, query
 from node.rpc import QueryGuard
 from node.api import ApiError
-
-
-class Connection:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.unpacker = msgpack.Unpacker(raw=False)
-        self.msgid = 0
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def request(self, method, params, msgid=None) -> None:
-        if msgid is None:
-            self.msgid += 1
-            msgid = self.msgid
-        self.send_raw(msgpack.packb([0, msgid, method, params], use_bin_type=True))
-
-    def receive(self):
-        """The next message, or None once the server has closed the connection."""
-        while True:
-            for message in self.unpacker:
-                return message
-            try:
-                data = self.sock.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.unpacker.feed(data)
-
-    def call(self, method, *params):
-        self.request(method, list(params))
-        message = self.receive()
-        assert message is not None and message[0] == 1 and message[1] == self.msgid, message
-        return message[2], message[3]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -116,7 +79,7 @@ def test_truncated_message_does_not_stall_anyone(server, neighbour):
     neighbour.check()
 
 
-def test_message_size_limit_edge(server, neighbour):
+def test_message_size_limit_edge(server, neighbour, world):
     """A message of exactly message_bytes_max is read and answered; one byte more: error and close."""
     limit = TEST_LIMITS.message_bytes_max
 
@@ -127,7 +90,7 @@ def test_message_size_limit_edge(server, neighbour):
                 return data
         raise AssertionError("no padding gives that size")
 
-    at_limit = Connection(server.port)
+    at_limit = connect(server.port, world, VALIDATOR)
     at_limit.send_raw(submit_of_size(limit))
     message = at_limit.receive()
     assert message[1] == 7 and message[2]["code"] == "bad-entry"   # read whole, refused as an entry
@@ -201,44 +164,62 @@ def test_notifications_are_accepted_and_not_answered(server, neighbour):
     ("participant", [""], "invalid-params"),
     ("participant", ["nobody"], "not-found"),
 ])
-def test_unknown_methods_and_wrong_parameters(server, neighbour, method, params, code):
-    connection = Connection(server.port)
+def test_unknown_methods_and_wrong_parameters(connect, neighbour, method, params, code):
+    connection = connect(VALIDATOR)
     error, result = connection.call(method, *params)
     assert error["code"] == code and isinstance(error["message"], str) and error["message"] and result is None
     neighbour.check()
 
 
-def test_signed_query_checks(server, neighbour, world, commitments):
-    """Forged signature, other chain, unadmitted key, suspended participant, replay, stale clock."""
-    connection = Connection(server.port)
-    bank = world.participant_keys["hk-bank"]
-    chain = world.chain_id
+def test_signed_query_checks(connect, neighbour, world, commitments):
+    """Forged signature, other chain, other node, unadmitted key, suspended participant, replay, stale clock
+    (asked by a validator, who may send anyone's query: the query's own checks are what is tested)."""
+    connection = connect(VALIDATOR)
     active = commitments["active"]
 
-    def code_of(query: bytes) -> str | None:
-        error, _ = connection.call("match", query)
+    def code_of(signed: bytes, on=connection) -> str | None:
+        error, _ = on.call("match", signed)
         return None if error is None else error["code"]
 
-    query = build_match_query(bank, "hk-bank", chain, active)
-    forged = bytearray(query)
+    genuine = query(world, "hk-bank", active)
+    forged = bytearray(genuine)
     forged[-1] ^= 1                                          # last byte of the signature
     assert code_of(bytes(forged)) == "bad-signature"
-    assert code_of(build_match_query(bank, "hk-bank", "other-chain", active)) == "invalid-params"
+    assert code_of(query(world, "hk-bank", active, chain_id="other-chain")) == "invalid-params"
+    assert code_of(query(world, "hk-bank", active, node="hk-2")) == "invalid-params"     # signed for another node
     stranger = nacl.signing.SigningKey.generate()
-    assert code_of(build_match_query(stranger, "hk-bank", chain, active)) == "unauthorized"   # wrong key for the id
-    assert code_of(build_match_query(stranger, "stranger", chain, active)) == "unauthorized"  # never admitted
-    suspended = world.participant_keys["cn-bureau"]
-    assert code_of(build_match_query(suspended, "cn-bureau", chain, active)) == "unauthorized"
-    assert code_of(query) is None                            # the genuine query, once
-    assert code_of(query) == "replayed"                      # and never twice
-    other = Connection(server.port)
-    error, _ = other.call("match", query)
-    assert error["code"] == "replayed"                       # not even on another connection
+    assert code_of(query(world, "hk-bank", active, key=stranger)) == "unauthorized"   # wrong key for the id
+    assert code_of(query(world, "stranger", active, key=stranger)) == "unauthorized"  # never admitted
+    assert code_of(query(world, "cn-bureau", active)) == "unauthorized"              # suspended
+    assert code_of(genuine) is None                          # the genuine query, once
+    assert code_of(genuine) == "replayed"                    # and never twice
+    assert code_of(genuine, connect(VALIDATOR)) == "replayed"       # not even on another connection
     window = TEST_LIMITS.query_window_ms
     now = int(time.time() * 1000)
-    assert code_of(build_match_query(bank, "hk-bank", chain, active, time_ms=now - window - 60_000)) == "stale-query"
-    assert code_of(build_match_query(bank, "hk-bank", chain, active, time_ms=now + window + 60_000)) == "stale-query"
+    assert code_of(query(world, "hk-bank", active, time_ms=now + window + 60_000)) == "stale-query"
     neighbour.check()
+
+
+def test_a_query_older_than_the_window_is_stale(node, world, commitments):
+    """time_ms more than query_window_ms before the node's clock: stale-query; exactly at the window's
+    edge: answered. The node started long before (its clock moves on after the start), so neither query
+    is refused merely for predating the start."""
+    from rpc_helpers import ServerThread
+
+    window = TEST_LIMITS.query_window_ms
+    now = int(time.time() * 1000)
+    clock = [now - 10 * window]                               # the node's clock when it starts
+    server = ServerThread(node, TEST_LIMITS, clock_ms=lambda: clock[0])
+    clock[0] = now                                            # ... and later
+    try:
+        connection = connect(server.port, world, VALIDATOR)
+        error, _ = connection.call("match", query(world, "hk-bank", commitments["active"], time_ms=now - window - 1))
+        assert error["code"] == "stale-query" and f"more than {window} ms" in error["message"]
+        error, proof = connection.call("match", query(world, "hk-bank", commitments["active"], time_ms=now - window))
+        assert error is None and isinstance(proof, bytes)
+        connection.close()
+    finally:
+        server.stop()
 
 
 def test_query_guard_edges():
@@ -263,19 +244,20 @@ def test_query_guard_edges():
     assert len(guard) == 3
 
 
-def test_a_participant_at_its_query_share_is_refused_while_others_are_answered(server, neighbour, world, commitments):
-    """Over the wire: hk-bank's genuine queries are answered until its share of the replay memory is
-    full, then refused busy; hk-bureau, asking meanwhile, still gets its proof."""
-    connection = Connection(server.port)
-    chain, active = world.chain_id, commitments["active"]
+def test_a_participant_at_its_query_share_is_refused_while_others_are_answered(connect, neighbour, world, commitments):
+    """Over the wire, each participant on its own authenticated connection: hk-bank's genuine queries are
+    answered until its share of the replay memory is full, then refused busy; hk-bureau, asking
+    meanwhile, still gets its proof."""
+    bank, bureau = connect("hk-bank"), connect("hk-bureau")
+    active = commitments["active"]
     codes = []
     for _ in range(TEST_LIMITS.query_ids_per_participant_max + 1):
-        error, _ = connection.call("match", build_match_query(world.participant_keys["hk-bank"], "hk-bank", chain, active))
+        error, _ = bank.call("match", query(world, "hk-bank", active))
         codes.append(None if error is None else error["code"])
         if error is not None:
             break
     assert codes[-1] == "busy" and set(codes[:-1]) == {None}
-    error, proof = connection.call("match", build_match_query(world.participant_keys["hk-bureau"], "hk-bureau", chain, active))
+    error, proof = bureau.call("match", query(world, "hk-bureau", active))
     assert error is None and isinstance(proof, bytes)
     neighbour.check()
 
@@ -337,7 +319,7 @@ def test_many_requests_in_flight_are_answered_as_they_complete(server, node, wor
     node.hold = True
     author = Author(world, "hk-bank")
     author.nonce = 1000
-    connection = Connection(server.port)
+    connection = connect(server.port, world, VALIDATOR)
     connection.request("submit", [author.commit(commitment(500)), {"wait": True}], msgid=100)
     connection.request("status", [], msgid=101)
     first = connection.receive()
@@ -360,14 +342,14 @@ def test_submit_wait_timeout_is_an_error(server, node, world):
     node.hold = True
     author = Author(world, "hk-bank")
     author.nonce = 2000
-    connection = Connection(server.port)
+    connection = connect(server.port, world, VALIDATOR)
     error, result = connection.call("submit", author.commit(commitment(600)), {"wait": True, "timeout_ms": 1})
     assert error["code"] == "timeout" and result is None
 
 
-def test_requests_before_a_half_close_are_all_answered(server):
+def test_requests_before_a_half_close_are_all_answered(server, world):
     """A client that sends its requests and shuts down its sending side still gets every answer."""
-    connection = Connection(server.port)
+    connection = connect(server.port, world, VALIDATOR)
     connection.send_raw(b"".join(msgpack.packb([0, i, "header", [1 + i % 4]]) for i in range(20)))
     connection.sock.shutdown(socket.SHUT_WR)
     answers = []
@@ -406,7 +388,7 @@ def test_idle_connections_are_closed(node):
         server.stop()
 
 
-def test_a_client_that_never_reads_is_dropped_and_others_are_served(node):
+def test_a_client_that_never_reads_is_dropped_and_others_are_served(node, world):
     """Pipelined requests whose answers are never read: once the server's send has been blocked for
     send_timeout_ms it drops that connection; a neighbour is served meanwhile and afterwards."""
     from dataclasses import replace
@@ -419,6 +401,8 @@ def test_a_client_that_never_reads_is_dropped_and_others_are_served(node):
         hog = socket.socket()
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         hog.connect(("127.0.0.1", server.port))
+        hog.settimeout(10)
+        Connection(None, sock=hog).authenticate(VALIDATOR, key_of(world, VALIDATOR))   # so block() is answered
         hog.settimeout(2)
         # 20,000 answers of ~1.5 KB: far more than the socket buffers between us hold.
         try:
@@ -437,12 +421,12 @@ def test_a_client_that_never_reads_is_dropped_and_others_are_served(node):
         server.stop()
 
 
-def test_a_failing_method_answers_internal_and_the_server_keeps_serving(server, node, neighbour, monkeypatch):
+def test_a_failing_method_answers_internal_and_the_server_keeps_serving(server, node, world, neighbour, monkeypatch):
     """A bug behind a method (here: the node's validators() raises) is an "internal" error for that call only."""
     def broken():
         raise RuntimeError("simulated bug")
     monkeypatch.setattr(node, "validators", broken)
-    connection = Connection(server.port)
+    connection = connect(server.port, world, VALIDATOR)
     error, result = connection.call("validators")
     assert error["code"] == "internal" and "simulated" not in error["message"] and result is None
     assert connection.call("status")[0] is None
@@ -462,7 +446,7 @@ def test_block_pages_and_the_page_size_edge(node, world):
     node.commit_now([author.commit(commitment(700 + i)) for i in range(5)])   # block 5: five entries
     server = ServerThread(node, replace(TEST_LIMITS, block_entries_per_response_max=2))
     try:
-        connection = Connection(server.port)
+        connection = connect(server.port, world, VALIDATOR)
         error, whole = connection.call("block", 5)
         assert error is None and whole["header"]["entry_count"] == 5 and len(whole["entries"]) == 2
         pages = [connection.call("block", 5, first, 2)[1] for first in (0, 2, 4)]

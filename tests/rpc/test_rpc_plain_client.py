@@ -54,8 +54,19 @@ def sign(key: nacl.signing.SigningKey, domain: str, chain_id: str, payload: byte
     return key.sign(domain.encode() + b"\x00" + chain_id.encode() + b"\x00" + payload).signature
 
 
-def signed_query(key, participant: str, chain_id: str, commitment: bytes) -> bytes:
-    body = pack({"type": "match-query", "chain_id": chain_id, "participant": participant,
+def authenticate(client: PlainClient, identity: str, key: nacl.signing.SigningKey):
+    """docs/PROTOCOL.md §8 Authentication: sign the challenge answer, send it; (error, result)."""
+    error, answer = client.call("challenge")
+    assert error is None and len(answer["challenge"]) == 32
+    public_key = bytes(key.verify_key)
+    payload = pack({"challenge": answer["challenge"], "identity": identity, "node": answer["node"],
+                    "public_key": public_key, "type": "rpc-auth"})
+    return client.call("authenticate", identity, public_key,
+                       sign(key, "bayledger/rpc-auth/v1", answer["chain_id"], payload))
+
+
+def signed_query(key, participant: str, chain_id: str, node: str, commitment: bytes) -> bytes:
+    body = pack({"type": "match-query", "chain_id": chain_id, "node": node, "participant": participant,
                  "participant_key": bytes(key.verify_key), "commitment": commitment,
                  "nonce": int.from_bytes(os.urandom(7), "big"), "time_ms": int(time.time() * 1000)})
     return pack({"body": body, "sig": sign(key, "bayledger/query/v1", chain_id, body)})
@@ -69,9 +80,21 @@ def signed_commit(key, author: str, chain_id: str, commitment: bytes, nonce: int
 
 
 def test_a_plain_client_calls_every_method(server, world, commitments):
-    """Every method answers per docs/PROTOCOL.md §8; the match proof verifies offline; submit commits."""
+    """Every method answers per docs/PROTOCOL.md §8 to a client that authenticates as the doc says:
+    a validator reads, a participant (hk-bank) matches with its own queries, another (hk-bureau)
+    submits its own entries; the match proof verifies offline; submit commits."""
     client = PlainClient(server.port)
     chain_id = world.chain_id
+
+    error, status = client.call("status")                  # anonymous: the reduced status
+    assert error is None and status == {"chain_id": chain_id, "node_id": status["node_id"], "height": 4,
+                                        "version": status["version"]}
+    node_id = status["node_id"]
+    error, result = client.call("validators")
+    assert error["code"] == "unauthorized" and result is None
+
+    error, result = authenticate(client, "hk-1", world.validator_keys["hk-1"])
+    assert error is None and result == {"identity": "hk-1", "role": "validator"}
 
     error, status = client.call("status")
     assert error is None
@@ -97,25 +120,33 @@ def test_a_plain_client_calls_every_method(server, world, commitments):
     error, participant = client.call("participant", "cn-bureau")
     assert error is None and participant["status"] == "suspended"
 
-    bank_key = world.participant_keys["hk-bank"]
-    error, proof_bytes = client.call("match", signed_query(bank_key, "hk-bank", chain_id, commitments["active"]))
-    assert error is None and isinstance(proof_bytes, bytes)
-    assert verify_match_proof(proof_bytes, world.genesis, commitments["active"]).status == "match"
-    error, proof_bytes = client.call("match", signed_query(bank_key, "hk-bank", chain_id, commitments["revoked"]))
-    assert error is None
-    assert verify_match_proof(proof_bytes, world.genesis, commitments["revoked"]).status == "revoked"
-    error, result = client.call("match", signed_query(bank_key, "hk-bank", chain_id, commitments["unknown"]))
-    assert error["code"] == "not-found" and result is None
-
-    bureau_key = world.participant_keys["hk-bureau"]
-    fresh = hashlib.sha256(b"a fresh commitment").digest()
-    error, receipt = client.call("submit", signed_commit(bureau_key, "hk-bureau", chain_id, fresh, 100), {"wait": True})
-    assert error is None and receipt["status"] == "committed" and receipt["height"] == 5 and receipt["leaf_index"] == 5
-    error, receipt = client.call("submit", signed_commit(bureau_key, "hk-bureau", chain_id, os.urandom(32), 101))
-    assert error is None and receipt["status"] == "pending" and len(receipt["id"]) == 32
-    error, receipt = client.call("submit", signed_commit(bureau_key, "hk-bureau", chain_id, fresh, 100), {"wait": True})
-    assert error is None and receipt["status"] == "rejected" and receipt["reason"]
-
     error, result = client.call("header", 99)
     assert error == {"code": "not-found", "message": error["message"]} and result is None
     client.close()
+
+    bank = PlainClient(server.port)
+    bank_key = world.participant_keys["hk-bank"]
+    error, result = authenticate(bank, "hk-bank", bank_key)
+    assert error is None and result == {"identity": "hk-bank", "role": "participant"}
+    error, proof_bytes = bank.call("match", signed_query(bank_key, "hk-bank", chain_id, node_id, commitments["active"]))
+    assert error is None and isinstance(proof_bytes, bytes)
+    assert verify_match_proof(proof_bytes, world.genesis, commitments["active"]).status == "match"
+    error, proof_bytes = bank.call("match", signed_query(bank_key, "hk-bank", chain_id, node_id, commitments["revoked"]))
+    assert error is None
+    assert verify_match_proof(proof_bytes, world.genesis, commitments["revoked"]).status == "revoked"
+    error, result = bank.call("match", signed_query(bank_key, "hk-bank", chain_id, node_id, commitments["unknown"]))
+    assert error["code"] == "not-found" and result is None
+    bank.close()
+
+    bureau = PlainClient(server.port)
+    bureau_key = world.participant_keys["hk-bureau"]
+    error, result = authenticate(bureau, "hk-bureau", bureau_key)
+    assert error is None and result == {"identity": "hk-bureau", "role": "participant"}
+    fresh = hashlib.sha256(b"a fresh commitment").digest()
+    error, receipt = bureau.call("submit", signed_commit(bureau_key, "hk-bureau", chain_id, fresh, 100), {"wait": True})
+    assert error is None and receipt["status"] == "committed" and receipt["height"] == 5 and receipt["leaf_index"] == 5
+    error, receipt = bureau.call("submit", signed_commit(bureau_key, "hk-bureau", chain_id, os.urandom(32), 101))
+    assert error is None and receipt["status"] == "pending" and len(receipt["id"]) == 32
+    error, receipt = bureau.call("submit", signed_commit(bureau_key, "hk-bureau", chain_id, fresh, 100), {"wait": True})
+    assert error is None and receipt["status"] == "rejected" and receipt["reason"]
+    bureau.close()
