@@ -531,9 +531,11 @@ def build_match_query(key: nacl.signing.SigningKey, participant: str, chain_id: 
     return codec.pack({"body": body, "sig": codec.sign(key, codec.DOMAIN_QUERY, chain_id, body)})
 
 
-def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None = None) -> Verdict:
-    """Offline verification against the genesis file (no node trusted); see storage.proofs."""
-    return _verify_match_proof(proof, genesis, commitment, now_ms)
+def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None = None, *,
+                       max_status_age_ms: int | None = None) -> Verdict:
+    """Offline verification against the genesis file (no node trusted); see storage.proofs.
+    With `max_status_age_ms`, a match whose status section is older than that is `stale`."""
+    return _verify_match_proof(proof, genesis, commitment, now_ms, max_status_age_ms=max_status_age_ms)
 
 
 def match(client: Client, key: nacl.signing.SigningKey, participant: str, chain_id: str,

@@ -21,14 +21,18 @@ header's results_hash commits to the root of the revoked set (a sparse Merkle
 tree, smt.py), and `revoked_path` proves the commitment in or out of that set
 as of the status block. A "match" verdict thus means "recorded by both
 jurisdictions' validators and not revoked as of height status_height at
-status_time_ms"; the caller judges whether that is fresh enough.
+status_time_ms"; the caller judges whether that is fresh enough (`max_status_age_ms`).
+
+Decoding is exact (docs/PROTOCOL.md §1, §5): one encoding per value (canonical msgpack), no key
+beyond those above in the proof, revocation, status, certificate and signature maps, certificate
+signatures strictly ascending by validator id, headers of height >= 1, a commit kind in genesis.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 
@@ -36,7 +40,7 @@ from consensus import codec
 from consensus.block import BlockHeader, CertificateError, CommitCertificate
 
 from . import merkle, smt
-from .entries import EntryError, decode_entry
+from .entries import EntryError, validate_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
 
 MATCH_PROOF_VERSION = 2             # 2: the status section (proof of non-revocation)
@@ -52,17 +56,24 @@ PROOF_LIMITS = codec.DecodeLimits(
 
 _PROVEN_FIELDS = ("entry", "leaf_index", "tree_size", "inclusion_path", "header", "certificate")
 _STATUS_FIELDS = ("header", "certificate", "outcomes_hash", "revoked_root", "revoked_path")
+_CERTIFICATE_FIELDS = ("header_hash", "height", "signatures", "view")
+_SIGNATURE_FIELDS = ("sig", "validator")
+# A status older than this is no news about revocation: the CLI's default bound (the library has
+# none unless asked). Minutes, not days: a node that hides a fresh revocation must be caught soon.
+MAX_STATUS_AGE_MS_DEFAULT = 10 * 60 * 1000
 
 STATUS_MATCH = "match"
 STATUS_REVOKED = "revoked"
 STATUS_EXPIRED = "expired"
 STATUS_INVALID = "invalid"
+STATUS_STALE = "stale"              # a match whose status section is older than the caller allows
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """`status` is match, revoked, expired or invalid; for invalid, `check` names the failed check
-    and `message` says what was wrong. `details` describe the commitment when the proof holds."""
+    """`status` is match, revoked, expired, stale or invalid; for invalid, `check` names the failed
+    check and `message` says what was wrong; for stale, `check` is "status.age" and `message` says
+    how old the status is. `details` describe the commitment when the proof holds."""
 
     status: str
     check: str | None = None
@@ -124,8 +135,11 @@ def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, whe
         header = BlockHeader.from_wire(header_wire)
     except (CertificateError, TypeError) as exc:
         raise _Invalid(f"{where}header", f"header is malformed: {exc}") from None
+    if header.height < 1:
+        raise _Invalid(f"{where}header", f"header height {header.height}: the first block is height 1")
     if header.chain_id != genesis.chain_id:
         raise _Invalid(f"{where}chain", f"header is for chain {header.chain_id!r}, not {genesis.chain_id!r}")
+    _check_certificate_shape(certificate_wire, f"{where}certificate")
     try:
         certificate = CommitCertificate.from_wire(certificate_wire)
         certificate.verify(header, genesis.validator_set)
@@ -134,27 +148,67 @@ def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, whe
     return header
 
 
+def _check_keys(value: Any, required: Sequence[str], check: str, what: str, optional: Sequence[str] = ()) -> None:
+    """`value` is a map with every required key and no other than the optional ones."""
+    if type(value) is not dict:
+        raise _Invalid(check, f"{what} is not a map")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise _Invalid(check, f"{what} lacks {', '.join(missing)}")
+    unknown = [k for k in value if k not in required and k not in optional]
+    if unknown:
+        # Unknown keys are refused, not skipped: a verifier must see every byte it is asked to trust.
+        names = ", ".join(repr(str(k)[:40]) for k in unknown[:5])
+        raise _Invalid(check, f"{what} has unknown key(s) {names}")
+
+
+def _check_certificate_shape(wire: Any, check: str) -> None:
+    """Exactly the certificate's four keys and each signature's two, signatures strictly ascending
+    by the UTF-8 bytes of the validator id (so each validator once, and one encoding per set)."""
+    _check_keys(wire, _CERTIFICATE_FIELDS, check, "commit certificate")
+    signatures = wire["signatures"]
+    if type(signatures) is not list:
+        raise _Invalid(check, "certificate signatures are not a list")
+    previous: bytes | None = None
+    for signature in signatures:
+        _check_keys(signature, _SIGNATURE_FIELDS, check, "certificate signature")
+        validator = signature["validator"]
+        if type(validator) is not str:
+            raise _Invalid(check, "certificate signature's validator is not a string")
+        name = validator.encode()
+        if previous is not None and name <= previous:
+            raise _Invalid(check, f"certificate signatures are not sorted by validator id, each once "
+                                  f"({validator[:40]!r} after {previous.decode()[:40]!r})")
+        previous = name
+
+
+# Entry reason codes (storage/entries.py) -> the proof check they fail; any other is `entry`.
+_ENTRY_CHECKS = {"wrong-chain": "chain", "unknown-kind": "kind", "unknown-governance-key": "signature",
+                 "governance-threshold": "signature"}
+
+
 def _verify_proven_leaf(item: Any, genesis: Genesis, where: str):
-    if not isinstance(item, dict):
-        raise _Invalid(f"{where}format", "proof part is not a map")
     missing = [k for k in _PROVEN_FIELDS if k not in item]
     if missing:
         raise _Invalid(f"{where}format", f"proof lacks {', '.join(missing)}")
     data = item["entry"]
     try:
-        entry = decode_entry(data)
+        # The full stateless check but the Ed25519 verifications (_verify_signatures, after inclusion):
+        # shape, canonical bytes, chain, a kind genesis lists, known governance keys and thresholds.
+        entry = validate_entry(data, genesis, check_signatures=False)
     except EntryError as exc:
-        raise _Invalid(f"{where}entry", f"entry is malformed: {exc}") from None
-    if entry.chain_id != genesis.chain_id:
-        raise _Invalid(f"{where}chain", f"entry is for chain {entry.chain_id!r}, not {genesis.chain_id!r}")
+        check = _ENTRY_CHECKS.get(exc.reason, "entry")
+        raise _Invalid(f"{where}{check}", f"entry is refused ({exc.reason}): {exc}") from None
     header = verify_header(item["header"], item["certificate"], genesis, where)
     leaf_index, tree_size, path = item["leaf_index"], item["tree_size"], item["inclusion_path"]
     if tree_size != header.tree_size or type(tree_size) is not int:
         raise _Invalid(f"{where}tree-size", f"proof tree_size {tree_size!r} differs from the header's {header.tree_size}")
     if type(leaf_index) is not int or not 0 <= leaf_index < tree_size:
         raise _Invalid(f"{where}leaf-index", f"leaf index {leaf_index!r} is not inside the tree of size {tree_size}")
-    if not isinstance(path, list) or len(path) > inclusion_path_hashes_max:
-        raise _Invalid(f"{where}inclusion", "inclusion_path must be a list of at most 64 hashes")
+    if (type(path) is not list or len(path) > inclusion_path_hashes_max
+            or not all(type(h) is bytes and len(h) == codec.HASH_BYTES for h in path)):
+        raise _Invalid(f"{where}inclusion", f"inclusion_path must be a list of at most {inclusion_path_hashes_max} "
+                                            "32-byte hashes")
     if not merkle.verify_inclusion(merkle.leaf_hash(data), leaf_index, tree_size, path, header.tree_root):
         raise _Invalid(f"{where}inclusion", "inclusion path does not lead from the entry to the header's tree root")
     return entry, header
@@ -177,14 +231,23 @@ def _verify_signatures(entry, genesis: Genesis, where: str) -> None:
         raise _Invalid(f"{where}signature", "governance signatures do not meet each jurisdiction's threshold")
 
 
-def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None = None) -> Verdict:
+def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None = None, *,
+                       max_status_age_ms: int | None = None) -> Verdict:
     """Verify a MatchProof offline against genesis and the commitment the caller computed.
 
-    `now_ms` (default: this machine's clock) decides expiry. Never raises on bad input:
+    `now_ms` (default: this machine's clock) decides expiry and the status section's age.
+    With `max_status_age_ms`, a proof that would be a match is `stale` (check "status.age") when
+    now minus the status header's time_ms exceeds it: the proof holds, but says nothing about a
+    revocation since. Revoked and expired are final whatever the age. Never raises on bad input:
     returns Verdict(status="invalid", check=<which check failed>, message=...).
     """
+    # The caller's own arguments are not proof bytes: a wrong one is the caller's bug, raised.
+    if max_status_age_ms is not None and (type(max_status_age_ms) is not int or max_status_age_ms <= 0):
+        raise ValueError(f"max_status_age_ms must be a positive int (milliseconds), not {max_status_age_ms!r}")
+    if now_ms is not None and type(now_ms) is not int:
+        raise ValueError(f"now_ms must be an int (milliseconds since the epoch), not {now_ms!r}")
     try:
-        return _verify(proof, genesis, commitment, now_ms)
+        return _verify(proof, genesis, commitment, now_ms, max_status_age_ms)
     except _Invalid as exc:
         return Verdict(status=STATUS_INVALID, check=exc.check, message=str(exc))
     except Exception as exc:
@@ -193,16 +256,43 @@ def verify_match_proof(proof: bytes | dict, genesis: Genesis, commitment: bytes,
                        message=f"proof has an unexpected shape: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None) -> Verdict:
-    if isinstance(proof, (bytes, bytearray, memoryview)):
+def stale_message(status_height: int, status_age_ms: int) -> str:
+    """What a stale verdict says (the CLI prints it after "STALE: "); whole minutes, rounded down."""
+    return f"status at height {status_height} is {status_age_ms // 60_000} minutes old"
+
+
+def _decode(proof: Any) -> tuple[dict, str | None]:
+    """The proof's value and, if its bytes are not the one canonical encoding of that value, why.
+
+    The canonical failure is reported after the other checks (as validate_entry reports an entry's),
+    so a tampered field is named by its own check; a proof is never accepted with it."""
+    if isinstance(proof, dict):
         try:
-            proof = codec.unpack(bytes(proof), limits=PROOF_LIMITS)
+            proof = codec.pack(proof)   # a value has one encoding: check that one, as a verifier of bytes would
         except codec.EncodingError as exc:
-            raise _Invalid("format", f"proof is not msgpack: {exc}") from None
-    if not isinstance(proof, dict):
-        raise _Invalid("format", "proof must be a map")
-    if proof.get("version") != MATCH_PROOF_VERSION:
-        raise _Invalid("format", f"proof version {proof.get('version')!r} is not {MATCH_PROOF_VERSION}")
+            raise _Invalid("format", f"proof has no canonical encoding: {exc}") from None
+    if not isinstance(proof, (bytes, bytearray, memoryview)):
+        raise _Invalid("format", "proof must be msgpack bytes")
+    data = bytes(proof)
+    try:
+        value = codec.unpack(data, limits=PROOF_LIMITS)
+    except codec.EncodingError as exc:
+        raise _Invalid("format", f"proof is not msgpack: {exc}") from None
+    try:
+        codec.check_canonical(value, data, PROOF_LIMITS.depth_max)
+    except codec.EncodingError as exc:
+        return value, str(exc)
+    return value, None
+
+
+def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: int | None,
+            max_status_age_ms: int | None) -> Verdict:
+    proof, not_canonical = _decode(proof)
+    # The status section is checked (and named) on its own, below.
+    _check_keys(proof, ("version", *_PROVEN_FIELDS), "format", "proof", optional=("revocation", "status"))
+    version = proof["version"]
+    if type(version) is not int or version != MATCH_PROOF_VERSION:
+        raise _Invalid("format", f"proof version {str(version)[:40]} is not the integer {MATCH_PROOF_VERSION}")
     if not isinstance(commitment, bytes) or len(commitment) != 32:
         raise _Invalid("commitment", "the commitment to check must be 32 bytes")
     entry, header = _verify_proven_leaf(proof, genesis, "")
@@ -217,8 +307,10 @@ def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: in
         "leaf_index": proof["leaf_index"], "author": entry.author, "kind": fields["kind"],
         "jurisdiction": fields["jurisdiction"], "expires_ms": fields["expires_ms"], "entry_time_ms": entry.time_ms,
     }
-    revocation = proof.get("revocation")
-    if revocation is not None:
+    revoked = "revocation" in proof     # present only if revoked: nil is not "absent" (§1: nil only where stated)
+    if revoked:
+        revocation = proof["revocation"]
+        _check_keys(revocation, _PROVEN_FIELDS, "revocation.format", "revocation")
         revoke, revoke_header = _verify_proven_leaf(revocation, genesis, "revocation.")
         if revoke.type != "revoke" or revoke.fields["commitment"] != commitment:
             raise _Invalid("revocation.entry", "revocation is not a revoke of this commitment")
@@ -230,30 +322,49 @@ def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: in
         details.update(revoked_height=revoke_header.height, revoked_time_ms=revoke_header.time_ms,
                        revoked_by=revoke.author, revoke_reason=revoke.fields["reason"])
     status_header, in_revoked_set = _verify_status(proof.get("status"), genesis, commitment, header.height)
-    details.update(status_height=status_header.height, status_time_ms=status_header.time_ms)
-    if revocation is not None:
-        if not in_revoked_set and status_header.height >= revoke_header.height:
-            raise _Invalid("status.revocation-not-in-set",
-                           f"a revocation at height {revoke_header.height} is proven, but the revoked set at height "
-                           f"{status_header.height} does not hold the commitment")
-        return Verdict(status=STATUS_REVOKED, details=details)
-    if in_revoked_set:
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    # A status "from the future" (our clock behind the validators') is as fresh as can be, not negative.
+    status_age_ms = max(0, now - status_header.time_ms)
+    details.update(status_height=status_header.height, status_time_ms=status_header.time_ms,
+                   status_age_ms=status_age_ms)
+    if revoked and not in_revoked_set and status_header.height >= revoke_header.height:
+        raise _Invalid("status.revocation-not-in-set",
+                       f"a revocation at height {revoke_header.height} is proven, but the revoked set at height "
+                       f"{status_header.height} does not hold the commitment")
+    if not revoked and in_revoked_set:
         raise _Invalid("status.revocation-missing",
                        f"the revoked set at height {status_header.height} holds the commitment, "
                        "but the proof carries no revocation")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if not_canonical is not None:
+        raise _Invalid("canonical", f"proof is not canonical msgpack (one encoding per value): {not_canonical}")
+    if revoked:
+        return Verdict(status=STATUS_REVOKED, details=details)
     if fields["expires_ms"] is not None and fields["expires_ms"] <= now:
         return Verdict(status=STATUS_EXPIRED, details=details)
+    if max_status_age_ms is not None and status_age_ms > max_status_age_ms:
+        return Verdict(status=STATUS_STALE, check="status.age", details=details,
+                       message=stale_message(status_header.height, status_age_ms))
     return Verdict(status=STATUS_MATCH, details=details)
+
+
+def revocation_disagreement(answers: Sequence[tuple[str, Verdict]]) -> str | None:
+    """Why verified answers of several nodes about one commitment contradict each other on whether
+    it is revoked, or None if they agree. Each answer is (node name, its verdict); invalid verdicts
+    are the caller's to refuse first. Stale and expired answers say "not revoked", as match does."""
+    revoked = [(name, v) for name, v in answers if v.status == STATUS_REVOKED]
+    standing = [(name, v) for name, v in answers if v.status in (STATUS_MATCH, STATUS_EXPIRED, STATUS_STALE)]
+    if not revoked or not standing:
+        return None
+    (gone_name, gone), (kept_name, kept) = revoked[0], standing[0]
+    return (f"{gone_name} proves the commitment revoked at height {gone.details['revoked_height']}, "
+            f"{kept_name} proves it not revoked as of height {kept.details['status_height']}")
 
 
 def _verify_status(status: Any, genesis: Genesis, commitment: bytes, commit_height: int) -> tuple[BlockHeader, bool]:
     """Check the status section; return its header and whether the revoked set holds the commitment."""
-    if not isinstance(status, dict):
+    if status is None:
         raise _Invalid("status.format", "proof lacks the status section (a map)")
-    missing = [k for k in _STATUS_FIELDS if k not in status]
-    if missing:
-        raise _Invalid("status.format", f"status lacks {', '.join(missing)}")
+    _check_keys(status, _STATUS_FIELDS, "status.format", "status")
     header = verify_header(status["header"], status["certificate"], genesis, "status.")
     outcomes, revoked_root, path = status["outcomes_hash"], status["revoked_root"], status["revoked_path"]
     if not (isinstance(outcomes, bytes) and len(outcomes) == 32 and isinstance(revoked_root, bytes)
