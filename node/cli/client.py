@@ -5,6 +5,9 @@ Connection and identity come from options or the environment:
   --key FILE                       BAYLEDGER_KEY      key file (`bayledger keygen`); its id is the
                                                       participant id (or governance key id)
   --genesis FILE                   BAYLEDGER_GENESIS  the chain's genesis file (offline verification)
+  --ca FILE                        BAYLEDGER_CA       CA certificate(s) to trust for the nodes' TLS
+                                                      (default: the system's trust store)
+  --plaintext                      BAYLEDGER_PLAINTEXT=1  no TLS: development nodes only
 
 Exit status: 0 success (for verify: a verified MATCH); 1 a definite negative answer
 (NO MATCH, REVOKED, EXPIRED, an entry the ledger refused); 2 usage, connection or
@@ -52,6 +55,8 @@ environment:
   BAYLEDGER_RPC      default for --rpc (HOST:PORT[,HOST:PORT...])
   BAYLEDGER_KEY      default for --key
   BAYLEDGER_GENESIS  default for --genesis
+  BAYLEDGER_CA       default for --ca (the CA that signed the nodes' RPC certificates)
+  BAYLEDGER_PLAINTEXT=1  default for --plaintext (development nodes without TLS)
 
 exit status: 0 success, 1 negative answer (no match, revoked, expired, refused), 2 error
 """
@@ -63,6 +68,10 @@ def _add_rpc(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", metavar="HOST:PORT[,...]", help="node(s) to ask, tried in order (env BAYLEDGER_RPC)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"per-call timeout (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--ca", metavar="FILE", help="CA certificate to trust for the nodes' TLS (env BAYLEDGER_CA; "
+                        "default: the system's trust store)")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="connect without TLS, to a development node (env BAYLEDGER_PLAINTEXT=1)")
 
 
 def _add_key(parser: argparse.ArgumentParser, *, many: bool = False, what: str = "participant") -> None:
@@ -237,10 +246,37 @@ def _rpc_endpoints(args) -> str:
     return value
 
 
+_TRUE_WORDS = ("1", "true", "yes")
+_FALSE_WORDS = ("", "0", "false", "no")
+
+
+def _transport(args) -> tuple[str | None, bool]:
+    """(ca_file, tls) from --ca / --plaintext, else BAYLEDGER_CA / BAYLEDGER_PLAINTEXT; an option wins
+    over the environment, and asking for both at one level is an error."""
+    ca, plaintext = getattr(args, "ca", None), getattr(args, "plaintext", False)
+    if ca and plaintext:
+        raise CliError("--ca and --plaintext: give one (--plaintext turns TLS off)")
+    if plaintext:
+        return None, False
+    if ca:
+        return ca, True
+    env_plaintext = os.environ.get("BAYLEDGER_PLAINTEXT", "").strip().lower()
+    if env_plaintext not in _TRUE_WORDS + _FALSE_WORDS:
+        raise CliError(f"BAYLEDGER_PLAINTEXT={env_plaintext!r}: must be 1 (no TLS) or 0")
+    env_ca = os.environ.get("BAYLEDGER_CA") or None
+    if env_plaintext in _TRUE_WORDS:
+        if env_ca:
+            raise CliError("BAYLEDGER_CA and BAYLEDGER_PLAINTEXT=1 are both set: unset one")
+        return None, False
+    return env_ca, True
+
+
 def _client(args) -> Client:
+    ca_file, tls = _transport(args)
     try:
         # A submit waits up to wait_ms at the node before answering: the socket must outlast that.
-        return Client(_rpc_endpoints(args), timeout_s=args.timeout + max(0, getattr(args, "wait_ms", 0)) / 1000)
+        return Client(_rpc_endpoints(args), timeout_s=args.timeout + max(0, getattr(args, "wait_ms", 0)) / 1000,
+                      ca_file=ca_file, tls=tls)
     except ValueError as exc:
         raise CliError(f"--rpc: {exc}") from None
 
