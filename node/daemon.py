@@ -48,7 +48,7 @@ import trio
 from consensus import codec
 from consensus import replica as replica_module
 
-from . import rpc
+from . import rpc, tls
 from .api import ApiError
 from .config import Address, NodeConfig
 from .keys import KeyFileError, KeyPair, load_key_file
@@ -313,6 +313,7 @@ class Daemon:
         if me.public_key != key.public_key:
             raise StartupError(f"key file {config.key_file} does not hold the genesis key of {config.node_id!r}")
         self.jurisdiction = me.jurisdiction
+        self.rpc_ssl_context = rpc_ssl_context(config)   # None: plaintext (rpc.plaintext = true)
         # The consensus Application; the same object's stateless check guards submit.
         self.application = EntryVerdictMemo(
             application if application is not None else _ledger_application(ledger))
@@ -757,9 +758,14 @@ class Daemon:
                                submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
         self.rpc_server = rpc.RpcServer(self, limits)
         self.metrics.collectors.append(self._collect_rpc_metrics)
+        if self.rpc_ssl_context is None:
+            log.warning("RPC without TLS: for development only; anyone on the path reads and alters every "
+                        "call (set rpc.tls_cert_file and rpc.tls_key_file, and remove rpc.plaintext)",
+                        rpc=str(self.config.listen.rpc))
         result = await nursery.start(functools.partial(
             rpc.serve_rpc, self, self.config.listen.rpc.host, self.config.listen.rpc.port, limits=limits,
-            server=self.rpc_server))
+            server=self.rpc_server, ssl_context=self.rpc_ssl_context,
+            tls_handshake_timeout_ms=self.config.rpc.tls_handshake_timeout_ms))
         return result   # serve_rpc reports the port it bound
 
     def _collect_rpc_metrics(self) -> None:
@@ -795,6 +801,21 @@ async def _serve_until_signal(daemon: Daemon) -> None:
                         nursery.cancel_scope.cancel()
                         return
             nursery.start_soon(stop_on_signals)
+
+
+def rpc_ssl_context(config: NodeConfig):
+    """The RPC port's TLS context from [rpc], or None with rpc.plaintext; StartupError names the field."""
+    if config.rpc.plaintext:
+        return None
+    if config.rpc.tls_cert_file is None or config.rpc.tls_key_file is None:
+        missing = "tls_cert_file" if config.rpc.tls_cert_file is None else "tls_key_file"
+        raise StartupError(f"rpc.{missing}: required (RPC is served over TLS; rpc.plaintext = true turns "
+                           f"TLS off, for development only)")
+    try:
+        return tls.server_context(config.rpc.tls_cert_file, config.rpc.tls_key_file)
+    except tls.TlsError as exc:
+        field_name = "rpc.tls_key_file" if exc.which == "key" else "rpc.tls_cert_file"
+        raise StartupError(f"{field_name}: {exc}") from None
 
 
 def open_daemon(config: NodeConfig) -> Daemon:
