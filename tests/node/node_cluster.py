@@ -8,21 +8,25 @@ every process it started by pid at teardown.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
 
+from node import tls
 from node.cli import main as cli_main
 from node.config import (
-    Address, ConsensusConfig, LimitsConfig, Listen, LogConfig, NodeConfig, TestingConfig, render_config,
+    Address, ConsensusConfig, LimitsConfig, Listen, LogConfig, NodeConfig, RpcConfig, TestingConfig, render_config,
 )
 
 VALIDATORS = (("hk-1", "HK"), ("hk-2", "HK"), ("cn-1", "CN"), ("cn-2", "CN"))
@@ -59,6 +63,21 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
+_session_ca: tuple[Path, Path] | None = None
+
+
+def session_ca() -> tuple[Path, Path]:
+    """(certificate, key) of one test CA per test process; every cluster's node certificates are
+    signed by it, so an RpcClient needs no more than a port."""
+    global _session_ca
+    if _session_ca is None:
+        directory = Path(tempfile.mkdtemp(prefix="bayledger-test-ca-"))
+        atexit.register(shutil.rmtree, directory, True)
+        tls.make_ca(directory / "ca.pem", directory / "ca-key.pem", "Bayledger test CA")
+        _session_ca = (directory / "ca.pem", directory / "ca-key.pem")
+    return _session_ca
+
+
 class RpcError(Exception):
     def __init__(self, error):
         super().__init__(f"{error}")
@@ -67,10 +86,12 @@ class RpcError(Exception):
 
 
 class RpcClient:
-    """Just enough msgpack-RPC ([0, msgid, method, params] -> [1, msgid, error, result]) for tests."""
+    """Just enough msgpack-RPC ([0, msgid, method, params] -> [1, msgid, error, result]) for tests,
+    over TLS trusting the session CA, as a stock client would (ssl + socket + msgpack)."""
 
     def __init__(self, port: int, timeout_s: float = RPC_TIMEOUT_S):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self.sock = tls.client_context(session_ca()[0]).wrap_socket(sock, server_hostname="127.0.0.1")
         self.unpacker = msgpack.Unpacker(raw=False)
         self.next_id = 0
 
@@ -194,7 +215,15 @@ class Cluster:
                  "--participant", f"bureau-cn:CN:provider:{self.keys_dir / 'bureau-cn.json'}"]
         assert cli_main(args) == 0
 
+    @property
+    def ca_path(self) -> Path:
+        """The CA to trust for the nodes' RPC (--ca / BAYLEDGER_CA)."""
+        return session_ca()[0]
+
     def _write_config(self, node: NodeHandle, view_timeout_ms: int) -> None:
+        ca_cert, ca_key = session_ca()
+        tls.make_node_certificate(ca_cert, ca_key, node.dir / "rpc-cert.pem", node.dir / "rpc-key.pem", node.id,
+                                  ["127.0.0.1"])
         config = NodeConfig(
             node_id=node.id, key_file=node.dir / "key.json", genesis_file=self.genesis_path,
             data_dir=node.data_dir,
@@ -205,6 +234,7 @@ class Cluster:
                                       watermark_window=32),
             limits=LimitsConfig(reconnect_backoff_min_ms=50, reconnect_backoff_max_ms=500),
             testing=TestingConfig(fault_injection=True),
+            rpc=RpcConfig(tls_cert_file=node.dir / "rpc-cert.pem", tls_key_file=node.dir / "rpc-key.pem"),
         )
         node.config_path.write_text(render_config(config))
 

@@ -19,7 +19,7 @@ from consensus.sim import app as sim_app
 from consensus.validators import Validator, ValidatorSet
 from node.api import ApiError
 from node.config import (
-    Address, ConsensusConfig, LimitsConfig, Listen, NodeConfig, Peer,
+    Address, ConsensusConfig, LimitsConfig, Listen, NodeConfig, Peer, RpcConfig,
 )
 from node.daemon import Daemon
 from node.keys import KeyPair
@@ -101,6 +101,7 @@ class Net:
             consensus=ConsensusConfig(view_timeout_ms=self.view_timeout_ms, batch_wait_ms=2, checkpoint_interval=4,
                                       watermark_window=16),
             limits=LimitsConfig(reconnect_backoff_min_ms=20, reconnect_backoff_max_ms=200),
+            rpc=RpcConfig(plaintext=True),   # RPC is not served here (_no_rpc)
         )
 
     async def start(self, nursery, node_id):
