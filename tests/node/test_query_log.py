@@ -420,3 +420,18 @@ def test_config_refuses_bad_query_log_sections_by_key(tmp_path, section, message
     text = BASE.replace("[listen]", section + "[listen]") if section.startswith("query_log =") else BASE + section
     with pytest.raises(ConfigError, match=f"^{message}"):
         load(tmp_path, text)
+
+
+def test_operations_doc_lists_every_query_log_setting_with_its_default():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from node.config import QueryLogConfig
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md").read_text()
+    assert "### Query log" in text and "`[query_log]`" in text
+    for field in fields(QueryLogConfig):
+        shown = "`DATA_DIR/query-log`" if field.name == "dir" else str(field.default)
+        assert f"| `{field.name}` | {shown} |" in text, field.name
+    for key in ("seq", "time_ms", "node", "participant", "commitment", "query_id", "query_time_ms", "outcome"):
+        assert f"| `{key}` |" in text, key
