@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from node import query_log
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
@@ -144,6 +146,18 @@ class RpcConfig:
 
 
 @dataclass(frozen=True)
+class QueryLogConfig:
+    # Where the match-query log goes (node/query_log.py); None: DATA_DIR/query-log.
+    dir: Path | None = None
+    file_bytes_max: int = 64 * 1024 * 1024   # a file is rotated before it would pass this many bytes
+    files_max: int = 64                      # files kept; the oldest beyond are deleted (the retention)
+    fsync_interval_ms: int = 1000            # appended lines are fsynced at most this long apart; 0: each line
+
+    def directory(self, data_dir: Path) -> Path:
+        return self.dir if self.dir is not None else data_dir / "query-log"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     key_file: Path
@@ -157,6 +171,7 @@ class NodeConfig:
     p2p: P2pConfig = field(default_factory=P2pConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
+    query_log: QueryLogConfig = field(default_factory=QueryLogConfig)
     source: Path | None = None               # the file it was loaded from
 
 
@@ -199,7 +214,12 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 _TOP_KEYS = ("node_id", "key_file", "genesis_file", "data_dir", "listen", "peers",
-             "log", "consensus", "limits", "p2p", "testing", "rpc")
+             "log", "consensus", "limits", "p2p", "testing", "rpc", "query_log")
+_INT_RANGES["query_log"] = {
+    "file_bytes_max": (query_log.FILE_BYTES_MIN, query_log.FILE_BYTES_MAX),   # 4 KiB (one line) - 1 GiB
+    "files_max": (query_log.FILES_MIN, query_log.FILES_MAX),                  # 2 - 10000
+    "fsync_interval_ms": (0, query_log.FSYNC_INTERVAL_MS_MAX),                # 0 - 60000
+}
 _REQUIRED_TOP = ("node_id", "key_file", "genesis_file", "data_dir", "listen")
 
 
@@ -327,6 +347,14 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
 
     rpc = _rpc_section(raw, base_dir)
 
+    query_log_table = _table(raw.get("query_log", {}), "query_log")
+    query_log_ranges = _INT_RANGES["query_log"]
+    _reject_unknown(query_log_table, ["dir", *query_log_ranges], "query_log")
+    query_log_config = QueryLogConfig(
+        dir=_path(query_log_table["dir"], "query_log.dir", base_dir) if "dir" in query_log_table else None,
+        **{key: _int_field(value, f"query_log.{key}", *query_log_ranges[key])
+           for key, value in query_log_table.items() if key != "dir"})
+
     return NodeConfig(
         node_id=node_id,
         key_file=_path(raw["key_file"], "key_file", base_dir),
@@ -340,6 +368,7 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
         p2p=P2pConfig(inbound_allow_only_validators=allow_only_validators),
         testing=TestingConfig(fault_injection=fault_injection),
         rpc=rpc,
+        query_log=query_log_config,
         source=source,
     )
 
@@ -430,6 +459,10 @@ def render_config(config: NodeConfig) -> str:
         value = getattr(config.rpc, f.name)
         if value is not None:    # an unset file is left out (plaintext)
             lines.append(f"{f.name} = {_toml_value(value)}")
+    lines += ["", "[query_log]"]
+    if config.query_log.dir is not None:     # unset: follows data_dir wherever the node directory moves
+        lines.append(f"dir = {_toml_value(config.query_log.dir)}")
+    lines += [f"{name} = {_toml_value(getattr(config.query_log, name))}" for name in _INT_RANGES["query_log"]]
     for peer in config.peers or ():
         lines += ["", "[[peers]]", f"id = {_toml_value(peer.id)}", f"address = {_toml_value(str(peer.address))}"]
     return "\n".join(lines) + "\n"
