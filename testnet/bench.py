@@ -192,6 +192,7 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
         plan = {
             "chain_id": network.chain_id,
             "genesis": str(network.genesis_path),
+            "ca": str(network.ca_path),
             "submit_rpcs": [n.rpc for n in network.nodes],
             "match_rpc": network.nodes_in("HK")[0].rpc,
             "providers": [{"name": name, "key": network.participants[name]["key"], "jurisdiction": "CN"}

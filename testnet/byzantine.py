@@ -304,6 +304,14 @@ async def run_oversize(ctx: Context) -> None:
     await per_peer(ctx, oversize_round, ctx.interval)
 
 
+def rpc_ca_file(ctx: Context) -> Path | None:
+    """The testnet's CA for the other validators' RPC TLS (run_dir/tls/ca.pem, testnet/network.py);
+    None when this node's config serves plaintext RPC (then so does the network)."""
+    if ctx.config.rpc.plaintext or ctx.run_dir is None:
+        return None
+    return ctx.run_dir / "tls" / "ca.pem"
+
+
 async def track_primary(ctx: Context) -> None:
     """Keep ctx.view and ctx.primary at the highest view the other validators report over RPC."""
     from . import rpc
@@ -313,7 +321,7 @@ async def track_primary(ctx: Context) -> None:
         for peer_id, address in ctx.rpc.items():
             host, _, port = address.rpartition(":")
             try:
-                status = await rpc.call_async(host, int(port), "status", [], RPC_TIMEOUT_S)
+                status = await rpc.call_async(host, int(port), "status", [], RPC_TIMEOUT_S, rpc_ca_file(ctx))
             except (rpc.ConnectionLost, rpc.RpcError, OSError):
                 continue
             if isinstance(status, dict) and isinstance(status.get("view"), int):
@@ -421,7 +429,7 @@ async def collect_committed(ctx: Context, pool: dict[bytes, None]) -> None:
         for address in ctx.rpc.values():
             host, _, port = address.rpartition(":")
             try:
-                return await rpc.call_async(host, int(port), method, params, RPC_TIMEOUT_S)
+                return await rpc.call_async(host, int(port), method, params, RPC_TIMEOUT_S, rpc_ca_file(ctx))
             except (rpc.ConnectionLost, rpc.RpcError, OSError):
                 continue
         return None

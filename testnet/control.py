@@ -55,7 +55,7 @@ def tail(path: Path, lines: int = log_tail_lines) -> str:
 def node_status(node: NodeEntry, timeout_s: float = status_timeout_s) -> dict | None:
     """The node's RPC `status` map, or None if it does not answer."""
     try:
-        result = rpc.call(node.rpc, "status", [], timeout_s)
+        result = rpc.call(node.rpc, "status", [], timeout_s, ca_file=node.ca_path)
     except (rpc.ConnectionLost, rpc.RpcError):
         return None
     return result if isinstance(result, dict) else None
@@ -221,6 +221,7 @@ def print_summary(network: Network, sample: dict | None) -> None:
         print(f"  {n.name:<6} {n.jurisdiction:<3} {n.rpc:<16} {n.p2p:<16} {n.metrics:<16} {n.log_path}")
     print()
     print(f"  genesis       {network.genesis_path}")
+    print(f"  RPC TLS CA    {network.ca_path}   (export BAYLEDGER_CA={network.ca_path})")
     for name, info in network.participants.items():
         print(f"  participant   {name} ({info['jurisdiction']}) key {info['key']}")
     for jurisdiction, key in network.governance.items():
@@ -242,7 +243,8 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
     activate = Path(sys.executable).parent / "activate"
     if activate.exists():
         lines += [f"source {activate}   # puts bayledger and this python on PATH"]
-    lines += [f"python -m testnet status{dir_option(d)}"]
+    lines += [f"export BAYLEDGER_CA={network.ca_path}   # the network's CA: the CLI checks the nodes' TLS with it",
+              f"python -m testnet status{dir_option(d)}"]
     lines += [f"bayledger status --rpc {hk.rpc}"]
     if sample:
         lines += [f"bayledger {' '.join(sample['commands']['verify'])}",
@@ -412,6 +414,7 @@ def status_document(network: Network) -> dict:
         })
     return {
         "genesis": str(network.genesis_path),
+        "ca": str(network.ca_path),
         "nodes": nodes,
         "participants": {name: info["key"] for name, info in network.participants.items()},
         "governance": dict(network.governance),

@@ -45,9 +45,9 @@ def sample_commands(network: Network) -> dict[str, list[str]]:
     report, receipt, proof = d / "sample-report.txt", d / "sample-report.txt.receipt.json", d / "sample-proof.bin"
     genesis = str(network.genesis_path)
     return {
-        "submit": ["submit", "--rpc", cn.rpc, "--key", network.participants["sz-credit-bureau"]["key"],
+        "submit": ["submit", "--rpc", cn.rpc, "--ca", str(network.ca_path), "--key", network.participants["sz-credit-bureau"]["key"],
                    "--genesis", genesis, "--force", str(report)],
-        "verify": ["verify", "--rpc", hk.rpc, "--key", network.participants["hk-bank"]["key"],
+        "verify": ["verify", "--rpc", hk.rpc, "--ca", str(network.ca_path), "--key", network.participants["hk-bank"]["key"],
                    "--genesis", genesis, "--receipt", str(receipt), "--proof-out", str(proof), str(report)],
         "proof verify": ["proof", "verify", "--genesis", genesis, "--receipt", str(receipt), str(proof)],
     }

@@ -13,8 +13,10 @@ import contextlib
 import io
 from pathlib import Path
 
+from node import tls
 from node.cli import main as bayledger_main
-from node.config import ConfigError, ConsensusConfig, Listen, load_config, LogConfig, NodeConfig, parse_address, render_config
+from node.config import (ConfigError, ConsensusConfig, Listen, load_config, LogConfig, NodeConfig, parse_address,
+                         render_config, RpcConfig)
 
 from .network import Network
 
@@ -72,6 +74,13 @@ def generate_network(network: Network, consensus: dict[str, int] | None = None) 
         args += ["--participant", f"{name}:{info['jurisdiction']}:{role}:{info['key']}"]
     run_cli(args)
 
+    # RPC over TLS: one CA for the network, one certificate per node for its RPC host.
+    network.ca_path.parent.mkdir(parents=True, exist_ok=True)
+    tls.make_ca(network.ca_path, network.ca_key_path, f"{network.chain_id} dev CA")
+    for node in network.nodes:
+        tls.make_node_certificate(network.ca_path, network.ca_key_path, node.rpc_cert_path, node.rpc_key_path,
+                                  node.name, [parse_address(node.rpc, "rpc").host])
+
     for node in network.nodes:
         config = NodeConfig(
             node_id=node.name,
@@ -83,6 +92,7 @@ def generate_network(network: Network, consensus: dict[str, int] | None = None) 
             peers=None,  # from genesis
             log=LogConfig(format="json", level="info"),
             consensus=ConsensusConfig(**(consensus or {})),
+            rpc=RpcConfig(tls_cert_file=node.rpc_cert_path, tls_key_file=node.rpc_key_path),
         )
         node.config_path.write_text(render_config(config))
         try:

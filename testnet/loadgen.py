@@ -140,7 +140,7 @@ def _record(result: PhaseResult, outcome: str, start: float, window: tuple[float
 
 
 async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, duration_s: float,
-                      window: int) -> PhaseResult:
+                      window: int, ca_file: str | None = None) -> PhaseResult:
     """One connection per queue with `window` requests outstanding on each: every reply is answered
     with the queue's next request, all of one read's replies with one write. Queue i goes to
     addresses[i % len(addresses)]. No task or event per request: the load generator shares the
@@ -159,7 +159,7 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
     streams = []
     for index in range(len(queues)):
         host, _, port = addresses[index % len(addresses)].rpartition(":")
-        streams.append(await trio.open_tcp_stream(host, int(port)))
+        streams.append(await rpc.open_stream(host, int(port), ca_file))   # TLS with the network's CA
 
     async def lane(stream: trio.abc.Stream, queue: list[bytes]) -> None:
         cursor = iter(queue)
@@ -228,7 +228,7 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
 
 
 async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, rate_per_s: float,
-                    duration_s: float) -> PhaseResult:
+                    duration_s: float, ca_file: str | None = None) -> PhaseResult:
     """One request every 1/rate s, whatever the replies; latency from the scheduled send time.
 
     Request k is the next of queue k mod len(queues), sent on that queue's connection (queue i
@@ -244,7 +244,7 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
     streams = []
     for index in range(len(queues)):
         host, _, port = addresses[index % len(addresses)].rpartition(":")
-        streams.append(await trio.open_tcp_stream(host, int(port)))
+        streams.append(await rpc.open_stream(host, int(port), ca_file))   # TLS with the network's CA
     lanes = [_OpenLoopLane(stream) for stream in streams]
     start = trio.current_time() + 0.05
     window = (start, start + duration_s + drain_timeout_s)
@@ -407,7 +407,9 @@ async def run(plan: dict) -> dict:
     queues, commitments = build_requests(plan, count, connections)
     report["presign_per_s"] = round(count / (time.monotonic() - t))
     print(f"  pre-signed {count} commit entries ({report['presign_per_s']}/s)", file=sys.stderr)
-    saturation = await closed_loop("saturate", submit_rpcs, queues, _accept_submit, phase["saturate"], window)
+    ca_file = plan.get("ca")       # the testnet's CA: RPC is TLS (None: a plaintext test server)
+    saturation = await closed_loop("saturate", submit_rpcs, queues, _accept_submit, phase["saturate"], window,
+                                   ca_file)
     report["phases"].append(saturation.to_json())
     commits_per_s = saturation.rate_per_s
     report["commits_per_s"] = round(commits_per_s, 1)
@@ -427,7 +429,7 @@ async def run(plan: dict) -> dict:
         needed = int(math.ceil(rate * phase["rate"]))
         queues, _ = build_requests(plan, needed, connections)
         result = await open_loop(f"{fraction * 100:.0f}% {rate:.0f}/s", submit_rpcs, queues, _accept_submit,
-                                 rate, phase["rate"])
+                                 rate, phase["rate"], ca_file)
         report["phases"].append(result.to_json())
         report["latency"][str(int(round(rate)))] = {**summarize_ms(result.latencies_s), "fraction": fraction,
                                                      "errors": dict(result.errors), "dropped": result.dropped}
@@ -439,7 +441,8 @@ async def run(plan: dict) -> dict:
                                       match_queries_max))
     if queries:
         lanes = [queries[i::connections] for i in range(connections)]
-        match = await closed_loop("match", [plan["match_rpc"]], lanes, _accept_match, phase["match"], window)
+        match = await closed_loop("match", [plan["match_rpc"]], lanes, _accept_match, phase["match"], window,
+                                  ca_file)
         report["phases"].append(match.to_json())
         report["match_per_s"] = round(match.rate_per_s, 1)
     report["loadgen_wall_s"] = round(time.monotonic() - started, 1)

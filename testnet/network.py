@@ -7,6 +7,9 @@ Run dir layout:
     testnet.json                 this manifest
     genesis.json                 the chain's genesis (validators, governance, participants)
     keys/                        governance and participant keys (mode 0600)
+    tls/ca.pem, tls/ca-key.pem   the network's CA for RPC TLS (clients trust ca.pem: BAYLEDGER_CA)
+    nodes/NAME/rpc-cert.pem      the node's RPC certificate (signed by the CA) and key (mode 0600)
+    nodes/NAME/rpc-key.pem
     nodes/NAME/config.toml       one directory per validator
     nodes/NAME/key.json
     nodes/NAME/data/             its LevelDB
@@ -23,7 +26,7 @@ from pathlib import Path
 from .ports import HOST, plan_ports
 
 MANIFEST_NAME = "testnet.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2                 # 2: RPC over TLS (tls/ and nodes/NAME/rpc-*.pem)
 VALIDATOR_COUNTS = (4, 7, 10)
 DEMO_PARTICIPANTS = {"hk-bank": "HK", "sz-credit-bureau": "CN", "hk-auditor": "HK"}
 JURISDICTIONS = ("HK", "CN")
@@ -67,6 +70,19 @@ class NodeEntry:
     def pid_path(self) -> Path:
         return self.dir / "node.pid"
 
+    @property
+    def rpc_cert_path(self) -> Path:
+        return self.dir / "rpc-cert.pem"
+
+    @property
+    def rpc_key_path(self) -> Path:
+        return self.dir / "rpc-key.pem"
+
+    @property
+    def ca_path(self) -> Path:
+        """The network's CA, which signed this node's RPC certificate (run_dir/tls/ca.pem)."""
+        return self.dir.parent.parent / "tls" / "ca.pem"
+
 
 @dataclass
 class Network:
@@ -89,6 +105,15 @@ class Network:
     def keys_dir(self) -> Path:
         return self.run_dir / "keys"
 
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate RPC clients trust (--ca / BAYLEDGER_CA)."""
+        return self.run_dir / "tls" / "ca.pem"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.run_dir / "tls" / "ca-key.pem"
+
     def node(self, name: str) -> NodeEntry:
         for entry in self.nodes:
             if entry.name == name:
@@ -104,6 +129,7 @@ class Network:
             "chain_id": self.chain_id,
             "base_port": self.base_port,
             "genesis": str(self.genesis_path),
+            "ca": str(self.ca_path),
             "nodes": [asdict(n) for n in self.nodes],
             "participants": self.participants,
             "governance": self.governance,
@@ -123,7 +149,8 @@ class Network:
             raise ManifestError(f"{path} cannot be read: {exc}; remove {run_dir} and run `up` again") from None
         try:
             if document["version"] != MANIFEST_VERSION:
-                raise ManifestError(f"{path} has version {document['version']}, expected {MANIFEST_VERSION}")
+                raise ManifestError(f"{path} has version {document['version']}, expected {MANIFEST_VERSION}; "
+                                    f"`python -m testnet down --dir {run_dir}`, remove {run_dir} and run `up` again")
             return cls(
                 run_dir=run_dir,
                 chain_id=document["chain_id"],

@@ -6,12 +6,14 @@ and counts a lost connection as an error of the calls on it. The project's
 client library (node/client.py) pipelines too, but it encodes every call and
 retries a broken call on the next endpoint, which would hide the very errors a
 benchmark must count. The wire format is the public msgpack-RPC one:
-request `[0, msgid, method, params]`, response `[1, msgid, error, result]`.
+request `[0, msgid, method, params]`, response `[1, msgid, error, result]`,
+over TLS trusting the testnet's CA (`open_stream`; ca_file None is plaintext).
 """
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -26,6 +28,23 @@ _msgid_packer = msgpack.Packer()  # reused: msgpack.packb builds a Packer per ca
 def pack_call(method: str, params: list) -> bytes:
     """The method and params of a request, encoded once so a load generator can reuse them."""
     return msgpack.packb(method, use_bin_type=True) + msgpack.packb(params, use_bin_type=True)
+
+
+async def open_stream(host: str, port: int, ca_file: str | Path | None) -> trio.abc.Stream:
+    """The one connect step of the testnet's RPC clients: TCP, then TLS trusting `ca_file` (the
+    network's CA) with the host name checked; None: plaintext, for in-process test servers."""
+    from node import tls
+
+    stream = await trio.open_tcp_stream(host, port)
+    if ca_file is None:
+        return stream
+    secure = trio.SSLStream(stream, tls.client_context(ca_file), server_hostname=host, https_compatible=True)
+    try:
+        await secure.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(secure)
+        raise
+    return secure
 
 
 class RpcError(Exception):
@@ -56,9 +75,8 @@ class PipelinedConnection:
         self._closed: Exception | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int) -> "PipelinedConnection":
-        stream = await trio.open_tcp_stream(host, port)
-        return cls(stream)
+    async def open(cls, host: str, port: int, ca_file: str | Path | None = None) -> "PipelinedConnection":
+        return cls(await open_stream(host, port, ca_file))
 
     async def reader(self) -> None:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
@@ -133,13 +151,16 @@ class PipelinedConnection:
         await self._stream.aclose()
 
 
-async def call_async(host: str, port: int, method: str, params: list, timeout_s: float) -> Any:
+async def call_async(host: str, port: int, method: str, params: list, timeout_s: float,
+                     ca_file: str | Path | None = None) -> Any:
     """One call on a fresh connection; raise ConnectionLost on timeout or a refused connection."""
     with trio.move_on_after(timeout_s) as scope:
         try:
-            connection = await PipelinedConnection.open(host, port)
+            connection = await PipelinedConnection.open(host, port, ca_file)
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        except trio.BrokenResourceError as exc:    # the TLS handshake failed
+            raise ConnectionLost(f"TLS with {host}:{port} failed: {exc.__cause__ or exc}") from None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(connection.reader)
@@ -153,7 +174,7 @@ async def call_async(host: str, port: int, method: str, params: list, timeout_s:
     raise ConnectionLost(f"{host}:{port} did not answer {method} within {timeout_s} s")
 
 
-def call(address: str, method: str, params: list, timeout_s: float = 2.0) -> Any:
+def call(address: str, method: str, params: list, timeout_s: float = 2.0, ca_file: str | Path | None = None) -> Any:
     """Blocking form of `call_async` for the command line; address is HOST:PORT."""
     host, _, port = address.rpartition(":")
-    return trio.run(call_async, host, int(port), method, params, timeout_s)
+    return trio.run(call_async, host, int(port), method, params, timeout_s, ca_file)

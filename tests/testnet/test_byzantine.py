@@ -99,6 +99,7 @@ class Harness:
             control.up(run_dir, validators, find_free_base_port(validators), demo=False,
                        extra_participants=LOAD_AUTHORS)
         self.network = Network.load(run_dir.resolve())
+        self.ca = str(self.network.ca_path)   # the nodes' RPC is TLS, signed by the testnet's CA
         self.plan = {
             "chain_id": self.network.chain_id,
             "providers": [{"name": name, "key": self.network.participants[name]["key"], "jurisdiction": j}
@@ -188,7 +189,7 @@ class Harness:
                 for name in honest:
                     host, _, port = self.node(name).rpc.rpartition(":")
                     try:
-                        status = await rpc.call_async(host, int(port), "status", [], 1.0)
+                        status = await rpc.call_async(host, int(port), "status", [], 1.0, self.ca)
                     except (rpc.ConnectionLost, rpc.RpcError, OSError):
                         continue
                     if isinstance(status, dict) and isinstance(status.get("view"), int):
@@ -198,7 +199,7 @@ class Harness:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll_views)
             start = trio.current_time() + 0.05          # open_loop schedules its first send then
-            phase = await loadgen.open_loop(label, addresses, queues, accept, RATE_PER_S, duration_s)
+            phase = await loadgen.open_loop(label, addresses, queues, accept, RATE_PER_S, duration_s, self.ca)
             await trio.sleep(STATUS_POLL_S)
             nursery.cancel_scope.cancel()
         in_window = sum(1 for t in arrivals if start <= t <= start + duration_s)
@@ -287,7 +288,7 @@ class Harness:
         heights = {}
         for name in honest:
             host, _, port = self.node(name).rpc.rpartition(":")
-            status = await rpc.call_async(host, int(port), "status", [], 2.0)
+            status = await rpc.call_async(host, int(port), "status", [], 2.0, self.ca)
             heights[name] = status["height"]
         top = min(heights.values())
         first = max(1, min(from_height, top))
@@ -296,7 +297,7 @@ class Harness:
         hashes: dict[str, dict[int, bytes]] = {}
         for name in honest:
             host, _, port = self.node(name).rpc.rpartition(":")
-            connection = await rpc.PipelinedConnection.open(host, int(port))
+            connection = await rpc.PipelinedConnection.open(host, int(port), self.ca)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(connection.reader)
