@@ -124,14 +124,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify = _new_parser(subparsers, "verify", "check a document against the ledger (match proof, verified offline)",
                          "Recompute FILE's commitment with the salt (from --receipt or --salt), ask a node for its "
                          "match proof with a query signed by --key, and verify the proof offline against the "
-                         "genesis file. Prints MATCH, REVOKED, EXPIRED or NO MATCH with height and time. "
-                         "Exit 0 only for a verified match.")
+                         "genesis file. Prints MATCH, REVOKED, EXPIRED, STALE or NO MATCH with height and time. "
+                         "With several --rpc nodes, two of them are asked and must agree on whether the "
+                         "commitment is revoked (else DISAGREE, exit 1). Exit 0 only for a verified match.")
     verify.add_argument("file", metavar="FILE", help="the document")
     salt = verify.add_mutually_exclusive_group(required=True)
     salt.add_argument("--receipt", metavar="FILE", help="the receipt written by submit (holds the salt)")
     salt.add_argument("--salt", metavar="HEX", help="the 32-byte salt in hex")
     verify.add_argument("--proof-out", metavar="FILE", help="save the match proof (its msgpack bytes)")
     verify.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
+    _add_max_status_age(verify)
     _add_rpc(verify)
     _add_key(verify)
     _add_genesis(verify, " (required)")
@@ -143,7 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "verify", help="verify a saved match proof offline",
         description="Offline: verify a match proof file (saved by verify --proof-out) against the genesis file, no "
         "node. The commitment checked is the one given (--commitment, --receipt, or FILE with --salt); without "
-        "one, the proof's own. Prints MATCH / REVOKED / EXPIRED, or INVALID naming the failed check.",
+        "one, the proof's own. Prints MATCH / REVOKED / EXPIRED / STALE (exit 1), or INVALID PROOF naming the "
+        "failed check (exit 2).",
         epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _one_line_errors(proof_verify)
     proof_verify.add_argument("proof", metavar="PROOF", help="the proof file")
@@ -151,6 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     proof_verify.add_argument("--receipt", metavar="FILE", help="take the commitment from a receipt")
     proof_verify.add_argument("--document", metavar="FILE", help="recompute the commitment from FILE and --salt")
     proof_verify.add_argument("--salt", metavar="HEX", help="salt for --document")
+    _add_max_status_age(proof_verify)
     _add_genesis(proof_verify, " (required)")
     proof_verify.set_defaults(handler=_guarded(run_proof_verify))
     proof.set_defaults(handler=lambda args: _usage(proof))
@@ -458,11 +462,54 @@ def _receipt_bytes(receipt: dict) -> bytes:
 
 # -- verify and proof verify ----------------------------------------------------------------------
 
+_DURATION_UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+duration_digits_max = 12                      # no bound needs more; keeps int() of the text cheap
+status_age_ms_max = 365 * 86_400_000          # a year: a freshness bound beyond that bounds nothing
+
+
+def parse_duration_ms(text: str) -> int:
+    """--max-status-age: a positive whole number and a unit, s m h or d (90s, 10m, 24h, 7d), as ms."""
+    digits, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS_MS or not (digits.isascii() and digits.isdigit()) or len(digits) > duration_digits_max:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a duration: a whole number and a unit s, m, h or d "
+                                         "(e.g. 90s, 10m, 24h, 7d)")
+    value_ms = int(digits) * _DURATION_UNITS_MS[unit]
+    if value_ms <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a status age bound must be above zero")
+    if value_ms > status_age_ms_max:
+        raise argparse.ArgumentTypeError(f"{text!r} is above the limit of {status_age_ms_max // 86_400_000}d")
+    return value_ms
+
+
+def _duration_text(value_ms: int) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if value_ms % _DURATION_UNITS_MS[unit] == 0:
+            return f"{value_ms // _DURATION_UNITS_MS[unit]}{unit}"
+    return f"{value_ms}ms"
+
+
+def _add_max_status_age(parser: argparse.ArgumentParser) -> None:
+    from storage.proofs import MAX_STATUS_AGE_MS_DEFAULT
+
+    parser.add_argument(
+        "--max-status-age", dest="max_status_age_ms", type=parse_duration_ms, default=MAX_STATUS_AGE_MS_DEFAULT,
+        metavar="DURATION",
+        help="refuse a match whose status section (the serving node's latest certified block, which proves the "
+             "commitment not revoked) is older than this: STALE, exit 1. A whole number with s, m, h or d, e.g. "
+             f"90s, 10m, 24h, 7d (default {_duration_text(MAX_STATUS_AGE_MS_DEFAULT)}, at most "
+             f"{_duration_text(status_age_ms_max)})")
+
+
 def _print_verdict(verdict, commitment: bytes) -> int:
     details = verdict.details
     if verdict.status == "invalid":
         print(f"INVALID PROOF: check {verdict.check} failed: {verdict.message}")
         return EXIT_ERROR
+    if verdict.status == "stale":
+        print(f"STALE: {verdict.message}")
+        print("note: the proof holds, but says nothing of a revocation since; ask a node that is up to date, or "
+              "accept an older status with --max-status-age", file=sys.stderr)
+        return EXIT_NEGATIVE
     where = (f"height {details['height']} at {_time_text(details['time_ms'])} (leaf {details['leaf_index']}, "
              f"author {details['author']}, {details['jurisdiction']}, kind {details['kind']})")
     # The status section proves (non-)revocation as of the serving node's latest block: say which.
@@ -480,7 +527,46 @@ def _print_verdict(verdict, commitment: bytes) -> int:
     raise AssertionError(f"unknown verdict {verdict.status}")
 
 
+def _ask_for_proof(client: Client, key: KeyPair, participant: str, genesis, commitment: bytes) -> bytes | None:
+    """The node's match proof for `commitment`, or None if it has no such commitment. The query is
+    built here, per call: it names the node it is for."""
+    node_id = client.call("status").get("node_id")   # the node this query is for (not trusted: the proof is checked)
+    try:
+        proof = client.call("match", build_match_query(key.signing_key, participant, genesis.chain_id, commitment,
+                                                       node=str(node_id)))
+    except RpcError as exc:
+        if exc.code == "not-found":
+            return None
+        raise CliError(f"{client.endpoint} refused the query: {exc.code}: {exc.message}") from None
+    if not isinstance(proof, bytes):
+        raise CliError(f"{client.endpoint} answered match with something that is not a proof")
+    return proof
+
+
+def _ask_two_nodes(args, endpoints: list[str], key: KeyPair, participant: str, genesis,
+                   commitment: bytes) -> list[tuple[str, bytes | None]]:
+    """(endpoint, proof or None) from the first two of `endpoints` that answer, each asked on its own
+    connection; a node that cannot be reached is skipped for the next."""
+    answers: list[tuple[str, bytes | None]] = []
+    failures: list[str] = []
+    for endpoint in endpoints:
+        if len(answers) == 2:
+            break
+        one = argparse.Namespace(**{**vars(args), "rpc": endpoint})
+        try:
+            with _client(one) as client:
+                answers.append((endpoint, _ask_for_proof(client, key, participant, genesis, commitment)))
+        except ConnectionFailed as exc:
+            failures.append(str(exc))
+    if len(answers) < 2:
+        raise CliError(f"only {len(answers)} of {len(endpoints)} nodes answered; two are needed to cross-check "
+                       f"whether the commitment is revoked ({'; '.join(failures)})")
+    return answers
+
+
 def run_verify(args) -> int:
+    from storage.proofs import revocation_disagreement
+
     genesis = _genesis(args)
     key = _load_key(_key_path(args.key))
     participant = _participant_id(args, key)
@@ -495,12 +581,14 @@ def run_verify(args) -> int:
     if receipt is not None and receipt["commitment"] != commitment.hex():
         print(f"note: {args.file} does not hash to the receipt's commitment (a different or altered document)",
               file=sys.stderr)
-    with _client(args) as client:
-        try:
-            proof = _call(client, "match",
-                          build_match_query(key.signing_key, participant, genesis.chain_id, commitment))
-        except RpcError as exc:
-            if exc.code == "not-found":
+    # Several nodes: two are asked, so one node alone cannot hide a revocation behind an old status.
+    endpoints = list(dict.fromkeys(item.strip() for item in _rpc_endpoints(args).split(",") if item.strip()))
+    if len(endpoints) >= 2:
+        answers = _ask_two_nodes(args, endpoints, key, participant, genesis, commitment)
+    else:
+        with _client(args) as client:
+            answers = [(str(client.endpoint), _ask_for_proof(client, key, participant, genesis, commitment))]
+            if answers[0][1] is None:
                 # Say as of when: a node that lags behind may not have a just-committed entry yet.
                 try:
                     height = client.call("status").get("height")
@@ -509,12 +597,37 @@ def run_verify(args) -> int:
                 print(f"NO MATCH: commitment {commitment.hex()} is not on the ledger "
                       f"(as of height {height} at {client.endpoint})")
                 return EXIT_NEGATIVE
-            raise CliError(f"node refused the query: {exc.code}: {exc.message}") from None
-    if not isinstance(proof, bytes):
-        raise CliError("the node answered match with something that is not a proof")
+    found = [(endpoint, proof) for endpoint, proof in answers if proof is not None]
+    if not found:
+        print(f"NO MATCH: commitment {commitment.hex()} is not on the ledger "
+              f"(at {' and '.join(endpoint for endpoint, _ in answers)})")
+        return EXIT_NEGATIVE
+    judged = [(endpoint, proof, verify_match_proof(proof, genesis, commitment, max_status_age_ms=args.max_status_age_ms))
+              for endpoint, proof in found]
+    invalid = [item for item in judged if item[2].status == "invalid"]
+    if invalid:
+        endpoint, proof, verdict = invalid[0]
+        if args.proof_out:
+            _write_file(args.proof_out, proof)     # the evidence of a node serving a bad proof
+        if len(answers) > 1:
+            print(f"note: the proof from {endpoint} is invalid", file=sys.stderr)
+        return _print_verdict(verdict, commitment)
+    if len(found) < len(answers):
+        missing = next(endpoint for endpoint, proof in answers if proof is None)
+        endpoint, _, verdict = judged[0]
+        print(f"DISAGREE: {missing} has no record of commitment {commitment.hex()}; {endpoint} proves it recorded "
+              f"at height {verdict.details['height']} (a node that lags behind may not have it yet: ask again)")
+        return EXIT_NEGATIVE
+    disagreement = revocation_disagreement([(endpoint, verdict) for endpoint, _, verdict in judged])
+    if disagreement is not None:
+        print(f"DISAGREE: the nodes contradict each other on whether commitment {commitment.hex()} is revoked: "
+              f"{disagreement}")
+        return EXIT_NEGATIVE
+    # They agree: the proof with the newest status is the best news (the freshness bound applies to it).
+    _, proof, verdict = max(judged, key=lambda item: item[2].details["status_height"])
     if args.proof_out:
         _write_file(args.proof_out, proof)
-    return _print_verdict(verify_match_proof(proof, genesis, commitment), commitment)
+    return _print_verdict(verdict, commitment)
 
 
 def run_proof_verify(args) -> int:
@@ -536,7 +649,8 @@ def run_proof_verify(args) -> int:
         if commitment is None:
             print("INVALID PROOF: check format failed: no commitment can be read from the proof")
             return EXIT_ERROR
-    return _print_verdict(verify_match_proof(proof, genesis, commitment), commitment)
+    return _print_verdict(verify_match_proof(proof, genesis, commitment, max_status_age_ms=args.max_status_age_ms),
+                          commitment)
 
 
 def _commitment_in(proof: bytes, codec) -> bytes | None:
