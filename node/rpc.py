@@ -40,6 +40,7 @@ import trio
 from consensus import codec
 from node import rpc_access, tls
 from node.api import ApiError, NodeApi
+from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
 from storage.entries import EntryError, decode_entry
 from storage.genesis import GOVERNANCE_AUTHOR
@@ -224,10 +225,12 @@ def _check_arity(params: list, minimum: int, maximum: int, usage: str) -> None:
 class RpcMethods:
     """The methods, by name. Each takes the params list and returns the result (or raises ApiError)."""
 
-    def __init__(self, api: NodeApi, limits: RpcLimits, clock_ms: Callable[[], int]) -> None:
+    def __init__(self, api: NodeApi, limits: RpcLimits, clock_ms: Callable[[], int],
+                 query_log: QueryLog | None = None) -> None:
         self.api = api
         self.limits = limits
         self.clock_ms = clock_ms
+        self.query_log = query_log
         self.queries = QueryGuard(limits.query_window_ms, limits.query_ids_max, limits.query_ids_per_participant_max)
         # Query ids are remembered in memory only: a query signed before this start is refused instead.
         self.started_ms = clock_ms()
@@ -236,7 +239,7 @@ class RpcMethods:
             "status": self.status, "challenge": self.challenge, "authenticate": self.authenticate,
             "validators": self.validators, "header": self.header, "block": self.block,
             "submit": self.submit, "match": self.match, "consistency": self.consistency,
-            "participant": self.participant,
+            "participant": self.participant, "queries": self.queries_page,
         }
         assert set(self.table) <= rpc_access.PUBLIC_METHODS | set(rpc_access.METHOD_ROLES)
 
@@ -396,16 +399,54 @@ class RpcMethods:
             raise ApiError(ERROR_STALE, "query signed before this node started (its answered queries are not "
                            "remembered across a restart); sign a fresh one")
         await self._ledger_quiet()
+        # Replay protection first: each query id reaches the log at most once, so no one can push real
+        # records out of the (size-bounded) log by replaying a captured query.
+        self.queries.admit(query.query_id, query.time_ms, self.clock_ms(), query.participant)
         record = self.ledger.participant(query.participant)
         if record is None or record.public_key != query.participant_key:
+            self._log_query(query, f"refused:{ERROR_UNAUTHORIZED}")
             raise ApiError(ERROR_UNAUTHORIZED, f"{query.participant!r} with this key is not an admitted participant")
         if record.status != "active":
+            self._log_query(query, f"refused:{ERROR_UNAUTHORIZED}")
             raise ApiError(ERROR_UNAUTHORIZED, f"participant {query.participant!r} is {record.status}")
-        self.queries.admit(query.query_id, query.time_ms, self.clock_ms(), query.participant)
         proof = self.ledger.match_proof(query.commitment)
         if proof is None:
+            self._log_query(query, "not-found")
             raise ApiError(ERROR_NOT_FOUND, "no such commitment on the ledger")
+        commitment = self.ledger.commitment_record(query.commitment)
+        self._log_query(query, "revoked" if commitment is not None and commitment.revoke_leaf is not None else "match")
         return proof
+
+    def _log_query(self, query: MatchQuery, outcome: str) -> None:
+        """Append the query to the node's query log (docs/OPERATIONS.md, Query log) before answering.
+
+        A query the log cannot take is not answered: regulators must be able to see every answer."""
+        if self.query_log is None:
+            return
+        try:
+            self.query_log.append(QueryRecord(participant=query.participant, commitment=query.commitment,
+                                              query_id=query.query_id, query_time_ms=query.time_ms,
+                                              time_ms=self.clock_ms(), outcome=outcome))
+        except QueryLogError as exc:
+            log.error("query log append failed", error=str(exc))
+            raise ApiError(ERROR_INTERNAL, "the node cannot write its query log; ask another node") from None
+
+    async def queries_page(self, params: list, session: Session) -> dict:
+        """queries(since_ms, limit?, after_seq?): the query log from since_ms on, oldest first, in
+        pages; `next` ([time_ms, seq] of the last record, or nil at the end) continues it."""
+        usage = "queries(since_ms: uint, limit?: uint, after_seq?: uint)"
+        _check_arity(params, 1, 3, usage)
+        since_ms = _param_uint(params[0], "since_ms")
+        limit = _param_uint(params[1], "limit") if len(params) > 1 else query_log_page_records_max
+        after_seq = _param_uint(params[2], "after_seq") if len(params) > 2 else 0
+        if not 1 <= limit <= query_log_page_records_max:
+            raise ApiError(ERROR_INVALID_PARAMS, f"limit must be 1..{query_log_page_records_max}")
+        if self.query_log is None:
+            raise ApiError(ERROR_NOT_FOUND, "this node keeps no query log")
+        # A page reads files (about 10 ms for a full one): off the event loop; reading never
+        # touches the writer's state.
+        records, cursor = await trio.to_thread.run_sync(self.query_log.read, since_ms, limit, after_seq)
+        return {"records": records, "next": list(cursor) if cursor is not None else None}
 
     def ledger_chain_id(self) -> str:
         return self.ledger.genesis.chain_id
@@ -673,9 +714,9 @@ class RpcServer:
     """Serves connections (`handle`) with one shared method table and limits."""
 
     def __init__(self, api: NodeApi, limits: RpcLimits = RpcLimits(), *,
-                 clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+                 clock_ms: Callable[[], int] = _wall_clock_ms, query_log: QueryLog | None = None) -> None:
         self.limits = limits
-        self.methods = RpcMethods(api, limits, clock_ms)
+        self.methods = RpcMethods(api, limits, clock_ms, query_log)
         self.connections = 0
         self.counters: collections.Counter[str] = collections.Counter()
         # Calls of WAITING_METHODS dispatched and not yet answered (or given up: client gone); a
