@@ -20,6 +20,15 @@ def node(world, ledger):
     return FakeNode(world, ledger)
 
 
+@pytest.fixture(autouse=True)
+def plaintext_rpc(monkeypatch):
+    """The in-process servers here are plaintext (node.rpc without an ssl_context): the CLI is told so
+    through the environment; a --ca option still wins (the real-process tests). TLS through the CLI
+    is tested against real TLS servers in tests/node/test_rpc_tls.py."""
+    monkeypatch.delenv("BAYLEDGER_CA", raising=False)
+    monkeypatch.setenv("BAYLEDGER_PLAINTEXT", "1")
+
+
 @pytest.fixture
 def server(node):
     running = ServerThread(node)

@@ -8,7 +8,7 @@ cn-1, cn-2; tests/node/node_cluster.py builds them with the real CLI), driven th
 - a commitment revoked by the regulators of both jurisdictions shows REVOKED by governance;
 - an admission co-signed by one jurisdiction's regulator alone is refused; co-signed by both it
   takes effect, and the new participant can submit and query;
-- a plain socket + msgpack client calls every read method of a real node.
+- a plain socket + ssl + msgpack client calls every read method of a real node (over TLS).
 Waits are bounded deadlines for replication, never timing assertions.
 """
 
@@ -50,7 +50,9 @@ def run(capsys, argv):
 def test_cross_border_submit_verify_revoke_and_admission(network, tmp_path, capsys):
     keys = network.keys_dir
     genesis = str(network.genesis_path)
-    node_rpc = {node_id: ["--rpc", f"127.0.0.1:{node.rpc}"] for node_id, node in network.nodes.items()}
+    # The nodes serve RPC over TLS; the CLI trusts the cluster's CA.
+    node_rpc = {node_id: ["--rpc", f"127.0.0.1:{node.rpc}", "--ca", str(network.ca_path)]
+                for node_id, node in network.nodes.items()}
 
     # A mainland bureau commits a report through a Shenzhen node.
     document = tmp_path / "report-cn.pdf"
