@@ -583,10 +583,12 @@ def run_verify(args) -> int:
               file=sys.stderr)
     # Several nodes: two are asked, so one node alone cannot hide a revocation behind an old status.
     endpoints = list(dict.fromkeys(item.strip() for item in _rpc_endpoints(args).split(",") if item.strip()))
+    if not endpoints:
+        raise CliError("--rpc: no node given (HOST:PORT[,HOST:PORT...])")
     if len(endpoints) >= 2:
         answers = _ask_two_nodes(args, endpoints, key, participant, genesis, commitment)
     else:
-        with _client(args) as client:
+        with _client(argparse.Namespace(**{**vars(args), "rpc": endpoints[0]})) as client:
             answers = [(str(client.endpoint), _ask_for_proof(client, key, participant, genesis, commitment))]
             if answers[0][1] is None:
                 # Say as of when: a node that lags behind may not have a just-committed entry yet.
