@@ -1,6 +1,7 @@
 """Client library: a synchronous and a trio msgpack-RPC client for Bayledger nodes, plus helpers.
 
-    with Client(["127.0.0.1:26611", "127.0.0.1:26612"]) as client:
+    with Client(["127.0.0.1:26611", "127.0.0.1:26612"], ca_file="ca.pem",
+                credentials=Credentials("hk-bank", signing_key)) as client:
         status = client.call("status")
 
     async with AsyncClient(["127.0.0.1:26611"]) as client:
@@ -12,7 +13,10 @@ reset, unreachable, timed out on connect) is skipped for the next endpoint.
 A call whose connection breaks before its answer, or that a draining node
 answers `shutting-down`, is retried on the next endpoint: every Bayledger method is safe to repeat (entries carry a nonce, so a
 repeated submit is answered already-committed or replayed-nonce, never
-applied twice; a match query is re-signed per attempt). Errors are typed:
+applied twice; a match query is re-signed per attempt, for the node it reaches).
+With `credentials`, each new connection authenticates first (challenge, then
+authenticate; docs/PROTOCOL.md §8); without them it is anonymous and may call
+only the reduced `status`. Errors are typed:
 `RpcError` (the node answered an error: `.code`, `.message`), `ConnectionFailed`
 (no endpoint could be reached or none answered in time).
 
@@ -30,13 +34,14 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import msgpack
 import nacl.signing
 import trio
 
 from consensus import codec
+from node import rpc_access
 from node import tls as _tls
 from storage import entries as ledger_entries
 from storage.genesis import Genesis, Participant
@@ -50,6 +55,13 @@ msgid_max = 2**32 - 1
 QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/PROTOCOL.md §8)
 ERROR_SHUTTING_DOWN = "shutting-down"   # node.rpc.ERROR_SHUTTING_DOWN: the node drains before it stops
 _request_packer = msgpack.Packer(use_bin_type=True)  # reused: packb would build one per request
+
+
+class Credentials(NamedTuple):
+    """Who a client authenticates as: an id in genesis or the registry, and that id's signing key."""
+
+    identity: str
+    signing_key: nacl.signing.SigningKey
 
 
 class ClientError(Exception):
@@ -165,10 +177,13 @@ class Client:
 
     def __init__(self, endpoints: str | Sequence[str] | Sequence[Endpoint], *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, ca_file: str | os.PathLike | None = None,
-                 tls: bool = True) -> None:
+                 tls: bool = True, credentials: Credentials | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = timeout_s
         self._ssl_context = _ssl_context(tls, ca_file)
+        self.credentials = credentials
+        self.node_id: str | None = None      # the connected node's id (known once authenticated)
+        self.role: str | None = None         # the role the node gave this client (rpc_access)
         self._index = 0
         self._sock: socket.socket | None = None
         self._unpacker: msgpack.Unpacker | None = None
@@ -200,14 +215,49 @@ class Client:
                 self._sock = self._open(endpoint)
                 self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max,
                                                   strict_map_key=False)
-                return
             except TlsFailed as exc:
                 failures.append(str(exc))
                 self._index = (self._index + 1) % len(self.endpoints)
+                continue
             except OSError as exc:
                 failures.append(f"{endpoint}: {exc.strerror or exc}")
                 self._index = (self._index + 1) % len(self.endpoints)
+                continue
+            try:
+                self._authenticate()
+                return
+            except RpcError:
+                self.close()
+                raise                   # refused by the node: a clear answer, not a node that is down
+            except (OSError, ProtocolError, msgpack.ExtraData, ValueError) as exc:
+                self.close()
+                failures.append(f"{endpoint}: {exc}")
+                self._index = (self._index + 1) % len(self.endpoints)
         raise ConnectionFailed("cannot connect to any node (" + "; ".join(failures) + ")")
+
+    def _authenticate(self) -> None:
+        """With credentials, authenticate the new connection (docs/PROTOCOL.md §8, Authentication)."""
+        self.node_id = self.role = None
+        if self.credentials is None:
+            return
+        identity, signing_key = self.credentials
+        [answer] = self._exchange([("challenge", [])])
+        if isinstance(answer, RpcError):
+            raise answer
+        [result] = self._exchange([("authenticate", rpc_access.sign_authentication(signing_key, identity, answer))])
+        if isinstance(result, RpcError):
+            raise RpcError(result.code, f"authenticating as {identity!r}: {result.message}", result.endpoint)
+        self.node_id, self.role = answer["node"], result.get("role") if isinstance(result, dict) else None
+
+    def connected_node_id(self) -> str:
+        """The id of the node this client is connected to (connecting, and asking status, if need be)."""
+        self._connect()
+        if self.node_id is None:
+            status = self.call("status")
+            if not isinstance(status, dict) or not isinstance(status.get("node_id"), str):
+                raise ProtocolError(f"{self.endpoint}: status has no node_id")
+            self.node_id = status["node_id"]
+        return self.node_id
 
     def _open(self, endpoint: Endpoint) -> socket.socket:
         """The one connect step: TCP, then the TLS handshake (raises OSError or TlsFailed)."""
@@ -222,7 +272,6 @@ class Client:
         except OSError:
             sock.close()
             raise
-        # Authentication, when the node asks for it, goes here: on the open connection, before any call.
         return sock
 
     def _next_msgid(self) -> int:
@@ -244,7 +293,11 @@ class Client:
             self._connect()
             endpoint = self.endpoint
             try:
-                results = self._exchange(calls)
+                # Params given as a function of the node id (a signed query names its node) are built
+                # for the node this attempt reached.
+                resolved = [(method, params(self.connected_node_id()) if callable(params) else params)
+                            for method, params in calls]
+                results = self._exchange(resolved)
             except (OSError, ProtocolError, msgpack.ExtraData, ValueError) as exc:
                 failures.append(f"{endpoint}: {exc}")
                 self.close()
@@ -305,10 +358,13 @@ class AsyncClient:
 
     def __init__(self, endpoints: str | Sequence[str] | Sequence[Endpoint], *,
                  timeout_s: float = DEFAULT_TIMEOUT_S, ca_file: str | os.PathLike | None = None,
-                 tls: bool = True) -> None:
+                 tls: bool = True, credentials: Credentials | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = timeout_s
         self._ssl_context = _ssl_context(tls, ca_file)   # as Client's: TLS unless tls=False
+        self.credentials = credentials                   # as Client's
+        self.node_id: str | None = None
+        self.role: str | None = None
         self._refusal: str | None = None     # why the node closed the last connection, if it said
         self._index = 0
         self._stream: trio.abc.Stream | None = None
@@ -362,12 +418,18 @@ class AsyncClient:
                 endpoint = self.endpoints[self._index]
                 try:
                     with trio.fail_after(self.timeout_s):
-                        self._stream = await self._open(endpoint)
+                        stream = await self._open(endpoint)
+                        try:
+                            await self._authenticate(stream)
+                        except BaseException:
+                            await trio.aclose_forcefully(stream)
+                            raise
+                    self._stream = stream
                     break
                 except TlsFailed as exc:
                     failures.append(str(exc))
                     self._index = (self._index + 1) % len(self.endpoints)
-                except (OSError, trio.TooSlowError) as exc:
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError, ProtocolError) as exc:
                     failures.append(f"{endpoint}: {getattr(exc, 'strerror', None) or exc or 'timed out'}")
                     self._index = (self._index + 1) % len(self.endpoints)
             else:
@@ -390,8 +452,41 @@ class AsyncClient:
         except BaseException:
             await trio.aclose_forcefully(secure)
             raise
-        # Authentication, when the node asks for it, goes here: on the open stream, before any call.
         return secure
+
+    async def _authenticate(self, stream: trio.abc.Stream) -> None:
+        """With credentials, authenticate a new stream before its reader starts (as Client's)."""
+        self.node_id = self.role = None
+        if self.credentials is None:
+            return
+        identity, signing_key = self.credentials
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+
+        async def call(msgid: int, method: str, params: list) -> Any:
+            # Nothing else is in flight on the new stream: the next message is this call's answer.
+            await stream.send_all(_request_packer.pack([0, msgid, method, params]))
+            while True:
+                for message in unpacker:
+                    answer_id, error, result = _response_parts(message)
+                    if error is not None:
+                        failure = _error_of(error, self.endpoint)
+                        raise RpcError(failure.code, f"authenticating as {identity!r}: {failure.message}",
+                                       failure.endpoint)
+                    if answer_id != msgid:
+                        raise ProtocolError(f"{self.endpoint}: answer {answer_id!r} to call {msgid}")
+                    return result
+                data = await stream.receive_some(read_chunk_bytes)
+                if not data:
+                    raise ProtocolError(f"{self.endpoint}: connection closed while authenticating")
+                unpacker.feed(data)
+
+        answer = await call(0, "challenge", [])
+        try:
+            params = rpc_access.sign_authentication(signing_key, identity, answer)
+        except ValueError as exc:
+            raise ProtocolError(f"{self.endpoint}: {exc}") from None
+        result = await call(1, "authenticate", params)
+        self.node_id, self.role = answer["node"], result.get("role") if isinstance(result, dict) else None
 
     async def _read_loop(self, stream: trio.abc.Stream, generation: int) -> None:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
@@ -542,7 +637,9 @@ def match(client: Client, key: nacl.signing.SigningKey, participant: str, chain_
           commitment: bytes) -> bytes | None:
     """Ask for the MatchProof of `commitment`: its bytes, or None if the ledger has no such commitment."""
     try:
-        return client.call("match", build_match_query(key, participant, chain_id, commitment))
+        # Signed for whichever node the call reaches (a query is good at the node it names only).
+        return client.call_many([("match", lambda node: [build_match_query(key, participant, chain_id, commitment,
+                                                                         node=node)])])[0]
     except RpcError as exc:
         if exc.code == "not-found":
             return None
