@@ -467,6 +467,9 @@ class RpcMethods:
         participant_id = params[0]
         if not isinstance(participant_id, str) or not participant_id or len(participant_id) > 256:
             raise ApiError(ERROR_INVALID_PARAMS, "id must be a non-empty string")
+        if session.role == rpc_access.ROLE_PARTICIPANT and participant_id != session.identity:
+            raise ApiError(ERROR_UNAUTHORIZED, f"{session.describe()} may read only its own record; another's "
+                           f"needs the role {' or '.join(rpc_access.READER_ROLES)}")
         await self._ledger_quiet()
         record = self.ledger.participant(participant_id)
         if record is None:

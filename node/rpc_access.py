@@ -51,16 +51,16 @@ ROLES = (ROLE_VALIDATOR, ROLE_REGULATOR, ROLE_AUDITOR, ROLE_PARTICIPANT)
 # Anyone, authenticated or not.
 PUBLIC_METHODS = frozenset({"status", "challenge", "authenticate"})
 # Who may call each other method. Validators may call everything.
-_READERS = (ROLE_AUDITOR, ROLE_REGULATOR, ROLE_VALIDATOR)
+READER_ROLES = (ROLE_AUDITOR, ROLE_REGULATOR, ROLE_VALIDATOR)
 METHOD_ROLES: dict[str, tuple[str, ...]] = {
     "submit": (ROLE_PARTICIPANT, ROLE_AUDITOR, ROLE_REGULATOR, ROLE_VALIDATOR),
     "match": (ROLE_PARTICIPANT, ROLE_AUDITOR, ROLE_VALIDATOR),
-    "header": _READERS,
-    "block": _READERS,
-    "participant": _READERS,
-    "validators": _READERS,
-    "consistency": _READERS,
-    "queries": _READERS,
+    "header": READER_ROLES,
+    "block": READER_ROLES,
+    "participant": (ROLE_PARTICIPANT,) + READER_ROLES,     # a participant: its own record only (node.rpc)
+    "validators": READER_ROLES,
+    "consistency": READER_ROLES,
+    "queries": READER_ROLES,
 }
 # Fields of the reduced status an anonymous connection gets.
 PUBLIC_STATUS_FIELDS = ("chain_id", "node_id", "height", "version")

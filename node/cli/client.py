@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 from node.cli import CliError
 from node.client import (
-    Client, ClientError, ConnectionFailed, RpcError, build_admit, build_commit, build_governance_revoke,
-    build_match_query, build_revoke, build_suspend, cosign, seal_document, verify_match_proof,
+    Client, ClientError, ConnectionFailed, Credentials, RpcError, build_admit, build_commit, build_governance_revoke,
+    build_revoke, build_suspend, cosign, match, seal_document, verify_match_proof,
 )
 from node.keys import KeyFileError, KeyPair, create_private_file, load_key_file, load_public_key
 
@@ -184,6 +184,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     status = _new_parser(subparsers, "status", "show a node's status", "Ask a node for its status.")
     status.add_argument("--json", action="store_true", help="print JSON (bytes as hex)")
+    status.add_argument("--key", metavar="FILE", help="authenticate with this key file for the full status "
+                        "(env BAYLEDGER_KEY); without one a node shows chain, node id, height and version only")
     _add_rpc(status)
     status.set_defaults(handler=_guarded(run_status))
 
@@ -280,9 +282,24 @@ def _client(args) -> Client:
     try:
         # A submit waits up to wait_ms at the node before answering: the socket must outlast that.
         return Client(_rpc_endpoints(args), timeout_s=args.timeout + max(0, getattr(args, "wait_ms", 0)) / 1000,
-                      ca_file=ca_file, tls=tls)
+                      ca_file=ca_file, tls=tls, credentials=_credentials(args))
     except ValueError as exc:
         raise CliError(f"--rpc: {exc}") from None
+
+
+def _credentials(args) -> Credentials | None:
+    """Who the CLI authenticates as: the (first) --key, or BAYLEDGER_KEY, under --as or the key file's id.
+    None without a key: the connection stays anonymous and gets the reduced status only."""
+    key_option = getattr(args, "key", None)
+    path = (key_option[0] if key_option else None) if isinstance(key_option, list) else key_option
+    path = path or os.environ.get("BAYLEDGER_KEY")
+    if not path:
+        return None
+    key = _load_key(path)
+    identity = getattr(args, "participant", None) or key.id
+    if not identity:
+        raise CliError(f"key file {path} has no id: pass --as ID")
+    return Credentials(identity, key.signing_key)
 
 
 def _key_path(value: str | None) -> str:
@@ -530,14 +547,12 @@ def _print_verdict(verdict, commitment: bytes) -> int:
 def _ask_for_proof(client: Client, key: KeyPair, participant: str, genesis, commitment: bytes) -> bytes | None:
     """The node's match proof for `commitment`, or None if it has no such commitment. The query is
     built here, per call: it names the node it is for."""
-    node_id = client.call("status").get("node_id")   # the node this query is for (not trusted: the proof is checked)
     try:
-        proof = client.call("match", build_match_query(key.signing_key, participant, genesis.chain_id, commitment,
-                                                       node=str(node_id)))
+        proof = match(client, key.signing_key, participant, genesis.chain_id, commitment)
     except RpcError as exc:
-        if exc.code == "not-found":
-            return None
         raise CliError(f"{client.endpoint} refused the query: {exc.code}: {exc.message}") from None
+    if proof is None:
+        return None
     if not isinstance(proof, bytes):
         raise CliError(f"{client.endpoint} answered match with something that is not a proof")
     return proof
@@ -742,9 +757,11 @@ def run_status(args) -> int:
     if args.json:
         print(json.dumps(status, sort_keys=True))
         return EXIT_OK
-    print(f"node {status.get('node_id')} ({status.get('jurisdiction')}) at {endpoint}, chain {status.get('chain_id')}")
+    where = f" ({status['jurisdiction']})" if "jurisdiction" in status else ""
+    print(f"node {status.get('node_id')}{where} at {endpoint}, chain {status.get('chain_id')}")
     for field in ("height", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
-        print(f"  {field}: {status.get(field)}")
+        if field in status:    # an anonymous caller gets the reduced status (docs/PROTOCOL.md §8)
+            print(f"  {field}: {status[field]}")
     return EXIT_OK
 
 
