@@ -147,8 +147,10 @@ CASES = [
     Case("version-float-32", "match", "format", "not the integer 2",
          lambda p: _replace_once(p.match, _key("version") + b"\x02", _key("version") + b"\xca" + struct.pack(">f", 2.0))),
     # No keys beyond the document's.
-    Case("proof-extra-key", "match", "format", "unknown key(s) 'zz-extra'", lambda p: recode(p.match, _set((), "zz-extra", 1))),
-    Case("status-extra-key", "match", "status.format", "unknown key(s) 'zz-extra'", lambda p: recode(p.match, _set(("status",), "zz-extra", 1))),
+    Case("proof-extra-key", "match", "format", "unknown key(s) 'zz-extra'",
+         lambda p: recode(p.match, _set((), "zz-extra", 1))),
+    Case("status-extra-key", "match", "status.format", "unknown key(s) 'zz-extra'",
+         lambda p: recode(p.match, _set(("status",), "zz-extra", 1))),
     Case("certificate-extra-key", "match", "certificate", "unknown key(s) 'zz-extra'",
          lambda p: recode(p.match, _set(("certificate",), "zz-extra", 1))),
     Case("status-certificate-extra-key", "match", "status.certificate", "unknown key(s) 'round'",
