@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from node.client import (
     build_revoke, build_suspend, cosign, match, seal_document, verify_match_proof,
 )
 from node.keys import KeyFileError, KeyPair, create_private_file, load_key_file, load_public_key
+from node.query_log import PAGE_RECORDS_MAX as QUERY_LOG_PAGE_RECORDS_MAX
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -188,6 +190,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(env BAYLEDGER_KEY); without one a node shows chain, node id, height and version only")
     _add_rpc(status)
     status.set_defaults(handler=_guarded(run_status))
+
+    queries = _new_parser(subparsers, "queries", "read a node's match-query log (regulators, auditors)",
+                          "Print the node's log of match queries (who asked about which commitment, when, and "
+                          "the answer), oldest first, one JSON object per line. Needs a regulator, auditor or "
+                          "validator key. Each node keeps its own log: ask each node you audit.")
+    queries.add_argument("--since", type=parse_duration_ms, default=parse_duration_ms("1h"), metavar="DURATION",
+                         help="how far back (90s, 10m, 24h, 7d; default 1h)")
+    queries.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N records (default 1000)")
+    _add_rpc(queries)
+    queries.add_argument("--key", metavar="FILE", help="the auditor's or regulator's key file (env BAYLEDGER_KEY)")
+    queries.set_defaults(handler=_guarded(run_queries))
 
     admit = _new_parser(subparsers, "admit", "admit (or re-admit) a participant (governance)",
                         "Admit a participant to the registry. " + GOVERNANCE_NOTE)
@@ -762,6 +775,25 @@ def run_status(args) -> int:
     for field in ("height", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
         if field in status:    # an anonymous caller gets the reduced status (docs/PROTOCOL.md §8)
             print(f"  {field}: {status[field]}")
+    return EXIT_OK
+
+
+def run_queries(args) -> int:
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    if _credentials(args) is None:
+        raise CliError("no key given: the query log is for regulators and auditors (--key FILE or BAYLEDGER_KEY)")
+    since_ms, after_seq = max(0, int(time.time() * 1000) - args.since), 0
+    printed = 0
+    with _client(args) as client:
+        while printed < args.limit:
+            page = _call(client, "queries", since_ms, min(args.limit - printed, QUERY_LOG_PAGE_RECORDS_MAX), after_seq)
+            for record in page["records"]:
+                print(json.dumps(record, sort_keys=True))
+            printed += len(page["records"])
+            if page["next"] is None or not page["records"]:
+                break
+            since_ms, after_seq = page["next"]
     return EXIT_OK
 
 
