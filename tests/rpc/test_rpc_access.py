@@ -23,8 +23,9 @@ ROLES_TABLE = {
     "validators": ("auditor", "regulator", "validator"),
     "header": ("auditor", "regulator", "validator"),
     "block": ("auditor", "regulator", "validator"),
-    "participant": ("auditor", "regulator", "validator"),
+    "participant": ("participant", "auditor", "regulator", "validator"),     # a participant: its own record only
     "consistency": ("auditor", "regulator", "validator"),
+    "queries": ("auditor", "regulator", "validator"),
     "submit": ("participant", "auditor", "regulator", "validator"),
     "match": ("participant", "auditor", "validator"),
 }
@@ -38,6 +39,7 @@ def sample_params(world, commitments) -> dict[str, list]:
     bank.nonce = 500
     return {
         "validators": [], "header": [1], "block": [1], "participant": ["hk-bank"], "consistency": [1, 5],
+        "queries": [0],
         "submit": [bank.commit(commitment(800))], "match": [query(world, "hk-bank", commitments["active"])],
     }
 
@@ -103,7 +105,10 @@ def test_the_table_is_enforced_for_every_role(connect, world, commitments, node)
                 params = [query(world, identity, commitments["active"])]
             error, result = connection.call(method, *params)
             if role in allowed:
-                assert error is None, (role, method, error)
+                if method == "queries":      # allowed; this test node keeps no query log
+                    assert error["code"] == "not-found" and "query log" in error["message"], error
+                else:
+                    assert error is None, (role, method, error)
             else:
                 message = unauthorized(error)
                 assert method in message and repr(identity) in message and f"({role})" in message
@@ -275,10 +280,12 @@ def test_a_participant_acts_as_itself_only_and_cannot_read_blocks(connect, world
     assert "'hk-bank'" in message and "'hk-bureau'" in message
     message = unauthorized(bank.call("match", query(world, "hk-bureau", commitments["active"]))[0])
     assert "own queries" in message
-    for method, params in (("block", [1]), ("header", [1]), ("participant", ["hk-bank"]), ("validators", []),
-                           ("consistency", [1, 2])):
+    for method, params in (("block", [1]), ("header", [1]), ("participant", ["hk-bureau"]), ("validators", []),
+                           ("consistency", [1, 2]), ("queries", [0])):
         message = unauthorized(bank.call(method, *params)[0])
-        assert "auditor or regulator or validator" in message
+        assert "auditor or regulator or validator" in message, message
+    error, record = bank.call("participant", "hk-bank")          # its own registry record it may read
+    assert error is None and record["id"] == "hk-bank" and record["status"] == "active"
 
 
 def test_a_regulator_submits_governance_entries_but_not_a_participants(connect, world, commitments):
