@@ -112,6 +112,14 @@ class LimitsConfig:
     peer_send_queue_bytes_max: int = 256 * 1024 * 1024  # bytes waiting for one slow peer
     inbound_queue_messages_max: int = 4096         # messages from all peers waiting for the core
     mempool_requests_max: int = 20000              # accepted entries not yet committed
+    # Each participant's fair share of this node's submits (entry author; governance entries count
+    # as "governance"): beyond either, its submits are refused at once and others' are not touched.
+    # Far above the benchmark (testnet/bench.py: 32 authors, each on one node with at most 64 submits
+    # waiting; 5,000-12,000/s in all is 160-375/s per author), so only a flood meets them; and one
+    # flooding participant holds at most a tenth of the default mempool.
+    submit_rate_per_participant_per_s: int = 1000  # token bucket refill: entries per second ...
+    submit_burst_per_participant: int = 2000       # ... and its size: entries at once after a pause
+    mempool_requests_per_participant_max: int = 2000  # its entries submitted here, not yet committed or refused
     rpc_connections_max: int = 256                 # concurrent RPC clients
     catch_up_blocks_max: int = 64                  # blocks in one catch-up response (wire limit 64)
     reconnect_backoff_min_ms: int = 100            # first redial delay
@@ -202,6 +210,9 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "peer_send_queue_bytes_max": (1024, 16 * 1024 * 1024 * 1024),
         "inbound_queue_messages_max": (1, 1_000_000),
         "mempool_requests_max": (1, 10_000_000),
+        "submit_rate_per_participant_per_s": (1, 1_000_000),
+        "submit_burst_per_participant": (1, 10_000_000),
+        "mempool_requests_per_participant_max": (1, 10_000_000),   # above mempool_requests_max: no share
         "rpc_connections_max": (1, 100_000),
         "catch_up_blocks_max": (1, 64),  # consensus.messages.CATCH_UP_BLOCKS_MAX
         "reconnect_backoff_min_ms": (1, 600_000),
