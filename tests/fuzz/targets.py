@@ -76,7 +76,7 @@ def proof(data: bytes) -> None:
 
 def signed_query(data: bytes) -> None:
     try:
-        rpc.decode_query(data, CHAIN_ID)
+        rpc.decode_query(data, CHAIN_ID, "hk-1")
     except rpc.ApiError:
         pass
 
