@@ -259,3 +259,33 @@ async def test_async_client_leaves_a_draining_node_for_the_next(server, draining
     async with AsyncClient(f"{draining_endpoint},127.0.0.1:{server.port}", tls=False) as client:
         assert (await client.call("status"))["chain_id"] == "bayledger-test"
         assert str(client.endpoint) == f"127.0.0.1:{server.port}"
+
+
+def test_credentials_authenticate_each_new_connection_and_the_match_helper_names_the_node(server, world, commitments):
+    """Client(credentials=...) authenticates before its first call and again after a reconnect; the match
+    helper signs its query for the node the call reaches; wrong credentials are an RpcError naming the id."""
+    from node.client import Credentials, match
+
+    validator = Credentials(VALIDATOR, key_of(world, VALIDATOR))
+    with Client(f"127.0.0.1:{server.port}", tls=False, credentials=validator) as client:
+        assert client.call("header", 1)["header"]["height"] == 1
+        client._sock.send(b"\xc1")         # the server answers parse-error and closes this connection
+        assert client.call("header", 2)["header"]["height"] == 2      # a new connection, authenticated again
+    bank = Credentials("hk-bank", key_of(world, "hk-bank"))
+    with Client(f"127.0.0.1:{server.port}", tls=False, credentials=bank) as client:
+        proof = match(client, key_of(world, "hk-bank"), "hk-bank", world.chain_id, commitments["active"])
+        assert verify_match_proof(proof, world.genesis, commitments["active"]).status == "match"
+        assert match(client, key_of(world, "hk-bank"), "hk-bank", world.chain_id, commitments["unknown"]) is None
+        with pytest.raises(RpcError) as error:
+            client.call("header", 1)
+        assert error.value.code == "unauthorized"
+    wrong = Credentials("hk-bank", nacl_key())
+    with pytest.raises(RpcError) as error:
+        Client(f"127.0.0.1:{server.port}", tls=False, credentials=wrong).call("status")
+    assert error.value.code == "unauthorized" and "'hk-bank'" in error.value.message
+
+
+def nacl_key():
+    import nacl.signing
+
+    return nacl.signing.SigningKey.generate()
