@@ -54,6 +54,7 @@ from .config import Address, NodeConfig
 from .keys import KeyFileError, KeyPair, load_key_file
 from .logs import LogBudget, configure_logging
 from .metrics import NodeMetrics, serve_metrics
+from .query_log import QueryLog, QueryLogError
 from .transport import FRAME_KIND_CONSENSUS, PeerNetwork
 
 VERSION = "0.1.0"
@@ -429,6 +430,7 @@ class Daemon:
         self.genesis = genesis
         self.key = key
         self.ledger = ledger
+        self.query_log: QueryLog | None = None    # open_daemon opens it; in-process tests may go without
         self.metrics = metrics or NodeMetrics()
         self.validator_set = _genesis_validators(genesis)
         self.chain_id = genesis.chain_id
@@ -913,7 +915,7 @@ class Daemon:
     async def _start_rpc(self, nursery: trio.Nursery) -> int:
         limits = rpc.RpcLimits(connections_max=self.config.limits.rpc_connections_max,
                                submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
-        self.rpc_server = rpc.RpcServer(self, limits)
+        self.rpc_server = rpc.RpcServer(self, limits, query_log=self.query_log)
         self.metrics.collectors.append(self._collect_rpc_metrics)
         if self.rpc_ssl_context is None:
             log.warning("RPC without TLS: for development only; anyone on the path reads and alters every "
@@ -991,10 +993,20 @@ def open_daemon(config: NodeConfig) -> Daemon:
     except Exception as exc:  # plyvel raises its own IOError for a locked db; report, do not trace back
         raise StartupError(f"cannot open the ledger in {config.data_dir}: {exc}") from None
     try:
-        return Daemon(config, genesis, key, ledger)
+        query_log = QueryLog(config.query_log.directory(config.data_dir), node_id=config.node_id,
+                             file_bytes_max=config.query_log.file_bytes_max, files_max=config.query_log.files_max,
+                             fsync_interval_ms=config.query_log.fsync_interval_ms)
+    except (QueryLogError, ValueError) as exc:
+        ledger.close()
+        raise StartupError(f"query_log: {exc}") from None
+    try:
+        daemon = Daemon(config, genesis, key, ledger)
     except BaseException:
         ledger.close()
+        query_log.close()
         raise
+    daemon.query_log = query_log
+    return daemon
 
 
 def run_daemon(config: NodeConfig) -> int:
@@ -1031,5 +1043,7 @@ def run_daemon(config: NodeConfig) -> int:
         return EXIT_ENVIRONMENT
     finally:
         daemon.ledger.close()
+        if daemon.query_log is not None:
+            daemon.query_log.close()
         log.info("stopped", height=daemon.height)
     return 0
