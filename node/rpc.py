@@ -292,14 +292,14 @@ class RpcMethods:
         return {"challenge": session.challenge, "node": self.node_id, "chain_id": self.ledger_chain_id()}
 
     async def authenticate(self, params: list, session: Session) -> dict:
-        _check_arity(params, 3, 3, "authenticate(identity: str, public_key: bin 32, signature: bin 64)")
-        identity, public_key, signature = params
+        challenge, session.challenge = session.challenge, None    # one attempt per challenge, whatever it holds
         if session.authenticated:
             raise ApiError(ERROR_INVALID_REQUEST, f"already authenticated as {session.describe()}; "
                            "a connection authenticates once")
-        challenge, session.challenge = session.challenge, None    # one attempt per challenge
         if challenge is None:
             raise ApiError(ERROR_INVALID_REQUEST, "call challenge first: authenticate signs its answer")
+        _check_arity(params, 3, 3, "authenticate(identity: str, public_key: bin 32, signature: bin 64)")
+        identity, public_key, signature = params
         if not isinstance(identity, str) or not 0 < len(identity) <= rpc_access.identity_bytes_max:
             raise ApiError(ERROR_INVALID_PARAMS, f"identity must be a string of 1..{rpc_access.identity_bytes_max} "
                            "characters")
