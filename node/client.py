@@ -94,7 +94,7 @@ class CaFileError(ClientError):
 # OpenSSL's reasons when the other side answers a ClientHello with bytes that are not TLS.
 _NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
                               "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "WRONG_SSL_VERSION", "UNEXPECTED_RECORD"})
-_X509_HOSTNAME_MISMATCH = 62   # X509_V_ERR_HOSTNAME_MISMATCH
+_X509_NAME_MISMATCHES = (62, 64)   # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
 def _ssl_context(tls: bool, ca_file: str | os.PathLike | None) -> ssl.SSLContext | None:
@@ -109,7 +109,7 @@ def _ssl_context(tls: bool, ca_file: str | os.PathLike | None) -> ssl.SSLContext
 def _tls_failure(endpoint: "Endpoint", exc: BaseException) -> TlsFailed:
     """What a failed handshake with `endpoint` means, and what to do about it."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        if exc.verify_code == _X509_HOSTNAME_MISMATCH:
+        if exc.verify_code in _X509_NAME_MISMATCHES:
             return TlsFailed(f"{endpoint}: the node's certificate is not for {endpoint.host!r} "
                              f"({exc.verify_message}); dial a name or address its certificate holds")
         return TlsFailed(f"{endpoint}: the node's certificate is not trusted ({exc.verify_message}); give the CA "

@@ -159,11 +159,11 @@ def make_ca(cert_path: str | Path, key_path: str | Path, name: str = "Bayledger 
     _write_cert(Path(cert_path), cert, overwrite)
 
 
-def subject_alternative_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
-    """SANs for 127.0.0.1, localhost and each host (an IP address or a DNS name); wildcard bind
-    addresses (0.0.0.0, ::) are no name a client dials and are left out."""
+def subject_alternative_names(hosts: Iterable[str], loopback: bool = True) -> list[x509.GeneralName]:
+    """SANs for 127.0.0.1 and localhost (unless not loopback) and each host (an IP address or a DNS
+    name); wildcard bind addresses (0.0.0.0, ::) are no name a client dials and are left out."""
     names: list[x509.GeneralName] = []
-    for host in ("127.0.0.1", "localhost", *hosts):
+    for host in (*(("127.0.0.1", "localhost") if loopback else ()), *hosts):
         host = host.strip("[]")
         try:
             address = ipaddress.ip_address(host)
@@ -180,7 +180,8 @@ def subject_alternative_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
 
 def make_node_certificate(ca_cert_path: str | Path, ca_key_path: str | Path, cert_path: str | Path,
                           key_path: str | Path, node_name: str, hosts: Iterable[str] = (), *,
-                          valid_days: int = NODE_CERT_VALID_DAYS, overwrite: bool = False) -> None:
+                          valid_days: int = NODE_CERT_VALID_DAYS, overwrite: bool = False,
+                          loopback: bool = True) -> None:
     """A node's RPC certificate signed by the CA, for the names in `subject_alternative_names(hosts)`."""
     ca_cert = _certificates(_read(ca_cert_path, "ca", "CA certificate"), ca_cert_path, "ca", "CA certificate")[0]
     try:
@@ -199,7 +200,7 @@ def make_node_certificate(ca_cert_path: str | Path, ca_key_path: str | Path, cer
                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(subject_alternative_names(hosts)), critical=False)
+            .add_extension(x509.SubjectAlternativeName(subject_alternative_names(hosts, loopback)), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
