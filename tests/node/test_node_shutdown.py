@@ -200,7 +200,8 @@ def test_second_signal_stops_at_once(cluster):
 
 def test_shutdown_drain_ms_is_checked_at_its_edges(tmp_path):
     raw = {"node_id": "hk-1", "key_file": "k", "genesis_file": "g", "data_dir": "d",
-           "listen": {"p2p": "127.0.0.1:0", "rpc": "127.0.0.1:0", "metrics": "127.0.0.1:0"}}
+           "listen": {"p2p": "127.0.0.1:0", "rpc": "127.0.0.1:0", "metrics": "127.0.0.1:0"},
+           "rpc": {"plaintext": True}}
     for good in (0, 600_000):
         assert config_from_dict({**raw, "limits": {"shutdown_drain_ms": good}}, tmp_path).limits.shutdown_drain_ms == good
     for bad in (-1, 600_001, "5000", True, 1.5):
