@@ -457,36 +457,8 @@ class AsyncClient:
     async def _authenticate(self, stream: trio.abc.Stream) -> None:
         """With credentials, authenticate a new stream before its reader starts (as Client's)."""
         self.node_id = self.role = None
-        if self.credentials is None:
-            return
-        identity, signing_key = self.credentials
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
-
-        async def call(msgid: int, method: str, params: list) -> Any:
-            # Nothing else is in flight on the new stream: the next message is this call's answer.
-            await stream.send_all(_request_packer.pack([0, msgid, method, params]))
-            while True:
-                for message in unpacker:
-                    answer_id, error, result = _response_parts(message)
-                    if error is not None:
-                        failure = _error_of(error, self.endpoint)
-                        raise RpcError(failure.code, f"authenticating as {identity!r}: {failure.message}",
-                                       failure.endpoint)
-                    if answer_id != msgid:
-                        raise ProtocolError(f"{self.endpoint}: answer {answer_id!r} to call {msgid}")
-                    return result
-                data = await stream.receive_some(read_chunk_bytes)
-                if not data:
-                    raise ProtocolError(f"{self.endpoint}: connection closed while authenticating")
-                unpacker.feed(data)
-
-        answer = await call(0, "challenge", [])
-        try:
-            params = rpc_access.sign_authentication(signing_key, identity, answer)
-        except ValueError as exc:
-            raise ProtocolError(f"{self.endpoint}: {exc}") from None
-        result = await call(1, "authenticate", params)
-        self.node_id, self.role = answer["node"], result.get("role") if isinstance(result, dict) else None
+        if self.credentials is not None:
+            self.node_id, self.role = await authenticate_stream(stream, self.credentials, str(self.endpoint))
 
     async def _read_loop(self, stream: trio.abc.Stream, generation: int) -> None:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
@@ -549,6 +521,38 @@ class AsyncClient:
                 raise failure
             return result
         raise ConnectionFailed("no node answered (" + "; ".join(failures) + ")")
+
+
+async def authenticate_stream(stream: trio.abc.Stream, credentials: Credentials, where: str) -> tuple[str, str | None]:
+    """Authenticate a new stream on which nothing else is in flight: (node id, role), or RpcError
+    (the node refused: the message names the identity) or ProtocolError (not a Bayledger node)."""
+    identity, signing_key = credentials
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+
+    async def call(msgid: int, method: str, params: list) -> Any:
+        # Nothing else is in flight on the stream: the next message is this call's answer.
+        await stream.send_all(_request_packer.pack([0, msgid, method, params]))
+        while True:
+            for message in unpacker:
+                answer_id, error, result = _response_parts(message)
+                if error is not None:
+                    failure = _error_of(error, where)
+                    raise RpcError(failure.code, f"authenticating as {identity!r}: {failure.message}", where)
+                if answer_id != msgid:
+                    raise ProtocolError(f"{where}: answer {answer_id!r} to call {msgid}")
+                return result
+            data = await stream.receive_some(read_chunk_bytes)
+            if not data:
+                raise ProtocolError(f"{where}: connection closed while authenticating")
+            unpacker.feed(data)
+
+    answer = await call(0, "challenge", [])
+    try:
+        params = rpc_access.sign_authentication(signing_key, identity, answer)
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
+    result = await call(1, "authenticate", params)
+    return answer["node"], result.get("role") if isinstance(result, dict) else None
 
 
 class CallTimeout(ConnectionFailed):

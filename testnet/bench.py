@@ -195,6 +195,7 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
             "ca": str(network.ca_path),
             "submit_rpcs": [n.rpc for n in network.nodes],
             "match_rpc": network.nodes_in("HK")[0].rpc,
+            "match_node": network.nodes_in("HK")[0].name,
             "providers": [{"name": name, "key": network.participants[name]["key"], "jurisdiction": "CN"}
                           for name in providers],
             "verifier": {"name": "hk-bank", "key": network.participants["hk-bank"]["key"]},

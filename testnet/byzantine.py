@@ -304,6 +304,13 @@ async def run_oversize(ctx: Context) -> None:
     await per_peer(ctx, oversize_round, ctx.interval)
 
 
+def rpc_credentials(ctx: Context):
+    """This validator's own identity: the others' RPC answers a validator in full (an anonymous caller
+    gets the reduced status only)."""
+    from node.client import Credentials
+    return Credentials(ctx.config.node_id, ctx.key.signing_key)
+
+
 def rpc_ca_file(ctx: Context) -> Path | None:
     """The testnet's CA for the other validators' RPC TLS (run_dir/tls/ca.pem, testnet/network.py);
     None when this node's config serves plaintext RPC (then so does the network)."""
@@ -321,7 +328,8 @@ async def track_primary(ctx: Context) -> None:
         for peer_id, address in ctx.rpc.items():
             host, _, port = address.rpartition(":")
             try:
-                status = await rpc.call_async(host, int(port), "status", [], RPC_TIMEOUT_S, rpc_ca_file(ctx))
+                status = await rpc.call_async(host, int(port), "status", [], RPC_TIMEOUT_S, rpc_ca_file(ctx),
+                                              rpc_credentials(ctx))
             except (rpc.ConnectionLost, rpc.RpcError, OSError):
                 continue
             if isinstance(status, dict) and isinstance(status.get("view"), int):
@@ -429,7 +437,8 @@ async def collect_committed(ctx: Context, pool: dict[bytes, None]) -> None:
         for address in ctx.rpc.values():
             host, _, port = address.rpartition(":")
             try:
-                return await rpc.call_async(host, int(port), method, params, RPC_TIMEOUT_S, rpc_ca_file(ctx))
+                return await rpc.call_async(host, int(port), method, params, RPC_TIMEOUT_S, rpc_ca_file(ctx),
+                                            rpc_credentials(ctx))
             except (rpc.ConnectionLost, rpc.RpcError, OSError):
                 continue
         return None

@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from node.client import Credentials
+from node.keys import KeyFileError, load_key_file
+
 from . import rpc
 from .network import ManifestError, Network, NodeEntry, plan_network
 from .ports import check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
@@ -53,10 +56,12 @@ def tail(path: Path, lines: int = log_tail_lines) -> str:
 
 
 def node_status(node: NodeEntry, timeout_s: float = status_timeout_s) -> dict | None:
-    """The node's RPC `status` map, or None if it does not answer."""
+    """The node's full RPC `status` map (asked as the node's own validator identity: an anonymous
+    caller gets only the reduced status), or None if it does not answer."""
     try:
-        result = rpc.call(node.rpc, "status", [], timeout_s, ca_file=node.ca_path)
-    except (rpc.ConnectionLost, rpc.RpcError):
+        credentials = Credentials(node.name, load_key_file(node.key_path).signing_key)
+        result = rpc.call(node.rpc, "status", [], timeout_s, ca_file=node.ca_path, credentials=credentials)
+    except (rpc.ConnectionLost, rpc.RpcError, KeyFileError):
         return None
     return result if isinstance(result, dict) else None
 

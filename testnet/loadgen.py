@@ -36,6 +36,8 @@ from pathlib import Path
 import msgpack
 import trio
 
+from node.client import Credentials
+
 from . import rpc
 from .stats import summarize_ms
 
@@ -140,7 +142,8 @@ def _record(result: PhaseResult, outcome: str, start: float, window: tuple[float
 
 
 async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, duration_s: float,
-                      window: int, ca_file: str | None = None) -> PhaseResult:
+                      window: int, ca_file: str | None = None,
+                      credentials: list[Credentials] | None = None) -> PhaseResult:
     """One connection per queue with `window` requests outstanding on each: every reply is answered
     with the queue's next request, all of one read's replies with one write. Queue i goes to
     addresses[i % len(addresses)]. No task or event per request: the load generator shares the
@@ -159,7 +162,8 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
     streams = []
     for index in range(len(queues)):
         host, _, port = addresses[index % len(addresses)].rpartition(":")
-        streams.append(await rpc.open_stream(host, int(port), ca_file))   # TLS with the network's CA
+        # TLS with the network's CA, authenticated as the lane's participant (before the clock starts).
+        streams.append(await rpc.open_stream(host, int(port), ca_file, credentials[index] if credentials else None))
 
     async def lane(stream: trio.abc.Stream, queue: list[bytes]) -> None:
         cursor = iter(queue)
@@ -228,7 +232,8 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
 
 
 async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], accept, rate_per_s: float,
-                    duration_s: float, ca_file: str | None = None) -> PhaseResult:
+                    duration_s: float, ca_file: str | None = None,
+                    credentials: list[Credentials] | None = None) -> PhaseResult:
     """One request every 1/rate s, whatever the replies; latency from the scheduled send time.
 
     Request k is the next of queue k mod len(queues), sent on that queue's connection (queue i
@@ -244,7 +249,8 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
     streams = []
     for index in range(len(queues)):
         host, _, port = addresses[index % len(addresses)].rpartition(":")
-        streams.append(await rpc.open_stream(host, int(port), ca_file))   # TLS with the network's CA
+        # TLS with the network's CA, authenticated as the lane's participant (before the clock starts).
+        streams.append(await rpc.open_stream(host, int(port), ca_file, credentials[index] if credentials else None))
     lanes = [_OpenLoopLane(stream) for stream in streams]
     start = trio.current_time() + 0.05
     window = (start, start + duration_s + drain_timeout_s)
@@ -408,8 +414,10 @@ async def run(plan: dict) -> dict:
     report["presign_per_s"] = round(count / (time.monotonic() - t))
     print(f"  pre-signed {count} commit entries ({report['presign_per_s']}/s)", file=sys.stderr)
     ca_file = plan.get("ca")       # the testnet's CA: RPC is TLS (None: a plaintext test server)
+    from . import workload
+    lane_credentials = workload.submit_lane_credentials(plan, connections)
     saturation = await closed_loop("saturate", submit_rpcs, queues, _accept_submit, phase["saturate"], window,
-                                   ca_file)
+                                   ca_file, lane_credentials)
     report["phases"].append(saturation.to_json())
     commits_per_s = saturation.rate_per_s
     report["commits_per_s"] = round(commits_per_s, 1)
@@ -429,7 +437,7 @@ async def run(plan: dict) -> dict:
         needed = int(math.ceil(rate * phase["rate"]))
         queues, _ = build_requests(plan, needed, connections)
         result = await open_loop(f"{fraction * 100:.0f}% {rate:.0f}/s", submit_rpcs, queues, _accept_submit,
-                                 rate, phase["rate"], ca_file)
+                                 rate, phase["rate"], ca_file, lane_credentials)
         report["phases"].append(result.to_json())
         report["latency"][str(int(round(rate)))] = {**summarize_ms(result.latencies_s), "fraction": fraction,
                                                      "errors": dict(result.errors), "dropped": result.dropped}
@@ -442,7 +450,7 @@ async def run(plan: dict) -> dict:
     if queries:
         lanes = [queries[i::connections] for i in range(connections)]
         match = await closed_loop("match", [plan["match_rpc"]], lanes, _accept_match, phase["match"], window,
-                                  ca_file)
+                                  ca_file, [workload.verifier_credentials(plan)] * len(lanes))
         report["phases"].append(match.to_json())
         report["match_per_s"] = round(match.rate_per_s, 1)
     report["loadgen_wall_s"] = round(time.monotonic() - started, 1)

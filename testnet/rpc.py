@@ -19,6 +19,8 @@ from typing import Any
 import msgpack
 import trio
 
+from node.client import ConnectionFailed, Credentials, RpcError as ClientRpcError, authenticate_stream
+
 receive_bytes_max = 64 * 1024        # one read from the socket
 response_bytes_max = 16 * 1024 * 1024  # one decoded response (a match proof is a few KiB)
 msgid_max = 2**32 - 1
@@ -30,21 +32,25 @@ def pack_call(method: str, params: list) -> bytes:
     return msgpack.packb(method, use_bin_type=True) + msgpack.packb(params, use_bin_type=True)
 
 
-async def open_stream(host: str, port: int, ca_file: str | Path | None) -> trio.abc.Stream:
+async def open_stream(host: str, port: int, ca_file: str | Path | None,
+                      credentials: Credentials | None = None) -> trio.abc.Stream:
     """The one connect step of the testnet's RPC clients: TCP, then TLS trusting `ca_file` (the
-    network's CA) with the host name checked; None: plaintext, for in-process test servers."""
+    network's CA) with the host name checked (None: plaintext, for in-process test servers), then
+    with `credentials` the authentication (docs/PROTOCOL.md §8) as that identity."""
     from node import tls
 
     stream = await trio.open_tcp_stream(host, port)
-    if ca_file is None:
-        return stream
-    secure = trio.SSLStream(stream, tls.client_context(ca_file), server_hostname=host, https_compatible=True)
+    if ca_file is not None:
+        stream = trio.SSLStream(stream, tls.client_context(ca_file), server_hostname=host, https_compatible=True)
     try:
-        await secure.do_handshake()
+        if ca_file is not None:
+            await stream.do_handshake()
+        if credentials is not None:
+            await authenticate_stream(stream, credentials, f"{host}:{port}")
     except BaseException:
-        await trio.aclose_forcefully(secure)
+        await trio.aclose_forcefully(stream)
         raise
-    return secure
+    return stream
 
 
 class RpcError(Exception):
@@ -75,8 +81,9 @@ class PipelinedConnection:
         self._closed: Exception | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int, ca_file: str | Path | None = None) -> "PipelinedConnection":
-        return cls(await open_stream(host, port, ca_file))
+    async def open(cls, host: str, port: int, ca_file: str | Path | None = None,
+                   credentials: Credentials | None = None) -> "PipelinedConnection":
+        return cls(await open_stream(host, port, ca_file, credentials))
 
     async def reader(self) -> None:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
@@ -152,11 +159,15 @@ class PipelinedConnection:
 
 
 async def call_async(host: str, port: int, method: str, params: list, timeout_s: float,
-                     ca_file: str | Path | None = None) -> Any:
+                     ca_file: str | Path | None = None, credentials: Credentials | None = None) -> Any:
     """One call on a fresh connection; raise ConnectionLost on timeout or a refused connection."""
     with trio.move_on_after(timeout_s) as scope:
         try:
-            connection = await PipelinedConnection.open(host, port, ca_file)
+            connection = await PipelinedConnection.open(host, port, ca_file, credentials)
+        except ClientRpcError as exc:           # the node refused the authentication
+            raise RpcError(exc.code, exc.message) from None
+        except ConnectionFailed as exc:         # not a Bayledger node's answer while authenticating
+            raise ConnectionLost(str(exc)) from None
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         except trio.BrokenResourceError as exc:    # the TLS handshake failed
@@ -174,7 +185,8 @@ async def call_async(host: str, port: int, method: str, params: list, timeout_s:
     raise ConnectionLost(f"{host}:{port} did not answer {method} within {timeout_s} s")
 
 
-def call(address: str, method: str, params: list, timeout_s: float = 2.0, ca_file: str | Path | None = None) -> Any:
+def call(address: str, method: str, params: list, timeout_s: float = 2.0, ca_file: str | Path | None = None,
+         credentials: Credentials | None = None) -> Any:
     """Blocking form of `call_async` for the command line; address is HOST:PORT."""
     host, _, port = address.rpartition(":")
-    return trio.run(call_async, host, int(port), method, params, timeout_s, ca_file)
+    return trio.run(call_async, host, int(port), method, params, timeout_s, ca_file, credentials)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from node.client import build_match_query
+from node.client import Credentials, build_match_query
 from node.keys import load_key_file
 from storage.entries import build_commit
 
@@ -54,8 +54,20 @@ def presigned_submits(plan: dict, count: int, lanes: int, wait_s: float) -> tupl
     return queues, commitments
 
 
+def submit_lane_credentials(plan: dict, lanes: int) -> list[Credentials]:
+    """Who each submit lane authenticates as: lane i's entries are by provider i mod len(providers)
+    (presigned_submits), and a participant may submit only what it authors."""
+    providers = [Credentials(p["name"], load_key_file(p["key"]).signing_key) for p in plan["providers"]]
+    return [providers[lane % len(providers)] for lane in range(lanes)]
+
+
+def verifier_credentials(plan: dict) -> Credentials:
+    return Credentials(plan["verifier"]["name"], load_key_file(plan["verifier"]["key"]).signing_key)
+
+
 def presigned_match_queries(plan: dict, commitments: list[bytes], count: int) -> list[bytes]:
-    """`count` encoded match calls by the plan's verifier, cycling over `commitments`.
+    """`count` encoded match calls by the plan's verifier, cycling over `commitments`, for the node
+    plan["match_node"] (a signed query names the one node that may answer it).
 
     Each query has its own nonce: the node answers a signed query once (replay protection).
     """
@@ -69,6 +81,7 @@ def presigned_match_queries(plan: dict, commitments: list[bytes], count: int) ->
         nonce = _next_nonce.setdefault(name, int(time.time() * 1_000_000))
         _next_nonce[name] = nonce + 1
         query = build_match_query(verifier.signing_key, name, plan["chain_id"],
-                                  commitments[index % len(commitments)], nonce=nonce, time_ms=now_ms)
+                                  commitments[index % len(commitments)], node=plan["match_node"], nonce=nonce,
+                                  time_ms=now_ms)
         calls.append(pack_call(MATCH_METHOD, [query]))
     return calls
