@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,11 @@ from node.keys import KeyPair, write_key_file  # noqa: E402
 @pytest.fixture
 def node(world, ledger):
     populate(world, ledger)
-    return FakeNode(world, ledger)
+    # Blocks at the wall clock's time from here on, and one now: a proof's status section is then
+    # fresh by the CLI's default --max-status-age.
+    fake = FakeNode(world, ledger, clock_ms=lambda: int(time.time() * 1000))
+    fake.commit_now([])
+    return fake
 
 
 @pytest.fixture(autouse=True)

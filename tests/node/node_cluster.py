@@ -24,6 +24,8 @@ from pathlib import Path
 import msgpack
 
 from node import tls
+from node.keys import load_key_file
+from node.rpc_access import sign_authentication
 from node.cli import main as cli_main
 from node.config import (
     Address, ConsensusConfig, LimitsConfig, Listen, LogConfig, NodeConfig, RpcConfig, TestingConfig, render_config,
@@ -89,11 +91,15 @@ class RpcClient:
     """Just enough msgpack-RPC ([0, msgid, method, params] -> [1, msgid, error, result]) for tests,
     over TLS trusting the session CA, as a stock client would (ssl + socket + msgpack)."""
 
-    def __init__(self, port: int, timeout_s: float = RPC_TIMEOUT_S):
+    def __init__(self, port: int, timeout_s: float = RPC_TIMEOUT_S, *, key_file: Path | None = None):
+        """With `key_file`, the connection authenticates as the key file's id (docs/PROTOCOL.md §8)."""
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
         self.sock = tls.client_context(session_ca()[0]).wrap_socket(sock, server_hostname="127.0.0.1")
         self.unpacker = msgpack.Unpacker(raw=False)
         self.next_id = 0
+        if key_file is not None:
+            key = load_key_file(key_file)
+            self.call("authenticate", *sign_authentication(key.signing_key, key.id, self.call("challenge")))
 
     def call(self, method: str, *params):
         self.next_id += 1
@@ -146,7 +152,8 @@ class NodeHandle:
         return lines
 
     def rpc_client(self) -> RpcClient:
-        return RpcClient(self.rpc)
+        """A connection authenticated as this validator (which may call every method)."""
+        return RpcClient(self.rpc, key_file=self.dir / "key.json")
 
     def call(self, method: str, *params):
         client = self.rpc_client()

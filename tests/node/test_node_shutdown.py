@@ -54,8 +54,8 @@ def set_drain(cluster, node_id: str, drain_ms: int) -> None:
 class WaitingSubmit:
     """One `submit` with wait on its own connection, in a thread; `outcome` is what the client saw."""
 
-    def __init__(self, port: int, entry: bytes):
-        self.client = RpcClient(port, timeout_s=SUBMIT_WAIT_MS / 1000 + EXIT_MARGIN_S)
+    def __init__(self, port: int, entry: bytes, key_file):
+        self.client = RpcClient(port, timeout_s=SUBMIT_WAIT_MS / 1000 + EXIT_MARGIN_S, key_file=key_file)
         self.entry = entry
         self.outcome: tuple[str, object] | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -87,10 +87,10 @@ def start_two_and_wait_pending(cluster, drain_ms: int) -> tuple[WaitingSubmit, R
         cluster.wait_serving(node_id, STARTUP_TIMEOUT_S)
     node = cluster.nodes[X]
     entry = make_entry(cluster)
-    waiting = WaitingSubmit(node.rpc, entry)
+    waiting = WaitingSubmit(node.rpc, entry, node.dir / "key.json")
     # Pooled at hk-2 means taken by its driver: the client is now waiting for a commit.
     cluster.wait_until(lambda: cluster.status(X)["mempool_size"] >= 1, STARTUP_TIMEOUT_S, "the entry pooled on hk-2")
-    open_connection = RpcClient(node.rpc)
+    open_connection = node.rpc_client()
     assert open_connection.call("status")["height"] == 0
     return waiting, open_connection, entry
 

@@ -131,9 +131,12 @@ def connect(port: int, world: World | None = None, identity: str | None = None) 
 class FakeNode:
     """NodeApi over a real Ledger: submit applies one certified block per entry (or holds it)."""
 
-    def __init__(self, world: World, ledger: Ledger) -> None:
+    def __init__(self, world: World, ledger: Ledger, clock_ms=None) -> None:
+        """`clock_ms`: block times from this clock (the CLI tests: proofs fresh by the wall clock);
+        None: genesis time + 1 s per height, so the doc examples are the same bytes every run."""
         self.world = world
         self.ledger = ledger
+        self.clock_ms = clock_ms
         self.hold = False                 # submit(wait) blocks until release() while set
         self.released: trio.Event | None = None
         self.submitted: list[bytes] = []
@@ -150,7 +153,11 @@ class FakeNode:
                 for v in self.world.genesis.validator_set.validators]
 
     def commit_now(self, entries: list[bytes]) -> list:
-        return self.ledger.apply_block(next_block(self.world, self.ledger, entries))
+        time_ms = None
+        if self.clock_ms is not None:
+            head = self.ledger.head()
+            time_ms = max(self.clock_ms(), head.time_ms + 1 if head is not None else 0)
+        return self.ledger.apply_block(next_block(self.world, self.ledger, entries, time_ms=time_ms))
 
     async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict:
         reason = check_entry(entry, self.world.genesis)

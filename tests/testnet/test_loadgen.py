@@ -274,7 +274,8 @@ def test_presigned_match_queries_are_what_the_node_accepts(tmp_path):
     from testnet import workload
 
     write_key_file(tmp_path / "bank.json", KeyPair.generate("bank"))
-    plan = {"chain_id": "bench-chain", "verifier": {"name": "bank", "key": str(tmp_path / "bank.json")}}
+    plan = {"chain_id": "bench-chain", "verifier": {"name": "bank", "key": str(tmp_path / "bank.json")},
+            "match_node": "hk-1"}
     commitments = [bytes([n]) * 32 for n in range(3)]
     calls = workload.presigned_match_queries(plan, commitments, 5)
     queries = []
@@ -283,7 +284,7 @@ def test_presigned_match_queries_are_what_the_node_accepts(tmp_path):
         unpacker.feed(packed)
         method, params = list(unpacker)
         assert method == workload.MATCH_METHOD and len(params) == 1
-        queries.append(decode_query(params[0], "bench-chain"))
+        queries.append(decode_query(params[0], "bench-chain", "hk-1"))   # signed for the plan's match node
     assert [q.commitment for q in queries] == [commitments[i % 3] for i in range(5)]
     assert all(q.participant == "bank" for q in queries)
     assert len({q.nonce for q in queries}) == 5
