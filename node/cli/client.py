@@ -60,7 +60,7 @@ environment:
   BAYLEDGER_CA       default for --ca (the CA that signed the nodes' RPC certificates)
   BAYLEDGER_PLAINTEXT=1  default for --plaintext (development nodes without TLS)
 
-exit status: 0 success, 1 negative answer (no match, revoked, expired, refused), 2 error
+exit status: 0 success, 1 negative answer (no match, revoked, expired, stale, nodes disagree, refused), 2 error
 """
 
 
