@@ -89,7 +89,7 @@ def test_lifecycle_up_status_kill_restart_down(run_dir):
     status = status_json(run_dir)
     assert status["genesis"] == str(run_dir.resolve() / "genesis.json")
     assert Path(status["genesis"]).exists()
-    assert sorted(status["participants"]) == ["hk-bank", "sz-credit-bureau"]
+    assert sorted(status["participants"]) == ["hk-auditor", "hk-bank", "sz-credit-bureau"]
     assert sorted(status["governance"]) == ["CN", "HK"]
     assert all(Path(p).exists() for p in [*status["participants"].values(), *status["governance"].values()])
     nodes = {n["name"]: n for n in status["nodes"]}

@@ -132,6 +132,15 @@ class RunningTestnet:
         identity, key = load_key(path)
         return identity or name, key
 
+    def wait_for_height(self, nodes: list[str], height: int, timeout_s: float = 30) -> None:
+        """Until each of `nodes` has applied `height` (the anonymous status tells the height)."""
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            with self.client(node) as anonymous:
+                while anonymous.call("status")[1]["height"] < height:
+                    assert time.monotonic() < deadline, f"{node} did not reach height {height}"
+                    time.sleep(0.05)
+
     def client(self, node: str, as_identity: str | None = None,
                key: nacl.signing.SigningKey | None = None) -> PlainClient:
         client = PlainClient(self.rpc[node], self.ca)
@@ -251,6 +260,14 @@ def test_an_auditor_reads_blocks_and_the_query_log(testnet):
         assert error is None, error
         mine = [r for r in page["records"] if r["commitment"] == commitment.hex()]
         assert len(mine) == 1 and mine[0]["participant"] == "hk-bank" and mine[0]["outcome"] == "match", page
+    # The same log through the CLI, as JSON lines; a participant's key is refused it.
+    auditor_key = testnet.network.participants["hk-auditor"]["key"]
+    done = run_cli("queries", "--rpc", testnet.rpc["cn-1"], "--ca", testnet.ca, "--key", auditor_key, "--since", "10m")
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and any(r["commitment"] == commitment.hex() for r in records), done.stderr
+    bank_key = testnet.network.participants["hk-bank"]["key"]
+    done = run_cli("queries", "--rpc", testnet.rpc["cn-1"], "--ca", testnet.ca, "--key", bank_key)
+    assert done.returncode == 2 and "unauthorized" in done.stderr and "auditor" in done.stderr
 
 
 def test_unadmitted_and_suspended_authors_are_refused_at_the_door_and_in_no_block(testnet):
@@ -324,6 +341,11 @@ def test_a_proof_fetched_before_a_revocation_goes_stale(testnet, tmp_path):
     done = run_cli("verify", str(document), "--receipt", str(receipt), "--key", bank_key, "--proof-out", str(proof),
                    env=env)
     assert done.returncode == 0 and "MATCH" in done.stdout, done.stdout + done.stderr
+    # Asked of two nodes at once, both must agree that the commitment is not revoked.
+    two = f"{testnet.rpc['hk-2']},{testnet.rpc['cn-2']}"
+    testnet.wait_for_height(["hk-2", "cn-2"], json.loads(receipt.read_text())["height"])
+    done = run_cli("verify", str(document), "--receipt", str(receipt), "--key", bank_key, "--rpc", two, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("MATCH"), done.stdout + done.stderr
     done = run_cli("revoke", "--receipt", str(receipt), "--key", bureau_key, env=env)
     assert done.returncode == 0, done.stderr
     time.sleep(2.5)
