@@ -40,6 +40,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from node.client import Credentials
+from node.keys import load_key_file
 from testnet import control, loadgen, rpc, workload
 from testnet.network import Network
 from testnet.ports import find_free_base_port
@@ -117,6 +119,10 @@ class Harness:
     def node(self, name: str):
         return self.network.node(name)
 
+    def validator_credentials(self, name: str) -> Credentials:
+        """The validator's own identity: its RPC answers a validator the full status."""
+        return Credentials(name, load_key_file(self.node(name).key_path).signing_key)
+
     def status(self, name: str, timeout_s: float = 2.0) -> dict | None:
         return control.node_status(self.node(name), timeout_s)
 
@@ -189,7 +195,8 @@ class Harness:
                 for name in honest:
                     host, _, port = self.node(name).rpc.rpartition(":")
                     try:
-                        status = await rpc.call_async(host, int(port), "status", [], 1.0, self.ca)
+                        status = await rpc.call_async(host, int(port), "status", [], 1.0, self.ca,
+                                                      self.validator_credentials(name))
                     except (rpc.ConnectionLost, rpc.RpcError, OSError):
                         continue
                     if isinstance(status, dict) and isinstance(status.get("view"), int):
@@ -199,7 +206,8 @@ class Harness:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll_views)
             start = trio.current_time() + 0.05          # open_loop schedules its first send then
-            phase = await loadgen.open_loop(label, addresses, queues, accept, RATE_PER_S, duration_s, self.ca)
+            phase = await loadgen.open_loop(label, addresses, queues, accept, RATE_PER_S, duration_s, self.ca,
+                                            workload.submit_lane_credentials(self.plan, len(queues)))
             await trio.sleep(STATUS_POLL_S)
             nursery.cancel_scope.cancel()
         in_window = sum(1 for t in arrivals if start <= t <= start + duration_s)
@@ -297,7 +305,7 @@ class Harness:
         hashes: dict[str, dict[int, bytes]] = {}
         for name in honest:
             host, _, port = self.node(name).rpc.rpartition(":")
-            connection = await rpc.PipelinedConnection.open(host, int(port), self.ca)
+            connection = await rpc.PipelinedConnection.open(host, int(port), self.ca, self.validator_credentials(name))
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(connection.reader)
