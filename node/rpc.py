@@ -202,7 +202,8 @@ def decode_query(data: Any, chain_id: str, node_id: str) -> MatchQuery:
             raise ApiError(ERROR_INVALID_PARAMS, f"query {name} must be an integer in 0..2**63-1")
     if not codec.verify(body["participant_key"], signature, codec.DOMAIN_QUERY, chain_id, body_bytes):
         raise ApiError(ERROR_BAD_SIGNATURE, "query signature does not verify under participant_key")
-    return MatchQuery(chain_id=chain_id, node=node_id, participant=body["participant"], participant_key=body["participant_key"],
+    return MatchQuery(chain_id=chain_id, node=node_id, participant=body["participant"],
+                      participant_key=body["participant_key"],
                       commitment=body["commitment"], nonce=body["nonce"], time_ms=body["time_ms"],
                       query_id=hashlib.sha256(body_bytes).digest())
 
