@@ -69,3 +69,36 @@ def test_config_errors_exit_2_naming_the_key(cluster, tmp_path):
     result = run_briefly(bad)
     assert result.returncode == 2
     assert "consensus.view_timeout: unknown key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_plaintext_rpc_node_warns_at_start_and_serves_plain_msgpack_rpc(cluster):
+    """rpc.plaintext = true is for development: the node says so in its log at start, and a plain TCP
+    client (no TLS) gets the reduced status."""
+    import dataclasses
+    import socket
+
+    import msgpack
+
+    from node.config import RpcConfig, load_config, render_config
+
+    node = cluster.nodes["hk-1"]
+    config = load_config(node.config_path)
+    node.config_path.write_text(render_config(dataclasses.replace(config, rpc=RpcConfig(plaintext=True))))
+    cluster.start("hk-1")
+    cluster.wait_serving("hk-1")
+    try:
+        with socket.create_connection(("127.0.0.1", node.rpc), timeout=10) as plain:
+            plain.sendall(msgpack.packb([0, 1, "status", []]))
+            unpacker = msgpack.Unpacker(raw=False)
+            while True:
+                unpacker.feed(plain.recv(65536))
+                answers = list(unpacker)
+                if answers:
+                    break
+        assert answers[0][2] is None and set(answers[0][3]) == {"chain_id", "node_id", "height", "version"}
+        warnings = [line for line in node.log_lines() if line.get("level") == "warning"
+                    and "RPC without TLS" in line.get("event", "")]
+        assert len(warnings) == 1 and warnings[0]["rpc"].endswith(str(node.rpc)), node.log_lines()
+    finally:
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(30) == 0
