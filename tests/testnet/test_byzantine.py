@@ -14,12 +14,15 @@ asserts, for the Byzantine phase:
 - the committed rate (ok receipts that arrive within the phase, per second) is
   at least half the honest phase's;
 - at most one view change (the view read from the honest nodes' `status`):
-  one per behaviour per minute, and a phase is shorter than a minute;
+  one per behaviour per minute; a phase is 10 s in `make test`, a whole minute
+  with BYZANTINE_SECONDS=60;
 - after `python -m testnet restart NODE` the honest node is back and has all
   its links within LINKS_BACK_S, and catches up.
 `handshake-flood` also restarts an honest validator while the flood runs and
 asserts that it gets its links to the other honest validators back within
-LINKS_BACK_S.
+LINKS_BACK_S. The NEW-VIEW case (issue 14, point 6) has its own 7-validator
+testnet with big blocks: its primary is killed under a saturating load and the
+others must agree on the next view and commit again.
 
 The rates of both phases and their ratio, the views and the Byzantine
 process's counters are written to a JSON file (RATES_FILE in pytest's base
@@ -52,7 +55,10 @@ REPO = Path(__file__).resolve().parents[2]
 # tells "deposed once" from "deposed again and again": before the fix, the request flood deposed
 # the primary after 2 s and its successor after 6 s more.
 HONEST_S = 6.0              # the load with every node honest
-BYZANTINE_S = 10.0          # the same load with one Byzantine node
+# The same load with one Byzantine node. $BYZANTINE_SECONDS lengthens it by hand (60: the issue's "at most
+# one view change per behaviour per minute" over a whole minute); make test keeps it short.
+BYZANTINE_S = float(os.environ.get("BYZANTINE_SECONDS") or 10.0)
+assert 5.0 <= BYZANTINE_S <= 600.0, f"BYZANTINE_SECONDS={BYZANTINE_S}: 5..600"
 RATE_PER_S = 200.0          # open loop: modest, far below saturation
 LANES = 8                   # connections of the open loop, one load author each
 LOAD_AUTHORS = {f"load-{i + 1}": "CN" for i in range(LANES)}
@@ -95,11 +101,11 @@ def run_testnet(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.
 
 
 class Harness:
-    def __init__(self, run_dir: Path, validators: int):
+    def __init__(self, run_dir: Path, validators: int, consensus: dict[str, int] | None = None):
         self.run_dir = run_dir
         with contextlib.redirect_stdout(io.StringIO()):
             control.up(run_dir, validators, find_free_base_port(validators), demo=False,
-                       extra_participants=LOAD_AUTHORS)
+                       extra_participants=LOAD_AUTHORS, consensus=consensus)
         self.network = Network.load(run_dir.resolve())
         self.ca = str(self.network.ca_path)   # the nodes' RPC is TLS, signed by the testnet's CA
         self.plan = {
@@ -459,6 +465,97 @@ def test_equivocating_primary_of_seven(tmp_path, results_dir):
         run_behaviour(net, "equivocate", net.primary(), results_dir, settled=settled)
     finally:
         net.down()
+
+
+# Issue 14, point 6: a view change with large prepared blocks in flight. VIEW-CHANGE and NEW-VIEW carry
+# block headers and the new primary fetches the bodies it lacks (BLOCK-REQUEST); with whole blocks in them,
+# n = 7 and full windows of 1 MiB blocks made a NEW-VIEW larger than the 64 MiB frame limit
+# (tests/consensus/test_view_change_bodies.py has the arithmetic). Here the same path runs in real processes.
+BIG_BLOCK_ENTRIES = 2000           # ~0.7 MiB blocks of ~330-byte commit entries
+# Blocks fill up: a partial one only after a second, and then only with nothing else in flight.
+BIG_BLOCK_CONSENSUS = {"batch_requests_max": BIG_BLOCK_ENTRIES, "batch_wait_ms": 1000, "partial_batch_in_flight_max": 1,
+                       "view_timeout_ms": 4000}
+BIG_BLOCK_LOAD_S = 10.0            # saturating load; the primary is killed BIG_BLOCK_KILL_AFTER_S into it
+BIG_BLOCK_KILL_AFTER_S = 4.0
+BIG_BLOCK_LANES = 128              # connections, each with the node's limit of 32 waiting submits: 4,096 in flight
+BIG_BLOCK_WINDOW = 32
+BIG_BLOCK_VIEW_CHANGE_S = 30.0     # the honest six agree on a new view and commit again within this
+
+
+def test_a_view_change_with_large_prepared_blocks_in_flight_completes_in_seven(tmp_path, results_dir):
+    net = Harness(tmp_path / "run", 7, consensus=BIG_BLOCK_CONSENSUS)
+    try:
+        net.settle()
+        primary = net.primary()
+        honest = [n for n in net.names if n != primary]
+        view_before = max(v for v in net.views(honest).values() if v is not None)
+        entry = trio.run(_kill_the_primary_under_big_blocks, net, primary, honest, view_before)
+        statuses = [net.status(name) or {} for name in honest]
+        entry["view_after"] = min((s.get("view") for s in statuses if s.get("view") is not None), default=None)
+        entry["height_after"] = min((s.get("height") or 0 for s in statuses), default=0)
+        exited = [name for name in honest if net.daemon_pid(name) is None]
+        entry["divergent_heights"] = net.divergent_heights(honest, 1)[:10]
+        path = Path(os.environ.get("BYZANTINE_RATES_JSON") or results_dir / RATES_FILE)
+        recorded = json.loads(path.read_text()) if path.exists() else {}
+        recorded["new-view-big-blocks"] = entry
+        path.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+        print(f"\n[byzantine] new-view-big-blocks: {entry}")
+        assert not exited, f"honest daemons exited: {exited}"
+        assert not entry["divergent_heights"], entry
+        assert entry["largest_block_entries_before_kill"] >= BIG_BLOCK_ENTRIES // 2, entry   # big blocks were in flight
+        assert entry["view_after"] is not None and entry["view_after"] > entry["view_before"], entry
+        assert entry["height_after"] > entry["height_at_kill"], entry            # and commits resumed after it
+    finally:
+        net.down()
+
+
+async def _kill_the_primary_under_big_blocks(net: Harness, primary: str, honest: list[str], view_before: int) -> dict:
+    # The primary takes load too (its lanes break when it is killed): forwarded requests alone arrive in
+    # REQUESTS of at most 256, too slowly to fill big blocks.
+    addresses = [net.node(name).rpc for name in [primary] + honest]
+    queues, _ = workload.presigned_submits(net.plan, 40_000, BIG_BLOCK_LANES, SUBMIT_WAIT_S)
+    entry: dict = {"primary": primary, "view_before": view_before}
+
+    async def kill_then_watch() -> None:
+        await trio.sleep(BIG_BLOCK_KILL_AFTER_S)
+        heights = [(await trio.to_thread.run_sync(net.status, name) or {}).get("height") or 0 for name in honest]
+        entry["height_at_kill"] = max(heights)
+        entry["largest_block_entries_before_kill"] = await _largest_block(net, honest[0], min(heights))
+        killed = await trio.to_thread.run_sync(lambda: run_testnet("kill", primary, "--dir", str(net.run_dir)))
+        assert killed.returncode == 0, killed.stderr
+        started = trio.current_time()
+        while trio.current_time() - started < BIG_BLOCK_VIEW_CHANGE_S:
+            statuses = [await trio.to_thread.run_sync(net.status, name) for name in honest]
+            views = {s.get("view") for s in statuses if s}
+            heights = [s.get("height") or 0 for s in statuses if s]
+            moved_on = len(views) == 1 and views != {entry["view_before"]}
+            if moved_on and heights and min(heights) > entry["height_at_kill"]:
+                entry["view_change_s"] = round(trio.current_time() - started, 1)
+                break
+            await trio.sleep(STATUS_POLL_S)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kill_then_watch)
+        phase = await loadgen.closed_loop("big blocks", addresses, queues, loadgen._accept_submit, BIG_BLOCK_LOAD_S,
+                                          BIG_BLOCK_WINDOW, net.ca,
+                                          workload.submit_lane_credentials(net.plan, len(queues)))
+    entry["load"] = {"sent": phase.sent, "ok": phase.ok, "errors": dict(phase.errors)}
+    return entry
+
+
+async def _largest_block(net: Harness, name: str, top: int) -> int:
+    """The most entries in one of the last few blocks up to `top` (RPC `header`, as a validator)."""
+    host, _, port = net.node(name).rpc.rpartition(":")
+    connection = await rpc.PipelinedConnection.open(host, int(port), net.ca, net.validator_credentials(name))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.reader)
+            counts = [(await connection.call("header", [height]))["header"]["entry_count"]
+                      for height in range(max(1, top - 4), top + 1)]
+            nursery.cancel_scope.cancel()
+    finally:
+        await connection.aclose()
+    return max(counts, default=0)
 
 
 # ---------------------------------------------------------------- the tool itself (fast)
