@@ -21,7 +21,7 @@ asserts, for the Byzantine phase:
 `handshake-flood` also restarts an honest validator while the flood runs and
 asserts that it gets its links to the other honest validators back within
 LINKS_BACK_S. The NEW-VIEW case (issue 14, point 6) has its own 7-validator
-testnet with big blocks: its primary is killed under a saturating load and the
+testnet with big blocks: its primary turns silent under a saturating load and the
 others must agree on the next view and commit again.
 
 The rates of both phases and their ratio, the views and the Byzantine
