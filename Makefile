@@ -44,8 +44,9 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	DURATION=$(DURATION) $(PY) -m testnet.bench
 
+# make testnet [VALIDATORS=4|7|10] [BASE_PORT=P]: both only for a new network (see python -m testnet up --help).
 testnet: $(STAMP)
-	$(PY) -m testnet up
+	$(PY) -m testnet up $(if $(VALIDATORS),--validators $(VALIDATORS)) $(if $(BASE_PORT),--base-port $(BASE_PORT))
 
 testnet-down: $(STAMP)
 	$(PY) -m testnet down

@@ -10,9 +10,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import textwrap
 from pathlib import Path
+
+# Run outside the project's venv, the imports below would end in a ModuleNotFoundError traceback.
+_MISSING = [name for name in ("msgpack", "trio", "nacl", "plyvel") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    sys.exit(f"python -m testnet: {', '.join(_MISSING)} not installed for {sys.executable}.\n"
+             f"Run `make testnet` (it builds .venv and uses it), or `source .venv/bin/activate` first "
+             f"(after `make` has built .venv).")
+
+from node.cli import run_main
 
 from . import control
 from .generate import GenerateError
@@ -37,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--base-port", type=int, default=None,
                     help=f"first port: p2p = P+i, rpc = P+100+i, metrics = P+200+i (default {control.DEFAULT_BASE_PORT})")
     up.add_argument("--no-demo", action="store_true", help="skip the sample submit and verify")
+    up.add_argument("--force", action="store_true",
+                    help="use a base port whose ports fall in the kernel's range for outgoing connections")
     add("down", "stop every node (SIGTERM, then SIGKILL after a deadline); data is kept")
     status = add("status", "height, view and peers of each node")
     status.add_argument("--json", action="store_true", help="print the machine-readable view")
@@ -71,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, "python -m testnet")
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "up":
-            return control.up(args.dir, args.validators, args.base_port, demo=not args.no_demo)
+            return control.up(args.dir, args.validators, args.base_port, demo=not args.no_demo, force=args.force)
         if args.command == "down":
             return control.down(args.dir)
         if args.command == "status":
@@ -97,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     except (control.TestnetError, GenerateError, ManifestError, PortError, SupervisorError) as exc:
         print(f"testnet {args.command}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     raise AssertionError(f"unhandled command {args.command}")
 
 

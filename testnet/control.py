@@ -18,7 +18,7 @@ from node.keys import KeyFileError, load_key_file
 
 from . import rpc
 from .network import ManifestError, Network, NodeEntry, plan_network
-from .ports import check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
+from .ports import PORT_BLOCK_SIZE, check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
 from .supervisor import exit_statuses, read_pid, running_pid, start_detached, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
@@ -132,8 +132,12 @@ def wait_for_height(network: Network, height: int, timeout_s: float = first_bloc
 
 
 def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True,
-       extra_participants: dict[str, str] | None = None, consensus: dict[str, int] | None = None) -> int:
-    """Generate (first time) and start the network; if any node runs already, change nothing."""
+       extra_participants: dict[str, str] | None = None, consensus: dict[str, int] | None = None,
+       force: bool = False) -> int:
+    """Generate (first time) and start the network; if any node runs already, change nothing.
+
+    A base port whose ports fall in the kernel's range for outgoing connections is refused unless
+    `force`: a node restarted there can find its port taken by a client connection for a minute."""
     from .generate import generate_network  # needs the node's admin commands
 
     run_dir = run_dir.resolve()
@@ -171,8 +175,13 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         check_ports_free(plan_ports(base_port, validators))
         if overlaps_ephemeral(plan_ports(base_port, validators)):
             low, high = ephemeral_range()
-            print(f"  note: ports from {base_port} overlap the range {low}-{high} the kernel gives outgoing "
-                  f"connections; a restart may then find a port briefly taken. A base port below {low} avoids that.")
+            message = (f"ports from base port {base_port} fall in {low}-{high}, the range the kernel gives "
+                       f"outgoing connections (/proc/sys/net/ipv4/ip_local_port_range): a node restarted there "
+                       f"can find its port taken for a minute or more")
+            if not force:
+                raise TestnetError(f"{message}. Choose a base port below {low - PORT_BLOCK_SIZE * 3}, or pass "
+                                   f"--force to use it anyway")
+            print(f"  note: {message} (--force)")
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -95,9 +95,12 @@ def overlaps_ephemeral(plan: list[NodePorts]) -> bool:
 
 
 def find_free_base_port(node_count: int, start: int = 20000, stop: int = 60000, step: int = 331) -> int:
-    """A base port whose whole plan is free now (for tests and the benchmark)."""
+    """A base port whose whole plan is free now and outside the kernel's range for outgoing
+    connections (for tests and the benchmark)."""
     for base in range(start, stop, step):
         plan = plan_ports(base, node_count)
+        if overlaps_ephemeral(plan):
+            continue
         try:
             check_ports_free(plan)
         except PortError:

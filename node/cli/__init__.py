@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
+from typing import Callable
 
 # Modules that add subcommands; a missing module (not built yet) is skipped.
 AREA_MODULES = ("node.cli.admin", "node.cli.client")
@@ -51,7 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_INTERRUPTED = 130     # Ctrl-C, as shells report SIGINT (128 + 2)
+EXIT_BROKEN_PIPE = 1       # the reader of our output went away (`| head`): as Python's own docs do
+
+
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, "bayledger")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
@@ -63,8 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"bayledger {args.command}: {exc}", file=sys.stderr)
         return exc.code
+
+
+def run_main(main_function: Callable[[list[str] | None], int], argv: list[str] | None, program: str) -> int:
+    """A command line's main with the endings every user meets: Ctrl-C is one line and exit 130, and a
+    reader that stops early (`| head -1`) ends the output quietly instead of with a BrokenPipeError."""
+    try:
+        status = main_function(argv)
+        sys.stdout.flush()        # a broken pipe shows here, inside the handler below
+        return status
     except KeyboardInterrupt:
-        return 130
+        print(f"{program}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
