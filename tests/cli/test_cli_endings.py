@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from testnet import ports
-
 REPO = Path(__file__).resolve().parents[2]
 
 # A main that writes far more than a pipe holds (so the write after the reader closed must fail), or
@@ -67,6 +65,10 @@ def test_testnet_outside_the_venv_says_how_to_get_in():
 
 
 def test_up_refuses_a_base_port_in_the_ephemeral_range_without_force(tmp_path):
+    # Imported here, not at the top: tests/testnet is a package named `testnet` too, and importing the
+    # project's `testnet` while pytest collects would hide it.
+    from testnet import ports
+
     span = ports.ephemeral_range()
     if span is None:
         pytest.fail("this test needs Linux's /proc/sys/net/ipv4/ip_local_port_range")
