@@ -81,8 +81,12 @@ def test_up_refuses_a_base_port_in_the_ephemeral_range_without_force(tmp_path):
 
 
 def test_make_testnet_passes_validators_and_base_port():
-    done = subprocess.run(["make", "-n", "testnet", "VALIDATORS=7", "BASE_PORT=23000"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "-m testnet up --validators 7 --base-port 23000" in done.stdout, done.stdout
-    done = subprocess.run(["make", "-n", "testnet"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.stdout.rstrip().endswith("-m testnet up"), done.stdout
+    # --no-print-directory: under `make test` this make is a sub-make, which would name its directory.
+    def commands(*arguments: str) -> list[str]:
+        done = subprocess.run(["make", "--no-print-directory", "-n", "testnet", *arguments], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line.strip() for line in done.stdout.splitlines() if "-m testnet up" in line]
+
+    assert commands("VALIDATORS=7", "BASE_PORT=23000")[-1].endswith("-m testnet up --validators 7 --base-port 23000")
+    assert commands()[-1].endswith("-m testnet up")
