@@ -104,9 +104,13 @@ class Net:
             rpc=RpcConfig(plaintext=True),   # RPC is not served here (_no_rpc)
         )
 
+    def application(self):
+        """The consensus Application of each daemon (None: the daemon's own, over its ledger)."""
+        return sim_app.SimApplication()
+
     async def start(self, nursery, node_id):
         daemon = Daemon(self.config(node_id), self.genesis, self.keys[node_id], self.ledgers[node_id],
-                        application=sim_app.SimApplication())
+                        application=self.application())
         daemon._start_rpc = _no_rpc
         self.daemons[node_id] = daemon
         scope = trio.CancelScope()

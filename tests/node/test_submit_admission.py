@@ -15,13 +15,13 @@ import pytest
 import trio
 
 from node.api import ApiError
-from node.daemon import SHARE_PRUNE_INTERVAL_MS, SHARE_SWEEP_ENTRIES_MIN, Daemon, SubmitShares
+from node.daemon import SHARE_PRUNE_INTERVAL_MS, SHARE_SWEEP_ENTRIES_MIN, SubmitShares
 from node.keys import KeyPair
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 from storage.ledger import Ledger
 from submit_flood import Participant, flood_while_honest_commit
-from test_node_daemon import CHAIN, IDS, Net, _started
+from test_node_daemon import CHAIN, IDS, Net
 
 ALL = [node_id for node_id, _ in IDS]
 PARTICIPANTS = {"hk-bank": "HK", "hk-bureau": "HK", "cn-bureau": "CN"}
@@ -51,25 +51,10 @@ class LedgerNet(Net):
 
     def config(self, node_id):
         config = super().config(node_id)
-        config = replace(config, limits=replace(config.limits, **{**self.limits, **self.node_limits.get(node_id, {})}))
-        if getattr(getattr(config, "rpc", None), "plaintext", True) is False:
-            config = replace(config, rpc=replace(config.rpc, plaintext=True))   # RPC is not served here
-        return config
+        return replace(config, limits=replace(config.limits, **{**self.limits, **self.node_limits.get(node_id, {})}))
 
-    async def start(self, nursery, node_id):
-        daemon = Daemon(self.config(node_id), self.genesis, self.keys[node_id], self.ledgers[node_id])
-
-        async def no_rpc(_nursery):
-            return None
-        daemon._start_rpc = no_rpc
-        self.daemons[node_id] = daemon
-        scope = trio.CancelScope()
-        self.scopes[node_id] = scope
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with scope:
-                await daemon.run(task_status=task_status)
-        await nursery.start(run)
+    def application(self):
+        return None   # the daemon's own, over its real ledger: the door reads it
 
     def participant(self, pid):
         return Participant(pid, self.participant_keys[pid].signing_key, CHAIN, PARTICIPANTS[pid])

@@ -95,6 +95,16 @@ def record_rates(behaviour: str, entry: dict, directory: Path) -> Path:
 # ---------------------------------------------------------------- the harness
 
 
+def _accept_recording(committed_at: list[float]):
+    """The load generator's judge of a submit answer that also notes when each commit receipt came."""
+    def accept(reply: object) -> str:
+        outcome = loadgen._accept_submit(reply)
+        if outcome == "ok":
+            committed_at.append(trio.current_time())
+        return outcome
+    return accept
+
+
 def run_testnet(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "testnet", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout_s)
@@ -187,13 +197,7 @@ class Harness:
     async def _measure(self, label: str, addresses: list[str], queues, duration_s: float, honest: list[str],
                        baseline_view: int | None) -> dict:
         arrivals: list[float] = []
-
-        def accept(reply: object) -> str:
-            outcome = loadgen._accept_submit(reply)
-            if outcome == "ok":
-                arrivals.append(trio.current_time())
-            return outcome
-
+        accept = _accept_recording(arrivals)
         views: dict[str, list[int]] = {name: [] for name in honest}
 
         async def poll_views() -> None:
@@ -526,12 +530,7 @@ async def _silence_the_primary_under_big_blocks(net: Harness, primary: str, hone
     queues, _ = workload.presigned_submits(net.plan, 40_000, BIG_BLOCK_LANES, SUBMIT_WAIT_S)
     entry: dict = {"primary": primary, "view_before": view_before}
     committed_at: list[float] = []
-
-    def accept(reply: object) -> str:
-        outcome = loadgen._accept_submit(reply)
-        if outcome == "ok":
-            committed_at.append(trio.current_time())
-        return outcome
+    accept = _accept_recording(committed_at)
 
     async def switch_then_watch(start: float) -> None:
         await trio.sleep(BIG_BLOCK_SWITCH_AFTER_S)
