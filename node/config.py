@@ -121,6 +121,7 @@ class LimitsConfig:
     submit_burst_per_participant: int = 2000       # ... and its size: entries at once after a pause
     mempool_requests_per_participant_max: int = 2000  # its entries submitted here, not yet committed or refused
     rpc_connections_max: int = 256                 # concurrent RPC clients
+    rpc_connections_per_source_max: int = 64       # of those, from one client address
     catch_up_blocks_max: int = 64                  # blocks in one catch-up response (wire limit 64)
     reconnect_backoff_min_ms: int = 100            # first redial delay
     reconnect_backoff_max_ms: int = 5000           # redial delay cap
@@ -214,6 +215,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "submit_burst_per_participant": (1, 10_000_000),
         "mempool_requests_per_participant_max": (1, 10_000_000),   # above mempool_requests_max: no share
         "rpc_connections_max": (1, 100_000),
+        "rpc_connections_per_source_max": (1, 100_000),
         "catch_up_blocks_max": (1, 64),  # consensus.messages.CATCH_UP_BLOCKS_MAX
         "reconnect_backoff_min_ms": (1, 600_000),
         "reconnect_backoff_max_ms": (1, 3_600_000),

@@ -914,6 +914,7 @@ class Daemon:
 
     async def _start_rpc(self, nursery: trio.Nursery) -> int:
         limits = rpc.RpcLimits(connections_max=self.config.limits.rpc_connections_max,
+                               connections_per_source_max=self.config.limits.rpc_connections_per_source_max,
                                submit_wait_ms_max=self.config.limits.submit_wait_timeout_ms_max)
         self.rpc_server = rpc.RpcServer(self, limits, query_log=self.query_log)
         self.metrics.collectors.append(self._collect_rpc_metrics)

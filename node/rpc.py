@@ -88,6 +88,7 @@ WAITING_METHODS = frozenset({"submit"})
 class RpcLimits:
     message_bytes_max: int = 65_536          # one request; the largest legitimate one is a 4 KiB entry
     connections_max: int = 256               # open connections; more are told busy and closed
+    connections_per_source_max: int = 64     # of those, from one client address: one host cannot take them all
     requests_in_flight_max: int = 32         # per connection; beyond it the server stops reading
     idle_timeout_ms: int = 120_000           # no request and nothing in flight: close
     send_timeout_ms: int = 10_000            # a client that does not read its responses is dropped
@@ -722,6 +723,7 @@ class RpcServer:
         self.limits = limits
         self.methods = RpcMethods(api, limits, clock_ms, query_log)
         self.connections = 0
+        self._per_source: collections.Counter[str] = collections.Counter()   # open connections per client address
         self.counters: collections.Counter[str] = collections.Counter()
         # Calls of WAITING_METHODS dispatched and not yet answered (or given up: client gone); a
         # stopping daemon waits for them so that answers it gave are written, not cut off.
@@ -773,18 +775,25 @@ class RpcServer:
                      tls_handshake_timeout_ms: int = tls.TLS_HANDSHAKE_TIMEOUT_MS) -> None:
         """Serve one connection; with `ssl_context`, over TLS (handshake in here, under its timeout)."""
         secure: trio.SSLStream | None = None
+        source = _peer_host(stream)
         try:
+            refusal = None
             if self.connections >= self.limits.connections_max:
+                refusal = f"{self.connections} connections open; the limit is {self.limits.connections_max}"
+            elif source is not None and self._per_source[source] >= self.limits.connections_per_source_max:
+                refusal = (f"{self._per_source[source]} connections from {source} open; the limit per client "
+                           f"address is {self.limits.connections_per_source_max}")
+            if refusal is not None:
                 self.counters["refused-connection"] += 1
                 if ssl_context is None:
                     with trio.move_on_after(self.limits.send_timeout_ms / 1000):
-                        await stream.send_all(encode_response(None, _error(
-                            ERROR_BUSY, f"{self.connections} connections open; the limit is "
-                            f"{self.limits.connections_max}"), None))
+                        await stream.send_all(encode_response(None, _error(ERROR_BUSY, refusal), None))
                 # Under TLS a plain answer is unreadable to the client, and a handshake for a refused
                 # connection would cost what the limit saves: it is closed without a word.
                 return
             self.connections += 1
+            if source is not None:
+                self._per_source[source] += 1
             try:
                 # The handshake holds a connection slot: a flood of slow handshakes meets connections_max.
                 if ssl_context is not None:
@@ -794,6 +803,10 @@ class RpcServer:
                 await _Connection(self, secure or stream).run()
             finally:
                 self.connections -= 1
+                if source is not None:
+                    self._per_source[source] -= 1
+                    if not self._per_source[source]:
+                        del self._per_source[source]
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # a bug of ours: lose this connection, never the server (and the node)
@@ -803,6 +816,14 @@ class RpcServer:
             if secure is not None:
                 await trio.aclose_forcefully(secure)
             await trio.aclose_forcefully(stream)
+
+
+def _peer_host(stream: trio.abc.Stream) -> str | None:
+    """The client's address (for the per-address connection limit); None when the stream has no socket."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (AttributeError, OSError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

@@ -311,6 +311,46 @@ def test_connection_limit_edge(server, neighbour):
         connection.close()
 
 
+def test_one_client_address_cannot_hold_every_connection(node):
+    """At connections_per_source_max connections from 127.0.0.1, the next from there is told busy
+    (naming the per-address limit) and closed, while a client on 127.0.0.2 is still served."""
+    import dataclasses
+
+    from rpc_helpers import ServerThread
+
+    limits = dataclasses.replace(TEST_LIMITS, connections_per_source_max=3)
+    server = ServerThread(node, limits)
+    opened = []
+    try:
+        opened = [Connection(server.port) for _ in range(3)]
+        for connection in opened:
+            assert connection.call("status")[0] is None
+        refused = Connection(server.port)
+        message = refused.receive()
+        assert message[1] is None and message[2]["code"] == "busy"
+        text = message[2]["message"]
+        assert "3 connections from 127.0.0.1" in text and "per client address" in text
+        assert refused.receive() is None
+        elsewhere = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=("127.0.0.2", 0))
+        other = Connection(None, elsewhere)
+        assert other.call("status")[0] is None
+        opened.append(other)
+        opened.pop(0).close()             # a slot of 127.0.0.1 freed: served again (the close is noticed soon)
+        for _ in range(200):
+            again = Connection(server.port)
+            again.request("status", [])
+            answer = again.receive()
+            again.close()
+            if answer is not None and answer[1] is not None:
+                break
+        else:
+            raise AssertionError("a connection freed by a close is never reused")
+    finally:
+        for connection in opened:
+            connection.close()
+        server.stop()
+
+
 def test_many_requests_in_flight_are_answered_as_they_complete(server, node, world, neighbour):
     """A held submit(wait) does not block later requests on the same connection: they are answered
     first (out of order); more than requests_in_flight_max pipelined requests are all answered."""
