@@ -121,7 +121,7 @@ class LimitsConfig:
     submit_burst_per_participant: int = 2000       # ... and its size: entries at once after a pause
     mempool_requests_per_participant_max: int = 2000  # its entries submitted here, not yet committed or refused
     rpc_connections_max: int = 256                 # concurrent RPC clients
-    rpc_connections_per_source_max: int = 64       # of those, from one client address
+    rpc_connections_per_source_max: int = 128      # of those, from one client address (the bench opens 64)
     catch_up_blocks_max: int = 64                  # blocks in one catch-up response (wire limit 64)
     reconnect_backoff_min_ms: int = 100            # first redial delay
     reconnect_backoff_max_ms: int = 5000           # redial delay cap

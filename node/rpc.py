@@ -88,7 +88,7 @@ WAITING_METHODS = frozenset({"submit"})
 class RpcLimits:
     message_bytes_max: int = 65_536          # one request; the largest legitimate one is a 4 KiB entry
     connections_max: int = 256               # open connections; more are told busy and closed
-    connections_per_source_max: int = 64     # of those, from one client address: one host cannot take them all
+    connections_per_source_max: int = 128    # of those, from one client address: one host cannot take them all
     requests_in_flight_max: int = 32         # per connection; beyond it the server stops reading
     idle_timeout_ms: int = 120_000           # no request and nothing in flight: close
     send_timeout_ms: int = 10_000            # a client that does not read its responses is dropped
