@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Protocol
 
 import nacl.signing
 
@@ -30,6 +29,8 @@ from .messages import (
     minimal_quorum, new_view_bytes_bound, sign, view_change_bytes_bound,
 )
 from .messages import header_hash as hash_of_header
+from .application import Application, ExecutionResult
+from .ready import Outbound, Ready
 from .validators import ValidatorSet
 
 __all__ = [
@@ -117,55 +118,6 @@ class ReplicaConfig:
         if self.watermark_window > PREPARED_CERTIFICATES_MAX:
             raise ReplicaConfigError(
                 f"watermark_window must be at most {PREPARED_CERTIFICATES_MAX} (messages.PREPARED_CERTIFICATES_MAX)")
-
-
-@dataclass(frozen=True)
-class ExecutionResult:
-    tree_size: int
-    tree_root: bytes
-    results_hash: bytes
-
-
-class Application(Protocol):
-    def check_request(self, request: bytes) -> str | None:
-        """Stateless validity: None if well formed and correctly signed, else a reason code."""
-
-    def check_request_applied(self, request: bytes) -> str | None:
-        """Against the committed state only, read-only: a reason code ("replayed-nonce", "stale-nonce",
-        "already-applied", ...) if the request has been applied or can never apply, else None.
-
-        Optional (a replica without it pools such requests, as before). Must answer from the state
-        as it is now, never memoized: the answer changes as blocks are applied, and only from None
-        to a reason (a request that cannot apply now never can)."""
-
-    def check_request_shape(self, request: bytes) -> str | None:
-        """check_request without the signatures (the costly part): None if it would pass but for them."""
-
-    def execute(
-        self, parent: BlockHeader | None, height: int, time_ms: int, entries: tuple[bytes, ...]
-    ) -> ExecutionResult | None:
-        """Header fields after applying `entries` on `parent` (None = genesis); None if parent is unknown."""
-
-
-@dataclass(frozen=True)
-class Outbound:
-    to: str | None  # None = every other validator
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Ready:
-    persist: list = field(default_factory=list)         # [(key, value | None)]
-    messages: list = field(default_factory=list)        # [Outbound]
-    committed: list = field(default_factory=list)       # [CommittedBlock] in height order
-    serve_catch_up: list = field(default_factory=list)  # [(peer_id, from_height, to_height)]
-    evidence: list = field(default_factory=list)        # [Evidence]
-    rejected: list = field(default_factory=list)        # [(peer_id, reason_code)]
-
-    def is_empty(self) -> bool:
-        return not (
-            self.persist or self.messages or self.committed or self.serve_catch_up or self.evidence or self.rejected
-        )
 
 
 # Persisted keys (all under the replica's own prefix in storage).

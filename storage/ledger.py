@@ -50,7 +50,7 @@ import plyvel
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate
 from consensus.messages import CommittedBlock
-from consensus.replica import ExecutionResult
+from consensus.application import ExecutionResult
 
 from . import merkle, smt
 from .entries import Entry, EntryError, decode_entry, validate_entry

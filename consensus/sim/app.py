@@ -13,24 +13,15 @@ parent the replica accepted gives the same answer as the committed one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from consensus import codec
+from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader
 
 REQUEST_DOMAIN = b"bayledger/sim-request/v1"
 REQUEST_FIELDS = ("check", "client", "payload", "seq")
 request_bytes_max = 1024
 payload_bytes_max = 256
-
-
-@dataclass(frozen=True)
-class ExecutionResult:
-    """Same shape as the replica's ExecutionResult; the replica reads the three fields by name."""
-
-    tree_size: int
-    tree_root: bytes
-    results_hash: bytes
 
 
 def request_checksum(client: str, seq: int, payload: bytes) -> bytes:
