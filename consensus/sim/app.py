@@ -13,7 +13,6 @@ parent the replica accepted gives the same answer as the committed one.
 
 from __future__ import annotations
 
-
 from consensus import codec
 from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader
