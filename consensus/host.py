@@ -106,9 +106,10 @@ def carry_out(
             yield Send(early)
     changes = tuple(change for ready in readies for change in ready.persist)
     if changes:
-        first_block = next((block for ready in readies for block in ready.committed), None)
-        if first_block is not None and first_block.header.height == applied.height + 1:
-            yield WriteBatch(changes, first_block)
+        next_block = next((block for ready in readies for block in ready.committed
+                           if block.header.height == applied.height + 1), None)
+        if next_block is not None:
+            yield WriteBatch(changes, next_block)
             applied.height += 1
         else:
             yield WriteBatch(changes)
