@@ -1,33 +1,6 @@
 """The ledger on LevelDB: atomic block apply, the Merkle log, indexes, proofs and speculative execution.
 
-Key layout (one prefix byte; integers are unsigned big-endian so keys sort by number):
-
-    m<name>                        meta: "format" (msgpack int), "chain_id", "genesis_hash",
-                                   "height" (8 bytes), "frontier" (msgpack [size, [hash, ...]])
-    h<height:8>                    block header, canonical msgpack (BlockHeader.encode())
-    c<height:8>                    commit certificate, canonical msgpack of CommitCertificate.to_wire()
-    b<height:8>                    block record: msgpack array, one item per entry in block order:
-                                   leaf index (int) if accepted, [reason, entry bytes] if rejected
-    e<leaf:8>                      accepted entry bytes, by Merkle leaf index
-    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 2; the
-                                   lower levels are rehashed from the (at most 4) entries of one
-                                   aligned group (point reads)
-    k<commitment:32>               commitment index: msgpack [leaf index, height], or [leaf index,
-                                   height, revoke leaf index, revoke height] once revoked. Author,
-                                   kind and expiry are in the entry
-    p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
-    w<author>                      replay window of an author (participant id or "governance"):
-                                   its most recent nonces, ascending, as runs of consecutive
-                                   nonces: msgpack [first, count, first, count, ...]; see NonceWindow
-    r<depth:2><prefix>             revoked-set SMT node (storage/smt.py node id): its 32-byte hash if
-                                   two or more revoked commitments lie below it, hash || commitment
-                                   (64 bytes) for the highest node with one below it; empty nodes and
-                                   those under a one-commitment node are not stored; root: r\x00\x00
-    x<key>                         the consensus replica's persisted state (opaque to storage)
-
-A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
-indexes, registry, nonces, block record, header, certificate, new height and
-frontier, revoked-set nodes), so after a crash the store is exactly at a block boundary.
+The key layout, and what lives under each prefix, is in storage/keys.py.
 
 Expiry: a commitment's status is computed at query time ("expired" when
 expires_ms <= the time the caller asks about), never stored, so it needs no
@@ -39,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -52,15 +24,13 @@ from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCert
 from consensus.messages import CommittedBlock
 from consensus.application import ExecutionResult
 
-from . import merkle, smt
+from . import keys, merkle, smt
 from .entries import Entry, EntryError, decode_entry, validate_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .keys import FORMAT_VERSION
 from .proofs import Encoded, build_match_proof
 
 
-FORMAT_VERSION = 3                   # 2: results_hash commits to the revoked-set root (smt.py)
-                                     # 3: nonce windows stored as runs (a flat list was 56 % of the bytes written),
-                                     #    and Merkle nodes from level 2 up (was 3): proofs rehash 4 entries, not 8
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 2            # levels 0-1 are rehashed from <= 4 entries: saves 21 bytes a leaf
@@ -82,12 +52,7 @@ leveldb_cache_bytes = 64 * 1024 * 1024
 leveldb_block_bytes = 16 * 1024
 leveldb_bloom_bits = 10              # bits per key: most lookups are for keys that do not exist
 
-_U64 = struct.Struct(">Q")
 _pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashed)
-
-
-def _height_key(prefix: bytes, height: int) -> bytes:
-    return prefix + _U64.pack(height)
 
 
 class NonceWindow:
@@ -261,7 +226,7 @@ class _StoreView:
         self._ledger = ledger
 
     def commitment(self, commitment: bytes) -> CommitmentRecord | None:
-        data = self._ledger._db.get(b"k" + commitment)
+        data = self._ledger._db.get(keys.commitment_key(commitment))
         return None if data is None else CommitmentRecord.decode(data)
 
     def participant(self, participant_id: str) -> ParticipantRecord | None:
@@ -448,8 +413,8 @@ class Ledger:
         self._status_cache: tuple | None = None  # (height, status section without the path) for match proofs
         self._proof_blocks: dict[int, tuple[Encoded, Encoded, int]] = {}  # see _proof_block
         self._store_view = _StoreView(self)
-        self._height = _U64.unpack(db.get(b"mheight"))[0]
-        size, hashes = msgpack.unpackb(db.get(b"mfrontier"), raw=False)
+        self._height = keys.U64.unpack(db.get(keys.META_HEIGHT))[0]
+        size, hashes = msgpack.unpackb(db.get(keys.META_FRONTIER), raw=False)
         self._frontier = merkle.Frontier(size, hashes)
         self._head: BlockHeader | None = self.header(self._height) if self._height else None
         self._head_hash = self._head.hash() if self._head else ZERO_HASH
@@ -488,20 +453,20 @@ class Ledger:
 
     @staticmethod
     def _check_or_initialize(db: Any, genesis: Genesis, path: Path) -> None:
-        stored_format = db.get(b"mformat")
+        stored_format = db.get(keys.META_FORMAT)
         if stored_format is None:
             with db.iterator(include_value=False) as it:
                 if next(it, None) is not None:
                     raise LedgerError(f"{path} holds a LevelDB database that is not a Bayledger store (no format key)")
             batch = db.write_batch(sync=True)
-            batch.put(b"mformat", _pack(FORMAT_VERSION))
-            batch.put(b"mchain_id", genesis.chain_id.encode())
-            batch.put(b"mgenesis_hash", genesis.hash())
-            batch.put(b"mheight", _U64.pack(0))
-            batch.put(b"mfrontier", _pack([0, []]))
+            batch.put(keys.META_FORMAT, _pack(FORMAT_VERSION))
+            batch.put(keys.META_CHAIN_ID, genesis.chain_id.encode())
+            batch.put(keys.META_GENESIS_HASH, genesis.hash())
+            batch.put(keys.META_HEIGHT, keys.U64.pack(0))
+            batch.put(keys.META_FRONTIER, _pack([0, []]))
             for p in genesis.participants:
                 record = ParticipantRecord(p.id, p.jurisdiction, p.role, p.public_key, STATUS_ACTIVE)
-                batch.put(b"p" + p.id.encode(), record.encode())
+                batch.put(keys.participant_key(p.id), record.encode())
             batch.write()
             return
         try:
@@ -510,10 +475,10 @@ class Ledger:
             version = stored_format
         if version != FORMAT_VERSION:
             raise LedgerError(f"store {path} has format version {version!r}; this software reads version {FORMAT_VERSION}")
-        chain_id = (db.get(b"mchain_id") or b"").decode(errors="replace")
+        chain_id = (db.get(keys.META_CHAIN_ID) or b"").decode(errors="replace")
         if chain_id != genesis.chain_id:
             raise LedgerError(f"store {path} belongs to chain {chain_id!r}, but the genesis is for {genesis.chain_id!r}")
-        stored_hash = db.get(b"mgenesis_hash") or b""
+        stored_hash = db.get(keys.META_GENESIS_HASH) or b""
         if stored_hash != genesis.hash():
             raise LedgerError(
                 f"store {path} was created from a different genesis file for chain {chain_id!r} "
@@ -523,7 +488,7 @@ class Ledger:
         if not self._db.closed:
             # Compacting the tiny meta range makes LevelDB flush its memtable first, so the next
             # open need not replay a write-ahead log of up to leveldb_write_buffer_bytes.
-            self._db.compact_range(start=b"m", stop=b"m\xff")
+            self._db.compact_range(start=keys.META_PREFIX, stop=keys.META_PREFIX + b"\xff")
             self._db.close()
 
     def __enter__(self) -> "Ledger":
@@ -544,11 +509,11 @@ class Ledger:
         return self._frontier.size
 
     def header(self, height: int) -> BlockHeader | None:
-        data = self._db.get(_height_key(b"h", height)) if height > 0 else None
+        data = self._db.get(keys.header_key(height)) if height > 0 else None
         return None if data is None else BlockHeader.from_wire(msgpack.unpackb(data, raw=False))
 
     def certificate(self, height: int) -> CommitCertificate | None:
-        data = self._db.get(_height_key(b"c", height)) if height > 0 else None
+        data = self._db.get(keys.certificate_key(height)) if height > 0 else None
         return None if data is None else CommitCertificate.from_wire(msgpack.unpackb(data, raw=False))
 
     def block_results(self, height: int) -> list[int | str] | None:
@@ -576,11 +541,11 @@ class Ledger:
         return CommittedBlock(header, tuple(self.block_entries(height)), self.certificate(height))
 
     def _block_record(self, height: int) -> list | None:
-        data = self._db.get(_height_key(b"b", height)) if height > 0 else None
+        data = self._db.get(keys.block_record_key(height)) if height > 0 else None
         return None if data is None else msgpack.unpackb(data, raw=False)
 
     def entry(self, leaf_index: int) -> bytes:
-        data = self._db.get(_height_key(b"e", leaf_index))
+        data = self._db.get(keys.entry_key(leaf_index))
         if data is None:
             raise LedgerError(f"no entry at leaf index {leaf_index} (tree size {self._frontier.size})")
         return data
@@ -589,20 +554,20 @@ class Ledger:
         found = self._participants.get(participant_id)
         if found is not None:
             return found
-        data = self._db.get(b"p" + participant_id.encode())
+        data = self._db.get(keys.participant_key(participant_id))
         if data is None:
             return None  # misses are not cached: anyone may ask about any id
         record = self._participants[participant_id] = ParticipantRecord.decode(data)
         return record
 
     def participants(self) -> list[ParticipantRecord]:
-        with self._db.iterator(prefix=b"p", include_key=False) as it:
+        with self._db.iterator(prefix=keys.PARTICIPANT_PREFIX, include_key=False) as it:
             return [ParticipantRecord.decode(v) for v in it]
 
     def nonce_window(self, author: str) -> NonceWindow:
         found = self._nonce_windows.get(author)
         if found is None:
-            data = self._db.get(b"w" + author.encode())
+            data = self._db.get(keys.nonce_window_key(author))
             if data is None:
                 return NonceWindow()  # not cached: only authors with applied entries are
             found = self._nonce_windows[author] = NonceWindow.decode(data)
@@ -680,7 +645,7 @@ class Ledger:
     def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
         if not isinstance(commitment, bytes) or len(commitment) != 32:
             raise ValueError("a commitment is 32 bytes")
-        data = self._db.get(b"k" + commitment)
+        data = self._db.get(keys.commitment_key(commitment))
         return None if data is None else CommitmentRecord.decode(data)
 
     def commitment_status(self, commitment: bytes, now_ms: int) -> dict | None:
@@ -712,7 +677,7 @@ class Ledger:
             return cache[node_id]
         except KeyError:
             pass
-        found = self._db.get(b"r" + node_id)
+        found = self._db.get(keys.smt_node_key(node_id))
         if len(cache) >= smt_cache_entries_max:
             cache.clear()
         cache[node_id] = found
@@ -736,7 +701,7 @@ class Ledger:
                 return cached
         if level < node_level_min_stored:
             return self._low_node(level, index)
-        data = self._db.get(b"n" + bytes((level,)) + _U64.pack(index))
+        data = self._db.get(keys.merkle_node_key(level, index))
         if data is None:
             raise LedgerError(f"Merkle node ({level}, {index}) is missing from the store")
         if level >= node_cache_level_min:
@@ -755,7 +720,7 @@ class Ledger:
             get = self._db.get
             hashes = []
             for leaf in range(first, min(first + group_leaves, self._frontier.size)):
-                data = get(b"e" + _U64.pack(leaf))
+                data = get(keys.entry_key(leaf))
                 if data is None:
                     raise LedgerError(f"entry {leaf} is missing from the store")
                 hashes.append(merkle.leaf_hash(data))
@@ -841,8 +806,8 @@ class Ledger:
 
     def _stored_block_parts(self, height: int) -> tuple[bytes, bytes]:
         """Header and certificate bytes as stored: already canonical msgpack, so proofs copy them."""
-        header = self._db.get(_height_key(b"h", height)) if height > 0 else None
-        certificate = self._db.get(_height_key(b"c", height)) if height > 0 else None
+        header = self._db.get(keys.header_key(height)) if height > 0 else None
+        certificate = self._db.get(keys.certificate_key(height)) if height > 0 else None
         assert header is not None and certificate is not None, f"block {height} is named but not stored"
         return header, certificate
 
@@ -1016,28 +981,28 @@ class Ledger:
         put = batch.put
         leaf = execution.first_leaf
         for data in execution.accepted:
-            put(b"e" + _U64.pack(leaf), data)
+            put(keys.entry_key(leaf), data)
             leaf += 1
         for level, index, h in execution.new_nodes:
             if level >= node_level_min_stored:
-                put(b"n" + bytes((level,)) + _U64.pack(index), h)
+                put(keys.merkle_node_key(level, index), h)
         for commitment, record in execution.commitments.items():
-            put(b"k" + commitment, record.encode())
+            put(keys.commitment_key(commitment), record.encode())
         for record in execution.participants.values():
-            put(b"p" + record.id.encode(), record.encode())
+            put(keys.participant_key(record.id), record.encode())
         for author, window in execution.nonces.items():
-            put(b"w" + author.encode(), window.encode())
+            put(keys.nonce_window_key(author), window.encode())
         for node_id, node in execution.smt_nodes.items():
-            put(b"r" + node_id, node)
+            put(keys.smt_node_key(node_id), node)
         block_record = [
             result if isinstance(result, int) else [result, data]
             for result, data in zip(execution.results, execution.entries)
         ]
-        put(_height_key(b"b", height), _pack(block_record))
-        put(_height_key(b"h", height), header.encode())
-        put(_height_key(b"c", height), codec.pack(certificate.to_wire()))
-        put(b"mheight", _U64.pack(height))
-        put(b"mfrontier", _pack([execution.frontier.size, list(execution.frontier.hashes)]))
+        put(keys.block_record_key(height), _pack(block_record))
+        put(keys.header_key(height), header.encode())
+        put(keys.certificate_key(height), codec.pack(certificate.to_wire()))
+        put(keys.META_HEIGHT, keys.U64.pack(height))
+        put(keys.META_FRONTIER, _pack([execution.frontier.size, list(execution.frontier.hashes)]))
         batch.write()
         # The batch is durable: now move the in-memory view.
         self._height = height
@@ -1070,16 +1035,16 @@ class Ledger:
         batch.write()
 
     def load_consensus_state(self) -> dict[bytes, bytes]:
-        with self._db.iterator(prefix=b"x") as it:
-            return {k[1:]: v for k, v in it}
+        with self._db.iterator(prefix=keys.CONSENSUS_PREFIX) as it:
+            return {k[len(keys.CONSENSUS_PREFIX):]: v for k, v in it}
 
 
 def _add_consensus_changes(batch, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
     for key, value in changes:
         if value is None:
-            batch.delete(b"x" + key)
+            batch.delete(keys.consensus_key(key))
         else:
-            batch.put(b"x" + key, value)
+            batch.put(keys.consensus_key(key), value)
 
 
 class LedgerApplication:
