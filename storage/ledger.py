@@ -1,4 +1,5 @@
-"""The ledger on LevelDB: atomic block apply, the Merkle log, indexes, proofs and speculative execution.
+"""The ledger on LevelDB: open, atomic block apply, reads, the Merkle log, proofs and their caches;
+speculative executions kept for blocks in flight (the rules themselves are in storage/execution.py).
 
 The key layout, and what lives under each prefix, is in storage/keys.py.
 
@@ -10,11 +11,10 @@ the block's time_ms is rejected ("already-expired").
 
 from __future__ import annotations
 
-import bisect
 import collections
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import msgpack
 import plyvel
@@ -26,18 +26,17 @@ from consensus.application import ExecutionResult
 
 from . import keys, merkle, smt
 from .entries import Entry, EntryError, decode_entry, validate_entry
-from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .execution import Execution, author_refusal, outcomes_hash
+from .genesis import Genesis
 from .keys import FORMAT_VERSION
 from .proofs import Encoded, build_match_proof
+from .records import STATUS_ACTIVE, CommitmentRecord, NonceWindow, ParticipantRecord
 
 
-STATUS_ACTIVE = "active"
-STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 2            # levels 0-1 are rehashed from <= 4 entries: saves 21 bytes a leaf
 node_cache_level_min = 2             # stored nodes (subtrees of >= 4 leaves) stay in memory once read (immutable)
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
 group_cache_entries_max = 32_768     # recently rehashed 4-leaf groups (~705 bytes each: 23 MB, 131,072 leaves)
-nonce_window = 256                   # most recent nonces remembered per author (replay window)
 smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) in memory, ~15 MB
 proof_block_cache_entries_max = 4_096  # blocks' header, certificate and tree size for match proofs (~1 KB each)
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
@@ -55,86 +54,9 @@ leveldb_bloom_bits = 10              # bits per key: most lookups are for keys t
 _pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashed)
 
 
-class NonceWindow:
-    """The most recent nonces an author used (at most nonce_window of them, sorted).
-
-    A nonce applies once: one in the window is a replay; when the window is
-    full, one below all of it is refused as "stale-nonce" (it may have been
-    used and forgotten). Since only the smallest nonce is ever forgotten, and
-    a full window accepts only nonces above its smallest, a forgotten nonce can
-    never apply again. Authors may submit concurrently and out of order, with
-    counters or clock-based nonces alike, as long as fewer than nonce_window of
-    their newer entries apply first; the ledger keeps one small record per
-    author instead of one per entry.
-    """
-
-    __slots__ = ("recent",)
-
-    def __init__(self, recent: Iterable[int] = ()) -> None:
-        self.recent = list(recent)
-
-    def check(self, nonce: int) -> str | None:
-        recent = self.recent
-        i = bisect.bisect_left(recent, nonce)
-        if i < len(recent) and recent[i] == nonce:
-            return "replayed-nonce"
-        if i == 0 and len(recent) >= nonce_window:
-            return "stale-nonce"
-        return None
-
-    def add(self, nonce: int) -> None:
-        """Record a nonce that passed `check` (mutates: only on a window this block owns)."""
-        bisect.insort(self.recent, nonce)
-        if len(self.recent) > nonce_window:
-            del self.recent[0]
-
-    def copy(self) -> "NonceWindow":
-        return NonceWindow(self.recent)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, NonceWindow) and other.recent == self.recent
-
-    def encode(self) -> bytes:
-        """Runs of consecutive nonces, [first, count, ...]: an author counting up is one run, a few bytes
-        rewritten each block instead of up to nonce_window integers."""
-        recent = self.recent
-        if not recent:
-            return _pack([])
-        if recent[-1] - recent[0] == len(recent) - 1:
-            return _pack([recent[0], len(recent)])  # the common case: no gaps
-        runs: list[int] = []
-        start = 0
-        for i in range(1, len(recent) + 1):
-            if i == len(recent) or recent[i] != recent[i - 1] + 1:
-                runs += (recent[start], i - start)
-                start = i
-        return _pack(runs)
-
-    @classmethod
-    def decode(cls, data: bytes) -> "NonceWindow":
-        runs = msgpack.unpackb(data)
-        recent: list[int] = []
-        for i in range(0, len(runs), 2):
-            recent.extend(range(runs[i], runs[i] + runs[i + 1]))
-        return cls(recent)
-
-
 def _entries_hash(entries: Sequence[bytes]) -> bytes:
     """consensus.block.entries_hash, without the generic canonicalizer: an array of bin is already canonical."""
     return codec.sha256(msgpack.packb(list(entries), use_bin_type=True))
-
-
-def outcomes_hash(results: Sequence[int | str]) -> bytes:
-    """SHA-256 of the canonical msgpack array of per-entry results: leaf index (int) or reason (str).
-
-    msgpack writes non-negative ints and str in their canonical (shortest) form already.
-    """
-    return codec.sha256(msgpack.packb(list(results), use_bin_type=True))
-
-
-def results_hash(results: Sequence[int | str], revoked_root: bytes) -> bytes:
-    """A header's results_hash: it commits to the block's outcomes and to the revoked set after it."""
-    return smt.results_hash(outcomes_hash(results), revoked_root)
 
 
 class LedgerError(Exception):
@@ -154,69 +76,6 @@ def _outcome(result: int | str) -> EntryOutcome:
     if isinstance(result, int):
         return EntryOutcome(ok=True, leaf_index=result)
     return EntryOutcome(ok=False, reason=result)
-
-
-@dataclass(frozen=True)
-class CommitmentRecord:
-    leaf_index: int
-    height: int                      # block that appended the commit
-    revoke_leaf: int | None = None
-    revoke_height: int | None = None
-    author: str | None = None        # known for in-flight records; read from the entry for stored ones
-
-    def encode(self) -> bytes:
-        if self.revoke_leaf is None:
-            return _pack([self.leaf_index, self.height])
-        return _pack([self.leaf_index, self.height, self.revoke_leaf, self.revoke_height])
-
-    @classmethod
-    def decode(cls, data: bytes) -> "CommitmentRecord":
-        return cls(*msgpack.unpackb(data))
-
-
-@dataclass(frozen=True)
-class ParticipantRecord:
-    id: str
-    jurisdiction: str
-    role: str
-    public_key: bytes
-    status: str
-
-    def encode(self) -> bytes:
-        return _pack({"id": self.id, "jurisdiction": self.jurisdiction, "role": self.role,
-                      "public_key": self.public_key, "status": self.status})
-
-    @classmethod
-    def decode(cls, data: bytes) -> "ParticipantRecord":
-        return cls(**msgpack.unpackb(data, raw=False))
-
-
-# -- execution: the deterministic rules, on top of the store or of an in-flight parent -----------
-
-def author_refusal(genesis: Genesis, entry: Entry, participant) -> str | None:
-    """The author rules of apply, in apply's order: None if `entry`'s author may write, else the
-    reason code. `participant(id)` reads the registry: the block's state in apply, the applied state
-    in Ledger.check_admission (one function, so the door and apply never disagree on a rule)."""
-    if entry.chain_id != genesis.chain_id:
-        return "wrong-chain"
-    author = entry.author
-    if author == GOVERNANCE_AUTHOR:
-        # Which keys signed is part of the signed entry; the threshold is re-checked here
-        # (no cryptography) so a block can never apply an under-signed governance entry.
-        signers = {by for by, _ in entry.signatures if by in genesis.governance.by_id}
-        if len(signers) != len(entry.signatures):
-            return "unknown-governance-key"
-        if not genesis.governance.meets_threshold(signers):
-            return "governance-threshold"
-        return None
-    record = participant(author)
-    if record is None:
-        return "unknown-author"
-    if record.public_key != entry.author_key:
-        return "key-mismatch"
-    if record.status != STATUS_ACTIVE:
-        return "suspended"
-    return None
 
 
 class _StoreView:
@@ -240,151 +99,6 @@ class _StoreView:
 
     def smt_node(self, node_id: bytes) -> bytes | None:
         return self._ledger._smt_node(node_id)
-
-
-class Execution:
-    """The effects of one block executed on top of a parent (the store, or another Execution).
-
-    Holds everything apply writes; nothing touches the database until
-    `Ledger.apply_block` turns it into one WriteBatch.
-    """
-
-    def __init__(self, parent: "Execution | _StoreView", parent_hash: bytes, frontier: merkle.Frontier,
-                 height: int, time_ms: int, entries: Sequence[bytes]) -> None:
-        self.parent = parent
-        self.parent_hash = parent_hash
-        self.height = height
-        self.time_ms = time_ms
-        self.entries = tuple(entries)
-        self.commitments: dict[bytes, CommitmentRecord] = {}
-        self.participants: dict[str, ParticipantRecord] = {}
-        self.nonces: dict[str, NonceWindow] = {}
-        self.accepted: list[bytes] = []
-        self.results: list[int | str] = []
-        self.first_leaf = frontier.size
-        self.frontier = frontier
-        self.new_nodes: list[tuple[int, int, bytes]] = []
-        self.header_hash: bytes | None = None  # learnt when a child names this block as its parent
-        self.smt_nodes: dict[bytes, bytes] = {}  # revoked-set nodes this block wrote (smt.update values)
-        self.revoked_root: bytes | None = None  # after run()
-
-    # Reads fall through to the parent.
-    def commitment(self, commitment: bytes) -> CommitmentRecord | None:
-        found = self.commitments.get(commitment)
-        return found if found is not None else self.parent.commitment(commitment)
-
-    def participant(self, participant_id: str) -> ParticipantRecord | None:
-        found = self.participants.get(participant_id)
-        return found if found is not None else self.parent.participant(participant_id)
-
-    def nonce_window(self, author: str) -> NonceWindow:
-        found = self.nonces.get(author)
-        return found if found is not None else self.parent.nonce_window(author)
-
-    def entry(self, leaf_index: int) -> bytes:
-        if leaf_index >= self.first_leaf:
-            return self.accepted[leaf_index - self.first_leaf]
-        return self.parent.entry(leaf_index)
-
-    def smt_node(self, node_id: bytes) -> bytes | None:
-        nodes = self.smt_nodes
-        if node_id in nodes:
-            return nodes[node_id]
-        return self.parent.smt_node(node_id)
-
-    def result(self) -> ExecutionResult:
-        assert self.revoked_root is not None, "result() before run()"
-        return ExecutionResult(tree_size=self.frontier.size, tree_root=self.frontier.root(),
-                               results_hash=results_hash(self.results, self.revoked_root))
-
-    def run(self, genesis: Genesis, decoded: Mapping[bytes, Entry]) -> None:
-        """Execute the entries; `decoded` holds decodings of some entries (by their bytes) to use."""
-        self._kinds = frozenset(genesis.entry_kinds)
-        leaves: list[bytes] = []
-        next_leaf = self.first_leaf
-        for data in self.entries:
-            reason = self._apply_one(genesis, data, next_leaf, decoded.get(data))
-            if reason is None:
-                self.results.append(next_leaf)
-                self.accepted.append(data)
-                leaves.append(merkle.leaf_hash(data))
-                next_leaf += 1
-            else:
-                self.results.append(reason)
-        self.frontier = self.frontier.extend(leaves, self.new_nodes)
-        self.revoked_root = smt.root(self.smt_node)
-
-    def _apply_one(self, genesis: Genesis, data: bytes, leaf: int, entry: Entry | None) -> str | None:
-        """Apply one entry's rules to this block's state; return None if accepted, else the reason code.
-
-        Signatures were verified before consensus (check_entry); here only what
-        depends on state, plus the shape again, since a block is input too (`entry`, if
-        given, is what decode_entry(data) gives, remembered from the check).
-        """
-        if entry is None:
-            try:
-                entry = decode_entry(data)
-            except EntryError as exc:
-                return exc.reason
-        refused = author_refusal(genesis, entry, self.participant)
-        if refused is not None:
-            return refused
-        author = entry.author
-        # After the author checks, so only registered authors ever get a replay window.
-        window = self.nonces.get(author)
-        if window is None:
-            window = self.parent.nonce_window(author)
-        refused = window.check(entry.nonce)
-        if refused is not None:
-            return refused
-        fields = entry.fields
-        kind = entry.type
-        kinds = self._kinds
-        if kind == "commit":
-            if fields["kind"] not in kinds:
-                return "unknown-kind"
-            expires = fields["expires_ms"]
-            if expires is not None and expires <= self.time_ms:
-                return "already-expired"
-            commitment = fields["commitment"]
-            if self.commitment(commitment) is not None:
-                return "duplicate-commitment"
-            self.commitments[commitment] = CommitmentRecord(leaf, self.height, author=author)
-        elif kind == "revoke":
-            commitment = fields["commitment"]
-            record = self.commitment(commitment)
-            if record is None:
-                return "unknown-commitment"
-            if record.revoke_leaf is not None:
-                return "already-revoked"
-            submitter = record.author
-            if submitter is None:
-                submitter = decode_entry(self.entry(record.leaf_index)).author
-            if author != GOVERNANCE_AUTHOR and author != submitter:
-                return "not-submitter"
-            self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, leaf, self.height, submitter)
-            # One path of the revoked set (about log2(n) + 2 stored nodes), in this block's overlay:
-            # backups executing speculatively compute the same root as the store will after apply.
-            self.smt_nodes.update(smt.update(self.smt_node, commitment))
-        elif kind == "admit":
-            p = fields["participant"]
-            existing = self.participant(p.id)
-            if existing is not None and existing.status == STATUS_ACTIVE:
-                return "participant-exists"
-            # Re-admitting a suspended participant reactivates it, possibly with a new key.
-            self.participants[p.id] = ParticipantRecord(p.id, p.jurisdiction, p.role, p.public_key, STATUS_ACTIVE)
-        elif kind == "suspend":
-            existing = self.participant(fields["participant_id"])
-            if existing is None:
-                return "unknown-participant"
-            if existing.status == STATUS_SUSPENDED:
-                return "already-suspended"
-            self.participants[existing.id] = ParticipantRecord(
-                existing.id, existing.jurisdiction, existing.role, existing.public_key, STATUS_SUSPENDED)
-        if author not in self.nonces:
-            window = self.nonces[author] = window.copy()  # never mutate the parent's
-        window.add(entry.nonce)
-        return None
 
 
 # -- the store ------------------------------------------------------------------------------------

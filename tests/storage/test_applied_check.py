@@ -127,11 +127,11 @@ def test_check_applied_reads_the_applied_state_only(world, ledger):
 
 
 def test_stale_nonces_are_refused_once_the_window_is_full(world, ledger):
-    from storage import ledger as ledger_module
+    from storage import records
 
     author = Author(world, "hk-bureau")
     skipped = author.commit(commitment(0))   # nonce 1, never committed
-    entries = [author.commit(commitment(i)) for i in range(1, ledger_module.nonce_window + 1)]
+    entries = [author.commit(commitment(i)) for i in range(1, records.nonce_window + 1)]
     ledger.apply_block(next_block(world, ledger, entries))
     assert LedgerApplication(ledger).check_request_applied(skipped) == "stale-nonce"
 
