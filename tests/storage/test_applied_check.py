@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from consensus.messages import Requests, encode
 from consensus.replica import CLIENT, Replica, ReplicaConfig, encode_catch_up_response
+from storage.application import LedgerApplication
 from storage.entries import build_commit
-from storage.ledger import Ledger, LedgerApplication
+from storage.ledger import Ledger
 
 from storage_helpers import Author, commitment, next_block
 

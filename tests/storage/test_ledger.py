@@ -15,7 +15,8 @@ from storage import entries, merkle
 from storage import execution, records
 from storage import ledger as ledger_module
 from storage.genesis import Participant
-from storage.ledger import Ledger, LedgerApplication, LedgerError, NonceWindow
+from storage.application import LedgerApplication
+from storage.ledger import Ledger, LedgerError, NonceWindow
 from storage_helpers import Author, certify, commitment, key_from, make_world, next_block
 
 
