@@ -653,6 +653,22 @@ class Ledger:
                     self.write_consensus_state(consensus_changes)
                 return self.block_outcomes(height)
             raise LedgerError(f"block {height} conflicts with the block already applied at that height")
+        body_hash = self._check_next_block(header, entries, certificate)
+        execution = self._execution_for(self._head, height, header.time_ms, entries, body_hash)
+        assert execution is not None, "the applied head is always a valid parent"
+        result = execution.result()
+        if (result.tree_size, result.tree_root, result.results_hash) != (
+                header.tree_size, header.tree_root, header.results_hash):
+            raise LedgerError(
+                f"block {height}: executing it gives tree size {result.tree_size}, root {result.tree_root.hex()[:16]}…, "
+                f"results {result.results_hash.hex()[:16]}…; the certified header says {header.tree_size}, "
+                f"{header.tree_root.hex()[:16]}…, {header.results_hash.hex()[:16]}… (this replica diverged)")
+        self._write(header, certificate, execution, consensus_changes)
+        return [_outcome(r) for r in execution.results]
+
+    def _check_next_block(self, header: BlockHeader, entries: tuple, certificate: CommitCertificate) -> bytes:
+        """LedgerError unless the block extends the applied head and its certificate holds; its entries_hash."""
+        height = header.height
         if height != self._height + 1:
             raise LedgerError(f"block {height} does not follow the applied height {self._height}")
         if header.chain_id != self.chain_id:
@@ -674,21 +690,12 @@ class Ledger:
             certificate.verify(header, self.genesis.validator_set)
         except CertificateError as exc:
             raise LedgerError(f"block {height}: commit certificate does not hold: {exc}") from None
-
-        execution = self._execution_for(self._head, height, header.time_ms, entries, body_hash)
-        assert execution is not None, "the applied head is always a valid parent"
-        result = execution.result()
-        if (result.tree_size, result.tree_root, result.results_hash) != (
-                header.tree_size, header.tree_root, header.results_hash):
-            raise LedgerError(
-                f"block {height}: executing it gives tree size {result.tree_size}, root {result.tree_root.hex()[:16]}…, "
-                f"results {result.results_hash.hex()[:16]}…; the certified header says {header.tree_size}, "
-                f"{header.tree_root.hex()[:16]}…, {header.results_hash.hex()[:16]}… (this replica diverged)")
-        self._write(header, certificate, execution, consensus_changes)
-        return [_outcome(r) for r in execution.results]
+        return body_hash
 
     def _write(self, header: BlockHeader, certificate: CommitCertificate, execution: Execution,
                consensus_changes: Sequence[tuple[bytes, bytes | None]] = ()) -> None:
+        """One synced batch (a crash leaves all of it or none): the execution's effects, the block's
+        record, header and certificate, the new height and frontier, and the replica's records."""
         height = header.height
         batch = self._db.write_batch(sync=True)
         _add_consensus_changes(batch, consensus_changes)
@@ -718,7 +725,12 @@ class Ledger:
         put(keys.META_HEIGHT, keys.U64.pack(height))
         put(keys.META_FRONTIER, _pack([execution.frontier.size, list(execution.frontier.hashes)]))
         batch.write()
-        # The batch is durable: now move the in-memory view.
+        self._advance(header, execution)
+
+    def _advance(self, header: BlockHeader, execution: Execution) -> None:
+        """Move the in-memory view (head, frontier, caches, speculative executions) to a block whose
+        batch is durable."""
+        height = header.height
         self._height = height
         self._head = header
         self._head_hash = header.hash()
