@@ -1,4 +1,4 @@
-"""Client subcommands: submit, verify, revoke, status, proof verify, admit, suspend, cosign.
+"""Participant and governance subcommands: submit, verify, revoke, status, proof verify, admit, suspend, cosign.
 
 Connection and identity come from options or the environment:
   --rpc HOST:PORT[,HOST:PORT...]   BAYLEDGER_RPC      nodes to ask, in order (the next when one is down)
