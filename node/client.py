@@ -33,7 +33,6 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import nacl.signing
@@ -43,6 +42,7 @@ from consensus import codec
 from node import rpc_access
 from node import tls as _tls
 from node import wire
+from node.address import Address, parse_addresses
 from node.wire import ERROR_NOT_FOUND, ERROR_SHUTTING_DOWN, WireError
 from storage import entries as ledger_entries
 from storage.genesis import Genesis, Participant
@@ -122,31 +122,9 @@ class ProtocolError(ConnectionFailed):
     """A node sent something that is not a msgpack-RPC response (the connection is dropped)."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-def parse_endpoints(text: str | Sequence[str] | Sequence[Endpoint]) -> list[Endpoint]:
-    """'HOST:PORT[,HOST:PORT...]' (or a list of such strings) as endpoints; ValueError says what is wrong."""
-    items: list = text.split(",") if isinstance(text, str) else list(text)
-    endpoints = []
-    for item in items:
-        if isinstance(item, Endpoint):
-            endpoints.append(item)
-            continue
-        item = item.strip()
-        host, sep, port_text = item.rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{item!r} is not HOST:PORT")
-        endpoints.append(Endpoint(host.strip("[]"), int(port_text)))
-    if not endpoints:
-        raise ValueError("no RPC endpoint given")
-    return endpoints
+Endpoint = Address              # a node's RPC address, as the client names it
+# 'HOST:PORT[,HOST:PORT...]' (or a list of such strings) as endpoints; AddressError (a ValueError) says what is wrong.
+parse_endpoints = parse_addresses
 
 
 def _error_of(error: Any, endpoint: Endpoint) -> RpcError:

@@ -36,6 +36,7 @@ from pathlib import Path
 import trio
 
 from node import wire
+from node.address import Address
 from node.client import Credentials
 
 from . import rpc
@@ -157,9 +158,10 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
     measured = (start, math.inf)      # every ok reply is recorded; the window is settled at the end
     streams = []
     for index in range(len(queues)):
-        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        address = Address.parse(addresses[index % len(addresses)])
         # TLS with the network's CA, authenticated as the lane's participant (before the clock starts).
-        streams.append(await rpc.open_stream(host, int(port), ca_file, credentials[index] if credentials else None))
+        streams.append(await rpc.open_stream(address.host, address.port, ca_file,
+                                             credentials[index] if credentials else None))
 
     async def lane(stream: trio.abc.Stream, queue: list[bytes]) -> None:
         cursor = iter(queue)
@@ -243,9 +245,10 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
     total = min(sum(len(q) for q in queues), int(rate_per_s * duration_s))
     streams = []
     for index in range(len(queues)):
-        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        address = Address.parse(addresses[index % len(addresses)])
         # TLS with the network's CA, authenticated as the lane's participant (before the clock starts).
-        streams.append(await rpc.open_stream(host, int(port), ca_file, credentials[index] if credentials else None))
+        streams.append(await rpc.open_stream(address.host, address.port, ca_file,
+                                             credentials[index] if credentials else None))
     lanes = [_OpenLoopLane(stream) for stream in streams]
     start = trio.current_time() + 0.05
     window = (start, start + duration_s + drain_timeout_s)

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from node import wire
+from node.address import Address
 from node.client import ConnectionFailed, Credentials, RpcError as ClientRpcError, authenticate_stream
 
 response_bytes_max = 16 * 1024 * 1024  # one decoded response (a match proof is a few KiB)
@@ -177,5 +178,5 @@ async def call_async(host: str, port: int, method: str, params: list, timeout_s:
 def call(address: str, method: str, params: list, timeout_s: float = 2.0, ca_file: str | Path | None = None,
          credentials: Credentials | None = None) -> Any:
     """Blocking form of `call_async` for the command line; address is HOST:PORT."""
-    host, _, port = address.rpartition(":")
-    return trio.run(call_async, host, int(port), method, params, timeout_s, ca_file, credentials)
+    where = Address.parse(address)
+    return trio.run(call_async, where.host, where.port, method, params, timeout_s, ca_file, credentials)

@@ -121,7 +121,7 @@ def test_unreadable_or_invalid_files_are_clear_errors(tmp_path):
 
 
 def test_address_parsing():
-    assert str(parse_address("[::1]:80", "k")) == "::1:80"
+    assert str(parse_address("[::1]:80", "k")) == "[::1]:80"
     assert parse_address("example.org:0", "k").port == 0
     for bad in ("nohost", ":80", "h:", "h:-1", "h:x", 80):
         with pytest.raises(ConfigError):
