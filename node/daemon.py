@@ -55,7 +55,7 @@ from .keys import KeyFileError, KeyPair, load_key_file
 from .logs import LogBudget, configure_logging
 from .metrics import NodeMetrics, serve_metrics
 from .query_log import QueryLog, QueryLogError
-from .transport import FRAME_KIND_CONSENSUS, PeerNetwork
+from .transport import FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork
 
 VERSION = "0.1.0"
 PARTITION_POLL_MS = 100                # fault-injection file poll period
@@ -460,21 +460,8 @@ class Daemon:
         self.network = PeerNetwork(
             node_id=config.node_id, chain_id=self.chain_id, signing_key=key.signing_key,
             validators=self.validator_set, peers=self._peer_addresses(), listen=config.listen.p2p,
-            inbound=inbound_send, metrics=self.metrics, frame_bytes_max=config.limits.frame_bytes_max,
-            handshake_timeout_ms=config.limits.handshake_timeout_ms,
-            send_queue_frames_max=config.limits.peer_send_queue_frames_max,
-            send_queue_bytes_max=config.limits.peer_send_queue_bytes_max,
-            reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
-            reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
-            handshake_first_bytes_timeout_ms=config.limits.handshake_first_bytes_timeout_ms,
-            inbound_handshakes_max=config.limits.inbound_handshakes_max,
-            inbound_handshakes_per_source_max=config.limits.inbound_handshakes_per_source_max,
+            inbound=inbound_send, metrics=self.metrics, limits=PeerLimits.from_config(config.limits),
             inbound_allow_only_validators=config.p2p.inbound_allow_only_validators,
-            reverse_dial_delay_ms=config.limits.reverse_dial_delay_ms,
-            peer_malformed_messages_max=config.limits.peer_malformed_messages_max,
-            peer_offence_backoff_min_ms=config.limits.peer_offence_backoff_min_ms,
-            peer_offence_backoff_max_ms=config.limits.peer_offence_backoff_max_ms,
-            peer_inbound_queue_bytes_max=config.limits.peer_inbound_queue_bytes_max,
         )
         # Each participant's rate and mempool share of this node's submits (issue 15).
         self._shares = SubmitShares(config.limits.submit_rate_per_participant_per_s,
