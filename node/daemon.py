@@ -33,12 +33,12 @@ one place.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import gc
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from .keys import KeyFileError, KeyPair, load_key_file
 from .logs import LogBudget, configure_logging
 from .metrics import NodeMetrics, serve_metrics
 from .query_log import QueryLog, QueryLogError
+from .submit_waiters import ClientRequest, SubmitWaiters
 from .transport import FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork
 
 VERSION = "0.1.0"
@@ -402,25 +403,6 @@ class SubmitShares:
 # --- the daemon -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Waiter:
-    event: trio.Event = field(default_factory=trio.Event)
-    receipt: dict | None = None
-    released: bool = False      # woken without a receipt because the node is stopping
-
-
-@dataclass
-class _ClientRequest:
-    entry: bytes
-    entry_id: bytes
-    # The core's refusal, if any. A submit that waits for the commit is woken through its waiter
-    # when refused; one that does not wait learns through `taken` that the core took the entry.
-    waiter: _Waiter | None = None
-    taken: trio.Event | None = None
-    refusal: str | None = None
-    participant: str | None = None   # counted in SubmitShares from the submit until commit or refusal
-
-
 class Daemon:
     """A running validator; implements node.api.NodeApi for the RPC server."""
 
@@ -467,8 +449,7 @@ class Daemon:
         self._shares = SubmitShares(config.limits.submit_rate_per_participant_per_s,
                                     config.limits.submit_burst_per_participant,
                                     config.limits.mempool_requests_per_participant_max)
-        # Waiting submitters by entry bytes: each committed entry is looked up without hashing it.
-        self._waiters: dict[bytes, list[_Waiter]] = {}
+        self._waiters = SubmitWaiters()   # submits waiting for their entry's commit
         # Set while a block is applied in a worker thread (see ledger_quiet).
         self._applying: trio.Event | None = None
         # A Byzantine validator can make the core reject messages as fast as it sends them.
@@ -564,12 +545,8 @@ class Daemon:
             except ApiError as exc:
                 self.metrics.rejected_requests.inc(label_value=exc.code)
                 raise
-        waiter = None
-        if wait:
-            waiter = _Waiter()
-            self._waiters.setdefault(entry, []).append(waiter)
-        try:
-            request = _ClientRequest(entry, entry_id, waiter, None if wait else trio.Event(), participant=participant)
+        with self._waiters.waiting(entry) if wait else contextlib.nullcontext() as waiter:
+            request = ClientRequest(entry, entry_id, waiter, None if wait else trio.Event(), participant=participant)
             try:
                 self._client_send.send_nowait(request)
             except trio.WouldBlock:
@@ -583,22 +560,14 @@ class Daemon:
                 return {"status": "pending", "id": entry_id}
             # One wait for both the core's verdict and the commit (the timeout covers the queueing).
             limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
-            with trio.move_on_after(min(max(timeout_s, 0), limit_s)):
-                await waiter.event.wait()
+            receipt = await waiter.wait(min(timeout_s, limit_s))
             self._raise_refusal(request.refusal)
-            if waiter.receipt is None and waiter.released:
+            if receipt is None and waiter.released:
                 raise ApiError(ERROR_SHUTTING_DOWN, "the node stopped before the entry committed; it may still "
                                "commit on the other validators: look it up on another node before submitting again")
-            if waiter.receipt is None:
+            if receipt is None:
                 raise ApiError("timeout", "not committed yet; the entry stays in the mempool")
-            return {**waiter.receipt, "id": entry_id}
-        finally:
-            if waiter is not None:
-                waiters = self._waiters.get(entry, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._waiters.pop(entry, None)
+            return {**receipt, "id": entry_id}
 
     def _raise_refusal(self, refusal: str | None) -> None:
         if refusal is not None:
@@ -625,12 +594,7 @@ class Daemon:
             self.rpc_server.stop_accepting()
         with trio.move_on_after(self.config.limits.shutdown_drain_ms / 1000):
             await self._all_submits_ended()
-        released = 0
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.released = True
-                waiter.event.set()
-                released += 1
+        released = self._waiters.release_all()
         # Submits still waiting for the driver to take their entry finish as soon as it does (it
         # is still running); then the answers are written, within a bound.
         with trio.move_on_after(SHUTDOWN_ANSWERS_FLUSH_MS / 1000) as flush:
@@ -647,7 +611,7 @@ class Daemon:
 
     # --- the driver ----------------------------------------------------------------------------
 
-    def _take_client_request(self, request: "_ClientRequest"):
+    def _take_client_request(self, request: ClientRequest):
         """Hand a client's entry to the core (which pools it and forwards it to every validator);
         return the core's Ready."""
         ready = self.replica.on_request(request.entry)
@@ -657,16 +621,13 @@ class Daemon:
             # The core drops a committed request silently (peers forward duplicates all the time);
             # a client retrying it must hear so instead of waiting for a commit that will not come.
             refusals = [ALREADY_COMMITTED]
-        request.refusal = refusals[0] if refusals else None
+        refusal = refusals[0] if refusals else None
         if request.participant is not None:
-            if request.refusal is not None:
+            if refusal is not None:
                 self._shares.release(request.entry)
             else:
                 self._shares.pooled(request.entry, request.entry_id)
-        if request.taken is not None:
-            request.taken.set()
-        elif request.refusal is not None:
-            request.waiter.event.set()
+        request.decided(refusal)
         return ready
 
     async def carry_out_many_off_loop(self, readies: list) -> None:
@@ -816,14 +777,8 @@ class Daemon:
                  entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),
                  tree_size=header.tree_size)
         self._shares.release_all(block.entries)   # committed (accepted or not): out of their authors' shares
-        for index, entry in enumerate(block.entries):
-            waiters = self._waiters.pop(entry, None)
-            if waiters:
-                outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
-                receipt = _receipt(block, index, outcome)
-                for waiter in waiters:
-                    waiter.receipt = receipt
-                    waiter.event.set()
+        self._waiters.committed(block.entries, lambda index: _receipt(
+            block, index, outcomes[index] if outcomes is not None and index < len(outcomes) else None))
         self.metrics.mempool_size.set(self.replica.pending_request_count)
 
     def _serve_catch_up(self, peer_id: str, from_height: int, to_height: int) -> None:
@@ -837,7 +792,7 @@ class Daemon:
 
     def _input(self, event):
         """Feed one event to the core; its Ready."""
-        if isinstance(event, _ClientRequest):
+        if isinstance(event, ClientRequest):
             return self._take_client_request(event)
         assert event.kind == FRAME_KIND_CONSENSUS, "decode_frame admits consensus frames only"
         # Taken off the channel: the frame's bytes leave its peer's inbound budget.

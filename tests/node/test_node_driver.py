@@ -228,9 +228,7 @@ async def test_off_loop_apply_carries_the_persists_and_wakes_submitters_after_th
     waiter_receipts = []
 
     async def submitter():
-        from node.daemon import _Waiter
-        waiter = _Waiter()
-        daemon._waiters[entry] = [waiter]
+        waiter = daemon._waiters.add(entry)
         await waiter.event.wait()
         journal.append(("woken", waiter.receipt["height"]))
         waiter_receipts.append(waiter.receipt)
