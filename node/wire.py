@@ -39,6 +39,7 @@ ERROR_BAD_SIGNATURE = "bad-signature"
 ERROR_REPLAYED = "replayed"
 ERROR_STALE = "stale-query"
 ERROR_BUSY = "busy"
+ERROR_MEMPOOL_FULL = "mempool-full"     # submit: the pool of waiting entries, or the participant's share, is full
 ERROR_TIMEOUT = "timeout"
 ERROR_SHUTTING_DOWN = "shutting-down"   # the node drains before it stops: another node can take the call
 ERROR_INTERNAL = "internal"
