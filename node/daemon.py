@@ -58,6 +58,7 @@ from .query_log import QueryLog, QueryLogError
 from .submit_shares import SubmitShares
 from .submit_waiters import ClientRequest, SubmitWaiters
 from .transport import FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork
+from .wire import ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_MEMPOOL_FULL, ERROR_SHUTTING_DOWN, ERROR_TIMEOUT
 
 VERSION = "0.1.0"
 PARTITION_POLL_MS = 100                # fault-injection file poll period
@@ -76,10 +77,9 @@ ENTRY_VERDICTS_MAX = 65_536            # remembered entry signature-check verdic
 # After the drain, how long answers already given to waiting submitters may take to be written to
 # their connections before everything is cancelled (a client that does not read is not waited for).
 SHUTDOWN_ANSWERS_FLUSH_MS = 1_000
-ERROR_SHUTTING_DOWN = rpc.ERROR_SHUTTING_DOWN
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
-ALREADY_COMMITTED = "already-committed"  # a submit of bytes already on the ledger (the RPC error code too)
+ALREADY_COMMITTED = ERROR_ALREADY_COMMITTED  # a submit of bytes already on the ledger (the core's reason too)
 # Core rejections that mean a peer sent bytes that are not a well-formed message (consensus decode_message
 # and the codec's reason codes). Reported to the transport, which cuts a peer that sends too many of them.
 # Protocol-level reasons ("wrong-view", "outside-window", "invalid-request:*", ...) happen between honest
@@ -406,11 +406,11 @@ class Daemon:
 
     async def _submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
         if not isinstance(entry, bytes):
-            raise ApiError("bad-entry", "entry must be bytes")
+            raise ApiError(ERROR_BAD_ENTRY, "entry must be bytes")
         reason = self.application.check_request(entry)
         if reason is not None:
             self.metrics.rejected_requests.inc(label_value=reason)
-            raise ApiError("bad-entry", f"entry refused: {reason}")
+            raise ApiError(ERROR_BAD_ENTRY, f"entry refused: {reason}")
         # The door (issue 15): an entry the applied state already refuses (author not admitted, not
         # active or not signing with its registry key, governance signers, spent nonce) is answered
         # here, never ordered or stored. Not in the core's pool check, which must stay monotonic (an
@@ -421,12 +421,12 @@ class Daemon:
             if reason == "already-applied":
                 reason = ALREADY_COMMITTED
             self.metrics.rejected_requests.inc(label_value=reason)
-            raise ApiError(ALREADY_COMMITTED if reason == ALREADY_COMMITTED else "bad-entry",
+            raise ApiError(ERROR_ALREADY_COMMITTED if reason == ALREADY_COMMITTED else ERROR_BAD_ENTRY,
                            f"entry refused: {reason}")
         entry_id = _entry_id(entry)
         if self.replica.pending_request_count >= self.config.limits.mempool_requests_max:
-            self.metrics.rejected_requests.inc(label_value="mempool-full")
-            raise ApiError("mempool-full", f"{self.replica.pending_request_count} entries are waiting; retry later")
+            self.metrics.rejected_requests.inc(label_value=ERROR_MEMPOOL_FULL)
+            raise ApiError(ERROR_MEMPOOL_FULL, f"{self.replica.pending_request_count} entries are waiting; retry later")
         counted = False
         if participant is not None:
             try:
@@ -443,7 +443,7 @@ class Daemon:
                 if counted:
                     self._shares.release(entry)
                 self.metrics.rejected_requests.inc(label_value="queue-full")
-                raise ApiError("mempool-full", "the request queue is full; retry later") from None
+                raise ApiError(ERROR_MEMPOOL_FULL, "the request queue is full; retry later") from None
             if waiter is None:
                 await request.taken.wait()
                 self._raise_refusal(request.refusal)
@@ -456,14 +456,14 @@ class Daemon:
                 raise ApiError(ERROR_SHUTTING_DOWN, "the node stopped before the entry committed; it may still "
                                "commit on the other validators: look it up on another node before submitting again")
             if receipt is None:
-                raise ApiError("timeout", "not committed yet; the entry stays in the mempool")
+                raise ApiError(ERROR_TIMEOUT, "not committed yet; the entry stays in the mempool")
             return {**receipt, "id": entry_id}
 
     def _raise_refusal(self, refusal: str | None) -> None:
         if refusal is not None:
             self.metrics.rejected_requests.inc(label_value=refusal)
-            code = {"request-pool-full": "mempool-full", "already-committed": "already-committed"}.get(
-                refusal, "bad-entry")
+            code = {"request-pool-full": ERROR_MEMPOOL_FULL, ALREADY_COMMITTED: ERROR_ALREADY_COMMITTED}.get(
+                refusal, ERROR_BAD_ENTRY)
             # The core refuses an entry the applied ledger already rules out ("applied-request:replayed-nonce")
             # before ordering it: the client hears the apply rule's own reason code, at once.
             reason = refusal.removeprefix("applied-request:")

@@ -43,11 +43,11 @@ from node import rpc_access, tls
 from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
-from node.wire import (  # noqa: F401 (the error codes are node.rpc's too: callers name them rpc.ERROR_...)
+from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
-    ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_SHUTTING_DOWN, ERROR_STALE,
-    ERROR_TIMEOUT, ERROR_TOO_LARGE, ERROR_UNAUTHORIZED, MESSAGE_NOTIFICATION, MESSAGE_REQUEST, QUERY_TYPE,
-    encode_response, error_map as _error, is_msgid, read_chunk_bytes_max,
+    ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TOO_LARGE,
+    ERROR_UNAUTHORIZED, MESSAGE_NOTIFICATION, MESSAGE_REQUEST, QUERY_TYPE, encode_response, error_map as _error,
+    is_msgid, read_chunk_bytes_max,
 )
 from storage.entries import EntryError, decode_entry
 from storage.genesis import GOVERNANCE_AUTHOR
