@@ -47,7 +47,7 @@ from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
     ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TOO_LARGE,
     ERROR_UNAUTHORIZED, MESSAGE_NOTIFICATION, MESSAGE_REQUEST, QUERY_TYPE, encode_response, error_map as _error,
-    is_msgid, read_chunk_bytes_max,
+    is_msgid, read_chunk_bytes_max, unpacked,
 )
 from storage.entries import EntryError, decode_entry
 from storage.genesis import GOVERNANCE_AUTHOR
@@ -510,16 +510,7 @@ class RequestReader:
         self._fed += len(data)
 
     def messages(self) -> Iterator[Any]:
-        while True:
-            try:
-                message = self._unpacker.unpack()
-            except msgpack.OutOfData:
-                return
-            except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-                if isinstance(exc, MemoryError):
-                    raise
-                reason = "too-deep" if isinstance(exc, msgpack.StackError) else "malformed"
-                raise codec.EncodingError(f"{type(exc).__name__}: {exc}", reason) from None
+        for message in unpacked(self._unpacker):   # raises WireError, a codec.EncodingError
             self._complete = self._unpacker.tell()
             codec.check_depth(message, request_depth_max)
             yield message

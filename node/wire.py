@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import msgpack
 
+from consensus import codec
+
 MESSAGE_REQUEST = 0
 MESSAGE_RESPONSE = 1
 MESSAGE_NOTIFICATION = 2
@@ -55,8 +57,9 @@ _uint_packer = msgpack.Packer()              # a msgid alone, for requests packe
 _REQUEST_HEAD = bytes([0x94, MESSAGE_REQUEST])
 
 
-class WireError(ValueError):
-    """Bytes from the other side that are not the msgpack-RPC messages expected here."""
+class WireError(codec.EncodingError):
+    """Bytes from the other side that are not the msgpack-RPC messages expected here (a ValueError;
+    `reason` as codec.EncodingError's)."""
 
 
 def is_msgid(value: Any) -> bool:
@@ -86,6 +89,22 @@ def encode_response(msgid: int | None, error: dict | None, result: Any) -> bytes
     return _packer.pack([MESSAGE_RESPONSE, msgid, error, result])
 
 
+def unpacked(unpacker: msgpack.Unpacker) -> Iterator[Any]:
+    """Each complete message in the unpacker's buffer, until it needs more bytes; WireError for
+    bytes that are not msgpack (reason "too-deep" past the unpacker's nesting limit, else "malformed")."""
+    while True:
+        try:
+            message = unpacker.unpack()
+        except msgpack.OutOfData:
+            return
+        except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+            if isinstance(exc, MemoryError):
+                raise
+            reason = "too-deep" if isinstance(exc, msgpack.StackError) else "malformed"
+            raise WireError(f"{type(exc).__name__}: {exc}", reason) from None
+        yield message
+
+
 class ResponseReader:
     """A client connection's bytes cut into responses (msgid, error, result); no I/O.
 
@@ -103,18 +122,10 @@ class ResponseReader:
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
-            raise WireError(f"an answer exceeds {self.bytes_max} bytes") from None
+            raise WireError(f"an answer exceeds {self.bytes_max} bytes", "too-large") from None
 
     def responses(self) -> Iterator[tuple[Any, Any, Any]]:
-        while True:
-            try:
-                message = self._unpacker.unpack()
-            except msgpack.OutOfData:
-                return
-            except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-                if isinstance(exc, MemoryError):
-                    raise
-                raise WireError(f"not msgpack: {type(exc).__name__}: {exc}"[:200]) from None
+        for message in unpacked(self._unpacker):
             if (isinstance(message, list) and len(message) == 4 and message[0] == MESSAGE_RESPONSE
                     and (message[1] is None or is_msgid(message[1]))):
                 yield message[1], message[2], message[3]

@@ -57,8 +57,9 @@ def test_the_reader_refuses_what_is_not_a_response(message):
 def test_the_reader_refuses_bad_bytes_and_answers_over_its_limit():
     reader = wire.ResponseReader()
     reader.feed(b"\xc1")              # never used in msgpack
-    with pytest.raises(wire.WireError, match="not msgpack"):
+    with pytest.raises(wire.WireError) as bad:
         list(reader.responses())
+    assert bad.value.reason == "malformed"
     small = wire.ResponseReader(bytes_max=1024)
     with pytest.raises(wire.WireError, match="exceeds 1024 bytes"):
         small.feed(wire.encode_response(1, None, b"x" * 2048))
