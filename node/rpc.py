@@ -45,9 +45,9 @@ from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, Query
 from node.rpc_access import Session
 from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
-    ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TOO_LARGE,
-    ERROR_UNAUTHORIZED, MESSAGE_NOTIFICATION, MESSAGE_REQUEST, QUERY_TYPE, encode_response, error_map as _error,
-    is_msgid, read_chunk_bytes_max, unpacked,
+    ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TLS_REQUIRED,
+    ERROR_TOO_LARGE, ERROR_UNAUTHORIZED, MESSAGE_NOTIFICATION, MESSAGE_REQUEST, QUERY_TYPE, encode_response,
+    error_map as _error, is_msgid, read_chunk_bytes_max, unpacked,
 )
 from storage.entries import EntryError, decode_entry
 from storage.genesis import GOVERNANCE_AUTHOR
@@ -812,7 +812,7 @@ async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: s
         if first is None:
             return None                       # closed before a byte
         if first != tls.TLS_RECORD_HANDSHAKE:
-            server.counters[tls.ERROR_TLS_REQUIRED] += 1
+            server.counters[ERROR_TLS_REQUIRED] += 1
             log.debug("rpc client without TLS", peer=peer)
             refused = True
             await _refuse_plaintext(stream)
@@ -841,7 +841,7 @@ async def _peek_byte(stream: trio.abc.Stream) -> int | None:
 
 
 async def _refuse_plaintext(stream: trio.abc.Stream) -> None:
-    await stream.send_all(encode_response(None, _error(tls.ERROR_TLS_REQUIRED, tls.TLS_REQUIRED_MESSAGE), None))
+    await stream.send_all(encode_response(None, _error(ERROR_TLS_REQUIRED, tls.TLS_REQUIRED_MESSAGE), None))
     # Closing with the client's request unread would reset the connection, and the reset can
     # overtake the answer: end our side, then read (a bounded amount) until the client closes.
     await stream.send_eof()

@@ -47,6 +47,7 @@ ERROR_MEMPOOL_FULL = "mempool-full"     # submit: the pool of waiting entries, o
 ERROR_TIMEOUT = "timeout"
 ERROR_SHUTTING_DOWN = "shutting-down"   # the node drains before it stops: another node can take the call
 ERROR_INTERNAL = "internal"
+ERROR_TLS_REQUIRED = "tls-required"     # a client without TLS at a TLS node, answered in plain msgpack-RPC
 
 read_chunk_bytes_max = 65_536                # one read from a socket, either side
 response_bytes_max = 64 * 1024 * 1024        # one answer a client accepts: a block of many entries is the largest
