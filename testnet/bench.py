@@ -35,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from node.rpc import RpcLimits
+
 from . import control
 from .network import Network
 from .ports import find_free_base_port
@@ -55,7 +57,7 @@ CONNECTIONS = 64
 # the primary's blocks held ~280 entries and the rate was ~7 % lower than with 2,048, where blocks
 # are full (500) and more in flight (3,072, 4,096) adds nothing (README, "Latest results").
 WINDOW = 32
-WINDOW_MAX = 32     # node.rpc.RpcLimits.requests_in_flight_max: a node reads no further ahead
+WINDOW_MAX = RpcLimits.requests_in_flight_max   # a node reads no further ahead on one connection
 TARGETS = {"commits_per_s": 5000, "p99_ms_at_1000_per_s": 250, "match_per_s": 10000}
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 from proof_cases import MINUTE_MS, build_proofs  # noqa: E402
 from storage_helpers import make_world  # noqa: E402
 
-import node.cli.client as cli_client  # noqa: E402
+import node.cli.participant as cli_client  # noqa: E402
 from node.cli import main  # noqa: E402
 from node.client import ConnectionFailed, seal_document  # noqa: E402
 
