@@ -39,7 +39,7 @@ TOUR_HEADING = "## A five-minute tour"
 README_BASE_PORT = 7700          # the README's ports: p2p 7700+i, rpc 7800+i, metrics 7900+i
 command_timeout_s = 120          # one tour command (a submit waits for its commit)
 up_timeout_s = 180               # generate keys, start four daemons, run the sample
-status_settle_s = 20.0           # a status table that does not match yet is asked again until then
+status_settle_s = 30.0           # a status table that does not match yet is asked again until then
 status_poll_s = 0.5
 up_attempts_max = 3              # another test may take the free base port between the probe and `up`
 
