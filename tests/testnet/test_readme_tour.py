@@ -204,6 +204,7 @@ def test_shown_lines_mask_only_what_depends_on_the_run():
 
 
 def test_the_readme_tour_runs_as_written(clone):
+    # Every `$ ` line of the tour, in order, in bash: its exit status and output are the README's.
     folder, base_port = clone
     steps = tour_steps(README.read_text())
     state: list[str] = []
