@@ -188,7 +188,7 @@ def test_admission_needs_both_jurisdictions(capsys, server, files, tmp_path, doc
     assert code == 1 and "governance-threshold" in out
 
     code, _, err = submit(capsys, server, files, document, key="hk-newbank")
-    assert code == 2 and "not a validator, regulator or active participant" in err and one_line_error(err)  # not admitted yet
+    assert code == 1 and "not a validator, regulator or active participant" in err and one_line_error(err)  # not admitted yet
 
     entry = tmp_path / "admit.entry"
     code, out, _ = run(capsys, [*admit, "--key", files["hk-regulator-1"], "--out", str(entry)])
@@ -209,9 +209,9 @@ def test_suspended_participant_can_neither_submit_nor_query(capsys, server, file
                                   "--key", files["hk-regulator-1"], "--key", files["cn-regulator-1"]])
     assert code == 0 and out.startswith("COMMITTED"), err
     code, out, err = verify(capsys, server, files, document, "--salt", "00" * 32)
-    assert code == 2 and "unauthorized" in err and one_line_error(err)
+    assert code == 1 and "unauthorized" in err and one_line_error(err)   # refused: exit 1
     code, out, err = submit(capsys, server, files, document, key="hk-bank")   # cannot even authenticate
-    assert code == 2 and "'hk-bank' with this key is not" in err and one_line_error(err)
+    assert code == 1 and "'hk-bank' with this key is not" in err and one_line_error(err)
 
 
 def test_environment_variables_stand_in_for_options(capsys, server, files, document, monkeypatch, tmp_path):
