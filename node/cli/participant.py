@@ -876,7 +876,10 @@ def _finish_governance(args, genesis, entry: bytes, what: str, out: str | None) 
         print(f"wrote {what} to {out} ({state})")
         return EXIT_OK
     if missing:
-        print(f"note: {what} lacks signatures ({'; '.join(missing)}); the ledger will refuse it", file=sys.stderr)
+        # The ledger would refuse it (governance-threshold): stop here and say how to gather the rest.
+        raise CliError(f"{what} lacks signatures ({'; '.join(missing)}); nothing was sent. Write it with --out ENTRY, "
+                       f"then the other regulator runs `bayledger cosign ENTRY --key THEIRS --submit`; or pass "
+                       f"every signer's --key at once")
     with _client(args) as client:
         answer = _submit_entry(client, entry, args.wait_ms)
     return _print_answer(answer, what)
