@@ -155,6 +155,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_genesis(verify, " (required)")
     verify.set_defaults(handler=_guarded(run_verify))
 
+    receipt = _new_parser(subparsers, "receipt", "receipt tools (receipt refresh)", "Receipt tools.")
+    receipt_commands = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND")
+    refresh = receipt_commands.add_parser(
+        "refresh", help="record in a pending receipt the commit that happened meanwhile",
+        description="A receipt stays `pending` when submit stopped waiting (--wait-ms, Ctrl-C, a lost "
+        "connection) before its entry committed. Ask a node for the commitment's match proof (a query signed by "
+        "--key), verify it offline against the genesis file, and write the height and leaf into the receipt: "
+        "COMMITTED (exit 0). PENDING (exit 1) if the ledger has no such commitment yet: if it never appears, "
+        "the entry was lost; submit the document again (a new salt, a new receipt).",
+        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _one_line_errors(refresh)
+    refresh.add_argument("receipt", metavar="RECEIPT", help="the receipt written by submit")
+    refresh.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
+    _add_rpc(refresh)
+    _add_key(refresh)
+    _add_genesis(refresh, " (required)")
+    refresh.set_defaults(handler=_guarded(run_receipt_refresh))
+    receipt.set_defaults(handler=lambda args: _usage(receipt))
+
     proof = _new_parser(subparsers, "proof", "offline proof tools (proof verify)", "Offline proof tools.")
     proof_commands = proof.add_subparsers(dest="proof_command", metavar="COMMAND")
     proof_verify = proof_commands.add_parser(
@@ -477,7 +496,7 @@ def _submit_entry(client: Client, entry: bytes, wait_ms: int) -> dict:
         if exc.code in (ERROR_BAD_ENTRY, ERROR_ALREADY_COMMITTED, "rejected"):
             return {"status": "rejected", "reason": exc.message, "code": exc.code}
         if exc.code == ERROR_TIMEOUT:
-            raise CliError(f"not committed within {wait_ms} ms; the entry may still commit (ask again later)") from None
+            raise CliError(f"not committed within {wait_ms} ms; the entry may still commit") from None
         raise refusal_or_error(exc, "node refused:") from None
 
 
@@ -518,7 +537,8 @@ def run_submit(args) -> int:
         try:
             answer = _submit_entry(client, entry, args.wait_ms)
         except CliError as exc:
-            raise CliError(f"{exc} (the salt is kept in {receipt_path}, status pending)") from None
+            raise CliError(f"{exc} (the salt is kept in {receipt_path}, status pending; later, "
+                           f"`bayledger receipt refresh {receipt_path}` records the commit)") from None
     if answer.get("status") != "committed":
         receipt_path.unlink(missing_ok=True)
         print(f"REFUSED: {answer.get('reason') or answer.get('status')}")
@@ -532,6 +552,38 @@ def run_submit(args) -> int:
 
 def _receipt_bytes(receipt: dict) -> bytes:
     return (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode()
+
+
+# -- receipt refresh ------------------------------------------------------------------------------
+
+def run_receipt_refresh(args) -> int:
+    genesis = _genesis(args)
+    key = _load_key(_key_path(args.key))
+    participant = _participant_id(args, key)
+    receipt = _load_receipt(args.receipt)
+    if receipt.get("chain_id") not in (None, genesis.chain_id):
+        raise CliError(f"receipt {args.receipt} is for chain {receipt['chain_id']!r}, the genesis file for "
+                       f"{genesis.chain_id!r}: give the genesis of the receipt's chain")
+    if receipt.get("status") == "committed":
+        print(f"COMMITTED at height {receipt.get('height')}, leaf {receipt.get('leaf_index')} (already in {args.receipt})")
+        return EXIT_OK
+    commitment = bytes.fromhex(receipt["commitment"])
+    with _client(args) as client:
+        proof = _ask_for_proof(client, key, participant, genesis, commitment)
+        endpoint = client.endpoint
+        height = _call(client, "status").get("height") if proof is None else None
+    if proof is None:
+        print(f"PENDING: commitment {commitment.hex()} is not on the ledger (as of height {height} at {endpoint}). "
+              f"If it never appears, the entry was lost: submit the document again (a new salt, a new receipt)")
+        return EXIT_NEGATIVE
+    verdict = verify_match_proof(proof, genesis, commitment)
+    if verdict.status == "invalid":
+        return _print_verdict(verdict, commitment)
+    details = verdict.details
+    receipt.update(status="committed", height=details["height"], leaf_index=details["leaf_index"])
+    _write_private(Path(args.receipt), _receipt_bytes(receipt), overwrite=True)
+    print(f"COMMITTED at height {details['height']}, leaf {details['leaf_index']}; {args.receipt} updated")
+    return EXIT_OK
 
 
 # -- verify and proof verify ----------------------------------------------------------------------
