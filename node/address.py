@@ -34,6 +34,10 @@ class Address:
         `port_zero_ok`: a listening address may say it, an address to dial may not."""
         if not isinstance(text, str):
             raise AddressError(f"must be a string HOST:PORT ({_EXAMPLES}), got {type(text).__name__}")
+        scheme, has_scheme, rest = text.partition("://")
+        if has_scheme:
+            # msgpack-RPC over TCP (TLS) has no URL: say so instead of failing to resolve "http".
+            raise AddressError(f"{text!r} is a URL; give HOST:PORT without {scheme + '://'!r} ({rest or _EXAMPLES})")
         if text.startswith("["):
             host, sep, port_text = text[1:].partition("]:")
             if not sep:

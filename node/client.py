@@ -291,7 +291,7 @@ class Client:
         waiting = {msgid: position for position, msgid in enumerate(msgids)}
         results: list[Any] = [None] * len(calls)
         while waiting:
-            for msgid, error, result in self._reader.responses():
+            for msgid, error, result in self._responses():
                 if msgid is None and error is not None:
                     # The node refused the connection or the stream (busy, parse error): not for one call.
                     raise ProtocolError(f"node closed the connection: {_error_of(error, self.endpoint)}")
@@ -308,6 +308,14 @@ class Client:
                 raise ProtocolError("connection closed by the node")
             self._reader.feed(data)
         return results
+
+    def _responses(self):
+        try:
+            yield from self._reader.responses()
+        except WireError as exc:
+            # Bytes that are not msgpack-RPC: most often another of the node's ports (p2p, metrics).
+            raise ProtocolError(f"{exc}; is {self.endpoint} the node's RPC port? (its p2p and metrics ports "
+                                f"speak other protocols)") from None
 
 
 # -- trio client ----------------------------------------------------------------------------------

@@ -179,7 +179,9 @@ def run_node(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        raise CliError(f"config: {exc}") from None
+        # A file-level error names the file already; a field error gets it in front.
+        message = str(exc)
+        raise CliError(message if message.startswith("config file ") else f"config file {args.config}: {message}") from None
     return run_daemon(config)
 
 

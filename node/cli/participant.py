@@ -326,6 +326,11 @@ def _rpc_endpoints(args) -> str:
     return value
 
 
+def _rpc_source(args) -> str:
+    """Where the node addresses came from, for messages: the option or the environment variable."""
+    return "--rpc" if args.rpc else "BAYLEDGER_RPC"
+
+
 _TRUE_WORDS = ("1", "true", "yes")
 _FALSE_WORDS = ("", "0", "false", "no")
 
@@ -358,7 +363,7 @@ def _client(args) -> Client:
         return Client(_rpc_endpoints(args), timeout_s=args.timeout + max(0, getattr(args, "wait_ms", 0)) / 1000,
                       ca_file=ca_file, tls=tls, credentials=_credentials(args))
     except ValueError as exc:
-        raise CliError(f"--rpc: {exc}") from None
+        raise CliError(f"{_rpc_source(args)}: {exc}") from None
 
 
 def _credentials(args) -> Credentials | None:
@@ -541,13 +546,23 @@ def run_submit(args) -> int:
                            f"`bayledger receipt refresh {receipt_path}` records the commit)") from None
     if answer.get("status") != "committed":
         receipt_path.unlink(missing_ok=True)
-        print(f"REFUSED: {answer.get('reason') or answer.get('status')}")
+        reason = answer.get("reason") or answer.get("status")
+        print(f"REFUSED: {reason}{_what_is_accepted(reason, genesis)}")
         return EXIT_NEGATIVE
     receipt.update(status="committed", height=answer["height"], leaf_index=answer["leaf_index"])
     _write_private(receipt_path, _receipt_bytes(receipt), overwrite=True)
     print(f"COMMITTED at height {answer['height']}, leaf {answer['leaf_index']}; commitment {commitment.hex()}")
     print(f"receipt: {receipt_path} (holds the salt: keep it with the document)")
     return EXIT_OK
+
+
+def _what_is_accepted(reason: str, genesis) -> str:
+    """For a refusal the caller can fix by choosing another value: what this chain accepts."""
+    if reason.endswith("unknown-kind"):
+        kinds = f"this chain's kinds are {', '.join(genesis.entry_kinds)}" if genesis is not None else (
+            "the genesis file lists this chain's kinds under entry_kinds")
+        return f" ({kinds}: choose one with --kind)"
+    return ""
 
 
 def _receipt_bytes(receipt: dict) -> bytes:
