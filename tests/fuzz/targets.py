@@ -35,7 +35,7 @@ VALIDATORS = ValidatorSet(tuple(
 @functools.lru_cache(maxsize=1)
 def _example():
     """The PROTOCOL.md example (a real genesis, entry and match proof), built once per process."""
-    from tests.storage.protocol_example import build, example_genesis
+    from tests.support.protocol_example import build, example_genesis
     return example_genesis(), build()
 
 

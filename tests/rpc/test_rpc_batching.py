@@ -124,7 +124,7 @@ class GatedStream(RecordingStream):
 
 
 def _submits(world, count: int) -> bytes:
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     author = Author(world, "hk-bureau")
     author.nonce = 100                    # past the nonces the fixture's blocks used

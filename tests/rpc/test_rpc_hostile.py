@@ -354,7 +354,7 @@ def test_one_client_address_cannot_hold_every_connection(node):
 def test_many_requests_in_flight_are_answered_as_they_complete(server, node, world, neighbour):
     """A held submit(wait) does not block later requests on the same connection: they are answered
     first (out of order); more than requests_in_flight_max pipelined requests are all answered."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     node.hold = True
     author = Author(world, "hk-bank")
@@ -377,7 +377,7 @@ def test_many_requests_in_flight_are_answered_as_they_complete(server, node, wor
 
 def test_submit_wait_timeout_is_an_error(server, node, world):
     """submit with wait and a short timeout_ms on an entry that does not commit: error "timeout"."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     node.hold = True
     author = Author(world, "hk-bank")
@@ -479,7 +479,7 @@ def test_block_pages_and_the_page_size_edge(node, world):
     from dataclasses import replace
 
     from rpc_helpers import ServerThread
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     author = Author(world, "hk-bank")
     author.nonce = 3000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage.ledger import Ledger
-from storage_helpers import World, make_world
+from tests.support.storage_helpers import World, make_world
 
 
 @pytest.fixture

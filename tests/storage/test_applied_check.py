@@ -13,7 +13,7 @@ from consensus.replica import CLIENT, Replica, ReplicaConfig, encode_catch_up_re
 from storage.entries import build_commit
 from storage.ledger import Ledger, LedgerApplication
 
-from storage_helpers import Author, commitment, next_block
+from tests.support.storage_helpers import Author, commitment, next_block
 
 ME = "cn-1"          # a backup in view 0 (the primary is hk-1)
 PEER = "hk-2"

@@ -15,7 +15,7 @@ from storage import entries, merkle
 from storage import ledger as ledger_module
 from storage.genesis import Participant
 from storage.ledger import Ledger, LedgerApplication, LedgerError, NonceWindow
-from storage_helpers import Author, certify, commitment, key_from, make_world, next_block
+from tests.support.storage_helpers import Author, certify, commitment, key_from, make_world, next_block
 
 
 def apply(world, ledger, entry_list, **kw):
