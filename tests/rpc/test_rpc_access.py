@@ -14,7 +14,7 @@ import nacl.signing
 import pytest
 
 from node.rpc_access import sign_authentication
-from rpc_helpers import NODE_ID, TEST_LIMITS, VALIDATOR, FakeNode, ServerThread, connect as connect_to, key_of, query
+from tests.support.rpc_helpers import NODE_ID, TEST_LIMITS, VALIDATOR, FakeNode, ServerThread, connect as connect_to, key_of, query
 from storage.entries import build_admit, build_suspend
 from storage.genesis import Participant
 

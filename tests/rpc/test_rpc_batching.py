@@ -10,7 +10,7 @@ import msgpack
 import trio
 import trio.testing
 
-from rpc_helpers import TEST_LIMITS, authenticated_session
+from tests.support.rpc_helpers import TEST_LIMITS, authenticated_session
 from node.rpc import RpcServer, _Connection, reply_batch_bytes_max
 
 

@@ -13,7 +13,6 @@ import threading
 
 import msgpack
 import nacl.signing
-import pytest
 import trio
 
 from tests.support.storage_helpers import World, make_world, next_block
@@ -262,17 +261,3 @@ def populate(world: World, ledger: Ledger) -> dict:
 __all__ = ["TEST_LIMITS", "NODE_ID", "VALIDATOR", "Connection", "FakeNode", "ServerThread", "authenticated_session",
            "connect", "key_of", "make_world", "populate", "query"]
 
-
-# Fixtures shared by tests/rpc and tests/cli (each conftest imports them by name).
-
-
-@pytest.fixture
-def world():
-    return make_world()
-
-
-@pytest.fixture
-def ledger(world, tmp_path):
-    store = Ledger.open(tmp_path / "ledger", world.genesis)
-    yield store
-    store.close()
