@@ -1,7 +1,7 @@
 """Every decoder that reads bytes from outside, as a fuzz target: bytes in, only the documented error out.
 
 One table, two users: tests/test_hostile_decoders.py drives each target with
-hypothesis over structured hostile msgpack (tests/hostile_msgpack.py), and
+hypothesis over structured hostile msgpack (tests/support/hostile_msgpack.py), and
 `make fuzz` (tests/fuzz/run.py) drives them with atheris, coverage-guided.
 
 A target returns normally when the decoder accepted the bytes or refused them
