@@ -20,8 +20,8 @@ from node.keys import KeyPair
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 from storage.ledger import Ledger
-from submit_flood import Participant, flood_while_honest_commit
-from test_node_daemon import CHAIN, IDS, Net
+from tests.support.submit_flood import Participant, flood_while_honest_commit
+from tests.support.daemon_net import CHAIN, IDS, Net
 
 ALL = [node_id for node_id, _ in IDS]
 PARTICIPANTS = {"hk-bank": "HK", "hk-bureau": "HK", "cn-bureau": "CN"}
