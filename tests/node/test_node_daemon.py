@@ -15,9 +15,8 @@ import trio
 from consensus.sim import app as sim_app
 from consensus.validators import Validator, ValidatorSet
 from node.api import ApiError
-from node.daemon import Daemon
 from node.keys import KeyPair
-from tests.support.daemon_net import CHAIN, IDS, Net, no_rpc as _no_rpc, request, submit_all
+from tests.support.daemon_net import CHAIN, IDS, Net, request, submit_all
 
 
 def assert_same_chain(net, node_ids):
@@ -184,17 +183,8 @@ async def test_daemons_on_leveldb_commit_signed_entries_and_resume_from_disk(tmp
     paths = {node_id: tmp_path / f"{node_id}-ledger" for node_id, _ in IDS}
     net.ledgers = {node_id: Ledger.open(paths[node_id], genesis) for node_id, _ in IDS}
 
-    async def start_real(nursery, node_id):
-        daemon = Daemon(net.config(node_id), genesis, net.keys[node_id], net.ledgers[node_id])
-        daemon._start_rpc = _no_rpc
-        net.daemons[node_id] = daemon
-        scope = trio.CancelScope()
-        net.scopes[node_id] = scope
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with scope:
-                await daemon.run(task_status=task_status)
-        await nursery.start(run)
+    net.application = lambda: None   # each daemon's own application, over its LevelDB ledger
+    start_real = net.start
 
     def entry(nonce):
         return ledger_entries.build_commit(provider.signing_key, "bank-hk", CHAIN, os.urandom(32), "credit-report",
