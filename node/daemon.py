@@ -8,11 +8,11 @@ Tasks (all in one nursery; on SIGTERM/SIGINT the daemon drains, then cancels the
   a peer that sends too many;
 - the driver: the only task that touches the replica. It takes peer frames and
   client requests from that channel, and clock ticks every tick_interval_ms,
-  and carries out each Ready in the contract order of
-  docs/INTERNALS.md: persist (one synced batch) -> on_persisted -> send ->
-  apply committed blocks -> serve catch-up -> log evidence and rejections.
-  The Readies of everything drained in one wake-up share one synced write, and
-  the synced writes (consensus state and block apply) run in a worker thread
+  and carries out their Readies through consensus.host (the code the simulator
+  runs), in the contract order of docs/INTERNALS.md: persist (one synced batch)
+  -> on_persisted -> send -> apply committed blocks -> serve catch-up -> log
+  evidence and rejections. The Readies of everything drained in one wake-up
+  share one synced write, and the synced writes (consensus state and block apply) run in a worker thread
   that the driver awaits: the order is unchanged, but readers and the RPC
   server keep running during the fsync (RPC reads wait for `ledger_quiet`);
 - the RPC server (node.rpc) and the metrics server;
@@ -45,7 +45,7 @@ from typing import Any
 import structlog
 import trio
 
-from consensus import codec
+from consensus import codec, host
 from consensus import replica as replica_module
 
 from . import rpc, tls
@@ -683,41 +683,33 @@ class Daemon:
         return ready
 
     async def carry_out_many_off_loop(self, readies: list) -> None:
-        """Carry out the Readies of consecutive inputs with one synced write for all their persists.
+        """Carry out the Readies of consecutive inputs through consensus.host, the code the
+        simulator runs: one synced write for all their persists (with the block after the applied
+        height, if one of them commits it), then each Ready's sends, applies, catch-up and
+        reports, in the order one-at-a-time processing gives; only the number of fsyncs drops.
 
-        Their persist lists are written in order in one batch (a later value of a key wins), before
-        any of their messages is sent. If one of them commits the block that follows the applied
-        height, that block is applied in the same synced batch: a crash then leaves both or
-        neither, states that writing the persists first could leave too, and each committed block
-        costs one fsync less (its "committed" record rides with it). Then each
-        Ready in turn: on_persisted (which releases the oldest held batch of messages), its
-        messages, blocks (not the one applied already), catch-up, evidence and rejections, and the
-        follow-up Readies on_persisted returned. The order of everything sent is the order
-        one-at-a-time processing gives; only the number of fsyncs drops.
-
-        Each synced write runs in a worker thread that the driver awaits before it goes on, so
-        nothing that depends on the write happens early, while the event loop runs meanwhile: peer
-        readers and the RPC server keep taking input (queued for the driver's next batch, which the
-        fsync thus makes larger) and answering queries instead of stalling for the fsync. LevelDB writes are thread-safe and
-        plyvel releases the GIL while it writes; the consensus state keys are read by no one else.
+        Each synced write runs in a worker thread that the driver awaits before it asks the host
+        for the next step, so nothing that depends on the write happens early, while the event
+        loop runs meanwhile: peer readers and the RPC server keep taking input (queued for the
+        driver's next batch, which the fsync thus makes larger) and answering queries instead of
+        stalling for the fsync. LevelDB writes are thread-safe and plyvel releases the GIL while it
+        writes; the consensus state keys are read by no one else.
         """
-        changes = [change for ready in readies for change in ready.persist]
-        if changes:
-            next_block = next((block for ready in readies for block in ready.committed), None)
-            if next_block is not None and next_block.header.height == self.height + 1:
-                await self._apply_off_loop(next_block, changes)
+        for step in host.carry_out(self.replica, readies, self.height):
+            if isinstance(step, host.WriteBatch):
+                if step.block is not None:
+                    await self._apply_off_loop(step.block, list(step.changes))
+                else:
+                    await self._write_consensus_state_off_loop(list(step.changes))
+            elif isinstance(step, host.Send):
+                self._send_messages(step.messages)
+            elif isinstance(step, host.Apply):
+                await self._apply_off_loop(step.block)
+            elif isinstance(step, host.ServeCatchUp):
+                for peer_id, from_height, to_height in step.ranges:
+                    self._serve_catch_up(peer_id, from_height, to_height)
             else:
-                await self._write_consensus_state_off_loop(changes)
-        for ready in readies:
-            follow_up = self.replica.on_persisted() if ready.persist else None
-            await self._carry_out_after_persist_off_loop(ready)
-            while follow_up is not None:
-                next_follow_up = None
-                if follow_up.persist:
-                    await self._write_consensus_state_off_loop(list(follow_up.persist))
-                    next_follow_up = self.replica.on_persisted()
-                await self._carry_out_after_persist_off_loop(follow_up)
-                follow_up = next_follow_up
+                self._report(step)
         self._observe_replica()
         self.metrics.mempool_size.set(self.replica.pending_request_count)
 
@@ -725,28 +717,20 @@ class Daemon:
         # Not abandoned on cancellation: a shutdown waits for the write to finish (or fail) first.
         await trio.to_thread.run_sync(self.ledger.write_consensus_state, changes)
 
-    async def _carry_out_after_persist_off_loop(self, ready) -> None:
-        self._send_messages(ready)
-        for block in ready.committed:
-            await self._apply_off_loop(block)
-        self._carry_out_after_apply(ready)
-
-    def _send_messages(self, ready) -> None:
-        for outbound in ready.messages:
+    def _send_messages(self, messages) -> None:
+        for outbound in messages:
             if outbound.to is None:
                 self.network.broadcast(FRAME_KIND_CONSENSUS, outbound.data)
             else:
                 self.network.send(outbound.to, FRAME_KIND_CONSENSUS, outbound.data)
 
-    def _carry_out_after_apply(self, ready) -> None:
-        for peer_id, from_height, to_height in ready.serve_catch_up:
-            self._serve_catch_up(peer_id, from_height, to_height)
-        for evidence in ready.evidence:
+    def _report(self, report) -> None:
+        for evidence in report.evidence:
             self.metrics.evidence.inc()
             log.warning("equivocation evidence", validator=evidence.validator, kind=evidence.kind,
                         view=evidence.view, height=evidence.height,
                         first=evidence.first.hex(), second=evidence.second.hex())
-        for peer_id, reason in ready.rejected:
+        for peer_id, reason in report.rejected:
             if peer_id == CLIENT_PEER_ID:
                 continue    # answered to the client by submit
             self.metrics.rejected_messages.inc(label_value=reason)

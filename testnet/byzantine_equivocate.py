@@ -31,7 +31,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from consensus import codec, messages
+from consensus import codec, host, messages
 from consensus.block import BlockHeader
 
 log = structlog.get_logger()
@@ -152,27 +152,31 @@ class Equivocator:
             await trio.sleep(0)
 
     async def carry_out(self, ready) -> None:
-        # Nothing is persisted: the promises are released at once.
-        follow_up = self.replica.on_persisted() if ready.persist else None
-        for outbound in ready.messages:
-            await self.send(outbound.to, outbound.data)
-        for block in ready.committed:
-            if block.header.height == self.ledger.height() + 1:
-                self.ledger.apply_block(block)
-                self._note_header(block.header)
-        for peer_id, first, last in ready.serve_catch_up:
-            blocks = []
-            for height in range(first, min(last, first + messages.CATCH_UP_BLOCKS_MAX - 1, self.ledger.height()) + 1):
-                block = self.ledger.committed_block(height)
-                if block is None:
-                    break
-                blocks.append(block)
-            if blocks:
-                await self.ctx.links.send_message(peer_id, messages.encode_catch_up_response(blocks))
-        if ready.evidence:
-            self.ctx.stats["evidence_seen"] += len(ready.evidence)
-        if follow_up is not None:
-            await self.carry_out(follow_up)
+        # Through consensus.host, as an honest daemon; but nothing is persisted: the promises are
+        # released at once, and a restart would forget them.
+        for step in host.carry_out(self.replica, [ready], self.ledger.height()):
+            if isinstance(step, (host.WriteBatch, host.Apply)):
+                if step.block is not None:
+                    self.ledger.apply_block(step.block)
+                    self._note_header(step.block.header)
+            elif isinstance(step, host.Send):
+                for outbound in step.messages:
+                    await self.send(outbound.to, outbound.data)
+            elif isinstance(step, host.ServeCatchUp):
+                for peer_id, first, last in step.ranges:
+                    await self._serve_catch_up(peer_id, first, last)
+            elif step.evidence:
+                self.ctx.stats["evidence_seen"] += len(step.evidence)
+
+    async def _serve_catch_up(self, peer_id: str, first: int, last: int) -> None:
+        blocks = []
+        for height in range(first, min(last, first + messages.CATCH_UP_BLOCKS_MAX - 1, self.ledger.height()) + 1):
+            block = self.ledger.committed_block(height)
+            if block is None:
+                break
+            blocks.append(block)
+        if blocks:
+            await self.ctx.links.send_message(peer_id, messages.encode_catch_up_response(blocks))
 
     async def send(self, to: str | None, data: bytes) -> None:
         destinations = [to] if to is not None else self.others

@@ -1,11 +1,12 @@
 """One simulated run: a cluster of replicas, clients, a faulty network, a checker.
 
-The host side of every replica honours the Ready contract exactly as the
-daemon must: write `persist` (one atomic batch), call `on_persisted()`, then
-send, then apply committed blocks, then serve catch-up. A crash may be
-scheduled at any of those stages; everything not yet persisted is lost, and
-the restarted replica gets only the persisted key/value map and the blocks
-its host applied.
+Every replica's Readies are carried out by `consensus.host`, the code the
+daemon runs: the simulator performs its steps (write batch, send, apply,
+serve catch-up, report) with a dict for a disk and a simulated network. The
+seed draws how many consecutive Readies the host merges into one write batch
+(the daemon merges those of every input it drained), and where a crash falls
+between steps; everything not yet written is lost, and the restarted replica
+gets only the persisted key/value map and the blocks its host applied.
 
 Phase 1 (safety, `plan.ticks`): faults as drawn. Phase 2 (liveness): the
 network heals, crashed replicas restart, clients retry; every valid request
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import nacl.signing
 
-from consensus import codec
+from consensus import codec, host
 from consensus.validators import Validator, ValidatorSet
 
 from . import adapter, app, speed
@@ -34,8 +35,6 @@ CHAIN_ID = "bayledger-sim"
 genesis_time_ms = 1_700_000_000_000
 # Clients that have not seen their request commit send it again this often (liveness phase).
 resubmit_interval_ticks = 100
-# A Ready may release further Readies through on_persisted; more than this in a row is a replica bug.
-ready_chain_length_max = 64
 
 
 @dataclass
@@ -96,6 +95,9 @@ class SimNode:
     application: object | None = None                # the replica's SimApplication (what was applied)
     down_until_tick: int | None = None
     crash_stage: str | None = None                  # crash at this stage of the next Ready
+    crash_stage_skips: int = 0                      # ... after passing this many points of that stage
+    readies: list = field(default_factory=list)     # Readies queued for the host to carry out together
+    readies_to_merge: int | None = None             # drawn: the queue is carried out once it is this long
     clock_offset_ms: int = 0                        # this host's clock error, redrawn at each start
     crash_waits_for_stage: bool = False             # scripted: no end-of-tick fallback, wait for the stage
     down_ticks: int = 0                             # scripted: how long it stays down once crashed
@@ -151,6 +153,8 @@ class Simulation:
         self.rng_byzantine = random.Random(rng.getrandbits(64))
         # Its own stream, so clock draws do not shift the other faults of a seed.
         self.rng_clocks = random.Random(plan.seed * 2 + 1)
+        # And so do the host's draws of how many Readies it carries out together.
+        self.rng_host = random.Random(plan.seed * 2 + 2)
         self.validators, keys = make_validators(plan)
         self.ids = [v.id for v in self.validators.validators]
         drawn = sorted(self.rng_faults.sample(self.ids, plan.byzantine_count))
@@ -227,10 +231,12 @@ class Simulation:
         )
         node.down_until_tick = None
         node.crash_stage = None
+        node.readies, node.readies_to_merge = [], None
 
     def crash(self, node: SimNode, stage: str) -> None:
         node.replica = None
         node.crash_stage = None
+        node.readies, node.readies_to_merge = [], None   # not carried out: lost with the process
         if node.crash_waits_for_stage:
             node.crash_waits_for_stage = False
             node.down_until_tick = self.tick + node.down_ticks
@@ -239,63 +245,102 @@ class Simulation:
         if self.log:
             self.log(f"tick {self.tick}: crash {node.id} at {stage}")
 
-    # -- the Ready contract -----------------------------------------------------
+    # -- the Ready contract: carried out by consensus.host, as in the daemon -------------------
 
     def _stage(self, node: SimNode, stage: str) -> None:
-        if node.crash_stage == stage:
-            self.crash(node, stage)
-            raise NodeCrashed
+        if node.crash_stage != stage:
+            return
+        if node.crash_stage_skips > 0:
+            node.crash_stage_skips -= 1   # a later point of the same kind, deeper in a merged group
+            return
+        self.crash(node, stage)
+        raise NodeCrashed
 
     def carry_out(self, node: SimNode, ready) -> None:
-        try:
-            for _ in range(ready_chain_length_max):
-                if ready is None:
-                    return
-                ready = self._carry_out_one(node, ready)
-            raise SafetyViolation(f"replica {node.id}: on_persisted kept returning more to persist")
-        except NodeCrashed:
-            return
+        """Queue `ready`; the host carries out the queue once it holds as many Readies as drawn
+        (the daemon merges the Readies of the inputs it drained into one synced write)."""
+        node.readies.append(ready)
+        if node.readies_to_merge is None:
+            node.readies_to_merge = self.rng_host.randint(1, self.plan.readies_merged_max)
+        if len(node.readies) >= node.readies_to_merge:
+            self.flush(node)
 
-    def _carry_out_one(self, node: SimNode, ready):
-        self._stage(node, "before_persist")
-        follow_up = None
-        persist = adapter.ready_persist(ready)
-        outbound_messages = adapter.ready_messages(ready)
-        if self.plan.send_before_persist and outbound_messages:
-            # Legal by the contract (a Ready's messages never depend on its own persist),
-            # and the order that exposes a vote released before the state it promises.
-            for outbound in outbound_messages:
-                self.send(node, outbound.to, outbound.data)
-            outbound_messages = []
-            if persist:
-                # Only here is something sent that a crash could make the replica forget.
-                self._stage(node, "after_early_send")
-        if persist:
-            for key, value in persist:
+    def flush(self, node: SimNode) -> None:
+        """Carry out every queued Ready of `node` through consensus.host, crashing where drawn."""
+        readies, node.readies, node.readies_to_merge = node.readies, [], None
+        if not readies or not node.up:
+            return
+        if len(readies) > 1:
+            self.faults["readies_merged"] += len(readies)
+        self._check_redelivered(node, readies)
+        steps = host.carry_out(node.replica, readies, len(node.blocks), send_before_persist=self.plan.send_before_persist)
+        try:
+            self._stage(node, "before_persist")
+            persists = any(ready.persist for ready in readies)
+            wrote = just_wrote = False
+            while True:
+                try:
+                    step = next(steps)
+                except StopIteration:
+                    break
+                except host.FollowUpsExceeded as exc:
+                    raise SafetyViolation(f"replica {node.id}: {exc}") from exc
+                if just_wrote:
+                    # on_persisted ran before this step was made: what it released is not out yet.
+                    self._stage(node, "after_persisted_ack")
+                self._perform(node, step)
+                just_wrote = isinstance(step, host.WriteBatch)
+                wrote = wrote or just_wrote
+                if isinstance(step, host.Send):
+                    # Only a send before the write is something a crash could make the replica forget.
+                    self._stage(node, "after_send" if wrote or not persists else "after_early_send")
+            if just_wrote:
+                self._stage(node, "after_persisted_ack")
+        except NodeCrashed:
+            steps.close()
+
+    def _check_redelivered(self, node: SimNode, readies) -> None:
+        # The host skips blocks at or below the applied height; the checker still sees that a
+        # re-delivered block is the one applied there.
+        for ready in readies:
+            for block in adapter.ready_committed(ready):
+                if block.header.height <= len(node.blocks):
+                    self.checker.committed(node.id, block.header, tuple(block.entries), block.certificate)
+
+    def _perform(self, node: SimNode, step) -> None:
+        if isinstance(step, host.WriteBatch):
+            for key, value in step.changes:
                 if value is None:
                     node.kv.pop(key, None)
                 else:
                     node.kv[key] = value
+            if step.block is not None:
+                self._apply(node, step.block)   # in the same atomic write
             self._stage(node, "after_persist")
-            follow_up = node.replica.on_persisted()
-            self._stage(node, "after_persisted_ack")
-        for outbound in outbound_messages:
-            self.send(node, outbound.to, outbound.data)
-        self._stage(node, "after_send")
-        for block in adapter.ready_committed(ready):
-            self.checker.committed(node.id, block.header, tuple(block.entries), block.certificate)
-            if block.header.height == len(node.blocks) + 1:
-                node.blocks.append(block)
-                node.application.record_applied(block.entries)
-                if self.log:
-                    self.log(
-                        f"tick {self.tick}: {node.id} applied height {block.header.height} "
-                        f"{block.header.hash().hex()[:12]} ({len(block.entries)} entries, view {block.certificate.view})"
-                    )
-        self._stage(node, "after_apply")
-        for peer_id, from_height, to_height in adapter.ready_serve_catch_up(ready):
-            self.serve_catch_up(node, peer_id, from_height, to_height)
-        for evidence in adapter.ready_evidence(ready):
+        elif isinstance(step, host.Send):
+            for outbound in step.messages:
+                self.send(node, outbound.to, outbound.data)
+        elif isinstance(step, host.Apply):
+            self._apply(node, step.block)
+            self._stage(node, "after_apply")
+        elif isinstance(step, host.ServeCatchUp):
+            for peer_id, from_height, to_height in step.ranges:
+                self.serve_catch_up(node, peer_id, from_height, to_height)
+        else:
+            self._report(node, step)
+
+    def _apply(self, node: SimNode, block) -> None:
+        self.checker.committed(node.id, block.header, tuple(block.entries), block.certificate)
+        node.blocks.append(block)
+        node.application.record_applied(block.entries)
+        if self.log:
+            self.log(
+                f"tick {self.tick}: {node.id} applied height {block.header.height} "
+                f"{block.header.hash().hex()[:12]} ({len(block.entries)} entries, view {block.certificate.view})"
+            )
+
+    def _report(self, node: SimNode, step) -> None:
+        for evidence in step.evidence:
             self.faults["evidence_reported"] += 1
             if self.checker.is_honest(node.id):
                 if self.checker.is_honest(evidence.validator):
@@ -303,7 +348,7 @@ class Simulation:
                 problem = adapter.check_evidence(evidence, self.validators, CHAIN_ID)
                 if problem is not None:
                     raise SafetyViolation(f"replica {node.id} reported bad evidence: {problem}")
-        for peer, reason in adapter.ready_rejected(ready):
+        for peer, reason in step.rejected:
             self.faults[f"rejected_{reason}"] += 1
             malformed = reason in MALFORMED_REASONS or reason.startswith(MALFORMED_REQUEST_PREFIXES)
             if malformed and self.checker.is_honest(node.id) and self.checker.is_honest(peer):
@@ -313,7 +358,6 @@ class Simulation:
                     self.faults[f"rejected_honest_{reason}"] += 1
                     continue
                 raise SafetyViolation(f"replica {node.id} rejected a message from honest {peer}: {reason}")
-        return follow_up
 
     def send(self, node: SimNode, to: str | None, data: bytes) -> None:
         destinations = [i for i in self.ids if i != node.id] if to is None else [to]
@@ -394,6 +438,7 @@ class Simulation:
                     node.crash_stage = "after_early_send"
                 else:
                     node.crash_stage = rng.choice(CRASH_STAGES)
+                node.crash_stage_skips = rng.randint(0, 2)
                 node.down_until_tick = self.tick + rng.randint(1, plan.down_ticks_max)
 
     def schedule_crash(self, node_id: str, stage: str, down_ticks: int, *, wait: bool = False) -> None:
@@ -404,6 +449,7 @@ class Simulation:
             raise ValueError(f"unknown crash stage {stage!r}")
         node = self.nodes[node_id]
         node.crash_stage = stage
+        node.crash_stage_skips = 0
         node.crash_waits_for_stage = wait
         node.down_until_tick = self.tick + down_ticks
         node.down_ticks = down_ticks
@@ -432,6 +478,8 @@ class Simulation:
             node = self.nodes[node_id]
             if node.up:
                 self.carry_out(node, node.replica.on_tick(now + node.clock_offset_ms))
+        for node_id in self.ids:
+            self.flush(self.nodes[node_id])
         # A crash scheduled for a stage no Ready reached this tick happens at the end of it.
         for node_id in self.ids:
             node = self.nodes[node_id]

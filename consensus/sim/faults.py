@@ -66,6 +66,7 @@ class FaultPlan:
     down_ticks_max: int
     crashes_max: int
     send_before_persist: bool     # host sends a Ready's messages before writing its persist batch
+    readies_merged_max: int       # the host carries out 1..this many consecutive Readies as one (drawn per group)
     clock_skew_ms: int            # each replica's clock is off by -this..+this ms, redrawn at restart
     # Byzantine replicas (ids chosen from the seed) and what they do.
     liveness_core_only: bool      # liveness with only 2f + 1 honest replicas up (f - b stay down)
@@ -146,6 +147,7 @@ def draw_fault_plan(
         down_ticks_max=rng.randint(5, 200),
         crashes_max=rng.randint(1, 12),
         send_before_persist=False,      # drawn last, below
+        readies_merged_max=1,           # drawn last, below
         clock_skew_ms=0,                # drawn last, below
         liveness_core_only=False,       # drawn last, below
         byzantine_behaviours=behaviours,
@@ -163,6 +165,8 @@ def draw_fault_plan(
     }
     if rng.random() < 0.3:
         changes["byzantine_behaviours"] = behaviours + ("split_brain",)
+    # The daemon carries out up to 256 Readies (node.daemon.DRAIN_EVENTS_MAX) with one synced write under load.
+    changes["readies_merged_max"] = rng.choice((1, 2, 4, 16, 256))
     if replicas is None and byzantine is not None and byzantine > plan.f:
         # A drawn cluster too small for the asked Byzantine count grows to the smallest that allows it.
         fitting = [n for n in REPLICA_COUNTS if (n - 1) // 3 >= byzantine]

@@ -53,3 +53,31 @@ def test_the_checker_catches_a_forbidden_import():
     """The check itself can fail: a lazy `import time` inside a function is found."""
     tree = ast.parse("def f():\n    import time\n    from os import path\n    return time\n")
     assert imported_roots(tree) >= {"time", "os"}
+
+
+REPOSITORY = CONSENSUS.parent
+# The one module that acknowledges a persist, and the replica's own guard in the simulator.
+ACKNOWLEDGERS = {"consensus/host.py", "consensus/sim/adapter.py"}
+
+
+def on_persisted_calls(tree: ast.AST) -> int:
+    return sum(
+        1 for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "on_persisted"
+    )
+
+
+def test_only_the_host_carries_out_readies():
+    """Every host (daemon, simulator, testnet validator) goes through consensus/host.py: no other
+    production code calls on_persisted, which only the one that performed the write may call."""
+    callers = set()
+    for folder in ("consensus", "node", "storage", "testnet"):
+        for path in sorted((REPOSITORY / folder).rglob("*.py")):
+            name = str(path.relative_to(REPOSITORY))
+            if on_persisted_calls(ast.parse(path.read_text(), filename=name)):
+                callers.add(name)
+    assert callers == ACKNOWLEDGERS
+
+
+def test_the_host_check_finds_a_call():
+    assert on_persisted_calls(ast.parse("def carry(replica):\n    return replica.on_persisted()\n")) == 1

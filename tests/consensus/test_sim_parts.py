@@ -254,9 +254,10 @@ def test_byzantine_memory_is_bounded():
 
 
 def test_a_replica_that_never_stops_asking_to_persist_is_reported():
-    """The host follows on_persisted() chains, but not forever: past ready_chain_length_max
+    """The host follows on_persisted() chains, but not forever: past host.FOLLOW_UPS_MAX
     it reports the replica (a bug there), instead of looping."""
-    from consensus.sim import Simulation, cluster
+    from consensus import host
+    from consensus.sim import Simulation
     from consensus.sim.faults import calm_plan
 
     class Endless:
@@ -265,12 +266,16 @@ def test_a_replica_that_never_stops_asking_to_persist_is_reported():
             self.serve_catch_up, self.evidence, self.rejected = [], [], []
 
     class EndlessReplica:
+        calls = 0
+
         def on_persisted(self):
+            self.calls += 1
             return Endless()
 
     sim = Simulation(calm_plan(1, ticks=5))
     node = sim.nodes["r1"]
-    node.replica = EndlessReplica()
+    node.replica = replica = EndlessReplica()
     with pytest.raises(SafetyViolation, match="kept returning"):
         sim.carry_out(node, Endless())
-    assert cluster.ready_chain_length_max == 64
+        sim.flush(node)
+    assert replica.calls == host.FOLLOW_UPS_MAX + 1   # the first ack, then one per follow-up

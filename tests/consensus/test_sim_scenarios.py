@@ -30,10 +30,11 @@ def test_primary_crash_mid_batch():
         if 1 <= tick <= 4:
             sim.client_request(["r1", "r2", "r3"])
             sim.client_request(["r1", "r2", "r3"])
-        primary = sim.nodes["r0"]
-        if "crashed" not in state and primary.up and primary.replica.status()["in_flight"] > 0:
+        if tick == 1:
+            # r0 is no client's target: the first thing it sends is its PRE-PREPARE for the batch
+            # the others forward to it, and it crashes right after that send.
             state["crashed"] = tick
-            sim.schedule_crash("r0", "after_send", 150)
+            sim.schedule_crash("r0", "after_send", 150, wait=True)
 
     sim = Simulation(plan, schedule=schedule)
     result = run_ok(sim)
@@ -194,3 +195,30 @@ def test_replica_restarted_after_a_view_change_joins_the_new_view_at_once():
     assert "joined" in state, state
     # Well inside one view timeout (300 ms = 30 ticks in the simulator), which is what it took before.
     assert state["joined"] - state["restarted"] < adapter.view_timeout_ms // plan.tick_ms // 2, state
+
+
+def test_the_host_merges_readies_and_a_crash_falls_between_its_steps():
+    """The simulator carries out Readies through consensus.host, merged as the daemon merges them.
+    r1 crashes after the acknowledgement of a merged write and before what that released is sent
+    (then again, later, between a write and its acknowledgement); the run stays safe and live."""
+    plan = calm_plan(2, readies_merged_max=16, batch_requests_max=2)
+    state = {}
+
+    def schedule(sim, tick):
+        if 1 <= tick <= 6:
+            sim.client_request(["r1", "r2", "r3"])
+        if tick == 2:
+            sim.schedule_crash("r1", "after_persisted_ack", 30, wait=True)
+        if tick == 60 and sim.nodes["r1"].up:
+            state["second"] = tick
+            sim.schedule_crash("r1", "after_persist", 30, wait=True)
+        if 61 <= tick <= 64:
+            sim.client_request(["r0", "r2", "r3"])
+
+    sim = Simulation(plan, schedule=schedule)
+    result = run_ok(sim)
+    assert result.faults["readies_merged"] > 0
+    assert result.faults["crash_after_persisted_ack"] == 1
+    assert "second" in state and result.faults["crash_after_persist"] == 1
+    assert sim.nodes["r1"].up and sim.checker.height("r1") == result.blocks_committed
+    assert result.requests_committed == 10

@@ -562,11 +562,9 @@ async def test_a_validator_sending_malformed_consensus_messages_is_cut_but_not_f
             reported = []
             daemon.network.report_malformed = lambda peer, reason: reported.append((peer, reason))
             honest_reasons = ["wrong-view", "outside-window", "invalid-request:bad-signature", "unknown-sender"]
-            daemon._carry_out_after_apply(SimpleNamespace(
-                serve_catch_up=[], evidence=[], rejected=[("hk-1", reason) for reason in honest_reasons * 20]))
+            daemon._report(SimpleNamespace(evidence=[], rejected=[("hk-1", reason) for reason in honest_reasons * 20]))
             assert reported == []
-            daemon._carry_out_after_apply(SimpleNamespace(
-                serve_catch_up=[], evidence=[], rejected=[("hk-1", "bad-field"), ("hk-1", "too-large")]))
+            daemon._report(SimpleNamespace(evidence=[], rejected=[("hk-1", "bad-field"), ("hk-1", "too-large")]))
             assert reported == [("hk-1", "bad-field"), ("hk-1", "too-large")]
 
             receipts = {}

@@ -8,6 +8,7 @@ backed by the ledger's nonce windows) before pooling, and refuses it.
 
 from __future__ import annotations
 
+from consensus import host
 from consensus.messages import Requests, encode
 from consensus.replica import CLIENT, Replica, ReplicaConfig, encode_catch_up_response
 from storage.entries import build_commit
@@ -46,12 +47,16 @@ def start_replica(world, ledger, app):
 
 
 def carry_out(ledger, replica, ready):
-    """What the daemon does with a Ready, minus the network: the committed blocks and the records."""
-    for block in ready.committed:
-        ledger.apply_block(block)
-    if ready.persist:
-        ledger.write_consensus_state(ready.persist)
-        carry_out(ledger, replica, replica.on_persisted())
+    """What the daemon does with a Ready (through consensus.host), minus the network: the writes and
+    the committed blocks."""
+    for step in host.carry_out(replica, [ready], ledger.height()):
+        if isinstance(step, host.WriteBatch):
+            if step.block is not None:
+                ledger.apply_block(step.block, list(step.changes))
+            else:
+                ledger.write_consensus_state(list(step.changes))
+        elif isinstance(step, host.Apply):
+            ledger.apply_block(step.block)
 
 
 def commit_through_replica(world, ledger, replica, now, blocks_of_entries):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import nacl.signing
 
-from consensus import codec
+from consensus import codec, host
 from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader, entries_hash
 from consensus.messages import CATCH_UP_BLOCKS_MAX, Commit, PrePrepare, Prepare, decode_message
@@ -66,40 +66,49 @@ class Node:
         )
 
     def handle(self, ready: Ready):
+        """Carry out `ready` through consensus.host, as the daemon and the simulator do."""
         if not self.up:
             return
-        if ready.persist:
-            # The contract: nothing that depends on this batch is in this Ready's messages.
-            assert not ready.messages
-            for key, value in ready.persist:
-                if value is None:
-                    self.persisted.pop(key, None)
-                else:
-                    self.persisted[key] = value
-            if self.crash_after_persist:
-                self.crash_after_persist = False
-                self.crash()  # written to disk, but the votes it released are lost
-                return
-            released = self.replica.on_persisted()
-            assert not released.persist
-        else:
-            released = None
-        for out in ready.messages:
-            self.send(out)
-        for block in ready.committed:
-            assert block.header.height == len(self.chain) + 1, "blocks arrive in height order"
-            block.certificate.verify(block.header, self.cluster.vset)
-            if self.chain:
-                assert block.header.prev_hash == self.chain[-1].header.hash()
-            self.chain.append(block)
-        for peer, first, last in ready.serve_catch_up:
-            blocks = self.chain[first - 1: min(last, len(self.chain))][:CATCH_UP_BLOCKS_MAX]
-            if blocks:
-                self.cluster.queue.append((self.id, peer, encode_catch_up_response(blocks)))
-        self.evidence.extend(ready.evidence)
-        self.rejected.extend(ready.rejected)
-        if released is not None:
-            self.handle(released)
+        # The contract, stricter than the host needs: nothing that depends on this batch is in this
+        # Ready's messages, blocks arrive in height order, and a released follow-up persists nothing.
+        assert not (ready.persist and ready.messages)
+        heights = [block.header.height for block in ready.committed]
+        assert heights == list(range(len(self.chain) + 1, len(self.chain) + 1 + len(heights))), "blocks in height order"
+        writes = 0
+        for step in host.carry_out(self.replica, [ready], len(self.chain)):
+            if isinstance(step, host.WriteBatch):
+                writes += 1
+                assert writes == 1, "a released follow-up persists nothing"
+                for key, value in step.changes:
+                    if value is None:
+                        self.persisted.pop(key, None)
+                    else:
+                        self.persisted[key] = value
+                if step.block is not None:
+                    self.append(step.block)
+                if self.crash_after_persist:
+                    self.crash_after_persist = False
+                    self.crash()  # written to disk, but the votes it released are lost
+                    return
+            elif isinstance(step, host.Send):
+                for out in step.messages:
+                    self.send(out)
+            elif isinstance(step, host.Apply):
+                self.append(step.block)
+            elif isinstance(step, host.ServeCatchUp):
+                for peer, first, last in step.ranges:
+                    blocks = self.chain[first - 1: min(last, len(self.chain))][:CATCH_UP_BLOCKS_MAX]
+                    if blocks:
+                        self.cluster.queue.append((self.id, peer, encode_catch_up_response(blocks)))
+            else:
+                self.evidence.extend(step.evidence)
+                self.rejected.extend(step.rejected)
+
+    def append(self, block):
+        block.certificate.verify(block.header, self.cluster.vset)
+        if self.chain:
+            assert block.header.prev_hash == self.chain[-1].header.hash()
+        self.chain.append(block)
 
     def send(self, out):
         message = decode_message(out.data, self.cluster.vset, CHAIN, verify=False)
