@@ -161,7 +161,7 @@ def ledger_write_buffer_bytes(validator_set, node_id: str) -> int:
 
 
 def _ledger_application(ledger):
-    from storage.ledger import LedgerApplication
+    from storage.application import LedgerApplication
 
     return LedgerApplication(ledger)
 

@@ -158,6 +158,44 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path, revokes:
     factory = EntryFactory(genesis)
     factory.signed_count = min(n, 100)
     ledger = Ledger.open(directory, genesis)
+    applied = _apply_blocks(ledger, genesis, validator_keys, factory, n, block, revokes)
+    size = ledger.tree_size()
+    assert size == n + len(factory.revoked)  # a revoke is a leaf of the log too
+    timed = _time_proofs(ledger, genesis, factory, n, proofs)
+
+    root = ledger.tree_root()
+    ledger.close()
+    started = time.perf_counter()
+    ledger = Ledger.open(directory, genesis)
+    reopen_s = time.perf_counter() - started
+    assert ledger.height() == applied["height"] and ledger.tree_root() == root
+    ledger.close()
+    # Measured after the reopen, which has turned LevelDB's write-ahead log into a compressed table.
+    bytes_on_disk = directory_bytes(directory)
+    print(f"{n:,} commitments and {len(factory.revoked):,} revokes in {applied['height']:,} blocks: "
+          f"apply {applied['apply_s']:.1f} s (applying thread CPU {applied['apply_thread_s']:.1f} s; "
+          f"process CPU {applied['apply_cpu_s']:.1f} s with entry building and LevelDB compaction), "
+          f"{proofs:,} proofs {timed['proofs_s']:.2f} s (CPU {timed['proofs_cpu_s']:.2f} s), "
+          f"{timed['match_count']:,} match proofs {timed['match_s']:.2f} s, {bytes_on_disk:,} bytes on disk, "
+          f"reopen {reopen_s:.3f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
+          file=sys.stderr, flush=True)
+    return {
+        "entries_per_s": round(n / applied["apply_s"]),
+        "proofs_per_s": round(proofs / timed["proofs_s"]),
+        "bytes_per_commitment": round(bytes_on_disk / n, 1),
+        "reopen_s": round(reopen_s, 3),
+        "match_proofs_per_s": round(timed["match_count"] / timed["match_s"]),
+        "entries_per_thread_cpu_s": round(n / applied["apply_thread_s"]),
+        "proofs_per_cpu_s": round(proofs / timed["proofs_cpu_s"]),
+        "n": n,
+        "revoked": len(factory.revoked),
+        "block_entries": block,
+    }
+
+
+def _apply_blocks(ledger: Ledger, genesis: Genesis, validator_keys, factory: EntryFactory, n: int, block: int,
+                  revokes: int) -> dict:
+    """Execute and apply blocks of `block` entries until n commitments are in: the height and the times."""
     apply_s = 0.0
     apply_thread_s = 0.0  # CPU time of this thread alone in execute + apply: what the code costs per core
     cpu_started = time.process_time()  # this process, LevelDB's compaction thread included
@@ -187,12 +225,14 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path, revokes:
             reported = time.monotonic()
             print(f"applied {factory.count:,} entries in {height:,} blocks, "
                   f"{factory.count / apply_s:,.0f} entries/s", file=sys.stderr, flush=True)
-    apply_cpu_s = time.process_time() - cpu_started
-    size = ledger.tree_size()
-    assert size == n + len(factory.revoked)  # a revoke is a leaf of the log too
+    return {"height": height, "apply_s": apply_s, "apply_thread_s": apply_thread_s,
+            "apply_cpu_s": time.process_time() - cpu_started}
 
+
+def _time_proofs(ledger: Ledger, genesis: Genesis, factory: EntryFactory, n: int, proofs: int) -> dict:
+    """Time `proofs` inclusion proofs and a tenth as many match proofs; verify a match and a revoked one."""
     rng = random.Random(2)
-    leaves = [rng.randrange(size) for _ in range(proofs)]
+    leaves = [rng.randrange(ledger.tree_size()) for _ in range(proofs)]
     started, cpu_started = time.perf_counter(), time.process_time()
     for leaf in leaves:
         ledger.inclusion_proof(leaf)
@@ -202,7 +242,8 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path, revokes:
     match_count = max(1, proofs // 10)
     picks = [factory.commitment(rng.randrange(n)) for _ in range(match_count)]
     started = time.perf_counter()
-    built = [ledger.match_proof(c) for c in picks]
+    for commitment in picks:
+        ledger.match_proof(commitment)
     match_s = time.perf_counter() - started
     verdict = verify_match_proof(ledger.match_proof(factory.commitment(0)), genesis, factory.commitment(0))
     assert verdict.status == "match", verdict
@@ -210,33 +251,7 @@ def run(n: int, block: int, authors: int, proofs: int, directory: Path, revokes:
         gone = factory.commitment(factory.revoked[0])
         verdict = verify_match_proof(ledger.match_proof(gone), genesis, gone)
         assert verdict.status == "revoked", verdict
-
-    root = ledger.tree_root()
-    ledger.close()
-    started = time.perf_counter()
-    ledger = Ledger.open(directory, genesis)
-    reopen_s = time.perf_counter() - started
-    assert ledger.height() == height and ledger.tree_root() == root
-    ledger.close()
-    # Measured after the reopen, which has turned LevelDB's write-ahead log into a compressed table.
-    bytes_on_disk = directory_bytes(directory)
-    print(f"{n:,} commitments and {len(factory.revoked):,} revokes in {height:,} blocks: apply {apply_s:.1f} s (applying thread CPU {apply_thread_s:.1f} s; "
-          f"process CPU {apply_cpu_s:.1f} s with entry building and LevelDB compaction), {proofs:,} proofs {proofs_s:.2f} s (CPU {proofs_cpu_s:.2f} s), "
-          f"{match_count:,} match proofs {match_s:.2f} s, {bytes_on_disk:,} bytes on disk, reopen {reopen_s:.3f} s; "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
-          file=sys.stderr, flush=True)
-    return {
-        "entries_per_s": round(n / apply_s),
-        "proofs_per_s": round(proofs / proofs_s),
-        "bytes_per_commitment": round(bytes_on_disk / n, 1),
-        "reopen_s": round(reopen_s, 3),
-        "match_proofs_per_s": round(match_count / match_s),
-        "entries_per_thread_cpu_s": round(n / apply_thread_s),
-        "proofs_per_cpu_s": round(proofs / proofs_cpu_s),
-        "n": n,
-        "revoked": len(factory.revoked),
-        "block_entries": block,
-    }
+    return {"proofs_s": proofs_s, "proofs_cpu_s": proofs_cpu_s, "match_count": match_count, "match_s": match_s}
 
 
 def _env_int(name: str, default: int, minimum: int = 1) -> int:

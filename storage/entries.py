@@ -164,6 +164,28 @@ def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
     not_canonical = None
     if check_canonical:
         not_canonical = _canonical_failure(outer, data)
+    body_bytes, signatures = _envelope(outer)
+    try:
+        body = _unpackb(body_bytes)
+    except codec.EncodingError as exc:
+        raise _fail("entry-malformed", f"entry body is not msgpack: {exc}") from None
+    if type(body) is not dict:
+        raise _fail("entry-malformed", "entry body must be a map")
+    if check_canonical and not_canonical is None:
+        not_canonical = _canonical_failure(body, body_bytes)
+    kind, author, author_key = _check_common_fields(body, signatures)
+    _check_type_fields(kind, body)  # the whole body: the type's own fields are looked up by name
+    if not_canonical is not None:
+        raise _fail("entry-not-canonical", f"entry is not canonical msgpack: {not_canonical}")
+    return Entry(
+        data=data, body=body_bytes, type=kind, chain_id=body["chain_id"], author=author,
+        author_key=author_key, nonce=body["nonce"], time_ms=body["time_ms"], fields=body,
+        signatures=tuple(signatures),
+    )
+
+
+def _envelope(outer: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The body bytes and the (by, sig) signatures of a decoded entry map."""
     if type(outer) is not dict or len(outer) != 2 or "body" not in outer or "sigs" not in outer:
         raise _fail("entry-malformed", "entry must be a map of exactly body and sigs")
     body_bytes, sigs_raw = outer["body"], outer["sigs"]
@@ -183,14 +205,11 @@ def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
         for (a, _), (b, _) in zip(signatures, signatures[1:]):
             if not a.encode() < b.encode():
                 raise _fail("entry-malformed", "sigs must be sorted by signer id, each signer once")
-    try:
-        body = _unpackb(body_bytes)
-    except codec.EncodingError as exc:
-        raise _fail("entry-malformed", f"entry body is not msgpack: {exc}") from None
-    if type(body) is not dict:
-        raise _fail("entry-malformed", "entry body must be a map")
-    if check_canonical and not_canonical is None:
-        not_canonical = _canonical_failure(body, body_bytes)
+    return body_bytes, signatures
+
+
+def _check_common_fields(body: dict, signatures: list[tuple[str, bytes]]) -> tuple[str, Any, Any]:
+    """The fields every body has, and who may sign it: (type, author, author_key)."""
     kind = body.get("type")
     if kind not in ENTRY_TYPES:
         raise _fail("unknown-type", f"entry type {kind!r} is not one of {', '.join(ENTRY_TYPES)}")
@@ -221,7 +240,11 @@ def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
             raise _fail("entry-malformed", "author_key must be 32 bytes")
         if len(signatures) != 1 or signatures[0][0] != author:
             raise _fail("entry-malformed", "a participant entry carries exactly one signature, by its author")
-    fields = body  # the whole body: the type's own fields are looked up by name
+    return kind, author, author_key
+
+
+def _check_type_fields(kind: str, fields: dict) -> None:
+    """The fields of `kind`'s own (an admit's participant is replaced by its checked Participant)."""
     if kind in ("commit", "revoke"):
         commitment = fields["commitment"]
         if type(commitment) is not bytes or len(commitment) != COMMITMENT_BYTES:
@@ -246,13 +269,6 @@ def _decode_entry(data: bytes, check_canonical: bool) -> Entry:
     elif kind == "suspend":
         if not is_name(fields["participant_id"]):
             raise _fail("entry-malformed", "participant_id must be a participant id")
-    if not_canonical is not None:
-        raise _fail("entry-not-canonical", f"entry is not canonical msgpack: {not_canonical}")
-    return Entry(
-        data=data, body=body_bytes, type=kind, chain_id=chain_id, author=author,
-        author_key=author_key, nonce=body["nonce"], time_ms=body["time_ms"], fields=fields,
-        signatures=tuple(signatures),
-    )
 
 
 def validate_entry(data: bytes, genesis: Genesis | None = None, *, check_signatures: bool = True) -> Entry:

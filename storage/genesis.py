@@ -178,71 +178,19 @@ class Genesis:
         if not _is_uint(minimum):
             raise GenesisError("min_signers_per_jurisdiction must be a non-negative integer")
 
-        validators_raw = raw["validators"]
-        if not isinstance(validators_raw, list) or not validators_raw:
-            raise GenesisError("validators must be a non-empty list")
-        if len(validators_raw) > validators_max:
-            raise GenesisError(f"validators: at most {validators_max}")
-        validators = []
-        addresses: dict[str, dict[str, str]] = {}
-        for i, v in enumerate(validators_raw):
-            where = f"validators[{i}]"
-            if not isinstance(v, dict):
-                raise GenesisError(f"{where} must be an object")
-            _only_keys(v, ("id", "public_key", "jurisdiction", "p2p", "rpc"), where, optional=("p2p", "rpc"))
-            if not is_name(v["id"]):
-                raise GenesisError(f"{where}.id must be a name")
-            key = _hex(v["public_key"], codec.PUBLIC_KEY_BYTES, f"{where}.public_key")
-            validators.append(Validator(id=v["id"], public_key=key, jurisdiction=v["jurisdiction"]))
-            addresses[v["id"]] = {}
-            for kind in ("p2p", "rpc"):
-                if kind in v:
-                    if not isinstance(v[kind], str) or not ADDRESS_PATTERN.fullmatch(v[kind]) or int(
-                            v[kind].rsplit(":", 1)[1]) > 65535:
-                        raise GenesisError(f"{where}.{kind} must be HOST:PORT")
-                    addresses[v["id"]][kind] = v[kind]
-        try:
-            validator_set = ValidatorSet(tuple(validators), min_signers_per_jurisdiction=minimum)
-        except ValidatorSetError as exc:
-            raise GenesisError(f"validators: {exc}") from None
-
+        # In this order, so the first error reported is the one it has always been.
+        validator_set, addresses = _validators(raw["validators"], minimum)
         governance = _governance(raw["governance"])
-
-        kinds_raw = raw.get("entry_kinds", list(DEFAULT_ENTRY_KINDS))
-        if not isinstance(kinds_raw, list) or not kinds_raw or len(kinds_raw) > entry_kinds_max:
-            raise GenesisError(f"entry_kinds must be a list of 1..{entry_kinds_max} names")
-        for kind in kinds_raw:
-            if not is_name(kind):
-                raise GenesisError(f"entry_kinds: {kind!r} is not a name")
-        if len(set(kinds_raw)) != len(kinds_raw):
-            raise GenesisError("entry_kinds lists a kind twice")
-
-        participants_raw = raw.get("participants", [])
-        if not isinstance(participants_raw, list) or len(participants_raw) > participants_max:
-            raise GenesisError(f"participants must be a list of at most {participants_max}")
-        participants = []
-        seen_ids: set[str] = set()
-        for i, p in enumerate(participants_raw):
-            where = f"participants[{i}]"
-            if not isinstance(p, dict):
-                raise GenesisError(f"{where} must be an object")
-            wire = dict(p)
-            if "public_key" in wire:
-                wire["public_key"] = _hex(wire["public_key"], codec.PUBLIC_KEY_BYTES, f"{where}.public_key")
-            participant = check_participant_fields(wire, where)
-            if participant.id in seen_ids:
-                raise GenesisError(f"{where}.id {participant.id!r} appears twice")
-            seen_ids.add(participant.id)
-            participants.append(participant)
-
+        entry_kinds = _entry_kinds(raw.get("entry_kinds", list(DEFAULT_ENTRY_KINDS)))
+        participants = _participants(raw.get("participants", []))
         return cls(
             chain_id=chain_id,
             genesis_time_ms=time_ms,
             validator_set=validator_set,
             validator_addresses=addresses,
             governance=governance,
-            entry_kinds=tuple(kinds_raw),
-            participants=tuple(participants),
+            entry_kinds=entry_kinds,
+            participants=participants,
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -288,6 +236,67 @@ class Genesis:
 
     def hash(self) -> bytes:
         return codec.sha256(codec.pack(self.to_wire()))
+
+
+def _validators(validators_raw: Any, minimum: int) -> tuple[ValidatorSet, dict[str, dict[str, str]]]:
+    """The validator set, and each validator's addresses (id -> {"p2p", "rpc"}, those given)."""
+    if not isinstance(validators_raw, list) or not validators_raw:
+        raise GenesisError("validators must be a non-empty list")
+    if len(validators_raw) > validators_max:
+        raise GenesisError(f"validators: at most {validators_max}")
+    validators = []
+    addresses: dict[str, dict[str, str]] = {}
+    for i, v in enumerate(validators_raw):
+        where = f"validators[{i}]"
+        if not isinstance(v, dict):
+            raise GenesisError(f"{where} must be an object")
+        _only_keys(v, ("id", "public_key", "jurisdiction", "p2p", "rpc"), where, optional=("p2p", "rpc"))
+        if not is_name(v["id"]):
+            raise GenesisError(f"{where}.id must be a name")
+        key = _hex(v["public_key"], codec.PUBLIC_KEY_BYTES, f"{where}.public_key")
+        validators.append(Validator(id=v["id"], public_key=key, jurisdiction=v["jurisdiction"]))
+        addresses[v["id"]] = {}
+        for kind in ("p2p", "rpc"):
+            if kind in v:
+                if not isinstance(v[kind], str) or not ADDRESS_PATTERN.fullmatch(v[kind]) or int(
+                        v[kind].rsplit(":", 1)[1]) > 65535:
+                    raise GenesisError(f"{where}.{kind} must be HOST:PORT")
+                addresses[v["id"]][kind] = v[kind]
+    try:
+        return ValidatorSet(tuple(validators), min_signers_per_jurisdiction=minimum), addresses
+    except ValidatorSetError as exc:
+        raise GenesisError(f"validators: {exc}") from None
+
+
+def _entry_kinds(kinds_raw: Any) -> tuple[str, ...]:
+    if not isinstance(kinds_raw, list) or not kinds_raw or len(kinds_raw) > entry_kinds_max:
+        raise GenesisError(f"entry_kinds must be a list of 1..{entry_kinds_max} names")
+    for kind in kinds_raw:
+        if not is_name(kind):
+            raise GenesisError(f"entry_kinds: {kind!r} is not a name")
+    if len(set(kinds_raw)) != len(kinds_raw):
+        raise GenesisError("entry_kinds lists a kind twice")
+    return tuple(kinds_raw)
+
+
+def _participants(participants_raw: Any) -> tuple[Participant, ...]:
+    if not isinstance(participants_raw, list) or len(participants_raw) > participants_max:
+        raise GenesisError(f"participants must be a list of at most {participants_max}")
+    participants = []
+    seen_ids: set[str] = set()
+    for i, p in enumerate(participants_raw):
+        where = f"participants[{i}]"
+        if not isinstance(p, dict):
+            raise GenesisError(f"{where} must be an object")
+        wire = dict(p)
+        if "public_key" in wire:
+            wire["public_key"] = _hex(wire["public_key"], codec.PUBLIC_KEY_BYTES, f"{where}.public_key")
+        participant = check_participant_fields(wire, where)
+        if participant.id in seen_ids:
+            raise GenesisError(f"{where}.id {participant.id!r} appears twice")
+        seen_ids.add(participant.id)
+        participants.append(participant)
+    return tuple(participants)
 
 
 def _governance(raw: Any) -> Governance:

@@ -1,33 +1,7 @@
-"""The ledger on LevelDB: atomic block apply, the Merkle log, indexes, proofs and speculative execution.
+"""The ledger on LevelDB: open, atomic block apply, reads, the Merkle log, proofs and their caches;
+speculative executions kept for blocks in flight (the rules themselves are in storage/execution.py).
 
-Key layout (one prefix byte; integers are unsigned big-endian so keys sort by number):
-
-    m<name>                        meta: "format" (msgpack int), "chain_id", "genesis_hash",
-                                   "height" (8 bytes), "frontier" (msgpack [size, [hash, ...]])
-    h<height:8>                    block header, canonical msgpack (BlockHeader.encode())
-    c<height:8>                    commit certificate, canonical msgpack of CommitCertificate.to_wire()
-    b<height:8>                    block record: msgpack array, one item per entry in block order:
-                                   leaf index (int) if accepted, [reason, entry bytes] if rejected
-    e<leaf:8>                      accepted entry bytes, by Merkle leaf index
-    n<level:1><index:8>            hash of the complete subtree (level, index), levels >= 2; the
-                                   lower levels are rehashed from the (at most 4) entries of one
-                                   aligned group (point reads)
-    k<commitment:32>               commitment index: msgpack [leaf index, height], or [leaf index,
-                                   height, revoke leaf index, revoke height] once revoked. Author,
-                                   kind and expiry are in the entry
-    p<participant id>              registry: msgpack {id, jurisdiction, role, public_key, status}
-    w<author>                      replay window of an author (participant id or "governance"):
-                                   its most recent nonces, ascending, as runs of consecutive
-                                   nonces: msgpack [first, count, first, count, ...]; see NonceWindow
-    r<depth:2><prefix>             revoked-set SMT node (storage/smt.py node id): its 32-byte hash if
-                                   two or more revoked commitments lie below it, hash || commitment
-                                   (64 bytes) for the highest node with one below it; empty nodes and
-                                   those under a one-commitment node are not stored; root: r\x00\x00
-    x<key>                         the consensus replica's persisted state (opaque to storage)
-
-A committed block is written in ONE WriteBatch with sync=True (entries, nodes,
-indexes, registry, nonces, block record, header, certificate, new height and
-frontier, revoked-set nodes), so after a crash the store is exactly at a block boundary.
+The key layout, and what lives under each prefix, is in storage/keys.py.
 
 Expiry: a commitment's status is computed at query time ("expired" when
 expires_ms <= the time the caller asks about), never stored, so it needs no
@@ -37,12 +11,10 @@ the block's time_ms is rejected ("already-expired").
 
 from __future__ import annotations
 
-import bisect
 import collections
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import msgpack
 import plyvel
@@ -52,22 +24,19 @@ from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCert
 from consensus.messages import CommittedBlock
 from consensus.application import ExecutionResult
 
-from . import merkle, smt
+from . import keys, merkle, smt
 from .entries import Entry, EntryError, decode_entry, validate_entry
-from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .execution import Execution, author_refusal, outcomes_hash
+from .genesis import Genesis
+from .keys import FORMAT_VERSION
 from .proofs import Encoded, build_match_proof
+from .records import STATUS_ACTIVE, CommitmentRecord, NonceWindow, ParticipantRecord
 
 
-FORMAT_VERSION = 3                   # 2: results_hash commits to the revoked-set root (smt.py)
-                                     # 3: nonce windows stored as runs (a flat list was 56 % of the bytes written),
-                                     #    and Merkle nodes from level 2 up (was 3): proofs rehash 4 entries, not 8
-STATUS_ACTIVE = "active"
-STATUS_SUSPENDED = "suspended"
 node_level_min_stored = 2            # levels 0-1 are rehashed from <= 4 entries: saves 21 bytes a leaf
 node_cache_level_min = 2             # stored nodes (subtrees of >= 4 leaves) stay in memory once read (immutable)
 node_cache_entries_max = 1_000_000   # bound on those (about 100 MB); cleared when full
 group_cache_entries_max = 32_768     # recently rehashed 4-leaf groups (~705 bytes each: 23 MB, 131,072 leaves)
-nonce_window = 256                   # most recent nonces remembered per author (replay window)
 smt_cache_entries_max = 100_000      # revoked-set nodes (and known-empty ones) in memory, ~15 MB
 proof_block_cache_entries_max = 4_096  # blocks' header, certificate and tree size for match proofs (~1 KB each)
 speculative_blocks_max = 256         # in-flight executed blocks kept for children to build on
@@ -82,94 +51,12 @@ leveldb_cache_bytes = 64 * 1024 * 1024
 leveldb_block_bytes = 16 * 1024
 leveldb_bloom_bits = 10              # bits per key: most lookups are for keys that do not exist
 
-_U64 = struct.Struct(">Q")
 _pack = msgpack.Packer(use_bin_type=True).pack  # for our own records (not hashed)
-
-
-def _height_key(prefix: bytes, height: int) -> bytes:
-    return prefix + _U64.pack(height)
-
-
-class NonceWindow:
-    """The most recent nonces an author used (at most nonce_window of them, sorted).
-
-    A nonce applies once: one in the window is a replay; when the window is
-    full, one below all of it is refused as "stale-nonce" (it may have been
-    used and forgotten). Since only the smallest nonce is ever forgotten, and
-    a full window accepts only nonces above its smallest, a forgotten nonce can
-    never apply again. Authors may submit concurrently and out of order, with
-    counters or clock-based nonces alike, as long as fewer than nonce_window of
-    their newer entries apply first; the ledger keeps one small record per
-    author instead of one per entry.
-    """
-
-    __slots__ = ("recent",)
-
-    def __init__(self, recent: Iterable[int] = ()) -> None:
-        self.recent = list(recent)
-
-    def check(self, nonce: int) -> str | None:
-        recent = self.recent
-        i = bisect.bisect_left(recent, nonce)
-        if i < len(recent) and recent[i] == nonce:
-            return "replayed-nonce"
-        if i == 0 and len(recent) >= nonce_window:
-            return "stale-nonce"
-        return None
-
-    def add(self, nonce: int) -> None:
-        """Record a nonce that passed `check` (mutates: only on a window this block owns)."""
-        bisect.insort(self.recent, nonce)
-        if len(self.recent) > nonce_window:
-            del self.recent[0]
-
-    def copy(self) -> "NonceWindow":
-        return NonceWindow(self.recent)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, NonceWindow) and other.recent == self.recent
-
-    def encode(self) -> bytes:
-        """Runs of consecutive nonces, [first, count, ...]: an author counting up is one run, a few bytes
-        rewritten each block instead of up to nonce_window integers."""
-        recent = self.recent
-        if not recent:
-            return _pack([])
-        if recent[-1] - recent[0] == len(recent) - 1:
-            return _pack([recent[0], len(recent)])  # the common case: no gaps
-        runs: list[int] = []
-        start = 0
-        for i in range(1, len(recent) + 1):
-            if i == len(recent) or recent[i] != recent[i - 1] + 1:
-                runs += (recent[start], i - start)
-                start = i
-        return _pack(runs)
-
-    @classmethod
-    def decode(cls, data: bytes) -> "NonceWindow":
-        runs = msgpack.unpackb(data)
-        recent: list[int] = []
-        for i in range(0, len(runs), 2):
-            recent.extend(range(runs[i], runs[i] + runs[i + 1]))
-        return cls(recent)
 
 
 def _entries_hash(entries: Sequence[bytes]) -> bytes:
     """consensus.block.entries_hash, without the generic canonicalizer: an array of bin is already canonical."""
     return codec.sha256(msgpack.packb(list(entries), use_bin_type=True))
-
-
-def outcomes_hash(results: Sequence[int | str]) -> bytes:
-    """SHA-256 of the canonical msgpack array of per-entry results: leaf index (int) or reason (str).
-
-    msgpack writes non-negative ints and str in their canonical (shortest) form already.
-    """
-    return codec.sha256(msgpack.packb(list(results), use_bin_type=True))
-
-
-def results_hash(results: Sequence[int | str], revoked_root: bytes) -> bytes:
-    """A header's results_hash: it commits to the block's outcomes and to the revoked set after it."""
-    return smt.results_hash(outcomes_hash(results), revoked_root)
 
 
 class LedgerError(Exception):
@@ -191,69 +78,6 @@ def _outcome(result: int | str) -> EntryOutcome:
     return EntryOutcome(ok=False, reason=result)
 
 
-@dataclass(frozen=True)
-class CommitmentRecord:
-    leaf_index: int
-    height: int                      # block that appended the commit
-    revoke_leaf: int | None = None
-    revoke_height: int | None = None
-    author: str | None = None        # known for in-flight records; read from the entry for stored ones
-
-    def encode(self) -> bytes:
-        if self.revoke_leaf is None:
-            return _pack([self.leaf_index, self.height])
-        return _pack([self.leaf_index, self.height, self.revoke_leaf, self.revoke_height])
-
-    @classmethod
-    def decode(cls, data: bytes) -> "CommitmentRecord":
-        return cls(*msgpack.unpackb(data))
-
-
-@dataclass(frozen=True)
-class ParticipantRecord:
-    id: str
-    jurisdiction: str
-    role: str
-    public_key: bytes
-    status: str
-
-    def encode(self) -> bytes:
-        return _pack({"id": self.id, "jurisdiction": self.jurisdiction, "role": self.role,
-                      "public_key": self.public_key, "status": self.status})
-
-    @classmethod
-    def decode(cls, data: bytes) -> "ParticipantRecord":
-        return cls(**msgpack.unpackb(data, raw=False))
-
-
-# -- execution: the deterministic rules, on top of the store or of an in-flight parent -----------
-
-def author_refusal(genesis: Genesis, entry: Entry, participant) -> str | None:
-    """The author rules of apply, in apply's order: None if `entry`'s author may write, else the
-    reason code. `participant(id)` reads the registry: the block's state in apply, the applied state
-    in Ledger.check_admission (one function, so the door and apply never disagree on a rule)."""
-    if entry.chain_id != genesis.chain_id:
-        return "wrong-chain"
-    author = entry.author
-    if author == GOVERNANCE_AUTHOR:
-        # Which keys signed is part of the signed entry; the threshold is re-checked here
-        # (no cryptography) so a block can never apply an under-signed governance entry.
-        signers = {by for by, _ in entry.signatures if by in genesis.governance.by_id}
-        if len(signers) != len(entry.signatures):
-            return "unknown-governance-key"
-        if not genesis.governance.meets_threshold(signers):
-            return "governance-threshold"
-        return None
-    record = participant(author)
-    if record is None:
-        return "unknown-author"
-    if record.public_key != entry.author_key:
-        return "key-mismatch"
-    if record.status != STATUS_ACTIVE:
-        return "suspended"
-    return None
-
-
 class _StoreView:
     """Reads of the applied state (the bottom of every speculative chain)."""
 
@@ -261,7 +85,7 @@ class _StoreView:
         self._ledger = ledger
 
     def commitment(self, commitment: bytes) -> CommitmentRecord | None:
-        data = self._ledger._db.get(b"k" + commitment)
+        data = self._ledger._db.get(keys.commitment_key(commitment))
         return None if data is None else CommitmentRecord.decode(data)
 
     def participant(self, participant_id: str) -> ParticipantRecord | None:
@@ -275,151 +99,6 @@ class _StoreView:
 
     def smt_node(self, node_id: bytes) -> bytes | None:
         return self._ledger._smt_node(node_id)
-
-
-class Execution:
-    """The effects of one block executed on top of a parent (the store, or another Execution).
-
-    Holds everything apply writes; nothing touches the database until
-    `Ledger.apply_block` turns it into one WriteBatch.
-    """
-
-    def __init__(self, parent: "Execution | _StoreView", parent_hash: bytes, frontier: merkle.Frontier,
-                 height: int, time_ms: int, entries: Sequence[bytes]) -> None:
-        self.parent = parent
-        self.parent_hash = parent_hash
-        self.height = height
-        self.time_ms = time_ms
-        self.entries = tuple(entries)
-        self.commitments: dict[bytes, CommitmentRecord] = {}
-        self.participants: dict[str, ParticipantRecord] = {}
-        self.nonces: dict[str, NonceWindow] = {}
-        self.accepted: list[bytes] = []
-        self.results: list[int | str] = []
-        self.first_leaf = frontier.size
-        self.frontier = frontier
-        self.new_nodes: list[tuple[int, int, bytes]] = []
-        self.header_hash: bytes | None = None  # learnt when a child names this block as its parent
-        self.smt_nodes: dict[bytes, bytes] = {}  # revoked-set nodes this block wrote (smt.update values)
-        self.revoked_root: bytes | None = None  # after run()
-
-    # Reads fall through to the parent.
-    def commitment(self, commitment: bytes) -> CommitmentRecord | None:
-        found = self.commitments.get(commitment)
-        return found if found is not None else self.parent.commitment(commitment)
-
-    def participant(self, participant_id: str) -> ParticipantRecord | None:
-        found = self.participants.get(participant_id)
-        return found if found is not None else self.parent.participant(participant_id)
-
-    def nonce_window(self, author: str) -> NonceWindow:
-        found = self.nonces.get(author)
-        return found if found is not None else self.parent.nonce_window(author)
-
-    def entry(self, leaf_index: int) -> bytes:
-        if leaf_index >= self.first_leaf:
-            return self.accepted[leaf_index - self.first_leaf]
-        return self.parent.entry(leaf_index)
-
-    def smt_node(self, node_id: bytes) -> bytes | None:
-        nodes = self.smt_nodes
-        if node_id in nodes:
-            return nodes[node_id]
-        return self.parent.smt_node(node_id)
-
-    def result(self) -> ExecutionResult:
-        assert self.revoked_root is not None, "result() before run()"
-        return ExecutionResult(tree_size=self.frontier.size, tree_root=self.frontier.root(),
-                               results_hash=results_hash(self.results, self.revoked_root))
-
-    def run(self, genesis: Genesis, decoded: Mapping[bytes, Entry]) -> None:
-        """Execute the entries; `decoded` holds decodings of some entries (by their bytes) to use."""
-        self._kinds = frozenset(genesis.entry_kinds)
-        leaves: list[bytes] = []
-        next_leaf = self.first_leaf
-        for data in self.entries:
-            reason = self._apply_one(genesis, data, next_leaf, decoded.get(data))
-            if reason is None:
-                self.results.append(next_leaf)
-                self.accepted.append(data)
-                leaves.append(merkle.leaf_hash(data))
-                next_leaf += 1
-            else:
-                self.results.append(reason)
-        self.frontier = self.frontier.extend(leaves, self.new_nodes)
-        self.revoked_root = smt.root(self.smt_node)
-
-    def _apply_one(self, genesis: Genesis, data: bytes, leaf: int, entry: Entry | None) -> str | None:
-        """Apply one entry's rules to this block's state; return None if accepted, else the reason code.
-
-        Signatures were verified before consensus (check_entry); here only what
-        depends on state, plus the shape again, since a block is input too (`entry`, if
-        given, is what decode_entry(data) gives, remembered from the check).
-        """
-        if entry is None:
-            try:
-                entry = decode_entry(data)
-            except EntryError as exc:
-                return exc.reason
-        refused = author_refusal(genesis, entry, self.participant)
-        if refused is not None:
-            return refused
-        author = entry.author
-        # After the author checks, so only registered authors ever get a replay window.
-        window = self.nonces.get(author)
-        if window is None:
-            window = self.parent.nonce_window(author)
-        refused = window.check(entry.nonce)
-        if refused is not None:
-            return refused
-        fields = entry.fields
-        kind = entry.type
-        kinds = self._kinds
-        if kind == "commit":
-            if fields["kind"] not in kinds:
-                return "unknown-kind"
-            expires = fields["expires_ms"]
-            if expires is not None and expires <= self.time_ms:
-                return "already-expired"
-            commitment = fields["commitment"]
-            if self.commitment(commitment) is not None:
-                return "duplicate-commitment"
-            self.commitments[commitment] = CommitmentRecord(leaf, self.height, author=author)
-        elif kind == "revoke":
-            commitment = fields["commitment"]
-            record = self.commitment(commitment)
-            if record is None:
-                return "unknown-commitment"
-            if record.revoke_leaf is not None:
-                return "already-revoked"
-            submitter = record.author
-            if submitter is None:
-                submitter = decode_entry(self.entry(record.leaf_index)).author
-            if author != GOVERNANCE_AUTHOR and author != submitter:
-                return "not-submitter"
-            self.commitments[commitment] = CommitmentRecord(record.leaf_index, record.height, leaf, self.height, submitter)
-            # One path of the revoked set (about log2(n) + 2 stored nodes), in this block's overlay:
-            # backups executing speculatively compute the same root as the store will after apply.
-            self.smt_nodes.update(smt.update(self.smt_node, commitment))
-        elif kind == "admit":
-            p = fields["participant"]
-            existing = self.participant(p.id)
-            if existing is not None and existing.status == STATUS_ACTIVE:
-                return "participant-exists"
-            # Re-admitting a suspended participant reactivates it, possibly with a new key.
-            self.participants[p.id] = ParticipantRecord(p.id, p.jurisdiction, p.role, p.public_key, STATUS_ACTIVE)
-        elif kind == "suspend":
-            existing = self.participant(fields["participant_id"])
-            if existing is None:
-                return "unknown-participant"
-            if existing.status == STATUS_SUSPENDED:
-                return "already-suspended"
-            self.participants[existing.id] = ParticipantRecord(
-                existing.id, existing.jurisdiction, existing.role, existing.public_key, STATUS_SUSPENDED)
-        if author not in self.nonces:
-            window = self.nonces[author] = window.copy()  # never mutate the parent's
-        window.add(entry.nonce)
-        return None
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -448,8 +127,8 @@ class Ledger:
         self._status_cache: tuple | None = None  # (height, status section without the path) for match proofs
         self._proof_blocks: dict[int, tuple[Encoded, Encoded, int]] = {}  # see _proof_block
         self._store_view = _StoreView(self)
-        self._height = _U64.unpack(db.get(b"mheight"))[0]
-        size, hashes = msgpack.unpackb(db.get(b"mfrontier"), raw=False)
+        self._height = keys.U64.unpack(db.get(keys.META_HEIGHT))[0]
+        size, hashes = msgpack.unpackb(db.get(keys.META_FRONTIER), raw=False)
         self._frontier = merkle.Frontier(size, hashes)
         self._head: BlockHeader | None = self.header(self._height) if self._height else None
         self._head_hash = self._head.hash() if self._head else ZERO_HASH
@@ -488,20 +167,20 @@ class Ledger:
 
     @staticmethod
     def _check_or_initialize(db: Any, genesis: Genesis, path: Path) -> None:
-        stored_format = db.get(b"mformat")
+        stored_format = db.get(keys.META_FORMAT)
         if stored_format is None:
             with db.iterator(include_value=False) as it:
                 if next(it, None) is not None:
                     raise LedgerError(f"{path} holds a LevelDB database that is not a Bayledger store (no format key)")
             batch = db.write_batch(sync=True)
-            batch.put(b"mformat", _pack(FORMAT_VERSION))
-            batch.put(b"mchain_id", genesis.chain_id.encode())
-            batch.put(b"mgenesis_hash", genesis.hash())
-            batch.put(b"mheight", _U64.pack(0))
-            batch.put(b"mfrontier", _pack([0, []]))
+            batch.put(keys.META_FORMAT, _pack(FORMAT_VERSION))
+            batch.put(keys.META_CHAIN_ID, genesis.chain_id.encode())
+            batch.put(keys.META_GENESIS_HASH, genesis.hash())
+            batch.put(keys.META_HEIGHT, keys.U64.pack(0))
+            batch.put(keys.META_FRONTIER, _pack([0, []]))
             for p in genesis.participants:
                 record = ParticipantRecord(p.id, p.jurisdiction, p.role, p.public_key, STATUS_ACTIVE)
-                batch.put(b"p" + p.id.encode(), record.encode())
+                batch.put(keys.participant_key(p.id), record.encode())
             batch.write()
             return
         try:
@@ -510,10 +189,10 @@ class Ledger:
             version = stored_format
         if version != FORMAT_VERSION:
             raise LedgerError(f"store {path} has format version {version!r}; this software reads version {FORMAT_VERSION}")
-        chain_id = (db.get(b"mchain_id") or b"").decode(errors="replace")
+        chain_id = (db.get(keys.META_CHAIN_ID) or b"").decode(errors="replace")
         if chain_id != genesis.chain_id:
             raise LedgerError(f"store {path} belongs to chain {chain_id!r}, but the genesis is for {genesis.chain_id!r}")
-        stored_hash = db.get(b"mgenesis_hash") or b""
+        stored_hash = db.get(keys.META_GENESIS_HASH) or b""
         if stored_hash != genesis.hash():
             raise LedgerError(
                 f"store {path} was created from a different genesis file for chain {chain_id!r} "
@@ -523,7 +202,7 @@ class Ledger:
         if not self._db.closed:
             # Compacting the tiny meta range makes LevelDB flush its memtable first, so the next
             # open need not replay a write-ahead log of up to leveldb_write_buffer_bytes.
-            self._db.compact_range(start=b"m", stop=b"m\xff")
+            self._db.compact_range(start=keys.META_PREFIX, stop=keys.META_PREFIX + b"\xff")
             self._db.close()
 
     def __enter__(self) -> "Ledger":
@@ -544,11 +223,11 @@ class Ledger:
         return self._frontier.size
 
     def header(self, height: int) -> BlockHeader | None:
-        data = self._db.get(_height_key(b"h", height)) if height > 0 else None
+        data = self._db.get(keys.header_key(height)) if height > 0 else None
         return None if data is None else BlockHeader.from_wire(msgpack.unpackb(data, raw=False))
 
     def certificate(self, height: int) -> CommitCertificate | None:
-        data = self._db.get(_height_key(b"c", height)) if height > 0 else None
+        data = self._db.get(keys.certificate_key(height)) if height > 0 else None
         return None if data is None else CommitCertificate.from_wire(msgpack.unpackb(data, raw=False))
 
     def block_results(self, height: int) -> list[int | str] | None:
@@ -576,11 +255,11 @@ class Ledger:
         return CommittedBlock(header, tuple(self.block_entries(height)), self.certificate(height))
 
     def _block_record(self, height: int) -> list | None:
-        data = self._db.get(_height_key(b"b", height)) if height > 0 else None
+        data = self._db.get(keys.block_record_key(height)) if height > 0 else None
         return None if data is None else msgpack.unpackb(data, raw=False)
 
     def entry(self, leaf_index: int) -> bytes:
-        data = self._db.get(_height_key(b"e", leaf_index))
+        data = self._db.get(keys.entry_key(leaf_index))
         if data is None:
             raise LedgerError(f"no entry at leaf index {leaf_index} (tree size {self._frontier.size})")
         return data
@@ -589,20 +268,20 @@ class Ledger:
         found = self._participants.get(participant_id)
         if found is not None:
             return found
-        data = self._db.get(b"p" + participant_id.encode())
+        data = self._db.get(keys.participant_key(participant_id))
         if data is None:
             return None  # misses are not cached: anyone may ask about any id
         record = self._participants[participant_id] = ParticipantRecord.decode(data)
         return record
 
     def participants(self) -> list[ParticipantRecord]:
-        with self._db.iterator(prefix=b"p", include_key=False) as it:
+        with self._db.iterator(prefix=keys.PARTICIPANT_PREFIX, include_key=False) as it:
             return [ParticipantRecord.decode(v) for v in it]
 
     def nonce_window(self, author: str) -> NonceWindow:
         found = self._nonce_windows.get(author)
         if found is None:
-            data = self._db.get(b"w" + author.encode())
+            data = self._db.get(keys.nonce_window_key(author))
             if data is None:
                 return NonceWindow()  # not cached: only authors with applied entries are
             found = self._nonce_windows[author] = NonceWindow.decode(data)
@@ -680,7 +359,7 @@ class Ledger:
     def commitment_record(self, commitment: bytes) -> CommitmentRecord | None:
         if not isinstance(commitment, bytes) or len(commitment) != 32:
             raise ValueError("a commitment is 32 bytes")
-        data = self._db.get(b"k" + commitment)
+        data = self._db.get(keys.commitment_key(commitment))
         return None if data is None else CommitmentRecord.decode(data)
 
     def commitment_status(self, commitment: bytes, now_ms: int) -> dict | None:
@@ -712,7 +391,7 @@ class Ledger:
             return cache[node_id]
         except KeyError:
             pass
-        found = self._db.get(b"r" + node_id)
+        found = self._db.get(keys.smt_node_key(node_id))
         if len(cache) >= smt_cache_entries_max:
             cache.clear()
         cache[node_id] = found
@@ -736,7 +415,7 @@ class Ledger:
                 return cached
         if level < node_level_min_stored:
             return self._low_node(level, index)
-        data = self._db.get(b"n" + bytes((level,)) + _U64.pack(index))
+        data = self._db.get(keys.merkle_node_key(level, index))
         if data is None:
             raise LedgerError(f"Merkle node ({level}, {index}) is missing from the store")
         if level >= node_cache_level_min:
@@ -755,7 +434,7 @@ class Ledger:
             get = self._db.get
             hashes = []
             for leaf in range(first, min(first + group_leaves, self._frontier.size)):
-                data = get(b"e" + _U64.pack(leaf))
+                data = get(keys.entry_key(leaf))
                 if data is None:
                     raise LedgerError(f"entry {leaf} is missing from the store")
                 hashes.append(merkle.leaf_hash(data))
@@ -841,8 +520,8 @@ class Ledger:
 
     def _stored_block_parts(self, height: int) -> tuple[bytes, bytes]:
         """Header and certificate bytes as stored: already canonical msgpack, so proofs copy them."""
-        header = self._db.get(_height_key(b"h", height)) if height > 0 else None
-        certificate = self._db.get(_height_key(b"c", height)) if height > 0 else None
+        header = self._db.get(keys.header_key(height)) if height > 0 else None
+        certificate = self._db.get(keys.certificate_key(height)) if height > 0 else None
         assert header is not None and certificate is not None, f"block {height} is named but not stored"
         return header, certificate
 
@@ -974,6 +653,22 @@ class Ledger:
                     self.write_consensus_state(consensus_changes)
                 return self.block_outcomes(height)
             raise LedgerError(f"block {height} conflicts with the block already applied at that height")
+        body_hash = self._check_next_block(header, entries, certificate)
+        execution = self._execution_for(self._head, height, header.time_ms, entries, body_hash)
+        assert execution is not None, "the applied head is always a valid parent"
+        result = execution.result()
+        if (result.tree_size, result.tree_root, result.results_hash) != (
+                header.tree_size, header.tree_root, header.results_hash):
+            raise LedgerError(
+                f"block {height}: executing it gives tree size {result.tree_size}, root {result.tree_root.hex()[:16]}…, "
+                f"results {result.results_hash.hex()[:16]}…; the certified header says {header.tree_size}, "
+                f"{header.tree_root.hex()[:16]}…, {header.results_hash.hex()[:16]}… (this replica diverged)")
+        self._write(header, certificate, execution, consensus_changes)
+        return [_outcome(r) for r in execution.results]
+
+    def _check_next_block(self, header: BlockHeader, entries: tuple, certificate: CommitCertificate) -> bytes:
+        """LedgerError unless the block extends the applied head and its certificate holds; its entries_hash."""
+        height = header.height
         if height != self._height + 1:
             raise LedgerError(f"block {height} does not follow the applied height {self._height}")
         if header.chain_id != self.chain_id:
@@ -995,51 +690,47 @@ class Ledger:
             certificate.verify(header, self.genesis.validator_set)
         except CertificateError as exc:
             raise LedgerError(f"block {height}: commit certificate does not hold: {exc}") from None
-
-        execution = self._execution_for(self._head, height, header.time_ms, entries, body_hash)
-        assert execution is not None, "the applied head is always a valid parent"
-        result = execution.result()
-        if (result.tree_size, result.tree_root, result.results_hash) != (
-                header.tree_size, header.tree_root, header.results_hash):
-            raise LedgerError(
-                f"block {height}: executing it gives tree size {result.tree_size}, root {result.tree_root.hex()[:16]}…, "
-                f"results {result.results_hash.hex()[:16]}…; the certified header says {header.tree_size}, "
-                f"{header.tree_root.hex()[:16]}…, {header.results_hash.hex()[:16]}… (this replica diverged)")
-        self._write(header, certificate, execution, consensus_changes)
-        return [_outcome(r) for r in execution.results]
+        return body_hash
 
     def _write(self, header: BlockHeader, certificate: CommitCertificate, execution: Execution,
                consensus_changes: Sequence[tuple[bytes, bytes | None]] = ()) -> None:
+        """One synced batch (a crash leaves all of it or none): the execution's effects, the block's
+        record, header and certificate, the new height and frontier, and the replica's records."""
         height = header.height
         batch = self._db.write_batch(sync=True)
         _add_consensus_changes(batch, consensus_changes)
         put = batch.put
         leaf = execution.first_leaf
         for data in execution.accepted:
-            put(b"e" + _U64.pack(leaf), data)
+            put(keys.entry_key(leaf), data)
             leaf += 1
         for level, index, h in execution.new_nodes:
             if level >= node_level_min_stored:
-                put(b"n" + bytes((level,)) + _U64.pack(index), h)
+                put(keys.merkle_node_key(level, index), h)
         for commitment, record in execution.commitments.items():
-            put(b"k" + commitment, record.encode())
+            put(keys.commitment_key(commitment), record.encode())
         for record in execution.participants.values():
-            put(b"p" + record.id.encode(), record.encode())
+            put(keys.participant_key(record.id), record.encode())
         for author, window in execution.nonces.items():
-            put(b"w" + author.encode(), window.encode())
+            put(keys.nonce_window_key(author), window.encode())
         for node_id, node in execution.smt_nodes.items():
-            put(b"r" + node_id, node)
+            put(keys.smt_node_key(node_id), node)
         block_record = [
             result if isinstance(result, int) else [result, data]
             for result, data in zip(execution.results, execution.entries)
         ]
-        put(_height_key(b"b", height), _pack(block_record))
-        put(_height_key(b"h", height), header.encode())
-        put(_height_key(b"c", height), codec.pack(certificate.to_wire()))
-        put(b"mheight", _U64.pack(height))
-        put(b"mfrontier", _pack([execution.frontier.size, list(execution.frontier.hashes)]))
+        put(keys.block_record_key(height), _pack(block_record))
+        put(keys.header_key(height), header.encode())
+        put(keys.certificate_key(height), codec.pack(certificate.to_wire()))
+        put(keys.META_HEIGHT, keys.U64.pack(height))
+        put(keys.META_FRONTIER, _pack([execution.frontier.size, list(execution.frontier.hashes)]))
         batch.write()
-        # The batch is durable: now move the in-memory view.
+        self._advance(header, execution)
+
+    def _advance(self, header: BlockHeader, execution: Execution) -> None:
+        """Move the in-memory view (head, frontier, caches, speculative executions) to a block whose
+        batch is durable."""
+        height = header.height
         self._height = height
         self._head = header
         self._head_hash = header.hash()
@@ -1070,35 +761,13 @@ class Ledger:
         batch.write()
 
     def load_consensus_state(self) -> dict[bytes, bytes]:
-        with self._db.iterator(prefix=b"x") as it:
-            return {k[1:]: v for k, v in it}
+        with self._db.iterator(prefix=keys.CONSENSUS_PREFIX) as it:
+            return {k[len(keys.CONSENSUS_PREFIX):]: v for k, v in it}
 
 
 def _add_consensus_changes(batch, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
     for key, value in changes:
         if value is None:
-            batch.delete(b"x" + key)
+            batch.delete(keys.consensus_key(key))
         else:
-            batch.put(b"x" + key, value)
-
-
-class LedgerApplication:
-    """The consensus `Application` (docs/INTERNALS.md) backed by a Ledger."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-
-    def check_request(self, request: bytes) -> str | None:
-        return self.ledger.check_entry(request)
-
-    def check_request_shape(self, request: bytes) -> str | None:
-        return self.ledger.check_entry(request, check_signatures=False)
-
-    def check_request_applied(self, request: bytes) -> str | None:
-        """The consensus core asks before pooling: an entry whose nonce is used up never commits
-        (docs/CONSENSUS.md, "Replays after a restart"). Against the applied state; never memoized."""
-        return self.ledger.check_applied(request)
-
-    def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
-                entries: Sequence[bytes]) -> ExecutionResult | None:
-        return self.ledger.execute(parent, height, time_ms, entries)
+            batch.put(keys.consensus_key(key), value)

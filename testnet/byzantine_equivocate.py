@@ -70,7 +70,8 @@ def replica_config(consensus_config):
 class Equivocator:
     def __init__(self, ctx) -> None:
         from consensus.replica import Replica
-        from storage.ledger import Ledger, LedgerApplication
+        from storage.application import LedgerApplication
+        from storage.ledger import Ledger
 
         self.ctx = ctx
         config = ctx.config

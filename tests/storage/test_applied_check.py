@@ -11,8 +11,9 @@ from __future__ import annotations
 from consensus import host
 from consensus.messages import Requests, encode
 from consensus.replica import CLIENT, Replica, ReplicaConfig, encode_catch_up_response
+from storage.application import LedgerApplication
 from storage.entries import build_commit
-from storage.ledger import Ledger, LedgerApplication
+from storage.ledger import Ledger
 
 from tests.support.storage_helpers import Author, commitment, next_block
 
@@ -132,11 +133,11 @@ def test_check_applied_reads_the_applied_state_only(world, ledger):
 
 
 def test_stale_nonces_are_refused_once_the_window_is_full(world, ledger):
-    from storage import ledger as ledger_module
+    from storage import records
 
     author = Author(world, "hk-bureau")
     skipped = author.commit(commitment(0))   # nonce 1, never committed
-    entries = [author.commit(commitment(i)) for i in range(1, ledger_module.nonce_window + 1)]
+    entries = [author.commit(commitment(i)) for i in range(1, records.nonce_window + 1)]
     ledger.apply_block(next_block(world, ledger, entries))
     assert LedgerApplication(ledger).check_request_applied(skipped) == "stale-nonce"
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from storage import merkle
-from storage.ledger import Ledger, _U64
+from storage.keys import entry_key
+from storage.ledger import Ledger
 from tests.support.crash_writer import _commitment, block_entries, committed_record
 from tests.support.storage_helpers import make_world, reference_smt_root
 
@@ -44,7 +45,7 @@ def check_boundary(world, path: Path) -> int:
             assert store.certificate(height) is not None and store.block_results(height) is not None
         # Nothing of the next block is there: no header, no record, no entry beyond the log.
         assert store.header(height + 1) is None and store.block_results(height + 1) is None
-        assert store._db.get(b"e" + _U64.pack(tree.size)) is None
+        assert store._db.get(entry_key(tree.size)) is None
         if tree.size:
             index = tree.size - 1
             assert store.inclusion_proof(index) == tree.inclusion_path(index)

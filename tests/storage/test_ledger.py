@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from consensus.block import BlockHeader
 from consensus.messages import CommittedBlock
 from storage import entries, merkle
+from storage import execution, records
 from storage import ledger as ledger_module
 from storage.genesis import Participant
-from storage.ledger import Ledger, LedgerApplication, LedgerError, NonceWindow
+from storage.application import LedgerApplication
+from storage.ledger import Ledger, LedgerError, NonceWindow
 from tests.support.storage_helpers import Author, certify, commitment, key_from, make_world, next_block
 
 
@@ -68,7 +70,7 @@ def test_replay_and_nonce_window(world, ledger, monkeypatch):
     def commit_with(nonce, n):
         return entries.build_commit(key, "hk-bureau", world.chain_id, commitment(n), "credit-report", "HK", nonce, 1)
 
-    monkeypatch.setattr(ledger_module, "nonce_window", 3)
+    monkeypatch.setattr(records, "nonce_window", 3)
     # Clock-like nonces, out of order: fine while the window (3 most recent) is not full.
     assert apply(world, ledger, [commit_with(5_000_000, 10), commit_with(2_000_000, 11)]) == [1, 2]
     # Window {1, 2_000_000, 5_000_000} is full: below its smallest is stale, inside is new or replayed.
@@ -81,7 +83,7 @@ def test_replay_and_nonce_window(world, ledger, monkeypatch):
 
 
 def test_nonce_window_unit(monkeypatch):
-    monkeypatch.setattr(ledger_module, "nonce_window", 4)
+    monkeypatch.setattr(records, "nonce_window", 4)
     w = NonceWindow()
     for nonce in (10, 3, 7):
         assert w.check(nonce) is None
@@ -105,8 +107,8 @@ def test_nonce_window_encoding_round_trips_as_runs(nonces):
 
 
 def test_nonce_window_of_a_counting_author_is_one_run():
-    window = NonceWindow(range(1_000, 1_000 + ledger_module.nonce_window))
-    assert msgpack.unpackb(window.encode()) == [1_000, ledger_module.nonce_window]
+    window = NonceWindow(range(1_000, 1_000 + records.nonce_window))
+    assert msgpack.unpackb(window.encode()) == [1_000, records.nonce_window]
     gapped = NonceWindow([1, 2, 3, 7, 8, 20])
     assert msgpack.unpackb(gapped.encode()) == [1, 3, 7, 2, 20, 1]
 
@@ -114,7 +116,7 @@ def test_nonce_window_of_a_counting_author_is_one_run():
 def test_nonce_window_default_edge(world, ledger):
     """With the real nonce_window: exactly that many out-of-order nonces are remembered."""
     author_key = world.participant_keys["cn-bureau"]
-    window = ledger_module.nonce_window
+    window = records.nonce_window
     batch = [entries.build_commit(author_key, "cn-bureau", world.chain_id, commitment(1000 + n), "credit-report",
                                   "CN", 10 * n + 100, 1) for n in range(window)]
     assert apply(world, ledger, list(reversed(batch))) == list(range(window))
@@ -441,8 +443,8 @@ def test_checked_entries_are_executed_without_decoding_again(world, ledger, tmp_
     assert list(ledger._decoded) == batch[2:]              # the two oldest forgotten
 
     decodes = []
-    real_decode = ledger_module.decode_entry
-    monkeypatch.setattr(ledger_module, "decode_entry", lambda data: decodes.append(data) or real_decode(data))
+    real_decode = execution.decode_entry
+    monkeypatch.setattr(execution, "decode_entry", lambda data: decodes.append(data) or real_decode(data))
     block = next_block(world, ledger, batch + [unsigned], parent=None)
     assert decodes == batch[:2] + [unsigned]               # only those not remembered were decoded
     outcomes = [o.reason if not o.ok else o.leaf_index for o in ledger.apply_block(block)]
