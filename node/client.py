@@ -33,28 +33,23 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
-import msgpack
 import nacl.signing
 import trio
 
 from consensus import codec
 from node import rpc_access
 from node import tls as _tls
+from node import wire
+from node.address import Address, parse_addresses
+from node.wire import ERROR_NOT_FOUND, ERROR_SHUTTING_DOWN, WireError
 from storage import entries as ledger_entries
 from storage.genesis import Genesis, Participant
 from storage.proofs import Verdict, verify_match_proof as _verify_match_proof
 
 DEFAULT_TIMEOUT_S = 30.0
 SUBMIT_WAIT_MS_DEFAULT = 30_000
-response_bytes_max = 64 * 1024 * 1024   # a block of many entries is the largest answer
-read_chunk_bytes = 65_536
-msgid_max = 2**32 - 1
-QUERY_TYPE = "match-query"              # must match node.rpc.QUERY_TYPE (docs/PROTOCOL.md §8)
-ERROR_SHUTTING_DOWN = "shutting-down"   # node.rpc.ERROR_SHUTTING_DOWN: the node drains before it stops
-_request_packer = msgpack.Packer(use_bin_type=True)  # reused: packb would build one per request
 
 
 class Credentials(NamedTuple):
@@ -127,43 +122,15 @@ class ProtocolError(ConnectionFailed):
     """A node sent something that is not a msgpack-RPC response (the connection is dropped)."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-def parse_endpoints(text: str | Sequence[str] | Sequence[Endpoint]) -> list[Endpoint]:
-    """'HOST:PORT[,HOST:PORT...]' (or a list of such strings) as endpoints; ValueError says what is wrong."""
-    items: list = text.split(",") if isinstance(text, str) else list(text)
-    endpoints = []
-    for item in items:
-        if isinstance(item, Endpoint):
-            endpoints.append(item)
-            continue
-        item = item.strip()
-        host, sep, port_text = item.rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{item!r} is not HOST:PORT")
-        endpoints.append(Endpoint(host.strip("[]"), int(port_text)))
-    if not endpoints:
-        raise ValueError("no RPC endpoint given")
-    return endpoints
+Endpoint = Address              # a node's RPC address, as the client names it
+# 'HOST:PORT[,HOST:PORT...]' (or a list of such strings) as endpoints; AddressError (a ValueError) says what is wrong.
+parse_endpoints = parse_addresses
 
 
 def _error_of(error: Any, endpoint: Endpoint) -> RpcError:
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         return RpcError(error["code"], str(error.get("message", "")), str(endpoint))
     return RpcError("invalid-response", f"error of unexpected shape: {error!r}"[:200], str(endpoint))
-
-
-def _response_parts(message: Any) -> tuple[Any, Any, Any]:
-    if not (isinstance(message, list) and len(message) == 4 and message[0] == 1):
-        raise ProtocolError(f"not a msgpack-RPC response: {message!r}"[:200])
-    return message[1], message[2], message[3]
 
 
 # -- synchronous client ---------------------------------------------------------------------------
@@ -186,7 +153,7 @@ class Client:
         self.role: str | None = None         # the role the node gave this client (rpc_access)
         self._index = 0
         self._sock: socket.socket | None = None
-        self._unpacker: msgpack.Unpacker | None = None
+        self._reader: wire.ResponseReader | None = None
         self._msgids = itertools.count(1)
 
     @property
@@ -203,7 +170,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
-        self._unpacker = None
+        self._reader = None
 
     def _connect(self) -> None:
         if self._sock is not None:
@@ -213,8 +180,7 @@ class Client:
             endpoint = self.endpoints[self._index]
             try:
                 self._sock = self._open(endpoint)
-                self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max,
-                                                  strict_map_key=False)
+                self._reader = wire.ResponseReader()
             except TlsFailed as exc:
                 failures.append(str(exc))
                 self._index = (self._index + 1) % len(self.endpoints)
@@ -229,7 +195,7 @@ class Client:
             except RpcError:
                 self.close()
                 raise                   # refused by the node: a clear answer, not a node that is down
-            except (OSError, ProtocolError, msgpack.ExtraData, ValueError) as exc:
+            except (OSError, ProtocolError, ValueError) as exc:   # ValueError: WireError, a bad challenge
                 self.close()
                 failures.append(f"{endpoint}: {exc}")
                 self._index = (self._index + 1) % len(self.endpoints)
@@ -275,7 +241,7 @@ class Client:
         return sock
 
     def _next_msgid(self) -> int:
-        return next(self._msgids) % (msgid_max + 1)
+        return next(self._msgids) % (wire.msgid_max + 1)
 
     def call(self, method: str, *params: Any) -> Any:
         """One call; the result, or RpcError / ConnectionFailed."""
@@ -298,7 +264,7 @@ class Client:
                 resolved = [(method, params(self.connected_node_id()) if callable(params) else params)
                             for method, params in calls]
                 results = self._exchange(resolved)
-            except (OSError, ProtocolError, msgpack.ExtraData, ValueError) as exc:
+            except (OSError, ProtocolError, ValueError) as exc:   # ValueError: WireError, a bad challenge
                 failures.append(f"{endpoint}: {exc}")
                 self.close()
                 self._index = (self._index + 1) % len(self.endpoints)
@@ -318,16 +284,14 @@ class Client:
         raise ConnectionFailed("no node answered (" + "; ".join(failures) + ")")
 
     def _exchange(self, calls: list[tuple[str, list]]) -> list[Any]:
-        assert self._sock is not None and self._unpacker is not None
+        assert self._sock is not None and self._reader is not None
         msgids = [self._next_msgid() for _ in calls]
-        payload = b"".join(_request_packer.pack([0, msgid, method, list(params)])
-                           for msgid, (method, params) in zip(msgids, calls))
+        payload = b"".join(wire.encode_request(msgid, method, params) for msgid, (method, params) in zip(msgids, calls))
         self._sock.sendall(payload)
         waiting = {msgid: position for position, msgid in enumerate(msgids)}
         results: list[Any] = [None] * len(calls)
         while waiting:
-            for message in self._unpacker:
-                msgid, error, result = _response_parts(message)
+            for msgid, error, result in self._reader.responses():
                 if msgid is None and error is not None:
                     # The node refused the connection or the stream (busy, parse error): not for one call.
                     raise ProtocolError(f"node closed the connection: {_error_of(error, self.endpoint)}")
@@ -339,10 +303,10 @@ class Client:
                     break
             if not waiting:
                 break
-            data = self._sock.recv(read_chunk_bytes)
+            data = self._sock.recv(wire.read_chunk_bytes_max)
             if not data:
                 raise ProtocolError("connection closed by the node")
-            self._unpacker.feed(data)
+            self._reader.feed(data)
         return results
 
 
@@ -461,15 +425,14 @@ class AsyncClient:
             self.node_id, self.role = await authenticate_stream(stream, self.credentials, str(self.endpoint))
 
     async def _read_loop(self, stream: trio.abc.Stream, generation: int) -> None:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+        reader = wire.ResponseReader()
         try:
             while True:
-                data = await stream.receive_some(read_chunk_bytes)
+                data = await stream.receive_some(wire.read_chunk_bytes_max)
                 if not data:
                     break
-                unpacker.feed(data)
-                for message in unpacker:
-                    msgid, error, result = _response_parts(message)
+                reader.feed(data)
+                for msgid, error, result in reader.responses():
                     if msgid is None:
                         # The node refused the connection or the stream (busy, tls-required, parse error).
                         if error is not None:
@@ -479,8 +442,7 @@ class AsyncClient:
                     if channel is not None:
                         channel.send_nowait((error, result))
                         channel.close()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, ValueError,
-                msgpack.ExtraData, msgpack.BufferFull):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, WireError):
             pass
         if generation == self._generation:
             await self._drop()   # wakes every waiting call with a closed channel: they retry elsewhere
@@ -491,7 +453,7 @@ class AsyncClient:
         for attempt in range(attempts):
             await self._connect()
             endpoint = self.endpoint
-            msgid = next(self._msgids) % (msgid_max + 1)
+            msgid = next(self._msgids) % (wire.msgid_max + 1)
             send_channel, receive_channel = trio.open_memory_channel(1)
             self._waiting[msgid] = send_channel
             try:
@@ -499,8 +461,7 @@ class AsyncClient:
                     async with self._send_lock:
                         if self._stream is None:   # dropped by the reader since _connect
                             raise trio.ClosedResourceError("connection lost")
-                        await self._stream.send_all(
-                            _request_packer.pack([0, msgid, method, list(params)]))
+                        await self._stream.send_all(wire.encode_request(msgid, method, params))
                     error, result = await receive_channel.receive()
             except trio.TooSlowError:
                 self._waiting.pop(msgid, None)
@@ -527,31 +488,30 @@ async def authenticate_stream(stream: trio.abc.Stream, credentials: Credentials,
     """Authenticate a new stream on which nothing else is in flight: (node id, role), or RpcError
     (the node refused: the message names the identity) or ProtocolError (not a Bayledger node)."""
     identity, signing_key = credentials
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+    reader = wire.ResponseReader()
 
     async def call(msgid: int, method: str, params: list) -> Any:
         # Nothing else is in flight on the stream: the next message is this call's answer.
-        await stream.send_all(_request_packer.pack([0, msgid, method, params]))
+        await stream.send_all(wire.encode_request(msgid, method, params))
         while True:
-            for message in unpacker:
-                answer_id, error, result = _response_parts(message)
+            for answer_id, error, result in reader.responses():
                 if error is not None:
                     failure = _error_of(error, where)
                     raise RpcError(failure.code, f"authenticating as {identity!r}: {failure.message}", where)
                 if answer_id != msgid:
                     raise ProtocolError(f"{where}: answer {answer_id!r} to call {msgid}")
                 return result
-            data = await stream.receive_some(read_chunk_bytes)
+            data = await stream.receive_some(wire.read_chunk_bytes_max)
             if not data:
                 raise ProtocolError(f"{where}: connection closed while authenticating")
-            unpacker.feed(data)
+            reader.feed(data)
 
-    answer = await call(0, "challenge", [])
     try:
+        answer = await call(0, "challenge", [])
         params = rpc_access.sign_authentication(signing_key, identity, answer)
-    except ValueError as exc:
+        result = await call(1, "authenticate", params)
+    except ValueError as exc:   # WireError, or a challenge answer that cannot be signed
         raise ProtocolError(f"{where}: {exc}") from None
-    result = await call(1, "authenticate", params)
     return answer["node"], result.get("role") if isinstance(result, dict) else None
 
 
@@ -622,7 +582,7 @@ def build_match_query(key: nacl.signing.SigningKey, participant: str, chain_id: 
     """A signed match query for one node (`node`: its id; another node refuses it):
     {"body": canonical map, "sig": Ed25519 over DOMAIN_QUERY, chain_id, body}."""
     body = codec.pack({
-        "type": QUERY_TYPE, "chain_id": chain_id, "node": node, "participant": participant,
+        "type": wire.QUERY_TYPE, "chain_id": chain_id, "node": node, "participant": participant,
         "participant_key": bytes(key.verify_key), "commitment": commitment,
         "nonce": int.from_bytes(os.urandom(8), "big") >> 1 if nonce is None else nonce,
         "time_ms": now_ms() if time_ms is None else time_ms,
@@ -645,6 +605,6 @@ def match(client: Client, key: nacl.signing.SigningKey, participant: str, chain_
         return client.call_many([("match", lambda node: [build_match_query(key, participant, chain_id, commitment,
                                                                          node=node)])])[0]
     except RpcError as exc:
-        if exc.code == "not-found":
+        if exc.code == ERROR_NOT_FOUND:
             return None
         raise

@@ -33,12 +33,12 @@ one place.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import gc
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ from .keys import KeyFileError, KeyPair, load_key_file
 from .logs import LogBudget, configure_logging
 from .metrics import NodeMetrics, serve_metrics
 from .query_log import QueryLog, QueryLogError
-from .transport import FRAME_KIND_CONSENSUS, PeerNetwork
+from .submit_shares import SubmitShares
+from .submit_waiters import ClientRequest, SubmitWaiters
+from .transport import FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork
+from .wire import ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_MEMPOOL_FULL, ERROR_SHUTTING_DOWN, ERROR_TIMEOUT
 
 VERSION = "0.1.0"
 PARTITION_POLL_MS = 100                # fault-injection file poll period
@@ -71,20 +74,12 @@ LEDGER_WRITE_BUFFER_STEP_BYTES = 8 * 1024 * 1024  # validators' LevelDB memtable
 LEDGER_WRITE_BUFFER_STEPS = 4                      # ... in this many sizes: 40, 56, 72, 88 MiB (see ledger_write_buffer_bytes)
 GC_YOUNG_THRESHOLD_OBJECTS = 50_000  # net container allocations between young collections (default 700)
 ENTRY_VERDICTS_MAX = 65_536            # remembered entry signature-check verdicts (~100 bytes each)
-# A participant at its mempool share has its pending entries looked up in the core's pool (to forget
-# those the core dropped without a commit) at most this often: a flood at the share costs O(share)
-# lookups per interval, not per refused submit.
-SHARE_PRUNE_INTERVAL_MS = 100
-# The submit bookkeeping sweeps entries the core dropped and token buckets that refilled (same as
-# new) when it holds twice as many as after its last sweep, and at least this many: amortized O(1).
-SHARE_SWEEP_ENTRIES_MIN = 4096
 # After the drain, how long answers already given to waiting submitters may take to be written to
 # their connections before everything is cancelled (a client that does not read is not waited for).
 SHUTDOWN_ANSWERS_FLUSH_MS = 1_000
-ERROR_SHUTTING_DOWN = rpc.ERROR_SHUTTING_DOWN
 
 CLIENT_PEER_ID = replica_module.CLIENT  # the peer id the core reports for our own clients' requests
-ALREADY_COMMITTED = "already-committed"  # a submit of bytes already on the ledger (the RPC error code too)
+ALREADY_COMMITTED = ERROR_ALREADY_COMMITTED  # a submit of bytes already on the ledger (the core's reason too)
 # Core rejections that mean a peer sent bytes that are not a well-formed message (consensus decode_message
 # and the codec's reason codes). Reported to the transport, which cuts a peer that sends too many of them.
 # Protocol-level reasons ("wrong-view", "outside-window", "invalid-request:*", ...) happen between honest
@@ -295,130 +290,7 @@ class EntryVerdictMemo:
         return getattr(self.application, name)
 
 
-class SubmitShares:
-    """Each participant's fair share of this node's submits (issue 15): a token bucket for its rate
-    and a count of its entries in the mempool, so a participant's flood is refused at once and costs
-    the others nothing.
-
-    An entry counts from its submit (`admit`) until it commits (`release`, for every entry of each
-    applied block), the core refuses it (`release`), or the core drops it from its pool without a
-    commit (found by `_prune`, since the core does not say so: when its participant is at the share,
-    at most every SHARE_PRUNE_INTERVAL_MS, and in the amortized sweep). So the count cannot leak
-    upward and lock a participant out. Participants are authenticated authors (the door check ran
-    first), so the tables are bounded by the registry, and swept besides.
-    """
-
-    def __init__(self, rate_per_s: int, burst: int, pending_max: int) -> None:
-        assert rate_per_s >= 1 and burst >= 1 and pending_max >= 1, "config bounds keep these positive"
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self.pending_max = pending_max
-        self._buckets: dict[str, tuple[float, float]] = {}     # participant -> (tokens, at s)
-        # participant -> {entry bytes: its id once the core pooled it, None while queued for the driver}
-        self._pending: dict[str, dict[bytes, bytes | None]] = {}
-        self._participant_of: dict[bytes, str] = {}
-        self._pruned_at_s: dict[str, float] = {}
-        self._sweep_above = SHARE_SWEEP_ENTRIES_MIN
-
-    def pending(self, participant: str) -> int:
-        return len(self._pending.get(participant, ()))
-
-    def __len__(self) -> int:
-        return len(self._participant_of)
-
-    def admit(self, participant: str, entry: bytes, now_s: float, in_pool) -> bool:
-        """Count `entry` against `participant`'s share and take one token, or raise ApiError
-        ("mempool-full" at the share, "busy" beyond the rate) charging nothing. `in_pool(entry_id)`
-        tells whether the core still holds an entry. True if the entry is counted now (False: it was
-        already, a client sending the same bytes again, which takes no more room)."""
-        self._maybe_sweep(now_s, in_pool)
-        mine = self._pending.get(participant)
-        counted = mine is not None and entry in mine
-        if not counted and mine is not None and len(mine) >= self.pending_max:
-            if now_s - self._pruned_at_s.get(participant, -1e18) >= SHARE_PRUNE_INTERVAL_MS / 1000:
-                self._pruned_at_s[participant] = now_s
-                self._prune(participant, in_pool)
-                mine = self._pending.get(participant)   # gone if the prune emptied it
-            if mine is not None and len(mine) >= self.pending_max:
-                raise ApiError("mempool-full", (
-                    f"participant {participant!r} has {len(mine)} entries waiting in this node's mempool, its "
-                    f"share (limits.mempool_requests_per_participant_max = {self.pending_max}); wait for some "
-                    "to commit (submit with wait, or look them up) before sending more"))
-        tokens, at_s = self._buckets.get(participant, (self.burst, now_s))
-        tokens = min(self.burst, tokens + max(0.0, now_s - at_s) * self.rate_per_s)
-        if tokens < 1:
-            self._buckets[participant] = (tokens, now_s)
-            retry_ms = max(1, int((1 - tokens) / self.rate_per_s * 1000 + 0.999))
-            raise ApiError("busy", (
-                f"participant {participant!r} submits faster than its share of this node "
-                f"(limits.submit_rate_per_participant_per_s = {self.rate_per_s}, bursts of "
-                f"{self.burst}); slow down: retry in {retry_ms} ms"))
-        self._buckets[participant] = (tokens - 1, now_s)
-        if counted:
-            return False
-        if mine is None:
-            mine = self._pending[participant] = {}
-        mine[entry] = None
-        self._participant_of[entry] = participant
-        return True
-
-    def pooled(self, entry: bytes, entry_id: bytes) -> None:
-        """The core took the entry into its pool (from now on `_prune` may look it up there)."""
-        participant = self._participant_of.get(entry)
-        if participant is not None:
-            self._pending[participant][entry] = entry_id
-
-    def release(self, entry: bytes) -> None:
-        """The entry committed, or the core refused it: it no longer counts."""
-        participant = self._participant_of.pop(entry, None)
-        if participant is not None:
-            mine = self._pending[participant]
-            del mine[entry]
-            if not mine:
-                del self._pending[participant]
-                self._pruned_at_s.pop(participant, None)
-
-    def release_all(self, entries) -> None:
-        if self._participant_of:   # nothing to look up on a node no client submits to
-            for entry in entries:
-                self.release(entry)
-
-    def _prune(self, participant: str, in_pool) -> None:
-        for entry, entry_id in list(self._pending.get(participant, {}).items()):
-            if entry_id is not None and not in_pool(entry_id):
-                self.release(entry)
-
-    def _maybe_sweep(self, now_s: float, in_pool) -> None:
-        if len(self._participant_of) + len(self._buckets) <= self._sweep_above:
-            return
-        for participant in list(self._pending):
-            self._prune(participant, in_pool)
-        for participant, (tokens, at_s) in list(self._buckets.items()):
-            if tokens + (now_s - at_s) * self.rate_per_s >= self.burst:
-                del self._buckets[participant]   # full again: the same as a participant never seen
-        self._sweep_above = max(SHARE_SWEEP_ENTRIES_MIN, 2 * (len(self._participant_of) + len(self._buckets)))
-
-
 # --- the daemon -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Waiter:
-    event: trio.Event = field(default_factory=trio.Event)
-    receipt: dict | None = None
-    released: bool = False      # woken without a receipt because the node is stopping
-
-
-@dataclass
-class _ClientRequest:
-    entry: bytes
-    entry_id: bytes
-    # The core's refusal, if any. A submit that waits for the commit is woken through its waiter
-    # when refused; one that does not wait learns through `taken` that the core took the entry.
-    waiter: _Waiter | None = None
-    taken: trio.Event | None = None
-    refusal: str | None = None
-    participant: str | None = None   # counted in SubmitShares from the submit until commit or refusal
 
 
 class Daemon:
@@ -460,28 +332,14 @@ class Daemon:
         self.network = PeerNetwork(
             node_id=config.node_id, chain_id=self.chain_id, signing_key=key.signing_key,
             validators=self.validator_set, peers=self._peer_addresses(), listen=config.listen.p2p,
-            inbound=inbound_send, metrics=self.metrics, frame_bytes_max=config.limits.frame_bytes_max,
-            handshake_timeout_ms=config.limits.handshake_timeout_ms,
-            send_queue_frames_max=config.limits.peer_send_queue_frames_max,
-            send_queue_bytes_max=config.limits.peer_send_queue_bytes_max,
-            reconnect_backoff_min_ms=config.limits.reconnect_backoff_min_ms,
-            reconnect_backoff_max_ms=config.limits.reconnect_backoff_max_ms,
-            handshake_first_bytes_timeout_ms=config.limits.handshake_first_bytes_timeout_ms,
-            inbound_handshakes_max=config.limits.inbound_handshakes_max,
-            inbound_handshakes_per_source_max=config.limits.inbound_handshakes_per_source_max,
+            inbound=inbound_send, metrics=self.metrics, limits=PeerLimits.from_config(config.limits),
             inbound_allow_only_validators=config.p2p.inbound_allow_only_validators,
-            reverse_dial_delay_ms=config.limits.reverse_dial_delay_ms,
-            peer_malformed_messages_max=config.limits.peer_malformed_messages_max,
-            peer_offence_backoff_min_ms=config.limits.peer_offence_backoff_min_ms,
-            peer_offence_backoff_max_ms=config.limits.peer_offence_backoff_max_ms,
-            peer_inbound_queue_bytes_max=config.limits.peer_inbound_queue_bytes_max,
         )
         # Each participant's rate and mempool share of this node's submits (issue 15).
         self._shares = SubmitShares(config.limits.submit_rate_per_participant_per_s,
                                     config.limits.submit_burst_per_participant,
                                     config.limits.mempool_requests_per_participant_max)
-        # Waiting submitters by entry bytes: each committed entry is looked up without hashing it.
-        self._waiters: dict[bytes, list[_Waiter]] = {}
+        self._waiters = SubmitWaiters()   # submits waiting for their entry's commit
         # Set while a block is applied in a worker thread (see ledger_quiet).
         self._applying: trio.Event | None = None
         # A Byzantine validator can make the core reject messages as fast as it sends them.
@@ -548,11 +406,11 @@ class Daemon:
 
     async def _submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
         if not isinstance(entry, bytes):
-            raise ApiError("bad-entry", "entry must be bytes")
+            raise ApiError(ERROR_BAD_ENTRY, "entry must be bytes")
         reason = self.application.check_request(entry)
         if reason is not None:
             self.metrics.rejected_requests.inc(label_value=reason)
-            raise ApiError("bad-entry", f"entry refused: {reason}")
+            raise ApiError(ERROR_BAD_ENTRY, f"entry refused: {reason}")
         # The door (issue 15): an entry the applied state already refuses (author not admitted, not
         # active or not signing with its registry key, governance signers, spent nonce) is answered
         # here, never ordered or stored. Not in the core's pool check, which must stay monotonic (an
@@ -563,12 +421,12 @@ class Daemon:
             if reason == "already-applied":
                 reason = ALREADY_COMMITTED
             self.metrics.rejected_requests.inc(label_value=reason)
-            raise ApiError(ALREADY_COMMITTED if reason == ALREADY_COMMITTED else "bad-entry",
+            raise ApiError(ERROR_ALREADY_COMMITTED if reason == ALREADY_COMMITTED else ERROR_BAD_ENTRY,
                            f"entry refused: {reason}")
         entry_id = _entry_id(entry)
         if self.replica.pending_request_count >= self.config.limits.mempool_requests_max:
-            self.metrics.rejected_requests.inc(label_value="mempool-full")
-            raise ApiError("mempool-full", f"{self.replica.pending_request_count} entries are waiting; retry later")
+            self.metrics.rejected_requests.inc(label_value=ERROR_MEMPOOL_FULL)
+            raise ApiError(ERROR_MEMPOOL_FULL, f"{self.replica.pending_request_count} entries are waiting; retry later")
         counted = False
         if participant is not None:
             try:
@@ -577,47 +435,35 @@ class Daemon:
             except ApiError as exc:
                 self.metrics.rejected_requests.inc(label_value=exc.code)
                 raise
-        waiter = None
-        if wait:
-            waiter = _Waiter()
-            self._waiters.setdefault(entry, []).append(waiter)
-        try:
-            request = _ClientRequest(entry, entry_id, waiter, None if wait else trio.Event(), participant=participant)
+        with self._waiters.waiting(entry) if wait else contextlib.nullcontext() as waiter:
+            request = ClientRequest(entry, entry_id, waiter, None if wait else trio.Event(), participant=participant)
             try:
                 self._client_send.send_nowait(request)
             except trio.WouldBlock:
                 if counted:
                     self._shares.release(entry)
                 self.metrics.rejected_requests.inc(label_value="queue-full")
-                raise ApiError("mempool-full", "the request queue is full; retry later") from None
+                raise ApiError(ERROR_MEMPOOL_FULL, "the request queue is full; retry later") from None
             if waiter is None:
                 await request.taken.wait()
                 self._raise_refusal(request.refusal)
                 return {"status": "pending", "id": entry_id}
             # One wait for both the core's verdict and the commit (the timeout covers the queueing).
             limit_s = self.config.limits.submit_wait_timeout_ms_max / 1000
-            with trio.move_on_after(min(max(timeout_s, 0), limit_s)):
-                await waiter.event.wait()
+            receipt = await waiter.wait(min(timeout_s, limit_s))
             self._raise_refusal(request.refusal)
-            if waiter.receipt is None and waiter.released:
+            if receipt is None and waiter.released:
                 raise ApiError(ERROR_SHUTTING_DOWN, "the node stopped before the entry committed; it may still "
                                "commit on the other validators: look it up on another node before submitting again")
-            if waiter.receipt is None:
-                raise ApiError("timeout", "not committed yet; the entry stays in the mempool")
-            return {**waiter.receipt, "id": entry_id}
-        finally:
-            if waiter is not None:
-                waiters = self._waiters.get(entry, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._waiters.pop(entry, None)
+            if receipt is None:
+                raise ApiError(ERROR_TIMEOUT, "not committed yet; the entry stays in the mempool")
+            return {**receipt, "id": entry_id}
 
     def _raise_refusal(self, refusal: str | None) -> None:
         if refusal is not None:
             self.metrics.rejected_requests.inc(label_value=refusal)
-            code = {"request-pool-full": "mempool-full", "already-committed": "already-committed"}.get(
-                refusal, "bad-entry")
+            code = {"request-pool-full": ERROR_MEMPOOL_FULL, ALREADY_COMMITTED: ERROR_ALREADY_COMMITTED}.get(
+                refusal, ERROR_BAD_ENTRY)
             # The core refuses an entry the applied ledger already rules out ("applied-request:replayed-nonce")
             # before ordering it: the client hears the apply rule's own reason code, at once.
             reason = refusal.removeprefix("applied-request:")
@@ -638,12 +484,7 @@ class Daemon:
             self.rpc_server.stop_accepting()
         with trio.move_on_after(self.config.limits.shutdown_drain_ms / 1000):
             await self._all_submits_ended()
-        released = 0
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.released = True
-                waiter.event.set()
-                released += 1
+        released = self._waiters.release_all()
         # Submits still waiting for the driver to take their entry finish as soon as it does (it
         # is still running); then the answers are written, within a bound.
         with trio.move_on_after(SHUTDOWN_ANSWERS_FLUSH_MS / 1000) as flush:
@@ -660,7 +501,7 @@ class Daemon:
 
     # --- the driver ----------------------------------------------------------------------------
 
-    def _take_client_request(self, request: "_ClientRequest"):
+    def _take_client_request(self, request: ClientRequest):
         """Hand a client's entry to the core (which pools it and forwards it to every validator);
         return the core's Ready."""
         ready = self.replica.on_request(request.entry)
@@ -670,16 +511,13 @@ class Daemon:
             # The core drops a committed request silently (peers forward duplicates all the time);
             # a client retrying it must hear so instead of waiting for a commit that will not come.
             refusals = [ALREADY_COMMITTED]
-        request.refusal = refusals[0] if refusals else None
+        refusal = refusals[0] if refusals else None
         if request.participant is not None:
-            if request.refusal is not None:
+            if refusal is not None:
                 self._shares.release(request.entry)
             else:
                 self._shares.pooled(request.entry, request.entry_id)
-        if request.taken is not None:
-            request.taken.set()
-        elif request.refusal is not None:
-            request.waiter.event.set()
+        request.decided(refusal)
         return ready
 
     async def carry_out_many_off_loop(self, readies: list) -> None:
@@ -813,14 +651,8 @@ class Daemon:
                  entries=len(block.entries), bytes=size_bytes, latency_ms=round(latency_s * 1000, 1),
                  tree_size=header.tree_size)
         self._shares.release_all(block.entries)   # committed (accepted or not): out of their authors' shares
-        for index, entry in enumerate(block.entries):
-            waiters = self._waiters.pop(entry, None)
-            if waiters:
-                outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
-                receipt = _receipt(block, index, outcome)
-                for waiter in waiters:
-                    waiter.receipt = receipt
-                    waiter.event.set()
+        self._waiters.committed(block.entries, lambda index: _receipt(
+            block, index, outcomes[index] if outcomes is not None and index < len(outcomes) else None))
         self.metrics.mempool_size.set(self.replica.pending_request_count)
 
     def _serve_catch_up(self, peer_id: str, from_height: int, to_height: int) -> None:
@@ -834,7 +666,7 @@ class Daemon:
 
     def _input(self, event):
         """Feed one event to the core; its Ready."""
-        if isinstance(event, _ClientRequest):
+        if isinstance(event, ClientRequest):
             return self._take_client_request(event)
         assert event.kind == FRAME_KIND_CONSENSUS, "decode_frame admits consensus frames only"
         # Taken off the channel: the frame's bytes leave its peer's inbound budget.

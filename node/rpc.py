@@ -14,6 +14,7 @@ bound is an `RpcLimits` field. A message that cannot be parsed (the stream is
 out of step) or is larger than `message_bytes_max` is answered with an error
 whose msgid is nil, then the connection is closed; anything else that is wrong
 gets an error response and the connection stays open. See docs/PROTOCOL.md §8.
+The message shapes, error codes and encoders are node/wire.py's, shared with the clients.
 
 Read-only methods read `api.ledger` (storage.ledger.Ledger) directly, in the
 daemon's own trio thread (LevelDB point reads are short); `submit` goes to
@@ -42,39 +43,21 @@ from node import rpc_access, tls
 from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
+from node.wire import (
+    ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
+    ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TLS_REQUIRED,
+    ERROR_TOO_LARGE, ERROR_UNAUTHORIZED, MESSAGE_NOTIFICATION, MESSAGE_REQUEST, QUERY_TYPE, encode_response,
+    error_map as _error, is_msgid, read_chunk_bytes_max, unpacked,
+)
 from storage.entries import EntryError, decode_entry
 from storage.genesis import GOVERNANCE_AUTHOR
 
 log = structlog.get_logger("node.rpc")
 
-MESSAGE_REQUEST = 0
-MESSAGE_RESPONSE = 1
-MESSAGE_NOTIFICATION = 2
-msgid_max = 2**32 - 1               # the spec's msgid is a 32-bit unsigned integer
-
-QUERY_TYPE = "match-query"
 # "node": the query is good at that node only (a query answered by one node cannot be replayed to another).
 QUERY_FIELDS = frozenset(("type", "chain_id", "node", "participant", "participant_key", "commitment", "nonce",
                           "time_ms"))
 query_bytes_max = 1024              # a signed query is ~250 bytes
-
-# Stable error codes (docs/PROTOCOL.md §8 lists what each means).
-ERROR_PARSE = "parse-error"
-ERROR_TOO_LARGE = "message-too-large"
-ERROR_INVALID_REQUEST = "invalid-request"
-ERROR_METHOD_NOT_FOUND = "method-not-found"
-ERROR_INVALID_PARAMS = "invalid-params"
-ERROR_NOT_FOUND = "not-found"
-ERROR_UNAUTHORIZED = "unauthorized"
-ERROR_BAD_SIGNATURE = "bad-signature"
-ERROR_REPLAYED = "replayed"
-ERROR_STALE = "stale-query"
-ERROR_BUSY = "busy"
-ERROR_TIMEOUT = "timeout"
-ERROR_SHUTTING_DOWN = "shutting-down"   # raised by the daemon's submit while it drains (node.daemon)
-ERROR_INTERNAL = "internal"
-
-read_chunk_bytes_max = 65_536
 reply_batch_bytes_max = 65_536      # answers of one read gathered into one send, flushed at this size
 
 # Methods that may wait (for a commit): each runs in its own task. The others never wait on
@@ -484,17 +467,6 @@ def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
-_response_packer = msgpack.Packer(use_bin_type=True)  # reused: packb would build one per response
-
-
-def encode_response(msgid: int | None, error: dict | None, result: Any) -> bytes:
-    return _response_packer.pack([MESSAGE_RESPONSE, msgid, error, result])
-
-
-def _error(code: str, message: str) -> dict:
-    return {"code": code, "message": message}
-
-
 def _encode_answer(msgid: int, method: str, error: dict | None, result: Any) -> bytes:
     try:
         return encode_response(msgid, error, result)
@@ -538,16 +510,7 @@ class RequestReader:
         self._fed += len(data)
 
     def messages(self) -> Iterator[Any]:
-        while True:
-            try:
-                message = self._unpacker.unpack()
-            except msgpack.OutOfData:
-                return
-            except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-                if isinstance(exc, MemoryError):
-                    raise
-                reason = "too-deep" if isinstance(exc, msgpack.StackError) else "malformed"
-                raise codec.EncodingError(f"{type(exc).__name__}: {exc}", reason) from None
+        for message in unpacked(self._unpacker):   # raises WireError, a codec.EncodingError
             self._complete = self._unpacker.tell()
             codec.check_depth(message, request_depth_max)
             yield message
@@ -650,7 +613,7 @@ class _Connection:
             self.server.counters["notification"] += 1
             return
         msgid = None
-        if isinstance(message, list) and len(message) == 4 and _is_uint(message[1], msgid_max):
+        if isinstance(message, list) and len(message) == 4 and is_msgid(message[1]):
             msgid = message[1]
         if not (isinstance(message, list) and len(message) == 4 and message[0] == MESSAGE_REQUEST
                 and type(message[0]) is int and msgid is not None):
@@ -849,7 +812,7 @@ async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: s
         if first is None:
             return None                       # closed before a byte
         if first != tls.TLS_RECORD_HANDSHAKE:
-            server.counters[tls.ERROR_TLS_REQUIRED] += 1
+            server.counters[ERROR_TLS_REQUIRED] += 1
             log.debug("rpc client without TLS", peer=peer)
             refused = True
             await _refuse_plaintext(stream)
@@ -878,7 +841,7 @@ async def _peek_byte(stream: trio.abc.Stream) -> int | None:
 
 
 async def _refuse_plaintext(stream: trio.abc.Stream) -> None:
-    await stream.send_all(encode_response(None, _error(tls.ERROR_TLS_REQUIRED, tls.TLS_REQUIRED_MESSAGE), None))
+    await stream.send_all(encode_response(None, _error(ERROR_TLS_REQUIRED, tls.TLS_REQUIRED_MESSAGE), None))
     # Closing with the client's request unread would reset the connection, and the reset can
     # overtake the answer: end our side, then read (a bounded amount) until the client closes.
     await stream.send_eof()

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from node.keys import create_private_file
+from node.wire import ERROR_TLS_REQUIRED  # in __all__: a name of this module too
 
 TLS_VERSION_MIN = ssl.TLSVersion.TLSv1_2
 TLS_HANDSHAKE_TIMEOUT_MS = 10_000      # a client must finish its handshake in this time (server side)
@@ -38,7 +39,6 @@ NODE_CERT_VALID_DAYS = 825             # the longest validity some TLS clients a
 CLOCK_SKEW_S = 3600                    # certificates are valid from an hour ago: clocks differ
 
 # Answered, in plain msgpack-RPC, to a client that connects to a TLS node without TLS.
-ERROR_TLS_REQUIRED = "tls-required"
 TLS_REQUIRED_MESSAGE = ("this node serves RPC over TLS only; connect with TLS (--ca FILE or BAYLEDGER_CA)")
 
 

@@ -89,7 +89,7 @@ import math
 import random
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import nacl.bindings
@@ -103,7 +103,8 @@ from consensus import codec
 from consensus.messages import VALIDATOR_ID_BYTES_MAX
 from consensus.validators import ValidatorSet
 
-from .config import Address
+from .address import Address
+from .config import LimitsConfig
 from .logs import LogBudget
 from .metrics import NodeMetrics
 
@@ -114,14 +115,6 @@ NONCE_BYTES = nacl.bindings.crypto_aead_chacha20poly1305_ietf_NPUBBYTES
 HANDSHAKE_FRAME_BYTES_MAX = 1024       # the auth frame is ~150 bytes
 RECEIVE_CHUNK_BYTES = 65536
 SEND_BATCH_BYTES_MAX = 262_144         # queued frames written in one send_all, up to this many plaintext bytes
-INBOUND_HANDSHAKES_MAX = 64            # default of limits.inbound_handshakes_max
-INBOUND_HANDSHAKES_PER_SOURCE_MAX = 8  # default of limits.inbound_handshakes_per_source_max
-HANDSHAKE_FIRST_BYTES_TIMEOUT_MS = 1000  # default of limits.handshake_first_bytes_timeout_ms
-REVERSE_DIAL_DELAY_MS = 2000           # default of limits.reverse_dial_delay_ms
-PEER_MALFORMED_MESSAGES_MAX = 8        # default of limits.peer_malformed_messages_max
-PEER_OFFENCE_BACKOFF_MIN_MS = 1000     # default of limits.peer_offence_backoff_min_ms
-PEER_OFFENCE_BACKOFF_MAX_MS = 60_000   # default of limits.peer_offence_backoff_max_ms
-PEER_INBOUND_QUEUE_BYTES_MAX = 128 * 1024 * 1024  # default of limits.peer_inbound_queue_bytes_max
 OFFENCE_MEMORY_FACTOR = 2              # offences are forgotten after this many longest backoffs without one
 LINK_STABLE_S = 1.0                    # a dialed link that lasted this long resets the redial backoff
 # Frame errors that put the stream out of step and that only the peer (or someone on the path) causes.
@@ -349,6 +342,36 @@ def decode_frame(plaintext: bytes) -> tuple[str, bytes]:
     return value[0], value[1]
 
 
+@dataclass(frozen=True)
+class PeerLimits:
+    """Every configurable bound of the peer links, in one value as node.rpc.RpcLimits is for RPC.
+
+    Each field is the [limits] key of the same name (docs/OPERATIONS.md says what each bounds) and
+    defaults to that key's default; `from_config` takes them from a loaded config."""
+
+    frame_bytes_max: int = LimitsConfig.frame_bytes_max
+    handshake_timeout_ms: int = LimitsConfig.handshake_timeout_ms
+    handshake_first_bytes_timeout_ms: int = LimitsConfig.handshake_first_bytes_timeout_ms
+    inbound_handshakes_max: int = LimitsConfig.inbound_handshakes_max
+    inbound_handshakes_per_source_max: int = LimitsConfig.inbound_handshakes_per_source_max
+    reverse_dial_delay_ms: int = LimitsConfig.reverse_dial_delay_ms
+    peer_malformed_messages_max: int = LimitsConfig.peer_malformed_messages_max
+    peer_offence_backoff_min_ms: int = LimitsConfig.peer_offence_backoff_min_ms
+    peer_offence_backoff_max_ms: int = LimitsConfig.peer_offence_backoff_max_ms
+    peer_inbound_queue_bytes_max: int = LimitsConfig.peer_inbound_queue_bytes_max
+    peer_send_queue_frames_max: int = LimitsConfig.peer_send_queue_frames_max
+    peer_send_queue_bytes_max: int = LimitsConfig.peer_send_queue_bytes_max
+    reconnect_backoff_min_ms: int = LimitsConfig.reconnect_backoff_min_ms
+    reconnect_backoff_max_ms: int = LimitsConfig.reconnect_backoff_max_ms
+
+    def __post_init__(self) -> None:
+        assert self.peer_inbound_queue_bytes_max >= 1, "a peer must be able to queue a frame"
+
+    @classmethod
+    def from_config(cls, limits: LimitsConfig) -> "PeerLimits":
+        return cls(**{f.name: getattr(limits, f.name) for f in fields(cls)})
+
+
 @dataclass
 class PeerSlot:
     """One remote validator: where to dial it, its bounded outbound queue, its live link, and what it owes."""
@@ -402,25 +425,13 @@ def _normal_ip(host: str) -> str:
 class PeerNetwork:
     """All links of one node: a listener, a dialer per peer with an address, a reader and writer per live link.
 
-    The keyword defaults of the limits are the config defaults (node.config.LimitsConfig)."""
+    Every bound is a `limits` (PeerLimits) field."""
 
     def __init__(self, *, node_id: str, chain_id: str, signing_key: nacl.signing.SigningKey,
                  validators: ValidatorSet, peers: dict[str, Address | None], listen: Address,
-                 inbound: trio.MemorySendChannel, metrics: NodeMetrics, frame_bytes_max: int,
-                 handshake_timeout_ms: int, send_queue_frames_max: int, send_queue_bytes_max: int,
-                 reconnect_backoff_min_ms: int,
-                 reconnect_backoff_max_ms: int, rng: random.Random | None = None,
-                 on_link_change: Callable[[], None] | None = None,
-                 handshake_first_bytes_timeout_ms: int = HANDSHAKE_FIRST_BYTES_TIMEOUT_MS,
-                 inbound_handshakes_max: int | None = None,
-                 inbound_handshakes_per_source_max: int = INBOUND_HANDSHAKES_PER_SOURCE_MAX,
-                 inbound_allow_only_validators: bool = False,
-                 reverse_dial_delay_ms: int = REVERSE_DIAL_DELAY_MS,
-                 peer_malformed_messages_max: int = PEER_MALFORMED_MESSAGES_MAX,
-                 peer_offence_backoff_min_ms: int = PEER_OFFENCE_BACKOFF_MIN_MS,
-                 peer_offence_backoff_max_ms: int = PEER_OFFENCE_BACKOFF_MAX_MS,
-                 peer_inbound_queue_bytes_max: int = PEER_INBOUND_QUEUE_BYTES_MAX):
-        assert peer_inbound_queue_bytes_max >= 1, "a peer must be able to queue a frame"
+                 inbound: trio.MemorySendChannel, metrics: NodeMetrics, limits: PeerLimits = PeerLimits(),
+                 rng: random.Random | None = None, on_link_change: Callable[[], None] | None = None,
+                 inbound_allow_only_validators: bool = False):
         self.node_id = node_id
         self.chain_id = chain_id
         self.signing_key = signing_key
@@ -428,23 +439,11 @@ class PeerNetwork:
         self.listen = listen
         self.inbound = inbound
         self.metrics = metrics
-        self.frame_bytes_max = frame_bytes_max
-        self.handshake_timeout_ms = handshake_timeout_ms
-        self.send_queue_bytes_max = send_queue_bytes_max
-        self.reconnect_backoff_min_ms = reconnect_backoff_min_ms
-        self.reconnect_backoff_max_ms = reconnect_backoff_max_ms
-        self.handshake_first_bytes_timeout_ms = handshake_first_bytes_timeout_ms
-        self.inbound_handshakes_max = INBOUND_HANDSHAKES_MAX if inbound_handshakes_max is None else inbound_handshakes_max
-        self.inbound_handshakes_per_source_max = inbound_handshakes_per_source_max
+        self.limits = limits
         self.inbound_allow_only_validators = inbound_allow_only_validators
-        self.reverse_dial_delay_ms = reverse_dial_delay_ms
-        self.peer_malformed_messages_max = peer_malformed_messages_max
-        self.peer_offence_backoff_min_ms = peer_offence_backoff_min_ms
-        self.peer_offence_backoff_max_ms = peer_offence_backoff_max_ms
-        self.peer_inbound_queue_bytes_max = peer_inbound_queue_bytes_max
         self.rng = rng or random.Random()
         self.on_link_change = on_link_change
-        self.slots = {peer_id: PeerSlot(peer_id, address, send_queue_frames_max)
+        self.slots = {peer_id: PeerSlot(peer_id, address, limits.peer_send_queue_frames_max)
                       for peer_id, address in peers.items() if peer_id != node_id}
         # Fault injection (tests only): links to these peers are cut and refused while listed.
         self.partitioned: frozenset[str] = frozenset()
@@ -468,7 +467,7 @@ class PeerNetwork:
         slot.queue.append(frame)
         slot.queued_bytes += len(frame)
         while len(slot.queue) > 1 and (len(slot.queue) > slot.send_queue_frames_max
-                                       or slot.queued_bytes > self.send_queue_bytes_max):
+                                       or slot.queued_bytes > self.limits.peer_send_queue_bytes_max):
             slot.queued_bytes -= len(slot.queue.popleft())
             self.metrics.dropped_frames.inc()
         slot.wake.set()
@@ -509,7 +508,7 @@ class PeerNetwork:
         if slot is None:
             return
         slot.malformed += 1
-        if slot.malformed > self.peer_malformed_messages_max:
+        if slot.malformed > self.limits.peer_malformed_messages_max:
             self.disconnect(peer_id, reason)
 
     def disconnect(self, peer_id: str, reason: str) -> None:
@@ -519,14 +518,14 @@ class PeerNetwork:
         if slot is None:
             return
         now = trio.current_time()
-        if now - slot.last_offence > OFFENCE_MEMORY_FACTOR * self.peer_offence_backoff_max_ms / 1000:
+        if now - slot.last_offence > OFFENCE_MEMORY_FACTOR * self.limits.peer_offence_backoff_max_ms / 1000:
             slot.offences = 0
         slot.offences += 1
         slot.last_offence = now
         backoff_ms = 0
         if slot.offences >= 2:
-            backoff_ms = min(self.peer_offence_backoff_max_ms,
-                             self.peer_offence_backoff_min_ms * 2 ** min(slot.offences - 2, 30))
+            backoff_ms = min(self.limits.peer_offence_backoff_max_ms,
+                             self.limits.peer_offence_backoff_min_ms * 2 ** min(slot.offences - 2, 30))
             slot.backoff_until = now + backoff_ms / 1000
         self.metrics.peer_disconnects.inc(label_value=reason)
         admitted, left_out = self._refusal_log.admit("disconnect", now * 1000)
@@ -599,11 +598,11 @@ class PeerNetwork:
 
     async def _handshake(self, stream: trio.abc.Stream, expected_peer: str | None) -> tuple[str, SecretConnection] | None:
         try:
-            with trio.fail_after(self.handshake_timeout_ms / 1000):
+            with trio.fail_after(self.limits.handshake_timeout_ms / 1000):
                 return await handshake(
                     stream, chain_id=self.chain_id, node_id=self.node_id, signing_key=self.signing_key,
-                    validators=self.validators, frame_bytes_max=self.frame_bytes_max,
-                    expected_peer=expected_peer, first_bytes_timeout_ms=self.handshake_first_bytes_timeout_ms)
+                    validators=self.validators, frame_bytes_max=self.limits.frame_bytes_max,
+                    expected_peer=expected_peer, first_bytes_timeout_ms=self.limits.handshake_first_bytes_timeout_ms)
         except trio.TooSlowError:
             self._refuse("handshake-timeout", expected_peer=expected_peer)
         except FrameError as exc:
@@ -632,10 +631,10 @@ class PeerNetwork:
         if self.inbound_allow_only_validators and not from_validator:
             self._refuse("not-a-validator-address", source=source)
             return
-        if self._handshakes_by_source.get(source, 0) >= self.inbound_handshakes_per_source_max:
+        if self._handshakes_by_source.get(source, 0) >= self.limits.inbound_handshakes_per_source_max:
             self._refuse("too-many-handshakes-from-source", source=source)
             return
-        if not from_validator and self._stranger_handshakes >= self.inbound_handshakes_max:
+        if not from_validator and self._stranger_handshakes >= self.limits.inbound_handshakes_max:
             # Strangers may not hold more than a bounded amount of our memory and descriptors.
             self._refuse("too-many-handshakes", source=source)
             return
@@ -665,7 +664,7 @@ class PeerNetwork:
             await connection.aclose()
             return
         if not self._is_primary(peer_id, slot) and slot.address is not None and (
-                slot.connection is not None or now - slot.down_since < self.reverse_dial_delay_ms / 1000):
+                slot.connection is not None or now - slot.down_since < self.limits.reverse_dial_delay_ms / 1000):
             # We dial this peer ourselves: its reverse link is taken only when ours has failed for a while.
             self._refuse("wrong-direction", peer=peer_id, detail="the lower id dials")
             await connection.aclose()
@@ -679,7 +678,7 @@ class PeerNetwork:
         now = trio.current_time()
         wait = slot.backoff_until - now
         if not self._is_primary(self.node_id, slot):
-            wait = max(wait, slot.down_since + self.reverse_dial_delay_ms / 1000 - now)
+            wait = max(wait, slot.down_since + self.limits.reverse_dial_delay_ms / 1000 - now)
         return max(0.0, wait)
 
     async def _dial_loop(self, slot: PeerSlot) -> None:
@@ -698,7 +697,8 @@ class PeerNetwork:
                         attempt = 0
                 except Exception as exc:
                     self._link_failed(slot.id, "dial", exc)
-            delay_ms = min(self.reconnect_backoff_max_ms, self.reconnect_backoff_min_ms * 2 ** min(attempt, 20))
+            delay_ms = min(self.limits.reconnect_backoff_max_ms,
+                           self.limits.reconnect_backoff_min_ms * 2 ** min(attempt, 20))
             attempt += 1
             # Jitter spreads redials so restarted nodes do not all dial in lockstep.
             await trio.sleep(delay_ms * self.rng.uniform(0.5, 1.0) / 1000)
@@ -707,7 +707,7 @@ class PeerNetwork:
         """One dial; True when it made a link that lasted LINK_STABLE_S (the redial backoff starts over)."""
         stream = None
         # A peer host that drops SYNs would otherwise hold the dialer for the OS connect timeout.
-        with trio.move_on_after(self.handshake_timeout_ms / 1000):
+        with trio.move_on_after(self.limits.handshake_timeout_ms / 1000):
             try:
                 stream = await trio.open_tcp_stream(slot.address.host, slot.address.port)
             except OSError:
@@ -801,7 +801,8 @@ class PeerNetwork:
                 continue
             # The peer's inbound budget: wait (TCP pushes back on this peer only) until the driver has
             # taken enough of what it sent before. One frame always fits an empty budget.
-            while slot.inbound_bytes and slot.inbound_bytes + len(payload) > self.peer_inbound_queue_bytes_max:
+            budget_bytes = self.limits.peer_inbound_queue_bytes_max
+            while slot.inbound_bytes and slot.inbound_bytes + len(payload) > budget_bytes:
                 await slot.inbound_room.park()
             slot.inbound_bytes += len(payload)
             try:

@@ -35,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from node.rpc import RpcLimits
+
 from . import control
 from .network import Network
 from .ports import find_free_base_port
@@ -53,9 +55,10 @@ CONNECTIONS = 64
 # Requests in flight per connection (at most the node's rpc requests_in_flight_max, 32). The
 # saturation phase must be limited by the nodes, not by the client: with 1,024 in flight in all
 # the primary's blocks held ~280 entries and the rate was ~7 % lower than with 2,048, where blocks
-# are full (500) and more in flight (3,072, 4,096) adds nothing (README, "Latest results").
+# are full (500) and more in flight (3,072, 4,096) adds nothing (docs/PERFORMANCE.md, "What changed
+# at 06:10-06:50").
 WINDOW = 32
-WINDOW_MAX = 32     # node.rpc.RpcLimits.requests_in_flight_max: a node reads no further ahead
+WINDOW_MAX = RpcLimits.requests_in_flight_max   # a node reads no further ahead on one connection
 TARGETS = {"commits_per_s": 5000, "p99_ms_at_1000_per_s": 250, "match_per_s": 10000}
 
 

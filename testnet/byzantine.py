@@ -110,7 +110,7 @@ class Context:
     key: Any
     validators: Any
     peers: dict[str, Address]
-    rpc: dict[str, str]                      # other validators' RPC addresses
+    rpc: dict[str, Address]                  # other validators' RPC addresses
     options: argparse.Namespace
     rng: random.Random
     stats: Counter = field(default_factory=Counter)
@@ -326,9 +326,8 @@ async def track_primary(ctx: Context) -> None:
     while True:
         best: tuple[int, str] | None = None
         for peer_id, address in ctx.rpc.items():
-            host, _, port = address.rpartition(":")
             try:
-                status = await rpc.call_async(host, int(port), "status", [], RPC_TIMEOUT_S, rpc_ca_file(ctx),
+                status = await rpc.call_async(address.host, address.port, "status", [], RPC_TIMEOUT_S, rpc_ca_file(ctx),
                                               rpc_credentials(ctx))
             except (rpc.ConnectionLost, rpc.RpcError, OSError):
                 continue
@@ -435,9 +434,8 @@ async def collect_committed(ctx: Context, pool: dict[bytes, None]) -> None:
 
     async def call(method: str, params: list):
         for address in ctx.rpc.values():
-            host, _, port = address.rpartition(":")
             try:
-                return await rpc.call_async(host, int(port), method, params, RPC_TIMEOUT_S, rpc_ca_file(ctx),
+                return await rpc.call_async(address.host, address.port, method, params, RPC_TIMEOUT_S, rpc_ca_file(ctx),
                                             rpc_credentials(ctx))
             except (rpc.ConnectionLost, rpc.RpcError, OSError):
                 continue
@@ -595,8 +593,9 @@ def peer_addresses(config: NodeConfig, genesis) -> dict[str, Address]:
     return out
 
 
-def rpc_addresses(config: NodeConfig, genesis) -> dict[str, str]:
-    return {v.id: genesis.validator_addresses[v.id]["rpc"] for v in genesis.validator_set.validators
+def rpc_addresses(config: NodeConfig, genesis) -> dict[str, Address]:
+    return {v.id: parse_address(genesis.validator_addresses[v.id]["rpc"], f"genesis {v.id} rpc")
+            for v in genesis.validator_set.validators
             if v.id != config.node_id and genesis.validator_addresses.get(v.id, {}).get("rpc")}
 
 

@@ -33,9 +33,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
 import trio
 
+from node import wire
+from node.address import Address
 from node.client import Credentials
 
 from . import rpc
@@ -51,7 +52,6 @@ send_tick_s = 0.001                 # open loop: requests falling due within thi
 warmup_fraction = 0.2               # of a closed-loop phase, not counted in its rate
 match_queries_max = 90_000          # below one participant's share of a node's query-id memory (100,000)
 LOAD_FRACTIONS = (0.25, 0.50, 0.75)
-_msgid_packer = msgpack.Packer()    # the closed loop's request ids (reused: packb builds a Packer per call)
 TARGET_RATE_PER_S = 1000.0          # the issue's latency target is stated at this rate: measured too when below saturation
 
 
@@ -114,16 +114,13 @@ def _finish_line() -> None:
     sys.stderr.flush()
 
 
-def _answers(unpacker: msgpack.Unpacker, sent_at: dict[int, float], accept):
-    """(outcome, time sent or scheduled) of each answer to one of our calls among the unpacked
-    messages; the call leaves `sent_at`."""
-    for message in unpacker:
-        if not (isinstance(message, list) and len(message) == 4 and type(message[1]) is int):
-            continue   # not a response
-        started = sent_at.pop(message[1], None)
+def _answers(reader: wire.ResponseReader, sent_at: dict[int, float], accept):
+    """(outcome, time sent or scheduled) of each answer to one of our calls among the responses
+    read; the call leaves `sent_at`."""
+    for msgid, error, reply in reader.responses():
+        started = sent_at.pop(msgid, None)
         if started is None:
             continue   # not an answer to one of ours
-        error, reply = message[2], message[3]
         if error is None:
             yield accept(reply), started
         else:
@@ -161,15 +158,16 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
     measured = (start, math.inf)      # every ok reply is recorded; the window is settled at the end
     streams = []
     for index in range(len(queues)):
-        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        address = Address.parse(addresses[index % len(addresses)])
         # TLS with the network's CA, authenticated as the lane's participant (before the clock starts).
-        streams.append(await rpc.open_stream(host, int(port), ca_file, credentials[index] if credentials else None))
+        streams.append(await rpc.open_stream(address.host, address.port, ca_file,
+                                             credentials[index] if credentials else None))
 
     async def lane(stream: trio.abc.Stream, queue: list[bytes]) -> None:
         cursor = iter(queue)
         msgids = itertools.count()
         sent_at: dict[int, float] = {}
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=rpc.response_bytes_max, strict_map_key=False)
+        reader = wire.ResponseReader(rpc.response_bytes_max)
 
         def requests(count: int) -> bytes:
             if trio.current_time() >= stop_at:
@@ -179,7 +177,7 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
             for packed in itertools.islice(cursor, count):   # pre-signed requests may run out: fewer
                 msgid = next(msgids)
                 sent_at[msgid] = now
-                parts.append(b"\x94\x00" + _msgid_packer.pack(msgid) + packed)
+                parts.append(wire.encode_packed_request(msgid, packed))
             if len(parts) < count and not ran_dry_at:
                 ran_dry_at.append(now)
             result.sent += len(parts)
@@ -191,20 +189,19 @@ async def closed_loop(name: str, addresses: list[str], queues: list[list[bytes]]
             while data or sent_at:
                 if data:
                     await stream.send_all(data)
-                received = await stream.receive_some(rpc.receive_bytes_max)
+                received = await stream.receive_some(wire.read_chunk_bytes_max)
                 if not received:
                     raise trio.BrokenResourceError("node closed the connection")
-                unpacker.feed(received)
+                reader.feed(received)
                 answered = 0
-                for outcome, started in _answers(unpacker, sent_at, accept):
+                for outcome, started in _answers(reader, sent_at, accept):
                     _record(result, outcome, start, measured, started)
                     if outcome == "ok":
                         ok_at.append(trio.current_time())
                     answered += 1
                 in_flight[0] -= answered
                 data = requests(answered)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, msgpack.ExtraData, msgpack.FormatError,
-                msgpack.StackError, ValueError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, wire.WireError):
             result.errors["connection-lost"] += len(sent_at)
             in_flight[0] -= len(sent_at)
             sent_at.clear()
@@ -248,9 +245,10 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
     total = min(sum(len(q) for q in queues), int(rate_per_s * duration_s))
     streams = []
     for index in range(len(queues)):
-        host, _, port = addresses[index % len(addresses)].rpartition(":")
+        address = Address.parse(addresses[index % len(addresses)])
         # TLS with the network's CA, authenticated as the lane's participant (before the clock starts).
-        streams.append(await rpc.open_stream(host, int(port), ca_file, credentials[index] if credentials else None))
+        streams.append(await rpc.open_stream(address.host, address.port, ca_file,
+                                             credentials[index] if credentials else None))
     lanes = [_OpenLoopLane(stream) for stream in streams]
     start = trio.current_time() + 0.05
     window = (start, start + duration_s + drain_timeout_s)
@@ -283,7 +281,7 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
                     continue
                 msgid = next(lane.msgids)
                 lane.sent_at[msgid] = scheduled
-                lane.outbox.append(b"\x94\x00" + _msgid_packer.pack(msgid) + request)
+                lane.outbox.append(wire.encode_packed_request(msgid, request))
                 result.sent += 1
                 in_flight[0] += 1
                 woken.add(lane_index)
@@ -315,20 +313,19 @@ async def open_loop(name: str, addresses: list[str], queues: list[list[bytes]], 
             lose(lane)
 
     async def read(lane: _OpenLoopLane) -> None:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=rpc.response_bytes_max, strict_map_key=False)
+        reader = wire.ResponseReader(rpc.response_bytes_max)
         try:
             while True:
-                received = await lane.stream.receive_some(rpc.receive_bytes_max)
+                received = await lane.stream.receive_some(wire.read_chunk_bytes_max)
                 if not received:
                     raise trio.BrokenResourceError("node closed the connection")
-                unpacker.feed(received)
+                reader.feed(received)
                 count = 0
-                for outcome, scheduled in _answers(unpacker, lane.sent_at, accept):
+                for outcome, scheduled in _answers(reader, lane.sent_at, accept):
                     _record(result, outcome, start, window, scheduled)
                     count += 1
                 answered(count)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, msgpack.ExtraData, msgpack.FormatError,
-                msgpack.StackError, ValueError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, wire.WireError):
             lose(lane)
 
     progress = Progress(result, in_flight)

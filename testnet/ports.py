@@ -12,8 +12,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.address import PORT_MAX
+
 HOST = "127.0.0.1"
-PORT_MAX = 65535
 PORT_BLOCK_SIZE = 100              # distance between the p2p, rpc and metrics blocks
 PORT_BLOCKS = 3                    # p2p, rpc, metrics
 validators_max = PORT_BLOCK_SIZE   # one port per node in each block

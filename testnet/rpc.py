@@ -5,7 +5,7 @@ with its own msgid), each request encoded once ahead of the run (`pack_call`),
 and counts a lost connection as an error of the calls on it. The project's
 client library (node/client.py) pipelines too, but it encodes every call and
 retries a broken call on the next endpoint, which would hide the very errors a
-benchmark must count. The wire format is the public msgpack-RPC one:
+benchmark must count. The wire format is the public msgpack-RPC one (node/wire.py):
 request `[0, msgid, method, params]`, response `[1, msgid, error, result]`,
 over TLS trusting the testnet's CA (`open_stream`; ca_file None is plaintext).
 """
@@ -16,20 +16,14 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 
+from node import wire
+from node.address import Address
 from node.client import ConnectionFailed, Credentials, RpcError as ClientRpcError, authenticate_stream
 
-receive_bytes_max = 64 * 1024        # one read from the socket
 response_bytes_max = 16 * 1024 * 1024  # one decoded response (a match proof is a few KiB)
-msgid_max = 2**32 - 1
-_msgid_packer = msgpack.Packer()  # reused: msgpack.packb builds a Packer per call, 4x the cost here
-
-
-def pack_call(method: str, params: list) -> bytes:
-    """The method and params of a request, encoded once so a load generator can reuse them."""
-    return msgpack.packb(method, use_bin_type=True) + msgpack.packb(params, use_bin_type=True)
+pack_call = wire.encode_method_and_params
 
 
 async def open_stream(host: str, port: int, ca_file: str | Path | None,
@@ -77,7 +71,7 @@ class PipelinedConnection:
         self._outbox: list[bytes] = []     # requests waiting for the next write
         self._writing = False               # a caller is writing the outbox (and loops until it is empty)
         self._pending: dict[int, tuple[trio.Event, list]] = {}
-        self._msgids = itertools.cycle(range(msgid_max + 1))
+        self._msgids = itertools.cycle(range(wire.msgid_max + 1))
         self._closed: Exception | None = None
 
     @classmethod
@@ -86,22 +80,19 @@ class PipelinedConnection:
         return cls(await open_stream(host, port, ca_file, credentials))
 
     async def reader(self) -> None:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=response_bytes_max, strict_map_key=False)
+        reader = wire.ResponseReader(response_bytes_max)
         try:
             while True:
-                data = await self._stream.receive_some(receive_bytes_max)
+                data = await self._stream.receive_some(wire.read_chunk_bytes_max)
                 if not data:
                     raise ConnectionLost("node closed the connection")
-                unpacker.feed(data)
-                for message in unpacker:
-                    if not (isinstance(message, list) and len(message) == 4 and message[0] == 1):
-                        continue  # notifications and anything else are not ours
-                    waiter = self._pending.pop(message[1], None)
+                reader.feed(data)
+                for msgid, error, result in reader.responses():
+                    waiter = self._pending.pop(msgid, None)
                     if waiter is not None:
-                        waiter[1].append(message)
+                        waiter[1].append((error, result))
                         waiter[0].set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, msgpack.ExtraData,
-                msgpack.FormatError, msgpack.StackError, ValueError, ConnectionLost) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, wire.WireError, ConnectionLost) as exc:
             self._fail(exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc)))
 
     def _fail(self, exc: Exception) -> None:
@@ -121,8 +112,7 @@ class PipelinedConnection:
         event = trio.Event()
         box: list = []
         self._pending[msgid] = (event, box)
-        # A request is the 4-array [0, msgid, method, params]: 0x94, then 0, then the rest.
-        self._outbox.append(b"\x94\x00" + _msgid_packer.pack(msgid) + method_and_params)
+        self._outbox.append(wire.encode_packed_request(msgid, method_and_params))
         if not self._writing:
             await self._write_outbox()
         try:
@@ -131,7 +121,7 @@ class PipelinedConnection:
             self._pending.pop(msgid, None)
         if not box:
             raise self._closed or ConnectionLost("connection closed")
-        _, _, error, result = box[0]
+        error, result = box[0]
         if error is not None:
             if isinstance(error, dict):
                 raise RpcError(str(error.get("code")), str(error.get("message")))
@@ -188,5 +178,5 @@ async def call_async(host: str, port: int, method: str, params: list, timeout_s:
 def call(address: str, method: str, params: list, timeout_s: float = 2.0, ca_file: str | Path | None = None,
          credentials: Credentials | None = None) -> Any:
     """Blocking form of `call_async` for the command line; address is HOST:PORT."""
-    host, _, port = address.rpartition(":")
-    return trio.run(call_async, host, int(port), method, params, timeout_s, ca_file, credentials)
+    where = Address.parse(address)
+    return trio.run(call_async, where.host, where.port, method, params, timeout_s, ca_file, credentials)

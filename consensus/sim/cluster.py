@@ -35,6 +35,9 @@ CHAIN_ID = "bayledger-sim"
 genesis_time_ms = 1_700_000_000_000
 # Clients that have not seen their request commit send it again this often (liveness phase).
 resubmit_interval_ticks = 100
+# A drawn crash waits this long for its stage (a write, a send, an apply) before it happens anyway: most
+# Readies carry out no write, and a crash between the steps of one is the case worth drawing.
+crash_stage_wait_ticks = 50
 
 
 @dataclass
@@ -99,8 +102,9 @@ class SimNode:
     readies: list = field(default_factory=list)     # Readies queued for the host to carry out together
     readies_to_merge: int | None = None             # drawn: the queue is carried out once it is this long
     clock_offset_ms: int = 0                        # this host's clock error, redrawn at each start
-    crash_waits_for_stage: bool = False             # scripted: no end-of-tick fallback, wait for the stage
-    down_ticks: int = 0                             # scripted: how long it stays down once crashed
+    # The crash waits for its stage until the end of this tick, then happens anyway ("idle"); None: it waits.
+    crash_deadline_tick: int | None = None
+    down_ticks: int = 0                             # how long it stays down once crashed
 
     @property
     def up(self) -> bool:
@@ -237,9 +241,7 @@ class Simulation:
         node.replica = None
         node.crash_stage = None
         node.readies, node.readies_to_merge = [], None   # not carried out: lost with the process
-        if node.crash_waits_for_stage:
-            node.crash_waits_for_stage = False
-            node.down_until_tick = self.tick + node.down_ticks
+        node.down_until_tick = self.tick + node.down_ticks
         self.crashes += 1
         self.faults[f"crash_{stage}"] += 1
         if self.log:
@@ -317,6 +319,8 @@ class Simulation:
             if step.block is not None:
                 self._apply(node, step.block)   # in the same atomic write
             self._stage(node, "after_persist")
+            if step.block is not None:
+                self._stage(node, "after_apply")
         elif isinstance(step, host.Send):
             for outbound in step.messages:
                 self.send(node, outbound.to, outbound.data)
@@ -439,19 +443,19 @@ class Simulation:
                 else:
                     node.crash_stage = rng.choice(CRASH_STAGES)
                 node.crash_stage_skips = rng.randint(0, 2)
-                node.down_until_tick = self.tick + rng.randint(1, plan.down_ticks_max)
+                node.crash_deadline_tick = self.tick + crash_stage_wait_ticks
+                node.down_ticks = rng.randint(1, plan.down_ticks_max)
 
     def schedule_crash(self, node_id: str, stage: str, down_ticks: int, *, wait: bool = False) -> None:
-        """Scripted crash of `node_id` at `stage` of its next Ready (or at the end of this tick;
-        with `wait`, at the first Ready that reaches `stage`, however many ticks later).
+        """Scripted crash of `node_id` at `stage` in this tick (or at the end of this tick; with
+        `wait`, at the first time the host reaches `stage`, however many ticks later).
         It restarts `down_ticks` after the crash."""
         if stage not in CRASH_STAGES:
             raise ValueError(f"unknown crash stage {stage!r}")
         node = self.nodes[node_id]
         node.crash_stage = stage
         node.crash_stage_skips = 0
-        node.crash_waits_for_stage = wait
-        node.down_until_tick = self.tick + down_ticks
+        node.crash_deadline_tick = None if wait else self.tick
         node.down_ticks = down_ticks
 
     def restart(self, node: SimNode) -> None:
@@ -480,10 +484,11 @@ class Simulation:
                 self.carry_out(node, node.replica.on_tick(now + node.clock_offset_ms))
         for node_id in self.ids:
             self.flush(self.nodes[node_id])
-        # A crash scheduled for a stage no Ready reached this tick happens at the end of it.
+        # A crash whose stage the host did not reach by its deadline happens at the end of the tick.
         for node_id in self.ids:
             node = self.nodes[node_id]
-            if node.up and node.crash_stage is not None and not node.crash_waits_for_stage:
+            deadline = node.crash_deadline_tick
+            if node.up and node.crash_stage is not None and deadline is not None and self.tick >= deadline:
                 self.crash(node, "idle")
         self.tick += 1
 

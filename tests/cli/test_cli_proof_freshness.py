@@ -19,7 +19,7 @@ import pytest
 from tests.support.proof_cases import MINUTE_MS, build_proofs
 from tests.support.storage_helpers import make_world
 
-import node.cli.client as cli_client  # noqa: E402
+import node.cli.participant as cli_client  # noqa: E402
 from node.cli import main  # noqa: E402
 from node.client import ConnectionFailed, seal_document  # noqa: E402
 

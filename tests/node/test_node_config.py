@@ -104,7 +104,7 @@ def test_unreadable_or_invalid_files_are_clear_errors(tmp_path):
 
 
 def test_address_parsing():
-    assert str(parse_address("[::1]:80", "k")) == "::1:80"
+    assert str(parse_address("[::1]:80", "k")) == "[::1]:80"
     assert parse_address("example.org:0", "k").port == 0
     for bad in ("nohost", ":80", "h:", "h:-1", "h:x", 80):
         with pytest.raises(ConfigError):
@@ -230,3 +230,18 @@ def test_config_file_nested_past_the_recursion_limit_is_a_clear_error(tmp_path):
     path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="too deeply|not valid TOML"):
         load_config(path)
+
+
+def test_peer_limits_are_the_limits_section_with_its_defaults(tmp_path):
+    """PeerLimits (node/transport.py) holds every [limits] key of the peer links under the same name,
+    the same defaults, and a loaded config's values."""
+    from dataclasses import fields
+
+    from node.config import LimitsConfig
+    from node.transport import PeerLimits
+
+    assert PeerLimits() == PeerLimits.from_config(LimitsConfig())
+    config = load(tmp_path, BASE + "[limits]\nreverse_dial_delay_ms = 7\npeer_send_queue_frames_max = 9\n")
+    limits = PeerLimits.from_config(config.limits)
+    assert (limits.reverse_dial_delay_ms, limits.peer_send_queue_frames_max) == (7, 9)
+    assert {f.name for f in fields(PeerLimits)} <= {f.name for f in fields(LimitsConfig)}

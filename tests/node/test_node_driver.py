@@ -228,9 +228,7 @@ async def test_off_loop_apply_carries_the_persists_and_wakes_submitters_after_th
     waiter_receipts = []
 
     async def submitter():
-        from node.daemon import _Waiter
-        waiter = _Waiter()
-        daemon._waiters[entry] = [waiter]
+        waiter = daemon._waiters.add(entry)
         await waiter.event.wait()
         journal.append(("woken", waiter.receipt["height"]))
         waiter_receipts.append(waiter.receipt)
@@ -347,7 +345,7 @@ async def test_write_loop_batches_at_its_bound_and_drops_only_an_oversized_frame
             net1 = make_network("v1", keys, validators, {"v0": None}, in1_send)
             port1 = await nursery.start(net1.run)
             net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", port1)}, in0_send,
-                                send_queue_frames_max=64)
+                                peer_send_queue_frames_max=64)
             await nursery.start(net0.run)
             await wait_for(lambda: net0.connected_peers() == ["v1"])
             await trio.sleep(0.05)        # the handshake frames are written

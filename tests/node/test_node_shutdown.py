@@ -23,7 +23,7 @@ from consensus import codec
 from consensus.sim import app as sim_app
 from node.api import ApiError
 from node.config import ConfigError, config_from_dict, load_config, render_config
-from node.daemon import Daemon, _Waiter
+from node.daemon import Daemon
 from node.keys import load_key_file
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
@@ -263,8 +263,7 @@ async def test_cancelling_the_daemon_during_a_block_write_waits_for_the_write(tm
     ledger = SlowLedger()
     daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], ledger, application=sim_app.SimApplication())
     entry = request(1)
-    waiter = _Waiter()
-    daemon._waiters[entry] = [waiter]
+    waiter = daemon._waiters.add(entry)
     block = type("Block", (), {})()
     block.header = type("Header", (), {"height": 1, "time_ms": 0, "tree_size": 1})()
     block.entries = (entry,)

@@ -96,7 +96,7 @@ async def test_send_queue_keeps_newest_frames_at_its_limit():
     """A peer that is not connected keeps only send_queue_frames_max frames: the oldest are dropped and counted."""
     keys, validators = make_validators()
     send, _ = trio.open_memory_channel(1)
-    net = make_network("v0", keys, validators, {"v1": None}, send, send_queue_frames_max=3)
+    net = make_network("v0", keys, validators, {"v1": None}, send, peer_send_queue_frames_max=3)
     for index in range(3):
         net.send("v1", FRAME_KIND_CONSENSUS, bytes([index]))
     assert net.metrics.dropped_frames.get() == 0
@@ -109,7 +109,7 @@ async def test_send_queue_is_bounded_in_bytes_too():
     """Frames beyond send_queue_bytes_max push out the oldest; the newest frame is always kept."""
     keys, validators = make_validators()
     send, _ = trio.open_memory_channel(1)
-    net = make_network("v0", keys, validators, {"v1": None}, send, send_queue_bytes_max=3000)
+    net = make_network("v0", keys, validators, {"v1": None}, send, peer_send_queue_bytes_max=3000)
     frame_bytes = len(encode_frame(FRAME_KIND_CONSENSUS, b"x" * 1000))
     for index in range(3):
         net.send("v1", FRAME_KIND_CONSENSUS, bytes([index]) * 1000)
@@ -306,16 +306,14 @@ async def test_inbound_link_from_a_peer_we_dial_is_refused():
             nursery.cancel_scope.cancel()
 
 
-async def test_handshakes_in_progress_are_bounded(monkeypatch):
-    """At most INBOUND_HANDSHAKES_MAX strangers may sit in the handshake at once; one more is closed and counted."""
-    import node.transport as transport
-
-    monkeypatch.setattr(transport, "INBOUND_HANDSHAKES_MAX", 3)
+async def test_handshakes_in_progress_are_bounded():
+    """At most inbound_handshakes_max strangers may sit in the handshake at once; one more is closed and counted."""
     keys, validators = make_validators()
     in_send, _ = trio.open_memory_channel(4)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            net = make_network("v3", keys, validators, {"v0": None}, in_send, handshake_timeout_ms=10_000)
+            net = make_network("v3", keys, validators, {"v0": None}, in_send, handshake_timeout_ms=10_000,
+                               inbound_handshakes_max=3)
             port = await nursery.start(net.run)
             idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
             await wait_for(lambda: net._inbound_handshakes == 3)
@@ -339,7 +337,7 @@ async def test_a_peer_that_stops_reading_does_not_block_the_others():
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             net = make_network("v3", keys, validators, {"v0": None, "v1": None}, in_send,
-                               send_queue_frames_max=100_000, send_queue_bytes_max=64 * 1024)
+                               peer_send_queue_frames_max=100_000, peer_send_queue_bytes_max=64 * 1024)
             port = await nursery.start(net.run)
             stalled_stream, _ = await _honest_handshake_client(port, keys, validators, "v0")
             _, reader = await _honest_handshake_client(port, keys, validators, "v1")

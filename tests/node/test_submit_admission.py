@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from node.api import ApiError
-from node.daemon import SHARE_PRUNE_INTERVAL_MS, SHARE_SWEEP_ENTRIES_MIN, SubmitShares
 from node.keys import KeyPair
+from node.submit_shares import SHARE_PRUNE_INTERVAL_MS, SHARE_SWEEP_ENTRIES_MIN, SubmitShares
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 from storage.ledger import Ledger

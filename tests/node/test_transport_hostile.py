@@ -26,7 +26,7 @@ from node import transport
 from node.config import Address
 from node.metrics import NodeMetrics
 from node.transport import (
-    EPHEMERAL_KEY_BYTES, FRAME_KIND_CONSENSUS, PeerNetwork, SecretConnection, _Reader, derive_session,
+    EPHEMERAL_KEY_BYTES, FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork, SecretConnection, _Reader, derive_session,
     encode_frame, handshake,
 )
 from tests.support.node_cluster import free_ports
@@ -44,12 +44,13 @@ def make_validators(count: int = 4):
 
 
 def make_network(node_id, keys, validators, peers, inbound, listen_port=0, **overrides):
-    settings = dict(frame_bytes_max=FRAME_BYTES_MAX, handshake_timeout_ms=5000, send_queue_frames_max=64,
-                    send_queue_bytes_max=1 << 20, reconnect_backoff_min_ms=50, reconnect_backoff_max_ms=500)
+    settings = dict(frame_bytes_max=FRAME_BYTES_MAX, handshake_timeout_ms=5000, peer_send_queue_frames_max=64,
+                    peer_send_queue_bytes_max=1 << 20, reconnect_backoff_min_ms=50, reconnect_backoff_max_ms=500)
     settings.update(overrides)
+    policy = {"inbound_allow_only_validators": settings.pop("inbound_allow_only_validators", False)}
     return PeerNetwork(node_id=node_id, chain_id=CHAIN, signing_key=keys[node_id], validators=validators,
                        peers=peers, listen=Address("127.0.0.1", listen_port), inbound=inbound,
-                       metrics=NodeMetrics(), **settings)
+                       metrics=NodeMetrics(), limits=PeerLimits(**settings), **policy)
 
 
 async def wait_for(predicate, step_s=0.01):

@@ -260,8 +260,8 @@ def test_proof_with_many_revoked_stays_small(world, ledger):
 
 
 def test_cli_prints_not_revoked_as_of(world, served, capsys):
-    """node/cli/client.py's verdict line names the status height and time (display only; exit codes kept)."""
-    from node.cli.client import _print_verdict
+    """node/cli/participant.py's verdict line names the status height and time (display only; exit codes kept)."""
+    from node.cli.participant import _print_verdict
 
     verdict = verify_match_proof(served.match_proof(commitment(5)), world.genesis, commitment(5), now_ms=0)
     assert _print_verdict(verdict, commitment(5)) == 0

@@ -11,7 +11,7 @@ import trio
 from consensus.validators import Validator, ValidatorSet
 from node.config import Address
 from node.metrics import NodeMetrics
-from node.transport import PeerNetwork, handshake
+from node.transport import PeerLimits, PeerNetwork, handshake
 
 CHAIN = "test-chain"
 FRAME_BYTES_MAX = 4096
@@ -26,13 +26,13 @@ def make_validators(count: int = 4):
 
 
 def make_network(node_id, keys, validators, peers, inbound, **overrides):
-    settings = dict(frame_bytes_max=FRAME_BYTES_MAX, handshake_timeout_ms=2000, send_queue_frames_max=8,
-                    send_queue_bytes_max=1 << 20,
+    settings = dict(frame_bytes_max=FRAME_BYTES_MAX, handshake_timeout_ms=2000, peer_send_queue_frames_max=8,
+                    peer_send_queue_bytes_max=1 << 20,
                     reconnect_backoff_min_ms=20, reconnect_backoff_max_ms=200)
     settings.update(overrides)
     return PeerNetwork(node_id=node_id, chain_id=CHAIN, signing_key=keys[node_id], validators=validators,
                        peers=peers, listen=Address("127.0.0.1", 0), inbound=inbound, metrics=NodeMetrics(),
-                       **settings)
+                       limits=PeerLimits(**settings))
 
 
 async def wait_for(predicate, step_s=0.01):

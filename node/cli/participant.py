@@ -1,4 +1,4 @@
-"""Client subcommands: submit, verify, revoke, status, proof verify, admit, suspend, cosign.
+"""Participant and governance subcommands: submit, verify, revoke, status, proof verify, admit, suspend, cosign.
 
 Connection and identity come from options or the environment:
   --rpc HOST:PORT[,HOST:PORT...]   BAYLEDGER_RPC      nodes to ask, in order (the next when one is down)
@@ -34,6 +34,7 @@ from node.client import (
 )
 from node.keys import KeyFileError, KeyPair, create_private_file, load_key_file, load_public_key
 from node.query_log import PAGE_RECORDS_MAX as QUERY_LOG_PAGE_RECORDS_MAX
+from node.wire import ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_TIMEOUT
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -432,9 +433,9 @@ def _submit_entry(client: Client, entry: bytes, wait_ms: int) -> dict:
     except ConnectionFailed as exc:
         raise CliError(str(exc)) from None
     except RpcError as exc:
-        if exc.code in ("bad-entry", "already-committed", "rejected"):
+        if exc.code in (ERROR_BAD_ENTRY, ERROR_ALREADY_COMMITTED, "rejected"):
             return {"status": "rejected", "reason": exc.message, "code": exc.code}
-        if exc.code == "timeout":
+        if exc.code == ERROR_TIMEOUT:
             raise CliError(f"not committed within {wait_ms} ms; the entry may still commit (ask again later)") from None
         raise CliError(f"node refused: {exc.code}: {exc.message}") from None
 
