@@ -2,7 +2,7 @@
 block, and each participant has its own submit rate and mempool share.
 
 Daemon-level tests run four in-process daemons over real 127.0.0.1 links on real LevelDB ledgers
-with real Ed25519 signatures (the harness of test_node_daemon.py); SubmitShares is also tested on its
+with real Ed25519 signatures (the harness of tests/support/daemon_net.py); SubmitShares is also tested on its
 own with explicit times, where the edges are exact.
 """
 
