@@ -172,7 +172,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         validators = validators or DEFAULT_VALIDATORS
         base_port = base_port or DEFAULT_BASE_PORT
         network = plan_network(run_dir, validators, base_port, extra_participants)
-        check_ports_free(plan_ports(base_port, validators))
+        # The range first: it is refused whether or not its ports happen to be free right now.
         if overlaps_ephemeral(plan_ports(base_port, validators)):
             low, high = ephemeral_range()
             message = (f"ports from base port {base_port} fall in {low}-{high}, the range the kernel gives "
@@ -182,6 +182,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
                 raise TestnetError(f"{message}. Choose a base port below {low - PORT_BLOCK_SIZE * 3}, or pass "
                                    f"--force to use it anyway")
             print(f"  note: {message} (--force)")
+        check_ports_free(plan_ports(base_port, validators))
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         try:

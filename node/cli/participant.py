@@ -9,9 +9,10 @@ Connection and identity come from options or the environment:
                                                       (default: the system's trust store)
   --plaintext                      BAYLEDGER_PLAINTEXT=1  no TLS: development nodes only
 
-Exit status: 0 success (for verify: a verified MATCH); 1 a definite negative answer
-(NO MATCH, REVOKED, EXPIRED, an entry the ledger refused); 2 usage, connection or
-verification errors (an invalid proof names the check that failed).
+Exit status (docs/PROTOCOL.md §8 has the table): 0 success (for verify: a verified MATCH); 1 a
+definite no (NO MATCH, REVOKED, EXPIRED, STALE, DISAGREE, an entry the ledger refused, a node that
+refused the caller: REFUSAL_CODES); 2 the answer is unknown (usage, connection or verification
+errors, a node busy or timing out); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -34,11 +35,22 @@ from node.client import (
 )
 from node.keys import KeyFileError, KeyPair, create_private_file, load_key_file, load_public_key
 from node.query_log import PAGE_RECORDS_MAX as QUERY_LOG_PAGE_RECORDS_MAX
-from node.wire import ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_TIMEOUT
+from node.wire import (
+    ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_BAD_SIGNATURE, ERROR_INVALID_PARAMS, ERROR_NOT_FOUND,
+    ERROR_REPLAYED, ERROR_STALE, ERROR_TIMEOUT, ERROR_UNAUTHORIZED,
+)
 
 EXIT_OK = 0
-EXIT_NEGATIVE = 1
-EXIT_ERROR = 2
+EXIT_NEGATIVE = 1       # a definite answer that is no: NO MATCH, REVOKED, STALE, DISAGREE, a refusal
+EXIT_ERROR = 2          # usage, connection or verification error: the answer is unknown
+# A node that answers one of these has decided against the caller (exit 1); any other error code
+# (busy, timeout, shutting-down, internal, a protocol error) leaves the answer unknown (exit 2).
+REFUSAL_CODES = frozenset({
+    ERROR_UNAUTHORIZED, ERROR_BAD_SIGNATURE, ERROR_REPLAYED, ERROR_STALE, ERROR_BAD_ENTRY,
+    ERROR_ALREADY_COMMITTED, ERROR_INVALID_PARAMS, ERROR_NOT_FOUND,
+})
+WAIT_MS_MAX = 600_000                   # --wait-ms: up to 10 minutes (a node caps its own wait lower)
+TIMEOUT_S_MAX = 3600.0                  # --timeout: up to an hour per call
 document_bytes_max = 1 << 30            # a document hashed by the CLI (streamed, but bound the wait)
 receipt_bytes_max = 65_536
 proof_file_bytes_max = 65_536
@@ -61,7 +73,8 @@ environment:
   BAYLEDGER_CA       default for --ca (the CA that signed the nodes' RPC certificates)
   BAYLEDGER_PLAINTEXT=1  default for --plaintext (development nodes without TLS)
 
-exit status: 0 success, 1 negative answer (no match, revoked, expired, stale, nodes disagree, refused), 2 error
+exit status: 0 success, 1 negative answer (no match, revoked, expired, stale, nodes disagree, refused),
+2 error (usage, connection, invalid proof, node busy), 130 interrupted
 """
 
 
@@ -69,7 +82,7 @@ exit status: 0 success, 1 negative answer (no match, revoked, expired, stale, no
 
 def _add_rpc(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", metavar="HOST:PORT[,...]", help="node(s) to ask, tried in order (env BAYLEDGER_RPC)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    parser.add_argument("--timeout", type=timeout_arg, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"per-call timeout (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--ca", metavar="FILE", help="CA certificate to trust for the nodes' TLS (env BAYLEDGER_CA; "
                         "default: the system's trust store)")
@@ -117,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
     submit.add_argument("--receipt", metavar="FILE", help="where to write the receipt (default FILE.receipt.json)")
     submit.add_argument("--force", action="store_true", help="overwrite an existing receipt")
-    submit.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS",
+    submit.add_argument("--wait-ms", type=wait_ms_arg, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS",
                         help=f"how long the node waits for the commit (default {DEFAULT_SUBMIT_WAIT_MS})")
     _add_rpc(submit)
     _add_key(submit)
@@ -141,6 +154,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_key(verify)
     _add_genesis(verify, " (required)")
     verify.set_defaults(handler=_guarded(run_verify))
+
+    receipt = _new_parser(subparsers, "receipt", "receipt tools (receipt refresh)", "Receipt tools.")
+    receipt_commands = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND")
+    refresh = receipt_commands.add_parser(
+        "refresh", help="record in a pending receipt the commit that happened meanwhile",
+        description="A receipt stays `pending` when submit stopped waiting (--wait-ms, Ctrl-C, a lost "
+        "connection) before its entry committed. Ask a node for the commitment's match proof (a query signed by "
+        "--key), verify it offline against the genesis file, and write the height and leaf into the receipt: "
+        "COMMITTED (exit 0). PENDING (exit 1) if the ledger has no such commitment yet: if it never appears, "
+        "the entry was lost; submit the document again (a new salt, a new receipt).",
+        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _one_line_errors(refresh)
+    refresh.add_argument("receipt", metavar="RECEIPT", help="the receipt written by submit")
+    refresh.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
+    _add_rpc(refresh)
+    _add_key(refresh)
+    _add_genesis(refresh, " (required)")
+    refresh.set_defaults(handler=_guarded(run_receipt_refresh))
+    receipt.set_defaults(handler=lambda args: _usage(receipt))
 
     proof = _new_parser(subparsers, "proof", "offline proof tools (proof verify)", "Offline proof tools.")
     proof_commands = proof.add_subparsers(dest="proof_command", metavar="COMMAND")
@@ -173,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("--salt", metavar="HEX", help="salt for FILE")
     revoke.add_argument("--reason", default="withdrawn", help="why (up to 256 bytes, recorded on the ledger)")
     revoke.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
-    revoke.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    revoke.add_argument("--wait-ms", type=wait_ms_arg, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
     revoke.add_argument("--governance", action="store_true",
                         help="revoke as governance, signed by the regulator key(s) given with --key")
     revoke.add_argument("--out", metavar="ENTRY",
@@ -224,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 + GOVERNANCE_NOTE)
     cosign_parser.add_argument("entry", metavar="ENTRY", help="the entry file")
     cosign_parser.add_argument("--submit", action="store_true", help="submit the entry after signing")
-    cosign_parser.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    cosign_parser.add_argument("--wait-ms", type=wait_ms_arg, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
     _add_rpc(cosign_parser)
     _add_key(cosign_parser, many=True)
     _add_genesis(cosign_parser, " (required: the regulator keys and thresholds)")
@@ -233,7 +265,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_governance_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="ENTRY", help="write the (partly) signed entry here and do not submit")
-    parser.add_argument("--wait-ms", type=int, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
+    parser.add_argument("--wait-ms", type=wait_ms_arg, default=DEFAULT_SUBMIT_WAIT_MS, metavar="MS")
     _add_rpc(parser)
     _add_key(parser, many=True)
     _add_genesis(parser, " (required: chain id, regulator keys and thresholds)")
@@ -246,10 +278,38 @@ def _guarded(handler: Callable[[Any], int]) -> Callable[[Any], int]:
         try:
             return handler(args)
         except RpcError as exc:
-            raise CliError(f"node answered {exc.code}: {exc.message}") from None
+            raise refusal_or_error(exc, "node answered") from None
         except ClientError as exc:
             raise CliError(str(exc)) from None
     return run
+
+
+def refusal_or_error(exc: RpcError, what: str) -> CliError:
+    """A node's error answer as a one-line CLI error: exit 1 if the node refused, 2 if the answer is unknown."""
+    code = EXIT_NEGATIVE if exc.code in REFUSAL_CODES else EXIT_ERROR
+    return CliError(f"{what} {exc.code}: {exc.message}", code)
+
+
+def wait_ms_arg(text: str) -> int:
+    """argparse type of --wait-ms: whole milliseconds, 1 to WAIT_MS_MAX."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
+    if not 1 <= value <= WAIT_MS_MAX:
+        raise argparse.ArgumentTypeError(f"{value} ms is out of range: give 1 to {WAIT_MS_MAX} (10 minutes)")
+    return value
+
+
+def timeout_arg(text: str) -> float:
+    """argparse type of --timeout: seconds, above 0 and at most TIMEOUT_S_MAX."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= TIMEOUT_S_MAX:   # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} s is out of range: give more than 0 and at most {TIMEOUT_S_MAX:g}")
+    return value
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -436,8 +496,8 @@ def _submit_entry(client: Client, entry: bytes, wait_ms: int) -> dict:
         if exc.code in (ERROR_BAD_ENTRY, ERROR_ALREADY_COMMITTED, "rejected"):
             return {"status": "rejected", "reason": exc.message, "code": exc.code}
         if exc.code == ERROR_TIMEOUT:
-            raise CliError(f"not committed within {wait_ms} ms; the entry may still commit (ask again later)") from None
-        raise CliError(f"node refused: {exc.code}: {exc.message}") from None
+            raise CliError(f"not committed within {wait_ms} ms; the entry may still commit") from None
+        raise refusal_or_error(exc, "node refused:") from None
 
 
 # -- submit ---------------------------------------------------------------------------------------
@@ -457,7 +517,9 @@ def run_submit(args) -> int:
             try:
                 jurisdiction = _call(client, "participant", participant)["jurisdiction"]
             except RpcError as exc:
-                raise CliError(f"participant {participant!r}: {exc.message}") from None
+                refusal = refusal_or_error(exc, f"cannot submit as {participant!r}:")
+                raise CliError(f"{refusal}; the id comes from the --key file, and only an admitted participant's "
+                               f"key submits commitments (not a validator's or a regulator's)", refusal.code) from None
         commitment, salt = seal_document(document)
         try:
             entry = build_commit(key.signing_key, participant, chain_id, commitment, kind=args.kind,
@@ -475,7 +537,8 @@ def run_submit(args) -> int:
         try:
             answer = _submit_entry(client, entry, args.wait_ms)
         except CliError as exc:
-            raise CliError(f"{exc} (the salt is kept in {receipt_path}, status pending)") from None
+            raise CliError(f"{exc} (the salt is kept in {receipt_path}, status pending; later, "
+                           f"`bayledger receipt refresh {receipt_path}` records the commit)") from None
     if answer.get("status") != "committed":
         receipt_path.unlink(missing_ok=True)
         print(f"REFUSED: {answer.get('reason') or answer.get('status')}")
@@ -489,6 +552,38 @@ def run_submit(args) -> int:
 
 def _receipt_bytes(receipt: dict) -> bytes:
     return (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode()
+
+
+# -- receipt refresh ------------------------------------------------------------------------------
+
+def run_receipt_refresh(args) -> int:
+    genesis = _genesis(args)
+    key = _load_key(_key_path(args.key))
+    participant = _participant_id(args, key)
+    receipt = _load_receipt(args.receipt)
+    if receipt.get("chain_id") not in (None, genesis.chain_id):
+        raise CliError(f"receipt {args.receipt} is for chain {receipt['chain_id']!r}, the genesis file for "
+                       f"{genesis.chain_id!r}: give the genesis of the receipt's chain")
+    if receipt.get("status") == "committed":
+        print(f"COMMITTED at height {receipt.get('height')}, leaf {receipt.get('leaf_index')} (already in {args.receipt})")
+        return EXIT_OK
+    commitment = bytes.fromhex(receipt["commitment"])
+    with _client(args) as client:
+        proof = _ask_for_proof(client, key, participant, genesis, commitment)
+        endpoint = client.endpoint
+        height = _call(client, "status").get("height") if proof is None else None
+    if proof is None:
+        print(f"PENDING: commitment {commitment.hex()} is not on the ledger (as of height {height} at {endpoint}). "
+              f"If it never appears, the entry was lost: submit the document again (a new salt, a new receipt)")
+        return EXIT_NEGATIVE
+    verdict = verify_match_proof(proof, genesis, commitment)
+    if verdict.status == "invalid":
+        return _print_verdict(verdict, commitment)
+    details = verdict.details
+    receipt.update(status="committed", height=details["height"], leaf_index=details["leaf_index"])
+    _write_private(Path(args.receipt), _receipt_bytes(receipt), overwrite=True)
+    print(f"COMMITTED at height {details['height']}, leaf {details['leaf_index']}; {args.receipt} updated")
+    return EXIT_OK
 
 
 # -- verify and proof verify ----------------------------------------------------------------------
@@ -564,7 +659,7 @@ def _ask_for_proof(client: Client, key: KeyPair, participant: str, genesis, comm
     try:
         proof = match(client, key.signing_key, participant, genesis.chain_id, commitment)
     except RpcError as exc:
-        raise CliError(f"{client.endpoint} refused the query: {exc.code}: {exc.message}") from None
+        raise refusal_or_error(exc, f"{client.endpoint} refused the query:") from None
     if proof is None:
         return None
     if not isinstance(proof, bytes):
@@ -765,7 +860,7 @@ def run_status(args) -> int:
         try:
             status = _call(client, "status")
         except RpcError as exc:
-            raise CliError(f"{exc.code}: {exc.message}") from None
+            raise refusal_or_error(exc, "node answered") from None
         endpoint = client.endpoint
     status = _printable(status)
     if args.json:
@@ -833,7 +928,10 @@ def _finish_governance(args, genesis, entry: bytes, what: str, out: str | None) 
         print(f"wrote {what} to {out} ({state})")
         return EXIT_OK
     if missing:
-        print(f"note: {what} lacks signatures ({'; '.join(missing)}); the ledger will refuse it", file=sys.stderr)
+        # The ledger would refuse it (governance-threshold): stop here and say how to gather the rest.
+        raise CliError(f"{what} lacks signatures ({'; '.join(missing)}); nothing was sent. Write it with --out ENTRY, "
+                       f"then the other regulator runs `bayledger cosign ENTRY --key THEIRS --submit`; or pass "
+                       f"every signer's --key at once")
     with _client(args) as client:
         answer = _submit_entry(client, entry, args.wait_ms)
     return _print_answer(answer, what)

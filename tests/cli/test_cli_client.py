@@ -16,6 +16,8 @@ import msgpack
 import pytest
 
 from node.cli import main
+from node.client import Client, Credentials, RpcError
+from node.keys import load_key_file
 
 CLIENT_COMMANDS = ("submit", "verify", "revoke", "status", "admit", "suspend", "cosign")
 
@@ -157,7 +159,15 @@ def test_governance_revokes_any_participants_commitment(capsys, server, files, d
     revoke = ["revoke", "--governance", "--receipt", receipt, "--reason", "court order 42", *rpc(server),
               "--genesis", files["genesis"]]
     code, out, err = run(capsys, [*revoke, "--key", files["cn-regulator-1"]])
-    assert code == 1 and "REFUSED" in out and "governance-threshold" in out, (out, err)
+    assert code == 2 and "HK needs 1 more" in err and "nothing was sent" in err and one_line_error(err), (out, err)
+    # Sent anyway (by another client), the node refuses it: the ledger's own check, not only the CLI's.
+    alone = tmp_path / "cn-alone.entry"
+    assert run(capsys, [*revoke, "--key", files["cn-regulator-1"], "--out", str(alone)])[0] == 0
+    credentials = Credentials("cn-regulator-1", load_key_file(files["cn-regulator-1"]).signing_key)
+    with Client([f"127.0.0.1:{server.port}"], tls=False, credentials=credentials) as client:
+        with pytest.raises(RpcError) as refused:
+            client.call("submit", alone.read_bytes(), {"wait": True, "timeout_ms": 5000})
+    assert refused.value.code == "bad-entry" and "governance-threshold" in refused.value.message
     code, out, _ = verify(capsys, server, files, document, "--receipt", receipt)
     assert code == 0 and out.startswith("MATCH")
 
@@ -182,13 +192,16 @@ def test_admission_needs_both_jurisdictions(capsys, server, files, tmp_path, doc
     new participant can submit and query."""
     admit = ["admit", "--id", "hk-newbank", "--jurisdiction", "HK", "--role", "bank",
              "--public-key", files["hk-newbank"], *rpc(server), "--genesis", files["genesis"]]
+    height = server.api.ledger.height()
     code, out, err = run(capsys, [*admit, "--key", files["hk-regulator-1"]])
-    assert code == 1 and "REFUSED" in out and "governance-threshold" in out, (out, err)
+    assert code == 2 and "CN needs 1 more" in err and "nothing was sent" in err, (out, err)
+    assert "--out ENTRY" in err and "bayledger cosign ENTRY" in err and one_line_error(err)
     code, out, err = run(capsys, [*admit, "--key", files["cn-regulator-1"]])
-    assert code == 1 and "governance-threshold" in out
+    assert code == 2 and "HK needs 1 more" in err and one_line_error(err)
+    assert server.api.ledger.height() == height            # stopped locally: nothing reached the ledger
 
     code, _, err = submit(capsys, server, files, document, key="hk-newbank")
-    assert code == 2 and "not a validator, regulator or active participant" in err and one_line_error(err)  # not admitted yet
+    assert code == 1 and "not a validator, regulator or active participant" in err and one_line_error(err)  # not admitted yet
 
     entry = tmp_path / "admit.entry"
     code, out, _ = run(capsys, [*admit, "--key", files["hk-regulator-1"], "--out", str(entry)])
@@ -209,9 +222,9 @@ def test_suspended_participant_can_neither_submit_nor_query(capsys, server, file
                                   "--key", files["hk-regulator-1"], "--key", files["cn-regulator-1"]])
     assert code == 0 and out.startswith("COMMITTED"), err
     code, out, err = verify(capsys, server, files, document, "--salt", "00" * 32)
-    assert code == 2 and "unauthorized" in err and one_line_error(err)
+    assert code == 1 and "unauthorized" in err and one_line_error(err)   # refused: exit 1
     code, out, err = submit(capsys, server, files, document, key="hk-bank")   # cannot even authenticate
-    assert code == 2 and "'hk-bank' with this key is not" in err and one_line_error(err)
+    assert code == 1 and "'hk-bank' with this key is not" in err and one_line_error(err)
 
 
 def test_environment_variables_stand_in_for_options(capsys, server, files, document, monkeypatch, tmp_path):

@@ -232,3 +232,8 @@ def test_the_readme_tour_runs_as_written(clone):
     if shutil.which("git") and (REPO / ".git").exists():
         ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "tour/report.txt.receipt.json"])
         assert ignored.returncode == 0, "git does not ignore the tour's folder (add /tour/ to .gitignore)"
+
+
+def test_the_readme_stays_short():
+    """A newcomer's page: under 200 lines; the benchmark history lives in docs/PERFORMANCE.md."""
+    assert len(README.read_text().splitlines()) < 200
