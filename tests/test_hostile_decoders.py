@@ -2,7 +2,7 @@
 
 For each target of tests/fuzz/targets.py (handshake frame, peer frame,
 consensus message, entry, RPC stream, signed query, proof, genesis, plain
-msgpack), hypothesis draws from tests/hostile_msgpack.py: nesting up to
+msgpack), hypothesis draws from tests/support/hostile_msgpack.py: nesting up to
 msgpack's limit and past Python's recursion limit, every msgpack type at
 every position of a well-formed message, declared lengths past the data,
 absurd values, and truncation at every byte. A target raises only when the
@@ -23,7 +23,7 @@ from consensus.messages import (
     decode_message,
 )
 from tests.fuzz import targets
-from tests.hostile_msgpack import deep_nesting, every_truncation, hostile_msgpack
+from tests.support.hostile_msgpack import deep_nesting, every_truncation, hostile_msgpack
 
 # Sized to keep this file near 30 s in `make test`; `make fuzz` searches for as long as it is given.
 HOSTILE = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rpc"))
+from tests.support.rpc_helpers import FakeNode, ServerThread, populate
 
-from rpc_helpers import FakeNode, ServerThread, ledger, populate, world  # noqa: E402,F401
-
-from node.keys import KeyPair, write_key_file  # noqa: E402
+from node.keys import KeyPair, write_key_file
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The client subcommands through `node.cli.main(argv)` against a node.rpc server on 127.0.0.1 that
-reads a real LevelDB ledger with certified blocks (tests/rpc/rpc_helpers.py), with capsys.
+reads a real LevelDB ledger with certified blocks (tests/support/rpc_helpers.py), with capsys.
 
 Checks the exit codes (0 verified match, 1 negative answer, 2 error), the receipt, offline proof
 verification (a tampered proof is refused naming the failed check), two-jurisdiction governance,
@@ -321,7 +321,7 @@ def test_an_altered_document_does_not_match(capsys, server, files, document, tmp
 
 def test_submit_keeps_the_salt_when_the_node_goes_away(capsys, files, document, tmp_path, node):
     """The receipt (with the salt) is written before the entry is sent: a lost answer loses no salt."""
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     node.hold = True
     server = ServerThread(node)

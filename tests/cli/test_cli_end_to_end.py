@@ -1,5 +1,5 @@
 """The issue's done-when scenarios with real daemon processes on 127.0.0.1 (4 validators: hk-1, hk-2,
-cn-1, cn-2; tests/node/node_cluster.py builds them with the real CLI), driven through `bayledger`:
+cn-1, cn-2; tests/support/node_cluster.py builds them with the real CLI), driven through `bayledger`:
 
 - a commitment submitted through the CLI to a Shenzhen node by a mainland participant (bureau-cn)
   is verified through the CLI by a Hong Kong participant (bank-hk) against a Hong Kong node;
@@ -15,15 +15,11 @@ Waits are bounded deadlines for replication, never timing assertions.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import msgpack
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-
-from node_cluster import Cluster  # noqa: E402
+from tests.support.node_cluster import Cluster
 
 from node.cli import main  # noqa: E402
 

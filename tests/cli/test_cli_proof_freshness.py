@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
-
-from proof_cases import MINUTE_MS, build_proofs  # noqa: E402
-from storage_helpers import make_world  # noqa: E402
+from tests.support.proof_cases import MINUTE_MS, build_proofs
+from tests.support.storage_helpers import make_world
 
 import node.cli.participant as cli_client  # noqa: E402
 from node.cli import main  # noqa: E402
@@ -48,7 +46,7 @@ def genesis_file(tmp_path):
 
 
 def proofs_aged(tmp_path, age_ms: int):
-    """Proofs (tests/storage/proof_cases.py) whose status header is `age_ms` old now."""
+    """Proofs (tests/support/proof_cases.py) whose status header is `age_ms` old now."""
     directory = tmp_path / f"aged-{age_ms}"
     directory.mkdir()
     return build_proofs(make_world(), directory, now_ms() - age_ms)
@@ -133,7 +131,7 @@ def test_the_installed_program_prints_stale_and_exits_1(tmp_path, genesis_file):
 def verify_setup(tmp_path, genesis_file, monkeypatch):
     """A document and `states(head_time_ms)`: its commitment's proof from a node without it, with it,
     and after its revoke; `serving[endpoint]` is what `_ask_for_proof` answers for that node."""
-    from storage_helpers import Author, next_block
+    from tests.support.storage_helpers import Author, next_block
     from storage.ledger import Ledger
     from node.keys import KeyPair, write_key_file
 

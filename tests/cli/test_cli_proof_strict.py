@@ -1,5 +1,5 @@
 """Issue 15 through the CLI: `bayledger proof verify` refuses every malleated proof of
-tests/storage/proof_cases.py, printing the check and its reason, exit 2 (INVALID PROOF), in-process
+tests/support/proof_cases.py, printing the check and its reason, exit 2 (INVALID PROOF), in-process
 through node.cli.main and, for a few, as the installed `bayledger` program."""
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
-
-from proof_cases import CASES, build_proofs, commitment_of  # noqa: E402
-from storage_helpers import make_world  # noqa: E402
+from tests.support.proof_cases import CASES, build_proofs, commitment_of
+from tests.support.storage_helpers import make_world
 
 from node.cli import main  # noqa: E402
 

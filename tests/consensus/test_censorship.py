@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from consensus.messages import Requests, decode_message, encode
 
-from test_replica import CHAIN, Cluster, all_committed
+from tests.support.replica_cluster import CHAIN, Cluster, all_committed
 
 
 def requests_message(requests):
@@ -155,7 +155,7 @@ def test_a_primary_whose_pool_is_full_is_not_blamed_for_what_it_refused():
     pool is full whenever a backup's forward arrives: the primary refuses those forwards, proposes its
     flood, and takes them when forwarded again once it has room. Nobody blames it."""
     from consensus.replica import ReplicaConfig
-    from test_replica import TICK_MS
+    from tests.support.replica_cluster import TICK_MS
 
     config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200, checkpoint_interval=4,
                            watermark_window=8, catch_up_timeout_ms=200, request_pool_max=1000, batch_requests_max=16)

@@ -11,9 +11,7 @@ message crashed the entry check. Random bytes never reach that depth; this garba
 import dataclasses
 import random
 import struct
-import sys
 from collections import Counter
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -24,8 +22,7 @@ from consensus.sim import Simulation, adapter, draw_fault_plan, hostile, run_see
 from consensus.sim.byzantine import STRUCTURED_CATEGORIES, ByzantineBehaviour, structured_garbage_count
 from consensus.sim.cluster import CHAIN_ID, make_validators
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.hostile_msgpack
-from tests import hostile_msgpack as hm  # noqa: E402
+from tests.support import hostile_msgpack as hm
 
 SAMPLES = 600
 

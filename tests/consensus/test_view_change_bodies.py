@@ -145,7 +145,7 @@ def test_minimal_quorum_keeps_the_jurisdiction_rule():
 from consensus.messages import BlockResponse   # noqa: E402
 from consensus.replica import Replica, ReplicaConfig, ReplicaConfigError   # noqa: E402
 
-from test_replica import Cluster, TrivialApp, all_committed, kind_of   # noqa: E402
+from tests.support.replica_cluster import Cluster, TrivialApp, all_committed, kind_of   # noqa: E402
 
 
 def _log(cluster, tamper=None):

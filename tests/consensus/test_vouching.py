@@ -17,7 +17,7 @@ import pytest
 from consensus.messages import PrePrepare, Requests, decode_message, encode, sign
 from consensus.replica import VOUCH_FALLBACK_HOLD_MS, ReplicaConfig, ReplicaConfigError
 
-from test_replica import CHAIN, TICK_MS, Cluster, TrivialApp, all_committed, build_block, kind_of
+from tests.support.replica_cluster import CHAIN, TICK_MS, Cluster, TrivialApp, all_committed, build_block, kind_of
 
 
 class CountingApp(TrivialApp):

@@ -1,7 +1,7 @@
 """Every decoder that reads bytes from outside, as a fuzz target: bytes in, only the documented error out.
 
 One table, two users: tests/test_hostile_decoders.py drives each target with
-hypothesis over structured hostile msgpack (tests/hostile_msgpack.py), and
+hypothesis over structured hostile msgpack (tests/support/hostile_msgpack.py), and
 `make fuzz` (tests/fuzz/run.py) drives them with atheris, coverage-guided.
 
 A target returns normally when the decoder accepted the bytes or refused them
@@ -35,7 +35,7 @@ VALIDATORS = ValidatorSet(tuple(
 @functools.lru_cache(maxsize=1)
 def _example():
     """The PROTOCOL.md example (a real genesis, entry and match proof), built once per process."""
-    from tests.storage.protocol_example import build, example_genesis
+    from tests.support.protocol_example import build, example_genesis
     return example_genesis(), build()
 
 

@@ -1,10 +1,10 @@
-"""Fixtures for the node tests; the real-process cluster harness is in node_cluster.py."""
+"""Fixtures for the node tests; the real-process cluster harness is in tests/support/node_cluster.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from node_cluster import Cluster
+from tests.support.node_cluster import Cluster
 
 
 @pytest.fixture

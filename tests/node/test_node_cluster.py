@@ -23,7 +23,7 @@ from node.keys import load_key_file
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 
-from node_cluster import CHAIN_ID, RpcClient, RpcError
+from tests.support.node_cluster import CHAIN_ID, RpcClient, RpcError
 
 pytestmark = pytest.mark.slow
 

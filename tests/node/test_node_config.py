@@ -16,26 +16,9 @@ import trio
 from node.config import ConfigError, load_config, parse_address, render_config
 from node.keys import KeyFileError, KeyPair, load_key_file, load_public_key, write_key_file
 from node.metrics import NodeMetrics, serve_metrics
+from tests.support.node_config import load_toml as load, node_toml
 
-BASE = """
-node_id = "hk-1"
-key_file = "keys/hk-1.json"
-genesis_file = "genesis.json"
-data_dir = "data"
-[listen]
-p2p = "127.0.0.1:7000"
-rpc = "127.0.0.1:7001"
-metrics = "127.0.0.1:7002"
-[rpc]
-tls_cert_file = "tls/node.pem"
-tls_key_file = "tls/node-key.pem"
-"""
-
-
-def load(tmp_path, text):
-    path = tmp_path / "node.toml"
-    path.write_text(text)
-    return load_config(path)
+BASE = node_toml(key_file="keys/hk-1.json", sections='[rpc]\ntls_cert_file = "tls/node.pem"\ntls_key_file = "tls/node-key.pem"\n')
 
 
 def error_of(tmp_path, text):

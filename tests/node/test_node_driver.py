@@ -15,7 +15,7 @@ import trio
 
 from consensus.sim import app as sim_app
 from node.daemon import ENTRY_VERDICTS_MAX, Daemon, EntryVerdictMemo
-from test_node_daemon import IDS, Net, ScriptedReplica, request
+from tests.support.daemon_net import IDS, Net, ScriptedReplica, request
 
 
 class CountingApplication:
@@ -216,7 +216,7 @@ async def test_off_loop_apply_carries_the_persists_and_wakes_submitters_after_th
         journal.append(("with changes", list(consensus_changes)))
         assert release_apply.wait(10), "the event loop did not run during the apply"
         journal.append(("apply done", block.header.height))
-        from test_node_daemon import Outcome
+        from tests.support.daemon_net import Outcome
         return [Outcome(True, index) for index in range(len(block.entries))]
     main_thread = threading.get_ident()
     daemon.ledger.apply_block = slow_apply
@@ -266,7 +266,7 @@ async def test_off_loop_persists_of_a_batch_ride_with_its_first_committed_block_
     Ready's messages, as before. A batch whose committed block is already applied writes its persists
     alone and applies nothing."""
     from consensus.replica import Outbound, Ready
-    from test_node_daemon import Outcome
+    from tests.support.daemon_net import Outcome
 
     net = Net(tmp_path)
     daemon = Daemon(net.config("hk-1"), net.genesis, net.keys["hk-1"], net.ledgers["hk-1"],
@@ -302,7 +302,7 @@ async def test_off_loop_persists_of_a_batch_ride_with_its_first_committed_block_
 
 async def test_frames_sent_together_arrive_one_by_one_in_order():
     """send_frames encrypts each frame on its own (same wire as send_frame each) in one write."""
-    from test_node_transport import handshaken_pair, make_validators
+    from tests.support.transport_helpers import handshaken_pair, make_validators
 
     keys, validators = make_validators()
     with trio.fail_after(20):
@@ -327,7 +327,7 @@ async def test_write_loop_batches_at_its_bound_and_drops_only_an_oversized_frame
     import node.transport as transport
     from node.config import Address
     from node.transport import FRAME_KIND_CONSENSUS, SecretConnection
-    from test_node_transport import FRAME_BYTES_MAX, make_network, make_validators, wait_for
+    from tests.support.transport_helpers import FRAME_BYTES_MAX, make_network, make_validators, wait_for
 
     monkeypatch.setattr(transport, "SEND_BATCH_BYTES_MAX", 1000)
     batches = []

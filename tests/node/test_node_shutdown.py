@@ -1,6 +1,6 @@
 """Graceful shutdown of real daemon processes: SIGTERM drains waiting submits, a second signal stops at once.
 
-A 4-validator network (tests/node/node_cluster.py) where only two validators run at first, so
+A 4-validator network (tests/support/node_cluster.py) where only two validators run at first, so
 nothing can commit (a quorum is 3 of 4): a client's `submit` with wait stays pending on node
 hk-2 for as long as the test wants. hk-2 then gets SIGTERM, and the test decides whether the
 block can commit during the drain (by starting cn-1) or not. Waits are liveness bounds.
@@ -28,7 +28,7 @@ from node.keys import load_key_file
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 
-from node_cluster import CHAIN_ID, RpcClient, RpcError
+from tests.support.node_cluster import CHAIN_ID, RpcClient, RpcError
 
 SUBMIT_WAIT_MS = 60_000        # longer than any drain here: the answer comes from the shutdown
 EXIT_MARGIN_S = 15             # process start-up, fsync and teardown on a loaded 2-core machine
@@ -212,7 +212,7 @@ def test_shutdown_drain_ms_is_checked_at_its_edges(tmp_path):
 async def test_zero_drain_answers_waiting_submits_at_once_and_refuses_new_ones(tmp_path):
     """shutdown_drain_ms = 0 (the edge): drain() releases a submit waiting on a block that cannot commit
     (one validator of four runs) with shutting-down; new submits are refused the same way."""
-    from test_node_daemon import Net, request
+    from tests.support.daemon_net import Net, request
 
     class ZeroDrainNet(Net):
         def config(self, node_id):
@@ -246,7 +246,7 @@ async def test_cancelling_the_daemon_during_a_block_write_waits_for_the_write(tm
     """The shutdown cancel (end of the drain, or a second signal) arrives while a block's synced write
     runs in a worker thread: the write is awaited, not abandoned, so the ledger is closed only after
     it, and the block's waiter still gets its receipt."""
-    from test_node_daemon import MemoryLedger, Net, request
+    from tests.support.daemon_net import MemoryLedger, Net, request
 
     class SlowLedger(MemoryLedger):
         def __init__(self):

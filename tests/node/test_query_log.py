@@ -12,8 +12,9 @@ import random
 import pytest
 
 from node import query_log as ql
-from node.config import ConfigError, load_config, render_config
+from node.config import ConfigError, render_config
 from node.query_log import QueryLog, QueryLogError, QueryRecord, read_records
+from tests.support.node_config import load_toml as load, node_toml
 
 NODE = "hk-1"
 T0 = 1_767_225_600_000      # 2026-01-01 in ms: 13 digits like any time of this century
@@ -355,24 +356,7 @@ def test_bisection_finds_every_cursor_in_large_files(tmp_path):
 
 # --- [query_log] in node.toml ---
 
-BASE = """
-node_id = "hk-1"
-key_file = "key.json"
-genesis_file = "genesis.json"
-data_dir = "data"
-[listen]
-p2p = "127.0.0.1:7000"
-rpc = "127.0.0.1:7001"
-metrics = "127.0.0.1:7002"
-[rpc]
-plaintext = true
-"""
-
-
-def load(tmp_path, text):
-    path = tmp_path / "node.toml"
-    path.write_text(text)
-    return load_config(path)
+BASE = node_toml(sections="[rpc]\nplaintext = true\n")
 
 
 def test_config_defaults_put_the_log_under_the_data_dir(tmp_path):

@@ -27,6 +27,7 @@ from node.client import AsyncClient, Client, ClientError, ConnectionFailed
 from node.config import ConfigError, NodeConfig, load_config, render_config
 from node.daemon import StartupError, rpc_ssl_context
 from node.rpc import RpcLimits, RpcServer, serve_rpc
+from tests.support.node_config import load_toml, node_toml
 
 HANDSHAKE_TIMEOUT_MS = 300       # short, so a stalled handshake is cut within the test
 CALL_TIMEOUT_S = 10
@@ -260,22 +261,11 @@ async def test_cli_ca_option_and_environment(pki, capsys, monkeypatch):
 
 # -- config and start-up ---------------------------------------------------------------------------
 
-BASE = """
-node_id = "hk-1"
-key_file = "key.json"
-genesis_file = "genesis.json"
-data_dir = "data"
-[listen]
-p2p = "127.0.0.1:7000"
-rpc = "127.0.0.1:7001"
-metrics = "127.0.0.1:7002"
-"""
+BASE = node_toml()
 
 
 def load(tmp_path, rpc_section: str) -> NodeConfig:
-    path = tmp_path / "node.toml"
-    path.write_text(BASE + rpc_section)
-    return load_config(path)
+    return load_toml(tmp_path, BASE + rpc_section)
 
 
 def config_error(tmp_path, rpc_section: str) -> str:

@@ -2,7 +2,7 @@
 block, and each participant has its own submit rate and mempool share.
 
 Daemon-level tests run four in-process daemons over real 127.0.0.1 links on real LevelDB ledgers
-with real Ed25519 signatures (the harness of test_node_daemon.py); SubmitShares is also tested on its
+with real Ed25519 signatures (the harness of tests/support/daemon_net.py); SubmitShares is also tested on its
 own with explicit times, where the edges are exact.
 """
 
@@ -20,8 +20,8 @@ from node.submit_shares import SHARE_PRUNE_INTERVAL_MS, SHARE_SWEEP_ENTRIES_MIN,
 from storage import entries as ledger_entries
 from storage.genesis import Genesis
 from storage.ledger import Ledger
-from submit_flood import Participant, flood_while_honest_commit
-from test_node_daemon import CHAIN, IDS, Net
+from tests.support.submit_flood import Participant, flood_while_honest_commit
+from tests.support.daemon_net import CHAIN, IDS, Net
 
 ALL = [node_id for node_id, _ in IDS]
 PARTICIPANTS = {"hk-bank": "HK", "hk-bureau": "HK", "cn-bureau": "CN"}

@@ -29,7 +29,7 @@ from node.transport import (
     EPHEMERAL_KEY_BYTES, FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork, SecretConnection, _Reader, derive_session,
     encode_frame, handshake,
 )
-from node_cluster import free_ports
+from tests.support.node_cluster import free_ports
 
 CHAIN = "test-chain"
 FRAME_BYTES_MAX = 4096
@@ -497,7 +497,7 @@ async def test_injected_link_exceptions_do_not_stop_a_daemon_which_keeps_committ
     """Four in-process daemons (test_node_daemon.Net). A RuntimeError is injected once each into a reader
     (decode_frame), a writer (SecretConnection.send_frames) and an inbound handshake (node.transport.handshake);
     every daemon keeps running and the cluster keeps committing afterwards."""
-    from test_node_daemon import IDS, Net, submit_all
+    from tests.support.daemon_net import IDS, Net, submit_all
 
     net = Net(tmp_path)
     all_ids = [node_id for node_id, _ in IDS]
@@ -541,7 +541,7 @@ async def test_a_validator_sending_malformed_consensus_messages_is_cut_but_not_f
     "invalid-request:*") are never reported; the honest three keep committing."""
     from types import SimpleNamespace
 
-    from test_node_daemon import Net, submit_all
+    from tests.support.daemon_net import Net, submit_all
 
     net = Net(tmp_path)
     with trio.fail_after(60):

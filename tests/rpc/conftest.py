@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, connect as connect_to, ledger, populate, world  # noqa: E402,F401
+from tests.support.rpc_helpers import TEST_LIMITS, FakeNode, ServerThread, connect as connect_to, populate
 
 
 @pytest.fixture

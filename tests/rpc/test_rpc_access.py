@@ -14,7 +14,7 @@ import nacl.signing
 import pytest
 
 from node.rpc_access import sign_authentication
-from rpc_helpers import NODE_ID, TEST_LIMITS, VALIDATOR, FakeNode, ServerThread, connect as connect_to, key_of, query
+from tests.support.rpc_helpers import NODE_ID, TEST_LIMITS, VALIDATOR, FakeNode, ServerThread, connect as connect_to, key_of, query
 from storage.entries import build_admit, build_suspend
 from storage.genesis import Participant
 
@@ -33,7 +33,7 @@ ROLES_TABLE = {
 
 def sample_params(world, commitments) -> dict[str, list]:
     """Well-formed params for each method (what a caller allowed to call it would send)."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     bank = Author(world, "hk-bank")
     bank.nonce = 500
@@ -85,7 +85,7 @@ def test_anonymous_calls_are_unauthorized_and_name_the_roles(connect, world, com
 def test_the_table_is_enforced_for_every_role(connect, world, commitments, node):
     """Each role, on its own connection, is served exactly the methods of the roles table (with its own
     entries and queries where it has any) and refused the others naming the roles needed."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     entry, auditor_key = admit_auditor(world)
     node.commit_now([entry])
@@ -265,7 +265,7 @@ def test_a_second_authenticate_on_a_connection_is_refused(connect, world):
 # -- what each role may do -------------------------------------------------------------------------
 
 def test_a_participant_acts_as_itself_only_and_cannot_read_blocks(connect, world, commitments):
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     bank = connect("hk-bank")
     own = Author(world, "hk-bank")
@@ -289,7 +289,7 @@ def test_a_participant_acts_as_itself_only_and_cannot_read_blocks(connect, world
 
 
 def test_a_regulator_submits_governance_entries_but_not_a_participants(connect, world, commitments):
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     regulator = connect("hk-regulator-1")
     entry, _ = admit_auditor(world)

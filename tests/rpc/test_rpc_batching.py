@@ -10,7 +10,7 @@ import msgpack
 import trio
 import trio.testing
 
-from rpc_helpers import TEST_LIMITS, authenticated_session
+from tests.support.rpc_helpers import TEST_LIMITS, authenticated_session
 from node.rpc import RpcServer, _Connection, reply_batch_bytes_max
 
 
@@ -124,7 +124,7 @@ class GatedStream(RecordingStream):
 
 
 def _submits(world, count: int) -> bytes:
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     author = Author(world, "hk-bureau")
     author.nonce = 100                    # past the nonces the fixture's blocks used

@@ -19,7 +19,7 @@ from node.client import (
     verify_match_proof,
 )
 from node.rpc_access import sign_authentication
-from rpc_helpers import VALIDATOR, key_of, query
+from tests.support.rpc_helpers import VALIDATOR, key_of, query
 from storage.entries import COMMITMENT_DOMAIN
 
 
@@ -179,7 +179,7 @@ async def test_serve_rpc_reports_its_port_and_counts(node):
 
 async def test_async_client_moves_to_the_next_node_when_its_node_stops(node):
     """Two servers over one ledger; the first stops mid-session: the next call is answered by the second."""
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     first, second = ServerThread(node), ServerThread(node)
     try:
@@ -194,7 +194,7 @@ async def test_async_client_moves_to_the_next_node_when_its_node_stops(node):
 
 
 def test_sync_client_moves_to_the_next_node_when_its_node_stops(node):
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     first, second = ServerThread(node), ServerThread(node)
     try:

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from node.client import AsyncClient, Client, Credentials, RpcError, match
-from rpc_helpers import NODE_ID, TEST_LIMITS, FakeNode, ServerThread, key_of
+from tests.support.rpc_helpers import NODE_ID, TEST_LIMITS, FakeNode, ServerThread, key_of
 
 
 def test_sync_client_authenticates_each_new_connection(server, world):

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from node import rpc
 from node.rpc_access import sign_authentication
-from rpc_helpers import VALIDATOR, key_of, make_world
+from tests.support.rpc_helpers import VALIDATOR, key_of, make_world
 
 WORLD = make_world()
 PUBLIC_STATUS = {"chain_id": WORLD.chain_id, "node_id": "tiny", "height": 7, "version": "test"}

@@ -5,20 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.rpc import RpcLimits, RpcServer
-from rpc_doc_examples import render, render_authentication
-from rpc_helpers import FakeNode
+from tests.support.rpc_doc_examples import render, render_authentication
+from tests.support.rpc_helpers import FakeNode
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 
 def test_examples_in_the_doc_are_current():
-    assert render() in DOC.read_text(), "regenerate: python tests/rpc/rpc_doc_examples.py (see docs/PROTOCOL.md §8)"
+    assert render() in DOC.read_text(), "regenerate: python -m tests.support.rpc_doc_examples (see docs/PROTOCOL.md §8)"
 
 
 def test_the_authentication_example_in_the_doc_is_current():
     text = DOC.read_text()
     example = render_authentication()
-    assert example in text, "regenerate: python tests/rpc/rpc_doc_examples.py (see docs/PROTOCOL.md §8)"
+    assert example in text, "regenerate: python -m tests.support.rpc_doc_examples (see docs/PROTOCOL.md §8)"
     assert text.index("### Authentication") < text.index(example) < text.index("### Methods")
 
 

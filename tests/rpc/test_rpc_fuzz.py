@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from node.rpc import RpcLimits, RpcServer
 from node.rpc_access import PUBLIC_METHODS, PUBLIC_STATUS_FIELDS, Session, sign_authentication
-from rpc_helpers import VALIDATOR, authenticated_session, key_of
+from tests.support.rpc_helpers import VALIDATOR, authenticated_session, key_of
 
 DOCUMENTED_CODES = {"parse-error", "message-too-large", "invalid-request", "method-not-found", "invalid-params",
                     "not-found", "bad-entry", "already-committed", "mempool-full", "timeout", "bad-signature",

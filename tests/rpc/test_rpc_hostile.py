@@ -17,7 +17,7 @@ import msgpack
 import nacl.signing
 import pytest
 
-from rpc_helpers import TEST_LIMITS, VALIDATOR, Connection, connect, key_of, query
+from tests.support.rpc_helpers import TEST_LIMITS, VALIDATOR, Connection, connect, key_of, query
 from node.rpc import QueryGuard
 from node.api import ApiError
 
@@ -204,7 +204,7 @@ def test_a_query_older_than_the_window_is_stale(node, world, commitments):
     """time_ms more than query_window_ms before the node's clock: stale-query; exactly at the window's
     edge: answered. The node started long before (its clock moves on after the start), so neither query
     is refused merely for predating the start."""
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     window = TEST_LIMITS.query_window_ms
     now = int(time.time() * 1000)
@@ -316,7 +316,7 @@ def test_one_client_address_cannot_hold_every_connection(node):
     (naming the per-address limit) and closed, while a client on 127.0.0.2 is still served."""
     import dataclasses
 
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     limits = dataclasses.replace(TEST_LIMITS, connections_per_source_max=3)
     server = ServerThread(node, limits)
@@ -354,7 +354,7 @@ def test_one_client_address_cannot_hold_every_connection(node):
 def test_many_requests_in_flight_are_answered_as_they_complete(server, node, world, neighbour):
     """A held submit(wait) does not block later requests on the same connection: they are answered
     first (out of order); more than requests_in_flight_max pipelined requests are all answered."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     node.hold = True
     author = Author(world, "hk-bank")
@@ -377,7 +377,7 @@ def test_many_requests_in_flight_are_answered_as_they_complete(server, node, wor
 
 def test_submit_wait_timeout_is_an_error(server, node, world):
     """submit with wait and a short timeout_ms on an entry that does not commit: error "timeout"."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
 
     node.hold = True
     author = Author(world, "hk-bank")
@@ -417,7 +417,7 @@ def test_idle_connections_are_closed(node):
     """With nothing in flight and no bytes for idle_timeout_ms, the server closes the connection."""
     from dataclasses import replace
 
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     server = ServerThread(node, replace(TEST_LIMITS, idle_timeout_ms=50))
     try:
@@ -433,7 +433,7 @@ def test_a_client_that_never_reads_is_dropped_and_others_are_served(node, world)
     send_timeout_ms it drops that connection; a neighbour is served meanwhile and afterwards."""
     from dataclasses import replace
 
-    from rpc_helpers import ServerThread
+    from tests.support.rpc_helpers import ServerThread
 
     server = ServerThread(node, replace(TEST_LIMITS, send_timeout_ms=100))
     try:
@@ -478,8 +478,8 @@ def test_block_pages_and_the_page_size_edge(node, world):
     invalid-params; pages cover the block exactly once."""
     from dataclasses import replace
 
-    from rpc_helpers import ServerThread
-    from storage_helpers import Author, commitment
+    from tests.support.rpc_helpers import ServerThread
+    from tests.support.storage_helpers import Author, commitment
 
     author = Author(world, "hk-bank")
     author.nonce = 3000

@@ -1,7 +1,7 @@
 """A stock msgpack-RPC client written here with only socket, msgpack (and nacl/hashlib to sign and hash,
 following docs/PROTOCOL.md §8) calls every method of a node.rpc server over real TCP on 127.0.0.1.
 
-The server reads a real LevelDB ledger holding certified blocks (see rpc_helpers.py); nothing of
+The server reads a real LevelDB ledger holding certified blocks (see tests/support/rpc_helpers.py); nothing of
 the project is used on the client side, so this is what a client in another language sees.
 """
 

@@ -9,7 +9,7 @@ import os
 from storage import entries
 from storage.genesis import GOVERNANCE_AUTHOR, Participant
 from storage.ledger import Ledger
-from storage_helpers import Author, commitment, key_from, make_world, next_block
+from tests.support.storage_helpers import Author, commitment, key_from, make_world, next_block
 
 
 def apply(world, ledger, entry_list):

@@ -15,7 +15,7 @@ from storage.application import LedgerApplication
 from storage.entries import build_commit
 from storage.ledger import Ledger
 
-from storage_helpers import Author, commitment, next_block
+from tests.support.storage_helpers import Author, commitment, next_block
 
 ME = "cn-1"          # a backup in view 0 (the primary is hk-1)
 PEER = "hk-2"

@@ -13,10 +13,11 @@ from pathlib import Path
 from storage import merkle
 from storage.keys import entry_key
 from storage.ledger import Ledger
-from crash_writer import _commitment, block_entries, committed_record
-from storage_helpers import make_world, reference_smt_root
+from tests.support.crash_writer import _commitment, block_entries, committed_record
+from tests.support.storage_helpers import make_world, reference_smt_root
 
-WRITER = Path(__file__).resolve().parent / "crash_writer.py"
+REPO = Path(__file__).resolve().parents[2]
+WRITER = "tests.support.crash_writer"   # run as a module from the repository root
 ROUNDS = 8
 HEIGHT_MAX = 10_000  # never reached: every round ends with a kill
 
@@ -64,7 +65,7 @@ def test_kill_writer_at_random_points(tmp_path):
     rng = random.Random(20261124)
     heights = []
     for round_number in range(ROUNDS):
-        writer = subprocess.Popen([sys.executable, str(WRITER), str(path), str(HEIGHT_MAX)],
+        writer = subprocess.Popen([sys.executable, "-m", WRITER, str(path), str(HEIGHT_MAX)], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             ready = writer.stdout.readline()

@@ -12,7 +12,7 @@ from consensus import codec
 from storage import entries
 from storage.entries import EntryError, check_entry, decode_entry, validate_entry
 from storage.genesis import Participant
-from storage_helpers import Author, commitment, key_from, make_world
+from tests.support.storage_helpers import Author, commitment, key_from, make_world
 
 
 def test_commitment_of_known_answer():

@@ -9,7 +9,7 @@ import pytest
 
 from storage import genesis as genesis_module
 from storage.genesis import Genesis, GenesisError
-from storage_helpers import make_world
+from tests.support.storage_helpers import make_world
 
 
 def _raw():

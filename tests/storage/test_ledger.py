@@ -17,7 +17,7 @@ from storage import ledger as ledger_module
 from storage.genesis import Participant
 from storage.application import LedgerApplication
 from storage.ledger import Ledger, LedgerError, NonceWindow
-from storage_helpers import Author, certify, commitment, key_from, make_world, next_block
+from tests.support.storage_helpers import Author, certify, commitment, key_from, make_world, next_block
 
 
 def apply(world, ledger, entry_list, **kw):

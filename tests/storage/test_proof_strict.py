@@ -9,15 +9,15 @@ import pytest
 from node import client as node_client
 from storage import proofs
 from storage.proofs import revocation_disagreement, verify_match_proof
-from storage_helpers import commitment
-from proof_cases import CASES, MINUTE_MS, build_proofs, commitment_of
+from tests.support.storage_helpers import commitment
+from tests.support.proof_cases import CASES, MINUTE_MS, build_proofs, commitment_of
 
 HEAD_TIME_MS = 1_767_225_600_000      # 2026-01-01T00:00:00Z: the status header's time in every proof
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    from storage_helpers import make_world
+    from tests.support.storage_helpers import make_world
 
     return build_proofs(make_world(), tmp_path_factory.mktemp("proofs"), HEAD_TIME_MS)
 

@@ -15,7 +15,7 @@ from storage import entries, proofs
 from storage.ledger import Ledger
 from storage.proofs import verify_consistency_proof, verify_match_proof
 from storage.genesis import Genesis
-from storage_helpers import Author, commitment, flip_bit, key_from, next_block, tampered
+from tests.support.storage_helpers import Author, commitment, flip_bit, key_from, next_block, tampered
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from consensus import codec
 from storage import entries, proofs, smt
 from storage.ledger import Ledger, outcomes_hash
 from storage.proofs import verify_match_proof
-from storage_helpers import (
+from tests.support.storage_helpers import (
     Author, commitment, expected_smt_store, flip_bit, make_world, next_block, reference_smt_root, tampered,
 )
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from storage import smt
-from storage_helpers import expected_smt_store, reference_smt_root as reference_root
+from tests.support.storage_helpers import expected_smt_store, reference_smt_root as reference_root
 
 
 def store_of(keys) -> dict[bytes, bytes]:

@@ -1,7 +1,7 @@
 """Hypothesis strategies for structured hostile msgpack, for every decoder's property test.
 
     from hypothesis import given
-    from tests.hostile_msgpack import hostile_msgpack, every_truncation
+    from tests.support.hostile_msgpack import hostile_msgpack, every_truncation
 
     @given(hostile_msgpack())
     def test_decoder_is_total(data):

@@ -2,32 +2,27 @@
 node.rpc on 127.0.0.1 (port 0) in a background thread running its own trio loop.
 
 `FakeNode.submit` checks an entry as the daemon does and, with wait, commits it in a block
-certified with the test's real validator keys (tests/storage/storage_helpers.py), so the
+certified with the test's real validator keys (tests/support/storage_helpers.py), so the
 RPC server and the client are tested end to end without the consensus daemon.
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 import threading
-from pathlib import Path
 
 import msgpack
 import nacl.signing
-import pytest
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+from tests.support.storage_helpers import World, make_world, next_block
 
-from storage_helpers import World, make_world, next_block  # noqa: E402
-
-from node.api import ApiError  # noqa: E402
-from node.client import build_match_query  # noqa: E402
-from node.rpc import RpcLimits, RpcServer  # noqa: E402
-from node.rpc_access import Session, sign_authentication  # noqa: E402
-from storage.entries import check_entry, entry_id  # noqa: E402
-from storage.ledger import Ledger  # noqa: E402
+from node.api import ApiError
+from node.client import build_match_query
+from node.rpc import RpcLimits, RpcServer
+from node.rpc_access import Session, sign_authentication
+from storage.entries import check_entry, entry_id
+from storage.ledger import Ledger
 
 
 # Small limits so every edge is cheap to reach in a test.
@@ -248,7 +243,7 @@ class ServerThread:
 
 def populate(world: World, ledger: Ledger) -> dict:
     """A few blocks: commits by both bureaus, one revoked, cn-bureau suspended by both regulators."""
-    from storage_helpers import Author, commitment
+    from tests.support.storage_helpers import Author, commitment
     from storage.entries import build_suspend
 
     hk, cn = Author(world, "hk-bureau"), Author(world, "cn-bureau")
@@ -266,17 +261,3 @@ def populate(world: World, ledger: Ledger) -> dict:
 __all__ = ["TEST_LIMITS", "NODE_ID", "VALIDATOR", "Connection", "FakeNode", "ServerThread", "authenticated_session",
            "connect", "key_of", "make_world", "populate", "query"]
 
-
-# Fixtures shared by tests/rpc and tests/cli (each conftest imports them by name).
-
-
-@pytest.fixture
-def world():
-    return make_world()
-
-
-@pytest.fixture
-def ledger(world, tmp_path):
-    store = Ledger.open(tmp_path / "ledger", world.genesis)
-    yield store
-    store.close()

@@ -1,6 +1,6 @@
 """A writer process for test_crash.py: applies deterministic blocks to a store until killed.
 
-    python crash_writer.py STORE_PATH HEIGHT_MAX
+    python -m tests.support.crash_writer STORE_PATH HEIGHT_MAX     (from the repository root)
 
 Block h is a pure function of h (see `block_entries`), so the test can
 recompute the expected log for whatever height the store was left at. Each
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from consensus import codec  # noqa: E402
-from storage import entries  # noqa: E402
-from storage.ledger import Ledger  # noqa: E402
-from storage_helpers import make_world, next_block  # noqa: E402
+from consensus import codec
+from storage import entries
+from storage.ledger import Ledger
+from tests.support.storage_helpers import make_world, next_block
 
 AUTHORS = ("hk-bureau", "cn-bureau", "hk-bank")
 ENTRIES_PER_BLOCK = 200

@@ -18,7 +18,7 @@ from consensus import codec
 from consensus.block import BlockHeader
 from storage.genesis import Genesis
 from storage.ledger import Ledger
-from storage_helpers import Author, World, certify, commitment, next_block
+from tests.support.storage_helpers import Author, World, certify, commitment, next_block
 
 MINUTE_MS = 60_000
 

@@ -1,27 +1,24 @@
 """The worked example of docs/PROTOCOL.md, rebuilt from fixed seeds (Ed25519 signing is deterministic).
 
-    .venv/bin/python tests/storage/protocol_example.py     prints every value as hex
+    .venv/bin/python -m tests.support.protocol_example     prints every value as hex (from the repository root)
 test_protocol_doc.py checks each value appears verbatim in docs/PROTOCOL.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 import tempfile
 from pathlib import Path
 
 import nacl.signing
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from consensus import codec  # noqa: E402
-from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash  # noqa: E402
-from consensus.messages import CommittedBlock  # noqa: E402
-from storage import entries, merkle, smt  # noqa: E402
-from storage.genesis import Genesis  # noqa: E402
-from storage.ledger import Ledger, outcomes_hash  # noqa: E402
-from storage.proofs import verify_match_proof  # noqa: E402
+from consensus import codec
+from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
+from consensus.messages import CommittedBlock
+from storage import entries, merkle, smt
+from storage.genesis import Genesis
+from storage.ledger import Ledger, outcomes_hash
+from storage.proofs import verify_match_proof
 
 CHAIN_ID = "bayledger-example"
 TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
