@@ -15,7 +15,7 @@ stays deterministic per seed. It knows msgpack and the *shape* of the wire
 maps only; it does not import `consensus.messages` (`adapter` is the one
 sim module that does), and it never builds a deep Python object: deep values
 exist only as bytes, so generating them cannot hit the recursion limit
-itself. `tests/hostile_msgpack.py` wraps these functions as hypothesis
+itself. `tests/support/hostile_msgpack.py` wraps these functions as hypothesis
 strategies.
 
     category, data = generate(rng, template=honest_bytes)
