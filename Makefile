@@ -12,11 +12,13 @@ FUZZ_TARGETS := handshake-frame peer-frame consensus-message entry rpc-request s
 
 .PHONY: venv test fuzz sim bench bench-storage testnet testnet-down testnet-status clean
 
+# Quiet unless it fails: pip's output goes to $(VENV)/install.log, and its end is shown on failure.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing bayledger and its test tools into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } > $(VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install.log; echo "make: installing into $(VENV) failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 venv: $(STAMP)
 

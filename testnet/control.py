@@ -22,6 +22,8 @@ from .ports import PORT_BLOCK_SIZE, check_ports_free, ephemeral_range, overlaps_
 from .supervisor import exit_statuses, read_pid, running_pid, start_detached, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
+# Only a clone has it (not a wheel install): the hints say `make ...` only where make can run them.
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 DEFAULT_BASE_PORT = 7700
 DEFAULT_VALIDATORS = 4
 status_timeout_s = 1.0            # one node's answer to `status` in `testnet status`
@@ -250,25 +252,27 @@ def print_summary(network: Network, sample: dict | None) -> None:
 
 
 def next_commands(network: Network, sample: dict | None) -> list[str]:
+    """What to type next: the environment set once (export lines), then short commands that use it."""
     d = network.run_dir
     hk = network.nodes_in("HK")[0]
     cn = network.nodes_in("CN")[0]
-    bureau = network.participants["sz-credit-bureau"]["key"]
     lines = []
     activate = Path(sys.executable).parent / "activate"
     if activate.exists():
         lines += [f"source {activate}   # puts bayledger and this python on PATH"]
-    lines += [f"export BAYLEDGER_CA={network.ca_path}   # the network's CA: the CLI checks the nodes' TLS with it",
-              f"python -m testnet status{dir_option(d)}"]
-    lines += [f"bayledger status --rpc {hk.rpc}"]
+    lines += [f"export BAYLEDGER_GENESIS={network.genesis_path} BAYLEDGER_CA={network.ca_path}",
+              f"K={network.keys_dir}",
+              f"bayledger status --rpc {hk.rpc} --key $K/hk-auditor.json"]
     if sample:
-        lines += [f"bayledger {' '.join(sample['commands']['verify'])}",
-                  f"bayledger {' '.join(sample['commands']['proof verify'])}"]
-    lines += [f"bayledger submit --rpc {cn.rpc} --key {bureau} YOUR-REPORT-FILE",
+        lines += [f"bayledger verify --rpc {hk.rpc} --key $K/hk-bank.json --receipt {sample['receipt_path']} "
+                  f"{sample['report']}",
+                  f"bayledger proof verify --receipt {sample['receipt_path']} {sample['proof']}"]
+    lines += [f"bayledger submit --rpc {cn.rpc} --key $K/sz-credit-bureau.json YOUR-REPORT-FILE",
               f"python -m testnet kill {network.nodes[-1].name}{dir_option(d)}   # then: restart {network.nodes[-1].name}",
               f"python -m testnet logs {hk.name}{dir_option(d)}",
               f"curl -s http://{hk.metrics}/metrics | head",
-              "make testnet-down" if d == DEFAULT_RUN_DIR.resolve() else f"python -m testnet down --dir {d}"]
+              "make testnet-down" if d == DEFAULT_RUN_DIR.resolve() and MAKEFILE.exists()
+              else f"python -m testnet down{dir_option(d)}"]
     return lines
 
 

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     node = subparsers.add_parser("node", help="run a validator daemon",
                                  description="Run the validator daemon until SIGTERM or SIGINT. "
-                                 "The config reference is in docs/OPERATIONS.md.")
+                                 "The config reference is docs/OPERATIONS.md in the source tree (every key, its "
+                                 "range and default); unknown keys are refused by name.")
     node.add_argument("--config", required=True, help="node TOML config file")
     node.set_defaults(handler=run_node)
 

@@ -232,3 +232,22 @@ def test_started_node_is_recognized_at_once(tmp_path, monkeypatch):
             assert supervisor.running_pid(pid_file, config) == pid
         finally:
             assert supervisor.stop_node(pid_file, config, hard=True) == "killed"
+
+
+def test_try_next_sets_the_environment_once_and_uses_short_paths(tmp_path, monkeypatch):
+    from testnet import control
+
+    network = plan_network(tmp_path / "run", 4, 7700)
+    sample = {"receipt_path": str(tmp_path / "run" / "r.json"), "report": str(tmp_path / "run" / "r.txt"),
+              "proof": str(tmp_path / "run" / "p.bin")}
+    lines = control.next_commands(network, sample)
+    assert f"export BAYLEDGER_GENESIS={network.genesis_path} BAYLEDGER_CA={network.ca_path}" in lines
+    assert f"K={network.keys_dir}" in lines
+    keyed = [line for line in lines if "--key" in line]
+    assert keyed and all("--key $K/" in line for line in keyed)            # no long key paths
+    assert not any("--genesis" in line or "--ca" in line for line in lines)  # the exports carry them
+    assert lines[-1] == f"python -m testnet down --dir {network.run_dir}"    # not the default directory
+    monkeypatch.setattr(control, "DEFAULT_RUN_DIR", network.run_dir)
+    assert control.next_commands(network, None)[-1] == "make testnet-down"   # a clone: the Makefile is there
+    monkeypatch.setattr(control, "MAKEFILE", tmp_path / "no-Makefile")        # installed from a wheel
+    assert control.next_commands(network, None)[-1] == "python -m testnet down"
