@@ -277,7 +277,10 @@ def _decode(proof: Any) -> tuple[dict, str | None]:
     try:
         value = codec.unpack(data, limits=PROOF_LIMITS)
     except codec.EncodingError as exc:
-        raise _Invalid("format", f"proof is not msgpack: {exc}") from None
+        if exc.reason == "malformed":
+            # Not the msgpack library's words: most likely a file that is no proof at all.
+            raise _Invalid("format", "not a match proof: the bytes do not decode as msgpack") from None
+        raise _Invalid("format", f"proof is not msgpack within the limits: {exc}") from None
     try:
         codec.check_canonical(value, data, PROOF_LIMITS.depth_max)
     except codec.EncodingError as exc:

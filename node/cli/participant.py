@@ -51,6 +51,8 @@ REFUSAL_CODES = frozenset({
 })
 WAIT_MS_MAX = 600_000                   # --wait-ms: up to 10 minutes (a node caps its own wait lower)
 TIMEOUT_S_MAX = 3600.0                  # --timeout: up to an hour per call
+QUERY_LOG_LIMIT_MAX = 1_000_000         # queries --limit: records printed
+EXPIRES_MS_MAX = 2**63 - 1              # submit --expires-ms: what the entry's int field holds
 document_bytes_max = 1 << 30            # a document hashed by the CLI (streamed, but bound the wait)
 receipt_bytes_max = 65_536
 proof_file_bytes_max = 65_536
@@ -126,7 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--kind", default="credit-report", help="entry kind (default credit-report)")
     submit.add_argument("--jurisdiction", choices=("HK", "CN"),
                         help="jurisdiction of the commitment (default: the participant's)")
-    submit.add_argument("--expires-ms", type=int, default=None, metavar="MS", help="expiry, ms since the epoch")
+    submit.add_argument("--expires-ms", type=_positive_int("--expires-ms", EXPIRES_MS_MAX), default=None, metavar="MS",
+                        help="expiry, ms since the epoch")
     submit.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
     submit.add_argument("--receipt", metavar="FILE", help="where to write the receipt (default FILE.receipt.json)")
     submit.add_argument("--force", action="store_true", help="overwrite an existing receipt")
@@ -230,7 +233,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "validator key. Each node keeps its own log: ask each node you audit.")
     queries.add_argument("--since", type=parse_duration_ms, default=parse_duration_ms("1h"), metavar="DURATION",
                          help="how far back (90s, 10m, 24h, 7d; default 1h)")
-    queries.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N records (default 1000)")
+    queries.add_argument("--limit", type=_positive_int("--limit", QUERY_LOG_LIMIT_MAX), default=1000, metavar="N",
+                         help=f"at most N records, 1 to {QUERY_LOG_LIMIT_MAX} (default 1000)")
     _add_rpc(queries)
     queries.add_argument("--key", metavar="FILE", help="the auditor's or regulator's key file (env BAYLEDGER_KEY)")
     queries.set_defaults(handler=_guarded(run_queries))
@@ -299,6 +303,20 @@ def wait_ms_arg(text: str) -> int:
     if not 1 <= value <= WAIT_MS_MAX:
         raise argparse.ArgumentTypeError(f"{value} ms is out of range: give 1 to {WAIT_MS_MAX} (10 minutes)")
     return value
+
+
+def _positive_int(flag: str, high: int):
+    """argparse type of a count or time in whole units: 1 to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give 1 to {high}")
+        return value
+    parse.__name__ = flag          # argparse names the type in some messages
+    return parse
 
 
 def timeout_arg(text: str) -> float:
@@ -645,6 +663,9 @@ def _print_verdict(verdict, commitment: bytes) -> int:
     details = verdict.details
     if verdict.status == "invalid":
         print(f"INVALID PROOF: check {verdict.check} failed: {verdict.message}")
+        if verdict.check == "format":
+            print("note: a match proof file is what `bayledger verify --proof-out FILE` saves (docs/PROTOCOL.md §5)",
+                  file=sys.stderr)
         return EXIT_ERROR
     if verdict.status == "stale":
         print(f"STALE: {verdict.message}")

@@ -30,6 +30,10 @@ def one_line(err: str) -> bool:
     (["status", "--timeout", "nan"], "--timeout"),
     (["status", "--timeout", "inf"], "--timeout"),
     (["verify", "f", "--salt", "00" * 32, "--timeout", "3601"], "--timeout"),
+    (["queries", "--limit", "-5"], "--limit"),
+    (["queries", "--limit", "0"], "--limit"),
+    (["submit", "f", "--expires-ms", "0"], "--expires-ms"),
+    (["submit", "f", "--expires-ms", str(2**63)], "--expires-ms"),
 ])
 def test_nonsensical_numbers_are_refused_naming_the_flag_and_the_range(capsys, argv, named):
     with pytest.raises(SystemExit) as done:

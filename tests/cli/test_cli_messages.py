@@ -81,3 +81,13 @@ def test_an_unknown_kind_is_refused_with_the_kinds_this_chain_accepts(capsys, se
                                   "--key", files["hk-bureau"], "--genesis", files["genesis"]])
     assert code == 1 and out.startswith("REFUSED: entry refused: unknown-kind"), (out, err)
     assert ", ".join(world.genesis.entry_kinds) in out and "--kind" in out
+
+
+def test_a_file_that_is_no_proof_is_named_so_without_msgpack_internals(capsys, files, tmp_path):
+    junk = tmp_path / "photo.jpg"
+    junk.write_bytes(bytes(range(256)) * 4)
+    code, out, err = run(capsys, ["proof", "verify", str(junk), "--genesis", files["genesis"],
+                                  "--commitment", "ab" * 32])
+    assert code == 2 and out.strip() == ("INVALID PROOF: check format failed: not a match proof: the bytes do not "
+                                         "decode as msgpack"), out
+    assert "verify --proof-out" in err
