@@ -43,6 +43,7 @@ from node.wire import (
 EXIT_OK = 0
 EXIT_NEGATIVE = 1       # a definite answer that is no: NO MATCH, REVOKED, STALE, DISAGREE, a refusal
 EXIT_ERROR = 2          # usage, connection or verification error: the answer is unknown
+EXIT_INTERRUPTED = 130  # Ctrl-C (node.cli.run_main says so for every other command)
 # A node that answers one of these has decided against the caller (exit 1); any other error code
 # (busy, timeout, shutting-down, internal, a protocol error) leaves the answer unknown (exit 2).
 REFUSAL_CODES = frozenset({
@@ -557,11 +558,15 @@ def run_submit(args) -> int:
         }
         # Written before sending: if the answer is lost, the salt is not.
         _write_private(receipt_path, _receipt_bytes(receipt), overwrite=args.force)
+        pending = (f"the salt is kept in {receipt_path}, status pending; later, "
+                   f"`bayledger receipt refresh {receipt_path}` records the commit")
         try:
             answer = _submit_entry(client, entry, args.wait_ms)
         except CliError as exc:
-            raise CliError(f"{exc} (the salt is kept in {receipt_path}, status pending; later, "
-                           f"`bayledger receipt refresh {receipt_path}` records the commit)") from None
+            raise CliError(f"{exc} ({pending})") from None
+        except KeyboardInterrupt:
+            # Sent, perhaps: the entry may commit. One line, the usual exit status of Ctrl-C.
+            raise CliError(f"interrupted; the entry may still commit ({pending})", EXIT_INTERRUPTED) from None
     if answer.get("status") != "committed":
         receipt_path.unlink(missing_ok=True)
         reason = answer.get("reason") or answer.get("status")

@@ -59,3 +59,20 @@ def test_a_receipt_of_another_chain_is_refused(capsys, files, tmp_path):
 def test_receipt_without_a_command_shows_its_usage(capsys):
     assert main(["receipt"]) == 2
     assert "refresh" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_submit_waits_keeps_the_receipt_and_names_the_refresh(capsys, server, files, tmp_path,
+                                                                          monkeypatch):
+    from node.cli import participant
+
+    def interrupted(client, entry, wait_ms):
+        raise KeyboardInterrupt      # what Ctrl-C raises while the CLI waits for the node's answer
+    monkeypatch.setattr(participant, "_submit_entry", interrupted)
+    document = tmp_path / "report.txt"
+    document.write_text("credit report\n")
+    code, out, err = run(capsys, ["submit", str(document), "--rpc", f"127.0.0.1:{server.port}",
+                                  "--genesis", files["genesis"], "--key", files["hk-bureau"]])
+    receipt_path = tmp_path / "report.txt.receipt.json"
+    assert code == 130 and len(err.strip().splitlines()) == 1, err
+    assert "interrupted; the entry may still commit" in err and f"bayledger receipt refresh {receipt_path}" in err
+    assert json.loads(receipt_path.read_text())["status"] == "pending"
