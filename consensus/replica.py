@@ -12,6 +12,7 @@ No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
@@ -31,6 +32,7 @@ from .messages import (
 from .messages import header_hash as hash_of_header
 from .application import Application, ExecutionResult
 from .ready import Outbound, Ready
+from .timeouts import Timeouts, Timer
 from .validators import ValidatorSet
 
 __all__ = [
@@ -132,6 +134,15 @@ KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certifica
 # drove LevelDB's memtable flushes.)
 KEY_BODY = b"body/"
 KEY_COMMITTED = b"committed/"  # + height: ids (SHA-256) of the requests committed at that height
+
+class Wait(enum.Enum):
+    """A proposal that cannot be judged yet (no time known, parent not executable, vouchers awaited):
+    a verdict of its own, never mistaken for a reason code."""
+
+    WAIT = "wait"
+
+
+WAIT = Wait.WAIT
 
 PHASE_PRE_PREPARE = "pre-prepare"
 PHASE_PREPARE = "prepare"
@@ -243,7 +254,6 @@ class Replica:
         self.app = app
         self.validator_set_hash = validators.hash()
         self._my_index = [v.id for v in validators.validators].index(me)
-        self.check_all_until_ms = 0  # after waiting in vain for vouchers, check every signature until then
         self.vouch_fallbacks = 0     # how often that happened (hosts export it)
         # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
         self._check_applied = getattr(app, "check_request_applied", None)
@@ -251,7 +261,9 @@ class Replica:
         self.view = 0
         self.view_active = True
         self.failed_views = 0
-        self.now_ms: int | None = None
+        self.timeouts = Timeouts()   # the clock and every deadline, polled in on_tick
+        # Bodies of re-proposed blocks are asked for again retransmit_ms / 2 after the last ask (none yet: 0).
+        self.timeouts.start(Timer.BODIES, config.retransmit_ms // 2, since_ms=0)
         self.view_entered_ms = 0  # set again at the first tick: before it, time is unknown
 
         self.last_applied_height = height
@@ -271,7 +283,6 @@ class Replica:
         # without a record that names it). Also what this replica serves to BLOCK-REQUESTs.
         self.persisted_bodies: dict[int, dict[bytes, tuple[BlockHeader | None, tuple[bytes, ...]]]] = {}
         self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
-        self.bodies_asked_ms = 0  # when we last asked peers for them
         self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
         self.my_checkpoint: bytes | None = None
         self.my_checkpoint_height = 0
@@ -293,16 +304,10 @@ class Replica:
         self._drains: deque[tuple[int, int, int]] = deque()
         self._settled_drain: tuple[int, int, int] | None = None
 
-        self.progress_deadline_ms: int | None = None
-        self.view_change_deadline_ms: int | None = None
-        self.retransmit_at_ms: int | None = None
-        self.sweep_at_ms: int | None = None
         self.catch_up_target = 0
         self.catch_up_peers: list[str] = []
         self.catch_up_attempt = 0
-        self.catch_up_deadline_ms: int | None = None
         self.paced_at_ms: dict[str, int] = {}   # "what:peer" -> when we last did it (_paced)
-        self.probe_at_ms: int | None = None
         self.probe_index = 0
         self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
 
@@ -362,45 +367,51 @@ class Replica:
         return self._ready()
 
     def on_tick(self, now_ms: int) -> Ready:
-        if self.now_ms is None:
+        """Time passed: run every timer of the table that is due, in the table's order."""
+        if not self.timeouts.started:
             # Time starts now: whatever arrived before the first tick is as old as this tick.
             self.view_entered_ms = now_ms
             for pending in self.pool.values():
                 pending.seen_ms = now_ms
-        if self.now_ms is None or now_ms > self.now_ms:
-            self.now_ms = now_ms
-        now = self.now_ms
+        now = self.timeouts.advance(now_ms)
+        timeouts = self.timeouts
         self._flush_forward()
         if self.view_active:
-            if not self._has_work():
-                self.progress_deadline_ms = None
-            elif self.progress_deadline_ms is None:
-                self.progress_deadline_ms = now + self._timeout_ms()
-            elif now >= self.progress_deadline_ms:
-                self._start_view_change(self.view + 1)
-            if self.view_active and not self.is_primary:
-                if self.sweep_at_ms is None or now >= self.sweep_at_ms:
-                    self.sweep_at_ms = now + self._sweep_period_ms()
-                    if self._sweep_requests(now):
-                        self._start_view_change(self.view + 1)
-        elif self.view_change_deadline_ms is not None and now >= self.view_change_deadline_ms:
+            self._tick_progress(now)
+            if self.view_active and not self.is_primary and timeouts.due(Timer.SWEEP):
+                timeouts.start(Timer.SWEEP, self._sweep_period_ms())
+                if self._sweep_requests(now):
+                    self._start_view_change(self.view + 1)
+        elif timeouts.fired(Timer.VIEW_CHANGE):
             self._start_view_change(self.view + 1)
-        if self.retransmit_at_ms is None:
-            self.retransmit_at_ms = now + self.config.retransmit_ms
-            # First tick after a (re)start: ask every peer for blocks we may have missed while down.
-            self.probe_at_ms = now + self.config.catch_up_probe_ms
-            first = self.last_applied_height + 1
-            self._send(None, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
-        elif now >= self.retransmit_at_ms:
-            self.retransmit_at_ms = now + self.config.retransmit_ms
+        if not timeouts.armed(Timer.RETRANSMIT):
+            self._on_first_tick()
+        elif timeouts.fired(Timer.RETRANSMIT):
+            timeouts.start(Timer.RETRANSMIT, self.config.retransmit_ms)
             self._retransmit()
-        if self.probe_at_ms is None or now >= self.probe_at_ms:
+        if timeouts.due(Timer.PROBE):
             # A replica that missed the last blocks of a now idle chain hears nothing else: ask around.
-            self.probe_at_ms = now + self.config.catch_up_probe_ms
+            timeouts.start(Timer.PROBE, self.config.catch_up_probe_ms)
             self._probe_peer()
         self._maybe_catch_up()
         self._advance()
         return self._ready()
+
+    def _tick_progress(self, now: int) -> None:
+        """The progress timer runs while an active view has work: no commit before it fires, next view."""
+        if not self._has_work():
+            self.timeouts.stop(Timer.PROGRESS)
+        elif not self.timeouts.armed(Timer.PROGRESS):
+            self.timeouts.start(Timer.PROGRESS, self._timeout_ms())
+        elif self.timeouts.fired(Timer.PROGRESS):
+            self._start_view_change(self.view + 1)
+
+    def _on_first_tick(self) -> None:
+        """First tick after a (re)start: ask every peer for blocks we may have missed while down."""
+        self.timeouts.start(Timer.RETRANSMIT, self.config.retransmit_ms)
+        self.timeouts.start(Timer.PROBE, self.config.catch_up_probe_ms)
+        first = self.last_applied_height + 1
+        self._send(None, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
 
     def on_persisted(self) -> Ready:
         """The host wrote the oldest outstanding persist batch: release the messages that waited on it."""
@@ -409,6 +420,15 @@ class Replica:
         return self._ready(release=True)
 
     # ------------------------------------------------------------------ queries for hosts and tests
+
+    @property
+    def now_ms(self) -> int | None:
+        """The latest tick's time (None before the first tick)."""
+        return self.timeouts.now_ms
+
+    @now_ms.setter
+    def now_ms(self, value: int | None) -> None:
+        self.timeouts.now_ms = value   # tests set the clock directly
 
     @property
     def primary_id(self) -> str:
@@ -498,7 +518,7 @@ class Replica:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
             return None
-        pending = self.pool[request_id] = _Pending(request, self.now_ms or 0, checked)
+        pending = self.pool[request_id] = _Pending(request, self.timeouts.clock_ms, checked)
         queue = self._proposal_queue
         if queue is not None and request_id not in queue.in_flight_ids:
             queue.unproposed[request_id] = pending
@@ -513,7 +533,7 @@ class Replica:
     def _mark_held(self, pending: _Pending) -> None:
         """The primary of the current view holds `pending` from now on (we sent it or it sent it to us)."""
         pending.held_view = self.view
-        pending.held_ms = pending.forwarded_ms = self.now_ms or 0
+        pending.held_ms = pending.forwarded_ms = self.timeouts.clock_ms
         pending.held_proposed = self._proposed_count
 
     def _checks_signatures(self) -> bool:
@@ -527,7 +547,7 @@ class Replica:
         f = self.validators.f
         if f == 0 or self.config.vouch_wait_ms == 0:
             return True   # with f = 0 no backup vouches, so each one checks
-        if self.now_ms is not None and self.now_ms < self.check_all_until_ms:
+        if self.timeouts.running(Timer.CHECK_ALL_SIGNATURES):
             return True
         return (self._my_index - self.view) % self.validators.n <= f
 
@@ -853,7 +873,7 @@ class Replica:
         # only when it holds no other valid request outside its in-flight blocks.
         self._proposed_count += len(message.entries)
         if len(message.entries) < self.config.batch_requests_max:
-            self._drains.append((self.now_ms or 0, height, self._proposed_count))
+            self._drains.append((self.timeouts.clock_ms, height, self._proposed_count))
             if len(self._drains) > 2 * self.config.watermark_window:
                 self._drains.popleft()   # only a faulty primary gets here (heights in flight are bounded)
 
@@ -945,7 +965,7 @@ class Replica:
                 slot.validated = verdict is None
             if verdict is None and not slot.signatures_known:
                 verdict = self._vouched_or_checked(height, slot)
-            if verdict == "wait":
+            if verdict is WAIT:
                 continue
             if verdict is not None:
                 self._reject(self.primary_id, "bad-proposal")
@@ -956,8 +976,8 @@ class Replica:
                 progressed |= self._check_prepared(height, slot)
         return progressed
 
-    def _validate(self, height: int, slot: _Slot, parent: BlockHeader | None) -> str | None:
-        """None if the proposal is valid on `parent`, "wait" if it cannot be judged yet, else why it is bad."""
+    def _validate(self, height: int, slot: _Slot, parent: BlockHeader | None) -> str | Wait | None:
+        """None if the proposal is valid on `parent`, WAIT if it cannot be judged yet, else why it is bad."""
         header = slot.header
         if header.height != height or header.chain_id != self.chain_id:
             return "wrong-height"
@@ -971,7 +991,7 @@ class Replica:
         if parent is not None and header.time_ms < parent.time_ms:
             return "time-before-parent"
         if self.now_ms is None:
-            return "wait"
+            return WAIT
         if header.time_ms > self.now_ms + self.config.clock_skew_ms_max:
             return "time-in-future"
         earlier = set()
@@ -1001,7 +1021,7 @@ class Replica:
                     return "invalid-request"
         result = self.app.execute(parent, height, header.time_ms, slot.entries)
         if result is None:
-            return "wait"
+            return WAIT
         if (result.tree_size, result.tree_root, result.results_hash) != (
             header.tree_size, header.tree_root, header.results_hash
         ):
@@ -1009,8 +1029,8 @@ class Replica:
         slot.signatures_known = signatures_known
         return None
 
-    def _vouched_or_checked(self, height: int, slot: _Slot) -> str | None:
-        """None once the signatures of a validated slot's requests are known good, "wait" while this
+    def _vouched_or_checked(self, height: int, slot: _Slot) -> str | Wait | None:
+        """None once the signatures of a validated slot's requests are known good, WAIT while this
         backup waits for vouchers, else why the proposal is bad.
 
         Vouchers: the primary's proposal and PREPAREs for the same block from f backups other than us.
@@ -1022,15 +1042,15 @@ class Replica:
         votes = self.prepare_votes.get(height, {})
         vouchers = sum(1 for voter, vote in votes.items()
                        if vote[0] == slot.hash and voter != self.me and voter != primary)
-        now = self.now_ms or 0
+        now = self.timeouts.clock_ms
         if vouchers < self.validators.f and not self._checks_signatures():
             if slot.vouch_deadline_ms is None:
                 slot.vouch_deadline_ms = now + self.config.vouch_wait_ms
             if now < slot.vouch_deadline_ms:
-                return "wait"
+                return WAIT
             # The backups that check were too slow (or are down): check ourselves, and keep doing so
             # for a while instead of waiting in vain for each block.
-            self.check_all_until_ms = now + VOUCH_FALLBACK_HOLD_MS
+            self.timeouts.start(Timer.CHECK_ALL_SIGNATURES, VOUCH_FALLBACK_HOLD_MS)
             self.vouch_fallbacks += 1
         if vouchers < self.validators.f:
             for request, request_id in zip(slot.entries, slot.request_ids):
@@ -1266,7 +1286,7 @@ class Replica:
             self.fetching.pop(header_hash, None)
             self._proposal_queue = None
         if self.view_active:
-            self.progress_deadline_ms = None
+            self.timeouts.stop(Timer.PROGRESS)
             self.failed_views = 0
         if height % self.config.checkpoint_interval == 0:
             message = sign(Checkpoint(height, header_hash, self.me), self.signing_key, self.chain_id)
@@ -1275,7 +1295,7 @@ class Replica:
             self._record_checkpoint_vote(self.me, height, header_hash, message.signature)
             self._send(None, self.my_checkpoint)
         if self.catch_up_target <= height:
-            self.catch_up_deadline_ms = None
+            self.timeouts.stop(Timer.CATCH_UP)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -1338,7 +1358,7 @@ class Replica:
     def _paced(self, key: str, interval_ms: int) -> bool:
         """True (and the time noted) if nothing was done for `key` in the last `interval_ms`: how every
         answer and offer to one peer is rate-limited, so a faulty peer cannot make us work at its pace."""
-        now = self.now_ms or 0
+        now = self.timeouts.clock_ms
         last = self.paced_at_ms.get(key)
         if last is not None and now - last < interval_ms:
             return False
@@ -1365,11 +1385,11 @@ class Replica:
         self._drains.clear()
         self._settled_drain = None
         self.failed_views += 1
-        self.view_entered_ms = self.now_ms or 0
+        self.view_entered_ms = self.timeouts.clock_ms
         self.slots = {}
         self.prepare_votes = {}
-        self.progress_deadline_ms = None
-        self.view_change_deadline_ms = None
+        self.timeouts.stop(Timer.PROGRESS)
+        self.timeouts.stop(Timer.VIEW_CHANGE)
         self.new_view, self.new_view_bytes = None, None
         self.fetching = {}   # bodies for the abandoned view's slots
         # Proposals of the abandoned view are only worth keeping if a certificate may still name them.
@@ -1410,9 +1430,9 @@ class Replica:
         if self.view_active:
             return
         at_or_above = [v for v, vc in self.view_changes.items() if vc.view >= self.view]
-        if self.view_change_deadline_ms is None and self.validators.is_quorum(at_or_above):
+        if not self.timeouts.armed(Timer.VIEW_CHANGE) and self.validators.is_quorum(at_or_above):
             # Only a view change a quorum joined can fail for lack of a primary: start its clock now.
-            self.view_change_deadline_ms = (self.now_ms or 0) + self._timeout_ms()
+            self.timeouts.start(Timer.VIEW_CHANGE, self._timeout_ms())
         if not self.is_primary:
             return
         exact = {vc.sender: vc for _, vc in sorted(self.view_changes.items()) if vc.view == self.view}
@@ -1449,7 +1469,7 @@ class Replica:
         self, message: NewView, data: bytes, checkpoint: CheckpointCertificate, chosen: list[PreparedCertificate]
     ) -> None:
         self.view_active = True
-        self.view_entered_ms = self.now_ms or 0
+        self.view_entered_ms = self.timeouts.clock_ms
         self._drains.clear()          # evidence is about one primary's proposals in one view
         self._settled_drain = None
         self._proposal_queue = None   # rebuilt for the re-proposed blocks when we are the primary
@@ -1458,8 +1478,8 @@ class Replica:
         self.view = message.view
         self.new_view, self.new_view_bytes = message, data
         self.slots = {}
-        self.progress_deadline_ms = None
-        self.view_change_deadline_ms = None
+        self.timeouts.stop(Timer.PROGRESS)
+        self.timeouts.stop(Timer.VIEW_CHANGE)
         self._persist_view()
         self._persist.append((KEY_NEW_VIEW, data))
         self._adopt_stable(checkpoint)
@@ -1518,7 +1538,7 @@ class Replica:
     def _request_bodies(self) -> None:
         """One BLOCK-REQUEST per peer for the bodies we still lack, each to its next peer in turn: at once
         on entering a view, then every retransmit_ms (a peer that did not answer is not asked twice running)."""
-        self.bodies_asked_ms = self.now_ms or 0
+        self.timeouts.start(Timer.BODIES, self.config.retransmit_ms // 2)
         by_peer: dict[str, list[bytes]] = {}
         for header_hash, fetch in sorted(self.fetching.items(), key=lambda item: item[1].height):
             if fetch.height <= self.stable.height:
@@ -1635,7 +1655,7 @@ class Replica:
                 if slot.commit is not None:
                     self._send(None, slot.commit)
             # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
-            if self.fetching and (self.now_ms or 0) - self.bodies_asked_ms >= self.config.retransmit_ms // 2:
+            if self.fetching and self.timeouts.fired(Timer.BODIES):
                 self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
         if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
             self._send(None, self.my_checkpoint)
@@ -1643,7 +1663,7 @@ class Replica:
     def _resend_requests(self, to: str | None) -> None:
         """Resend requests that stayed pending a full retransmission period (the first copy may be lost,
         or the peer that forwarded it to us may have crashed): bounded by forward_requests_max."""
-        now = self.now_ms or 0
+        now = self.timeouts.clock_ms
         in_flight = self._in_flight_ids()
         stale = []
         unchecked = []
@@ -1693,14 +1713,13 @@ class Replica:
     def _maybe_catch_up(self) -> None:
         if self.catch_up_target <= self.last_applied_height or not self.catch_up_peers:
             return
-        now = self.now_ms or 0
-        if self.catch_up_deadline_ms is not None and now < self.catch_up_deadline_ms:
+        if self.timeouts.running(Timer.CATCH_UP):
             return
         peer = self.catch_up_peers[self.catch_up_attempt % len(self.catch_up_peers)]
         self.catch_up_attempt += 1
         first = self.last_applied_height + 1
         last = min(self.catch_up_target, first + CATCH_UP_BLOCKS_MAX - 1)
-        self.catch_up_deadline_ms = now + self.config.catch_up_timeout_ms
+        self.timeouts.start(Timer.CATCH_UP, self.config.catch_up_timeout_ms)
         self._send(peer, encode(CatchUpRequest(first, last)))
 
     def _on_catch_up_request(self, peer: str, message: CatchUpRequest, data: bytes) -> None:
@@ -1745,7 +1764,7 @@ class Replica:
             delivered = True
         if delivered:
             # Progress: the next range (if any) goes out at once, to the same peer first.
-            self.catch_up_deadline_ms = None
+            self.timeouts.stop(Timer.CATCH_UP)
             if len(message.blocks) == CATCH_UP_BLOCKS_MAX:
                 self._set_catch_up_target(self.last_applied_height + 1, [peer])  # a full batch: there may be more
             if peer in self.catch_up_peers:
