@@ -13,7 +13,7 @@ No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -32,6 +32,10 @@ from .messages import (
 from .messages import header_hash as hash_of_header
 from .application import Application, ExecutionResult
 from .ready import Outbound, Ready
+from .request_pool import (
+    CENSORSHIP_STRIKES, FORWARD_BYTES_PER_SWEEP_MAX, REFORWARD_SWEEPS, REQUEST_OVERHEAD_BYTES,
+    REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool,
+)
 from .timeouts import Timeouts, Timer
 from .validators import ValidatorSet
 
@@ -46,23 +50,10 @@ EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already report
 # After waiting vouch_wait_ms in vain for vouchers, a backup checks every signature itself this long:
 # a checking backup that is down then stalls one block in 120, not every block.
 VOUCH_FALLBACK_HOLD_MS = 30_000
-# A REQUESTS message is cut to stay within messages.REQUESTS_MESSAGE_BYTES_MAX (8 MiB), the cap
-# decode_message enforces on the way in: counting each request's bytes plus these overheads.
-REQUESTS_MESSAGE_OVERHEAD_BYTES = 64  # the map {"type": "requests", "requests": [...]} around the requests
-REQUEST_OVERHEAD_BYTES = 5            # msgpack bin header of one request (bin 32)
 # A backup sweeps its pool (forwards to the primary, looks for censorship) every retransmit_ms, and at
 # least this many times per view timeout: a request only it holds reaches the primary within half a
 # timeout, and junk pooled unchecked leaves the pool before it can make the progress timer fire.
 SWEEPS_PER_VIEW_TIMEOUT_MIN = 4
-# Requests a backup forwards to the primary per sweep, in bytes: two full messages.
-FORWARD_BYTES_PER_SWEEP_MAX = 2 * REQUESTS_MESSAGE_BYTES_MAX
-# A request the primary holds but has not proposed is forwarded to it again after this many sweeps
-# (the first copy may have been lost with a link, or with the primary's pool when it restarted).
-REFORWARD_SWEEPS = 2
-# Times the primary must leave a request out of a batch that emptied its queue, each after a forward
-# of its own, before the request counts as censored: one lost forward, or a primary that restarted
-# and lost its pool, is forgiven (docs/CONSENSUS.md, "Censorship detection ...").
-CENSORSHIP_STRIKES = 2
 
 
 class ReplicaConfigError(ValueError):
@@ -192,34 +183,6 @@ class _Fetch:
     attempt: int = 0
 
 
-@dataclass(slots=True)
-class _Pending:
-    request: bytes
-    seen_ms: int
-    # Known valid: passed check_request here, or was in a block f + 1 validators vouched for. False:
-    # pooled from a peer on its shape alone (we do not check every signature in this view).
-    checked: bool = True
-    # The primary of view `held_view` holds it: we forwarded it to that primary (or got it from it) at
-    # `held_ms`, when the primary had proposed `held_proposed` requests (Replica._proposed_count). -1: none.
-    held_view: int = -1
-    held_ms: int = 0
-    held_proposed: int = 0
-    forwarded_ms: int = 0   # our latest forward of it to that primary (paces the forwards again)
-    strikes: int = 0   # batches that emptied the primary's queue without it, each after its own forward,
-    strikes_view: int = -1   # in this view
-
-
-@dataclass
-class _ProposalQueue:
-    """The primary's pending requests in no in-flight block, in pool order (see Replica._unproposed),
-    valid for the in-flight blocks and applied height it was built or last updated for."""
-
-    applied_height: int
-    in_flight_slots: tuple[_Slot, ...]   # the blocks above the applied height, in slots' order
-    in_flight_ids: set[bytes]
-    unproposed: OrderedDict[bytes, _Pending]
-
-
 class Replica:
     def __init__(
         self,
@@ -291,18 +254,8 @@ class Replica:
         self.new_view: NewView | None = None
         self.new_view_bytes: bytes | None = None
 
-        self.pool: OrderedDict[bytes, _Pending] = OrderedDict()
-        self._proposal_queue: _ProposalQueue | None = None
+        self.requests = RequestPool(config.request_pool_max)
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
-        self.forward_queue: list[bytes] = []
-        self.forward_queue_bytes = 0
-        # Censorship evidence (see _sweep_requests): requests in fresh PRE-PREPAREs accepted from the
-        # primary, and (received_ms, height, that count) of its batches that were not full, i.e. that
-        # emptied its queue: those whose parent we have not applied yet, and the latest one whose parent we
-        # had applied at the previous sweep (the one that sweep may use). Forgotten at each view change.
-        self._proposed_count = 0
-        self._drains: deque[tuple[int, int, int]] = deque()
-        self._settled_drain: tuple[int, int, int] | None = None
 
         self.catch_up_target = 0
         self.catch_up_peers: list[str] = []
@@ -356,12 +309,10 @@ class Replica:
         """A request from this node's own client: pooled and forwarded to the other validators."""
         pending = self._add_request(CLIENT, request)
         if pending is not None:
-            self.forward_queue.append(request)
-            self.forward_queue_bytes += len(request) + REQUEST_OVERHEAD_BYTES
+            message_full = self.requests.queue_forward(request, self.config.forward_requests_max)
             if self.view_active and not self.is_primary:
                 self._mark_held(pending)   # it goes to every validator, the primary too, by the next tick
-            if (len(self.forward_queue) >= self.config.forward_requests_max
-                    or self.forward_queue_bytes + REQUESTS_MESSAGE_OVERHEAD_BYTES >= REQUESTS_MESSAGE_BYTES_MAX):
+            if message_full:
                 self._flush_forward()
         self._advance()
         return self._ready()
@@ -371,8 +322,7 @@ class Replica:
         if not self.timeouts.started:
             # Time starts now: whatever arrived before the first tick is as old as this tick.
             self.view_entered_ms = now_ms
-            for pending in self.pool.values():
-                pending.seen_ms = now_ms
+            self.requests.restart_clock(now_ms)
         now = self.timeouts.advance(now_ms)
         timeouts = self.timeouts
         self._flush_forward()
@@ -431,6 +381,19 @@ class Replica:
         self.timeouts.now_ms = value   # tests set the clock directly
 
     @property
+    def pool(self) -> OrderedDict[bytes, PendingRequest]:
+        """The pending requests by id, oldest first (read-only for hosts and tests)."""
+        return self.requests.pending
+
+    @property
+    def _proposal_queue(self) -> ProposalQueue | None:
+        return self.requests.proposal_queue
+
+    @_proposal_queue.setter
+    def _proposal_queue(self, queue: ProposalQueue | None) -> None:
+        self.requests.proposal_queue = queue
+
+    @property
     def primary_id(self) -> str:
         return self.validators.primary(self.view).id
 
@@ -482,7 +445,7 @@ class Replica:
 
     # ------------------------------------------------------------------ requests
 
-    def _add_request(self, peer: str, request: bytes, from_primary: bool = False) -> _Pending | None:
+    def _add_request(self, peer: str, request: bytes, from_primary: bool = False) -> PendingRequest | None:
         """Pool a request (`from_primary`: `peer` is the current primary); the new pending entry, or None
         if it was refused or is a duplicate."""
         if not isinstance(request, bytes) or not request:
@@ -503,7 +466,7 @@ class Replica:
         # are checked only where we must vouch for them in this view, and while unchecked ones could
         # fill more than half the pool (a faulty peer's junk must not crowd out valid work).
         checked = (peer == CLIENT or self._checks_signatures()
-                   or len(self.pool) >= self.config.request_pool_max // 2)
+                   or self.requests.half_full)
         reason = self.app.check_request(request) if checked else self.app.check_request_shape(request)
         if reason is not None:
             self._reject(peer, f"invalid-request:{reason}")
@@ -514,14 +477,11 @@ class Replica:
         if reason is not None:
             self._reject(peer, f"applied-request:{reason}")
             return None
-        if len(self.pool) >= self.config.request_pool_max:
+        if self.requests.full:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
             return None
-        pending = self.pool[request_id] = _Pending(request, self.timeouts.clock_ms, checked)
-        queue = self._proposal_queue
-        if queue is not None and request_id not in queue.in_flight_ids:
-            queue.unproposed[request_id] = pending
+        pending = self.requests.add(request_id, request, self.timeouts.clock_ms, checked)
         if from_primary:
             self._mark_held(pending)
         return pending
@@ -530,11 +490,9 @@ class Replica:
         check = self._check_applied
         return None if check is None else check(request)
 
-    def _mark_held(self, pending: _Pending) -> None:
+    def _mark_held(self, pending: PendingRequest) -> None:
         """The primary of the current view holds `pending` from now on (we sent it or it sent it to us)."""
-        pending.held_view = self.view
-        pending.held_ms = pending.forwarded_ms = self.timeouts.clock_ms
-        pending.held_proposed = self._proposed_count
+        self.requests.mark_held(pending, self.view, self.timeouts.clock_ms)
 
     def _checks_signatures(self) -> bool:
         """Whether this replica checks every request's signatures itself in the current view.
@@ -551,7 +509,7 @@ class Replica:
             return True
         return (self._my_index - self.view) % self.validators.n <= f
 
-    def _confirm(self, request_id: bytes, pending: _Pending) -> bool:
+    def _confirm(self, request_id: bytes, pending: PendingRequest) -> bool:
         """Check an unchecked pending request now; drop it from the pool if it is invalid."""
         if pending.checked:
             return True
@@ -562,11 +520,9 @@ class Replica:
         return False
 
     def _drop(self, request_id: bytes) -> None:
-        self.pool.pop(request_id, None)
-        if self._proposal_queue is not None:
-            self._proposal_queue.unproposed.pop(request_id, None)
+        self.requests.drop(request_id)
 
-    def _still_wanted(self, request_id: bytes, pending: _Pending) -> bool:
+    def _still_wanted(self, request_id: bytes, pending: PendingRequest) -> bool:
         """Valid and not applied yet (checked now); a request that is neither leaves the pool."""
         if not self._confirm(request_id, pending):
             return False
@@ -576,10 +532,8 @@ class Replica:
         return True
 
     def _flush_forward(self) -> None:
-        if self.forward_queue:
-            self._send_requests(None, self.forward_queue)
-            self.forward_queue = []
-            self.forward_queue_bytes = 0
+        if self.requests.forward_queue:
+            self._send_requests(None, self.requests.take_forward())
 
     def _send_requests(self, to: str | None, requests: list[bytes]) -> None:
         """Send `requests` in REQUESTS messages of at most forward_requests_max requests and
@@ -648,11 +602,8 @@ class Replica:
         """
         view = self.view
         round_ms = self._sweep_period_ms()
-        drained = self._settled_drain   # its parent was applied here by the previous sweep
+        drained = self.requests.settle_drains(self.last_applied_height)
         usable = drained is not None
-        drains = self._drains
-        while drains and drains[0][1] - 1 <= self.last_applied_height:
-            self._settled_drain = drains.popleft()   # for the next sweep: the host has applied it by then
         drain_bound = self._drain_bound()
         deadline = self._timeout_ms()
         in_flight = self._in_flight_ids()
@@ -670,14 +621,10 @@ class Replica:
                 # The primary emptied its queue after this request reached it, and left it out.
                 if not self._still_wanted(request_id, pending):
                     continue   # invalid or applied after all: the primary was right
-                if pending.strikes_view != view:
-                    pending.strikes, pending.strikes_view = 0, view
-                pending.strikes += 1
-                if (pending.strikes >= CENSORSHIP_STRIKES
-                        and max(pending.seen_ms, self.view_entered_ms) + deadline <= now):
+                strikes = self.requests.strike(pending, view)
+                if strikes >= CENSORSHIP_STRIKES and max(pending.seen_ms, self.view_entered_ms) + deadline <= now:
                     censored = True
                 held = False
-                pending.held_view = -1   # the next strike needs a forward of its own (this sweep's or later)
             elif held and now - pending.forwarded_ms < REFORWARD_SWEEPS * round_ms:
                 continue
             cost = len(pending.request) + REQUEST_OVERHEAD_BYTES
@@ -826,13 +773,8 @@ class Replica:
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
         # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
-        for slot in self.slots.values():
-            for request in slot.entries or ():
-                request_id = codec.sha256(request)
-                if request_id in self.committed_ids:
-                    continue
-                if request_id not in self.pool and len(self.pool) < self.config.request_pool_max:
-                    self.pool[request_id] = _Pending(request, 0)
+        signed = ((codec.sha256(request), request) for slot in self.slots.values() for request in slot.entries or ())
+        self.requests.keep_signed(signed, lambda request_id: request_id in self.committed_ids)
         if not self.view_active and self.me not in self.view_changes:
             # Mid view change, and our VIEW-CHANGE was left out (an older version's): move to the next
             # view with a fresh one (views only go up; we never sign a second VIEW-CHANGE for a view).
@@ -871,11 +813,8 @@ class Replica:
         self.blocks[header_hash] = (message.header, message.entries)
         # Censorship evidence (_sweep_requests): an honest primary proposes a batch that is not full
         # only when it holds no other valid request outside its in-flight blocks.
-        self._proposed_count += len(message.entries)
-        if len(message.entries) < self.config.batch_requests_max:
-            self._drains.append((self.timeouts.clock_ms, height, self._proposed_count))
-            if len(self._drains) > 2 * self.config.watermark_window:
-                self._drains.popleft()   # only a faulty primary gets here (heights in flight are bounded)
+        self.requests.note_proposal(self.timeouts.clock_ms, height, len(message.entries),
+                                    self.config.batch_requests_max, 2 * self.config.watermark_window)
 
     def _on_prepare(self, peer: str, message: Prepare, data: bytes) -> None:
         if message.view != self.view:
@@ -1159,7 +1098,7 @@ class Replica:
             self._proposed(slot)
             progressed = True
 
-    def _unproposed(self) -> OrderedDict[bytes, _Pending]:
+    def _unproposed(self) -> OrderedDict[bytes, PendingRequest]:
         """The pending requests in no in-flight block, oldest first (by id; the caller only reads).
 
         Called after every input on the primary, whose pool front is mostly in flight under load,
@@ -1172,42 +1111,19 @@ class Replica:
         """
         in_flight_slots = tuple(slot for height, slot in self.slots.items() if height > self.last_applied_height)
         queue = self._proposal_queue
-        if queue is not None and not self._queue_holds(queue, in_flight_slots):
+        if queue is not None and not queue.holds(in_flight_slots, self.last_applied_height, self.committed_hashes):
             queue = None
         if queue is None:
             in_flight = self._in_flight_ids()
-            queue = _ProposalQueue(self.last_applied_height, in_flight_slots, in_flight, OrderedDict(
+            queue = ProposalQueue(self.last_applied_height, in_flight_slots, in_flight, OrderedDict(
                 (rid, p) for rid, p in self.pool.items() if rid not in in_flight))
             self._proposal_queue = queue
         return queue.unproposed
 
-    def _queue_holds(self, queue: _ProposalQueue, in_flight_slots: tuple[_Slot, ...]) -> bool:
-        """Bring the queue up to date if the in-flight blocks changed only by the oldest being
-        applied as they were; False if it must be rebuilt."""
-        applied = self.last_applied_height - queue.applied_height
-        old = queue.in_flight_slots
-        if applied < 0 or applied > len(old) or len(old) - applied != len(in_flight_slots):
-            return False
-        if any(a is not b for a, b in zip(old[applied:], in_flight_slots)):
-            return False
-        for slot in old[:applied]:
-            if self.committed_hashes.get(slot.header.height) != slot.hash:
-                return False
-        for slot in old[:applied]:
-            queue.in_flight_ids.difference_update(slot.request_ids)   # committed: left the pool too
-        queue.applied_height = self.last_applied_height
-        queue.in_flight_slots = in_flight_slots
-        return True
-
     def _proposed(self, slot: _Slot) -> None:
         """Our proposal went in flight: its requests leave the queue (they were its front)."""
-        queue = self._proposal_queue
-        if queue is None:
-            return
-        for request_id in slot.request_ids:
-            queue.unproposed.pop(request_id, None)
-        queue.in_flight_ids.update(slot.request_ids)
-        queue.in_flight_slots = queue.in_flight_slots + (slot,)
+        if self._proposal_queue is not None:
+            self._proposal_queue.proposed(slot)
 
     def _try_commit(self) -> bool:
         progressed = False
@@ -1266,7 +1182,7 @@ class Replica:
         if request_ids is None:
             request_ids = tuple(codec.sha256(request) for request in block.entries)
         for request_id in request_ids:
-            self.pool.pop(request_id, None)
+            self.requests.committed(request_id)
             self.committed_ids[request_id] = None
         # Persisted so a restarted replica (or a whole restarted cluster) still refuses these requests.
         self._persist.append((_height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
@@ -1382,8 +1298,7 @@ class Replica:
             return  # views only go up
         self.view = view
         self.view_active = False
-        self._drains.clear()
-        self._settled_drain = None
+        self.requests.forget_primary()
         self.failed_views += 1
         self.view_entered_ms = self.timeouts.clock_ms
         self.slots = {}
@@ -1470,8 +1385,7 @@ class Replica:
     ) -> None:
         self.view_active = True
         self.view_entered_ms = self.timeouts.clock_ms
-        self._drains.clear()          # evidence is about one primary's proposals in one view
-        self._settled_drain = None
+        self.requests.forget_primary()   # evidence is about one primary's proposals in one view
         self._proposal_queue = None   # rebuilt for the re-proposed blocks when we are the primary
         if message.view != self.view:
             self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
