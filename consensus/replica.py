@@ -37,6 +37,10 @@ from .request_pool import (
     REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool,
 )
 from .timeouts import Timeouts, Timer
+from .vote_log import (
+    KEY_BODY, KEY_CERT, KEY_CHECKPOINT, KEY_COMMITTED, KEY_NEW_VIEW, KEY_VIEW, KEY_VIEW_CHANGE, KEY_VOTE, PHASE_COMMIT,
+    PHASE_PRE_PREPARE, PHASE_PREPARE, VoteLog, height_key, restore_committed_ids, restore_stable, restore_view,
+)
 from .validators import ValidatorSet
 
 __all__ = [
@@ -113,19 +117,6 @@ class ReplicaConfig:
                 f"watermark_window must be at most {PREPARED_CERTIFICATES_MAX} (messages.PREPARED_CERTIFICATES_MAX)")
 
 
-# Persisted keys (all under the replica's own prefix in storage).
-KEY_VIEW = b"view"
-KEY_CHECKPOINT = b"checkpoint"
-KEY_VIEW_CHANGE = b"view-change"
-KEY_NEW_VIEW = b"new-view"
-KEY_VOTE = b"vote/"   # + height: the latest (view, phase, header) this replica signed at that height
-KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certificate at that height, without entries
-# + height + header hash: a block's entries, written once however many records above refer to that block.
-# (A vote and a certificate each carrying the block wrote every block three times more, and those bytes
-# drove LevelDB's memtable flushes.)
-KEY_BODY = b"body/"
-KEY_COMMITTED = b"committed/"  # + height: ids (SHA-256) of the requests committed at that height
-
 class Wait(enum.Enum):
     """A proposal that cannot be judged yet (no time known, parent not executable, vouchers awaited):
     a verdict of its own, never mistaken for a reason code."""
@@ -134,20 +125,6 @@ class Wait(enum.Enum):
 
 
 WAIT = Wait.WAIT
-
-PHASE_PRE_PREPARE = "pre-prepare"
-PHASE_PREPARE = "prepare"
-PHASE_COMMIT = "commit"
-_PHASE_ORDER = {PHASE_PRE_PREPARE: 0, PHASE_PREPARE: 1, PHASE_COMMIT: 2}
-
-
-def _height_key(prefix: bytes, height: int) -> bytes:
-    return prefix + height.to_bytes(8, "big")
-
-
-def _body_key(height: int, header_hash: bytes) -> bytes:
-    return KEY_BODY + height.to_bytes(8, "big") + header_hash
-
 
 @dataclass
 class _Slot:
@@ -240,11 +217,7 @@ class Replica:
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
         self.prepare_votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}  # height -> voter -> (hash, sig, msg)
         self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
-        self.certs: dict[int, PreparedCertificate] = {}
-        self.votes: dict[int, tuple[int, str, bytes]] = {}  # height -> (view, phase, header_hash) we signed
-        # height -> header hash -> (header, entries) of the bodies persisted under body/ (header None: restored
-        # without a record that names it). Also what this replica serves to BLOCK-REQUESTs.
-        self.persisted_bodies: dict[int, dict[bytes, tuple[BlockHeader | None, tuple[bytes, ...]]]] = {}
+        self.vote_log = VoteLog(self._persist_change)   # our votes and certificates, and their bodies
         self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
         self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
         self.my_checkpoint: bytes | None = None
@@ -379,6 +352,16 @@ class Replica:
     @now_ms.setter
     def now_ms(self, value: int | None) -> None:
         self.timeouts.now_ms = value   # tests set the clock directly
+
+    @property
+    def votes(self) -> dict[int, tuple[int, str, bytes]]:
+        """height -> (view, phase, header hash) this replica signed (the vote log's)."""
+        return self.vote_log.votes
+
+    @property
+    def certs(self) -> dict[int, PreparedCertificate]:
+        """height -> our highest-view prepared certificate (the vote log's)."""
+        return self.vote_log.certs
 
     @property
     def pool(self) -> OrderedDict[bytes, PendingRequest]:
@@ -647,53 +630,15 @@ class Replica:
 
     # ------------------------------------------------------------------ persistence
 
+    def _persist_change(self, key: bytes, value: bytes | None) -> None:
+        self._persist.append((key, value))
+
     def _persist_vote(self, height: int, view: int, phase: str, header: BlockHeader, entries: tuple[bytes, ...]) -> bool:
         """Record that we sign `phase` for (view, height, header); False if that would contradict a past vote."""
-        header_hash = hash_of_header(header)
-        previous = self.votes.get(height)
-        if previous is not None:
-            p_view, p_phase, p_hash = previous
-            if p_view > view or (p_view == view and p_hash != header_hash):
-                return False
-            if p_view == view and _PHASE_ORDER[p_phase] >= _PHASE_ORDER[phase]:
-                return True
-        self.votes[height] = (view, phase, header_hash)
-        self._persist_body(height, header, entries)
-        value = codec.pack({"view": view, "phase": phase, "header": header.to_wire()})
-        self._persist.append((_height_key(KEY_VOTE, height), value))
-        self._forget_unreferenced_bodies(height)
-        return True
-
-    def _persist_body(self, height: int, header: BlockHeader, entries: tuple[bytes, ...]) -> None:
-        """Persist a block's entries once, in the same batch as the first record that refers to them."""
-        header_hash = hash_of_header(header)
-        bodies = self.persisted_bodies.setdefault(height, {})
-        if bodies.get(header_hash, (None,))[0] is None:
-            if header_hash not in bodies:
-                self._persist.append((_body_key(height, header_hash), codec.pack(list(entries))))
-            bodies[header_hash] = (header, entries)
-
-    def _persist_certificate(self, certificate: PreparedCertificate, entries: tuple[bytes, ...]) -> None:
-        """The certificate carries no entries (nor does the VIEW-CHANGE that sends it): its body is
-        persisted in the same batch, so we can serve it to a replica that enters a view without it."""
-        self._persist_body(certificate.height, certificate.header, entries)
-        self._persist.append((_height_key(KEY_CERT, certificate.height), codec.pack(certificate.to_wire())))
-        self._forget_unreferenced_bodies(certificate.height)
-
-    def _forget_unreferenced_bodies(self, height: int) -> None:
-        """Delete the entries of blocks at `height` that neither our vote nor our certificate refers to any more."""
-        referenced = set()
-        if height in self.votes:
-            referenced.add(self.votes[height][2])
-        if height in self.certs:
-            referenced.add(hash_of_header(self.certs[height].header))
-        bodies = self.persisted_bodies.get(height, {})
-        for header_hash in set(bodies) - referenced:
-            del bodies[header_hash]
-            self._persist.append((_body_key(height, header_hash), None))
+        return self.vote_log.record_vote(height, view, phase, header, entries)
 
     def _persist_view(self) -> None:
-        self._persist.append((KEY_VIEW, codec.pack({"view": self.view, "active": self.view_active})))
+        self.vote_log.record_view(self.view, self.view_active)
 
     def _restore(self, persisted: dict[bytes, bytes]) -> None:
         try:
@@ -712,64 +657,26 @@ class Replica:
             return None
 
     def _restore_unchecked(self, persisted: dict[bytes, bytes]) -> None:
-        if KEY_CHECKPOINT in persisted:
-            self.stable = CheckpointCertificate.from_wire(codec.unpack(persisted[KEY_CHECKPOINT]), self.validators)
-        if KEY_VIEW in persisted:
-            record = codec.unpack(persisted[KEY_VIEW])
-            self.view, self.view_active = int(record["view"]), bool(record["active"])
-        for key, value in persisted.items():
-            if key.startswith(KEY_BODY):
-                height = int.from_bytes(key[len(KEY_BODY):len(KEY_BODY) + 8], "big")
-                header_hash = key[len(KEY_BODY) + 8:]
-                self.persisted_bodies.setdefault(height, {})[header_hash] = (None, tuple(codec.unpack(value)))
+        """Each kind of record in turn: position (checkpoint, view), bodies, votes and certificates, the
+        view-change messages, committed ids, then what follows from them."""
+        stable = restore_stable(persisted, self.validators)
+        if stable is not None:
+            self.stable = stable
+        view = restore_view(persisted)
+        if view is not None:
+            self.view, self.view_active = view
+        self.vote_log.restore_bodies(persisted)
         for key, value in sorted(persisted.items()):
             if key.startswith(KEY_VOTE):
-                height = int.from_bytes(key[len(KEY_VOTE):], "big")
-                record = codec.unpack(value)
-                header = BlockHeader.from_wire(record["header"])
-                header_hash = hash_of_header(header)
-                entries = self._restored_body(height, header)
-                self.votes[height] = (record["view"], record["phase"], header_hash)
-                if record["view"] == self.view and self.view_active and height > self.last_applied_height:
-                    slot = _Slot(header, entries, header_hash)
-                    if entries is None:
-                        self._want_body(height, header_hash, ())
-                    elif self.is_primary:
-                        # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
-                        slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
-                    self.slots[height] = slot
-                    if entries is not None:
-                        self.blocks[header_hash] = (header, entries)
+                self._restore_vote(key, value)
             elif key.startswith(KEY_CERT):
-                height = int.from_bytes(key[len(KEY_CERT):], "big")
-                certificate = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
-                self.certs[height] = certificate
-                self._restored_body(height, certificate.header)
-        # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which
-        # carried block bodies) does not decode any more: leave it out. That is safe: our view, votes
-        # and prepared certificates have records of their own (the vote guard reads those), a
-        # VIEW-CHANGE is rebuilt from them when the view changes again, and a NEW-VIEW only restored
-        # slots the votes restore too. The host reports what was left out (restore_skipped).
-        vc = self._restore_message(persisted, KEY_VIEW_CHANGE)
-        if vc is not None:
-            self.view_changes[self.me] = vc
-            self.view_change_bytes[self.me] = persisted[KEY_VIEW_CHANGE]
-        nv = self._restore_message(persisted, KEY_NEW_VIEW) if self.view_active else None
-        if nv is not None:
-            if nv.view == self.view:
-                self.new_view, self.new_view_bytes = nv, persisted[KEY_NEW_VIEW]
-                _, chosen = choose_blocks(nv.view_changes)
-                for cert in chosen:
-                    if cert.height > self.last_applied_height and cert.height not in self.slots:
-                        self._chosen_slot(cert)
+                self.vote_log.restore_certificate(key, value, self.validators, self.chain_id)
+        self._restore_view_change(persisted)
+        self._restore_new_view(persisted)
         if self.stable.height > self.last_applied_height:
             self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
-        # Ids of requests in blocks storage has applied. A block we recorded but storage did not apply
-        # (crash in between) commits again later, so its ids must not count yet.
-        for key in sorted(k for k in persisted if k.startswith(KEY_COMMITTED)):
-            if int.from_bytes(key[len(KEY_COMMITTED):], "big") <= self.last_applied_height:
-                for request_id in codec.unpack(persisted[key]):
-                    self.committed_ids[bytes(request_id)] = None
+        for request_id in restore_committed_ids(persisted, self.last_applied_height):
+            self.committed_ids[request_id] = None
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
         # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
@@ -779,6 +686,44 @@ class Replica:
             # Mid view change, and our VIEW-CHANGE was left out (an older version's): move to the next
             # view with a fresh one (views only go up; we never sign a second VIEW-CHANGE for a view).
             self._start_view_change(self.view + 1)
+
+    def _restore_vote(self, key: bytes, value: bytes) -> None:
+        """A vote of the view we are active in, above the applied height: its slot again."""
+        height, view, header, entries = self.vote_log.restore_vote(key, value)
+        if view != self.view or not self.view_active or height <= self.last_applied_height:
+            return
+        header_hash = hash_of_header(header)
+        slot = _Slot(header, entries, header_hash)
+        if entries is None:
+            self._want_body(height, header_hash, ())
+        elif self.is_primary:
+            # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
+            slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
+        self.slots[height] = slot
+        if entries is not None:
+            self.blocks[header_hash] = (header, entries)
+
+    # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which carried
+    # block bodies) does not decode any more: leave it out. That is safe: our view, votes and prepared
+    # certificates have records of their own (the vote guard reads those), a VIEW-CHANGE is rebuilt from
+    # them when the view changes again, and a NEW-VIEW only restored slots the votes restore too. The
+    # host reports what was left out (restore_skipped).
+
+    def _restore_view_change(self, persisted: dict[bytes, bytes]) -> None:
+        message = self._restore_message(persisted, KEY_VIEW_CHANGE)
+        if message is not None:
+            self.view_changes[self.me] = message
+            self.view_change_bytes[self.me] = persisted[KEY_VIEW_CHANGE]
+
+    def _restore_new_view(self, persisted: dict[bytes, bytes]) -> None:
+        message = self._restore_message(persisted, KEY_NEW_VIEW) if self.view_active else None
+        if message is None or message.view != self.view:
+            return
+        self.new_view, self.new_view_bytes = message, persisted[KEY_NEW_VIEW]
+        _, chosen = choose_blocks(message.view_changes)
+        for cert in chosen:
+            if cert.height > self.last_applied_height and cert.height not in self.slots:
+                self._chosen_slot(cert)
 
     # ------------------------------------------------------------------ normal case
 
@@ -1025,8 +970,7 @@ class Replica:
         certificate = PreparedCertificate(
             self.view, slot.header, tuple(sorted((VoteSignature(v, votes[v][1]) for v in kept), key=lambda s: s.validator)),
         )
-        self.certs[height] = certificate
-        self._persist_certificate(certificate, slot.entries)
+        self.vote_log.record_certificate(certificate, slot.entries)
         self._sign_commit(height, slot)
         return True
 
@@ -1185,9 +1129,9 @@ class Replica:
             self.requests.committed(request_id)
             self.committed_ids[request_id] = None
         # Persisted so a restarted replica (or a whole restarted cluster) still refuses these requests.
-        self._persist.append((_height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
+        self._persist.append((height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
         if height > self.config.committed_ids_heights_max:
-            self._persist.append((_height_key(KEY_COMMITTED, height - self.config.committed_ids_heights_max), None))
+            self._persist.append((height_key(KEY_COMMITTED, height - self.config.committed_ids_heights_max), None))
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
         self.commit_votes.pop(height, None)
@@ -1249,15 +1193,7 @@ class Replica:
         self.stable = certificate
         height = certificate.height
         self._persist.append((KEY_CHECKPOINT, codec.pack(certificate.to_wire())))
-        for below in [h for h in self.votes if h <= height]:
-            del self.votes[below]
-            self._persist.append((_height_key(KEY_VOTE, below), None))
-        for below in [h for h in self.certs if h <= height]:
-            del self.certs[below]
-            self._persist.append((_height_key(KEY_CERT, below), None))
-        for below in [h for h in self.persisted_bodies if h <= height]:
-            for header_hash in self.persisted_bodies.pop(below):
-                self._persist.append((_body_key(below, header_hash), None))
+        self.vote_log.forget_through(height)
         for header_hash in [h for h, fetch in self.fetching.items() if fetch.height <= height]:
             del self.fetching[header_hash]
         for table in (self.slots, self.prepare_votes, self.commit_votes):
@@ -1421,23 +1357,13 @@ class Replica:
         block = self.blocks.get(header_hash)
         if block is not None:
             return block[1]
-        persisted = self.persisted_bodies.get(height, {}).get(header_hash)
+        persisted = self.vote_log.body(height, header_hash)
         if persisted is not None:
-            return persisted[1]
+            return persisted
         slot = self.slots.get(height)
         if slot is not None and slot.hash == header_hash:
             return slot.entries
         return None
-
-    def _restored_body(self, height: int, header: BlockHeader) -> tuple[bytes, ...] | None:
-        """At restart: the persisted body of a block a vote or certificate record names (now with its header)."""
-        header_hash = hash_of_header(header)
-        bodies = self.persisted_bodies.get(height, {})
-        if header_hash not in bodies:
-            return None
-        entries = bodies[header_hash][1]
-        bodies[header_hash] = (header, entries)
-        return entries
 
     def _want_body(self, height: int, header_hash: bytes, signers: tuple[str, ...]) -> None:
         """Fetch a chosen block's body: from the certificate's signers first (every honest one persisted it
@@ -1485,10 +1411,9 @@ class Replica:
         block = self.blocks.get(header_hash)
         if block is not None:
             return block
-        for bodies in self.persisted_bodies.values():
-            persisted = bodies.get(header_hash)
-            if persisted is not None and persisted[0] is not None:
-                return persisted[0], persisted[1]
+        persisted = self.vote_log.servable(header_hash)
+        if persisted is not None:
+            return persisted
         for slot in self.slots.values():
             if slot.hash == header_hash and slot.entries is not None:
                 return slot.header, slot.entries
