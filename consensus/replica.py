@@ -12,7 +12,6 @@ No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
@@ -36,6 +35,7 @@ from .request_pool import (
     CENSORSHIP_STRIKES, FORWARD_BYTES_PER_SWEEP_MAX, REFORWARD_SWEEPS, REQUEST_OVERHEAD_BYTES,
     REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool,
 )
+from .slot import WAIT, Slot, SlotPhase, Wait
 from .timeouts import Timeouts, Timer
 from .vote_log import (
     KEY_BODY, KEY_CERT, KEY_CHECKPOINT, KEY_COMMITTED, KEY_NEW_VIEW, KEY_VIEW, KEY_VIEW_CHANGE, KEY_VOTE, PHASE_COMMIT,
@@ -117,40 +117,6 @@ class ReplicaConfig:
                 f"watermark_window must be at most {PREPARED_CERTIFICATES_MAX} (messages.PREPARED_CERTIFICATES_MAX)")
 
 
-class Wait(enum.Enum):
-    """A proposal that cannot be judged yet (no time known, parent not executable, vouchers awaited):
-    a verdict of its own, never mistaken for a reason code."""
-
-    WAIT = "wait"
-
-
-WAIT = Wait.WAIT
-
-@dataclass
-class _Slot:
-    """What this replica knows about one height in the current view."""
-
-    header: BlockHeader
-    entries: tuple[bytes, ...] | None  # None: re-proposed by NEW-VIEW and its body not here yet (Replica.fetching)
-    hash: bytes
-    preprepare: bytes | None = None  # the signed PRE-PREPARE (None when re-proposed by NEW-VIEW)
-    validated: bool = False          # checked against the Application and the parent
-    signatures_known: bool = False   # its requests' signatures checked here, or vouched for (_vouched_or_checked)
-    vouch_deadline_ms: int | None = None  # when a backup that waits for vouchers checks the signatures itself
-    prepare: bytes | None = None     # our signed PREPARE
-    prepared: bool = False
-    commit: bytes | None = None      # our signed COMMIT
-    request_ids: tuple[bytes, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.request_ids = () if self.entries is None else tuple(codec.sha256(r) for r in self.entries)
-
-    def fill(self, entries: tuple[bytes, ...]) -> None:
-        """The body arrived (checked against the header's entries_hash by whoever gives it)."""
-        self.entries = entries
-        self.request_ids = tuple(codec.sha256(r) for r in entries)
-
-
 @dataclass
 class _Fetch:
     """A body we lack for a block chosen by the NEW-VIEW: asked of `peers` in turn, one per round."""
@@ -213,7 +179,7 @@ class Replica:
             self.committed_hashes[height] = hash_of_header(header)
         self.stable = GENESIS_CHECKPOINT
 
-        self.slots: dict[int, _Slot] = {}
+        self.slots: dict[int, Slot] = {}
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
         self.prepare_votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}  # height -> voter -> (hash, sig, msg)
         self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
@@ -693,7 +659,7 @@ class Replica:
         if view != self.view or not self.view_active or height <= self.last_applied_height:
             return
         header_hash = hash_of_header(header)
-        slot = _Slot(header, entries, header_hash)
+        slot = Slot(header, entries, header_hash)
         if entries is None:
             self._want_body(height, header_hash, ())
         elif self.is_primary:
@@ -754,7 +720,7 @@ class Replica:
             elif slot.preprepare is None:
                 slot.preprepare = data
             return
-        self.slots[height] = _Slot(message.header, message.entries, header_hash, preprepare=data)
+        self.slots[height] = Slot(message.header, message.entries, header_hash, preprepare=data)
         self.blocks[header_hash] = (message.header, message.entries)
         # Censorship evidence (_sweep_requests): an honest primary proposes a batch that is not full
         # only when it holds no other valid request outside its in-flight blocks.
@@ -837,7 +803,7 @@ class Replica:
                 if self.committed_hashes.get(height) == slot.hash:
                     progressed |= self._sign_prepare(height, slot)
                     if slot.prepare is not None:
-                        slot.prepared = True
+                        slot.advance(SlotPhase.PREPARED)
                         self._sign_commit(height, slot)
                 continue
             known, parent = self._parent_header(height)
@@ -846,7 +812,8 @@ class Replica:
             verdict = None
             if not slot.validated:
                 verdict = self._validate(height, slot, parent)
-                slot.validated = verdict is None
+                if verdict is None:
+                    slot.advance(SlotPhase.VALIDATED)
             if verdict is None and not slot.signatures_known:
                 verdict = self._vouched_or_checked(height, slot)
             if verdict is WAIT:
@@ -860,7 +827,7 @@ class Replica:
                 progressed |= self._check_prepared(height, slot)
         return progressed
 
-    def _validate(self, height: int, slot: _Slot, parent: BlockHeader | None) -> str | Wait | None:
+    def _validate(self, height: int, slot: Slot, parent: BlockHeader | None) -> str | Wait | None:
         """None if the proposal is valid on `parent`, WAIT if it cannot be judged yet, else why it is bad."""
         header = slot.header
         if header.height != height or header.chain_id != self.chain_id:
@@ -910,10 +877,11 @@ class Replica:
             header.tree_size, header.tree_root, header.results_hash
         ):
             return "wrong-execution"
-        slot.signatures_known = signatures_known
+        if signatures_known:
+            slot.advance(SlotPhase.CHECKED)
         return None
 
-    def _vouched_or_checked(self, height: int, slot: _Slot) -> str | Wait | None:
+    def _vouched_or_checked(self, height: int, slot: Slot) -> str | Wait | None:
         """None once the signatures of a validated slot's requests are known good, WAIT while this
         backup waits for vouchers, else why the proposal is bad.
 
@@ -947,24 +915,24 @@ class Replica:
             pending = self.pool.get(request_id)
             if pending is not None:
                 pending.checked = True
-        slot.signatures_known = True
+        slot.advance(SlotPhase.CHECKED)
         return None
 
-    def _sign_prepare(self, height: int, slot: _Slot) -> bool:
+    def _sign_prepare(self, height: int, slot: Slot) -> bool:
         if not self._persist_vote(height, self.view, PHASE_PREPARE, slot.header, slot.entries):
             return False
         message = sign(Prepare(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
-        slot.prepare = encode(message)
+        slot.sent_prepare(encode(message))
         self.prepare_votes.setdefault(height, {}).setdefault(self.me, (slot.hash, message.signature, slot.prepare))
         self._send(None, slot.prepare)
         return True
 
-    def _check_prepared(self, height: int, slot: _Slot) -> bool:
+    def _check_prepared(self, height: int, slot: Slot) -> bool:
         votes = self.prepare_votes.get(height, {})
         signers = [v for v, (h, _, _) in votes.items() if h == slot.hash]
         if not self.validators.is_quorum(signers):
             return False
-        slot.prepared = True
+        slot.advance(SlotPhase.PREPARED)
         # A minimal quorum of the PREPAREs: what bounds a VIEW-CHANGE's size (messages.view_change_bytes_bound).
         kept = minimal_quorum(self.validators, sorted(signers))
         certificate = PreparedCertificate(
@@ -974,11 +942,11 @@ class Replica:
         self._sign_commit(height, slot)
         return True
 
-    def _sign_commit(self, height: int, slot: _Slot) -> None:
+    def _sign_commit(self, height: int, slot: Slot) -> None:
         if not self._persist_vote(height, self.view, PHASE_COMMIT, slot.header, slot.entries):
             return
         message = sign(Commit(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
-        slot.commit = encode(message)
+        slot.sent_commit(encode(message))
         votes = self.commit_votes.setdefault(height, {})
         previous = votes.get(self.me)
         if previous is None or previous[0] < self.view:
@@ -1035,8 +1003,8 @@ class Replica:
                 return progressed  # we proposed something else here before a restart; never contradict it
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
             data = encode(message)
-            slot = self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True,
-                                              signatures_known=True)
+            slot = self.slots[height] = Slot(header, entries, hash_of_header(header), preprepare=data,
+                                             phase=SlotPhase.CHECKED)
             self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
             self._proposed(slot)
@@ -1064,7 +1032,7 @@ class Replica:
             self._proposal_queue = queue
         return queue.unproposed
 
-    def _proposed(self, slot: _Slot) -> None:
+    def _proposed(self, slot: Slot) -> None:
         """Our proposal went in flight: its requests leave the queue (they were its front)."""
         if self._proposal_queue is not None:
             self._proposal_queue.proposed(slot)
@@ -1346,7 +1314,7 @@ class Replica:
         """The slot of a block the NEW-VIEW re-proposes, with its body if we hold it; else the body is fetched."""
         header_hash = hash_of_header(cert.header)
         entries = self._known_body(cert.height, header_hash)
-        self.slots[cert.height] = _Slot(cert.header, entries, header_hash)
+        self.slots[cert.height] = Slot(cert.header, entries, header_hash)
         if entries is None:
             self._want_body(cert.height, header_hash, tuple(s.validator for s in cert.prepares))
         elif cert.height > self.last_applied_height:
