@@ -36,6 +36,10 @@ from .request_pool import (
     REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool,
 )
 from .slot import WAIT, Slot, SlotPhase, Wait
+from .status import ReplicaStatus, check_invariants
+from .catch_up import CatchUp, Pacer, catch_up_request
+from .checkpoints import Checkpoints
+from .config import ReplicaConfig, ReplicaConfigError
 from .timeouts import Timeouts, Timer
 from .vote_log import (
     KEY_BODY, KEY_CERT, KEY_CHECKPOINT, KEY_COMMITTED, KEY_NEW_VIEW, KEY_VIEW, KEY_VIEW_CHANGE, KEY_VOTE, PHASE_COMMIT,
@@ -45,11 +49,10 @@ from .validators import ValidatorSet
 
 __all__ = [
     "Application", "CommittedBlock", "Evidence", "ExecutionResult", "Outbound", "Ready", "Replica", "ReplicaConfig",
-    "ReplicaConfigError", "encode_catch_up_response",
+    "ReplicaConfigError", "ReplicaStatus", "encode_catch_up_response",
 ]
 
 CLIENT = "client"  # the peer id reported in Ready.rejected for requests from this node's own clients
-CHECKPOINT_VOTES_PER_VALIDATOR_MAX = 4  # recent CHECKPOINT heights remembered per validator
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
 # After waiting vouch_wait_ms in vain for vouchers, a backup checks every signature itself this long:
 # a checking backup that is down then stalls one block in 120, not every block.
@@ -58,63 +61,6 @@ VOUCH_FALLBACK_HOLD_MS = 30_000
 # least this many times per view timeout: a request only it holds reaches the primary within half a
 # timeout, and junk pooled unchecked leaves the pool before it can make the progress timer fire.
 SWEEPS_PER_VIEW_TIMEOUT_MIN = 4
-
-
-class ReplicaConfigError(ValueError):
-    """A replica configuration that cannot work (the message names the setting)."""
-
-
-@dataclass(frozen=True)
-class ReplicaConfig:
-    batch_requests_max: int = 64         # requests in one block
-    batch_wait_ms: int = 20              # how long the primary waits to fill a batch
-    # A batch that is not full is proposed only while fewer blocks than this are in flight: under load,
-    # requests gather into fuller blocks (less work per request) instead of more blocks.
-    partial_batch_in_flight_max: int = 2
-    view_timeout_ms: int = 2000          # no progress for this long -> view change; doubles per failed view
-    view_timeout_doublings_max: int = 6  # the doubling stops at view_timeout_ms * 2^6
-    checkpoint_interval: int = 8         # blocks between checkpoints
-    watermark_window: int = 16           # blocks in flight above the stable checkpoint
-    request_pool_max: int = 10_000       # pending requests; a full pool refuses new ones
-    clock_skew_ms_max: int = 30_000      # how far a proposal's time may run ahead of ours
-    retransmit_ms: int = 500             # resend unanswered votes and view changes this often
-    catch_up_timeout_ms: int = 1000      # ask another peer when a catch-up request goes unanswered
-    forward_requests_max: int = 256      # requests in one REQUESTS forward
-    committed_request_ids_max: int = 100_000  # committed request ids remembered to refuse re-proposal
-    committed_ids_heights_max: int = 1000  # blocks whose request ids are also persisted, to survive a restart
-    catch_up_probe_ms: int = 2000        # ask one peer (rotating) for blocks past ours this often
-    catch_up_serve_interval_ms: int = 10  # serve a peer's explicit catch-up requests at most this often
-    # A backup that is neither the primary nor one of the f backups after it waits this long for f other
-    # backups' PREPAREs (which, with the primary's proposal, vouch for the requests' signatures) before
-    # checking the signatures itself. 0: every replica checks every request itself.
-    vouch_wait_ms: int = 250
-
-    def __post_init__(self) -> None:
-        positive = (
-            "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
-            "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
-            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms",
-            "partial_batch_in_flight_max",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ReplicaConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max", "vouch_wait_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ReplicaConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.watermark_window < 2 * self.checkpoint_interval:
-            # The primary stops at the window's top edge until a checkpoint moves it.
-            raise ReplicaConfigError("watermark_window must be at least 2 * checkpoint_interval")
-        if self.batch_requests_max > BLOCK_REQUESTS_MAX:
-            raise ReplicaConfigError(
-                f"batch_requests_max must be at most {BLOCK_REQUESTS_MAX} (messages.BLOCK_REQUESTS_MAX)")
-        if self.forward_requests_max > REQUESTS_PER_MESSAGE_MAX:
-            raise ReplicaConfigError(f"forward_requests_max must be at most {REQUESTS_PER_MESSAGE_MAX}")
-        if self.watermark_window > PREPARED_CERTIFICATES_MAX:
-            raise ReplicaConfigError(
-                f"watermark_window must be at most {PREPARED_CERTIFICATES_MAX} (messages.PREPARED_CERTIFICATES_MAX)")
 
 
 @dataclass
@@ -177,7 +123,7 @@ class Replica:
         self.committed_hashes: dict[int, bytes] = {}
         if header is not None:
             self.committed_hashes[height] = hash_of_header(header)
-        self.stable = GENESIS_CHECKPOINT
+        self.checkpoints = Checkpoints(validators)   # the stable checkpoint and the votes towards the next
 
         self.slots: dict[int, Slot] = {}
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
@@ -185,9 +131,6 @@ class Replica:
         self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
         self.vote_log = VoteLog(self._persist_change)   # our votes and certificates, and their bodies
         self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
-        self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
-        self.my_checkpoint: bytes | None = None
-        self.my_checkpoint_height = 0
         self.view_changes: dict[str, ViewChange] = {}  # latest VIEW-CHANGE per validator
         self.view_change_bytes: dict[str, bytes] = {}
         self.new_view: NewView | None = None
@@ -196,11 +139,8 @@ class Replica:
         self.requests = RequestPool(config.request_pool_max)
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
 
-        self.catch_up_target = 0
-        self.catch_up_peers: list[str] = []
-        self.catch_up_attempt = 0
-        self.paced_at_ms: dict[str, int] = {}   # "what:peer" -> when we last did it (_paced)
-        self.probe_index = 0
+        self.catch_up = CatchUp()
+        self.pacer = Pacer()   # rate limits per peer (_paced)
         self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
 
         # Output being assembled for the current input, and messages held until their state is persisted.
@@ -299,8 +239,7 @@ class Replica:
         """First tick after a (re)start: ask every peer for blocks we may have missed while down."""
         self.timeouts.start(Timer.RETRANSMIT, self.config.retransmit_ms)
         self.timeouts.start(Timer.PROBE, self.config.catch_up_probe_ms)
-        first = self.last_applied_height + 1
-        self._send(None, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+        self._send(None, encode(catch_up_request(self.last_applied_height)))
 
     def on_persisted(self) -> Ready:
         """The host wrote the oldest outstanding persist batch: release the messages that waited on it."""
@@ -318,6 +257,20 @@ class Replica:
     @now_ms.setter
     def now_ms(self, value: int | None) -> None:
         self.timeouts.now_ms = value   # tests set the clock directly
+
+    @property
+    def stable(self) -> CheckpointCertificate:
+        """The stable checkpoint: the low watermark."""
+        return self.checkpoints.stable
+
+    @stable.setter
+    def stable(self, certificate: CheckpointCertificate) -> None:
+        self.checkpoints.stable = certificate
+
+    @property
+    def catch_up_target(self) -> int:
+        """The highest height we know a quorum committed (hosts export it; 0: none)."""
+        return self.catch_up.target
 
     @property
     def votes(self) -> dict[int, tuple[int, str, bytes]]:
@@ -362,6 +315,21 @@ class Replica:
     def is_committed(self, request: bytes) -> bool:
         """True if `request` is among the recently committed ones this replica remembers (and will drop)."""
         return codec.sha256(request) in self.committed_ids
+
+    def snapshot(self) -> ReplicaStatus:
+        """Everything a host may want to know, in one frozen value (instead of probing attributes)."""
+        return ReplicaStatus(
+            view=self.view, view_active=self.view_active, primary_id=self.primary_id, is_primary=self.is_primary,
+            last_applied_height=self.last_applied_height, stable_checkpoint_height=self.stable.height,
+            catch_up_target=self.catch_up_target, checks_signatures=self._checks_signatures(),
+            vouch_fallbacks=self.vouch_fallbacks, pending_request_count=len(self.requests),
+            in_flight_count=len([s for s in self.slots if s > self.last_applied_height]),
+            restore_skipped=tuple(self.restore_skipped),
+        )
+
+    def check_invariants(self) -> None:
+        """Raise status.InvariantViolation (an AssertionError) if the state contradicts itself: a bug here."""
+        check_invariants(self)
 
     def status(self) -> dict:
         return {
@@ -1118,10 +1086,10 @@ class Replica:
             self.failed_views = 0
         if height % self.config.checkpoint_interval == 0:
             message = sign(Checkpoint(height, header_hash, self.me), self.signing_key, self.chain_id)
-            self.my_checkpoint = encode(message)
-            self.my_checkpoint_height = height
+            data = encode(message)
+            self.checkpoints.signed(height, data)
             self._record_checkpoint_vote(self.me, height, header_hash, message.signature)
-            self._send(None, self.my_checkpoint)
+            self._send(None, data)
         if self.catch_up_target <= height:
             self.timeouts.stop(Timer.CATCH_UP)
 
@@ -1136,18 +1104,8 @@ class Replica:
         self._record_checkpoint_vote(message.sender, message.height, message.header_hash, message.signature)
 
     def _record_checkpoint_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes) -> None:
-        votes = self.checkpoint_votes.setdefault(voter, {})
-        if height in votes:
-            return
-        votes[height] = (header_hash, signature)
-        while len(votes) > CHECKPOINT_VOTES_PER_VALIDATOR_MAX:
-            del votes[min(votes)]
-        signers = [v for v, heights in self.checkpoint_votes.items() if heights.get(height, (None,))[0] == header_hash]
-        if height > self.stable.height and self.validators.is_quorum(signers):
-            certificate = CheckpointCertificate(
-                height, header_hash,
-                tuple(VoteSignature(v, self.checkpoint_votes[v][height][1]) for v in sorted(signers)),
-            )
+        certificate = self.checkpoints.record_vote(voter, height, header_hash, signature)
+        if certificate is not None:
             self._adopt_stable(certificate)
 
     def _adopt_stable(self, certificate: CheckpointCertificate) -> None:
@@ -1158,7 +1116,7 @@ class Replica:
         if committed is not None and committed != certificate.header_hash:
             self._reject(certificate.signatures[0].validator if certificate.signatures else self.me, "certified-fork")
             return
-        self.stable = certificate
+        self.checkpoints.adopt(certificate)
         height = certificate.height
         self._persist.append((KEY_CHECKPOINT, codec.pack(certificate.to_wire())))
         self.vote_log.forget_through(height)
@@ -1169,21 +1127,13 @@ class Replica:
                 del table[below]
         for below in [h for h in self.committed_hashes if h < height]:
             del self.committed_hashes[below]
-        for voter_votes in self.checkpoint_votes.values():
-            for below in [h for h in voter_votes if h <= height]:
-                del voter_votes[below]
         if height > self.last_applied_height:
             self._set_catch_up_target(height, [s.validator for s in certificate.signatures])
 
     def _paced(self, key: str, interval_ms: int) -> bool:
         """True (and the time noted) if nothing was done for `key` in the last `interval_ms`: how every
         answer and offer to one peer is rate-limited, so a faulty peer cannot make us work at its pace."""
-        now = self.timeouts.clock_ms
-        last = self.paced_at_ms.get(key)
-        if last is not None and now - last < interval_ms:
-            return False
-        self.paced_at_ms[key] = now
-        return True
+        return self.pacer.allow(key, interval_ms, self.timeouts.clock_ms)
 
     def _relay_stable(self, peer: str) -> None:
         """A peer is below our stable checkpoint: send it the quorum of CHECKPOINT votes that proves it."""
@@ -1191,8 +1141,7 @@ class Replica:
             return
         if not self._paced("checkpoint:" + peer, self.config.retransmit_ms):
             return
-        for s in self.stable.signatures:
-            vote = Checkpoint(self.stable.height, self.stable.header_hash, s.validator, s.signature)
+        for vote in self.checkpoints.proof():
             self._send(peer, encode(vote))
 
     # ------------------------------------------------------------------ view change
@@ -1425,8 +1374,7 @@ class Replica:
         retransmit_ms per peer, so a peer that claims a far view costs one small message a round."""
         if not self._paced("new-view-asked:" + peer, self.config.retransmit_ms):
             return
-        first = self.last_applied_height + 1
-        self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+        self._send(peer, encode(catch_up_request(self.last_applied_height)))
 
     def _report_evidence(self, validator: str, kind: str, view: int, height: int, first: bytes, second: bytes) -> None:
         key = (validator, kind, view, height)
@@ -1464,8 +1412,9 @@ class Replica:
             # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
             if self.fetching and self.timeouts.fired(Timer.BODIES):
                 self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
-        if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
-            self._send(None, self.my_checkpoint)
+        mine = self.checkpoints.unstable_mine()
+        if mine is not None:
+            self._send(None, mine)
 
     def _resend_requests(self, to: str | None) -> None:
         """Resend requests that stayed pending a full retransmission period (the first copy may be lost,
@@ -1500,34 +1449,23 @@ class Replica:
         self._serve.append((peer, from_height, to_height))
 
     def _probe_peer(self) -> None:
-        peers = [v.id for v in self.validators.validators if v.id != self.me]
-        if not peers:
-            return
-        peer = peers[self.probe_index % len(peers)]
-        self.probe_index += 1
-        first = self.last_applied_height + 1
-        self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+        peer = self.catch_up.probe_peer([v.id for v in self.validators.validators if v.id != self.me])
+        if peer is not None:
+            self._send(peer, encode(catch_up_request(self.last_applied_height)))
 
     def _set_catch_up_target(self, height: int, peers: list[str]) -> None:
         peers = [p for p in peers if p != self.me]
         if height <= self.last_applied_height or not peers:
             return
-        if height > self.catch_up_target:
-            self.catch_up_target = height
-            self.catch_up_peers = sorted(set(peers))
+        self.catch_up.raise_target(height, peers)
         self._maybe_catch_up()
 
     def _maybe_catch_up(self) -> None:
-        if self.catch_up_target <= self.last_applied_height or not self.catch_up_peers:
+        if not self.catch_up.behind(self.last_applied_height) or self.timeouts.running(Timer.CATCH_UP):
             return
-        if self.timeouts.running(Timer.CATCH_UP):
-            return
-        peer = self.catch_up_peers[self.catch_up_attempt % len(self.catch_up_peers)]
-        self.catch_up_attempt += 1
-        first = self.last_applied_height + 1
-        last = min(self.catch_up_target, first + CATCH_UP_BLOCKS_MAX - 1)
+        peer = self.catch_up.next_peer()
         self.timeouts.start(Timer.CATCH_UP, self.config.catch_up_timeout_ms)
-        self._send(peer, encode(CatchUpRequest(first, last)))
+        self._send(peer, encode(catch_up_request(self.last_applied_height, self.catch_up.target)))
 
     def _on_catch_up_request(self, peer: str, message: CatchUpRequest, data: bytes) -> None:
         # A peer that asks may also have missed a view change (it asks at its first tick after a
@@ -1574,6 +1512,5 @@ class Replica:
             self.timeouts.stop(Timer.CATCH_UP)
             if len(message.blocks) == CATCH_UP_BLOCKS_MAX:
                 self._set_catch_up_target(self.last_applied_height + 1, [peer])  # a full batch: there may be more
-            if peer in self.catch_up_peers:
-                self.catch_up_attempt = self.catch_up_peers.index(peer)
+            self.catch_up.progressed_with(peer)
             self._maybe_catch_up()
