@@ -13,7 +13,6 @@ No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from itertools import islice
 
 import nacl.signing
@@ -21,12 +20,11 @@ import nacl.signing
 from . import codec
 from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
 from .messages import (
-    BLOCK_REQUEST_HASHES_MAX, BLOCK_REQUESTS_MAX, CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, NEW_VIEW_BYTES_MAX,
-    PREPARED_CERTIFICATES_MAX, REQUEST_BYTES_MAX, REQUESTS_MESSAGE_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX,
-    VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse, Checkpoint,
-    CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate,
-    Prepare, Requests, ViewChange, VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response,
-    minimal_quorum, new_view_bytes_bound, sign, view_change_bytes_bound,
+    CATCH_UP_BLOCKS_MAX, NEW_VIEW_BYTES_MAX, REQUEST_BYTES_MAX, REQUESTS_MESSAGE_BYTES_MAX, VIEW_CHANGE_BYTES_MAX,
+    BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse, Checkpoint, CheckpointCertificate, Commit,
+    CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange,
+    VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response, minimal_quorum,
+    new_view_bytes_bound, sign, view_change_bytes_bound,
 )
 from .messages import header_hash as hash_of_header
 from .application import Application, ExecutionResult
@@ -37,10 +35,12 @@ from .request_pool import (
 )
 from .slot import WAIT, Slot, SlotPhase, Wait
 from .status import ReplicaStatus, check_invariants
+from .bodies import BodyFetcher
 from .catch_up import CatchUp, Pacer, catch_up_request
 from .checkpoints import Checkpoints
 from .config import ReplicaConfig, ReplicaConfigError
 from .timeouts import Timeouts, Timer
+from .view_change import ViewChanges
 from .vote_log import (
     KEY_BODY, KEY_CERT, KEY_CHECKPOINT, KEY_COMMITTED, KEY_NEW_VIEW, KEY_VIEW, KEY_VIEW_CHANGE, KEY_VOTE, PHASE_COMMIT,
     PHASE_PRE_PREPARE, PHASE_PREPARE, VoteLog, height_key, restore_committed_ids, restore_stable, restore_view,
@@ -63,13 +63,24 @@ VOUCH_FALLBACK_HOLD_MS = 30_000
 SWEEPS_PER_VIEW_TIMEOUT_MIN = 4
 
 
-@dataclass
-class _Fetch:
-    """A body we lack for a block chosen by the NEW-VIEW: asked of `peers` in turn, one per round."""
-
-    height: int
-    peers: tuple[str, ...]   # the certificate's signers first (each persisted the body before its PREPARE)
-    attempt: int = 0
+def _check_arguments(
+    config: ReplicaConfig, validators: ValidatorSet, me: str, signing_key: nacl.signing.SigningKey, chain_id: str,
+    last_applied: tuple[int, BlockHeader | None],
+) -> None:
+    if me not in validators:
+        raise ValueError(f"{me!r} is not in the validator set")
+    if validators.get(me).public_key != signing_key.verify_key.encode():
+        raise ValueError(f"signing key does not match validator {me!r}'s public key")
+    height, header = last_applied
+    if (height == 0) != (header is None) or (header is not None and header.height != height):
+        raise ValueError("last_applied must be (0, None) or (height, header of that height)")
+    window = config.watermark_window
+    if (view_change_bytes_bound(validators, window, chain_id) > VIEW_CHANGE_BYTES_MAX
+            or new_view_bytes_bound(validators, window, chain_id) > NEW_VIEW_BYTES_MAX):
+        raise ReplicaConfigError(
+            f"watermark_window {window} is too large for {validators.n} validators: a VIEW-CHANGE or NEW-VIEW "
+            f"could exceed its byte cap ({VIEW_CHANGE_BYTES_MAX} / {NEW_VIEW_BYTES_MAX} bytes, "
+            f"consensus/messages.py)")
 
 
 class Replica:
@@ -84,20 +95,8 @@ class Replica:
         persisted: dict[bytes, bytes] | None = None,
         last_applied: tuple[int, BlockHeader | None] = (0, None),
     ) -> None:
-        if me not in validators:
-            raise ValueError(f"{me!r} is not in the validator set")
-        if validators.get(me).public_key != signing_key.verify_key.encode():
-            raise ValueError(f"signing key does not match validator {me!r}'s public key")
+        _check_arguments(config, validators, me, signing_key, chain_id, last_applied)
         height, header = last_applied
-        if (height == 0) != (header is None) or (header is not None and header.height != height):
-            raise ValueError("last_applied must be (0, None) or (height, header of that height)")
-        window = config.watermark_window
-        if (view_change_bytes_bound(validators, window, chain_id) > VIEW_CHANGE_BYTES_MAX
-                or new_view_bytes_bound(validators, window, chain_id) > NEW_VIEW_BYTES_MAX):
-            raise ReplicaConfigError(
-                f"watermark_window {window} is too large for {validators.n} validators: a VIEW-CHANGE or NEW-VIEW "
-                f"could exceed its byte cap ({VIEW_CHANGE_BYTES_MAX} / {NEW_VIEW_BYTES_MAX} bytes, "
-                f"consensus/messages.py)")
         self.config = config
         self.validators = validators
         self.me = me
@@ -106,10 +105,9 @@ class Replica:
         self.app = app
         self.validator_set_hash = validators.hash()
         self._my_index = [v.id for v in validators.validators].index(me)
-        self.vouch_fallbacks = 0     # how often that happened (hosts export it)
+        self.vouch_fallbacks = 0     # times we waited for vouchers in vain and checked ourselves (hosts export it)
         # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
         self._check_applied = getattr(app, "check_request_applied", None)
-
         self.view = 0
         self.view_active = True
         self.failed_views = 0
@@ -117,41 +115,27 @@ class Replica:
         # Bodies of re-proposed blocks are asked for again retransmit_ms / 2 after the last ask (none yet: 0).
         self.timeouts.start(Timer.BODIES, config.retransmit_ms // 2, since_ms=0)
         self.view_entered_ms = 0  # set again at the first tick: before it, time is unknown
-
         self.last_applied_height = height
         self.last_applied_header = header
         self.committed_hashes: dict[int, bytes] = {}
         if header is not None:
             self.committed_hashes[height] = hash_of_header(header)
         self.checkpoints = Checkpoints(validators)   # the stable checkpoint and the votes towards the next
-
         self.slots: dict[int, Slot] = {}
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
         self.prepare_votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}  # height -> voter -> (hash, sig, msg)
         self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
         self.vote_log = VoteLog(self._persist_change)   # our votes and certificates, and their bodies
-        self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
-        self.view_changes: dict[str, ViewChange] = {}  # latest VIEW-CHANGE per validator
-        self.view_change_bytes: dict[str, bytes] = {}
-        self.new_view: NewView | None = None
-        self.new_view_bytes: bytes | None = None
-
+        self.bodies = BodyFetcher(validators, me, self._my_index)   # bodies of re-proposed blocks we lack
+        self.view_change = ViewChanges(validators)   # VIEW-CHANGEs and the NEW-VIEW of our view
         self.requests = RequestPool(config.request_pool_max)
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
-
         self.catch_up = CatchUp()
         self.pacer = Pacer()   # rate limits per peer (_paced)
         self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
-
         # Output being assembled for the current input, and messages held until their state is persisted.
-        self._persist: list[tuple[bytes, bytes | None]] = []
-        self._messages: list[Outbound] = []
-        self._committed: list[CommittedBlock] = []
-        self._serve: list[tuple[str, int, int]] = []
-        self._evidence: list[Evidence] = []
-        self._rejected: list[tuple[str, str]] = []
+        self._clear_output()
         self._held: list[list[Outbound]] = []
-
         self.restore_skipped: list[str] = []   # persisted records left out at restore, and why
         if persisted:
             self._restore(persisted)
@@ -273,6 +257,24 @@ class Replica:
         return self.catch_up.target
 
     @property
+    def fetching(self) -> dict:
+        """header hash -> the fetch of a re-proposed block's body we lack (the body fetcher's)."""
+        return self.bodies.fetching
+
+    @property
+    def view_changes(self) -> dict[str, ViewChange]:
+        """The latest VIEW-CHANGE of each validator."""
+        return self.view_change.latest
+
+    @property
+    def new_view(self) -> NewView | None:
+        return self.view_change.new_view
+
+    @property
+    def new_view_bytes(self) -> bytes | None:
+        return self.view_change.new_view_bytes
+
+    @property
     def votes(self) -> dict[int, tuple[int, str, bytes]]:
         """height -> (view, phase, header hash) this replica signed (the vote log's)."""
         return self.vote_log.votes
@@ -356,9 +358,16 @@ class Replica:
             self._held[-1].extend(messages)
             messages = []
         ready = Ready(persist, messages, self._committed, self._serve, self._evidence, self._rejected)
-        self._persist, self._messages, self._committed = [], [], []
-        self._serve, self._evidence, self._rejected = [], [], []
+        self._clear_output()
         return ready
+
+    def _clear_output(self) -> None:
+        self._persist: list[tuple[bytes, bytes | None]] = []
+        self._messages: list[Outbound] = []
+        self._committed: list[CommittedBlock] = []
+        self._serve: list[tuple[str, int, int]] = []
+        self._evidence: list[Evidence] = []
+        self._rejected: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ requests
 
@@ -616,7 +625,7 @@ class Replica:
         # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
         signed = ((codec.sha256(request), request) for slot in self.slots.values() for request in slot.entries or ())
         self.requests.keep_signed(signed, lambda request_id: request_id in self.committed_ids)
-        if not self.view_active and self.me not in self.view_changes:
+        if not self.view_active and self.me not in self.view_change.latest:
             # Mid view change, and our VIEW-CHANGE was left out (an older version's): move to the next
             # view with a fresh one (views only go up; we never sign a second VIEW-CHANGE for a view).
             self._start_view_change(self.view + 1)
@@ -646,14 +655,13 @@ class Replica:
     def _restore_view_change(self, persisted: dict[bytes, bytes]) -> None:
         message = self._restore_message(persisted, KEY_VIEW_CHANGE)
         if message is not None:
-            self.view_changes[self.me] = message
-            self.view_change_bytes[self.me] = persisted[KEY_VIEW_CHANGE]
+            self.view_change.own(self.me, message, persisted[KEY_VIEW_CHANGE])
 
     def _restore_new_view(self, persisted: dict[bytes, bytes]) -> None:
         message = self._restore_message(persisted, KEY_NEW_VIEW) if self.view_active else None
         if message is None or message.view != self.view:
             return
-        self.new_view, self.new_view_bytes = message, persisted[KEY_NEW_VIEW]
+        self.view_change.entered(message, persisted[KEY_NEW_VIEW])
         _, chosen = choose_blocks(message.view_changes)
         for cert in chosen:
             if cert.height > self.last_applied_height and cert.height not in self.slots:
@@ -1079,7 +1087,7 @@ class Replica:
             del self.slots[height]
         elif slot is not None and slot.entries is None:
             slot.fill(block.entries)   # committed (certified) while we were fetching its body
-            self.fetching.pop(header_hash, None)
+            self.bodies.arrived(header_hash)
             self._proposal_queue = None
         if self.view_active:
             self.timeouts.stop(Timer.PROGRESS)
@@ -1120,8 +1128,7 @@ class Replica:
         height = certificate.height
         self._persist.append((KEY_CHECKPOINT, codec.pack(certificate.to_wire())))
         self.vote_log.forget_through(height)
-        for header_hash in [h for h, fetch in self.fetching.items() if fetch.height <= height]:
-            del self.fetching[header_hash]
+        self.bodies.forget_through(height)
         for table in (self.slots, self.prepare_votes, self.commit_votes):
             for below in [h for h in table if h <= height]:
                 del table[below]
@@ -1158,8 +1165,8 @@ class Replica:
         self.prepare_votes = {}
         self.timeouts.stop(Timer.PROGRESS)
         self.timeouts.stop(Timer.VIEW_CHANGE)
-        self.new_view, self.new_view_bytes = None, None
-        self.fetching = {}   # bodies for the abandoned view's slots
+        self.view_change.entered(None, None)
+        self.bodies.clear()   # bodies for the abandoned view's slots
         # Proposals of the abandoned view are only worth keeping if a certificate may still name them.
         wanted = {hash_of_header(c.header) for c in self.certs.values()}
         wanted.update(vote[1] for votes in self.commit_votes.values() for vote in votes.values())
@@ -1167,50 +1174,39 @@ class Replica:
         prepared = tuple(self.certs[h] for h in sorted(self.certs) if h > self.stable.height)
         message = sign(ViewChange(view, self.stable, prepared, self.me), self.signing_key, self.chain_id)
         data = encode(message)
-        self.view_changes[self.me] = message
-        self.view_change_bytes[self.me] = data
+        self.view_change.own(self.me, message, data)
         self._persist_view()
         self._persist.append((KEY_VIEW_CHANGE, data))
         self._send(None, data)
         self._check_view_change_quorum()
 
     def _on_view_change(self, peer: str, message: ViewChange, data: bytes) -> None:
-        previous = self.view_changes.get(peer)
         if message.checkpoint.height > self.stable.height:
             self._adopt_stable(message.checkpoint)
         if message.checkpoint.height < self.stable.height:
             self._relay_stable(peer)
         if message.view <= self.view:
             self._maybe_send_new_view(peer, message.view)
-        if previous is not None and previous.view >= message.view:
+        if not self.view_change.record(peer, message, data):
             return
-        self.view_changes[peer] = message
-        self.view_change_bytes[peer] = data
-        higher = sorted((vc.view for v, vc in self.view_changes.items() if vc.view > self.view), reverse=True)
-        f = self.validators.f
-        if len(higher) >= f + 1:
+        view = self.view_change.view_to_join(self.view)
+        if view is not None:
             # f + 1 validators (one honest at least) moved on: join the lowest view that many have reached.
-            self._start_view_change(higher[f])
+            self._start_view_change(view)
         if not self.view_active:
             self._check_view_change_quorum()
 
     def _check_view_change_quorum(self) -> None:
         if self.view_active:
             return
-        at_or_above = [v for v, vc in self.view_changes.items() if vc.view >= self.view]
-        if not self.timeouts.armed(Timer.VIEW_CHANGE) and self.validators.is_quorum(at_or_above):
+        if not self.timeouts.armed(Timer.VIEW_CHANGE) and self.view_change.quorum_joined(self.view):
             # Only a view change a quorum joined can fail for lack of a primary: start its clock now.
             self.timeouts.start(Timer.VIEW_CHANGE, self._timeout_ms())
         if not self.is_primary:
             return
-        exact = {vc.sender: vc for _, vc in sorted(self.view_changes.items()) if vc.view == self.view}
-        if not self.validators.is_quorum(exact):
+        quorum = self.view_change.new_view_quorum(self.view)
+        if quorum is None:
             return
-        # Any quorum of VIEW-CHANGEs makes a safe choice: take a minimal one of the smallest, so the NEW-VIEW
-        # stays under its cap (a quorum of honest ones always fits: messages.new_view_bytes_bound).
-        by_size = sorted(exact, key=lambda s: (len(self.view_change_bytes.get(s, b"")), s))
-        kept = set(minimal_quorum(self.validators, by_size))
-        quorum = tuple(vc for sender, vc in exact.items() if sender in kept)
         checkpoint, chosen = choose_blocks(quorum)
         message = sign(
             NewView(self.view, quorum, tuple(hash_of_header(p.header) for p in chosen), self.me), self.signing_key, self.chain_id
@@ -1226,8 +1222,8 @@ class Replica:
             self._reject(peer, "stale-view")
             return
         if message.view == self.view and self.view_active:
-            if self.new_view_bytes is not None and self.new_view is not None and message.chosen != self.new_view.chosen:
-                self._report_evidence(peer, "new-view", message.view, 0, self.new_view_bytes, data)
+            if self.view_change.contradicts(message):
+                self._report_evidence(peer, "new-view", message.view, 0, self.view_change.new_view_bytes, data)
                 self._start_view_change(self.view + 1)
             return
         checkpoint, chosen = choose_blocks(message.view_changes)
@@ -1243,14 +1239,14 @@ class Replica:
         if message.view != self.view:
             self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
         self.view = message.view
-        self.new_view, self.new_view_bytes = message, data
+        self.view_change.entered(message, data)
         self.slots = {}
         self.timeouts.stop(Timer.PROGRESS)
         self.timeouts.stop(Timer.VIEW_CHANGE)
         self._persist_view()
         self._persist.append((KEY_NEW_VIEW, data))
         self._adopt_stable(checkpoint)
-        self.fetching = {}
+        self.bodies.clear()
         for cert in chosen:
             if cert.height <= self.stable.height:
                 continue
@@ -1283,33 +1279,13 @@ class Replica:
         return None
 
     def _want_body(self, height: int, header_hash: bytes, signers: tuple[str, ...]) -> None:
-        """Fetch a chosen block's body: from the certificate's signers first (every honest one persisted it
-        before its PREPARE, and a quorum holds at least f + 1 honest ones), then from everyone else."""
-        others = [v.id for v in self.validators.validators if v.id != self.me]
-        first = [s for s in signers if s in self.validators and s != self.me]
-        peers = tuple(first + [v for v in others if v not in first])
-        if peers:
-            # Start at a different signer on each replica, so that not all of them ask the same one.
-            self.fetching[header_hash] = _Fetch(height, peers, self._my_index % max(1, len(first) or len(peers)))
+        self.bodies.want(height, header_hash, signers)
 
     def _request_bodies(self) -> None:
         """One BLOCK-REQUEST per peer for the bodies we still lack, each to its next peer in turn: at once
         on entering a view, then every retransmit_ms (a peer that did not answer is not asked twice running)."""
         self.timeouts.start(Timer.BODIES, self.config.retransmit_ms // 2)
-        by_peer: dict[str, list[bytes]] = {}
-        for header_hash, fetch in sorted(self.fetching.items(), key=lambda item: item[1].height):
-            if fetch.height <= self.stable.height:
-                continue
-            # One request per peer per round (a peer serves one per catch_up_serve_interval_ms): a body
-            # whose next peer is full this round goes to the one after.
-            for _ in range(len(fetch.peers)):
-                peer = fetch.peers[fetch.attempt % len(fetch.peers)]
-                fetch.attempt += 1
-                hashes = by_peer.setdefault(peer, [])
-                if len(hashes) < BLOCK_REQUEST_HASHES_MAX:
-                    hashes.append(header_hash)
-                    break
-        for peer, hashes in by_peer.items():
+        for peer, hashes in self.bodies.plan_round(self.stable.height).items():
             if hashes:
                 self._send(peer, encode(BlockRequest(tuple(hashes))))
 
@@ -1340,7 +1316,7 @@ class Replica:
         """A body we asked for. decode_message checked it against the header it came with (`bad-body`);
         the header's hash is the one the NEW-VIEW's certificate names, so it is that block's body."""
         header_hash = hash_of_header(message.header)
-        fetch = self.fetching.pop(header_hash, None)
+        fetch = self.bodies.arrived(header_hash)
         if fetch is None:
             return   # a second answer, or for a view we left: nothing to do (and nothing kept)
         slot = self.slots.get(fetch.height)
@@ -1362,11 +1338,11 @@ class Replica:
 
     def _offer_new_view(self, peer: str) -> None:
         """Send `peer` the NEW-VIEW of our view, at most once per retransmit_ms per peer."""
-        if not self.view_active or self.new_view_bytes is None:
+        if not self.view_active or self.view_change.new_view_bytes is None:
             return
         if not self._paced("new-view-sent:" + peer, self.config.retransmit_ms):
             return
-        self._send(peer, self.new_view_bytes)
+        self._send(peer, self.view_change.new_view_bytes)
 
     def _ask_for_new_view(self, peer: str) -> None:
         """Ask `peer` for the blocks past ours and, with them, its NEW-VIEW (peers answer every
@@ -1391,7 +1367,7 @@ class Replica:
     def _retransmit(self) -> None:
         """Resend what peers may have lost; only while something is still outstanding."""
         if not self.view_active:
-            data = self.view_change_bytes.get(self.me)
+            data = self.view_change.latest_bytes.get(self.me)
             if data is not None:
                 self._send(None, data)
             # Whoever leads next (or the others, if they stayed) must know the requests we wait for.
