@@ -18,7 +18,7 @@ from itertools import islice
 import nacl.signing
 
 from . import codec
-from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
+from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature
 from .messages import (
     CATCH_UP_BLOCKS_MAX, NEW_VIEW_BYTES_MAX, REQUEST_BYTES_MAX, REQUESTS_MESSAGE_BYTES_MAX, VIEW_CHANGE_BYTES_MAX,
     BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse, Checkpoint, CheckpointCertificate, Commit,
@@ -28,10 +28,11 @@ from .messages import (
 )
 from .messages import header_hash as hash_of_header
 from .application import Application, ExecutionResult
+from .proposal import ProposalRules, build_header, check_header, check_requests, execution_matches
 from .ready import Outbound, Ready
 from .request_pool import (
-    CENSORSHIP_STRIKES, FORWARD_BYTES_PER_SWEEP_MAX, REFORWARD_SWEEPS, REQUEST_OVERHEAD_BYTES,
-    REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool,
+    REQUEST_OVERHEAD_BYTES, REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool, SweepRound,
+    drain_bound,
 )
 from .slot import WAIT, Slot, SlotPhase, Wait
 from .status import ReplicaStatus, check_invariants
@@ -104,6 +105,7 @@ class Replica:
         self.chain_id = chain_id
         self.app = app
         self.validator_set_hash = validators.hash()
+        self.rules = ProposalRules(chain_id, self.validator_set_hash, config.batch_requests_max, config.clock_skew_ms_max)
         self._my_index = [v.id for v in validators.validators].index(me)
         self.vouch_fallbacks = 0     # times we waited for vouchers in vain and checked ourselves (hosts export it)
         # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
@@ -493,80 +495,24 @@ class Replica:
         return bool(self.pool) or any(h > self.last_applied_height for h in self.slots)
 
     def _drain_bound(self) -> int:
-        """Fewer requests than this proposed by an honest primary between a request's arrival and a
-        batch that emptied its queue prove its pool had room for the request when it arrived.
-
-        A full pool holds request_pool_max; requests leave its queue without being proposed only when
-        found invalid (pooled unchecked: at most half the pool) or when blocks it did not propose are
-        in flight or commit (at most two windows of batches); and a batch that is not full leaves fewer
-        than batch_requests_max behind. <= 0: no batch proves anything (censorship is never detected).
-        """
         c = self.config
-        return (c.request_pool_max - c.request_pool_max // 2 - 2 * c.watermark_window * c.batch_requests_max
-                - c.batch_requests_max)
+        return drain_bound(c.request_pool_max, c.watermark_window, c.batch_requests_max)
 
     def _sweep_period_ms(self) -> int:
         return max(1, min(self.config.retransmit_ms, self.config.view_timeout_ms // SWEEPS_PER_VIEW_TIMEOUT_MIN))
 
     def _sweep_requests(self, now: int) -> bool:
-        """Every sweep period (_sweep_period_ms), on a backup in an active view: forward to the primary
-        the pending requests it may not hold, and say whether it provably censors one.
-
-        Forwarding: a request pending a full period outside every in-flight block goes to the primary
-        once per view (a client's request went to it with the first forward), and again every
-        REFORWARD_SWEEPS periods while still unproposed; at most FORWARD_BYTES_PER_SWEEP_MAX bytes per
-        sweep, oldest first, in messages cut by count and bytes (_send_requests).
-
-        Censorship (docs/CONSENSUS.md, "Censorship detection that cannot be turned against an honest
-        primary"): the primary held the request (we forwarded it, or it sent it) and, at least a period
-        later, proposed a batch that was not full, one that emptied its whole queue, with fewer than
-        _drain_bound() requests proposed in between (so its pool had room for the request), on a parent
-        we had applied by the previous sweep (so a block holding the request would have left our pool),
-        and the request, still valid, not applied and in no in-flight block, was not in it. That is one
-        strike; the request is forwarded again, and CENSORSHIP_STRIKES strikes in this view with the
-        request pending a full view timeout in this view blame the primary.
-        """
-        view = self.view
-        round_ms = self._sweep_period_ms()
-        drained = self.requests.settle_drains(self.last_applied_height)
-        usable = drained is not None
-        drain_bound = self._drain_bound()
-        deadline = self._timeout_ms()
-        in_flight = self._in_flight_ids()
-        forward: list[bytes] = []
-        budget = FORWARD_BYTES_PER_SWEEP_MAX
-        censored = False
-        for request_id, pending in list(self.pool.items()):
-            if now - pending.seen_ms < round_ms:
-                break   # the pool is in arrival order: the rest are younger still
-            if request_id in in_flight or request_id not in self.pool:
-                continue
-            held = pending.held_view == view
-            if (held and usable and drained[0] >= pending.held_ms + round_ms
-                    and drained[2] - pending.held_proposed < drain_bound):
-                # The primary emptied its queue after this request reached it, and left it out.
-                if not self._still_wanted(request_id, pending):
-                    continue   # invalid or applied after all: the primary was right
-                strikes = self.requests.strike(pending, view)
-                if strikes >= CENSORSHIP_STRIKES and max(pending.seen_ms, self.view_entered_ms) + deadline <= now:
-                    censored = True
-                held = False
-            elif held and now - pending.forwarded_ms < REFORWARD_SWEEPS * round_ms:
-                continue
-            cost = len(pending.request) + REQUEST_OVERHEAD_BYTES
-            if cost > budget:
-                continue   # next round (a later, smaller request may still fit this one)
-            if not self._still_wanted(request_id, pending):
-                continue   # we forward only requests we know to be valid, as every honest replica does
-            budget -= cost
-            forward.append(pending.request)
-            if held:
-                pending.forwarded_ms = now   # a copy again; the claim still dates from the first
-            else:
-                self._mark_held(pending)
-        if forward:
-            self._send_requests(self.primary_id, forward)
-        return censored
+        """A backup's pool sweep (RequestPool.sweep): forward to the primary what it may not hold; True if
+        it provably censors a request."""
+        sweep = SweepRound(
+            now_ms=now, view=self.view, round_ms=self._sweep_period_ms(), drain_bound=self._drain_bound(),
+            view_timeout_ms=self._timeout_ms(), view_entered_ms=self.view_entered_ms,
+            applied_height=self.last_applied_height, in_flight=self._in_flight_ids(),
+        )
+        result = self.requests.sweep(sweep, self._still_wanted)
+        if result.forward:
+            self._send_requests(self.primary_id, result.forward)
+        return result.censored
 
     def _timeout_ms(self) -> int:
         return self.config.view_timeout_ms * 2 ** min(self.failed_views, self.config.view_timeout_doublings_max)
@@ -806,52 +752,21 @@ class Replica:
     def _validate(self, height: int, slot: Slot, parent: BlockHeader | None) -> str | Wait | None:
         """None if the proposal is valid on `parent`, WAIT if it cannot be judged yet, else why it is bad."""
         header = slot.header
-        if header.height != height or header.chain_id != self.chain_id:
-            return "wrong-height"
-        if header.validator_set_hash != self.validator_set_hash:
-            return "wrong-validator-set"
-        parent_hash = hash_of_header(parent) if parent is not None else ZERO_HASH
-        if header.prev_hash != parent_hash:
-            return "does-not-chain"
-        if len(slot.entries) > self.config.batch_requests_max:
-            return "batch-too-large"
-        if parent is not None and header.time_ms < parent.time_ms:
-            return "time-before-parent"
-        if self.now_ms is None:
-            return WAIT
-        if header.time_ms > self.now_ms + self.config.clock_skew_ms_max:
-            return "time-in-future"
+        verdict = check_header(self.rules, height, header, len(slot.entries), parent, self.now_ms)
+        if verdict is not None:
+            return verdict
         earlier = set()
         for h in range(self.last_applied_height + 1, height):
             if h in self.slots:
                 earlier.update(self.slots[h].request_ids)
-        seen: set[bytes] = set()
-        checks_signatures = self._checks_signatures()
-        signatures_known = True
-        pool = self.pool
-        for request, request_id in zip(slot.entries, slot.request_ids):
-            if request_id in seen or request_id in earlier or request_id in self.committed_ids:
-                return "duplicate-request"
-            seen.add(request_id)
-            pending = pool.get(request_id)
-            if pending is not None and pending.checked:
-                continue
-            if checks_signatures:
-                if self.app.check_request(request) is not None:
-                    return "invalid-request"
-                if pending is not None:
-                    pending.checked = True
-            else:
-                # Signatures wait for vouchers (_vouched_or_checked); what else can be wrong is wrong here too.
-                signatures_known = False
-                if pending is None and self.app.check_request_shape(request) is not None:
-                    return "invalid-request"
+        reason, signatures_known = check_requests(
+            slot.entries, slot.request_ids, self.committed_ids, earlier, self.pool, self._checks_signatures(), self.app)
+        if reason is not None:
+            return reason
         result = self.app.execute(parent, height, header.time_ms, slot.entries)
         if result is None:
             return WAIT
-        if (result.tree_size, result.tree_root, result.results_hash) != (
-            header.tree_size, header.tree_root, header.results_hash
-        ):
+        if not execution_matches(header, result):
             return "wrong-execution"
         if signatures_known:
             slot.advance(SlotPhase.CHECKED)
@@ -969,12 +884,7 @@ class Replica:
             result = self.app.execute(parent, height, time_ms, entries)
             if result is None:
                 return progressed
-            header = BlockHeader(
-                chain_id=self.chain_id, height=height, prev_hash=hash_of_header(parent) if parent is not None else ZERO_HASH,
-                time_ms=time_ms, entries_hash=entries_hash(entries), entry_count=len(entries),
-                tree_size=result.tree_size, tree_root=result.tree_root, results_hash=result.results_hash,
-                validator_set_hash=self.validator_set_hash,
-            )
+            header = build_header(self.rules, height, parent, time_ms, entries, result)
             if not self._persist_vote(height, self.view, PHASE_PRE_PREPARE, header, entries):
                 return progressed  # we proposed something else here before a restart; never contradict it
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
@@ -1395,21 +1305,8 @@ class Replica:
     def _resend_requests(self, to: str | None) -> None:
         """Resend requests that stayed pending a full retransmission period (the first copy may be lost,
         or the peer that forwarded it to us may have crashed): bounded by forward_requests_max."""
-        now = self.timeouts.clock_ms
-        in_flight = self._in_flight_ids()
-        stale = []
-        unchecked = []
-        for request_id, pending in self.pool.items():
-            if (now - pending.seen_ms < self.config.retransmit_ms
-                    or len(stale) + len(unchecked) >= self.config.forward_requests_max):
-                break
-            if request_id not in in_flight:
-                if pending.checked:
-                    stale.append(pending.request)
-                else:
-                    unchecked.append((request_id, pending))
-        # We forward only requests we know to be valid (as every honest replica does).
-        stale.extend(pending.request for request_id, pending in unchecked if self._confirm(request_id, pending))
+        stale = self.requests.stale(self.timeouts.clock_ms, self.config.retransmit_ms, self.config.forward_requests_max,
+                                    self._in_flight_ids(), self._confirm)
         if stale:
             self._send_requests(to, stale)
 

@@ -17,6 +17,7 @@ from .messages import REQUESTS_MESSAGE_BYTES_MAX
 __all__ = [
     "CENSORSHIP_STRIKES", "FORWARD_BYTES_PER_SWEEP_MAX", "REFORWARD_SWEEPS", "REQUEST_OVERHEAD_BYTES",
     "REQUESTS_MESSAGE_OVERHEAD_BYTES", "Drain", "PendingRequest", "ProposalQueue", "RequestPool", "SweepResult",
+    "SweepRound", "drain_bound",
 ]
 
 # A REQUESTS message is cut to stay within messages.REQUESTS_MESSAGE_BYTES_MAX (8 MiB), the cap
@@ -98,10 +99,37 @@ class ProposalQueue:
         self.in_flight_slots = self.in_flight_slots + (slot,)
 
 
+@dataclass(frozen=True)
+class SweepRound:
+    """What one sweep of a backup's pool goes by (RequestPool.sweep)."""
+
+    now_ms: int
+    view: int
+    round_ms: int            # the sweep period
+    drain_bound: int         # see drain_bound()
+    view_timeout_ms: int     # the current view timeout
+    view_entered_ms: int
+    applied_height: int
+    in_flight: set[bytes]    # ids of requests in blocks above the applied height
+
+
 @dataclass
 class SweepResult:
     forward: list[bytes]   # requests to send the primary, oldest first
-    censored: bool         # the primary provably left a request out (Replica._sweep_requests)
+    censored: bool         # the primary provably left a request out (RequestPool.sweep)
+
+
+def drain_bound(request_pool_max: int, watermark_window: int, batch_requests_max: int) -> int:
+    """Fewer requests than this proposed by an honest primary between a request's arrival and a
+    batch that emptied its queue prove its pool had room for the request when it arrived.
+
+    A full pool holds request_pool_max; requests leave its queue without being proposed only when
+    found invalid (pooled unchecked: at most half the pool) or when blocks it did not propose are
+    in flight or commit (at most two windows of batches); and a batch that is not full leaves fewer
+    than batch_requests_max behind. <= 0: no batch proves anything (censorship is never detected).
+    """
+    return (request_pool_max - request_pool_max // 2 - 2 * watermark_window * batch_requests_max
+            - batch_requests_max)
 
 
 class RequestPool:
@@ -211,6 +239,78 @@ class RequestPool:
         while self.drains and self.drains[0][1] - 1 <= last_applied_height:
             self.settled_drain = self.drains.popleft()
         return usable
+
+    def sweep(self, sweep: SweepRound, still_wanted: Callable[[bytes, PendingRequest], bool]) -> SweepResult:
+        """One sweep of a backup in an active view: the pending requests to forward to the primary (it may
+        not hold them), and whether it provably censors one.
+
+        Forwarding: a request pending a full period outside every in-flight block goes to the primary
+        once per view (a client's request went to it with the first forward), and again every
+        REFORWARD_SWEEPS periods while still unproposed; at most FORWARD_BYTES_PER_SWEEP_MAX bytes per
+        sweep, oldest first.
+
+        Censorship (docs/CONSENSUS.md, "Censorship detection that cannot be turned against an honest
+        primary"): the primary held the request (we forwarded it, or it sent it) and, at least a period
+        later, proposed a batch that was not full, one that emptied its whole queue, with fewer than
+        drain_bound requests proposed in between (so its pool had room for the request), on a parent
+        we had applied by the previous sweep (so a block holding the request would have left our pool),
+        and the request, still valid, not applied and in no in-flight block, was not in it. That is one
+        strike; the request is forwarded again, and CENSORSHIP_STRIKES strikes in this view with the
+        request pending a full view timeout in this view blame the primary. `still_wanted` checks a
+        request now (valid, not applied) and drops it from the pool if it is not.
+        """
+        now, view, round_ms = sweep.now_ms, sweep.view, sweep.round_ms
+        drained = self.settle_drains(sweep.applied_height)
+        result = SweepResult([], False)
+        budget = FORWARD_BYTES_PER_SWEEP_MAX
+        for request_id, pending in list(self.pending.items()):
+            if now - pending.seen_ms < round_ms:
+                break   # the pool is in arrival order: the rest are younger still
+            if request_id in sweep.in_flight or request_id not in self.pending:
+                continue
+            held = pending.held_view == view
+            if (held and drained is not None and drained[0] >= pending.held_ms + round_ms
+                    and drained[2] - pending.held_proposed < sweep.drain_bound):
+                # The primary emptied its queue after this request reached it, and left it out.
+                if not still_wanted(request_id, pending):
+                    continue   # invalid or applied after all: the primary was right
+                strikes = self.strike(pending, view)
+                pending_since_ms = max(pending.seen_ms, sweep.view_entered_ms)
+                if strikes >= CENSORSHIP_STRIKES and pending_since_ms + sweep.view_timeout_ms <= now:
+                    result.censored = True
+                held = False
+            elif held and now - pending.forwarded_ms < REFORWARD_SWEEPS * round_ms:
+                continue
+            cost = len(pending.request) + REQUEST_OVERHEAD_BYTES
+            if cost > budget:
+                continue   # next round (a later, smaller request may still fit this one)
+            if not still_wanted(request_id, pending):
+                continue   # we forward only requests we know to be valid, as every honest replica does
+            budget -= cost
+            result.forward.append(pending.request)
+            if held:
+                pending.forwarded_ms = now   # a copy again; the claim still dates from the first
+            else:
+                self.mark_held(pending, view, now)
+        return result
+
+    def stale(self, now_ms: int, age_ms: int, count_max: int, in_flight: set[bytes],
+              confirm: Callable[[bytes, PendingRequest], bool]) -> list[bytes]:
+        """Up to `count_max` requests pending at least `age_ms` in no in-flight block, oldest first, to
+        resend: only those known valid (`confirm` checks an unchecked one now, dropping it if invalid)."""
+        stale = []
+        unchecked = []
+        for request_id, pending in self.pending.items():
+            if now_ms - pending.seen_ms < age_ms or len(stale) + len(unchecked) >= count_max:
+                break
+            if request_id not in in_flight:
+                if pending.checked:
+                    stale.append(pending.request)
+                else:
+                    unchecked.append((request_id, pending))
+        # We forward only requests we know to be valid (as every honest replica does).
+        stale.extend(pending.request for request_id, pending in unchecked if confirm(request_id, pending))
+        return stale
 
     def strike(self, pending: PendingRequest, view: int) -> int:
         """The primary of `view` left `pending` out of a batch that emptied its queue: its strikes in `view`."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from consensus import codec
 from consensus.messages import REQUESTS_MESSAGE_BYTES_MAX
-from consensus.request_pool import ProposalQueue, RequestPool
+from consensus.request_pool import REFORWARD_SWEEPS, ProposalQueue, RequestPool, SweepRound
 
 
 def rid(request: bytes) -> bytes:
@@ -118,3 +118,63 @@ def test_restart_keeps_signed_requests_while_room_lasts():
     assert [p.request for p in pool.pending.values()] == [b"b", b"c"]
     pool.restart_clock(500)
     assert all(p.seen_ms == 500 for p in pool.pending.values())
+
+
+def sweep_round(now_ms, *, view=1, applied_height=0, in_flight=frozenset(), view_entered_ms=0):
+    return SweepRound(now_ms=now_ms, view=view, round_ms=100, drain_bound=50, view_timeout_ms=300,
+                      view_entered_ms=view_entered_ms, applied_height=applied_height, in_flight=set(in_flight))
+
+
+def always(request_id, pending):
+    return True
+
+
+def test_a_sweep_forwards_old_requests_once_per_view_and_again_after_reforward_sweeps():
+    pool = RequestPool(capacity=10)
+    old = pool.add(rid(b"old"), b"old", seen_ms=0, checked=True)
+    pool.add(rid(b"flying"), b"flying", seen_ms=0, checked=True)
+    pool.add(rid(b"young"), b"young", seen_ms=1_050, checked=True)
+    flying = {rid(b"flying")}
+    result = pool.sweep(sweep_round(1_000, in_flight=flying), always)
+    assert result.forward == [b"old"] and not result.censored
+    assert (old.held_view, old.held_ms) == (1, 1_000)
+    assert pool.sweep(sweep_round(1_100, in_flight=flying), always).forward == [], "held: not before REFORWARD_SWEEPS"
+    assert pool.sweep(sweep_round(1_000 + REFORWARD_SWEEPS * 100, in_flight=flying), always).forward == [
+        b"old", b"young"]
+    assert old.held_ms == 1_000 and old.forwarded_ms == 1_200, "the claim still dates from the first forward"
+
+
+def test_a_sweep_forwards_only_wanted_requests():
+    pool = RequestPool(capacity=10)
+    pool.add(rid(b"bad"), b"bad", seen_ms=0, checked=False)
+
+    def unwanted(request_id, pending):
+        pool.drop(request_id)
+        return False
+    assert pool.sweep(sweep_round(1_000), unwanted).forward == [] and len(pool) == 0
+
+
+def test_two_strikes_after_drains_that_left_a_held_request_out_blame_the_primary():
+    pool = RequestPool(capacity=10)
+    pending = pool.add(rid(b"r"), b"r", seen_ms=0, checked=True)
+    pool.sweep(sweep_round(1_000), always)                       # forwarded: the primary holds it from 1000
+    pool.note_proposal(1_200, height=1, entry_count=1, batch_requests_max=4, drains_max=8)   # emptied its queue
+    pool.sweep(sweep_round(1_200, applied_height=0), always)     # parent of height 1 applied: settles
+    result = pool.sweep(sweep_round(1_400, applied_height=1), always)
+    assert pending.strikes == 1 and not result.censored and result.forward == [b"r"], "struck, forwarded again"
+    pool.note_proposal(1_600, height=2, entry_count=1, batch_requests_max=4, drains_max=8)
+    pool.sweep(sweep_round(1_600, applied_height=1), always)
+    result = pool.sweep(sweep_round(1_800, applied_height=2), always)
+    assert pending.strikes == 2 and result.censored
+
+
+def test_stale_requests_for_resending_are_old_valid_and_bounded():
+    pool = RequestPool(capacity=10)
+    for i in range(4):
+        pool.add(rid(b"s%d" % i), b"s%d" % i, seen_ms=i, checked=i != 1)
+    pool.add(rid(b"new"), b"new", seen_ms=900, checked=True)
+
+    def confirm(request_id, pending):
+        return False   # the unchecked one turns out invalid
+    assert pool.stale(1_000, 500, count_max=3, in_flight={rid(b"s2")}, confirm=confirm) == [b"s0", b"s3"]
+    assert pool.stale(1_000, 500, count_max=10, in_flight=set(), confirm=always) == [b"s0", b"s2", b"s3", b"s1"]
