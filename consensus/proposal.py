@@ -14,7 +14,10 @@ from .messages import header_hash as hash_of_header
 from .request_pool import PendingRequest
 from .slot import WAIT, Wait
 
-__all__ = ["ProposalRules", "build_header", "check_header", "check_requests", "execution_matches"]
+__all__ = [
+    "ProposalRules", "build_header", "check_header", "check_requests", "check_signatures_unvouched", "execution_matches",
+    "mark_checked",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,26 @@ def check_requests(
             if pending is None and app.check_request_shape(request) is not None:
                 return "invalid-request", signatures_known
     return None, signatures_known
+
+
+def check_signatures_unvouched(entries: tuple[bytes, ...], request_ids: tuple[bytes, ...],
+                               pool: Mapping[bytes, PendingRequest], app: Application) -> str | None:
+    """Too few vouchers: check every signature not known good here; "invalid-request" if one is bad."""
+    for request, request_id in zip(entries, request_ids):
+        pending = pool.get(request_id)
+        if pending is not None and pending.checked:
+            continue
+        if app.check_request(request) is not None:
+            return "invalid-request"
+    return None
+
+
+def mark_checked(request_ids: tuple[bytes, ...], pool: Mapping[bytes, PendingRequest]) -> None:
+    """The block's requests are known valid (checked or vouched for): so are their pooled copies."""
+    for request_id in request_ids:
+        pending = pool.get(request_id)
+        if pending is not None:
+            pending.checked = True
 
 
 def execution_matches(header: BlockHeader, result: ExecutionResult) -> bool:

@@ -28,7 +28,10 @@ from .messages import (
 )
 from .messages import header_hash as hash_of_header
 from .application import Application, ExecutionResult
-from .proposal import ProposalRules, build_header, check_header, check_requests, execution_matches
+from .proposal import (
+    ProposalRules, build_header, check_header, check_requests, check_signatures_unvouched, execution_matches,
+    mark_checked,
+)
 from .ready import Outbound, Ready
 from .request_pool import (
     REQUEST_OVERHEAD_BYTES, REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool, SweepRound,
@@ -42,6 +45,7 @@ from .checkpoints import Checkpoints
 from .config import ReplicaConfig, ReplicaConfigError
 from .timeouts import Timeouts, Timer
 from .view_change import ViewChanges
+from .vote_tally import VoteTally
 from .vote_log import (
     KEY_BODY, KEY_CERT, KEY_CHECKPOINT, KEY_COMMITTED, KEY_NEW_VIEW, KEY_VIEW, KEY_VIEW_CHANGE, KEY_VOTE, PHASE_COMMIT,
     PHASE_PRE_PREPARE, PHASE_PREPARE, VoteLog, height_key, restore_committed_ids, restore_stable, restore_view,
@@ -125,8 +129,7 @@ class Replica:
         self.checkpoints = Checkpoints(validators)   # the stable checkpoint and the votes towards the next
         self.slots: dict[int, Slot] = {}
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
-        self.prepare_votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}  # height -> voter -> (hash, sig, msg)
-        self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
+        self.tally = VoteTally(validators)   # PREPAREs and COMMITs received, per height
         self.vote_log = VoteLog(self._persist_change)   # our votes and certificates, and their bodies
         self.bodies = BodyFetcher(validators, me, self._my_index)   # bodies of re-proposed blocks we lack
         self.view_change = ViewChanges(validators)   # VIEW-CHANGEs and the NEW-VIEW of our view
@@ -660,13 +663,9 @@ class Replica:
         if not self._in_window(message.height):
             self._reject(peer, "outside-window")
             return
-        votes = self.prepare_votes.setdefault(message.height, {})
-        previous = votes.get(peer)
-        if previous is not None:
-            if previous[0] != message.header_hash:
-                self._report_evidence(peer, "prepare", message.view, message.height, previous[2], data)
-            return
-        votes[peer] = (message.header_hash, message.signature, data)
+        conflicting = self.tally.add_prepare(peer, message.height, message.header_hash, message.signature, data)
+        if conflicting is not None:
+            self._report_evidence(peer, "prepare", message.view, message.height, conflicting, data)
 
     def _on_commit(self, peer: str, message: Commit, data: bytes) -> None:
         # A COMMIT quorum certifies a block whatever view it came from, so any view counts.
@@ -676,16 +675,11 @@ class Replica:
         if not self._in_window(message.height):
             self._reject(peer, "outside-window")
             return
-        votes = self.commit_votes.setdefault(message.height, {})
-        previous = votes.get(peer)
-        if previous is not None:
-            if previous[0] == message.view and previous[1] != message.header_hash:
-                self._report_evidence(peer, "commit", message.view, message.height, previous[3], data)
-                return
-            if previous[0] >= message.view:
-                return
-        votes[peer] = (message.view, message.header_hash, message.signature, data)
-        if message.view != self.view:
+        kept, conflicting = self.tally.add_commit(
+            peer, message.height, message.view, message.header_hash, message.signature, data)
+        if conflicting is not None:
+            self._report_evidence(peer, "commit", message.view, message.height, conflicting, data)
+        if kept and message.view != self.view:
             self._maybe_send_new_view(peer, message.view)
 
     def _advance(self) -> None:
@@ -782,9 +776,7 @@ class Replica:
         induction on time the first honest vote for any block followed a real check.
         """
         primary = self.primary_id
-        votes = self.prepare_votes.get(height, {})
-        vouchers = sum(1 for voter, vote in votes.items()
-                       if vote[0] == slot.hash and voter != self.me and voter != primary)
+        vouchers = sum(1 for voter in self.tally.prepare_signers(height, slot.hash) if voter not in (self.me, primary))
         now = self.timeouts.clock_ms
         if vouchers < self.validators.f and not self._checks_signatures():
             if slot.vouch_deadline_ms is None:
@@ -796,16 +788,10 @@ class Replica:
             self.timeouts.start(Timer.CHECK_ALL_SIGNATURES, VOUCH_FALLBACK_HOLD_MS)
             self.vouch_fallbacks += 1
         if vouchers < self.validators.f:
-            for request, request_id in zip(slot.entries, slot.request_ids):
-                pending = self.pool.get(request_id)
-                if pending is not None and pending.checked:
-                    continue
-                if self.app.check_request(request) is not None:
-                    return "invalid-request"
-        for request_id in slot.request_ids:
-            pending = self.pool.get(request_id)
-            if pending is not None:
-                pending.checked = True
+            reason = check_signatures_unvouched(slot.entries, slot.request_ids, self.pool, self.app)
+            if reason is not None:
+                return reason
+        mark_checked(slot.request_ids, self.pool)
         slot.advance(SlotPhase.CHECKED)
         return None
 
@@ -814,20 +800,20 @@ class Replica:
             return False
         message = sign(Prepare(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
         slot.sent_prepare(encode(message))
-        self.prepare_votes.setdefault(height, {}).setdefault(self.me, (slot.hash, message.signature, slot.prepare))
+        self.tally.add_own_prepare(self.me, height, slot.hash, message.signature, slot.prepare)
         self._send(None, slot.prepare)
         return True
 
     def _check_prepared(self, height: int, slot: Slot) -> bool:
-        votes = self.prepare_votes.get(height, {})
-        signers = [v for v, (h, _, _) in votes.items() if h == slot.hash]
+        signers = self.tally.prepare_signers(height, slot.hash)
         if not self.validators.is_quorum(signers):
             return False
         slot.advance(SlotPhase.PREPARED)
         # A minimal quorum of the PREPAREs: what bounds a VIEW-CHANGE's size (messages.view_change_bytes_bound).
         kept = minimal_quorum(self.validators, sorted(signers))
         certificate = PreparedCertificate(
-            self.view, slot.header, tuple(sorted((VoteSignature(v, votes[v][1]) for v in kept), key=lambda s: s.validator)),
+            self.view, slot.header,
+            tuple(sorted((VoteSignature(v, self.tally.prepare_signature(height, v)) for v in kept), key=lambda s: s.validator)),
         )
         self.vote_log.record_certificate(certificate, slot.entries)
         self._sign_commit(height, slot)
@@ -838,10 +824,7 @@ class Replica:
             return
         message = sign(Commit(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
         slot.sent_commit(encode(message))
-        votes = self.commit_votes.setdefault(height, {})
-        previous = votes.get(self.me)
-        if previous is None or previous[0] < self.view:
-            votes[self.me] = (self.view, slot.hash, message.signature, slot.commit)
+        self.tally.add_own_commit(self.me, height, self.view, slot.hash, message.signature, slot.commit)
         self._send(None, slot.commit)
 
     def _try_propose(self) -> bool:
@@ -927,7 +910,7 @@ class Replica:
         progressed = False
         while True:
             height = self.last_applied_height + 1
-            found = self._commit_quorum(height)
+            found = self.tally.commit_quorum(height)
             if found is None:
                 return progressed
             view, header_hash, signers = found
@@ -936,34 +919,19 @@ class Replica:
                 self._set_catch_up_target(height, signers)
                 return progressed
             header, entries = block
-            votes = self.commit_votes[height]
-            certificate = CommitCertificate(
-                view, height, header_hash,
-                tuple(sorted((CommitSignature(v, votes[v][2]) for v in signers), key=lambda s: s.validator)),
-            )
+            certificate = CommitCertificate(view, height, header_hash, tuple(sorted(
+                (CommitSignature(v, self.tally.commit_signature(height, v)) for v in signers), key=lambda s: s.validator)))
             expected_prev = hash_of_header(self.last_applied_header) if self.last_applied_header is not None else ZERO_HASH
             if header.prev_hash != expected_prev:
                 # More than f faulty validators signed a fork; never deliver it.
                 self._reject(signers[0], "certified-fork")
-                self.commit_votes.pop(height, None)
+                self.tally.forget_commits(height)
                 return progressed
             slot = self.slots.get(height)
             known_ids = (slot.request_ids if slot is not None and slot.hash == header_hash and slot.entries is not None
                          else None)
             self._deliver(CommittedBlock(header, entries, certificate), known_ids)
             progressed = True
-
-    def _commit_quorum(self, height: int) -> tuple[int, bytes, list[str]] | None:
-        votes = self.commit_votes.get(height)
-        if not votes:
-            return None
-        groups: dict[tuple[int, bytes], list[str]] = {}
-        for voter, (view, header_hash, _, _) in votes.items():
-            groups.setdefault((view, header_hash), []).append(voter)
-        for (view, header_hash), signers in sorted(groups.items()):
-            if self.validators.is_quorum(signers):
-                return view, header_hash, sorted(signers)
-        return None
 
     def _deliver(self, block: CommittedBlock, request_ids: tuple[bytes, ...] | None = None) -> None:
         """Hand a certified block to the host; `request_ids` are its entries' ids if already known."""
@@ -988,8 +956,7 @@ class Replica:
             self._persist.append((height_key(KEY_COMMITTED, height - self.config.committed_ids_heights_max), None))
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
-        self.commit_votes.pop(height, None)
-        self.prepare_votes.pop(height, None)
+        self.tally.forget_height(height)
         for known_hash in [h for h, (hd, _) in self.blocks.items() if hd.height <= height]:
             del self.blocks[known_hash]
         slot = self.slots.get(height)
@@ -1039,9 +1006,9 @@ class Replica:
         self._persist.append((KEY_CHECKPOINT, codec.pack(certificate.to_wire())))
         self.vote_log.forget_through(height)
         self.bodies.forget_through(height)
-        for table in (self.slots, self.prepare_votes, self.commit_votes):
-            for below in [h for h in table if h <= height]:
-                del table[below]
+        for below in [h for h in self.slots if h <= height]:
+            del self.slots[below]
+        self.tally.forget_through(height)
         for below in [h for h in self.committed_hashes if h < height]:
             del self.committed_hashes[below]
         if height > self.last_applied_height:
@@ -1072,14 +1039,14 @@ class Replica:
         self.failed_views += 1
         self.view_entered_ms = self.timeouts.clock_ms
         self.slots = {}
-        self.prepare_votes = {}
+        self.tally.forget_prepares()
         self.timeouts.stop(Timer.PROGRESS)
         self.timeouts.stop(Timer.VIEW_CHANGE)
         self.view_change.entered(None, None)
         self.bodies.clear()   # bodies for the abandoned view's slots
         # Proposals of the abandoned view are only worth keeping if a certificate may still name them.
         wanted = {hash_of_header(c.header) for c in self.certs.values()}
-        wanted.update(vote[1] for votes in self.commit_votes.values() for vote in votes.values())
+        wanted.update(self.tally.committed_hashes())
         self.blocks = {h: block for h, block in self.blocks.items() if h in wanted}
         prepared = tuple(self.certs[h] for h in sorted(self.certs) if h > self.stable.height)
         message = sign(ViewChange(view, self.stable, prepared, self.me), self.signing_key, self.chain_id)
@@ -1147,7 +1114,7 @@ class Replica:
         self.requests.forget_primary()   # evidence is about one primary's proposals in one view
         self._proposal_queue = None   # rebuilt for the re-proposed blocks when we are the primary
         if message.view != self.view:
-            self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
+            self.tally.forget_prepares()  # votes of an older view; those of this view (sent before NEW-VIEW) stay
         self.view = message.view
         self.view_change.entered(message, data)
         self.slots = {}

@@ -77,3 +77,15 @@ def test_execution_must_match_the_header():
     header = build_header(RULES, 1, None, 100, (b"ok:a",), RESULT)
     assert execution_matches(header, RESULT)
     assert not execution_matches(header, replace(RESULT, tree_size=2))
+
+
+def test_without_enough_vouchers_every_signature_not_known_good_is_checked():
+    from consensus.proposal import check_signatures_unvouched, mark_checked
+    app = CountingApp()
+    entries = (b"ok:known", b"ok:unknown")
+    ids = tuple(codec.sha256(r) for r in entries)
+    pool = {ids[0]: PendingRequest(entries[0], 0, checked=True), ids[1]: PendingRequest(entries[1], 0, checked=False)}
+    assert check_signatures_unvouched(entries, ids, pool, app) is None and app.full == [b"ok:unknown"]
+    assert check_signatures_unvouched((b"bad",), (codec.sha256(b"bad"),), pool, app) == "invalid-request"
+    mark_checked(ids, pool)
+    assert all(p.checked for p in pool.values())
