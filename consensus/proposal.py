@@ -75,7 +75,7 @@ def check_requests(
             if pending is not None:
                 pending.checked = True
         else:
-            # Signatures wait for vouchers (_vouched_or_checked); what else can be wrong is wrong here too.
+            # Signatures wait for vouchers (Replica._vouched_or_checked); what else can be wrong is wrong here too.
             signatures_known = False
             if pending is None and app.check_request_shape(request) is not None:
                 return "invalid-request", signatures_known

@@ -142,7 +142,7 @@ class RequestPool:
         # Our own clients' requests, sent to every validator at the next tick (or when a message fills).
         self.forward_queue: list[bytes] = []
         self.forward_queue_bytes = 0
-        # Censorship evidence (see Replica._sweep_requests): requests in fresh PRE-PREPAREs accepted from
+        # Censorship evidence (see sweep): requests in fresh PRE-PREPAREs accepted from
         # the primary, and the drains (Drain) of its batches that were not full, i.e. that emptied its
         # queue: those whose parent we have not applied yet, and the latest one whose parent we had applied
         # at the previous sweep (the one that sweep may use). Forgotten at each view change.
