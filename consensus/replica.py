@@ -144,6 +144,9 @@ class Replica:
         self.restore_skipped: list[str] = []   # persisted records left out at restore, and why
         if persisted:
             self._restore(persisted)
+        # What the restore sent or persisted (a catch-up request, a fresh VIEW-CHANGE) goes out with the
+        # first Ready; until then output may wait outside an input (check_invariants).
+        self._before_first_ready = True
 
     # ------------------------------------------------------------------ inputs
 
@@ -364,6 +367,7 @@ class Replica:
             messages = []
         ready = Ready(persist, messages, self._committed, self._serve, self._evidence, self._rejected)
         self._clear_output()
+        self._before_first_ready = False
         return ready
 
     def _clear_output(self) -> None:

@@ -52,7 +52,10 @@ def check_invariants(replica: Replica) -> None:
 
 
 def _outputs_handed_out(replica: Replica) -> str | None:
-    """Between inputs everything assembled went out in a Ready; only messages waiting for a persist are held."""
+    """Between inputs everything assembled went out in a Ready; only messages waiting for a persist are held.
+    (Before the first Ready, what the restore assembled waits for it.)"""
+    if replica._before_first_ready:
+        return None
     leftovers = [name for name in ("_persist", "_messages", "_committed", "_serve", "_evidence", "_rejected")
                  if getattr(replica, name)]
     if leftovers:

@@ -12,7 +12,7 @@ from consensus.sim import draw_fault_plan, run_seed
 from consensus.slot import SlotPhase
 from consensus.status import InvariantViolation
 from consensus.timeouts import Timer
-from tests.consensus.test_replica import Cluster, all_committed
+from tests.consensus.test_replica import CHAIN, Cluster, TrivialApp, all_committed
 
 INVARIANT_SEEDS = (0, 3, 7, 11)
 INVARIANT_TICKS = 300
@@ -147,3 +147,20 @@ def test_snapshot_reports_what_the_attributes_say_and_is_frozen():
     assert status.restore_skipped == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
         status.view = 5
+
+
+def test_what_a_restore_assembles_waits_for_the_first_ready():
+    """Restored mid view change without our VIEW-CHANGE, the replica signs a fresh one at once; it goes
+    out with the first Ready, and the invariants hold before and after."""
+    from consensus.vote_log import KEY_VIEW
+    cluster = Cluster()
+    persisted = {KEY_VIEW: codec.pack({"view": 1, "active": False})}
+    replica = Replica(cluster.config, cluster.vset, "v1", cluster.keys["v1"], CHAIN, TrivialApp(), persisted=persisted)
+    assert replica.view == 2 and not replica.view_active and replica._messages
+    replica.check_invariants()
+    ready = replica.on_tick(cluster.now_ms)
+    assert ready.persist and not replica._messages
+    replica.check_invariants()
+    replica._send(None, b"late")
+    with pytest.raises(InvariantViolation, match="output left behind"):
+        replica.check_invariants()
