@@ -12,201 +12,80 @@ No clock, no I/O, no randomness: time is the `now_ms` of the last tick.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from itertools import islice
 
 import nacl.signing
 
 from . import codec
-from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, entries_hash
+from .block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature
 from .messages import (
-    BLOCK_REQUEST_HASHES_MAX, BLOCK_REQUESTS_MAX, CATCH_UP_BLOCKS_MAX, GENESIS_CHECKPOINT, NEW_VIEW_BYTES_MAX,
-    PREPARED_CERTIFICATES_MAX, REQUEST_BYTES_MAX, REQUESTS_MESSAGE_BYTES_MAX, REQUESTS_PER_MESSAGE_MAX,
-    VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse, Checkpoint,
-    CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate,
-    Prepare, Requests, ViewChange, VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response,
-    minimal_quorum, new_view_bytes_bound, sign, view_change_bytes_bound,
+    CATCH_UP_BLOCKS_MAX, NEW_VIEW_BYTES_MAX, REQUEST_BYTES_MAX, REQUESTS_MESSAGE_BYTES_MAX, VIEW_CHANGE_BYTES_MAX,
+    BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse, Checkpoint, CheckpointCertificate, Commit,
+    CommittedBlock, Evidence, MessageError, NewView, PrePrepare, PreparedCertificate, Prepare, Requests, ViewChange,
+    VoteSignature, choose_blocks, decode_message, encode, encode_catch_up_response, minimal_quorum,
+    new_view_bytes_bound, sign, view_change_bytes_bound,
 )
 from .messages import header_hash as hash_of_header
 from .application import Application, ExecutionResult
+from .proposal import (
+    ProposalRules, build_header, check_header, check_requests, check_signatures_unvouched, execution_matches,
+    mark_checked,
+)
 from .ready import Outbound, Ready
+from .request_pool import (
+    REQUEST_OVERHEAD_BYTES, REQUESTS_MESSAGE_OVERHEAD_BYTES, PendingRequest, ProposalQueue, RequestPool, SweepRound,
+    drain_bound,
+)
+from .slot import WAIT, Slot, SlotPhase, Wait
+from .status import ReplicaStatus, check_invariants
+from .bodies import BodyFetcher
+from .catch_up import CatchUp, Pacer, catch_up_request
+from .checkpoints import Checkpoints
+from .config import ReplicaConfig, ReplicaConfigError
+from .timeouts import Timeouts, Timer
+from .view_change import ViewChanges
+from .vote_tally import VoteTally
+from .vote_log import (
+    KEY_BODY, KEY_CERT, KEY_CHECKPOINT, KEY_COMMITTED, KEY_NEW_VIEW, KEY_VIEW, KEY_VIEW_CHANGE, KEY_VOTE, PHASE_COMMIT,
+    PHASE_PRE_PREPARE, PHASE_PREPARE, VoteLog, height_key, restore_committed_ids, restore_stable, restore_view,
+)
 from .validators import ValidatorSet
 
 __all__ = [
     "Application", "CommittedBlock", "Evidence", "ExecutionResult", "Outbound", "Ready", "Replica", "ReplicaConfig",
-    "ReplicaConfigError", "encode_catch_up_response",
+    "ReplicaConfigError", "ReplicaStatus", "encode_catch_up_response",
 ]
 
 CLIENT = "client"  # the peer id reported in Ready.rejected for requests from this node's own clients
-CHECKPOINT_VOTES_PER_VALIDATOR_MAX = 4  # recent CHECKPOINT heights remembered per validator
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
 # After waiting vouch_wait_ms in vain for vouchers, a backup checks every signature itself this long:
 # a checking backup that is down then stalls one block in 120, not every block.
 VOUCH_FALLBACK_HOLD_MS = 30_000
-# A REQUESTS message is cut to stay within messages.REQUESTS_MESSAGE_BYTES_MAX (8 MiB), the cap
-# decode_message enforces on the way in: counting each request's bytes plus these overheads.
-REQUESTS_MESSAGE_OVERHEAD_BYTES = 64  # the map {"type": "requests", "requests": [...]} around the requests
-REQUEST_OVERHEAD_BYTES = 5            # msgpack bin header of one request (bin 32)
 # A backup sweeps its pool (forwards to the primary, looks for censorship) every retransmit_ms, and at
 # least this many times per view timeout: a request only it holds reaches the primary within half a
 # timeout, and junk pooled unchecked leaves the pool before it can make the progress timer fire.
 SWEEPS_PER_VIEW_TIMEOUT_MIN = 4
-# Requests a backup forwards to the primary per sweep, in bytes: two full messages.
-FORWARD_BYTES_PER_SWEEP_MAX = 2 * REQUESTS_MESSAGE_BYTES_MAX
-# A request the primary holds but has not proposed is forwarded to it again after this many sweeps
-# (the first copy may have been lost with a link, or with the primary's pool when it restarted).
-REFORWARD_SWEEPS = 2
-# Times the primary must leave a request out of a batch that emptied its queue, each after a forward
-# of its own, before the request counts as censored: one lost forward, or a primary that restarted
-# and lost its pool, is forgiven (docs/CONSENSUS.md, "Censorship detection ...").
-CENSORSHIP_STRIKES = 2
 
 
-class ReplicaConfigError(ValueError):
-    """A replica configuration that cannot work (the message names the setting)."""
-
-
-@dataclass(frozen=True)
-class ReplicaConfig:
-    batch_requests_max: int = 64         # requests in one block
-    batch_wait_ms: int = 20              # how long the primary waits to fill a batch
-    # A batch that is not full is proposed only while fewer blocks than this are in flight: under load,
-    # requests gather into fuller blocks (less work per request) instead of more blocks.
-    partial_batch_in_flight_max: int = 2
-    view_timeout_ms: int = 2000          # no progress for this long -> view change; doubles per failed view
-    view_timeout_doublings_max: int = 6  # the doubling stops at view_timeout_ms * 2^6
-    checkpoint_interval: int = 8         # blocks between checkpoints
-    watermark_window: int = 16           # blocks in flight above the stable checkpoint
-    request_pool_max: int = 10_000       # pending requests; a full pool refuses new ones
-    clock_skew_ms_max: int = 30_000      # how far a proposal's time may run ahead of ours
-    retransmit_ms: int = 500             # resend unanswered votes and view changes this often
-    catch_up_timeout_ms: int = 1000      # ask another peer when a catch-up request goes unanswered
-    forward_requests_max: int = 256      # requests in one REQUESTS forward
-    committed_request_ids_max: int = 100_000  # committed request ids remembered to refuse re-proposal
-    committed_ids_heights_max: int = 1000  # blocks whose request ids are also persisted, to survive a restart
-    catch_up_probe_ms: int = 2000        # ask one peer (rotating) for blocks past ours this often
-    catch_up_serve_interval_ms: int = 10  # serve a peer's explicit catch-up requests at most this often
-    # A backup that is neither the primary nor one of the f backups after it waits this long for f other
-    # backups' PREPAREs (which, with the primary's proposal, vouch for the requests' signatures) before
-    # checking the signatures itself. 0: every replica checks every request itself.
-    vouch_wait_ms: int = 250
-
-    def __post_init__(self) -> None:
-        positive = (
-            "batch_requests_max", "view_timeout_ms", "checkpoint_interval", "watermark_window", "request_pool_max",
-            "retransmit_ms", "catch_up_timeout_ms", "forward_requests_max", "committed_request_ids_max",
-            "committed_ids_heights_max", "catch_up_probe_ms", "catch_up_serve_interval_ms",
-            "partial_batch_in_flight_max",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ReplicaConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max", "vouch_wait_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ReplicaConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.watermark_window < 2 * self.checkpoint_interval:
-            # The primary stops at the window's top edge until a checkpoint moves it.
-            raise ReplicaConfigError("watermark_window must be at least 2 * checkpoint_interval")
-        if self.batch_requests_max > BLOCK_REQUESTS_MAX:
-            raise ReplicaConfigError(
-                f"batch_requests_max must be at most {BLOCK_REQUESTS_MAX} (messages.BLOCK_REQUESTS_MAX)")
-        if self.forward_requests_max > REQUESTS_PER_MESSAGE_MAX:
-            raise ReplicaConfigError(f"forward_requests_max must be at most {REQUESTS_PER_MESSAGE_MAX}")
-        if self.watermark_window > PREPARED_CERTIFICATES_MAX:
-            raise ReplicaConfigError(
-                f"watermark_window must be at most {PREPARED_CERTIFICATES_MAX} (messages.PREPARED_CERTIFICATES_MAX)")
-
-
-# Persisted keys (all under the replica's own prefix in storage).
-KEY_VIEW = b"view"
-KEY_CHECKPOINT = b"checkpoint"
-KEY_VIEW_CHANGE = b"view-change"
-KEY_NEW_VIEW = b"new-view"
-KEY_VOTE = b"vote/"   # + height: the latest (view, phase, header) this replica signed at that height
-KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certificate at that height, without entries
-# + height + header hash: a block's entries, written once however many records above refer to that block.
-# (A vote and a certificate each carrying the block wrote every block three times more, and those bytes
-# drove LevelDB's memtable flushes.)
-KEY_BODY = b"body/"
-KEY_COMMITTED = b"committed/"  # + height: ids (SHA-256) of the requests committed at that height
-
-PHASE_PRE_PREPARE = "pre-prepare"
-PHASE_PREPARE = "prepare"
-PHASE_COMMIT = "commit"
-_PHASE_ORDER = {PHASE_PRE_PREPARE: 0, PHASE_PREPARE: 1, PHASE_COMMIT: 2}
-
-
-def _height_key(prefix: bytes, height: int) -> bytes:
-    return prefix + height.to_bytes(8, "big")
-
-
-def _body_key(height: int, header_hash: bytes) -> bytes:
-    return KEY_BODY + height.to_bytes(8, "big") + header_hash
-
-
-@dataclass
-class _Slot:
-    """What this replica knows about one height in the current view."""
-
-    header: BlockHeader
-    entries: tuple[bytes, ...] | None  # None: re-proposed by NEW-VIEW and its body not here yet (Replica.fetching)
-    hash: bytes
-    preprepare: bytes | None = None  # the signed PRE-PREPARE (None when re-proposed by NEW-VIEW)
-    validated: bool = False          # checked against the Application and the parent
-    signatures_known: bool = False   # its requests' signatures checked here, or vouched for (_vouched_or_checked)
-    vouch_deadline_ms: int | None = None  # when a backup that waits for vouchers checks the signatures itself
-    prepare: bytes | None = None     # our signed PREPARE
-    prepared: bool = False
-    commit: bytes | None = None      # our signed COMMIT
-    request_ids: tuple[bytes, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.request_ids = () if self.entries is None else tuple(codec.sha256(r) for r in self.entries)
-
-    def fill(self, entries: tuple[bytes, ...]) -> None:
-        """The body arrived (checked against the header's entries_hash by whoever gives it)."""
-        self.entries = entries
-        self.request_ids = tuple(codec.sha256(r) for r in entries)
-
-
-@dataclass
-class _Fetch:
-    """A body we lack for a block chosen by the NEW-VIEW: asked of `peers` in turn, one per round."""
-
-    height: int
-    peers: tuple[str, ...]   # the certificate's signers first (each persisted the body before its PREPARE)
-    attempt: int = 0
-
-
-@dataclass(slots=True)
-class _Pending:
-    request: bytes
-    seen_ms: int
-    # Known valid: passed check_request here, or was in a block f + 1 validators vouched for. False:
-    # pooled from a peer on its shape alone (we do not check every signature in this view).
-    checked: bool = True
-    # The primary of view `held_view` holds it: we forwarded it to that primary (or got it from it) at
-    # `held_ms`, when the primary had proposed `held_proposed` requests (Replica._proposed_count). -1: none.
-    held_view: int = -1
-    held_ms: int = 0
-    held_proposed: int = 0
-    forwarded_ms: int = 0   # our latest forward of it to that primary (paces the forwards again)
-    strikes: int = 0   # batches that emptied the primary's queue without it, each after its own forward,
-    strikes_view: int = -1   # in this view
-
-
-@dataclass
-class _ProposalQueue:
-    """The primary's pending requests in no in-flight block, in pool order (see Replica._unproposed),
-    valid for the in-flight blocks and applied height it was built or last updated for."""
-
-    applied_height: int
-    in_flight_slots: tuple[_Slot, ...]   # the blocks above the applied height, in slots' order
-    in_flight_ids: set[bytes]
-    unproposed: OrderedDict[bytes, _Pending]
+def _check_arguments(
+    config: ReplicaConfig, validators: ValidatorSet, me: str, signing_key: nacl.signing.SigningKey, chain_id: str,
+    last_applied: tuple[int, BlockHeader | None],
+) -> None:
+    if me not in validators:
+        raise ValueError(f"{me!r} is not in the validator set")
+    if validators.get(me).public_key != signing_key.verify_key.encode():
+        raise ValueError(f"signing key does not match validator {me!r}'s public key")
+    height, header = last_applied
+    if (height == 0) != (header is None) or (header is not None and header.height != height):
+        raise ValueError("last_applied must be (0, None) or (height, header of that height)")
+    window = config.watermark_window
+    if (view_change_bytes_bound(validators, window, chain_id) > VIEW_CHANGE_BYTES_MAX
+            or new_view_bytes_bound(validators, window, chain_id) > NEW_VIEW_BYTES_MAX):
+        raise ReplicaConfigError(
+            f"watermark_window {window} is too large for {validators.n} validators: a VIEW-CHANGE or NEW-VIEW "
+            f"could exceed its byte cap ({VIEW_CHANGE_BYTES_MAX} / {NEW_VIEW_BYTES_MAX} bytes, "
+            f"consensus/messages.py)")
 
 
 class Replica:
@@ -221,20 +100,8 @@ class Replica:
         persisted: dict[bytes, bytes] | None = None,
         last_applied: tuple[int, BlockHeader | None] = (0, None),
     ) -> None:
-        if me not in validators:
-            raise ValueError(f"{me!r} is not in the validator set")
-        if validators.get(me).public_key != signing_key.verify_key.encode():
-            raise ValueError(f"signing key does not match validator {me!r}'s public key")
+        _check_arguments(config, validators, me, signing_key, chain_id, last_applied)
         height, header = last_applied
-        if (height == 0) != (header is None) or (header is not None and header.height != height):
-            raise ValueError("last_applied must be (0, None) or (height, header of that height)")
-        window = config.watermark_window
-        if (view_change_bytes_bound(validators, window, chain_id) > VIEW_CHANGE_BYTES_MAX
-                or new_view_bytes_bound(validators, window, chain_id) > NEW_VIEW_BYTES_MAX):
-            raise ReplicaConfigError(
-                f"watermark_window {window} is too large for {validators.n} validators: a VIEW-CHANGE or NEW-VIEW "
-                f"could exceed its byte cap ({VIEW_CHANGE_BYTES_MAX} / {NEW_VIEW_BYTES_MAX} bytes, "
-                f"consensus/messages.py)")
         self.config = config
         self.validators = validators
         self.me = me
@@ -242,82 +109,44 @@ class Replica:
         self.chain_id = chain_id
         self.app = app
         self.validator_set_hash = validators.hash()
+        self.rules = ProposalRules(chain_id, self.validator_set_hash, config.batch_requests_max, config.clock_skew_ms_max)
         self._my_index = [v.id for v in validators.validators].index(me)
-        self.check_all_until_ms = 0  # after waiting in vain for vouchers, check every signature until then
-        self.vouch_fallbacks = 0     # how often that happened (hosts export it)
+        self.vouch_fallbacks = 0     # times we waited for vouchers in vain and checked ourselves (hosts export it)
         # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
         self._check_applied = getattr(app, "check_request_applied", None)
-
         self.view = 0
         self.view_active = True
         self.failed_views = 0
-        self.now_ms: int | None = None
+        self.timeouts = Timeouts()   # the clock and every deadline, polled in on_tick
+        # Bodies of re-proposed blocks are asked for again retransmit_ms / 2 after the last ask (none yet: 0).
+        self.timeouts.start(Timer.BODIES, config.retransmit_ms // 2, since_ms=0)
         self.view_entered_ms = 0  # set again at the first tick: before it, time is unknown
-
         self.last_applied_height = height
         self.last_applied_header = header
         self.committed_hashes: dict[int, bytes] = {}
         if header is not None:
             self.committed_hashes[height] = hash_of_header(header)
-        self.stable = GENESIS_CHECKPOINT
-
-        self.slots: dict[int, _Slot] = {}
+        self.checkpoints = Checkpoints(validators)   # the stable checkpoint and the votes towards the next
+        self.slots: dict[int, Slot] = {}
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
-        self.prepare_votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}  # height -> voter -> (hash, sig, msg)
-        self.commit_votes: dict[int, dict[str, tuple[int, bytes, bytes, bytes]]] = {}  # -> (view, hash, sig, msg)
-        self.certs: dict[int, PreparedCertificate] = {}
-        self.votes: dict[int, tuple[int, str, bytes]] = {}  # height -> (view, phase, header_hash) we signed
-        # height -> header hash -> (header, entries) of the bodies persisted under body/ (header None: restored
-        # without a record that names it). Also what this replica serves to BLOCK-REQUESTs.
-        self.persisted_bodies: dict[int, dict[bytes, tuple[BlockHeader | None, tuple[bytes, ...]]]] = {}
-        self.fetching: dict[bytes, _Fetch] = {}  # header hash -> a chosen block whose body we wait for
-        self.bodies_asked_ms = 0  # when we last asked peers for them
-        self.checkpoint_votes: dict[str, dict[int, tuple[bytes, bytes]]] = {}  # voter -> height -> (hash, sig)
-        self.my_checkpoint: bytes | None = None
-        self.my_checkpoint_height = 0
-        self.view_changes: dict[str, ViewChange] = {}  # latest VIEW-CHANGE per validator
-        self.view_change_bytes: dict[str, bytes] = {}
-        self.new_view: NewView | None = None
-        self.new_view_bytes: bytes | None = None
-
-        self.pool: OrderedDict[bytes, _Pending] = OrderedDict()
-        self._proposal_queue: _ProposalQueue | None = None
+        self.tally = VoteTally(validators)   # PREPAREs and COMMITs received, per height
+        self.vote_log = VoteLog(self._persist_change)   # our votes and certificates, and their bodies
+        self.bodies = BodyFetcher(validators, me, self._my_index)   # bodies of re-proposed blocks we lack
+        self.view_change = ViewChanges(validators)   # VIEW-CHANGEs and the NEW-VIEW of our view
+        self.requests = RequestPool(config.request_pool_max)
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
-        self.forward_queue: list[bytes] = []
-        self.forward_queue_bytes = 0
-        # Censorship evidence (see _sweep_requests): requests in fresh PRE-PREPAREs accepted from the
-        # primary, and (received_ms, height, that count) of its batches that were not full, i.e. that
-        # emptied its queue: those whose parent we have not applied yet, and the latest one whose parent we
-        # had applied at the previous sweep (the one that sweep may use). Forgotten at each view change.
-        self._proposed_count = 0
-        self._drains: deque[tuple[int, int, int]] = deque()
-        self._settled_drain: tuple[int, int, int] | None = None
-
-        self.progress_deadline_ms: int | None = None
-        self.view_change_deadline_ms: int | None = None
-        self.retransmit_at_ms: int | None = None
-        self.sweep_at_ms: int | None = None
-        self.catch_up_target = 0
-        self.catch_up_peers: list[str] = []
-        self.catch_up_attempt = 0
-        self.catch_up_deadline_ms: int | None = None
-        self.paced_at_ms: dict[str, int] = {}   # "what:peer" -> when we last did it (_paced)
-        self.probe_at_ms: int | None = None
-        self.probe_index = 0
+        self.catch_up = CatchUp()
+        self.pacer = Pacer()   # rate limits per peer (_paced)
         self.evidence_seen: dict[tuple, None] = {}  # reported once each; oldest forgotten first
-
         # Output being assembled for the current input, and messages held until their state is persisted.
-        self._persist: list[tuple[bytes, bytes | None]] = []
-        self._messages: list[Outbound] = []
-        self._committed: list[CommittedBlock] = []
-        self._serve: list[tuple[str, int, int]] = []
-        self._evidence: list[Evidence] = []
-        self._rejected: list[tuple[str, str]] = []
+        self._clear_output()
         self._held: list[list[Outbound]] = []
-
         self.restore_skipped: list[str] = []   # persisted records left out at restore, and why
         if persisted:
             self._restore(persisted)
+        # What the restore sent or persisted (a catch-up request, a fresh VIEW-CHANGE) goes out with the
+        # first Ready; until then output may wait outside an input (check_invariants).
+        self._before_first_ready = True
 
     # ------------------------------------------------------------------ inputs
 
@@ -351,56 +180,58 @@ class Replica:
         """A request from this node's own client: pooled and forwarded to the other validators."""
         pending = self._add_request(CLIENT, request)
         if pending is not None:
-            self.forward_queue.append(request)
-            self.forward_queue_bytes += len(request) + REQUEST_OVERHEAD_BYTES
+            message_full = self.requests.queue_forward(request, self.config.forward_requests_max)
             if self.view_active and not self.is_primary:
                 self._mark_held(pending)   # it goes to every validator, the primary too, by the next tick
-            if (len(self.forward_queue) >= self.config.forward_requests_max
-                    or self.forward_queue_bytes + REQUESTS_MESSAGE_OVERHEAD_BYTES >= REQUESTS_MESSAGE_BYTES_MAX):
+            if message_full:
                 self._flush_forward()
         self._advance()
         return self._ready()
 
     def on_tick(self, now_ms: int) -> Ready:
-        if self.now_ms is None:
+        """Time passed: run every timer of the table that is due, in the table's order."""
+        if not self.timeouts.started:
             # Time starts now: whatever arrived before the first tick is as old as this tick.
             self.view_entered_ms = now_ms
-            for pending in self.pool.values():
-                pending.seen_ms = now_ms
-        if self.now_ms is None or now_ms > self.now_ms:
-            self.now_ms = now_ms
-        now = self.now_ms
+            self.requests.restart_clock(now_ms)
+        now = self.timeouts.advance(now_ms)
+        timeouts = self.timeouts
         self._flush_forward()
         if self.view_active:
-            if not self._has_work():
-                self.progress_deadline_ms = None
-            elif self.progress_deadline_ms is None:
-                self.progress_deadline_ms = now + self._timeout_ms()
-            elif now >= self.progress_deadline_ms:
-                self._start_view_change(self.view + 1)
-            if self.view_active and not self.is_primary:
-                if self.sweep_at_ms is None or now >= self.sweep_at_ms:
-                    self.sweep_at_ms = now + self._sweep_period_ms()
-                    if self._sweep_requests(now):
-                        self._start_view_change(self.view + 1)
-        elif self.view_change_deadline_ms is not None and now >= self.view_change_deadline_ms:
+            self._tick_progress(now)
+            if self.view_active and not self.is_primary and timeouts.due(Timer.SWEEP):
+                timeouts.start(Timer.SWEEP, self._sweep_period_ms())
+                if self._sweep_requests(now):
+                    self._start_view_change(self.view + 1)
+        elif timeouts.fired(Timer.VIEW_CHANGE):
             self._start_view_change(self.view + 1)
-        if self.retransmit_at_ms is None:
-            self.retransmit_at_ms = now + self.config.retransmit_ms
-            # First tick after a (re)start: ask every peer for blocks we may have missed while down.
-            self.probe_at_ms = now + self.config.catch_up_probe_ms
-            first = self.last_applied_height + 1
-            self._send(None, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
-        elif now >= self.retransmit_at_ms:
-            self.retransmit_at_ms = now + self.config.retransmit_ms
+        if not timeouts.armed(Timer.RETRANSMIT):
+            self._on_first_tick()
+        elif timeouts.fired(Timer.RETRANSMIT):
+            timeouts.start(Timer.RETRANSMIT, self.config.retransmit_ms)
             self._retransmit()
-        if self.probe_at_ms is None or now >= self.probe_at_ms:
+        if timeouts.due(Timer.PROBE):
             # A replica that missed the last blocks of a now idle chain hears nothing else: ask around.
-            self.probe_at_ms = now + self.config.catch_up_probe_ms
+            timeouts.start(Timer.PROBE, self.config.catch_up_probe_ms)
             self._probe_peer()
         self._maybe_catch_up()
         self._advance()
         return self._ready()
+
+    def _tick_progress(self, now: int) -> None:
+        """The progress timer runs while an active view has work: no commit before it fires, next view."""
+        if not self._has_work():
+            self.timeouts.stop(Timer.PROGRESS)
+        elif not self.timeouts.armed(Timer.PROGRESS):
+            self.timeouts.start(Timer.PROGRESS, self._timeout_ms())
+        elif self.timeouts.fired(Timer.PROGRESS):
+            self._start_view_change(self.view + 1)
+
+    def _on_first_tick(self) -> None:
+        """First tick after a (re)start: ask every peer for blocks we may have missed while down."""
+        self.timeouts.start(Timer.RETRANSMIT, self.config.retransmit_ms)
+        self.timeouts.start(Timer.PROBE, self.config.catch_up_probe_ms)
+        self._send(None, encode(catch_up_request(self.last_applied_height)))
 
     def on_persisted(self) -> Ready:
         """The host wrote the oldest outstanding persist batch: release the messages that waited on it."""
@@ -409,6 +240,70 @@ class Replica:
         return self._ready(release=True)
 
     # ------------------------------------------------------------------ queries for hosts and tests
+
+    @property
+    def now_ms(self) -> int | None:
+        """The latest tick's time (None before the first tick)."""
+        return self.timeouts.now_ms
+
+    @now_ms.setter
+    def now_ms(self, value: int | None) -> None:
+        self.timeouts.now_ms = value   # tests set the clock directly
+
+    @property
+    def stable(self) -> CheckpointCertificate:
+        """The stable checkpoint: the low watermark."""
+        return self.checkpoints.stable
+
+    @stable.setter
+    def stable(self, certificate: CheckpointCertificate) -> None:
+        self.checkpoints.stable = certificate
+
+    @property
+    def catch_up_target(self) -> int:
+        """The highest height we know a quorum committed (hosts export it; 0: none)."""
+        return self.catch_up.target
+
+    @property
+    def fetching(self) -> dict:
+        """header hash -> the fetch of a re-proposed block's body we lack (the body fetcher's)."""
+        return self.bodies.fetching
+
+    @property
+    def view_changes(self) -> dict[str, ViewChange]:
+        """The latest VIEW-CHANGE of each validator."""
+        return self.view_change.latest
+
+    @property
+    def new_view(self) -> NewView | None:
+        return self.view_change.new_view
+
+    @property
+    def new_view_bytes(self) -> bytes | None:
+        return self.view_change.new_view_bytes
+
+    @property
+    def votes(self) -> dict[int, tuple[int, str, bytes]]:
+        """height -> (view, phase, header hash) this replica signed (the vote log's)."""
+        return self.vote_log.votes
+
+    @property
+    def certs(self) -> dict[int, PreparedCertificate]:
+        """height -> our highest-view prepared certificate (the vote log's)."""
+        return self.vote_log.certs
+
+    @property
+    def pool(self) -> OrderedDict[bytes, PendingRequest]:
+        """The pending requests by id, oldest first (read-only for hosts and tests)."""
+        return self.requests.pending
+
+    @property
+    def _proposal_queue(self) -> ProposalQueue | None:
+        return self.requests.proposal_queue
+
+    @_proposal_queue.setter
+    def _proposal_queue(self, queue: ProposalQueue | None) -> None:
+        self.requests.proposal_queue = queue
 
     @property
     def primary_id(self) -> str:
@@ -430,6 +325,21 @@ class Replica:
     def is_committed(self, request: bytes) -> bool:
         """True if `request` is among the recently committed ones this replica remembers (and will drop)."""
         return codec.sha256(request) in self.committed_ids
+
+    def snapshot(self) -> ReplicaStatus:
+        """Everything a host may want to know, in one frozen value (instead of probing attributes)."""
+        return ReplicaStatus(
+            view=self.view, view_active=self.view_active, primary_id=self.primary_id, is_primary=self.is_primary,
+            last_applied_height=self.last_applied_height, stable_checkpoint_height=self.stable.height,
+            catch_up_target=self.catch_up_target, checks_signatures=self._checks_signatures(),
+            vouch_fallbacks=self.vouch_fallbacks, pending_request_count=len(self.requests),
+            in_flight_count=len([s for s in self.slots if s > self.last_applied_height]),
+            restore_skipped=tuple(self.restore_skipped),
+        )
+
+    def check_invariants(self) -> None:
+        """Raise status.InvariantViolation (an AssertionError) if the state contradicts itself: a bug here."""
+        check_invariants(self)
 
     def status(self) -> dict:
         return {
@@ -456,13 +366,21 @@ class Replica:
             self._held[-1].extend(messages)
             messages = []
         ready = Ready(persist, messages, self._committed, self._serve, self._evidence, self._rejected)
-        self._persist, self._messages, self._committed = [], [], []
-        self._serve, self._evidence, self._rejected = [], [], []
+        self._clear_output()
+        self._before_first_ready = False
         return ready
+
+    def _clear_output(self) -> None:
+        self._persist: list[tuple[bytes, bytes | None]] = []
+        self._messages: list[Outbound] = []
+        self._committed: list[CommittedBlock] = []
+        self._serve: list[tuple[str, int, int]] = []
+        self._evidence: list[Evidence] = []
+        self._rejected: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ requests
 
-    def _add_request(self, peer: str, request: bytes, from_primary: bool = False) -> _Pending | None:
+    def _add_request(self, peer: str, request: bytes, from_primary: bool = False) -> PendingRequest | None:
         """Pool a request (`from_primary`: `peer` is the current primary); the new pending entry, or None
         if it was refused or is a duplicate."""
         if not isinstance(request, bytes) or not request:
@@ -483,7 +401,7 @@ class Replica:
         # are checked only where we must vouch for them in this view, and while unchecked ones could
         # fill more than half the pool (a faulty peer's junk must not crowd out valid work).
         checked = (peer == CLIENT or self._checks_signatures()
-                   or len(self.pool) >= self.config.request_pool_max // 2)
+                   or self.requests.half_full)
         reason = self.app.check_request(request) if checked else self.app.check_request_shape(request)
         if reason is not None:
             self._reject(peer, f"invalid-request:{reason}")
@@ -494,14 +412,11 @@ class Replica:
         if reason is not None:
             self._reject(peer, f"applied-request:{reason}")
             return None
-        if len(self.pool) >= self.config.request_pool_max:
+        if self.requests.full:
             # Refuse new work rather than drop accepted work; the client retries elsewhere or later.
             self._reject(peer, "request-pool-full")
             return None
-        pending = self.pool[request_id] = _Pending(request, self.now_ms or 0, checked)
-        queue = self._proposal_queue
-        if queue is not None and request_id not in queue.in_flight_ids:
-            queue.unproposed[request_id] = pending
+        pending = self.requests.add(request_id, request, self.timeouts.clock_ms, checked)
         if from_primary:
             self._mark_held(pending)
         return pending
@@ -510,11 +425,9 @@ class Replica:
         check = self._check_applied
         return None if check is None else check(request)
 
-    def _mark_held(self, pending: _Pending) -> None:
+    def _mark_held(self, pending: PendingRequest) -> None:
         """The primary of the current view holds `pending` from now on (we sent it or it sent it to us)."""
-        pending.held_view = self.view
-        pending.held_ms = pending.forwarded_ms = self.now_ms or 0
-        pending.held_proposed = self._proposed_count
+        self.requests.mark_held(pending, self.view, self.timeouts.clock_ms)
 
     def _checks_signatures(self) -> bool:
         """Whether this replica checks every request's signatures itself in the current view.
@@ -527,11 +440,11 @@ class Replica:
         f = self.validators.f
         if f == 0 or self.config.vouch_wait_ms == 0:
             return True   # with f = 0 no backup vouches, so each one checks
-        if self.now_ms is not None and self.now_ms < self.check_all_until_ms:
+        if self.timeouts.running(Timer.CHECK_ALL_SIGNATURES):
             return True
         return (self._my_index - self.view) % self.validators.n <= f
 
-    def _confirm(self, request_id: bytes, pending: _Pending) -> bool:
+    def _confirm(self, request_id: bytes, pending: PendingRequest) -> bool:
         """Check an unchecked pending request now; drop it from the pool if it is invalid."""
         if pending.checked:
             return True
@@ -542,11 +455,9 @@ class Replica:
         return False
 
     def _drop(self, request_id: bytes) -> None:
-        self.pool.pop(request_id, None)
-        if self._proposal_queue is not None:
-            self._proposal_queue.unproposed.pop(request_id, None)
+        self.requests.drop(request_id)
 
-    def _still_wanted(self, request_id: bytes, pending: _Pending) -> bool:
+    def _still_wanted(self, request_id: bytes, pending: PendingRequest) -> bool:
         """Valid and not applied yet (checked now); a request that is neither leaves the pool."""
         if not self._confirm(request_id, pending):
             return False
@@ -556,10 +467,8 @@ class Replica:
         return True
 
     def _flush_forward(self) -> None:
-        if self.forward_queue:
-            self._send_requests(None, self.forward_queue)
-            self.forward_queue = []
-            self.forward_queue_bytes = 0
+        if self.requests.forward_queue:
+            self._send_requests(None, self.requests.take_forward())
 
     def _send_requests(self, to: str | None, requests: list[bytes]) -> None:
         """Send `requests` in REQUESTS messages of at most forward_requests_max requests and
@@ -593,140 +502,39 @@ class Replica:
         return bool(self.pool) or any(h > self.last_applied_height for h in self.slots)
 
     def _drain_bound(self) -> int:
-        """Fewer requests than this proposed by an honest primary between a request's arrival and a
-        batch that emptied its queue prove its pool had room for the request when it arrived.
-
-        A full pool holds request_pool_max; requests leave its queue without being proposed only when
-        found invalid (pooled unchecked: at most half the pool) or when blocks it did not propose are
-        in flight or commit (at most two windows of batches); and a batch that is not full leaves fewer
-        than batch_requests_max behind. <= 0: no batch proves anything (censorship is never detected).
-        """
         c = self.config
-        return (c.request_pool_max - c.request_pool_max // 2 - 2 * c.watermark_window * c.batch_requests_max
-                - c.batch_requests_max)
+        return drain_bound(c.request_pool_max, c.watermark_window, c.batch_requests_max)
 
     def _sweep_period_ms(self) -> int:
         return max(1, min(self.config.retransmit_ms, self.config.view_timeout_ms // SWEEPS_PER_VIEW_TIMEOUT_MIN))
 
     def _sweep_requests(self, now: int) -> bool:
-        """Every sweep period (_sweep_period_ms), on a backup in an active view: forward to the primary
-        the pending requests it may not hold, and say whether it provably censors one.
-
-        Forwarding: a request pending a full period outside every in-flight block goes to the primary
-        once per view (a client's request went to it with the first forward), and again every
-        REFORWARD_SWEEPS periods while still unproposed; at most FORWARD_BYTES_PER_SWEEP_MAX bytes per
-        sweep, oldest first, in messages cut by count and bytes (_send_requests).
-
-        Censorship (docs/CONSENSUS.md, "Censorship detection that cannot be turned against an honest
-        primary"): the primary held the request (we forwarded it, or it sent it) and, at least a period
-        later, proposed a batch that was not full, one that emptied its whole queue, with fewer than
-        _drain_bound() requests proposed in between (so its pool had room for the request), on a parent
-        we had applied by the previous sweep (so a block holding the request would have left our pool),
-        and the request, still valid, not applied and in no in-flight block, was not in it. That is one
-        strike; the request is forwarded again, and CENSORSHIP_STRIKES strikes in this view with the
-        request pending a full view timeout in this view blame the primary.
-        """
-        view = self.view
-        round_ms = self._sweep_period_ms()
-        drained = self._settled_drain   # its parent was applied here by the previous sweep
-        usable = drained is not None
-        drains = self._drains
-        while drains and drains[0][1] - 1 <= self.last_applied_height:
-            self._settled_drain = drains.popleft()   # for the next sweep: the host has applied it by then
-        drain_bound = self._drain_bound()
-        deadline = self._timeout_ms()
-        in_flight = self._in_flight_ids()
-        forward: list[bytes] = []
-        budget = FORWARD_BYTES_PER_SWEEP_MAX
-        censored = False
-        for request_id, pending in list(self.pool.items()):
-            if now - pending.seen_ms < round_ms:
-                break   # the pool is in arrival order: the rest are younger still
-            if request_id in in_flight or request_id not in self.pool:
-                continue
-            held = pending.held_view == view
-            if (held and usable and drained[0] >= pending.held_ms + round_ms
-                    and drained[2] - pending.held_proposed < drain_bound):
-                # The primary emptied its queue after this request reached it, and left it out.
-                if not self._still_wanted(request_id, pending):
-                    continue   # invalid or applied after all: the primary was right
-                if pending.strikes_view != view:
-                    pending.strikes, pending.strikes_view = 0, view
-                pending.strikes += 1
-                if (pending.strikes >= CENSORSHIP_STRIKES
-                        and max(pending.seen_ms, self.view_entered_ms) + deadline <= now):
-                    censored = True
-                held = False
-                pending.held_view = -1   # the next strike needs a forward of its own (this sweep's or later)
-            elif held and now - pending.forwarded_ms < REFORWARD_SWEEPS * round_ms:
-                continue
-            cost = len(pending.request) + REQUEST_OVERHEAD_BYTES
-            if cost > budget:
-                continue   # next round (a later, smaller request may still fit this one)
-            if not self._still_wanted(request_id, pending):
-                continue   # we forward only requests we know to be valid, as every honest replica does
-            budget -= cost
-            forward.append(pending.request)
-            if held:
-                pending.forwarded_ms = now   # a copy again; the claim still dates from the first
-            else:
-                self._mark_held(pending)
-        if forward:
-            self._send_requests(self.primary_id, forward)
-        return censored
+        """A backup's pool sweep (RequestPool.sweep): forward to the primary what it may not hold; True if
+        it provably censors a request."""
+        sweep = SweepRound(
+            now_ms=now, view=self.view, round_ms=self._sweep_period_ms(), drain_bound=self._drain_bound(),
+            view_timeout_ms=self._timeout_ms(), view_entered_ms=self.view_entered_ms,
+            applied_height=self.last_applied_height, in_flight=self._in_flight_ids(),
+        )
+        result = self.requests.sweep(sweep, self._still_wanted)
+        if result.forward:
+            self._send_requests(self.primary_id, result.forward)
+        return result.censored
 
     def _timeout_ms(self) -> int:
         return self.config.view_timeout_ms * 2 ** min(self.failed_views, self.config.view_timeout_doublings_max)
 
     # ------------------------------------------------------------------ persistence
 
+    def _persist_change(self, key: bytes, value: bytes | None) -> None:
+        self._persist.append((key, value))
+
     def _persist_vote(self, height: int, view: int, phase: str, header: BlockHeader, entries: tuple[bytes, ...]) -> bool:
         """Record that we sign `phase` for (view, height, header); False if that would contradict a past vote."""
-        header_hash = hash_of_header(header)
-        previous = self.votes.get(height)
-        if previous is not None:
-            p_view, p_phase, p_hash = previous
-            if p_view > view or (p_view == view and p_hash != header_hash):
-                return False
-            if p_view == view and _PHASE_ORDER[p_phase] >= _PHASE_ORDER[phase]:
-                return True
-        self.votes[height] = (view, phase, header_hash)
-        self._persist_body(height, header, entries)
-        value = codec.pack({"view": view, "phase": phase, "header": header.to_wire()})
-        self._persist.append((_height_key(KEY_VOTE, height), value))
-        self._forget_unreferenced_bodies(height)
-        return True
-
-    def _persist_body(self, height: int, header: BlockHeader, entries: tuple[bytes, ...]) -> None:
-        """Persist a block's entries once, in the same batch as the first record that refers to them."""
-        header_hash = hash_of_header(header)
-        bodies = self.persisted_bodies.setdefault(height, {})
-        if bodies.get(header_hash, (None,))[0] is None:
-            if header_hash not in bodies:
-                self._persist.append((_body_key(height, header_hash), codec.pack(list(entries))))
-            bodies[header_hash] = (header, entries)
-
-    def _persist_certificate(self, certificate: PreparedCertificate, entries: tuple[bytes, ...]) -> None:
-        """The certificate carries no entries (nor does the VIEW-CHANGE that sends it): its body is
-        persisted in the same batch, so we can serve it to a replica that enters a view without it."""
-        self._persist_body(certificate.height, certificate.header, entries)
-        self._persist.append((_height_key(KEY_CERT, certificate.height), codec.pack(certificate.to_wire())))
-        self._forget_unreferenced_bodies(certificate.height)
-
-    def _forget_unreferenced_bodies(self, height: int) -> None:
-        """Delete the entries of blocks at `height` that neither our vote nor our certificate refers to any more."""
-        referenced = set()
-        if height in self.votes:
-            referenced.add(self.votes[height][2])
-        if height in self.certs:
-            referenced.add(hash_of_header(self.certs[height].header))
-        bodies = self.persisted_bodies.get(height, {})
-        for header_hash in set(bodies) - referenced:
-            del bodies[header_hash]
-            self._persist.append((_body_key(height, header_hash), None))
+        return self.vote_log.record_vote(height, view, phase, header, entries)
 
     def _persist_view(self) -> None:
-        self._persist.append((KEY_VIEW, codec.pack({"view": self.view, "active": self.view_active})))
+        self.vote_log.record_view(self.view, self.view_active)
 
     def _restore(self, persisted: dict[bytes, bytes]) -> None:
         try:
@@ -745,78 +553,72 @@ class Replica:
             return None
 
     def _restore_unchecked(self, persisted: dict[bytes, bytes]) -> None:
-        if KEY_CHECKPOINT in persisted:
-            self.stable = CheckpointCertificate.from_wire(codec.unpack(persisted[KEY_CHECKPOINT]), self.validators)
-        if KEY_VIEW in persisted:
-            record = codec.unpack(persisted[KEY_VIEW])
-            self.view, self.view_active = int(record["view"]), bool(record["active"])
-        for key, value in persisted.items():
-            if key.startswith(KEY_BODY):
-                height = int.from_bytes(key[len(KEY_BODY):len(KEY_BODY) + 8], "big")
-                header_hash = key[len(KEY_BODY) + 8:]
-                self.persisted_bodies.setdefault(height, {})[header_hash] = (None, tuple(codec.unpack(value)))
+        """Each kind of record in turn: position (checkpoint, view), bodies, votes and certificates, the
+        view-change messages, committed ids, then what follows from them."""
+        stable = restore_stable(persisted, self.validators)
+        if stable is not None:
+            self.stable = stable
+        view = restore_view(persisted)
+        if view is not None:
+            self.view, self.view_active = view
+        self.vote_log.restore_bodies(persisted)
         for key, value in sorted(persisted.items()):
             if key.startswith(KEY_VOTE):
-                height = int.from_bytes(key[len(KEY_VOTE):], "big")
-                record = codec.unpack(value)
-                header = BlockHeader.from_wire(record["header"])
-                header_hash = hash_of_header(header)
-                entries = self._restored_body(height, header)
-                self.votes[height] = (record["view"], record["phase"], header_hash)
-                if record["view"] == self.view and self.view_active and height > self.last_applied_height:
-                    slot = _Slot(header, entries, header_hash)
-                    if entries is None:
-                        self._want_body(height, header_hash, ())
-                    elif self.is_primary:
-                        # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
-                        slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
-                    self.slots[height] = slot
-                    if entries is not None:
-                        self.blocks[header_hash] = (header, entries)
+                self._restore_vote(key, value)
             elif key.startswith(KEY_CERT):
-                height = int.from_bytes(key[len(KEY_CERT):], "big")
-                certificate = PreparedCertificate.from_wire(codec.unpack(value), self.validators, self.chain_id)
-                self.certs[height] = certificate
-                self._restored_body(height, certificate.header)
-        # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which
-        # carried block bodies) does not decode any more: leave it out. That is safe: our view, votes
-        # and prepared certificates have records of their own (the vote guard reads those), a
-        # VIEW-CHANGE is rebuilt from them when the view changes again, and a NEW-VIEW only restored
-        # slots the votes restore too. The host reports what was left out (restore_skipped).
-        vc = self._restore_message(persisted, KEY_VIEW_CHANGE)
-        if vc is not None:
-            self.view_changes[self.me] = vc
-            self.view_change_bytes[self.me] = persisted[KEY_VIEW_CHANGE]
-        nv = self._restore_message(persisted, KEY_NEW_VIEW) if self.view_active else None
-        if nv is not None:
-            if nv.view == self.view:
-                self.new_view, self.new_view_bytes = nv, persisted[KEY_NEW_VIEW]
-                _, chosen = choose_blocks(nv.view_changes)
-                for cert in chosen:
-                    if cert.height > self.last_applied_height and cert.height not in self.slots:
-                        self._chosen_slot(cert)
+                self.vote_log.restore_certificate(key, value, self.validators, self.chain_id)
+        self._restore_view_change(persisted)
+        self._restore_new_view(persisted)
         if self.stable.height > self.last_applied_height:
             self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
-        # Ids of requests in blocks storage has applied. A block we recorded but storage did not apply
-        # (crash in between) commits again later, so its ids must not count yet.
-        for key in sorted(k for k in persisted if k.startswith(KEY_COMMITTED)):
-            if int.from_bytes(key[len(KEY_COMMITTED):], "big") <= self.last_applied_height:
-                for request_id in codec.unpack(persisted[key]):
-                    self.committed_ids[bytes(request_id)] = None
+        for request_id in restore_committed_ids(persisted, self.last_applied_height):
+            self.committed_ids[request_id] = None
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
         # Requests in blocks we signed but that may never commit: keep them pending so they are not lost.
-        for slot in self.slots.values():
-            for request in slot.entries or ():
-                request_id = codec.sha256(request)
-                if request_id in self.committed_ids:
-                    continue
-                if request_id not in self.pool and len(self.pool) < self.config.request_pool_max:
-                    self.pool[request_id] = _Pending(request, 0)
-        if not self.view_active and self.me not in self.view_changes:
+        signed = ((codec.sha256(request), request) for slot in self.slots.values() for request in slot.entries or ())
+        self.requests.keep_signed(signed, lambda request_id: request_id in self.committed_ids)
+        if not self.view_active and self.me not in self.view_change.latest:
             # Mid view change, and our VIEW-CHANGE was left out (an older version's): move to the next
             # view with a fresh one (views only go up; we never sign a second VIEW-CHANGE for a view).
             self._start_view_change(self.view + 1)
+
+    def _restore_vote(self, key: bytes, value: bytes) -> None:
+        """A vote of the view we are active in, above the applied height: its slot again."""
+        height, view, header, entries = self.vote_log.restore_vote(key, value)
+        if view != self.view or not self.view_active or height <= self.last_applied_height:
+            return
+        header_hash = hash_of_header(header)
+        slot = Slot(header, entries, header_hash)
+        if entries is None:
+            self._want_body(height, header_hash, ())
+        elif self.is_primary:
+            # Re-signing the same proposal gives the same bytes: no conflict, and it can be resent.
+            slot.preprepare = encode(sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id))
+        self.slots[height] = slot
+        if entries is not None:
+            self.blocks[header_hash] = (header, entries)
+
+    # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which carried
+    # block bodies) does not decode any more: leave it out. That is safe: our view, votes and prepared
+    # certificates have records of their own (the vote guard reads those), a VIEW-CHANGE is rebuilt from
+    # them when the view changes again, and a NEW-VIEW only restored slots the votes restore too. The
+    # host reports what was left out (restore_skipped).
+
+    def _restore_view_change(self, persisted: dict[bytes, bytes]) -> None:
+        message = self._restore_message(persisted, KEY_VIEW_CHANGE)
+        if message is not None:
+            self.view_change.own(self.me, message, persisted[KEY_VIEW_CHANGE])
+
+    def _restore_new_view(self, persisted: dict[bytes, bytes]) -> None:
+        message = self._restore_message(persisted, KEY_NEW_VIEW) if self.view_active else None
+        if message is None or message.view != self.view:
+            return
+        self.view_change.entered(message, persisted[KEY_NEW_VIEW])
+        _, chosen = choose_blocks(message.view_changes)
+        for cert in chosen:
+            if cert.height > self.last_applied_height and cert.height not in self.slots:
+                self._chosen_slot(cert)
 
     # ------------------------------------------------------------------ normal case
 
@@ -847,15 +649,12 @@ class Replica:
             elif slot.preprepare is None:
                 slot.preprepare = data
             return
-        self.slots[height] = _Slot(message.header, message.entries, header_hash, preprepare=data)
+        self.slots[height] = Slot(message.header, message.entries, header_hash, preprepare=data)
         self.blocks[header_hash] = (message.header, message.entries)
         # Censorship evidence (_sweep_requests): an honest primary proposes a batch that is not full
         # only when it holds no other valid request outside its in-flight blocks.
-        self._proposed_count += len(message.entries)
-        if len(message.entries) < self.config.batch_requests_max:
-            self._drains.append((self.now_ms or 0, height, self._proposed_count))
-            if len(self._drains) > 2 * self.config.watermark_window:
-                self._drains.popleft()   # only a faulty primary gets here (heights in flight are bounded)
+        self.requests.note_proposal(self.timeouts.clock_ms, height, len(message.entries),
+                                    self.config.batch_requests_max, 2 * self.config.watermark_window)
 
     def _on_prepare(self, peer: str, message: Prepare, data: bytes) -> None:
         if message.view != self.view:
@@ -868,13 +667,9 @@ class Replica:
         if not self._in_window(message.height):
             self._reject(peer, "outside-window")
             return
-        votes = self.prepare_votes.setdefault(message.height, {})
-        previous = votes.get(peer)
-        if previous is not None:
-            if previous[0] != message.header_hash:
-                self._report_evidence(peer, "prepare", message.view, message.height, previous[2], data)
-            return
-        votes[peer] = (message.header_hash, message.signature, data)
+        conflicting = self.tally.add_prepare(peer, message.height, message.header_hash, message.signature, data)
+        if conflicting is not None:
+            self._report_evidence(peer, "prepare", message.view, message.height, conflicting, data)
 
     def _on_commit(self, peer: str, message: Commit, data: bytes) -> None:
         # A COMMIT quorum certifies a block whatever view it came from, so any view counts.
@@ -884,16 +679,11 @@ class Replica:
         if not self._in_window(message.height):
             self._reject(peer, "outside-window")
             return
-        votes = self.commit_votes.setdefault(message.height, {})
-        previous = votes.get(peer)
-        if previous is not None:
-            if previous[0] == message.view and previous[1] != message.header_hash:
-                self._report_evidence(peer, "commit", message.view, message.height, previous[3], data)
-                return
-            if previous[0] >= message.view:
-                return
-        votes[peer] = (message.view, message.header_hash, message.signature, data)
-        if message.view != self.view:
+        kept, conflicting = self.tally.add_commit(
+            peer, message.height, message.view, message.header_hash, message.signature, data)
+        if conflicting is not None:
+            self._report_evidence(peer, "commit", message.view, message.height, conflicting, data)
+        if kept and message.view != self.view:
             self._maybe_send_new_view(peer, message.view)
 
     def _advance(self) -> None:
@@ -933,7 +723,7 @@ class Replica:
                 if self.committed_hashes.get(height) == slot.hash:
                     progressed |= self._sign_prepare(height, slot)
                     if slot.prepare is not None:
-                        slot.prepared = True
+                        slot.advance(SlotPhase.PREPARED)
                         self._sign_commit(height, slot)
                 continue
             known, parent = self._parent_header(height)
@@ -942,10 +732,11 @@ class Replica:
             verdict = None
             if not slot.validated:
                 verdict = self._validate(height, slot, parent)
-                slot.validated = verdict is None
+                if verdict is None:
+                    slot.advance(SlotPhase.VALIDATED)
             if verdict is None and not slot.signatures_known:
                 verdict = self._vouched_or_checked(height, slot)
-            if verdict == "wait":
+            if verdict is WAIT:
                 continue
             if verdict is not None:
                 self._reject(self.primary_id, "bad-proposal")
@@ -956,61 +747,31 @@ class Replica:
                 progressed |= self._check_prepared(height, slot)
         return progressed
 
-    def _validate(self, height: int, slot: _Slot, parent: BlockHeader | None) -> str | None:
-        """None if the proposal is valid on `parent`, "wait" if it cannot be judged yet, else why it is bad."""
+    def _validate(self, height: int, slot: Slot, parent: BlockHeader | None) -> str | Wait | None:
+        """None if the proposal is valid on `parent`, WAIT if it cannot be judged yet, else why it is bad."""
         header = slot.header
-        if header.height != height or header.chain_id != self.chain_id:
-            return "wrong-height"
-        if header.validator_set_hash != self.validator_set_hash:
-            return "wrong-validator-set"
-        parent_hash = hash_of_header(parent) if parent is not None else ZERO_HASH
-        if header.prev_hash != parent_hash:
-            return "does-not-chain"
-        if len(slot.entries) > self.config.batch_requests_max:
-            return "batch-too-large"
-        if parent is not None and header.time_ms < parent.time_ms:
-            return "time-before-parent"
-        if self.now_ms is None:
-            return "wait"
-        if header.time_ms > self.now_ms + self.config.clock_skew_ms_max:
-            return "time-in-future"
+        verdict = check_header(self.rules, height, header, len(slot.entries), parent, self.now_ms)
+        if verdict is not None:
+            return verdict
         earlier = set()
         for h in range(self.last_applied_height + 1, height):
             if h in self.slots:
                 earlier.update(self.slots[h].request_ids)
-        seen: set[bytes] = set()
-        checks_signatures = self._checks_signatures()
-        signatures_known = True
-        pool = self.pool
-        for request, request_id in zip(slot.entries, slot.request_ids):
-            if request_id in seen or request_id in earlier or request_id in self.committed_ids:
-                return "duplicate-request"
-            seen.add(request_id)
-            pending = pool.get(request_id)
-            if pending is not None and pending.checked:
-                continue
-            if checks_signatures:
-                if self.app.check_request(request) is not None:
-                    return "invalid-request"
-                if pending is not None:
-                    pending.checked = True
-            else:
-                # Signatures wait for vouchers (_vouched_or_checked); what else can be wrong is wrong here too.
-                signatures_known = False
-                if pending is None and self.app.check_request_shape(request) is not None:
-                    return "invalid-request"
+        reason, signatures_known = check_requests(
+            slot.entries, slot.request_ids, self.committed_ids, earlier, self.pool, self._checks_signatures(), self.app)
+        if reason is not None:
+            return reason
         result = self.app.execute(parent, height, header.time_ms, slot.entries)
         if result is None:
-            return "wait"
-        if (result.tree_size, result.tree_root, result.results_hash) != (
-            header.tree_size, header.tree_root, header.results_hash
-        ):
+            return WAIT
+        if not execution_matches(header, result):
             return "wrong-execution"
-        slot.signatures_known = signatures_known
+        if signatures_known:
+            slot.advance(SlotPhase.CHECKED)
         return None
 
-    def _vouched_or_checked(self, height: int, slot: _Slot) -> str | None:
-        """None once the signatures of a validated slot's requests are known good, "wait" while this
+    def _vouched_or_checked(self, height: int, slot: Slot) -> str | Wait | None:
+        """None once the signatures of a validated slot's requests are known good, WAIT while this
         backup waits for vouchers, else why the proposal is bad.
 
         Vouchers: the primary's proposal and PREPAREs for the same block from f backups other than us.
@@ -1019,67 +780,55 @@ class Replica:
         induction on time the first honest vote for any block followed a real check.
         """
         primary = self.primary_id
-        votes = self.prepare_votes.get(height, {})
-        vouchers = sum(1 for voter, vote in votes.items()
-                       if vote[0] == slot.hash and voter != self.me and voter != primary)
-        now = self.now_ms or 0
+        vouchers = sum(1 for voter in self.tally.prepare_signers(height, slot.hash) if voter not in (self.me, primary))
+        now = self.timeouts.clock_ms
         if vouchers < self.validators.f and not self._checks_signatures():
             if slot.vouch_deadline_ms is None:
                 slot.vouch_deadline_ms = now + self.config.vouch_wait_ms
             if now < slot.vouch_deadline_ms:
-                return "wait"
+                return WAIT
             # The backups that check were too slow (or are down): check ourselves, and keep doing so
             # for a while instead of waiting in vain for each block.
-            self.check_all_until_ms = now + VOUCH_FALLBACK_HOLD_MS
+            self.timeouts.start(Timer.CHECK_ALL_SIGNATURES, VOUCH_FALLBACK_HOLD_MS)
             self.vouch_fallbacks += 1
         if vouchers < self.validators.f:
-            for request, request_id in zip(slot.entries, slot.request_ids):
-                pending = self.pool.get(request_id)
-                if pending is not None and pending.checked:
-                    continue
-                if self.app.check_request(request) is not None:
-                    return "invalid-request"
-        for request_id in slot.request_ids:
-            pending = self.pool.get(request_id)
-            if pending is not None:
-                pending.checked = True
-        slot.signatures_known = True
+            reason = check_signatures_unvouched(slot.entries, slot.request_ids, self.pool, self.app)
+            if reason is not None:
+                return reason
+        mark_checked(slot.request_ids, self.pool)
+        slot.advance(SlotPhase.CHECKED)
         return None
 
-    def _sign_prepare(self, height: int, slot: _Slot) -> bool:
+    def _sign_prepare(self, height: int, slot: Slot) -> bool:
         if not self._persist_vote(height, self.view, PHASE_PREPARE, slot.header, slot.entries):
             return False
         message = sign(Prepare(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
-        slot.prepare = encode(message)
-        self.prepare_votes.setdefault(height, {}).setdefault(self.me, (slot.hash, message.signature, slot.prepare))
+        slot.sent_prepare(encode(message))
+        self.tally.add_own_prepare(self.me, height, slot.hash, message.signature, slot.prepare)
         self._send(None, slot.prepare)
         return True
 
-    def _check_prepared(self, height: int, slot: _Slot) -> bool:
-        votes = self.prepare_votes.get(height, {})
-        signers = [v for v, (h, _, _) in votes.items() if h == slot.hash]
+    def _check_prepared(self, height: int, slot: Slot) -> bool:
+        signers = self.tally.prepare_signers(height, slot.hash)
         if not self.validators.is_quorum(signers):
             return False
-        slot.prepared = True
+        slot.advance(SlotPhase.PREPARED)
         # A minimal quorum of the PREPAREs: what bounds a VIEW-CHANGE's size (messages.view_change_bytes_bound).
         kept = minimal_quorum(self.validators, sorted(signers))
         certificate = PreparedCertificate(
-            self.view, slot.header, tuple(sorted((VoteSignature(v, votes[v][1]) for v in kept), key=lambda s: s.validator)),
+            self.view, slot.header,
+            tuple(sorted((VoteSignature(v, self.tally.prepare_signature(height, v)) for v in kept), key=lambda s: s.validator)),
         )
-        self.certs[height] = certificate
-        self._persist_certificate(certificate, slot.entries)
+        self.vote_log.record_certificate(certificate, slot.entries)
         self._sign_commit(height, slot)
         return True
 
-    def _sign_commit(self, height: int, slot: _Slot) -> None:
+    def _sign_commit(self, height: int, slot: Slot) -> None:
         if not self._persist_vote(height, self.view, PHASE_COMMIT, slot.header, slot.entries):
             return
         message = sign(Commit(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
-        slot.commit = encode(message)
-        votes = self.commit_votes.setdefault(height, {})
-        previous = votes.get(self.me)
-        if previous is None or previous[0] < self.view:
-            votes[self.me] = (self.view, slot.hash, message.signature, slot.commit)
+        slot.sent_commit(encode(message))
+        self.tally.add_own_commit(self.me, height, self.view, slot.hash, message.signature, slot.commit)
         self._send(None, slot.commit)
 
     def _try_propose(self) -> bool:
@@ -1122,24 +871,19 @@ class Replica:
             result = self.app.execute(parent, height, time_ms, entries)
             if result is None:
                 return progressed
-            header = BlockHeader(
-                chain_id=self.chain_id, height=height, prev_hash=hash_of_header(parent) if parent is not None else ZERO_HASH,
-                time_ms=time_ms, entries_hash=entries_hash(entries), entry_count=len(entries),
-                tree_size=result.tree_size, tree_root=result.tree_root, results_hash=result.results_hash,
-                validator_set_hash=self.validator_set_hash,
-            )
+            header = build_header(self.rules, height, parent, time_ms, entries, result)
             if not self._persist_vote(height, self.view, PHASE_PRE_PREPARE, header, entries):
                 return progressed  # we proposed something else here before a restart; never contradict it
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
             data = encode(message)
-            slot = self.slots[height] = _Slot(header, entries, hash_of_header(header), preprepare=data, validated=True,
-                                              signatures_known=True)
+            slot = self.slots[height] = Slot(header, entries, hash_of_header(header), preprepare=data,
+                                             phase=SlotPhase.CHECKED)
             self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
             self._proposed(slot)
             progressed = True
 
-    def _unproposed(self) -> OrderedDict[bytes, _Pending]:
+    def _unproposed(self) -> OrderedDict[bytes, PendingRequest]:
         """The pending requests in no in-flight block, oldest first (by id; the caller only reads).
 
         Called after every input on the primary, whose pool front is mostly in flight under load,
@@ -1152,48 +896,25 @@ class Replica:
         """
         in_flight_slots = tuple(slot for height, slot in self.slots.items() if height > self.last_applied_height)
         queue = self._proposal_queue
-        if queue is not None and not self._queue_holds(queue, in_flight_slots):
+        if queue is not None and not queue.holds(in_flight_slots, self.last_applied_height, self.committed_hashes):
             queue = None
         if queue is None:
             in_flight = self._in_flight_ids()
-            queue = _ProposalQueue(self.last_applied_height, in_flight_slots, in_flight, OrderedDict(
+            queue = ProposalQueue(self.last_applied_height, in_flight_slots, in_flight, OrderedDict(
                 (rid, p) for rid, p in self.pool.items() if rid not in in_flight))
             self._proposal_queue = queue
         return queue.unproposed
 
-    def _queue_holds(self, queue: _ProposalQueue, in_flight_slots: tuple[_Slot, ...]) -> bool:
-        """Bring the queue up to date if the in-flight blocks changed only by the oldest being
-        applied as they were; False if it must be rebuilt."""
-        applied = self.last_applied_height - queue.applied_height
-        old = queue.in_flight_slots
-        if applied < 0 or applied > len(old) or len(old) - applied != len(in_flight_slots):
-            return False
-        if any(a is not b for a, b in zip(old[applied:], in_flight_slots)):
-            return False
-        for slot in old[:applied]:
-            if self.committed_hashes.get(slot.header.height) != slot.hash:
-                return False
-        for slot in old[:applied]:
-            queue.in_flight_ids.difference_update(slot.request_ids)   # committed: left the pool too
-        queue.applied_height = self.last_applied_height
-        queue.in_flight_slots = in_flight_slots
-        return True
-
-    def _proposed(self, slot: _Slot) -> None:
+    def _proposed(self, slot: Slot) -> None:
         """Our proposal went in flight: its requests leave the queue (they were its front)."""
-        queue = self._proposal_queue
-        if queue is None:
-            return
-        for request_id in slot.request_ids:
-            queue.unproposed.pop(request_id, None)
-        queue.in_flight_ids.update(slot.request_ids)
-        queue.in_flight_slots = queue.in_flight_slots + (slot,)
+        if self._proposal_queue is not None:
+            self._proposal_queue.proposed(slot)
 
     def _try_commit(self) -> bool:
         progressed = False
         while True:
             height = self.last_applied_height + 1
-            found = self._commit_quorum(height)
+            found = self.tally.commit_quorum(height)
             if found is None:
                 return progressed
             view, header_hash, signers = found
@@ -1202,34 +923,19 @@ class Replica:
                 self._set_catch_up_target(height, signers)
                 return progressed
             header, entries = block
-            votes = self.commit_votes[height]
-            certificate = CommitCertificate(
-                view, height, header_hash,
-                tuple(sorted((CommitSignature(v, votes[v][2]) for v in signers), key=lambda s: s.validator)),
-            )
+            certificate = CommitCertificate(view, height, header_hash, tuple(sorted(
+                (CommitSignature(v, self.tally.commit_signature(height, v)) for v in signers), key=lambda s: s.validator)))
             expected_prev = hash_of_header(self.last_applied_header) if self.last_applied_header is not None else ZERO_HASH
             if header.prev_hash != expected_prev:
                 # More than f faulty validators signed a fork; never deliver it.
                 self._reject(signers[0], "certified-fork")
-                self.commit_votes.pop(height, None)
+                self.tally.forget_commits(height)
                 return progressed
             slot = self.slots.get(height)
             known_ids = (slot.request_ids if slot is not None and slot.hash == header_hash and slot.entries is not None
                          else None)
             self._deliver(CommittedBlock(header, entries, certificate), known_ids)
             progressed = True
-
-    def _commit_quorum(self, height: int) -> tuple[int, bytes, list[str]] | None:
-        votes = self.commit_votes.get(height)
-        if not votes:
-            return None
-        groups: dict[tuple[int, bytes], list[str]] = {}
-        for voter, (view, header_hash, _, _) in votes.items():
-            groups.setdefault((view, header_hash), []).append(voter)
-        for (view, header_hash), signers in sorted(groups.items()):
-            if self.validators.is_quorum(signers):
-                return view, header_hash, sorted(signers)
-        return None
 
     def _deliver(self, block: CommittedBlock, request_ids: tuple[bytes, ...] | None = None) -> None:
         """Hand a certified block to the host; `request_ids` are its entries' ids if already known."""
@@ -1246,16 +952,15 @@ class Replica:
         if request_ids is None:
             request_ids = tuple(codec.sha256(request) for request in block.entries)
         for request_id in request_ids:
-            self.pool.pop(request_id, None)
+            self.requests.committed(request_id)
             self.committed_ids[request_id] = None
         # Persisted so a restarted replica (or a whole restarted cluster) still refuses these requests.
-        self._persist.append((_height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
+        self._persist.append((height_key(KEY_COMMITTED, height), codec.pack(request_ids)))
         if height > self.config.committed_ids_heights_max:
-            self._persist.append((_height_key(KEY_COMMITTED, height - self.config.committed_ids_heights_max), None))
+            self._persist.append((height_key(KEY_COMMITTED, height - self.config.committed_ids_heights_max), None))
         while len(self.committed_ids) > self.config.committed_request_ids_max:
             self.committed_ids.popitem(last=False)
-        self.commit_votes.pop(height, None)
-        self.prepare_votes.pop(height, None)
+        self.tally.forget_height(height)
         for known_hash in [h for h, (hd, _) in self.blocks.items() if hd.height <= height]:
             del self.blocks[known_hash]
         slot = self.slots.get(height)
@@ -1263,19 +968,19 @@ class Replica:
             del self.slots[height]
         elif slot is not None and slot.entries is None:
             slot.fill(block.entries)   # committed (certified) while we were fetching its body
-            self.fetching.pop(header_hash, None)
+            self.bodies.arrived(header_hash)
             self._proposal_queue = None
         if self.view_active:
-            self.progress_deadline_ms = None
+            self.timeouts.stop(Timer.PROGRESS)
             self.failed_views = 0
         if height % self.config.checkpoint_interval == 0:
             message = sign(Checkpoint(height, header_hash, self.me), self.signing_key, self.chain_id)
-            self.my_checkpoint = encode(message)
-            self.my_checkpoint_height = height
+            data = encode(message)
+            self.checkpoints.signed(height, data)
             self._record_checkpoint_vote(self.me, height, header_hash, message.signature)
-            self._send(None, self.my_checkpoint)
+            self._send(None, data)
         if self.catch_up_target <= height:
-            self.catch_up_deadline_ms = None
+            self.timeouts.stop(Timer.CATCH_UP)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -1288,18 +993,8 @@ class Replica:
         self._record_checkpoint_vote(message.sender, message.height, message.header_hash, message.signature)
 
     def _record_checkpoint_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes) -> None:
-        votes = self.checkpoint_votes.setdefault(voter, {})
-        if height in votes:
-            return
-        votes[height] = (header_hash, signature)
-        while len(votes) > CHECKPOINT_VOTES_PER_VALIDATOR_MAX:
-            del votes[min(votes)]
-        signers = [v for v, heights in self.checkpoint_votes.items() if heights.get(height, (None,))[0] == header_hash]
-        if height > self.stable.height and self.validators.is_quorum(signers):
-            certificate = CheckpointCertificate(
-                height, header_hash,
-                tuple(VoteSignature(v, self.checkpoint_votes[v][height][1]) for v in sorted(signers)),
-            )
+        certificate = self.checkpoints.record_vote(voter, height, header_hash, signature)
+        if certificate is not None:
             self._adopt_stable(certificate)
 
     def _adopt_stable(self, certificate: CheckpointCertificate) -> None:
@@ -1310,40 +1005,23 @@ class Replica:
         if committed is not None and committed != certificate.header_hash:
             self._reject(certificate.signatures[0].validator if certificate.signatures else self.me, "certified-fork")
             return
-        self.stable = certificate
+        self.checkpoints.adopt(certificate)
         height = certificate.height
         self._persist.append((KEY_CHECKPOINT, codec.pack(certificate.to_wire())))
-        for below in [h for h in self.votes if h <= height]:
-            del self.votes[below]
-            self._persist.append((_height_key(KEY_VOTE, below), None))
-        for below in [h for h in self.certs if h <= height]:
-            del self.certs[below]
-            self._persist.append((_height_key(KEY_CERT, below), None))
-        for below in [h for h in self.persisted_bodies if h <= height]:
-            for header_hash in self.persisted_bodies.pop(below):
-                self._persist.append((_body_key(below, header_hash), None))
-        for header_hash in [h for h, fetch in self.fetching.items() if fetch.height <= height]:
-            del self.fetching[header_hash]
-        for table in (self.slots, self.prepare_votes, self.commit_votes):
-            for below in [h for h in table if h <= height]:
-                del table[below]
+        self.vote_log.forget_through(height)
+        self.bodies.forget_through(height)
+        for below in [h for h in self.slots if h <= height]:
+            del self.slots[below]
+        self.tally.forget_through(height)
         for below in [h for h in self.committed_hashes if h < height]:
             del self.committed_hashes[below]
-        for voter_votes in self.checkpoint_votes.values():
-            for below in [h for h in voter_votes if h <= height]:
-                del voter_votes[below]
         if height > self.last_applied_height:
             self._set_catch_up_target(height, [s.validator for s in certificate.signatures])
 
     def _paced(self, key: str, interval_ms: int) -> bool:
         """True (and the time noted) if nothing was done for `key` in the last `interval_ms`: how every
         answer and offer to one peer is rate-limited, so a faulty peer cannot make us work at its pace."""
-        now = self.now_ms or 0
-        last = self.paced_at_ms.get(key)
-        if last is not None and now - last < interval_ms:
-            return False
-        self.paced_at_ms[key] = now
-        return True
+        return self.pacer.allow(key, interval_ms, self.timeouts.clock_ms)
 
     def _relay_stable(self, peer: str) -> None:
         """A peer is below our stable checkpoint: send it the quorum of CHECKPOINT votes that proves it."""
@@ -1351,8 +1029,7 @@ class Replica:
             return
         if not self._paced("checkpoint:" + peer, self.config.retransmit_ms):
             return
-        for s in self.stable.signatures:
-            vote = Checkpoint(self.stable.height, self.stable.header_hash, s.validator, s.signature)
+        for vote in self.checkpoints.proof():
             self._send(peer, encode(vote))
 
     # ------------------------------------------------------------------ view change
@@ -1362,67 +1039,55 @@ class Replica:
             return  # views only go up
         self.view = view
         self.view_active = False
-        self._drains.clear()
-        self._settled_drain = None
+        self.requests.forget_primary()
         self.failed_views += 1
-        self.view_entered_ms = self.now_ms or 0
+        self.view_entered_ms = self.timeouts.clock_ms
         self.slots = {}
-        self.prepare_votes = {}
-        self.progress_deadline_ms = None
-        self.view_change_deadline_ms = None
-        self.new_view, self.new_view_bytes = None, None
-        self.fetching = {}   # bodies for the abandoned view's slots
+        self.tally.forget_prepares()
+        self.timeouts.stop(Timer.PROGRESS)
+        self.timeouts.stop(Timer.VIEW_CHANGE)
+        self.view_change.entered(None, None)
+        self.bodies.clear()   # bodies for the abandoned view's slots
         # Proposals of the abandoned view are only worth keeping if a certificate may still name them.
         wanted = {hash_of_header(c.header) for c in self.certs.values()}
-        wanted.update(vote[1] for votes in self.commit_votes.values() for vote in votes.values())
+        wanted.update(self.tally.committed_hashes())
         self.blocks = {h: block for h, block in self.blocks.items() if h in wanted}
         prepared = tuple(self.certs[h] for h in sorted(self.certs) if h > self.stable.height)
         message = sign(ViewChange(view, self.stable, prepared, self.me), self.signing_key, self.chain_id)
         data = encode(message)
-        self.view_changes[self.me] = message
-        self.view_change_bytes[self.me] = data
+        self.view_change.own(self.me, message, data)
         self._persist_view()
         self._persist.append((KEY_VIEW_CHANGE, data))
         self._send(None, data)
         self._check_view_change_quorum()
 
     def _on_view_change(self, peer: str, message: ViewChange, data: bytes) -> None:
-        previous = self.view_changes.get(peer)
         if message.checkpoint.height > self.stable.height:
             self._adopt_stable(message.checkpoint)
         if message.checkpoint.height < self.stable.height:
             self._relay_stable(peer)
         if message.view <= self.view:
             self._maybe_send_new_view(peer, message.view)
-        if previous is not None and previous.view >= message.view:
+        if not self.view_change.record(peer, message, data):
             return
-        self.view_changes[peer] = message
-        self.view_change_bytes[peer] = data
-        higher = sorted((vc.view for v, vc in self.view_changes.items() if vc.view > self.view), reverse=True)
-        f = self.validators.f
-        if len(higher) >= f + 1:
+        view = self.view_change.view_to_join(self.view)
+        if view is not None:
             # f + 1 validators (one honest at least) moved on: join the lowest view that many have reached.
-            self._start_view_change(higher[f])
+            self._start_view_change(view)
         if not self.view_active:
             self._check_view_change_quorum()
 
     def _check_view_change_quorum(self) -> None:
         if self.view_active:
             return
-        at_or_above = [v for v, vc in self.view_changes.items() if vc.view >= self.view]
-        if self.view_change_deadline_ms is None and self.validators.is_quorum(at_or_above):
+        if not self.timeouts.armed(Timer.VIEW_CHANGE) and self.view_change.quorum_joined(self.view):
             # Only a view change a quorum joined can fail for lack of a primary: start its clock now.
-            self.view_change_deadline_ms = (self.now_ms or 0) + self._timeout_ms()
+            self.timeouts.start(Timer.VIEW_CHANGE, self._timeout_ms())
         if not self.is_primary:
             return
-        exact = {vc.sender: vc for _, vc in sorted(self.view_changes.items()) if vc.view == self.view}
-        if not self.validators.is_quorum(exact):
+        quorum = self.view_change.new_view_quorum(self.view)
+        if quorum is None:
             return
-        # Any quorum of VIEW-CHANGEs makes a safe choice: take a minimal one of the smallest, so the NEW-VIEW
-        # stays under its cap (a quorum of honest ones always fits: messages.new_view_bytes_bound).
-        by_size = sorted(exact, key=lambda s: (len(self.view_change_bytes.get(s, b"")), s))
-        kept = set(minimal_quorum(self.validators, by_size))
-        quorum = tuple(vc for sender, vc in exact.items() if sender in kept)
         checkpoint, chosen = choose_blocks(quorum)
         message = sign(
             NewView(self.view, quorum, tuple(hash_of_header(p.header) for p in chosen), self.me), self.signing_key, self.chain_id
@@ -1438,8 +1103,8 @@ class Replica:
             self._reject(peer, "stale-view")
             return
         if message.view == self.view and self.view_active:
-            if self.new_view_bytes is not None and self.new_view is not None and message.chosen != self.new_view.chosen:
-                self._report_evidence(peer, "new-view", message.view, 0, self.new_view_bytes, data)
+            if self.view_change.contradicts(message):
+                self._report_evidence(peer, "new-view", message.view, 0, self.view_change.new_view_bytes, data)
                 self._start_view_change(self.view + 1)
             return
         checkpoint, chosen = choose_blocks(message.view_changes)
@@ -1449,21 +1114,20 @@ class Replica:
         self, message: NewView, data: bytes, checkpoint: CheckpointCertificate, chosen: list[PreparedCertificate]
     ) -> None:
         self.view_active = True
-        self.view_entered_ms = self.now_ms or 0
-        self._drains.clear()          # evidence is about one primary's proposals in one view
-        self._settled_drain = None
+        self.view_entered_ms = self.timeouts.clock_ms
+        self.requests.forget_primary()   # evidence is about one primary's proposals in one view
         self._proposal_queue = None   # rebuilt for the re-proposed blocks when we are the primary
         if message.view != self.view:
-            self.prepare_votes = {}  # votes of an older view; those of this view (sent before NEW-VIEW) stay
+            self.tally.forget_prepares()  # votes of an older view; those of this view (sent before NEW-VIEW) stay
         self.view = message.view
-        self.new_view, self.new_view_bytes = message, data
+        self.view_change.entered(message, data)
         self.slots = {}
-        self.progress_deadline_ms = None
-        self.view_change_deadline_ms = None
+        self.timeouts.stop(Timer.PROGRESS)
+        self.timeouts.stop(Timer.VIEW_CHANGE)
         self._persist_view()
         self._persist.append((KEY_NEW_VIEW, data))
         self._adopt_stable(checkpoint)
-        self.fetching = {}
+        self.bodies.clear()
         for cert in chosen:
             if cert.height <= self.stable.height:
                 continue
@@ -1476,7 +1140,7 @@ class Replica:
         """The slot of a block the NEW-VIEW re-proposes, with its body if we hold it; else the body is fetched."""
         header_hash = hash_of_header(cert.header)
         entries = self._known_body(cert.height, header_hash)
-        self.slots[cert.height] = _Slot(cert.header, entries, header_hash)
+        self.slots[cert.height] = Slot(cert.header, entries, header_hash)
         if entries is None:
             self._want_body(cert.height, header_hash, tuple(s.validator for s in cert.prepares))
         elif cert.height > self.last_applied_height:
@@ -1487,52 +1151,22 @@ class Replica:
         block = self.blocks.get(header_hash)
         if block is not None:
             return block[1]
-        persisted = self.persisted_bodies.get(height, {}).get(header_hash)
+        persisted = self.vote_log.body(height, header_hash)
         if persisted is not None:
-            return persisted[1]
+            return persisted
         slot = self.slots.get(height)
         if slot is not None and slot.hash == header_hash:
             return slot.entries
         return None
 
-    def _restored_body(self, height: int, header: BlockHeader) -> tuple[bytes, ...] | None:
-        """At restart: the persisted body of a block a vote or certificate record names (now with its header)."""
-        header_hash = hash_of_header(header)
-        bodies = self.persisted_bodies.get(height, {})
-        if header_hash not in bodies:
-            return None
-        entries = bodies[header_hash][1]
-        bodies[header_hash] = (header, entries)
-        return entries
-
     def _want_body(self, height: int, header_hash: bytes, signers: tuple[str, ...]) -> None:
-        """Fetch a chosen block's body: from the certificate's signers first (every honest one persisted it
-        before its PREPARE, and a quorum holds at least f + 1 honest ones), then from everyone else."""
-        others = [v.id for v in self.validators.validators if v.id != self.me]
-        first = [s for s in signers if s in self.validators and s != self.me]
-        peers = tuple(first + [v for v in others if v not in first])
-        if peers:
-            # Start at a different signer on each replica, so that not all of them ask the same one.
-            self.fetching[header_hash] = _Fetch(height, peers, self._my_index % max(1, len(first) or len(peers)))
+        self.bodies.want(height, header_hash, signers)
 
     def _request_bodies(self) -> None:
         """One BLOCK-REQUEST per peer for the bodies we still lack, each to its next peer in turn: at once
         on entering a view, then every retransmit_ms (a peer that did not answer is not asked twice running)."""
-        self.bodies_asked_ms = self.now_ms or 0
-        by_peer: dict[str, list[bytes]] = {}
-        for header_hash, fetch in sorted(self.fetching.items(), key=lambda item: item[1].height):
-            if fetch.height <= self.stable.height:
-                continue
-            # One request per peer per round (a peer serves one per catch_up_serve_interval_ms): a body
-            # whose next peer is full this round goes to the one after.
-            for _ in range(len(fetch.peers)):
-                peer = fetch.peers[fetch.attempt % len(fetch.peers)]
-                fetch.attempt += 1
-                hashes = by_peer.setdefault(peer, [])
-                if len(hashes) < BLOCK_REQUEST_HASHES_MAX:
-                    hashes.append(header_hash)
-                    break
-        for peer, hashes in by_peer.items():
+        self.timeouts.start(Timer.BODIES, self.config.retransmit_ms // 2)
+        for peer, hashes in self.bodies.plan_round(self.stable.height).items():
             if hashes:
                 self._send(peer, encode(BlockRequest(tuple(hashes))))
 
@@ -1551,10 +1185,9 @@ class Replica:
         block = self.blocks.get(header_hash)
         if block is not None:
             return block
-        for bodies in self.persisted_bodies.values():
-            persisted = bodies.get(header_hash)
-            if persisted is not None and persisted[0] is not None:
-                return persisted[0], persisted[1]
+        persisted = self.vote_log.servable(header_hash)
+        if persisted is not None:
+            return persisted
         for slot in self.slots.values():
             if slot.hash == header_hash and slot.entries is not None:
                 return slot.header, slot.entries
@@ -1564,7 +1197,7 @@ class Replica:
         """A body we asked for. decode_message checked it against the header it came with (`bad-body`);
         the header's hash is the one the NEW-VIEW's certificate names, so it is that block's body."""
         header_hash = hash_of_header(message.header)
-        fetch = self.fetching.pop(header_hash, None)
+        fetch = self.bodies.arrived(header_hash)
         if fetch is None:
             return   # a second answer, or for a view we left: nothing to do (and nothing kept)
         slot = self.slots.get(fetch.height)
@@ -1586,11 +1219,11 @@ class Replica:
 
     def _offer_new_view(self, peer: str) -> None:
         """Send `peer` the NEW-VIEW of our view, at most once per retransmit_ms per peer."""
-        if not self.view_active or self.new_view_bytes is None:
+        if not self.view_active or self.view_change.new_view_bytes is None:
             return
         if not self._paced("new-view-sent:" + peer, self.config.retransmit_ms):
             return
-        self._send(peer, self.new_view_bytes)
+        self._send(peer, self.view_change.new_view_bytes)
 
     def _ask_for_new_view(self, peer: str) -> None:
         """Ask `peer` for the blocks past ours and, with them, its NEW-VIEW (peers answer every
@@ -1598,8 +1231,7 @@ class Replica:
         retransmit_ms per peer, so a peer that claims a far view costs one small message a round."""
         if not self._paced("new-view-asked:" + peer, self.config.retransmit_ms):
             return
-        first = self.last_applied_height + 1
-        self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+        self._send(peer, encode(catch_up_request(self.last_applied_height)))
 
     def _report_evidence(self, validator: str, kind: str, view: int, height: int, first: bytes, second: bytes) -> None:
         key = (validator, kind, view, height)
@@ -1616,7 +1248,7 @@ class Replica:
     def _retransmit(self) -> None:
         """Resend what peers may have lost; only while something is still outstanding."""
         if not self.view_active:
-            data = self.view_change_bytes.get(self.me)
+            data = self.view_change.latest_bytes.get(self.me)
             if data is not None:
                 self._send(None, data)
             # Whoever leads next (or the others, if they stayed) must know the requests we wait for.
@@ -1635,29 +1267,17 @@ class Replica:
                 if slot.commit is not None:
                     self._send(None, slot.commit)
             # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
-            if self.fetching and (self.now_ms or 0) - self.bodies_asked_ms >= self.config.retransmit_ms // 2:
+            if self.fetching and self.timeouts.fired(Timer.BODIES):
                 self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
-        if self.my_checkpoint is not None and self.my_checkpoint_height > self.stable.height:
-            self._send(None, self.my_checkpoint)
+        mine = self.checkpoints.unstable_mine()
+        if mine is not None:
+            self._send(None, mine)
 
     def _resend_requests(self, to: str | None) -> None:
         """Resend requests that stayed pending a full retransmission period (the first copy may be lost,
         or the peer that forwarded it to us may have crashed): bounded by forward_requests_max."""
-        now = self.now_ms or 0
-        in_flight = self._in_flight_ids()
-        stale = []
-        unchecked = []
-        for request_id, pending in self.pool.items():
-            if (now - pending.seen_ms < self.config.retransmit_ms
-                    or len(stale) + len(unchecked) >= self.config.forward_requests_max):
-                break
-            if request_id not in in_flight:
-                if pending.checked:
-                    stale.append(pending.request)
-                else:
-                    unchecked.append((request_id, pending))
-        # We forward only requests we know to be valid (as every honest replica does).
-        stale.extend(pending.request for request_id, pending in unchecked if self._confirm(request_id, pending))
+        stale = self.requests.stale(self.timeouts.clock_ms, self.config.retransmit_ms, self.config.forward_requests_max,
+                                    self._in_flight_ids(), self._confirm)
         if stale:
             self._send_requests(to, stale)
 
@@ -1673,35 +1293,23 @@ class Replica:
         self._serve.append((peer, from_height, to_height))
 
     def _probe_peer(self) -> None:
-        peers = [v.id for v in self.validators.validators if v.id != self.me]
-        if not peers:
-            return
-        peer = peers[self.probe_index % len(peers)]
-        self.probe_index += 1
-        first = self.last_applied_height + 1
-        self._send(peer, encode(CatchUpRequest(first, first + CATCH_UP_BLOCKS_MAX - 1)))
+        peer = self.catch_up.probe_peer([v.id for v in self.validators.validators if v.id != self.me])
+        if peer is not None:
+            self._send(peer, encode(catch_up_request(self.last_applied_height)))
 
     def _set_catch_up_target(self, height: int, peers: list[str]) -> None:
         peers = [p for p in peers if p != self.me]
         if height <= self.last_applied_height or not peers:
             return
-        if height > self.catch_up_target:
-            self.catch_up_target = height
-            self.catch_up_peers = sorted(set(peers))
+        self.catch_up.raise_target(height, peers)
         self._maybe_catch_up()
 
     def _maybe_catch_up(self) -> None:
-        if self.catch_up_target <= self.last_applied_height or not self.catch_up_peers:
+        if not self.catch_up.behind(self.last_applied_height) or self.timeouts.running(Timer.CATCH_UP):
             return
-        now = self.now_ms or 0
-        if self.catch_up_deadline_ms is not None and now < self.catch_up_deadline_ms:
-            return
-        peer = self.catch_up_peers[self.catch_up_attempt % len(self.catch_up_peers)]
-        self.catch_up_attempt += 1
-        first = self.last_applied_height + 1
-        last = min(self.catch_up_target, first + CATCH_UP_BLOCKS_MAX - 1)
-        self.catch_up_deadline_ms = now + self.config.catch_up_timeout_ms
-        self._send(peer, encode(CatchUpRequest(first, last)))
+        peer = self.catch_up.next_peer()
+        self.timeouts.start(Timer.CATCH_UP, self.config.catch_up_timeout_ms)
+        self._send(peer, encode(catch_up_request(self.last_applied_height, self.catch_up.target)))
 
     def _on_catch_up_request(self, peer: str, message: CatchUpRequest, data: bytes) -> None:
         # A peer that asks may also have missed a view change (it asks at its first tick after a
@@ -1745,9 +1353,8 @@ class Replica:
             delivered = True
         if delivered:
             # Progress: the next range (if any) goes out at once, to the same peer first.
-            self.catch_up_deadline_ms = None
+            self.timeouts.stop(Timer.CATCH_UP)
             if len(message.blocks) == CATCH_UP_BLOCKS_MAX:
                 self._set_catch_up_target(self.last_applied_height + 1, [peer])  # a full batch: there may be more
-            if peer in self.catch_up_peers:
-                self.catch_up_attempt = self.catch_up_peers.index(peer)
+            self.catch_up.progressed_with(peer)
             self._maybe_catch_up()
