@@ -322,6 +322,10 @@ class Replica:
     def pending_request_count(self) -> int:
         return len(self.pool)
 
+    def is_pending(self, request_id: bytes) -> bool:
+        """Is the request with this id (SHA-256 of its bytes) in the pool, waiting to commit?"""
+        return request_id in self.requests
+
     def is_committed(self, request: bytes) -> bool:
         """True if `request` is among the recently committed ones this replica remembers (and will drop)."""
         return codec.sha256(request) in self.committed_ids

@@ -228,12 +228,6 @@ def _admission(ledger, entry: bytes) -> tuple[str | None, str | None]:
     return (None, None) if admission is None else admission(entry)
 
 
-def _in_pool(replica, entry_id: bytes) -> bool:
-    """Is the entry still in the core's request pool? (A core that does not show its pool: yes.)"""
-    pool = getattr(replica, "pool", None)
-    return True if pool is None else entry_id in pool
-
-
 def _entry_id(entry: bytes) -> bytes:
     # The replica's request id: SHA-256 of the entry bytes.
     return codec.sha256(entry)
@@ -317,11 +311,12 @@ class Daemon:
         self.application = EntryVerdictMemo(
             application if application is not None else _ledger_application(ledger))
         self.replica = _build_replica(config, genesis, key, ledger, self.application)
-        for note in getattr(self.replica, "restore_skipped", ()):
+        status = self.replica.snapshot()
+        for note in status.restore_skipped:
             # A record an older version wrote that this one cannot read (docs/CONSENSUS.md, View change).
             log.warning("persisted consensus record left out", detail=note)
         self.height, _ = _last_applied(ledger)
-        self.view = int(getattr(self.replica, "view", 0))
+        self.view = status.view
         self._vouch_fallbacks_seen = 0
         self.metrics.height.set(self.height)
         self.metrics.view.set(self.view)
@@ -431,7 +426,7 @@ class Daemon:
         if participant is not None:
             try:
                 counted = self._shares.admit(participant, entry, trio.current_time(),
-                                             functools.partial(_in_pool, self.replica))
+                                             self.replica.is_pending)
             except ApiError as exc:
                 self.metrics.rejected_requests.inc(label_value=exc.code)
                 raise
@@ -507,7 +502,7 @@ class Daemon:
         ready = self.replica.on_request(request.entry)
         refusals = [ALREADY_COMMITTED if reason == "applied-request:already-applied" else reason
                     for peer, reason in ready.rejected if peer == CLIENT_PEER_ID]
-        if not refusals and request.entry_id in getattr(self.replica, "committed_ids", ()):
+        if not refusals and self.replica.is_committed(request.entry):
             # The core drops a committed request silently (peers forward duplicates all the time);
             # a client retrying it must hear so instead of waiting for a commit that will not come.
             refusals = [ALREADY_COMMITTED]
@@ -582,7 +577,8 @@ class Daemon:
                 log.info("message rejected", peer=peer_id, reason=reason)
 
     def _observe_replica(self) -> None:
-        view = int(getattr(self.replica, "view", self.view))
+        status = self.replica.snapshot()
+        view = status.view
         if view != self.view:
             if view > self.view:
                 self.metrics.view_changes.inc(view - self.view)
@@ -591,14 +587,10 @@ class Daemon:
             # The driver task's lines (rejections, evidence, commits) carry the view they happened in.
             structlog.contextvars.bind_contextvars(view=view)
             log.info("view changed", primary=self.validator_set.primary(view).id)
-        target = getattr(self.replica, "catch_up_target", None)
-        if isinstance(target, int):
-            self.metrics.catch_up_target_height.set(max(target, self.height))
-        checks = getattr(self.replica, "checks_signatures", None)
-        if isinstance(checks, bool):
-            self.metrics.checks_all_signatures.set(int(checks))
-        fallbacks = getattr(self.replica, "vouch_fallbacks", None)
-        if isinstance(fallbacks, int) and fallbacks > self._vouch_fallbacks_seen:
+        self.metrics.catch_up_target_height.set(max(status.catch_up_target, self.height))
+        self.metrics.checks_all_signatures.set(int(status.checks_signatures))
+        fallbacks = status.vouch_fallbacks
+        if fallbacks > self._vouch_fallbacks_seen:
             self.metrics.vouch_fallbacks.inc(fallbacks - self._vouch_fallbacks_seen)
             self._vouch_fallbacks_seen = fallbacks
             log.warning("vouchers came late: checking every signature for a while",
@@ -644,7 +636,7 @@ class Daemon:
         self.metrics.height.set(self.height)
         self.metrics.committed_blocks.inc()
         self.metrics.committed_entries.inc(len(block.entries))
-        if getattr(self.replica, "catch_up_target", 0) > header.height:
+        if self.replica.snapshot().catch_up_target > header.height:
             self.metrics.catch_up_blocks.inc()    # applied while still behind the highest height seen
         self.metrics.commit_latency.observe(latency_s)
         log.info("block committed", height=header.height, certificate_view=block.certificate.view,

@@ -425,9 +425,13 @@ def test_message_size_limit_at_its_edge():
 def test_host_can_ask_whether_a_request_is_already_committed():
     cluster = Cluster()
     cluster.submit("v1", b"ok:1")
+    assert cluster.nodes["v1"].replica.is_pending(codec.sha256(b"ok:1"))      # pooled, not committed yet
     assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"]), 200)
     assert cluster.nodes["v2"].replica.is_committed(b"ok:1")
     assert not cluster.nodes["v2"].replica.is_committed(b"ok:2")
+    assert not any(node.replica.is_pending(codec.sha256(b"ok:1")) for node in cluster.nodes.values())
+    status = cluster.nodes["v2"].replica.snapshot()
+    assert status.pending_request_count == 0 and status.last_applied_height >= 1
 
 
 def test_construction_refuses_an_inconsistent_setup():

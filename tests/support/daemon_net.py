@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import trio
 
 from consensus.sim import app as sim_app
+from consensus.status import ReplicaStatus
 from consensus.validators import Validator, ValidatorSet
 from node.config import (
     Address, ConsensusConfig, LimitsConfig, Listen, NodeConfig, Peer, RpcConfig,
@@ -156,9 +157,18 @@ class ScriptedReplica:
     def __init__(self, journal, follow_ups):
         self.journal = journal
         self.follow_ups = list(follow_ups)
-        self.view = 0
         self.pending_request_count = 0
-        self.committed_ids = ()
+
+    def snapshot(self):
+        return ReplicaStatus(view=0, view_active=True, primary_id="hk-1", is_primary=False, last_applied_height=0,
+                             stable_checkpoint_height=0, catch_up_target=0, checks_signatures=True,
+                             vouch_fallbacks=0, pending_request_count=0, in_flight_count=0, restore_skipped=())
+
+    def is_committed(self, request):
+        return False
+
+    def is_pending(self, request_id):
+        return True
 
     def on_persisted(self):
         self.journal.append(("on_persisted",))
