@@ -261,6 +261,7 @@ class Simulation:
     def carry_out(self, node: SimNode, ready) -> None:
         """Queue `ready`; the host carries out the queue once it holds as many Readies as drawn
         (the daemon merges the Readies of the inputs it drained into one synced write)."""
+        self._check_invariants(node)
         node.readies.append(ready)
         if node.readies_to_merge is None:
             node.readies_to_merge = self.rng_host.randint(1, self.plan.readies_merged_max)
@@ -290,6 +291,7 @@ class Simulation:
                 if just_wrote:
                     # on_persisted ran before this step was made: what it released is not out yet.
                     self._stage(node, "after_persisted_ack")
+                self._check_invariants(node)      # the host may have acknowledged a write
                 self._perform(node, step)
                 just_wrote = isinstance(step, host.WriteBatch)
                 wrote = wrote or just_wrote
@@ -300,6 +302,14 @@ class Simulation:
                 self._stage(node, "after_persisted_ack")
         except NodeCrashed:
             steps.close()
+
+    def _check_invariants(self, node: SimNode) -> None:
+        """The replica's own consistency rules (Replica.check_invariants), after every input and step."""
+        if node.up:
+            try:
+                node.replica.check_invariants()
+            except AssertionError as exc:
+                raise SafetyViolation(f"replica {node.id} broke an invariant: {exc}") from exc
 
     def _check_redelivered(self, node: SimNode, readies) -> None:
         # The host skips blocks at or below the applied height; the checker still sees that a

@@ -279,3 +279,23 @@ def test_a_replica_that_never_stops_asking_to_persist_is_reported():
         sim.carry_out(node, Endless())
         sim.flush(node)
     assert replica.calls == host.FOLLOW_UPS_MAX + 1   # the first ack, then one per follow-up
+
+
+def test_the_simulator_checks_every_replicas_invariants_after_every_step():
+    """A replica whose state contradicts itself fails the run at once, naming the replica and the rule."""
+    from consensus.sim import Simulation
+    from consensus.sim.faults import calm_plan
+
+    sim = Simulation(calm_plan(3, ticks=40))
+    calls = []
+    replica = sim.nodes["r2"].replica
+
+    def check_invariants():
+        calls.append(sim.tick)
+        if sim.tick >= 20:
+            raise AssertionError("r2: slot 3 is prepared without a certificate")
+    replica._replica.check_invariants = check_invariants      # GuardedReplica passes the call through
+    result = sim.run()
+    assert not result.ok and "replica r2 broke an invariant: r2: slot 3 is prepared" in result.failure
+    assert result.failure.startswith("tick 20:")
+    assert len(calls) > 20 and set(range(20)) <= set(calls)    # every tick, before the rule broke
