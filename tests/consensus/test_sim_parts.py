@@ -268,6 +268,9 @@ def test_a_replica_that_never_stops_asking_to_persist_is_reported():
     class EndlessReplica:
         calls = 0
 
+        def check_invariants(self):
+            pass
+
         def on_persisted(self):
             self.calls += 1
             return Endless()
