@@ -18,22 +18,13 @@ import pytest
 from node.cli import main
 from node.client import Client, Credentials, RpcError
 from node.keys import load_key_file
+from tests.support.cli import one_line_error, run
 
 CLIENT_COMMANDS = ("submit", "verify", "revoke", "status", "admit", "suspend", "cosign")
 
 
 def rpc(server) -> list[str]:
     return ["--rpc", f"127.0.0.1:{server.port}"]
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(err: str) -> bool:
-    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 from tests.support.node_cluster import Cluster
 
 from node.cli import main  # noqa: E402
+from tests.support.cli import run
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +36,6 @@ def network(tmp_path):
         yield cluster
     finally:
         cluster.teardown()
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cross_border_submit_verify_revoke_and_admission(network, tmp_path, capsys):

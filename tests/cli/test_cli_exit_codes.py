@@ -11,12 +11,9 @@ from node.cli import main
 from node.cli.participant import REFUSAL_CODES, refusal_or_error
 from node.client import RpcError
 from node.keys import KeyPair, write_key_file
+from tests.support.cli import one_line_error
 
 ERROR_CODES = {value for name, value in vars(wire).items() if name.startswith("ERROR_")}
-
-
-def one_line(err: str) -> bool:
-    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, named", [
@@ -39,7 +36,7 @@ def test_nonsensical_numbers_are_refused_naming_the_flag_and_the_range(capsys, a
     with pytest.raises(SystemExit) as done:
         main(argv)
     err = capsys.readouterr().err
-    assert done.value.code == 2 and one_line(err), err
+    assert done.value.code == 2 and one_line_error(err), err
     assert named in err and ("out of range" in err or "not a" in err), err
 
 
@@ -69,5 +66,5 @@ def test_a_validator_key_cannot_submit_and_the_message_says_whose_key_can(capsys
     code = main(["submit", str(document), "--rpc", f"127.0.0.1:{server.port}", "--key", str(key_file),
                  "--genesis", files["genesis"]])
     err = capsys.readouterr().err
-    assert code == 1 and one_line(err), err
+    assert code == 1 and one_line_error(err), err
     assert f"cannot submit as {name!r}" in err and "--key" in err and "admitted participant" in err, err

@@ -7,27 +7,17 @@ import threading
 
 import pytest
 
-from node.cli import main
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err: str) -> bool:
-    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+from tests.support.cli import one_line_error, run
 
 
 def test_a_url_given_as_rpc_is_named_a_url_with_its_source(capsys, monkeypatch):
     monkeypatch.delenv("BAYLEDGER_RPC", raising=False)
     code, _, err = run(capsys, ["status", "--rpc", "http://127.0.0.1:7800"])
-    assert code == 2 and one_line(err) and "--rpc: 'http://127.0.0.1:7800' is a URL" in err, err
+    assert code == 2 and one_line_error(err) and "--rpc: 'http://127.0.0.1:7800' is a URL" in err, err
     assert "give HOST:PORT without 'http://' (127.0.0.1:7800)" in err
     monkeypatch.setenv("BAYLEDGER_RPC", "https://node.example.org:7800")
     code, _, err = run(capsys, ["status"])
-    assert code == 2 and one_line(err) and err.startswith("bayledger status: BAYLEDGER_RPC: "), err
+    assert code == 2 and one_line_error(err) and err.startswith("bayledger status: BAYLEDGER_RPC: "), err
     monkeypatch.setenv("BAYLEDGER_RPC", "node.example.org")
     code, _, err = run(capsys, ["status"])
     assert code == 2 and "BAYLEDGER_RPC: 'node.example.org' is not HOST:PORT: no port" in err, err
@@ -58,7 +48,7 @@ def not_rpc_port():
 
 def test_another_port_of_the_node_is_named_as_the_likely_mistake(capsys, not_rpc_port):
     code, _, err = run(capsys, ["status", "--rpc", f"127.0.0.1:{not_rpc_port}"])
-    assert code == 2 and one_line(err), err
+    assert code == 2 and one_line_error(err), err
     assert f"is 127.0.0.1:{not_rpc_port} the node's RPC port?" in err and "p2p and metrics" in err, err
 
 
@@ -66,7 +56,7 @@ def test_a_config_error_names_the_file_once(capsys, tmp_path):
     broken = tmp_path / "node.toml"
     broken.write_text("x = [")
     code, _, err = run(capsys, ["node", "--config", str(broken)])
-    assert code == 2 and one_line(err) and err.count("config file") == 1 and "config: " not in err, err
+    assert code == 2 and one_line_error(err) and err.count("config file") == 1 and "config: " not in err, err
     assert f"config file {broken} is not valid TOML" in err
     incomplete = tmp_path / "incomplete.toml"
     incomplete.write_text("[consensus]\n")

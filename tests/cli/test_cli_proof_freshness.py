@@ -22,6 +22,7 @@ from tests.support.storage_helpers import make_world
 import node.cli.participant as cli_client  # noqa: E402
 from node.cli import main  # noqa: E402
 from node.client import ConnectionFailed, seal_document  # noqa: E402
+from tests.support.cli import run
 
 BAYLEDGER = Path(sys.executable).parent / "bayledger"
 STALE_LINE = re.compile(r"STALE: status at height (\d+) is (\d+) minutes old")
@@ -30,12 +31,6 @@ SALT = bytes(range(32))
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from tests.support.proof_cases import CASES, build_proofs, commitment_of
 from tests.support.storage_helpers import make_world
 
-from node.cli import main  # noqa: E402
+from tests.support.cli import run
 
 BAYLEDGER = Path(sys.executable).parent / "bayledger"
 
@@ -34,12 +34,6 @@ def _proof_file(made, name: str, data: bytes) -> str:
     path = made.directory / f"{name}.proof"
     path.write_bytes(data)
     return str(path)
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_the_genuine_proofs_pass(made, capsys):

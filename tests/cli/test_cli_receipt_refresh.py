@@ -6,12 +6,7 @@ import json
 import os
 
 from node.cli import main
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.support.cli import run
 
 
 def test_a_pending_receipt_is_completed_from_a_verified_proof(capsys, server, files, tmp_path):

@@ -3,7 +3,7 @@ one request per peer per round, nothing at or below the stable checkpoint."""
 
 from consensus.bodies import BodyFetcher
 from consensus.messages import BLOCK_REQUEST_HASHES_MAX
-from tests.consensus.test_replica import make_validators
+from tests.support.replica_cluster import make_validators
 
 
 def fetcher(me="v0"):

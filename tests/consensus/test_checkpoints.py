@@ -2,7 +2,7 @@
 the stable one, each validator's votes are bounded, adopting forgets what is below."""
 
 from consensus.checkpoints import CHECKPOINT_VOTES_PER_VALIDATOR_MAX, Checkpoints
-from tests.consensus.test_replica import make_validators
+from tests.support.replica_cluster import make_validators
 
 HASH = b"h" * 32
 

@@ -12,7 +12,7 @@ from consensus.sim import draw_fault_plan, run_seed
 from consensus.slot import SlotPhase
 from consensus.status import InvariantViolation
 from consensus.timeouts import Timer
-from tests.consensus.test_replica import CHAIN, Cluster, TrivialApp, all_committed
+from tests.support.replica_cluster import CHAIN, Cluster, TrivialApp, all_committed
 
 INVARIANT_SEEDS = (0, 3, 7, 11)
 INVARIANT_TICKS = 300

@@ -3,7 +3,7 @@ the view f + 1 reached is joined, and a NEW-VIEW is built from a minimal quorum 
 
 from consensus.messages import GENESIS_CHECKPOINT, NewView, ViewChange
 from consensus.view_change import ViewChanges
-from tests.consensus.test_replica import make_validators
+from tests.support.replica_cluster import make_validators
 
 
 def view_change(sender, view):

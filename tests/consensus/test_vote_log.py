@@ -10,7 +10,7 @@ from consensus.vote_log import (
     KEY_CERT, KEY_COMMITTED, KEY_VIEW, KEY_VOTE, PHASE_COMMIT, PHASE_PRE_PREPARE, PHASE_PREPARE, VoteLog, body_key,
     height_key, restore_committed_ids, restore_view,
 )
-from tests.consensus.test_replica import CHAIN, make_validators
+from tests.support.replica_cluster import CHAIN, make_validators
 
 
 def header(height: int, entries: tuple[bytes, ...], salt: bytes = b"") -> BlockHeader:

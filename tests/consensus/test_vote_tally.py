@@ -2,7 +2,7 @@
 one comes back as evidence, COMMITs of later views replace earlier ones, and a quorum is found."""
 
 from consensus.vote_tally import VoteTally
-from tests.consensus.test_replica import make_validators
+from tests.support.replica_cluster import make_validators
 
 A, B = b"a" * 32, b"b" * 32
 

@@ -8,7 +8,6 @@ commitments and nonces, so their order does not matter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
