@@ -161,15 +161,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     receipt = _new_parser(subparsers, "receipt", "receipt tools (receipt refresh)", "Receipt tools.")
     receipt_commands = receipt.add_subparsers(dest="receipt_command", metavar="COMMAND")
-    refresh = receipt_commands.add_parser(
-        "refresh", help="record in a pending receipt the commit that happened meanwhile",
-        description="A receipt stays `pending` when submit stopped waiting (--wait-ms, Ctrl-C, a lost "
+    refresh = _new_parser(
+        receipt_commands, "refresh", "record in a pending receipt the commit that happened meanwhile",
+        "A receipt stays `pending` when submit stopped waiting (--wait-ms, Ctrl-C, a lost "
         "connection) before its entry committed. Ask a node for the commitment's match proof (a query signed by "
         "--key), verify it offline against the genesis file, and write the height and leaf into the receipt: "
         "COMMITTED (exit 0). PENDING (exit 1) if the ledger has no such commitment yet: if it never appears, "
-        "the entry was lost; submit the document again (a new salt, a new receipt).",
-        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _one_line_errors(refresh)
+        "the entry was lost; submit the document again (a new salt, a new receipt).")
     refresh.add_argument("receipt", metavar="RECEIPT", help="the receipt written by submit")
     refresh.add_argument("--as", dest="participant", metavar="ID", help="participant id (default: the key file's id)")
     _add_rpc(refresh)
@@ -180,14 +178,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     proof = _new_parser(subparsers, "proof", "offline proof tools (proof verify)", "Offline proof tools.")
     proof_commands = proof.add_subparsers(dest="proof_command", metavar="COMMAND")
-    proof_verify = proof_commands.add_parser(
-        "verify", help="verify a saved match proof offline",
-        description="Offline: verify a match proof file (saved by verify --proof-out) against the genesis file, no "
+    proof_verify = _new_parser(
+        proof_commands, "verify", "verify a saved match proof offline",
+        "Offline: verify a match proof file (saved by verify --proof-out) against the genesis file, no "
         "node. The commitment checked is the one given (--commitment, --receipt, or FILE with --salt); without "
         "one, the proof's own. Prints MATCH / REVOKED / EXPIRED / STALE (exit 1), or INVALID PROOF naming the "
-        "failed check (exit 2).",
-        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _one_line_errors(proof_verify)
+        "failed check (exit 2).")
     proof_verify.add_argument("proof", metavar="PROOF", help="the proof file")
     proof_verify.add_argument("--commitment", metavar="HEX", help="the commitment the proof must be about")
     proof_verify.add_argument("--receipt", metavar="FILE", help="take the commitment from a receipt")
@@ -295,29 +291,21 @@ def refusal_or_error(exc: RpcError, what: str) -> CliError:
     return CliError(f"{what} {exc.code}: {exc.message}", code)
 
 
-def wait_ms_arg(text: str) -> int:
-    """argparse type of --wait-ms: whole milliseconds, 1 to WAIT_MS_MAX."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
-    if not 1 <= value <= WAIT_MS_MAX:
-        raise argparse.ArgumentTypeError(f"{value} ms is out of range: give 1 to {WAIT_MS_MAX} (10 minutes)")
-    return value
-
-
-def _positive_int(flag: str, high: int):
+def _positive_int(flag: str, high: int, unit: str = ""):
     """argparse type of a count or time in whole units: 1 to `high`."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{unit and ' of' + unit}") from None
         if not 1 <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range: give 1 to {high}")
+            raise argparse.ArgumentTypeError(f"{value}{unit} is out of range: give 1 to {high}{unit}")
         return value
     parse.__name__ = flag          # argparse names the type in some messages
     return parse
+
+
+wait_ms_arg = _positive_int("--wait-ms", WAIT_MS_MAX, " ms")
 
 
 def timeout_arg(text: str) -> float:
