@@ -167,6 +167,14 @@ def draw_fault_plan(
         changes["byzantine_behaviours"] = behaviours + ("split_brain",)
     # The daemon carries out up to 256 Readies (node.daemon.DRAIN_EVENTS_MAX) with one synced write under load.
     changes["readies_merged_max"] = rng.choice((1, 2, 4, 16, 256))
+    changes.update(_overrides(plan, replicas, byzantine, ticks))
+    return dataclasses.replace(plan, **changes)
+
+
+def _overrides(plan: FaultPlan, replicas: int | None, byzantine: int | None, ticks: int | None) -> dict:
+    """The fields the command line fixes (--replicas, --byzantine, --ticks), after every draw."""
+    seed, n = plan.seed, plan.replica_count
+    changes: dict = {}
     if replicas is None and byzantine is not None and byzantine > plan.f:
         # A drawn cluster too small for the asked Byzantine count grows to the smallest that allows it.
         fitting = [n for n in REPLICA_COUNTS if (n - 1) // 3 >= byzantine]
@@ -190,7 +198,7 @@ def draw_fault_plan(
         if ticks < 1:
             raise ValueError("--ticks must be positive")
         changes["ticks"] = ticks
-    return dataclasses.replace(plan, **changes) if changes else plan
+    return changes
 
 
 def calm_plan(seed: int = 0, *, replicas: int = 4, ticks: int = 300, **changes) -> FaultPlan:
