@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 # A main that writes far more than a pipe holds (so the write after the reader closed must fail), or
 # one that waits for Ctrl-C; both through node.cli.run_main as `bayledger` and `python -m testnet` are.
 _PROGRAM = """
-import sys, time
+import signal, sys, time
 from node.cli import run_main
+# A shell that starts jobs in the background (CI may) leaves SIGINT ignored in them; a terminal does not.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def flood(argv):
     for _ in range(10_000):
         print("x" * 1000)

@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Sized so the seven cases fit `make test`'s 10-minute budget. 10 s with the Byzantine node still
 # tells "deposed once" from "deposed again and again": before the fix, the request flood deposed
 # the primary after 2 s and its successor after 6 s more.
-HONEST_S = 6.0              # the load with every node honest
+HONEST_S = 4.0              # the load with every node honest (800 commits at RATE_PER_S)
 # The same load with one Byzantine node. $BYZANTINE_SECONDS lengthens it by hand (60: the issue's "at most
 # one view change per behaviour per minute" over a whole minute); make test keeps it short.
 BYZANTINE_S = float(os.environ.get("BYZANTINE_SECONDS") or 10.0)
