@@ -113,8 +113,8 @@ def _tls_failure(endpoint: "Endpoint", exc: BaseException) -> TlsFailed:
         return TlsFailed(f"{endpoint} does not speak TLS (a plaintext development node?); --plaintext "
                          f"(BAYLEDGER_PLAINTEXT=1) connects without TLS, for development only")
     if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)):
-        return TlsFailed(f"{endpoint} closed the connection during the TLS handshake (busy, or it refused this "
-                         f"client)")
+        return TlsFailed(f"{endpoint} closed the connection during the TLS handshake (busy, it refused this "
+                         f"client, or it is not the node's RPC port: its p2p and metrics ports speak other protocols)")
     return TlsFailed(f"{endpoint}: TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
 
 

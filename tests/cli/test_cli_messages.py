@@ -81,3 +81,32 @@ def test_a_file_that_is_no_proof_is_named_so_without_msgpack_internals(capsys, f
     assert code == 2 and out.strip() == ("INVALID PROOF: check format failed: not a match proof: the bytes do not "
                                          "decode as msgpack"), out
     assert "verify --proof-out" in err
+
+
+@pytest.fixture
+def closes_during_tls():
+    """A port that reads the TLS hello and hangs up, as a node's p2p port does (its handshake is another)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        with connection:
+            connection.recv(4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_a_port_that_hangs_up_on_tls_may_be_another_port_of_the_node(capsys, closes_during_tls, monkeypatch):
+    monkeypatch.delenv("BAYLEDGER_PLAINTEXT")      # TLS, as a real node's RPC
+    code, _, err = run(capsys, ["status", "--rpc", f"127.0.0.1:{closes_during_tls}"])
+    assert code == 2 and one_line_error(err), err
+    assert "closed the connection during the TLS handshake" in err and "not the node's RPC port" in err, err
