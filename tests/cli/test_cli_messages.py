@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -23,9 +24,10 @@ def test_a_url_given_as_rpc_is_named_a_url_with_its_source(capsys, monkeypatch):
     assert code == 2 and "BAYLEDGER_RPC: 'node.example.org' is not HOST:PORT: no port" in err, err
 
 
-@pytest.fixture
-def not_rpc_port():
-    """A port that answers with something else than msgpack-RPC, as a node's p2p port does."""
+@contextlib.contextmanager
+def one_connection_server(answer: bytes):
+    """A port that reads what a client first sends, answers `answer` (nothing: hangs up) and closes:
+    another of the node's ports (p2p, metrics) as the CLI meets it."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -36,14 +38,22 @@ def not_rpc_port():
         except OSError:
             return
         with connection:
-            connection.recv(1024)
-            connection.sendall(b"\x78\x00\x00\x00\x10hello, validator")
+            connection.recv(4096)
+            connection.sendall(answer)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield listener.getsockname()[1]
-    listener.close()
-    thread.join(timeout=5)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def not_rpc_port():
+    with one_connection_server(b"\x78\x00\x00\x00\x10hello, validator") as port:
+        yield port
 
 
 def test_another_port_of_the_node_is_named_as_the_likely_mistake(capsys, not_rpc_port):
@@ -85,24 +95,9 @@ def test_a_file_that_is_no_proof_is_named_so_without_msgpack_internals(capsys, f
 
 @pytest.fixture
 def closes_during_tls():
-    """A port that reads the TLS hello and hangs up, as a node's p2p port does (its handshake is another)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def serve():
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            return
-        with connection:
-            connection.recv(4096)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    listener.close()
-    thread.join(timeout=5)
+    """Reads the TLS hello and hangs up, as a node's p2p port does (its handshake is another)."""
+    with one_connection_server(b"") as port:
+        yield port
 
 
 def test_a_port_that_hangs_up_on_tls_may_be_another_port_of_the_node(capsys, closes_during_tls, monkeypatch):

@@ -142,7 +142,7 @@ def clone(tmp_path):
     running testnet in `testnet/.run` on free ports. Yields (folder, base port); stops the testnet."""
     activate = Path(sys.prefix) / "bin" / "activate"
     if not activate.is_file() or shutil.which("bash") is None:
-        pytest.skip("the tour needs bash and a venv to `source` (run the tests from .venv, as `make test` does)")
+        pytest.fail("the tour needs bash and a venv to `source`: run the tests from .venv, as `make test` does")
     (tmp_path / ".venv").symlink_to(sys.prefix)
     run_dir = tmp_path / "testnet" / ".run"
     try:
