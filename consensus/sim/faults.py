@@ -156,6 +156,13 @@ def draw_fault_plan(
         batch_requests_max=rng.choice((1, 2, 4, 16)),
         liveness_ticks_max=liveness_ticks_max,
     )
+    changes = _later_draws(rng, behaviours)
+    changes.update(_overrides(plan, replicas, byzantine, ticks))
+    return dataclasses.replace(plan, **changes)
+
+
+def _later_draws(rng: random.Random, behaviours: tuple[str, ...]) -> dict:
+    """The fields added after the first plans, drawn after all the others so older seeds keep their draws."""
     changes: dict = {
         "client_retry_probability": _p(rng, 0.3) if rng.random() < 0.5 else 0.0,
         "send_before_persist": rng.random() < 0.5,
@@ -167,8 +174,7 @@ def draw_fault_plan(
         changes["byzantine_behaviours"] = behaviours + ("split_brain",)
     # The daemon carries out up to 256 Readies (node.daemon.DRAIN_EVENTS_MAX) with one synced write under load.
     changes["readies_merged_max"] = rng.choice((1, 2, 4, 16, 256))
-    changes.update(_overrides(plan, replicas, byzantine, ticks))
-    return dataclasses.replace(plan, **changes)
+    return changes
 
 
 def _overrides(plan: FaultPlan, replicas: int | None, byzantine: int | None, ticks: int | None) -> dict:

@@ -8,7 +8,7 @@ request the primary provably held while it proposed its whole queue (a partial b
 
 from __future__ import annotations
 
-from consensus.messages import Requests, decode_message, encode
+from consensus.messages import REQUESTS_MESSAGE_BYTES_MAX, Requests, decode_message, encode
 
 from tests.support.replica_cluster import CHAIN, Cluster, all_committed
 
@@ -93,8 +93,6 @@ def test_a_primary_that_drops_one_request_while_proposing_others_is_deposed():
 
 def test_forwarded_requests_message_stays_under_the_byte_cap():
     """A backup's forward to the primary is cut by count and by bytes (REQUESTS_MESSAGE_BYTES_MAX)."""
-    from consensus import replica as replica_module
-
     cluster = Cluster()
     node = cluster.nodes["v1"]
     big = [b"ok:" + bytes([i % 256, i // 256]) + b"x" * 60_000 for i in range(300)]   # ~18 MB in all
@@ -114,7 +112,7 @@ def test_forwarded_requests_message_stays_under_the_byte_cap():
     forwards = [decode_message(out.data, cluster.vset, CHAIN) for out in sent if out.to == "v0"]
     forwards = [(out, m) for out, m in zip([o for o in sent if o.to == "v0"], forwards) if isinstance(m, Requests)]
     assert forwards, "the backup forwarded nothing to the primary"
-    assert all(len(out.data) <= replica_module.REQUESTS_MESSAGE_BYTES_MAX for out, _ in forwards)
+    assert all(len(out.data) <= REQUESTS_MESSAGE_BYTES_MAX for out, _ in forwards)
     assert len(forwards) >= 3   # 18 MB: more than two messages' worth
     forwarded = [r for _, m in forwards for r in m.requests]
     assert set(forwarded) == set(big)

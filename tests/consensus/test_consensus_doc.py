@@ -15,7 +15,8 @@ def table() -> str:
 
 
 def test_every_handler_and_rule_named_is_a_function_of_the_replica():
-    source = (ROOT / "consensus" / "replica.py").read_text()
+    # The replica (consensus/replica.py) and its handler modules (consensus/handlers/).
+    source = "".join(p.read_text() for p in [ROOT / "consensus" / "replica.py", *(ROOT / "consensus" / "handlers").glob("*.py")])
     names = set(re.findall(r"`(_[a-z_]+|on_[a-z_]+)`", table()))
     assert len(names) >= 20
     assert not {name for name in names if f"def {name}(" not in source}
@@ -24,7 +25,17 @@ def test_every_handler_and_rule_named_is_a_function_of_the_replica():
 def test_every_module_named_exists():
     modules = set(re.findall(r"\b([a-z_]+\.py)\b", table())) - {"test_host.py"}
     test_files = {m for m in modules if m.startswith("test_")}
-    assert not {m for m in modules - test_files if not (ROOT / "consensus" / m).exists()}
+    places = (ROOT / "consensus", ROOT / "consensus" / "handlers")
+    assert not {m for m in modules - test_files if not any((place / m).exists() for place in places)}
+
+
+def test_each_handler_is_in_the_module_its_row_names():
+    """A row's "handler" cell names the module: one hop from the message to the code that decides it."""
+    placed = re.findall(r"`([a-z_]+)` \(((?:handlers/)?[a-z_]+\.py)\)", table())
+    assert len(placed) >= 14
+    wrong = [(name, path) for name, path in placed
+             if f"def {name}(" not in (ROOT / "consensus" / path).read_text()]
+    assert not wrong
 
 
 def test_every_test_named_exists():

@@ -13,9 +13,8 @@ from consensus import codec
 from consensus.messages import (
     CatchUpRequest, PrePrepare, Prepare, ViewChange, decode_message, encode, sign,
 )
-from consensus.replica import (
-    KEY_BODY, KEY_CERT, KEY_VOTE, Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response,
-)
+from consensus.replica import Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response
+from consensus.vote_log import KEY_BODY, KEY_CERT, KEY_VOTE
 from tests.support.replica_cluster import (
     CHAIN, START_MS, Cluster, Node, TrivialApp, all_committed, build_block, kind_of, make_validators,
 )

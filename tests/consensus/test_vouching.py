@@ -14,8 +14,9 @@ import collections
 
 import pytest
 
+from consensus.handlers.normal_case import VOUCH_FALLBACK_HOLD_MS
 from consensus.messages import PrePrepare, Requests, decode_message, encode, sign
-from consensus.replica import VOUCH_FALLBACK_HOLD_MS, ReplicaConfig, ReplicaConfigError
+from consensus.replica import ReplicaConfig, ReplicaConfigError
 
 from tests.support.replica_cluster import CHAIN, TICK_MS, Cluster, TrivialApp, all_committed, build_block, kind_of
 

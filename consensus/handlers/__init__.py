@@ -1,0 +1,1 @@
+"""The replica's handlers, one module per part of the protocol (see consensus/replica.py)."""
