@@ -65,6 +65,14 @@ class WriteBatch:
     changes: tuple[PersistChange, ...]
     block: CommittedBlock | None = None
 
+    def apply_changes_to(self, kv: dict[bytes, bytes]) -> None:
+        """The changes on an in-memory store (the simulator's and the tests'; the daemon writes LevelDB)."""
+        for key, value in self.changes:
+            if value is None:
+                kv.pop(key, None)
+            else:
+                kv[key] = value
+
 
 @dataclass(frozen=True)
 class Send:

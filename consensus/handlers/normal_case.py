@@ -57,16 +57,23 @@ class NormalCase:
         self.requests.note_proposal(self.timeouts.clock_ms, height, len(message.entries),
                                     self.config.batch_requests_max, 2 * self.config.watermark_window)
 
+    def _vote_height_open(self, peer: str, height: int) -> bool:
+        """A vote's height is still being decided here; else the voter is behind (offered the blocks) or
+        votes outside our window (refused)."""
+        if height <= self.last_applied_height:
+            self._serve_behind(peer, height)
+            return False
+        if not self._in_window(height):
+            self._reject(peer, "outside-window")
+            return False
+        return True
+
     def _on_prepare(self, peer: str, message: Prepare, data: bytes) -> None:
         if message.view != self.view:
             self._maybe_send_new_view(peer, message.view)
             self._reject(peer, "wrong-view")
             return
-        if message.height <= self.last_applied_height:
-            self._serve_behind(peer, message.height)
-            return
-        if not self._in_window(message.height):
-            self._reject(peer, "outside-window")
+        if not self._vote_height_open(peer, message.height):
             return
         conflicting = self.tally.add_prepare(peer, message.height, message.header_hash, message.signature, data)
         if conflicting is not None:
@@ -74,11 +81,7 @@ class NormalCase:
 
     def _on_commit(self, peer: str, message: Commit, data: bytes) -> None:
         # A COMMIT quorum certifies a block whatever view it came from, so any view counts.
-        if message.height <= self.last_applied_height:
-            self._serve_behind(peer, message.height)
-            return
-        if not self._in_window(message.height):
-            self._reject(peer, "outside-window")
+        if not self._vote_height_open(peer, message.height):
             return
         kept, conflicting = self.tally.add_commit(
             peer, message.height, message.view, message.header_hash, message.signature, data)

@@ -321,11 +321,7 @@ class Simulation:
 
     def _perform(self, node: SimNode, step) -> None:
         if isinstance(step, host.WriteBatch):
-            for key, value in step.changes:
-                if value is None:
-                    node.kv.pop(key, None)
-                else:
-                    node.kv[key] = value
+            step.apply_changes_to(node.kv)
             if step.block is not None:
                 self._apply(node, step.block)   # in the same atomic write
             self._stage(node, "after_persist")

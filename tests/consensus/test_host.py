@@ -130,3 +130,9 @@ def test_a_host_that_stops_between_steps_leaves_the_rest_undone():
     assert isinstance(next(steps), host.WriteBatch)
     steps.close()
     assert journal == []
+
+
+def test_a_write_batch_applies_its_changes_in_order_and_none_deletes():
+    kv = {b"a": b"1", b"gone": b"x"}
+    host.WriteBatch(((b"b", b"2"), (b"gone", None), (b"a", b"3"), (b"missing", None))).apply_changes_to(kv)
+    assert kv == {b"a": b"3", b"b": b"2"}

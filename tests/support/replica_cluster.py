@@ -79,11 +79,7 @@ class Node:
             if isinstance(step, host.WriteBatch):
                 writes += 1
                 assert writes == 1, "a released follow-up persists nothing"
-                for key, value in step.changes:
-                    if value is None:
-                        self.persisted.pop(key, None)
-                    else:
-                        self.persisted[key] = value
+                step.apply_changes_to(self.persisted)
                 if step.block is not None:
                     self.append(step.block)
                 if self.crash_after_persist:
