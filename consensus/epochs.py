@@ -17,6 +17,7 @@ for good: evidence and history name one validator per id, and no old signature c
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterable, Union
@@ -25,7 +26,7 @@ from . import codec
 from .validators import JURISDICTIONS, Validator, ValidatorSet, ValidatorSetError
 
 __all__ = [
-    "RECONFIGURATION_CHANGES_MAX", "VALIDATORS_MAX", "VALIDATOR_ID_BYTES_MAX",
+    "RECONFIGURATION_CHANGES_MAX", "VALIDATORS_MAX", "VALIDATOR_ID_BYTES_MAX", "VALIDATOR_ID_PATTERN",
     "ReconfigurationError", "EpochScheduleError",
     "AddValidator", "RemoveValidator", "RotateValidatorKey", "SetMinSigners", "Change",
     "decode_changes", "encode_changes", "apply_changes", "retired_after", "activation_height",
@@ -34,7 +35,10 @@ __all__ = [
 
 RECONFIGURATION_CHANGES_MAX = 16  # changes in one reconfiguration
 VALIDATORS_MAX = 100              # validators in any epoch (storage/genesis.py's validators_max)
-VALIDATOR_ID_BYTES_MAX = 64       # UTF-8 bytes of a validator id (storage/genesis.py's name_bytes_max)
+VALIDATOR_ID_BYTES_MAX = 64       # bytes of a validator id (storage/genesis.py's name_bytes_max)
+# The genesis file's name rule (storage/genesis.py NAME_PATTERN; a test holds them equal): an id added
+# later is as safe in logs, file names and addresses as one from genesis.
+VALIDATOR_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ReconfigurationError(ValueError):
@@ -61,12 +65,10 @@ class EpochScheduleError(ValueError):
 def _id_problem(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return "must be a non-empty string"
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 form, so no msgpack form either
-        return "must be valid UTF-8"
-    if size > VALIDATOR_ID_BYTES_MAX:
-        return f"must be at most {VALIDATOR_ID_BYTES_MAX} UTF-8 bytes, got {size}"
+    if VALIDATOR_ID_PATTERN.fullmatch(value) is None:
+        return "must be ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+    if len(value) > VALIDATOR_ID_BYTES_MAX:
+        return f"must be at most {VALIDATOR_ID_BYTES_MAX} bytes, got {len(value)}"
     return None
 
 

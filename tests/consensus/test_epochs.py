@@ -10,11 +10,12 @@ from hypothesis import given, settings, strategies as st
 
 from consensus import codec
 from consensus.epochs import (
-    RECONFIGURATION_CHANGES_MAX, VALIDATOR_ID_BYTES_MAX, VALIDATORS_MAX, AddValidator, EpochConfig,
+    RECONFIGURATION_CHANGES_MAX, VALIDATOR_ID_BYTES_MAX, VALIDATOR_ID_PATTERN, VALIDATORS_MAX, AddValidator, EpochConfig,
     EpochSchedule, EpochScheduleError, ReconfigurationError, RemoveValidator, RotateValidatorKey, SetMinSigners,
     activation_height, apply_changes, decode_changes, encode_changes, retired_after,
 )
 from consensus.validators import JURISDICTIONS, Validator, ValidatorSet, ValidatorSetError
+from storage.genesis import NAME_PATTERN, name_bytes_max
 
 
 def key(i: int) -> bytes:
@@ -85,7 +86,9 @@ GOOD_ADD = {"op": "add-validator", "id": "v9", "public_key": key(9), "jurisdicti
     ({**GOOD_ADD, "id": ""}, "id"),
     ({**GOOD_ADD, "id": b"v9"}, "id"),
     ({**GOOD_ADD, "id": "x" * (VALIDATOR_ID_BYTES_MAX + 1)}, "id"),
-    ({**GOOD_ADD, "id": "é" * 32 + "x"}, "id"),                                             # 65 UTF-8 bytes
+    ({**GOOD_ADD, "id": "é"}, "id"),                                                        # not the name rule
+    ({**GOOD_ADD, "id": "-v9"}, "id"),                                                      # starts with '-'
+    ({**GOOD_ADD, "id": "v 9"}, "id"),
     ({**GOOD_ADD, "id": "\ud800"}, "id"),                                                   # no UTF-8 form
     ({**GOOD_ADD, "public_key": key(9)[:31]}, "public_key"),
     ({**GOOD_ADD, "public_key": key(9) + b"\x00"}, "public_key"),
@@ -119,7 +122,7 @@ def test_decode_refuses_an_item_that_is_not_a_map(item):
 
 
 def test_decode_accepts_each_field_at_its_edge():
-    longest_id = "é" * (VALIDATOR_ID_BYTES_MAX // 2)     # exactly 64 UTF-8 bytes
+    longest_id = "v" * VALIDATOR_ID_BYTES_MAX
     (change,) = decode_changes([{**GOOD_ADD, "id": longest_id}])
     assert change.validator.id == longest_id
     assert decode_changes([{"op": "remove-validator", "id": "x"}]) == (RemoveValidator("x"),)
@@ -524,3 +527,9 @@ def malformed_schedules():
 def test_schedule_from_wire_refuses_malformed_or_out_of_order(wire):
     with pytest.raises(EpochScheduleError):
         EpochSchedule.from_wire(wire)
+
+
+def test_an_added_validator_id_follows_the_genesis_files_name_rule():
+    """A validator added later is named as one in genesis is (storage/genesis.py NAME_PATTERN)."""
+    assert VALIDATOR_ID_PATTERN.pattern == NAME_PATTERN.pattern
+    assert VALIDATOR_ID_BYTES_MAX == name_bytes_max
