@@ -277,10 +277,15 @@ class CheckpointCertificate:
             _signatures_from_wire(wire["signatures"], "checkpoint.signatures", validators),
         )
 
-    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
-        if self.height == 0:
-            if self.header_hash != bytes(codec.HASH_BYTES) or self.signatures:
-                raise MessageError("bad-checkpoint", "genesis checkpoint must have a zero hash and no signatures")
+    def verify(self, validators: ValidatorSet, chain_id: str, base: "CheckpointCertificate | None" = None) -> None:
+        """`base`: the checkpoint the epoch starts from (GENESIS_CHECKPOINT in epoch 0), valid without
+        signatures: every honest replica derives it from the committed chain (docs/CONSENSUS.md, epochs)."""
+        base = GENESIS_CHECKPOINT if base is None else base
+        if self.height < base.height:
+            raise MessageError("bad-checkpoint", f"checkpoint {self.height} is below the epoch's base {base.height}")
+        if self.height == base.height:
+            if self.header_hash != base.header_hash or self.signatures:
+                raise MessageError("bad-checkpoint", "the epoch's base checkpoint has its own hash and no signatures")
             return
         _verify_quorum(
             self.signatures, validators, codec.DOMAIN_CHECKPOINT, chain_id,
@@ -509,6 +514,23 @@ class Checkpoint:
         _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
 
 
+def _with_epoch(body: dict, epoch: int) -> dict:
+    """A view-scoped message names its epoch from epoch 1 on (views restart in each epoch, so an old
+    epoch's VIEW-CHANGE must not count in a new one); in epoch 0 the key is absent, as it always was."""
+    if epoch:
+        body["epoch"] = epoch
+    return body
+
+
+def _epoch_fields(wire: dict, names: tuple[str, ...]) -> tuple[str, ...]:
+    return names + ("epoch",) if "epoch" in wire else names
+
+
+def _epoch_from_wire(wire: dict) -> int:
+    # Present means 1 or more: epoch 0 has one encoding only (the key absent).
+    return _int(wire["epoch"], "epoch", 1) if "epoch" in wire else 0
+
+
 def _unsigned_bytes(wire: dict) -> bytes:
     """The signed payload of a decoded VIEW-CHANGE or NEW-VIEW: its map without "signature".
 
@@ -531,12 +553,13 @@ class ViewChange:
     sender: str
     signature: bytes = b""
     signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # payload, when decoded
+    epoch: int = 0   # on the wire only from epoch 1: epoch-0 bytes are as they always were
 
     def _body(self) -> dict:
-        return {
+        return _with_epoch({
             "type": self.TYPE, "view": self.view, "checkpoint": self.checkpoint.to_wire(),
             "prepared": [p.to_wire() for p in self.prepared], "sender": self.sender,
-        }
+        }, self.epoch)
 
     def payload(self) -> bytes:
         if self.signed_bytes is not None:
@@ -550,7 +573,7 @@ class ViewChange:
     def from_wire(cls, wire: Any, validators: ValidatorSet, chain_id: str) -> "ViewChange":
         if not isinstance(wire, dict) or wire.get("type") != cls.TYPE:
             raise MessageError("bad-field", "expected a view-change map")
-        _fields(wire, ("view", "checkpoint", "prepared", "sender", "signature"), "view-change")
+        _fields(wire, _epoch_fields(wire, ("view", "checkpoint", "prepared", "sender", "signature")), "view-change")
         prepared = tuple(
             PreparedCertificate.from_wire(p, validators, chain_id)
             for p in _list(wire["prepared"], "prepared", PREPARED_CERTIFICATES_MAX)
@@ -558,12 +581,14 @@ class ViewChange:
         return cls(
             _int(wire["view"], "view", 1), CheckpointCertificate.from_wire(wire["checkpoint"], validators), prepared,
             _validator_id(wire["sender"], "sender"), _signature(wire["signature"]), _unsigned_bytes(wire),
+            _epoch_from_wire(wire),
         )
 
-    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
-        """Signature, checkpoint proof, and every prepared certificate (above the checkpoint, below the view)."""
+    def verify(self, validators: ValidatorSet, chain_id: str, base: CheckpointCertificate | None = None) -> None:
+        """Signature, checkpoint proof (`base`: the epoch's base checkpoint), and every prepared certificate
+        (above the checkpoint, below the view)."""
         _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
-        self.checkpoint.verify(validators, chain_id)
+        self.checkpoint.verify(validators, chain_id, base)
         heights = [p.height for p in self.prepared]
         if heights != sorted(set(heights)):
             raise MessageError("bad-field", "prepared certificates must have distinct ascending heights")
@@ -594,12 +619,13 @@ class NewView:
     sender: str
     signature: bytes = b""
     signed_bytes: bytes | None = field(default=None, compare=False, repr=False)  # payload, when decoded
+    epoch: int = 0   # on the wire only from epoch 1, as in VIEW-CHANGE
 
     def _body(self) -> dict:
-        return {
+        return _with_epoch({
             "type": self.TYPE, "view": self.view, "view_changes": [v.to_wire() for v in self.view_changes],
             "chosen": list(self.chosen), "sender": self.sender,
-        }
+        }, self.epoch)
 
     def payload(self) -> bytes:
         if self.signed_bytes is not None:
@@ -611,18 +637,19 @@ class NewView:
 
     @classmethod
     def from_wire(cls, wire: dict, validators: ValidatorSet, chain_id: str) -> "NewView":
-        _fields(wire, ("view", "view_changes", "chosen", "sender", "signature"), "new-view")
+        _fields(wire, _epoch_fields(wire, ("view", "view_changes", "chosen", "sender", "signature")), "new-view")
         view_changes = tuple(
             ViewChange.from_wire(v, validators, chain_id) for v in _list(wire["view_changes"], "view_changes", validators.n)
         )
         chosen = tuple(_hash(h, "chosen[]") for h in _list(wire["chosen"], "chosen", PREPARED_CERTIFICATES_MAX))
         return cls(
             _int(wire["view"], "view", 1), view_changes, chosen, _validator_id(wire["sender"], "sender"),
-            _signature(wire["signature"]), _unsigned_bytes(wire),
+            _signature(wire["signature"]), _unsigned_bytes(wire), _epoch_from_wire(wire),
         )
 
-    def verify(self, validators: ValidatorSet, chain_id: str) -> None:
-        """Signature by the view's primary, a quorum of valid VIEW-CHANGEs for this view, and the same choice."""
+    def verify(self, validators: ValidatorSet, chain_id: str, base: CheckpointCertificate | None = None) -> None:
+        """Signature by the view's primary, a quorum of valid VIEW-CHANGEs for this view and epoch, and the
+        same choice."""
         _check_signature(validators, self.sender, self.signature, self.DOMAIN, chain_id, self.payload())
         if validators.primary(self.view).id != self.sender:
             raise MessageError("not-primary", f"{self.sender!r} is not the primary of view {self.view}")
@@ -632,7 +659,9 @@ class NewView:
         for vc in self.view_changes:
             if vc.view != self.view:
                 raise MessageError("bad-field", "a VIEW-CHANGE for another view")
-            vc.verify(validators, chain_id)
+            if vc.epoch != self.epoch:
+                raise MessageError("bad-field", "a VIEW-CHANGE of another epoch")
+            vc.verify(validators, chain_id, base)
         if not validators.is_quorum(senders):
             raise MessageError("no-quorum", "VIEW-CHANGE senders are not a quorum")
         checkpoint, blocks = choose_blocks(self.view_changes)
@@ -893,8 +922,14 @@ def sign(message: Any, signing_key: nacl.signing.SigningKey, chain_id: str) -> A
     return type(message)(**{**fields, "signature": signature})
 
 
-def decode_message(data: bytes, validators: ValidatorSet, chain_id: str, *, verify: bool = True) -> Message:
+def decode_message(
+    data: bytes, validators: ValidatorSet, chain_id: str, *, verify: bool = True, epoch: int = 0,
+    base_checkpoint: CheckpointCertificate | None = None,
+) -> Message:
     """Parse and validate one message; raise MessageError(reason) for anything wrong with it.
+
+    `epoch` and `base_checkpoint`: the receiver's epoch and the checkpoint it started from; a VIEW-CHANGE
+    or NEW-VIEW of another epoch is refused ("wrong-epoch").
 
     Total: whatever the bytes, the only exception that leaves is MessageError. Decoding is
     bounded by MESSAGE_LIMITS (depth, lengths, items), then each type by its byte cap.
@@ -919,7 +954,12 @@ def decode_message(data: bytes, validators: ValidatorSet, chain_id: str, *, veri
         message = cls.from_wire(wire, validators, chain_id)
         if isinstance(message, SIGNED_TYPES) and message.sender not in validators:
             raise MessageError("unknown-sender", f"{message.sender!r} is not a validator")
-        if verify:
+        if isinstance(message, (ViewChange, NewView)):
+            if message.epoch != epoch:
+                raise MessageError("wrong-epoch", f"a {kind} of epoch {message.epoch}; this is epoch {epoch}")
+            if verify:
+                message.verify(validators, chain_id, base_checkpoint)
+        elif verify:
             message.verify(validators, chain_id)
     except MessageError:
         raise

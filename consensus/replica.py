@@ -32,7 +32,7 @@ from .handlers.requests import CLIENT, RequestHandling
 from .handlers.restore import Restoring
 from .handlers.view_change import ViewChangeHandling
 from .messages import (
-    NEW_VIEW_BYTES_MAX, VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse,
+    GENESIS_CHECKPOINT, NEW_VIEW_BYTES_MAX, VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse,
     Checkpoint, CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare,
     PreparedCertificate, Prepare, Requests, ViewChange, decode_message, encode, encode_catch_up_response,
     new_view_bytes_bound, view_change_bytes_bound,
@@ -108,6 +108,10 @@ class Replica(
         self.vouch_fallbacks = 0     # times we waited for vouchers in vain and checked ourselves (hosts export it)
         # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
         self._check_applied = getattr(app, "check_request_applied", None)
+        # The epoch this replica votes in and the checkpoint it started from (docs/CONSENSUS.md,
+        # "Reconfiguration"): epoch 0 from genesis until reconfiguration is wired in (issue 17).
+        self.epoch = 0
+        self.epoch_base = GENESIS_CHECKPOINT
         self.view = 0
         self.view_active = True
         self.failed_views = 0
@@ -149,7 +153,8 @@ class Replica(
             self._reject(sender_id, "unknown-sender")
             return self._ready()
         try:
-            message = decode_message(data, self.validators, self.chain_id)
+            message = decode_message(data, self.validators, self.chain_id, epoch=self.epoch,
+                                     base_checkpoint=self.epoch_base)
         except MessageError as exc:
             self._reject(sender_id, exc.reason)
             return self._ready()

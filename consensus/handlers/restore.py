@@ -26,7 +26,7 @@ class Restoring:
         if key not in persisted:
             return None
         try:
-            return decode_message(persisted[key], self.validators, self.chain_id, verify=False)
+            return decode_message(persisted[key], self.validators, self.chain_id, verify=False, epoch=self.epoch)
         except MessageError as exc:
             self.restore_skipped.append(f"{key.decode(errors='replace')}: {exc}")
             return None

@@ -34,7 +34,7 @@ class ViewChangeHandling:
         wanted.update(self.tally.committed_hashes())
         self.blocks = {h: block for h, block in self.blocks.items() if h in wanted}
         prepared = tuple(self.certs[h] for h in sorted(self.certs) if h > self.stable.height)
-        message = sign(ViewChange(view, self.stable, prepared, self.me), self.signing_key, self.chain_id)
+        message = sign(ViewChange(view, self.stable, prepared, self.me, epoch=self.epoch), self.signing_key, self.chain_id)
         data = encode(message)
         self.view_change.own(self.me, message, data)
         self._persist_view()
@@ -71,7 +71,8 @@ class ViewChangeHandling:
             return
         checkpoint, chosen = choose_blocks(quorum)
         message = sign(
-            NewView(self.view, quorum, tuple(hash_of_header(p.header) for p in chosen), self.me), self.signing_key, self.chain_id
+            NewView(self.view, quorum, tuple(hash_of_header(p.header) for p in chosen), self.me, epoch=self.epoch),
+            self.signing_key, self.chain_id,
         )
         data = encode(message)
         if len(data) > NEW_VIEW_BYTES_MAX:

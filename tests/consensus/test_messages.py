@@ -345,3 +345,68 @@ def test_an_oversize_view_change_is_too_large_before_any_signature_check():
     with pytest.raises(MessageError) as info:
         decode_message(data, VSET, CHAIN)
     assert info.value.reason == "too-large" and "exceeds" in info.value.detail
+
+
+# ---------------------------------------------------------------- epochs (docs/CONSENSUS.md, "Reconfiguration")
+
+def epoch_view_change(sender, epoch, base, view=1):
+    return sign(ViewChange(view, base, (), sender, epoch=epoch), KEYS[sender], CHAIN)
+
+
+BASE_AT_2 = CheckpointCertificate(2, H2.hash(), ())   # an epoch that starts at height 3, from block 2
+
+
+def test_epoch_zero_view_messages_carry_no_epoch_key():
+    """Epoch 0's bytes are as they were before epochs: the key appears only from epoch 1."""
+    for kind in ("view-change", "new-view"):
+        assert "epoch" not in codec.unpack(encode(SAMPLES[kind]))
+    assert codec.unpack(encode(epoch_view_change("v0", 1, BASE_AT_2)))["epoch"] == 1
+
+
+def test_a_view_change_of_another_epoch_is_refused_both_ways():
+    later = encode(epoch_view_change("v0", 1, BASE_AT_2))
+    assert decode_message(later, VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2).epoch == 1
+    with pytest.raises(MessageError) as info:
+        decode_message(later, VSET, CHAIN)
+    assert info.value.reason == "wrong-epoch"
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(SAMPLES["view-change"]), VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2)
+    assert info.value.reason == "wrong-epoch"
+
+
+def test_epoch_zero_written_out_is_not_canonical_and_the_epoch_is_signed():
+    wire = codec.unpack(encode(SAMPLES["view-change"]))
+    with pytest.raises(MessageError) as info:
+        decode_message(codec.pack({**wire, "epoch": 0}), VSET, CHAIN)
+    assert info.value.reason == "bad-field"
+    moved = codec.unpack(encode(epoch_view_change("v0", 1, BASE_AT_2)))
+    with pytest.raises(MessageError) as info:
+        decode_message(codec.pack({**moved, "epoch": 2}), VSET, CHAIN, epoch=2, base_checkpoint=BASE_AT_2)
+    assert info.value.reason == "bad-signature"
+
+
+def test_the_epochs_base_checkpoint_needs_no_signatures_and_nothing_below_it_counts():
+    ok = encode(epoch_view_change("v0", 1, BASE_AT_2))
+    assert decode_message(ok, VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2).checkpoint == BASE_AT_2
+    for base in (CheckpointCertificate(2, H1.hash(), ()), CheckpointCertificate(4, H1.hash(), ())):
+        with pytest.raises(MessageError) as info:   # another block at the base height, or a base above it
+            decode_message(ok, VSET, CHAIN, epoch=1, base_checkpoint=base)
+        assert info.value.reason == "bad-checkpoint"
+    genesis_form = encode(epoch_view_change("v0", 1, CheckpointCertificate(0, ZERO_HASH, ())))
+    with pytest.raises(MessageError) as info:
+        decode_message(genesis_form, VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2)
+    assert info.value.reason == "bad-checkpoint"
+    # Above the base, a checkpoint needs its quorum as before.
+    cert = checkpoint_cert(header(4, H2.hash()), ("v0", "v1", "v2"))
+    decode_message(encode(epoch_view_change("v3", 1, cert)), VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2)
+
+
+def test_a_new_view_counts_only_view_changes_of_its_own_epoch():
+    vcs = tuple(epoch_view_change(s, 1, BASE_AT_2) for s in ("v0", "v1", "v2"))
+    good = sign(NewView(1, vcs, (), "v1", epoch=1), KEYS["v1"], CHAIN)
+    assert decode_message(encode(good), VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2).epoch == 1
+    mixed = vcs[:2] + (epoch_view_change("v2", 2, BASE_AT_2),)
+    bad = sign(NewView(1, mixed, (), "v1", epoch=1), KEYS["v1"], CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(bad), VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2)
+    assert info.value.reason == "bad-field"
