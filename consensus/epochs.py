@@ -2,7 +2,7 @@
 
 Epoch 0 is the genesis validator set, from height 1. A reconfiguration (a list of changes: add,
 remove, rotate a key, set the per-jurisdiction minimum) committed at height h in epoch e schedules
-epoch e + 1, which starts at `activation_height(h, ...)`; each epoch is certified only by its own
+epoch e + 1, which starts at `activation_height(h, margin)`; each epoch is certified only by its own
 set. The replica, the ledger's execution, the offline proof verifier and the simulator all share
 this module, so every rule lives here once:
 
@@ -26,7 +26,7 @@ from . import codec
 from .validators import JURISDICTIONS, Validator, ValidatorSet, ValidatorSetError
 
 __all__ = [
-    "RECONFIGURATION_CHANGES_MAX", "VALIDATORS_MAX", "VALIDATOR_ID_BYTES_MAX", "VALIDATOR_ID_PATTERN",
+    "RECONFIGURATION_CHANGES_MAX", "MARGIN_HEIGHTS_DEFAULT", "VALIDATORS_MAX", "VALIDATOR_ID_BYTES_MAX", "VALIDATOR_ID_PATTERN",
     "ReconfigurationError", "EpochScheduleError",
     "AddValidator", "RemoveValidator", "RotateValidatorKey", "SetMinSigners", "Change",
     "decode_changes", "encode_changes", "apply_changes", "retired_after", "activation_height",
@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 RECONFIGURATION_CHANGES_MAX = 16  # changes in one reconfiguration
+# Heights between a reconfiguration's commit and the new epoch's first height, by default: the largest
+# watermark_window a node may configure (node/config.py, messages.PREPARED_CERTIFICATES_MAX), which every
+# validator's window must not exceed. A chain fixes its own margin in its genesis schedule.
+MARGIN_HEIGHTS_DEFAULT = 1024
 VALIDATORS_MAX = 100              # validators in any epoch (storage/genesis.py's validators_max)
 VALIDATOR_ID_BYTES_MAX = 64       # bytes of a validator id (storage/genesis.py's name_bytes_max)
 # The genesis file's name rule (storage/genesis.py NAME_PATTERN; a test holds them equal): an id added
@@ -323,31 +327,31 @@ def retired_after(current: ValidatorSet, new: ValidatorSet) -> tuple[frozenset[s
     return ids, keys
 
 
-def activation_height(commit_height: int, checkpoint_interval: int, watermark_window: int) -> int:
-    """The first height of the epoch scheduled by a reconfiguration committed at `commit_height`.
+def activation_height(commit_height: int, margin_heights: int) -> int:
+    """The first height of the epoch scheduled by a reconfiguration committed at `commit_height`:
+    commit_height + margin_heights + 1.
 
-    c is the smallest multiple of checkpoint_interval with c >= commit_height + watermark_window;
-    the new epoch starts at c + 1. Every height up to c stays in the old epoch, and c is a
-    checkpoint the old set certifies, so the hand-over point is certified by the set everyone
-    already knows. An honest replica's window reaches at most watermark_window above its stable
-    checkpoint, and no checkpoint at or above commit_height is stable before the reconfiguration
-    has committed, so no height of the new epoch is in any honest replica's window until then.
+    `margin_heights` is a parameter of the chain (the same at every validator, as the rule must be:
+    each derives the boundary on its own), and every validator's watermark_window must be at most
+    it. An honest replica's window reaches at most watermark_window above its stable checkpoint, and
+    no checkpoint at or above commit_height is stable before the reconfiguration has committed, so
+    no height of the new epoch is in any honest replica's window until every honest replica can
+    know the new set; every height up to commit_height + margin_heights stays in the old epoch.
+    The per-node checkpoint_interval plays no part: the new epoch starts from a base checkpoint that
+    every replica derives (docs/CONSENSUS.md, "Reconfiguration").
     """
-    for name, value in (("commit_height", commit_height), ("checkpoint_interval", checkpoint_interval),
-                        ("watermark_window", watermark_window)):
+    for name, value in (("commit_height", commit_height), ("margin_heights", margin_heights)):
         if not _is_count(value, 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    lowest = commit_height + watermark_window
-    checkpoint = -(-lowest // checkpoint_interval) * checkpoint_interval  # ceiling to a multiple
-    return checkpoint + 1
+    return commit_height + margin_heights + 1
 
 
 # --- epochs -------------------------------------------------------------------------------------
 
-CONFIG_WIRE_KEYS = frozenset({"epoch", "start_height", "validators"})
+CONFIG_WIRE_KEYS = frozenset({"epoch", "start_height", "validators", "scheduled_at"})
 SET_WIRE_KEYS = frozenset({"validators", "min_signers_per_jurisdiction"})
 VALIDATOR_WIRE_KEYS = frozenset({"id", "public_key", "jurisdiction"})
-SCHEDULE_WIRE_KEYS = frozenset({"epochs"})
+SCHEDULE_WIRE_KEYS = frozenset({"margin_heights", "epochs"})
 
 
 def _schedule_keys(wire: object, keys: frozenset[str], where: str) -> dict:
@@ -381,10 +385,13 @@ class EpochConfig:
     epoch: int
     start_height: int
     validators: ValidatorSet
+    scheduled_at: int = 0   # the height of the block whose reconfiguration scheduled it (0: genesis)
 
     def __post_init__(self) -> None:
         if not _is_count(self.epoch, 0):
             raise EpochScheduleError(f"epoch must be an integer >= 0, got {self.epoch!r}")
+        if not _is_count(self.scheduled_at, 0):
+            raise EpochScheduleError(f"scheduled_at must be an integer >= 0, got {self.scheduled_at!r}")
         if not _is_count(self.start_height, 1):
             raise EpochScheduleError(f"start_height must be an integer >= 1, got {self.start_height!r}")
         if not isinstance(self.validators, ValidatorSet):
@@ -393,13 +400,14 @@ class EpochConfig:
             raise EpochScheduleError(f"an epoch has at most {VALIDATORS_MAX} validators, got {self.validators.n}")
 
     def to_wire(self) -> dict:
-        return {"epoch": self.epoch, "start_height": self.start_height, "validators": self.validators.to_wire()}
+        return {"epoch": self.epoch, "start_height": self.start_height, "validators": self.validators.to_wire(),
+                "scheduled_at": self.scheduled_at}
 
     @classmethod
     def from_wire(cls, wire: object) -> "EpochConfig":
         wire = _schedule_keys(wire, CONFIG_WIRE_KEYS, "epoch config")
         return cls(epoch=wire["epoch"], start_height=wire["start_height"],
-                   validators=_validator_set_from_wire(wire["validators"]))
+                   validators=_validator_set_from_wire(wire["validators"]), scheduled_at=wire["scheduled_at"])
 
     def hash(self) -> bytes:
         return codec.sha256(codec.pack(self.to_wire()))
@@ -415,6 +423,7 @@ class EpochSchedule:
     """
 
     epochs: tuple[EpochConfig, ...]
+    margin_heights: int = MARGIN_HEIGHTS_DEFAULT   # the chain's (activation_height)
     retired_ids: frozenset[str] = field(init=False)
     retired_keys: frozenset[bytes] = field(init=False)
 
@@ -422,8 +431,10 @@ class EpochSchedule:
         epochs = tuple(self.epochs) if isinstance(self.epochs, (tuple, list)) else ()
         if not epochs or not all(isinstance(config, EpochConfig) for config in epochs):
             raise EpochScheduleError("a schedule is a non-empty sequence of EpochConfig")
-        if epochs[0].start_height != 1:
-            raise EpochScheduleError(f"epoch 0 must start at height 1, not {epochs[0].start_height}")
+        if not _is_count(self.margin_heights, 1):
+            raise EpochScheduleError(f"margin_heights must be an integer >= 1, got {self.margin_heights!r}")
+        if epochs[0].start_height != 1 or epochs[0].scheduled_at != 0:
+            raise EpochScheduleError("epoch 0 must start at height 1, scheduled by nothing (scheduled_at 0)")
         retired_ids: frozenset[str] = frozenset()
         retired_keys: frozenset[bytes] = frozenset()
         for number, config in enumerate(epochs):
@@ -432,9 +443,13 @@ class EpochSchedule:
             if number == 0:
                 continue
             before = epochs[number - 1]
-            if config.start_height <= before.start_height:
-                raise EpochScheduleError(f"epoch {number} starts at {config.start_height}, not after epoch "
-                                         f"{number - 1}'s start {before.start_height}")
+            if config.scheduled_at < before.start_height:
+                raise EpochScheduleError(f"epoch {number} was scheduled at height {config.scheduled_at}, before "
+                                         f"epoch {number - 1} started ({before.start_height})")
+            if config.start_height != activation_height(config.scheduled_at, self.margin_heights):
+                raise EpochScheduleError(f"epoch {number} starts at {config.start_height}, not at "
+                                         f"{activation_height(config.scheduled_at, self.margin_heights)} "
+                                         f"(scheduled at {config.scheduled_at}, margin {self.margin_heights})")
             ids = {v.id for v in config.validators.validators}
             keys = {v.public_key for v in config.validators.validators}
             if ids & retired_ids or keys & retired_keys:
@@ -446,8 +461,8 @@ class EpochSchedule:
         object.__setattr__(self, "retired_keys", retired_keys)
 
     @classmethod
-    def genesis(cls, validators: ValidatorSet) -> "EpochSchedule":
-        return cls((EpochConfig(epoch=0, start_height=1, validators=validators),))
+    def genesis(cls, validators: ValidatorSet, margin_heights: int = MARGIN_HEIGHTS_DEFAULT) -> "EpochSchedule":
+        return cls((EpochConfig(epoch=0, start_height=1, validators=validators),), margin_heights)
 
     @property
     def latest(self) -> EpochConfig:
@@ -467,8 +482,7 @@ class EpochSchedule:
             return None
         return self.epochs[epoch + 1].start_height - 1
 
-    def schedule(self, commit_height: int, changes: Iterable[Change],
-                 checkpoint_interval: int, watermark_window: int) -> "EpochSchedule":
+    def schedule(self, commit_height: int, changes: Iterable[Change]) -> "EpochSchedule":
         """This schedule plus the epoch a reconfiguration committed at `commit_height` starts.
 
         The commit must lie in the latest epoch. A commit in the epoch before it, while the latest
@@ -476,7 +490,7 @@ class EpochSchedule:
         anything earlier is the caller's bug (ValueError). The pending check comes first, so a
         reconfiguration committed then is refused for that whatever its changes.
         """
-        start = activation_height(commit_height, checkpoint_interval, watermark_window)
+        start = activation_height(commit_height, self.margin_heights)
         latest = self.latest
         if commit_height < latest.start_height:
             if len(self.epochs) >= 2 and commit_height >= self.epochs[-2].start_height:
@@ -488,14 +502,21 @@ class EpochSchedule:
                              f"which is already closed")
         validators = apply_changes(latest.validators, changes,
                                    retired_ids=self.retired_ids, retired_keys=self.retired_keys)
-        return EpochSchedule(self.epochs + (EpochConfig(latest.epoch + 1, start, validators),))
+        return EpochSchedule(self.epochs + (EpochConfig(latest.epoch + 1, start, validators, commit_height),),
+                             self.margin_heights)
+
+    def without_epochs_scheduled_after(self, height: int) -> "EpochSchedule":
+        """The schedule as it stood once the block at `height` was applied: what a restart keeps when
+        the host applied fewer blocks than the replica had delivered."""
+        kept = tuple(config for config in self.epochs if config.scheduled_at <= height)
+        return self if len(kept) == len(self.epochs) else EpochSchedule(kept, self.margin_heights)
 
     def to_wire(self) -> dict:
-        return {"epochs": [config.to_wire() for config in self.epochs]}
+        return {"margin_heights": self.margin_heights, "epochs": [config.to_wire() for config in self.epochs]}
 
     @classmethod
     def from_wire(cls, wire: object) -> "EpochSchedule":
         wire = _schedule_keys(wire, SCHEDULE_WIRE_KEYS, "epoch schedule")
         if not isinstance(wire["epochs"], list):
             raise EpochScheduleError("epoch schedule: epochs must be a list")
-        return cls(tuple(EpochConfig.from_wire(config) for config in wire["epochs"]))
+        return cls(tuple(EpochConfig.from_wire(config) for config in wire["epochs"]), wire["margin_heights"])

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from consensus import codec
 from consensus.epochs import (
-    RECONFIGURATION_CHANGES_MAX, VALIDATOR_ID_BYTES_MAX, VALIDATOR_ID_PATTERN, VALIDATORS_MAX, AddValidator, EpochConfig,
+    MARGIN_HEIGHTS_DEFAULT, RECONFIGURATION_CHANGES_MAX, VALIDATOR_ID_BYTES_MAX, VALIDATOR_ID_PATTERN, VALIDATORS_MAX, AddValidator, EpochConfig,
     EpochSchedule, EpochScheduleError, ReconfigurationError, RemoveValidator, RotateValidatorKey, SetMinSigners,
     activation_height, apply_changes, decode_changes, encode_changes, retired_after,
 )
@@ -351,24 +351,18 @@ def test_decode_returns_changes_or_refuses_never_anything_else(wire):
 # --- activation_height ------------------------------------------------------------------------------
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 10_000), st.integers(1, 100), st.integers(1, 300))
-def test_activation_height_is_the_first_height_after_the_next_checkpoint_past_the_window(commit, interval, window):
-    start = activation_height(commit, interval, window)
-    checkpoint = start - 1
-    assert checkpoint % interval == 0
-    assert checkpoint >= commit + window
-    assert checkpoint - interval < commit + window          # the smallest such multiple
+@given(st.integers(1, 10 ** 12), st.integers(1, 10_000))
+def test_activation_height_is_the_margin_past_the_commit(commit, margin):
+    assert activation_height(commit, margin) == commit + margin + 1
 
 
 def test_activation_height_examples():
-    assert activation_height(1, 8, 16) == 25                # 17 rounds up to 24
-    assert activation_height(8, 8, 16) == 25                # 24 is already a multiple
-    assert activation_height(9, 8, 16) == 33
-    assert activation_height(1, 1, 1) == 3
+    assert activation_height(3, 16) == 20
+    assert activation_height(1, 1) == 3
+    assert activation_height(1, MARGIN_HEIGHTS_DEFAULT) == 1026
 
 
-@pytest.mark.parametrize("arguments", [(0, 8, 16), (1, 0, 16), (1, 8, 0), (-1, 8, 16), (True, 8, 16),
-                                       (1, 8.0, 16), (1, 8, "16"), (None, 8, 16)])
+@pytest.mark.parametrize("arguments", [(0, 16), (1, 0), (-1, 16), (True, 16), (1, 16.0), (1, "16"), (None, 16)])
 def test_activation_height_refuses_what_is_not_a_positive_int(arguments):
     with pytest.raises(ValueError):
         activation_height(*arguments)
@@ -377,13 +371,13 @@ def test_activation_height_refuses_what_is_not_a_positive_int(arguments):
 # --- EpochConfig --------------------------------------------------------------------------------------
 
 def test_epoch_config_wire_and_hash():
-    config = EpochConfig(epoch=2, start_height=33, validators=FOUR)
+    config = EpochConfig(epoch=2, start_height=33, validators=FOUR, scheduled_at=16)
     wire = config.to_wire()
-    assert wire == {"epoch": 2, "start_height": 33, "validators": FOUR.to_wire()}
+    assert wire == {"epoch": 2, "start_height": 33, "validators": FOUR.to_wire(), "scheduled_at": 16}
     assert EpochConfig.from_wire(wire) == config
     assert EpochConfig.from_wire(codec.unpack_canonical(codec.pack(wire))) == config
     assert config.hash() == codec.sha256(codec.pack(wire))
-    assert config.hash() != EpochConfig(epoch=2, start_height=41, validators=FOUR).hash()
+    assert config.hash() != EpochConfig(epoch=2, start_height=41, validators=FOUR, scheduled_at=16).hash()
 
 
 def malformed_configs():
@@ -395,6 +389,8 @@ def malformed_configs():
     yield {**good, "epoch": True}
     yield {**good, "epoch": -1}
     yield {**good, "start_height": 0}
+    yield {**good, "scheduled_at": -1}
+    yield {k: v for k, v in good.items() if k != "scheduled_at"}
     yield {**good, "validators": {k: v for k, v in vset.items() if k != "min_signers_per_jurisdiction"}}
     yield {**good, "validators": {**vset, "min_signers_per_jurisdiction": False}}
     yield {**good, "validators": {**vset, "validators": [{**validator, "extra": 1}] + vset["validators"][1:]}}
@@ -422,30 +418,32 @@ def test_epoch_config_holds_at_most_the_validator_limit():
 
 # --- EpochSchedule ----------------------------------------------------------------------------------
 
-INTERVAL, WINDOW = 8, 16   # ReplicaConfig's defaults
+MARGIN = 16   # a small chain margin, as in tests (the default is MARGIN_HEIGHTS_DEFAULT)
 
 
 def two_epochs() -> EpochSchedule:
-    """Epoch 1 from height 25 (committed at 3: 19 rounds up to 24); v0 rotated from key(0) to key(9)."""
-    return EpochSchedule.genesis(FOUR).schedule(3, [RotateValidatorKey("v0", key(9))], INTERVAL, WINDOW)
+    """Epoch 1 from height 20 (committed at 3, margin 16); v0 rotated from key(0) to key(9)."""
+    return EpochSchedule.genesis(FOUR, MARGIN).schedule(3, [RotateValidatorKey("v0", key(9))])
 
 
 def test_genesis_is_epoch_zero_from_height_one():
     schedule = EpochSchedule.genesis(FOUR)
     assert schedule.latest == EpochConfig(0, 1, FOUR)
+    assert schedule.margin_heights == MARGIN_HEIGHTS_DEFAULT
     assert schedule.config_at(1).epoch == 0 and schedule.config_at(10 ** 9).epoch == 0
     assert schedule.last_height_of(0) is None
     assert schedule.retired_ids == frozenset() and schedule.retired_keys == frozenset()
 
 
 def test_config_at_across_epoch_boundaries():
-    schedule = two_epochs().schedule(30, [RemoveValidator("v1"), add(11, "HK")], INTERVAL, WINDOW)
-    assert [config.start_height for config in schedule.epochs] == [1, 25, 49]   # 30 + 16 = 46 -> 48
-    assert [schedule.config_at(h).epoch for h in (1, 24, 25, 48, 49, 1000)] == [0, 0, 1, 1, 2, 2]
-    assert schedule.last_height_of(0) == 24 and schedule.last_height_of(1) == 48
+    schedule = two_epochs().schedule(30, [RemoveValidator("v1"), add(11, "HK")])
+    assert [config.start_height for config in schedule.epochs] == [1, 20, 47]
+    assert [config.scheduled_at for config in schedule.epochs] == [0, 3, 30]
+    assert [schedule.config_at(h).epoch for h in (1, 19, 20, 46, 47, 1000)] == [0, 0, 1, 1, 2, 2]
+    assert schedule.last_height_of(0) == 19 and schedule.last_height_of(1) == 46
     assert schedule.last_height_of(2) is None
-    assert schedule.config_at(24).validators == FOUR
-    assert schedule.config_at(25).validators.get("v0").public_key == key(9)
+    assert schedule.config_at(19).validators == FOUR
+    assert schedule.config_at(20).validators.get("v0").public_key == key(9)
     for bad in (0, -1, True, "1"):
         with pytest.raises(ValueError):
             schedule.config_at(bad)
@@ -455,35 +453,35 @@ def test_config_at_across_epoch_boundaries():
 
 
 def test_one_reconfiguration_at_a_time():
-    schedule = two_epochs()                                  # epoch 1 starts at 25
-    for pending_commit in (3, 24):
+    schedule = two_epochs()                                  # epoch 1 starts at 20
+    for pending_commit in (3, 19):
         with pytest.raises(ReconfigurationError) as info:
-            schedule.schedule(pending_commit, [add(11, "HK")], INTERVAL, WINDOW)
+            schedule.schedule(pending_commit, [add(11, "HK")])
         assert info.value.reason == "reconfigure-pending"
-    assert schedule.schedule(25, [add(11, "HK")], INTERVAL, WINDOW).latest.start_height == 49  # 41 -> 48
+    assert schedule.schedule(20, [add(11, "HK")]).latest.start_height == 37
 
 
 def test_a_commit_before_a_closed_epoch_is_a_caller_bug():
-    schedule = two_epochs().schedule(25, [add(11, "HK")], INTERVAL, WINDOW)   # epochs start 1, 25, 49
+    schedule = two_epochs().schedule(20, [add(11, "HK")])   # epochs start 1, 20, 37
     with pytest.raises(ValueError) as info:
-        schedule.schedule(24, [add(12, "HK")], INTERVAL, WINDOW)
+        schedule.schedule(19, [add(12, "HK")])
     assert not isinstance(info.value, ReconfigurationError)
     with pytest.raises(ReconfigurationError) as pending:
-        schedule.schedule(25, [add(12, "HK")], INTERVAL, WINDOW)
+        schedule.schedule(20, [add(12, "HK")])
     assert pending.value.reason == "reconfigure-pending"
 
 
 def test_a_refused_reconfiguration_leaves_the_schedule_as_it_was():
     schedule = two_epochs()
     with pytest.raises(ReconfigurationError):
-        schedule.schedule(30, [RemoveValidator("nobody")], INTERVAL, WINDOW)
+        schedule.schedule(30, [RemoveValidator("nobody")])
     assert schedule == two_epochs() and len(schedule.epochs) == 2
 
 
 def test_retired_ids_and_keys_carry_across_reconfigurations():
     schedule = two_epochs()                                  # key(0) rotated out in epoch 1
     assert schedule.retired_keys == frozenset({key(0)}) and schedule.retired_ids == frozenset()
-    schedule = schedule.schedule(30, [RemoveValidator("v1"), add(11, "HK")], INTERVAL, WINDOW)
+    schedule = schedule.schedule(30, [RemoveValidator("v1"), add(11, "HK")])
     assert schedule.retired_ids == frozenset({"v1"})
     assert schedule.retired_keys == frozenset({key(0), key(1)})
     for changes, reason in (([RotateValidatorKey("v0", key(0))], "reconfigure-reused-key"),
@@ -491,35 +489,40 @@ def test_retired_ids_and_keys_carry_across_reconfigurations():
                             ([add(1, "HK", id="v21")], "reconfigure-reused-key"),
                             ([add(20, "HK", id="v1")], "reconfigure-reused-id")):
         with pytest.raises(ReconfigurationError) as info:
-            schedule.schedule(50, changes, INTERVAL, WINDOW)
+            schedule.schedule(50, changes)
         assert info.value.reason == reason
 
 
 def test_schedule_wire_round_trip():
-    schedule = two_epochs().schedule(30, [RemoveValidator("v1"), add(11, "HK")], INTERVAL, WINDOW)
+    schedule = two_epochs().schedule(30, [RemoveValidator("v1"), add(11, "HK")])
     wire = schedule.to_wire()
-    assert wire == {"epochs": [config.to_wire() for config in schedule.epochs]}
+    assert wire == {"margin_heights": MARGIN, "epochs": [config.to_wire() for config in schedule.epochs]}
     again = EpochSchedule.from_wire(codec.unpack_canonical(codec.pack(wire)))
     assert again == schedule
     assert again.retired_ids == schedule.retired_ids and again.retired_keys == schedule.retired_keys
 
 
 def malformed_schedules():
-    wire = two_epochs().schedule(30, [RemoveValidator("v1"), add(11, "HK")], INTERVAL, WINDOW).to_wire()
+    wire = two_epochs().schedule(30, [RemoveValidator("v1"), add(11, "HK")]).to_wire()
     epochs = wire["epochs"]
     yield {**wire, "retired_ids": []}
     yield {}
-    yield {"epochs": []}
-    yield {"epochs": epochs[0]}
-    yield {"epochs": [epochs[0], epochs[2]]}                                     # epoch 1 missing
-    yield {"epochs": [epochs[1], epochs[2]]}                                     # no epoch 0
-    yield {"epochs": [{**epochs[0], "start_height": 2}]}                         # epoch 0 starts at 1
-    yield {"epochs": [epochs[0], {**epochs[1], "start_height": 1}]}             # not after epoch 0
-    yield {"epochs": [epochs[0], epochs[1], {**epochs[2], "start_height": 25}]}
-    yield {"epochs": [epochs[0], epochs[1], {**epochs[2], "epoch": 3}]}
+    yield {"epochs": epochs}                                                     # no margin
+    yield {**wire, "margin_heights": 0}
+    yield {**wire, "epochs": []}
+    yield {**wire, "epochs": epochs[0]}
+    yield {**wire, "epochs": [epochs[0], epochs[2]]}                             # epoch 1 missing
+    yield {**wire, "epochs": [epochs[1], epochs[2]]}                             # no epoch 0
+    yield {**wire, "epochs": [{**epochs[0], "start_height": 2}]}                 # epoch 0 starts at 1
+    yield {**wire, "epochs": [{**epochs[0], "scheduled_at": 1}]}                 # nothing scheduled epoch 0
+    yield {**wire, "epochs": [epochs[0], {**epochs[1], "start_height": 1}]}     # not after epoch 0
+    yield {**wire, "epochs": [epochs[0], epochs[1], {**epochs[2], "start_height": 48}]}   # not 30 + 16 + 1
+    # Scheduled at 5, in epoch 0, while epoch 1 was pending (and 5 + 16 + 1 = 22 is consistent).
+    yield {**wire, "epochs": [epochs[0], epochs[1], {**epochs[2], "scheduled_at": 5, "start_height": 22}]}
+    yield {**wire, "epochs": [epochs[0], epochs[1], {**epochs[2], "epoch": 3}]}
     # Epoch 2 brings back key(0), rotated out in epoch 1.
     back = build(["HK", "HK", "CN", "CN"]).to_wire()
-    yield {"epochs": [epochs[0], epochs[1], {**epochs[2], "validators": back}]}
+    yield {**wire, "epochs": [epochs[0], epochs[1], {**epochs[2], "validators": back}]}
     yield None
 
 
