@@ -19,35 +19,32 @@ import nacl.signing
 from . import codec
 from .application import Application, ExecutionResult
 from .block import BlockHeader
-from .bodies import BodyFetcher
 from .catch_up import CatchUp, Pacer, catch_up_request
-from .checkpoints import Checkpoints
 from .config import ReplicaConfig, ReplicaConfigError
+from .epochs import MARGIN_HEIGHTS_DEFAULT, EpochSchedule, EpochScheduleError
 from .handlers.bodies import BodyFetching
 from .handlers.catch_up import CatchUpHandling
 from .handlers.checkpoints import CheckpointHandling
 from .handlers.normal_case import NormalCase
 from .handlers.proposing import Proposing
 from .handlers.requests import CLIENT, RequestHandling
+from .handlers.reconfiguration import Reconfiguring
 from .handlers.restore import Restoring
 from .handlers.view_change import ViewChangeHandling
 from .messages import (
-    GENESIS_CHECKPOINT, NEW_VIEW_BYTES_MAX, VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse,
+    NEW_VIEW_BYTES_MAX, VIEW_CHANGE_BYTES_MAX, BlockRequest, BlockResponse, CatchUpRequest, CatchUpResponse,
     Checkpoint, CheckpointCertificate, Commit, CommittedBlock, Evidence, MessageError, NewView, PrePrepare,
     PreparedCertificate, Prepare, Requests, ViewChange, decode_message, encode, encode_catch_up_response,
     new_view_bytes_bound, view_change_bytes_bound,
 )
 from .messages import header_hash as hash_of_header
-from .proposal import ProposalRules
 from .ready import Outbound, Ready
 from .request_pool import PendingRequest, ProposalQueue, RequestPool
 from .slot import Slot
 from .status import ReplicaStatus, check_invariants
 from .timeouts import Timeouts, Timer
 from .validators import ValidatorSet
-from .view_change import ViewChanges
-from .vote_log import VoteLog
-from .vote_tally import VoteTally
+from .vote_log import VoteLog, restore_epoch_base, restore_schedule
 
 __all__ = [
     "CLIENT", "Application", "CommittedBlock", "Evidence", "ExecutionResult", "Outbound", "Ready", "Replica", "ReplicaConfig",
@@ -58,17 +55,22 @@ EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already report
 
 
 def _check_arguments(
-    config: ReplicaConfig, validators: ValidatorSet, me: str, signing_key: nacl.signing.SigningKey, chain_id: str,
-    last_applied: tuple[int, BlockHeader | None],
+    config: ReplicaConfig, schedule: EpochSchedule, me: str, signing_keys: dict[bytes, nacl.signing.SigningKey],
+    chain_id: str, last_applied: tuple[int, BlockHeader | None],
 ) -> None:
-    if me not in validators:
-        raise ValueError(f"{me!r} is not in the validator set")
-    if validators.get(me).public_key != signing_key.verify_key.encode():
-        raise ValueError(f"signing key does not match validator {me!r}'s public key")
     height, header = last_applied
     if (height == 0) != (header is None) or (header is not None and header.height != height):
         raise ValueError("last_applied must be (0, None) or (height, header of that height)")
+    validators = schedule.config_at(height + 1).validators
+    if me not in validators:
+        raise ValueError(f"{me!r} is not in the validator set")
+    if validators.get(me).public_key not in signing_keys:
+        raise ValueError(f"signing key does not match validator {me!r}'s public key")
     window = config.watermark_window
+    if window > schedule.margin_heights:
+        raise ReplicaConfigError(
+            f"watermark_window {window} is larger than the chain's epoch margin ({schedule.margin_heights} heights): "
+            f"a validator could vote past the end of an epoch before it knows the next set")
     if (view_change_bytes_bound(validators, window, chain_id) > VIEW_CHANGE_BYTES_MAX
             or new_view_bytes_bound(validators, window, chain_id) > NEW_VIEW_BYTES_MAX):
         raise ReplicaConfigError(
@@ -79,7 +81,7 @@ def _check_arguments(
 
 class Replica(
     RequestHandling, Proposing, NormalCase, CheckpointHandling, ViewChangeHandling, BodyFetching, CatchUpHandling,
-    Restoring,
+    Restoring, Reconfiguring,
 ):
     """Coordinates the state objects; each handler module (consensus/handlers/) is one part of the protocol."""
 
@@ -93,25 +95,38 @@ class Replica(
         app: Application,
         persisted: dict[bytes, bytes] | None = None,
         last_applied: tuple[int, BlockHeader | None] = (0, None),
+        *,
+        margin_heights: int = MARGIN_HEIGHTS_DEFAULT,
+        spare_signing_keys: tuple[nacl.signing.SigningKey, ...] = (),
     ) -> None:
-        _check_arguments(config, validators, me, signing_key, chain_id, last_applied)
+        """`validators`: the genesis set; `margin_heights`: the chain's epoch margin (genesis); `signing_key` and
+        `spare_signing_keys`: every key this validator holds (the one of each epoch's set is used in it)."""
         height, header = last_applied
+        persisted = persisted or {}
+        self.signing_keys = {key.verify_key.encode(): key for key in (signing_key, *spare_signing_keys)}
+        try:
+            self.schedule = restore_schedule(persisted, validators, margin_heights, height)
+        except (codec.EncodingError, EpochScheduleError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"persisted consensus state is unreadable: {exc}") from exc
+        _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied)
         self.config = config
-        self.validators = validators
         self.me = me
         self.signing_key = signing_key
         self.chain_id = chain_id
         self.app = app
-        self.validator_set_hash = validators.hash()
-        self.rules = ProposalRules(chain_id, self.validator_set_hash, config.batch_requests_max, config.clock_skew_ms_max)
-        self._my_index = [v.id for v in validators.validators].index(me)
         self.vouch_fallbacks = 0     # times we waited for vouchers in vain and checked ourselves (hosts export it)
-        # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling.
+        # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling, no epochs.
         self._check_applied = getattr(app, "check_request_applied", None)
-        # The epoch this replica votes in and the checkpoint it started from (docs/CONSENSUS.md,
-        # "Reconfiguration"): epoch 0 from genesis until reconfiguration is wired in (issue 17).
-        self.epoch = 0
-        self.epoch_base = GENESIS_CHECKPOINT
+        self._reconfiguration_of = getattr(app, "reconfiguration", None)
+        # The epoch this replica votes in and the checkpoint it started from (docs/CONSENSUS.md, "Reconfiguration").
+        current = self.schedule.config_at(height + 1)
+        self.epoch = current.epoch
+        try:
+            self.epoch_base = restore_epoch_base(persisted, self.epoch, current.validators)
+        except (codec.EncodingError, MessageError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"persisted consensus state is unreadable: epoch {self.epoch}'s base: {exc}") from exc
+        self._take_validators(current.validators)
+        self.checkpoints.stable = self.epoch_base
         self.view = 0
         self.view_active = True
         self.failed_views = 0
@@ -124,13 +139,9 @@ class Replica(
         self.committed_hashes: dict[int, bytes] = {}
         if header is not None:
             self.committed_hashes[height] = hash_of_header(header)
-        self.checkpoints = Checkpoints(validators)   # the stable checkpoint and the votes towards the next
         self.slots: dict[int, Slot] = {}
         self.blocks: dict[bytes, tuple[BlockHeader, tuple[bytes, ...]]] = {}
-        self.tally = VoteTally(validators)   # PREPAREs and COMMITs received, per height
         self.vote_log = VoteLog(self._persist_change)   # our votes and certificates, and their bodies
-        self.bodies = BodyFetcher(validators, me, self._my_index)   # bodies of re-proposed blocks we lack
-        self.view_change = ViewChanges(validators)   # VIEW-CHANGEs and the NEW-VIEW of our view
         self.requests = RequestPool(config.request_pool_max)
         self.committed_ids: OrderedDict[bytes, None] = OrderedDict()
         self.catch_up = CatchUp()
@@ -409,7 +420,7 @@ class Replica(
         return self.vote_log.record_vote(height, view, phase, header, entries)
 
     def _persist_view(self) -> None:
-        self.vote_log.record_view(self.view, self.view_active)
+        self.vote_log.record_view(self.view, self.view_active, self.epoch)
 
     # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which carried
     # block bodies) does not decode any more: leave it out. That is safe: our view, votes and prepared

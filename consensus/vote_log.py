@@ -12,14 +12,17 @@ from typing import Callable
 
 from . import codec
 from .block import BlockHeader
-from .messages import CheckpointCertificate, PreparedCertificate
+from .epochs import EpochSchedule
+from .messages import GENESIS_CHECKPOINT, CheckpointCertificate, PreparedCertificate
 from .messages import header_hash as hash_of_header
 from .validators import ValidatorSet
 
 __all__ = [
-    "KEY_BODY", "KEY_CERT", "KEY_CHECKPOINT", "KEY_COMMITTED", "KEY_NEW_VIEW", "KEY_VIEW", "KEY_VIEW_CHANGE",
+    "KEY_BODY", "KEY_CERT", "KEY_CHECKPOINT", "KEY_COMMITTED", "KEY_EPOCH_BASE", "KEY_EPOCHS", "KEY_NEW_VIEW",
+    "KEY_VIEW", "KEY_VIEW_CHANGE",
     "KEY_VOTE", "PHASE_COMMIT", "PHASE_ORDER", "PHASE_PREPARE", "PHASE_PRE_PREPARE", "PersistSink", "Vote",
-    "VoteLog", "body_key", "height_key", "restore_committed_ids", "restore_stable", "restore_view",
+    "VoteLog", "body_key", "height_key", "restore_committed_ids", "restore_epoch_base", "restore_schedule",
+    "restore_stable", "restore_view",
 ]
 
 # Persisted keys (all under the replica's own prefix in storage).
@@ -34,6 +37,8 @@ KEY_CERT = b"cert/"   # + height: this replica's highest-view prepared certifica
 # drove LevelDB's memtable flushes.)
 KEY_BODY = b"body/"
 KEY_COMMITTED = b"committed/"  # + height: ids (SHA-256) of the requests committed at that height
+KEY_EPOCHS = b"epochs"         # the EpochSchedule, written with the block whose reconfiguration extended it
+KEY_EPOCH_BASE = b"epoch-base/"   # + epoch: the base checkpoint the replica entered that epoch from
 
 PHASE_PRE_PREPARE = "pre-prepare"
 PHASE_PREPARE = "prepare"
@@ -116,8 +121,10 @@ class VoteLog:
             del bodies[header_hash]
             self._persist(body_key(height, header_hash), None)
 
-    def record_view(self, view: int, active: bool) -> None:
-        self._persist(KEY_VIEW, codec.pack({"view": view, "active": active}))
+    def record_view(self, view: int, active: bool, epoch: int = 0) -> None:
+        # The epoch only from epoch 1 on: an epoch-0 record is what it always was.
+        record = {"view": view, "active": active, **({"epoch": epoch} if epoch else {})}
+        self._persist(KEY_VIEW, codec.pack(record))
 
     def forget_through(self, height: int) -> None:
         """A stable checkpoint at `height`: votes, certificates and bodies at or below it are deleted."""
@@ -186,12 +193,34 @@ def restore_stable(persisted: dict[bytes, bytes], validators: ValidatorSet) -> C
     return CheckpointCertificate.from_wire(codec.unpack(persisted[KEY_CHECKPOINT]), validators)
 
 
-def restore_view(persisted: dict[bytes, bytes]) -> tuple[int, bool] | None:
-    """(view, active) as last persisted, or None."""
+def restore_view(persisted: dict[bytes, bytes], epoch: int = 0) -> tuple[int, bool] | None:
+    """(view, active) as last persisted in `epoch`, or None (none, or the record is of another epoch:
+    a restart whose host had not applied the block that ended the epoch yet)."""
     if KEY_VIEW not in persisted:
         return None
     record = codec.unpack(persisted[KEY_VIEW])
+    if int(record.get("epoch", 0)) != epoch:
+        return None
     return int(record["view"]), bool(record["active"])
+
+
+def restore_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int,
+                     applied_height: int) -> EpochSchedule:
+    """The epoch schedule as of the applied height: epochs scheduled by blocks the host has not applied
+    yet (a crash between the write and the apply) come back when those blocks are delivered again."""
+    if KEY_EPOCHS not in persisted:
+        return EpochSchedule.genesis(genesis, margin_heights)
+    schedule = EpochSchedule.from_wire(codec.unpack(persisted[KEY_EPOCHS]))
+    if schedule.epochs[0].validators != genesis or schedule.margin_heights != margin_heights:
+        raise ValueError("the persisted epoch schedule is of another genesis set or margin")
+    return schedule.without_epochs_scheduled_after(applied_height)
+
+
+def restore_epoch_base(persisted: dict[bytes, bytes], epoch: int, validators: ValidatorSet) -> CheckpointCertificate:
+    """The base checkpoint the replica entered `epoch` from (the genesis checkpoint for epoch 0)."""
+    if epoch == 0:
+        return GENESIS_CHECKPOINT
+    return CheckpointCertificate.from_wire(codec.unpack(persisted[height_key(KEY_EPOCH_BASE, epoch)]), validators)
 
 
 def restore_committed_ids(persisted: dict[bytes, bytes], applied_height: int) -> list[bytes]:

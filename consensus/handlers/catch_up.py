@@ -64,7 +64,7 @@ class CatchUpHandling:
                 # Served from a height past ours (the peer guessed from a pipelined vote). If it holds,
                 # it proves the chain is that long: fetch the gap from the same peer.
                 try:
-                    block.verify(self.validators)
+                    block.verify(self.schedule.config_at(height).validators)
                 except MessageError as exc:
                     self._reject(peer, exc.reason)
                     break
@@ -75,7 +75,7 @@ class CatchUpHandling:
                 self._reject(peer, "catch-up-does-not-chain")
                 break
             try:
-                block.verify(self.validators)
+                block.verify(self.schedule.config_at(height).validators)
             except MessageError as exc:
                 self._reject(peer, exc.reason)
                 break

@@ -101,7 +101,7 @@ class NormalCase:
 
     def _try_prepare(self) -> bool:
         progressed = False
-        if not self.view_active:
+        if not self.view_active or not self.member:
             return False
         for height in sorted(self.slots):
             slot = self.slots[height]
@@ -288,7 +288,7 @@ class NormalCase:
         if self.view_active:
             self.timeouts.stop(Timer.PROGRESS)
             self.failed_views = 0
-        if height % self.config.checkpoint_interval == 0:
+        if height % self.config.checkpoint_interval == 0 and self.member:
             message = sign(Checkpoint(height, header_hash, self.me), self.signing_key, self.chain_id)
             data = encode(message)
             self.checkpoints.signed(height, data)
@@ -296,3 +296,7 @@ class NormalCase:
             self._send(None, data)
         if self.catch_up_target <= height:
             self.timeouts.stop(Timer.CATCH_UP)
+        self._note_reconfiguration(height, block.entries)
+        following = self.schedule.config_at(height + 1)
+        if following.epoch != self.epoch:
+            self._enter_epoch(following, header_hash)

@@ -18,7 +18,7 @@ from ..vote_log import PHASE_PRE_PREPARE
 
 class Proposing:
     def _try_propose(self) -> bool:
-        if not (self.view_active and self.is_primary) or self.now_ms is None:
+        if not (self.view_active and self.is_primary and self.member) or self.now_ms is None:
             return False
         progressed = False
         while True:

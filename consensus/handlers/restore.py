@@ -35,9 +35,9 @@ class Restoring:
         """Each kind of record in turn: position (checkpoint, view), bodies, votes and certificates, the
         view-change messages, committed ids, then what follows from them."""
         stable = restore_stable(persisted, self.validators)
-        if stable is not None:
+        if stable is not None and stable.height > self.stable.height:   # never below the epoch's base
             self.stable = stable
-        view = restore_view(persisted)
+        view = restore_view(persisted, self.epoch)
         if view is not None:
             self.view, self.view_active = view
         self.vote_log.restore_bodies(persisted)
@@ -65,8 +65,8 @@ class Restoring:
     def _restore_vote(self, key: bytes, value: bytes) -> None:
         """A vote of the view we are active in, above the applied height: its slot again."""
         height, view, header, entries = self.vote_log.restore_vote(key, value)
-        if view != self.view or not self.view_active or height <= self.last_applied_height:
-            return
+        if view != self.view or not self.view_active or height <= max(self.last_applied_height, self.stable.height):
+            return   # (votes of an ended epoch stay below its base until a stable checkpoint deletes them)
         header_hash = hash_of_header(header)
         slot = Slot(header, entries, header_hash)
         if entries is None:

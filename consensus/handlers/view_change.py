@@ -16,8 +16,8 @@ from ..vote_log import KEY_NEW_VIEW, KEY_VIEW_CHANGE
 
 class ViewChangeHandling:
     def _start_view_change(self, view: int) -> None:
-        if view <= self.view:
-            return  # views only go up
+        if view <= self.view or not self.member or self._epoch_decided():
+            return  # views only go up; and a replica with nothing to decide in its epoch has no view to leave
         self.view = view
         self.view_active = False
         self.requests.forget_primary()
@@ -64,7 +64,7 @@ class ViewChangeHandling:
         if not self.timeouts.armed(Timer.VIEW_CHANGE) and self.view_change.quorum_joined(self.view):
             # Only a view change a quorum joined can fail for lack of a primary: start its clock now.
             self.timeouts.start(Timer.VIEW_CHANGE, self._timeout_ms())
-        if not self.is_primary:
+        if not self.is_primary or not self.member:
             return
         quorum = self.view_change.new_view_quorum(self.view)
         if quorum is None:

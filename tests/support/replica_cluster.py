@@ -13,7 +13,8 @@ import nacl.signing
 from consensus import codec, host
 from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader, entries_hash
-from consensus.messages import CATCH_UP_BLOCKS_MAX, Commit, PrePrepare, Prepare, decode_message
+from consensus.epochs import MARGIN_HEIGHTS_DEFAULT, ReconfigurationError, decode_changes, encode_changes
+from consensus.messages import CATCH_UP_BLOCKS_MAX, Commit, MessageError, PrePrepare, Prepare, decode_message
 from consensus.ready import Ready
 from consensus.replica import Replica, ReplicaConfig, encode_catch_up_response
 from consensus.validators import Validator, ValidatorSet
@@ -22,6 +23,8 @@ CHAIN = "bayledger-test"
 JURISDICTIONS = ("HK", "HK", "CN", "CN")
 TICK_MS = 10
 START_MS = 1_700_000_000_000
+# The test stand-in for the ledger's co-signed `reconfigure` entry: this prefix, then msgpack {epoch, changes, nonce}.
+RECONFIGURE_PREFIX = b"ok:reconfigure:"
 
 
 class TrivialApp:
@@ -37,6 +40,23 @@ class TrivialApp:
         size = (parent.tree_size if parent is not None else 0) + len(entries)
         root = codec.sha256(parent.tree_root if parent is not None else ZERO_HASH, entries_hash(entries))
         return ExecutionResult(size, root, codec.sha256(b"results", root))
+
+    def reconfiguration(self, height, entries, epoch):
+        """The changes of the block's first reconfiguration for `epoch` that decodes, or None."""
+        for entry in entries:
+            if not entry.startswith(RECONFIGURE_PREFIX):
+                continue
+            try:
+                body = codec.unpack(entry[len(RECONFIGURE_PREFIX):])
+                if isinstance(body, dict) and body.get("epoch") == epoch:
+                    return decode_changes(body.get("changes"))
+            except (codec.EncodingError, ReconfigurationError, ValueError):
+                continue
+        return None
+
+
+def reconfigure_request(epoch, changes, nonce=b""):
+    return RECONFIGURE_PREFIX + codec.pack({"epoch": epoch, "changes": encode_changes(changes), "nonce": nonce})
 
 
 def make_validators(jurisdictions=JURISDICTIONS):
@@ -62,7 +82,8 @@ class Node:
         last = (len(self.chain), self.chain[-1].header if self.chain else None)
         self.replica = Replica(
             self.cluster.config, self.cluster.vset, self.id, self.cluster.keys[self.id], CHAIN, TrivialApp(),
-            persisted=dict(self.persisted) or None, last_applied=last,
+            persisted=dict(self.persisted) or None, last_applied=last, margin_heights=self.cluster.margin_heights,
+            spare_signing_keys=tuple(self.cluster.spare_keys.get(self.id, ())),
         )
 
     def handle(self, ready: Ready):
@@ -101,13 +122,23 @@ class Node:
                 self.rejected.extend(step.rejected)
 
     def append(self, block):
-        block.certificate.verify(block.header, self.cluster.vset)
+        # Each height's certificate against the set of its epoch (the replica's schedule as delivered).
+        block.certificate.verify(block.header, self.replica.schedule.config_at(block.header.height).validators)
         if self.chain:
             assert block.header.prev_hash == self.chain[-1].header.hash()
         self.chain.append(block)
 
+    def decode_sent(self, data):
+        """A message this node sent, decoded with the set of the epoch it was sent in (newest first)."""
+        for config in reversed(self.replica.schedule.epochs):
+            try:
+                return decode_message(data, config.validators, CHAIN, verify=False, epoch=config.epoch)
+            except MessageError:
+                continue
+        raise AssertionError(f"{self.id} sent a message no epoch's set decodes")
+
     def send(self, out):
-        message = decode_message(out.data, self.cluster.vset, CHAIN, verify=False)
+        message = self.decode_sent(out.data)
         if isinstance(message, (PrePrepare, Prepare, Commit)):
             height = message.height
             header_hash = message.header.hash() if isinstance(message, PrePrepare) else message.header_hash
@@ -127,7 +158,10 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, config=None, jurisdictions=JURISDICTIONS):
+    def __init__(self, config=None, jurisdictions=JURISDICTIONS, margin_heights=MARGIN_HEIGHTS_DEFAULT,
+                 spare_keys=None):
+        self.margin_heights = margin_heights
+        self.spare_keys = spare_keys or {}   # validator id -> further keys it holds (a key rotation's new key)
         self.config = config or ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200,
                                               checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200)
         self.vset, self.keys = make_validators(jurisdictions)

@@ -1,0 +1,153 @@
+"""Epochs in the replica (docs/CONSENSUS.md, "Reconfiguration: epochs"): a committed reconfiguration takes
+effect at commit height + margin + 1, certificates from then on are the new set's, a rotated-out key is
+refused, a removed validator stops voting, and a restart comes back in the epoch it left.
+
+The reconfiguration is the test cluster's stand-in entry (tests/support/replica_cluster.py,
+`reconfigure_request`); the ledger's co-signed entry is issue 17's next step.
+"""
+
+from __future__ import annotations
+
+import nacl.signing
+
+from consensus import codec
+from consensus.block import commit_vote_payload
+from consensus.epochs import RemoveValidator, RotateValidatorKey, SetMinSigners
+from consensus.messages import Prepare, encode, sign
+from consensus.replica import ReplicaConfig
+from tests.support.replica_cluster import CHAIN, RECONFIGURE_PREFIX, Cluster, reconfigure_request
+
+MARGIN = 8
+CONFIG = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200, checkpoint_interval=4,
+                       watermark_window=8, catch_up_timeout_ms=200)
+NEW_KEY = nacl.signing.SigningKey(bytes([99]) * 32)
+
+
+def reconfiguration_height(cluster, node_id="v0"):
+    for block in cluster.nodes[node_id].chain:
+        if any(entry.startswith(RECONFIGURE_PREFIX) for entry in block.entries):
+            return block.header.height
+    return None
+
+
+def commit_past(cluster, height, nodes=None):
+    """Submit one request at a time until every node (of `nodes`) holds `height` blocks: heights advance
+    only with blocks (idle heights are not filled yet)."""
+    nodes = nodes or cluster.ids
+    for number in range(4 * height):
+        if min(len(cluster.nodes[n].chain) for n in nodes) >= height:
+            return
+        cluster.submit(nodes[0], f"ok:fill-{number}".encode())
+        cluster.run(3)
+    raise AssertionError(f"heights {cluster.heights()} did not reach {height}")
+
+
+def signature_of(block, validator):
+    return next(s.signature for s in block.certificate.signatures if s.validator == validator)
+
+
+def test_a_rotated_key_signs_from_the_new_epoch_on_and_the_old_key_is_refused():
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, spare_keys={"v2": (NEW_KEY,)})
+    old_key = cluster.keys["v2"]
+    cluster.submit("v0", reconfigure_request(0, [RotateValidatorKey("v2", NEW_KEY.verify_key.encode())]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    commit_past(cluster, start + 4)
+    cluster.assert_agreement()
+    for node in cluster.nodes.values():
+        assert node.replica.epoch == 1 and node.replica.member
+        assert node.replica.epoch_base.height == start - 1
+        assert node.replica.validators.get("v2").public_key == NEW_KEY.verify_key.encode()
+    # Node.append checked every certificate with its epoch's set; v2 signed with the key of each epoch.
+    checked = set()
+    for block in cluster.nodes["v0"].chain:
+        key = NEW_KEY if block.header.height >= start else old_key
+        if "v2" in {s.validator for s in block.certificate.signatures}:
+            payload = codec.signing_bytes(codec.DOMAIN_COMMIT, CHAIN, block_commit_payload(block))
+            key.verify_key.verify(payload, signature_of(block, "v2"))
+            checked.add(key)
+    assert checked == {old_key, NEW_KEY}
+    # A vote for a height of the new epoch signed with the rotated-out key is refused.
+    height = len(cluster.nodes["v0"].chain) + 1
+    forged = sign(Prepare(0, height, bytes(32), "v2"), old_key, CHAIN)
+    ready = cluster.nodes["v0"].replica.on_message("v2", encode(forged))
+    assert ("v2", "bad-signature") in ready.rejected
+
+
+def block_commit_payload(block):
+    return commit_vote_payload(block.certificate.view, block.header.height, block.header.hash())
+
+
+def test_a_restart_after_the_switch_comes_back_in_the_new_epoch_and_keeps_committing():
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, spare_keys={"v2": (NEW_KEY,)})
+    cluster.submit("v0", reconfigure_request(0, [RotateValidatorKey("v2", NEW_KEY.verify_key.encode())]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    commit_past(cluster, start + 1)
+    for node_id in ("v1", "v2"):
+        cluster.nodes[node_id].crash()
+        cluster.nodes[node_id].restart()
+        replica = cluster.nodes[node_id].replica
+        assert replica.epoch == 1 and replica.epoch_base.height == start - 1
+        assert replica.signing_key.verify_key.encode() == replica.validators.get(node_id).public_key
+    commit_past(cluster, start + 6)
+    cluster.assert_agreement()
+
+
+def test_a_removed_validator_stops_voting_and_the_others_go_on_without_it():
+    cluster = Cluster(CONFIG, jurisdictions=("HK", "HK", "HK", "HK", "CN", "CN", "CN"), margin_heights=MARGIN)
+    cluster.submit("v0", reconfigure_request(0, [RemoveValidator("v3")]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    others = [node_id for node_id in cluster.ids if node_id != "v3"]
+    commit_past(cluster, start + 4, others)
+    removed = cluster.nodes["v3"].replica
+    assert removed.epoch == 1 and not removed.member
+    for node_id in others:
+        replica = cluster.nodes[node_id].replica
+        assert replica.epoch == 1 and replica.validators.n == 6 and "v3" not in replica.validators
+        for block in cluster.nodes[node_id].chain[start - 1:]:
+            assert "v3" not in {s.validator for s in block.certificate.signatures}
+    # Whatever the removed validator still sends is refused as from a stranger.
+    ready = cluster.nodes["v0"].replica.on_message("v3", encode(Prepare(0, start + 5, bytes(32), "v3")))
+    assert ("v3", "unknown-sender") in ready.rejected
+    cluster.assert_agreement()
+
+
+def test_a_reconfiguration_that_would_break_the_safety_rule_changes_nothing():
+    cluster = Cluster(CONFIG, margin_heights=MARGIN)
+    # Two signers per jurisdiction with f = 1 need 3 validators on each side; each has 2.
+    cluster.submit("v0", reconfigure_request(0, [SetMinSigners(2)]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    commit_past(cluster, reconfiguration_height(cluster) + MARGIN + 4)
+    for node in cluster.nodes.values():
+        assert node.replica.epoch == 0 and len(node.replica.schedule.epochs) == 1
+    cluster.assert_agreement()
+
+
+def test_a_reconfiguration_for_another_epoch_is_not_one():
+    cluster = Cluster(CONFIG, margin_heights=MARGIN)
+    cluster.submit("v0", reconfigure_request(1, [RemoveValidator("v0")]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    commit_past(cluster, reconfiguration_height(cluster) + MARGIN + 4)
+    assert all(len(node.replica.schedule.epochs) == 1 for node in cluster.nodes.values())
+
+
+def test_a_validator_down_across_the_switch_catches_up_through_both_epochs_and_votes_in_the_new_one():
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, spare_keys={"v2": (NEW_KEY,)})
+    cluster.nodes["v3"].crash()
+    cluster.submit("v0", reconfigure_request(0, [RotateValidatorKey("v2", NEW_KEY.verify_key.encode())]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    commit_past(cluster, start + 3, ["v0", "v1", "v2"])
+    cluster.nodes["v3"].restart()
+    late = cluster.nodes["v3"]
+    assert late.replica.epoch == 0
+    # It catches up (each certificate checked with its epoch's set) and enters epoch 1 at the boundary.
+    assert cluster.run_until(lambda: len(late.chain) >= start + 3)
+    assert late.replica.epoch == 1
+    # Then it votes: with v1 down, v0, v2 and v3 are the quorum, so new blocks need v3's signature.
+    cluster.nodes["v1"].crash()
+    commit_past(cluster, start + 6, ["v0", "v2", "v3"])
+    assert "v3" in {s.validator for s in late.chain[-1].certificate.signatures}
+    cluster.assert_agreement()
