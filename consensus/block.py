@@ -1,6 +1,7 @@
 """Block headers and commit certificates: what storage keeps and match proofs carry.
 
-A header is a canonical msgpack map; its hash is SHA-256 of those bytes. A
+A header is a canonical msgpack map; its hash is SHA-256 of those bytes. From
+epoch 1 on the map also names its epoch (docs/PROTOCOL.md §4); epoch 0 leaves it out. A
 commit certificate is the set of COMMIT signatures, all for one
 (view, height, header_hash), whose signers form a quorum under
 `ValidatorSet.is_quorum`. Verifying one needs only the genesis validator set.
@@ -18,6 +19,8 @@ HEADER_FIELDS = (
     "chain_id", "height", "prev_hash", "time_ms", "entries_hash", "entry_count",
     "tree_size", "tree_root", "results_hash", "validator_set_hash",
 )
+# Written only from epoch 1 on, so an epoch-0 header's bytes and hash are what they always were.
+EPOCH_FIELD = "epoch"
 
 
 class CertificateError(ValueError):
@@ -27,6 +30,16 @@ class CertificateError(ValueError):
 def entries_hash(entries: list[bytes] | tuple[bytes, ...]) -> bytes:
     """Hash of a block body: SHA-256 of the canonical msgpack array of the entries' bytes (bin)."""
     return codec.sha256(codec.pack(list(entries)))
+
+
+def _epoch_from_wire(wire: dict) -> int:
+    """0 when the key is absent; present, it must be an integer >= 1 (epoch 0 has one encoding only)."""
+    if EPOCH_FIELD not in wire:
+        return 0
+    value = wire[EPOCH_FIELD]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CertificateError(f"header field epoch, when present, must be an integer >= 1, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -41,9 +54,10 @@ class BlockHeader:
     tree_root: bytes      # RFC 6962 root of that log
     results_hash: bytes   # hash of {outcomes_hash, revoked_root} after this block (storage/smt.py)
     validator_set_hash: bytes
+    epoch: int = 0        # the epoch whose validator set certifies it; on the wire only from epoch 1
 
     def __post_init__(self) -> None:
-        for name in ("height", "time_ms", "entry_count", "tree_size"):
+        for name in ("height", "time_ms", "entry_count", "tree_size", "epoch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CertificateError(f"header field {name} must be a non-negative integer")
@@ -55,7 +69,10 @@ class BlockHeader:
             raise CertificateError("header field chain_id must be a non-empty string")
 
     def to_wire(self) -> dict:
-        return {name: getattr(self, name) for name in HEADER_FIELDS}
+        wire = {name: getattr(self, name) for name in HEADER_FIELDS}
+        if self.epoch:
+            wire[EPOCH_FIELD] = self.epoch
+        return wire
 
     @classmethod
     def from_wire(cls, wire: object) -> "BlockHeader":
@@ -64,10 +81,10 @@ class BlockHeader:
         missing = [name for name in HEADER_FIELDS if name not in wire]
         if missing:
             raise CertificateError(f"header lacks {', '.join(missing)}")
-        extra = sorted(set(wire) - set(HEADER_FIELDS))
+        extra = sorted(map(str, set(wire) - set(HEADER_FIELDS) - {EPOCH_FIELD}))
         if extra:
-            raise CertificateError(f"header has unknown fields {', '.join(map(str, extra))}")
-        return cls(**{name: wire[name] for name in HEADER_FIELDS})
+            raise CertificateError(f"header has unknown fields {', '.join(extra)}")
+        return cls(**{name: wire[name] for name in HEADER_FIELDS}, epoch=_epoch_from_wire(wire))
 
     def encode(self) -> bytes:
         return codec.pack(self.to_wire())

@@ -176,8 +176,8 @@ def _header(value: Any, chain_id: str, name: str = "header") -> BlockHeader:
         raise MessageError("bad-field", f"{name}: {exc}") from exc
     if header.chain_id != chain_id:
         raise MessageError("wrong-chain", f"{name} is for chain {header.chain_id!r}")
-    if header.height < 1 or header.height > INTEGER_MAX or header.time_ms > INTEGER_MAX:
-        raise MessageError("bad-field", f"{name}: height or time out of range")
+    if header.height < 1 or max(header.height, header.time_ms, header.epoch) > INTEGER_MAX:
+        raise MessageError("bad-field", f"{name}: height, time or epoch out of range")
     return header
 
 

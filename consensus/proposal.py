@@ -26,6 +26,7 @@ class ProposalRules:
     validator_set_hash: bytes
     batch_requests_max: int
     clock_skew_ms_max: int   # how far a proposal's time may run ahead of ours
+    epoch: int = 0           # the epoch whose set certifies these heights; its headers name it
 
 
 def check_header(rules: ProposalRules, height: int, header: BlockHeader, entry_count: int,
@@ -35,6 +36,8 @@ def check_header(rules: ProposalRules, height: int, header: BlockHeader, entry_c
         return "wrong-height"
     if header.validator_set_hash != rules.validator_set_hash:
         return "wrong-validator-set"
+    if header.epoch != rules.epoch:
+        return "wrong-epoch"
     parent_hash = hash_of_header(parent) if parent is not None else ZERO_HASH
     if header.prev_hash != parent_hash:
         return "does-not-chain"
@@ -114,5 +117,5 @@ def build_header(rules: ProposalRules, height: int, parent: BlockHeader | None, 
         chain_id=rules.chain_id, height=height, prev_hash=hash_of_header(parent) if parent is not None else ZERO_HASH,
         time_ms=time_ms, entries_hash=entries_hash(entries), entry_count=len(entries),
         tree_size=result.tree_size, tree_root=result.tree_root, results_hash=result.results_hash,
-        validator_set_hash=rules.validator_set_hash,
+        validator_set_hash=rules.validator_set_hash, epoch=rules.epoch,
     )

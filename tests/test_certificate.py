@@ -105,3 +105,42 @@ def test_header_rejects_malformed_fields():
         BlockHeader.from_wire({**wire, "prev_hash": b"short"})
     with pytest.raises(CertificateError, match="non-negative"):
         BlockHeader.from_wire({**wire, "height": -1})
+
+
+def _fixed_header(**changes):
+    fields = dict(
+        chain_id="bayledger-test", height=7, prev_hash=bytes(range(32)), time_ms=1_700_000_000_123,
+        entries_hash=bytes([0xAA]) * 32, entry_count=3, tree_size=42, tree_root=bytes([0x11]) * 32,
+        results_hash=bytes([0x22]) * 32, validator_set_hash=bytes([0x33]) * 32,
+    )
+    return BlockHeader(**{**fields, **changes})
+
+
+def test_an_epoch_0_header_hashes_as_before_headers_had_an_epoch():
+    # Computed on the code before BlockHeader had `epoch` (commit ddd4548): epoch 0 leaves the key out,
+    # so stored headers, certificates and other-language clients keep these exact bytes.
+    header = _fixed_header()
+    assert header.epoch == 0 and "epoch" not in header.to_wire()
+    assert header.hash().hex() == "dea43ae2f553f73cdd4dc92b829610cd1c9b15e44d88adee12b080b2feb6a788"
+    assert BlockHeader.from_wire(codec.unpack(header.encode())) == header
+
+
+def test_an_epoch_1_header_round_trips_and_hashes_apart_from_epoch_0():
+    header = _fixed_header(epoch=1)
+    wire = codec.unpack(header.encode())
+    assert wire["epoch"] == 1 and list(wire) == sorted(wire), "the key in canonical order, like the others"
+    again = BlockHeader.from_wire(wire)
+    assert again == header and again.hash() == header.hash() != _fixed_header().hash()
+
+
+@pytest.mark.parametrize("epoch", [0, -1, True, False, "1", 1.0, None])
+def test_a_header_epoch_on_the_wire_is_an_integer_of_at_least_1(epoch):
+    wire = _fixed_header().to_wire()
+    with pytest.raises(CertificateError, match="epoch"):
+        BlockHeader.from_wire({**wire, "epoch": epoch})
+
+
+@pytest.mark.parametrize("epoch", [-1, True, "1", None])
+def test_a_header_is_never_built_with_a_bad_epoch(epoch):
+    with pytest.raises(CertificateError, match="epoch"):
+        _fixed_header(epoch=epoch)

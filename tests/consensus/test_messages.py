@@ -410,3 +410,18 @@ def test_a_new_view_counts_only_view_changes_of_its_own_epoch():
     with pytest.raises(MessageError) as info:
         decode_message(encode(bad), VSET, CHAIN, epoch=1, base_checkpoint=BASE_AT_2)
     assert info.value.reason == "bad-field"
+
+
+def test_a_header_naming_its_epoch_travels_in_every_message_that_carries_headers():
+    """An epoch-1 header decodes as it was sent (pre-prepare, catch-up); "epoch": 0 written out or an
+    epoch past 2^63 in a header is bad-field."""
+    h1 = dataclasses.replace(H1, epoch=1)
+    pre = sign(PrePrepare(0, h1, ENTRIES, "v0"), KEYS["v0"], CHAIN)
+    assert decode_message(encode(pre), VSET, CHAIN).header == h1
+    caught_up = decode_message(encode_catch_up_response([committed(h1, ENTRIES)]), VSET, CHAIN)
+    assert caught_up.blocks[0].header == h1 and caught_up.blocks[0].header.hash() == h1.hash() != H1.hash()
+    wire = codec.unpack(encode(SAMPLES["pre-prepare"]))
+    for epoch in (0, 2**63):
+        with pytest.raises(MessageError) as info:
+            decode_message(codec.pack({**wire, "header": {**wire["header"], "epoch": epoch}}), VSET, CHAIN, verify=False)
+        assert info.value.reason == "bad-field"

@@ -37,11 +37,27 @@ def test_header_rules_in_order():
     assert check_header(RULES, 3, good, 1, parent, 200) == "wrong-height"
     assert check_header(RULES, 2, replace(good, chain_id="x"), 1, parent, 200) == "wrong-height"
     assert check_header(RULES, 2, replace(good, validator_set_hash=b"w" * 32), 1, parent, 200) == "wrong-validator-set"
+    assert check_header(RULES, 2, replace(good, epoch=1), 1, parent, 200) == "wrong-epoch"
     assert check_header(RULES, 2, good, 1, None, 200) == "does-not-chain"
     assert check_header(RULES, 2, good, 3, parent, 200) == "batch-too-large"
     assert check_header(RULES, 2, replace(good, time_ms=50), 1, parent, 200) == "time-before-parent"
     assert check_header(RULES, 2, good, 1, parent, None) is WAIT, "no time known before the first tick"
     assert check_header(RULES, 2, replace(good, time_ms=1_300), 1, parent, 200) == "time-in-future"
+
+
+def test_headers_name_the_rules_epoch_and_another_epoch_is_refused():
+    # Positional arguments as before: the epoch is last, 0 by default.
+    assert ProposalRules("c", b"v" * 32, 2, 1_000) == RULES and RULES.epoch == 0
+    rules = replace(RULES, epoch=3)
+    parent = build_header(rules, 1, None, 100, (b"ok:a",), RESULT)
+    good = build_header(rules, 2, parent, 200, (b"ok:b",), RESULT)
+    assert (parent.epoch, good.epoch) == (3, 3) and good.to_wire()["epoch"] == 3
+    assert check_header(rules, 2, good, 1, parent, 200) is None
+    assert check_header(rules, 2, replace(good, epoch=2), 1, parent, 200) == "wrong-epoch"
+    assert check_header(RULES, 2, good, 1, parent, 200) == "wrong-epoch", "epoch 0 refuses an epoch-3 header"
+    # The set is checked first: a header of another epoch and another set is refused for its set.
+    other = replace(good, epoch=2, validator_set_hash=b"w" * 32)
+    assert check_header(rules, 2, other, 1, parent, 200) == "wrong-validator-set"
 
 
 def test_duplicates_within_the_block_in_flight_or_committed_are_refused():

@@ -104,6 +104,16 @@ def test_restore_reads_back_votes_certificates_and_bodies():
     assert KEY_VIEW in store.data
 
 
+def test_a_vote_for_a_header_naming_its_epoch_restores_that_header():
+    store = Store()
+    block = BlockHeader(**{**header(6, (b"e",)).to_wire(), "epoch": 1})
+    VoteLog(store).record_vote(6, 0, PHASE_PREPARE, block, (b"e",))
+    restored = VoteLog(Store())
+    restored.restore_bodies(store.data)
+    assert restored.restore_vote(height_key(KEY_VOTE, 6), store.data[height_key(KEY_VOTE, 6)]) == (6, 0, block, (b"e",))
+    assert restored.votes[6] == (0, PHASE_PREPARE, block.hash()) and block.epoch == 1
+
+
 def test_committed_ids_are_restored_only_for_applied_heights_in_height_order():
     persisted = {height_key(KEY_COMMITTED, h): codec.pack([bytes([h]) * 32]) for h in (3, 1, 2)}
     assert restore_committed_ids(persisted, applied_height=2) == [bytes([1]) * 32, bytes([2]) * 32]

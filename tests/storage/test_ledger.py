@@ -230,6 +230,33 @@ def test_reopen_keeps_everything(world, tmp_path):
     store.close()
 
 
+def test_a_header_naming_epoch_1_is_stored_and_served_unchanged(world, tmp_path):
+    """The store keeps a header's own bytes: an epoch-1 header reads back equal, with its epoch and
+    hash, after a reopen and through the catch-up encoding; an epoch-0 parent stays without the key."""
+    from consensus.messages import decode_message, encode_catch_up_response
+
+    path = tmp_path / "store"
+    store = Ledger.open(path, world.genesis)
+    author = Author(world, "hk-bureau")
+    store.apply_block(next_block(world, store, [author.commit(commitment(1))]))
+    block = next_block(world, store, [author.commit(commitment(2))], epoch=1)
+    store.apply_block(block)
+    store.close()
+    store = Ledger.open(path, world.genesis)
+    try:
+        stored = store.header(2)
+        assert stored == block.header and stored.epoch == 1 and stored.hash() == block.header.hash()
+        assert store.head() == block.header and store.header(1).epoch == 0
+        assert "epoch" not in msgpack.unpackb(store.header(1).encode(), raw=False)
+        message = decode_message(encode_catch_up_response([store.committed_block(2)]), world.genesis.validator_set,
+                                 world.chain_id)
+        assert message.blocks[0].header == block.header
+        assert message.blocks[0].certificate.to_wire() == block.certificate.to_wire()
+        assert store.apply_block(next_block(world, store, [author.commit(commitment(3))], epoch=1))[0].ok
+    finally:
+        store.close()
+
+
 def test_consensus_changes_given_with_a_block_are_durable_with_it_and_only_with_it(world, tmp_path):
     """apply_block(block, consensus_changes) writes the replica's records in the block's batch: after a
     reopen both are there; a refused block writes neither; an already-applied block still takes them."""

@@ -123,6 +123,39 @@ def test_each_tampering_is_named(world, filled):
     assert verify_match_proof(good, world.genesis, b"short").check == "commitment"
 
 
+def test_a_proof_hashes_each_header_as_it_came_with_its_epoch(world, tmp_path):
+    """A proof from a block whose header names epoch 1 carries the key and verifies; dropping or changing
+    the epoch changes the header hash (the certificate no longer holds), and "epoch": 0 is malformed."""
+    store = Ledger.open(tmp_path / "store", world.genesis)
+    try:
+        author = Author(world, "hk-bureau")
+        store.apply_block(next_block(world, store, [author.commit(commitment(1))]))
+        store.apply_block(next_block(world, store, [author.commit(commitment(2))], epoch=1))
+        zero, one = store.match_proof(commitment(1)), store.match_proof(commitment(2))
+        assert "epoch" not in msgpack.unpackb(zero)["header"] and msgpack.unpackb(one)["header"]["epoch"] == 1
+        assert msgpack.unpackb(zero)["status"]["header"]["epoch"] == 1, "the status is the epoch-1 head"
+        for proof, value in ((zero, commitment(1)), (one, commitment(2))):
+            assert verify_match_proof(proof, world.genesis, value, now_ms=0).status == "match"
+        cases = [
+            (one, lambda v: v["header"].pop("epoch"), "certificate"),
+            (one, lambda v: v["header"].__setitem__("epoch", 2), "certificate"),
+            (one, lambda v: v["header"].__setitem__("epoch", 0), "header"),
+            (zero, lambda v: v["header"].__setitem__("epoch", 1), "certificate"),
+            (zero, lambda v: v["status"]["header"].pop("epoch"), "status.certificate"),
+        ]
+        for proof, change, check in cases:
+            verdict = verify_match_proof(tampered(proof, change), world.genesis,
+                                         commitment(1 if proof is zero else 2), now_ms=0)
+            assert (verdict.status, verdict.check) == ("invalid", check), (check, verdict)
+        h1, h2 = store.header(1), store.header(2)
+        proof = store.consistency_proof(h1.tree_size, h2.tree_size)
+        older = {"header": h1.to_wire(), "certificate": store.certificate(1).to_wire()}
+        newer = {"header": h2.to_wire(), "certificate": store.certificate(2).to_wire()}
+        assert verify_consistency_proof(older, newer, proof, world.genesis).status == "match"
+    finally:
+        store.close()
+
+
 def test_proof_size_limit_edge(world, filled):
     """A proof of exactly proof_bytes_max bytes is decoded (and its padding refused by name: no key
     beyond the documented ones); one byte more is refused unread."""

@@ -70,8 +70,10 @@ def certify(world: World, header: BlockHeader, signers=("hk-1", "hk-2", "cn-1"),
     return CommitCertificate(view=view, height=header.height, header_hash=header.hash(), signatures=signatures)
 
 
-def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head", time_ms: int | None = None) -> CommittedBlock:
-    """A certified block of `entries` on top of `parent` (default: the ledger's head), executed by `ledger`."""
+def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head", time_ms: int | None = None,
+               epoch: int = 0) -> CommittedBlock:
+    """A certified block of `entries` on top of `parent` (default: the ledger's head), executed by `ledger`;
+    its header names `epoch` (certified by the genesis set all the same: storage does not switch sets yet)."""
     if parent == "head":
         parent = ledger.head()
     height = 1 if parent is None else parent.height + 1
@@ -83,7 +85,7 @@ def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head
         chain_id=world.chain_id, height=height, prev_hash=parent.hash() if parent else bytes(32), time_ms=time_ms,
         entries_hash=entries_hash(list(entries)), entry_count=len(entries), tree_size=result.tree_size,
         tree_root=result.tree_root, results_hash=result.results_hash,
-        validator_set_hash=world.genesis.validator_set.hash(),
+        validator_set_hash=world.genesis.validator_set.hash(), epoch=epoch,
     )
     return CommittedBlock(header, tuple(entries), certify(world, header))
 
