@@ -66,14 +66,14 @@ BLOCK_REQUEST_BYTES_MAX = 4096         # 64 hashes x 34 B + 37 B of map = 2,213 
 # VIEW-CHANGE and NEW-VIEW carry headers and signatures, never block bodies, so their size no longer
 # grows with the blocks. The arithmetic (packed sizes, computed by `_sizes` and `_bounds` below, and
 # checked by tests/consensus/test_messages.py and test_view_change_bodies.py):
-#   header ............................. <= 384 B   (chain id <= CHAIN_ID_BYTES_MAX, integers 9 B, 5 hashes)
+#   header ............................. <= 399 B   (chain id <= CHAIN_ID_BYTES_MAX, integers 9 B, 5 hashes, epoch)
 #   one signature {validator, sig} ..... <= 211 B   (id <= VALIDATOR_ID_BYTES_MAX = 128 B, 64-B signature)
 #   prepared certificate {view, header, prepares}
-#                                        <= 416 B + 211 B x signers, and an honest replica keeps a
-#       minimal quorum of PREPAREs (`minimal_quorum`): 5 of n = 7 -> 1,471 B; 67 of n = 100 -> 14,555 B
+#                                        <= 431 B + 211 B x signers, and an honest replica keeps a
+#       minimal quorum of PREPAREs (`minimal_quorum`): 5 of n = 7 -> 1,486 B; 67 of n = 100 -> 14,570 B
 #   VIEW-CHANGE ........................ <= ~280 B + checkpoint (64 B + 211 B x n) + window x certificate
 #   NEW-VIEW ........................... <= ~100 B + minimal quorum x VIEW-CHANGE + 34 B x 1024 chosen
-# n = 7, window = PREPARED_CERTIFICATES_MAX = 1024: VIEW-CHANGE 1.44 MiB, NEW-VIEW (5 of them) 7.2 MiB.
+# n = 7, window = PREPARED_CERTIFICATES_MAX = 1024: VIEW-CHANGE 1.45 MiB, NEW-VIEW (5 of them) 7.3 MiB.
 #   (Before, each certificate carried its block: at the default window of 16 and 1 MiB blocks a
 #   VIEW-CHANGE was 16 MiB and a NEW-VIEW of 5 was 80 MiB, over the 64 MiB frame.)
 # n = VALIDATORS_MAX = 100: VIEW-CHANGE 0.24 MiB and NEW-VIEW (67 of them) 16.3 MiB at window 16;
@@ -860,7 +860,7 @@ def _packed_list_bytes(item_bytes: int, count: int) -> int:
 def _sizes(chain_id_bytes: int, id_bytes: int) -> tuple[int, int, int]:
     """(header, one signature, certificate without signatures) packed sizes at their worst."""
     worst = BlockHeader("x" * chain_id_bytes, INTEGER_MAX, bytes(32), INTEGER_MAX, bytes(32), INTEGER_MAX, INTEGER_MAX,
-                        bytes(32), bytes(32), bytes(32))
+                        bytes(32), bytes(32), bytes(32), epoch=INTEGER_MAX)
     header = len(codec.pack(worst.to_wire()))
     signature = len(codec.pack(VoteSignature("x" * id_bytes, bytes(codec.SIGNATURE_BYTES)).to_wire()))
     bare = len(codec.pack({"view": INTEGER_MAX, "header": worst.to_wire(), "prepares": []})) - 1
@@ -881,11 +881,11 @@ def _bounds(n: int, quorum: int, window: int, chain_id_bytes: int, id_bytes: int
     sender = "x" * id_bytes
     view_change = len(codec.pack({
         "type": ViewChange.TYPE, "view": INTEGER_MAX, "checkpoint": {}, "prepared": [], "sender": sender,
-        "signature": bytes(codec.SIGNATURE_BYTES),
+        "signature": bytes(codec.SIGNATURE_BYTES), "epoch": INTEGER_MAX,
     })) - 2 + checkpoint + _packed_list_bytes(certificate, window)
     new_view = len(codec.pack({
         "type": NewView.TYPE, "view": INTEGER_MAX, "view_changes": [], "chosen": [], "sender": sender,
-        "signature": bytes(codec.SIGNATURE_BYTES),
+        "signature": bytes(codec.SIGNATURE_BYTES), "epoch": INTEGER_MAX,
     })) - 2 + _packed_list_bytes(view_change, quorum) + _packed_list_bytes(2 + codec.HASH_BYTES, PREPARED_CERTIFICATES_MAX)
     return view_change, new_view
 

@@ -26,7 +26,7 @@ class Reconfiguring:
         self.validators = validators
         self.validator_set_hash = validators.hash()
         self.rules = ProposalRules(self.chain_id, self.validator_set_hash, config.batch_requests_max,
-                                   config.clock_skew_ms_max)
+                                   config.clock_skew_ms_max, self.epoch)   # headers name their epoch
         mine = validators.get(self.me)
         key = self.signing_keys.get(mine.public_key) if mine is not None else None
         # A validator the set no longer names (removed), or names with a key it does not hold, votes no more.

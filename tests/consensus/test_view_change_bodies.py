@@ -92,9 +92,9 @@ def _vset(n: int, id_bytes: int = messages.VALIDATOR_ID_BYTES_MAX) -> ValidatorS
 
 def test_the_size_arithmetic_in_messages():
     header, signature, bare = messages._sizes(messages.CHAIN_ID_BYTES_MAX, messages.VALIDATOR_ID_BYTES_MAX)
-    assert (header, signature) == (384, 211)
-    assert messages.prepared_certificate_bytes_bound(5) == 1471
-    assert messages.prepared_certificate_bytes_bound(67) == 14555
+    assert (header, signature) == (399, 211)   # the header with its epoch (from epoch 1 on)
+    assert messages.prepared_certificate_bytes_bound(5) == 1486
+    assert messages.prepared_certificate_bytes_bound(67) == 14570
     chain = "c" * messages.CHAIN_ID_BYTES_MAX
     big = _vset(messages.VALIDATORS_MAX)
     assert minimal_quorum_size(big) == 67
@@ -112,13 +112,13 @@ def test_the_bound_really_bounds_a_worst_case_view_change():
     ids = [v.id for v in vset.validators]
     chain = "c" * messages.CHAIN_ID_BYTES_MAX
     top = messages.INTEGER_MAX
-    header = BlockHeader(chain, top, bytes(32), top, bytes(32), top, top, bytes(32), bytes(32), vset.hash())
+    header = BlockHeader(chain, top, bytes(32), top, bytes(32), top, top, bytes(32), bytes(32), vset.hash(), epoch=top)
     cert = PreparedCertificate(top, header, tuple(VoteSignature(i, bytes(64)) for i in minimal_quorum(vset, ids)))
     checkpoint = messages.CheckpointCertificate(top, bytes(32), tuple(VoteSignature(i, bytes(64)) for i in ids))
-    vc = ViewChange(top, checkpoint, (cert,) * 20, ids[-1], bytes(64))
+    vc = ViewChange(top, checkpoint, (cert,) * 20, ids[-1], bytes(64), epoch=top)
     assert len(encode(vc)) == view_change_bytes_bound(vset, 20, chain)
     nv = NewView(top, (vc,) * minimal_quorum_size(vset), (bytes(32),) * messages.PREPARED_CERTIFICATES_MAX, ids[-1],
-                 bytes(64))
+                 bytes(64), epoch=top)
     assert len(encode(nv)) == new_view_bytes_bound(vset, 20, chain)
 
 
