@@ -44,7 +44,7 @@ from .slot import Slot
 from .status import ReplicaStatus, check_invariants
 from .timeouts import Timeouts, Timer
 from .validators import ValidatorSet
-from .vote_log import VoteLog, restore_epoch_base, restore_schedule
+from .vote_log import VoteLog, restore_schedule
 
 __all__ = [
     "CLIENT", "Application", "CommittedBlock", "Evidence", "ExecutionResult", "Outbound", "Ready", "Replica", "ReplicaConfig",
@@ -52,6 +52,14 @@ __all__ = [
 ]
 
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
+
+
+def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int,
+                   applied_height: int) -> EpochSchedule:
+    try:
+        return restore_schedule(persisted, genesis, margin_heights, applied_height)
+    except (codec.EncodingError, EpochScheduleError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"persisted consensus state is unreadable: {exc}") from exc
 
 
 def _check_arguments(
@@ -104,10 +112,7 @@ class Replica(
         height, header = last_applied
         persisted = persisted or {}
         self.signing_keys = {key.verify_key.encode(): key for key in (signing_key, *spare_signing_keys)}
-        try:
-            self.schedule = restore_schedule(persisted, validators, margin_heights, height)
-        except (codec.EncodingError, EpochScheduleError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"persisted consensus state is unreadable: {exc}") from exc
+        self.schedule = _load_schedule(persisted, validators, margin_heights, height)
         _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied)
         self.config = config
         self.me = me
@@ -115,21 +120,12 @@ class Replica(
         self.chain_id = chain_id
         self.app = app
         self.vouch_fallbacks = 0     # times we waited for vouchers in vain and checked ourselves (hosts export it)
+        self.idle_filled_ms = 0      # when this primary last proposed an empty block (_fill_idle_height)
         # Optional in the Application (docs/INTERNALS.md): None = no state check before pooling, no epochs.
         self._check_applied = getattr(app, "check_request_applied", None)
         self._reconfiguration_of = getattr(app, "reconfiguration", None)
-        # The epoch this replica votes in and the checkpoint it started from (docs/CONSENSUS.md, "Reconfiguration").
-        current = self.schedule.config_at(height + 1)
-        self.epoch = current.epoch
-        try:
-            self.epoch_base = restore_epoch_base(persisted, self.epoch, current.validators)
-        except (codec.EncodingError, MessageError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"persisted consensus state is unreadable: epoch {self.epoch}'s base: {exc}") from exc
-        self._take_validators(current.validators)
-        self.checkpoints.stable = self.epoch_base
-        self.view = 0
-        self.view_active = True
-        self.failed_views = 0
+        self._resume_epoch(persisted, height)   # epoch, epoch_base and everything that holds the set
+        self.view, self.view_active, self.failed_views = 0, True, 0
         self.timeouts = Timeouts()   # the clock and every deadline, polled in on_tick
         # Bodies of re-proposed blocks are asked for again retransmit_ms / 2 after the last ask (none yet: 0).
         self.timeouts.start(Timer.BODIES, config.retransmit_ms // 2, since_ms=0)

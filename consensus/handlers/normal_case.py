@@ -24,7 +24,10 @@ VOUCH_FALLBACK_HOLD_MS = 30_000
 
 class NormalCase:
     def _in_window(self, height: int) -> bool:
-        return self.stable.height < height <= self.stable.height + self.config.watermark_window
+        """In (stable, stable + watermark_window], and never past the last height of our epoch."""
+        end = self.schedule.last_height_of(self.epoch)
+        return (self.stable.height < height <= self.stable.height + self.config.watermark_window
+                and (end is None or height <= end))
 
     def _on_pre_prepare(self, peer: str, message: PrePrepare, data: bytes) -> None:
         if message.view != self.view or not self.view_active:

@@ -35,17 +35,10 @@ class Proposing:
                     # still prepare each block only after its parent is prepared.
                     return progressed
                 parent = parent_slot.header
-            unproposed = self._unproposed()
-            if not unproposed:
-                return progressed
-            oldest = next(iter(unproposed.values()))
-            if len(unproposed) < self.config.batch_requests_max and (
-                self.now_ms - max(oldest.seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
-                or height - 1 - self.last_applied_height >= self.config.partial_batch_in_flight_max
-            ):
+            picked = self._next_batch(height, self._unproposed())
+            if picked is None:
                 return progressed
             # Our proposal vouches for its requests' signatures: check those we pooled unchecked.
-            picked = list(islice(unproposed.items(), self.config.batch_requests_max))
             if not all(p.checked for _, p in picked):
                 for rid, p in picked:
                     self._confirm(rid, p)
@@ -68,6 +61,30 @@ class Proposing:
             self._send(None, data)
             self._proposed(slot)
             progressed = True
+
+    def _next_batch(self, height: int, unproposed: OrderedDict[bytes, PendingRequest]) -> list | None:
+        """The (id, request) pairs to propose at `height`: [] for an empty block that fills an idle height
+        while an epoch is pending, None to wait (a partial batch waits batch_wait_ms for more)."""
+        in_flight = height - 1 - self.last_applied_height
+        if not unproposed:
+            return [] if self._fill_idle_height(in_flight) else None
+        oldest = next(iter(unproposed.values()))
+        if len(unproposed) < self.config.batch_requests_max and (
+            self.now_ms - max(oldest.seen_ms, self.view_entered_ms) < self.config.batch_wait_ms
+            or in_flight >= self.config.partial_batch_in_flight_max
+        ):
+            return None
+        return list(islice(unproposed.items(), self.config.batch_requests_max))
+
+    def _fill_idle_height(self, in_flight: int) -> bool:
+        """While the next epoch is pending, heights must advance without requests (the new set takes over
+        at a height, not at a time): one empty block at a time, at most one per batch_wait_ms."""
+        if self.schedule.latest.epoch <= self.epoch or in_flight > 0:
+            return False
+        if self.now_ms - max(self.idle_filled_ms, self.view_entered_ms) < self.config.batch_wait_ms:
+            return False
+        self.idle_filled_ms = self.now_ms
+        return True
 
     def _unproposed(self) -> OrderedDict[bytes, PendingRequest]:
         """The pending requests in no in-flight block, oldest first (by id; the caller only reads).

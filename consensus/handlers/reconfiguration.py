@@ -10,12 +10,14 @@ from .. import codec
 from ..bodies import BodyFetcher
 from ..checkpoints import Checkpoints
 from ..epochs import EpochConfig, ReconfigurationError
-from ..messages import CheckpointCertificate
+from ..messages import CheckpointCertificate, MessageError
 from ..proposal import ProposalRules
 from ..timeouts import Timer
 from ..validators import ValidatorSet
 from ..view_change import ViewChanges
-from ..vote_log import KEY_CHECKPOINT, KEY_EPOCH_BASE, KEY_EPOCHS, KEY_NEW_VIEW, KEY_VIEW_CHANGE, height_key
+from ..vote_log import (
+    KEY_CHECKPOINT, KEY_EPOCH_BASE, KEY_EPOCHS, KEY_NEW_VIEW, KEY_VIEW_CHANGE, height_key, restore_epoch_base,
+)
 from ..vote_tally import VoteTally
 
 
@@ -38,6 +40,18 @@ class Reconfiguring:
         self.tally = VoteTally(validators)   # PREPAREs and COMMITs received, per height
         self.bodies = BodyFetcher(validators, self.me, self._my_index)   # bodies of re-proposed blocks we lack
         self.view_change = ViewChanges(validators)   # VIEW-CHANGEs and the NEW-VIEW of our view
+
+    def _resume_epoch(self, persisted: dict[bytes, bytes], applied_height: int) -> None:
+        """At construction: the epoch of the next height to decide, the base checkpoint we entered it from
+        (docs/CONSENSUS.md, "Reconfiguration") and every state object that holds its set."""
+        current = self.schedule.config_at(applied_height + 1)
+        self.epoch = current.epoch
+        try:
+            self.epoch_base = restore_epoch_base(persisted, self.epoch, current.validators)
+        except (codec.EncodingError, MessageError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"persisted consensus state is unreadable: epoch {self.epoch}'s base: {exc}") from exc
+        self._take_validators(current.validators)
+        self.checkpoints.stable = self.epoch_base
 
     def _epoch_decided(self) -> bool:
         """Nothing is left to decide in our epoch: its last height is at or below the stable checkpoint.

@@ -151,3 +151,17 @@ def test_a_validator_down_across_the_switch_catches_up_through_both_epochs_and_v
     commit_past(cluster, start + 6, ["v0", "v2", "v3"])
     assert "v3" in {s.validator for s in late.chain[-1].certificate.signatures}
     cluster.assert_agreement()
+
+
+def test_an_idle_chain_fills_the_heights_to_the_new_epoch_with_empty_blocks():
+    """Heights advance only with blocks: with no requests at all, the primary proposes empty ones while the
+    next epoch is pending, one at a time, and stops once the new set has taken over."""
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, spare_keys={"v2": (NEW_KEY,)})
+    cluster.submit("v0", reconfigure_request(0, [RotateValidatorKey("v2", NEW_KEY.verify_key.encode())]))
+    assert cluster.run_until(lambda: all(node.replica.epoch == 1 for node in cluster.nodes.values()))
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    cluster.run(50)
+    for node in cluster.nodes.values():
+        assert len(node.chain) == start - 1   # the last block of epoch 0, and nothing after it
+        assert all(block.entries == () for block in node.chain[reconfiguration_height(cluster):])
+    cluster.assert_agreement()
