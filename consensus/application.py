@@ -43,3 +43,7 @@ class Application(Protocol):
         self, parent: BlockHeader | None, height: int, time_ms: int, entries: tuple[bytes, ...]
     ) -> ExecutionResult | None:
         """Header fields after applying `entries` on `parent` (None = genesis); None if parent is unknown."""
+
+    def reconfiguration(self, height: int, entries: tuple[bytes, ...], epoch: int) -> tuple | None:
+        """The changes (consensus.epochs) of the committed block's accepted reconfiguration for `epoch`, from
+        the block and the epoch alone, or None. Optional: without it the validator set never changes."""

@@ -505,12 +505,6 @@ class EpochSchedule:
         return EpochSchedule(self.epochs + (EpochConfig(latest.epoch + 1, start, validators, commit_height),),
                              self.margin_heights)
 
-    def without_epochs_scheduled_after(self, height: int) -> "EpochSchedule":
-        """The schedule as it stood once the block at `height` was applied: what a restart keeps when
-        the host applied fewer blocks than the replica had delivered."""
-        kept = tuple(config for config in self.epochs if config.scheduled_at <= height)
-        return self if len(kept) == len(self.epochs) else EpochSchedule(kept, self.margin_heights)
-
     def to_wire(self) -> dict:
         return {"margin_heights": self.margin_heights, "epochs": [config.to_wire() for config in self.epochs]}
 

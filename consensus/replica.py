@@ -54,10 +54,9 @@ __all__ = [
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
 
 
-def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int,
-                   applied_height: int) -> EpochSchedule:
+def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int) -> EpochSchedule:
     try:
-        return restore_schedule(persisted, genesis, margin_heights, applied_height)
+        return restore_schedule(persisted, genesis, margin_heights)
     except (codec.EncodingError, EpochScheduleError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"persisted consensus state is unreadable: {exc}") from exc
 
@@ -112,7 +111,7 @@ class Replica(
         height, header = last_applied
         persisted = persisted or {}
         self.signing_keys = {key.verify_key.encode(): key for key in (signing_key, *spare_signing_keys)}
-        self.schedule = _load_schedule(persisted, validators, margin_heights, height)
+        self.schedule = _load_schedule(persisted, validators, margin_heights)
         _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied)
         self.config = config
         self.me = me

@@ -204,16 +204,16 @@ def restore_view(persisted: dict[bytes, bytes], epoch: int = 0) -> tuple[int, bo
     return int(record["view"]), bool(record["active"])
 
 
-def restore_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int,
-                     applied_height: int) -> EpochSchedule:
-    """The epoch schedule as of the applied height: epochs scheduled by blocks the host has not applied
-    yet (a crash between the write and the apply) come back when those blocks are delivered again."""
+def restore_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int) -> EpochSchedule:
+    """The epoch schedule as last written. It may hold an epoch scheduled by a block the host had not
+    applied yet (a crash between the write and the apply): that block was committed, so the epoch stands,
+    and delivering the block again finds it scheduled already."""
     if KEY_EPOCHS not in persisted:
         return EpochSchedule.genesis(genesis, margin_heights)
     schedule = EpochSchedule.from_wire(codec.unpack(persisted[KEY_EPOCHS]))
     if schedule.epochs[0].validators != genesis or schedule.margin_heights != margin_heights:
         raise ValueError("the persisted epoch schedule is of another genesis set or margin")
-    return schedule.without_epochs_scheduled_after(applied_height)
+    return schedule
 
 
 def restore_epoch_base(persisted: dict[bytes, bytes], epoch: int, validators: ValidatorSet) -> CheckpointCertificate:

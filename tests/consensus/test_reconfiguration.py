@@ -165,3 +165,51 @@ def test_an_idle_chain_fills_the_heights_to_the_new_epoch_with_empty_blocks():
         assert len(node.chain) == start - 1   # the last block of epoch 0, and nothing after it
         assert all(block.entries == () for block in node.chain[reconfiguration_height(cluster):])
     cluster.assert_agreement()
+
+
+def test_view_changes_on_both_sides_of_the_boundary():
+    """The primary of view 0 is down: epoch 0 changes view to commit the reconfiguration and its last
+    heights, and epoch 1, which starts again at view 0 with the same primary, changes view too; the
+    chain goes on in epoch 1 with VIEW-CHANGEs that name their epoch."""
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, spare_keys={"v2": (NEW_KEY,)})
+    cluster.nodes["v0"].crash()
+    live = ["v1", "v2", "v3"]
+    cluster.submit("v1", reconfigure_request(0, [RotateValidatorKey("v2", NEW_KEY.verify_key.encode())]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster, "v1") is not None)
+    height = reconfiguration_height(cluster, "v1")
+    start = height + MARGIN + 1
+    commit_past(cluster, start + 3, live)
+    for node_id in live:
+        replica = cluster.nodes[node_id].replica
+        assert replica.epoch == 1 and replica.view >= 1 and replica.primary_id != "v0"
+    chain = cluster.nodes["v1"].chain
+    assert chain[height - 1].certificate.view >= 1 and chain[start - 1].certificate.view >= 1
+    assert chain[start - 1].header.epoch == 1 and chain[start - 2].header.epoch == 0
+    cluster.assert_agreement()
+
+
+def test_a_crash_after_the_switch_is_written_but_before_its_blocks_are_applied():
+    """A lagging validator receives the blocks across the boundary in one catch-up Ready: the schedule, the
+    new epoch's view and base are written with the first block, and it crashes before the others are
+    applied. It restarts in the old epoch with nothing left to decide there (the written base is its
+    stable checkpoint), catches up, and enters the new epoch again."""
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, spare_keys={"v2": (NEW_KEY,)})
+    late = cluster.nodes["v3"]
+    late.crash()
+    commit_past(cluster, 3, ["v0", "v1", "v2"])   # so the reconfiguration's block is not the first
+    cluster.submit("v0", reconfigure_request(0, [RotateValidatorKey("v2", NEW_KEY.verify_key.encode())]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    commit_past(cluster, start + 3, ["v0", "v1", "v2"])
+    late.crash_after_persist = True
+    late.restart()
+    assert cluster.run_until(lambda: not late.up)
+    # The first block rode in the write; the rest, the reconfiguration's block among them, were lost.
+    assert 0 < len(late.chain) < reconfiguration_height(cluster)
+    late.restart()
+    assert late.replica.epoch == 0 and late.replica._epoch_decided()
+    assert late.replica.stable.height == start - 1
+    assert cluster.run_until(lambda: len(late.chain) >= start + 3 and late.replica.epoch == 1)
+    cluster.nodes["v1"].crash()                   # v3 is needed for a quorum now
+    commit_past(cluster, start + 6, ["v0", "v2", "v3"])
+    cluster.assert_agreement()
