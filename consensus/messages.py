@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import msgpack
 import nacl.signing
@@ -808,6 +808,8 @@ MESSAGE_TYPES: dict[str, Any] = {
                 BlockRequest, BlockResponse)
 }
 SIGNED_TYPES = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+# Signed for one height: judged with the set of that height's epoch (decode_message's validators_at).
+HEIGHT_SCOPED_TYPES = (PrePrepare, Prepare, Commit, Checkpoint)
 MESSAGE_BYTES_MAX_BY_TYPE: dict[Any, int] = {
     Prepare: VOTE_MESSAGE_BYTES_MAX, Commit: VOTE_MESSAGE_BYTES_MAX, Checkpoint: VOTE_MESSAGE_BYTES_MAX,
     CatchUpRequest: VOTE_MESSAGE_BYTES_MAX, Requests: REQUESTS_MESSAGE_BYTES_MAX,
@@ -925,11 +927,15 @@ def sign(message: Any, signing_key: nacl.signing.SigningKey, chain_id: str) -> A
 def decode_message(
     data: bytes, validators: ValidatorSet, chain_id: str, *, verify: bool = True, epoch: int = 0,
     base_checkpoint: CheckpointCertificate | None = None,
+    validators_at: Callable[[int], ValidatorSet] | None = None, known_through_height: int | None = None,
 ) -> Message:
     """Parse and validate one message; raise MessageError(reason) for anything wrong with it.
 
     `epoch` and `base_checkpoint`: the receiver's epoch and the checkpoint it started from; a VIEW-CHANGE
-    or NEW-VIEW of another epoch is refused ("wrong-epoch").
+    or NEW-VIEW of another epoch is refused ("wrong-epoch"). `validators_at(height)`: the set a message
+    signed for one height is judged with (else `validators`). `known_through_height`: the last height
+    whose set the receiver knows for certain; a vote above it that its best-known set cannot verify may
+    be signed by a set it has not learned yet: "unknown-epoch", not a forgery.
 
     Total: whatever the bytes, the only exception that leaves is MessageError. Decoding is
     bounded by MESSAGE_LIMITS (depth, lengths, items), then each type by its byte cap.
@@ -952,6 +958,9 @@ def decode_message(
         raise MessageError("too-large", f"a {kind} message of {len(data)} bytes exceeds {bytes_max}")
     try:
         message = cls.from_wire(wire, validators, chain_id)
+        if isinstance(message, HEIGHT_SCOPED_TYPES) and validators_at is not None:
+            _verify_height_scoped(message, validators_at, chain_id, verify, known_through_height)
+            return message
         if isinstance(message, SIGNED_TYPES) and message.sender not in validators:
             raise MessageError("unknown-sender", f"{message.sender!r} is not a validator")
         if isinstance(message, (ViewChange, NewView)):
@@ -967,6 +976,22 @@ def decode_message(
         # Defensive: a shape no validator above anticipated is still the peer's fault, not ours.
         raise MessageError("bad-field", f"{type(exc).__name__}: {str(exc)[:200]}") from None
     return message
+
+
+def _verify_height_scoped(message, validators_at: Callable[[int], ValidatorSet], chain_id: str, verify: bool,
+                          known_through_height: int | None) -> None:
+    try:
+        validators = validators_at(max(message.height, 1))
+        if message.sender not in validators:
+            raise MessageError("unknown-sender", f"{message.sender!r} is not a validator")
+        if verify:
+            message.verify(validators, chain_id)
+    except MessageError as exc:
+        if known_through_height is not None and message.height > known_through_height and exc.reason in (
+                "unknown-sender", "bad-signature"):
+            raise MessageError("unknown-epoch", f"height {message.height} is past the heights whose validator set "
+                               f"this replica knows ({known_through_height}): {exc}") from None
+        raise
 
 
 def encode_catch_up_response(blocks: list[CommittedBlock] | tuple[CommittedBlock, ...]) -> bytes:

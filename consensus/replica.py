@@ -159,8 +159,10 @@ class Replica(
             self._reject(sender_id, "unknown-sender")
             return self._ready()
         try:
-            message = decode_message(data, self.validators, self.chain_id, epoch=self.epoch,
-                                     base_checkpoint=self.epoch_base)
+            message = decode_message(
+                data, self.validators, self.chain_id, epoch=self.epoch, base_checkpoint=self.epoch_base,
+                validators_at=self._validators_at,
+                known_through_height=self.last_applied_height + self.schedule.margin_heights + 1)
         except MessageError as exc:
             self._reject(sender_id, exc.reason)
             return self._ready()

@@ -53,6 +53,10 @@ class Reconfiguring:
         self._take_validators(current.validators)
         self.checkpoints.stable = self.epoch_base
 
+    def _validators_at(self, height: int) -> ValidatorSet:
+        """The set that signs for `height`: final for every height up to the applied one + margin + 1."""
+        return self.schedule.config_at(height).validators
+
     def _epoch_decided(self) -> bool:
         """Nothing is left to decide in our epoch: its last height is at or below the stable checkpoint.
         (A replica that adopted the checkpoint that ends its epoch before it holds the blocks below it.)"""

@@ -49,10 +49,17 @@ def replica_config(plan) -> ReplicaConfig:
     )
 
 
-def build_replica(plan, validators, me, signing_key, chain_id, application, *, persisted, last_applied):
+def margin_heights(plan) -> int:
+    """The simulated chain's epoch margin: its replicas' watermark window (the smallest margin allowed)."""
+    return replica_config(plan).watermark_window
+
+
+def build_replica(plan, validators, me, signing_key, chain_id, application, *, persisted, last_applied,
+                  spare_signing_keys=()):
     return GuardedReplica(me, Replica(
         replica_config(plan), validators, me, signing_key, chain_id, application,
-        persisted=persisted, last_applied=last_applied,
+        persisted=persisted, last_applied=last_applied, margin_heights=margin_heights(plan),
+        spare_signing_keys=tuple(spare_signing_keys),
     ))
 
 

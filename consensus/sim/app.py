@@ -16,6 +16,7 @@ from __future__ import annotations
 from consensus import codec
 from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader
+from consensus.epochs import ReconfigurationError, decode_changes, encode_changes
 
 REQUEST_DOMAIN = b"bayledger/sim-request/v1"
 REQUEST_FIELDS = ("check", "client", "payload", "seq")
@@ -33,6 +34,32 @@ def make_request(client: str, seq: int, payload: bytes, *, valid: bool = True) -
     if not valid:
         check = codec.sha256(b"wrong", check)
     return codec.pack({"client": client, "seq": seq, "payload": payload, "check": check})
+
+
+# The stand-in for the ledger's co-signed `reconfigure` entry: a valid request of this client whose
+# payload is msgpack {"epoch", "changes"} (consensus.epochs wire form).
+GOVERNANCE_CLIENT = "governance"
+
+
+def make_reconfiguration(seq: int, epoch: int, changes) -> bytes:
+    return make_request(GOVERNANCE_CLIENT, seq, codec.pack({"epoch": epoch, "changes": encode_changes(changes)}))
+
+
+def reconfiguration_of(entries, epoch: int):
+    """The changes of the first reconfiguration for `epoch` among `entries` that decodes, or None."""
+    for entry in entries:
+        if check_request(entry) is not None:
+            continue
+        value = codec.unpack(entry)
+        if value["client"] != GOVERNANCE_CLIENT:
+            continue
+        try:
+            body = codec.unpack(value["payload"])
+            if isinstance(body, dict) and body.get("epoch") == epoch:
+                return decode_changes(body.get("changes"))
+        except (codec.EncodingError, ReconfigurationError):
+            continue
+    return None
 
 
 def request_key(request: bytes) -> tuple[str, int] | None:
@@ -100,6 +127,9 @@ class SimApplication:
 
     def check_request_shape(self, request: bytes) -> str | None:
         return check_request(request, check_signature=False)
+
+    def reconfiguration(self, height: int, entries, epoch: int):
+        return reconfiguration_of(entries, epoch)
 
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int, entries) -> ExecutionResult | None:
         if parent is None:

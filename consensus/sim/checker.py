@@ -8,6 +8,10 @@
 - No honest replica signs two different things for one (kind, view, slot),
   even across a crash and restart (tracked on the wire).
 - No request is committed twice, and no invalid request is committed at all.
+- Epochs (docs/CONSENSUS.md, "Reconfiguration"): the checker follows the schedule from the canonical
+  blocks itself, checks each certificate with the set of its height's epoch (so no certificate of a
+  set that is no longer current is accepted for a height past its epoch), and honest replicas agree
+  with it on the set of every height they reach.
 
 A broken invariant raises SafetyViolation; the run reports it with its seed.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consensus.block import BlockHeader, CertificateError, entries_hash
+from consensus.epochs import EpochSchedule, ReconfigurationError
 from consensus.validators import ValidatorSet
 
 from . import app
@@ -44,11 +49,14 @@ class ReplicaChain:
 
 
 class InvariantChecker:
-    def __init__(self, validators: ValidatorSet, chain_id: str, honest_ids: list[str]):
+    def __init__(self, validators: ValidatorSet, chain_id: str, honest_ids: list[str], margin_heights: int):
         self.validators = validators
         self.chain_id = chain_id
         self.honest_ids = sorted(honest_ids)
         self.canonical: dict[int, CanonicalBlock] = {}
+        self.canonical_entries: dict[int, tuple[bytes, ...]] = {}
+        self.schedule = EpochSchedule.genesis(validators, margin_heights)   # followed from the canonical blocks
+        self.scheduled_through = 0   # the canonical heights the schedule has taken into account
         self.canonical_request_height: dict[bytes, int] = {}
         self.chains: dict[str, ReplicaChain] = {rid: ReplicaChain() for rid in self.honest_ids}
         # (signer, kind, view, slot) -> digest: what an honest replica signed (grows with the run, which is bounded).
@@ -74,8 +82,9 @@ class InvariantChecker:
             raise SafetyViolation(f"{where}: committed out of order, expected height {chain.height + 1}")
         if header.chain_id != self.chain_id:
             raise SafetyViolation(f"{where}: header has chain id {header.chain_id!r}")
+        self.follow_schedule(header.height - 1)
         try:
-            certificate.verify(header, self.validators)
+            certificate.verify(header, self.schedule.config_at(header.height).validators)
         except CertificateError as exc:
             raise SafetyViolation(f"{where}: commit certificate does not verify: {exc}") from exc
         parent = chain.headers[-1] if chain.headers else None
@@ -101,6 +110,7 @@ class InvariantChecker:
         canonical = self.canonical.get(header.height)
         if canonical is None:
             self.canonical[header.height] = CanonicalBlock(header.hash(), replica_id)
+            self.canonical_entries[header.height] = tuple(entries)
             for entry in entries:
                 self.canonical_request_height[entry] = header.height
         elif canonical.header_hash != header.hash():
@@ -110,6 +120,32 @@ class InvariantChecker:
             )
         chain.headers.append(header)
         chain.requests.update(entries)
+
+    def follow_schedule(self, through_height: int) -> None:
+        """Take the reconfigurations of the canonical blocks up to `through_height` into the schedule, in
+        height order and by the replicas' own rules (one pending at a time; refused ones change nothing)."""
+        while self.scheduled_through < through_height and self.scheduled_through + 1 in self.canonical_entries:
+            height = self.scheduled_through + 1
+            latest = self.schedule.latest
+            if latest.start_height <= height:
+                changes = app.reconfiguration_of(self.canonical_entries[height], latest.epoch)
+                if changes:
+                    try:
+                        self.schedule = self.schedule.schedule(height, changes)
+                    except ReconfigurationError:
+                        pass
+            self.scheduled_through = height
+
+    def same_epochs(self, replica_id: str, schedule: EpochSchedule, applied_height: int) -> None:
+        """An honest replica's set for the heights it has applied and the next one is the checker's."""
+        if not self.is_honest(replica_id):
+            return
+        self.follow_schedule(applied_height)
+        for height in (applied_height, applied_height + 1):
+            if height >= 1 and schedule.config_at(height) != self.schedule.config_at(height):
+                raise SafetyViolation(
+                    f"replica {replica_id} has epoch {schedule.config_at(height).epoch} at height {height}, "
+                    f"the committed chain epoch {self.schedule.config_at(height).epoch}")
 
     def signed_vote(self, signer: str, kind: str, view: int, slot: int, digest: bytes) -> None:
         """An honest replica put a signed vote on the wire; it must never sign another for that slot."""

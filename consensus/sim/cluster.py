@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 
 from consensus import codec, host
+from consensus.epochs import RemoveValidator, RotateValidatorKey, SetMinSigners
 from consensus.validators import Validator, ValidatorSet
 
 from . import adapter, app, speed
@@ -175,7 +176,12 @@ class Simulation:
                 plan.duplicate_probability, plan.replay_probability,
             ),
         )
-        self.checker = InvariantChecker(self.validators, CHAIN_ID, self.honest_ids)
+        self.checker = InvariantChecker(self.validators, CHAIN_ID, self.honest_ids, adapter.margin_heights(plan))
+        # The key each replica rotates to, if a reconfiguration rotates it (every host holds its next key).
+        self.next_keys = {i: nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{i}/next".encode())) for i in self.ids}
+        self.rng_reconfigurations = random.Random(plan.seed * 2 + 3)   # its own stream: other draws keep theirs
+        self.reconfigurations = 0
+        self.rotated: set[str] = set()
         self.faults: Counter[str] = Counter()
         self.nodes: dict[str, SimNode] = {}
         collusion: dict = {}   # what the Byzantine nodes of this run know together
@@ -232,6 +238,7 @@ class Simulation:
         node.replica = adapter.build_replica(
             self.plan, self.validators, node.id, node.signing_key, CHAIN_ID, node.application,
             persisted=dict(node.kv), last_applied=(last.header.height, last.header) if last else (0, None),
+            spare_signing_keys=(self.next_keys[node.id],),
         )
         node.down_until_tick = None
         node.crash_stage = None
@@ -304,12 +311,14 @@ class Simulation:
             steps.close()
 
     def _check_invariants(self, node: SimNode) -> None:
-        """The replica's own consistency rules (Replica.check_invariants), after every input and step."""
+        """The replica's own consistency rules (Replica.check_invariants), and its epochs agreeing with
+        the committed chain's, after every input and step."""
         if node.up:
             try:
                 node.replica.check_invariants()
             except AssertionError as exc:
                 raise SafetyViolation(f"replica {node.id} broke an invariant: {exc}") from exc
+            self.checker.same_epochs(node.id, node.replica.schedule, len(node.blocks))
 
     def _check_redelivered(self, node: SimNode, readies) -> None:
         # The host skips blocks at or below the applied height; the checker still sees that a
@@ -470,9 +479,36 @@ class Simulation:
             self.log(f"tick {self.tick}: restart {node.id}")
         self.start(node)
 
+    def reconfigure(self) -> None:
+        """A governance client's reconfiguration, now and then, while none is pending: rotate an honest
+        replica's key, remove a Byzantine replica, or change min_signers_per_jurisdiction. Liveness then
+        demands that it commits; the replicas refuse one that breaks the safety rule, as the ledger would."""
+        plan, rng = self.plan, self.rng_reconfigurations
+        if self.reconfigurations >= plan.reconfigurations_max or rng.random() >= plan.reconfiguration_probability:
+            return
+        latest = self.checker.schedule.latest
+        if latest.start_height > self.checker.scheduled_through + 1:
+            return   # one is pending
+        members = latest.validators
+        options = [RotateValidatorKey(i, self.next_keys[i].verify_key.encode())
+                   for i in self.honest_ids if i in members and i not in self.rotated]
+        options += [RemoveValidator(i) for i in self.byzantine_ids if i in members]
+        options.append(SetMinSigners(rng.choice((1, 2))))
+        change = rng.choice(options)
+        if isinstance(change, RotateValidatorKey):
+            self.rotated.add(change.id)
+        self.reconfigurations += 1
+        self.faults[f"reconfigure_{change.OP}"] += 1
+        data = app.make_reconfiguration(len(self.requests), latest.epoch, [change])
+        targets = tuple(sorted(rng.sample(self.honest_ids, min(2, len(self.honest_ids)))))
+        self.requests.append(ClientRequest(self.tick, data, True, targets))
+        if self.log:
+            self.log(f"tick {self.tick}: reconfiguration {change} for epoch {latest.epoch}")
+
     def step(self) -> None:
         if self.phase == "safety":
             self.inject_faults()
+            self.reconfigure()
         for request in self.requests:
             if request.tick == self.tick:
                 if len(request.targets) == 1 and any(r.data == request.data and r.tick < request.tick for r in self.requests):
@@ -510,7 +546,10 @@ class Simulation:
         self.network.calm()
         left_down: list[str] = []
         if self.plan.liveness_core_only:
-            count = max(0, self.plan.f - len(self.byzantine_ids))
+            # f - b of the current and of a pending epoch's set (a removal changes both), whichever is less.
+            count = max(0, min(
+                (config.validators.n - 1) // 3 - len([i for i in self.byzantine_ids if i in config.validators])
+                for config in self.checker.schedule.epochs[-2:]))
             left_down = sorted(self.rng_faults.sample(self.honest_ids, count))
         self.live_ids = [i for i in self.honest_ids if i not in left_down]
         for node_id in self.honest_ids:
@@ -577,6 +616,9 @@ class Simulation:
     def result(self, failure: str | None) -> RunResult:
         faults = Counter(self.network.faults)
         faults.update(self.faults)
+        epochs = len(self.checker.schedule.epochs) - 1
+        if epochs:
+            faults["epochs_scheduled"] += epochs   # reconfigurations the committed chain accepted
         for node in self.nodes.values():
             if node.byzantine is not None:
                 faults.update(node.byzantine.altered)

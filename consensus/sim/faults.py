@@ -67,6 +67,10 @@ class FaultPlan:
     crashes_max: int
     send_before_persist: bool     # host sends a Ready's messages before writing its persist batch
     readies_merged_max: int       # the host carries out 1..this many consecutive Readies as one (drawn per group)
+    # Reconfigurations a governance client submits in the fault phase (rotate an honest replica's key,
+    # remove a Byzantine replica, change min_signers_per_jurisdiction), at most one pending at a time.
+    reconfigurations_max: int
+    reconfiguration_probability: float   # per tick, while none is pending
     clock_skew_ms: int            # each replica's clock is off by -this..+this ms, redrawn at restart
     # Byzantine replicas (ids chosen from the seed) and what they do.
     liveness_core_only: bool      # liveness with only 2f + 1 honest replicas up (f - b stay down)
@@ -148,6 +152,8 @@ def draw_fault_plan(
         crashes_max=rng.randint(1, 12),
         send_before_persist=False,      # drawn last, below
         readies_merged_max=1,           # drawn last, below
+        reconfigurations_max=0,         # drawn last, below
+        reconfiguration_probability=0.0,
         clock_skew_ms=0,                # drawn last, below
         liveness_core_only=False,       # drawn last, below
         byzantine_behaviours=behaviours,
@@ -174,6 +180,9 @@ def _later_draws(rng: random.Random, behaviours: tuple[str, ...]) -> dict:
         changes["byzantine_behaviours"] = behaviours + ("split_brain",)
     # The daemon carries out up to 256 Readies (node.daemon.DRAIN_EVENTS_MAX) with one synced write under load.
     changes["readies_merged_max"] = rng.choice((1, 2, 4, 16, 256))
+    if rng.random() < 0.5:
+        changes["reconfigurations_max"] = rng.randint(1, 3)
+        changes["reconfiguration_probability"] = round(rng.uniform(0.005, 0.05), 3)
     return changes
 
 
