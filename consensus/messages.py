@@ -961,11 +961,13 @@ def decode_message(
         if isinstance(message, HEIGHT_SCOPED_TYPES) and validators_at is not None:
             _verify_height_scoped(message, validators_at, chain_id, verify, known_through_height)
             return message
+        # Another epoch's view-scoped message first: its signer may be in no set of ours (an honest peer
+        # still in the old epoch relays the NEW-VIEW of a removed primary).
+        if isinstance(message, (ViewChange, NewView)) and message.epoch != epoch:
+            raise MessageError("wrong-epoch", f"a {kind} of epoch {message.epoch}; this is epoch {epoch}")
         if isinstance(message, SIGNED_TYPES) and message.sender not in validators:
             raise MessageError("unknown-sender", f"{message.sender!r} is not a validator")
         if isinstance(message, (ViewChange, NewView)):
-            if message.epoch != epoch:
-                raise MessageError("wrong-epoch", f"a {kind} of epoch {message.epoch}; this is epoch {epoch}")
             if verify:
                 message.verify(validators, chain_id, base_checkpoint)
         elif verify:

@@ -49,7 +49,9 @@ class Restoring:
         self._restore_view_change(persisted)
         self._restore_new_view(persisted)
         if self.stable.height > self.last_applied_height:
-            self._set_catch_up_target(self.stable.height, [s.validator for s in self.stable.signatures])
+            # An epoch's base has no signers to ask first (a crash before its blocks were applied): any peer.
+            signers = [s.validator for s in self.stable.signatures] or [v.id for v in self.validators.validators]
+            self._set_catch_up_target(self.stable.height, signers)
         for request_id in restore_committed_ids(persisted, self.last_applied_height):
             self.committed_ids[request_id] = None
         while len(self.committed_ids) > self.config.committed_request_ids_max:

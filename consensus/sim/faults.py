@@ -226,6 +226,7 @@ def calm_plan(seed: int = 0, *, replicas: int = 4, ticks: int = 300, **changes) 
         request_count=0, invalid_request_probability=0.0, client_retry_probability=0.0, delay_ticks_min=0, delay_ticks_max=1,
         loss_probability=0.0, duplicate_probability=0.0, replay_probability=0.0, partition_probability=0.0,
         crash_probability=0.0, liveness_core_only=False, clock_skew_ms=0, byzantine_behaviours=(), byzantine_probability=0.0,
+        reconfigurations_max=0, reconfiguration_probability=0.0,
     )
     calm.update(changes)
     return dataclasses.replace(plan, **calm)

@@ -425,3 +425,32 @@ def test_a_header_naming_its_epoch_travels_in_every_message_that_carries_headers
         with pytest.raises(MessageError) as info:
             decode_message(codec.pack({**wire, "header": {**wire["header"], "epoch": epoch}}), VSET, CHAIN, verify=False)
         assert info.value.reason == "bad-field"
+
+
+def test_a_vote_is_judged_with_the_set_of_its_height():
+    rotated_key = nacl.signing.SigningKey(bytes([77]) * 32)
+    later = ValidatorSet(tuple(
+        Validator(v.id, rotated_key.verify_key.encode() if v.id == "v0" else v.public_key, v.jurisdiction)
+        for v in VSET.validators))
+    def validators_at(height):
+        return VSET if height < 20 else later
+    new_vote = encode(sign(Prepare(0, 25, H1.hash(), "v0"), rotated_key, CHAIN))
+    assert decode_message(new_vote, VSET, CHAIN, validators_at=validators_at).height == 25
+    # The rotated-out key no longer signs for height 25, and the new one never signed for height 5.
+    old_vote = encode(sign(Prepare(0, 25, H1.hash(), "v0"), KEYS["v0"], CHAIN))
+    early_vote = encode(sign(Prepare(0, 5, H1.hash(), "v0"), rotated_key, CHAIN))
+    for data in (old_vote, early_vote):
+        with pytest.raises(MessageError) as info:
+            decode_message(data, VSET, CHAIN, validators_at=validators_at, known_through_height=30)
+        assert info.value.reason == "bad-signature"
+
+
+def test_a_vote_past_the_known_heights_that_no_known_set_verifies_is_unknown_epoch_not_forged():
+    stranger = nacl.signing.SigningKey(bytes([78]) * 32)
+    far = encode(sign(Prepare(0, 60, H1.hash(), "v0"), stranger, CHAIN))
+    with pytest.raises(MessageError) as info:
+        decode_message(far, VSET, CHAIN, validators_at=lambda h: VSET, known_through_height=59)
+    assert info.value.reason == "unknown-epoch"
+    with pytest.raises(MessageError) as info:   # at a height whose set it knows, the same bytes are a forgery
+        decode_message(far, VSET, CHAIN, validators_at=lambda h: VSET, known_through_height=60)
+    assert info.value.reason == "bad-signature"

@@ -9,11 +9,15 @@ import pytest
 
 from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
+from consensus.epochs import EpochSchedule, RotateValidatorKey
 from consensus.sim import app
 from consensus.sim.checker import InvariantChecker, SafetyViolation
 from consensus.sim.cluster import CHAIN_ID, make_validators
 from consensus.sim.faults import draw_fault_plan
 from consensus.sim.network import NetworkConditions, Packet, SimNetwork
+
+
+MARGIN = 8   # the checker's epoch margin in these tests
 
 
 def plan_for(n, seed=1):
@@ -37,7 +41,7 @@ def build_block(vset, keys, parent, entries, *, signers=None, view=0, time_ms=1_
 @pytest.fixture
 def cluster():
     vset, keys = make_validators(plan_for(4))
-    return vset, keys, InvariantChecker(vset, CHAIN_ID, [v.id for v in vset.validators])
+    return vset, keys, InvariantChecker(vset, CHAIN_ID, [v.id for v in vset.validators], MARGIN)
 
 
 def req(i, valid=True):
@@ -103,7 +107,7 @@ def test_checker_rejects_duplicate_and_invalid_requests(cluster):
 
 def test_checker_ignores_byzantine_commits_and_catches_conflicting_honest_votes():
     vset, keys = make_validators(plan_for(4))
-    checker = InvariantChecker(vset, CHAIN_ID, ["r0", "r1", "r2"])
+    checker = InvariantChecker(vset, CHAIN_ID, ["r0", "r1", "r2"], MARGIN)
     checker.committed("r3", *build_block(vset, keys, None, [req(1)], signers=["r3"]))
     checker.signed_vote("r3", "prepare", 0, 1, b"a")
     checker.signed_vote("r3", "prepare", 0, 1, b"b")
@@ -112,6 +116,35 @@ def test_checker_ignores_byzantine_commits_and_catches_conflicting_honest_votes(
     checker.signed_vote("r0", "prepare", 1, 1, b"b")   # another view is another slot
     with pytest.raises(SafetyViolation, match="two different prepare"):
         checker.signed_vote("r0", "prepare", 0, 1, b"b")
+
+
+def test_checker_follows_the_schedule_and_refuses_an_old_sets_certificate_past_its_epoch(cluster):
+    vset, keys, checker = cluster
+    new_key = nacl.signing.SigningKey(bytes([5]) * 32)
+    rotate = app.make_reconfiguration(0, 0, [RotateValidatorKey("r0", new_key.verify_key.encode())])
+    block = build_block(vset, keys, None, [rotate])
+    checker.committed("r0", *block)
+    for height in range(2, MARGIN + 2):                   # heights 2..9 stay in epoch 0
+        block = build_block(vset, keys, block[0], [req(height)])
+        checker.committed("r0", *block)
+    new_set = checker.schedule.config_at(MARGIN + 2).validators   # epoch 1 from height 10
+    assert checker.schedule.latest.epoch == 1 and new_set.get("r0").public_key == new_key.verify_key.encode()
+    with pytest.raises(SafetyViolation, match="certificate does not verify"):
+        checker.committed("r0", *build_block(vset, keys, block[0], [req(10)]))   # the old set, past its epoch
+    checker.committed("r0", *build_block(new_set, {**keys, "r0": new_key}, block[0], [req(10)]))
+    # A replica whose schedule disagrees with the committed chain's is caught.
+    checker.same_epochs("r0", checker.schedule, 10)
+    with pytest.raises(SafetyViolation, match="epoch 0 at height 10"):
+        checker.same_epochs("r0", EpochSchedule.genesis(vset, MARGIN), 10)
+
+
+def test_the_simulator_draws_reconfigurations_and_the_chain_changes_epoch():
+    from consensus.sim.cluster import run_seed
+
+    result = run_seed(draw_fault_plan(10))
+    assert result.ok, result.failure
+    assert result.faults["epochs_scheduled"] >= 1
+    assert sum(count for name, count in result.faults.items() if name.startswith("reconfigure_")) >= 1
 
 
 def test_request_validity_edges():
@@ -278,6 +311,7 @@ def test_a_replica_that_never_stops_asking_to_persist_is_reported():
     sim = Simulation(calm_plan(1, ticks=5))
     node = sim.nodes["r1"]
     node.replica = replica = EndlessReplica()
+    replica.schedule = sim.checker.schedule   # the checker compares each replica's epochs with the chain's
     with pytest.raises(SafetyViolation, match="kept returning"):
         sim.carry_out(node, Endless())
         sim.flush(node)

@@ -15,6 +15,8 @@ FAILED_SEEDS = [
     (31, 600, "F1"),
     (61, 600, "F2"),   # replica cut off from the last block of an idle chain never caught up
     (3, 300, "F3"),    # relayed NEW-VIEWs rejected as sender-mismatch
+    (149, 600, "F4"),  # restarted on a new epoch's base (no signers): no catch-up target, invariant broken
+    (155, 600, "F5"),  # an old epoch's NEW-VIEW relayed after a removal refused as unknown-sender, not wrong-epoch
 ]
 
 
