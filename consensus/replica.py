@@ -419,12 +419,6 @@ class Replica(
     def _persist_view(self) -> None:
         self.vote_log.record_view(self.view, self.view_active, self.epoch)
 
-    # Our last VIEW-CHANGE and the NEW-VIEW we entered. One written by an older version (which carried
-    # block bodies) does not decode any more: leave it out. That is safe: our view, votes and prepared
-    # certificates have records of their own (the vote guard reads those), a VIEW-CHANGE is rebuilt from
-    # them when the view changes again, and a NEW-VIEW only restored slots the votes restore too. The
-    # host reports what was left out (restore_skipped).
-
     def _report_evidence(self, validator: str, kind: str, view: int, height: int, first: bytes, second: bytes) -> None:
         key = (validator, kind, view, height)
         if key in self.evidence_seen:
