@@ -32,7 +32,7 @@ def reconfiguration_height(cluster, node_id="v0"):
 
 def commit_past(cluster, height, nodes=None):
     """Submit one request at a time until every node (of `nodes`) holds `height` blocks: heights advance
-    only with blocks (idle heights are not filled yet)."""
+    only with blocks, and empty ones fill idle heights only while an epoch is pending."""
     nodes = nodes or cluster.ids
     for number in range(4 * height):
         if min(len(cluster.nodes[n].chain) for n in nodes) >= height:
