@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
+# What a validator of the next epoch only may send: catch-up requests (a joining validator replays the
+# chain before it votes) and votes, each judged with the set of its height (decode_message).
+FROM_NEXT_EPOCH_TYPES = (CatchUpRequest, PrePrepare, Prepare, Commit, Checkpoint)
 
 
 def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int) -> EpochSchedule:
@@ -63,15 +66,15 @@ def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_
 
 def _check_arguments(
     config: ReplicaConfig, schedule: EpochSchedule, me: str, signing_keys: dict[bytes, nacl.signing.SigningKey],
-    chain_id: str, last_applied: tuple[int, BlockHeader | None],
+    chain_id: str, last_applied: tuple[int, BlockHeader | None], joining: bool,
 ) -> None:
     height, header = last_applied
     if (height == 0) != (header is None) or (header is not None and header.height != height):
         raise ValueError("last_applied must be (0, None) or (height, header of that height)")
     validators = schedule.config_at(height + 1).validators
-    if me not in validators:
-        raise ValueError(f"{me!r} is not in the validator set")
-    if validators.get(me).public_key not in signing_keys:
+    if me not in validators and not joining:
+        raise ValueError(f"{me!r} is not in the validator set (a validator that joins later starts with joining=True)")
+    if me in validators and validators.get(me).public_key not in signing_keys:
         raise ValueError(f"signing key does not match validator {me!r}'s public key")
     window = config.watermark_window
     if window > schedule.margin_heights:
@@ -105,14 +108,15 @@ class Replica(
         *,
         margin_heights: int = MARGIN_HEIGHTS_DEFAULT,
         spare_signing_keys: tuple[nacl.signing.SigningKey, ...] = (),
+        joining: bool = False,
     ) -> None:
-        """`validators`: the genesis set; `margin_heights`: the chain's epoch margin (genesis); `signing_key` and
-        `spare_signing_keys`: every key this validator holds (the one of each epoch's set is used in it)."""
+        """`validators`: the genesis set; `margin_heights`: the chain's epoch margin; `signing_key`, `spare_signing_keys`:
+        every key this validator holds; `joining`: added by a later epoch (catches up, votes from that epoch on)."""
         height, header = last_applied
         persisted = persisted or {}
         self.signing_keys = {key.verify_key.encode(): key for key in (signing_key, *spare_signing_keys)}
         self.schedule = _load_schedule(persisted, validators, margin_heights)
-        _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied)
+        _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied, joining)
         self.config = config
         self.me = me
         self.signing_key = signing_key
@@ -155,7 +159,9 @@ class Replica(
     # ------------------------------------------------------------------ inputs
 
     def on_message(self, sender_id: str, data: bytes) -> Ready:
-        if sender_id not in self.validators or sender_id == self.me:
+        # A validator of the next epoch only (one joining) is heard too, for what it needs before it votes.
+        member = sender_id in self.validators
+        if sender_id == self.me or not (member or sender_id in self.schedule.latest.validators):
             self._reject(sender_id, "unknown-sender")
             return self._ready()
         try:
@@ -165,6 +171,9 @@ class Replica(
                 known_through_height=self.last_applied_height + self.schedule.margin_heights + 1)
         except MessageError as exc:
             self._reject(sender_id, exc.reason)
+            return self._ready()
+        if not member and not isinstance(message, FROM_NEXT_EPOCH_TYPES):
+            self._reject(sender_id, "unknown-sender")
             return self._ready()
         sender = getattr(message, "sender", sender_id)
         # CHECKPOINT and NEW-VIEW may be relayed: both are self-certifying (a CHECKPOINT quorum proves a
