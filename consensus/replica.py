@@ -52,9 +52,11 @@ __all__ = [
 ]
 
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
-# What a validator of the next epoch only may send: catch-up requests (a joining validator replays the
-# chain before it votes) and votes, each judged with the set of its height (decode_message).
-FROM_NEXT_EPOCH_TYPES = (CatchUpRequest, PrePrepare, Prepare, Commit, Checkpoint)
+# What a validator of the next epoch only may send: catch-up requests and answers (a joining validator
+# replays the chain before it votes, and offers it on), and votes, each judged with the set of its height.
+FROM_NEXT_EPOCH_TYPES = (CatchUpRequest, CatchUpResponse, PrePrepare, Prepare, Commit, Checkpoint)
+# What a replica that is no member of its epoch's set (joining, or removed) still handles: it catches up.
+NON_MEMBER_HANDLES = (CatchUpRequest, CatchUpResponse, Checkpoint, Commit)
 
 
 def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int) -> EpochSchedule:
@@ -175,6 +177,8 @@ class Replica(
         if not member and not isinstance(message, FROM_NEXT_EPOCH_TYPES):
             self._reject(sender_id, "unknown-sender")
             return self._ready()
+        if not self.member and not isinstance(message, NON_MEMBER_HANDLES):
+            return self._ready()   # no part in this epoch's views, votes or bodies: it only catches up
         sender = getattr(message, "sender", sender_id)
         # CHECKPOINT and NEW-VIEW may be relayed: both are self-certifying (a CHECKPOINT quorum proves a
         # stable checkpoint, a NEW-VIEW carries its quorum of VIEW-CHANGEs) and help a peer that missed them.
@@ -194,6 +198,9 @@ class Replica(
 
     def on_request(self, request: bytes) -> Ready:
         """A request from this node's own client: pooled and forwarded to the other validators."""
+        if not self.member:
+            self._reject(CLIENT, "not-a-validator")   # not of this epoch's set: its forwards would be refused
+            return self._ready()
         pending = self._add_request(CLIENT, request)
         if pending is not None:
             message_full = self.requests.queue_forward(request, self.config.forward_requests_max)
@@ -215,7 +222,7 @@ class Replica(
         self._flush_forward()
         if self.view_active:
             self._tick_progress(now)
-            if self.view_active and not self.is_primary and timeouts.due(Timer.SWEEP):
+            if self.view_active and not self.is_primary and self.member and timeouts.due(Timer.SWEEP):
                 timeouts.start(Timer.SWEEP, self._sweep_period_ms())
                 if self._sweep_requests(now):
                     self._start_view_change(self.view + 1)
