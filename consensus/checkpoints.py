@@ -22,9 +22,11 @@ class Checkpoints:
         self.mine: bytes | None = None   # our latest signed CHECKPOINT, resent until it is stable
         self.mine_height = 0
 
-    def record_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes) -> CheckpointCertificate | None:
+    def record_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes,
+                    validators: ValidatorSet | None = None) -> CheckpointCertificate | None:
         """Note `voter`'s vote (the first per height counts); the certificate of a checkpoint above the
-        stable one that a quorum now proves, or None."""
+        stable one that a quorum now proves, or None. `validators`: the set of the height's epoch, whose
+        quorum rule decides (ours if None)."""
         votes = self.votes.setdefault(voter, {})
         if height in votes:
             return None
@@ -32,7 +34,7 @@ class Checkpoints:
         while len(votes) > CHECKPOINT_VOTES_PER_VALIDATOR_MAX:
             del votes[min(votes)]
         signers = [v for v, heights in self.votes.items() if heights.get(height, (None,))[0] == header_hash]
-        if height <= self.stable.height or not self.validators.is_quorum(signers):
+        if height <= self.stable.height or not (validators or self.validators).is_quorum(signers):
             return None
         return CheckpointCertificate(
             height, header_hash, tuple(VoteSignature(v, self.votes[v][height][1]) for v in sorted(signers)),

@@ -20,7 +20,8 @@ class CheckpointHandling:
         self._record_checkpoint_vote(message.sender, message.height, message.header_hash, message.signature)
 
     def _record_checkpoint_vote(self, voter: str, height: int, header_hash: bytes, signature: bytes) -> None:
-        certificate = self.checkpoints.record_vote(voter, height, header_hash, signature)
+        # A checkpoint of a later epoch (a replica behind the switch) is proved by that epoch's quorum.
+        certificate = self.checkpoints.record_vote(voter, height, header_hash, signature, self._validators_at(height))
         if certificate is not None:
             self._adopt_stable(certificate)
 

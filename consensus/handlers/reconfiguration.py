@@ -81,9 +81,10 @@ class Reconfiguring:
         """The last block of our epoch is delivered: the next set takes over from the next height, in view 0,
         from a base checkpoint every honest replica derives from the committed chain."""
         base = CheckpointCertificate(config.start_height - 1, base_hash, ())
+        above = self.stable if self.stable.height > base.height else None   # adopted while behind the switch
         self.epoch, self.epoch_base = config.epoch, base
         self._take_validators(config.validators)
-        self.checkpoints.stable = base
+        self.checkpoints.stable = above or base
         self.view, self.view_active, self.failed_views = 0, True, 0
         self.view_entered_ms = self.timeouts.clock_ms
         self.slots = {}
@@ -94,7 +95,7 @@ class Reconfiguring:
             self.timeouts.stop(timer)
         # Votes at the old epoch's heights stay until the new epoch's first stable checkpoint deletes them.
         self._persist_view()
-        self._persist.append((KEY_CHECKPOINT, codec.pack(base.to_wire())))
+        self._persist.append((KEY_CHECKPOINT, codec.pack(self.stable.to_wire())))
         self._persist.append((height_key(KEY_EPOCH_BASE, config.epoch), codec.pack(base.to_wire())))
         self._persist.append((KEY_VIEW_CHANGE, None))
         self._persist.append((KEY_NEW_VIEW, None))

@@ -55,3 +55,16 @@ def test_our_checkpoint_is_resent_only_while_above_the_stable_one():
         certificate = checkpoints.record_vote(voter, 8, HASH, sig(voter))
     checkpoints.adopt(certificate)
     assert checkpoints.unstable_mine() is None
+
+
+def test_a_checkpoint_of_another_epoch_is_proved_by_that_epochs_quorum():
+    """A replica behind an epoch switch judges a later epoch's checkpoint with that epoch's set: three
+    votes are a quorum of its own four validators, not of the later epoch's seven."""
+    four, _ = make_validators()
+    seven, _ = make_validators(("HK", "HK", "HK", "HK", "CN", "CN", "CN"))
+    checkpoints = Checkpoints(four)
+    for voter in ("v0", "v1", "v2"):
+        assert checkpoints.record_vote(voter, 40, HASH, sig(voter), seven) is None
+    for voter in ("v4", "v5"):
+        certificate = checkpoints.record_vote(voter, 40, HASH, sig(voter), seven)
+    assert certificate is not None and len(certificate.signatures) == 5
