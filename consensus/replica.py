@@ -175,7 +175,8 @@ class Replica(
             self._reject(sender_id, exc.reason)
             return self._ready()
         if not member and not isinstance(message, FROM_NEXT_EPOCH_TYPES):
-            self._reject(sender_id, "unknown-sender")
+            # A validator of our next epoch, already in it while we are behind: not a stranger, not yet a peer.
+            self._reject(sender_id, "not-in-this-epoch")
             return self._ready()
         if not self.member and not isinstance(message, NON_MEMBER_HANDLES):
             return self._ready()   # no part in this epoch's views, votes or bodies: it only catches up

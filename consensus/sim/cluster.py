@@ -540,14 +540,14 @@ class Simulation:
             self.schedule(self, self.tick)
         self.deliver()
         now = self.now_ms()
-        for node_id in self.ids:
+        for node_id in self.node_ids:
             node = self.nodes[node_id]
             if node.up:
                 self.carry_out(node, node.replica.on_tick(now + node.clock_offset_ms))
-        for node_id in self.ids:
+        for node_id in self.node_ids:
             self.flush(self.nodes[node_id])
         # A crash whose stage the host did not reach by its deadline happens at the end of the tick.
-        for node_id in self.ids:
+        for node_id in self.node_ids:
             node = self.nodes[node_id]
             deadline = node.crash_deadline_tick
             if node.up and node.crash_stage is not None and deadline is not None and self.tick >= deadline:
