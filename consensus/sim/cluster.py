@@ -388,11 +388,9 @@ class Simulation:
                 raise SafetyViolation(f"replica {node.id} rejected a message from honest {peer}: {reason}")
 
     def joining_unknown_to(self, node: SimNode, peer: str) -> bool:
-        """A joining validator that `node` does not know yet (its reconfiguration not delivered there)."""
-        if peer not in self.joiner_ids or not node.up:
-            return False
-        schedule = node.replica.schedule
-        return peer not in node.replica.validators and peer not in schedule.latest.validators
+        """A joining validator that `node` did not know when it refused it: not in its epoch's set. (Its
+        reconfiguration may have been delivered since, within the Readies carried out together.)"""
+        return peer in self.joiner_ids and node.up and peer not in node.replica.validators
 
     def send(self, node: SimNode, to: str | None, data: bytes) -> None:
         destinations = [i for i in self.node_ids if i != node.id] if to is None else [to]
