@@ -52,6 +52,11 @@ __all__ = [
 ]
 
 EVIDENCE_REMEMBERED_MAX = 1024  # (validator, kind, view, height) already reported as equivocation
+# What a validator of the next epoch only may send: catch-up requests and answers (a joining validator
+# replays the chain before it votes, and offers it on), and votes, each judged with the set of its height.
+FROM_NEXT_EPOCH_TYPES = (CatchUpRequest, CatchUpResponse, PrePrepare, Prepare, Commit, Checkpoint)
+# What a replica that is no member of its epoch's set (joining, or removed) still handles: it catches up.
+NON_MEMBER_HANDLES = (CatchUpRequest, CatchUpResponse, Checkpoint, Commit)
 
 
 def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_heights: int) -> EpochSchedule:
@@ -63,15 +68,15 @@ def _load_schedule(persisted: dict[bytes, bytes], genesis: ValidatorSet, margin_
 
 def _check_arguments(
     config: ReplicaConfig, schedule: EpochSchedule, me: str, signing_keys: dict[bytes, nacl.signing.SigningKey],
-    chain_id: str, last_applied: tuple[int, BlockHeader | None],
+    chain_id: str, last_applied: tuple[int, BlockHeader | None], joining: bool,
 ) -> None:
     height, header = last_applied
     if (height == 0) != (header is None) or (header is not None and header.height != height):
         raise ValueError("last_applied must be (0, None) or (height, header of that height)")
     validators = schedule.config_at(height + 1).validators
-    if me not in validators:
-        raise ValueError(f"{me!r} is not in the validator set")
-    if validators.get(me).public_key not in signing_keys:
+    if me not in validators and not joining:
+        raise ValueError(f"{me!r} is not in the validator set (a validator that joins later starts with joining=True)")
+    if me in validators and validators.get(me).public_key not in signing_keys:
         raise ValueError(f"signing key does not match validator {me!r}'s public key")
     window = config.watermark_window
     if window > schedule.margin_heights:
@@ -105,14 +110,15 @@ class Replica(
         *,
         margin_heights: int = MARGIN_HEIGHTS_DEFAULT,
         spare_signing_keys: tuple[nacl.signing.SigningKey, ...] = (),
+        joining: bool = False,
     ) -> None:
-        """`validators`: the genesis set; `margin_heights`: the chain's epoch margin (genesis); `signing_key` and
-        `spare_signing_keys`: every key this validator holds (the one of each epoch's set is used in it)."""
+        """`validators`: the genesis set; `margin_heights`: the chain's epoch margin; `signing_key`, `spare_signing_keys`:
+        every key this validator holds; `joining`: added by a later epoch (catches up, votes from that epoch on)."""
         height, header = last_applied
         persisted = persisted or {}
         self.signing_keys = {key.verify_key.encode(): key for key in (signing_key, *spare_signing_keys)}
         self.schedule = _load_schedule(persisted, validators, margin_heights)
-        _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied)
+        _check_arguments(config, self.schedule, me, self.signing_keys, chain_id, last_applied, joining)
         self.config = config
         self.me = me
         self.signing_key = signing_key
@@ -155,7 +161,9 @@ class Replica(
     # ------------------------------------------------------------------ inputs
 
     def on_message(self, sender_id: str, data: bytes) -> Ready:
-        if sender_id not in self.validators or sender_id == self.me:
+        # A validator of the next epoch only (one joining) is heard too, for what it needs before it votes.
+        member = sender_id in self.validators
+        if sender_id == self.me or not (member or sender_id in self.schedule.latest.validators):
             self._reject(sender_id, "unknown-sender")
             return self._ready()
         try:
@@ -166,6 +174,12 @@ class Replica(
         except MessageError as exc:
             self._reject(sender_id, exc.reason)
             return self._ready()
+        if not member and not isinstance(message, FROM_NEXT_EPOCH_TYPES):
+            # A validator of our next epoch, already in it while we are behind: not a stranger, not yet a peer.
+            self._reject(sender_id, "not-in-this-epoch")
+            return self._ready()
+        if not self.member and not isinstance(message, NON_MEMBER_HANDLES):
+            return self._ready()   # no part in this epoch's views, votes or bodies: it only catches up
         sender = getattr(message, "sender", sender_id)
         # CHECKPOINT and NEW-VIEW may be relayed: both are self-certifying (a CHECKPOINT quorum proves a
         # stable checkpoint, a NEW-VIEW carries its quorum of VIEW-CHANGEs) and help a peer that missed them.
@@ -185,6 +199,9 @@ class Replica(
 
     def on_request(self, request: bytes) -> Ready:
         """A request from this node's own client: pooled and forwarded to the other validators."""
+        if not self.member:
+            self._reject(CLIENT, "not-a-validator")   # not of this epoch's set: its forwards would be refused
+            return self._ready()
         pending = self._add_request(CLIENT, request)
         if pending is not None:
             message_full = self.requests.queue_forward(request, self.config.forward_requests_max)
@@ -206,7 +223,7 @@ class Replica(
         self._flush_forward()
         if self.view_active:
             self._tick_progress(now)
-            if self.view_active and not self.is_primary and timeouts.due(Timer.SWEEP):
+            if self.view_active and not self.is_primary and self.member and timeouts.due(Timer.SWEEP):
                 timeouts.start(Timer.SWEEP, self._sweep_period_ms())
                 if self._sweep_requests(now):
                     self._start_view_change(self.view + 1)

@@ -55,11 +55,11 @@ def margin_heights(plan) -> int:
 
 
 def build_replica(plan, validators, me, signing_key, chain_id, application, *, persisted, last_applied,
-                  spare_signing_keys=()):
+                  spare_signing_keys=(), joining=False):
     return GuardedReplica(me, Replica(
         replica_config(plan), validators, me, signing_key, chain_id, application,
         persisted=persisted, last_applied=last_applied, margin_heights=margin_heights(plan),
-        spare_signing_keys=tuple(spare_signing_keys),
+        spare_signing_keys=tuple(spare_signing_keys), joining=joining,
     ))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 
 from consensus import codec, host
-from consensus.epochs import RemoveValidator, RotateValidatorKey, SetMinSigners
+from consensus.epochs import AddValidator, RemoveValidator, RotateValidatorKey, SetMinSigners
 from consensus.validators import Validator, ValidatorSet
 
 from . import adapter, app, speed
@@ -167,7 +167,11 @@ class Simulation:
         if (len(byzantine_ids) > plan.f and not beyond_f) or not set(byzantine_ids) <= set(self.ids):
             raise ValueError(f"byzantine_ids {byzantine_ids} must be at most f={plan.f} known ids")
         self.byzantine_ids = byzantine_ids
-        self.honest_ids = [i for i in self.ids if i not in byzantine_ids]
+        # A validator outside genesis that a reconfiguration may add: down until its addition is submitted,
+        # then joining (it catches up, and votes from its epoch on). Only in seeds that reconfigure.
+        self.joiner_ids = [f"r{plan.replica_count}"] if plan.reconfigurations_max else []
+        self.node_ids = self.ids + self.joiner_ids   # every node on the network
+        self.honest_ids = [i for i in self.node_ids if i not in byzantine_ids]
         self.live_ids = list(self.honest_ids)   # honest replicas liveness is demanded of
         self.network = SimNetwork(
             self.rng_network,
@@ -178,19 +182,21 @@ class Simulation:
         )
         self.checker = InvariantChecker(self.validators, CHAIN_ID, self.honest_ids, adapter.margin_heights(plan))
         # The key each replica rotates to, if a reconfiguration rotates it (every host holds its next key).
-        self.next_keys = {i: nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{i}/next".encode())) for i in self.ids}
+        self.next_keys = {i: nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{i}/next".encode()))
+                          for i in self.node_ids}
+        keys.update({i: nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{i}".encode())) for i in self.joiner_ids})
         self.rng_reconfigurations = random.Random(plan.seed * 2 + 3)   # its own stream: other draws keep theirs
         self.reconfigurations = 0
         self.rotated: set[str] = set()
         self.faults: Counter[str] = Counter()
         self.nodes: dict[str, SimNode] = {}
         collusion: dict = {}   # what the Byzantine nodes of this run know together
-        for validator_id in self.ids:
+        for validator_id in self.node_ids:
             behaviour = None
             if validator_id in byzantine_ids:
                 behaviour = ByzantineBehaviour(
                     random.Random(self.rng_byzantine.getrandbits(64)), validator_id, keys[validator_id],
-                    CHAIN_ID, self.ids, self.validators, plan.byzantine_behaviours, plan.byzantine_probability,
+                    CHAIN_ID, self.node_ids, self.validators, plan.byzantine_behaviours, plan.byzantine_probability,
                     collusion,
                 )
             self.nodes[validator_id] = SimNode(validator_id, keys[validator_id], behaviour)
@@ -201,8 +207,8 @@ class Simulation:
         self.liveness_started_tick: int | None = None
         self.max_view_seen = 0
         self.trace = hashlib.sha256()
-        for node in self.nodes.values():
-            self.start(node)
+        for node_id in self.ids:
+            self.start(self.nodes[node_id])
 
     # -- setup -----------------------------------------------------------------
 
@@ -238,7 +244,7 @@ class Simulation:
         node.replica = adapter.build_replica(
             self.plan, self.validators, node.id, node.signing_key, CHAIN_ID, node.application,
             persisted=dict(node.kv), last_applied=(last.header.height, last.header) if last else (0, None),
-            spare_signing_keys=(self.next_keys[node.id],),
+            spare_signing_keys=(self.next_keys[node.id],), joining=node.id in self.joiner_ids,
         )
         node.down_until_tick = None
         node.crash_stage = None
@@ -370,6 +376,9 @@ class Simulation:
         for peer, reason in step.rejected:
             self.faults[f"rejected_{reason}"] += 1
             malformed = reason in MALFORMED_REASONS or reason.startswith(MALFORMED_REQUEST_PREFIXES)
+            if reason == "unknown-sender" and self.joining_unknown_to(node, peer):
+                self.faults["rejected_joiner_not_known_yet"] += 1
+                continue
             if malformed and self.checker.is_honest(node.id) and self.checker.is_honest(peer):
                 # The network never alters bytes (replays keep their link), so an honest
                 # peer's message that does not pass the boundary is an honest-side bug.
@@ -378,8 +387,13 @@ class Simulation:
                     continue
                 raise SafetyViolation(f"replica {node.id} rejected a message from honest {peer}: {reason}")
 
+    def joining_unknown_to(self, node: SimNode, peer: str) -> bool:
+        """A joining validator that `node` did not know when it refused it: not in its epoch's set. (Its
+        reconfiguration may have been delivered since, within the Readies carried out together.)"""
+        return peer in self.joiner_ids and node.up and peer not in node.replica.validators
+
     def send(self, node: SimNode, to: str | None, data: bytes) -> None:
-        destinations = [i for i in self.ids if i != node.id] if to is None else [to]
+        destinations = [i for i in self.node_ids if i != node.id] if to is None else [to]
         if node.byzantine is not None:
             for destination, payload in node.byzantine.outgoing(self.tick, destinations, data):
                 self.network.send(self.tick, Packet(node.id, destination, payload))
@@ -493,10 +507,14 @@ class Simulation:
         options = [RotateValidatorKey(i, self.next_keys[i].verify_key.encode())
                    for i in self.honest_ids if i in members and i not in self.rotated]
         options += [RemoveValidator(i) for i in self.byzantine_ids if i in members]
+        options += [AddValidator(Validator(i, self.nodes[i].signing_key.verify_key.encode(), rng.choice(("HK", "CN"))))
+                    for i in self.joiner_ids if not self.nodes[i].up]
         options.append(SetMinSigners(rng.choice((1, 2))))
         change = rng.choice(options)
         if isinstance(change, RotateValidatorKey):
             self.rotated.add(change.id)
+        if isinstance(change, AddValidator):
+            self.start(self.nodes[change.validator.id])   # its operator starts it as the entry goes in
         self.reconfigurations += 1
         self.faults[f"reconfigure_{change.OP}"] += 1
         data = app.make_reconfiguration(len(self.requests), latest.epoch, [change])
@@ -520,14 +538,14 @@ class Simulation:
             self.schedule(self, self.tick)
         self.deliver()
         now = self.now_ms()
-        for node_id in self.ids:
+        for node_id in self.node_ids:
             node = self.nodes[node_id]
             if node.up:
                 self.carry_out(node, node.replica.on_tick(now + node.clock_offset_ms))
-        for node_id in self.ids:
+        for node_id in self.node_ids:
             self.flush(self.nodes[node_id])
         # A crash whose stage the host did not reach by its deadline happens at the end of the tick.
-        for node_id in self.ids:
+        for node_id in self.node_ids:
             node = self.nodes[node_id]
             deadline = node.crash_deadline_tick
             if node.up and node.crash_stage is not None and deadline is not None and self.tick >= deadline:
@@ -550,9 +568,14 @@ class Simulation:
             count = max(0, min(
                 (config.validators.n - 1) // 3 - len([i for i in self.byzantine_ids if i in config.validators])
                 for config in self.checker.schedule.epochs[-2:]))
-            left_down = sorted(self.rng_faults.sample(self.honest_ids, count))
-        self.live_ids = [i for i in self.honest_ids if i not in left_down]
+            members = [i for i in self.honest_ids if i in self.checker.schedule.latest.validators]
+            left_down = sorted(self.rng_faults.sample(members, count))
+        # A joiner no committed reconfiguration added has no chain to follow: it stays out of liveness.
+        left_out = [i for i in self.joiner_ids if i not in self.checker.schedule.latest.validators]
+        self.live_ids = [i for i in self.honest_ids if i not in left_down and i not in left_out]
         for node_id in self.honest_ids:
+            if node_id in left_out:
+                continue
             node = self.nodes[node_id]
             node.crash_stage = None
             if node_id in left_down:

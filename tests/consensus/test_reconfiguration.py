@@ -9,13 +9,15 @@ The reconfiguration is the test cluster's stand-in entry (tests/support/replica_
 from __future__ import annotations
 
 import nacl.signing
+import pytest
 
 from consensus import codec
 from consensus.block import commit_vote_payload
-from consensus.epochs import RemoveValidator, RotateValidatorKey, SetMinSigners
+from consensus.epochs import AddValidator, RemoveValidator, RotateValidatorKey, SetMinSigners
 from consensus.messages import Prepare, encode, sign
-from consensus.replica import ReplicaConfig
-from tests.support.replica_cluster import CHAIN, RECONFIGURE_PREFIX, Cluster, reconfigure_request
+from consensus.replica import Replica, ReplicaConfig
+from consensus.validators import Validator
+from tests.support.replica_cluster import CHAIN, RECONFIGURE_PREFIX, Cluster, TrivialApp, reconfigure_request
 
 MARGIN = 8
 CONFIG = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200, checkpoint_interval=4,
@@ -213,3 +215,30 @@ def test_a_crash_after_the_switch_is_written_but_before_its_blocks_are_applied()
     cluster.nodes["v1"].crash()                   # v3 is needed for a quorum now
     commit_past(cluster, start + 6, ["v0", "v2", "v3"])
     cluster.assert_agreement()
+
+
+def test_a_validator_added_later_catches_up_from_genesis_and_votes_from_its_epoch():
+    """v4 is in no set at genesis: it runs with joining=True and is refused until the others know it.
+    Once the reconfiguration that adds it commits, it replays the chain (each certificate checked with
+    its epoch's set), enters epoch 1 as a member, and its vote counts: with v1 down, 4 of 5 are needed."""
+    cluster = Cluster(CONFIG, margin_heights=MARGIN, joiners=1)
+    joiner = cluster.nodes["v4"]
+    assert not joiner.replica.member
+    key = cluster.keys["v4"].verify_key.encode()
+    cluster.submit("v0", reconfigure_request(0, [AddValidator(Validator("v4", key, "HK"))]))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    commit_past(cluster, start + 2, ["v0", "v1", "v2", "v3"])
+    assert cluster.run_until(lambda: len(joiner.chain) >= start + 2)
+    assert joiner.replica.epoch == 1 and joiner.replica.member
+    cluster.nodes["v1"].crash()
+    commit_past(cluster, start + 5, ["v0", "v2", "v3", "v4"])
+    assert "v4" in {s.validator for s in joiner.chain[-1].certificate.signatures}
+    cluster.assert_agreement()
+
+
+def test_a_validator_that_is_in_no_set_must_say_it_is_joining():
+    cluster = Cluster(CONFIG, margin_heights=MARGIN)
+    stranger = nacl.signing.SigningKey(bytes([201]) * 32)
+    with pytest.raises(ValueError, match="joining=True"):
+        Replica(CONFIG, cluster.vset, "v9", stranger, CHAIN, TrivialApp(), margin_heights=MARGIN)

@@ -83,7 +83,7 @@ class Node:
         self.replica = Replica(
             self.cluster.config, self.cluster.vset, self.id, self.cluster.keys[self.id], CHAIN, TrivialApp(),
             persisted=dict(self.persisted) or None, last_applied=last, margin_heights=self.cluster.margin_heights,
-            spare_signing_keys=tuple(self.cluster.spare_keys.get(self.id, ())),
+            spare_signing_keys=tuple(self.cluster.spare_keys.get(self.id, ())), joining=self.id in self.cluster.joiners,
         )
 
     def handle(self, ready: Ready):
@@ -159,13 +159,16 @@ class Node:
 
 class Cluster:
     def __init__(self, config=None, jurisdictions=JURISDICTIONS, margin_heights=MARGIN_HEIGHTS_DEFAULT,
-                 spare_keys=None):
+                 spare_keys=None, joiners=0):
         self.margin_heights = margin_heights
         self.spare_keys = spare_keys or {}   # validator id -> further keys it holds (a key rotation's new key)
         self.config = config or ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200,
                                               checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200)
         self.vset, self.keys = make_validators(jurisdictions)
-        self.ids = [v.id for v in self.vset.validators]
+        # Nodes outside genesis, v{n}..: they start with joining=True and wait for a reconfiguration to add them.
+        self.joiners = [f"v{i}" for i in range(len(jurisdictions), len(jurisdictions) + joiners)]
+        self.keys.update({j: nacl.signing.SigningKey(bytes([200 + i]) * 32) for i, j in enumerate(self.joiners)})
+        self.ids = [v.id for v in self.vset.validators] + self.joiners
         self.queue: list[tuple[str, str, bytes]] = []
         self.nodes = {i: Node(self, i) for i in self.ids}
         self.now_ms = START_MS
