@@ -181,13 +181,7 @@ class Simulation:
             ),
         )
         self.checker = InvariantChecker(self.validators, CHAIN_ID, self.honest_ids, adapter.margin_heights(plan))
-        # The key each replica rotates to, if a reconfiguration rotates it (every host holds its next key).
-        self.next_keys = {i: nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{i}/next".encode()))
-                          for i in self.node_ids}
-        keys.update({i: nacl.signing.SigningKey(codec.sha256(f"sim/{plan.seed}/{i}".encode())) for i in self.joiner_ids})
-        self.rng_reconfigurations = random.Random(plan.seed * 2 + 3)   # its own stream: other draws keep theirs
-        self.reconfigurations = 0
-        self.rotated: set[str] = set()
+        self._prepare_reconfigurations(keys)
         self.faults: Counter[str] = Counter()
         self.nodes: dict[str, SimNode] = {}
         collusion: dict = {}   # what the Byzantine nodes of this run know together
@@ -211,6 +205,17 @@ class Simulation:
             self.start(self.nodes[node_id])
 
     # -- setup -----------------------------------------------------------------
+
+    def _prepare_reconfigurations(self, keys: dict[str, nacl.signing.SigningKey]) -> None:
+        """The keys a reconfiguration needs (each replica's next key, the joiner's own) and its own draws."""
+        seed = self.plan.seed
+        # The key each replica rotates to, if a reconfiguration rotates it (every host holds its next key).
+        self.next_keys = {i: nacl.signing.SigningKey(codec.sha256(f"sim/{seed}/{i}/next".encode()))
+                          for i in self.node_ids}
+        keys.update({i: nacl.signing.SigningKey(codec.sha256(f"sim/{seed}/{i}".encode())) for i in self.joiner_ids})
+        self.rng_reconfigurations = random.Random(seed * 2 + 3)   # its own stream: other draws keep theirs
+        self.reconfigurations = 0
+        self.rotated: set[str] = set()
 
     def _draw_requests(self) -> list[ClientRequest]:
         rng, plan = self.rng_clients, self.plan
