@@ -234,8 +234,8 @@ def _signatures_to_wire(signatures: tuple[VoteSignature, ...]) -> list:
     return [s.to_wire() for s in sorted(signatures, key=lambda s: s.validator)]
 
 
-def _signatures_from_wire(value: Any, name: str, validators: ValidatorSet) -> tuple[VoteSignature, ...]:
-    items = _list(value, name, validators.n)
+def _signatures_from_wire(value: Any, name: str, signatures_max: int) -> tuple[VoteSignature, ...]:
+    items = _list(value, name, signatures_max)
     signatures = tuple(VoteSignature.from_wire(item, f"{name}[]") for item in items)
     ids = [s.validator for s in signatures]
     if ids != sorted(set(ids)):
@@ -274,7 +274,7 @@ class CheckpointCertificate:
         return cls(
             _int(wire["height"], "checkpoint.height"),
             _hash(wire["header_hash"], "checkpoint.header_hash"),
-            _signatures_from_wire(wire["signatures"], "checkpoint.signatures", validators),
+            _signatures_from_wire(wire["signatures"], "checkpoint.signatures", validators.n),
         )
 
     def verify(self, validators: ValidatorSet, chain_id: str, base: "CheckpointCertificate | None" = None) -> None:
@@ -326,7 +326,7 @@ class PreparedCertificate:
         header = _header(wire["header"], chain_id, "prepared.header")
         return cls(
             _int(wire["view"], "prepared.view"), header,
-            _signatures_from_wire(wire["prepares"], "prepared.prepares", validators),
+            _signatures_from_wire(wire["prepares"], "prepared.prepares", validators.n),
         )
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
@@ -356,7 +356,9 @@ class CommittedBlock:
         cert_wire = wire["certificate"]
         if not isinstance(cert_wire, dict) or set(cert_wire) != {"view", "height", "header_hash", "signatures"}:
             raise MessageError("bad-field", "certificate must be a map of view, height, header_hash, signatures")
-        _signatures_from_wire(cert_wire["signatures"], "certificate.signatures", validators)
+        # Bounded by any set's size, not the receiver's: catch-up carries blocks of later, larger epochs,
+        # each certificate checked against its own epoch's set when the block is taken.
+        _signatures_from_wire(cert_wire["signatures"], "certificate.signatures", VALIDATORS_MAX)
         try:
             certificate = CommitCertificate.from_wire(cert_wire)
         except (CertificateError, TypeError) as exc:

@@ -454,3 +454,33 @@ def test_a_vote_past_the_known_heights_that_no_known_set_verifies_is_unknown_epo
     with pytest.raises(MessageError) as info:   # at a height whose set it knows, the same bytes are a forgery
         decode_message(far, VSET, CHAIN, validators_at=lambda h: VSET, known_through_height=60)
     assert info.value.reason == "bad-signature"
+
+
+def test_a_catch_up_block_certified_by_a_larger_later_set_decodes():
+    """A catch-up answer carries blocks of later epochs, whose sets may be larger than the receiver's
+    current one: the signature list is bounded by VALIDATORS_MAX, not by the receiver's n; the
+    certificate is checked against its own epoch's set afterwards (the replica's catch-up)."""
+    keys = {f"w{i}": nacl.signing.SigningKey(bytes([i + 50]) * 32) for i in range(7)}
+    grown = ValidatorSet(tuple(Validator(k, keys[k].verify_key.encode(), "HK" if i < 4 else "CN")
+                               for i, k in enumerate(sorted(keys))))
+    hdr = BlockHeader(CHAIN, 1, ZERO_HASH, 1_700_000_000_000, entries_hash(ENTRIES), 2, 2,
+                      codec.sha256(b"root"), codec.sha256(b"results"), grown.hash())
+    payload = commit_vote_payload(0, 1, hdr.hash())
+    signers = sorted(keys)[:5]   # a quorum of 7: more signatures than the receiver's set of 4 has validators
+    sigs = tuple(CommitSignature(s, codec.sign(keys[s], codec.DOMAIN_COMMIT, CHAIN, payload)) for s in signers)
+    block = CommittedBlock(hdr, ENTRIES, CommitCertificate(0, 1, hdr.hash(), sigs))
+    decoded = decode_message(encode(CatchUpResponse((block,))), VSET, CHAIN)
+    assert decoded.blocks[0].certificate.signatures == sigs
+    block.verify(grown)   # and it holds under its own set
+
+
+def test_a_catch_up_block_with_more_signatures_than_any_set_is_refused():
+    from consensus.epochs import VALIDATORS_MAX
+    sig = codec.sign(KEYS["v0"], codec.DOMAIN_COMMIT, CHAIN, b"x")
+    wire = committed(H1, ENTRIES).to_wire()
+    wire["certificate"]["signatures"] = [{"validator": f"x{i:03d}", "sig": sig} for i in range(VALIDATORS_MAX + 1)]
+    data = codec.pack({"type": "catch-up-response", "blocks": [wire]})
+    with pytest.raises(MessageError):
+        decode_message(data, VSET, CHAIN)
+    wire["certificate"]["signatures"] = wire["certificate"]["signatures"][:VALIDATORS_MAX]
+    decode_message(codec.pack({"type": "catch-up-response", "blocks": [wire]}), VSET, CHAIN)
