@@ -12,6 +12,7 @@ and `time_ms` (the author's clock), plus by type:
 - revoke:  author_key (absent when author is "governance"), commitment, reason
 - admit:   participant {id, jurisdiction, role, public_key}     (author "governance")
 - suspend: participant_id                                         (author "governance")
+- reconfigure: epoch, changes (storage/reconfiguration.py)       (author "governance")
 
 A participant signs with the key it names in `author_key` (one signature,
 by = author), so the stateless check can verify it without the registry;
@@ -33,9 +34,12 @@ import nacl.signing
 from consensus import codec
 from consensus.validators import JURISDICTIONS
 
-from .genesis import GOVERNANCE_AUTHOR, Genesis, GenesisError, Participant, check_participant_fields, is_name
+from consensus.epochs import Change, ReconfigurationError
 
-ENTRY_TYPES = ("commit", "revoke", "admit", "suspend")
+from .genesis import GOVERNANCE_AUTHOR, Genesis, GenesisError, Participant, check_participant_fields, is_name
+from .reconfiguration import decode_reconfiguration, reconfiguration_wire
+
+ENTRY_TYPES = ("commit", "revoke", "admit", "suspend", "reconfigure")
 COMMITMENT_DOMAIN = b"bayledger/commitment/v1"
 COMMITMENT_BYTES = 32
 SALT_BYTES = 32
@@ -51,6 +55,7 @@ _BODY_FIELDS = {
     "revoke-governance": frozenset(_COMMON + ("commitment", "reason")),
     "admit": frozenset(_COMMON + ("participant",)),
     "suspend": frozenset(_COMMON + ("participant_id",)),
+    "reconfigure": frozenset(_COMMON + ("epoch", "changes")),
 }
 
 
@@ -74,7 +79,8 @@ class Entry:
     author_key: bytes | None
     nonce: int
     time_ms: int
-    fields: dict            # the decoded body (the type's own fields by name; admit's participant as Participant)
+    fields: dict            # the decoded body (the type's own fields by name; admit's participant as Participant,
+                            # a reconfigure's changes as a reconfiguration.Reconfiguration)
     signatures: tuple[tuple[str, bytes], ...]
 
     @property
@@ -227,7 +233,7 @@ def _check_common_fields(body: dict, signatures: list[tuple[str, bytes]]) -> tup
         raise _fail("entry-malformed", "chain_id must be a non-empty string")
     if not _uint(body["nonce"]) or not _uint(body["time_ms"]):
         raise _fail("entry-malformed", "nonce and time_ms must be integers in 0..2**63-1")
-    if kind in ("admit", "suspend"):
+    if kind in ("admit", "suspend", "reconfigure"):
         if author != GOVERNANCE_AUTHOR:
             raise _fail("entry-malformed", f"{kind} must have author {GOVERNANCE_AUTHOR!r}")
     elif author != GOVERNANCE_AUTHOR and not _is_name(author):
@@ -269,6 +275,11 @@ def _check_type_fields(kind: str, fields: dict) -> None:
     elif kind == "suspend":
         if not is_name(fields["participant_id"]):
             raise _fail("entry-malformed", "participant_id must be a participant id")
+    elif kind == "reconfigure":
+        try:
+            fields["changes"] = decode_reconfiguration(fields["epoch"], fields["changes"])
+        except ReconfigurationError as exc:
+            raise _fail(exc.reason, f"reconfigure: {exc}") from None
 
 
 def validate_entry(data: bytes, genesis: Genesis | None = None, *, check_signatures: bool = True) -> Entry:
@@ -389,4 +400,13 @@ def build_admit(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id
 def build_suspend(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, participant_id: str,
                   nonce: int, time_ms: int) -> bytes:
     body = make_body("suspend", chain_id, GOVERNANCE_AUTHOR, nonce, time_ms, participant_id=participant_id)
+    return sign_entry(body, chain_id, signers)
+
+
+def build_reconfigure(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, epoch: int,
+                      changes: Iterable[Change], addresses: dict[str, dict[str, str]], nonce: int,
+                      time_ms: int) -> bytes:
+    """A reconfigure entry changing `epoch`; `addresses` gives each added validator's {"p2p", "rpc"}."""
+    body = make_body("reconfigure", chain_id, GOVERNANCE_AUTHOR, nonce, time_ms, epoch=epoch,
+                     changes=reconfiguration_wire(tuple(changes), addresses))
     return sign_entry(body, chain_id, signers)

@@ -16,8 +16,14 @@ hashed: moving a validator to another host does not make a new chain.
                      "CN": {"keys": [...], "threshold": 1}},
       "entry_kinds": ["credit-report", "credit-score", "kyc-attestation"],
       "participants": [{"id": "hk-bureau", "jurisdiction": "HK", "role": "credit-provider",
-                        "public_key": "<64 hex>"}]
+                        "public_key": "<64 hex>"}],
+      "epoch_margin_heights": 1024
     }
+
+`epoch_margin_heights` (optional, default 1024) is the chain's epoch margin: a reconfiguration
+committed at height h takes effect at h + margin + 1 (consensus/epochs.py). Every validator's
+watermark_window must be at most it. Left at the default it is not hashed, so a genesis written
+before it existed keeps its hash.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus import codec
+from consensus.epochs import MARGIN_HEIGHTS_DEFAULT
 from consensus.validators import JURISDICTIONS, Validator, ValidatorSet, ValidatorSetError
 
 DEFAULT_ENTRY_KINDS = ("credit-report", "credit-score", "kyc-attestation")
@@ -40,6 +47,7 @@ governance_keys_max = 16         # per jurisdiction
 entry_kinds_max = 64
 participants_max = 10_000        # admitted at genesis
 validators_max = 100
+epoch_margin_heights_max = 1_000_000   # a reconfiguration takes effect within this many heights
 
 # Ids, roles and kinds: ASCII letters, digits, '.', '_', '-', starting with a letter or digit.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -130,6 +138,7 @@ class Genesis:
     governance: Governance
     entry_kinds: tuple[str, ...]
     participants: tuple[Participant, ...]
+    epoch_margin_heights: int = MARGIN_HEIGHTS_DEFAULT
 
     @property
     def min_signers_per_jurisdiction(self) -> int:
@@ -160,7 +169,7 @@ class Genesis:
         if not isinstance(raw, dict):
             raise GenesisError("genesis must be a JSON object")
         allowed = ("chain_id", "genesis_time_ms", "min_signers_per_jurisdiction", "validators",
-                   "governance", "entry_kinds", "participants")
+                   "governance", "entry_kinds", "participants", "epoch_margin_heights")
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
             raise GenesisError(f"unknown genesis field(s): {', '.join(map(str, unknown))}")
@@ -183,6 +192,9 @@ class Genesis:
         governance = _governance(raw["governance"])
         entry_kinds = _entry_kinds(raw.get("entry_kinds", list(DEFAULT_ENTRY_KINDS)))
         participants = _participants(raw.get("participants", []))
+        margin = raw.get("epoch_margin_heights", MARGIN_HEIGHTS_DEFAULT)
+        if not _is_uint(margin) or not 1 <= margin <= epoch_margin_heights_max:
+            raise GenesisError(f"epoch_margin_heights must be an integer in 1..{epoch_margin_heights_max}")
         return cls(
             chain_id=chain_id,
             genesis_time_ms=time_ms,
@@ -191,6 +203,7 @@ class Genesis:
             governance=governance,
             entry_kinds=entry_kinds,
             participants=participants,
+            epoch_margin_heights=margin,
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -217,7 +230,13 @@ class Genesis:
                 {"id": p.id, "jurisdiction": p.jurisdiction, "role": p.role, "public_key": p.public_key.hex()}
                 for p in self.participants
             ],
+            **self._margin_if_set(),
         }
+
+    def _margin_if_set(self) -> dict:
+        """{"epoch_margin_heights": m} unless m is the default (so older genesis files keep their bytes)."""
+        margin = self.epoch_margin_heights
+        return {} if margin == MARGIN_HEIGHTS_DEFAULT else {"epoch_margin_heights": margin}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -232,6 +251,7 @@ class Genesis:
             "governance": self.governance.to_wire(),
             "entry_kinds": list(self.entry_kinds),
             "participants": [p.to_wire() for p in self.participants],
+            **self._margin_if_set(),
         }
 
     def hash(self) -> bytes:
