@@ -184,14 +184,19 @@ class NodeHandle:
 
 
 class Cluster:
-    def __init__(self, root: Path, *, view_timeout_ms: int = 1000):
+    def __init__(self, root: Path, *, view_timeout_ms: int = 1000, epoch_margin_heights: int | None = None,
+                 joiners: tuple[tuple[str, str], ...] = ()):
+        """`joiners`: (id, jurisdiction) of validators outside genesis, for a reconfiguration to add; their
+        nodes are set up (keys, config with joining = true) but not started by start_all."""
         self.root = root
         self.nodes: dict[str, NodeHandle] = {}
         self.keys_dir = root / "keys"
         self.keys_dir.mkdir()
         self.genesis_path = root / "genesis.json"
-        ports = iter(free_ports(3 * len(VALIDATORS)))
-        for node_id, jurisdiction in VALIDATORS:
+        self.epoch_margin_heights = epoch_margin_heights
+        self.joiners = tuple(node_id for node_id, _ in joiners)
+        ports = iter(free_ports(3 * (len(VALIDATORS) + len(joiners))))
+        for node_id, jurisdiction in VALIDATORS + tuple(joiners):
             node_dir = root / node_id
             node_dir.mkdir()
             self.nodes[node_id] = NodeHandle(node_id, jurisdiction, node_dir, next(ports), next(ports), next(ports))
@@ -212,7 +217,7 @@ class Cluster:
 
     def _write_genesis(self) -> None:
         args = ["genesis", "--chain-id", CHAIN_ID, "--out", str(self.genesis_path)]
-        for node in self.nodes.values():
+        for node in (n for n in self.nodes.values() if n.id not in self.joiners):
             args += ["--validator", f"{node.id}:{node.jurisdiction}:{node.dir / 'key.json'}:"
                      f"127.0.0.1:{node.p2p}:127.0.0.1:{node.rpc}"]
         args += ["--governance", f"HK:{self.keys_dir / 'gov-hk.json'}",
@@ -220,6 +225,8 @@ class Cluster:
                  "--threshold", "HK:1", "--threshold", "CN:1",
                  "--participant", f"bank-hk:HK:provider:{self.keys_dir / 'bank-hk.json'}",
                  "--participant", f"bureau-cn:CN:provider:{self.keys_dir / 'bureau-cn.json'}"]
+        if self.epoch_margin_heights is not None:
+            args += ["--epoch-margin-heights", str(self.epoch_margin_heights)]
         assert cli_main(args) == 0
 
     @property
@@ -227,13 +234,14 @@ class Cluster:
         """The CA to trust for the nodes' RPC (--ca / BAYLEDGER_CA)."""
         return session_ca()[0]
 
-    def _write_config(self, node: NodeHandle, view_timeout_ms: int) -> None:
+    def _write_config(self, node: NodeHandle, view_timeout_ms: int, spare_key_files: tuple[Path, ...] = ()) -> None:
         ca_cert, ca_key = session_ca()
-        tls.make_node_certificate(ca_cert, ca_key, node.dir / "rpc-cert.pem", node.dir / "rpc-key.pem", node.id,
-                                  ["127.0.0.1"])
+        if not (node.dir / "rpc-cert.pem").exists():   # a config written again keeps the node's certificate
+            tls.make_node_certificate(ca_cert, ca_key, node.dir / "rpc-cert.pem", node.dir / "rpc-key.pem", node.id,
+                                      ["127.0.0.1"])
         config = NodeConfig(
             node_id=node.id, key_file=node.dir / "key.json", genesis_file=self.genesis_path,
-            data_dir=node.data_dir,
+            data_dir=node.data_dir, spare_key_files=spare_key_files, joining=node.id in self.joiners,
             listen=Listen(Address("127.0.0.1", node.p2p), Address("127.0.0.1", node.rpc),
                           Address("127.0.0.1", node.metrics)),
             log=LogConfig(format="json", level="info"),
@@ -258,9 +266,11 @@ class Cluster:
             stdout=log, stderr=subprocess.STDOUT, cwd=str(node.dir), env=env, start_new_session=True)
 
     def start_all(self) -> None:
-        for node_id in self.nodes:
+        """Start every genesis validator (not the joiners) and wait until each serves."""
+        started = [node_id for node_id in self.nodes if node_id not in self.joiners]
+        for node_id in started:
             self.start(node_id)
-        for node_id in self.nodes:
+        for node_id in started:
             self.wait_serving(node_id)
 
     def wait_serving(self, node_id: str, timeout_s: float = 30) -> None:
@@ -329,7 +339,8 @@ class Cluster:
             if value:
                 return value
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n.id}\n{n.log_path.read_text()[-2000:]}" for n in self.nodes.values())
+                logs = "\n".join(f"--- {n.id}\n{n.log_path.read_text()[-2000:]}" for n in self.nodes.values()
+                                  if n.log_path.exists())
                 raise AssertionError(f"timed out waiting for {what}\n{logs}")
             time.sleep(WAIT_STEP_S)
 
