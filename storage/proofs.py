@@ -269,11 +269,14 @@ def _verify_proven_leaf(item: Any, genesis: Genesis, where: str, epochs: LedgerE
     return entry, header
 
 
+_ABSENT = object()   # a key not in the map (nil is a value, refused where the format has none)
+
+
 def _walk_epochs(steps: Any, genesis: Genesis) -> LedgerEpochs:
     """The epochs from genesis through each step in turn (module docstring); `steps` is the proof's
-    `epochs` value, None when absent."""
+    `epochs` value, _ABSENT when the key is absent."""
     epochs = LedgerEpochs.genesis(genesis)
-    if steps is None:
+    if steps is _ABSENT:
         return epochs
     if type(steps) is not list or not 1 <= len(steps) <= epoch_steps_max:
         raise _Invalid("epochs.format", f"epochs must be a list of 1..{epoch_steps_max} steps, or absent")
@@ -305,7 +308,7 @@ def _walk_step(step: Any, genesis: Genesis, epochs: LedgerEpochs) -> LedgerEpoch
 def _check_no_extra_steps(steps: Any, headers: Sequence[BlockHeader]) -> None:
     """Exactly the steps to the highest epoch a header of the proof names: one proof, one form."""
     highest = max(header.epoch for header in headers)
-    count = 0 if steps is None else len(steps)
+    count = 0 if steps is _ABSENT else len(steps)
     if count > highest:
         raise _Invalid("epochs.extra", f"{count} epoch steps, but the proof's highest header is of epoch {highest}")
 
@@ -394,11 +397,12 @@ def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: in
         raise _Invalid("format", f"proof version {str(version)[:40]} is not the integer {MATCH_PROOF_VERSION}")
     if not isinstance(commitment, bytes) or len(commitment) != 32:
         raise _Invalid("commitment", "the commitment to check must be 32 bytes")
-    epochs = _walk_epochs(proof.get("epochs"), genesis)   # absent in epoch 0: nil is not "absent" either
+    steps = proof.get("epochs", _ABSENT)     # absent in epoch 0: nil is not "absent"
+    epochs = _walk_epochs(steps, genesis)
     entry, header, details = _verify_commit(proof, genesis, commitment, epochs)
     revoke_header = _verify_revocation(proof, entry, genesis, commitment, epochs, details)
     status_header, in_revoked_set = _verify_status(proof.get("status"), genesis, commitment, header.height, epochs)
-    _check_no_extra_steps(proof.get("epochs"), [h for h in (header, revoke_header, status_header) if h is not None])
+    _check_no_extra_steps(steps, [h for h in (header, revoke_header, status_header) if h is not None])
     now = int(time.time() * 1000) if now_ms is None else now_ms
     # A status "from the future" (our clock behind the validators') is as fresh as can be, not negative.
     status_age_ms = max(0, now - status_header.time_ms)
@@ -518,10 +522,11 @@ def verify_consistency_proof(older: dict, newer: dict, proof: list, genesis: Gen
         raise ValueError("epoch steps are checked against genesis: pass genesis too")
     try:
         if genesis is not None:
-            walked = _walk_epochs(epochs, genesis)
+            steps = _ABSENT if epochs is None else epochs
+            walked = _walk_epochs(steps, genesis)
             h1 = verify_header(older.get("header"), older.get("certificate"), genesis, "older.", walked)
             h2 = verify_header(newer.get("header"), newer.get("certificate"), genesis, "newer.", walked)
-            _check_no_extra_steps(epochs, (h1, h2))
+            _check_no_extra_steps(steps, (h1, h2))
         else:
             try:
                 h1, h2 = BlockHeader.from_wire(older), BlockHeader.from_wire(newer)

@@ -111,7 +111,7 @@ def test_the_steps_are_kept_encoded_and_equal_a_fresh_build(chain):
     first = store.match_proof(commitment(2))
     store._epoch_steps_cache = None
     assert store.match_proof(commitment(2)) == first
-    assert codec.unpack_canonical(first)["epochs"] == codec.unpack_canonical(codec.pack(store.epoch_steps(8)))
+    assert codec.unpack_canonical(first)["epochs"] == _wire(store.epoch_steps(8))
 
 
 def test_epoch_0_proofs_have_no_epochs_key(tmp_path):
@@ -203,7 +203,8 @@ def test_a_wrong_genesis_refuses_the_walk(chain):
 # -- consistency proofs -----------------------------------------------------------------------------
 
 def _wire(steps):
-    return codec.unpack_canonical(codec.pack(steps))
+    """Ledger.epoch_steps (headers and certificates as stored bytes) as a verifier decodes them."""
+    return codec.unpack_canonical(proofs.encode_epoch_steps(steps))
 
 
 def _certified(store, height):
@@ -235,7 +236,7 @@ def test_a_consistency_proof_across_epoch_boundaries(chain):
 
 def test_epoch_steps_max_edge(chain):
     """A list of epoch_steps_max steps is read (and walked: the first wrong step is named); one more
-    is refused before any step is looked at."""
+    is refused by the decoder's array bound (PROOF_LIMITS), before any step is looked at."""
     world, store = chain
     good = codec.unpack_canonical(store.match_proof(commitment(0)))
     step = good["epochs"][1]                 # epoch 1 -> 2, in a block of epoch 1: wrong as a first step
@@ -244,7 +245,8 @@ def test_epoch_steps_max_edge(chain):
     assert (verdict.status, verdict.check) == ("invalid", "epochs.epoch"), verdict
     good["epochs"].append(step)
     verdict = _verify(world, codec.pack(good), 0)
-    assert (verdict.status, verdict.check) == ("invalid", "epochs.format"), verdict
+    assert (verdict.status, verdict.check) == ("invalid", "format"), verdict
+    assert f"{proofs.epoch_steps_max + 1} exceeds" in verdict.message
 
 
 def _worst_step(chain_id_bytes: int = 64) -> dict:
