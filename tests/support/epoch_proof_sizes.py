@@ -25,7 +25,7 @@ from storage.proofs import proof_bytes_max, verify_match_proof
 from tests.support.storage_helpers import Author, commitment, key_from, make_world, next_block, reconfigure
 
 # Reconfigurations per series: the add series stops at 96, where the set reaches VALIDATORS_MAX (100).
-COUNTS = {"rotate": (1, 10, 100), "add": (1, 10, 96)}
+COUNTS = {"rotate": (0, 1, 10, 100), "add": (1, 10, 96)}
 
 
 def _change(world, series: str, number: int):
@@ -79,8 +79,9 @@ def main() -> None:
         for series, counts in COUNTS.items():
             for count in counts:
                 row = measure(series, count, Path(directory))
+                per_step = f"{row['steps_bytes'] // count:,}" if count else "-"
                 print(f"| {series} | {count} | {row['proof_bytes']:,} | {row['steps_bytes']:,} | "
-                      f"{row['steps_bytes'] // count:,} | {row['verify_ms']:.0f} |")
+                      f"{per_step} | {row['verify_ms']:.0f} |")
 
 
 if __name__ == "__main__":
