@@ -15,10 +15,9 @@ The chain (margin 1, so epoch e+1 starts two heights after the reconfiguration's
 
 from __future__ import annotations
 
-import copy
-
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consensus import codec
 from consensus.block import BlockHeader
@@ -70,8 +69,8 @@ def chain(tmp_path):
 
 
 def _genesis_only(world) -> Genesis:
-    """The genesis file as a verifier reads it: bytes in, a Genesis out, nothing else at hand."""
-    return Genesis.from_dict(copy.deepcopy(world.genesis.to_dict()))
+    """The genesis file as a verifier reads it: JSON text in, a Genesis out, nothing else at hand."""
+    return Genesis.from_json(world.genesis.to_json())
 
 
 def _verify(world, proof, n, **kw):
@@ -288,3 +287,55 @@ def test_proof_bytes_max_edge_with_steps(chain):
     value["pad"] += b"p"
     verdict = _verify(world, msgpack.packb(value), 0)
     assert verdict.check == "format" and "exceeds" in verdict.message
+
+
+def test_a_proof_verifies_from_the_genesis_file_alone(chain, tmp_path):
+    """Written to disk and read back as a client would: the genesis file and the proof bytes."""
+    world, store = chain
+    (tmp_path / "genesis.json").write_text(world.genesis.to_json())
+    (tmp_path / "proof.bin").write_bytes(store.match_proof(commitment(2)))
+    genesis = Genesis.load(tmp_path / "genesis.json")
+    verdict = verify_match_proof((tmp_path / "proof.bin").read_bytes(), genesis, commitment(2), now_ms=0)
+    assert verdict.status == "match" and verdict.details["height"] == 4, verdict
+
+
+# -- totality ---------------------------------------------------------------------------------------
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+_STEP_PATHS = [("epochs",), ("epochs", 0), ("epochs", 1), ("epochs", 0, "entry"), ("epochs", 1, "leaf_index"),
+               ("epochs", 0, "tree_size"), ("epochs", 1, "inclusion_path"), ("epochs", 0, "header"),
+               ("epochs", 1, "certificate"), ("epochs", 1, "header", "epoch"), ("epochs", 0, "header", "height"),
+               ("epochs", 1, "certificate", "signatures"), ("header", "epoch"), ("status", "header", "epoch")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_hostile_steps_never_raise(chain, data):
+    """Any part of the epoch walk replaced by any msgpack value: a verdict (invalid), never an exception."""
+    world, store = chain
+    value = msgpack.unpackb(store.match_proof(commitment(0)))
+    path = data.draw(st.sampled_from(_STEP_PATHS))
+    target = value
+    for key in path[:-1]:
+        target = target[key]
+    original = target[path[-1]] if isinstance(target, list) else target.get(path[-1])
+    target[path[-1]] = data.draw(_values.filter(lambda v: v != original))
+    verdict = _verify(world, msgpack.packb(value, use_bin_type=True), 0)
+    assert verdict.status == "invalid", (path, verdict)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_bit_flip_in_the_steps_is_never_a_match(chain, data):
+    world, store = chain
+    good = store.match_proof(commitment(0))
+    start = good.index(codec.pack("epochs"))
+    end = good.index(codec.pack("header"), start)      # the `epochs` value ends where the next key begins
+    bit = data.draw(st.integers(start * 8, end * 8 - 1))
+    flipped = bytearray(good)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    assert _verify(world, bytes(flipped), 0).status == "invalid", bit
