@@ -36,7 +36,7 @@ HK3_ADDRESSES = {"hk-3": {"p2p": "10.0.0.7:26601", "rpc": "10.0.0.7:26701"}}
 NEW_HK1_KEY = key_from("validator hk-1, epoch 2")
 
 
-def _build_chain(world, store) -> None:
+def _build_chain(world, store, last_height: int = 8) -> None:
     author = Author(world, "hk-bureau")
     world.validator_keys["hk-3"] = key_from("validator hk-3")
     hk3 = Validator("hk-3", bytes(world.validator_keys["hk-3"].verify_key), "HK")
@@ -50,12 +50,12 @@ def _build_chain(world, store) -> None:
         [author.commit(commitment(3))],
         [],
     ]
-    for height, entries in enumerate(blocks, 1):
+    for height, entries in enumerate(blocks[:last_height], 1):
         if height == 7:   # epoch 2 begins: hk-1 now signs with its rotated key
             world.validator_keys["hk-1"] = NEW_HK1_KEY
         outcomes = store.apply_block(next_block(world, store, entries))
         assert all(o.ok for o in outcomes), (height, outcomes)
-    assert [store.header(h).epoch for h in range(1, 9)] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert [store.header(h).epoch for h in range(1, last_height + 1)] == [0, 0, 0, 1, 1, 1, 2, 2][:last_height]
 
 
 @pytest.fixture
@@ -189,6 +189,22 @@ def test_a_step_beyond_the_status_epoch_is_refused(chain):
     assert verify_consistency_proof(h1, h4, proof, genesis, _wire(early)).status == "match"
     verdict = verify_consistency_proof(h1, h4, proof, genesis, _wire(early + [extra]))
     assert (verdict.status, verdict.check) == ("invalid", "epochs.extra")
+
+
+def test_a_pending_epoch_is_not_walked(tmp_path):
+    """At height 6 epoch 2 is scheduled (height 5) but not started: the proof walks to epoch 1 only,
+    and the step to epoch 2 added anyway is refused, though it is genuine."""
+    world = make_world(epoch_margin_heights=1)
+    with Ledger.open(tmp_path / "store", world.genesis) as store:
+        _build_chain(world, store, last_height=6)
+        assert len(store.epochs.entry_leaves) == 2
+        proof = store.match_proof(commitment(2))
+        assert len(codec.unpack_canonical(proof)["epochs"]) == 1
+        assert _verify(world, proof, 2).status == "match"
+        pending = store._proven_leaf(store.epochs.entry_leaves[1], store.epochs.schedule.epochs[2].scheduled_at)
+        extra = _wire([pending])[0]
+        verdict = _verify(world, _recode(proof, _steps(lambda s: s.append(extra))), 2)
+        assert (verdict.status, verdict.check) == ("invalid", "epochs.extra"), verdict
 
 
 def test_a_wrong_genesis_refuses_the_walk(chain):
