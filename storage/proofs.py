@@ -58,9 +58,9 @@ from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 # rather than misread it, which is what a version bump would buy.
 MATCH_PROOF_VERSION = 2
 proof_base_bytes_max = 65_536       # a proof without epoch steps: ~3 KB with a revocation at a billion leaves
-# One epoch step at most: a 4096-byte entry (entries.entry_bytes_max), a header (~450 bytes with a
+# One epoch step at most: a 4096-byte entry (entries.entry_bytes_max), a header (~400 bytes with a
 # 64-byte chain id), a certificate of VALIDATORS_MAX signatures with 64-byte ids (~14.8 KB) and 64
-# path hashes (~2.2 KB): 21.6 KB, rounded up (tests/storage/test_epoch_proofs.py builds the worst).
+# path hashes (~2.2 KB): 21,548 bytes, rounded up (tests/storage/test_epoch_proofs.py builds the worst).
 epoch_step_bytes_max = 24_576
 # Epochs a proof may walk: one reconfiguration a week for almost 20 years. A chain that needs more
 # needs a checkpointed trust root, not a longer walk (docs/PROTOCOL.md §5).
