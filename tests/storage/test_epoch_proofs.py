@@ -26,7 +26,7 @@ from consensus.validators import Validator
 from storage import proofs
 from storage.entries import entry_bytes_max
 from storage.genesis import Genesis
-from storage.ledger import Ledger
+from storage.ledger import Ledger, LedgerError
 from storage.proofs import verify_consistency_proof, verify_match_proof
 from tests.support.storage_helpers import (
     Author, certify, commitment, flip_bit, key_from, make_world, next_block, reconfigure,
@@ -111,6 +111,14 @@ def test_the_steps_are_kept_encoded_and_equal_a_fresh_build(chain):
     store._epoch_steps_cache = None
     assert store.match_proof(commitment(2)) == first
     assert codec.unpack_canonical(first)["epochs"] == _wire(store.epoch_steps(8))
+
+
+def test_epoch_steps_are_of_applied_blocks_only(chain):
+    world, store = chain
+    assert [len(store.epoch_steps(h)) for h in range(1, 9)] == [0, 0, 0, 1, 1, 1, 2, 2]
+    for height in (0, 9, -1, "1"):
+        with pytest.raises(LedgerError):
+            store.epoch_steps(height)
 
 
 def test_epoch_0_proofs_have_no_epochs_key(tmp_path):
