@@ -31,7 +31,7 @@ from .execution import Execution, author_refusal, outcomes_hash
 from .genesis import Genesis
 from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 from .keys import FORMAT_VERSION
-from .proofs import Encoded, build_match_proof
+from .proofs import Encoded, build_match_proof, encode_epoch_steps
 from .records import STATUS_ACTIVE, CommitmentRecord, NonceWindow, ParticipantRecord
 
 
@@ -130,6 +130,7 @@ class Ledger:
         self._smt_cache: dict[bytes, bytes | None] = {}  # revoked-set nodes as stored (None: not stored)
         self._status_cache: tuple | None = None  # (height, status section without the path) for match proofs
         self._proof_blocks: dict[int, tuple[Encoded, Encoded, int]] = {}  # see _proof_block
+        self._epoch_steps_cache: tuple[int, Encoded | None] | None = None  # see _head_epoch_steps
         self._store_view = _StoreView(self)
         self._height = keys.U64.unpack(db.get(keys.META_HEIGHT))[0]
         size, hashes = msgpack.unpackb(db.get(keys.META_FRONTIER), raw=False)
@@ -534,7 +535,29 @@ class Ledger:
         if record.revoke_leaf is not None:
             revocation = self._proven_leaf(record.revoke_leaf, record.revoke_height)
         main = self._proven_leaf(record.leaf_index, record.height)
-        return build_match_proof(main, revocation, self._status(commitment))
+        return build_match_proof(main, revocation, self._status(commitment), self._head_epoch_steps())
+
+    def epoch_steps(self, height: int) -> list[dict]:
+        """The epoch steps (storage/proofs.py) from genesis to the epoch of applied block `height`:
+        for each epoch e from 1, its reconfigure entry proven in the block that committed it. What a
+        verifier needs, with genesis alone, to check that block's certificate (and any earlier one)."""
+        if not isinstance(height, int) or not 1 <= height <= self._height:
+            raise LedgerError(f"no applied block at height {height!r} (applied height {self._height})")
+        epochs = self.epochs
+        last = epochs.schedule.config_at(height).epoch
+        return [self._proven_leaf(epochs.entry_leaves[e - 1], epochs.schedule.epochs[e].scheduled_at)
+                for e in range(1, last + 1)]
+
+    def _head_epoch_steps(self) -> Encoded | None:
+        """epoch_steps of the head, encoded: the same for every proof until the head's epoch changes
+        (a step is its own block's, so a later head does not change it)."""
+        epoch = self._head.epoch if self._head is not None else 0
+        if epoch == 0:
+            return None
+        if self._epoch_steps_cache is None or self._epoch_steps_cache[0] != epoch:
+            steps = self.epoch_steps(self._height)
+            self._epoch_steps_cache = (epoch, encode_epoch_steps(steps) if steps else None)
+        return self._epoch_steps_cache[1]
 
     def _status(self, commitment: bytes) -> dict:
         """The head's certified header, the two hashes under its results_hash, and commitment's SMT path."""

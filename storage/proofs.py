@@ -11,7 +11,15 @@ A MatchProof is the canonical msgpack map
      "revocation": {entry, leaf_index, tree_size, inclusion_path, header, certificate},  # only if revoked
      "status": {"header": <map>, "certificate": <map>,      # the serving node's latest block
                 "outcomes_hash": <bin 32>, "revoked_root": <bin 32>,
-                "revoked_path": {"bitmap": <bin 32>, "siblings": [<bin 32>, ...]}}}
+                "revoked_path": {"bitmap": <bin 32>, "siblings": [<bin 32>, ...]}},
+     "epochs": [{entry, leaf_index, tree_size, inclusion_path, header, certificate}, ...]}  # only from epoch 1
+
+`epochs` walks the validator-set epochs from genesis (issue 17): step e (e = 1..k, k the highest
+epoch any header of the proof names) is the reconfigure entry that scheduled epoch e, proven in the
+block that committed it. The ledger never appends a refused entry, so an included reconfigure was
+accepted, and the verifier recomputes the set it made (LedgerEpochs.judge). Every header is then
+checked against the set of its own height under the epochs walked, and must name that epoch and
+that set's hash. Absent while the chain is in epoch 0 (those proofs are byte-identical to before).
 
 Each proven entry carries the header of the block that appended it (and that
 block's commit certificate), so the verdict says exactly when the commitment
@@ -38,19 +46,32 @@ import msgpack
 
 from consensus import codec
 from consensus.block import BlockHeader, CertificateError, CommitCertificate
+from consensus.epochs import EpochConfig, EpochScheduleError, ReconfigurationError
 
 from . import merkle, smt
 from .entries import EntryError, validate_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 
-MATCH_PROOF_VERSION = 2             # 2: the status section (proof of non-revocation)
-proof_bytes_max = 65_536            # a match proof with a revocation is ~3 KB at a billion leaves
+# 2: the status section (proof of non-revocation). The optional `epochs` key keeps version 2: an
+# epoch-0 proof is unchanged, and a version-2 verifier that predates it refuses it (unknown key)
+# rather than misread it, which is what a version bump would buy.
+MATCH_PROOF_VERSION = 2
+proof_base_bytes_max = 65_536       # a proof without epoch steps: ~3 KB with a revocation at a billion leaves
+# One epoch step at most: a 4096-byte entry (entries.entry_bytes_max), a header (~400 bytes with a
+# 64-byte chain id), a certificate of VALIDATORS_MAX signatures with 64-byte ids (~14.8 KB) and 64
+# path hashes (~2.2 KB): 21,548 bytes, rounded up (tests/storage/test_epoch_proofs.py builds the worst).
+epoch_step_bytes_max = 24_576
+# Epochs a proof may walk: one reconfiguration a week for almost 20 years. A chain that needs more
+# needs a checkpointed trust root, not a longer walk (docs/PROTOCOL.md §5).
+epoch_steps_max = 1024
+proof_bytes_max = proof_base_bytes_max + epoch_steps_max * epoch_step_bytes_max   # 25,231,360 bytes
 inclusion_path_hashes_max = 64      # tree sizes are below 2**63
-# What msgpack may build from a proof file before any field is looked at: a proof nests 5 levels
-# (proof -> status -> revocation -> certificate -> signatures -> signature) and is at most
+# What msgpack may build from a proof file before any field is looked at: a proof nests 6 levels
+# (proof -> epochs -> step -> certificate -> signatures -> signature) and is at most
 # proof_bytes_max, so every length and the item count are bounded by that too.
 PROOF_LIMITS = codec.DecodeLimits(
-    bytes_max=proof_bytes_max, depth_max=12, array_len_max=1024, map_len_max=32,
+    bytes_max=proof_bytes_max, depth_max=12, array_len_max=max(1024, epoch_steps_max), map_len_max=32,
     bin_len_max=proof_bytes_max, str_len_max=4096, items_max=proof_bytes_max,
 )
 
@@ -118,19 +139,33 @@ def _encode(value: Any, parts: list[bytes]) -> None:
         parts.append(codec.pack(value))
 
 
-def build_match_proof(proven: dict, revocation: dict | None, status: dict) -> bytes:
-    """Encode a MatchProof from proven-leaf maps and the status section (see the module docstring);
-    values may be Encoded. The bytes are exactly codec.pack of the decoded map."""
+def build_match_proof(proven: dict, revocation: dict | None, status: dict, epochs: Any = None) -> bytes:
+    """Encode a MatchProof from proven-leaf maps, the status section and the epoch steps (a list of
+    proven-leaf maps, or its Encoded form; None or empty in epoch 0: the key is then absent), see the
+    module docstring; values may be Encoded. The bytes are exactly codec.pack of the decoded map."""
     proof = {"version": MATCH_PROOF_VERSION, **proven, "status": status}
     if revocation is not None:
         proof["revocation"] = revocation
+    if epochs:
+        proof["epochs"] = epochs
     parts: list[bytes] = []
     _encode(proof, parts)
     return b"".join(parts)
 
 
-def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, where: str = "") -> BlockHeader:
-    """A header of this chain with a commit certificate that holds under the genesis validators."""
+def encode_epoch_steps(steps: Sequence[dict]) -> Encoded:
+    """The `epochs` list encoded once (a node keeps it for every proof until the next epoch)."""
+    parts: list[bytes] = [_packer.pack_array_header(len(steps))]
+    for step in steps:
+        _encode(step, parts)
+    return Encoded(b"".join(parts))
+
+
+def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, where: str = "",
+                  epochs: LedgerEpochs | None = None) -> BlockHeader:
+    """A header of this chain, naming the epoch of its height and that epoch's set, with a commit
+    certificate that holds under that set. `epochs` are those walked from genesis so far (default:
+    genesis's alone, so any header of a later epoch is refused)."""
     try:
         header = BlockHeader.from_wire(header_wire)
     except (CertificateError, TypeError) as exc:
@@ -139,13 +174,33 @@ def verify_header(header_wire: Any, certificate_wire: Any, genesis: Genesis, whe
         raise _Invalid(f"{where}header", f"header height {header.height}: the first block is height 1")
     if header.chain_id != genesis.chain_id:
         raise _Invalid(f"{where}chain", f"header is for chain {header.chain_id!r}, not {genesis.chain_id!r}")
+    config = _epoch_of(header, epochs if epochs is not None else LedgerEpochs.genesis(genesis), where)
     _check_certificate_shape(certificate_wire, f"{where}certificate")
     try:
         certificate = CommitCertificate.from_wire(certificate_wire)
-        certificate.verify(header, genesis.validator_set)
+        certificate.verify(header, config.validators)
     except (CertificateError, TypeError, AttributeError) as exc:
         raise _Invalid(f"{where}certificate", f"commit certificate does not hold: {exc}") from None
     return header
+
+
+def _epoch_of(header: BlockHeader, epochs: LedgerEpochs, where: str) -> EpochConfig:
+    """The epoch of header's height under `epochs`; the header must name its number (check `epoch`)
+    and its set (check `certificate`, as for a header of another chain's set).
+
+    Checked before the certificate so that a proof missing an epoch step is named for that: its later
+    headers name an epoch the walk has not reached."""
+    config = epochs.schedule.config_at(header.height)
+    if header.epoch != config.epoch:
+        missing = " (the proof lacks the step to it)" if header.epoch > config.epoch else ""
+        raise _Invalid(f"{where}epoch", f"header of height {header.height} names epoch {header.epoch}; the epochs "
+                                        f"walked from genesis put that height in epoch {config.epoch}{missing}")
+    if header.validator_set_hash != config.validators.hash():
+        # Named as before epochs: a header of another set (another genesis) is a certificate that fails.
+        raise _Invalid(f"{where}certificate", f"header of height {header.height} names validator set "
+                                        f"{header.validator_set_hash.hex()[:16]}…, not epoch {config.epoch}'s "
+                                        f"({config.validators.hash().hex()[:16]}…)")
+    return config
 
 
 def _check_keys(value: Any, required: Sequence[str], check: str, what: str, optional: Sequence[str] = ()) -> None:
@@ -187,7 +242,7 @@ _ENTRY_CHECKS = {"wrong-chain": "chain", "unknown-kind": "kind", "unknown-govern
                  "governance-threshold": "signature"}
 
 
-def _verify_proven_leaf(item: Any, genesis: Genesis, where: str):
+def _verify_proven_leaf(item: Any, genesis: Genesis, where: str, epochs: LedgerEpochs):
     missing = [k for k in _PROVEN_FIELDS if k not in item]
     if missing:
         raise _Invalid(f"{where}format", f"proof lacks {', '.join(missing)}")
@@ -199,7 +254,7 @@ def _verify_proven_leaf(item: Any, genesis: Genesis, where: str):
     except EntryError as exc:
         check = _ENTRY_CHECKS.get(exc.reason, "entry")
         raise _Invalid(f"{where}{check}", f"entry is refused ({exc.reason}): {exc}") from None
-    header = verify_header(item["header"], item["certificate"], genesis, where)
+    header = verify_header(item["header"], item["certificate"], genesis, where, epochs)
     leaf_index, tree_size, path = item["leaf_index"], item["tree_size"], item["inclusion_path"]
     if tree_size != header.tree_size or type(tree_size) is not int:
         raise _Invalid(f"{where}tree-size", f"proof tree_size {tree_size!r} differs from the header's {header.tree_size}")
@@ -212,6 +267,50 @@ def _verify_proven_leaf(item: Any, genesis: Genesis, where: str):
     if not merkle.verify_inclusion(merkle.leaf_hash(data), leaf_index, tree_size, path, header.tree_root):
         raise _Invalid(f"{where}inclusion", "inclusion path does not lead from the entry to the header's tree root")
     return entry, header
+
+
+_ABSENT = object()   # a key not in the map (nil is a value, refused where the format has none)
+
+
+def _walk_epochs(steps: Any, genesis: Genesis) -> LedgerEpochs:
+    """The epochs from genesis through each step in turn (module docstring); `steps` is the proof's
+    `epochs` value, _ABSENT when the key is absent."""
+    epochs = LedgerEpochs.genesis(genesis)
+    if steps is _ABSENT:
+        return epochs
+    if type(steps) is not list or not 1 <= len(steps) <= epoch_steps_max:
+        raise _Invalid("epochs.format", f"epochs must be a list of 1..{epoch_steps_max} steps, or absent")
+    for number, step in enumerate(steps, 1):
+        try:
+            epochs = _walk_step(step, genesis, epochs)
+        except _Invalid as exc:
+            raise _Invalid(exc.check, f"epoch step {number} (to epoch {number}): {exc}") from None
+    return epochs
+
+
+def _walk_step(step: Any, genesis: Genesis, epochs: LedgerEpochs) -> LedgerEpochs:
+    """`epochs` after the reconfigure `step` proves: its header certified by the set of its height
+    under `epochs`, its entry a reconfigure included in that block (so accepted), co-signed by
+    governance, and applying to `epochs` by the ledger's own rule."""
+    _check_keys(step, _PROVEN_FIELDS, "epochs.format", "epoch step")
+    entry, header = _verify_proven_leaf(step, genesis, "epochs.", epochs)
+    if entry.type != RECONFIGURE_TYPE:
+        raise _Invalid("epochs.entry", f"proven entry is a {entry.type}, not a {RECONFIGURE_TYPE}")
+    _verify_signatures(entry, genesis, "epochs.")
+    try:
+        return epochs.judge(entry.fields["changes"], header.height, step["leaf_index"])
+    except (ReconfigurationError, EpochScheduleError, ValueError) as exc:
+        # ValueError: a commit height before the latest epoch's predecessor (schedule's caller bug).
+        reason = getattr(exc, "reason", type(exc).__name__)
+        raise _Invalid("epochs.reconfigure", f"the reconfiguration does not apply ({reason}): {exc}") from None
+
+
+def _check_no_extra_steps(steps: Any, headers: Sequence[BlockHeader]) -> None:
+    """Exactly the steps to the highest epoch a header of the proof names: one proof, one form."""
+    highest = max(header.epoch for header in headers)
+    count = 0 if steps is _ABSENT else len(steps)
+    if count > highest:
+        raise _Invalid("epochs.extra", f"{count} epoch steps, but the proof's highest header is of epoch {highest}")
 
 
 def _verify_signatures(entry, genesis: Genesis, where: str) -> None:
@@ -292,44 +391,24 @@ def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: in
             max_status_age_ms: int | None) -> Verdict:
     proof, not_canonical = _decode(proof)
     # The status section is checked (and named) on its own, below.
-    _check_keys(proof, ("version", *_PROVEN_FIELDS), "format", "proof", optional=("revocation", "status"))
+    _check_keys(proof, ("version", *_PROVEN_FIELDS), "format", "proof", optional=("revocation", "status", "epochs"))
     version = proof["version"]
     if type(version) is not int or version != MATCH_PROOF_VERSION:
         raise _Invalid("format", f"proof version {str(version)[:40]} is not the integer {MATCH_PROOF_VERSION}")
     if not isinstance(commitment, bytes) or len(commitment) != 32:
         raise _Invalid("commitment", "the commitment to check must be 32 bytes")
-    entry, header = _verify_proven_leaf(proof, genesis, "")
-    if entry.type != "commit":
-        raise _Invalid("entry", f"proven entry is a {entry.type}, not a commit")
-    if entry.fields["commitment"] != commitment:
-        raise _Invalid("commitment", "the proven entry commits to a different commitment")
-    _verify_signatures(entry, genesis, "")
-    fields = entry.fields
-    details: dict = {
-        "commitment": commitment, "height": header.height, "time_ms": header.time_ms,
-        "leaf_index": proof["leaf_index"], "author": entry.author, "kind": fields["kind"],
-        "jurisdiction": fields["jurisdiction"], "expires_ms": fields["expires_ms"], "entry_time_ms": entry.time_ms,
-    }
-    revoked = "revocation" in proof     # present only if revoked: nil is not "absent" (§1: nil only where stated)
-    if revoked:
-        revocation = proof["revocation"]
-        _check_keys(revocation, _PROVEN_FIELDS, "revocation.format", "revocation")
-        revoke, revoke_header = _verify_proven_leaf(revocation, genesis, "revocation.")
-        if revoke.type != "revoke" or revoke.fields["commitment"] != commitment:
-            raise _Invalid("revocation.entry", "revocation is not a revoke of this commitment")
-        if revoke.author != GOVERNANCE_AUTHOR and revoke.author != entry.author:
-            raise _Invalid("revocation.entry", f"revocation by {revoke.author!r}, who did not submit the commitment")
-        if revocation["leaf_index"] <= proof["leaf_index"]:
-            raise _Invalid("revocation.leaf-index", "revocation precedes the commitment in the log")
-        _verify_signatures(revoke, genesis, "revocation.")
-        details.update(revoked_height=revoke_header.height, revoked_time_ms=revoke_header.time_ms,
-                       revoked_by=revoke.author, revoke_reason=revoke.fields["reason"])
-    status_header, in_revoked_set = _verify_status(proof.get("status"), genesis, commitment, header.height)
+    steps = proof.get("epochs", _ABSENT)     # absent in epoch 0: nil is not "absent"
+    epochs = _walk_epochs(steps, genesis)
+    entry, header, details = _verify_commit(proof, genesis, commitment, epochs)
+    revoke_header = _verify_revocation(proof, entry, genesis, commitment, epochs, details)
+    status_header, in_revoked_set = _verify_status(proof.get("status"), genesis, commitment, header.height, epochs)
+    _check_no_extra_steps(steps, [h for h in (header, revoke_header, status_header) if h is not None])
     now = int(time.time() * 1000) if now_ms is None else now_ms
     # A status "from the future" (our clock behind the validators') is as fresh as can be, not negative.
     status_age_ms = max(0, now - status_header.time_ms)
     details.update(status_height=status_header.height, status_time_ms=status_header.time_ms,
                    status_age_ms=status_age_ms)
+    revoked = revoke_header is not None
     if revoked and not in_revoked_set and status_header.height >= revoke_header.height:
         raise _Invalid("status.revocation-not-in-set",
                        f"a revocation at height {revoke_header.height} is proven, but the revoked set at height "
@@ -342,12 +421,50 @@ def _verify(proof: bytes | dict, genesis: Genesis, commitment: bytes, now_ms: in
         raise _Invalid("canonical", f"proof is not canonical msgpack (one encoding per value): {not_canonical}")
     if revoked:
         return Verdict(status=STATUS_REVOKED, details=details)
-    if fields["expires_ms"] is not None and fields["expires_ms"] <= now:
+    expires_ms = details["expires_ms"]
+    if expires_ms is not None and expires_ms <= now:
         return Verdict(status=STATUS_EXPIRED, details=details)
     if max_status_age_ms is not None and status_age_ms > max_status_age_ms:
         return Verdict(status=STATUS_STALE, check="status.age", details=details,
                        message=stale_message(status_header.height, status_age_ms))
     return Verdict(status=STATUS_MATCH, details=details)
+
+
+def _verify_commit(proof: dict, genesis: Genesis, commitment: bytes, epochs: LedgerEpochs):
+    """The proven commit entry of `commitment`: (entry, its block's header, the verdict's details)."""
+    entry, header = _verify_proven_leaf(proof, genesis, "", epochs)
+    if entry.type != "commit":
+        raise _Invalid("entry", f"proven entry is a {entry.type}, not a commit")
+    if entry.fields["commitment"] != commitment:
+        raise _Invalid("commitment", "the proven entry commits to a different commitment")
+    _verify_signatures(entry, genesis, "")
+    fields = entry.fields
+    details: dict = {
+        "commitment": commitment, "height": header.height, "time_ms": header.time_ms,
+        "leaf_index": proof["leaf_index"], "author": entry.author, "kind": fields["kind"],
+        "jurisdiction": fields["jurisdiction"], "expires_ms": fields["expires_ms"], "entry_time_ms": entry.time_ms,
+    }
+    return entry, header, details
+
+
+def _verify_revocation(proof: dict, entry, genesis: Genesis, commitment: bytes, epochs: LedgerEpochs,
+                       details: dict) -> BlockHeader | None:
+    """The revocation's block header (its facts added to `details`), or None if the proof has none."""
+    if "revocation" not in proof:   # present only if revoked: nil is not "absent" (§1: nil only where stated)
+        return None
+    revocation = proof["revocation"]
+    _check_keys(revocation, _PROVEN_FIELDS, "revocation.format", "revocation")
+    revoke, revoke_header = _verify_proven_leaf(revocation, genesis, "revocation.", epochs)
+    if revoke.type != "revoke" or revoke.fields["commitment"] != commitment:
+        raise _Invalid("revocation.entry", "revocation is not a revoke of this commitment")
+    if revoke.author != GOVERNANCE_AUTHOR and revoke.author != entry.author:
+        raise _Invalid("revocation.entry", f"revocation by {revoke.author!r}, who did not submit the commitment")
+    if revocation["leaf_index"] <= proof["leaf_index"]:
+        raise _Invalid("revocation.leaf-index", "revocation precedes the commitment in the log")
+    _verify_signatures(revoke, genesis, "revocation.")
+    details.update(revoked_height=revoke_header.height, revoked_time_ms=revoke_header.time_ms,
+                   revoked_by=revoke.author, revoke_reason=revoke.fields["reason"])
+    return revoke_header
 
 
 def revocation_disagreement(answers: Sequence[tuple[str, Verdict]]) -> str | None:
@@ -363,12 +480,13 @@ def revocation_disagreement(answers: Sequence[tuple[str, Verdict]]) -> str | Non
             f"{kept_name} proves it not revoked as of height {kept.details['status_height']}")
 
 
-def _verify_status(status: Any, genesis: Genesis, commitment: bytes, commit_height: int) -> tuple[BlockHeader, bool]:
+def _verify_status(status: Any, genesis: Genesis, commitment: bytes, commit_height: int,
+                   epochs: LedgerEpochs) -> tuple[BlockHeader, bool]:
     """Check the status section; return its header and whether the revoked set holds the commitment."""
     if status is None:
         raise _Invalid("status.format", "proof lacks the status section (a map)")
     _check_keys(status, _STATUS_FIELDS, "status.format", "status")
-    header = verify_header(status["header"], status["certificate"], genesis, "status.")
+    header = verify_header(status["header"], status["certificate"], genesis, "status.", epochs)
     outcomes, revoked_root, path = status["outcomes_hash"], status["revoked_root"], status["revoked_path"]
     if not (isinstance(outcomes, bytes) and len(outcomes) == 32 and isinstance(revoked_root, bytes)
             and len(revoked_root) == 32):
@@ -391,15 +509,24 @@ def _verify_status(status: Any, genesis: Genesis, commitment: bytes, commit_heig
     raise _Invalid("status.revoked-path", "revoked_path leads to the revoked_root neither with nor without the commitment")
 
 
-def verify_consistency_proof(older: dict, newer: dict, proof: list, genesis: Genesis | None = None) -> Verdict:
+def verify_consistency_proof(older: dict, newer: dict, proof: list, genesis: Genesis | None = None,
+                             epochs: list | None = None) -> Verdict:
     """Does the log under header `newer` extend the log under header `older`? (Header wire maps.)
 
-    Pass `genesis` with maps {"header", "certificate"} to also check both certificates.
+    Pass `genesis` with maps {"header", "certificate"} to also check both certificates; when either
+    header is of epoch 1 or later, `epochs` are the epoch steps to the later one's epoch, exactly as
+    a match proof's `epochs` (Ledger.epoch_steps): each header must hold under its own epoch's set.
+    Never raises on bad input.
     """
+    if epochs is not None and genesis is None:
+        raise ValueError("epoch steps are checked against genesis: pass genesis too")
     try:
         if genesis is not None:
-            h1 = verify_header(older.get("header"), older.get("certificate"), genesis, "older.")
-            h2 = verify_header(newer.get("header"), newer.get("certificate"), genesis, "newer.")
+            steps = _ABSENT if epochs is None else epochs
+            walked = _walk_epochs(steps, genesis)
+            h1 = verify_header(older.get("header"), older.get("certificate"), genesis, "older.", walked)
+            h2 = verify_header(newer.get("header"), newer.get("certificate"), genesis, "newer.", walked)
+            _check_no_extra_steps(steps, (h1, h2))
         else:
             try:
                 h1, h2 = BlockHeader.from_wire(older), BlockHeader.from_wire(newer)
@@ -409,4 +536,7 @@ def verify_consistency_proof(older: dict, newer: dict, proof: list, genesis: Gen
             raise _Invalid("consistency", f"proof does not show size {h2.tree_size} extends size {h1.tree_size}")
     except _Invalid as exc:
         return Verdict(status=STATUS_INVALID, check=exc.check, message=str(exc))
+    except Exception as exc:
+        return Verdict(status=STATUS_INVALID, check="format",
+                       message=f"proof has an unexpected shape: {type(exc).__name__}: {str(exc)[:200]}")
     return Verdict(status=STATUS_MATCH, details={"size1": h1.tree_size, "size2": h2.tree_size})

@@ -15,7 +15,11 @@ from storage import entries, proofs
 from storage.ledger import Ledger
 from storage.proofs import verify_consistency_proof, verify_match_proof
 from storage.genesis import Genesis
-from tests.support.storage_helpers import Author, commitment, flip_bit, key_from, next_block, tampered
+from consensus.epochs import AddValidator
+from consensus.validators import Validator
+from tests.support.storage_helpers import (
+    Author, commitment, flip_bit, key_from, make_world, next_block, reconfigure, tampered,
+)
 
 
 @pytest.fixture
@@ -123,35 +127,45 @@ def test_each_tampering_is_named(world, filled):
     assert verify_match_proof(good, world.genesis, b"short").check == "commitment"
 
 
-def test_a_proof_hashes_each_header_as_it_came_with_its_epoch(world, tmp_path):
-    """A proof from a block whose header names epoch 1 carries the key and verifies; dropping or changing
-    the epoch changes the header hash (the certificate no longer holds), and "epoch": 0 is malformed."""
+def test_a_proof_hashes_each_header_as_it_came_with_its_epoch(tmp_path):
+    """A proof from a block of epoch 1 carries the key (and the step to epoch 1) and verifies; a header
+    that names another epoch than its height's is refused as `epoch`, and "epoch": 0 is malformed.
+    (tests/storage/test_epoch_proofs.py walks longer chains.)"""
+    world = make_world(epoch_margin_heights=1)
+    world.validator_keys["hk-3"] = key_from("validator hk-3")
+    hk3 = Validator("hk-3", bytes(world.validator_keys["hk-3"].verify_key), "HK")
     store = Ledger.open(tmp_path / "store", world.genesis)
     try:
         author = Author(world, "hk-bureau")
-        store.apply_block(next_block(world, store, [author.commit(commitment(1))]))
-        store.apply_block(next_block(world, store, [author.commit(commitment(2))], epoch=1))
+        addresses = {"hk-3": {"p2p": "10.0.0.7:26601", "rpc": "10.0.0.7:26701"}}
+        store.apply_block(next_block(world, store, [author.commit(commitment(1)),
+                                                    reconfigure(world, 0, [AddValidator(hk3)], addresses)]))
+        store.apply_block(next_block(world, store, []))
+        store.apply_block(next_block(world, store, [author.commit(commitment(2))]))   # epoch 1 from height 3
         zero, one = store.match_proof(commitment(1)), store.match_proof(commitment(2))
         assert "epoch" not in msgpack.unpackb(zero)["header"] and msgpack.unpackb(one)["header"]["epoch"] == 1
         assert msgpack.unpackb(zero)["status"]["header"]["epoch"] == 1, "the status is the epoch-1 head"
         for proof, value in ((zero, commitment(1)), (one, commitment(2))):
             assert verify_match_proof(proof, world.genesis, value, now_ms=0).status == "match"
         cases = [
-            (one, lambda v: v["header"].pop("epoch"), "certificate"),
-            (one, lambda v: v["header"].__setitem__("epoch", 2), "certificate"),
+            (one, lambda v: v["header"].pop("epoch"), "epoch"),
+            (one, lambda v: v["header"].__setitem__("epoch", 2), "epoch"),
             (one, lambda v: v["header"].__setitem__("epoch", 0), "header"),
-            (zero, lambda v: v["header"].__setitem__("epoch", 1), "certificate"),
-            (zero, lambda v: v["status"]["header"].pop("epoch"), "status.certificate"),
+            (one, lambda v: v["header"].__setitem__("time_ms", 0), "certificate"),
+            (zero, lambda v: v["header"].__setitem__("epoch", 1), "epoch"),
+            (zero, lambda v: v["status"]["header"].pop("epoch"), "status.epoch"),
         ]
         for proof, change, check in cases:
             verdict = verify_match_proof(tampered(proof, change), world.genesis,
                                          commitment(1 if proof is zero else 2), now_ms=0)
             assert (verdict.status, verdict.check) == ("invalid", check), (check, verdict)
-        h1, h2 = store.header(1), store.header(2)
-        proof = store.consistency_proof(h1.tree_size, h2.tree_size)
+        h1, h3 = store.header(1), store.header(3)
+        proof = store.consistency_proof(h1.tree_size, h3.tree_size)
         older = {"header": h1.to_wire(), "certificate": store.certificate(1).to_wire()}
-        newer = {"header": h2.to_wire(), "certificate": store.certificate(2).to_wire()}
-        assert verify_consistency_proof(older, newer, proof, world.genesis).status == "match"
+        newer = {"header": h3.to_wire(), "certificate": store.certificate(3).to_wire()}
+        steps = msgpack.unpackb(one)["epochs"]
+        assert verify_consistency_proof(older, newer, proof, world.genesis, steps).status == "match"
+        assert verify_consistency_proof(older, newer, proof, world.genesis).check == "newer.epoch"
     finally:
         store.close()
 
@@ -163,7 +177,10 @@ def test_proof_size_limit_edge(world, filled):
     padding = msgpack.unpackb(filled.match_proof(commitment(12)))
     padding["pad"] = b""
     base = len(msgpack.packb(padding, use_bin_type=True))
-    padding["pad"] = b"p" * (limit - base - 1)  # the bin 16 header is 1 byte longer than bin 8
+    padding["pad"] = b"p" * (limit - base)
+    # A longer bin's header is longer (bin 8: 2 bytes, bin 16: 3, bin 32: 5): take the difference off.
+    excess = len(msgpack.packb(padding, use_bin_type=True)) - limit
+    padding["pad"] = padding["pad"][:len(padding["pad"]) - excess]
     at_limit = msgpack.packb(padding, use_bin_type=True)
     assert len(at_limit) == limit
     verdict = verify_match_proof(at_limit, world.genesis, commitment(12), now_ms=0)

@@ -247,14 +247,14 @@ def test_hostile_status_structures_never_raise(world, served, data):
 
 
 def test_proof_with_many_revoked_stays_small(world, ledger):
-    """Proof size grows with log2 of the revoked count (a few siblings), far below proof_bytes_max."""
+    """Proof size grows with log2 of the revoked count (a few siblings), far below proof_base_bytes_max."""
     author = Author(world, "hk-bureau")
     ledger.apply_block(next_block(world, ledger, [author.commit(commitment(i)) for i in range(300)]))
     ledger.apply_block(next_block(world, ledger, [author.revoke(commitment(i)) for i in range(1, 300)]))
     for n in (0, 1):
         proof = ledger.match_proof(commitment(n))
         siblings = codec.unpack_canonical(proof)["status"]["revoked_path"]["siblings"]
-        assert 6 <= len(siblings) <= 24 and len(proof) < proofs.proof_bytes_max // 8
+        assert 6 <= len(siblings) <= 24 and len(proof) < proofs.proof_base_bytes_max // 8
         expected = "match" if n == 0 else "revoked"
         assert verify_match_proof(proof, world.genesis, commitment(n), now_ms=0).status == expected
 

@@ -14,7 +14,9 @@ import nacl.signing
 
 from consensus import codec
 from consensus.block import BlockHeader, CommitCertificate, CommitSignature, commit_vote_payload, entries_hash
+from consensus.epochs import AddValidator
 from consensus.messages import CommittedBlock
+from consensus.validators import Validator
 from storage import entries, merkle, smt
 from storage.genesis import Genesis
 from storage.ledger import Ledger, outcomes_hash
@@ -28,11 +30,12 @@ def key(name: str) -> nacl.signing.SigningKey:
     return nacl.signing.SigningKey(hashlib.sha256(f"bayledger example {name}".encode()).digest())
 
 
-def example_genesis() -> Genesis:
-    """The example's genesis: two validators, one regulator per side, one admitted bureau."""
+def example_genesis(**extra) -> Genesis:
+    """The example's genesis: two validators, one regulator per side, one admitted bureau (and any
+    `extra` top-level fields: the epoch example's epoch_margin_heights)."""
     validators = {"hk-1": key("hk-1"), "cn-1": key("cn-1")}
     bureau = key("hk-bureau")
-    return Genesis.from_dict({
+    return Genesis.from_dict({**extra,
         "chain_id": CHAIN_ID,
         "genesis_time_ms": TIME_MS,
         "validators": [
@@ -119,6 +122,60 @@ def build() -> dict[str, bytes]:
     out["smt_absence_bitmap"] = absence["bitmap"]
     out["smt_absence_sibling"], = absence["siblings"]
     assert smt.root_from_proof(out["commitment"], False, absence["bitmap"], absence["siblings"]) == out["smt_one_root"]
+    out.update(build_epoch_example(out["commitment"]))
+    return out
+
+
+HK2_ADDRESSES = {"hk-2": {"p2p": "10.0.0.2:26601", "rpc": "10.0.0.2:26701"}}
+
+
+def _certified_block(ledger: Ledger, entries_: list[bytes], signers: dict, epoch_config) -> CommittedBlock:
+    """The next block of `entries_` on `ledger`'s head, certified by `signers` (id -> key), in `epoch_config`."""
+    parent = ledger.head()
+    height = 1 if parent is None else parent.height + 1
+    time_ms = TIME_MS + 1000 * height
+    result = ledger.execute(parent, height, time_ms, entries_)
+    header = BlockHeader(
+        chain_id=CHAIN_ID, height=height, prev_hash=parent.hash() if parent else bytes(32), time_ms=time_ms,
+        entries_hash=entries_hash(entries_), entry_count=len(entries_), tree_size=result.tree_size,
+        tree_root=result.tree_root, results_hash=result.results_hash,
+        validator_set_hash=epoch_config.validators.hash(), epoch=epoch_config.epoch,
+    )
+    payload = commit_vote_payload(0, height, header.hash())
+    signatures = tuple(CommitSignature(v, codec.sign(k, codec.DOMAIN_COMMIT, CHAIN_ID, payload))
+                       for v, k in sorted(signers.items()))
+    return CommittedBlock(header, tuple(entries_), CommitCertificate(0, height, header.hash(), signatures))
+
+
+def build_epoch_example(commitment: bytes) -> dict[str, bytes]:
+    """docs/PROTOCOL.md §7, "Epochs": the example chain with margin 1; block 1 adds validator hk-2
+    (so epoch 1 starts at height 3), block 2 is empty, block 3 commits the example's commitment.
+    The proof of it walks one epoch step."""
+    genesis = example_genesis(epoch_margin_heights=1)
+    signers = {"hk-1": key("hk-1"), "cn-1": key("cn-1")}
+    hk2 = Validator("hk-2", bytes(key("hk-2").verify_key), "HK")
+    regulators = [("hkma", key("hkma")), ("pboc", key("pboc"))]
+    reconfigure = entries.build_reconfigure(regulators, CHAIN_ID, 0, [AddValidator(hk2)], HK2_ADDRESSES, 1,
+                                            TIME_MS + 10)
+    commit = entries.build_commit(key("hk-bureau"), "hk-bureau", CHAIN_ID, commitment, "credit-report", "HK", 2,
+                                  TIME_MS + 2, None)
+    out = {"epoch_hk_2_public_key": hk2.public_key, "epoch_genesis_hash": genesis.hash(),
+           "epoch_reconfigure_body": entries.decode_entry(reconfigure).body, "epoch_reconfigure_entry": reconfigure}
+    with tempfile.TemporaryDirectory() as directory:
+        ledger = Ledger.open(Path(directory) / "ledger", genesis)
+        for block_entries in ([reconfigure], []):
+            ledger.apply_block(_certified_block(ledger, block_entries, signers, ledger.epochs.schedule.config_at(1)))
+        epoch_1 = ledger.epochs.schedule.epochs[1]
+        assert epoch_1.start_height == 3 and ledger.epochs.entry_leaves == (0,)
+        ledger.apply_block(_certified_block(ledger, [commit], {**signers, "hk-2": key("hk-2")}, epoch_1))
+        out["epoch_1_validator_set_hash"] = epoch_1.validators.hash()
+        out["epoch_header_3"] = ledger.header(3).encode()
+        proof = ledger.match_proof(commitment)
+        ledger.close()
+    # The document gives the `epochs` value: the rest of the proof is built as in the first example.
+    out["epoch_steps"] = codec.pack(codec.unpack_canonical(proof)["epochs"])
+    verdict = verify_match_proof(proof, genesis, commitment, now_ms=TIME_MS)
+    assert verdict.status == "match" and verdict.details["height"] == 3 and len(proof) == 2947, verdict
     return out
 
 
