@@ -43,6 +43,7 @@ from node import rpc_access, tls
 from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
+from node.validators_view import applied_epoch, ledger_epochs, validators_result
 from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
     ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TLS_REQUIRED,
@@ -268,7 +269,9 @@ class RpcMethods:
         _check_arity(params, 0, 0, "status()")
         status = self.api.status()
         if session.authenticated:
-            return status
+            # The schedule only gains epochs that start above the applied head, so the epoch of
+            # `height` is right whether the epochs were read just before or after it.
+            return {**status, "epoch": applied_epoch(ledger_epochs(self.ledger), status["height"])}
         return {name: status[name] for name in rpc_access.PUBLIC_STATUS_FIELDS}
 
     async def challenge(self, params: list, session: Session) -> dict:
@@ -307,9 +310,11 @@ class RpcMethods:
         session.identity, session.public_key, session.role = identity, public_key, role
         return {"identity": identity, "role": role}
 
-    async def validators(self, params: list, session: Session) -> list:
+    async def validators(self, params: list, session: Session) -> dict:
+        """The current epoch and set and every epoch before (node.validators_view has the shape)."""
         _check_arity(params, 0, 0, "validators()")
-        return self.api.validators()
+        await self._ledger_quiet()
+        return validators_result(ledger_epochs(self.ledger), self.ledger.height())
 
     def _certified_header(self, height: int) -> tuple[Any, Any]:
         header = self.ledger.header(height)
