@@ -898,7 +898,7 @@ def run_status(args) -> int:
         return EXIT_OK
     where = f" ({status['jurisdiction']})" if "jurisdiction" in status else ""
     print(f"node {status.get('node_id')}{where} at {endpoint}, chain {status.get('chain_id')}")
-    for field in ("height", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
+    for field in ("height", "epoch", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
         if field in status:    # an anonymous caller gets the reduced status (docs/PROTOCOL.md §8)
             print(f"  {field}: {status[field]}")
     return EXIT_OK

@@ -335,19 +335,13 @@ def _note(text: str) -> None:
 
 
 def _check_locally(view: NodeView, epoch: int, changes: tuple[Change, ...], *, submitting: bool) -> None:
-    """Raise (exit 1, nothing sent) for what the ledger would refuse now; with --out (not submitting),
-    only a note for what may change by the time the entry is submitted (the epoch, a pending one)."""
+    """Raise (exit 1, nothing sent) for what the ledger would refuse now. Writing with --out (not
+    submitting), a pending epoch is only noted: it may have started by the time the entry is sent."""
     latest = view.latest
     unsent = "nothing was sent"
-    if epoch < latest.epoch:
-        raise CliError(f"reconfigure-wrong-epoch: epoch {epoch} is closed, the chain's latest is {latest.epoch} "
-                       f"({unsent})", EXIT_NEGATIVE)
-    if epoch > latest.epoch:
-        message = f"epoch {epoch} is not scheduled yet (the chain's latest is {latest.epoch})"
-        if submitting:
-            raise CliError(f"reconfigure-wrong-epoch: {message} ({unsent})", EXIT_NEGATIVE)
-        _note(f"{message}: the changes are not checked against a set")
-        return
+    if epoch != latest.epoch:      # an explicit --epoch: a closed epoch, or one not scheduled yet
+        raise CliError(f"reconfigure-wrong-epoch: the entry would change epoch {epoch}; the chain's latest is "
+                       f"{latest.epoch} ({unsent})", EXIT_NEGATIVE)
     if view.pending:
         message = (f"reconfigure-pending: epoch {latest.epoch} starts at height {latest.start_height} and the node is "
                    f"at height {view.height}; one reconfiguration at a time")
