@@ -187,6 +187,7 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, applicatio
             app=application,
             persisted=ledger.load_consensus_state(),
             last_applied=(height, header),
+            margin_heights=genesis.epoch_margin_heights,   # the chain's, so every validator derives one boundary
         )
     except ReplicaConfigError as exc:
         raise StartupError(f"[consensus]: {exc}") from None

@@ -8,7 +8,10 @@ from typing import Sequence
 from consensus.application import Application, ExecutionResult
 from consensus.block import BlockHeader
 
+from .entries import EntryError, decode_entry
+from .execution import author_refusal
 from .ledger import Ledger
+from .reconfiguration import RECONFIGURE_TYPE, candidate
 
 
 class LedgerApplication(Application):
@@ -31,3 +34,25 @@ class LedgerApplication(Application):
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int,
                 entries: Sequence[bytes]) -> ExecutionResult | None:
         return self.ledger.execute(parent, height, time_ms, entries)
+
+    def reconfiguration(self, height: int, entries: Sequence[bytes], epoch: int) -> tuple | None:
+        """The changes of block `height`'s candidate reconfigure for `epoch` (storage/reconfiguration.py),
+        from the block alone; the replica judges them with the same consensus.epochs rule as the ledger's
+        execution, so both reach the same verdict. None if the block has no candidate."""
+        genesis = self.ledger.genesis
+        decoded = []
+        for data in entries:
+            # Most blocks hold no reconfigure: a byte search spares decoding every entry twice.
+            if type(data) is not bytes or RECONFIGURE_TYPE.encode() not in data:
+                decoded.append(None)
+                continue
+            try:
+                entry = decode_entry(data)
+            except EntryError:
+                decoded.append(None)
+                continue
+            # Governance authors never reach the participant registry: no state is read.
+            refused = author_refusal(genesis, entry, lambda _participant_id: None)
+            decoded.append(entry if refused is None else None)
+        found = candidate(decoded, epoch)
+        return None if found is None else found[1].fields["changes"].changes

@@ -15,10 +15,12 @@ import msgpack
 
 from consensus import codec
 from consensus.application import ExecutionResult
+from consensus.epochs import ReconfigurationError
 
 from . import merkle, smt
 from .entries import ENTRY_TYPES, Entry, EntryError, decode_entry
 from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 from .records import STATUS_ACTIVE, STATUS_SUSPENDED, CommitmentRecord, NonceWindow, ParticipantRecord
 
 
@@ -74,6 +76,8 @@ class StateReads(Protocol):
 
     def smt_node(self, node_id: bytes) -> bytes | None: ...
 
+    def epochs(self) -> LedgerEpochs: ...
+
 
 class Execution:
     """The effects of one block executed on top of a parent (the store, or another Execution).
@@ -101,6 +105,8 @@ class Execution:
         self.smt_nodes: dict[bytes, bytes] = {}  # revoked-set nodes this block wrote (smt.update values)
         self.revoked_root: bytes | None = None  # after run()
         self.kinds: frozenset[str] = frozenset()  # genesis entry kinds, set by run()
+        self.new_epochs: LedgerEpochs | None = None  # set when this block's reconfigure applies
+        self.reconfigure_judged = False  # a block judges one reconfigure (storage/reconfiguration.py)
 
     # Reads fall through to the parent.
     def commitment(self, commitment: bytes) -> CommitmentRecord | None:
@@ -125,6 +131,9 @@ class Execution:
         if node_id in nodes:
             return nodes[node_id]
         return self.parent.smt_node(node_id)
+
+    def epochs(self) -> LedgerEpochs:
+        return self.new_epochs if self.new_epochs is not None else self.parent.epochs()
 
     def result(self) -> ExecutionResult:
         assert self.revoked_root is not None, "result() before run()"
@@ -163,6 +172,8 @@ class Execution:
         refused = author_refusal(genesis, entry, self.participant)
         if refused is not None:
             return refused
+        if entry.type == RECONFIGURE_TYPE:
+            return _apply_reconfigure(self, entry, leaf)   # no nonce: its epoch is its replay guard
         author = entry.author
         # After the author checks, so only registered authors ever get a replay window.
         window = self.nonce_window(author)
@@ -235,10 +246,27 @@ def _apply_suspend(execution: Execution, entry: Entry, leaf: int) -> str | None:
     return None
 
 
+def _apply_reconfigure(execution: Execution, entry: Entry, leaf: int) -> str | None:
+    """storage/reconfiguration.py's rule: the block's first reconfigure naming the latest epoch is judged."""
+    epochs = execution.epochs()
+    reconfiguration = entry.fields["changes"]
+    if reconfiguration.epoch != epochs.latest_epoch:
+        return "reconfigure-wrong-epoch"
+    if epochs.is_pending(execution.height) or execution.reconfigure_judged:
+        return "reconfigure-pending"
+    execution.reconfigure_judged = True
+    try:
+        execution.new_epochs = epochs.judge(reconfiguration, execution.height, leaf)
+    except ReconfigurationError as exc:
+        return exc.reason
+    return None
+
+
 RULES = {
     "commit": _apply_commit,
     "revoke": _apply_revoke,
     "admit": _apply_admit,
     "suspend": _apply_suspend,
+    "reconfigure": _apply_reconfigure,
 }
 assert RULES.keys() == set(ENTRY_TYPES), "every entry type decode_entry accepts has a rule"

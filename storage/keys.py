@@ -26,6 +26,7 @@ META_CHAIN_ID = META_PREFIX + b"chain_id"          # genesis chain id, UTF-8
 META_GENESIS_HASH = META_PREFIX + b"genesis_hash"  # Genesis.hash() of the genesis the store was made for
 META_HEIGHT = META_PREFIX + b"height"              # applied height, U64
 META_FRONTIER = META_PREFIX + b"frontier"          # Merkle log frontier, msgpack [size, [hash, ...]]
+META_EPOCHS = META_PREFIX + b"epochs"              # LedgerEpochs.pack(); absent until the first reconfiguration
 # h<height:8>: block header, canonical msgpack (BlockHeader.encode()).
 HEADER_PREFIX = b"h"
 # c<height:8>: commit certificate, canonical msgpack of CommitCertificate.to_wire().

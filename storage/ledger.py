@@ -23,11 +23,13 @@ from consensus import codec
 from consensus.block import ZERO_HASH, BlockHeader, CertificateError, CommitCertificate
 from consensus.messages import CommittedBlock
 from consensus.application import ExecutionResult
+from consensus.epochs import EpochScheduleError, ReconfigurationError
 
 from . import keys, merkle, smt
 from .entries import Entry, EntryError, decode_entry, validate_entry
 from .execution import Execution, author_refusal, outcomes_hash
 from .genesis import Genesis
+from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 from .keys import FORMAT_VERSION
 from .proofs import Encoded, build_match_proof
 from .records import STATUS_ACTIVE, CommitmentRecord, NonceWindow, ParticipantRecord
@@ -100,6 +102,9 @@ class _StoreView:
     def smt_node(self, node_id: bytes) -> bytes | None:
         return self._ledger._smt_node(node_id)
 
+    def epochs(self) -> LedgerEpochs:
+        return self._ledger.epochs
+
 
 # -- the store ------------------------------------------------------------------------------------
 
@@ -111,7 +116,6 @@ class Ledger:
         self.genesis = genesis
         self.path = path
         self.chain_id = genesis.chain_id
-        self._validator_set_hash = genesis.validator_set.hash()
         self._participants: dict[str, ParticipantRecord] = {}  # the registry, as read (admitted ids only)
         self._node_cache: dict[tuple[int, int], bytes] = {}
         self._nonce_windows: dict[str, NonceWindow] = {}
@@ -132,6 +136,20 @@ class Ledger:
         self._frontier = merkle.Frontier(size, hashes)
         self._head: BlockHeader | None = self.header(self._height) if self._height else None
         self._head_hash = self._head.hash() if self._head else ZERO_HASH
+        self._epochs = self._load_epochs(db, genesis, path)
+
+    @staticmethod
+    def _load_epochs(db: Any, genesis: Genesis, path: Path) -> LedgerEpochs:
+        stored = db.get(keys.META_EPOCHS)
+        if stored is None:
+            return LedgerEpochs.genesis(genesis)
+        try:
+            epochs = LedgerEpochs.from_wire(codec.unpack(stored))
+        except (codec.EncodingError, EpochScheduleError, ReconfigurationError, KeyError, TypeError, ValueError) as exc:
+            raise LedgerError(f"store {path}: the epoch schedule is unreadable: {exc}") from None
+        if epochs.schedule.epochs[0].validators != genesis.validator_set:
+            raise LedgerError(f"store {path}: the epoch schedule does not start from the genesis validator set")
+        return epochs
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -218,6 +236,12 @@ class Ledger:
 
     def head(self) -> BlockHeader | None:
         return self._head
+
+    @property
+    def epochs(self) -> LedgerEpochs:
+        """The epochs as of the applied head: every epoch scheduled so far (the latest may not have
+        started), each validator's addresses, and the reconfigure leaves (storage/reconfiguration.py)."""
+        return self._epochs
 
     def tree_size(self) -> int:
         return self._frontier.size
@@ -311,6 +335,11 @@ class Ledger:
         return self._nonce_refusal(entry)
 
     def _nonce_refusal(self, entry: Entry) -> str | None:
+        if entry.type == RECONFIGURE_TYPE:
+            # No nonce: its epoch is its replay guard, and epochs only grow (so this stays monotonic).
+            if entry.fields["changes"].epoch < self._epochs.latest_epoch:
+                return "reconfigure-wrong-epoch"
+            return None
         refused = self.nonce_window(entry.author).check(entry.nonce)
         if refused == "replayed-nonce" and self._holds_entry(entry):
             # These very bytes are on the ledger (a client retrying what committed): say so.
@@ -675,8 +704,11 @@ class Ledger:
             raise LedgerError(f"block {height} is for chain {header.chain_id!r}, not {self.chain_id!r}")
         if header.prev_hash != self._head_hash:
             raise LedgerError(f"block {height} does not extend the applied head (prev_hash differs)")
-        if header.validator_set_hash != self._validator_set_hash:
-            raise LedgerError(f"block {height} names a validator set other than genesis")
+        config = self._epochs.schedule.config_at(height)   # final: scheduled by a block at most height - margin - 1
+        if header.epoch != config.epoch or header.validator_set_hash != config.validators.hash():
+            raise LedgerError(f"block {height} names epoch {header.epoch} and validator set "
+                              f"{header.validator_set_hash.hex()[:16]}…; height {height} is in epoch {config.epoch}, "
+                              f"set {config.validators.hash().hex()[:16]}…")
         if self._head is not None and header.time_ms < self._head.time_ms:
             raise LedgerError(f"block {height} has time {header.time_ms} before its parent's {self._head.time_ms}")
         if len(entries) > block_entries_max:
@@ -687,7 +719,7 @@ class Ledger:
         if header.entry_count != len(entries) or header.entries_hash != body_hash:
             raise LedgerError(f"block {height}: entries do not match the header's entry_count/entries_hash")
         try:
-            certificate.verify(header, self.genesis.validator_set)
+            certificate.verify(header, config.validators)
         except CertificateError as exc:
             raise LedgerError(f"block {height}: commit certificate does not hold: {exc}") from None
         return body_hash
@@ -724,6 +756,8 @@ class Ledger:
         put(keys.certificate_key(height), codec.pack(certificate.to_wire()))
         put(keys.META_HEIGHT, keys.U64.pack(height))
         put(keys.META_FRONTIER, _pack([execution.frontier.size, list(execution.frontier.hashes)]))
+        if execution.new_epochs is not None:
+            put(keys.META_EPOCHS, execution.new_epochs.pack())
         batch.write()
         self._advance(header, execution)
 
@@ -738,6 +772,8 @@ class Ledger:
         for record in execution.participants.values():
             self._participants[record.id] = record
         self._nonce_windows.update(execution.nonces)
+        if execution.new_epochs is not None:
+            self._epochs = execution.new_epochs
         if execution.smt_nodes:  # the cache must never hold a node's old value (absent ones included)
             if len(self._smt_cache) + len(execution.smt_nodes) > smt_cache_entries_max:
                 self._smt_cache.clear()

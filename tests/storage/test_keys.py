@@ -12,6 +12,7 @@ PINNED = {
     "META_GENESIS_HASH": b"mgenesis_hash",
     "META_HEIGHT": b"mheight",
     "META_FRONTIER": b"mfrontier",
+    "META_EPOCHS": b"mepochs",
     "HEADER_PREFIX": b"h",
     "CERTIFICATE_PREFIX": b"c",
     "BLOCK_RECORD_PREFIX": b"b",

@@ -17,7 +17,7 @@ from storage import ledger as ledger_module
 from storage.genesis import Participant
 from storage.application import LedgerApplication
 from storage.ledger import Ledger, LedgerError, NonceWindow
-from tests.support.storage_helpers import Author, certify, commitment, key_from, make_world, next_block
+from tests.support.storage_helpers import Author, certify, commitment, key_from, make_world, next_block, reconfigure
 
 
 def apply(world, ledger, entry_list, **kw):
@@ -230,29 +230,37 @@ def test_reopen_keeps_everything(world, tmp_path):
     store.close()
 
 
-def test_a_header_naming_epoch_1_is_stored_and_served_unchanged(world, tmp_path):
+def test_a_header_naming_epoch_1_is_stored_and_served_unchanged(tmp_path):
     """The store keeps a header's own bytes: an epoch-1 header reads back equal, with its epoch and
     hash, after a reopen and through the catch-up encoding; an epoch-0 parent stays without the key."""
+    from consensus.epochs import RotateValidatorKey
     from consensus.messages import decode_message, encode_catch_up_response
 
+    world = make_world(epoch_margin_heights=1)
     path = tmp_path / "store"
     store = Ledger.open(path, world.genesis)
     author = Author(world, "hk-bureau")
-    store.apply_block(next_block(world, store, [author.commit(commitment(1))]))
-    block = next_block(world, store, [author.commit(commitment(2))], epoch=1)
+    new_key = key_from("validator hk-1, rotated")
+    rotate = reconfigure(world, 0, [RotateValidatorKey("hk-1", new_key.verify_key.encode())])
+    assert store.apply_block(next_block(world, store, [rotate]))[0].ok           # height 1: epoch 1 from 3
+    store.apply_block(next_block(world, store, [author.commit(commitment(1))]))  # height 2: still epoch 0
+    world.validator_keys["hk-1"] = new_key
+    block = next_block(world, store, [author.commit(commitment(2))])
+    assert block.header.epoch == 1
     store.apply_block(block)
     store.close()
     store = Ledger.open(path, world.genesis)
     try:
-        stored = store.header(2)
+        stored = store.header(3)
         assert stored == block.header and stored.epoch == 1 and stored.hash() == block.header.hash()
-        assert store.head() == block.header and store.header(1).epoch == 0
-        assert "epoch" not in msgpack.unpackb(store.header(1).encode(), raw=False)
-        message = decode_message(encode_catch_up_response([store.committed_block(2)]), world.genesis.validator_set,
+        assert store.head() == block.header and store.header(2).epoch == 0
+        assert "epoch" not in msgpack.unpackb(store.header(2).encode(), raw=False)
+        assert store.epochs.latest_epoch == 1 and store.epochs.entry_leaves == (0,)
+        message = decode_message(encode_catch_up_response([store.committed_block(3)]), world.genesis.validator_set,
                                  world.chain_id)
         assert message.blocks[0].header == block.header
         assert message.blocks[0].certificate.to_wire() == block.certificate.to_wire()
-        assert store.apply_block(next_block(world, store, [author.commit(commitment(3))], epoch=1))[0].ok
+        assert store.apply_block(next_block(world, store, [author.commit(commitment(3))]))[0].ok
     finally:
         store.close()
 

@@ -29,7 +29,8 @@ class World:
         return self.genesis.chain_id
 
 
-def make_world(chain_id: str = "bayledger-test", governance_threshold: int = 1, regulators_per_side: int = 1) -> World:
+def make_world(chain_id: str = "bayledger-test", governance_threshold: int = 1, regulators_per_side: int = 1,
+               epoch_margin_heights: int | None = None) -> World:
     validator_keys = {vid: key_from(f"validator {vid}") for vid in ("hk-1", "hk-2", "cn-1", "cn-2")}
     governance_keys = {}
     governance = {}
@@ -58,10 +59,13 @@ def make_world(chain_id: str = "bayledger-test", governance_threshold: int = 1, 
             for pid, k in participant_keys.items()
         ],
     }
+    if epoch_margin_heights is not None:
+        raw["epoch_margin_heights"] = epoch_margin_heights
     return World(Genesis.from_dict(raw), validator_keys, governance_keys, participant_keys)
 
 
 def certify(world: World, header: BlockHeader, signers=("hk-1", "hk-2", "cn-1"), view: int = 0) -> CommitCertificate:
+    """A certificate by `signers`, each signing with its key in world.validator_keys."""
     payload = commit_vote_payload(view, header.height, header.hash())
     signatures = tuple(
         CommitSignature(v, codec.sign(world.validator_keys[v], codec.DOMAIN_COMMIT, world.chain_id, payload))
@@ -71,9 +75,12 @@ def certify(world: World, header: BlockHeader, signers=("hk-1", "hk-2", "cn-1"),
 
 
 def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head", time_ms: int | None = None,
-               epoch: int = 0) -> CommittedBlock:
-    """A certified block of `entries` on top of `parent` (default: the ledger's head), executed by `ledger`;
-    its header names `epoch` (certified by the genesis set all the same: storage does not switch sets yet)."""
+               epoch: int | None = None) -> CommittedBlock:
+    """A certified block of `entries` on top of `parent` (default: the ledger's head), executed by `ledger`.
+
+    Its header names the epoch and set the ledger's schedule gives its height (or `epoch`, to build a
+    wrong one). Epoch 0 is certified by hk-1, hk-2, cn-1 as always; a later epoch by every validator of
+    its set, each with its key in world.validator_keys (a test that adds or rotates puts the key there)."""
     if parent == "head":
         parent = ledger.head()
     height = 1 if parent is None else parent.height + 1
@@ -81,13 +88,24 @@ def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head
         time_ms = world.genesis.genesis_time_ms + 1000 * height
     result = ledger.execute(parent, height, time_ms, list(entries))
     assert result is not None, "parent unknown to the ledger"
+    config = ledger.epochs.schedule.config_at(height)
+    epoch = config.epoch if epoch is None else epoch
     header = BlockHeader(
         chain_id=world.chain_id, height=height, prev_hash=parent.hash() if parent else bytes(32), time_ms=time_ms,
         entries_hash=entries_hash(list(entries)), entry_count=len(entries), tree_size=result.tree_size,
         tree_root=result.tree_root, results_hash=result.results_hash,
-        validator_set_hash=world.genesis.validator_set.hash(), epoch=epoch,
+        validator_set_hash=config.validators.hash(), epoch=epoch,
     )
-    return CommittedBlock(header, tuple(entries), certify(world, header))
+    signers = ("hk-1", "hk-2", "cn-1") if config.epoch == 0 else tuple(v.id for v in config.validators.validators)
+    return CommittedBlock(header, tuple(entries), certify(world, header, signers))
+
+
+def reconfigure(world: World, epoch: int, changes, addresses=None, nonce: int = 1) -> bytes:
+    """A reconfigure entry changing `epoch`, signed by every regulator key of the world (meets any threshold)."""
+    from storage.entries import build_reconfigure
+
+    return build_reconfigure(sorted(world.governance_keys.items()), world.chain_id, epoch, changes, addresses or {},
+                             nonce, world.genesis.genesis_time_ms + nonce)
 
 
 class Author:
