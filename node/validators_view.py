@@ -28,9 +28,7 @@ class ValidatorsResultError(ValueError):
 
 def ledger_epochs(ledger: Any) -> LedgerEpochs:
     """The epochs the ledger has applied (storage.ledger.Ledger.epochs)."""
-    epochs = getattr(ledger, "epochs", None)
-    # TRANSITIONAL: until Ledger.epochs lands on main, a ledger that does not follow epochs is in epoch 0.
-    return epochs if epochs is not None else LedgerEpochs.genesis(ledger.genesis)
+    return ledger.epochs
 
 
 def applied_epoch(epochs: LedgerEpochs, height: int) -> int:
