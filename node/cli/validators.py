@@ -424,8 +424,8 @@ def _validators_text(view: NodeView) -> list[str]:
     for upcoming in epochs[answer["current_epoch"] + 1:]:
         lines += [f"next {_epoch_title(upcoming)} (scheduled at height {upcoming['scheduled_at']}; "
                   f"not started yet)", *_set_lines(upcoming)]
-    lines += ["", f"history (margin {answer['margin_heights']} heights between a reconfiguration's commit and its "
-                  f"epoch's start):", "  epoch  start_height  scheduled_at  size  min_signers_per_jurisdiction"]
+    lines += ["", f"history (an epoch starts at its reconfiguration's commit height + margin "
+                  f"{answer['margin_heights']} + 1):", "  epoch  start_height  scheduled_at  size  min_signers_per_jurisdiction"]
     lines += [f"  {e['epoch']:>5}  {e['start_height']:>12}  {e['scheduled_at'] or '-':>12}  {len(e['validators']):>4}  "
               f"{e['min_signers_per_jurisdiction']:>28}" for e in epochs]
     return lines
