@@ -30,6 +30,7 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # dotted key's length: a 20 KB key `a.a.a...` took 2.7 s and 400 MB here.
 CONFIG_FILE_BYTES_MAX = 32_768
 LOG_FORMATS = ("auto", "json", "console")
+SPARE_KEY_FILES_MAX = 4   # a rotation needs one; a few allow a rotation planned while another is pending
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -155,6 +156,10 @@ class NodeConfig:
     data_dir: Path
     listen: Listen
     peers: tuple[Peer, ...] | None = None    # None: take validator addresses from genesis
+    # Keys this validator also holds: a rotated key, loaded before the epoch that names it starts.
+    spare_key_files: tuple[Path, ...] = ()
+    # A validator added by a reconfiguration: catch up from genesis, vote once its epoch starts.
+    joining: bool = False
     log: LogConfig = field(default_factory=LogConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -207,7 +212,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
     },
 }
 
-_TOP_KEYS = ("node_id", "key_file", "genesis_file", "data_dir", "listen", "peers",
+_TOP_KEYS = ("node_id", "key_file", "genesis_file", "data_dir", "listen", "peers", "spare_key_files", "joining",
              "log", "consensus", "limits", "p2p", "testing", "rpc", "query_log")
 _INT_RANGES["query_log"] = {
     "file_bytes_max": (query_log.FILE_BYTES_MIN, query_log.FILE_BYTES_MAX),   # 4 KiB (one line) - 1 GiB
@@ -349,9 +354,19 @@ def config_from_dict(raw: dict, base_dir: Path, source: Path | None = None) -> N
         **{key: _int_field(value, f"query_log.{key}", *query_log_ranges[key])
            for key, value in query_log_table.items() if key != "dir"})
 
+    spare_key_files = raw.get("spare_key_files", [])
+    if not isinstance(spare_key_files, list) or len(spare_key_files) > SPARE_KEY_FILES_MAX:
+        raise ConfigError(f"spare_key_files: must be a list of at most {SPARE_KEY_FILES_MAX} key file paths")
+    joining = raw.get("joining", False)
+    if not isinstance(joining, bool):
+        raise ConfigError(f"joining: must be true or false, got {joining!r}")
+
     return NodeConfig(
         node_id=node_id,
         key_file=_path(raw["key_file"], "key_file", base_dir),
+        spare_key_files=tuple(_path(item, f"spare_key_files[{index}]", base_dir)
+                              for index, item in enumerate(spare_key_files)),
+        joining=joining,
         genesis_file=_path(raw["genesis_file"], "genesis_file", base_dir),
         data_dir=_path(raw["data_dir"], "data_dir", base_dir),
         listen=listen,
@@ -434,6 +449,8 @@ def render_config(config: NodeConfig) -> str:
         f"key_file = {_toml_value(config.key_file)}",
         f"genesis_file = {_toml_value(config.genesis_file)}",
         f"data_dir = {_toml_value(config.data_dir)}",
+        f"spare_key_files = [{', '.join(_toml_value(path) for path in config.spare_key_files)}]",
+        f"joining = {_toml_value(config.joining)}",
         "",
         "[listen]",
         f"p2p = {_toml_value(str(config.listen.p2p))}",

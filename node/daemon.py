@@ -57,7 +57,7 @@ from .metrics import NodeMetrics, serve_metrics
 from .query_log import QueryLog, QueryLogError
 from .submit_shares import SubmitShares
 from .submit_waiters import ClientRequest, SubmitWaiters
-from .transport import FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork
+from .transport import FRAME_KIND_CONSENSUS, PeerLimits, PeerNetwork, peer_keys_of
 from .wire import ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_MEMPOOL_FULL, ERROR_SHUTTING_DOWN, ERROR_TIMEOUT
 
 VERSION = "0.1.0"
@@ -117,6 +117,28 @@ def _genesis_validators(genesis):
     return genesis.validator_set
 
 
+def _current_validators(ledger, genesis, height: int):
+    """The set of the next height to decide: the ledger's epochs say (a store without epochs, as some
+    in-process tests use, stays with genesis)."""
+    epochs = getattr(ledger, "epochs", None)
+    return genesis.validator_set if epochs is None else epochs.schedule.config_at(height + 1).validators
+
+
+def _ledger_p2p_addresses(ledger) -> dict[str, Address | None]:
+    """Validator id -> P2P address as the ledger's epochs hold them: genesis's, then each added
+    validator's from its reconfigure entry (issue 17); {} for a store without epochs."""
+    from .config import ConfigError, parse_address
+
+    epochs = getattr(ledger, "epochs", None)
+    addresses: dict[str, Address | None] = {}
+    for validator_id, where in (epochs.addresses.items() if epochs is not None else ()):
+        try:
+            addresses[validator_id] = parse_address(where["p2p"], f"ledger {validator_id}") if "p2p" in where else None
+        except ConfigError:
+            addresses[validator_id] = None
+    return addresses
+
+
 def _genesis_p2p_addresses(genesis) -> dict[str, Address | None]:
     """Validator id -> P2P address from genesis (None when genesis has none for it)."""
     from .config import ConfigError, parse_address
@@ -161,7 +183,18 @@ def _ledger_application(ledger):
     return LedgerApplication(ledger)
 
 
-def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, application):
+def _load_spare_keys(config: NodeConfig) -> tuple[KeyPair, ...]:
+    """The keys of spare_key_files (a rotated key, loaded before its epoch starts)."""
+    spares = []
+    for path in config.spare_key_files:
+        try:
+            spares.append(load_key_file(path))
+        except (KeyFileError, OSError) as exc:
+            raise StartupError(f"spare_key_files: {path}: {exc}") from None
+    return tuple(spares)
+
+
+def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, application, spare_keys: tuple = ()):
     """The consensus core for this node (StartupError for a consensus config it refuses or a
     persisted state it cannot read, each with the reason)."""
     from consensus.replica import Replica, ReplicaConfig, ReplicaConfigError
@@ -188,6 +221,8 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, applicatio
             persisted=ledger.load_consensus_state(),
             last_applied=(height, header),
             margin_heights=genesis.epoch_margin_heights,   # the chain's, so every validator derives one boundary
+            spare_signing_keys=tuple(spare.signing_key for spare in spare_keys),
+            joining=config.joining,
         )
     except ReplicaConfigError as exc:
         raise StartupError(f"[consensus]: {exc}") from None
@@ -299,19 +334,15 @@ class Daemon:
         self.ledger = ledger
         self.query_log: QueryLog | None = None    # open_daemon opens it; in-process tests may go without
         self.metrics = metrics or NodeMetrics()
-        self.validator_set = _genesis_validators(genesis)
         self.chain_id = genesis.chain_id
-        me = self.validator_set.get(config.node_id)
-        if me is None:
-            raise StartupError(f"node_id {config.node_id!r} is not a validator in the genesis file")
-        if me.public_key != key.public_key:
-            raise StartupError(f"key file {config.key_file} does not hold the genesis key of {config.node_id!r}")
-        self.jurisdiction = me.jurisdiction
+        self.spare_keys = _load_spare_keys(config)
+        self._check_membership(config, genesis, key, ledger)
         self.rpc_ssl_context = rpc_ssl_context(config)   # None: plaintext (rpc.plaintext = true)
         # The consensus Application; the same object's stateless check guards submit.
         self.application = EntryVerdictMemo(
             application if application is not None else _ledger_application(ledger))
-        self.replica = _build_replica(config, genesis, key, ledger, self.application)
+        self.replica = _build_replica(config, genesis, key, ledger, self.application, self.spare_keys)
+        self._followed_set: tuple | None = None   # what set_peers last followed (see _follow_validator_set)
         status = self.replica.snapshot()
         for note in status.restore_skipped:
             # A record an older version wrote that this one cannot read (docs/CONSENSUS.md, View change).
@@ -326,7 +357,7 @@ class Daemon:
         inbound_send, self._events = trio.open_memory_channel(config.limits.inbound_queue_messages_max)
         self._client_send = inbound_send.clone()
         self.network = PeerNetwork(
-            node_id=config.node_id, chain_id=self.chain_id, signing_key=key.signing_key,
+            node_id=config.node_id, chain_id=self.chain_id, signing_key=self.replica.signing_key,
             validators=self.validator_set, peers=self._peer_addresses(), listen=config.listen.p2p,
             inbound=inbound_send, metrics=self.metrics, limits=PeerLimits.from_config(config.limits),
             inbound_allow_only_validators=config.p2p.inbound_allow_only_validators,
@@ -348,17 +379,72 @@ class Daemon:
         self._submits_ended = trio.lowlevel.ParkingLot()
         self.rpc_server = None      # node.rpc.RpcServer once serving
 
+    @staticmethod
+    def _check_membership(config: NodeConfig, genesis, key: KeyPair, ledger) -> None:
+        """StartupError unless this node is a validator of its epoch holding its key, or says it joins."""
+        height, _ = _last_applied(ledger)
+        me = _current_validators(ledger, genesis, height).get(config.node_id)
+        if me is None:
+            if not config.joining:
+                raise StartupError(
+                    f"node_id {config.node_id!r} is not a validator of the current epoch (the genesis file, or "
+                    f"the reconfigurations this node has applied); a validator added by a reconfiguration starts "
+                    f"with joining = true")
+            return
+        held = {key.public_key, *(spare.public_key for spare in _load_spare_keys(config))}
+        if me.public_key not in held:
+            raise StartupError(f"neither key_file {config.key_file} nor a spare_key_files entry holds the key the "
+                               f"current validator set names for {config.node_id!r}")
+
+    @property
+    def validator_set(self):
+        """The set of the replica's epoch (the genesis set until a reconfiguration takes effect)."""
+        return self.replica.validators
+
+    @property
+    def jurisdiction(self) -> str:
+        """This validator's, from the latest epoch that names it ("" for one that has not joined yet)."""
+        for config in reversed(self.replica.schedule.epochs):
+            me = config.validators.get(self.config.node_id)
+            if me is not None:
+                return me.jurisdiction
+        return ""
+
     def _peer_addresses(self) -> dict[str, Address | None]:
+        """Where to dial each validator: the config's [[peers]] first, then the ledger's addresses (genesis's
+        and those reconfigurations added), then genesis's."""
+        known = _genesis_p2p_addresses(self.genesis)
+        known.update(_ledger_p2p_addresses(self.ledger))
         if self.config.peers is not None:
-            addresses: dict[str, Address | None] = {v.id: None for v in self.validator_set.validators}
+            known = {validator_id: None for validator_id in known}
             for peer in self.config.peers:
-                if peer.id not in self.validator_set:
-                    raise StartupError(f"peers: {peer.id!r} is not a validator in the genesis file")
-                addresses[peer.id] = peer.address
-        else:
-            addresses = _genesis_p2p_addresses(self.genesis)
-        addresses.pop(self.config.node_id, None)
-        return addresses
+                if peer.id not in known and peer.id not in self.validator_set:
+                    raise StartupError(f"peers: {peer.id!r} is not a validator in the genesis file "
+                                       f"or in a reconfiguration this node has applied")
+                known[peer.id] = peer.address
+        known.pop(self.config.node_id, None)
+        return known
+
+    def _peer_keys(self) -> dict[str, frozenset[bytes]]:
+        """The validators of the replica's epoch and of every epoch scheduled after it, with each one's keys."""
+        schedule, epoch = self.replica.schedule, self.replica.epoch
+        keys = peer_keys_of(*(config.validators for config in schedule.epochs[epoch:]))
+        keys.pop(self.config.node_id, None)
+        return keys
+
+    def _follow_validator_set(self) -> None:
+        """After each batch: when the schedule or the ledger's addresses changed, the links follow the set
+        (new validators dialed and accepted, removed ones cut, rotated keys re-authenticated)."""
+        epochs = getattr(self.ledger, "epochs", None)
+        followed = (self.replica.epoch, len(self.replica.schedule.epochs), id(epochs))
+        if followed == self._followed_set:
+            return
+        first = self._followed_set is None
+        self._followed_set = followed
+        self.network.set_signing_key(self.replica.signing_key)
+        self.metrics.epoch.set(self.replica.epoch)
+        if not first:
+            self.network.set_peers(self._peer_keys(), self._peer_addresses())
 
     # --- NodeApi ---------------------------------------------------------------------------------
 
@@ -536,6 +622,7 @@ class Daemon:
             else:
                 self._report(step)
         self._observe_replica()
+        self._follow_validator_set()
         self.metrics.mempool_size.set(self.replica.pending_request_count)
 
     async def _write_consensus_state_off_loop(self, changes: list) -> None:

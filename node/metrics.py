@@ -123,6 +123,8 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.height = Gauge("bayledger_height", "Height of the last block applied to storage.", "gauge")
         self.view = Gauge("bayledger_view", "Current consensus view.", "gauge")
+        self.epoch = Gauge("bayledger_epoch", "Epoch of the next height to decide (its validator set certifies it).",
+                           "gauge")
         self.view_changes = Counter("bayledger_view_changes_total", "Views entered after the first.", "counter")
         self.committed_entries = Counter(
             "bayledger_committed_entries_total", "Entries in blocks applied to storage.", "counter")

@@ -90,7 +90,7 @@ import random
 import struct
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import Callable
+from typing import Callable, Mapping
 
 import nacl.bindings
 import nacl.exceptions
@@ -175,6 +175,7 @@ class SecretConnection:
         self._receive_counter = 0
         self.frame_bytes_max = frame_bytes_max
         self.peer_id = peer_id
+        self.peer_key: bytes | None = None   # the validator key the peer authenticated with
         self._send_lock = trio.Lock()
 
     async def send_frame(self, plaintext: bytes) -> None:
@@ -236,14 +237,28 @@ def derive_session(own_ephemeral: bytes, peer_ephemeral: bytes, shared_secret: b
     return high_key, low_key, transcript
 
 
+PeerKeys = Mapping[str, frozenset[bytes]]   # validator id -> every key it may authenticate with
+
+
+def peer_keys_of(*validator_sets: ValidatorSet) -> dict[str, frozenset[bytes]]:
+    """The keys each validator of these sets may authenticate with: while a rotation is pending, both
+    the key of the current epoch and the key of the next (docs/CONSENSUS.md, "Reconfiguration")."""
+    keys: dict[str, frozenset[bytes]] = {}
+    for validator_set in validator_sets:
+        for validator in validator_set.validators:
+            keys[validator.id] = keys.get(validator.id, frozenset()) | {validator.public_key}
+    return keys
+
+
 async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
-                    signing_key: nacl.signing.SigningKey, validators: ValidatorSet,
+                    signing_key: nacl.signing.SigningKey, validators: ValidatorSet | PeerKeys,
                     frame_bytes_max: int, expected_peer: str | None = None,
                     first_bytes_timeout_ms: int | None = None) -> tuple[str, SecretConnection]:
     """Run the handshake; return (peer_id, connection) or raise FrameError saying why the peer is refused.
 
     `first_bytes_timeout_ms`: the peer's ephemeral key must arrive within this time (None: no own bound;
-    the caller bounds the whole handshake)."""
+    the caller bounds the whole handshake). `validators`: a set, or the keys each peer may use (PeerKeys)."""
+    peer_keys = peer_keys_of(validators) if isinstance(validators, ValidatorSet) else validators
     ephemeral = nacl.public.PrivateKey.generate()
     own_public = bytes(ephemeral.public_key)
     await stream.send_all(own_public)
@@ -284,18 +299,20 @@ async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
         raise FrameError("truncated-handshake", "closed before authenticating")
     peer_auth = parse_auth_frame(frame)
     peer_id = peer_auth["id"]
-    validator = validators.get(peer_id)
-    if validator is None:
+    accepted_keys = peer_keys.get(peer_id)
+    if accepted_keys is None:
         raise FrameError("unknown-validator", f"{peer_id[:64]!r} is not in the validator set")
-    if validator.public_key != peer_auth["public_key"]:
+    peer_key = peer_auth["public_key"]
+    if peer_key not in accepted_keys:
         raise FrameError("unknown-key", f"key offered for {peer_id!r} is not its validator key")
     if peer_id == node_id:
         raise FrameError("self-connection", "peer claims our own id")
     if expected_peer is not None and peer_id != expected_peer:
         raise FrameError("unexpected-peer", f"dialed {expected_peer!r}, reached {peer_id!r}")
-    if not codec.verify(validator.public_key, peer_auth["sig"], codec.DOMAIN_HANDSHAKE, chain_id, transcript):
+    if not codec.verify(peer_key, peer_auth["sig"], codec.DOMAIN_HANDSHAKE, chain_id, transcript):
         raise FrameError("bad-handshake-signature", f"{peer_id!r} did not sign this session's transcript")
     connection.peer_id = peer_id
+    connection.peer_key = peer_key
     return peer_id, connection
 
 
@@ -392,6 +409,7 @@ class PeerSlot:
     offences: int = 0
     last_offence: float = -math.inf
     backoff_until: float = -math.inf          # refused and not dialed before this trio time
+    dial_scope: trio.CancelScope = field(default_factory=trio.CancelScope)   # cancelled when the peer leaves the set
     inbound_bytes: int = 0                    # read, not yet released by the driver
     inbound_room: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
@@ -410,6 +428,17 @@ def _source_ip(stream: trio.abc.Stream) -> str:
     except (AttributeError, OSError, IndexError, TypeError):
         return "?"
     return _normal_ip(host)
+
+
+def _literal_ips(addresses) -> frozenset[str]:
+    """The hosts among `addresses` that are IP literals (names are resolved by _resolve_validator_ips)."""
+    ips = set()
+    for address in addresses:
+        try:
+            ips.add(_normal_ip(str(ipaddress.ip_address(address.host))))
+        except ValueError:
+            pass
+    return frozenset(ips)
 
 
 def _normal_ip(host: str) -> str:
@@ -435,7 +464,7 @@ class PeerNetwork:
         self.node_id = node_id
         self.chain_id = chain_id
         self.signing_key = signing_key
-        self.validators = validators
+        self.peer_keys: dict[str, frozenset[bytes]] = peer_keys_of(validators)   # set_peers follows the set
         self.listen = listen
         self.inbound = inbound
         self.metrics = metrics
@@ -537,6 +566,50 @@ class PeerNetwork:
         if slot.link_scope is not None:
             slot.link_scope.cancel()
 
+    # --- following the validator set (issue 17) ---------------------------------------------------
+
+    def set_peers(self, peer_keys: PeerKeys, addresses: Mapping[str, Address | None]) -> None:
+        """Follow the validator set: `peer_keys` are the validators this node now talks to (those of its
+        epoch and of any epoch scheduled after it) with the keys each may authenticate with, `addresses`
+        where to dial them. A validator that left is dropped: its links are closed and it is no longer
+        dialed or accepted. A link authenticated with a key no longer accepted (rotated out) is closed, so
+        the peer comes back with its new key. A new validator gets a slot and, with an address, a dialer."""
+        self.peer_keys = {peer_id: frozenset(keys) for peer_id, keys in peer_keys.items()}
+        for peer_id in [peer_id for peer_id in self.slots if peer_id not in self.peer_keys]:
+            self._retire(self.slots.pop(peer_id))
+        for peer_id, slot in self.slots.items():
+            connection = slot.connection
+            if connection is not None and connection.peer_key not in self.peer_keys[peer_id]:
+                log.info("peer link closed: its key was rotated out", peer=peer_id)
+                if slot.link_scope is not None:
+                    slot.link_scope.cancel()
+        for peer_id in sorted(self.peer_keys):
+            slot = self.slots.get(peer_id)
+            address = addresses.get(peer_id)
+            if peer_id == self.node_id or (slot is not None and (slot.address is not None or address is None)):
+                continue
+            if slot is None:
+                slot = self.slots[peer_id] = PeerSlot(peer_id, address, self.limits.peer_send_queue_frames_max)
+                slot.down_since = trio.current_time()
+                log.info("peer joined the validator set", peer=peer_id, address=str(address) if address else None)
+            slot.address = address
+            if address is not None and self._nursery is not None:
+                self._validator_ips = self._validator_ips | _literal_ips([address])
+                self._nursery.start_soon(self._dial_loop, slot)
+        self.metrics.connected_peers.set(len(self.connected_peers()))
+
+    def set_signing_key(self, signing_key: nacl.signing.SigningKey) -> None:
+        """Authenticate new links with this key (the one this node's epoch names: a rotated key)."""
+        self.signing_key = signing_key
+
+    def _retire(self, slot: PeerSlot) -> None:
+        log.info("peer left the validator set: link closed", peer=slot.id)
+        slot.dial_scope.cancel()
+        if slot.link_scope is not None:
+            slot.link_scope.cancel()
+        slot.queue.clear()
+        slot.queued_bytes = 0
+
     # --- running -------------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -601,7 +674,7 @@ class PeerNetwork:
             with trio.fail_after(self.limits.handshake_timeout_ms / 1000):
                 return await handshake(
                     stream, chain_id=self.chain_id, node_id=self.node_id, signing_key=self.signing_key,
-                    validators=self.validators, frame_bytes_max=self.limits.frame_bytes_max,
+                    validators=self.peer_keys, frame_bytes_max=self.limits.frame_bytes_max,
                     expected_peer=expected_peer, first_bytes_timeout_ms=self.limits.handshake_first_bytes_timeout_ms)
         except trio.TooSlowError:
             self._refuse("handshake-timeout", expected_peer=expected_peer)
@@ -682,6 +755,10 @@ class PeerNetwork:
         return max(0.0, wait)
 
     async def _dial_loop(self, slot: PeerSlot) -> None:
+        with slot.dial_scope:
+            await self._dial_until_retired(slot)
+
+    async def _dial_until_retired(self, slot: PeerSlot) -> None:
         attempt = 0
         while True:
             wait_s = self._dial_wait_s(slot)

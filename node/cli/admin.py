@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="an allowed entry kind (repeat; default: storage's standard kinds)")
     genesis.add_argument("--min-signers-per-jurisdiction", type=int, default=1,
                          help="COMMIT signers needed from each jurisdiction in every certificate (default 1)")
+    genesis.add_argument("--epoch-margin-heights", type=int, default=None, metavar="N",
+                         help="heights between a reconfiguration's commit and its new epoch (default 1024); every "
+                              "validator's consensus.watermark_window must be at most N")
     genesis.add_argument("--time-ms", type=int, default=None, help="genesis time, ms since the epoch (default now)")
     genesis.add_argument("--out", required=True, help="genesis file to write")
     genesis.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -150,6 +153,8 @@ def genesis_document(args: argparse.Namespace) -> dict:
     }
     if args.entry_kind:
         document["entry_kinds"] = list(args.entry_kind)
+    if args.epoch_margin_heights is not None:
+        document["epoch_margin_heights"] = args.epoch_margin_heights
     return document
 
 

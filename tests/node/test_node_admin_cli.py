@@ -50,9 +50,11 @@ def test_genesis_from_key_files_loads_back(tmp_path):
     assert [k.id for k in genesis.governance.keys["HK"]] == ["hkma"]
     assert [k.id for k in genesis.governance.keys["CN"]] == ["pboc-1"]
     assert genesis.participants[0].id == "bank-hk" and genesis.genesis_time_ms == 1700000000000
+    assert genesis.epoch_margin_heights == 1024 and "epoch_margin_heights" not in out.read_text()
     # Existing file: refused unless --force.
     assert main(args) == 2
-    assert main(args + ["--force"]) == 0
+    assert main(args + ["--force", "--epoch-margin-heights", "40"]) == 0
+    assert Genesis.load(out).epoch_margin_heights == 40
 
 
 def test_genesis_refuses_bad_input_with_one_line(tmp_path, capsys):
@@ -64,6 +66,7 @@ def test_genesis_refuses_bad_input_with_one_line(tmp_path, capsys):
         (["--threshold", "XX:1"], "no --governance key for XX"),
         (["--threshold", "HK:5"], "threshold"),
         (["--min-signers-per-jurisdiction", "2"], "needs at least"),
+        (["--epoch-margin-heights", "0"], "epoch_margin_heights must be an integer in 1..1000000"),
     ]
     for extra, message in cases:
         capsys.readouterr()

@@ -136,7 +136,7 @@ async def test_off_loop_write_keeps_the_contract_order(tmp_path):
     daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
     daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
     follow_up = Ready(persist=[(b"k3", b"v3")], messages=[Outbound("cn-1", b"released-1")])
-    daemon.replica = ScriptedReplica(journal, [follow_up, Ready(messages=[Outbound(None, b"released-2")]),
+    daemon.replica = ScriptedReplica(journal, stand_in_for=daemon.replica, follow_ups=[follow_up, Ready(messages=[Outbound(None, b"released-2")]),
                                                Ready(messages=[Outbound(None, b"released-3")])])
     first = Ready(persist=[(b"k1", b"v1"), (b"k2", None)], messages=[])
     second = Ready(messages=[Outbound("hk-2", b"plain")])
@@ -174,7 +174,7 @@ async def test_loop_runs_during_the_write_and_nothing_is_sent_before_it_returns(
     daemon.ledger.write_consensus_state = slow_write
     daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
     daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
-    daemon.replica = ScriptedReplica(journal, [Ready(messages=[Outbound(None, b"vote")])])
+    daemon.replica = ScriptedReplica(journal, stand_in_for=daemon.replica, follow_ups=[Ready(messages=[Outbound(None, b"vote")])])
 
     async def other_task():
         while not journal:
@@ -224,7 +224,7 @@ async def test_off_loop_apply_carries_the_persists_and_wakes_submitters_after_th
     daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
     daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
     daemon._serve_catch_up = lambda peer, first, last: journal.append(("serve", peer))
-    daemon.replica = ScriptedReplica(journal, [Ready()])
+    daemon.replica = ScriptedReplica(journal, stand_in_for=daemon.replica, follow_ups=[Ready()])
     waiter_receipts = []
 
     async def submitter():
@@ -280,7 +280,7 @@ async def test_off_loop_persists_of_a_batch_ride_with_its_first_committed_block_
     daemon.ledger.write_consensus_state = lambda changes: journal.append(("write", list(changes)))
     daemon.network.send = lambda to, kind, data: journal.append(("send", to, data))
     daemon.network.broadcast = lambda kind, data: journal.append(("send", None, data))
-    daemon.replica = ScriptedReplica(journal, [Ready(), Ready(), Ready()])
+    daemon.replica = ScriptedReplica(journal, stand_in_for=daemon.replica, follow_ups=[Ready(), Ready(), Ready()])
     prepare = Ready(persist=[(b"vote", b"prepare")], messages=[Outbound("cn-1", b"prepare")])
     commit = Ready(persist=[(b"committed", b"1")], messages=[Outbound(None, b"checkpoint")],
                    committed=[_block(1, [request(1)]), _block(2, [request(2)])])

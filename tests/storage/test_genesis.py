@@ -132,3 +132,20 @@ def test_addresses_are_not_hashed():
     assert Genesis.from_dict(moved).hash() == Genesis.from_dict(raw).hash()
     moved["validators"][0]["public_key"] = "22" * 32
     assert Genesis.from_dict(moved).hash() != Genesis.from_dict(raw).hash()
+
+
+def test_the_epoch_margin_is_hashed_only_when_set_and_bounded_at_its_edges():
+    """A genesis written before epochs keeps its hash (the default margin is not written); a chain
+    with another margin is another chain; 1 and the maximum load, 0 and one past do not."""
+    raw = _raw()
+    default_hash = Genesis.from_dict(raw).hash()
+    assert Genesis.from_dict(dict(raw, epoch_margin_heights=1024)).hash() == default_hash
+    assert "epoch_margin_heights" not in Genesis.from_dict(raw).to_json()
+    assert Genesis.from_dict(dict(raw, epoch_margin_heights=40)).hash() != default_hash
+    top = genesis_module.epoch_margin_heights_max
+    for good in (1, top):
+        loaded = Genesis.from_json(Genesis.from_dict(dict(raw, epoch_margin_heights=good)).to_json())
+        assert loaded.epoch_margin_heights == good
+    for bad in (0, top + 1, -1, "40", True, 1.5):
+        with pytest.raises(GenesisError, match="epoch_margin_heights"):
+            Genesis.from_dict(dict(raw, epoch_margin_heights=bad))

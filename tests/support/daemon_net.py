@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import trio
 
+from consensus.epochs import MARGIN_HEIGHTS_DEFAULT
 from consensus.sim import app as sim_app
 from consensus.status import ReplicaStatus
 from consensus.validators import Validator, ValidatorSet
@@ -82,7 +83,8 @@ class Net:
         self.keys = {node_id: KeyPair.generate(node_id) for node_id, _ in IDS}
         self.validators = ValidatorSet(tuple(
             Validator(node_id, self.keys[node_id].public_key, jurisdiction) for node_id, jurisdiction in IDS))
-        self.genesis = SimpleNamespace(chain_id=CHAIN, validator_set=self.validators)
+        self.genesis = SimpleNamespace(chain_id=CHAIN, validator_set=self.validators,
+                                       epoch_margin_heights=MARGIN_HEIGHTS_DEFAULT)
         self.ports = dict(zip([node_id for node_id, _ in IDS], free_ports(len(IDS))))
         self.ledgers = {node_id: MemoryLedger() for node_id, _ in IDS}
         self.daemons: dict[str, Daemon] = {}
@@ -154,10 +156,13 @@ class ScriptedReplica:
     """Stands in for the core to check the host's obligations: returns the Readies a test scripts and
     records when on_persisted is called relative to storage writes and sends."""
 
-    def __init__(self, journal, follow_ups):
+    def __init__(self, journal, stand_in_for, follow_ups):
         self.journal = journal
         self.follow_ups = list(follow_ups)
         self.pending_request_count = 0
+        # What the daemon reads of the set it follows: the real replica's, which stays as it is.
+        self.epoch, self.schedule = stand_in_for.epoch, stand_in_for.schedule
+        self.validators, self.signing_key = stand_in_for.validators, stand_in_for.signing_key
 
     def snapshot(self):
         return ReplicaStatus(view=0, view_active=True, primary_id="hk-1", is_primary=False, last_applied_height=0,
