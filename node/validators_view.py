@@ -19,7 +19,7 @@ from consensus.epochs import EpochConfig, EpochSchedule, EpochScheduleError
 from consensus.validators import Validator, ValidatorSet, ValidatorSetError
 from storage.reconfiguration import LedgerEpochs
 
-__all__ = ["ledger_epochs", "applied_epoch", "validators_result", "schedule_of", "ValidatorsResultError"]
+__all__ = ["ledger_epochs", "current_validators", "applied_epoch", "validators_result", "schedule_of", "ValidatorsResultError"]
 
 
 class ValidatorsResultError(ValueError):
@@ -29,6 +29,11 @@ class ValidatorsResultError(ValueError):
 def ledger_epochs(ledger: Any) -> LedgerEpochs:
     """The epochs the ledger has applied (storage.ledger.Ledger.epochs)."""
     return ledger.epochs
+
+
+def current_validators(ledger: Any) -> ValidatorSet:
+    """The set of the next height the ledger will apply: who is a validator now (RPC roles)."""
+    return ledger_epochs(ledger).schedule.config_at(ledger.height() + 1).validators
 
 
 def applied_epoch(epochs: LedgerEpochs, height: int) -> int:

@@ -10,7 +10,8 @@ from consensus.validators import Validator
 from node.cli import CliError
 from node.cli.validators import NodeView, _check_locally
 from node.validators_view import ValidatorsResultError, applied_epoch, schedule_of, validators_result
-from tests.support.rpc_helpers import FakeNode
+from node.rpc_access import sign_authentication
+from tests.support.rpc_helpers import Connection, FakeNode
 from tests.support.storage_helpers import key_from, make_world, reconfigure
 
 MARGIN = 2
@@ -124,3 +125,37 @@ def test_a_pending_epoch_is_refused_when_submitting_and_noted_when_writing(world
     assert str(refused.value).startswith("reconfigure-pending: epoch 1 starts at height")
     _check_locally(view, 1, (RemoveValidator("hk-2"),), submitting=False)
     assert "note: reconfigure-pending" in capsys.readouterr().err
+
+
+def test_rpc_validator_roles_follow_the_current_set(node, connect, world, server):
+    """Who authenticates as a validator is the current epoch's set: an added validator from its epoch's
+    start, not a removed one (its open connection turns anonymous), a rotated key instead of the old."""
+    hk3 = _add(world, "hk-3")
+    new_hk1 = key_from("validator hk-1, second key")
+    removed = connect("hk-2")
+    old_hk1 = world.validator_keys["hk-1"]
+    [outcome] = node.commit_now([reconfigure(world, 0, [hk3, RemoveValidator("hk-2"), RotateValidatorKey(
+        "hk-1", bytes(new_hk1.verify_key))], {"hk-3": {"p2p": "h3:1", "rpc": "h3:2"}})])
+    assert outcome.ok, outcome
+
+    def authenticates(identity, key) -> bool:
+        connection = Connection(server.port)
+        try:
+            error, answer = connection.call("challenge")
+            error, result = connection.call("authenticate", *sign_authentication(key, identity, answer))
+            return error is None and result["role"] == "validator"
+        finally:
+            connection.close()
+
+    assert not authenticates("hk-3", world.validator_keys["hk-3"])      # scheduled, not started
+    assert removed.call("validators")[0] is None
+    while node.ledger.height() < node.ledger.epochs.schedule.latest.start_height - 1:
+        node.commit_now([])
+    world.validator_keys["hk-1"] = new_hk1       # epoch 1's blocks are certified with it (next_block)
+    node.commit_now([])
+    assert authenticates("hk-3", world.validator_keys["hk-3"])
+    assert authenticates("hk-1", new_hk1) and not authenticates("hk-1", old_hk1)
+    assert not authenticates("hk-2", key_from("validator hk-2"))
+    error, _ = removed.call("validators")
+    assert error["code"] == "unauthorized" and "no longer a validator" in error["message"]
+    assert removed.call("validators")[0]["code"] == "unauthorized"       # anonymous now
