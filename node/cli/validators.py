@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from consensus.epochs import (
@@ -109,9 +110,12 @@ def _validator_id(text: str) -> str:
 def _public_key(args) -> bytes:
     """--public-key HEX or --public-key-file FILE (a `bayledger keygen` file: its public half only)."""
     if args.public_key_file is not None:
+        path = Path(args.public_key_file)
+        if not path.is_file():
+            raise CliError(f"--public-key-file {str(path)[:200]!r} is not a file")
         try:
-            return load_public_key(args.public_key_file if "/" in args.public_key_file
-                                   else f"./{args.public_key_file}")
+            # As a path with a directory part: load_public_key never reads it as 64 hex characters.
+            return load_public_key(str(path.absolute()))
         except KeyFileError as exc:
             raise CliError(f"--public-key-file: {exc}") from None
     text = args.public_key.strip()
