@@ -28,10 +28,8 @@ class NodeApi(Protocol):
 
     def status(self) -> dict[str, Any]:
         """chain_id, node_id, jurisdiction, height, view, primary, tree_size, tree_root,
-        peers, mempool_size, catch_up_target_height, version."""
-
-    def validators(self) -> list[dict[str, Any]]:
-        """Each validator: id, public_key (bytes), jurisdiction, address."""
+        peers, mempool_size, catch_up_target_height, version. (The RPC adds `epoch`, from the
+        ledger; `validators` reads the ledger's epochs too.)"""
 
     async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
         """Stateless-check the signed entry, hand it to consensus, and either return

@@ -465,15 +465,6 @@ class Daemon:
             "version": VERSION,
         }
 
-    def validators(self) -> list[dict[str, Any]]:
-        addresses = self._peer_addresses()
-        addresses[self.config.node_id] = self.config.listen.p2p
-        return [
-            {"id": v.id, "public_key": v.public_key, "jurisdiction": v.jurisdiction,
-             "address": str(addresses.get(v.id)) if addresses.get(v.id) else None}
-            for v in self.validator_set.validators
-        ]
-
     async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict[str, Any]:
         if self.shutting_down:
             self.metrics.rejected_requests.inc(label_value=ERROR_SHUTTING_DOWN)

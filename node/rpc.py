@@ -43,6 +43,7 @@ from node import rpc_access, tls
 from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
+from node.validators_view import applied_epoch, current_validators, ledger_epochs, validators_result
 from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
     ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TLS_REQUIRED,
@@ -238,6 +239,8 @@ class RpcMethods:
         """Raise `unauthorized` unless the session may call `method` (node.rpc_access)."""
         if method in rpc_access.PUBLIC_METHODS:
             return
+        if session.role == rpc_access.ROLE_VALIDATOR:
+            self._check_still_validator(session)
         if session.role in (rpc_access.ROLE_PARTICIPANT, rpc_access.ROLE_AUDITOR):
             # A suspension (or a re-admission with another key) takes effect on open connections too.
             record = self.ledger.participant(session.identity)
@@ -252,6 +255,15 @@ class RpcMethods:
             how = "" if session.authenticated else " (call challenge, then authenticate)"
             raise ApiError(ERROR_UNAUTHORIZED, f"{method} needs the role {rpc_access.needed_roles_text(method)}; "
                            f"{session.describe()}{how}")
+
+    def _check_still_validator(self, session: Session) -> None:
+        """A validator removed (or its key rotated out) since it authenticated is one no longer: once the
+        new epoch starts, its open connections are anonymous again, as a suspended participant's are."""
+        validator = current_validators(self.ledger).get(session.identity)
+        if validator is None or validator.public_key != session.public_key:
+            session.role = None
+            raise ApiError(ERROR_UNAUTHORIZED, f"{session.identity!r} is no longer a validator with this key "
+                           "(the validator set changed); this connection is no longer authenticated")
 
     @property
     def ledger(self) -> Any:
@@ -268,7 +280,9 @@ class RpcMethods:
         _check_arity(params, 0, 0, "status()")
         status = self.api.status()
         if session.authenticated:
-            return status
+            # The schedule only gains epochs that start above the applied head, so the epoch of
+            # `height` is right whether the epochs were read just before or after it.
+            return {**status, "epoch": applied_epoch(ledger_epochs(self.ledger), status["height"])}
         return {name: status[name] for name in rpc_access.PUBLIC_STATUS_FIELDS}
 
     async def challenge(self, params: list, session: Session) -> dict:
@@ -298,7 +312,8 @@ class RpcMethods:
             raise ApiError(ERROR_BAD_SIGNATURE, "the signature does not verify over this connection's challenge "
                            "(see docs/PROTOCOL.md section 8, Authentication); call challenge again")
         await self._ledger_quiet()
-        role = rpc_access.role_of(identity, public_key, self.ledger.genesis, self.ledger.participant(identity))
+        role = rpc_access.role_of(identity, public_key, self.ledger.genesis, self.ledger.participant(identity),
+                                  current_validators(self.ledger))
         if role is None:
             # One answer for an unknown id, another key and a suspended participant: the registry is not
             # for anonymous callers to probe.
@@ -307,9 +322,11 @@ class RpcMethods:
         session.identity, session.public_key, session.role = identity, public_key, role
         return {"identity": identity, "role": role}
 
-    async def validators(self, params: list, session: Session) -> list:
+    async def validators(self, params: list, session: Session) -> dict:
+        """The current epoch and set and every epoch before (node.validators_view has the shape)."""
         _check_arity(params, 0, 0, "validators()")
-        return self.api.validators()
+        await self._ledger_quiet()
+        return validators_result(ledger_epochs(self.ledger), self.ledger.height())
 
     def _certified_header(self, height: int) -> tuple[Any, Any]:
         header = self.ledger.header(height)

@@ -17,7 +17,8 @@ The signature is Ed25519 by `public_key` over
 The challenge is fresh, random, for this connection only and good for one
 attempt; it names the node and the chain, so an authentication cannot be
 relayed to another node, another chain or another connection. The identity is
-looked up in this order: a validator of genesis (role `validator`), a
+looked up in this order: a validator of the current epoch (role `validator`; the genesis set until
+a reconfiguration takes effect, issue 17), a
 governance key of genesis (role `regulator`), an active participant of the
 registry (role `auditor` if its registry role is "auditor", else
 `participant`); the public key must be the one on record. A participant's
@@ -102,11 +103,13 @@ class Session:
         return f"{self.identity!r} ({self.role})" if self.authenticated else "this connection is not authenticated"
 
 
-def role_of(identity: str, public_key: bytes, genesis: Any, participant_record: Any) -> str | None:
+def role_of(identity: str, public_key: bytes, genesis: Any, participant_record: Any,
+            validators: Any = None) -> str | None:
     """The role `identity` holds with `public_key`, or None (unknown identity, other key, or inactive).
 
-    `participant_record` is the registry's record of `identity` (or None); see the module doc for the order."""
-    validator = genesis.validator_set.get(identity)
+    `participant_record` is the registry's record of `identity` (or None); `validators` the validator set
+    of the node's current epoch (default: genesis's); see the module doc for the order."""
+    validator = (genesis.validator_set if validators is None else validators).get(identity)
     if validator is not None:
         return ROLE_VALIDATOR if validator.public_key == public_key else None
     governance_key = genesis.governance.by_id.get(identity)

@@ -15,7 +15,7 @@ import sys
 from typing import Callable
 
 # Modules that add subcommands; a missing module (not built yet) is skipped.
-AREA_MODULES = ("node.cli.admin", "node.cli.participant")
+AREA_MODULES = ("node.cli.admin", "node.cli.participant", "node.cli.validators")
 
 
 class CliError(Exception):

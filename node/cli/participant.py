@@ -252,8 +252,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suspend.set_defaults(handler=_guarded(run_suspend))
 
     cosign_parser = _new_parser(subparsers, "cosign", "add a regulator's signature to a governance entry file",
-                                "Add the signature(s) of --key to ENTRY (written with --out by admit, suspend or "
-                                "revoke --governance), in place; with --submit, send it once signed. "
+                                "Add the signature(s) of --key to ENTRY (written with --out by admit, suspend, "
+                                "revoke --governance or validator add/remove/rotate-key), in place; with --submit, "
+                                "send it once signed (a validator change: prints where its epoch starts). "
                                 + GOVERNANCE_NOTE)
     cosign_parser.add_argument("entry", metavar="ENTRY", help="the entry file")
     cosign_parser.add_argument("--submit", action="store_true", help="submit the entry after signing")
@@ -897,7 +898,7 @@ def run_status(args) -> int:
         return EXIT_OK
     where = f" ({status['jurisdiction']})" if "jurisdiction" in status else ""
     print(f"node {status.get('node_id')}{where} at {endpoint}, chain {status.get('chain_id')}")
-    for field in ("height", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
+    for field in ("height", "epoch", "view", "primary", "tree_size", "tree_root", "peers", "mempool_size", "version"):
         if field in status:    # an anonymous caller gets the reduced status (docs/PROTOCOL.md §8)
             print(f"  {field}: {status[field]}")
     return EXIT_OK
@@ -956,14 +957,20 @@ def _finish_governance(args, genesis, entry: bytes, what: str, out: str | None) 
         state = "fully signed" if not missing else "still to co-sign: " + "; ".join(missing)
         print(f"wrote {what} to {out} ({state})")
         return EXIT_OK
-    if missing:
-        # The ledger would refuse it (governance-threshold): stop here and say how to gather the rest.
-        raise CliError(f"{what} lacks signatures ({'; '.join(missing)}); nothing was sent. Write it with --out ENTRY, "
-                       f"then the other regulator runs `bayledger cosign ENTRY --key THEIRS --submit`; or pass "
-                       f"every signer's --key at once")
+    _require_signatures(entry, genesis, what)
     with _client(args) as client:
         answer = _submit_entry(client, entry, args.wait_ms)
     return _print_answer(answer, what)
+
+
+def _require_signatures(entry: bytes, genesis, what: str) -> None:
+    """Raise unless the entry meets every jurisdiction's threshold (else the ledger refuses it:
+    governance-threshold), saying how to gather the rest."""
+    missing = _missing_signatures(entry, genesis)
+    if missing:
+        raise CliError(f"{what} lacks signatures ({'; '.join(missing)}); nothing was sent. Write it with --out ENTRY, "
+                       f"then the other regulator runs `bayledger cosign ENTRY --key THEIRS --submit`; or pass "
+                       f"every signer's --key at once")
 
 
 def _build_governance(builder: Callable[..., bytes], *arguments: Any) -> bytes:
@@ -1019,6 +1026,10 @@ def run_cosign(args) -> int:
     if not args.submit:
         return _finish_governance(args, genesis, entry, what, args.entry)
     _write_file(args.entry, entry)
+    if decoded.type == "reconfigure":
+        from node.cli.validators import submit_reconfigure   # it imports this module
+
+        return submit_reconfigure(args, genesis, entry, what)
     return _finish_governance(args, genesis, entry, what, None)
 
 

@@ -34,15 +34,12 @@ CALL_TIMEOUT_S = 10
 
 
 class StatusApi:
-    """Just `status` and `validators`; a missing status field reads 0 (the RPC picks its public fields)."""
+    """Just `status`; a missing status field reads 0 (the RPC picks its public fields)."""
 
     ledger = None
 
     def status(self) -> dict:
         return collections.defaultdict(int, {"chain_id": "tls-test", "node_id": "hk-1", "height": 7})
-
-    def validators(self) -> list:
-        return []
 
 
 @pytest.fixture(scope="session")

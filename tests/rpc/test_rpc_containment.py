@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from node import rpc
 from node.rpc_access import sign_authentication
+from storage.reconfiguration import LedgerEpochs
 from tests.support.rpc_helpers import VALIDATOR, key_of, make_world
 
 WORLD = make_world()
@@ -22,9 +23,14 @@ PUBLIC_STATUS = {"chain_id": WORLD.chain_id, "node_id": "tiny", "height": 7, "ve
 
 
 class TinyLedger:
-    """Just what authentication reads: the genesis and a registry (empty)."""
+    """Just what authentication reads: the genesis, the epochs (genesis's: who is a validator), the height
+    and a registry (empty)."""
 
     genesis = WORLD.genesis
+    epochs = LedgerEpochs.genesis(WORLD.genesis)
+
+    def height(self) -> int:
+        return PUBLIC_STATUS["height"]
 
     def participant(self, participant_id: str):
         return None
@@ -37,9 +43,6 @@ class TinyApi:
 
     def status(self) -> dict:
         return {**PUBLIC_STATUS, "peers": [], "mempool_size": 0}
-
-    def validators(self) -> list:
-        return []
 
     async def submit(self, entry: bytes, wait: bool, timeout_s: float) -> dict:
         return {"status": "pending", "id": b"\x00" * 32}

@@ -462,12 +462,13 @@ def test_a_client_that_never_reads_is_dropped_and_others_are_served(node, world)
 
 
 def test_a_failing_method_answers_internal_and_the_server_keeps_serving(server, node, world, neighbour, monkeypatch):
-    """A bug behind a method (here: the node's validators() raises) is an "internal" error for that call only."""
-    def broken():
+    """A bug behind a method (here: the ledger's participant lookup raises) is an "internal" error for that
+    call only."""
+    def broken(participant_id):
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(node, "validators", broken)
-    connection = connect(server.port, world, VALIDATOR)
-    error, result = connection.call("validators")
+    connection = connect(server.port, world, VALIDATOR)     # authenticate looks participants up too
+    monkeypatch.setattr(node.ledger, "participant", broken)
+    error, result = connection.call("participant", "hk-bank")
     assert error["code"] == "internal" and "simulated" not in error["message"] and result is None
     assert connection.call("status")[0] is None
     neighbour.check()

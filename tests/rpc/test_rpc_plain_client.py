@@ -101,9 +101,11 @@ def test_a_plain_client_calls_every_method(server, world, commitments):
     assert status["chain_id"] == chain_id and status["height"] == 4 and status["tree_size"] == 5
     for field in ("node_id", "jurisdiction", "view", "primary", "tree_root", "peers", "mempool_size", "version"):
         assert field in status
+    assert status["epoch"] == 0
 
     error, validators = client.call("validators")
-    assert error is None and [v["id"] for v in validators] == ["hk-1", "hk-2", "cn-1", "cn-2"]
+    assert error is None and validators["epoch"] == validators["current_epoch"] == 0
+    assert [v["id"] for v in validators["epochs"][0]["validators"]] == ["hk-1", "hk-2", "cn-1", "cn-2"]
 
     error, header = client.call("header", 1)
     assert error is None and header["header"]["height"] == 1 and len(header["certificate"]["signatures"]) == 3

@@ -143,10 +143,6 @@ class FakeNode:
                 "tree_size": self.ledger.tree_size(), "tree_root": head.tree_root if head else bytes(32),
                 "peers": ["hk-2", "cn-1", "cn-2"], "mempool_size": 0, "version": "test"}
 
-    def validators(self) -> list[dict]:
-        return [{"id": v.id, "public_key": v.public_key, "jurisdiction": v.jurisdiction, "address": None}
-                for v in self.world.genesis.validator_set.validators]
-
     def commit_now(self, entries: list[bytes]) -> list:
         time_ms = None
         if self.clock_ms is not None:
