@@ -43,7 +43,9 @@ from node import rpc_access, tls
 from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
-from node.validators_view import applied_epoch, current_validators, ledger_epochs, validators_result
+from node.validators_view import (
+    applied_epoch, current_validators, current_validators_list, epochs_result, ledger_epochs,
+)
 from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
     ERROR_METHOD_NOT_FOUND, ERROR_NOT_FOUND, ERROR_PARSE, ERROR_REPLAYED, ERROR_STALE, ERROR_TLS_REQUIRED,
@@ -223,7 +225,7 @@ class RpcMethods:
         self._node_id: str | None = None
         self.table: dict[str, Callable] = {
             "status": self.status, "challenge": self.challenge, "authenticate": self.authenticate,
-            "validators": self.validators, "header": self.header, "block": self.block,
+            "validators": self.validators, "epochs": self.epochs, "header": self.header, "block": self.block,
             "submit": self.submit, "match": self.match, "consistency": self.consistency,
             "participant": self.participant, "queries": self.queries_page,
         }
@@ -322,11 +324,17 @@ class RpcMethods:
         session.identity, session.public_key, session.role = identity, public_key, role
         return {"identity": identity, "role": role}
 
-    async def validators(self, params: list, session: Session) -> dict:
-        """The current epoch and set and every epoch before (node.validators_view has the shape)."""
+    async def validators(self, params: list, session: Session) -> list:
+        """The validators of the current epoch, as the method has always answered (a list)."""
         _check_arity(params, 0, 0, "validators()")
         await self._ledger_quiet()
-        return validators_result(ledger_epochs(self.ledger), self.ledger.height())
+        return current_validators_list(self.ledger)
+
+    async def epochs(self, params: list, session: Session) -> dict:
+        """The current epoch and set and every epoch before (node.validators_view has the shape)."""
+        _check_arity(params, 0, 0, "epochs()")
+        await self._ledger_quiet()
+        return epochs_result(ledger_epochs(self.ledger), self.ledger.height())
 
     def _certified_header(self, height: int) -> tuple[Any, Any]:
         header = self.ledger.header(height)

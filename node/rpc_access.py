@@ -60,6 +60,7 @@ METHOD_ROLES: dict[str, tuple[str, ...]] = {
     "block": READER_ROLES,
     "participant": (ROLE_PARTICIPANT,) + READER_ROLES,     # a participant: its own record only (node.rpc)
     "validators": READER_ROLES,
+    "epochs": READER_ROLES,
     "consistency": READER_ROLES,
     "queries": READER_ROLES,
 }

@@ -1,4 +1,8 @@
-"""The `validators` RPC result (issue 17): the ledger's epochs as the RPC shows them, and back.
+"""The `epochs` and `validators` RPC results (issue 17): the ledger's epochs as the RPC shows them, and back.
+
+`validators()` keeps the answer it always had, a list of the current set's validators
+`{id, public_key: bin 32, jurisdiction, address: "HOST:PORT" | nil}` (address: p2p), now of the current
+epoch rather than genesis. `epochs()` answers
 
     {"epoch": <the latest scheduled epoch>, "current_epoch": <the epoch of the applied head's next height>,
      "margin_heights": <heights between a reconfiguration's commit and its epoch's start, minus one>,
@@ -6,7 +10,7 @@
                  "validators": [{"id", "public_key": bin 32, "jurisdiction", "p2p", "rpc"}]}]}
 
 Epochs are listed oldest first; each epoch's validators in their order (the primary rotation). The
-server builds it (`validators_result`) from storage.reconfiguration.LedgerEpochs; the CLI reads it
+server builds it (`epochs_result`) from storage.reconfiguration.LedgerEpochs; the CLI reads it
 back into a consensus.epochs.EpochSchedule (`schedule_of`) to check a reconfiguration locally with
 the rule the ledger applies, before it sends one.
 """
@@ -19,11 +23,12 @@ from consensus.epochs import EpochConfig, EpochSchedule, EpochScheduleError
 from consensus.validators import Validator, ValidatorSet, ValidatorSetError
 from storage.reconfiguration import LedgerEpochs
 
-__all__ = ["ledger_epochs", "current_validators", "applied_epoch", "validators_result", "schedule_of", "ValidatorsResultError"]
+__all__ = ["ledger_epochs", "current_validators", "current_validators_list", "applied_epoch", "epochs_result",
+           "schedule_of", "ValidatorsResultError"]
 
 
 class ValidatorsResultError(ValueError):
-    """A `validators` answer that is not one (a node of another version, or a bug)."""
+    """An `epochs` answer that is not one (a node of another version, or a bug)."""
 
 
 def ledger_epochs(ledger: Any) -> LedgerEpochs:
@@ -34,6 +39,13 @@ def ledger_epochs(ledger: Any) -> LedgerEpochs:
 def current_validators(ledger: Any) -> ValidatorSet:
     """The set of the next height the ledger will apply: who is a validator now (RPC roles)."""
     return ledger_epochs(ledger).schedule.config_at(ledger.height() + 1).validators
+
+
+def current_validators_list(ledger: Any) -> list[dict]:
+    """The `validators()` answer: the current set in its order, each with its p2p address or nil."""
+    addresses = ledger_epochs(ledger).addresses
+    return [{"id": v.id, "public_key": v.public_key, "jurisdiction": v.jurisdiction,
+             "address": addresses.get(v.id, {}).get("p2p")} for v in current_validators(ledger).validators]
 
 
 def applied_epoch(epochs: LedgerEpochs, height: int) -> int:
@@ -47,8 +59,8 @@ def _validator_wire(validator: Validator, addresses: dict) -> dict:
             "p2p": where.get("p2p"), "rpc": where.get("rpc")}
 
 
-def validators_result(epochs: LedgerEpochs, height: int) -> dict:
-    """The `validators` answer of a ledger with these epochs, applied up to `height`."""
+def epochs_result(epochs: LedgerEpochs, height: int) -> dict:
+    """The `epochs` answer of a ledger with these epochs, applied up to `height`."""
     schedule = epochs.schedule
     return {
         "epoch": schedule.latest.epoch,
@@ -69,10 +81,10 @@ def _config_of(wire: dict) -> EpochConfig:
 
 
 def schedule_of(result: Any) -> EpochSchedule:
-    """The schedule a `validators` answer describes, checked as the ledger checks its own (order, start
+    """The schedule an `epochs` answer describes, checked as the ledger checks its own (order, start
     heights, retired ids and keys); ValidatorsResultError if it is not a valid one."""
     try:
         return EpochSchedule(tuple(_config_of(config) for config in result["epochs"]), result["margin_heights"])
     except (EpochScheduleError, ValidatorSetError, KeyError, TypeError, ValueError) as exc:
-        raise ValidatorsResultError(f"the node's validators answer is not a valid epoch schedule: "
+        raise ValidatorsResultError(f"the node's epochs answer is not a valid epoch schedule: "
                                     f"{type(exc).__name__}: {exc}"[:300]) from None

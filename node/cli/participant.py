@@ -39,6 +39,7 @@ from node.wire import (
     ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_BAD_SIGNATURE, ERROR_INVALID_PARAMS, ERROR_NOT_FOUND,
     ERROR_REPLAYED, ERROR_STALE, ERROR_TIMEOUT, ERROR_UNAUTHORIZED,
 )
+from storage.proofs import proof_bytes_max
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1       # a definite answer that is no: NO MATCH, REVOKED, STALE, DISAGREE, a refusal
@@ -56,7 +57,7 @@ QUERY_LOG_LIMIT_MAX = 1_000_000         # queries --limit: records printed
 EXPIRES_MS_MAX = 2**63 - 1              # submit --expires-ms: what the entry's int field holds
 document_bytes_max = 1 << 30            # a document hashed by the CLI (streamed, but bound the wait)
 receipt_bytes_max = 65_536
-proof_file_bytes_max = 65_536
+proof_file_bytes_max = proof_bytes_max   # storage.proofs: grows with the epochs a proof walks
 entry_file_bytes_max = 65_536
 RECEIPT_MODE = 0o600                    # it holds the salt: as private as the document
 DEFAULT_TIMEOUT_S = 30.0

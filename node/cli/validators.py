@@ -249,7 +249,7 @@ def _node_client(args):
 
 def _ask_validators(client) -> dict:
     try:
-        return _call(client, "validators")
+        return _call(client, "epochs")
     except RpcError as exc:
         raise refusal_or_error(exc, f"{client.endpoint} refused validators():") from None
 

@@ -21,6 +21,7 @@ from storage.genesis import Participant
 # The roles table of docs/PROTOCOL.md §8 (Authentication), method by method.
 ROLES_TABLE = {
     "validators": ("auditor", "regulator", "validator"),
+    "epochs": ("auditor", "regulator", "validator"),
     "header": ("auditor", "regulator", "validator"),
     "block": ("auditor", "regulator", "validator"),
     "participant": ("participant", "auditor", "regulator", "validator"),     # a participant: its own record only
@@ -38,7 +39,7 @@ def sample_params(world, commitments) -> dict[str, list]:
     bank = Author(world, "hk-bank")
     bank.nonce = 500
     return {
-        "validators": [], "header": [1], "block": [1], "participant": ["hk-bank"], "consistency": [1, 5],
+        "validators": [], "epochs": [], "header": [1], "block": [1], "participant": ["hk-bank"], "consistency": [1, 5],
         "queries": [0],
         "submit": [bank.commit(commitment(800))], "match": [query(world, "hk-bank", commitments["active"])],
     }

@@ -104,8 +104,12 @@ def test_a_plain_client_calls_every_method(server, world, commitments):
     assert status["epoch"] == 0
 
     error, validators = client.call("validators")
-    assert error is None and validators["epoch"] == validators["current_epoch"] == 0
-    assert [v["id"] for v in validators["epochs"][0]["validators"]] == ["hk-1", "hk-2", "cn-1", "cn-2"]
+    assert error is None and [v["id"] for v in validators] == ["hk-1", "hk-2", "cn-1", "cn-2"]
+    assert validators[0] == {"id": "hk-1", "public_key": world.genesis.validator_set.get("hk-1").public_key,
+                             "jurisdiction": "HK", "address": "127.0.0.1:26600"}
+    error, epochs = client.call("epochs")
+    assert error is None and epochs["epoch"] == epochs["current_epoch"] == 0
+    assert [v["id"] for v in epochs["epochs"][0]["validators"]] == ["hk-1", "hk-2", "cn-1", "cn-2"]
 
     error, header = client.call("header", 1)
     assert error is None and header["header"]["height"] == 1 and len(header["certificate"]["signatures"]) == 3

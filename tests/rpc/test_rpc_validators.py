@@ -9,7 +9,7 @@ from consensus.epochs import AddValidator, RemoveValidator, RotateValidatorKey
 from consensus.validators import Validator
 from node.cli import CliError
 from node.cli.validators import NodeView, _check_locally
-from node.validators_view import ValidatorsResultError, applied_epoch, schedule_of, validators_result
+from node.validators_view import ValidatorsResultError, applied_epoch, schedule_of, epochs_result
 from node.rpc_access import sign_authentication
 from tests.support.rpc_helpers import Connection, FakeNode
 from tests.support.storage_helpers import key_from, make_world, reconfigure
@@ -29,7 +29,7 @@ def _add(world, validator_id: str) -> AddValidator:
 
 
 def test_validators_before_any_reconfiguration_is_the_genesis_set(connect, world):
-    error, answer = connect("hk-regulator-1").call("validators")
+    error, answer = connect("hk-regulator-1").call("epochs")
     assert error is None
     assert answer == {"epoch": 0, "current_epoch": 0, "margin_heights": MARGIN, "epochs": [{
         "epoch": 0, "start_height": 1, "scheduled_at": 0, "min_signers_per_jurisdiction": 1,
@@ -44,7 +44,7 @@ def test_validators_before_any_reconfiguration_is_the_genesis_set(connect, world
 @pytest.mark.parametrize("identity", [None, "hk-bank"])
 def test_validators_is_for_readers_and_anonymous_status_has_no_epoch(connect, identity):
     connection = connect(identity)
-    error, result = connection.call("validators")
+    error, result = connection.call("epochs")
     assert error["code"] == "unauthorized" and result is None
     if identity is None:
         error, status = connection.call("status")
@@ -58,7 +58,7 @@ def test_validators_and_status_follow_a_reconfiguration(node, connect, world):
     commit = node.ledger.height()
     start = commit + MARGIN + 1
     reader = connect("cn-regulator-1")
-    error, answer = reader.call("validators")
+    error, answer = reader.call("epochs")
     assert error is None and answer["epoch"] == 1 and answer["current_epoch"] == 0
     assert answer["epochs"][1]["scheduled_at"] == commit and answer["epochs"][1]["start_height"] == start
     assert answer["epochs"][1]["validators"][-1] == {"id": "hk-3", "public_key": hk3.validator.public_key,
@@ -66,7 +66,7 @@ def test_validators_and_status_follow_a_reconfiguration(node, connect, world):
     while node.ledger.height() < start - 1:
         node.commit_now([])
     # The head is the last block of epoch 0; the next height is epoch 1's first.
-    assert reader.call("validators")[1]["current_epoch"] == 1 and reader.call("status")[1]["epoch"] == 0
+    assert reader.call("epochs")[1]["current_epoch"] == 1 and reader.call("status")[1]["epoch"] == 0
     node.commit_now([])
     assert reader.call("status")[1]["epoch"] == 1
 
@@ -74,7 +74,7 @@ def test_validators_and_status_follow_a_reconfiguration(node, connect, world):
 def test_the_answer_reads_back_as_the_ledgers_schedule(node, world):
     node.commit_now([reconfigure(world, 0, [RemoveValidator("cn-2")])])
     epochs = node.ledger.epochs
-    answer = validators_result(epochs, node.ledger.height())
+    answer = epochs_result(epochs, node.ledger.height())
     assert schedule_of(answer) == epochs.schedule
     assert schedule_of(answer).retired_ids == {"cn-2"}
     assert applied_epoch(epochs, 0) == 0 and applied_epoch(epochs, node.ledger.height()) == 0
@@ -87,14 +87,14 @@ def test_the_answer_reads_back_as_the_ledgers_schedule(node, world):
     lambda a: a.update(margin_heights=0),
 ])
 def test_an_answer_that_is_no_schedule_is_refused(world, ledger, spoil):
-    answer = validators_result(ledger.epochs, 0)
+    answer = epochs_result(ledger.epochs, 0)
     spoil(answer)
     with pytest.raises(ValidatorsResultError):
         schedule_of(answer)
 
 
 def _view(world, ledger, height: int) -> NodeView:
-    return NodeView(validators_result(ledger.epochs, height), height, "node")
+    return NodeView(epochs_result(ledger.epochs, height), height, "node")
 
 
 def test_the_local_check_is_the_ledgers_rule(world, ledger):
@@ -148,7 +148,7 @@ def test_rpc_validator_roles_follow_the_current_set(node, connect, world, server
             connection.close()
 
     assert not authenticates("hk-3", world.validator_keys["hk-3"])      # scheduled, not started
-    assert removed.call("validators")[0] is None
+    assert removed.call("epochs")[0] is None
     while node.ledger.height() < node.ledger.epochs.schedule.latest.start_height - 1:
         node.commit_now([])
     world.validator_keys["hk-1"] = new_hk1       # epoch 1's blocks are certified with it (next_block)
@@ -156,6 +156,6 @@ def test_rpc_validator_roles_follow_the_current_set(node, connect, world, server
     assert authenticates("hk-3", world.validator_keys["hk-3"])
     assert authenticates("hk-1", new_hk1) and not authenticates("hk-1", old_hk1)
     assert not authenticates("hk-2", key_from("validator hk-2"))
-    error, _ = removed.call("validators")
+    error, _ = removed.call("epochs")
     assert error["code"] == "unauthorized" and "no longer a validator" in error["message"]
-    assert removed.call("validators")[0]["code"] == "unauthorized"       # anonymous now
+    assert removed.call("epochs")[0]["code"] == "unauthorized"       # anonymous now

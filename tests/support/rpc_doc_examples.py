@@ -72,6 +72,7 @@ def _connections(world, commitments):
             ("authenticate", _authenticate_params(world)),
             ("status", []),
             ("validators", []),
+            ("epochs", []),
             ("header", [1]),
             ("block", [2]),
             ("submit", [entry, {"wait": True, "timeout_ms": 10_000}]),
