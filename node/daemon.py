@@ -393,8 +393,11 @@ class Daemon:
             return
         held = {key.public_key, *(spare.public_key for spare in _load_spare_keys(config))}
         if me.public_key not in held:
-            raise StartupError(f"neither key_file {config.key_file} nor a spare_key_files entry holds the key the "
-                               f"current validator set names for {config.node_id!r}")
+            first = genesis.validator_set.get(config.node_id)
+            named = "the genesis key" if first is not None and first.public_key == me.public_key else \
+                "the key the current validator set names"
+            raise StartupError(f"key file {config.key_file} does not hold {named} of {config.node_id!r} "
+                               f"(nor does any of spare_key_files)")
 
     @property
     def validator_set(self):

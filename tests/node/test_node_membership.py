@@ -5,8 +5,10 @@ commitments: grows to 5 (hk-3), then to 7 (cn-3 and cn-4 in one reconfiguration)
 started with an empty data directory and `joining = true`, catching up and then voting; hk-1's key
 is rotated (its node holds the new key as a spare key); cn-2 is removed. Then: every acknowledged commitment is in every store, the stores are
 identical, the rotated-out key is refused at the p2p door (and counted), and a node restarted with
-an empty data directory syncs the whole history through every epoch. The commit pauses around each
-change are printed (seen with -s), never asserted: speed belongs to the benchmark."""
+an empty data directory syncs the whole history through every epoch, and a match proof issued before
+and one issued after each change verify offline with `bayledger proof verify --genesis` alone. The
+commit pauses around each change are printed (seen with -s), never asserted: speed belongs to the
+benchmark."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import trio
 
 from consensus.epochs import AddValidator, RemoveValidator, RotateValidatorKey
 from consensus.validators import Validator
+from node.cli import main as cli_main
+from node.client import build_match_query
 from node.keys import load_key_file
 from node.transport import FrameError, handshake
 from storage.entries import build_commit, build_reconfigure
@@ -73,6 +77,37 @@ class Load:
     def longest_pause_s(self, since: float) -> float:
         times = [when for when, _ in self.acknowledged if when >= since]
         return max((b - a for a, b in zip(times, times[1:])), default=float("nan"))
+
+
+class Proofs:
+    """Match proofs fetched from hk-2 as the chain goes, each to be verified offline at the end."""
+
+    def __init__(self, cluster: Cluster, load: Load):
+        self.cluster, self.load = cluster, load
+        self.fetched: list[tuple[str, bytes, bytes]] = []    # (when, commitment, proof bytes)
+
+    def fetch(self, label: str, committed_after: float = 0.0) -> None:
+        """A proof of the newest commitment acknowledged after `committed_after` (monotonic seconds)."""
+        recent = self.cluster.wait_until(
+            lambda: [c for when, c in self.load.acknowledged if when > committed_after], 60, f"a commitment ({label})")
+        commitment = recent[-1]
+        key = load_key_file(self.cluster.keys_dir / "bank-hk.json")
+        client = RpcClient(self.cluster.nodes["hk-2"].rpc, key_file=self.cluster.keys_dir / "bank-hk.json")
+        try:
+            query = build_match_query(key.signing_key, "bank-hk", CHAIN_ID, commitment, node="hk-2")
+            self.fetched.append((label, commitment, client.call("match", query)))
+        finally:
+            client.close()
+
+    def verify_offline(self, tmp_path, capsys) -> None:
+        for index, (label, commitment, proof) in enumerate(self.fetched):
+            path = tmp_path / f"proof-{index}.msgpack"
+            path.write_bytes(proof)
+            capsys.readouterr()
+            code = cli_main(["proof", "verify", str(path), "--commitment", commitment.hex(),
+                             "--genesis", str(self.cluster.genesis_path)])
+            out = capsys.readouterr().out
+            assert code == 0 and "MATCH" in out, (label, code, out)
 
 
 def _governance_signers(cluster: Cluster):
@@ -161,18 +196,20 @@ def _open_stores(cluster: Cluster, node_ids) -> dict[str, Ledger]:
             for node_id in node_ids}
 
 
-def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path):
+def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path, capsys):
     cluster = Cluster(tmp_path, epoch_margin_heights=MARGIN_HEIGHTS,
                       joiners=(("hk-3", "HK"), ("cn-3", "CN"), ("cn-4", "CN")))
     pauses: dict[str, float] = {}
     try:
         cluster.start_all()
         with Load(cluster, "hk-2") as load:
-            cluster.wait_until(lambda: load.acknowledged, 60, "the first acknowledged commitment")
+            proofs = Proofs(cluster, load)
             # 1. Grow to 5: hk-3 joins with an empty data directory and votes from its epoch on.
+            proofs.fetch("before adding hk-3")
             changed = time.monotonic()
             start_1 = _add(cluster, 0, ["hk-3"])
             _wait_for_signer(cluster, "hk-2", "hk-3", start_1)
+            proofs.fetch("after adding hk-3", time.monotonic())
             assert _epoch_of(cluster, "hk-2", start_1) == 1 and _epoch_of(cluster, "hk-2", start_1 - 1) == 0
             pauses["add hk-3 (4 -> 5)"] = load.longest_pause_s(changed)
             # ... then to 7 in one reconfiguration (so f goes from 1 to 2).
@@ -180,6 +217,7 @@ def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path):
             start_2 = _add(cluster, 1, ["cn-3", "cn-4"])
             for joiner in ("cn-3", "cn-4"):
                 _wait_for_signer(cluster, "hk-2", joiner, start_2)
+            proofs.fetch("after adding cn-3 and cn-4", time.monotonic())
             pauses["add cn-3, cn-4 (5 -> 7)"] = load.longest_pause_s(changed)
 
             # 2. Rotate hk-1's key: its node holds the new key as a spare, then the change is submitted.
@@ -193,6 +231,7 @@ def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path):
             changed = time.monotonic()
             start_3 = _reconfigure(cluster, "hk-2", 2, [RotateValidatorKey("hk-1", bytes.fromhex(new_hk1))])
             _wait_for_signer(cluster, "hk-2", "hk-1", start_3)
+            proofs.fetch("after rotating hk-1", time.monotonic())
             assert _epoch_of(cluster, "hk-2", start_3) == 3
             pauses["rotate hk-1"] = load.longest_pause_s(changed)
             # The old key is refused at cn-1's p2p door from now on, and counted there.
@@ -211,8 +250,10 @@ def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path):
             assert _epoch_of(cluster, "hk-2", start_4) == 4
             assert "cn-2" not in _signers(cluster, "hk-2", start_4 + 1)
             cluster.wait_until(lambda: "cn-2" not in cluster.status("hk-2")["peers"], 30, "cn-2's link cut")
+            proofs.fetch("after removing cn-2", time.monotonic())
             pauses["remove cn-2"] = load.longest_pause_s(changed)
         assert load.acknowledged, load.errors
+        proofs.verify_offline(tmp_path, capsys)   # each carries the epochs up to its own status block
 
         # 4. A node with an empty data directory syncs the whole history through every epoch.
         cluster.stop("hk-2")
