@@ -45,7 +45,9 @@ from consensus.epochs import (
 RECONFIGURE_TYPE = "reconfigure"
 ADDRESS_KINDS = ("p2p", "rpc")
 address_bytes_max = 255           # "HOST:PORT": a DNS name is at most 253 bytes
-_ADDRESS_PATTERN = re.compile(r"[^\s:]+:[0-9]{1,5}")   # storage/genesis.py's ADDRESS_PATTERN
+# HOST:PORT with a host of printable ASCII but ':' (no IPv6 literal): an address from the ledger is
+# shown to operators and logged, so no control character or other script may hide in it.
+_ADDRESS_PATTERN = re.compile(r"[\x21-\x39\x3b-\x7e]+:[0-9]{1,5}")
 
 __all__ = [
     "RECONFIGURE_TYPE", "Reconfiguration", "decode_reconfiguration", "reconfiguration_wire",

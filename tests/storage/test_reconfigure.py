@@ -79,6 +79,10 @@ def _body_with_changes(world, changes, epoch=0, **extra):
     ([{"op": "add-validator", "id": "hk-3", "public_key": b"\x01" * 32, "jurisdiction": "HK",
        "p2p": "h" * address_bytes_max + ":1", "rpc": "h:1"}], "reconfigure-malformed"),
     ([{"op": "remove-validator", "id": "hk-1", "p2p": "h:1"}], "reconfigure-malformed"),   # addresses only on add
+    ([{"op": "add-validator", "id": "hk-3", "public_key": b"\x01" * 32, "jurisdiction": "HK",
+       "p2p": "h\x00st:1", "rpc": "h:1"}], "reconfigure-malformed"),       # a control character in the host
+    ([{"op": "add-validator", "id": "hk-3", "public_key": b"\x01" * 32, "jurisdiction": "HK",
+       "p2p": "h\u0430st:1", "rpc": "h:1"}], "reconfigure-malformed"),     # a Cyrillic letter posing as Latin
     ([{"op": "rotate-validator-key", "id": "hk-1", "public_key": b"\x01" * 31}], "reconfigure-malformed"),
     ("remove hk-1", "reconfigure-malformed"),
 ])
