@@ -356,9 +356,11 @@ class Daemon:
         # the peer), client submits do not wait and get "mempool-full" instead.
         inbound_send, self._events = trio.open_memory_channel(config.limits.inbound_queue_messages_max)
         self._client_send = inbound_send.clone()
+        peer_keys = self._peer_keys()
         self.network = PeerNetwork(
             node_id=config.node_id, chain_id=self.chain_id, signing_key=self.replica.signing_key,
-            validators=self.validator_set, peers=self._peer_addresses(), listen=config.listen.p2p,
+            validators=peer_keys, listen=config.listen.p2p,
+            peers={peer_id: address for peer_id, address in self._peer_addresses().items() if peer_id in peer_keys},
             inbound=inbound_send, metrics=self.metrics, limits=PeerLimits.from_config(config.limits),
             inbound_allow_only_validators=config.p2p.inbound_allow_only_validators,
         )
@@ -439,15 +441,20 @@ class Daemon:
         """After each batch: when the schedule or the ledger's addresses changed, the links follow the set
         (new validators dialed and accepted, removed ones cut, rotated keys re-authenticated)."""
         epochs = getattr(self.ledger, "epochs", None)
-        followed = (self.replica.epoch, len(self.replica.schedule.epochs), id(epochs))
+        followed = (self.replica.epoch, len(self.replica.schedule.epochs), id(epochs), self.replica.member)
         if followed == self._followed_set:
             return
         first = self._followed_set is None
+        was_member = first or self._followed_set[3]
         self._followed_set = followed
         self.network.set_signing_key(self.replica.signing_key)
         self.metrics.epoch.set(self.replica.epoch)
         if not first:
             self.network.set_peers(self._peer_keys(), self._peer_addresses())
+        if was_member and not self.replica.member and not self.config.joining:
+            log.warning("this validator is in no set from this epoch on (removed, or its key rotated without "
+                        "spare_key_files): it no longer votes; stop it, or restart it with its new key",
+                        epoch=self.replica.epoch)
 
     # --- NodeApi ---------------------------------------------------------------------------------
 

@@ -457,14 +457,15 @@ class PeerNetwork:
     Every bound is a `limits` (PeerLimits) field."""
 
     def __init__(self, *, node_id: str, chain_id: str, signing_key: nacl.signing.SigningKey,
-                 validators: ValidatorSet, peers: dict[str, Address | None], listen: Address,
+                 validators: ValidatorSet | PeerKeys, peers: dict[str, Address | None], listen: Address,
                  inbound: trio.MemorySendChannel, metrics: NodeMetrics, limits: PeerLimits = PeerLimits(),
                  rng: random.Random | None = None, on_link_change: Callable[[], None] | None = None,
                  inbound_allow_only_validators: bool = False):
         self.node_id = node_id
         self.chain_id = chain_id
         self.signing_key = signing_key
-        self.peer_keys: dict[str, frozenset[bytes]] = peer_keys_of(validators)   # set_peers follows the set
+        # Who may authenticate, with which keys; set_peers follows the set.
+        self.peer_keys = dict(peer_keys_of(validators) if isinstance(validators, ValidatorSet) else validators)
         self.listen = listen
         self.inbound = inbound
         self.metrics = metrics

@@ -163,6 +163,7 @@ class ScriptedReplica:
         # What the daemon reads of the set it follows: the real replica's, which stays as it is.
         self.epoch, self.schedule = stand_in_for.epoch, stand_in_for.schedule
         self.validators, self.signing_key = stand_in_for.validators, stand_in_for.signing_key
+        self.member = stand_in_for.member
 
     def snapshot(self):
         return ReplicaStatus(view=0, view_active=True, primary_id="hk-1", is_primary=False, last_applied_height=0,
