@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .block import BlockHeader
+from .epochs import EpochChange, EpochConfig
 
 __all__ = ["Application", "ExecutionResult"]
 
@@ -44,6 +45,8 @@ class Application(Protocol):
     ) -> ExecutionResult | None:
         """Header fields after applying `entries` on `parent` (None = genesis); None if parent is unknown."""
 
-    def reconfiguration(self, height: int, entries: tuple[bytes, ...], epoch: int) -> tuple | None:
-        """The changes (consensus.epochs) of the committed block's accepted reconfiguration for `epoch`, from
-        the block and the epoch alone, or None. Optional: without it the validator set never changes."""
+    def reconfiguration(self, height: int, entries: tuple[bytes, ...], latest: EpochConfig) -> EpochChange | None:
+        """The reconfiguration the committed block holds for the `latest` epoch (consensus.epochs.EpochChange:
+        its validator changes and the new epoch's application data), judged from the block and `latest`
+        alone (its application data is this Application's own, e.g. the regulator keys), or None. The
+        replica then applies EpochSchedule.schedule. Optional: without it the set never changes."""

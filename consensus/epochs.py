@@ -30,7 +30,7 @@ __all__ = [
     "ReconfigurationError", "EpochScheduleError",
     "AddValidator", "RemoveValidator", "RotateValidatorKey", "SetMinSigners", "Change",
     "decode_changes", "encode_changes", "apply_changes", "retired_after", "activation_height",
-    "EpochConfig", "EpochSchedule",
+    "EpochConfig", "EpochSchedule", "EpochChange", "APPLICATION_BYTES_MAX",
 ]
 
 RECONFIGURATION_CHANGES_MAX = 16  # changes in one reconfiguration
@@ -39,6 +39,8 @@ RECONFIGURATION_CHANGES_MAX = 16  # changes in one reconfiguration
 # validator's window must not exceed. A chain fixes its own margin in its genesis schedule.
 MARGIN_HEIGHTS_DEFAULT = 1024
 VALIDATORS_MAX = 100              # validators in any epoch (storage/genesis.py's validators_max)
+# An epoch's application data (opaque here; the ledger's regulator keys and thresholds): a few keys.
+APPLICATION_BYTES_MAX = 4096
 VALIDATOR_ID_BYTES_MAX = 64       # bytes of a validator id (storage/genesis.py's name_bytes_max)
 # The genesis file's name rule (storage/genesis.py NAME_PATTERN; a test holds them equal): an id added
 # later is as safe in logs, file names and addresses as one from genesis.
@@ -346,9 +348,19 @@ def activation_height(commit_height: int, margin_heights: int) -> int:
     return commit_height + margin_heights + 1
 
 
+@dataclass(frozen=True)
+class EpochChange:
+    """What an Application's reconfiguration hook found in a block: the validator changes (may be
+    empty) and the new epoch's application data (None: unchanged)."""
+
+    changes: tuple[Change, ...] = ()
+    application: bytes | None = None
+
+
 # --- epochs -------------------------------------------------------------------------------------
 
 CONFIG_WIRE_KEYS = frozenset({"epoch", "start_height", "validators", "scheduled_at"})
+CONFIG_WIRE_KEYS_OPTIONAL = frozenset({"application"})   # written only when not empty
 SET_WIRE_KEYS = frozenset({"validators", "min_signers_per_jurisdiction"})
 VALIDATOR_WIRE_KEYS = frozenset({"id", "public_key", "jurisdiction"})
 SCHEDULE_WIRE_KEYS = frozenset({"margin_heights", "epochs"})
@@ -386,6 +398,10 @@ class EpochConfig:
     start_height: int
     validators: ValidatorSet
     scheduled_at: int = 0   # the height of the block whose reconfiguration scheduled it (0: genesis)
+    # The Application's data for this epoch, opaque to consensus (the ledger: its regulator keys and
+    # thresholds); b"": as at genesis. The Application's hook reads it to judge a reconfiguration from
+    # the block alone, and an epoch may change only it (the validator set stays).
+    application: bytes = b""
 
     def __post_init__(self) -> None:
         if not _is_count(self.epoch, 0):
@@ -398,16 +414,26 @@ class EpochConfig:
             raise EpochScheduleError("validators must be a ValidatorSet")
         if self.validators.n > VALIDATORS_MAX:
             raise EpochScheduleError(f"an epoch has at most {VALIDATORS_MAX} validators, got {self.validators.n}")
+        if not isinstance(self.application, bytes) or len(self.application) > APPLICATION_BYTES_MAX:
+            raise EpochScheduleError(f"application must be at most {APPLICATION_BYTES_MAX} bytes")
 
     def to_wire(self) -> dict:
-        return {"epoch": self.epoch, "start_height": self.start_height, "validators": self.validators.to_wire(),
+        wire = {"epoch": self.epoch, "start_height": self.start_height, "validators": self.validators.to_wire(),
                 "scheduled_at": self.scheduled_at}
+        if self.application:
+            wire["application"] = self.application
+        return wire
 
     @classmethod
     def from_wire(cls, wire: object) -> "EpochConfig":
-        wire = _schedule_keys(wire, CONFIG_WIRE_KEYS, "epoch config")
+        keys = CONFIG_WIRE_KEYS | (CONFIG_WIRE_KEYS_OPTIONAL & set(wire) if isinstance(wire, dict) else set())
+        wire = _schedule_keys(wire, keys, "epoch config")
+        application = wire.get("application", b"")
+        if "application" in wire and (not isinstance(application, bytes) or not application):
+            raise EpochScheduleError("epoch config: application, when present, must be non-empty bytes")
         return cls(epoch=wire["epoch"], start_height=wire["start_height"],
-                   validators=_validator_set_from_wire(wire["validators"]), scheduled_at=wire["scheduled_at"])
+                   validators=_validator_set_from_wire(wire["validators"]), scheduled_at=wire["scheduled_at"],
+                   application=application)
 
     def hash(self) -> bytes:
         return codec.sha256(codec.pack(self.to_wire()))
@@ -482,8 +508,12 @@ class EpochSchedule:
             return None
         return self.epochs[epoch + 1].start_height - 1
 
-    def schedule(self, commit_height: int, changes: Iterable[Change]) -> "EpochSchedule":
-        """This schedule plus the epoch a reconfiguration committed at `commit_height` starts.
+    def schedule(self, commit_height: int, changes: Iterable[Change],
+                 application: bytes | None = None) -> "EpochSchedule":
+        """This schedule plus the epoch a reconfiguration committed at `commit_height` starts: the set
+        after `changes`, and `application` as the new epoch's application data (None: the latest's).
+        With no change, the application data must change (an epoch that changes only it, the set kept);
+        nothing changing at all is "reconfigure-no-change".
 
         The commit must lie in the latest epoch. A commit in the epoch before it, while the latest
         has not started, is refused ("reconfigure-pending": one reconfiguration at a time);
@@ -500,10 +530,20 @@ class EpochSchedule:
                     f"no reconfiguration before it has started")
             raise ValueError(f"commit height {commit_height} is before epoch {latest.epoch - 1}, "
                              f"which is already closed")
-        validators = apply_changes(latest.validators, changes,
-                                   retired_ids=self.retired_ids, retired_keys=self.retired_keys)
-        return EpochSchedule(self.epochs + (EpochConfig(latest.epoch + 1, start, validators, commit_height),),
-                             self.margin_heights)
+        changes = tuple(changes)
+        application = latest.application if application is None else application
+        if changes:
+            validators = apply_changes(latest.validators, changes,
+                                       retired_ids=self.retired_ids, retired_keys=self.retired_keys)
+        elif application != latest.application:
+            validators = latest.validators
+        else:
+            raise ReconfigurationError("reconfigure-no-change", "the reconfiguration changes nothing")
+        if len(application) > APPLICATION_BYTES_MAX:
+            raise ReconfigurationError("reconfigure-malformed",
+                                       f"application data of {len(application)} bytes; at most {APPLICATION_BYTES_MAX}")
+        config = EpochConfig(latest.epoch + 1, start, validators, commit_height, application)
+        return EpochSchedule(self.epochs + (config,), self.margin_heights)
 
     def to_wire(self) -> dict:
         return {"margin_heights": self.margin_heights, "epochs": [config.to_wire() for config in self.epochs]}

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Sequence
 
 from consensus.application import Application, ExecutionResult
+from consensus.epochs import EpochChange, EpochConfig, ReconfigurationError
 from consensus.block import BlockHeader
 
 from .entries import EntryError, decode_entry
 from .execution import author_refusal
 from .ledger import Ledger
-from .reconfiguration import RECONFIGURE_TYPE, candidate
+from .reconfiguration import RECONFIGURE_TYPE, application_after, candidate, governance_of
 
 
 class LedgerApplication(Application):
@@ -35,11 +36,13 @@ class LedgerApplication(Application):
                 entries: Sequence[bytes]) -> ExecutionResult | None:
         return self.ledger.execute(parent, height, time_ms, entries)
 
-    def reconfiguration(self, height: int, entries: Sequence[bytes], epoch: int) -> tuple | None:
-        """The changes of block `height`'s candidate reconfigure for `epoch` (storage/reconfiguration.py),
-        from the block alone; the replica judges them with the same consensus.epochs rule as the ledger's
-        execution, so both reach the same verdict. None if the block has no candidate."""
+    def reconfiguration(self, height: int, entries: Sequence[bytes], latest: EpochConfig) -> EpochChange | None:
+        """Block `height`'s candidate reconfigure for the `latest` epoch (storage/reconfiguration.py), from the
+        block and `latest` alone (its application data holds the regulator keys): its validator changes
+        and the new epoch's regulator keys. The replica judges them with the same consensus.epochs rule as
+        the ledger's execution, so both reach the same verdict. None if the block has no candidate."""
         genesis = self.ledger.genesis
+        governance = governance_of(latest, genesis.governance)
         decoded = []
         for data in entries:
             # Most blocks hold no reconfigure: a byte search spares decoding every entry twice.
@@ -52,7 +55,14 @@ class LedgerApplication(Application):
                 decoded.append(None)
                 continue
             # Governance authors never reach the participant registry: no state is read.
-            refused = author_refusal(genesis, entry, lambda _participant_id: None)
+            refused = author_refusal(genesis, entry, lambda _participant_id: None, governance)
             decoded.append(entry if refused is None else None)
-        found = candidate(decoded, epoch)
-        return None if found is None else found[1].fields["changes"].changes
+        found = candidate(decoded, latest.epoch)
+        if found is None:
+            return None
+        reconfiguration = found[1].fields["changes"]
+        try:
+            application = application_after(latest, reconfiguration, genesis.governance)
+        except ReconfigurationError:
+            return None   # the ledger refuses it too (a regulator key held twice): no new epoch
+        return EpochChange(reconfiguration.changes, application)

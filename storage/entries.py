@@ -36,8 +36,10 @@ from consensus.validators import JURISDICTIONS
 
 from consensus.epochs import Change, ReconfigurationError
 
-from .genesis import GOVERNANCE_AUTHOR, Genesis, GenesisError, Participant, check_participant_fields, is_name
-from .reconfiguration import decode_reconfiguration, reconfiguration_wire
+from .genesis import (
+    GOVERNANCE_AUTHOR, Genesis, GenesisError, Governance, Participant, check_participant_fields, is_name,
+)
+from .reconfiguration import SetGovernance, decode_reconfiguration, reconfiguration_wire
 
 ENTRY_TYPES = ("commit", "revoke", "admit", "suspend", "reconfigure")
 COMMITMENT_DOMAIN = b"bayledger/commitment/v1"
@@ -282,12 +284,14 @@ def _check_type_fields(kind: str, fields: dict) -> None:
             raise _fail(exc.reason, f"reconfigure: {exc}") from None
 
 
-def validate_entry(data: bytes, genesis: Genesis | None = None, *, check_signatures: bool = True) -> Entry:
+def validate_entry(data: bytes, genesis: Genesis | None = None, *, check_signatures: bool = True,
+                   governance: Governance | None = None) -> Entry:
     """The full stateless check: shape, canonical bytes, signatures, and (given genesis) chain id,
     entry kinds and governance keys and thresholds. Raises EntryError.
 
     `check_signatures=False` checks everything but the Ed25519 verifications (a validator that lets
-    others vouch for them, docs/CONSENSUS.md); which governance keys signed is still checked."""
+    others vouch for them, docs/CONSENSUS.md); which governance keys signed is still checked.
+    `governance`: the regulator keys to check against (default: genesis's; they change with the epochs)."""
     entry = _decode_entry(data, check_canonical=True)
     if genesis is not None:
         if entry.chain_id != genesis.chain_id:
@@ -302,16 +306,17 @@ def validate_entry(data: bytes, genesis: Genesis | None = None, *, check_signatu
     if genesis is None:
         # Without genesis the regulator keys are unknown: only the shape is checked here.
         return entry
+    governance = genesis.governance if governance is None else governance
     signers: set[str] = set()
     for by, sig in entry.signatures:
-        key = genesis.governance.by_id.get(by)
+        key = governance.by_id.get(by)
         if key is None:
-            raise _fail("unknown-governance-key", f"signer {by!r} is not a governance key in genesis")
+            raise _fail("unknown-governance-key", f"signer {by!r} is not a regulator key of this epoch")
         if check_signatures and not codec.verify(key.public_key, sig, codec.DOMAIN_ENTRY, entry.chain_id, entry.body):
             raise _fail("bad-signature", f"signature of governance key {by!r} does not verify")
         signers.add(by)
-    if not genesis.governance.meets_threshold(signers):
-        need = ", ".join(f"{j}: {t}" for j, t in genesis.governance.thresholds.items())
+    if not governance.meets_threshold(signers):
+        need = ", ".join(f"{j}: {t}" for j, t in governance.thresholds.items())
         raise _fail("governance-threshold", f"signers {sorted(signers)} do not meet the threshold of each jurisdiction ({need})")
     return entry
 
@@ -405,8 +410,9 @@ def build_suspend(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_
 
 def build_reconfigure(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, epoch: int,
                       changes: Iterable[Change], addresses: dict[str, dict[str, str]], nonce: int,
-                      time_ms: int) -> bytes:
-    """A reconfigure entry changing `epoch`; `addresses` gives each added validator's {"p2p", "rpc"}."""
+                      time_ms: int, governance: Iterable[SetGovernance] = ()) -> bytes:
+    """A reconfigure entry changing `epoch`; `addresses` gives each added validator's {"p2p", "rpc"};
+    `governance`: regulator-key changes (reconfiguration.SetGovernance)."""
     body = make_body("reconfigure", chain_id, GOVERNANCE_AUTHOR, nonce, time_ms, epoch=epoch,
-                     changes=reconfiguration_wire(tuple(changes), addresses))
+                     changes=reconfiguration_wire(tuple(changes), addresses, tuple(governance)))
     return sign_entry(body, chain_id, signers)

@@ -19,7 +19,7 @@ from consensus.epochs import ReconfigurationError
 
 from . import merkle, smt
 from .entries import ENTRY_TYPES, Entry, EntryError, decode_entry
-from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .genesis import GOVERNANCE_AUTHOR, Genesis, Governance
 from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 from .records import STATUS_ACTIVE, STATUS_SUSPENDED, CommitmentRecord, NonceWindow, ParticipantRecord
 
@@ -37,22 +37,34 @@ def results_hash(results: Sequence[int | str], revoked_root: bytes) -> bytes:
     return smt.results_hash(outcomes_hash(results), revoked_root)
 
 
-def author_refusal(genesis: Genesis, entry: Entry, participant) -> str | None:
+def governance_refusal(governance: Governance, entry: Entry) -> str | None:
+    """A governance entry's signers against these regulator keys: every signer known, every signature
+    verifying under the key its id has now, and each jurisdiction's threshold met. The signatures are
+    checked here, not only before consensus: regulator keys change with the epochs, and an id may name
+    another key by the time the entry commits. (Governance entries are few; the cost is theirs.)"""
+    signers = set()
+    for by, sig in entry.signatures:
+        key = governance.by_id.get(by)
+        if key is None:
+            return "unknown-governance-key"
+        if not codec.verify(key.public_key, sig, codec.DOMAIN_ENTRY, entry.chain_id, entry.body):
+            return "bad-signature"
+        signers.add(by)
+    if not governance.meets_threshold(signers):
+        return "governance-threshold"
+    return None
+
+
+def author_refusal(genesis: Genesis, entry: Entry, participant, governance: Governance | None = None) -> str | None:
     """The author rules of apply, in apply's order: None if `entry`'s author may write, else the
     reason code. `participant(id)` reads the registry: the block's state in apply, the applied state
-    in Ledger.check_admission (one function, so the door and apply never disagree on a rule)."""
+    in Ledger.check_admission (one function, so the door and apply never disagree on a rule).
+    `governance`: the regulator keys of the entry's height (default: genesis's)."""
     if entry.chain_id != genesis.chain_id:
         return "wrong-chain"
     author = entry.author
     if author == GOVERNANCE_AUTHOR:
-        # Which keys signed is part of the signed entry; the threshold is re-checked here
-        # (no cryptography) so a block can never apply an under-signed governance entry.
-        signers = {by for by, _ in entry.signatures if by in genesis.governance.by_id}
-        if len(signers) != len(entry.signatures):
-            return "unknown-governance-key"
-        if not genesis.governance.meets_threshold(signers):
-            return "governance-threshold"
-        return None
+        return governance_refusal(genesis.governance if governance is None else governance, entry)
     record = participant(author)
     if record is None:
         return "unknown-author"
@@ -169,7 +181,7 @@ class Execution:
                 entry = decode_entry(data)
             except EntryError as exc:
                 return exc.reason
-        refused = author_refusal(genesis, entry, self.participant)
+        refused = author_refusal(genesis, entry, self.participant, self.epochs().governance_at(self.height))
         if refused is not None:
             return refused
         if entry.type == RECONFIGURE_TYPE:

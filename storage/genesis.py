@@ -365,6 +365,24 @@ def _governance(raw: Any) -> Governance:
     return Governance(keys=keys, thresholds=thresholds)
 
 
+def governance_from_wire(wire: Any) -> Governance:
+    """Governance.to_wire() back (bytes as bin), with every check of the genesis file's governance;
+    GenesisError otherwise."""
+    if not isinstance(wire, dict):
+        raise GenesisError("governance must be a map of jurisdiction -> {keys, threshold}")
+    as_json: dict = {}
+    for jurisdiction, item in wire.items():
+        if not isinstance(item, dict) or not isinstance(item.get("keys"), list):
+            raise GenesisError(f"governance.{str(jurisdiction)[:8]} must be a map of keys and threshold")
+        keys = []
+        for key in item["keys"]:
+            if not isinstance(key, dict) or not isinstance(key.get("public_key"), bytes):
+                raise GenesisError(f"governance.{jurisdiction}: each key is a map of id and public_key (bin)")
+            keys.append({**key, "public_key": key["public_key"].hex()})
+        as_json[jurisdiction] = {**item, "keys": keys}
+    return _governance(as_json)
+
+
 def _only_keys(item: dict, allowed: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> None:
     unknown = sorted(map(str, set(item) - set(allowed)))
     if unknown:

@@ -145,7 +145,7 @@ class Ledger:
         if stored is None:
             return LedgerEpochs.genesis(genesis)
         try:
-            epochs = LedgerEpochs.from_wire(codec.unpack(stored))
+            epochs = LedgerEpochs.from_wire(codec.unpack(stored), genesis.governance)
         except (codec.EncodingError, EpochScheduleError, ReconfigurationError, KeyError, TypeError, ValueError) as exc:
             raise LedgerError(f"store {path}: the epoch schedule is unreadable: {exc}") from None
         if epochs.schedule.epochs[0].validators != genesis.validator_set:
@@ -365,7 +365,7 @@ class Ledger:
                 entry = decode_entry(data)
             except EntryError as exc:
                 return None, exc.reason
-        refused = author_refusal(self.genesis, entry, self.participant)
+        refused = author_refusal(self.genesis, entry, self.participant, self._epochs.governance_at(self._height + 1))
         if refused is None:
             refused = self._nonce_refusal(entry)
         return entry.author, refused
@@ -607,7 +607,8 @@ class Ledger:
         else the reason code. A valid entry's decoding is kept for the execution of its block
         (execution never looks at signatures, so one checked without them serves as well)."""
         try:
-            entry = validate_entry(data, self.genesis, check_signatures=check_signatures)
+            entry = validate_entry(data, self.genesis, check_signatures=check_signatures,
+                                   governance=self._epochs.governance_at(self._height + 1))
         except EntryError as exc:
             return exc.reason
         decoded = self._decoded

@@ -68,11 +68,11 @@ class Reconfiguring:
         latest = self.schedule.latest
         if self._reconfiguration_of is None or latest.start_height > height:
             return   # no reconfiguration in this Application, or one is pending: one at a time
-        changes = self._reconfiguration_of(height, entries, latest.epoch)
-        if not changes:
+        found = self._reconfiguration_of(height, entries, latest)
+        if found is None:
             return
         try:
-            self.schedule = self.schedule.schedule(height, changes)
+            self.schedule = self.schedule.schedule(height, found.changes, found.application)
         except ReconfigurationError:
             return   # the ledger refuses the entry by the same rule and records why in its outcome
         self._persist.append((KEY_EPOCHS, codec.pack(self.schedule.to_wire())))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from consensus import codec
 from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader
-from consensus.epochs import ReconfigurationError, decode_changes, encode_changes
+from consensus.epochs import EpochChange, EpochConfig, ReconfigurationError, decode_changes, encode_changes
 
 REQUEST_DOMAIN = b"bayledger/sim-request/v1"
 REQUEST_FIELDS = ("check", "client", "payload", "seq")
@@ -128,8 +128,9 @@ class SimApplication:
     def check_request_shape(self, request: bytes) -> str | None:
         return check_request(request, check_signature=False)
 
-    def reconfiguration(self, height: int, entries, epoch: int):
-        return reconfiguration_of(entries, epoch)
+    def reconfiguration(self, height: int, entries, latest: EpochConfig):
+        changes = reconfiguration_of(entries, latest.epoch)
+        return None if changes is None else EpochChange(changes)
 
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int, entries) -> ExecutionResult | None:
         if parent is None:

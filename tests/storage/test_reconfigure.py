@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consensus import codec
 from consensus.epochs import (
-    AddValidator, RECONFIGURATION_CHANGES_MAX, ReconfigurationError, RemoveValidator, RotateValidatorKey, SetMinSigners,
+    AddValidator, EpochChange, EpochConfig, RECONFIGURATION_CHANGES_MAX, ReconfigurationError, RemoveValidator, RotateValidatorKey, SetMinSigners,
 )
 from consensus.validators import Validator
 from storage.application import LedgerApplication
@@ -16,7 +16,9 @@ from storage.entries import EntryError, build_admit, build_reconfigure, decode_e
 from storage.genesis import Participant
 from storage.ledger import Ledger, LedgerError
 from storage.reconfiguration import LedgerEpochs, address_bytes_max, decode_reconfiguration
-from tests.support.storage_helpers import Author, commitment, key_from, make_world, next_block, reconfigure
+from tests.support.storage_helpers import (
+    Author, commitment, held_twice, key_from, make_world, new_regulators, next_block, reconfigure,
+)
 
 MARGIN = 2
 NEW_KEY = key_from("validator hk-3")
@@ -241,11 +243,16 @@ def _entry_kinds(world):
         "under-signed": lambda n: build_reconfigure(hk_only, world.chain_id, 0, [SetMinSigners(0)], {}, n, 1),
         "commit": lambda n: author.commit(commitment(n)),
         "garbage": lambda n: b"\x92reconfigure" + bytes([n % 256]),
+        "rotate-regulator": lambda n: reconfigure(world, 0, [], governance=[new_regulators(world, "HK", n)], nonce=n),
+        "regulator-held-twice": lambda n: reconfigure(
+            world, 0, [], governance=[held_twice(world)], nonce=n),
+        "rotate-both": lambda n: reconfigure(world, 0, [SetMinSigners(0)], governance=[new_regulators(world, "CN", n)],
+                                             nonce=n),
     }
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["add", "unsafe", "remove", "min0", "wrong-epoch", "under-signed", "commit", "garbage"]),
+@given(st.lists(st.sampled_from(["add", "unsafe", "remove", "rotate-regulator", "regulator-held-twice", "rotate-both", "min0", "wrong-epoch", "under-signed", "commit", "garbage"]),
                 max_size=6))
 def test_the_hook_names_the_changes_execution_applies(tmp_path_factory, kinds):
     world = make_world(epoch_margin_heights=MARGIN)
@@ -253,11 +260,11 @@ def test_the_hook_names_the_changes_execution_applies(tmp_path_factory, kinds):
     try:
         makers = _entry_kinds(world)
         entries = [makers[kind](n + 1) for n, kind in enumerate(kinds)]
-        changes = LedgerApplication(store).reconfiguration(1, entries, 0)
         replica_schedule = store.epochs.schedule
-        if changes is not None:
+        found = LedgerApplication(store).reconfiguration(1, entries, replica_schedule.latest)
+        if found is not None:
             try:
-                replica_schedule = replica_schedule.schedule(1, changes)
+                replica_schedule = replica_schedule.schedule(1, found.changes, found.application)
             except ReconfigurationError:
                 pass
         apply(world, store, entries)
@@ -268,6 +275,104 @@ def test_the_hook_names_the_changes_execution_applies(tmp_path_factory, kinds):
 
 def test_the_hook_ignores_a_block_without_reconfigure_cheaply(world, store):
     author = Author(world, "hk-bureau")
-    assert LedgerApplication(store).reconfiguration(1, [author.commit(commitment(1))], 0) is None
-    assert LedgerApplication(store).reconfiguration(1, [add_hk3(world)], 0) == (ADD_HK3,)
-    assert LedgerApplication(store).reconfiguration(1, [add_hk3(world)], 1) is None
+    epoch_0 = store.epochs.schedule.latest
+    epoch_1 = EpochConfig(1, 5, epoch_0.validators, 3)
+    assert LedgerApplication(store).reconfiguration(1, [author.commit(commitment(1))], epoch_0) is None
+    assert LedgerApplication(store).reconfiguration(1, [add_hk3(world)], epoch_0) == EpochChange((ADD_HK3,))
+    assert LedgerApplication(store).reconfiguration(1, [add_hk3(world)], epoch_1) is None
+
+
+# -- regulator keys -------------------------------------------------------------------------------
+
+def test_replacing_a_regulator_key_opens_an_epoch_with_the_same_validators(world, store):
+    change = new_regulators(world, "HK", 1)
+    outcomes = apply(world, store, [reconfigure(world, 0, [], governance=[change])])
+    assert outcomes[0].ok
+    latest = store.epochs.schedule.latest
+    assert latest.epoch == 1 and latest.validators == world.genesis.validator_set and latest.application
+    assert store.epochs.governance_at(1 + MARGIN).keys["HK"] == world.genesis.governance.keys["HK"]
+    assert store.epochs.governance_at(2 + MARGIN).keys["HK"] == change.keys
+    assert store.epochs.governance_at(2 + MARGIN).keys["CN"] == world.genesis.governance.keys["CN"]
+
+
+def test_after_the_switch_only_the_new_regulator_keys_sign(world, store):
+    change = new_regulators(world, "HK", 1)
+    apply(world, store, [reconfigure(world, 0, [], governance=[change])])
+    old_signed = reconfigure(world, 1, [SetMinSigners(0)], nonce=2)      # old HK key: accepted until the switch
+    assert store.check_entry(old_signed) is None
+    fill_to(world, store, 1 + MARGIN)
+    # From the new epoch on, the door and execution judge with the new keys: the old HK key is unknown.
+    assert store.check_entry(old_signed) == "unknown-governance-key"
+    assert apply(world, store, [old_signed])[0].reason == "unknown-governance-key"
+    del world.governance_keys["hk-regulator-1"]
+    world.governance_keys.update(world.spare_governance_keys)
+    assert apply(world, store, [reconfigure(world, 1, [SetMinSigners(0)], nonce=3)])[0].ok
+
+
+def test_a_signature_under_a_regulator_ids_old_key_fails_at_execution(world, store):
+    """An id keeps its name but not its key: a signature made with the id's old key, checked before the
+    switch, is checked again when it commits, with the key the id has then."""
+    from storage.genesis import GovernanceKey
+    from storage.reconfiguration import SetGovernance
+
+    new_key = key_from("hk-regulator-1, next")
+    same_id = SetGovernance("HK", (GovernanceKey("hk-regulator-1", new_key.verify_key.encode(), "HK"),), 1)
+    apply(world, store, [reconfigure(world, 0, [], governance=[same_id])])
+    old_signed = reconfigure(world, 1, [SetMinSigners(0)], nonce=2)
+    fill_to(world, store, 1 + MARGIN)
+    assert apply(world, store, [old_signed])[0].reason == "bad-signature"
+    world.governance_keys["hk-regulator-1"] = new_key
+    assert apply(world, store, [reconfigure(world, 1, [SetMinSigners(0)], nonce=3)])[0].ok
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda world: [held_twice(world)], "reconfigure-duplicate-key"),
+    (lambda world: [], "reconfigure-empty"),
+])
+def test_a_bad_regulator_change_is_refused_with_its_reason(world, store, make, reason):
+    changes = make(world)
+    if not changes:
+        with pytest.raises(EntryError) as caught:
+            validate_entry(reconfigure(world, 0, [], governance=changes), world.genesis)
+        assert caught.value.reason == reason
+        return
+    assert apply(world, store, [reconfigure(world, 0, [], governance=changes)])[0].reason == reason
+    assert store.epochs.latest_epoch == 0
+
+
+@pytest.mark.parametrize("wire, message", [
+    ({"op": "set-governance", "jurisdiction": "MO", "keys": [{"id": "x", "public_key": b"\x01" * 32}],
+      "threshold": 1}, "jurisdiction"),
+    ({"op": "set-governance", "jurisdiction": "HK", "keys": [], "threshold": 1}, "keys"),
+    ({"op": "set-governance", "jurisdiction": "HK", "keys": [{"id": "x", "public_key": b"\x01" * 32}],
+      "threshold": 2}, "threshold"),
+    ({"op": "set-governance", "jurisdiction": "HK", "keys": [{"id": "x", "public_key": b"\x01" * 32}],
+      "threshold": True}, "threshold"),
+    ({"op": "set-governance", "jurisdiction": "HK", "keys": [{"id": "x y", "public_key": b"\x01" * 32}],
+      "threshold": 1}, "each key"),
+    ({"op": "set-governance", "jurisdiction": "HK", "keys": [{"id": "x", "public_key": b"\x01" * 32}] * 17,
+      "threshold": 1}, "keys"),
+    ({"op": "set-governance", "jurisdiction": "HK", "keys": [{"id": "x", "public_key": b"\x01" * 32}],
+      "threshold": 1, "extra": 1}, "fields"),
+])
+def test_a_malformed_regulator_change_is_refused(wire, message):
+    with pytest.raises(ReconfigurationError, match=message) as caught:
+        decode_reconfiguration(0, [wire])
+    assert caught.value.reason == "reconfigure-malformed"
+    twice = {"op": "set-governance", "jurisdiction": "HK", "keys": [{"id": "x", "public_key": b"\x01" * 32}],
+             "threshold": 1}
+    with pytest.raises(ReconfigurationError, match="at most once"):
+        decode_reconfiguration(0, [twice, twice])
+
+
+def test_the_regulator_keys_survive_a_reopen(world, tmp_path):
+    path = tmp_path / "store"
+    store = Ledger.open(path, world.genesis)
+    apply(world, store, [reconfigure(world, 0, [], governance=[new_regulators(world, "CN", 4)])])
+    before = store.epochs.governance_at(10)
+    store.close()
+    store = Ledger.open(path, world.genesis)
+    try:
+        assert store.epochs.governance_at(10) == before and before.keys["CN"][0].id == "cn-regulator-new-4"
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ import nacl.signing
 from consensus import codec, host
 from consensus.application import ExecutionResult
 from consensus.block import ZERO_HASH, BlockHeader, entries_hash
-from consensus.epochs import MARGIN_HEIGHTS_DEFAULT, ReconfigurationError, decode_changes, encode_changes
+from consensus.epochs import MARGIN_HEIGHTS_DEFAULT, EpochChange, ReconfigurationError, decode_changes, encode_changes
 from consensus.messages import CATCH_UP_BLOCKS_MAX, Commit, MessageError, PrePrepare, Prepare, decode_message
 from consensus.ready import Ready
 from consensus.replica import Replica, ReplicaConfig, encode_catch_up_response
@@ -41,15 +41,15 @@ class TrivialApp:
         root = codec.sha256(parent.tree_root if parent is not None else ZERO_HASH, entries_hash(entries))
         return ExecutionResult(size, root, codec.sha256(b"results", root))
 
-    def reconfiguration(self, height, entries, epoch):
-        """The changes of the block's first reconfiguration for `epoch` that decodes, or None."""
+    def reconfiguration(self, height, entries, latest):
+        """The changes of the block's first reconfiguration for the latest epoch that decodes, or None."""
         for entry in entries:
             if not entry.startswith(RECONFIGURE_PREFIX):
                 continue
             try:
                 body = codec.unpack(entry[len(RECONFIGURE_PREFIX):])
-                if isinstance(body, dict) and body.get("epoch") == epoch:
-                    return decode_changes(body.get("changes"))
+                if isinstance(body, dict) and body.get("epoch") == latest.epoch:
+                    return EpochChange(decode_changes(body.get("changes")))
             except (codec.EncodingError, ReconfigurationError, ValueError):
                 continue
         return None

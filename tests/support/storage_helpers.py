@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 import nacl.signing
@@ -23,6 +23,7 @@ class World:
     validator_keys: dict[str, nacl.signing.SigningKey]
     governance_keys: dict[str, nacl.signing.SigningKey]
     participant_keys: dict[str, nacl.signing.SigningKey]
+    spare_governance_keys: dict[str, nacl.signing.SigningKey] = field(default_factory=dict)
 
     @property
     def chain_id(self) -> str:
@@ -100,12 +101,34 @@ def next_block(world: World, ledger, entries, parent: BlockHeader | None = "head
     return CommittedBlock(header, tuple(entries), certify(world, header, signers))
 
 
-def reconfigure(world: World, epoch: int, changes, addresses=None, nonce: int = 1) -> bytes:
-    """A reconfigure entry changing `epoch`, signed by every regulator key of the world (meets any threshold)."""
+def reconfigure(world: World, epoch: int, changes, addresses=None, nonce: int = 1, governance=()) -> bytes:
+    """A reconfigure entry changing `epoch`, signed by every regulator key of the world (meets any threshold;
+    a test that replaces regulator keys updates world.governance_keys)."""
     from storage.entries import build_reconfigure
 
     return build_reconfigure(sorted(world.governance_keys.items()), world.chain_id, epoch, changes, addresses or {},
-                             nonce, world.genesis.genesis_time_ms + nonce)
+                             nonce, world.genesis.genesis_time_ms + nonce, governance)
+
+
+def new_regulators(world: World, jurisdiction: str, n: int):
+    """A set-governance change giving `jurisdiction` one new regulator key (id and key made from `n`);
+    the key is put in world.spare_governance_keys for the test to move into governance_keys."""
+    from storage.genesis import GovernanceKey
+    from storage.reconfiguration import SetGovernance
+
+    key_id = f"{jurisdiction.lower()}-regulator-new-{n}"
+    key = key_from(f"governance {key_id}")
+    world.spare_governance_keys[key_id] = key
+    return SetGovernance(jurisdiction, (GovernanceKey(key_id, key.verify_key.encode(), jurisdiction),), 1)
+
+
+def held_twice(world: World):
+    """A set-governance change giving HK a key that CN's regulator holds (refused: a key held twice)."""
+    from storage.genesis import GovernanceKey
+    from storage.reconfiguration import SetGovernance
+
+    cn_key = world.genesis.governance.keys["CN"][0]
+    return SetGovernance("HK", (GovernanceKey("hk-regulator-copy", cn_key.public_key, "HK"),), 1)
 
 
 class Author:
