@@ -50,7 +50,7 @@ from consensus.epochs import EpochConfig, EpochScheduleError, ReconfigurationErr
 
 from . import merkle, smt
 from .entries import EntryError, validate_entry
-from .genesis import GOVERNANCE_AUTHOR, Genesis
+from .genesis import GOVERNANCE_AUTHOR, Genesis, Governance
 from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs
 
 # 2: the status section (proof of non-revocation). The optional `epochs` key keeps version 2: an
@@ -249,8 +249,10 @@ def _verify_proven_leaf(item: Any, genesis: Genesis, where: str, epochs: LedgerE
     data = item["entry"]
     try:
         # The full stateless check but the Ed25519 verifications (_verify_signatures, after inclusion):
-        # shape, canonical bytes, chain, a kind genesis lists, known governance keys and thresholds.
-        entry = validate_entry(data, genesis, check_signatures=False)
+        # shape, canonical bytes, chain, a kind genesis lists, known governance keys and thresholds, the
+        # regulator keys being those of the height the header claims (verified right after).
+        entry = validate_entry(data, genesis, check_signatures=False,
+                               governance=epochs.governance_at(_claimed_height(item["header"])))
     except EntryError as exc:
         check = _ENTRY_CHECKS.get(exc.reason, "entry")
         raise _Invalid(f"{where}{check}", f"entry is refused ({exc.reason}): {exc}") from None
@@ -267,6 +269,13 @@ def _verify_proven_leaf(item: Any, genesis: Genesis, where: str, epochs: LedgerE
     if not merkle.verify_inclusion(merkle.leaf_hash(data), leaf_index, tree_size, path, header.tree_root):
         raise _Invalid(f"{where}inclusion", "inclusion path does not lead from the entry to the header's tree root")
     return entry, header
+
+
+def _claimed_height(header_wire: Any) -> int:
+    """The height a header map says it has, or 1 if it says none: only to pick the regulator keys the
+    entry is checked with before the header itself is verified."""
+    height = header_wire.get("height") if type(header_wire) is dict else None
+    return height if type(height) is int and height >= 1 else 1
 
 
 _ABSENT = object()   # a key not in the map (nil is a value, refused where the format has none)
@@ -296,7 +305,7 @@ def _walk_step(step: Any, genesis: Genesis, epochs: LedgerEpochs) -> LedgerEpoch
     entry, header = _verify_proven_leaf(step, genesis, "epochs.", epochs)
     if entry.type != RECONFIGURE_TYPE:
         raise _Invalid("epochs.entry", f"proven entry is a {entry.type}, not a {RECONFIGURE_TYPE}")
-    _verify_signatures(entry, genesis, "epochs.")
+    _verify_signatures(entry, epochs.governance_at(header.height), "epochs.")
     try:
         return epochs.judge(entry.fields["changes"], header.height, step["leaf_index"])
     except (ReconfigurationError, EpochScheduleError, ValueError) as exc:
@@ -313,8 +322,9 @@ def _check_no_extra_steps(steps: Any, headers: Sequence[BlockHeader]) -> None:
         raise _Invalid("epochs.extra", f"{count} epoch steps, but the proof's highest header is of epoch {highest}")
 
 
-def _verify_signatures(entry, genesis: Genesis, where: str) -> None:
-    """Entry signatures, so a proof's details (author, kind...) are the author's own words."""
+def _verify_signatures(entry, governance: Governance, where: str) -> None:
+    """Entry signatures, so a proof's details (author, kind...) are the author's own words; a governance
+    entry's under `governance`, the regulator keys of its block's height."""
     if entry.author != GOVERNANCE_AUTHOR:
         by, sig = entry.signatures[0]
         if not codec.verify(entry.author_key, sig, codec.DOMAIN_ENTRY, entry.chain_id, entry.body):
@@ -322,11 +332,11 @@ def _verify_signatures(entry, genesis: Genesis, where: str) -> None:
         return
     signers = set()
     for by, sig in entry.signatures:
-        key = genesis.governance.by_id.get(by)
+        key = governance.by_id.get(by)
         if key is None or not codec.verify(key.public_key, sig, codec.DOMAIN_ENTRY, entry.chain_id, entry.body):
             raise _Invalid(f"{where}signature", f"governance signature of {by!r} does not verify")
         signers.add(by)
-    if not genesis.governance.meets_threshold(signers):
+    if not governance.meets_threshold(signers):
         raise _Invalid(f"{where}signature", "governance signatures do not meet each jurisdiction's threshold")
 
 
@@ -437,7 +447,7 @@ def _verify_commit(proof: dict, genesis: Genesis, commitment: bytes, epochs: Led
         raise _Invalid("entry", f"proven entry is a {entry.type}, not a commit")
     if entry.fields["commitment"] != commitment:
         raise _Invalid("commitment", "the proven entry commits to a different commitment")
-    _verify_signatures(entry, genesis, "")
+    _verify_signatures(entry, epochs.governance_at(header.height), "")
     fields = entry.fields
     details: dict = {
         "commitment": commitment, "height": header.height, "time_ms": header.time_ms,
@@ -461,7 +471,7 @@ def _verify_revocation(proof: dict, entry, genesis: Genesis, commitment: bytes, 
         raise _Invalid("revocation.entry", f"revocation by {revoke.author!r}, who did not submit the commitment")
     if revocation["leaf_index"] <= proof["leaf_index"]:
         raise _Invalid("revocation.leaf-index", "revocation precedes the commitment in the log")
-    _verify_signatures(revoke, genesis, "revocation.")
+    _verify_signatures(revoke, epochs.governance_at(revoke_header.height), "revocation.")
     details.update(revoked_height=revoke_header.height, revoked_time_ms=revoke_header.time_ms,
                    revoked_by=revoke.author, revoke_reason=revoke.fields["reason"])
     return revoke_header

@@ -536,3 +536,42 @@ def test_an_added_validator_id_follows_the_genesis_files_name_rule():
     """A validator added later is named as one in genesis is (storage/genesis.py NAME_PATTERN)."""
     assert VALIDATOR_ID_PATTERN.pattern == NAME_PATTERN.pattern
     assert VALIDATOR_ID_BYTES_MAX == name_bytes_max
+
+
+# -- application data (the ledger's regulator keys) ------------------------------------------------
+
+def _four():
+    keys = [bytes([i + 1]) * 32 for i in range(4)]
+    return ValidatorSet(tuple(Validator(f"v{i}", keys[i], "HK" if i < 2 else "CN") for i in range(4)))
+
+
+def test_an_epoch_may_change_only_its_application_data():
+    schedule = EpochSchedule.genesis(_four(), margin_heights=4)
+    after = schedule.schedule(2, (), b"keys v2")
+    assert after.latest.validators == schedule.latest.validators and after.latest.application == b"keys v2"
+    assert after.latest.start_height == 2 + 4 + 1
+    with pytest.raises(ReconfigurationError) as caught:
+        after.schedule(8, (), b"keys v2")
+    assert caught.value.reason == "reconfigure-no-change"
+    with pytest.raises(ReconfigurationError) as caught:
+        schedule.schedule(2, ())
+    assert caught.value.reason == "reconfigure-no-change"
+    # Validator changes without data keep the latest data.
+    kept = after.schedule(8, (SetMinSigners(0),))
+    assert kept.latest.application == b"keys v2"
+
+
+def test_application_data_is_bounded_and_written_only_when_present():
+    from consensus.epochs import APPLICATION_BYTES_MAX
+    schedule = EpochSchedule.genesis(_four(), margin_heights=4)
+    assert "application" not in schedule.latest.to_wire()
+    at_limit = schedule.schedule(2, (), b"x" * APPLICATION_BYTES_MAX)
+    assert EpochSchedule.from_wire(at_limit.to_wire()) == at_limit
+    with pytest.raises(ReconfigurationError) as caught:
+        schedule.schedule(2, (), b"x" * (APPLICATION_BYTES_MAX + 1))
+    assert caught.value.reason == "reconfigure-malformed"
+    wire = at_limit.to_wire()
+    for bad in (b"", "text", None):
+        wire["epochs"][1]["application"] = bad
+        with pytest.raises(EpochScheduleError):
+            EpochSchedule.from_wire(wire)

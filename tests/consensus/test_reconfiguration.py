@@ -242,3 +242,25 @@ def test_a_validator_that_is_in_no_set_must_say_it_is_joining():
     stranger = nacl.signing.SigningKey(bytes([201]) * 32)
     with pytest.raises(ValueError, match="joining=True"):
         Replica(CONFIG, cluster.vset, "v9", stranger, CHAIN, TrivialApp(), margin_heights=MARGIN)
+
+
+def test_an_epoch_that_changes_only_the_application_data_keeps_the_set_and_switches():
+    """The ledger's regulator keys ride in an epoch's application data: a reconfiguration of only those
+    opens an epoch with the same validators, which every replica enters and keeps committing in; a
+    restart keeps the data."""
+    cluster = Cluster(CONFIG, margin_heights=MARGIN)
+    cluster.submit("v0", reconfigure_request(0, [], application=b"regulators v2"))
+    assert cluster.run_until(lambda: reconfiguration_height(cluster) is not None)
+    start = reconfiguration_height(cluster) + MARGIN + 1
+    commit_past(cluster, start + 3)
+    for node in cluster.nodes.values():
+        assert node.replica.epoch == 1 and node.replica.schedule.latest.application == b"regulators v2"
+        assert node.replica.validators == node.replica.schedule.epochs[0].validators
+        assert node.chain[start - 1].header.epoch == 1
+    cluster.nodes["v1"].crash()
+    cluster.nodes["v1"].restart()
+    assert cluster.nodes["v1"].replica.schedule.latest.application == b"regulators v2"
+    # The same data again changes nothing: no epoch.
+    cluster.submit("v0", reconfigure_request(1, [], nonce=b"again", application=b"regulators v2"))
+    commit_past(cluster, start + 3 + 2 * MARGIN)
+    assert all(len(node.replica.schedule.epochs) == 2 for node in cluster.nodes.values())

@@ -363,3 +363,37 @@ def test_any_bit_flip_in_the_steps_is_never_a_match(chain, data):
     flipped = bytearray(good)
     flipped[bit // 8] ^= 1 << (bit % 8)
     assert _verify(world, bytes(flipped), 0).status == "invalid", bit
+
+
+def test_a_proof_walks_a_change_of_regulator_keys_and_checks_later_governance_with_the_new_ones(tmp_path):
+    """Epoch 1 changes only HK's regulator key (the set stays); a governance revoke signed with the new key
+    in epoch 1 proves REVOKED from genesis alone, and the old HK key's signature on it would not verify."""
+    from tests.support.storage_helpers import new_regulators
+
+    world = make_world(epoch_margin_heights=1)
+    store = Ledger.open(tmp_path / "store", world.genesis)
+    try:
+        author = Author(world, "hk-bureau")
+        change = new_regulators(world, "HK", 7)
+        store.apply_block(next_block(world, store, [author.commit(commitment(0))]))
+        assert store.apply_block(next_block(world, store, [reconfigure(world, 0, [], governance=[change])]))[0].ok
+        store.apply_block(next_block(world, store, []))
+        del world.governance_keys["hk-regulator-1"]
+        world.governance_keys.update(world.spare_governance_keys)
+        from storage.entries import build_governance_revoke
+        revoke = build_governance_revoke(sorted(world.governance_keys.items()), world.chain_id, commitment(0),
+                                         "court order", 11, 1)
+        block = next_block(world, store, [revoke])
+        assert block.header.epoch == 1 and store.apply_block(block)[0].ok
+        proof = store.match_proof(commitment(0))
+        assert len(msgpack.unpackb(proof)["epochs"]) == 1
+        verdict = _verify(world, proof, 0)
+        assert verdict.status == "revoked" and verdict.details["revoked_by"] == "governance", verdict
+        # The same proof with the old HK key's signature on the revoke: the entry no longer verifies.
+        old = build_governance_revoke([("cn-regulator-1", world.governance_keys["cn-regulator-1"]),
+                                       ("hk-regulator-1", key_from("governance hk-regulator-1"))],
+                                      world.chain_id, commitment(0), "court order", 11, 1)
+        forged = _recode(proof, lambda v: v["revocation"].__setitem__("entry", old))
+        assert _verify(world, forged, 0).status == "invalid"
+    finally:
+        store.close()

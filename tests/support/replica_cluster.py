@@ -49,14 +49,19 @@ class TrivialApp:
             try:
                 body = codec.unpack(entry[len(RECONFIGURE_PREFIX):])
                 if isinstance(body, dict) and body.get("epoch") == latest.epoch:
-                    return EpochChange(decode_changes(body.get("changes")))
+                    changes = body.get("changes")
+                    return EpochChange(decode_changes(changes) if changes else (), body.get("application"))
             except (codec.EncodingError, ReconfigurationError, ValueError):
                 continue
         return None
 
 
-def reconfigure_request(epoch, changes, nonce=b""):
-    return RECONFIGURE_PREFIX + codec.pack({"epoch": epoch, "changes": encode_changes(changes), "nonce": nonce})
+def reconfigure_request(epoch, changes, nonce=b"", application=None):
+    """A stand-in reconfiguration; `application`: the new epoch's application data (None: unchanged)."""
+    body = {"epoch": epoch, "changes": encode_changes(changes), "nonce": nonce}
+    if application is not None:
+        body["application"] = application
+    return RECONFIGURE_PREFIX + codec.pack(body)
 
 
 def make_validators(jurisdictions=JURISDICTIONS):
