@@ -584,11 +584,11 @@ def build_suspend(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_
 
 def build_reconfigure(signers: Iterable[tuple[str, nacl.signing.SigningKey]], chain_id: str, epoch: int,
                       changes: Iterable[Any], addresses: dict[str, dict[str, str]], *,
-                      nonce: int | None = None) -> bytes:
+                      nonce: int | None = None, governance: Iterable[Any] = ()) -> bytes:
     """A reconfigure entry changing `epoch` (the chain's latest; consensus.epochs changes; `addresses`:
     each added validator's {"p2p", "rpc"}). Its replay guard is the epoch; the nonce is only a field."""
     return ledger_entries.build_reconfigure(signers, chain_id, epoch, changes, addresses,
-                                            fresh_nonce() if nonce is None else nonce, now_ms())
+                                            fresh_nonce() if nonce is None else nonce, now_ms(), governance)
 
 
 cosign = ledger_entries.cosign

@@ -281,9 +281,9 @@ class EntryVerdictMemo:
 
     An entry reaches the stateless check up to three times on a node (RPC submit, the core pooling
     it, a backup validating the proposed block), and the check is an Ed25519 verification (about 40 us here).
-    The check depends on the entry's bytes and the genesis only, so its verdict for the same bytes
-    never changes: remember it by SHA-256 of the entry, least recently used forgotten first, at
-    most `verdicts_max`. `execute` and everything else go to the wrapped application unchanged.
+    The check depends on the entry's bytes, the genesis and the epochs' regulator keys only, so its
+    verdict for the same bytes holds until the epoch schedule changes (`forget_verdicts`): remember it
+    by SHA-256 of the entry, least recently used forgotten first, at most `verdicts_max`. `execute` and everything else go to the wrapped application unchanged.
     """
 
     def __init__(self, application, verdicts_max: int = ENTRY_VERDICTS_MAX) -> None:
@@ -312,6 +312,11 @@ class EntryVerdictMemo:
         if len(verdicts) > self.verdicts_max:
             verdicts.popitem(last=False)
         return verdict
+
+    def forget_verdicts(self) -> None:
+        """A governance entry's verdict depends on the regulator keys, which change with the epochs: the
+        daemon forgets every verdict when the schedule changes."""
+        self._verdicts.clear()
 
     def execute(self, parent, height, time_ms, entries):
         return self.application.execute(parent, height, time_ms, entries)
@@ -447,6 +452,7 @@ class Daemon:
         first = self._followed_set is None
         was_member = first or self._followed_set[3]
         self._followed_set = followed
+        self.application.forget_verdicts()
         self.network.set_signing_key(self.replica.signing_key)
         self.metrics.epoch.set(self.replica.epoch)
         if not first:

@@ -44,7 +44,7 @@ from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
 from node.validators_view import (
-    applied_epoch, current_validators, current_validators_list, epochs_result, ledger_epochs,
+    applied_epoch, current_governance, current_validators, current_validators_list, epochs_result, ledger_epochs,
 )
 from node.wire import (
     ERROR_BAD_SIGNATURE, ERROR_BUSY, ERROR_INTERNAL, ERROR_INVALID_PARAMS, ERROR_INVALID_REQUEST,
@@ -243,6 +243,8 @@ class RpcMethods:
             return
         if session.role == rpc_access.ROLE_VALIDATOR:
             self._check_still_validator(session)
+        if session.role == rpc_access.ROLE_REGULATOR:
+            self._check_still_regulator(session)
         if session.role in (rpc_access.ROLE_PARTICIPANT, rpc_access.ROLE_AUDITOR):
             # A suspension (or a re-admission with another key) takes effect on open connections too.
             record = self.ledger.participant(session.identity)
@@ -257,6 +259,14 @@ class RpcMethods:
             how = "" if session.authenticated else " (call challenge, then authenticate)"
             raise ApiError(ERROR_UNAUTHORIZED, f"{method} needs the role {rpc_access.needed_roles_text(method)}; "
                            f"{session.describe()}{how}")
+
+    def _check_still_regulator(self, session: Session) -> None:
+        """A regulator key replaced since it authenticated is one no longer, from the new epoch on."""
+        key = current_governance(self.ledger).by_id.get(session.identity)
+        if key is None or key.public_key != session.public_key:
+            session.role = None
+            raise ApiError(ERROR_UNAUTHORIZED, f"{session.identity!r} is no longer a regulator key (the regulator "
+                           "keys changed); this connection is no longer authenticated")
 
     def _check_still_validator(self, session: Session) -> None:
         """A validator removed (or its key rotated out) since it authenticated is one no longer: once the
@@ -315,7 +325,7 @@ class RpcMethods:
                            "(see docs/PROTOCOL.md section 8, Authentication); call challenge again")
         await self._ledger_quiet()
         role = rpc_access.role_of(identity, public_key, self.ledger.genesis, self.ledger.participant(identity),
-                                  current_validators(self.ledger))
+                                  current_validators(self.ledger), current_governance(self.ledger))
         if role is None:
             # One answer for an unknown id, another key and a suspended participant: the registry is not
             # for anonymous callers to probe.

@@ -105,15 +105,16 @@ class Session:
 
 
 def role_of(identity: str, public_key: bytes, genesis: Any, participant_record: Any,
-            validators: Any = None) -> str | None:
+            validators: Any = None, governance: Any = None) -> str | None:
     """The role `identity` holds with `public_key`, or None (unknown identity, other key, or inactive).
 
-    `participant_record` is the registry's record of `identity` (or None); `validators` the validator set
-    of the node's current epoch (default: genesis's); see the module doc for the order."""
+    `participant_record` is the registry's record of `identity` (or None); `validators` and `governance`
+    the validator set and regulator keys of the node's current epoch (default: genesis's); see the
+    module doc for the order."""
     validator = (genesis.validator_set if validators is None else validators).get(identity)
     if validator is not None:
         return ROLE_VALIDATOR if validator.public_key == public_key else None
-    governance_key = genesis.governance.by_id.get(identity)
+    governance_key = (genesis.governance if governance is None else governance).by_id.get(identity)
     if governance_key is not None:
         return ROLE_REGULATOR if governance_key.public_key == public_key else None
     return participant_role(participant_record, public_key)

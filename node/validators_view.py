@@ -7,7 +7,8 @@ epoch rather than genesis. `epochs()` answers
     {"epoch": <the latest scheduled epoch>, "current_epoch": <the epoch of the applied head's next height>,
      "margin_heights": <heights between a reconfiguration's commit and its epoch's start, minus one>,
      "epochs": [{"epoch", "start_height", "scheduled_at", "min_signers_per_jurisdiction",
-                 "validators": [{"id", "public_key": bin 32, "jurisdiction", "p2p", "rpc"}]}]}
+                 "validators": [{"id", "public_key": bin 32, "jurisdiction", "p2p", "rpc"}],
+                 "governance": {JURISDICTION: {"keys": [{"id", "public_key": bin 32}], "threshold"}}}]}
 
 Epochs are listed oldest first; each epoch's validators in their order (the primary rotation). The
 server builds it (`epochs_result`) from storage.reconfiguration.LedgerEpochs; the CLI reads it
@@ -21,9 +22,10 @@ from typing import Any
 
 from consensus.epochs import EpochConfig, EpochSchedule, EpochScheduleError
 from consensus.validators import Validator, ValidatorSet, ValidatorSetError
-from storage.reconfiguration import LedgerEpochs
+from storage.genesis import Governance
+from storage.reconfiguration import LedgerEpochs, governance_of
 
-__all__ = ["ledger_epochs", "current_validators", "current_validators_list", "applied_epoch", "epochs_result",
+__all__ = ["ledger_epochs", "current_governance", "current_validators", "current_validators_list", "applied_epoch", "epochs_result",
            "schedule_of", "ValidatorsResultError"]
 
 
@@ -34,6 +36,11 @@ class ValidatorsResultError(ValueError):
 def ledger_epochs(ledger: Any) -> LedgerEpochs:
     """The epochs the ledger has applied (storage.ledger.Ledger.epochs)."""
     return ledger.epochs
+
+
+def current_governance(ledger: Any) -> Governance:
+    """The regulator keys of the next height the ledger will apply: who is a regulator now (RPC roles)."""
+    return ledger_epochs(ledger).governance_at(ledger.height() + 1)
 
 
 def current_validators(ledger: Any) -> ValidatorSet:
@@ -68,7 +75,8 @@ def epochs_result(epochs: LedgerEpochs, height: int) -> dict:
         "margin_heights": schedule.margin_heights,
         "epochs": [{"epoch": config.epoch, "start_height": config.start_height, "scheduled_at": config.scheduled_at,
                     "min_signers_per_jurisdiction": config.validators.min_signers_per_jurisdiction,
-                    "validators": [_validator_wire(v, epochs.addresses) for v in config.validators.validators]}
+                    "validators": [_validator_wire(v, epochs.addresses) for v in config.validators.validators],
+                    "governance": governance_of(config, epochs.genesis_governance).to_wire()}
                    for config in schedule.epochs],
     }
 

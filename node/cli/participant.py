@@ -850,6 +850,7 @@ def _run_governance_revoke(args, commitment: bytes) -> int:
     if args.participant:
         raise CliError("--as names a participant; a --governance revoke is signed by regulator keys")
     genesis = _genesis(args)
+    genesis = _with_current_governance(args, genesis)
     signers = _governance_signers(args, genesis)
     entry = _build_governance(build_governance_revoke, signers, genesis.chain_id, commitment, args.reason)
     return _finish_governance(args, genesis, entry, f"revoke of {commitment.hex()} by governance", args.out)
@@ -926,6 +927,31 @@ def run_queries(args) -> int:
 
 # -- governance -----------------------------------------------------------------------------------
 
+def _with_current_governance(args, genesis, client=None):
+    """`genesis` with the regulator keys of the chain's current epoch: they change with reconfigurations
+    (`bayledger governance rotate`), so they are asked of the node when one is given (--rpc, --node or
+    BAYLEDGER_RPC; or `client`); without a node, or one that cannot tell, genesis's (the node judges the
+    entry when it is sent)."""
+    import dataclasses
+
+    from storage.genesis import GenesisError, governance_from_wire
+
+    if client is None and not (getattr(args, "rpc", None) or getattr(args, "node", None)
+                               or os.environ.get("BAYLEDGER_RPC")):
+        return genesis
+    try:
+        if client is None:
+            with _client(args) as own:
+                answer = own.call("epochs")
+        else:
+            answer = client.call("epochs")
+        current = next(e for e in answer["epochs"] if e["epoch"] == answer["current_epoch"])
+        return dataclasses.replace(genesis, governance=governance_from_wire(current["governance"]))
+    except (RpcError, ClientError, GenesisError, KeyError, TypeError, StopIteration, OSError):
+        # A node that cannot tell (unreachable, older): genesis's keys; the node judges what is sent.
+        return genesis
+
+
 def _governance_signers(args, genesis) -> list[tuple[str, Any]]:
     signers = []
     for key in _keys(args):
@@ -985,6 +1011,7 @@ def run_admit(args) -> int:
     from storage.genesis import GenesisError, Participant, check_participant_fields
 
     genesis = _genesis(args)
+    genesis = _with_current_governance(args, genesis)
     signers = _governance_signers(args, genesis)
     try:
         public_key = load_public_key(args.public_key)
@@ -1002,6 +1029,7 @@ def run_admit(args) -> int:
 
 def run_suspend(args) -> int:
     genesis = _genesis(args)
+    genesis = _with_current_governance(args, genesis)
     signers = _governance_signers(args, genesis)
     entry = _build_governance(build_suspend, signers, genesis.chain_id, args.participant_id)
     return _finish_governance(args, genesis, entry, f"suspend of {args.participant_id}", args.out)
@@ -1011,6 +1039,7 @@ def run_cosign(args) -> int:
     from storage.entries import EntryError, decode_entry
 
     genesis = _genesis(args)
+    genesis = _with_current_governance(args, genesis)
     signers = _governance_signers(args, genesis)
     entry = _read_file(args.entry, entry_file_bytes_max, "entry file")
     try:

@@ -28,12 +28,14 @@ from node.cli import CliError
 from node.cli.participant import (
     DEFAULT_SUBMIT_WAIT_MS, ENVIRONMENT_HELP, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, GOVERNANCE_NOTE, _call, _client,
     _finish_governance, _genesis, _governance_signers, _guarded, _new_parser, _printable, _require_signatures,
+    _with_current_governance,
     _submit_entry, _usage, refusal_or_error, timeout_arg, wait_ms_arg,
 )
 from node.client import RpcError, build_reconfigure
 from node.keys import KeyFileError, load_public_key
 from node.validators_view import ValidatorsResultError, schedule_of
-from storage.reconfiguration import address_bytes_max
+from storage.genesis import GovernanceKey, governance_keys_max, is_name
+from storage.reconfiguration import SetGovernance, address_bytes_max, apply_governance
 
 PUBLIC_KEY_HEX_CHARS = 64
 EPOCH_MAX = 2**63 - 1                 # what the entry's epoch field holds
@@ -148,6 +150,12 @@ example (hk-1 made its new key with `bayledger keygen --out keys/hk-1-2027.json 
   bayledger validator rotate-key hk-1 --public-key-file keys/hk-1-2027.json \\
     {_COMMON}
 """,
+    "rotate": f"""\
+example (HKMA replaces hkma-1 by hkma-2, made with `bayledger keygen --out keys/hkma-2.json --id hkma-2`;
+signed by the regulator keys of now, hkma-1 among them):
+  bayledger governance rotate --jurisdiction HK --regulator hkma-2:<its 64 hex public key> --threshold 1 \\
+    {_COMMON}
+""",
 }
 
 
@@ -223,6 +231,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rotate.set_defaults(handler=_guarded(run_rotate_key))
     validator.set_defaults(handler=lambda args: _usage(validator))
 
+    governance = _new_parser(subparsers, "governance", "change the regulator keys (governance): rotate",
+                             "Change the regulator keys with a reconfigure entry. " + RECONFIGURE_NOTE)
+    governance.epilog = _NODE_ENVIRONMENT
+    governance_commands = governance.add_subparsers(dest="governance_command", metavar="COMMAND")
+    rotate_regulators = _command_parser(
+        governance_commands, "rotate", "replace one jurisdiction's regulator keys and threshold",
+        "Replace JURISDICTION's regulator keys with the --regulator keys given (its whole new list) and its "
+        "threshold. Signed by the regulator keys of now; from the new epoch on only the new ones sign "
+        "governance entries.")
+    rotate_regulators.add_argument("--jurisdiction", required=True, type=jurisdiction_arg, metavar="HK|CN")
+    rotate_regulators.add_argument("--regulator", action="append", required=True, type=regulator_arg,
+                                   metavar="ID:PUBLIC_KEY_HEX",
+                                   help=f"a regulator key of the new list (repeat, 1..{governance_keys_max})")
+    rotate_regulators.add_argument("--threshold", required=True, type=int, metavar="N",
+                                   help="signatures of this jurisdiction each governance entry needs (1..keys)")
+    _add_reconfigure_options(rotate_regulators)
+    rotate_regulators.set_defaults(handler=_guarded(run_governance_rotate))
+    governance.set_defaults(handler=lambda args: _usage(governance))
+
     validators = _new_parser(subparsers, "validators", "show the validator set and its epochs", VALIDATORS_HELP)
     validators.epilog = _NODE_ENVIRONMENT
     validators.add_argument("--json", action="store_true", help="print the node's answer as JSON (bytes as hex)")
@@ -291,6 +318,32 @@ def run_add(args) -> int:
     return _reconfigure(args, (change,), addresses, f"add of validator {validator_id} ({args.jurisdiction})")
 
 
+def regulator_arg(text: str) -> tuple[str, bytes]:
+    """ID:PUBLIC_KEY_HEX of a regulator key."""
+    key_id, _, hex_key = text.rpartition(":")
+    try:
+        public_key = load_public_key(hex_key)
+    except KeyFileError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: {exc}") from None
+    if not is_name(key_id):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: the id must be letters, digits, '.', '_' or '-', "
+                                         f"starting with a letter or digit")
+    return key_id, public_key
+
+
+def run_governance_rotate(args) -> int:
+    keys = tuple(GovernanceKey(key_id, public_key, args.jurisdiction) for key_id, public_key in args.regulator)
+    wire = {"op": SetGovernance.OP, "jurisdiction": args.jurisdiction, "threshold": args.threshold,
+            "keys": [{"id": key.id, "public_key": key.public_key} for key in keys]}
+    try:
+        change = SetGovernance.from_wire(wire, "--regulator/--threshold")
+    except ReconfigurationError as exc:
+        raise CliError(str(exc)) from None
+    names = ", ".join(key.id for key in keys)
+    return _reconfigure(args, (), {}, f"regulator keys of {args.jurisdiction} -> {names} (threshold {args.threshold})",
+                        (change,))
+
+
 def run_remove(args) -> int:
     validator_id = _validator_id(args.id)
     return _reconfigure(args, (RemoveValidator(validator_id),), {}, f"removal of validator {validator_id}")
@@ -302,30 +355,35 @@ def run_rotate_key(args) -> int:
     return _reconfigure(args, (change,), {}, f"key rotation of validator {validator_id}")
 
 
-def _reconfigure(args, changes: tuple[Change, ...], addresses: dict, what: str) -> int:
+def _reconfigure(args, changes: tuple[Change, ...], addresses: dict, what: str,
+                 governance: tuple[SetGovernance, ...] = ()) -> int:
     """Build, check and sign the entry; write it (--out) or submit it and print the outcome."""
     genesis = _genesis(args)
-    signers = _governance_signers(args, genesis)
     if args.out and args.epoch is not None:
         # Everything is given: no node is asked (an entry prepared offline, checked when submitted).
-        entry = _build(signers, genesis.chain_id, args.epoch, changes, addresses)
+        signers = _governance_signers(args, genesis)
+        entry = _build(signers, genesis.chain_id, args.epoch, changes, addresses, governance)
         return _finish_governance(args, genesis, entry, what, args.out)
     with _node_client(args) as client:
+        genesis = _with_current_governance(args, genesis, client)   # the regulator keys of now, not genesis's
+        signers = _governance_signers(args, genesis)
         view = _node_view(client)
         epoch = view.latest.epoch if args.epoch is None else args.epoch
         _check_locally(view, epoch, changes, submitting=not args.out)
-        entry = _build(signers, genesis.chain_id, epoch, changes, addresses)
+        _check_governance_locally(view, genesis, governance)
+        entry = _build(signers, genesis.chain_id, epoch, changes, addresses, governance)
         if args.out:
             return _finish_governance(args, genesis, entry, what, args.out)
         _require_signatures(entry, genesis, what)
         return _submit_and_report(client, args, entry, what)
 
 
-def _build(signers, chain_id: str, epoch: int, changes: tuple[Change, ...], addresses: dict) -> bytes:
+def _build(signers, chain_id: str, epoch: int, changes: tuple[Change, ...], addresses: dict,
+           governance: tuple[SetGovernance, ...] = ()) -> bytes:
     from storage.entries import EntryError, decode_entry
 
     try:
-        entry = build_reconfigure(signers, chain_id, epoch, changes, addresses)
+        entry = build_reconfigure(signers, chain_id, epoch, changes, addresses, governance=governance)
         decode_entry(entry)     # the entry's own rules, before anyone co-signs it
     except EntryError as exc:
         raise CliError(f"the entry would be refused: {exc.reason}: {exc}") from None
@@ -353,12 +411,28 @@ def _check_locally(view: NodeView, epoch: int, changes: tuple[Change, ...], *, s
             raise CliError(f"{message}: submit once it has started, or write the entry now with --out ({unsent})",
                            EXIT_NEGATIVE)
         _note(f"{message}: submit the entry once it has started")
+    if not changes:
+        return    # regulator keys only: _check_governance_locally
     try:
         apply_changes(latest.validators, changes, retired_ids=view.schedule.retired_ids,
                       retired_keys=view.schedule.retired_keys)
     except ReconfigurationError as exc:
         raise CliError(f"{exc.reason}: {exc} (checked against epoch {latest.epoch}'s set at {view.endpoint}; "
                        f"{unsent})", EXIT_NEGATIVE) from None
+
+
+def _check_governance_locally(view: NodeView, genesis, governance: tuple[SetGovernance, ...]) -> None:
+    """Raise (exit 1, nothing sent) for regulator keys the ledger would refuse (one held twice), or a
+    change that leaves them as they are."""
+    if not governance:
+        return
+    try:
+        updated = apply_governance(genesis.governance, governance)
+    except ReconfigurationError as exc:
+        raise CliError(f"{exc.reason}: {exc} (nothing was sent)", EXIT_NEGATIVE) from None
+    if updated == genesis.governance:
+        raise CliError("reconfigure-no-change: the regulator keys would stay as they are (nothing was sent)",
+                       EXIT_NEGATIVE)
 
 
 def _reason_text(reason: str) -> str:

@@ -124,3 +124,44 @@ def test_a_rotated_out_key_never_returns(capsys, server, files, world):
     code, out, err = run(capsys, ["validator", "rotate-key", "hk-2", "--public-key", old_key, *node(server),
                                   *regulators(files, *BOTH)])
     assert code == 1 and err.startswith("bayledger validator: reconfigure-reused-key: ") and one_line_error(err)
+
+
+def test_regulators_replace_a_key_and_the_new_key_signs_from_the_new_epoch(capsys, server, files, world, tmp_path):
+    from node.keys import KeyPair, write_key_file
+
+    new_hk = KeyPair.generate("hkma-2")
+    write_key_file(tmp_path / "hkma-2.json", new_hk)
+    rotate = ["governance", "rotate", "--jurisdiction", "HK", "--regulator", f"hkma-2:{new_hk.public_key.hex()}",
+              "--threshold", "1"]
+    code, out, err = run(capsys, [*rotate, *node(server), *regulators(files, *BOTH)])
+    assert code == 0 and out.startswith("ACCEPTED: regulator keys of HK -> hkma-2 (threshold 1)"), (out, err)
+    _, start = accepted_start(out)
+    assert "epoch 1 (4 validators)" in out
+    # The same change again, before the epoch starts: one at a time (pending), nothing sent.
+    code, _, err = run(capsys, [*rotate, *node(server), *regulators(files, *BOTH)])
+    assert code == 1 and "reconfigure-pending" in err and one_line_error(err)
+    while server.api.ledger.height() < start:
+        server.api.commit_now([])
+    # From epoch 1 the old HK key signs nothing: refused locally with the node's current keys ...
+    code, _, err = run(capsys, ["validator", "remove", "cn-2", *node(server), *regulators(files, *BOTH)])
+    assert code != 0 and "hk-regulator-1" in err and one_line_error(err)
+    # ... and the new one, with CN's, removes cn-2.
+    new_signers = ["--key", str(tmp_path / "hkma-2.json"), "--key", files["cn-regulator-1"], "--genesis",
+                   files["genesis"]]
+    code, out, err = run(capsys, ["validator", "remove", "cn-2", *node(server), *new_signers])
+    assert code == 0 and out.startswith("ACCEPTED: removal of validator cn-2"), (out, err)
+    code, out, _ = run(capsys, ["validators", "--json", *node(server), "--key", str(tmp_path / "hkma-2.json")])
+    governance = json.loads(out)["epochs"][1]["governance"]
+    assert [key["id"] for key in governance["HK"]["keys"]] == ["hkma-2"]
+
+
+def test_a_regulator_key_held_twice_is_refused_before_sending(capsys, server, files, world):
+    cn_key = world.genesis.governance.keys["CN"][0]
+    code, _, err = run(capsys, ["governance", "rotate", "--jurisdiction", "HK", "--regulator",
+                                f"hk-copy:{cn_key.public_key.hex()}", "--threshold", "1", *node(server),
+                                *regulators(files, *BOTH)])
+    assert code == 1 and err.startswith("bayledger governance: reconfigure-duplicate-key") and one_line_error(err)
+    code, _, err = run(capsys, ["governance", "rotate", "--jurisdiction", "HK", "--regulator",
+                                f"hk-copy:{cn_key.public_key.hex()}", "--threshold", "2", *node(server),
+                                *regulators(files, *BOTH)])
+    assert code == 2 and "threshold" in err and one_line_error(err)

@@ -93,9 +93,12 @@ def test_argument_errors_are_one_line(capsys, files, argv, expected):
     assert out == ""
 
 
-def test_keys_and_genesis_are_checked_before_the_node_is_asked(capsys, files, monkeypatch):
-    code, _, err = run(capsys, [*ADD, "--key", files["hk-bank"], "--genesis", files["genesis"], "--node", "127.0.0.1:1"])
+def test_keys_and_genesis_are_checked_before_anything_is_sent(capsys, files, server):
+    """A key that is not a regulator key of now (asked of the node: they change with the epochs)."""
+    code, _, err = run(capsys, [*ADD, "--key", files["hk-bank"], "--genesis", files["genesis"],
+                                "--node", f"127.0.0.1:{server.port}"])
     assert code == 2 and "not a governance key" in err and one_line_error(err)
+    assert server.api.submitted == []
     code, _, err = run(capsys, [*ADD, "--key", files["hk-regulator-1"], "--node", "127.0.0.1:1"])
     assert code == 2 and "no genesis file" in err and one_line_error(err)
     code, _, err = run(capsys, [*ADD, *regulators(files, *BOTH)])

@@ -36,7 +36,8 @@ def test_validators_before_any_reconfiguration_is_the_genesis_set(connect, world
         "validators": [{"id": v.id, "public_key": v.public_key, "jurisdiction": v.jurisdiction,
                         "p2p": world.genesis.validator_addresses[v.id]["p2p"],
                         "rpc": world.genesis.validator_addresses[v.id]["rpc"]}
-                       for v in world.genesis.validator_set.validators]}]}
+                       for v in world.genesis.validator_set.validators],
+        "governance": world.genesis.governance.to_wire()}]}
     error, status = connect("hk-1").call("status")
     assert error is None and status["epoch"] == 0
 
