@@ -299,7 +299,7 @@ def down(run_dir: Path) -> int:
     network = Network.load(run_dir.resolve())
     for node in network.nodes:
         byzantine = stop_byzantine(node)
-        outcome = stop_node(node.pid_path, node.config_path)
+        outcome = "removed" if node.removed else stop_node(node.pid_path, node.config_path)
         print(f"  {node.name:<6} {outcome}" + (f" (byzantine {byzantine})" if byzantine else ""))
     print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up{dir_option(network.run_dir)}` starts it again)")
     return 0
@@ -427,10 +427,35 @@ def byzantine(run_dir: Path, name: str, behaviour: str, options: list[str] | Non
 # ---------------------------------------------------------------- status
 
 
+def epoch_schedule(network: Network, pids: dict[str, int | None]) -> list[dict]:
+    """The chain's epochs, oldest first ({"epoch", "start_height", "validators": [ids]}), from the first
+    running member that answers RPC `epochs` as itself; [] if none does."""
+    for node in network.members:
+        if pids.get(node.name) is None:
+            continue
+        try:
+            credentials = Credentials(node.name, load_key_file(node.key_path).signing_key)
+            answer = rpc.call(node.rpc, "epochs", [], status_timeout_s, ca_file=node.ca_path, credentials=credentials)
+        except (rpc.ConnectionLost, rpc.RpcError, KeyFileError):
+            continue
+        return [{"epoch": e["epoch"], "start_height": e["start_height"],
+                 "validators": [v["id"] for v in e["validators"]]} for e in answer["epochs"]]
+    return []
+
+
+def epoch_at(epochs: list[dict], height: int | None) -> int | None:
+    """The epoch that certifies the block after `height` (a node's current epoch)."""
+    if height is None or not epochs:
+        return None
+    return max(e["epoch"] for e in epochs if e["start_height"] <= height + 1)
+
+
 def status_document(network: Network) -> dict:
     nodes = []
+    pids = {n.name: running_pid(n.pid_path, n.config_path) for n in network.nodes}
+    epochs = epoch_schedule(network, pids)
     for node in network.nodes:
-        pid = running_pid(node.pid_path, node.config_path)
+        pid = pids[node.name]
         answer = node_status(node) if pid is not None else None
         nodes.append({
             "name": node.name,
@@ -442,7 +467,8 @@ def status_document(network: Network) -> dict:
             "pid": pid,
             "height": answer.get("height") if answer else None,
             "view": answer.get("view") if answer else None,
-            "epoch": answer.get("epoch") if answer else None,   # only a node that logs in as a validator says
+            # The epoch certifying the node's next block (its head's epoch until the first block of a new one).
+            "epoch": epoch_at(epochs, answer.get("height")) if answer else None,
             "membership": node.membership,
             "peers": _peer_count(answer.get("peers")) if answer else None,
             "byzantine": (byzantine_running(node) or {}).get("behaviour"),
@@ -453,6 +479,7 @@ def status_document(network: Network) -> dict:
         "nodes": nodes,
         "participants": {name: info["key"] for name, info in network.participants.items()},
         "governance": dict(network.governance),
+        "epochs": epochs,
     }
 
 

@@ -52,12 +52,11 @@ REFUSAL_CODE = re.compile(r"\b(reconfigure-[a-z-]+|governance-threshold)\b")
 # ---------------------------------------------------------------- shared steps
 
 
-def load_running(run_dir: Path) -> tuple[Network, NodeEntry]:
-    """The network and a member that answers RPC (to submit through); TestnetError if none does."""
-    network = Network.load(run_dir.resolve())
+def answering_member(network: Network) -> NodeEntry:
+    """A member that answers RPC (to submit through); TestnetError if none does."""
     for node in network.members:
         if running_pid(node.pid_path, node.config_path) is not None and node_status(node) is not None:
-            return network, node
+            return node
     raise TestnetError(f"the testnet in {network.run_dir} is down (no validator answers); start it with "
                        f"`python -m testnet up{dir_option(network.run_dir)}`")
 
@@ -104,22 +103,23 @@ def height_of(node: NodeEntry) -> int | None:
 
 
 def wait_for_epoch(network: Network, via: NodeEntry, epoch: dict, watch: NodeEntry | None = None) -> int:
-    """Wait until VIA (and WATCH, if given) has committed the epoch's first block, printing progress;
-    VIA's height then. TestnetError (with the lagging node's log) after epoch_wait_timeout_s."""
-    start = epoch["start_height"]
+    """Wait until the epoch has started at VIA (and WATCH, if given): their head is at least the height
+    before its start, so it certifies their next block (an idle chain makes no block past that one).
+    Prints progress; returns VIA's height. TestnetError (with the lagging node's log) on timeout."""
+    last = epoch["start_height"] - 1
     deadline = time.monotonic() + epoch_wait_timeout_s
-    last_print = 0.0
+    shown, last_print = "", 0.0
     while True:
         heights = {node.name: height_of(node) for node in (via, watch) if node is not None}
-        if all(h is not None and h >= start for h in heights.values()):
+        if all(h is not None and h >= last for h in heights.values()):
             return heights[via.name]
         now = time.monotonic()
-        if now - last_print >= progress_interval_s:
-            shown = ", ".join(f"{name} {'-' if h is None else h}" for name, h in heights.items())
-            print(f"  waiting for epoch {epoch['epoch']} (height {start}): {shown}", flush=True)
-            last_print = now
+        line = ", ".join(f"{name} at {'-' if h is None else h}" for name, h in heights.items())
+        if line != shown and now - last_print >= progress_interval_s:
+            print(f"  waiting for epoch {epoch['epoch']} (certifies from height {last + 1}): {line}", flush=True)
+            shown, last_print = line, now
         if now > deadline:
-            lagging = next(network.node(name) for name, h in heights.items() if h is None or h < start)
+            lagging = next(network.node(name) for name, h in heights.items() if h is None or h < last)
             raise TestnetError(f"epoch {epoch['epoch']} not reached on {lagging.name} within "
                                f"{epoch_wait_timeout_s:.0f} s (heights {heights}; the change is committed, it "
                                f"takes effect anyway); see {lagging.log_path}:\n{tail(lagging.log_path)}")
@@ -174,8 +174,9 @@ def prepare_new_node(network: Network, node: NodeEntry, like: NodeEntry) -> None
 
 
 def add_validator(run_dir: Path, name: str, jurisdiction: str) -> int:
-    network, via = load_running(run_dir)
+    network = Network.load(run_dir.resolve())
     check_new_name(network, name, jurisdiction)
+    via = answering_member(network)
     node = plan_new_node(network, name, jurisdiction)
     prepare_new_node(network, node, via)
     print(f"{name}: key {node.key_path}, p2p {node.p2p}, rpc {node.rpc}, metrics {node.metrics} (joining = true)")
@@ -194,7 +195,7 @@ def add_validator(run_dir: Path, name: str, jurisdiction: str) -> int:
     height = wait_for_epoch(network, via, epoch, watch=node)
     network.set_membership(name, ADDED)
     network.save()
-    print(f"epoch {epoch['epoch']} has started (height {height}): {name} has caught up and is a validator "
+    print(f"epoch {epoch['epoch']} has started (it certifies from height {epoch['start_height']}; chain at {height}): {name} has caught up and is a validator "
           f"({len(epoch['validators'])} in the set)")
     return 0
 
@@ -211,8 +212,9 @@ def _discard(node: NodeEntry) -> None:
 
 
 def remove_validator(run_dir: Path, name: str) -> int:
-    network, _ = load_running(run_dir)
+    network = Network.load(run_dir.resolve())
     node = network.member(name)
+    answering_member(network)           # a clear "the testnet is down" first
     via = _other_member(network, node)
     epoch = submit_change(network, via, ["remove", name])
     print_scheduled(f"remove {name}", epoch)
@@ -221,7 +223,7 @@ def remove_validator(run_dir: Path, name: str) -> int:
     outcome = stop_node(node.pid_path, node.config_path)
     network.set_membership(name, REMOVED)
     network.save()
-    print(f"epoch {epoch['epoch']} has started (height {height}) without {name}: its daemon {outcome}"
+    print(f"epoch {epoch['epoch']} has started (it certifies from height {epoch['start_height']}; chain at {height}) without {name}: its daemon {outcome}"
           + (f" (byzantine process {byzantine})" if byzantine else "")
           + f"; marked removed (files kept in {node.dir}, never started again)")
     return 0
@@ -240,8 +242,9 @@ def _other_member(network: Network, node: NodeEntry) -> NodeEntry:
 
 
 def rotate_key(run_dir: Path, name: str) -> int:
-    network, _ = load_running(run_dir)
+    network = Network.load(run_dir.resolve())
     node = network.member(name)
+    answering_member(network)           # a clear "the testnet is down" first
     via = _other_member(network, node)
     new_key = node.dir / NEXT_KEY_NAME
     if not new_key.exists():        # left by an attempt that was refused: used again
@@ -261,7 +264,7 @@ def rotate_key(run_dir: Path, name: str) -> int:
     node.key_path.replace(retired)
     new_key.replace(node.key_path)
     rewrite_keys(node, node.key_path, ())
-    print(f"epoch {epoch['epoch']} has started (height {height}): {name} signs with its new key. "
+    print(f"epoch {epoch['epoch']} has started (it certifies from height {epoch['start_height']}; chain at {height}): {name} signs with its new key. "
           f"key.json is now the new key (the old one is {retired.name}); the config names it with no spare, "
           f"which the running daemon takes at its next restart")
     return 0
