@@ -299,7 +299,9 @@ def down(run_dir: Path) -> int:
     network = Network.load(run_dir.resolve())
     for node in network.nodes:
         byzantine = stop_byzantine(node)
-        outcome = "removed" if node.removed else stop_node(node.pid_path, node.config_path)
+        outcome = stop_node(node.pid_path, node.config_path)
+        if node.removed and outcome == "not running":
+            outcome = "removed"
         print(f"  {node.name:<6} {outcome}" + (f" (byzantine {byzantine})" if byzantine else ""))
     print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up{dir_option(network.run_dir)}` starts it again)")
     return 0
