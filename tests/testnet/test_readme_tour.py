@@ -197,9 +197,10 @@ def test_shown_lines_mask_only_what_depends_on_the_run():
     assert output_matches([shown], [actual])
     assert not output_matches([shown], [actual.replace("height 2", "height 3")])
     assert not output_matches([shown], [actual.replace("MATCH", "NO MATCH", 1)])
-    row = "  hk-1   HK    16516       5     0     2  127.0.0.1:7800"
-    assert output_matches([row], ["  hk-1   HK      812       5     3     2  127.0.0.1:7800"])
-    assert not output_matches([row], ["  hk-1   HK      812       4     0     2  127.0.0.1:7800"])
+    row = "  hk-1   HK    16516       5     0     0     2  127.0.0.1:7800"
+    assert output_matches([row], ["  hk-1   HK      812       5     3     0     2  127.0.0.1:7800"])
+    assert not output_matches([row], ["  hk-1   HK      812       4     0     0     2  127.0.0.1:7800"])
+    assert not output_matches([row], ["  hk-1   HK      812       5     0     1     2  127.0.0.1:7800"])
     assert output_matches(["a", "...", "b"], ["a", "x", "y", "b"]) and not output_matches(["a"], ["a", "b"])
 
 
