@@ -9,8 +9,6 @@ node by pid.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from testnet.control import epoch_at
 from testnet.network import NodeEntry
 from tests.testnet.test_cli_process import pid_exists, run_testnet, status_json
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
