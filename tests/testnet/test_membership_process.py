@@ -21,7 +21,6 @@ from testnet.network import NodeEntry
 from tests.testnet.test_cli_process import pid_exists, run_testnet, status_json
 
 
-
 @pytest.fixture
 def run_dir(tmp_path):
     directory = tmp_path / "run"
