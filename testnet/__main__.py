@@ -5,6 +5,13 @@
     python -m testnet kill NODE | restart NODE | logs NODE [--dir D]
     python -m testnet down [--dir D]
     python -m testnet byzantine NODE --behaviour B [--dir D]
+    python -m testnet add-validator NAME --jurisdiction HK|CN [--dir D]   add a validator, wait for its epoch
+    python -m testnet remove-validator NAME [--dir D]                     remove one, then stop its node
+    python -m testnet rotate-key NAME [--dir D]                           give one a new key
+
+The validator-set commands (issue 17) submit a `reconfigure` entry signed by the testnet's regulator
+keys and wait until the new epoch has started (a testnet's genesis margin is 64 heights: seconds).
+See docs/OPERATIONS.md, "Testnet: changing the validator set".
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--force", action="store_true",
                     help="use a base port whose ports fall in the kernel's range for outgoing connections")
     add("down", "stop every node (SIGTERM, then SIGKILL after a deadline); data is kept")
-    status = add("status", "height, view and peers of each node")
+    status = add("status", "height, view, epoch and peers of each node; joining and removed validators marked")
     status.add_argument("--json", action="store_true", help="print the machine-readable view")
     for name, help_text in (("kill", "SIGKILL one node (a crash)"),
                             ("restart", "stop one node if it runs, start it, wait until it answers")):
@@ -75,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     byzantine.add_argument("--behaviour", "--behavior", required=True, choices=list(byz.BEHAVIOURS), metavar="B",
                            help=f"what it does, one of: {', '.join(byz.BEHAVIOURS)} (below)")
     byz.add_behaviour_options(byzantine)
+    add_validator = add("add-validator", "add a validator: new key, ports and config (joining = true), the "
+                        "reconfiguration signed by the regulators, start it, wait until its epoch has started")
+    add_validator.add_argument("node", metavar="NAME")
+    # Checked by the command, not argparse's choices: one clear line instead of a usage block.
+    add_validator.add_argument("--jurisdiction", required=True, metavar="HK|CN")
+    add("remove-validator", "remove a validator: submit the removal, wait for the epoch, stop its node and "
+        "mark it removed").add_argument("node", metavar="NAME")
+    add("rotate-key", "give a validator a new key: restart it holding the new key as a spare, submit the "
+        "rotation, wait for the epoch, make the new key its key.json").add_argument("node", metavar="NAME")
     logs = add("logs", "print the end of one node's log")
     logs.add_argument("node", metavar="NODE")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
@@ -108,12 +124,24 @@ def _main(argv: list[str] | None) -> int:
             if args.count != 3000:
                 options += ["--count", str(args.count)]
             return control.byzantine(args.dir, args.node, args.behaviour, options)
+        if args.command in ("add-validator", "remove-validator", "rotate-key"):
+            return _membership_command(args)
         if args.command == "logs":
             return control.logs(args.dir, args.node, args.lines, args.follow)
     except (control.TestnetError, GenerateError, ManifestError, PortError, SupervisorError) as exc:
         print(f"testnet {args.command}: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _membership_command(args) -> int:
+    from . import membership
+
+    if args.command == "add-validator":
+        return membership.add_validator(args.dir, args.node, args.jurisdiction)
+    if args.command == "remove-validator":
+        return membership.remove_validator(args.dir, args.node)
+    return membership.rotate_key(args.dir, args.node)
 
 
 if __name__ == "__main__":

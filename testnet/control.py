@@ -17,7 +17,7 @@ from node.client import Credentials
 from node.keys import KeyFileError, load_key_file
 
 from . import rpc
-from .network import ManifestError, Network, NodeEntry, plan_network
+from .network import JOINING, REMOVED, ManifestError, Network, NodeEntry, plan_network
 from .ports import PORT_BLOCK_SIZE, check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
 from .supervisor import exit_statuses, read_pid, running_pid, start_detached, start_node, stop_node
 
@@ -46,7 +46,13 @@ byzantine_ready_timeout_s = 30.0  # a started Byzantine process listens on the n
 
 
 def node_pids(network: Network) -> dict[str, int | None]:
-    return {n.name: running_pid(n.pid_path, n.config_path) for n in network.nodes}
+    """The running pid (or None) of each member (a removed node is never started again)."""
+    return {n.name: running_pid(n.pid_path, n.config_path) for n in network.members}
+
+
+def node_ports(network: Network, node: NodeEntry):
+    """NODE's ports: they follow from its index in the manifest (removed nodes keep theirs)."""
+    return plan_ports(network.base_port, len(network.nodes))[network.nodes.index(node)]
 
 
 def tail(path: Path, lines: int = log_tail_lines) -> str:
@@ -59,11 +65,23 @@ def tail(path: Path, lines: int = log_tail_lines) -> str:
 
 def node_status(node: NodeEntry, timeout_s: float = status_timeout_s) -> dict | None:
     """The node's full RPC `status` map (asked as the node's own validator identity: an anonymous
-    caller gets only the reduced status), or None if it does not answer."""
+    caller gets only the reduced status), or None if it does not answer. A node whose key is not
+    (yet, or any more) in the current set is refused the login: its reduced status is returned."""
     try:
         credentials = Credentials(node.name, load_key_file(node.key_path).signing_key)
         result = rpc.call(node.rpc, "status", [], timeout_s, ca_file=node.ca_path, credentials=credentials)
-    except (rpc.ConnectionLost, rpc.RpcError, KeyFileError):
+    except rpc.RpcError:
+        return public_status(node, timeout_s)
+    except (rpc.ConnectionLost, KeyFileError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def public_status(node: NodeEntry, timeout_s: float = status_timeout_s) -> dict | None:
+    """The reduced status any caller gets (chain_id, node_id, height, version), or None."""
+    try:
+        result = rpc.call(node.rpc, "status", [], timeout_s, ca_file=node.ca_path)
+    except (rpc.ConnectionLost, rpc.RpcError):
         return None
     return result if isinstance(result, dict) else None
 
@@ -73,10 +91,8 @@ def node_status(node: NodeEntry, timeout_s: float = status_timeout_s) -> dict | 
 
 def _start_all(network: Network) -> None:
     pids = node_pids(network)
-    plan = [p for n, p in zip(network.nodes, plan_ports(network.base_port, len(network.nodes)))
-            if pids[n.name] is None]
-    check_ports_free(plan)
-    for node in network.nodes:
+    check_ports_free([node_ports(network, n) for n in network.members if pids[n.name] is None])
+    for node in network.members:
         if pids[node.name] is None:
             pid = start_node(node.config_path, node.pid_path, node.log_path, cwd=network.run_dir)
             print(f"  started {node.name:<6} pid {pid:<7} log {node.log_path}")
@@ -85,7 +101,7 @@ def _start_all(network: Network) -> None:
 def wait_until_ready(network: Network, timeout_s: float = node_ready_timeout_s,
                      names: list[str] | None = None) -> dict[str, dict]:
     """Wait until each node answers `status`; fail fast (with its log) if one exits."""
-    wanted = [network.node(n) for n in names] if names else list(network.nodes)
+    wanted = [network.node(n) for n in names] if names else network.members
     deadline = time.monotonic() + timeout_s
     answers: dict[str, dict] = {}
     while True:
@@ -118,7 +134,7 @@ def wait_for_height(network: Network, height: int, timeout_s: float = first_bloc
     deadline = time.monotonic() + timeout_s
     while True:
         heights = {}
-        for node in network.nodes:
+        for node in network.members:
             status = node_status(node)
             heights[node.name] = int(status.get("height", -1)) if status else -1
         if all(h >= height for h in heights.values()):
@@ -201,10 +217,10 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         wait_until_ready(network)
     except TestnetError as exc:
         # A network that cannot start is stopped whole, so the next `up` starts clean.
-        for node in network.nodes:
+        for node in network.members:
             stop_node(node.pid_path, node.config_path)
         raise TestnetError(f"{exc}\n(all nodes stopped; files kept in {run_dir})") from None
-    print(f"  all {len(network.nodes)} nodes answer RPC")
+    print(f"  all {len(network.members)} nodes answer RPC")
     sample = run_demo(network) if demo else None
     print_summary(network, sample)
     return 0
@@ -231,10 +247,10 @@ def run_demo(network: Network) -> dict:
 
 def print_summary(network: Network, sample: dict | None) -> None:
     print()
-    print(f"Bayledger testnet `{network.chain_id}` is running ({len(network.nodes)} validators).")
+    print(f"Bayledger testnet `{network.chain_id}` is running ({len(network.members)} validators).")
     print()
     print(f"  {'node':<6} {'jur':<3} {'rpc':<16} {'p2p':<16} {'metrics':<16} log")
-    for n in network.nodes:
+    for n in network.members:
         print(f"  {n.name:<6} {n.jurisdiction:<3} {n.rpc:<16} {n.p2p:<16} {n.metrics:<16} {n.log_path}")
     print()
     print(f"  genesis       {network.genesis_path}")
@@ -268,7 +284,7 @@ def next_commands(network: Network, sample: dict | None) -> list[str]:
                   f"{sample['report']}",
                   f"bayledger proof verify --receipt {sample['receipt_path']} {sample['proof']}"]
     lines += [f"bayledger submit --rpc {cn.rpc} --key $K/sz-credit-bureau.json YOUR-REPORT-FILE",
-              f"python -m testnet kill {network.nodes[-1].name}{dir_option(d)}   # then: restart {network.nodes[-1].name}",
+              f"python -m testnet kill {network.members[-1].name}{dir_option(d)}   # then: restart {network.members[-1].name}",
               f"python -m testnet logs {hk.name}{dir_option(d)}",
               f"curl -s http://{hk.metrics}/metrics | head",
               "make testnet-down" if d == DEFAULT_RUN_DIR.resolve() and MAKEFILE.exists()
@@ -284,6 +300,8 @@ def down(run_dir: Path) -> int:
     for node in network.nodes:
         byzantine = stop_byzantine(node)
         outcome = stop_node(node.pid_path, node.config_path)
+        if node.removed and outcome == "not running":
+            outcome = "removed"
         print(f"  {node.name:<6} {outcome}" + (f" (byzantine {byzantine})" if byzantine else ""))
     print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up{dir_option(network.run_dir)}` starts it again)")
     return 0
@@ -301,13 +319,12 @@ def kill(run_dir: Path, name: str) -> int:
 
 def restart(run_dir: Path, name: str) -> int:
     network = Network.load(run_dir.resolve())
-    node = network.node(name)
+    node = network.member(name)
     byzantine = stop_byzantine(node)
     if byzantine:
         print(f"{name}: byzantine process {byzantine}")
     outcome = stop_node(node.pid_path, node.config_path)
-    index = network.nodes.index(node)
-    check_ports_free([plan_ports(network.base_port, len(network.nodes))[index]])
+    check_ports_free([node_ports(network, node)])
     pid = start_node(node.config_path, node.pid_path, node.log_path, cwd=network.run_dir)
     print(f"{name}: {outcome}; started pid {pid}")
     status = wait_until_ready(network, names=[name])[name]
@@ -377,13 +394,12 @@ def byzantine(run_dir: Path, name: str, behaviour: str, options: list[str] | Non
     if behaviour not in byz.BEHAVIOURS:
         raise TestnetError(f"unknown behaviour {behaviour!r}; one of {', '.join(byz.BEHAVIOURS)}")
     network = Network.load(run_dir.resolve())
-    node = network.node(name)
+    node = network.member(name)
     paths = byzantine_paths(node)
     previous = stop_byzantine(node)
     outcome = stop_node(node.pid_path, node.config_path)
     print(f"{name}: daemon {outcome}" + (f"; previous byzantine process {previous}" if previous else ""))
-    index = network.nodes.index(node)
-    p2p_port = plan_ports(network.base_port, len(network.nodes))[index].p2p
+    p2p_port = node_ports(network, node).p2p
     deadline = time.monotonic() + byzantine_ready_timeout_s
     while not port_is_free(p2p_port):
         if time.monotonic() > deadline:
@@ -413,10 +429,35 @@ def byzantine(run_dir: Path, name: str, behaviour: str, options: list[str] | Non
 # ---------------------------------------------------------------- status
 
 
+def epoch_schedule(network: Network, pids: dict[str, int | None]) -> list[dict]:
+    """The chain's epochs, oldest first ({"epoch", "start_height", "validators": [ids]}), from the first
+    running member that answers RPC `epochs` as itself; [] if none does."""
+    for node in network.members:
+        if pids.get(node.name) is None:
+            continue
+        try:
+            credentials = Credentials(node.name, load_key_file(node.key_path).signing_key)
+            answer = rpc.call(node.rpc, "epochs", [], status_timeout_s, ca_file=node.ca_path, credentials=credentials)
+        except (rpc.ConnectionLost, rpc.RpcError, KeyFileError):
+            continue
+        return [{"epoch": e["epoch"], "start_height": e["start_height"],
+                 "validators": [v["id"] for v in e["validators"]]} for e in answer["epochs"]]
+    return []
+
+
+def epoch_at(epochs: list[dict], height: int | None) -> int | None:
+    """The epoch that certifies the block after `height` (a node's current epoch)."""
+    if height is None or not epochs:
+        return None
+    return max(e["epoch"] for e in epochs if e["start_height"] <= height + 1)
+
+
 def status_document(network: Network) -> dict:
     nodes = []
+    pids = {n.name: running_pid(n.pid_path, n.config_path) for n in network.nodes}
+    epochs = epoch_schedule(network, pids)
     for node in network.nodes:
-        pid = running_pid(node.pid_path, node.config_path)
+        pid = pids[node.name]
         answer = node_status(node) if pid is not None else None
         nodes.append({
             "name": node.name,
@@ -428,6 +469,9 @@ def status_document(network: Network) -> dict:
             "pid": pid,
             "height": answer.get("height") if answer else None,
             "view": answer.get("view") if answer else None,
+            # The epoch certifying the node's next block (its head's epoch until the first block of a new one).
+            "epoch": epoch_at(epochs, answer.get("height")) if answer else None,
+            "membership": node.membership,
             "peers": _peer_count(answer.get("peers")) if answer else None,
             "byzantine": (byzantine_running(node) or {}).get("behaviour"),
         })
@@ -437,6 +481,7 @@ def status_document(network: Network) -> dict:
         "nodes": nodes,
         "participants": {name: info["key"] for name, info in network.participants.items()},
         "governance": dict(network.governance),
+        "epochs": epochs,
     }
 
 
@@ -455,13 +500,25 @@ def status(run_dir: Path, as_json: bool) -> int:
         print(json.dumps(document, indent=2))
         return 0
     print(f"testnet {network.chain_id} in {network.run_dir}")
-    print(f"  {'node':<6} {'jur':<3} {'pid':>7} {'height':>7} {'view':>5} {'peers':>5}  rpc")
+    print(f"  {'node':<6} {'jur':<3} {'pid':>7} {'height':>7} {'view':>5} {'epoch':>5} {'peers':>5}  rpc")
     for n in document["nodes"]:
-        state = "-" if n["pid"] is None else str(n["pid"])
-        def show(v):
-            return "-" if v is None else str(v)
-        print(f"  {n['name']:<6} {n['jurisdiction']:<3} {state:>7} {show(n['height']):>7} {show(n['view']):>5} "
-              f"{show(n['peers']):>5}  {n['rpc']}" + ("" if n["pid"] else "  (stopped)")
-              + ("  (not answering)" if n["pid"] and n["height"] is None else "")
-              + (f"  (byzantine: {n['byzantine']})" if n.get("byzantine") else ""))
+        print(_status_line(n))
     return 0
+
+
+def _status_line(n: dict) -> str:
+    def show(v):
+        return "-" if v is None else str(v)
+
+    state = "-" if n["pid"] is None else str(n["pid"])
+    notes = []
+    if n["membership"] in (JOINING, REMOVED):
+        notes.append(n["membership"])
+    if n["pid"] is None and n["membership"] != REMOVED:
+        notes.append("stopped")
+    if n["pid"] and n["height"] is None:
+        notes.append("not answering")
+    if n.get("byzantine"):
+        notes.append(f"byzantine: {n['byzantine']}")
+    return (f"  {n['name']:<6} {n['jurisdiction']:<3} {state:>7} {show(n['height']):>7} {show(n['view']):>5} "
+            f"{show(n['epoch']):>5} {show(n['peers']):>5}  {n['rpc']}" + "".join(f"  ({note})" for note in notes))

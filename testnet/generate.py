@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 from pathlib import Path
 
 from node import tls
@@ -18,12 +19,16 @@ from node.cli import main as bayledger_main
 from node.config import (ConfigError, ConsensusConfig, Listen, load_config, LogConfig, NodeConfig, parse_address,
                          render_config, RpcConfig)
 
-from .network import Network
+from .network import Network, NodeEntry
 
 # Roles of the demo participants in genesis: the bureau records reports, the bank checks them, the
 # auditor (issue 15) reads blocks and the query log.
 PARTICIPANT_ROLES = {"sz-credit-bureau": "credit-provider", "hk-bank": "bank", "hk-auditor": "auditor"}
 GOVERNANCE_THRESHOLD = 1          # signatures needed per jurisdiction (one regulator key each)
+# Heights between a reconfiguration's commit and its epoch (the chain's default is 1024): small, so a
+# testnet's validator-set change takes seconds. The nodes' consensus.watermark_window (default 64)
+# must not exceed it.
+EPOCH_MARGIN_HEIGHTS = 64
 
 
 class GenerateError(Exception):
@@ -61,7 +66,8 @@ def generate_network(network: Network, consensus: dict[str, int] | None = None) 
     for name, info in network.participants.items():
         keygen(Path(info["key"]), name)
 
-    args = ["genesis", "--chain-id", network.chain_id, "--out", str(network.genesis_path)]
+    args = ["genesis", "--chain-id", network.chain_id, "--out", str(network.genesis_path),
+            "--epoch-margin-heights", str(EPOCH_MARGIN_HEIGHTS)]
     for node in network.nodes:
         p2p = parse_address(node.p2p, "p2p")
         rpc = parse_address(node.rpc, "rpc")
@@ -78,24 +84,50 @@ def generate_network(network: Network, consensus: dict[str, int] | None = None) 
     network.ca_path.parent.mkdir(parents=True, exist_ok=True)
     tls.make_ca(network.ca_path, network.ca_key_path, f"{network.chain_id} dev CA")
     for node in network.nodes:
-        tls.make_node_certificate(network.ca_path, network.ca_key_path, node.rpc_cert_path, node.rpc_key_path,
-                                  node.name, [parse_address(node.rpc, "rpc").host])
-
+        make_rpc_certificate(network, node)
     for node in network.nodes:
-        config = NodeConfig(
-            node_id=node.name,
-            key_file=node.key_path,
-            genesis_file=network.genesis_path,
-            data_dir=node.data_dir,
-            listen=Listen(p2p=parse_address(node.p2p, "p2p"), rpc=parse_address(node.rpc, "rpc"),
-                          metrics=parse_address(node.metrics, "metrics")),
-            peers=None,  # from genesis
-            log=LogConfig(format="json", level="info"),
-            consensus=ConsensusConfig(**(consensus or {})),
-            rpc=RpcConfig(tls_cert_file=node.rpc_cert_path, tls_key_file=node.rpc_key_path),
-        )
-        node.config_path.write_text(render_config(config))
-        try:
-            load_config(node.config_path)  # the daemon's own validation, before anything starts
-        except ConfigError as exc:
-            raise GenerateError(f"config of {node.name}: {exc}") from None
+        write_node_config(network, node, ConsensusConfig(**(consensus or {})))
+
+
+def make_rpc_certificate(network: Network, node: NodeEntry) -> None:
+    """The node's RPC certificate for its RPC host, signed by the network's CA."""
+    tls.make_node_certificate(network.ca_path, network.ca_key_path, node.rpc_cert_path, node.rpc_key_path,
+                              node.name, [parse_address(node.rpc, "rpc").host])
+
+
+def write_node_config(network: Network, node: NodeEntry, consensus: ConsensusConfig, *,
+                      joining: bool = False) -> None:
+    """Write NODE's config.toml (checked with the daemon's own loader). `joining`: a validator added
+    by a reconfiguration, which starts from an empty data dir and catches up from genesis."""
+    config = NodeConfig(
+        node_id=node.name,
+        key_file=node.key_path,
+        genesis_file=network.genesis_path,
+        data_dir=node.data_dir,
+        listen=Listen(p2p=parse_address(node.p2p, "p2p"), rpc=parse_address(node.rpc, "rpc"),
+                      metrics=parse_address(node.metrics, "metrics")),
+        peers=None,  # from genesis
+        joining=joining,
+        log=LogConfig(format="json", level="info"),
+        consensus=consensus,
+        rpc=RpcConfig(tls_cert_file=node.rpc_cert_path, tls_key_file=node.rpc_key_path),
+    )
+    node.config_path.write_text(render_config(config))
+    check_config(node)
+
+
+def check_config(node: NodeEntry) -> NodeConfig:
+    """The node's config as the daemon reads it; GenerateError if the daemon would refuse it."""
+    try:
+        return load_config(node.config_path)  # the daemon's own validation, before anything starts
+    except ConfigError as exc:
+        raise GenerateError(f"config of {node.name}: {exc}") from None
+
+
+def rewrite_keys(node: NodeEntry, key_file: Path, spare_key_files: tuple[Path, ...]) -> None:
+    """Change only the key files of NODE's config (a key rotation); the rest is kept as it is."""
+    config = replace(check_config(node), key_file=key_file, spare_key_files=spare_key_files)
+    tmp = node.config_path.with_suffix(".toml.tmp")
+    tmp.write_text(render_config(config))
+    tmp.replace(node.config_path)
+    check_config(node)

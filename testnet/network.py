@@ -15,12 +15,17 @@ Run dir layout:
     nodes/NAME/data/             its LevelDB
     nodes/NAME/node.log          its stdout and stderr
     nodes/NAME/node.pid
+
+Each node has a `membership` (issue 17): "genesis" (in the genesis set), "joining" (added by
+`add-validator`, its epoch not seen started yet), "added" (added, its epoch started) or "removed"
+(taken out by `remove-validator`: stopped, kept for its files and logs, never started again).
+A node's ports come from its index in `nodes`, so a removed node keeps its place in the list.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .ports import HOST, plan_ports
@@ -31,6 +36,7 @@ VALIDATOR_COUNTS = (4, 7, 10)
 DEMO_PARTICIPANTS = {"hk-bank": "HK", "sz-credit-bureau": "CN", "hk-auditor": "HK"}
 JURISDICTIONS = ("HK", "CN")
 CHAIN_ID = "bayledger-testnet"
+GENESIS, JOINING, ADDED, REMOVED = "genesis", "joining", "added", "removed"   # NodeEntry.membership
 
 
 class ManifestError(Exception):
@@ -45,6 +51,11 @@ class NodeEntry:
     rpc: str
     metrics: str
     node_dir: str
+    membership: str = GENESIS
+
+    @property
+    def removed(self) -> bool:
+        return self.membership == REMOVED
 
     @property
     def dir(self) -> Path:
@@ -120,8 +131,24 @@ class Network:
                 return entry
         raise ManifestError(f"no node {name!r} in {self.run_dir}; nodes: {', '.join(n.name for n in self.nodes)}")
 
+    def member(self, name: str) -> NodeEntry:
+        """NODE, which must not have been removed (a removed validator never runs again)."""
+        node = self.node(name)
+        if node.removed:
+            raise ManifestError(f"{name} was removed from the validator set (remove-validator); it is never "
+                                f"started again")
+        return node
+
     def nodes_in(self, jurisdiction: str) -> list[NodeEntry]:
-        return [n for n in self.nodes if n.jurisdiction == jurisdiction]
+        return [n for n in self.members if n.jurisdiction == jurisdiction]
+
+    @property
+    def members(self) -> list[NodeEntry]:
+        """The nodes that run: every node but the removed ones."""
+        return [n for n in self.nodes if not n.removed]
+
+    def set_membership(self, name: str, membership: str) -> None:
+        self.nodes = [replace(n, membership=membership) if n.name == name else n for n in self.nodes]
 
     def save(self) -> None:
         document = {

@@ -99,16 +99,16 @@ _TOKENS = [
     (r" +", r" +"),
 ]
 _TOKEN = re.compile("|".join(f"({pattern})" for pattern, _ in _TOKENS))
-# A row of `python -m testnet status`: node, jurisdiction, pid, height, view, peers, rpc, notes.
-_STATUS_ROW = re.compile(r"\s+(\S+)\s+(HK|CN)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)(.*)")
+# A row of `python -m testnet status`: node, jurisdiction, pid, height, view, epoch, peers, rpc, notes.
+_STATUS_ROW = re.compile(r"\s+(\S+)\s+(HK|CN)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)(.*)")
 
 
 def line_pattern(shown: str) -> str:
     row = _STATUS_ROW.fullmatch(shown)
     if row:
-        node, jurisdiction, _pid, height, _view, peers, rpc, notes = row.groups()
-        cells = [re.escape(node), jurisdiction, r"(?:\d+|-)", re.escape(height), r"(?:\d+|-)", re.escape(peers),
-                 re.escape(rpc)]
+        node, jurisdiction, _pid, height, _view, epoch, peers, rpc, notes = row.groups()
+        cells = [re.escape(node), jurisdiction, r"(?:\d+|-)", re.escape(height), r"(?:\d+|-)", re.escape(epoch),
+                 re.escape(peers), re.escape(rpc)]
         return r"\s+" + r"\s+".join(cells) + (r"\s+" + re.escape(notes.strip()) if notes.strip() else "")
     pattern, position = [], 0
     for match in _TOKEN.finditer(shown):
@@ -197,9 +197,10 @@ def test_shown_lines_mask_only_what_depends_on_the_run():
     assert output_matches([shown], [actual])
     assert not output_matches([shown], [actual.replace("height 2", "height 3")])
     assert not output_matches([shown], [actual.replace("MATCH", "NO MATCH", 1)])
-    row = "  hk-1   HK    16516       5     0     2  127.0.0.1:7800"
-    assert output_matches([row], ["  hk-1   HK      812       5     3     2  127.0.0.1:7800"])
-    assert not output_matches([row], ["  hk-1   HK      812       4     0     2  127.0.0.1:7800"])
+    row = "  hk-1   HK    16516       5     0     0     2  127.0.0.1:7800"
+    assert output_matches([row], ["  hk-1   HK      812       5     3     0     2  127.0.0.1:7800"])
+    assert not output_matches([row], ["  hk-1   HK      812       4     0     0     2  127.0.0.1:7800"])
+    assert not output_matches([row], ["  hk-1   HK      812       5     0     1     2  127.0.0.1:7800"])
     assert output_matches(["a", "...", "b"], ["a", "x", "y", "b"]) and not output_matches(["a"], ["a", "b"])
 
 
