@@ -3,7 +3,8 @@
 A 4-validator cluster (2 HK, 2 CN) with a small epoch margin, while a load thread keeps submitting
 commitments: grows to 5 (hk-3), then to 7 (cn-3 and cn-4 in one reconfiguration), each new node
 started with an empty data directory and `joining = true`, catching up and then voting; hk-1's key
-is rotated (its node holds the new key as a spare key); cn-2 is removed. Then: every acknowledged commitment is in every store, the stores are
+is rotated (its node holds the new key as a spare key); cn-2 is removed; HK's regulator key is
+replaced, and the new key then signs a governance entry the old one no longer can. Then: every acknowledged commitment is in every store, the stores are
 identical, the rotated-out key is refused at the p2p door (and counted), and a node restarted with
 an empty data directory syncs the whole history through every epoch, and a match proof issued before
 and one issued after each change verify offline with `bayledger proof verify --genesis` alone. The
@@ -18,15 +19,16 @@ import time
 
 import trio
 
-from consensus.epochs import AddValidator, RemoveValidator, RotateValidatorKey
+from consensus.epochs import AddValidator, RemoveValidator, RotateValidatorKey, SetMinSigners
 from consensus.validators import Validator
 from node.cli import main as cli_main
 from node.client import build_match_query
 from node.keys import load_key_file
 from node.transport import FrameError, handshake
 from storage.entries import build_commit, build_reconfigure
-from storage.genesis import Genesis
+from storage.genesis import Genesis, GovernanceKey
 from storage.ledger import Ledger
+from storage.reconfiguration import SetGovernance
 from tests.support.node_cluster import CHAIN_ID, Cluster, RpcClient, RpcError
 
 MARGIN_HEIGHTS = 40           # >= the cluster's watermark_window (32)
@@ -110,14 +112,15 @@ class Proofs:
             assert code == 0 and "MATCH" in out, (label, code, out)
 
 
-def _governance_signers(cluster: Cluster):
-    return [(name, load_key_file(cluster.keys_dir / f"{name}.json").signing_key) for name in ("gov-cn", "gov-hk")]
+def _governance_signers(cluster: Cluster, names=("gov-cn", "gov-hk")):
+    return [(name, load_key_file(cluster.keys_dir / f"{name}.json").signing_key) for name in names]
 
 
-def _reconfigure(cluster: Cluster, via: str, epoch: int, changes, addresses=None) -> int:
+def _reconfigure(cluster: Cluster, via: str, epoch: int, changes, addresses=None, governance=(),
+                 signers=("gov-cn", "gov-hk")) -> int:
     """Submit a reconfiguration and wait for it; the first height of the epoch it schedules."""
-    entry = build_reconfigure(_governance_signers(cluster), CHAIN_ID, epoch, changes, addresses or {},
-                              nonce=epoch + 1, time_ms=int(time.time() * 1000))
+    entry = build_reconfigure(_governance_signers(cluster, signers), CHAIN_ID, epoch, changes, addresses or {},
+                              nonce=epoch + 1, time_ms=int(time.time() * 1000), governance=governance)
     receipt = cluster.nodes[via].call("submit", entry, {"wait": True, "timeout_ms": 60_000})
     assert receipt["status"] == "committed", receipt
     return receipt["height"] + MARGIN_HEIGHTS + 1
@@ -252,10 +255,32 @@ def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path, capsys
             cluster.wait_until(lambda: "cn-2" not in cluster.status("hk-2")["peers"], 30, "cn-2's link cut")
             proofs.fetch("after removing cn-2", time.monotonic())
             pauses["remove cn-2"] = load.longest_pause_s(changed)
+
+            # 4. Replace HK's regulator key: an epoch with the same validators and the new key.
+            new_hk_hex = cluster._keygen(cluster.keys_dir / "gov-hk-2.json", "gov-hk-2")
+            new_hk = load_key_file(cluster.keys_dir / "gov-hk-2.json")
+            change = SetGovernance("HK", (GovernanceKey("gov-hk-2", bytes.fromhex(new_hk_hex), "HK"),), 1)
+            changed = time.monotonic()
+            start_5 = _reconfigure(cluster, "hk-2", 4, [], governance=[change])
+            _wait_height(cluster, MEMBERS_AT_END, start_5)
+            assert _epoch_of(cluster, "hk-2", start_5) == 5
+            # The old HK key signs nothing any more; the new one does.
+            old = build_reconfigure(_governance_signers(cluster), CHAIN_ID, 5, [SetMinSigners(0)], {}, nonce=90,
+                                    time_ms=int(time.time() * 1000))
+            try:
+                cluster.nodes["hk-2"].call("submit", old, {"wait": True, "timeout_ms": 30_000})
+                raise AssertionError("an entry signed with the replaced regulator key was taken")
+            except RpcError as exc:
+                assert "unknown-governance-key" in str(exc), exc
+            assert new_hk.id == "gov-hk-2"
+            start_6 = _reconfigure(cluster, "hk-2", 5, [SetMinSigners(0)], signers=("gov-cn", "gov-hk-2"))
+            _wait_height(cluster, MEMBERS_AT_END, start_6)
+            pauses["replace HK's regulator key"] = load.longest_pause_s(changed)
+            proofs.fetch("after replacing HK's regulator key", time.monotonic())
         assert load.acknowledged, load.errors
         proofs.verify_offline(tmp_path, capsys)   # each carries the epochs up to its own status block
 
-        # 4. A node with an empty data directory syncs the whole history through every epoch.
+        # 5. A node with an empty data directory syncs the whole history through every epoch.
         cluster.stop("hk-2")
         shutil.rmtree(cluster.nodes["hk-2"].data_dir)
         cluster.start("hk-2")
@@ -272,11 +297,13 @@ def test_the_validator_set_grows_rotates_and_shrinks_under_load(tmp_path, capsys
             for node_id, store in stores.items():
                 lost = [c.hex() for _, c in load.acknowledged if store.commitment_record(c) is None]
                 assert not lost, f"{node_id} lacks acknowledged commitments {lost[:3]}"
-                assert store.epochs.latest_epoch == 4 and store.epochs.schedule.latest.validators.get("cn-2") is None
+                assert store.epochs.latest_epoch == 6 and store.epochs.schedule.latest.validators.get("cn-2") is None
+                assert [k.id for k in store.epochs.governance_at(store.height()).keys["HK"]] == ["gov-hk-2"]
         finally:
             for store in stores.values():
                 store.close()
-        print(f"commit pauses (longest gap between acknowledged commits after each change): {pauses}; "
+        print(f"commit pauses (longest gap between acknowledged commits from each change's submission until its "
+              f"epoch runs): {pauses}; "
               f"{len(load.acknowledged)} acknowledged, {len(load.errors)} submit errors")
     finally:
         cluster.teardown()
