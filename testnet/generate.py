@@ -36,17 +36,23 @@ class GenerateError(Exception):
 
 
 
-def run_cli(args: list[str]) -> str:
-    """Run `bayledger ARGS` in-process; its stdout, or GenerateError with its messages."""
+def run_bayledger(args: list[str]) -> tuple[int, str, str]:
+    """Run `bayledger ARGS` in-process: (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             status = bayledger_main(args)
         except SystemExit as exc:  # argparse usage errors
             status = exc.code if isinstance(exc.code, int) else 2
+    return status, out.getvalue(), err.getvalue()
+
+
+def run_cli(args: list[str]) -> str:
+    """Run `bayledger ARGS` in-process; its stdout, or GenerateError with its messages."""
+    status, out, err = run_bayledger(args)
     if status != 0:
-        raise GenerateError(f"`bayledger {' '.join(args)}` failed (exit {status}): {err.getvalue().strip()}")
-    return out.getvalue()
+        raise GenerateError(f"`bayledger {' '.join(args)}` failed (exit {status}): {err.strip()}")
+    return out
 
 
 def keygen(path: Path, key_id: str) -> str:

@@ -28,14 +28,13 @@ import time
 from pathlib import Path
 
 from consensus.epochs import ReconfigurationError, RemoveValidator
-from node.cli import main as bayledger_main
 from node.client import Credentials
 from node.keys import load_key_file
 
 from . import rpc
 from .control import (TestnetError, dir_option, node_ports, node_status, public_status, stop_byzantine,
                       tail, wait_until_ready)
-from .generate import check_config, keygen, make_rpc_certificate, rewrite_keys, write_node_config
+from .generate import check_config, keygen, make_rpc_certificate, rewrite_keys, run_bayledger, write_node_config
 from .network import ADDED, HOST, JOINING, JURISDICTIONS, REMOVED, Network, NodeEntry
 from .ports import check_ports_free, plan_ports, validators_max
 from .supervisor import running_pid, start_node, stop_node
@@ -67,13 +66,8 @@ def submit_change(network: Network, via: NodeEntry, args: list[str]) -> dict:
     keys = [arg for jurisdiction in JURISDICTIONS for arg in ("--key", network.governance[jurisdiction])]
     command = ["validator", *args, *keys, "--genesis", str(network.genesis_path), "--node", via.rpc,
                "--ca", str(network.ca_path), "--wait-ms", str(submit_wait_ms)]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = bayledger_main(command)
-        except SystemExit as exc:     # argparse usage errors
-            code = exc.code if isinstance(exc.code, int) else 2
-    text = (out.getvalue() + err.getvalue()).strip()
+    code, out, err = run_bayledger(command)
+    text = (out + err).strip()
     if code != 0 or not text.startswith("ACCEPTED"):
         found = REFUSAL_CODE.search(text)
         reason = found.group(1) if found else f"exit {code}"

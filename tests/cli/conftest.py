@@ -55,3 +55,17 @@ def files(world, tmp_path, monkeypatch):
     genesis.write_text(world.genesis.to_json())
     paths["genesis"] = genesis
     return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture
+def network(tmp_path):
+    """A real 4-validator cluster of daemon processes (tests/support/node_cluster.py), torn down after."""
+    from tests.support.node_cluster import Cluster
+
+    (tmp_path / "net").mkdir()
+    cluster = Cluster(tmp_path / "net")
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.teardown()

@@ -19,23 +19,11 @@ import json
 import msgpack
 import pytest
 
-from tests.support.node_cluster import Cluster
 
 from node.cli import main  # noqa: E402
 from tests.support.cli import run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def network(tmp_path):
-    (tmp_path / "net").mkdir()
-    cluster = Cluster(tmp_path / "net")
-    try:
-        cluster.start_all()
-        yield cluster
-    finally:
-        cluster.teardown()
 
 
 def test_cross_border_submit_verify_revoke_and_admission(network, tmp_path, capsys):

@@ -13,20 +13,8 @@ import pytest
 from consensus.epochs import MARGIN_HEIGHTS_DEFAULT
 from node.keys import KeyPair, write_key_file
 from tests.support.cli import one_line_error, run
-from tests.support.node_cluster import Cluster
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def network(tmp_path):
-    (tmp_path / "net").mkdir()
-    cluster = Cluster(tmp_path / "net")
-    try:
-        cluster.start_all()
-        yield cluster
-    finally:
-        cluster.teardown()
 
 
 def test_regulators_add_a_validator_to_running_daemons(network, tmp_path, capsys):

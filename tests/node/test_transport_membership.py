@@ -18,6 +18,15 @@ def _channel():
     return trio.open_memory_channel(64)
 
 
+async def _linked_pair(nursery, keys, validators):
+    """v1 listening, v0 dialing it: (net0, net1, v1's port)."""
+    net1 = make_network("v1", keys, validators, {"v0": None}, _channel()[0])
+    port1 = await nursery.start(net1.run)
+    net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", port1)}, _channel()[0])
+    await nursery.start(net0.run)
+    return net0, net1, port1
+
+
 async def test_a_validator_added_later_is_accepted_and_dialed_once_the_set_names_it():
     keys, validators = make_validators(4)
     genesis = ValidatorSet(validators.validators[:3])        # v3 is not in the set yet
@@ -46,12 +55,7 @@ async def test_a_removed_validator_is_cut_and_no_longer_accepted():
     keys, validators = make_validators(2)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            send1, _ = _channel()
-            net1 = make_network("v1", keys, validators, {"v0": None}, send1)
-            port1 = await nursery.start(net1.run)
-            send0, _ = _channel()
-            net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", port1)}, send0)
-            await nursery.start(net0.run)
+            net0, net1, _port1 = await _linked_pair(nursery, keys, validators)
             await wait_for(lambda: net1.connected_peers() == ["v0"])
             # v1 removes v0 from its set: the link is closed, and v0's redials are refused.
             net1.set_peers({}, {})
@@ -68,12 +72,7 @@ async def test_a_rotated_out_key_loses_its_link_and_the_new_key_gets_one_back():
     rotated = ValidatorSet((validators.validators[0], Validator("v1", new_key.verify_key.encode(), "CN")))
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            send1, _ = _channel()
-            net1 = make_network("v1", keys, validators, {"v0": None}, send1)
-            port1 = await nursery.start(net1.run)
-            send0, _ = _channel()
-            net0 = make_network("v0", keys, validators, {"v1": Address("127.0.0.1", port1)}, send0)
-            await nursery.start(net0.run)
+            net0, net1, port1 = await _linked_pair(nursery, keys, validators)
             await wait_for(lambda: net0.connected_peers() == ["v1"])
             # While the rotation is pending v0 accepts both keys: the old link stays up.
             net0.set_peers(peer_keys_of(validators, rotated), {"v1": Address("127.0.0.1", port1)})

@@ -47,14 +47,6 @@ def pid_exists(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    directory = tmp_path / "run"
-    yield directory
-    if (directory / "testnet.json").exists():
-        run_testnet("down", "--dir", str(directory))
-
-
 def test_status_and_down_without_a_testnet_say_so(tmp_path):
     for command in (["status"], ["down"], ["kill", "hk-1"], ["logs", "hk-1"]):
         done = run_testnet(*command, "--dir", str(tmp_path))

@@ -21,14 +21,6 @@ from testnet.network import NodeEntry
 from tests.testnet.test_cli_process import pid_exists, run_testnet, status_json
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    directory = tmp_path / "run"
-    yield directory
-    if (directory / "testnet.json").exists():
-        run_testnet("down", "--dir", str(directory))
-
-
 def nodes_of(run_dir: Path) -> dict[str, dict]:
     return {n["name"]: n for n in status_json(run_dir)["nodes"]}
 
