@@ -298,11 +298,19 @@ async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
     if frame is None:
         raise FrameError("truncated-handshake", "closed before authenticating")
     peer_auth = parse_auth_frame(frame)
-    peer_id = peer_auth["id"]
+    _check_peer(peer_auth, peer_keys, node_id, expected_peer, chain_id, transcript)
+    connection.peer_id, connection.peer_key = peer_auth["id"], peer_auth["public_key"]
+    return peer_auth["id"], connection
+
+
+def _check_peer(peer_auth: dict, peer_keys: PeerKeys, node_id: str, expected_peer: str | None, chain_id: str,
+                transcript: bytes) -> None:
+    """FrameError unless the peer's auth frame names a validator we accept, with a key it may use, and
+    signs this session's transcript with it."""
+    peer_id, peer_key = peer_auth["id"], peer_auth["public_key"]
     accepted_keys = peer_keys.get(peer_id)
     if accepted_keys is None:
         raise FrameError("unknown-validator", f"{peer_id[:64]!r} is not in the validator set")
-    peer_key = peer_auth["public_key"]
     if peer_key not in accepted_keys:
         raise FrameError("unknown-key", f"key offered for {peer_id!r} is not its validator key")
     if peer_id == node_id:
@@ -311,9 +319,6 @@ async def handshake(stream: trio.abc.Stream, *, chain_id: str, node_id: str,
         raise FrameError("unexpected-peer", f"dialed {expected_peer!r}, reached {peer_id!r}")
     if not codec.verify(peer_key, peer_auth["sig"], codec.DOMAIN_HANDSHAKE, chain_id, transcript):
         raise FrameError("bad-handshake-signature", f"{peer_id!r} did not sign this session's transcript")
-    connection.peer_id = peer_id
-    connection.peer_key = peer_key
-    return peer_id, connection
 
 
 # What msgpack may build from a stranger's auth frame: a flat map of three short fields.
