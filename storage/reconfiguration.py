@@ -27,8 +27,8 @@ changes with the same consensus.epochs rule) and an offline proof verifier (whic
 from genesis). The rule:
 
 1. The block's candidate is its first entry that decodes as a reconfigure, passes the governance
-   author rules (chain, known regulator keys, each jurisdiction's threshold) and names the chain's
-   latest epoch. Only the candidate is judged; any later reconfigure in the same block is refused
+   author rules under the regulator keys of its height (chain, known keys, valid signatures, each
+   jurisdiction's threshold) and names the chain's latest epoch. Only the candidate is judged; any later reconfigure in the same block is refused
    `reconfigure-pending`, like one in a block while an epoch is pending.
 2. The candidate applies iff consensus.epochs accepts its changes (EpochSchedule.schedule); the
    reason codes are that module's.
