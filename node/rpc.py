@@ -54,6 +54,7 @@ from node.wire import (
 )
 from storage.entries import EntryError, decode_entry
 from storage.genesis import GOVERNANCE_AUTHOR
+from storage.proofs import encode_epoch_steps
 
 log = structlog.get_logger("node.rpc")
 
@@ -225,7 +226,8 @@ class RpcMethods:
         self._node_id: str | None = None
         self.table: dict[str, Callable] = {
             "status": self.status, "challenge": self.challenge, "authenticate": self.authenticate,
-            "validators": self.validators, "epochs": self.epochs, "header": self.header, "block": self.block,
+            "validators": self.validators, "epochs": self.epochs, "epoch_steps": self.epoch_steps,
+            "header": self.header, "block": self.block,
             "submit": self.submit, "match": self.match, "consistency": self.consistency,
             "participant": self.participant, "queries": self.queries_page,
         }
@@ -481,6 +483,18 @@ class RpcMethods:
             raise ApiError(ERROR_INVALID_PARAMS, f"need 1 <= size1 <= size2 <= tree size {tree_size}")
         return {"size1": size1, "size2": size2, "root1": self.ledger.tree_root(size1),
                 "root2": self.ledger.tree_root(size2), "proof": self.ledger.consistency_proof(size1, size2)}
+
+    async def epoch_steps(self, params: list, session: Session) -> list:
+        """The epoch steps from genesis to the epoch of block `height` (a match proof's `epochs`): what a
+        verifier holding only genesis needs to check that block's certificate, e.g. for `consistency`."""
+        _check_arity(params, 1, 1, "epoch_steps(height: uint)")
+        height = _param_uint(params[0], "height")
+        await self._ledger_quiet()
+        if not 1 <= height <= self.ledger.height():
+            raise ApiError(ERROR_NOT_FOUND, f"no block at height {height} (height {self.ledger.height()})")
+        steps = self.ledger.epoch_steps(height)
+        # The ledger keeps headers and certificates pre-encoded for proofs: answered as plain maps.
+        return codec.unpack(encode_epoch_steps(steps)) if steps else []
 
     async def participant(self, params: list, session: Session) -> dict:
         _check_arity(params, 1, 1, "participant(id: str)")

@@ -61,6 +61,7 @@ METHOD_ROLES: dict[str, tuple[str, ...]] = {
     "participant": (ROLE_PARTICIPANT,) + READER_ROLES,     # a participant: its own record only (node.rpc)
     "validators": READER_ROLES,
     "epochs": READER_ROLES,
+    "epoch_steps": READER_ROLES,
     "consistency": READER_ROLES,
     "queries": READER_ROLES,
 }

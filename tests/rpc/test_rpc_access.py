@@ -22,6 +22,7 @@ from storage.genesis import Participant
 ROLES_TABLE = {
     "validators": ("auditor", "regulator", "validator"),
     "epochs": ("auditor", "regulator", "validator"),
+    "epoch_steps": ("auditor", "regulator", "validator"),
     "header": ("auditor", "regulator", "validator"),
     "block": ("auditor", "regulator", "validator"),
     "participant": ("participant", "auditor", "regulator", "validator"),     # a participant: its own record only
@@ -39,7 +40,7 @@ def sample_params(world, commitments) -> dict[str, list]:
     bank = Author(world, "hk-bank")
     bank.nonce = 500
     return {
-        "validators": [], "epochs": [], "header": [1], "block": [1], "participant": ["hk-bank"], "consistency": [1, 5],
+        "validators": [], "epochs": [], "epoch_steps": [1], "header": [1], "block": [1], "participant": ["hk-bank"], "consistency": [1, 5],
         "queries": [0],
         "submit": [bank.commit(commitment(800))], "match": [query(world, "hk-bank", commitments["active"])],
     }

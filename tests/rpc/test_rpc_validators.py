@@ -160,3 +160,28 @@ def test_rpc_validator_roles_follow_the_current_set(node, connect, world, server
     error, _ = removed.call("epochs")
     assert error["code"] == "unauthorized" and "no longer a validator" in error["message"]
     assert removed.call("epochs")[0]["code"] == "unauthorized"       # anonymous now
+
+
+def test_a_consistency_proof_across_epochs_checks_from_rpc_answers_and_genesis_alone(node, connect, world):
+    """header + consistency + epoch_steps, over the RPC, verify with the genesis file and nothing else."""
+    from storage.genesis import Genesis
+    from storage.proofs import verify_consistency_proof
+
+    older_height = node.ledger.height()
+    node.commit_now([reconfigure(world, 0, [RemoveValidator("cn-2")])])
+    while node.ledger.height() < node.ledger.epochs.schedule.latest.start_height:
+        node.commit_now([])
+    newer_height = node.ledger.height()
+    reader = connect("hk-regulator-1")
+    older, newer = reader.call("header", older_height)[1], reader.call("header", newer_height)[1]
+    assert newer["header"]["epoch"] == 1
+    error, consistency = reader.call("consistency", older["header"]["tree_size"], newer["header"]["tree_size"])
+    assert error is None
+    error, steps = reader.call("epoch_steps", newer_height)
+    assert error is None and len(steps) == 1 and reader.call("epoch_steps", older_height)[1] == []
+    genesis = Genesis.from_json(world.genesis.to_json())
+    pick = lambda answer: {"header": answer["header"], "certificate": answer["certificate"]}  # noqa: E731
+    verdict = verify_consistency_proof(pick(older), pick(newer), consistency["proof"], genesis, epochs=steps)
+    assert verdict.valid, verdict
+    assert not verify_consistency_proof(pick(older), pick(newer), consistency["proof"], genesis).valid
+    assert reader.call("epoch_steps", newer_height + 1)[0]["code"] == "not-found"

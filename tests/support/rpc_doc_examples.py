@@ -73,6 +73,7 @@ def _connections(world, commitments):
             ("status", []),
             ("validators", []),
             ("epochs", []),
+            ("epoch_steps", [2]),
             ("header", [1]),
             ("block", [2]),
             ("submit", [entry, {"wait": True, "timeout_ms": 10_000}]),
