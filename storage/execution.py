@@ -181,7 +181,9 @@ class Execution:
                 entry = decode_entry(data)
             except EntryError as exc:
                 return exc.reason
-        refused = author_refusal(genesis, entry, self.participant, self.epochs().governance_at(self.height))
+        # The regulator keys of this height, looked up for governance entries only (a commit needs none).
+        governance = self.epochs().governance_at(self.height) if entry.is_governance else None
+        refused = author_refusal(genesis, entry, self.participant, governance)
         if refused is not None:
             return refused
         if entry.type == RECONFIGURE_TYPE:
