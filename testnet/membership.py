@@ -22,7 +22,6 @@ then waits, with progress, until that epoch has started:
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 import time
 from pathlib import Path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.testnet.test_cli_process import run_testnet
+from tests.support.testnet_process import run_testnet
 
 
 @pytest.fixture

@@ -8,43 +8,16 @@ not just the printed text. The teardown always stops every node by pid.
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from testnet import ports
 from testnet.demo import run_sample
 from testnet.network import Network
+from tests.support.testnet_process import pid_exists, run_testnet, status_json
 
-REPO = Path(__file__).resolve().parents[2]
-command_timeout_s = 120     # one subcommand; `up` generates, starts four daemons and runs the demo
 catch_up_deadline_s = 60    # a restarted node reaching the others' height (liveness, not speed)
-
-
-def run_testnet(*args: str, timeout_s: float = command_timeout_s) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "testnet", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout_s)
-
-
-def status_json(run_dir: Path) -> dict:
-    done = run_testnet("status", "--json", "--dir", str(run_dir))
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def pid_exists(pid: int) -> bool:
-    """True while `pid` runs. A killed daemon was reparented when `up` exited, and may stay a
-    zombie if this container's init does not reap: a zombie has exited."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def test_status_and_down_without_a_testnet_say_so(tmp_path):

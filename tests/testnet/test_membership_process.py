@@ -18,7 +18,7 @@ from storage.genesis import Genesis
 from testnet import ports
 from testnet.control import epoch_at
 from testnet.network import NodeEntry
-from tests.testnet.test_cli_process import pid_exists, run_testnet, status_json
+from tests.support.testnet_process import pid_exists, run_testnet, status_json
 
 
 def nodes_of(run_dir: Path) -> dict[str, dict]:
