@@ -1,6 +1,6 @@
 """The validator set changes under load, with real daemon processes over real TCP (issue 17).
 
-A 4-validator cluster (2 HK, 2 CN) with a small epoch margin, while a load thread keeps submitting
+A 4-validator cluster (2 HK, 2 CN) with a small epoch margin, while two load threads keep submitting
 commitments: grows to 5 (hk-3), then to 7 (cn-3 and cn-4 in one reconfiguration), each new node
 started with an empty data directory and `joining = true`, catching up and then voting; hk-1's key
 is rotated (its node holds the new key as a spare key); cn-2 is removed; HK's regulator key is
@@ -31,40 +31,46 @@ from storage.ledger import Ledger
 from storage.reconfiguration import SetGovernance
 from tests.support.node_cluster import CHAIN_ID, Cluster, RpcClient, RpcError
 
-MARGIN_HEIGHTS = 40           # >= the cluster's watermark_window (32)
-LOAD_INTERVAL_S = 0.02        # one commitment every 20 ms from the load thread
+MARGIN_HEIGHTS = 32           # >= the cluster's watermark_window (32)
+LOAD_INTERVAL_S = 0.01        # each load lane waits this long between commitments
+LOAD_AUTHORS = (("bank-hk", "HK"), ("bureau-cn", "CN"))   # one lane (thread) each
 CHANGE_TIMEOUT_S = 120
 MEMBERS_AT_END = ["hk-1", "hk-2", "hk-3", "cn-1", "cn-3", "cn-4"]
 
 
 class Load:
-    """Submits a commitment at a steady rate through one node and remembers the acknowledged ones."""
+    """Submits commitments at a steady rate through one node, one lane (thread) per author, each waiting
+    for its commit, and remembers the acknowledged ones."""
 
     def __init__(self, cluster: Cluster, via: str):
         self.node = cluster.nodes[via]
-        self.key = load_key_file(cluster.keys_dir / "bank-hk.json").signing_key
-        self.acknowledged: list[tuple[float, bytes]] = []   # (when, commitment)
+        self.keys = {author: load_key_file(cluster.keys_dir / f"{author}.json").signing_key
+                     for author, _ in LOAD_AUTHORS}
+        self.acknowledged: list[tuple[float, bytes]] = []   # (when, commitment), appended by every lane
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(lane, author, jurisdiction), daemon=True)
+                         for lane, (author, jurisdiction) in enumerate(LOAD_AUTHORS)]
 
     def __enter__(self) -> "Load":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(60)
+        for thread in self._threads:
+            thread.join(60)
 
-    def _run(self) -> None:
+    def _run(self, lane: int, author: str, jurisdiction: str) -> None:
         client = self.node.rpc_client()
         nonce = 0
         try:
             while not self._stop.is_set():
                 nonce += 1
-                commitment = nonce.to_bytes(32, "big")
-                entry = build_commit(self.key, "bank-hk", CHAIN_ID, commitment, "credit-report", "HK", nonce,
-                                     int(time.time() * 1000))
+                commitment = bytes([lane]) + nonce.to_bytes(31, "big")
+                entry = build_commit(self.keys[author], author, CHAIN_ID, commitment, "credit-report", jurisdiction,
+                                     nonce, int(time.time() * 1000))
                 try:
                     receipt = client.call("submit", entry, {"wait": True, "timeout_ms": 30_000})
                 except (RpcError, OSError) as exc:
@@ -77,7 +83,7 @@ class Load:
             client.close()
 
     def longest_pause_s(self, since: float) -> float:
-        times = [when for when, _ in self.acknowledged if when >= since]
+        times = sorted(when for when, _ in self.acknowledged if when >= since)
         return max((b - a for a, b in zip(times, times[1:])), default=float("nan"))
 
 
