@@ -28,7 +28,7 @@ from consensus.epochs import EpochScheduleError, ReconfigurationError
 from . import keys, merkle, smt
 from .entries import Entry, EntryError, decode_entry, validate_entry
 from .execution import Execution, author_refusal, outcomes_hash
-from .genesis import Genesis
+from .genesis import Genesis, Governance
 from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs, governance_of
 
 # The stateless check's refusals that depend on the regulator keys (Ledger.check_entry).
@@ -141,6 +141,7 @@ class Ledger:
         self._head: BlockHeader | None = self.header(self._height) if self._height else None
         self._head_hash = self._head.hash() if self._head else ZERO_HASH
         self._epochs = self._load_epochs(db, genesis, path)
+        self._governance_cache: tuple[int, Governance] | None = None   # see _current_governance
 
     @staticmethod
     def _load_epochs(db: Any, genesis: Genesis, path: Path) -> LedgerEpochs:
@@ -368,7 +369,7 @@ class Ledger:
                 entry = decode_entry(data)
             except EntryError as exc:
                 return None, exc.reason
-        refused = author_refusal(self.genesis, entry, self.participant, self._epochs.governance_at(self._height + 1))
+        refused = author_refusal(self.genesis, entry, self.participant, self._current_governance())
         if refused is None:
             refused = self._nonce_refusal(entry)
         return entry.author, refused
@@ -624,8 +625,16 @@ class Ledger:
             decoded[data] = entry
         return None
 
+    def _current_governance(self) -> Governance:
+        """The regulator keys of the next height to apply, remembered per applied height (every entry
+        check asks; they change only with the epochs)."""
+        cached = self._governance_cache
+        if cached is None or cached[0] != self._height:
+            cached = self._governance_cache = (self._height, self._epochs.governance_at(self._height + 1))
+        return cached[1]
+
     def _validate_with_either_governance(self, data: bytes, check_signatures: bool) -> Entry:
-        current = self._epochs.governance_at(self._height + 1)
+        current = self._current_governance()
         try:
             return validate_entry(data, self.genesis, check_signatures=check_signatures, governance=current)
         except EntryError as exc:
