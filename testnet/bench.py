@@ -37,7 +37,7 @@ from pathlib import Path
 
 from node.rpc import RpcLimits
 
-from . import control
+from . import control, host_probe
 from .network import Network
 from .ports import find_free_base_port
 from .supervisor import process_usage, running_pid
@@ -183,6 +183,7 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
     run_dir = Path(tempfile.mkdtemp(prefix="bayledger-bench-"))
     base_port = find_free_base_port(validators)
     load_before = round(os.getloadavg()[0], 2)
+    host = host_probe.probe(min(host_probe.PROBE_SECONDS_DEFAULT, duration_s))   # before any node runs
     RESULTS_DIR.mkdir(exist_ok=True)
     print(f"bench: {validators} validators in {run_dir}, base port {base_port}, DURATION={duration_s:g}s", file=sys.stderr)
     try:
@@ -270,6 +271,7 @@ def run(duration_s: float, validators: int, profile_node: str | None, keep: bool
             **{key: report[key] for key in ("target_rate_note", "match_error") if key in report},
             "targets": TARGETS,
             "machine": {**machine_info(), "load_average_1m_at_start": load_before},
+            "host_probe": host,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return results
