@@ -15,6 +15,9 @@ from .ledger import Ledger
 from .reconfiguration import RECONFIGURE_TYPE, application_after, candidate, governance_of
 
 
+_RECONFIGURE_TYPE_BYTES = RECONFIGURE_TYPE.encode()   # in every reconfigure entry's body, as a msgpack str
+
+
 class LedgerApplication(Application):
     """The consensus `Application` (docs/INTERNALS.md) backed by a Ledger."""
 
@@ -46,7 +49,7 @@ class LedgerApplication(Application):
         decoded = []
         for data in entries:
             # Most blocks hold no reconfigure: a byte search spares decoding every entry twice.
-            if type(data) is not bytes or RECONFIGURE_TYPE.encode() not in data:
+            if type(data) is not bytes or _RECONFIGURE_TYPE_BYTES not in data:
                 decoded.append(None)
                 continue
             try:

@@ -33,6 +33,13 @@ from .reconfiguration import RECONFIGURE_TYPE, LedgerEpochs, governance_of
 
 # The stateless check's refusals that depend on the regulator keys (Ledger.check_entry).
 _GOVERNANCE_REASONS = frozenset({"unknown-governance-key", "governance-threshold", "bad-signature"})
+
+
+def _is_governance_entry(data: bytes) -> bool:
+    try:
+        return decode_entry(data).is_governance
+    except EntryError:
+        return False
 from .keys import FORMAT_VERSION
 from .proofs import Encoded, build_match_proof, encode_epoch_steps
 from .records import STATUS_ACTIVE, CommitmentRecord, NonceWindow, ParticipantRecord
@@ -639,8 +646,8 @@ class Ledger:
             return validate_entry(data, self.genesis, check_signatures=check_signatures, governance=current)
         except EntryError as exc:
             latest = governance_of(self._epochs.schedule.latest, self.genesis.governance)
-            if exc.reason not in _GOVERNANCE_REASONS or latest == current:
-                raise
+            if exc.reason not in _GOVERNANCE_REASONS or latest == current or not _is_governance_entry(data):
+                raise   # a participant's bad signature is not checked twice
             return validate_entry(data, self.genesis, check_signatures=check_signatures, governance=latest)
 
     def execute(self, parent: BlockHeader | None, height: int, time_ms: int,

@@ -226,7 +226,8 @@ class LedgerEpochs:
                                        f"the entry changes epoch {reconfiguration.epoch}; the chain's latest is "
                                        f"{latest.epoch}")
         if self.is_pending(height):   # before the governance rules, as EpochSchedule.schedule orders them
-            self.schedule.schedule(height, reconfiguration.changes)   # raises reconfigure-pending
+            raise ReconfigurationError("reconfigure-pending", f"epoch {latest.epoch} starts at height "
+                                       f"{latest.start_height}; no reconfiguration before it has started")
         application = application_after(latest, reconfiguration, self.genesis_governance)
         schedule = self.schedule.schedule(height, reconfiguration.changes, application)
         addresses = {vid: where for vid, where in self.addresses.items()}

@@ -376,3 +376,21 @@ def test_the_regulator_keys_survive_a_reopen(world, tmp_path):
         assert store.epochs.governance_at(10) == before and before.keys["CN"][0].id == "cn-regulator-new-4"
     finally:
         store.close()
+
+
+def test_while_new_regulator_keys_are_scheduled_the_stateless_check_takes_either(world, store):
+    """A block near the epoch's start may hold an entry signed by either set of keys: the stateless check
+    takes both, execution decides by the height. A participant's bad signature stays bad."""
+    apply(world, store, [reconfigure(world, 0, [], governance=[new_regulators(world, "HK", 1)])])
+    old_signed = reconfigure(world, 1, [SetMinSigners(0)], nonce=2)
+    new_keys = dict(world.governance_keys)
+    del new_keys["hk-regulator-1"]
+    new_keys.update(world.spare_governance_keys)
+    world.governance_keys, old_keys = new_keys, world.governance_keys
+    new_signed = reconfigure(world, 1, [SetMinSigners(0)], nonce=3)
+    world.governance_keys = old_keys
+    assert store.check_entry(old_signed) is None and store.check_entry(new_signed) is None
+    assert apply(world, store, [new_signed])[0].reason == "unknown-governance-key"   # still epoch 0 here
+    forged = bytearray(Author(world, "hk-bureau").commit(commitment(9)))
+    forged[-5] ^= 1
+    assert store.check_entry(bytes(forged)) == "bad-signature"
