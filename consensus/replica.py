@@ -460,18 +460,42 @@ class Replica(
             self._probe_peer()
         else:
             for height in sorted(self.slots):
-                if height <= self.last_applied_height:
-                    continue
-                slot = self.slots[height]
-                if self.is_primary and slot.preprepare is not None:
-                    self._send(None, slot.preprepare)
-                if slot.prepare is not None:
-                    self._send(None, slot.prepare)
-                if slot.commit is not None:
-                    self._send(None, slot.commit)
+                if height > self.last_applied_height:
+                    self._resend_votes(height, self.slots[height])
             # (A backup's requests go to the primary with its pool sweeps, see on_tick.)
             if self.fetching and self.timeouts.fired(Timer.BODIES):
                 self._request_bodies()   # bodies of re-proposed blocks still missing: ask the next peer
         mine = self.checkpoints.unstable_mine()
         if mine is not None:
             self._send(None, mine)
+
+    def _resend_votes(self, height: int, slot: Slot) -> None:
+        """Resend our PRE-PREPARE (primary), PREPARE and COMMIT of an uncommitted height once they went
+        unanswered for half a retransmission period, each only to the peers that still need it: a
+        PRE-PREPARE to those that voted for the block in neither phase, a PREPARE to those without a
+        COMMIT for it (a COMMIT shows its sender prepared), a COMMIT to all (we cannot tell who
+        committed). A block holds up to batch_requests_max requests: resending every one in flight to
+        everyone, every period, cost the primary's bandwidth and each backup a decode of a block it
+        already held."""
+        now = self.timeouts.clock_ms
+        if slot.sent_ms is not None and now - slot.sent_ms < self.config.retransmit_ms // 2:
+            return
+        if slot.preprepare is None and slot.prepare is None and slot.commit is None:
+            return
+        slot.sent_ms = now
+        committed = set(self.tally.commit_voters(height, slot.hash))
+        if self.is_primary and slot.preprepare is not None:
+            self._send_to_missing(slot.preprepare, committed.union(self.tally.prepare_signers(height, slot.hash)))
+        if slot.prepare is not None:
+            self._send_to_missing(slot.prepare, committed)
+        if slot.commit is not None:
+            self._send(None, slot.commit)
+
+    def _send_to_missing(self, data: bytes, answered: set[str]) -> None:
+        """`data` to every validator but us not in `answered`: one broadcast when none answered."""
+        missing = [v.id for v in self.validators.validators if v.id != self.me and v.id not in answered]
+        if len(missing) == self.validators.n - 1:
+            self._send(None, data)
+        else:
+            for peer in missing:
+                self._send(peer, data)

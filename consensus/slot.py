@@ -49,6 +49,7 @@ class Slot:
     vouch_deadline_ms: int | None = None  # when a backup that waits for vouchers checks the signatures itself
     prepare: bytes | None = None     # our signed PREPARE (from PREPARE_SENT on)
     commit: bytes | None = None      # our signed COMMIT (COMMIT_SENT)
+    sent_ms: int | None = None       # when we last sent our message for it (None: never, or before a restart)
     request_ids: tuple[bytes, ...] = field(init=False)
 
     def __post_init__(self) -> None:

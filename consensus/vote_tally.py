@@ -58,6 +58,10 @@ class VoteTally:
     def prepare_signers(self, height: int, header_hash: bytes) -> list[str]:
         return [v for v, (h, _, _) in self.prepares.get(height, {}).items() if h == header_hash]
 
+    def commit_voters(self, height: int, header_hash: bytes) -> list[str]:
+        """Voters whose latest COMMIT at `height` (of any view) is for `header_hash`."""
+        return [v for v, (_, h, _, _) in self.commits.get(height, {}).items() if h == header_hash]
+
     def prepare_signature(self, height: int, voter: str) -> bytes:
         return self.prepares[height][voter][1]
 

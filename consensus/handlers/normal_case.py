@@ -201,6 +201,7 @@ class NormalCase:
             return False
         message = sign(Prepare(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
         slot.sent_prepare(encode(message))
+        slot.sent_ms = self.timeouts.clock_ms
         self.tally.add_own_prepare(self.me, height, slot.hash, message.signature, slot.prepare)
         self._send(None, slot.prepare)
         return True
@@ -225,6 +226,7 @@ class NormalCase:
             return
         message = sign(Commit(self.view, height, slot.hash, self.me), self.signing_key, self.chain_id)
         slot.sent_commit(encode(message))
+        slot.sent_ms = self.timeouts.clock_ms
         self.tally.add_own_commit(self.me, height, self.view, slot.hash, message.signature, slot.commit)
         self._send(None, slot.commit)
 

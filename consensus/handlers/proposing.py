@@ -56,7 +56,7 @@ class Proposing:
             message = sign(PrePrepare(self.view, header, entries, self.me), self.signing_key, self.chain_id)
             data = encode(message)
             slot = self.slots[height] = Slot(header, entries, hash_of_header(header), preprepare=data,
-                                             phase=SlotPhase.CHECKED)
+                                             phase=SlotPhase.CHECKED, sent_ms=self.timeouts.clock_ms)
             self.blocks[hash_of_header(header)] = (header, entries)
             self._send(None, data)
             self._proposed(slot)

@@ -14,6 +14,7 @@ from consensus.messages import (
     CatchUpRequest, PrePrepare, Prepare, ViewChange, decode_message, encode, sign,
 )
 from consensus.replica import Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response
+from consensus.timeouts import Timer
 from consensus.vote_log import KEY_BODY, KEY_CERT, KEY_VOTE
 from tests.support.replica_cluster import (
     CHAIN, START_MS, Cluster, Node, TrivialApp, all_committed, build_block, kind_of, make_validators,
@@ -567,3 +568,73 @@ def test_a_partial_batch_waits_while_blocks_are_in_flight_and_a_full_one_does_no
     requests = [f"ok:{i}".encode() for i in range(1, 8)]
     assert cluster.run_until(lambda: all_committed(cluster, requests), 200)
     cluster.assert_agreement()
+
+
+def _sent_kinds(cluster, ticks):
+    """Run `ticks` ticks and return every (sender, target, kind) handed to the network meanwhile."""
+    sent = []
+    before = cluster.drop
+
+    def record(sender, target, data):
+        sent.append((sender, target, kind_of(data)))
+        return before(sender, target, data)
+
+    cluster.drop = record
+    cluster.run(ticks)
+    cluster.drop = before
+    return sent
+
+
+def test_retransmission_goes_only_to_the_peers_that_have_not_voted():
+    """A block nobody can commit (every COMMIT is lost) and a backup that hears nothing: the primary
+    resends its PRE-PREPARE only to that backup, the PREPAREs go only to the peers whose COMMIT
+    their sender lacks (all of them here), and every COMMIT goes to everyone."""
+    cluster = Cluster(ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200,
+                                    checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200))
+    cluster.drop = lambda sender, target, data: target == "v3" or kind_of(data) == "commit"
+    cluster.submit("v1", b"ok:stuck")
+    cluster.run(5)
+    assert all(len(n.chain) == 0 for n in cluster.nodes.values())
+    sent = _sent_kinds(cluster, 60)                 # three retransmission periods
+    preprepares = {(s, t) for s, t, kind in sent if kind == "pre-prepare"}
+    assert preprepares == {("v0", "v3")}, preprepares
+    prepares = {(s, t) for s, t, kind in sent if kind == "prepare"}
+    assert prepares == {(s, t) for s in ("v0", "v1", "v2") for t in cluster.ids if t != s}
+    commits = {(s, t) for s, t, kind in sent if kind == "commit"}
+    assert commits == {(s, t) for s in ("v0", "v1", "v2") for t in cluster.ids if t != s}
+    # Once v3 hears again it catches up and the block commits everywhere.
+    cluster.drop = lambda sender, target, data: False
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:stuck"]), 200)
+
+
+def test_a_block_is_resent_only_once_it_went_unanswered_for_half_a_period():
+    """A PRE-PREPARE sent just before the retransmission timer fires is not sent again at once."""
+    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=400, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200)
+    cluster = Cluster(config)
+    cluster.drop = lambda sender, target, data: kind_of(data) in ("prepare", "commit")
+    primary = cluster.nodes["v0"].replica
+    # Run until 50 ms before the primary's next retransmission, then propose.
+    while primary.timeouts._deadline_ms[Timer.RETRANSMIT] - cluster.now_ms != 50:
+        cluster.run(1)
+    cluster.submit("v0", b"ok:late")
+    sent = _sent_kinds(cluster, 10)   # the timer fires 50 ms after the proposal: too young to resend
+    assert [kind for s, _, kind in sent if s == "v0" and kind == "pre-prepare"] == ["pre-prepare"] * 3
+    sent = _sent_kinds(cluster, 40)   # the next round, 450 ms after it: resent to every backup
+    assert sorted(t for s, t, kind in sent if s == "v0" and kind == "pre-prepare") == ["v1", "v2", "v3"]
+
+
+def test_a_prepare_is_resent_only_to_the_peers_whose_commit_is_missing():
+    """v1's COMMITs are lost and v3 hears nothing: v1 commits (it holds three COMMITs), v0 and v2 do
+    not. They resend their PREPAREs to v1 and v3 only (each holds the other's COMMIT), and v1,
+    done with the height, resends nothing."""
+    cluster = Cluster(ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200,
+                                    checkpoint_interval=4, watermark_window=8, catch_up_timeout_ms=200))
+    cluster.drop = lambda sender, target, data: target == "v3" or (sender == "v1" and kind_of(data) == "commit")
+    cluster.submit("v1", b"ok:stuck")
+    cluster.run(5)
+    assert cluster.heights() == {"v0": 0, "v1": 1, "v2": 0, "v3": 0}
+    sent = _sent_kinds(cluster, 60)
+    prepares = {(s, t) for s, t, kind in sent if kind == "prepare"}
+    assert prepares == {(s, t) for s in ("v0", "v2") for t in ("v1", "v3")}
+    assert {(s, t) for s, t, kind in sent if kind == "pre-prepare"} == {("v0", "v3")}
