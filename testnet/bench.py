@@ -52,6 +52,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 from node.rpc import RpcLimits
 
@@ -82,7 +83,6 @@ CONNECTIONS = 64
 WINDOW = 32
 WINDOW_MAX = RpcLimits.requests_in_flight_max   # a node reads no further ahead on one connection
 TARGETS = {"commits_per_s": 5000, "p99_ms_at_1000_per_s": 250, "match_per_s": 10000}
-MICROSECONDS_PER_SECOND = 1_000_000
 
 
 def check_link_options(delay_ms: float, loss: float) -> str | None:
@@ -101,7 +101,8 @@ def link_options(delay_ms: float, loss: float) -> dict[str, float]:
     return {name: value for name, value in options.items() if value}
 
 
-def control_up_accepts(names) -> bool:
+def control_up_accepts(names: Iterable[str]) -> bool:
+    """True if control.up takes every keyword in `names` (link shaping is being added to it)."""
     return set(names) <= set(inspect.signature(control.up).parameters)
 
 

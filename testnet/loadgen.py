@@ -492,6 +492,7 @@ class _Run:
         self.ca_file = plan.get("ca")       # the testnet's CA: RPC is TLS (None: a plaintext test server)
         self.credentials = workload.submit_lane_credentials(plan, self.connections)
         self.validators = usage.validators_of(plan)
+        self.committed_commitments: list[bytes] = []   # by the saturation phase, for the match queries
         self.report: dict = {"phases": [], "latency": {}, "cpu_us_per_commitment": {},
                              "signature_checks_per_commitment": {}}
 
