@@ -268,3 +268,25 @@ def test_summary_names_the_new_figures():
                      "signature_ceiling_ratio 0.4", "2 cores"):
         assert fragment in text
     assert not math.isnan(results["commits_per_s"])
+
+
+async def test_a_sample_reads_cpu_from_proc_and_checks_from_a_real_metrics_endpoint(nursery, monkeypatch):
+    # This process stands in for a validator: its own pid, and a NodeMetrics served on 127.0.0.1.
+    import os
+
+    from node.metrics import NodeMetrics, serve_metrics
+
+    metrics = NodeMetrics()
+    metrics.height.set(5)
+    listeners = await nursery.start(functools.partial(serve_metrics, metrics, "127.0.0.1", 0,
+                                                      request_bytes_max=1024, client_timeout_ms=2000))
+    validator = usage.Validator("v", os.getpid(), f"127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    taken = await usage.sample([validator, validator])
+    assert taken.cpu_s is not None and taken.cpu_s >= 0
+    scraped = await usage.scrape(validator.metrics)
+    assert taken.signature_checks == 2 * scraped[usage.SIGNATURE_CHECKS_METRIC]
+    assert await usage.settle([validator]) is not None          # empty mempool, one height
+    metrics.mempool_size.set(3)
+    monkeypatch.setattr(usage, "settle_timeout_s", 0.2)
+    assert await usage.settle([validator]) is None                 # a backlog that does not clear
+    assert await usage.scrape("127.0.0.1:1") is None            # nothing listens there
