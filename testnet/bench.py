@@ -27,9 +27,10 @@ machines (issue 19): the capacities (highest offered rate whose p99 is within
 committed commitment and their Ed25519 checks per commitment in each phase;
 and `signature_ceiling_ratio`, the saturated rate as a share of what the host's
 verify speed would allow (`signature_ceiling_ratio` below).
-`--link-delay-ms` / `--link-loss` shape the links between the nodes (passed to
-control.up only when nonzero).
-`--profile NODE` samples that node with py-spy for the whole load and writes
+
+`--link-delay-ms D` (0 to 10,000) and `--link-loss P` (0 <= P < 1) shape the
+links between the nodes: passed to control.up only when nonzero, recorded in
+the results either way. `--profile NODE` samples that node with py-spy for the whole load and writes
 the flat profile to bench/profile-NODE.txt (the raw collapsed stacks stay in
 the run directory, kept with --keep).
 
@@ -113,7 +114,7 @@ def capacity_ratio(capacity_per_s: float, commits_per_s: float) -> float | None:
 
 def signature_ceiling_cores(validators: int) -> int:
     """Cores whose verify capacity the ceiling counts: the machine's, but no more than one per
-    validator (each node is one Python process; its checks run one at a time)."""
+    validator (each node is one Python process, which verifies on one core nearly all the time)."""
     return max(1, min(os.cpu_count() or 1, validators))
 
 
