@@ -15,6 +15,7 @@ and the chain id, so a vote cannot be replayed as an entry or on another chain.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,12 +308,27 @@ def sign(signing_key: nacl.signing.SigningKey, domain: str, chain_id: str, paylo
     return signing_key.sign(signing_bytes(domain, chain_id, payload)).signature
 
 
+# Ed25519 verifications run in this process, for the metric bayledger_signature_checks_total (the
+# bench divides it by commitments: how many checks each one costs). A metric only: no decision
+# depends on it. itertools.count because next() on it is one C call, atomic under the GIL, and
+# verify also runs in worker threads (blocks are applied off the event loop).
+_signature_checks = itertools.count()
+_COUNT_REPR_PREFIX = "count("
+
+
+def signature_checks_total() -> int:
+    """Ed25519 verifications `verify` has attempted in this process (valid or not) so far."""
+    # count() has no read-only accessor; its repr is "count(N)" with N the next value, i.e. the total.
+    return int(repr(_signature_checks)[len(_COUNT_REPR_PREFIX):-1])
+
+
 def verify(public_key: bytes, signature: bytes, domain: str, chain_id: str, payload: bytes) -> bool:
     """True iff `signature` is a valid Ed25519 signature by `public_key` over the tagged payload."""
     if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
         return False
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         return False
+    next(_signature_checks)
     try:
         # The binding VerifyKey.verify calls, without building a VerifyKey per signature.
         nacl.bindings.crypto_sign_open(signature + signing_bytes(domain, chain_id, payload), public_key)

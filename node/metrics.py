@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 
 import trio
 
+from consensus import codec
+
 # Block commit latency buckets, seconds (proposal to local apply).
 COMMIT_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LABEL_VALUE_BYTES_MAX = 64     # peers choose reason strings: keep labels short
@@ -169,8 +171,18 @@ class NodeMetrics:
             "bayledger_rpc_errors_total", "RPC answers that were errors (and refused connections), by code.",
             "counter", label="code")
         self.rpc_connections = Gauge("bayledger_rpc_connections", "Open RPC connections.", "gauge")
-        # Called before each scrape to copy counts kept elsewhere (the RPC server's) into the metrics above.
-        self.collectors: list[Callable[[], None]] = []
+        self.signature_checks = Counter(
+            "bayledger_signature_checks_total",
+            "Ed25519 signature verifications run by this process (entries, votes, certificates, logins), "
+            "valid or not.", "counter")
+        # Called before each scrape to copy counts kept elsewhere (the RPC server's, the codec's) into
+        # the metrics above.
+        self.collectors: list[Callable[[], None]] = [self._collect_signature_checks]
+
+    def _collect_signature_checks(self) -> None:
+        # The codec counts for the whole process: verify is called from every layer, none of which
+        # holds the metrics.
+        self.signature_checks.mirror(codec.signature_checks_total())
 
     def all(self) -> list:
         return [value for value in vars(self).values() if isinstance(value, (_Metric, Histogram))]

@@ -177,6 +177,7 @@ def test_profile_summary_and_plot(tmp_path):
     assert "  90.0  drive" in summary  # inclusive share of the caller
     results = {"p50_ms": {"250": 10.0, "500": 12.0}, "p95_ms": {"250": 20.0, "500": 30.0},
                "p99_ms": {"250": 40.0, "500": 90.0}, "validators": 4, "commits_per_s": 1000.0,
+               "capacity_p99_100ms_per_s": 500.0, "capacity_p99_250ms_per_s": 0.0,   # 0: no line drawn
                "machine": {"cpus": 2}}
     png = tmp_path / "latency.png"
     try:
