@@ -1,0 +1,187 @@
+"""The link proxy (testnet/link_proxy.py): delay, loss emulation, partitions and its byte limit in-process
+in front of a 127.0.0.1 echo server, then once through a real 4-validator testnet."""
+
+from __future__ import annotations
+
+import functools
+import random
+import statistics
+import time
+
+import pytest
+import trio
+
+from testnet.link_proxy import RTO_MIN_MS, Link, LinkProxy, LinkState
+
+ECHO_HOST = "127.0.0.1"
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    async with stream:
+        try:
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def start_echo(nursery, handler=echo) -> int:
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host=ECHO_HOST))
+    return listeners[0].socket.getsockname()[1]
+
+
+async def start_proxy(nursery, target_port: int, state: LinkState, **limits) -> tuple[LinkProxy, int]:
+    link = Link("a", "b", listen=(ECHO_HOST, 0), forward=(ECHO_HOST, target_port))
+    proxy = LinkProxy([link], state, **limits)
+    ports = await nursery.start(proxy.run)
+    return proxy, ports[link.name]
+
+
+async def round_trips_ms(port: int, count: int) -> list[float]:
+    stream = await trio.open_tcp_stream(ECHO_HOST, port)
+    times = []
+    async with stream:
+        for i in range(count):
+            started = trio.current_time()
+            await stream.send_all(b"ping %d" % i)
+            received = await stream.receive_some(100)
+            assert received == b"ping %d" % i
+            times.append((trio.current_time() - started) * 1000)
+    return times
+
+
+async def receive_exactly(stream, count: int) -> bytes:
+    parts, got = [], 0
+    while got < count:
+        data = await stream.receive_some(count - got)
+        assert data, "closed early"
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+async def test_round_trip_is_twice_the_one_way_delay():
+    async with trio.open_nursery() as nursery:
+        proxy, port = await start_proxy(nursery, await start_echo(nursery), LinkState(delay_ms=40))
+        times = await round_trips_ms(port, 8)
+        assert min(times) >= 2 * 40
+        assert statistics.median(times) < 2 * 40 + 60
+        nursery.cancel_scope.cancel()
+
+
+async def test_zero_delay_forwards_at_once():
+    async with trio.open_nursery() as nursery:
+        proxy, port = await start_proxy(nursery, await start_echo(nursery), LinkState(delay_ms=0))
+        times = await round_trips_ms(port, 8)
+        assert statistics.median(times) < 30
+        nursery.cancel_scope.cancel()
+
+
+async def test_loss_delays_chunks_by_a_retransmission_but_never_corrupts_or_reorders():
+    payload = random.Random(7).randbytes(3 * 1024 * 1024)
+    async with trio.open_nursery() as nursery:
+        state = LinkState(delay_ms=5, loss=0.3, seed=11)
+        proxy, port = await start_proxy(nursery, await start_echo(nursery), state)
+        # Small writes, paced, so the stream is read as many chunks and some are "lost".
+        stream = await trio.open_tcp_stream(ECHO_HOST, port)
+        slowest_ms = 0.0
+        async with stream:
+            async def send():
+                for offset in range(0, len(payload), 64 * 1024):
+                    await stream.send_all(payload[offset:offset + 64 * 1024])
+                    await trio.sleep(0.002)
+
+            async def probe():
+                nonlocal slowest_ms
+                # Round trips on a second connection: some meet a "lost" chunk and wait a retransmission.
+                probe_stream = await trio.open_tcp_stream(ECHO_HOST, port)
+                async with probe_stream:
+                    for i in range(12):
+                        started = trio.current_time()
+                        await probe_stream.send_all(b"probe %d" % i)
+                        assert await receive_exactly(probe_stream, len(b"probe %d" % i)) == b"probe %d" % i
+                        slowest_ms = max(slowest_ms, (trio.current_time() - started) * 1000)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(send)
+                inner.start_soon(probe)
+                echoed = await receive_exactly(stream, len(payload))
+        assert echoed == payload                        # byte for byte, in order
+        assert proxy.stats.lost_chunks > 0
+        assert slowest_ms >= 2 * 5 + state.retransmit_delay_ms * 0.99
+        assert state.retransmit_delay_ms == RTO_MIN_MS
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_same_seed_delays_the_same_chunks():
+    async def late_round_trips(seed: int) -> list[bool]:
+        async with trio.open_nursery() as nursery:
+            proxy, port = await start_proxy(nursery, await start_echo(nursery), LinkState(loss=0.2, seed=seed))
+            # One message per round trip: the i-th chunk of each direction, whatever the timing.
+            times = await round_trips_ms(port, 8)
+            nursery.cancel_scope.cancel()
+        return [t >= RTO_MIN_MS for t in times]
+
+    first = await late_round_trips(5)
+    assert any(first) and not all(first)
+    assert await late_round_trips(5) == first
+
+
+async def test_partition_closes_open_connections_and_refuses_new_ones_until_heal():
+    async with trio.open_nursery() as nursery:
+        proxy, port = await start_proxy(nursery, await start_echo(nursery), LinkState(delay_ms=1))
+        stream = await trio.open_tcp_stream(ECHO_HOST, port)
+        await stream.send_all(b"hello")
+        assert await receive_exactly(stream, 5) == b"hello"
+
+        started = time.monotonic()
+        await proxy.apply(LinkState(generation=1, delay_ms=1, groups=(("a",), ("b",))))
+        assert time.monotonic() - started < 0.5
+        with trio.fail_after(1):
+            try:
+                assert await stream.receive_some(100) == b""      # closed by the proxy
+            except trio.BrokenResourceError:
+                pass                                               # or reset: closed either way
+        await stream.aclose()
+
+        fresh = await trio.open_tcp_stream(ECHO_HOST, port)
+        with trio.fail_after(1):
+            try:
+                assert await fresh.receive_some(100) == b""
+            except trio.BrokenResourceError:
+                pass
+        await fresh.aclose()
+        assert proxy.stats.refused_cut == 1
+
+        # Groups that keep both ends together cut nothing; no groups at all is the heal.
+        await proxy.apply(LinkState(generation=2, delay_ms=1, groups=(("a", "b"), ("c",))))
+        assert (await round_trips_ms(port, 2))
+        await proxy.apply(LinkState(generation=3, delay_ms=1))
+        assert (await round_trips_ms(port, 2))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_into_a_reader_that_never_reads_stays_within_the_byte_limit():
+    limit = 256 * 1024
+    stalled = trio.Event()
+
+    async def never_reads(stream):
+        async with stream:
+            await stalled.wait()
+
+    async with trio.open_nursery() as nursery:
+        proxy, port = await start_proxy(nursery, await start_echo(nursery, never_reads), LinkState(delay_ms=1),
+                                        buffered_bytes_max=limit, chunk_bytes=16 * 1024)
+        stream = await trio.open_tcp_stream(ECHO_HOST, port)
+        sent = 0
+        block = bytes(64 * 1024)
+        with trio.move_on_after(1.5):
+            while True:
+                await stream.send_all(block)
+                sent += len(block)
+        # The proxy stopped reading: the sender blocked after the kernel's buffers filled.
+        assert limit // 2 <= proxy.stats.buffered_peak_bytes <= limit
+        assert sent < 64 * 1024 * 1024
+        stalled.set()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
