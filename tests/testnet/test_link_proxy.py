@@ -11,7 +11,11 @@ import time
 import pytest
 import trio
 
+from testnet import control, links, ports
+from testnet.demo import bayledger, sample_commands
 from testnet.link_proxy import RTO_MIN_MS, Link, LinkProxy, LinkState
+from testnet.network import Network, plan_network
+from tests.support.testnet_process import pid_exists, status_json
 
 ECHO_HOST = "127.0.0.1"
 
@@ -185,3 +189,86 @@ async def test_a_flood_into_a_reader_that_never_reads_stays_within_the_byte_limi
         stalled.set()
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- the testnet's side: ports, groups, settings
+
+
+def test_link_ports_are_the_block_after_metrics():
+    plan = ports.plan_link_ports(7700, 4)
+    assert len(plan) == 12 and plan[(0, 1)] == 8001 and plan[(3, 2)] == 8032
+    assert len(set(ports.plan_link_ports(7700, ports.link_nodes_max).values())) == 90
+    with pytest.raises(ports.PortError, match="link delay needs"):
+        ports.plan_link_ports(7700, ports.link_nodes_max + 1)
+    with pytest.raises(ports.PortError, match="no room"):
+        ports.plan_link_ports(ports.PORT_MAX - 350, 4)
+
+
+def test_partition_groups_name_every_member_exactly_once():
+    members = ["hk-1", "cn-1", "hk-2", "cn-2"]
+    assert links.parse_groups("hk-1|cn-1, hk-2,cn-2", members) == [["hk-1"], ["cn-1", "hk-2", "cn-2"]]
+    for spec, message in (("hk-1,cn-1,hk-2,cn-2", "one group"), ("hk-1|cn-1,hk-2", "cn-2 is in no group"),
+                          ("hk-1|cn-1,hk-2,cn-2,hk-9", "'hk-9' is not a member"),
+                          ("hk-1,hk-1|cn-1,hk-2,cn-2", "hk-1 is named twice"), ("hk-1||cn-1,hk-2,cn-2", "empty name")):
+        with pytest.raises(links.LinkUsageError, match=message):
+            links.parse_groups(spec, members)
+
+
+def test_link_settings_out_of_range_are_refused_before_anything_is_made(tmp_path):
+    for delay, loss in ((-1, 0), (10_001, 0), (float("nan"), 0), (0, 1.0), (0, -0.1)):
+        with pytest.raises(links.LinkUsageError):
+            control.up(tmp_path / "run", 4, 7700, demo=False, link_delay_ms=delay, link_loss=loss)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_manifest_keeps_the_link_settings(tmp_path):
+    network = plan_network(tmp_path, 4, 7700)
+    assert not network.links_proxied
+    network.link_delay_ms, network.link_loss, network.link_seed = 15.0, 0.01, 42
+    tmp_path.mkdir(exist_ok=True)
+    network.save()
+    loaded = Network.load(tmp_path)
+    assert (loaded.link_delay_ms, loaded.link_loss, loaded.link_seed, loaded.links_proxied) == (15.0, 0.01, 42, True)
+    peers = links.proxied_peers(loaded, loaded.node("cn-1"))
+    assert [(p.id, str(p.address)) for p in peers] == [("hk-1", "127.0.0.1:8010"), ("hk-2", "127.0.0.1:8012"),
+                                                        ("cn-2", "127.0.0.1:8013")]
+
+
+# ---------------------------------------------------------------- a real testnet through the proxy
+
+
+def submit_sample(network, name: str) -> None:
+    """One commitment submitted through cn-1 with the CLI, waited for until committed."""
+    report = network.run_dir / f"{name}.txt"
+    report.write_text(f"credit report {name}\n")
+    command = sample_commands(network)["submit"]
+    bayledger([*command[:-1], str(report)])
+
+
+def test_a_real_testnet_through_the_proxy_commits_partitions_heals_and_goes_down(run_dir):
+    base = ports.find_free_base_port(4)
+    assert control.up(run_dir, 4, base, demo=False, link_delay_ms=20) == 0
+    network = Network.load(run_dir.resolve())
+    assert network.link_delay_ms == 20 and network.links_proxied
+    pid = links.proxy_pid(network)
+    assert pid is not None and pid_exists(pid)
+    proxy_ports = links.link_ports(network)
+    assert len(proxy_ports) == 4 * 3
+    assert not any(ports.port_is_free(port) for port in proxy_ports.values())
+    assert status_json(run_dir)["links"] == {"delay_ms": 20.0, "loss": 0.0, "seed": network.link_seed,
+                                             "proxy_pid": pid, "partition": None}
+
+    submit_sample(network, "first")
+    assert min(control.wait_for_height(network, 1, timeout_s=20).values()) >= 1
+
+    # cn-2 alone: the other three (hk-1 is the primary) still commit; cn-2 hears nothing until the heal.
+    assert links.partition(run_dir, "cn-2|hk-1,cn-1,hk-2") == 0
+    submit_sample(network, "second")
+    cn2 = network.node("cn-2")
+    assert control.node_status(cn2)["height"] == 1
+    assert links.heal(run_dir) == 0
+    assert min(control.wait_for_height(network, 2, timeout_s=20).values()) >= 2
+
+    assert control.down(run_dir) == 0
+    assert not pid_exists(pid)
+    assert all(ports.port_is_free(port) for port in proxy_ports.values())
