@@ -21,8 +21,8 @@ from node.keys import KeyFileError, load_key_file
 
 from . import links, rpc
 from .network import JOINING, REMOVED, ManifestError, Network, NodeEntry, plan_network
-from .ports import (PORT_BLOCK_SIZE, PORT_BLOCKS, check_ports_free, ephemeral_range, link_ports_overlap_ephemeral,
-                    overlaps_ephemeral, plan_link_ports, plan_ports)
+from .ports import (PORT_BLOCK_SIZE, PORT_BLOCKS, check_link_ports_free, check_ports_free, ephemeral_range,
+                    link_ports_overlap_ephemeral, overlaps_ephemeral, plan_link_ports, plan_ports)
 from .supervisor import exit_statuses, read_pid, running_pid, start_detached, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
@@ -225,7 +225,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
                                    f"--force to use it anyway")
             print(f"  note: {message} (--force)")
         check_ports_free(plan_ports(base_port, validators))
-        links.check_link_ports_free(proxy_ports, [n.name for n in network.nodes])
+        check_link_ports_free(proxy_ports, [n.name for n in network.nodes])
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -210,8 +210,9 @@ def parse_groups(text: str, members: list[str]) -> list[list[str]]:
             seen[name] = index
     missing = [name for name in members if name not in seen]
     if missing:
-        raise LinkUsageError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} in no group; each member goes in exactly one "
-                             f"group ({shape})")
+        verb = "is" if len(missing) == 1 else "are"
+        raise LinkUsageError(f"{', '.join(missing)} {verb} in no group; each member goes in exactly one group "
+                             f"({shape})")
     return groups
 
 

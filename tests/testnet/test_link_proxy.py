@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import random
+import socket
 import statistics
 import time
 
@@ -258,6 +259,11 @@ def test_a_real_testnet_through_the_proxy_commits_partitions_heals_and_goes_down
     assert status_json(run_dir)["links"] == {"delay_ms": 20.0, "loss": 0.0, "seed": network.link_seed,
                                              "proxy_pid": pid, "partition": None}
 
+    # A daemon sends its ephemeral key as soon as it accepts: through the proxy, it arrives 20 ms late.
+    with socket.create_connection((ECHO_HOST, proxy_ports[(0, 1)]), timeout=5) as probe:
+        started = time.monotonic()
+        assert len(probe.recv(32)) > 0
+        assert time.monotonic() - started >= 0.020
     submit_sample(network, "first")
     assert min(control.wait_for_height(network, 1, timeout_s=20).values()) >= 1
 
