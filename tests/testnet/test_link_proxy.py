@@ -225,11 +225,15 @@ def test_link_settings_out_of_range_are_refused_before_anything_is_made(tmp_path
 def test_the_manifest_keeps_the_link_settings(tmp_path):
     network = plan_network(tmp_path, 4, 7700)
     assert not network.links_proxied
+    network.save()
+    with pytest.raises(links.LinkError, match="needs the link proxy"):
+        links.partition(tmp_path, "hk-1|cn-1,hk-2,cn-2")
     network.link_delay_ms, network.link_loss, network.link_seed = 15.0, 0.01, 42
-    tmp_path.mkdir(exist_ok=True)
     network.save()
     loaded = Network.load(tmp_path)
     assert (loaded.link_delay_ms, loaded.link_loss, loaded.link_seed, loaded.links_proxied) == (15.0, 0.01, 42, True)
+    with pytest.raises(links.LinkError, match="link proxy .* is not running"):
+        links.heal(tmp_path)
     peers = links.proxied_peers(loaded, loaded.node("cn-1"))
     assert [(p.id, str(p.address)) for p in peers] == [("hk-1", "127.0.0.1:8010"), ("hk-2", "127.0.0.1:8012"),
                                                         ("cn-2", "127.0.0.1:8013")]
