@@ -33,8 +33,8 @@ connections closed) and then written back to the ack file: the testnet's command
 shows its generation. The first ack also says every listener is bound.
 
 Limits, all per direction of one connection unless said: at most BUFFERED_BYTES_MAX bytes read and not
-yet written (past that the reader stops reading, so TCP pushes back on the sender and a flood cannot
-eat memory); reads of at most READ_CHUNK_BYTES; at most CONNECTIONS_PER_LINK_MAX connections per link;
+yet written and at most QUEUED_CHUNKS_MAX chunks (past either the reader stops reading, so TCP pushes
+back on the sender and a flood cannot eat memory); reads of at most READ_CHUNK_BYTES; at most CONNECTIONS_PER_LINK_MAX connections per link;
 CONNECT_TIMEOUT_S to reach the target.
 """
 
@@ -55,6 +55,7 @@ import trio
 
 READ_CHUNK_BYTES = 64 * 1024             # one read from a source
 BUFFERED_BYTES_MAX = 4 * 1024 * 1024     # per direction: read but not yet written (held for the delay)
+QUEUED_CHUNKS_MAX = 4096                 # per direction: so a trickle of 1-byte reads cannot pile up objects
 CONNECTIONS_PER_LINK_MAX = 16            # a link carries one node link and its redials; more is a flood
 CONNECT_TIMEOUT_S = 5.0                  # reaching the target node's p2p port
 STATE_POLL_INTERVAL_S = 0.1              # how often the state file is read
@@ -167,6 +168,7 @@ class Pipe:
         self.source, self.sink, self.state, self.rng, self.stats = source, sink, state, rng, stats
         self.buffered_bytes_max, self.chunk_bytes = buffered_bytes_max, chunk_bytes
         self.buffered = 0                  # bytes read and not yet written
+        self.queued = 0                    # chunks read and not yet written
         self._drained = trio.Event()
 
     async def run(self) -> None:
@@ -179,7 +181,8 @@ class Pipe:
         async with send:
             release_at = -math.inf
             while True:
-                while self.buffered + self.chunk_bytes > self.buffered_bytes_max:
+                while (self.buffered + self.chunk_bytes > self.buffered_bytes_max
+                       or self.queued >= QUEUED_CHUNKS_MAX):
                     self._drained = trio.Event()
                     await self._drained.wait()      # stop reading: TCP pushes back on the sender
                 data = await self.source.receive_some(self.chunk_bytes)
@@ -191,6 +194,7 @@ class Pipe:
                 # In order: a chunk never overtakes the one before it (head-of-line behind a "lost" one).
                 release_at = max(release_at, trio.current_time() + late_ms / 1000)
                 self.buffered += len(data)
+                self.queued += 1
                 self.stats.buffered_peak_bytes = max(self.stats.buffered_peak_bytes, self.buffered)
                 await send.send((release_at, data))
                 if not data:
@@ -208,6 +212,7 @@ class Pipe:
                     return
                 await self.sink.send_all(data)
                 self.buffered -= len(data)
+                self.queued -= 1
                 self._drained.set()
 
 
