@@ -216,19 +216,18 @@ def parse_groups(text: str, members: list[str]) -> list[list[str]]:
     return groups
 
 
-def _proxied_network(run_dir: Path, command: str) -> Network:
-    network = Network.load(run_dir.resolve())
+def _check_proxy_runs(network: Network, command: str) -> None:
     if not network.links_proxied:
         raise LinkError(f"`{command}` needs the link proxy, and the testnet in {network.run_dir} has none: "
                         f"make a network with `python -m testnet up --link-delay-ms D` (D > 0) or --link-loss P")
     if proxy_pid(network) is None:
         raise LinkError(f"the link proxy of {network.run_dir} is not running; `python -m testnet up` starts it")
-    return network
 
 
 def partition(run_dir: Path, spec: str) -> int:
-    network = _proxied_network(run_dir, "partition")
-    groups = parse_groups(spec, [n.name for n in network.members])
+    network = Network.load(run_dir.resolve())
+    groups = parse_groups(spec, [n.name for n in network.members])   # bad input first: exit status 2
+    _check_proxy_runs(network, "partition")
     started = time.monotonic()
     generation = _write_state(network, groups)
     _wait_for_ack(network, generation, state_ack_timeout_s, f"the partition (generation {generation})")
@@ -239,7 +238,8 @@ def partition(run_dir: Path, spec: str) -> int:
 
 
 def heal(run_dir: Path) -> int:
-    network = _proxied_network(run_dir, "heal")
+    network = Network.load(run_dir.resolve())
+    _check_proxy_runs(network, "heal")
     generation = _write_state(network, None)
     _wait_for_ack(network, generation, state_ack_timeout_s, f"the heal (generation {generation})")
     print("healed: every validator link is open again (the nodes redial within their reconnect backoff)")

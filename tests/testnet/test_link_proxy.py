@@ -222,6 +222,22 @@ def test_link_settings_out_of_range_are_refused_before_anything_is_made(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_the_command_line_gives_usage_errors_status_2(tmp_path, capsys):
+    from testnet.__main__ import main
+
+    plan_network(tmp_path, 4, 7700).save()
+    assert main(["partition", "hk-1|cn-1", "--dir", str(tmp_path)]) == 2
+    assert "hk-2, cn-2 are in no group" in capsys.readouterr().err
+    assert main(["partition", "hk-1|cn-1,hk-2,cn-2", "--dir", str(tmp_path)]) == 1
+    assert "needs the link proxy" in capsys.readouterr().err
+    for flag, value in (("--link-delay-ms", "10001"), ("--link-loss", "1"), ("--link-delay-ms", "soon")):
+        with pytest.raises(SystemExit) as exited:
+            main(["up", flag, value, "--dir", str(tmp_path / "other")])
+        assert exited.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_the_manifest_keeps_the_link_settings(tmp_path):
     network = plan_network(tmp_path, 4, 7700)
     assert not network.links_proxied
