@@ -5,7 +5,7 @@
     python -m testnet kill NODE | restart NODE | logs NODE [--dir D]
     python -m testnet down [--dir D]
     python -m testnet byzantine NODE --behaviour B [--dir D]
-    python -m testnet partition A,B|C,D [--dir D]     cut the links between groups (needs --link-delay-ms)
+    python -m testnet partition 'A,B|C,D' [--dir D]   cut the links between groups (needs --link-delay-ms)
     python -m testnet heal [--dir D]                  restore them
     python -m testnet add-validator NAME --jurisdiction HK|CN [--dir D]   add a validator, wait for its epoch
     python -m testnet remove-validator NAME [--dir D]                     remove one, then stop its node
