@@ -216,12 +216,19 @@ def parse_groups(text: str, members: list[str]) -> list[list[str]]:
     return groups
 
 
+def _dir_option(network: Network) -> str:
+    from .control import dir_option   # control imports this module
+
+    return dir_option(network.run_dir)
+
+
 def _check_proxy_runs(network: Network, command: str) -> None:
     if not network.links_proxied:
         raise LinkError(f"`{command}` needs the link proxy, and the testnet in {network.run_dir} has none: "
                         f"make a network with `python -m testnet up --link-delay-ms D` (D > 0) or --link-loss P")
     if proxy_pid(network) is None:
-        raise LinkError(f"the link proxy of {network.run_dir} is not running; `python -m testnet up` starts it")
+        raise LinkError(f"the link proxy of {network.run_dir} is not running; `python -m testnet up"
+                        f"{_dir_option(network)}` starts it")
 
 
 def partition(run_dir: Path, spec: str) -> int:
@@ -233,7 +240,7 @@ def partition(run_dir: Path, spec: str) -> int:
     _wait_for_ack(network, generation, state_ack_timeout_s, f"the partition (generation {generation})")
     shown = f" {GROUP_SEPARATOR} ".join(NAME_SEPARATOR.join(g) for g in groups)
     print(f"partitioned: {shown} (links between groups closed and refused; applied in "
-          f"{(time.monotonic() - started) * 1000:.0f} ms). `python -m testnet heal` restores them")
+          f"{(time.monotonic() - started) * 1000:.0f} ms). `python -m testnet heal{_dir_option(network)}` restores them")
     return 0
 
 
