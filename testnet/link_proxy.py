@@ -292,6 +292,9 @@ class LinkProxy:
             try:
                 with scope:
                     await self._forward(link, client, number)
+            except* Exception as failure:
+                # Our own bug in one connection costs that connection, never the proxy (and every link).
+                log(f"connection {number} of {link.name} failed: {failure.exceptions!r}"[:500])
             finally:
                 self._open[link.name].discard(scope)
 
@@ -317,7 +320,7 @@ class LinkProxy:
     async def _run_pipe(pipe: Pipe, connection: trio.CancelScope) -> None:
         try:
             await pipe.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):   # from the pipe's nursery
             connection.cancel()     # one side reset: the whole connection ends, as it would without us
 
 

@@ -7,6 +7,7 @@ import functools
 import random
 import socket
 import statistics
+import struct
 import time
 
 import pytest
@@ -163,6 +164,29 @@ async def test_partition_closes_open_connections_and_refuses_new_ones_until_heal
         assert (await round_trips_ms(port, 2))
         await proxy.apply(LinkState(generation=3, delay_ms=1))
         assert (await round_trips_ms(port, 2))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_target_that_resets_costs_one_connection_not_the_proxy():
+    async def resets(stream):
+        await stream.receive_some(100)
+        # SO_LINGER 0: close() sends a RST, as a crashing peer's kernel does.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        proxy, port = await start_proxy(nursery, await start_echo(nursery, resets), LinkState(delay_ms=1))
+        for _ in range(3):
+            stream = await trio.open_tcp_stream(ECHO_HOST, port)
+            with trio.fail_after(2):
+                try:
+                    await stream.send_all(b"x" * 100_000)
+                    while await stream.receive_some(100):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+            await stream.aclose()
+        assert proxy.stats.connections_total == 3      # the proxy still accepts after each reset
         nursery.cancel_scope.cancel()
 
 
