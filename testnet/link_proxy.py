@@ -360,7 +360,11 @@ async def follow_state_file(proxy: LinkProxy, state_path: Path, ack_path: Path) 
             if state.generation != applied:
                 await proxy.apply(state)
                 applied = state.generation
-                write_json_atomically(ack_path, {"generation": applied, "pid": os.getpid(), "ports": proxy.bound_ports})
+                try:
+                    write_json_atomically(ack_path, {"generation": applied, "pid": os.getpid(),
+                                                     "ports": proxy.bound_ports})
+                except OSError as exc:       # the waiting command times out and says so; the links keep going
+                    log(f"cannot write {ack_path}: {exc}")
                 groups = " | ".join(",".join(g) for g in state.groups) if state.groups else "none"
                 log(f"generation {applied}: delay {state.delay_ms:g} ms, loss {state.loss:g}, partition {groups}")
         await trio.sleep(STATE_POLL_INTERVAL_S)
