@@ -42,9 +42,10 @@ sim: $(STAMP)
 bench-storage: $(STAMP)
 	N=$(N) $(PY) -m storage.bench
 
+# make bench [DURATION=S] [LINK_DELAY_MS=D] [LINK_LOSS=P]: D and P go through the link proxy (docs/TESTNET.md).
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
-	DURATION=$(DURATION) $(PY) -m testnet.bench
+	DURATION=$(DURATION) $(PY) -m testnet.bench $(if $(LINK_DELAY_MS),--link-delay-ms $(LINK_DELAY_MS)) $(if $(LINK_LOSS),--link-loss $(LINK_LOSS))
 
 # make testnet [VALIDATORS=4|7|10] [BASE_PORT=P]: both only for a new network (see python -m testnet up --help).
 testnet: $(STAMP)

@@ -1,10 +1,12 @@
 """`python -m testnet`: run a local Bayledger network of real daemon processes.
 
-    python -m testnet up [--validators 4|7|10] [--base-port P] [--dir D]
+    python -m testnet up [--validators 4|7|10] [--base-port P] [--link-delay-ms D] [--link-loss P] [--dir D]
     python -m testnet status [--json] [--dir D]
     python -m testnet kill NODE | restart NODE | logs NODE [--dir D]
     python -m testnet down [--dir D]
     python -m testnet byzantine NODE --behaviour B [--dir D]
+    python -m testnet partition 'A,B|C,D' [--dir D]   cut the links between groups (needs --link-delay-ms)
+    python -m testnet heal [--dir D]                  restore them
     python -m testnet add-validator NAME --jurisdiction HK|CN [--dir D]   add a validator, wait for its epoch
     python -m testnet remove-validator NAME [--dir D]                     remove one, then stop its node
     python -m testnet rotate-key NAME [--dir D]                           give one a new key
@@ -31,11 +33,27 @@ if _MISSING:
 
 from node.cli import run_main
 
-from . import control
+from . import control, links
 from .generate import GenerateError
+from .link_proxy import DELAY_MS_MAX
+from .links import LinkError, LinkUsageError, check_link_settings
 from .network import VALIDATOR_COUNTS, ManifestError
 from .ports import PortError
 from .supervisor import SupervisorError
+
+
+def _link_number(kind: type, check):
+    """An argparse type: `kind` checked by `check` (a usage error, exit status 2, names the rule)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+            check(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        except LinkUsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true", help="skip the sample submit and verify")
     up.add_argument("--force", action="store_true",
                     help="use a base port whose ports fall in the kernel's range for outgoing connections")
+    up.add_argument("--link-delay-ms", type=_link_number(float, lambda v: check_link_settings(v, 0.0)), default=0.0,
+                    metavar="D", help=f"a new network's validator links go through the link proxy, which delays "
+                    f"each direction by D ms (0..{DELAY_MS_MAX:.0f}; a round trip takes 2 x D)")
+    up.add_argument("--link-loss", type=_link_number(float, lambda v: check_link_settings(0.0, v)), default=0.0,
+                    metavar="P", help="with probability P (0 <= P < 1) a chunk is \"lost\": delivered one "
+                    "retransmission timeout late, max(200 ms, 2 x D), with everything behind it (docs/TESTNET.md)")
+    up.add_argument("--link-seed", type=int, default=None, metavar="N",
+                    help="seed of the proxy's loss draws (default: random, recorded in testnet.json)")
     add("down", "stop every node (SIGTERM, then SIGKILL after a deadline); data is kept")
+    add("partition", "cut the validator links between groups of nodes (a network with --link-delay-ms or "
+        "--link-loss): open connections closed, new ones refused until `heal`").add_argument(
+        "groups", metavar="A,B|C,D", help="every member in exactly one group, groups separated by |")
+    add("heal", "restore every validator link cut by `partition`")
     status = add("status", "height, view, epoch and peers of each node; joining and removed validators marked")
     status.add_argument("--json", action="store_true", help="print the machine-readable view")
     for name, help_text in (("kill", "SIGKILL one node (a crash)"),
@@ -106,7 +136,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "up":
-            return control.up(args.dir, args.validators, args.base_port, demo=not args.no_demo, force=args.force)
+            return control.up(args.dir, args.validators, args.base_port, demo=not args.no_demo, force=args.force,
+                              link_delay_ms=args.link_delay_ms, link_loss=args.link_loss, link_seed=args.link_seed)
         if args.command == "down":
             return control.down(args.dir)
         if args.command == "status":
@@ -128,7 +159,14 @@ def _main(argv: list[str] | None) -> int:
             return _membership_command(args)
         if args.command == "logs":
             return control.logs(args.dir, args.node, args.lines, args.follow)
-    except (control.TestnetError, GenerateError, ManifestError, PortError, SupervisorError) as exc:
+        if args.command == "partition":
+            return links.partition(args.dir, args.groups)
+        if args.command == "heal":
+            return links.heal(args.dir)
+    except LinkUsageError as exc:
+        print(f"testnet {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (control.TestnetError, GenerateError, LinkError, ManifestError, PortError, SupervisorError) as exc:
         print(f"testnet {args.command}: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(f"unhandled command {args.command}")

@@ -1,5 +1,7 @@
 """The subcommands of `python -m testnet`: up, down, status, kill, restart, logs, byzantine.
 
+(partition and heal are in links.py, the validator-set commands in membership.py.)
+
 Each returns an exit status and prints for a person; `status --json` prints the
 machine-readable view the benchmark and tests use.
 """
@@ -7,6 +9,7 @@ machine-readable view the benchmark and tests use.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -16,9 +19,10 @@ from pathlib import Path
 from node.client import Credentials
 from node.keys import KeyFileError, load_key_file
 
-from . import rpc
+from . import links, rpc
 from .network import JOINING, REMOVED, ManifestError, Network, NodeEntry, plan_network
-from .ports import PORT_BLOCK_SIZE, check_ports_free, ephemeral_range, overlaps_ephemeral, plan_ports
+from .ports import (PORT_BLOCK_SIZE, PORT_BLOCKS, check_link_ports_free, check_ports_free, ephemeral_range,
+                    link_ports_overlap_ephemeral, overlaps_ephemeral, plan_link_ports, plan_ports)
 from .supervisor import exit_statuses, read_pid, running_pid, start_detached, start_node, stop_node
 
 DEFAULT_RUN_DIR = Path("testnet/.run")
@@ -151,13 +155,18 @@ def wait_for_height(network: Network, height: int, timeout_s: float = first_bloc
 
 def up(run_dir: Path, validators: int | None = None, base_port: int | None = None, demo: bool = True,
        extra_participants: dict[str, str] | None = None, consensus: dict[str, int] | None = None,
-       force: bool = False) -> int:
-    """Generate (first time) and start the network; if any node runs already, change nothing.
+       force: bool = False, *, link_delay_ms: float = 0.0, link_loss: float = 0.0,
+       link_seed: int | None = None) -> int:
+    """Generate (first time) and start the network; if any node runs already, change nothing (but start
+    its link proxy if it has one and it is not running).
 
     A base port whose ports fall in the kernel's range for outgoing connections is refused unless
-    `force`: a node restarted there can find its port taken by a client connection for a minute."""
+    `force`: a node restarted there can find its port taken by a client connection for a minute.
+    `link_delay_ms` (one-way, per direction) and `link_loss` put a new network's validator links
+    through the link proxy (testnet/links.py); `link_seed` seeds its loss draws (random if None)."""
     from .generate import generate_network  # needs the node's admin commands
 
+    links.check_link_settings(link_delay_ms, link_loss)
     run_dir = run_dir.resolve()
     try:
         network = Network.load(run_dir)
@@ -176,11 +185,22 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
                 f"{run_dir} holds a testnet on base port {network.base_port}; "
                 f"remove {run_dir} (after `down`) to use base port {base_port}"
             )
+        asked = (link_delay_ms, link_loss)
+        if asked != (0, 0) and asked != (network.link_delay_ms, network.link_loss):
+            raise TestnetError(
+                f"{run_dir} holds a testnet with link delay {network.link_delay_ms:g} ms and loss "
+                f"{network.link_loss:g}; the links are set when a network is made: remove {run_dir} (after "
+                f"`down`) to make one with delay {link_delay_ms:g} ms and loss {link_loss:g}"
+            )
         pids = node_pids(network)
         running = [name for name, pid in pids.items() if pid is not None]
         if running:
             stopped = [name for name, pid in pids.items() if pid is None]
-            print(f"testnet in {run_dir} is already running ({len(running)} of {len(pids)} nodes up); nothing changed.")
+            proxy_started = network.links_proxied and links.proxy_pid(network) is None
+            if proxy_started:
+                print(f"  link proxy was not running: started pid {links.start_proxy(network)}")
+            print(f"testnet in {run_dir} is already running ({len(running)} of {len(pids)} nodes up); "
+                  f"{'nothing else' if proxy_started else 'nothing'} changed.")
             if stopped:
                 print(f"  stopped: {', '.join(stopped)}: start one with `python -m testnet restart NODE{dir_option(run_dir)}`")
             print(f"  see `python -m testnet status{dir_option(run_dir)}`")
@@ -190,17 +210,22 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         validators = validators or DEFAULT_VALIDATORS
         base_port = base_port or DEFAULT_BASE_PORT
         network = plan_network(run_dir, validators, base_port, extra_participants)
+        network.link_delay_ms, network.link_loss = float(link_delay_ms), float(link_loss)
+        network.link_seed = link_seed if link_seed is not None else random.randrange(2**31)
+        proxy_ports = plan_link_ports(base_port, validators) if network.links_proxied else {}
         # The range first: it is refused whether or not its ports happen to be free right now.
-        if overlaps_ephemeral(plan_ports(base_port, validators)):
+        if overlaps_ephemeral(plan_ports(base_port, validators)) or link_ports_overlap_ephemeral(proxy_ports):
             low, high = ephemeral_range()
             message = (f"ports from base port {base_port} fall in {low}-{high}, the range the kernel gives "
                        f"outgoing connections (/proc/sys/net/ipv4/ip_local_port_range): a node restarted there "
                        f"can find its port taken for a minute or more")
             if not force:
-                raise TestnetError(f"{message}. Choose a base port below {low - PORT_BLOCK_SIZE * 3}, or pass "
+                blocks = PORT_BLOCKS + (1 if proxy_ports else 0)
+                raise TestnetError(f"{message}. Choose a base port below {low - PORT_BLOCK_SIZE * blocks}, or pass "
                                    f"--force to use it anyway")
             print(f"  note: {message} (--force)")
         check_ports_free(plan_ports(base_port, validators))
+        check_link_ports_free(proxy_ports, [n.name for n in network.nodes])
         print(f"generating a {validators}-validator testnet in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -212,6 +237,10 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
             network.genesis_path.unlink(missing_ok=True)
             raise
         network.save()
+    if network.links_proxied:
+        # Before the nodes, so their first dials go through it.
+        print(f"  link proxy pid {links.start_proxy(network)}: {network.link_delay_ms:g} ms one-way, loss "
+              f"{network.link_loss:g}, seed {network.link_seed}; log {links.proxy_paths(network)['log']}")
     _start_all(network)
     try:
         wait_until_ready(network)
@@ -219,6 +248,7 @@ def up(run_dir: Path, validators: int | None = None, base_port: int | None = Non
         # A network that cannot start is stopped whole, so the next `up` starts clean.
         for node in network.members:
             stop_node(node.pid_path, node.config_path)
+        links.stop_proxy(network)
         raise TestnetError(f"{exc}\n(all nodes stopped; files kept in {run_dir})") from None
     print(f"  all {len(network.members)} nodes answer RPC")
     sample = run_demo(network) if demo else None
@@ -259,6 +289,9 @@ def print_summary(network: Network, sample: dict | None) -> None:
         print(f"  participant   {name} ({info['jurisdiction']}) key {info['key']}")
     for jurisdiction, key in network.governance.items():
         print(f"  governance    {jurisdiction} key {key}")
+    if network.links_proxied:
+        print(f"  links         {network.link_delay_ms:g} ms one-way delay, loss {network.link_loss:g} (link proxy "
+              f"pid {links.proxy_pid(network)}, log {links.proxy_paths(network)['log']})")
     if sample:
         print(f"  sample        {sample['report']}, receipt (holds the salt) {sample['receipt_path']}, proof {sample['proof']}")
     print()
@@ -303,6 +336,8 @@ def down(run_dir: Path) -> int:
         if node.removed and outcome == "not running":
             outcome = "removed"
         print(f"  {node.name:<6} {outcome}" + (f" (byzantine {byzantine})" if byzantine else ""))
+    if network.links_proxied:
+        print(f"  link proxy {links.stop_proxy(network)}")
     print(f"testnet in {network.run_dir} is down (data kept; `python -m testnet up{dir_option(network.run_dir)}` starts it again)")
     return 0
 
@@ -482,6 +517,7 @@ def status_document(network: Network) -> dict:
         "participants": {name: info["key"] for name, info in network.participants.items()},
         "governance": dict(network.governance),
         "epochs": epochs,
+        "links": links.describe(network),
     }
 
 
@@ -503,7 +539,17 @@ def status(run_dir: Path, as_json: bool) -> int:
     print(f"  {'node':<6} {'jur':<3} {'pid':>7} {'height':>7} {'view':>5} {'epoch':>5} {'peers':>5}  rpc")
     for n in document["nodes"]:
         print(_status_line(n))
+    if document["links"]:
+        print(_links_line(document["links"]))
     return 0
+
+
+def _links_line(described: dict) -> str:
+    proxy = "not running" if described["proxy_pid"] is None else f"pid {described['proxy_pid']}"
+    partition = described["partition"]
+    return (f"  links: {described['delay_ms']:g} ms one-way delay, loss {described['loss']:g}, seed "
+            f"{described['seed']}; link proxy {proxy}"
+            + (f"; partitioned {' | '.join(','.join(g) for g in partition)}" if partition else ""))
 
 
 def _status_line(n: dict) -> str:

@@ -17,8 +17,9 @@ from pathlib import Path
 from node import tls
 from node.cli import main as bayledger_main
 from node.config import (ConfigError, ConsensusConfig, Listen, load_config, LogConfig, NodeConfig, parse_address,
-                         render_config, RpcConfig)
+                         Peer, render_config, RpcConfig)
 
+from .links import proxied_peers
 from .network import Network, NodeEntry
 
 # Roles of the demo participants in genesis: the bureau records reports, the bank checks them, the
@@ -92,7 +93,8 @@ def generate_network(network: Network, consensus: dict[str, int] | None = None) 
     for node in network.nodes:
         make_rpc_certificate(network, node)
     for node in network.nodes:
-        write_node_config(network, node, ConsensusConfig(**(consensus or {})))
+        peers = proxied_peers(network, node) if network.links_proxied else None
+        write_node_config(network, node, ConsensusConfig(**(consensus or {})), peers=peers)
 
 
 def make_rpc_certificate(network: Network, node: NodeEntry) -> None:
@@ -102,9 +104,10 @@ def make_rpc_certificate(network: Network, node: NodeEntry) -> None:
 
 
 def write_node_config(network: Network, node: NodeEntry, consensus: ConsensusConfig, *,
-                      joining: bool = False) -> None:
+                      joining: bool = False, peers: tuple[Peer, ...] | None = None) -> None:
     """Write NODE's config.toml (checked with the daemon's own loader). `joining`: a validator added
-    by a reconfiguration, which starts from an empty data dir and catches up from genesis."""
+    by a reconfiguration, which starts from an empty data dir and catches up from genesis. `peers`:
+    where NODE dials each validator (the link proxy's ports), None for the genesis addresses."""
     config = NodeConfig(
         node_id=node.name,
         key_file=node.key_path,
@@ -112,7 +115,7 @@ def write_node_config(network: Network, node: NodeEntry, consensus: ConsensusCon
         data_dir=node.data_dir,
         listen=Listen(p2p=parse_address(node.p2p, "p2p"), rpc=parse_address(node.rpc, "rpc"),
                       metrics=parse_address(node.metrics, "metrics")),
-        peers=None,  # from genesis
+        peers=peers,
         joining=joining,
         log=LogConfig(format="json", level="info"),
         consensus=consensus,

@@ -10,6 +10,7 @@ then waits, with progress, until that epoch has started:
 
 - add-validator: the new node gets the next free ports, its key, RPC certificate and a config with
   `joining = true`; it starts (empty data dir) after the change is accepted and catches up from genesis.
+  Refused on a network with link delay or loss (`up --link-delay-ms`): the link proxy's links are fixed.
 - remove-validator: once the epoch without it has started, its daemon is stopped by pid and the
   manifest marks it removed: `status` shows it so and `up` never starts it again.
 - rotate-key: the new key (nodes/NAME/key-next.json) goes into the node's `spare_key_files` and the
@@ -168,6 +169,12 @@ def prepare_new_node(network: Network, node: NodeEntry, like: NodeEntry) -> None
 
 def add_validator(run_dir: Path, name: str, jurisdiction: str) -> int:
     network = Network.load(run_dir.resolve())
+    if network.links_proxied:
+        # The proxy's links and every node's [[peers]] are fixed when the network is made.
+        raise TestnetError(f"add-validator is not supported on a testnet with link delay or loss (this one has "
+                           f"{network.link_delay_ms:g} ms, loss {network.link_loss:g}): the link proxy serves the "
+                           f"validators the network was made with. Make a network without --link-delay-ms and "
+                           f"--link-loss to change its validator set")
     check_new_name(network, name, jurisdiction)
     via = answering_member(network)
     node = plan_new_node(network, name, jurisdiction)

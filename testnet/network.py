@@ -15,11 +15,16 @@ Run dir layout:
     nodes/NAME/data/             its LevelDB
     nodes/NAME/node.log          its stdout and stderr
     nodes/NAME/node.pid
+    link-proxy/                  only with link delay or loss (testnet/links.py): the proxy's config,
+                                 state and ack files, pid file and log
 
 Each node has a `membership` (issue 17): "genesis" (in the genesis set), "joining" (added by
 `add-validator`, its epoch not seen started yet), "added" (added, its epoch started) or "removed"
 (taken out by `remove-validator`: stopped, kept for its files and logs, never started again).
 A node's ports come from its index in `nodes`, so a removed node keeps its place in the list.
+
+`link_delay_ms`, `link_loss` and `link_seed` (issue 19) say how the link proxy delays the validators'
+p2p links; both 0 means no proxy (the nodes dial each other directly).
 """
 
 from __future__ import annotations
@@ -103,6 +108,14 @@ class Network:
     nodes: list[NodeEntry]
     participants: dict[str, dict] = field(default_factory=dict)   # name -> {"key", "jurisdiction"}
     governance: dict[str, str] = field(default_factory=dict)      # jurisdiction -> key path
+    link_delay_ms: float = 0.0     # one-way delay the link proxy adds to each p2p link direction
+    link_loss: float = 0.0         # probability a chunk is "lost" (delivered a retransmission late)
+    link_seed: int = 0             # seeds the proxy's loss draws
+
+    @property
+    def links_proxied(self) -> bool:
+        """True if the validators' p2p links go through the link proxy (testnet/links.py)."""
+        return self.link_delay_ms > 0 or self.link_loss > 0
 
     @property
     def manifest_path(self) -> Path:
@@ -160,6 +173,9 @@ class Network:
             "nodes": [asdict(n) for n in self.nodes],
             "participants": self.participants,
             "governance": self.governance,
+            "link_delay_ms": self.link_delay_ms,
+            "link_loss": self.link_loss,
+            "link_seed": self.link_seed,
         }
         tmp = self.manifest_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(document, indent=2) + "\n")
@@ -185,8 +201,12 @@ class Network:
                 nodes=[NodeEntry(**n) for n in document["nodes"]],
                 participants=document["participants"],
                 governance=document["governance"],
+                # Absent from manifests written before issue 19: no link proxy.
+                link_delay_ms=float(document.get("link_delay_ms", 0.0)),
+                link_loss=float(document.get("link_loss", 0.0)),
+                link_seed=int(document.get("link_seed", 0)),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{path} is malformed ({exc}); remove {run_dir} and run `up` again") from None
 
 
