@@ -936,8 +936,9 @@ def decode_message(
     `epoch` and `base_checkpoint`: the receiver's epoch and the checkpoint it started from; a VIEW-CHANGE
     or NEW-VIEW of another epoch is refused ("wrong-epoch"). `validators_at(height)`: the set a message
     signed for one height is judged with (else `validators`). `known_through_height`: the last height
-    whose set the receiver knows for certain; a vote above it that its best-known set cannot verify may
-    be signed by a set it has not learned yet: "unknown-epoch", not a forgery.
+    whose set the receiver knows for certain; a vote or proposal above it that its best-known set cannot
+    verify (or whose sender leads the view only in another set) may come from a set it has not learned
+    yet: "unknown-epoch", not a forgery.
 
     Total: whatever the bytes, the only exception that leaves is MessageError. Decoding is
     bounded by MESSAGE_LIMITS (depth, lengths, items), then each type by its byte cap.
@@ -992,7 +993,7 @@ def _verify_height_scoped(message, validators_at: Callable[[int], ValidatorSet],
             message.verify(validators, chain_id)
     except MessageError as exc:
         if known_through_height is not None and message.height > known_through_height and exc.reason in (
-                "unknown-sender", "bad-signature"):
+                "unknown-sender", "bad-signature", "not-primary"):
             raise MessageError("unknown-epoch", f"height {message.height} is past the heights whose validator set "
                                f"this replica knows ({known_through_height}): {exc}") from None
         raise

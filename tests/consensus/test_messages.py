@@ -484,3 +484,16 @@ def test_a_catch_up_block_with_more_signatures_than_any_set_is_refused():
         decode_message(data, VSET, CHAIN)
     wire["certificate"]["signatures"] = wire["certificate"]["signatures"][:VALIDATORS_MAX]
     decode_message(codec.pack({"type": "catch-up-response", "blocks": [wire]}), VSET, CHAIN)
+
+
+def test_a_proposal_past_the_known_heights_by_another_set_s_primary_is_unknown_epoch_not_malformed():
+    """A replica still in an old epoch gets a PRE-PREPARE of a later one: its sender leads that view in
+    the later set, not in the receiver's. Past the heights whose set the receiver knows, that is an
+    unknown epoch (the simulator's seed 45 caught an honest proposal refused as not-primary)."""
+    later_primary = sign(PrePrepare(0, H1, ENTRIES, "v1"), KEYS["v1"], CHAIN)
+    with pytest.raises(MessageError) as info:
+        decode_message(encode(later_primary), VSET, CHAIN, validators_at=lambda h: VSET, known_through_height=0)
+    assert info.value.reason == "unknown-epoch"
+    with pytest.raises(MessageError) as info:   # at a height whose set it knows, v1 is no primary of view 0
+        decode_message(encode(later_primary), VSET, CHAIN, validators_at=lambda h: VSET, known_through_height=1)
+    assert info.value.reason == "not-primary"
