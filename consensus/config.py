@@ -37,6 +37,16 @@ class ReplicaConfig:
     # backups' PREPAREs (which, with the primary's proposal, vouch for the requests' signatures) before
     # checking the signatures itself. 0: every replica checks every request itself.
     vouch_wait_ms: int = 250
+    # Our clients' requests go to the primary at the next tick, and to the other validators only if
+    # still pending this long after (they need them only to detect a censoring primary; a block's
+    # PRE-PREPARE carries its requests). 0: to every validator at once. Capped at view_timeout_ms / 4
+    # (forward_others_delay_ms), so that they hold a censored request well before a view times out.
+    forward_others_after_ms: int = 100
+
+    @property
+    def forward_others_delay_ms(self) -> int:
+        """forward_others_after_ms as applied: at most a quarter of the (first) view timeout."""
+        return min(self.forward_others_after_ms, self.view_timeout_ms // 4)
 
     def __post_init__(self) -> None:
         positive = (
@@ -49,7 +59,8 @@ class ReplicaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ReplicaConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max", "vouch_wait_ms"):
+        for name in ("batch_wait_ms", "clock_skew_ms_max", "view_timeout_doublings_max", "vouch_wait_ms",
+                     "forward_others_after_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ReplicaConfigError(f"{name} must be a non-negative integer, got {value!r}")

@@ -206,7 +206,7 @@ class Replica(
         if pending is not None:
             message_full = self.requests.queue_forward(request, self.config.forward_requests_max)
             if self.view_active and not self.is_primary:
-                self._mark_held(pending)   # it goes to every validator, the primary too, by the next tick
+                self._mark_held(pending)   # it goes to the primary by the next tick
             if message_full:
                 self._flush_forward()
         self._advance()
@@ -221,6 +221,7 @@ class Replica(
         now = self.timeouts.advance(now_ms)
         timeouts = self.timeouts
         self._flush_forward()
+        self._flush_deferred_forwards()
         if self.view_active:
             self._tick_progress(now)
             if self.view_active and not self.is_primary and self.member and timeouts.due(Timer.SWEEP):

@@ -15,7 +15,7 @@ from .block import BlockHeader
 from .messages import REQUESTS_MESSAGE_BYTES_MAX
 
 __all__ = [
-    "CENSORSHIP_STRIKES", "FORWARD_BYTES_PER_SWEEP_MAX", "REFORWARD_SWEEPS", "REQUEST_OVERHEAD_BYTES",
+    "CENSORSHIP_STRIKES", "DEFERRED_FORWARDS_PER_POOL_SLOT", "FORWARD_BYTES_PER_SWEEP_MAX", "REFORWARD_SWEEPS", "REQUEST_OVERHEAD_BYTES",
     "REQUESTS_MESSAGE_OVERHEAD_BYTES", "Drain", "PendingRequest", "ProposalQueue", "RequestPool", "SweepResult",
     "SweepRound", "drain_bound",
 ]
@@ -29,6 +29,8 @@ FORWARD_BYTES_PER_SWEEP_MAX = 2 * REQUESTS_MESSAGE_BYTES_MAX
 # A request the primary holds but has not proposed is forwarded to it again after this many sweeps
 # (the first copy may have been lost with a link, or with the primary's pool when it restarted).
 REFORWARD_SWEEPS = 2
+# The deferred forwards held, per request the pool can hold (RequestPool.deferred_forwards).
+DEFERRED_FORWARDS_PER_POOL_SLOT = 2
 # Times the primary must leave a request out of a batch that emptied its queue, each after a forward
 # of its own, before the request counts as censored: one lost forward, or a primary that restarted
 # and lost its pool, is forgiven (docs/CONSENSUS.md, "Censorship detection ...").
@@ -139,9 +141,13 @@ class RequestPool:
         self.capacity = capacity
         self.pending: OrderedDict[bytes, PendingRequest] = OrderedDict()
         self.proposal_queue: ProposalQueue | None = None   # the primary's; None: rebuild from the pool
-        # Our own clients' requests, sent to every validator at the next tick (or when a message fills).
+        # Our own clients' requests, sent to the primary at the next tick (or when a message fills).
         self.forward_queue: list[bytes] = []
         self.forward_queue_bytes = 0
+        # And to the other validators if still pending when due: (due_ms, request id), oldest first. At
+        # most one per request pooled from our clients in the last forward_others_after_ms, and never
+        # more than DEFERRED_FORWARDS_PER_POOL_SLOT x capacity.
+        self.deferred_forwards: deque[tuple[int, bytes]] = deque()
         # Censorship evidence (see sweep): requests in fresh PRE-PREPAREs accepted from
         # the primary, and the drains (Drain) of its batches that were not full, i.e. that emptied its
         # queue: those whose parent we have not applied yet, and the latest one whose parent we had applied
@@ -216,6 +222,27 @@ class RequestPool:
         self.forward_queue = []
         self.forward_queue_bytes = 0
         return requests
+
+    def defer_forward(self, request_id: bytes, due_ms: int) -> None:
+        """Forward `request_id` to the other validators at `due_ms` if it is pending in no block then."""
+        self.deferred_forwards.append((due_ms, request_id))
+        if len(self.deferred_forwards) > DEFERRED_FORWARDS_PER_POOL_SLOT * self.capacity:
+            self.deferred_forwards.popleft()   # unreachable with a pool this size; a bound all the same
+
+    def take_due_forwards(self, now_ms: int, in_flight: Callable[[], set[bytes]]) -> list[bytes]:
+        """The deferred forwards due by `now_ms` whose requests are still pending outside every in-flight
+        block (`in_flight` is asked only if one is due); the others are done with."""
+        queue = self.deferred_forwards
+        if not queue or queue[0][0] > now_ms:
+            return []
+        in_flight_ids = in_flight()
+        due = []
+        while queue and queue[0][0] <= now_ms:
+            _, request_id = queue.popleft()
+            pending = self.pending.get(request_id)
+            if pending is not None and request_id not in in_flight_ids:
+                due.append(pending.request)
+        return due
 
     def note_proposal(self, received_ms: int, height: int, entry_count: int, batch_requests_max: int,
                       drains_max: int) -> None:

@@ -107,8 +107,32 @@ class RequestHandling:
         return True
 
     def _flush_forward(self) -> None:
-        if self.requests.forward_queue:
-            self._send_requests(None, self.requests.take_forward())
+        """Our clients' queued requests: to the primary now, to the other validators only if still
+        pending forward_others_after_ms later (_flush_deferred_forwards); mid view change, or with
+        forward_others_after_ms = 0, to every validator now. Most requests commit first, and each
+        forward costs every receiver a wake-up, a decode and a pool check."""
+        if not self.requests.forward_queue:
+            return
+        requests = self.requests.take_forward()
+        delay_ms = self.config.forward_others_delay_ms
+        if delay_ms == 0 or not self.view_active:
+            self._send_requests(None, requests)
+            return
+        if not self.is_primary:
+            self._send_requests(self.primary_id, requests)
+        due_ms = self.timeouts.clock_ms + delay_ms
+        for request in requests:
+            self.requests.defer_forward(codec.sha256(request), due_ms)
+
+    def _flush_deferred_forwards(self) -> None:
+        """Deferred forwards now due, to every validator but us and the primary (which has them)."""
+        due = self.requests.take_due_forwards(self.timeouts.clock_ms, self._in_flight_ids)
+        if not due:
+            return
+        primary = self.primary_id if self.view_active else None
+        for validator in self.validators.validators:
+            if validator.id not in (self.me, primary):
+                self._send_requests(validator.id, due)
 
     def _send_requests(self, to: str | None, requests: list[bytes]) -> None:
         """Send `requests` in REQUESTS messages of at most forward_requests_max requests and

@@ -46,6 +46,7 @@ def replica_config(plan) -> ReplicaConfig:
         watermark_window=max(2 * plan.checkpoint_interval, 8),
         retransmit_ms=retransmit_ms,
         catch_up_timeout_ms=catch_up_timeout_ms,
+        forward_others_after_ms=plan.forward_others_after_ms,
     )
 
 

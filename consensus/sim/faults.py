@@ -80,6 +80,8 @@ class FaultPlan:
     checkpoint_interval: int
     batch_requests_max: int
     liveness_ticks_max: int
+    # A client's request reaches the other backups this long after the primary, if still pending (0: at once).
+    forward_others_after_ms: int = 0
 
     @property
     def f(self) -> int:
@@ -183,6 +185,8 @@ def _later_draws(rng: random.Random, behaviours: tuple[str, ...]) -> dict:
     if rng.random() < 0.5:
         changes["reconfigurations_max"] = rng.randint(1, 3)
         changes["reconfiguration_probability"] = round(rng.uniform(0.005, 0.05), 3)
+    # Within the replica's cap of view_timeout_ms / 4 (75 ms at the simulator's 300 ms).
+    changes["forward_others_after_ms"] = rng.choice((0, 30, 70))
     return changes
 
 
@@ -227,6 +231,8 @@ def calm_plan(seed: int = 0, *, replicas: int = 4, ticks: int = 300, **changes) 
         loss_probability=0.0, duplicate_probability=0.0, replay_probability=0.0, partition_probability=0.0,
         crash_probability=0.0, liveness_core_only=False, clock_skew_ms=0, byzantine_behaviours=(), byzantine_probability=0.0,
         reconfigurations_max=0, reconfiguration_probability=0.0,
+        # Scenarios are timed with a client's request at every replica at once (drawn plans vary it).
+        forward_others_after_ms=0,
     )
     calm.update(changes)
     return dataclasses.replace(plan, **calm)

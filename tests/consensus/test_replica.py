@@ -271,6 +271,11 @@ def test_config_upper_limits_at_their_edges():
     ReplicaConfig(watermark_window=PREPARED_CERTIFICATES_MAX)
     with pytest.raises(ReplicaConfigError, match="watermark_window must be at most 1024"):
         ReplicaConfig(watermark_window=PREPARED_CERTIFICATES_MAX + 1)
+    # A request must reach the other backups well inside a view timeout (censorship detection).
+    assert ReplicaConfig(view_timeout_ms=2000, forward_others_after_ms=500).forward_others_delay_ms == 500
+    assert ReplicaConfig(view_timeout_ms=2000, forward_others_after_ms=501).forward_others_delay_ms == 500
+    with pytest.raises(ReplicaConfigError, match="forward_others_after_ms must be a non-negative integer"):
+        ReplicaConfig(forward_others_after_ms=-1)
 
 
 def test_whole_cluster_restart_still_refuses_a_committed_request():
@@ -463,8 +468,10 @@ def test_catch_up_requests_are_served_at_most_once_per_interval_per_peer():
 
 def test_messages_wait_for_their_own_persist_batch_in_order():
     """Two Readies with persist batches are outstanding: each on_persisted releases exactly the messages
-    of the oldest batch, and a Ready without persist queues behind them instead of overtaking."""
-    cluster = Cluster()
+    of the oldest batch, and a Ready without persist queues behind them instead of overtaking (the
+    primary's forward to every validator at once, with forward_others_after_ms = 0)."""
+    cluster = Cluster(ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200, checkpoint_interval=4,
+                                    watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=0))
     primary = cluster.nodes["v0"].replica
     ready1 = primary.on_request(b"ok:1")
     ready2 = primary.on_request(b"ok:2")
@@ -638,3 +645,45 @@ def test_a_prepare_is_resent_only_to_the_peers_whose_commit_is_missing():
     prepares = {(s, t) for s, t, kind in sent if kind == "prepare"}
     assert prepares == {(s, t) for s in ("v0", "v2") for t in ("v1", "v3")}
     assert {(s, t) for s, t, kind in sent if kind == "pre-prepare"} == {("v0", "v3")}
+
+
+def _forwards(sent):
+    return {(s, t) for s, t, kind in sent if kind == "requests"}
+
+
+def test_a_client_request_goes_to_the_primary_at_once_and_to_the_others_only_if_still_pending():
+    """v1's client request reaches the primary with the next tick and no one else while it commits
+    within forward_others_after_ms; one the primary leaves out (its PRE-PREPAREs are lost here) goes
+    to the other backups once that time has passed, and never to the primary a second time."""
+    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=100)
+    cluster = Cluster(config)
+    cluster.submit("v1", b"ok:quick")
+    sent = _sent_kinds(cluster, 30)
+    assert all_committed(cluster, [b"ok:quick"])
+    assert _forwards(sent) == {("v1", "v0")}
+    cluster.drop = lambda sender, target, data: kind_of(data) == "pre-prepare"
+    cluster.submit("v1", b"ok:stuck")
+    sent = _sent_kinds(cluster, 9)          # 90 ms: not yet
+    assert _forwards(sent) == {("v1", "v0")}
+    sent = _sent_kinds(cluster, 3)          # past 100 ms
+    assert _forwards(sent) == {("v1", "v2"), ("v1", "v3")}
+
+
+def test_the_primary_s_own_client_request_goes_to_no_one_while_it_commits_in_time():
+    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=100)
+    cluster = Cluster(config)
+    cluster.submit("v0", b"ok:primary")
+    sent = _sent_kinds(cluster, 30)
+    assert all_committed(cluster, [b"ok:primary"])
+    assert _forwards(sent) == set()
+
+
+def test_forward_others_after_ms_zero_forwards_to_every_validator_at_once():
+    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=0)
+    cluster = Cluster(config)
+    cluster.submit("v1", b"ok:all")
+    sent = _sent_kinds(cluster, 1)
+    assert _forwards(sent) == {("v1", "v0"), ("v1", "v2"), ("v1", "v3")}
