@@ -19,7 +19,7 @@ class ReplicaConfig:
     batch_wait_ms: int = 20              # how long the primary waits to fill a batch
     # A batch that is not full is proposed only while fewer blocks than this are in flight: under load,
     # requests gather into fuller blocks (less work per request) instead of more blocks.
-    partial_batch_in_flight_max: int = 2
+    partial_batch_in_flight_max: int = 1
     view_timeout_ms: int = 2000          # no progress for this long -> view change; doubles per failed view
     view_timeout_doublings_max: int = 6  # the doubling stops at view_timeout_ms * 2^6
     checkpoint_interval: int = 8         # blocks between checkpoints

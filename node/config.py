@@ -65,12 +65,14 @@ class LogConfig:
 class ConsensusConfig:
     batch_requests_max: int = 500      # entries per proposed block
     batch_wait_ms: int = 20            # how long the primary waits to fill a batch
-    partial_batch_in_flight_max: int = 2  # a batch that is not full waits while this many blocks are in flight
+    partial_batch_in_flight_max: int = 1  # a batch that is not full waits while this many blocks are in flight
     view_timeout_ms: int = 2000        # no progress for this long -> view change
     checkpoint_interval: int = 16      # blocks between checkpoints
     watermark_window: int = 64         # blocks in flight beyond the last stable checkpoint
     tick_interval_ms: int = 10         # how often the core is given the clock
     vouch_wait_ms: int = 250           # a non-checking backup's wait for vouchers; 0: always check signatures
+    forward_others_after_ms: int = 100  # our clients' requests reach validators other than the primary only if
+                                        # still pending this long after (capped at view_timeout_ms / 4); 0: at once
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
         "watermark_window": (2, 1024),  # consensus.messages.PREPARED_CERTIFICATES_MAX
         "tick_interval_ms": (1, 1000),
         "vouch_wait_ms": (0, 60_000),
+        "forward_others_after_ms": (0, 150_000),   # view_timeout_ms / 4 at its maximum
     },
     "limits": {
         "frame_bytes_max": (1024, 256 * 1024 * 1024),

@@ -210,6 +210,7 @@ def _build_replica(config: NodeConfig, genesis, key: KeyPair, ledger, applicatio
             watermark_window=config.consensus.watermark_window,
             request_pool_max=config.limits.mempool_requests_max,
             vouch_wait_ms=config.consensus.vouch_wait_ms,
+            forward_others_after_ms=config.consensus.forward_others_after_ms,
         )
         return Replica(
             config=replica_config,

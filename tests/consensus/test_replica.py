@@ -469,9 +469,11 @@ def test_catch_up_requests_are_served_at_most_once_per_interval_per_peer():
 def test_messages_wait_for_their_own_persist_batch_in_order():
     """Two Readies with persist batches are outstanding: each on_persisted releases exactly the messages
     of the oldest batch, and a Ready without persist queues behind them instead of overtaking (the
-    primary's forward to every validator at once, with forward_others_after_ms = 0)."""
+    primary's forward to every validator at once, with forward_others_after_ms = 0; two blocks of one
+    request each in flight, with partial_batch_in_flight_max = 2)."""
     cluster = Cluster(ReplicaConfig(batch_wait_ms=0, view_timeout_ms=500, retransmit_ms=200, checkpoint_interval=4,
-                                    watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=0))
+                                    watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=0,
+                                    partial_batch_in_flight_max=2))
     primary = cluster.nodes["v0"].replica
     ready1 = primary.on_request(b"ok:1")
     ready2 = primary.on_request(b"ok:2")
