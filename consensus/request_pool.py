@@ -15,9 +15,9 @@ from .block import BlockHeader
 from .messages import REQUESTS_MESSAGE_BYTES_MAX
 
 __all__ = [
-    "CENSORSHIP_STRIKES", "DEFERRED_FORWARDS_PER_POOL_SLOT", "FORWARD_BYTES_PER_SWEEP_MAX", "REFORWARD_SWEEPS", "REQUEST_OVERHEAD_BYTES",
-    "REQUESTS_MESSAGE_OVERHEAD_BYTES", "Drain", "PendingRequest", "ProposalQueue", "RequestPool", "SweepResult",
-    "SweepRound", "drain_bound",
+    "CENSORSHIP_STRIKES", "DEFERRED_FORWARDS_PER_POOL_SLOT", "FORWARD_BYTES_PER_SWEEP_MAX", "REFORWARD_SWEEPS",
+    "REQUEST_OVERHEAD_BYTES", "REQUESTS_MESSAGE_OVERHEAD_BYTES", "Drain", "PendingRequest", "ProposalQueue",
+    "RequestPool", "SweepResult", "SweepRound", "drain_bound",
 ]
 
 # A REQUESTS message is cut to stay within messages.REQUESTS_MESSAGE_BYTES_MAX (8 MiB), the cap
