@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from consensus import codec
 from consensus.messages import REQUESTS_MESSAGE_BYTES_MAX
-from consensus.request_pool import REFORWARD_SWEEPS, ProposalQueue, RequestPool, SweepRound
+from consensus.request_pool import (
+    DEFERRED_FORWARDS_PER_POOL_SLOT, REFORWARD_SWEEPS, ProposalQueue, RequestPool, SweepRound,
+)
 
 
 def rid(request: bytes) -> bytes:
@@ -178,3 +180,21 @@ def test_stale_requests_for_resending_are_old_valid_and_bounded():
         return False   # the unchecked one turns out invalid
     assert pool.stale(1_000, 500, count_max=3, in_flight={rid(b"s2")}, confirm=confirm) == [b"s0", b"s3"]
     assert pool.stale(1_000, 500, count_max=10, in_flight=set(), confirm=always) == [b"s0", b"s2", b"s3", b"s1"]
+
+
+def test_deferred_forwards_are_bounded_and_skip_what_left_the_pool_or_is_in_a_block():
+    pool = RequestPool(capacity=2)
+    for index in range(DEFERRED_FORWARDS_PER_POOL_SLOT * 2):
+        pool.add(bytes([index]) * 32, b"r%d" % index, seen_ms=0, checked=True)
+        pool.defer_forward(bytes([index]) * 32, due_ms=100 + index)
+    assert len(pool.deferred_forwards) == DEFERRED_FORWARDS_PER_POOL_SLOT * 2
+    pool.defer_forward(bytes([9]) * 32, due_ms=200)          # one more than the bound: the oldest goes
+    assert len(pool.deferred_forwards) == DEFERRED_FORWARDS_PER_POOL_SLOT * 2
+    assert pool.deferred_forwards[0][1] == bytes([1]) * 32
+    asked = []
+    assert pool.take_due_forwards(100, lambda: asked.append(1) or set()) == []   # none due yet: not even asked
+    assert asked == []
+    pool.committed(bytes([1]) * 32)                           # committed meanwhile: not forwarded
+    in_flight = {bytes([2]) * 32}                             # in a block meanwhile: not forwarded
+    assert pool.take_due_forwards(103, lambda: in_flight) == [b"r3"]
+    assert [request_id for _, request_id in pool.deferred_forwards] == [bytes([9]) * 32]
