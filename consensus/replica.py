@@ -243,6 +243,40 @@ class Replica(
         self._advance()
         return self._ready()
 
+    def next_tick_ms(self) -> int | None:
+        """The latest time by which this replica needs its next tick (None: before the first tick, or
+        nothing pending at all).
+
+        A host may tick less often than every tick interval while this is later (every wake-up of an
+        idle node costs CPU; docs/PERFORMANCE.md): the earliest deadline ahead of the clock (timers, the
+        primary's batch wait, deferred forwards, vouch waits), or the last tick's time when something
+        waits for the very next tick (a forward to flush, a timer to arm). It errs early, never late: a
+        tick that finds nothing due does nothing."""
+        if not self.timeouts.started:
+            return None
+        now = self.timeouts.clock_ms
+        timeouts = self.timeouts
+        if self.requests.forward_queue or not timeouts.armed(Timer.RETRANSMIT) or not timeouts.armed(Timer.PROBE):
+            return now
+        if self.view_active and self.member and not self.is_primary and not timeouts.armed(Timer.SWEEP):
+            return now
+        if self.view_active and self._has_work() and not timeouts.armed(Timer.PROGRESS):
+            return now
+        if self.catch_up.behind(self.last_applied_height) and not timeouts.running(Timer.CATCH_UP):
+            return now
+        wanted = timeouts.upcoming_ms()
+        if self.requests.deferred_forwards:
+            wanted.append(self.requests.deferred_forwards[0][0])
+        if self.view_active and self.is_primary:
+            if self.requests.pending:   # the oldest may be in flight already: early, never late
+                oldest = next(iter(self.requests.pending.values()))
+                wanted.append(max(oldest.seen_ms, self.view_entered_ms) + self.config.batch_wait_ms)
+            if self.schedule.latest.epoch > self.epoch:
+                wanted.append(max(self.idle_filled_ms, self.view_entered_ms) + self.config.batch_wait_ms)
+        wanted.extend(slot.vouch_deadline_ms for slot in self.slots.values()
+                      if slot.vouch_deadline_ms is not None and not slot.signatures_known)
+        return max(now, min(wanted)) if wanted else None
+
     def _tick_progress(self, now: int) -> None:
         """The progress timer runs while an active view has work: no commit before it fires, next view."""
         if not self._has_work():

@@ -69,6 +69,11 @@ class Timeouts:
         """Not armed, or fired: what a periodic timer that runs at once the first time checks."""
         return self._deadline_ms[timer] is None or self.fired(timer)
 
+    def upcoming_ms(self) -> list[int]:
+        """The deadlines still ahead of the clock (one that has passed was dealt with at its tick)."""
+        now = self.clock_ms
+        return [deadline for deadline in self._deadline_ms.values() if deadline is not None and deadline > now]
+
     def running(self, timer: Timer) -> bool:
         """Armed and its deadline not reached yet (a hold that lasts until the deadline)."""
         deadline = self._deadline_ms[timer]

@@ -7,8 +7,8 @@ Tasks (all in one nursery; on SIGTERM/SIGINT the daemon drains, then cancels the
   takes). Core rejections that mean "malformed" are reported back to the transport, which cuts
   a peer that sends too many;
 - the driver: the only task that touches the replica. It takes peer frames and
-  client requests from that channel, and clock ticks every tick_interval_ms,
-  and carries out their Readies through consensus.host (the code the simulator
+  client requests from that channel, and clock ticks when the core next needs one
+  (every tick_interval_ms at most, IDLE_TICK_INTERVAL_MS at least), and carries out their Readies through consensus.host (the code the simulator
   runs), in the contract order of docs/INTERNALS.md: persist (one synced batch)
   -> on_persisted -> send -> apply committed blocks -> serve catch-up -> log
   evidence and rejections. The Readies of everything drained in one wake-up
@@ -62,6 +62,9 @@ from .wire import ERROR_ALREADY_COMMITTED, ERROR_BAD_ENTRY, ERROR_MEMPOOL_FULL, 
 
 VERSION = "0.1.0"
 PARTITION_POLL_MS = 100                # fault-injection file poll period
+# The longest the driver goes without giving the core the clock: when the core asks for no tick sooner
+# (Replica.next_tick_ms), an idle node ticks ten times a second, not every tick_interval_ms.
+IDLE_TICK_INTERVAL_MS = 100
 DRAIN_EVENTS_MAX = 256                 # events fed to the core per driver wake-up (one synced write)
 PARTITION_FILE_NAME = "fault-partition"
 EXIT_ENVIRONMENT = 1                   # key, genesis, data dir or port unusable
@@ -764,8 +767,10 @@ class Daemon:
     async def _drive(self) -> None:
         structlog.contextvars.bind_contextvars(view=self.view)
         tick_s = self.config.consensus.tick_interval_ms / 1000
+        idle_tick_s = max(tick_s, IDLE_TICK_INTERVAL_MS / 1000)
+        last_tick = trio.current_time()
         await self.carry_out_many_off_loop([self.replica.on_tick(int(time.time() * 1000))])
-        next_tick = trio.current_time() + tick_s
+        next_tick = self._next_tick_at(last_tick, tick_s, idle_tick_s)
         while True:
             events = []
             with trio.move_on_at(next_tick):
@@ -780,11 +785,23 @@ class Daemon:
             readies = [self._input(event) for event in events]
             if trio.current_time() >= next_tick:
                 # Fed after the events, as before, but carried out with them: one synced write.
+                last_tick = trio.current_time()
                 readies.append(self.replica.on_tick(int(time.time() * 1000)))
-                next_tick = trio.current_time() + tick_s
             if readies:
                 await self.carry_out_many_off_loop(readies)
+            next_tick = self._next_tick_at(last_tick, tick_s, idle_tick_s)
             await trio.sleep(0)   # let readers, writers and the RPC server run between batches
+
+    def _next_tick_at(self, last_tick: float, tick_s: float, idle_tick_s: float) -> float:
+        """Trio time of the next tick: when the core next needs one (Replica.next_tick_ms), but no
+        sooner than tick_interval_ms and no later than IDLE_TICK_INTERVAL_MS after the last tick. An
+        idle node wakes a few times a second instead of a hundred: each wake-up costs it CPU
+        (docs/PERFORMANCE.md, "At low load")."""
+        wanted_ms = self.replica.next_tick_ms()
+        now_ms = self.replica.now_ms
+        # The core's clock is the wall time given at the last tick, so this is time after that tick.
+        wait_s = idle_tick_s if wanted_ms is None or now_ms is None else (wanted_ms - now_ms) / 1000
+        return last_tick + min(idle_tick_s, max(tick_s, wait_s))
 
     async def _poll_partition_file(self) -> None:
         path = self.config.data_dir / PARTITION_FILE_NAME

@@ -11,7 +11,7 @@ import pytest
 
 from consensus import codec
 from consensus.messages import (
-    CatchUpRequest, PrePrepare, Prepare, ViewChange, decode_message, encode, sign,
+    CatchUpRequest, PrePrepare, Prepare, Requests, ViewChange, decode_message, encode, sign,
 )
 from consensus.replica import Replica, ReplicaConfig, ReplicaConfigError, encode_catch_up_response
 from consensus.timeouts import Timer
@@ -689,3 +689,32 @@ def test_forward_others_after_ms_zero_forwards_to_every_validator_at_once():
     cluster.submit("v1", b"ok:all")
     sent = _sent_kinds(cluster, 1)
     assert _forwards(sent) == {("v1", "v0"), ("v1", "v2"), ("v1", "v3")}
+
+
+def test_next_tick_ms_says_when_a_tick_is_needed():
+    """A host may tick less often while nothing is due: next_tick_ms is the earliest pending deadline,
+    the tick's own time when something waits for the very next tick, None before the first tick."""
+    config = ReplicaConfig(batch_wait_ms=20, view_timeout_ms=2000, retransmit_ms=500, checkpoint_interval=4,
+                           watermark_window=8, catch_up_timeout_ms=200, catch_up_probe_ms=2000,
+                           forward_others_after_ms=100)
+    cluster = Cluster(config)
+    assert Replica(config, cluster.vset, "v1", cluster.keys["v1"], CHAIN, cluster.nodes["v1"].replica.app,
+                   margin_heights=cluster.margin_heights).next_tick_ms() is None
+    cluster.run(100)   # a second of an idle chain
+    for node in cluster.nodes.values():
+        replica = node.replica
+        wanted = replica.next_tick_ms()
+        # Idle: only the periodic timers (retransmission, sweeps, the catch-up probe) ask, and not soon.
+        assert replica.now_ms < wanted <= replica.now_ms + config.retransmit_ms
+    backup = cluster.nodes["v1"].replica
+    backup.on_request(b"ok:tick")
+    assert backup.next_tick_ms() == backup.now_ms            # its forward to the primary waits for a tick
+    backup.on_tick(backup.now_ms + 1)
+    # Forwarded to the primary; to the others only if still pending 100 ms on, and its progress timer runs.
+    assert backup.next_tick_ms() <= backup.now_ms + config.forward_others_after_ms
+    primary = cluster.nodes["v0"].replica
+    primary.on_message("v1", encode(Requests((b"ok:later",))))
+    seen_ms = primary.now_ms
+    assert primary.next_tick_ms() == seen_ms                 # work: a tick arms its progress timer
+    primary.on_tick(seen_ms + 1)
+    assert primary.next_tick_ms() == seen_ms + config.batch_wait_ms   # then its batch wait ends
