@@ -15,7 +15,7 @@ import trio
 
 from consensus.sim import app as sim_app
 from node.daemon import ENTRY_VERDICTS_MAX, Daemon, EntryVerdictMemo
-from tests.support.daemon_net import IDS, Net, ScriptedReplica, request
+from tests.support.daemon_net import IDS, Net, ScriptedReplica, request, submit_all
 
 
 class CountingApplication:
@@ -366,4 +366,39 @@ async def test_write_loop_batches_at_its_bound_and_drops_only_an_oversized_frame
             assert any(len(batch) > 1 for batch in batches)          # frames did go out together
             assert net0.metrics.rejected_frames.get(label_value="oversized-outbound") == 1
             assert len([s for s in sent if s < FRAME_BYTES_MAX]) >= len(payloads)
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_node_ticks_rarely_and_a_request_still_commits_at_once(tmp_path):
+    """With nothing pending the driver gives the core the clock only when it asks (Replica.next_tick_ms)
+    or every IDLE_TICK_INTERVAL_MS, not every tick_interval_ms; a request then commits without waiting
+    for a sparse tick."""
+    from node.daemon import IDLE_TICK_INTERVAL_MS
+
+    net = Net(tmp_path)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for node_id, _ in IDS:
+                await net.start(nursery, node_id)
+            receipts = {}
+            await submit_all(net.daemons["hk-2"], [1], receipts)       # links up, first block committed
+            await net.wait_height([node_id for node_id, _ in IDS], 1)
+            await trio.sleep(1.0)                                      # settled: nothing pending anywhere
+            ticks = collections.Counter()
+            for node_id, daemon in net.daemons.items():
+                real_on_tick = daemon.replica.on_tick
+
+                def counting(now_ms, node_id=node_id, real_on_tick=real_on_tick):
+                    ticks[node_id] += 1
+                    return real_on_tick(now_ms)
+                daemon.replica.on_tick = counting
+            await trio.sleep(1.0)
+            tick_interval_ms = net.config("hk-1").consensus.tick_interval_ms
+            for node_id, _ in IDS:
+                # One tick per idle interval plus the periodic timers' own (retransmission, the sweeps every
+                # view_timeout_ms / 4, the probe): well under the 100 of a tick every tick_interval_ms.
+                assert 1000 // IDLE_TICK_INTERVAL_MS // 2 <= ticks[node_id] < 1000 // tick_interval_ms // 2, (
+                    node_id, dict(ticks))
+            await submit_all(net.daemons["cn-2"], [2], receipts)
+            assert sorted(receipts) == [1, 2]
             nursery.cancel_scope.cancel()
