@@ -25,3 +25,11 @@ def test_the_command_prints_json_and_refuses_rounds_out_of_range(monkeypatch, ca
     for rounds in ("0", "101"):
         assert host_costs.main(["--rounds", rounds]) == 2
         assert "--rounds must be between 1 and 100" in capsys.readouterr().err
+
+
+def test_idle_cpu_refuses_a_duration_out_of_range_before_starting_anything(capsys):
+    from testnet import idle_cpu
+
+    for seconds in ("0.5", "601"):
+        assert idle_cpu.main(["--seconds", seconds]) == 2
+        assert "--seconds must be between 1 and 600" in capsys.readouterr().err
