@@ -649,6 +649,12 @@ def test_a_prepare_is_resent_only_to_the_peers_whose_commit_is_missing():
     assert {(s, t) for s, t, kind in sent if kind == "pre-prepare"} == {("v0", "v3")}
 
 
+def _quiet_config(**changes):
+    """No view change for a minute: the forwarding tests watch a stuck request for longer than a timeout."""
+    return ReplicaConfig(**{**dict(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
+                                   watermark_window=8, catch_up_timeout_ms=200), **changes})
+
+
 def _forwards(sent):
     return {(s, t) for s, t, kind in sent if kind == "requests"}
 
@@ -657,9 +663,7 @@ def test_a_client_request_goes_to_the_primary_at_once_and_to_the_others_only_if_
     """v1's client request reaches the primary with the next tick and no one else while it commits
     within forward_others_after_ms; one the primary leaves out (its PRE-PREPAREs are lost here) goes
     to the other backups once that time has passed, and never to the primary a second time."""
-    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
-                           watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=100)
-    cluster = Cluster(config)
+    cluster = Cluster(_quiet_config(forward_others_after_ms=100))
     cluster.submit("v1", b"ok:quick")
     sent = _sent_kinds(cluster, 30)
     assert all_committed(cluster, [b"ok:quick"])
@@ -673,9 +677,7 @@ def test_a_client_request_goes_to_the_primary_at_once_and_to_the_others_only_if_
 
 
 def test_the_primary_s_own_client_request_goes_to_no_one_while_it_commits_in_time():
-    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
-                           watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=100)
-    cluster = Cluster(config)
+    cluster = Cluster(_quiet_config(forward_others_after_ms=100))
     cluster.submit("v0", b"ok:primary")
     sent = _sent_kinds(cluster, 30)
     assert all_committed(cluster, [b"ok:primary"])
@@ -683,9 +685,7 @@ def test_the_primary_s_own_client_request_goes_to_no_one_while_it_commits_in_tim
 
 
 def test_forward_others_after_ms_zero_forwards_to_every_validator_at_once():
-    config = ReplicaConfig(batch_wait_ms=0, view_timeout_ms=60_000, retransmit_ms=200, checkpoint_interval=4,
-                           watermark_window=8, catch_up_timeout_ms=200, forward_others_after_ms=0)
-    cluster = Cluster(config)
+    cluster = Cluster(_quiet_config(forward_others_after_ms=0))
     cluster.submit("v1", b"ok:all")
     sent = _sent_kinds(cluster, 1)
     assert _forwards(sent) == {("v1", "v0"), ("v1", "v2"), ("v1", "v3")}
