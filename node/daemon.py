@@ -8,7 +8,8 @@ Tasks (all in one nursery; on SIGTERM/SIGINT the daemon drains, then cancels the
   a peer that sends too many;
 - the driver: the only task that touches the replica. It takes peer frames and
   client requests from that channel, and clock ticks when the core next needs one
-  (every tick_interval_ms at most, IDLE_TICK_INTERVAL_MS at least), and carries out their Readies through consensus.host (the code the simulator
+  (never more often than tick_interval_ms, at least every IDLE_TICK_INTERVAL_MS),
+  and carries out their Readies through consensus.host (the code the simulator
   runs), in the contract order of docs/INTERNALS.md: persist (one synced batch)
   -> on_persisted -> send -> apply committed blocks -> serve catch-up -> log
   evidence and rejections. The Readies of everything drained in one wake-up
@@ -789,7 +790,7 @@ class Daemon:
                 readies.append(self.replica.on_tick(int(time.time() * 1000)))
             if readies:
                 await self.carry_out_many_off_loop(readies)
-            next_tick = self._next_tick_at(last_tick, tick_s, idle_tick_s)
+                next_tick = self._next_tick_at(last_tick, tick_s, idle_tick_s)   # only input moves it
             await trio.sleep(0)   # let readers, writers and the RPC server run between batches
 
     def _next_tick_at(self, last_tick: float, tick_s: float, idle_tick_s: float) -> float:
