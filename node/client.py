@@ -41,6 +41,7 @@ import trio
 from consensus import codec
 from node import rpc_access
 from node import tls as _tls
+from node import tls_stream
 from node import wire
 from node.address import Address, parse_addresses
 from node.wire import ERROR_NOT_FOUND, ERROR_SHUTTING_DOWN, WireError
@@ -415,9 +416,16 @@ class AsyncClient:
         self._refusal = None
         if self._ssl_context is None:
             return stream
-        secure = trio.SSLStream(stream, self._ssl_context, server_hostname=endpoint.host, https_compatible=True)
+        try:
+            secure = tls_stream.wrap_client(stream, self._ssl_context, endpoint.host)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
         try:
             await secure.do_handshake()
+        except ssl.SSLError as exc:
+            await trio.aclose_forcefully(secure)
+            raise _tls_failure(endpoint, exc) from None
         except trio.BrokenResourceError as exc:
             await trio.aclose_forcefully(secure)
             raise _tls_failure(endpoint, exc.__cause__ or exc) from None

@@ -39,10 +39,11 @@ import structlog
 import trio
 
 from consensus import codec
-from node import rpc_access, tls
+from node import rpc_access, tls, tls_stream
 from node.api import ApiError, NodeApi
 from node.query_log import PAGE_RECORDS_MAX as query_log_page_records_max, QueryLog, QueryLogError, QueryRecord
 from node.rpc_access import Session
+from node.tls_stream import TlsSocketStream
 from node.validators_view import (
     applied_epoch, current_governance, current_validators, current_validators_list, epochs_result, ledger_epochs,
 )
@@ -786,7 +787,7 @@ class RpcServer:
     async def handle(self, stream: trio.abc.Stream, ssl_context: ssl.SSLContext | None = None,
                      tls_handshake_timeout_ms: int = tls.TLS_HANDSHAKE_TIMEOUT_MS) -> None:
         """Serve one connection; with `ssl_context`, over TLS (handshake in here, under its timeout)."""
-        secure: trio.SSLStream | None = None
+        secure: TlsSocketStream | None = None
         source = _peer_host(stream)
         try:
             refusal = None
@@ -848,7 +849,7 @@ def _peer_name(stream: trio.abc.Stream) -> str:
 
 
 async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: ssl.SSLContext,
-                      timeout_ms: int) -> trio.SSLStream | None:
+                      timeout_ms: int) -> TlsSocketStream | None:
     """The TLS handshake of one connection, or None (counted and logged) if it fails or is too slow.
 
     A client that sends something other than a TLS handshake record first (a plain msgpack-RPC
@@ -856,6 +857,7 @@ async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: s
     """
     peer = _peer_name(stream)
     refused = False
+    secure: TlsSocketStream | None = None
     with trio.move_on_after(timeout_ms / 1000):
         first = await _peek_byte(stream)
         if first is None:
@@ -866,20 +868,21 @@ async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: s
             refused = True
             await _refuse_plaintext(stream)
             return None
-        secure = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+        secure = tls_stream.wrap_server(stream, ssl_context)   # takes the socket over from `stream`
         try:
             await secure.do_handshake()
-        except trio.BrokenResourceError as exc:
+        except (ssl.SSLError, trio.BrokenResourceError) as exc:
             server.counters["tls-handshake-failed"] += 1
             reason = exc.__cause__ or exc
             log.debug("rpc tls handshake failed", peer=peer, reason=str(getattr(reason, "reason", None) or reason))
             await trio.aclose_forcefully(secure)
             return None
         return secure
-    if refused:
-        return None                           # the plain client did not close in time: counted above
-    server.counters["tls-handshake-timeout"] += 1
-    log.debug("rpc tls handshake timed out", peer=peer, timeout_ms=timeout_ms)
+    if not refused:                           # (a plain client that did not close in time is counted above)
+        server.counters["tls-handshake-timeout"] += 1
+        log.debug("rpc tls handshake timed out", peer=peer, timeout_ms=timeout_ms)
+    if secure is not None:
+        await trio.aclose_forcefully(secure)
     return None
 
 

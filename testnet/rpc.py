@@ -31,11 +31,15 @@ async def open_stream(host: str, port: int, ca_file: str | Path | None,
     """The one connect step of the testnet's RPC clients: TCP, then TLS trusting `ca_file` (the
     network's CA) with the host name checked (None: plaintext, for in-process test servers), then
     with `credentials` the authentication (docs/PROTOCOL.md §8) as that identity."""
-    from node import tls
+    from node import tls, tls_stream
 
     stream = await trio.open_tcp_stream(host, port)
     if ca_file is not None:
-        stream = trio.SSLStream(stream, tls.client_context(ca_file), server_hostname=host, https_compatible=True)
+        try:
+            stream = tls_stream.wrap_client(stream, tls.client_context(ca_file), host)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
     try:
         if ca_file is not None:
             await stream.do_handshake()
