@@ -1,11 +1,11 @@
 """TLS over a non-blocking stdlib `ssl.SSLSocket`, as a trio Stream: the RPC port's TLS.
 
 trio.SSLStream runs TLS through memory BIOs, and each read or write passes several times
-between Python and OpenSSL, with locks and conflict checks in between. Measured on the bench
-host (2026-12-07, 1,000 requests/s of 300 bytes, 16 connections), the server spent
-300-330 µs of CPU per request through trio.SSLStream, 140-180 µs through this stream and
-120-160 µs in plaintext (docs/PERFORMANCE.md). Here OpenSSL reads and writes the socket
-itself, and Python only waits for readiness when OpenSSL asks for it.
+between Python and OpenSSL, with locks and conflict checks in between. Here OpenSSL reads and
+writes the socket itself, and Python only waits for readiness when OpenSSL asks for it. On the
+bench host (2026-12-07, `python -m testnet.tls_costs`: 300-byte requests at 1,000/s, one per
+write) a server spent 245-280 µs of CPU per request through trio.SSLStream, 172-178 µs through
+this stream and 142-148 µs in plaintext (docs/PERFORMANCE.md).
 
 The contract is trio's Stream: `receive_some` returns b"" at the end of the stream (a TLS
 close_notify or a bare close) and raises trio.BrokenResourceError for a reset or a TLS error;
