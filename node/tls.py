@@ -97,6 +97,10 @@ def server_context(cert_file: str | Path, key_file: str | Path, *,
         raise TlsError("cert", f"certificate in {cert_file} expired on {chain[0].not_valid_after_utc:%Y-%m-%d}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSION_MIN
+    # A TLS 1.2 client could renegotiate again and again on one connection: a full handshake of
+    # server work each time, past the connection limits. OpenSSL 3 refuses it by default (checked
+    # with `openssl s_client -tls1_2` and R); this says so whatever OpenSSL the node is linked to.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(str(cert_file), str(key_file))
     except (ssl.SSLError, OSError) as exc:   # checked above; a race with a rewrite of the files

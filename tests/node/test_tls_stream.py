@@ -191,3 +191,10 @@ async def test_max_bytes_below_one_is_a_value_error(pki):
         await server.receive_some(0)
     await server.aclose()
     await client.aclose()
+
+
+def test_the_server_refuses_renegotiation(pki):
+    # Each renegotiation is a full handshake of server work on a connection that already counts
+    # once against the connection limits.
+    context = tls.server_context(pki / "node.pem", pki / "node-key.pem")
+    assert context.options & ssl.OP_NO_RENEGOTIATION
