@@ -423,9 +423,6 @@ class AsyncClient:
             raise
         try:
             await secure.do_handshake()
-        except ssl.SSLError as exc:
-            await trio.aclose_forcefully(secure)
-            raise _tls_failure(endpoint, exc) from None
         except trio.BrokenResourceError as exc:
             await trio.aclose_forcefully(secure)
             raise _tls_failure(endpoint, exc.__cause__ or exc) from None

@@ -871,7 +871,7 @@ async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: s
         secure = tls_stream.wrap_server(stream, ssl_context)   # takes the socket over from `stream`
         try:
             await secure.do_handshake()
-        except (ssl.SSLError, trio.BrokenResourceError) as exc:
+        except trio.BrokenResourceError as exc:
             server.counters["tls-handshake-failed"] += 1
             reason = exc.__cause__ or exc
             log.debug("rpc tls handshake failed", peer=peer, reason=str(getattr(reason, "reason", None) or reason))

@@ -57,8 +57,9 @@ class TlsSocketStream(trio.abc.Stream):
             raise trio.ClosedResourceError("this TLS stream is closed")
 
     async def do_handshake(self) -> None:
-        """The TLS handshake; ssl.SSLError (bad certificate, not TLS) or trio.BrokenResourceError
-        (the peer went away) if it fails."""
+        """The TLS handshake. As trio.SSLStream's, a failure raises trio.BrokenResourceError whose
+        __cause__ says why (an ssl.SSLError such as a certificate that does not verify, or the
+        peer's close)."""
         while True:
             self._check_open()
             try:
@@ -68,10 +69,8 @@ class TlsSocketStream(trio.abc.Stream):
                 await self._wait(want)
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
                 raise trio.BrokenResourceError(f"the peer closed during the TLS handshake: {exc}") from exc
-            except ssl.SSLError:
-                raise
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
+            except OSError as exc:     # ssl.SSLError among them
+                raise trio.BrokenResourceError(f"the TLS handshake failed: {exc}") from exc
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._receiving:
