@@ -70,7 +70,8 @@ class ConsensusConfig:
     checkpoint_interval: int = 16      # blocks between checkpoints
     watermark_window: int = 64         # blocks in flight beyond the last stable checkpoint
     tick_interval_ms: int = 10         # how often the core is given the clock
-    vouch_wait_ms: int = 250           # a non-checking backup's wait for vouchers; 0: always check signatures
+    vouch_wait_ms: int = 1000          # a non-checking backup's wait for vouchers (at most view_timeout_ms / 2);
+                                       # 0: always check signatures
     forward_others_after_ms: int = 100  # our clients' requests reach validators other than the primary only if
                                         # still pending this long after (capped at view_timeout_ms / 4); 0: at once
 

@@ -181,7 +181,7 @@ class NormalCase:
         now = self.timeouts.clock_ms
         if vouchers < self.validators.f and not self._checks_signatures():
             if slot.vouch_deadline_ms is None:
-                slot.vouch_deadline_ms = now + self.config.vouch_wait_ms
+                slot.vouch_deadline_ms = now + self.config.vouch_wait_applied_ms
             if now < slot.vouch_deadline_ms:
                 return WAIT
             # The backups that check were too slow (or are down): check ourselves, and keep doing so

@@ -121,6 +121,22 @@ def test_with_the_checking_backup_down_the_others_check_after_vouch_wait_ms():
     assert apps["v2"].full[b"ok:3"] == 0
 
 
+def test_the_vouch_wait_is_capped_at_half_the_view_timeout():
+    """A vouch wait longer than the view timeout would turn a down checker into a view change: the
+    wait applied is at most half of it, so with v1 down the others check well before v0 times out."""
+    assert ReplicaConfig(vouch_wait_ms=1000, view_timeout_ms=400).vouch_wait_applied_ms == 200
+    assert ReplicaConfig(vouch_wait_ms=100, view_timeout_ms=400).vouch_wait_applied_ms == 100
+    assert ReplicaConfig().vouch_wait_applied_ms == ReplicaConfig().vouch_wait_ms   # the defaults fit
+    cluster, apps = counted_cluster(vouch_wait_ms=1000, view_timeout_ms=400)
+    cluster.nodes["v1"].crash()
+    cluster.submit("v0", b"ok:1")
+    cluster.run(15)                             # 150 ms: v2 and v3 still wait for a voucher
+    assert apps["v2"].full[b"ok:1"] == 0
+    assert cluster.run_until(lambda: all_committed(cluster, [b"ok:1"], ["v0", "v2", "v3"]), 20)   # by 350 ms
+    assert apps["v2"].full[b"ok:1"] == 1 and cluster.nodes["v2"].replica.vouch_fallbacks == 1
+    assert all(node.replica.view == 0 for node in cluster.nodes.values() if node.up)
+
+
 def test_a_faulty_primary_cannot_commit_an_invalid_request_that_no_one_checked():
     """v0 proposes a block holding an invalid request. v1 checks and refuses it; v2 and v3 get no
     voucher besides v0, check it themselves after vouch_wait_ms, and refuse it too."""
