@@ -789,6 +789,7 @@ class RpcServer:
         """Serve one connection; with `ssl_context`, over TLS (handshake in here, under its timeout)."""
         secure: TlsSocketStream | None = None
         source = _peer_host(stream)
+        peer = _peer_name(stream)     # now: under TLS the socket moves to the TLS stream (tls_stream)
         try:
             refusal = None
             if self.connections >= self.limits.connections_max:
@@ -824,7 +825,7 @@ class RpcServer:
             pass
         except Exception:  # a bug of ours: lose this connection, never the server (and the node)
             self.counters[ERROR_INTERNAL] += 1
-            log.exception("rpc connection failed", peer=_peer_name(stream))
+            log.exception("rpc connection failed", peer=peer)
         finally:
             if secure is not None:
                 await trio.aclose_forcefully(secure)
