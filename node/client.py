@@ -417,19 +417,9 @@ class AsyncClient:
         if self._ssl_context is None:
             return stream
         try:
-            secure = tls_stream.wrap_client(stream, self._ssl_context, endpoint.host)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        try:
-            await secure.do_handshake()
+            return await tls_stream.connect(stream, self._ssl_context, endpoint.host)
         except trio.BrokenResourceError as exc:
-            await trio.aclose_forcefully(secure)
             raise _tls_failure(endpoint, exc.__cause__ or exc) from None
-        except BaseException:
-            await trio.aclose_forcefully(secure)
-            raise
-        return secure
 
     async def _authenticate(self, stream: trio.abc.Stream) -> None:
         """With credentials, authenticate a new stream before its reader starts (as Client's)."""

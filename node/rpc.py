@@ -811,7 +811,7 @@ class RpcServer:
             try:
                 # The handshake holds a connection slot: a flood of slow handshakes meets connections_max.
                 if ssl_context is not None:
-                    secure = await _tls_accept(self, stream, ssl_context, tls_handshake_timeout_ms)
+                    secure = await _tls_accept(self, stream, peer, ssl_context, tls_handshake_timeout_ms)
                     if secure is None:
                         return
                 await _Connection(self, secure or stream).run()
@@ -849,14 +849,13 @@ def _peer_name(stream: trio.abc.Stream) -> str:
     return f"{host}:{port}"
 
 
-async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, ssl_context: ssl.SSLContext,
+async def _tls_accept(server: RpcServer, stream: trio.abc.Stream, peer: str, ssl_context: ssl.SSLContext,
                       timeout_ms: int) -> TlsSocketStream | None:
     """The TLS handshake of one connection, or None (counted and logged) if it fails or is too slow.
 
     A client that sends something other than a TLS handshake record first (a plain msgpack-RPC
     client) is told, in plain msgpack-RPC, to connect with TLS.
     """
-    peer = _peer_name(stream)
     refused = False
     secure: TlsSocketStream | None = None
     with trio.move_on_after(timeout_ms / 1000):

@@ -24,8 +24,6 @@ SEND_CHUNK_BYTES = 64 * 1024        # plaintext per SSL_write: four full records
 UNREAD_DISCARD_BYTES_MAX = 64 * 1024  # unread bytes dropped at close, so the close is a FIN, not a reset
 BUSY_RETRY_S = 0.001                # both directions wanted the same readiness (renegotiation, key update)
 
-# What a connection that goes away mid-stream raises; it is the peer's doing, never ours.
-_BROKEN = (ssl.SSLError, ConnectionError, OSError)
 
 
 class TlsSocketStream(trio.abc.Stream):
@@ -90,7 +88,7 @@ class TlsSocketStream(trio.abc.Stream):
                     continue
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     data = b""        # close_notify, or a close without it: the end either way
-                except _BROKEN as exc:
+                except OSError as exc:     # ssl.SSLError and resets among them: the peer's doing
                     if self._closed:
                         raise trio.ClosedResourceError("this TLS stream is closed") from exc
                     raise trio.BrokenResourceError(str(exc)) from exc
@@ -119,7 +117,7 @@ class TlsSocketStream(trio.abc.Stream):
                     self._write_interrupted = True     # until the same bytes go out
                     await self._wait(want)
                     continue
-                except _BROKEN as exc:
+                except OSError as exc:     # ssl.SSLError and resets among them: the peer's doing
                     if self._closed:
                         raise trio.ClosedResourceError("this TLS stream is closed") from exc
                     raise trio.BrokenResourceError(str(exc)) from exc
@@ -181,4 +179,20 @@ def wrap_client(stream: trio.SocketStream, context: ssl.SSLContext, server_hostn
                                                server_hostname=server_hostname))
 
 
-__all__ = ["TlsSocketStream", "wrap_server", "wrap_client", "SEND_CHUNK_BYTES"]
+async def connect(stream: trio.SocketStream, context: ssl.SSLContext, server_hostname: str) -> TlsSocketStream:
+    """A client's TLS connection over `stream`, handshake done; on any failure the connection is
+    closed and the error raised (trio.BrokenResourceError with the cause, as do_handshake's)."""
+    try:
+        secure = wrap_client(stream, context, server_hostname)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    try:
+        await secure.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(secure)
+        raise
+    return secure
+
+
+__all__ = ["TlsSocketStream", "wrap_server", "wrap_client", "connect", "SEND_CHUNK_BYTES"]

@@ -35,14 +35,8 @@ async def open_stream(host: str, port: int, ca_file: str | Path | None,
 
     stream = await trio.open_tcp_stream(host, port)
     if ca_file is not None:
-        try:
-            stream = tls_stream.wrap_client(stream, tls.client_context(ca_file), host)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
+        stream = await tls_stream.connect(stream, tls.client_context(ca_file), host)
     try:
-        if ca_file is not None:
-            await stream.do_handshake()
         if credentials is not None:
             await authenticate_stream(stream, credentials, f"{host}:{port}")
     except BaseException:

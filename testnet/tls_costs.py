@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 import trio
 
 from node import tls, tls_stream
+
+from .supervisor import process_usage
 
 KINDS = ("plaintext", "trio_sslstream", "tls_socket_stream")
 request_bytes = 300
@@ -63,9 +64,7 @@ async def _load(kind: str, pki: Path, port: int, rate_per_s: float, count: int) 
         if kind == "plaintext":
             streams.append(tcp)
         else:
-            stream = tls_stream.wrap_client(tcp, context, "127.0.0.1")
-            await stream.do_handshake()
-            streams.append(stream)
+            streams.append(await tls_stream.connect(tcp, context, "127.0.0.1"))
     request = b"r" * request_bytes
 
     async def read_echoes(stream, expected: int) -> None:
@@ -83,11 +82,6 @@ async def _load(kind: str, pki: Path, port: int, rate_per_s: float, count: int) 
         await stream.aclose()
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(kind: str, pki: Path, rate_per_s: float, count: int) -> float:
     """The server's CPU microseconds per request for one kind of stream."""
     ports = multiprocessing.Queue()
@@ -96,9 +90,9 @@ def measure(kind: str, pki: Path, rate_per_s: float, count: int) -> float:
     try:
         port = ports.get(timeout=30)
         trio.run(_load, kind, pki, port, rate_per_s, min(count, 2 * connections))   # handshakes, warm-up
-        before = _cpu_s(server.pid)
+        before = process_usage(server.pid)["cpu_s"]
         trio.run(_load, kind, pki, port, rate_per_s, count)
-        return (_cpu_s(server.pid) - before) / count * 1e6
+        return (process_usage(server.pid)["cpu_s"] - before) / count * 1e6
     finally:
         server.terminate()
         server.join(10)

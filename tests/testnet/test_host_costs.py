@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from testnet import host_costs
 
 
@@ -33,3 +35,13 @@ def test_idle_cpu_refuses_a_duration_out_of_range_before_starting_anything(capsy
     for seconds in ("0.5", "601"):
         assert idle_cpu.main(["--seconds", seconds]) == 2
         assert "--seconds must be between 1 and 600" in capsys.readouterr().err
+
+
+def test_tls_costs_refuses_bad_arguments_before_starting_anything(capsys):
+    from testnet import tls_costs
+
+    for argv in (["--rate", "0"], ["--requests", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as exited:
+            tls_costs.main(argv)
+        assert exited.value.code == 2
+        assert "--rate must be above 0" in capsys.readouterr().err
