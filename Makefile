@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# make test [TEST_WORKERS=N]: the tests without real validator processes on N workers (default: one per
+# core; pytest-xdist), then the `slow` ones alone, since each testnet of four or seven daemons needs
+# every core. Both parts always run; make fails if either did.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	@$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not slow" tests; parallel=$$?; \
+	  $(PY) -m pytest -q -p no:cacheprovider -m slow tests; alone=$$?; \
+	  echo "make test: in parallel exit $$parallel, the slow tests alone exit $$alone"; \
+	  test $$parallel -eq 0 -a $$alone -eq 0
 
 # Coverage-guided fuzzing (atheris) of every decoder of outside bytes, FUZZ_SECONDS each; corpora
 # and logs are kept in build/fuzz/ so the next run starts where this one stopped.

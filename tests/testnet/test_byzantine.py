@@ -50,6 +50,8 @@ from testnet.network import Network
 from testnet.ports import find_free_base_port
 from testnet.supervisor import running_pid
 
+pytestmark = pytest.mark.slow   # real validator processes: make test runs these alone (pyproject.toml)
+
 REPO = Path(__file__).resolve().parents[2]
 # Sized so the seven cases fit `make test`'s 10-minute budget. 9 s with the Byzantine node still
 # tells "deposed once" from "deposed again and again": before the fix, the request flood deposed
@@ -450,7 +452,6 @@ def restart_honest_under_flood(net: Harness, honest: list[str], byzantine_node: 
                         f"{LINKS_BACK_S:.0f} s (status {net.status(victim)})")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("behaviour", FOUR_NODE_BEHAVIOURS)
 def test_one_byzantine_validator_of_four(testnet4, results_dir, behaviour):
     settled = testnet4.settle()
@@ -459,7 +460,6 @@ def test_one_byzantine_validator_of_four(testnet4, results_dir, behaviour):
     run_behaviour(testnet4, behaviour, node, results_dir, extra, settled)
 
 
-@pytest.mark.slow
 def test_equivocating_primary_of_seven(tmp_path, results_dir):
     """The primary of a 7-validator network proposes two blocks per slot and votes both ways; as a
     backup after the view change it sends conflicting votes."""

@@ -12,10 +12,14 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from testnet import ports
 from testnet.demo import run_sample
 from testnet.network import Network
 from tests.support.testnet_process import pid_exists, run_testnet, status_json
+
+pytestmark = pytest.mark.slow   # real validator processes: make test runs these alone (pyproject.toml)
 
 catch_up_deadline_s = 60    # a restarted node reaching the others' height (liveness, not speed)
 

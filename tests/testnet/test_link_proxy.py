@@ -299,6 +299,7 @@ def height_of(node, attempts: int = 5) -> int:
     raise AssertionError(f"{node.name} does not answer RPC status")
 
 
+@pytest.mark.slow   # real validator processes: make test runs these alone (pyproject.toml)
 def test_a_real_testnet_through_the_proxy_commits_partitions_heals_and_goes_down(run_dir):
     base = ports.find_free_base_port(4)
     assert control.up(run_dir, 4, base, demo=False, link_delay_ms=20) == 0

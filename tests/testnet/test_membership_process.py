@@ -20,6 +20,8 @@ from testnet.control import epoch_at
 from testnet.network import NodeEntry
 from tests.support.testnet_process import pid_exists, run_testnet, status_json
 
+pytestmark = pytest.mark.slow   # real validator processes: make test runs these alone (pyproject.toml)
+
 
 def nodes_of(run_dir: Path) -> dict[str, dict]:
     return {n["name"]: n for n in status_json(run_dir)["nodes"]}
@@ -46,7 +48,6 @@ def test_commands_without_a_testnet_say_so(tmp_path):
         expect_error(tmp_path, *command, says="no testnet in")
 
 
-@pytest.mark.slow
 def test_add_rotate_and_remove_validators(run_dir):
     base = ports.find_free_base_port(8)
     done = run_testnet("up", "--dir", str(run_dir), "--base-port", str(base), "--no-demo")

@@ -33,6 +33,8 @@ import pytest
 
 from testnet import ports
 
+pytestmark = pytest.mark.slow   # real validator processes: make test runs these alone (pyproject.toml)
+
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 TOUR_HEADING = "## A five-minute tour"

@@ -26,6 +26,8 @@ import pytest
 from testnet import ports
 from testnet.network import Network
 
+pytestmark = pytest.mark.slow   # real validator processes: make test runs these alone (pyproject.toml)
+
 REPO = Path(__file__).resolve().parents[2]
 command_timeout_s = 120
 commit_wait_ms = 20_000
