@@ -348,6 +348,7 @@ class Daemon:
         self.spare_keys = _load_spare_keys(config)
         self._check_membership(config, genesis, key, ledger)
         self.rpc_ssl_context = rpc_ssl_context(config)   # None: plaintext (rpc.plaintext = true)
+        self._note_rpc_certificate()
         # The consensus Application; the same object's stateless check guards submit.
         self.application = EntryVerdictMemo(
             application if application is not None else _ledger_application(ledger))
@@ -850,6 +851,41 @@ class Daemon:
             tls_handshake_timeout_ms=self.config.rpc.tls_handshake_timeout_ms))
         return result   # serve_rpc reports the port it bound
 
+    def reload_rpc_certificate(self) -> bool:
+        """SIGHUP: serve new RPC connections with what rpc.tls_cert_file and rpc.tls_key_file hold now
+        (open connections keep theirs). Checked as at start; a pair that would not start the node is
+        logged as an error naming the field, and the certificate served so far stays. True if reloaded."""
+        if self.rpc_ssl_context is None:
+            log.warning("rpc certificate not reloaded: rpc.plaintext = true, the RPC port has no certificate")
+            self.metrics.rpc_certificate_reloads.inc(label_value="failed")
+            return False
+        try:
+            context = rpc_ssl_context(self.config)
+        except StartupError as exc:
+            log.error("rpc certificate not reloaded; the previous one is still served", reason=str(exc))
+            self.metrics.rpc_certificate_reloads.inc(label_value="failed")
+            return False
+        self.rpc_ssl_context = context
+        if self.rpc_server is not None:
+            self.rpc_server.replace_ssl_context(context)
+        not_after = self._note_rpc_certificate()
+        self.metrics.rpc_certificate_reloads.inc(label_value="ok")
+        log.info("rpc certificate reloaded", cert_file=str(self.config.rpc.tls_cert_file),
+                 not_after=not_after.isoformat() if not_after else None)
+        return True
+
+    def _note_rpc_certificate(self):
+        """The served certificate's expiry into the metrics (a datetime, or None with plaintext)."""
+        if self.rpc_ssl_context is None:
+            self.metrics.rpc_certificate_not_after.set(0)
+            return None
+        try:
+            not_after = tls.certificate_not_after(self.config.rpc.tls_cert_file)
+        except tls.TlsError:   # rewritten since the context read it: the next reload sets it
+            return None
+        self.metrics.rpc_certificate_not_after.set(int(not_after.timestamp()))
+        return not_after
+
     def _collect_rpc_metrics(self) -> None:
         server = self.rpc_server
         for key, total in server.counters.items():
@@ -861,8 +897,9 @@ class Daemon:
 
 
 async def _serve_until_signal(daemon: Daemon) -> None:
-    """Run the daemon; the first SIGTERM/SIGINT drains then stops it, a second one stops it at once."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Run the daemon; the first SIGTERM/SIGINT drains then stops it, a second one stops it at once.
+    SIGHUP reloads the RPC certificate (and no longer stops the node, as it did by default)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
 
@@ -874,6 +911,9 @@ async def _serve_until_signal(daemon: Daemon) -> None:
                 draining = False
                 async for signum in signals:
                     name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        daemon.reload_rpc_certificate()
+                        continue
                     if not draining:
                         draining = True
                         log.info("shutting down", signal=name, drain_ms=daemon.config.limits.shutdown_drain_ms)

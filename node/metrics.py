@@ -171,6 +171,12 @@ class NodeMetrics:
             "bayledger_rpc_errors_total", "RPC answers that were errors (and refused connections), by code.",
             "counter", label="code")
         self.rpc_connections = Gauge("bayledger_rpc_connections", "Open RPC connections.", "gauge")
+        self.rpc_certificate_not_after = Gauge(
+            "bayledger_rpc_certificate_not_after_seconds",
+            "When the RPC port's certificate expires (Unix time); 0 with rpc.plaintext.", "gauge")
+        self.rpc_certificate_reloads = Counter(
+            "bayledger_rpc_certificate_reloads_total",
+            "SIGHUP reloads of the RPC certificate, by outcome (ok, failed).", "counter", label="outcome")
         self.signature_checks = Counter(
             "bayledger_signature_checks_total",
             "Ed25519 signature verifications run by this process (entries, votes, certificates, logins), "

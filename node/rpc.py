@@ -25,7 +25,6 @@ replay-protected here (see `QueryGuard`).
 from __future__ import annotations
 
 import collections
-import functools
 import hashlib
 import os
 import socket
@@ -744,6 +743,15 @@ class RpcServer:
         self._waiting_calls_ended = trio.lowlevel.ParkingLot()
         # serve_rpc accepts connections inside this scope; stop_accepting cancels it (entered once).
         self._accepting = trio.CancelScope()
+        # The TLS context of connections accepted from now on (serve_rpc sets it; None: plaintext).
+        self.ssl_context: ssl.SSLContext | None = None
+
+    def replace_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Serve connections accepted from now on with `context` (a renewed certificate); open ones
+        keep the session they have. A plaintext server stays plaintext: ValueError."""
+        if self.ssl_context is None:
+            raise ValueError("this RPC server is plaintext: it has no certificate to replace")
+        self.ssl_context = context
 
     def stop_accepting(self) -> None:
         """Close the listening sockets (new connections are refused); open connections stay served."""
@@ -910,12 +918,15 @@ async def serve_rpc(api: NodeApi, host: str, port: int, *, limits: RpcLimits = R
 
     Pass `server` (an RpcServer over the same api) to read its `counters` (per method and per
     error code) for metrics; `limits` is then the server's own. With `ssl_context`
-    (node.tls.server_context) every connection is TLS; None serves plaintext (development
-    nodes and in-process tests).
+    (node.tls.server_context) every connection is TLS, and `server.replace_ssl_context` renews
+    its certificate; None serves plaintext (development nodes and in-process tests).
     """
     server = RpcServer(api, limits) if server is None else server
-    handle = functools.partial(server.handle, ssl_context=ssl_context,
-                               tls_handshake_timeout_ms=tls_handshake_timeout_ms)
+    server.ssl_context = ssl_context
+
+    async def handle(stream: trio.SocketStream) -> None:
+        # The context is read per connection: replace_ssl_context takes effect at the next accept.
+        await server.handle(stream, ssl_context=server.ssl_context, tls_handshake_timeout_ms=tls_handshake_timeout_ms)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
 

@@ -108,6 +108,12 @@ def server_context(cert_file: str | Path, key_file: str | Path, *,
     return context
 
 
+def certificate_not_after(cert_file: str | Path) -> datetime.datetime:
+    """When the first certificate in cert_file (a node's own, as server_context reads it) expires."""
+    return _certificates(_read(cert_file, "cert", "certificate file"), cert_file, "cert",
+                         "certificate file")[0].not_valid_after_utc
+
+
 def client_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     """A client's context: verify the node's certificate and host name against ca_file's
     certificates, or the system's trust store when ca_file is None."""
@@ -212,6 +218,6 @@ def make_node_certificate(ca_cert_path: str | Path, ca_key_path: str | Path, cer
     _write_cert(Path(cert_path), cert, overwrite)
 
 
-__all__ = ["TlsError", "server_context", "client_context", "make_ca", "make_node_certificate",
-           "subject_alternative_names", "TLS_HANDSHAKE_TIMEOUT_MS", "TLS_RECORD_HANDSHAKE", "ERROR_TLS_REQUIRED",
+__all__ = ["TlsError", "server_context", "certificate_not_after", "client_context", "make_ca",
+           "make_node_certificate", "subject_alternative_names", "TLS_HANDSHAKE_TIMEOUT_MS", "TLS_RECORD_HANDSHAKE", "ERROR_TLS_REQUIRED",
            "TLS_REQUIRED_MESSAGE"]

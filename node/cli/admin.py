@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     genesis.set_defaults(handler=run_genesis)
 
     node = subparsers.add_parser("node", help="run a validator daemon",
-                                 description="Run the validator daemon until SIGTERM or SIGINT. "
+                                 description="Run the validator daemon until SIGTERM or SIGINT; SIGHUP reloads the "
+                                 "RPC certificate and key (rpc.tls_cert_file, rpc.tls_key_file). "
                                  "The config reference is docs/OPERATIONS.md in the source tree (every key, its "
                                  "range and default); unknown keys are refused by name.")
     node.add_argument("--config", required=True, help="node TOML config file")

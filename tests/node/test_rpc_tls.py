@@ -20,6 +20,7 @@ import msgpack
 import pytest
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from node import tls
 from node.cli import main as cli_main
@@ -48,6 +49,8 @@ def pki(tmp_path_factory):
     tls.make_ca(d / "ca.pem", d / "ca-key.pem", "test CA")
     tls.make_ca(d / "other-ca.pem", d / "other-ca-key.pem", "a CA nobody trusts")
     tls.make_node_certificate(d / "ca.pem", d / "ca-key.pem", d / "node.pem", d / "node-key.pem", "hk-1",
+                              ["node1.bank.example"])
+    tls.make_node_certificate(d / "ca.pem", d / "ca-key.pem", d / "renewed.pem", d / "renewed-key.pem", "hk-1",
                               ["node1.bank.example"])
     tls.make_node_certificate(d / "ca.pem", d / "ca-key.pem", d / "elsewhere.pem", d / "elsewhere-key.pem",
                               "elsewhere", ["elsewhere.example"], loopback=False)
@@ -119,6 +122,60 @@ async def test_a_stock_msgpack_rpc_client_works_over_its_platform_tls_socket(pki
         version, message = await trio.to_thread.run_sync(stock_client_status, port, pki / "ca.pem")
         assert version in ("TLSv1.2", "TLSv1.3")
         assert message[:3] == [1, 1, None] and message[3]["height"] == 7
+        nursery.cancel_scope.cancel()
+
+
+class StockSession:
+    """A stock TLS client's open connection: the certificate it was served, and status calls on it."""
+
+    def __init__(self, port: int, ca_file) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT_S)
+        self.sock = ssl.create_default_context(cafile=str(ca_file)).wrap_socket(raw, server_hostname="127.0.0.1")
+        self.certificate = self.sock.getpeercert(binary_form=True)
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.msgid = 0
+
+    def status(self) -> dict:
+        self.msgid += 1
+        self.sock.sendall(msgpack.packb([0, self.msgid, "status", []]))
+        while True:
+            for message in self.unpacker:
+                assert message[:3] == [1, self.msgid, None], message
+                return message[3]
+            data = self.sock.recv(65536)
+            assert data, "node closed the connection before answering"
+            self.unpacker.feed(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def der_of(pem_path) -> bytes:
+    return x509.load_pem_x509_certificate(pem_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+async def test_a_replaced_certificate_serves_new_connections_and_open_ones_keep_theirs(pki):
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, pki)
+        port = int(endpoint.rpartition(":")[2])
+        before = await trio.to_thread.run_sync(StockSession, port, pki / "ca.pem")
+        assert before.certificate == der_of(pki / "node.pem")
+        server.replace_ssl_context(tls.server_context(pki / "renewed.pem", pki / "renewed-key.pem"))
+        after = await trio.to_thread.run_sync(StockSession, port, pki / "ca.pem")
+        assert after.certificate == der_of(pki / "renewed.pem") != before.certificate
+        assert (await trio.to_thread.run_sync(before.status))["height"] == 7
+        assert (await trio.to_thread.run_sync(after.status))["height"] == 7
+        before.close()
+        after.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_plaintext_server_has_no_certificate_to_replace(pki):
+    async with trio.open_nursery() as nursery:
+        server, _ = await start(nursery)
+        with pytest.raises(ValueError, match="plaintext"):
+            server.replace_ssl_context(tls.server_context(pki / "node.pem", pki / "node-key.pem"))
+        assert server.ssl_context is None
         nursery.cancel_scope.cancel()
 
 
