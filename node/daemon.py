@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import functools
 import gc
 import signal
@@ -857,7 +858,6 @@ class Daemon:
         logged as an error naming the field, and the certificate served so far stays. True if reloaded."""
         if self.rpc_ssl_context is None:
             log.warning("rpc certificate not reloaded: rpc.plaintext = true, the RPC port has no certificate")
-            self.metrics.rpc_certificate_reloads.inc(label_value="failed")
             return False
         try:
             context = rpc_ssl_context(self.config)
@@ -874,8 +874,8 @@ class Daemon:
                  not_after=not_after.isoformat() if not_after else None)
         return True
 
-    def _note_rpc_certificate(self):
-        """The served certificate's expiry into the metrics (a datetime, or None with plaintext)."""
+    def _note_rpc_certificate(self) -> datetime.datetime | None:
+        """The served certificate's expiry, also into the metrics (None with plaintext)."""
         if self.rpc_ssl_context is None:
             self.metrics.rpc_certificate_not_after.set(0)
             return None

@@ -219,5 +219,5 @@ def make_node_certificate(ca_cert_path: str | Path, ca_key_path: str | Path, cer
 
 
 __all__ = ["TlsError", "server_context", "certificate_not_after", "client_context", "make_ca",
-           "make_node_certificate", "subject_alternative_names", "TLS_HANDSHAKE_TIMEOUT_MS", "TLS_RECORD_HANDSHAKE", "ERROR_TLS_REQUIRED",
-           "TLS_REQUIRED_MESSAGE"]
+           "make_node_certificate", "subject_alternative_names", "TLS_HANDSHAKE_TIMEOUT_MS", "TLS_RECORD_HANDSHAKE",
+           "ERROR_TLS_REQUIRED", "TLS_REQUIRED_MESSAGE"]

@@ -103,6 +103,7 @@ def test_a_plaintext_rpc_node_warns_at_start_and_serves_plain_msgpack_rpc(cluste
         node.process.send_signal(signal.SIGHUP)   # no certificate to reload: said, and the node serves on
         wait_for_event(node, "rpc certificate not reloaded: rpc.plaintext = true, the RPC port has no certificate", 1)
         assert node.process.poll() is None and node.metric("bayledger_rpc_certificate_not_after_seconds") == 0
+        assert node.metric("bayledger_rpc_certificate_reloads_total") == 0
     finally:
         node.process.send_signal(signal.SIGTERM)
         assert node.process.wait(30) == 0
