@@ -25,7 +25,6 @@ UNREAD_DISCARD_BYTES_MAX = 64 * 1024  # unread bytes dropped at close, so the cl
 BUSY_RETRY_S = 0.001                # both directions wanted the same readiness (renegotiation, key update)
 
 
-
 class TlsSocketStream(trio.abc.Stream):
     """One TLS connection over a non-blocking ssl.SSLSocket (see the module docstring)."""
 

@@ -8,12 +8,24 @@ own lifecycle (no commits are needed).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 
+import msgpack
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from node import tls
+from node.config import RpcConfig, load_config, render_config
+from tests.support.node_cluster import session_ca
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +67,6 @@ def test_startup_failures_exit_1_with_a_reason(cluster):
     assert result.returncode == 1 and "does not hold the genesis key" in result.stderr
     node.config_path.write_text(config_text)
 
-    import socket
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", node.metrics))
         squatter.listen()
@@ -75,13 +86,6 @@ def test_config_errors_exit_2_naming_the_key(cluster, tmp_path):
 def test_a_plaintext_rpc_node_warns_at_start_and_serves_plain_msgpack_rpc(cluster):
     """rpc.plaintext = true is for development: the node says so in its log at start, and a plain TCP
     client (no TLS) gets the reduced status."""
-    import dataclasses
-    import socket
-
-    import msgpack
-
-    from node.config import RpcConfig, load_config, render_config
-
     node = cluster.nodes["hk-1"]
     config = load_config(node.config_path)
     node.config_path.write_text(render_config(dataclasses.replace(config, rpc=RpcConfig(plaintext=True))))
@@ -111,11 +115,6 @@ def test_a_plaintext_rpc_node_warns_at_start_and_serves_plain_msgpack_rpc(cluste
 
 def served_certificate(port: int) -> bytes:
     """The certificate (DER) the node's RPC port serves to a new TLS connection."""
-    import socket
-
-    from node import tls
-    from tests.support.node_cluster import session_ca
-
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with tls.client_context(session_ca()[0]).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             return sock.getpeercert(binary_form=True)
@@ -123,8 +122,6 @@ def served_certificate(port: int) -> bytes:
 
 def wait_for_event(node, event: str, count: int, timeout_s: float = 20) -> list[dict]:
     """The node's log lines of `event` once there are `count` of them."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         lines = [line for line in node.log_lines() if line.get("event") == event]
@@ -138,15 +135,6 @@ def test_sighup_reloads_the_rpc_certificate_and_a_bad_pair_keeps_the_old_one(clu
     """An operator renews the RPC certificate in place and sends SIGHUP: new connections get the new one,
     an open connection keeps working, the node keeps running. A pair that would not start the node
     (here a key of another certificate) is refused by name and the node goes on serving the last good one."""
-    import datetime
-    import shutil
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from node import tls
-    from tests.support.node_cluster import session_ca
-
     node = cluster.nodes["hk-1"]
     cert_file, key_file = node.dir / "rpc-cert.pem", node.dir / "rpc-key.pem"
     cluster.start("hk-1")
